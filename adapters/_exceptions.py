@@ -1,0 +1,46 @@
+"""The two kinds of failure an adapter reports, and one place to classify a library's errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+
+class AdapterError(Exception):
+    """A back-end call failed. Messages carry the context an operator needs, never personal data."""
+
+
+class TransientError(AdapterError):
+    """Worth retrying: timeouts, refused connections, locks, 5xx, throttling."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: Seconds the back-end asked us to wait (e.g. HTTP Retry-After), if it said.
+        self.retry_after = retry_after
+
+
+class PermanentError(AdapterError):
+    """Retrying cannot help: rejected data, 4xx, a mapping that does not fit. Dead-letter at once."""
+
+
+#: A table from a library's exception types to ours, most specific first.
+ErrorTable = Mapping[type[BaseException], type[AdapterError]]
+
+
+@contextmanager
+def map_exceptions(table: ErrorTable, *, context: str = "") -> Iterator[None]:
+    """Translate a lower library's exceptions into Transient/PermanentError by `table`.
+
+    Our own errors pass through; an exception the table does not name passes through too and
+    is treated by the worker as transient with a bounded number of attempts.
+    """
+    try:
+        yield
+    except AdapterError:
+        raise
+    except Exception as exc:
+        for source, target in table.items():
+            if isinstance(exc, source):
+                prefix = f"{context}: " if context else ""
+                raise target(f"{prefix}{type(exc).__name__}: {exc}") from exc
+        raise

@@ -1,0 +1,23 @@
+"""The `civicbus` command line. Each command group lives in its own module with a `register`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="civicbus",
+    help="civicbus: Open311 intake, a message bus, and adapters to city back-office systems.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    # Imported here so that `bus.cli` loads fast and each module stays one command group.
+    from bus.cli import common
+
+    for module in common.command_modules():
+        module.register(app)
+
+
+_register_commands()

@@ -1,0 +1,225 @@
+"""Configuration: one YAML file (the city) plus environment variables (the machine and secrets).
+
+A bad file is reported with the file, line and field, in words an integrator can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.model import Attribute, Service
+
+DEFAULT_CONFIG = "deploy/sandbox/civicbus.yaml"
+DEFAULT_DATABASE_URL = "sqlite:///civicbus.db"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Jurisdiction(_Strict):
+    id: str = Field(min_length=1)
+    name: str
+
+
+class ServiceConfig(_Strict):
+    """A service as written in the config; its jurisdiction is given once per entry."""
+
+    code: str
+    jurisdiction: str
+    name: str
+    description: str = ""
+    group: str = ""
+    keywords: list[str] = []
+    type: str = "realtime"
+    agency: str | None = None
+    service_notice: str | None = None
+    attributes: list[Attribute] = []
+
+    def to_service(self) -> Service:
+        return Service.model_validate(self.model_dump())
+
+
+class RoutingRule(_Strict):
+    """Content-based router: the first rule whose service and jurisdiction match wins."""
+
+    name: str
+    services: list[str] = Field(default=["*"], description="service codes, or '*' for any")
+    jurisdictions: list[str] = Field(default=["*"], description="jurisdiction ids, or '*'")
+    instance: str
+
+    def matches(self, service_code: str, jurisdiction: str) -> bool:
+        return ("*" in self.services or service_code in self.services) and (
+            "*" in self.jurisdictions or jurisdiction in self.jurisdictions
+        )
+
+
+class Routing(_Strict):
+    rules: list[RoutingRule] = []
+    #: Where a request no rule matches goes, so that none is ever dropped silently.
+    default: str
+
+
+class RetryPolicy(_Strict):
+    """Redelivery policy of one adapter instance."""
+
+    #: Quick in-process attempts before a message goes to the retry tiers.
+    immediate_attempts: int = Field(default=3, ge=1)
+    #: Delays of the retry tiers (TTL queues dead-lettering back to the work queue), in seconds.
+    tiers: list[float] = [5, 30, 300, 1800]
+    #: Attempts (deliveries through the tiers) before the message is dead-lettered.
+    max_attempts: int = Field(default=8, ge=1)
+
+
+class InstanceConfig(_Strict):
+    """One adapter instance: a kind, its settings, its mapping, and secrets by env var name."""
+
+    kind: str
+    mapping: str | None = None
+    settings: dict[str, Any] = {}
+    #: setting name -> environment variable holding its value (secrets never in the file).
+    secrets: dict[str, str] = {}
+    retry: RetryPolicy = RetryPolicy()
+    prefetch: int = Field(default=16, ge=1)
+    #: Seconds between `updates()` polls, for adapters that poll; 0 turns polling off.
+    poll_interval: float = Field(default=30, ge=0)
+
+    def resolved_settings(self, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The settings with each secret read from its environment variable."""
+        env = os.environ if env is None else env
+        missing = [var for var in self.secrets.values() if var not in env]
+        if missing:
+            raise ConfigError(f"set the environment variable(s) {', '.join(missing)}")
+        return {**self.settings, **{key: env[var] for key, var in self.secrets.items()}}
+
+
+class ApiConfig(_Strict):
+    #: The public base URL, used in discovery and for stored media URLs.
+    base_url: str = "http://127.0.0.1:8311"
+    contact: str = ""
+    key_service: str = ""
+    changeset: str = "2026-01-01T00:00:00Z"
+    environment: str = Field(default="test", pattern="^(production|test)$")
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+class Config(_Strict):
+    """The whole city: who it is, what it accepts, where each request goes."""
+
+    api: ApiConfig = ApiConfig()
+    jurisdictions: list[Jurisdiction] = Field(min_length=1)
+    services: list[ServiceConfig] = []
+    routing: Routing
+    instances: dict[str, InstanceConfig] = {}
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        known = {j.id for j in self.jurisdictions}
+        problems = []
+        for s in self.services:
+            if s.jurisdiction not in known:
+                problems.append(f"service {s.code}: unknown jurisdiction {s.jurisdiction!r}")
+        seen: set[tuple[str, str]] = set()
+        for s in self.services:
+            if (s.jurisdiction, s.code) in seen:
+                problems.append(f"service {s.code} is defined twice in {s.jurisdiction}")
+            seen.add((s.jurisdiction, s.code))
+        targets = [(r.name, r.instance) for r in self.routing.rules]
+        targets.append(("default", self.routing.default))
+        for name, instance in targets:
+            if instance not in self.instances:
+                problems.append(f"routing {name}: unknown adapter instance {instance!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def service_catalogue(self) -> list[Service]:
+        return [s.to_service() for s in self.services]
+
+    def route(self, service_code: str, jurisdiction: str) -> tuple[str, str]:
+        """The adapter instance for a request and the name of the rule that chose it."""
+        for rule in self.routing.rules:
+            if rule.matches(service_code, jurisdiction):
+                return rule.instance, rule.name
+        return self.routing.default, "default"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What comes from the machine's environment rather than the city's config."""
+
+    config_path: str
+    database_url: str
+    amqp_url: str
+    media_dir: str
+    log_format: str  # "json", "console", or "auto" (console on a terminal)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Environment:
+        env = os.environ if env is None else env
+        return cls(
+            config_path=env.get("CIVICBUS_CONFIG", DEFAULT_CONFIG),
+            database_url=env.get("CIVICBUS_DATABASE_URL", DEFAULT_DATABASE_URL),
+            amqp_url=env.get("CIVICBUS_AMQP_URL", DEFAULT_AMQP_URL),
+            media_dir=env.get("CIVICBUS_MEDIA_DIR", "media"),
+            log_format=env.get("CIVICBUS_LOG_FORMAT", "auto"),
+        )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError naming file, line and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping at the top level")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = _line_of(node, loc)
+            where = ".".join(str(p) for p in loc) or "(top level)"
+            at = f"{source}:{line}" if line else source
+            lines.append(f"{at}: {where}: {err['msg']}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from exc
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node that `loc` reaches."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line

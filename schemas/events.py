@@ -1,0 +1,51 @@
+"""The event envelope carried on the bus: CloudEvents 1.0 attributes around canonical data."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.model import AwareDatetime
+
+
+class EventType(StrEnum):
+    """What happened to a request; the CloudEvents `type`."""
+
+    CREATED = "civicbus.request.created"
+    ROUTED = "civicbus.request.routed"
+    SUBMITTED = "civicbus.request.submitted"
+    STATUS_CHANGED = "civicbus.request.status_changed"
+    CLOSED = "civicbus.request.closed"
+    DELIVERY_FAILED = "civicbus.request.delivery_failed"
+
+    @property
+    def short(self) -> str:
+        """The type without the `civicbus.` prefix, e.g. `request.created` (routing keys)."""
+        return self.value.removeprefix("civicbus.")
+
+
+def new_traceparent() -> str:
+    """A fresh W3C trace context header value (version 00, sampled)."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+class Envelope(BaseModel):
+    """A CloudEvents 1.0 structured-mode JSON event (DESIGN.md, Messages)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    specversion: str = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    type: EventType
+    source: str = "/civicbus"
+    subject: str = Field(min_length=1, description="the civicbus request id")
+    time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    datacontenttype: str = "application/json"
+    data: dict[str, Any]
+    correlationid: str = Field(min_length=1)
+    traceparent: str = Field(default_factory=new_traceparent, pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")

@@ -1,0 +1,240 @@
+"""The canonical citizen-service model: what civicbus means by a service and a request.
+
+Every channel (Open311, later SMS and e-mail) is translated into these types, and every
+back-end adapter translates out of them. The module imports nothing from the outside world.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _require_zone(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("datetime must carry a time zone")
+    return value
+
+
+#: A datetime that always carries a zone (OPEN311.md C-03).
+AwareDatetime = Annotated[datetime, AfterValidator(_require_zone)]
+
+
+class Status(StrEnum):
+    """The extended status set (OPEN311.md C-23); each maps to Open311's open/closed."""
+
+    OPEN = "open"
+    INVESTIGATING = "investigating"
+    IN_PROGRESS = "in_progress"
+    ACTION_SCHEDULED = "action_scheduled"
+    PLANNED = "planned"
+    FIXED = "fixed"
+    CLOSED = "closed"
+    DUPLICATE = "duplicate"
+    NOT_COUNCILS_RESPONSIBILITY = "not_councils_responsibility"
+    NO_FURTHER_ACTION = "no_further_action"
+    INTERNAL_REFERRAL = "internal_referral"
+    CANCELLED = "cancelled"
+    REOPEN = "reopen"
+    FOR_TRIAGE = "for_triage"
+
+    @property
+    def is_closed(self) -> bool:
+        return self in _CLOSED_STATUSES
+
+    @property
+    def open311(self) -> str:
+        """The core GeoReport v2 status: `open` or `closed`."""
+        return "closed" if self.is_closed else "open"
+
+
+_CLOSED_STATUSES = frozenset(
+    {
+        Status.FIXED,
+        Status.CLOSED,
+        Status.DUPLICATE,
+        Status.NOT_COUNCILS_RESPONSIBILITY,
+        Status.NO_FURTHER_ACTION,
+        Status.INTERNAL_REFERRAL,
+        Status.CANCELLED,
+    }
+)
+
+
+class ServiceType(StrEnum):
+    """How a service answers a create: an id at once, a token, or nothing (C-14)."""
+
+    REALTIME = "realtime"
+    BATCH = "batch"
+    BLACKBOX = "blackbox"
+
+
+class Datatype(StrEnum):
+    """The six Open311 attribute datatypes (C-10)."""
+
+    STRING = "string"
+    NUMBER = "number"
+    DATETIME = "datetime"
+    TEXT = "text"
+    SINGLEVALUELIST = "singlevaluelist"
+    MULTIVALUELIST = "multivaluelist"
+
+    @property
+    def is_list(self) -> bool:
+        return self in (Datatype.SINGLEVALUELIST, Datatype.MULTIVALUELIST)
+
+
+class Channel(StrEnum):
+    """Where a report came in."""
+
+    WEB = "web"
+    MOBILE = "mobile"
+    SMS = "sms"
+    EMAIL = "email"
+    PHONE = "phone"
+    COUNTER = "counter"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttributeValue(_Model):
+    """One allowed value of a list attribute."""
+
+    key: str = Field(min_length=1)
+    name: str
+
+
+class Attribute(_Model):
+    """A question a service asks beyond the standard fields (C-10)."""
+
+    code: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    datatype: Datatype
+    description: str
+    order: int = Field(ge=1)
+    required: bool = False
+    #: False for informational attributes that take no input (Open311 `variable`).
+    variable: bool = True
+    datatype_description: str | None = None
+    values: tuple[AttributeValue, ...] = ()
+
+
+class Service(_Model):
+    """A type of request the city accepts (C-09/C-10)."""
+
+    code: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str
+    description: str = ""
+    group: str = ""
+    keywords: tuple[str, ...] = ()
+    type: ServiceType = ServiceType.REALTIME
+    jurisdiction: str
+    attributes: tuple[Attribute, ...] = ()
+    agency: str | None = None
+    service_notice: str | None = None
+
+    @property
+    def metadata(self) -> bool:
+        """Open311 `metadata`: whether the service defines attributes."""
+        return bool(self.attributes)
+
+    def attribute(self, code: str) -> Attribute | None:
+        return next((a for a in self.attributes if a.code == code), None)
+
+
+class Location(_Model):
+    """Where the problem is: a WGS84 point, an address, or an address id (C-11)."""
+
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    long: float | None = Field(default=None, ge=-180, le=180)
+    address: str | None = None
+    address_id: str | None = None
+    zipcode: str | None = None
+
+
+class Reporter(_Model):
+    """The resident's contact data. Personal data: never logged, audited or returned by reads."""
+
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    phone: str | None = None
+    device_id: str | None = None
+    account_id: str | None = None
+
+
+class Media(_Model):
+    """A photo or document attached to a request: stored content-addressed, or an outside URL."""
+
+    url: str
+    content_type: str | None = None
+    sha256: str | None = None
+
+
+class BackendRef(_Model):
+    """The request's identity in one back-end (the cross-reference)."""
+
+    adapter: str
+    reference: str
+    submitted_at: AwareDatetime
+
+
+class StatusNote(_Model):
+    """One entry of a request's status history."""
+
+    status: Status
+    at: AwareDatetime
+    note: str | None = None
+    source: str
+    update_id: str | None = None
+    external_status_code: str | None = None
+    media_url: str | None = None
+
+
+#: An attribute's answer: one value, or several for a multivaluelist.
+AttributeAnswer = str | tuple[str, ...]
+
+
+class ServiceRequest(_Model):
+    """One canonical citizen-service request, whatever channel it came in on."""
+
+    id: str
+    jurisdiction: str
+    service_code: str
+    service_name: str
+    status: Status = Status.OPEN
+    status_notes: str | None = None
+    description: str | None = Field(default=None, max_length=4000)
+    attributes: dict[str, AttributeAnswer] = Field(default_factory=dict)
+    location: Location
+    reporter: Reporter = Field(default_factory=Reporter)
+    media: tuple[Media, ...] = ()
+    channel: Channel = Channel.WEB
+    agency: str | None = None
+    service_notice: str | None = None
+    requested_at: AwareDatetime
+    updated_at: AwareDatetime
+    expected_at: AwareDatetime | None = None
+    backend_refs: tuple[BackendRef, ...] = ()
+    history: tuple[StatusNote, ...] = ()
+
+    def without_personal_data(self) -> ServiceRequest:
+        """A copy safe for logs, audit details and public events."""
+        return self.model_copy(update={"reporter": Reporter()})
+
+
+class StatusUpdate(_Model):
+    """A status change for one request, from a back-end, a partner or an operator."""
+
+    request_id: str
+    status: Status
+    at: AwareDatetime
+    update_id: str
+    source: str
+    note: str | None = Field(default=None, max_length=4000)
+    external_status_code: str | None = None
+    media_url: str | None = None
