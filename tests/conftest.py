@@ -1,0 +1,78 @@
+"""Fixtures that give tests real services: a fresh PostgreSQL database and a fresh RabbitMQ vhost.
+
+Each is created for the test session (or test) and removed afterwards, so tests never see each
+other's data and the machine's services are left as they were. `.ci/run` and `make test` make
+sure the services are running; a test that cannot reach them fails rather than skips.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import quote
+
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("CIVICBUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
+
+
+@pytest.fixture(scope="session")
+def postgres_database_factory() -> Iterator[Callable[[], str]]:
+    """Make fresh PostgreSQL databases (SQLAlchemy URLs); all are dropped at session end."""
+    import psycopg
+
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"civicbus_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+    yield make
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_database_factory: Callable[[], str]) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres_database_factory()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    """A fresh embedded SQLite store file for one test."""
+    return f"sqlite:///{os.fspath(tmp_path)}/civicbus.db"
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost_factory() -> Iterator[Callable[[], str]]:
+    """Make fresh RabbitMQ vhosts (AMQP URLs) on the machine's broker; deleted at session end."""
+    created: list[str] = []
+
+    def make() -> str:
+        vhost = f"civicbus-test-{uuid.uuid4().hex[:12]}"
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        created.append(vhost)
+        return f"amqp://guest:guest@{AMQP_HOST}/{quote(vhost, safe='')}"
+
+    yield make
+    for vhost in created:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def amqp_url(amqp_vhost_factory: Callable[[], str]) -> str:
+    """An AMQP URL to an empty vhost of its own, for one test."""
+    return amqp_vhost_factory()
