@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -13,13 +14,15 @@ from bus.bootstrap import Runtime
 from bus.config import ConfigError
 from bus.store import StoreUnavailable
 
-#: The command modules under bus/cli/, each exposing `register(app)`. Add yours here.
-COMMAND_MODULES: tuple[str, ...] = ()
-
 
 def command_modules() -> Iterator[ModuleType]:
-    for name in COMMAND_MODULES:
-        yield importlib.import_module(f"bus.cli.{name}")
+    """Every module of bus/cli/ that defines `register(app)`: adding a command adds a module."""
+    import bus.cli
+
+    for info in sorted(pkgutil.iter_modules(bus.cli.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"bus.cli.{info.name}")
+        if hasattr(module, "register"):
+            yield module
 
 
 @contextmanager
