@@ -17,10 +17,10 @@ from bus.store import StoreUnavailable
 
 def command_modules() -> Iterator[ModuleType]:
     """Every module of bus/cli/ that defines `register(app)`: adding a command adds a module."""
-    import bus.cli
-
-    for info in sorted(pkgutil.iter_modules(bus.cli.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"bus.cli.{info.name}")
+    package = __name__.rpartition(".")[0]
+    path = importlib.import_module(package).__path__
+    for info in sorted(pkgutil.iter_modules(path), key=lambda i: i.name):
+        module = importlib.import_module(f"{package}.{info.name}")
         if hasattr(module, "register"):
             yield module
 
