@@ -12,6 +12,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _main() -> None:
+    """civicbus: Open311 intake, a message bus, and adapters to city back-office systems."""
+
+
 def _register_commands() -> None:
     # Imported here so that `bus.cli` loads fast and each module stays one command group.
     from bus.cli import common
