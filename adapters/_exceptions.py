@@ -20,7 +20,7 @@ class TransientError(AdapterError):
 
 
 class PermanentError(AdapterError):
-    """Retrying cannot help: rejected data, 4xx, a mapping that does not fit. Dead-letter at once."""
+    """Retrying cannot help: rejected data, 4xx, a mapping that does not fit; dead-letter now."""
 
 
 #: A table from a library's exception types to ours, most specific first.

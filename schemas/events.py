@@ -34,6 +34,9 @@ def new_traceparent() -> str:
     return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
 
 
+_TRACEPARENT = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+
 class Envelope(BaseModel):
     """A CloudEvents 1.0 structured-mode JSON event (DESIGN.md, Messages)."""
 
@@ -48,4 +51,4 @@ class Envelope(BaseModel):
     datacontenttype: str = "application/json"
     data: dict[str, Any]
     correlationid: str = Field(min_length=1)
-    traceparent: str = Field(default_factory=new_traceparent, pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    traceparent: str = Field(default_factory=new_traceparent, pattern=_TRACEPARENT)

@@ -1,0 +1,74 @@
+"""Logging, configured once at start-up: structlog over the standard library.
+
+JSON lines in production (or whenever stderr is not a terminal), readable lines on a terminal.
+Every line carries the bound request and correlation ids, and passes a redaction step so that a
+resident's name, e-mail address or phone number never reaches a log, whatever a caller logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from bus.redaction import redact
+
+
+def redact_personal_data(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: redact reporter e-mail, phone and names from every field."""
+    redacted: MutableMapping[str, Any] = redact(dict(event_dict))
+    return redacted
+
+
+def configure_logging(fmt: str = "auto", level: str | int = "INFO") -> None:
+    """Set up structlog and the stdlib root logger; `fmt` is "json", "console" or "auto"."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_personal_data,
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    # Records from libraries (uvicorn, pika, alembic) go through the same redaction and renderer.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pika is chatty at INFO about every connection step.
+    logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+def bind_request(request_id: str | None = None, correlation_id: str | None = None) -> None:
+    """Bind the ids every log line of the current task should carry."""
+    values = {"request_id": request_id, "correlation_id": correlation_id}
+    structlog.contextvars.bind_contextvars(**{k: v for k, v in values.items() if v})
+
+
+def clear_request() -> None:
+    structlog.contextvars.unbind_contextvars("request_id", "correlation_id")

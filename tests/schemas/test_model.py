@@ -1,0 +1,54 @@
+"""The canonical model's rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.events import Envelope, EventType
+from schemas.model import Location, Reporter, ServiceRequest, Status
+
+
+def _request(**overrides: object) -> ServiceRequest:
+    now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    fields: dict[str, object] = {
+        "id": "r1",
+        "jurisdiction": "springfield.example",
+        "service_code": "POTHOLE",
+        "service_name": "Pothole",
+        "location": Location(lat=51.5, long=-0.1),
+        "reporter": Reporter(email="someone@example.org", first_name="Ada"),
+        "requested_at": now,
+        "updated_at": now,
+    }
+    return ServiceRequest.model_validate({**fields, **overrides})
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_c23_every_extended_status_maps_to_open_or_closed(status: Status) -> None:
+    assert status.open311 in {"open", "closed"}
+
+
+def test_c23_fixed_and_closed_are_closed_reopen_is_open() -> None:
+    assert Status.FIXED.open311 == Status.CLOSED.open311 == "closed"
+    assert Status.REOPEN.open311 == Status.IN_PROGRESS.open311 == "open"
+
+
+def test_c03_naive_datetimes_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="time zone"):
+        _request(requested_at=datetime(2026, 11, 1, 12, 0))
+
+
+def test_without_personal_data_drops_every_reporter_field() -> None:
+    clean = _request().without_personal_data()
+    assert clean.reporter == Reporter()
+    assert "someone@example.org" not in clean.model_dump_json()
+
+
+def test_envelope_has_cloudevents_attributes_and_a_trace_context() -> None:
+    env = Envelope(type=EventType.CREATED, subject="r1", data={}, correlationid="c1")
+    assert env.specversion == "1.0"
+    assert env.traceparent.startswith("00-")
+    assert EventType.STATUS_CHANGED.short == "request.status_changed"

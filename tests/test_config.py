@@ -1,0 +1,65 @@
+"""The config file: the sandbox city loads, and mistakes are reported with file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bus.config import ConfigError, Environment, load_config, parse_config
+from schemas.model import Datatype, ServiceType
+
+SANDBOX = Path(__file__).parent.parent / "deploy" / "sandbox" / "civicbus.yaml"
+
+
+def test_sandbox_city_has_two_jurisdictions_ten_services_and_every_datatype() -> None:
+    config = load_config(SANDBOX)
+    services = config.service_catalogue()
+    assert len(config.jurisdictions) == 2
+    assert len(services) >= 10
+    assert {a.datatype for s in services for a in s.attributes} == set(Datatype)
+    assert {ServiceType.REALTIME, ServiceType.BATCH} <= {s.type for s in services}
+    assert {s.group for s in services} >= {"Roads", "Sanitation", "Parks", "Permits"}
+
+
+def test_routing_picks_the_first_matching_rule_or_the_default() -> None:
+    config = load_config(SANDBOX)
+    assert config.route("POTHOLE", "springfield.example") == ("sap-roads", "roads-to-sap")
+    assert config.route("GRAFFITI", "springfield.example") == ("email-311", "default")
+
+
+def test_a_bad_field_is_reported_with_file_line_and_path() -> None:
+    text = SANDBOX.read_text().replace("datatype: number", "datatype: numbr", 1)
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="city.yaml")
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "numbr" in row)
+    assert f"city.yaml:{line}: services.0.attributes.0.datatype" in str(err.value)
+
+
+def test_routing_to_an_unknown_instance_is_refused() -> None:
+    text = SANDBOX.read_text().replace("default: email-311", "default: nowhere")
+    with pytest.raises(ConfigError, match="unknown adapter instance 'nowhere'"):
+        parse_config(text)
+
+
+def test_missing_file_and_invalid_yaml_say_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_config("a: [unclosed")
+
+
+def test_secrets_come_from_the_environment_only() -> None:
+    config = load_config(SANDBOX)
+    parks = config.instances["parks"]
+    if parks.secrets:
+        var = next(iter(parks.secrets.values()))
+        with pytest.raises(ConfigError, match=var):
+            parks.resolved_settings(env={})
+        assert parks.resolved_settings(env={var: "s3cret"})[next(iter(parks.secrets))] == "s3cret"
+
+
+def test_environment_defaults() -> None:
+    env = Environment.from_env({})
+    assert env.amqp_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert env.database_url.startswith("sqlite:///")
