@@ -1,0 +1,1 @@
+"""civicbus and RabbitMQ: topology, connections, publishing with confirms."""
