@@ -15,6 +15,10 @@ app = typer.Typer(
 @app.callback()
 def _main() -> None:
     """civicbus: Open311 intake, a message bus, and adapters to city back-office systems."""
+    from bus.config import Environment
+    from bus.logging import configure_logging
+
+    configure_logging(Environment.from_env().log_format)
 
 
 def _register_commands() -> None:

@@ -1,0 +1,39 @@
+# The two commands of the README's quick start, and the steps behind them.
+#   make run    set up and run civicbus on the sandbox city (API, relay, workers, simulated back-ends)
+#   make test   set up and run the whole test suite (real RabbitMQ and PostgreSQL on loopback)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test install services lint bench clean
+
+run: install
+	deploy/local/ensure-services.sh rabbitmq
+	$(BIN)/civicbus run
+
+test: install services
+	$(BIN)/pytest
+
+install: $(STAMP)
+
+# Reinstalled whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+services:
+	deploy/local/ensure-services.sh rabbitmq postgresql
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install services
+	$(BIN)/python tests/bench/bench_intake.py
+	$(BIN)/python tests/bench/bench_bus.py
+
+clean:
+	rm -rf $(VENV) civicbus.db* var media

@@ -1,0 +1,70 @@
+"""`civicbus audit verify` and `civicbus audit trail REQUEST_ID`."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from bus.cli.common import runtime
+from bus.store import AuditEntry
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+    app.add_typer(group, name="audit")
+
+    @group.command("verify")
+    def verify() -> None:
+        """Check the hash chain: any edited, deleted or inserted entry is reported."""
+        with runtime() as rt:
+            result = rt.store.verify_audit()
+        if result.ok:
+            typer.echo(f"audit log intact: {result.entries} entries, chain verified")
+            return
+        typer.echo(
+            f"audit log BROKEN at entry {result.broken_at}: {result.reason} "
+            f"({result.entries} entries read)",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+    @group.command("trail")
+    def trail(
+        request_id: str,
+        as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    ) -> None:
+        """Show every hop of one request, oldest first."""
+        with runtime() as rt:
+            entries = rt.store.audit_trail(request_id)
+        if not entries:
+            typer.echo(f"no audit entries for request {request_id}", err=True)
+            raise typer.Exit(1)
+        for entry in entries:
+            typer.echo(_as_json(entry) if as_json else _as_line(entry))
+
+
+def _as_line(entry: AuditEntry) -> str:
+    details = " ".join(f"{k}={v}" for k, v in sorted(entry.details.items()))
+    message = f" msg={entry.message_id}" if entry.message_id else ""
+    return (
+        f"{entry.at.isoformat(timespec='milliseconds')}  {entry.action:<16} {entry.outcome:<9} "
+        f"{entry.actor}{message}  {details}".rstrip()
+    )
+
+
+def _as_json(entry: AuditEntry) -> str:
+    return json.dumps(
+        {
+            "id": entry.id,
+            "at": entry.at.isoformat(),
+            "actor": entry.actor,
+            "action": entry.action,
+            "request_id": entry.request_id,
+            "message_id": entry.message_id,
+            "outcome": entry.outcome,
+            "details": entry.details,
+            "hash": entry.hash,
+        },
+        sort_keys=True,
+    )

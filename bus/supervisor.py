@@ -1,0 +1,108 @@
+"""Runs civicbus's parts as supervised child processes on one machine (`civicbus run`).
+
+Each part is the same command an operator would run alone (`civicbus api`, `civicbus relay`,
+`civicbus worker INSTANCE`, ...), so one machine and many machines run identical code. A child
+that dies is restarted with a growing delay; Ctrl-C or SIGTERM stops every child cleanly
+(SIGTERM first, so workers finish and ack their in-flight message, then SIGKILL after a grace
+period).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+GRACE_SECONDS = 15.0
+MAX_RESTART_DELAY = 30.0
+
+
+@dataclass(frozen=True)
+class Part:
+    """One supervised part: a name for the logs and the civicbus sub-command that runs it."""
+
+    name: str
+    args: tuple[str, ...]
+
+
+@dataclass
+class _Child:
+    part: Part
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+
+class Supervisor:
+    """Start parts, restart the ones that die, stop them all on request."""
+
+    def __init__(self, parts: Sequence[Part], env: Mapping[str, str] | None = None) -> None:
+        self._children = [_Child(part) for part in parts]
+        self._env = dict(os.environ if env is None else env)
+        self._stopping = False
+
+    def run(self) -> int:
+        """Run until SIGINT/SIGTERM; returns the exit code for the `civicbus run` process."""
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGTERM, self._request_stop)
+        try:
+            while not self._stopping:
+                self._tend()
+                time.sleep(0.2)
+        finally:
+            self._stop_all()
+        return 0
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        log.info("supervisor.stopping", signal=signal.Signals(signum).name)
+        self._stopping = True
+
+    def _tend(self) -> None:
+        now = time.monotonic()
+        for child in self._children:
+            proc = child.process
+            if proc is not None and proc.poll() is None:
+                continue
+            if proc is not None:
+                self._note_exit(child, proc.returncode, now)
+            if now >= child.next_start:
+                self._start(child, now)
+
+    def _note_exit(self, child: _Child, code: int, now: float) -> None:
+        # A part that ran for a while before dying gets a fresh restart budget.
+        if now - child.started_at > 60:
+            child.restarts = 0
+        delay = min(MAX_RESTART_DELAY, 0.5 * 2**child.restarts)
+        child.restarts += 1
+        child.next_start = now + delay
+        child.process = None
+        log.warning("supervisor.part_exited", part=child.part.name, code=code, restart_in=delay)
+
+    def _start(self, child: _Child, now: float) -> None:
+        argv = [sys.executable, "-m", "bus", *child.part.args]
+        child.process = subprocess.Popen(argv, env=self._env)
+        child.started_at = now
+        log.info("supervisor.part_started", part=child.part.name, pid=child.process.pid)
+
+    def _stop_all(self) -> None:
+        running = [c.process for c in self._children if c.process and c.process.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("supervisor.kill", pid=proc.pid)
+                proc.kill()
+                proc.wait()
+        log.info("supervisor.stopped")
