@@ -45,9 +45,16 @@ class _Child:
 class Supervisor:
     """Start parts, restart the ones that die, stop them all on request."""
 
-    def __init__(self, parts: Sequence[Part], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        parts: Sequence[Part],
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (sys.executable, "-m", "bus"),
+    ) -> None:
         self._children = [_Child(part) for part in parts]
         self._env = dict(os.environ if env is None else env)
+        #: What a part's args are appended to: the civicbus command of this interpreter.
+        self._command = tuple(command)
         self._stopping = False
 
     def run(self) -> int:
@@ -88,7 +95,7 @@ class Supervisor:
         log.warning("supervisor.part_exited", part=child.part.name, code=code, restart_in=delay)
 
     def _start(self, child: _Child, now: float) -> None:
-        argv = [sys.executable, "-m", "bus", *child.part.args]
+        argv = [*self._command, *child.part.args]
         child.process = subprocess.Popen(argv, env=self._env)
         child.started_at = now
         log.info("supervisor.part_started", part=child.part.name, pid=child.process.pid)
