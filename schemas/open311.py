@@ -1,0 +1,378 @@
+"""Open311 GeoReport v2 input: forms and query values in, canonical drafts or Open311 errors out.
+
+Tolerant in what it accepts (OPEN311.md): empty values are absent, unknown fields are ignored,
+`attribute[X]=v` and `attribute[X][]=v` both work, booleans are true/false/1/0. Every problem is
+reported at once, each naming the field or attribute. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas.model import (
+    Attribute,
+    AttributeAnswer,
+    Channel,
+    Datatype,
+    Location,
+    Media,
+    Reporter,
+    Service,
+    ServiceRequest,
+    Status,
+    StatusUpdate,
+)
+
+#: A decoded form or query string: every field with all its values, in order.
+FormData = Mapping[str, Sequence[str]]
+
+MAX_DESCRIPTION = 4000
+#: Longest value accepted in any other single field; longer is a client bug, not a report.
+MAX_FIELD = 1000
+
+_ATTRIBUTE_FIELD = re.compile(r"^attribute\[([^\[\]]+)\](\[\])?$")
+# Characters XML 1.0 cannot carry (and PostgreSQL text cannot hold NUL): rejected on input.
+_FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+@dataclass(frozen=True)
+class Open311Error:
+    """One Open311 error: an integer code (the HTTP status) and what the client should fix."""
+
+    code: int
+    description: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"code": self.code, "description": self.description}
+
+
+class InvalidValue(ValueError):
+    """A single query or form value could not be read; the message names the field."""
+
+
+# --- single values ------------------------------------------------------------------------
+
+
+def first(form: FormData, name: str) -> str | None:
+    """The first non-empty value of a field, stripped; an empty value counts as absent."""
+    for value in form.get(name, ()):
+        value = value.strip()
+        if value:
+            return value
+    return None
+
+
+def parse_bool(name: str, value: str | None, *, default: bool = False) -> bool:
+    """Read an Open311 boolean: true/false/1/0 (C-05); absent gives `default`."""
+    if value is None or not value.strip():
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise InvalidValue(f"{name}: {_show(value)} is not a boolean (use true or false)")
+
+
+def parse_datetime(name: str, value: str) -> datetime:
+    """Read an ISO 8601 datetime that carries a zone (C-03)."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidValue(
+            f"{name}: {_show(value)} is not an ISO 8601 datetime (e.g. 2026-05-01T09:30:00+02:00)"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise InvalidValue(f"{name}: {_show(value)} has no time zone (add Z or +hh:mm)")
+    return parsed
+
+
+def parse_int(name: str, value: str, *, low: int, high: int) -> int:
+    """Read a whole number within [low, high]."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise InvalidValue(f"{name}: {_show(value)} is not a whole number") from None
+    if not low <= number <= high:
+        raise InvalidValue(f"{name}: must be between {low} and {high}")
+    return number
+
+
+def parse_float(name: str, value: str, *, low: float, high: float) -> float:
+    """Read a finite decimal number within [low, high]."""
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise InvalidValue(f"{name}: {_show(value)} is not a number") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise InvalidValue(f"{name}: must be between {low:g} and {high:g}")
+    return number
+
+
+def comma_list(value: str | None) -> list[str]:
+    """Split a comma list, dropping empty items: `a, b,,c` is [a, b, c]."""
+    if value is None:
+        return []
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_status(name: str, value: str) -> Status:
+    """Read a status of the extended set in any case (C-22/C-23)."""
+    try:
+        return Status(value.strip().lower())
+    except ValueError:
+        allowed = ", ".join(s.value.upper() for s in Status)
+        raise InvalidValue(f"{name}: {_show(value)} is not one of {allowed}") from None
+
+
+def check_text(name: str, value: str, *, limit: int = MAX_FIELD) -> None:
+    """Reject control characters and overlong values in a free-text field."""
+    if _FORBIDDEN_CHARS.search(value):
+        raise InvalidValue(f"{name}: contains control characters")
+    if len(value) > limit:
+        raise InvalidValue(f"{name}: longer than {limit:,} characters")
+
+
+def _show(value: str) -> str:
+    """A value quoted for an error message, shortened so a huge input gives a short error."""
+    shown = value if len(value) <= 40 else value[:37] + "..."
+    return repr(_FORBIDDEN_CHARS.sub("?", shown))
+
+
+# --- create -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestDraft:
+    """A valid create form, read against its service; the intake turns it into a request."""
+
+    service: Service
+    location: Location
+    reporter: Reporter
+    description: str | None
+    attributes: dict[str, AttributeAnswer]
+    media_url: str | None
+
+    def to_request(
+        self,
+        *,
+        request_id: str,
+        at: datetime,
+        channel: Channel = Channel.WEB,
+        media: tuple[Media, ...] = (),
+    ) -> ServiceRequest:
+        """The canonical request; uploaded media win over a `media_url` (C-13)."""
+        if not media and self.media_url:
+            media = (Media(url=self.media_url),)
+        return ServiceRequest(
+            id=request_id,
+            jurisdiction=self.service.jurisdiction,
+            service_code=self.service.code,
+            service_name=self.service.name,
+            description=self.description,
+            attributes=self.attributes,
+            location=self.location,
+            reporter=self.reporter,
+            media=media,
+            channel=channel,
+            agency=self.service.agency,
+            service_notice=self.service.service_notice,
+            requested_at=at,
+            updated_at=at,
+        )
+
+
+_REPORTER_FIELDS = ("email", "device_id", "account_id", "first_name", "last_name", "phone")
+
+
+def parse_create_form(form: FormData, service: Service | None) -> RequestDraft | list[Open311Error]:
+    """Read a POST /requests form (C-11..C-13) against its service.
+
+    With `service` None (missing or unknown code, reported by the caller) the rest of the form
+    is still checked, so the client learns everything that is wrong at once.
+    """
+    problems: list[str] = []
+    location = _read_location(form, problems)
+    reporter_fields: dict[str, str] = {}
+    for name in _REPORTER_FIELDS:
+        value = _text_field(form, name, problems)
+        if value is not None:
+            reporter_fields[name] = value
+    description = _text_field(form, "description", problems, limit=MAX_DESCRIPTION)
+    media_url = _text_field(form, "media_url", problems)
+    if media_url is not None and not re.match(r"^https?://[^\s/]+", media_url, re.IGNORECASE):
+        problems.append(f"media_url: {_show(media_url)} is not an http or https URL")
+    attributes = _read_attributes(form, service, problems) if service is not None else {}
+    errors = [Open311Error(400, p) for p in problems]
+    if errors or service is None or location is None:
+        return errors
+    return RequestDraft(
+        service=service,
+        location=location,
+        reporter=Reporter(**reporter_fields),
+        description=description,
+        attributes=attributes,
+        media_url=media_url,
+    )
+
+
+def _text_field(
+    form: FormData, name: str, problems: list[str], *, limit: int = MAX_FIELD
+) -> str | None:
+    value = first(form, name)
+    if value is None:
+        return None
+    try:
+        check_text(name, value, limit=limit)
+    except InvalidValue as exc:
+        problems.append(str(exc))
+        return None
+    return value
+
+
+def _read_location(form: FormData, problems: list[str]) -> Location | None:
+    lat_text, long_text = first(form, "lat"), first(form, "long")
+    address = _text_field(form, "address_string", problems)
+    address_id = _text_field(form, "address_id", problems)
+    zipcode = _text_field(form, "zipcode", problems)
+    lat = long = None
+    before = len(problems)
+    if (lat_text is None) != (long_text is None):
+        problems.append("lat and long must be given together")
+    elif lat_text is not None and long_text is not None:
+        for name, text, limit in (("lat", lat_text, 90.0), ("long", long_text, 180.0)):
+            try:
+                value = parse_float(name, text, low=-limit, high=limit)
+            except InvalidValue as exc:
+                problems.append(str(exc))
+                continue
+            lat, long = (value, long) if name == "lat" else (lat, value)
+    if lat_text is None and long_text is None and address is None and address_id is None:
+        if len(problems) == before:
+            problems.append("a location is required: lat and long, address_string, or address_id")
+        return None
+    if len(problems) > before:
+        return None
+    return Location(lat=lat, long=long, address=address, address_id=address_id, zipcode=zipcode)
+
+
+def attribute_values(form: FormData) -> dict[str, list[str]]:
+    """Every `attribute[CODE]` and `attribute[CODE][]` value by code, empty values dropped."""
+    found: dict[str, list[str]] = {}
+    for field, values in form.items():
+        match = _ATTRIBUTE_FIELD.match(field)
+        if match:
+            kept = [v.strip() for v in values if v.strip()]
+            if kept:
+                found.setdefault(match.group(1), []).extend(kept)
+    return found
+
+
+def _read_attributes(
+    form: FormData, service: Service, problems: list[str]
+) -> dict[str, AttributeAnswer]:
+    given = attribute_values(form)
+    answers: dict[str, AttributeAnswer] = {}
+    # Unknown codes are ignored (tolerant input); informational attributes take no answer.
+    for attribute in sorted(service.attributes, key=lambda a: a.order):
+        if not attribute.variable:
+            continue
+        values = given.get(attribute.code, [])
+        if not values:
+            if attribute.required:
+                problems.append(f"{attribute.code} required")
+            continue
+        answer = _read_answer(attribute, values, problems)
+        if answer is not None:
+            answers[attribute.code] = answer
+    return answers
+
+
+def _read_answer(
+    attribute: Attribute, values: list[str], problems: list[str]
+) -> AttributeAnswer | None:
+    code = attribute.code
+    limit = MAX_DESCRIPTION if attribute.datatype is Datatype.TEXT else MAX_FIELD
+    for value in values:
+        try:
+            check_text(code, value, limit=limit)
+        except InvalidValue as exc:
+            problems.append(str(exc))
+            return None
+    if attribute.datatype is Datatype.MULTIVALUELIST:
+        unknown = [v for v in values if not _is_key(attribute, v)]
+        if unknown:
+            problems.extend(_not_one_of(attribute, v) for v in unknown)
+            return None
+        return tuple(dict.fromkeys(values))  # repeated keys count once, order kept
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) > 1:
+        problems.append(f"{code}: takes one value, got {len(distinct)}")
+        return None
+    value = distinct[0]
+    try:
+        if attribute.datatype is Datatype.NUMBER:
+            parse_float(code, value, low=-math.inf, high=math.inf)
+        elif attribute.datatype is Datatype.DATETIME:
+            return parse_datetime(code, value).isoformat()
+        elif attribute.datatype is Datatype.SINGLEVALUELIST and not _is_key(attribute, value):
+            problems.append(_not_one_of(attribute, value))
+            return None
+    except InvalidValue as exc:
+        problems.append(str(exc))
+        return None
+    return value
+
+
+def _is_key(attribute: Attribute, value: str) -> bool:
+    return any(v.key == value for v in attribute.values)
+
+
+def _not_one_of(attribute: Attribute, value: str) -> str:
+    keys = ", ".join(v.key for v in attribute.values)
+    return f"{attribute.code}: {_show(value)} is not one of {keys}"
+
+
+# --- status updates (mySociety servicerequestupdates, C-22) ---------------------------------
+
+
+def parse_update_form(form: FormData, *, source: str) -> StatusUpdate | list[Open311Error]:
+    """Read a POST /servicerequestupdates form into a canonical update, or errors."""
+    problems: list[str] = []
+    values: dict[str, object] = {"source": source}
+    for name, key in (("service_request_id", "request_id"), ("update_id", "update_id")):
+        value = _text_field(form, name, problems, limit=200)
+        if value is None and not any(p.startswith(name) for p in problems):
+            problems.append(f"{name} required")
+        values[key] = value
+    status_text = first(form, "status")
+    if status_text is None:
+        problems.append("status required")
+    else:
+        try:
+            values["status"] = parse_status("status", status_text)
+        except InvalidValue as exc:
+            problems.append(str(exc))
+    when = first(form, "updated_datetime")
+    if when is None:
+        problems.append("updated_datetime required")
+    else:
+        try:
+            values["at"] = parse_datetime("updated_datetime", when)
+        except InvalidValue as exc:
+            problems.append(str(exc))
+    values["note"] = _text_field(form, "description", problems, limit=MAX_DESCRIPTION)
+    values["external_status_code"] = _text_field(form, "external_status_code", problems)
+    media_url = _text_field(form, "media_url", problems)
+    if media_url is not None and not re.match(r"^https?://[^\s/]+", media_url, re.IGNORECASE):
+        problems.append(f"media_url: {_show(media_url)} is not an http or https URL")
+    values["media_url"] = media_url
+    if problems:
+        return [Open311Error(400, p) for p in problems]
+    return StatusUpdate.model_validate(values)
