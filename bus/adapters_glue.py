@@ -1,0 +1,44 @@
+"""Building adapter instances from the city's config (the glue between bus.config and adapters).
+
+`adapters/` knows nothing of `bus/`; this module hands it the plain pieces of an InstanceConfig.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from adapters import Adapter
+from adapters.registry import build_adapter as _build
+from bus.config import ConfigError, InstanceConfig
+
+
+def mapping_path(cfg: InstanceConfig, base_dir: Path) -> Path | None:
+    """The instance's mapping file; a relative path is taken from `base_dir`."""
+    if cfg.mapping is None:
+        return None
+    path = Path(cfg.mapping)
+    return path if path.is_absolute() else base_dir / path
+
+
+def build_adapter(
+    instance_name: str,
+    cfg: InstanceConfig,
+    base_dir: Path,
+    env: Mapping[str, str] | None = None,
+) -> Adapter:
+    """Build one configured instance: secrets from `env` (default: os.environ), mapping validated.
+
+    Raises ConfigError for a missing secret, and RegistryError or MappingFileError (from
+    `adapters`) for a kind that is not installed or a mapping that does not validate.
+    """
+    try:
+        settings = cfg.resolved_settings(env)
+    except ConfigError as exc:
+        raise ConfigError(f"adapter instance {instance_name!r}: {exc}") from exc
+    return _build(
+        instance_name,
+        kind=cfg.kind,
+        settings=settings,
+        mapping_path=mapping_path(cfg, base_dir),
+    )
