@@ -32,6 +32,8 @@ class Control:
     items: WorkItems | None = None
     #: Extra read-only listings, e.g. the mailbox's messages: path segment -> producer.
     listings: dict[str, Callable[[], list[dict[str, Any]]]] | None = None
+    #: Extra actions (POST), e.g. revoking the parks tokens: path segment -> handler(body).
+    actions: dict[str, Callable[[dict[str, Any]], Any]] | None = None
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         """Answer one control request: (HTTP status, JSON-able body)."""
@@ -59,6 +61,8 @@ class Control:
             return 200, self.faults.describe()
         if self.listings and len(parts) == 1 and parts[0] in self.listings and method == "GET":
             return 200, self.listings[parts[0]]()
+        if self.actions and len(parts) == 1 and parts[0] in self.actions and method == "POST":
+            return 200, self.actions[parts[0]](payload)
         if self.items is not None and parts and parts[0] == "items":
             return self._items(method, parts[1:], payload, self.items)
         return 404, {"error": "unknown control path; see GET /_sandbox/"}

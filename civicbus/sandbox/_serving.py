@@ -26,8 +26,10 @@ class _QuietHandler(WSGIRequestHandler):
 class ServedThread:
     """A server running in a daemon thread; `stop()` shuts it down and frees the port."""
 
-    def __init__(self, url: str, stop: Callable[[], None]) -> None:
+    def __init__(self, url: str, stop: Callable[[], None], control_url: str | None = None) -> None:
         self.url = url
+        #: Where the `/_sandbox/` control endpoint is (the same server unless said otherwise).
+        self.control_url = control_url or "/".join(url.split("/")[:3])
         self._stop = stop
 
     def stop(self) -> None:

@@ -34,6 +34,8 @@ class Running(Protocol):
     """A started simulator: where it listens, and how to stop it."""
 
     url: str
+    #: Base URL of the simulator's `/_sandbox/` control endpoint.
+    control_url: str
 
     def stop(self) -> None: ...
 
