@@ -68,10 +68,14 @@ class _KeysAsWritten(yaml.SafeLoader):
     """Mapping keys stay the text written (`yes:` and `1:` are keys "yes" and "1", not True/1)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        mapping = super().construct_mapping(node, deep=deep)
+        self.flatten_mapping(node)  # resolves `<<` merge keys
         return {
-            (key_node.value if isinstance(key_node, yaml.ScalarNode) else key): value
-            for (key_node, _), (key, value) in zip(node.value, mapping.items(), strict=False)
+            (
+                key_node.value
+                if isinstance(key_node, yaml.ScalarNode)
+                else self.construct_object(key_node, deep=deep)
+            ): self.construct_object(value_node, deep=deep)
+            for key_node, value_node in node.value
         }
 
 
