@@ -1,0 +1,91 @@
+"""Redaction of residents' personal data from anything that leaves the request store.
+
+Audit details and log lines pass through `redact`: values under personal-data keys (e-mail,
+phone, names, device id, the whole reporter) become "[redacted]", and e-mail addresses or
+phone numbers written inside free text are masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "[redacted]"
+EMAIL_MASK = "[redacted-email]"
+PHONE_MASK = "[redacted-phone]"
+
+#: Keys (lower case, `-`/space as `_`) whose values are personal data, whatever they hold.
+PERSONAL_KEYS = frozenset(
+    {
+        "reporter",
+        "email",
+        "e_mail",
+        "email_address",
+        "phone",
+        "phone_number",
+        "telephone",
+        "mobile",
+        "first_name",
+        "last_name",
+        "full_name",
+        "name",
+        "device_id",
+        "account_id",
+    }
+)
+
+#: Suffixes that make a compound key personal too ("reporter_email", "contact_phone").
+_PERSONAL_SUFFIXES = (
+    "_email",
+    "_phone",
+    "_phone_number",
+    "_first_name",
+    "_last_name",
+    "_device_id",
+)
+
+_EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# A run of 7 to 15 digits, optionally led by "+", with single spaces, dots, dashes or
+# parentheses between groups; not glued to letters, digits or dashes (ids, UUIDs, hashes).
+_PHONE = re.compile(r"(?<![\w\-+])\+?\(?\d(?:[\s.\-()/]{0,2}\d){6,14}(?![\w\-])")
+# Digit runs that look like a phone number but are dates, times or decimal numbers.
+_NOT_A_PHONE = re.compile(r"^(?:\d{4}-\d{2}-\d{2}|\d{1,2}[.\-/]\d{1,2}[.\-/]\d{2,4}|\d+\.\d+)")
+
+
+def _is_personal_key(key: object) -> bool:
+    if not isinstance(key, str):
+        return False
+    normal = key.strip().lower().replace("-", "_").replace(" ", "_")
+    return normal in PERSONAL_KEYS or normal.endswith(_PERSONAL_SUFFIXES)
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    text = match.group(0)
+    return text if _NOT_A_PHONE.match(text) else PHONE_MASK
+
+
+def redact_text(text: str) -> str:
+    """The text with e-mail addresses and phone-number-looking digit runs masked."""
+    if "@" in text:
+        text = _EMAIL.sub(EMAIL_MASK, text)
+    return _PHONE.sub(_mask_phone, text)
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with personal data removed; mappings and sequences are walked.
+
+    Pydantic models are dumped to plain data first. The input is never modified.
+    """
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            key: (REDACTED if _is_personal_key(key) and item is not None else redact(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(item) for item in value]
+    if hasattr(value, "model_dump"):
+        return redact(value.model_dump(mode="json"))
+    return value

@@ -1,0 +1,204 @@
+"""The audit log: an append-only chain where each entry's hash covers the previous hash.
+
+Entry ids are assigned gap-free while the single chain-head row is locked (SELECT ... FOR
+UPDATE on PostgreSQL; SQLite's write lock serializes writers anyway), so concurrent writers
+never fork the chain and a missing id means a deleted entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from bus.redaction import redact
+from bus.store._records import AuditEntry, AuditVerification
+from bus.store._tables import GENESIS_HASH, audit_head, audit_log
+
+_HEAD_ID = 1
+_VERIFY_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """An entry written when its transaction commits (so the head lock is held briefly)."""
+
+    at: datetime
+    actor: str
+    action: str
+    request_id: str | None
+    message_id: str | None
+    outcome: str
+    details: str  # canonical JSON, already redacted
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def entry_hash(
+    *,
+    id: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    request_id: str | None,
+    message_id: str | None,
+    outcome: str,
+    details: str,
+    prev_hash: str,
+) -> str:
+    """SHA-256 over the canonical JSON of the entry's fields and the previous entry's hash."""
+    fields = {
+        "id": id,
+        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": actor,
+        "action": action,
+        "request_id": request_id,
+        "message_id": message_id,
+        "outcome": outcome,
+        "details": json.loads(details),
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+
+
+def pending_entry(
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    request_id: str | None,
+    message_id: str | None,
+    outcome: str,
+    details: dict[str, Any] | None,
+) -> PendingEntry:
+    # Round-trip through JSON so that what is hashed is exactly what verification re-reads.
+    redacted = canonical_json(json.loads(canonical_json(redact(details or {}))))
+    return PendingEntry(at, actor, action, request_id, message_id, outcome, redacted)
+
+
+def append(conn: Connection, entries: list[PendingEntry]) -> None:
+    """Chain the entries onto the log inside the caller's transaction."""
+    if not entries:
+        return
+    head = conn.execute(
+        sa.select(audit_head.c.last_id, audit_head.c.last_hash)
+        .where(audit_head.c.id == _HEAD_ID)
+        .with_for_update()
+    ).one()
+    last_id, last_hash = int(head.last_id), str(head.last_hash)
+    rows = []
+    for entry in entries:
+        last_id += 1
+        fields: dict[str, Any] = {
+            "id": last_id,
+            "at": entry.at,
+            "actor": entry.actor,
+            "action": entry.action,
+            "request_id": entry.request_id,
+            "message_id": entry.message_id,
+            "outcome": entry.outcome,
+            "details": entry.details,
+            "prev_hash": last_hash,
+        }
+        last_hash = entry_hash(**fields)
+        rows.append({**fields, "hash": last_hash})
+    conn.execute(audit_log.insert(), rows)
+    conn.execute(
+        audit_head.update()
+        .where(audit_head.c.id == _HEAD_ID)
+        .values(last_id=last_id, last_hash=last_hash)
+    )
+
+
+def _entry(row: Row[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=row.id,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        request_id=row.request_id,
+        message_id=row.message_id,
+        outcome=row.outcome,
+        details=json.loads(row.details),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+def trail(conn: Connection, request_id: str) -> list[AuditEntry]:
+    rows = conn.execute(
+        sa.select(audit_log).where(audit_log.c.request_id == request_id).order_by(audit_log.c.id)
+    )
+    return [_entry(row) for row in rows]
+
+
+def verify(conn: Connection) -> AuditVerification:
+    """Walk the chain from the start; report the first entry that does not fit."""
+    expected_id, running_hash, count = 1, GENESIS_HASH, 0
+    while True:
+        page = conn.execute(
+            sa.select(audit_log)
+            .where(audit_log.c.id >= expected_id)
+            .order_by(audit_log.c.id)
+            .limit(_VERIFY_PAGE)
+        ).all()
+        for row in page:
+            if row.id != expected_id:
+                return AuditVerification(
+                    False, count, row.id, f"entries {expected_id}..{row.id - 1} are missing"
+                )
+            if row.prev_hash != running_hash:
+                return AuditVerification(
+                    False, count, row.id, "prev_hash does not match the previous entry's hash"
+                )
+            try:
+                recomputed = entry_hash(
+                    id=row.id,
+                    at=row.at,
+                    actor=row.actor,
+                    action=row.action,
+                    request_id=row.request_id,
+                    message_id=row.message_id,
+                    outcome=row.outcome,
+                    details=row.details,
+                    prev_hash=row.prev_hash,
+                )
+            except ValueError:  # details no longer valid JSON
+                recomputed = ""
+            if recomputed != row.hash:
+                return AuditVerification(False, count, row.id, "entry altered: hash mismatch")
+            running_hash, expected_id, count = row.hash, expected_id + 1, count + 1
+        if len(page) < _VERIFY_PAGE:
+            break
+    # Entries below id 1 cannot be reached by the walk above; any there were inserted.
+    stray = conn.execute(sa.select(sa.func.min(audit_log.c.id)).where(audit_log.c.id < 1)).scalar()
+    if stray is not None:
+        return AuditVerification(False, count, int(stray), "entry inserted outside the chain")
+    head = conn.execute(sa.select(audit_head).where(audit_head.c.id == _HEAD_ID)).one()
+    if head.last_id != count or head.last_hash != running_hash:
+        return AuditVerification(
+            False,
+            count,
+            count + 1,
+            f"the chain ends at id {count} but its head records id {head.last_id}: "
+            "entries at the end are missing or the head was altered",
+        )
+    return AuditVerification(True, count)

@@ -1,0 +1,60 @@
+"""API clients: keys are random, shown once, and stored only as their SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from bus.store._records import Client
+from bus.store._sql import utcnow
+from bus.store._tables import api_clients
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _client(row: Row[Any]) -> Client:
+    return Client(
+        id=row.id,
+        name=row.name,
+        jurisdiction=row.jurisdiction,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def add(conn: Connection, name: str, jurisdiction: str | None) -> tuple[Client, str]:
+    key = secrets.token_urlsafe(32)
+    row = conn.execute(
+        api_clients.insert()
+        .values(name=name, key_hash=key_hash(key), jurisdiction=jurisdiction, created_at=utcnow())
+        .returning(*api_clients.c)
+    ).one()
+    return _client(row), key
+
+
+def authenticate(conn: Connection, key: str) -> Client | None:
+    row = conn.execute(
+        sa.select(api_clients).where(
+            api_clients.c.key_hash == key_hash(key), api_clients.c.revoked_at.is_(None)
+        )
+    ).first()
+    return _client(row) if row else None
+
+
+def list_all(conn: Connection) -> list[Client]:
+    return [_client(row) for row in conn.execute(sa.select(api_clients).order_by(api_clients.c.id))]
+
+
+def revoke(conn: Connection, name: str) -> bool:
+    result = conn.execute(
+        api_clients.update()
+        .where(api_clients.c.name == name, api_clients.c.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return bool(result.rowcount)

@@ -1,0 +1,102 @@
+"""Dead letters: messages an adapter instance gave up on, kept for inspection and replay."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from bus.store._outbox import without_reporter
+from bus.store._records import DeadLetter, DeadLetterState
+from bus.store._sql import utcnow
+from bus.store._tables import dead_letters as dead
+
+
+def _dead_letter(row: Row[Any]) -> DeadLetter:
+    return DeadLetter(
+        id=row.id,
+        instance=row.instance,
+        message_id=row.message_id,
+        request_id=row.request_id,
+        reason=row.reason,
+        attempts=row.attempts,
+        first_failed_at=row.first_failed_at,
+        last_failed_at=row.last_failed_at,
+        envelope=row.envelope,
+        state=DeadLetterState(row.state),
+    )
+
+
+def record(
+    conn: Connection,
+    *,
+    instance: str,
+    message_id: str,
+    request_id: str | None,
+    reason: str,
+    envelope: dict[str, Any] | str | None,
+    attempts: int,
+    at: datetime | None,
+) -> DeadLetter:
+    """Insert the dead letter, or bump the attempts and last failure of the known one."""
+    at = at or utcnow()
+    if isinstance(envelope, dict) and isinstance(envelope.get("data"), dict):
+        envelope = {**envelope, "data": without_reporter(envelope["data"], request_id)}
+    existing = conn.execute(
+        sa.select(dead.c.id)
+        .where(dead.c.instance == instance, dead.c.message_id == message_id)
+        .with_for_update()
+    ).scalar()
+    if existing is None:
+        row = conn.execute(
+            dead.insert()
+            .values(
+                instance=instance,
+                message_id=message_id,
+                request_id=request_id,
+                reason=reason,
+                attempts=attempts,
+                first_failed_at=at,
+                last_failed_at=at,
+                envelope=envelope,
+                state=DeadLetterState.DEAD.value,
+            )
+            .returning(*dead.c)
+        ).one()
+    else:
+        row = conn.execute(
+            dead.update()
+            .where(dead.c.id == existing)
+            .values(
+                attempts=dead.c.attempts + attempts,
+                last_failed_at=at,
+                reason=reason,
+                envelope=envelope,
+                state=DeadLetterState.DEAD.value,
+            )
+            .returning(*dead.c)
+        ).one()
+    return _dead_letter(row)
+
+
+def list_for(conn: Connection, instance: str, state: DeadLetterState) -> list[DeadLetter]:
+    rows = conn.execute(
+        sa.select(dead)
+        .where(dead.c.instance == instance, dead.c.state == state.value)
+        .order_by(dead.c.id)
+    )
+    return [_dead_letter(row) for row in rows]
+
+
+def get(conn: Connection, dead_letter_id: int) -> DeadLetter | None:
+    row = conn.execute(sa.select(dead).where(dead.c.id == dead_letter_id)).first()
+    return _dead_letter(row) if row else None
+
+
+def set_state(conn: Connection, dead_letter_id: int, state: DeadLetterState) -> bool:
+    result = conn.execute(
+        dead.update().where(dead.c.id == dead_letter_id).values(state=state.value)
+    )
+    return bool(result.rowcount)

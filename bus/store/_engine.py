@@ -1,0 +1,77 @@
+"""Engines for the two supported databases: embedded SQLite (WAL) and PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+#: Milliseconds a writer waits for SQLite's write lock before the store reports itself unavailable.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+#: Seconds to wait for a PostgreSQL connection before the store reports itself unavailable.
+PG_CONNECT_TIMEOUT_S = 5
+
+#: Execution option marking a connection that will write (SQLite: BEGIN IMMEDIATE).
+WRITE_OPTION = "civicbus_write"
+
+
+def normalise_url(url: str) -> URL:
+    """The URL with the psycopg 3 driver for plain `postgresql://` URLs."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_engine(url: str) -> Engine:
+    """An engine configured for the store; nothing connects until first use."""
+    parsed = normalise_url(url)
+    # hide_parameters: SQLAlchemy's error texts must never quote row values (personal data).
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(
+            parsed,
+            hide_parameters=True,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(
+            parsed,
+            hide_parameters=True,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
+        )
+    raise ValueError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that we emit BEGIN ourselves below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode a commit is durable against a crash of the process (kill -9): the WAL
+        # file is written before COMMIT returns and the OS keeps it. synchronous=NORMAL only
+        # skips the fsync per commit, so a power cut may lose the last commits, never corrupt.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # Writers take the write lock up front: two deferred transactions that both upgrade
+        # from read to write would deadlock ("database is locked" without waiting).
+        write = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine, for write transactions."""
+    return engine.execution_options(**{WRITE_OPTION: True})

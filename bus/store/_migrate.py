@@ -1,0 +1,58 @@
+"""Schema migrations with Alembic, run from code: the scripts ship inside the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+import structlog
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+#: PostgreSQL advisory lock key held while migrating ("civicbus" as digits of a 32-bit key).
+_ADVISORY_LOCK_KEY = 0x63697669
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config for the packaged scripts, bound to `connection` when given."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def is_current(engine: Engine) -> bool:
+    """Whether the schema is at head, without taking any write lock."""
+    with engine.connect() as conn:
+        return current_revision(conn) == head_revision()
+
+
+def upgrade(write_engine: Engine) -> None:
+    """Migrate to head; several processes starting at once migrate exactly once.
+
+    PostgreSQL: an advisory lock held for the transaction; SQLite: the write transaction
+    (BEGIN IMMEDIATE) itself. The second process then finds the schema at head.
+    """
+    with write_engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        before = current_revision(conn)
+        command.upgrade(alembic_config(conn), "head")
+        after = current_revision(conn)
+    if before != after:
+        log.info("store.migrated", from_revision=before, to_revision=after)

@@ -1,0 +1,67 @@
+"""The transactional outbox: events written with the data they describe, published later."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection
+
+from bus.store._records import OutboxRow
+from bus.store._sql import utcnow
+from bus.store._tables import outbox
+from schemas.events import Envelope
+
+log = structlog.get_logger(__name__)
+
+
+def without_reporter(data: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+    """The event data with any reporter contact emptied: personal data never leaves the store
+    through an event, whatever the caller passed."""
+    reporter = data.get("reporter")
+    if isinstance(reporter, dict) and any(value is not None for value in reporter.values()):
+        log.warning("store.outbox.reporter_removed", request_id=request_id)
+        return {**data, "reporter": dict.fromkeys(reporter)}
+    return data
+
+
+def add(conn: Connection, envelope: Envelope, exchange: str, routing_key: str) -> None:
+    document = envelope.model_dump(mode="json")
+    document["data"] = without_reporter(document["data"], envelope.subject)
+    conn.execute(
+        outbox.insert().values(
+            message_id=envelope.id,
+            envelope=document,
+            exchange=exchange,
+            routing_key=routing_key,
+            created_at=utcnow(),
+        )
+    )
+
+
+def pending(conn: Connection, limit: int) -> list[OutboxRow]:
+    rows = conn.execute(
+        sa.select(outbox).where(outbox.c.sent_at.is_(None)).order_by(outbox.c.id).limit(limit)
+    )
+    return [
+        OutboxRow(
+            id=row.id,
+            envelope=Envelope.model_validate(row.envelope),
+            exchange=row.exchange,
+            routing_key=row.routing_key,
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]
+
+
+def mark_sent(conn: Connection, ids: Sequence[int]) -> None:
+    if not ids:
+        return
+    conn.execute(
+        outbox.update()
+        .where(outbox.c.id.in_(list(ids)), outbox.c.sent_at.is_(None))
+        .values(sent_at=utcnow())
+    )

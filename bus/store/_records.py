@@ -1,0 +1,107 @@
+"""Plain records the store hands out and takes in (re-exported by `bus.store`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from schemas.events import Envelope
+from schemas.model import Status
+
+
+@dataclass(frozen=True)
+class Client:
+    """An API client (an app or partner) identified by a hashed key."""
+
+    id: int
+    name: str
+    jurisdiction: str | None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int  # monotonically increasing: the relay publishes in this order
+    envelope: Envelope
+    exchange: str
+    routing_key: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str  # who or what: "api:client-name", "relay", "worker:sap-roads", "cli:dead-replay"
+    action: str  # "accepted", "relayed", "routed", "attempt", "retry_scheduled", "submitted", ...
+    request_id: str | None
+    message_id: str | None
+    outcome: str  # "ok", "error", "duplicate", ...
+    details: dict[str, Any]  # never personal data
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    ok: bool
+    entries: int
+    #: The first entry id where the chain breaks (edited, deleted or inserted), if any.
+    broken_at: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RequestQuery:
+    """Filters of GET /requests (OPEN311.md C-17, C-19); None means 'not filtered'."""
+
+    ids: Sequence[str] | None = None
+    service_codes: Sequence[str] | None = None
+    jurisdiction: str | None = None
+    statuses: Sequence[Status] | None = None
+    requested_from: datetime | None = None
+    requested_to: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    bbox: tuple[float, float, float, float] | None = None  # lat_ne, long_ne, lat_sw, long_sw
+    offset: int = 0
+    limit: int = 1000
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A back-office system's webhook: events matching `events` are POSTed, signed, to `url`."""
+
+    id: int
+    url: str
+    events: tuple[str, ...]  # patterns on the short event type, e.g. "request.*"
+    secret_env: str | None  # the environment variable holding the HMAC secret
+    created_at: datetime
+    active: bool = True
+
+
+class DeadLetterState(StrEnum):
+    DEAD = "dead"
+    REPLAYED = "replayed"
+    DROPPED = "dropped"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message an adapter instance gave up on (dead letter channel), kept for replay."""
+
+    id: int
+    instance: str
+    message_id: str
+    request_id: str | None
+    reason: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    #: The envelope as JSON data, or the raw body as text when it was not valid JSON.
+    envelope: dict[str, Any] | str | None
+    state: DeadLetterState

@@ -1,0 +1,293 @@
+"""The request repository: canonical requests in and out of their tables.
+
+A request is one `requests` row (filterable columns plus the canonical document as JSON) with
+its reporter (personal data, own table), status history and back-end cross-references.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection, Row
+
+from bus.store._records import RequestQuery
+from bus.store._sql import insert_ignoring_duplicates, utcnow
+from bus.store._tables import backend_refs, batch_tokens, reporters, requests, status_history
+from schemas.model import ServiceRequest, StatusNote, StatusUpdate
+
+log = structlog.get_logger(__name__)
+
+_REPORTER_FIELDS = ("email", "first_name", "last_name", "phone", "device_id", "account_id")
+#: Parts of the request kept in tables of their own rather than in the JSON document.
+_APART = {"reporter", "backend_refs", "history"}
+
+
+def _document(request: ServiceRequest) -> dict[str, Any]:
+    """The JSON document of a request, its times in UTC, without the parts kept apart."""
+    in_utc = request.model_copy(
+        update={
+            "requested_at": request.requested_at.astimezone(UTC),
+            "updated_at": request.updated_at.astimezone(UTC),
+            "expected_at": request.expected_at and request.expected_at.astimezone(UTC),
+        }
+    )
+    return in_utc.model_dump(mode="json", exclude=_APART)
+
+
+def _note_row(request_id: str, note: StatusNote, recorded_at: datetime) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "update_id": note.update_id,
+        "status": note.status.value,
+        "at": note.at,
+        "note": note.note,
+        "source": note.source,
+        "external_status_code": note.external_status_code,
+        "media_url": note.media_url,
+        "recorded_at": recorded_at,
+    }
+
+
+def insert_request(conn: Connection, request: ServiceRequest, token: str | None) -> None:
+    """Insert a new request with its reporter, history, references and batch token."""
+    now = utcnow()
+    conn.execute(
+        requests.insert().values(
+            id=request.id,
+            jurisdiction=request.jurisdiction,
+            service_code=request.service_code,
+            status=request.status.value,
+            requested_at=request.requested_at,
+            updated_at=request.updated_at,
+            lat=request.location.lat,
+            long=request.location.long,
+            document=_document(request),
+        )
+    )
+    contact = request.reporter.model_dump()
+    if any(value is not None for value in contact.values()):
+        conn.execute(reporters.insert().values(request_id=request.id, **contact))
+    if request.history:
+        conn.execute(
+            status_history.insert(),
+            [_note_row(request.id, note, now) for note in request.history],
+        )
+    if request.backend_refs:
+        conn.execute(
+            backend_refs.insert(),
+            [
+                {
+                    "request_id": request.id,
+                    "adapter": ref.adapter,
+                    "reference": ref.reference,
+                    "at": ref.submitted_at,
+                }
+                for ref in request.backend_refs
+            ],
+        )
+    if token is not None:
+        conn.execute(
+            batch_tokens.insert().values(token=token, request_id=request.id, created_at=now)
+        )
+
+
+def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceRequest]:
+    """Whole canonical requests for `requests` rows, in the rows' order."""
+    ids = [row.id for row in rows]
+    if not ids:
+        return []
+    contacts = {
+        row.request_id: row
+        for row in conn.execute(sa.select(reporters).where(reporters.c.request_id.in_(ids)))
+    }
+    refs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for ref in conn.execute(
+        sa.select(backend_refs)
+        .where(backend_refs.c.request_id.in_(ids))
+        .order_by(backend_refs.c.id)
+    ):
+        refs[ref.request_id].append(
+            {"adapter": ref.adapter, "reference": ref.reference, "submitted_at": ref.at}
+        )
+    notes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for note in conn.execute(
+        sa.select(status_history)
+        .where(status_history.c.request_id.in_(ids))
+        .order_by(status_history.c.id)
+    ):
+        notes[note.request_id].append(
+            {
+                "status": note.status,
+                "at": note.at,
+                "note": note.note,
+                "source": note.source,
+                "update_id": note.update_id,
+                "external_status_code": note.external_status_code,
+                "media_url": note.media_url,
+            }
+        )
+    loaded = []
+    for row in rows:
+        contact = contacts.get(row.id)
+        document = {
+            **row.document,
+            # The columns are the truth for what queries filter on.
+            "id": row.id,
+            "jurisdiction": row.jurisdiction,
+            "service_code": row.service_code,
+            "status": row.status,
+            "requested_at": row.requested_at,
+            "updated_at": row.updated_at,
+            "reporter": {f: getattr(contact, f) for f in _REPORTER_FIELDS} if contact else {},
+            "backend_refs": refs.get(row.id, []),
+            "history": notes.get(row.id, []),
+        }
+        loaded.append(ServiceRequest.model_validate(document))
+    return loaded
+
+
+def get_request(conn: Connection, request_id: str) -> ServiceRequest | None:
+    rows = conn.execute(sa.select(requests).where(requests.c.id == request_id)).all()
+    found = load_requests(conn, rows)
+    return found[0] if found else None
+
+
+def _filters(query: RequestQuery) -> Iterable[sa.ColumnElement[bool]]:
+    c = requests.c
+    if query.ids is not None:
+        yield c.id.in_(list(query.ids))
+    if query.service_codes is not None:
+        yield c.service_code.in_(list(query.service_codes))
+    if query.jurisdiction is not None:
+        yield c.jurisdiction == query.jurisdiction
+    if query.statuses is not None:
+        yield c.status.in_([status.value for status in query.statuses])
+    if query.requested_from is not None:
+        yield c.requested_at >= query.requested_from
+    if query.requested_to is not None:
+        yield c.requested_at <= query.requested_to
+    if query.updated_after is not None:
+        yield c.updated_at > query.updated_after
+    if query.updated_before is not None:
+        yield c.updated_at < query.updated_before
+    if query.bbox is not None:
+        lat_ne, long_ne, lat_sw, long_sw = query.bbox
+        yield c.lat.between(min(lat_sw, lat_ne), max(lat_sw, lat_ne))
+        if long_sw <= long_ne:
+            yield c.long.between(long_sw, long_ne)
+        else:  # the box crosses the antimeridian
+            yield sa.or_(c.long >= long_sw, c.long <= long_ne)
+
+
+def find_requests(conn: Connection, query: RequestQuery) -> list[ServiceRequest]:
+    statement = (
+        sa.select(requests)
+        .where(*_filters(query))
+        .order_by(requests.c.requested_at, requests.c.id)
+        .offset(max(query.offset, 0))
+        .limit(max(query.limit, 0))
+    )
+    return load_requests(conn, conn.execute(statement).all())
+
+
+def apply_status_update(conn: Connection, update: StatusUpdate) -> ServiceRequest | None:
+    """Record the update; None when its update_id was already recorded for the request."""
+    row = conn.execute(
+        sa.select(requests.c.document)
+        .where(requests.c.id == update.request_id)
+        .with_for_update()  # concurrent updates of one request apply one after the other
+    ).first()
+    if row is None:
+        raise KeyError(f"no request {update.request_id!r}")
+    note = StatusNote(
+        status=update.status,
+        at=update.at,
+        note=update.note,
+        source=update.source,
+        update_id=update.update_id,
+        external_status_code=update.external_status_code,
+        media_url=update.media_url,
+    )
+    inserted = insert_ignoring_duplicates(
+        conn,
+        status_history,
+        _note_row(update.request_id, note, utcnow()),
+        keys=("request_id", "update_id"),
+    )
+    if not inserted:
+        log.info(
+            "store.status_update.repeated", request_id=update.request_id, update_id=update.update_id
+        )
+        return None
+    document = dict(row.document)
+    document["status"] = update.status.value
+    document["updated_at"] = update.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if update.note is not None:
+        document["status_notes"] = update.note
+    conn.execute(
+        requests.update()
+        .where(requests.c.id == update.request_id)
+        .values(status=update.status.value, updated_at=update.at, document=document)
+    )
+    return get_request(conn, update.request_id)
+
+
+def add_backend_ref(
+    conn: Connection, request_id: str, adapter: str, reference: str, at: datetime
+) -> None:
+    """Record the cross-reference; the first reference per (request, adapter) is kept."""
+    inserted = insert_ignoring_duplicates(
+        conn,
+        backend_refs,
+        {"request_id": request_id, "adapter": adapter, "reference": reference, "at": at},
+        keys=("request_id", "adapter"),
+    )
+    if not inserted:
+        known = conn.execute(
+            sa.select(backend_refs.c.reference).where(
+                backend_refs.c.request_id == request_id, backend_refs.c.adapter == adapter
+            )
+        ).scalar_one()
+        if known != reference:
+            log.warning(
+                "store.backend_ref.conflict",
+                request_id=request_id,
+                adapter=adapter,
+                kept=known,
+                offered=reference,
+            )
+
+
+def status_updates(conn: Connection, start: datetime, end: datetime) -> list[StatusUpdate]:
+    """Recorded updates (history entries with an update_id) whose time is in [start, end]."""
+    h = status_history.c
+    rows = conn.execute(
+        sa.select(status_history)
+        .where(h.update_id.is_not(None), h.at >= start, h.at <= end)
+        .order_by(h.at, h.id)
+    )
+    return [
+        StatusUpdate(
+            request_id=row.request_id,
+            status=row.status,
+            at=row.at,
+            update_id=row.update_id,
+            source=row.source,
+            note=row.note,
+            external_status_code=row.external_status_code,
+            media_url=row.media_url,
+        )
+        for row in rows
+    ]
+
+
+def resolve_token(conn: Connection, token: str) -> str | None:
+    found: str | None = conn.execute(
+        sa.select(batch_tokens.c.request_id).where(batch_tokens.c.token == token)
+    ).scalar()
+    return found

@@ -1,0 +1,205 @@
+"""The `Store`: one per process, the entry to every read and unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bus.store import (
+    _audit,
+    _clients,
+    _dead_letters,
+    _engine,
+    _migrate,
+    _outbox,
+    _requests,
+    _subscriptions,
+    _watermarks,
+)
+from bus.store._errors import translate_errors
+from bus.store._records import (
+    AuditEntry,
+    AuditVerification,
+    Client,
+    DeadLetter,
+    DeadLetterState,
+    OutboxRow,
+    RequestQuery,
+    Subscription,
+)
+from bus.store._tables import idempotency_keys
+from bus.store._transaction import Transaction
+from schemas.model import ServiceRequest, StatusUpdate
+
+T = TypeVar("T")
+
+
+class Store:
+    """The database behind civicbus: SQLite (WAL) embedded, or PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        """Prepare the engine; nothing connects (and no schema is created) until first use."""
+        self._engine = _engine.create_engine(url)
+        self._writer = _engine.writer(self._engine)
+        self._database = self._engine.url.render_as_string(hide_password=True)
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Connect, creating or upgrading the schema (Alembic) on first use."""
+        store = cls(url)
+        try:
+            with translate_errors(store._database):
+                if not _migrate.is_current(store._engine):
+                    _migrate.upgrade(store._writer)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def upgrade(self) -> None:
+        """Run the Alembic migrations up to head."""
+        with translate_errors(self._database):
+            _migrate.upgrade(self._writer)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        return self._engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A unit of work; raises StoreUnavailable when the database cannot be reached.
+
+        Any exception inside the block rolls everything back (request, outbox, audit).
+        """
+        with translate_errors(self._database), self._writer.begin() as conn:
+            tx = Transaction(conn)
+            yield tx
+            tx._before_commit()
+
+    def _read(self, work: Callable[[Connection], T]) -> T:
+        with translate_errors(self._database), self._engine.connect() as conn:
+            return work(conn)
+
+    def _write(self, work: Callable[[Transaction], T]) -> T:
+        with self.transaction() as tx:
+            return work(tx)
+
+    # --- reads ---------------------------------------------------------------------------
+    def get_request(self, request_id: str) -> ServiceRequest | None:
+        """The whole canonical request: reporter, back-end references and history included."""
+        return self._read(lambda conn: _requests.get_request(conn, request_id))
+
+    def find_requests(self, query: RequestQuery) -> list[ServiceRequest]:
+        """Requests matching every filter, ordered by requested time then id."""
+        return self._read(lambda conn: _requests.find_requests(conn, query))
+
+    def status_updates(self, start: datetime, end: datetime) -> list[StatusUpdate]:
+        """Updates recorded in [start, end] across all requests, oldest first (C-21).
+
+        Filters on the update's own time (its `updated_datetime`).
+        """
+        return self._read(lambda conn: _requests.status_updates(conn, start, end))
+
+    def resolve_token(self, token: str) -> str | None:
+        """The request id behind a batch token; None for an unknown token (C-16)."""
+        return self._read(lambda conn: _requests.resolve_token(conn, token))
+
+    def idempotent_response(self, client_id: int, key: str) -> dict[str, Any] | None:
+        """The answer first given to (client, Idempotency-Key), if any (C-15)."""
+
+        def read(conn: Connection) -> dict[str, Any] | None:
+            found: dict[str, Any] | None = conn.execute(
+                sa.select(idempotency_keys.c.response).where(
+                    idempotency_keys.c.client_id == client_id, idempotency_keys.c.key == key
+                )
+            ).scalar()
+            return found
+
+        return self._read(read)
+
+    def watermark(self, instance: str) -> str | None:
+        return self._read(lambda conn: _watermarks.watermark(conn, instance))
+
+    # --- API clients -----------------------------------------------------------------------
+    def add_client(self, name: str, jurisdiction: str | None = None) -> tuple[Client, str]:
+        """Create a client; returns it with its key, which is stored only hashed."""
+        return self._write(lambda tx: _clients.add(tx._session, name, jurisdiction))
+
+    def authenticate(self, key: str) -> Client | None:
+        """The active client holding this key, or None."""
+        return self._read(lambda conn: _clients.authenticate(conn, key))
+
+    def list_clients(self) -> list[Client]:
+        return self._read(_clients.list_all)
+
+    def revoke_client(self, name: str) -> bool:
+        """Revoke the named client's key; False if no active client has that name."""
+        return self._write(lambda tx: _clients.revoke(tx._session, name))
+
+    # --- outbox (the relay's side) ---------------------------------------------------------
+    def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
+        """Unsent rows, oldest first."""
+        return self._read(lambda conn: _outbox.pending(conn, limit))
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        """Mark rows published (after the broker confirmed them)."""
+        self._write(lambda tx: tx.mark_sent(ids))
+
+    # --- audit -----------------------------------------------------------------------------
+    def audit_trail(self, request_id: str) -> list[AuditEntry]:
+        """The request's audit entries, oldest first."""
+        return self._read(lambda conn: _audit.trail(conn, request_id))
+
+    def verify_audit(self) -> AuditVerification:
+        """Walk the whole chain; report the first edited, deleted or inserted entry."""
+        return self._read(_audit.verify)
+
+    # --- leases ----------------------------------------------------------------------------
+    def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        """Take or renew the named lease (e.g. "relay") for `holder` for `ttl_seconds`.
+
+        False while another holder's lease has not expired. Renew well within the TTL.
+        """
+        return self._write(lambda tx: tx.try_lease(name, holder, ttl_seconds))
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up (on clean shutdown); False if `holder` did not hold it."""
+        return self._write(lambda tx: tx.release_lease(name, holder))
+
+    # --- webhook subscriptions -------------------------------------------------------------
+    def add_subscription(
+        self, url: str, events: Sequence[str], secret_env: str | None = None
+    ) -> Subscription:
+        """Subscribe a webhook URL to events matching the patterns (e.g. "request.*")."""
+        return self._write(lambda tx: tx.add_subscription(url, events, secret_env))
+
+    def list_subscriptions(self, *, include_removed: bool = False) -> list[Subscription]:
+        """Subscriptions in creation order; active ones only unless asked otherwise."""
+        return self._read(lambda conn: _subscriptions.list_all(conn, include_removed))
+
+    def get_subscription(self, subscription_id: int) -> Subscription | None:
+        return self._read(lambda conn: _subscriptions.get(conn, subscription_id))
+
+    def remove_subscription(self, subscription_id: int) -> bool:
+        """Deactivate a subscription; False if there was no active one with that id."""
+        return self._write(lambda tx: tx.remove_subscription(subscription_id))
+
+    # --- dead letters ----------------------------------------------------------------------
+    def dead_letters(
+        self, instance: str, state: DeadLetterState = DeadLetterState.DEAD
+    ) -> list[DeadLetter]:
+        """The instance's dead letters in that state, oldest first."""
+        return self._read(lambda conn: _dead_letters.list_for(conn, instance, state))
+
+    def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        return self._read(lambda conn: _dead_letters.get(conn, dead_letter_id))

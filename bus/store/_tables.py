@@ -1,0 +1,243 @@
+"""The store's tables (SQLAlchemy Core), the one source the migrations are checked against."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database.
+
+    PostgreSQL keeps `timestamptz`; SQLite has no zones, so UTC is stored naive (its fixed-width
+    text form then also sorts and compares correctly) and the zone is put back on reading.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("the store takes timezone-aware datetimes only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+#: An autoincrementing id: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _json() -> sa.JSON:
+    return sa.JSON(none_as_null=True)
+
+
+def _request_fk() -> sa.ForeignKey:
+    return sa.ForeignKey("requests.id", ondelete="CASCADE")
+
+
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("jurisdiction", sa.String(128), nullable=False),
+    sa.Column("service_code", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("requested_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("lat", sa.Float(), nullable=True),
+    sa.Column("long", sa.Float(), nullable=True),
+    # The canonical request without reporter, back-end references and history (own tables).
+    sa.Column("document", _json(), nullable=False),
+    sa.Index(None, "requested_at", "id"),
+    sa.Index(None, "updated_at"),
+    sa.Index(None, "service_code"),
+    sa.Index(None, "status"),
+    sa.Index(None, "lat", "long"),
+)
+
+# Personal data lives apart so that nothing copying request rows can copy it by accident.
+reporters = sa.Table(
+    "reporters",
+    metadata,
+    sa.Column("request_id", sa.String(64), _request_fk(), primary_key=True),
+    sa.Column("email", sa.Text(), nullable=True),
+    sa.Column("first_name", sa.Text(), nullable=True),
+    sa.Column("last_name", sa.Text(), nullable=True),
+    sa.Column("phone", sa.Text(), nullable=True),
+    sa.Column("device_id", sa.Text(), nullable=True),
+    sa.Column("account_id", sa.Text(), nullable=True),
+)
+
+status_history = sa.Table(
+    "status_history",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), _request_fk(), nullable=False),
+    sa.Column("update_id", sa.String(255), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("note", sa.Text(), nullable=True),
+    sa.Column("source", sa.String(255), nullable=False),
+    sa.Column("external_status_code", sa.String(255), nullable=True),
+    sa.Column("media_url", sa.Text(), nullable=True),
+    sa.Column("recorded_at", UTCDateTime(), nullable=False),
+    # A repeated update_id for the same request is a harmless repeat (C-22).
+    sa.UniqueConstraint("request_id", "update_id"),
+    sa.Index(None, "at"),
+)
+
+backend_refs = sa.Table(
+    "backend_refs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), _request_fk(), nullable=False),
+    sa.Column("adapter", sa.String(128), nullable=False),
+    sa.Column("reference", sa.String(255), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("request_id", "adapter"),
+    sa.Index(None, "adapter", "reference"),
+)
+
+batch_tokens = sa.Table(
+    "batch_tokens",
+    metadata,
+    sa.Column("token", sa.String(128), primary_key=True),
+    sa.Column("request_id", sa.String(64), _request_fk(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+api_clients = sa.Table(
+    "api_clients",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    # SHA-256 hex of the key; the key itself is shown once and never stored.
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("jurisdiction", sa.String(128), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column(
+        "client_id", BigId, sa.ForeignKey("api_clients.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("response", _json(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),  # the publish order
+    sa.Column("message_id", sa.String(255), nullable=False),
+    sa.Column("envelope", _json(), nullable=False),
+    sa.Column("exchange", sa.String(255), nullable=False),
+    sa.Column("routing_key", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("sent_at", UTCDateTime(), nullable=True),
+    # Only unsent rows are indexed: the relay's scan stays small however long the history.
+    sa.Index(
+        "ix_outbox_pending",
+        "id",
+        postgresql_where=sa.text("sent_at IS NULL"),
+        sqlite_where=sa.text("sent_at IS NULL"),
+    ),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    # Ids are assigned gap-free under the chain-head lock; a gap means a deleted entry.
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("message_id", sa.String(255), nullable=True),
+    sa.Column("outcome", sa.String(64), nullable=False),
+    # Canonical JSON text, hashed byte for byte as stored (no database re-formatting).
+    sa.Column("details", sa.Text(), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index(None, "request_id", "id"),
+)
+
+# One row: the last entry's id and hash. Writers lock it, so the chain never forks.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("last_id", BigId, nullable=False),
+    sa.Column("last_hash", sa.String(64), nullable=False),
+)
+
+adapter_watermarks = sa.Table(
+    "adapter_watermarks",
+    metadata,
+    sa.Column("instance", sa.String(128), primary_key=True),
+    sa.Column("watermark", sa.Text(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+webhook_subscriptions = sa.Table(
+    "webhook_subscriptions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("events", _json(), nullable=False),  # list of patterns such as "request.*"
+    sa.Column("secret_env", sa.String(255), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("active", sa.Boolean(), nullable=False),
+)
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("instance", sa.String(128), nullable=False),
+    sa.Column("message_id", sa.String(255), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("first_failed_at", UTCDateTime(), nullable=False),
+    sa.Column("last_failed_at", UTCDateTime(), nullable=False),
+    sa.Column("envelope", _json(), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.UniqueConstraint("instance", "message_id"),
+    sa.Index(None, "instance", "state", "id"),
+)
+
+GENESIS_HASH = "0" * 64

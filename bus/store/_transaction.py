@@ -1,0 +1,160 @@
+"""The unit of work: everything done through one `Transaction` commits together or not at all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bus.store import (
+    _audit,
+    _dead_letters,
+    _leases,
+    _outbox,
+    _requests,
+    _subscriptions,
+    _watermarks,
+)
+from bus.store._records import DeadLetter, DeadLetterState, Subscription
+from bus.store._sql import utcnow
+from bus.store._tables import idempotency_keys
+from schemas.events import Envelope
+from schemas.model import ServiceRequest, StatusUpdate
+
+
+@dataclass
+class Transaction:
+    """A unit of work: everything done through it commits together or not at all."""
+
+    #: The SQLAlchemy Connection of the open database transaction.
+    _session: Any = field(repr=False)
+    _audit_entries: list[_audit.PendingEntry] = field(default_factory=list, repr=False)
+
+    # --- requests --------------------------------------------------------------------------
+    def add_request(self, request: ServiceRequest, *, token: str | None = None) -> None:
+        """Insert a new request (and its batch token, if any); AlreadyExists for a known id."""
+        _requests.insert_request(self._session, request, token)
+
+    def get_request(self, request_id: str) -> ServiceRequest | None:
+        """The whole request as this transaction sees it (reporter included)."""
+        return _requests.get_request(self._session, request_id)
+
+    def save_idempotent_response(self, client_id: int, key: str, response: dict[str, Any]) -> None:
+        """Remember the answer given to (client, Idempotency-Key) (OPEN311.md C-15).
+
+        A concurrent request with the same key makes this raise AlreadyExists at once or at
+        commit, so the loser's whole transaction (its request included) is rolled back.
+        """
+        self._session.execute(
+            idempotency_keys.insert().values(
+                client_id=client_id, key=key, response=response, created_at=utcnow()
+            )
+        )
+
+    def apply_status_update(self, update: StatusUpdate) -> ServiceRequest | None:
+        """Add the update to the request's history and set its status and updated time.
+
+        Returns the updated request, or None when `update.update_id` was already recorded
+        for that request (a harmless repeat, C-22). Raises KeyError for an unknown request.
+        A note on the update also becomes the request's `status_notes`.
+        """
+        return _requests.apply_status_update(self._session, update)
+
+    def add_backend_ref(self, request_id: str, adapter: str, reference: str, at: datetime) -> None:
+        """Record the back-end's reference for the request (idempotent per adapter)."""
+        _requests.add_backend_ref(self._session, request_id, adapter, reference, at)
+
+    # --- outbox ----------------------------------------------------------------------------
+    def add_outbox(self, envelope: Envelope, *, exchange: str, routing_key: str) -> None:
+        """Queue an event for the relay; it is published only if this transaction commits.
+
+        Reporter contact data in the envelope's `data` is emptied before it is stored.
+        """
+        _outbox.add(self._session, envelope, exchange, routing_key)
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        """Mark outbox rows published, together with whatever else this transaction does."""
+        _outbox.mark_sent(self._session, ids)
+
+    # --- audit -----------------------------------------------------------------------------
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        request_id: str | None = None,
+        message_id: str | None = None,
+        outcome: str = "ok",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an entry to the hash chain (details are redacted of personal data).
+
+        Entries are chained when the transaction commits, in the order they were added.
+        """
+        self._audit_entries.append(
+            _audit.pending_entry(
+                at=utcnow(),
+                actor=actor,
+                action=action,
+                request_id=request_id,
+                message_id=message_id,
+                outcome=outcome,
+                details=details,
+            )
+        )
+
+    def _before_commit(self) -> None:
+        entries, self._audit_entries = self._audit_entries, []
+        _audit.append(self._session, entries)
+
+    # --- adapters, leases, subscriptions, dead letters --------------------------------------
+    def set_watermark(self, instance: str, watermark: str | None) -> None:
+        """Remember how far the instance's poller has read its back-end's updates."""
+        _watermarks.set_watermark(self._session, instance, watermark)
+
+    def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        """Take or renew the named lease for `holder`; False while someone else holds it."""
+        return _leases.try_lease(self._session, name, holder, ttl_seconds)
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up; False if `holder` did not hold it."""
+        return _leases.release(self._session, name, holder)
+
+    def add_subscription(
+        self, url: str, events: Sequence[str], secret_env: str | None = None
+    ) -> Subscription:
+        """Subscribe a webhook URL to events matching the patterns (e.g. "request.*")."""
+        return _subscriptions.add(self._session, url, events, secret_env)
+
+    def remove_subscription(self, subscription_id: int) -> bool:
+        """Deactivate a subscription; False if there was no active one with that id."""
+        return _subscriptions.remove(self._session, subscription_id)
+
+    def record_dead_letter(
+        self,
+        *,
+        instance: str,
+        message_id: str,
+        reason: str,
+        envelope: dict[str, Any] | str | None,
+        request_id: str | None = None,
+        attempts: int = 1,
+        at: datetime | None = None,
+    ) -> DeadLetter:
+        """Keep a message the instance gave up on; a known (instance, message_id) gets its
+        attempts increased by `attempts`, its last failure and reason updated, state `dead`."""
+        return _dead_letters.record(
+            self._session,
+            instance=instance,
+            message_id=message_id,
+            request_id=request_id,
+            reason=reason,
+            envelope=envelope,
+            attempts=attempts,
+            at=at,
+        )
+
+    def set_dead_letter_state(self, dead_letter_id: int, state: DeadLetterState) -> bool:
+        """Mark a dead letter replayed or dropped (or dead again); False for an unknown id."""
+        return _dead_letters.set_state(self._session, dead_letter_id, state)

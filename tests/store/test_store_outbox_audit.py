@@ -1,0 +1,184 @@
+"""The outbox and the audit chain, and the all-or-nothing unit of work that writes them."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+from store_factories import make_request
+
+from bus.store import Store
+from schemas.events import Envelope, EventType
+
+
+def envelope(request_id: str, kind: EventType = EventType.CREATED) -> Envelope:
+    request = make_request(request_id)
+    return Envelope(
+        type=kind,
+        subject=request_id,
+        data=request.model_dump(mode="json"),
+        correlationid=f"corr-{request_id}",
+    )
+
+
+def accept(store: Store, request_id: str) -> Envelope:
+    event = envelope(request_id)
+    with store.transaction() as tx:
+        tx.add_request(make_request(request_id))
+        tx.add_outbox(event, exchange="civicbus.events", routing_key="request.created.pothole")
+        tx.audit(actor="api:app", action="accepted", request_id=request_id, message_id=event.id)
+    return event
+
+
+def test_outbox_rows_come_back_in_insertion_order_until_marked_sent(store: Store) -> None:
+    events = [accept(store, f"r{i}") for i in range(5)]
+
+    pending = store.pending_outbox()
+    assert [row.envelope for row in pending] == events
+    assert [row.id for row in pending] == sorted(row.id for row in pending)
+    assert pending[0].exchange == "civicbus.events"
+    assert store.pending_outbox(limit=2) == pending[:2]
+
+    store.mark_sent([pending[0].id, pending[1].id])
+    with store.transaction() as tx:
+        tx.mark_sent([pending[2].id])
+        tx.audit(actor="relay", action="relayed", request_id="r2")
+    assert [row.id for row in store.pending_outbox()] == [r.id for r in pending[3:]]
+
+
+def test_outbox_never_keeps_reporter_contact_data(store: Store) -> None:
+    request = make_request("r", reporter={"email": "ann@example.org", "phone": "555 123 4567"})
+    event = Envelope(
+        type=EventType.CREATED, subject="r", data=request.model_dump(mode="json"), correlationid="c"
+    )
+    with store.transaction() as tx:
+        tx.add_outbox(event, exchange="civicbus.events", routing_key="request.created")
+    (row,) = store.pending_outbox()
+    assert set(row.envelope.data["reporter"].values()) == {None}
+    assert "ann@example.org" not in row.envelope.model_dump_json()
+
+
+def test_a_transaction_that_raises_leaves_nothing_behind(store: Store) -> None:
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
+        tx.add_request(make_request("r"), token="t")
+        tx.add_outbox(envelope("r"), exchange="e", routing_key="k")
+        tx.audit(actor="api:app", action="accepted", request_id="r")
+        raise RuntimeError("boom")
+
+    assert store.get_request("r") is None
+    assert store.resolve_token("t") is None
+    assert store.pending_outbox() == []
+    assert store.audit_trail("r") == []
+    assert store.verify_audit().entries == 0
+
+
+def test_audit_trail_is_oldest_first_and_redacted(store: Store) -> None:
+    accept(store, "r")
+    with store.transaction() as tx:
+        tx.audit(
+            actor="worker:sap",
+            action="submitted",
+            request_id="r",
+            outcome="ok",
+            details={
+                "reporter": {"email": "a@b.org"},
+                "note": "mail ann@example.org",
+                "attempt": 2,
+            },
+        )
+        tx.audit(actor="relay", action="relayed", request_id="other")
+
+    trail = store.audit_trail("r")
+    assert [e.action for e in trail] == ["accepted", "submitted"]
+    assert trail[1].details == {
+        "reporter": "[redacted]",
+        "note": "mail [redacted-email]",
+        "attempt": 2,
+    }
+    assert trail[1].prev_hash != trail[0].prev_hash
+    assert trail[0].at <= trail[1].at
+
+
+def _chain(store: Store, n: int = 5) -> None:
+    for i in range(n):
+        with store.transaction() as tx:
+            tx.audit(actor="test", action="step", request_id="r", details={"i": i})
+
+
+def _execute(store: Store, sql: str) -> None:
+    engine = sa.create_engine(store._engine.url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(sql)
+    engine.dispose()
+
+
+def test_an_intact_chain_verifies(store: Store) -> None:
+    _chain(store)
+    assert store.verify_audit() == store.verify_audit().__class__(ok=True, entries=5)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "broken_at"),
+    [
+        ("UPDATE audit_log SET details = '{\"i\": 42}' WHERE id = 3", 3),
+        ("UPDATE audit_log SET outcome = 'error' WHERE id = 2", 2),
+        ("UPDATE audit_log SET hash = '" + "f" * 64 + "' WHERE id = 3", 3),
+        ("DELETE FROM audit_log WHERE id = 2", 3),
+        ("DELETE FROM audit_log WHERE id = 5", 5),
+        ("UPDATE audit_log SET id = id + 100 WHERE id = 5", 105),
+        (
+            "INSERT INTO audit_log (id, at, actor, action, outcome, details, prev_hash, hash) "
+            "SELECT 6, at, actor, action, outcome, details, hash, hash FROM audit_log WHERE id = 5",
+            6,
+        ),
+    ],
+    ids=[
+        "edit-details",
+        "edit-outcome",
+        "tampered-hash",
+        "delete-middle",
+        "delete-last",
+        "renumber",
+        "insert-at-end",
+    ],
+)
+def test_verify_finds_the_first_broken_entry(store: Store, tamper: str, broken_at: int) -> None:
+    _chain(store)
+    _execute(store, tamper)
+
+    result = store.verify_audit()
+
+    assert not result.ok
+    assert result.broken_at == broken_at
+    assert result.reason
+
+
+def test_concurrent_writers_keep_one_chain(store: Store) -> None:
+    threads, per_thread = 6, 8
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(per_thread):
+                with store.transaction() as tx:
+                    tx.audit(
+                        actor=f"worker:{worker}",
+                        action="attempt",
+                        request_id=f"r{worker}",
+                        details={"i": i},
+                    )
+                    tx.audit(actor=f"worker:{worker}", action="submitted", request_id=f"r{worker}")
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    pool = [threading.Thread(target=write, args=(w,)) for w in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+    assert errors == []
+    result = store.verify_audit()
+    assert result.ok, result
+    assert result.entries == threads * per_thread * 2

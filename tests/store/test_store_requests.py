@@ -1,0 +1,255 @@
+"""Requests in and out of the store: round trips, filters, status updates, tokens, idempotency."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from store_factories import T0, make_request, minutes
+
+from bus.store import AlreadyExists, RequestQuery, Store
+from schemas.model import (
+    BackendRef,
+    Channel,
+    Location,
+    Media,
+    Reporter,
+    Status,
+    StatusNote,
+    StatusUpdate,
+)
+
+
+def full_request(request_id: str = "req-full") -> object:
+    berlin = timezone(timedelta(hours=2))
+    return make_request(
+        request_id,
+        status=Status.IN_PROGRESS,
+        status_notes="crew assigned",
+        description="Deep hole, call 555-123-4567",
+        attributes={"depth": "12", "hazards": ("traffic", "water")},
+        location=Location(
+            lat=-33.86, long=151.2, address="1 Main St", address_id="A-1", zipcode="2000"
+        ),
+        reporter=Reporter(
+            email="ann@example.org",
+            first_name="Ann",
+            last_name="Lee",
+            phone="+61 2 5550 1234",
+            device_id="dev-9",
+            account_id="acc-7",
+        ),
+        media=(Media(url="https://x.test/m/1.jpg", content_type="image/jpeg", sha256="ab" * 32),),
+        channel=Channel.MOBILE,
+        agency="Roads",
+        service_notice="within 5 days",
+        requested_at=datetime(2026, 3, 1, 14, 0, tzinfo=berlin),
+        updated_at=datetime(2026, 3, 1, 15, 0, 0, 123456, tzinfo=berlin),
+        expected_at=datetime(2026, 3, 6, 9, 0, tzinfo=UTC),
+        backend_refs=(BackendRef(adapter="sap-roads", reference="1000123", submitted_at=T0),),
+        history=(
+            StatusNote(status=Status.OPEN, at=T0, source="api"),
+            StatusNote(
+                status=Status.IN_PROGRESS,
+                at=T0 + minutes(5),
+                note="crew",
+                source="sap",
+                update_id="u-1",
+                external_status_code="INPR",
+                media_url="https://x/1",
+            ),
+        ),
+    )
+
+
+def test_request_with_every_field_round_trips_equal(store: Store) -> None:
+    request = full_request()
+    with store.transaction() as tx:
+        tx.add_request(request)  # type: ignore[arg-type]
+
+    loaded = store.get_request("req-full")
+
+    assert loaded == request
+    assert loaded is not None
+    assert loaded.requested_at.tzinfo == UTC and loaded.updated_at.utcoffset() == timedelta(0)
+    assert loaded.reporter.email == "ann@example.org"
+
+
+def test_unknown_request_is_none(store: Store) -> None:
+    assert store.get_request("nope") is None
+
+
+def test_adding_a_known_id_again_raises_already_exists(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("dup"))
+    with pytest.raises(AlreadyExists), store.transaction() as tx:
+        tx.add_request(make_request("dup"))
+
+
+def _seed(store: Store) -> None:
+    rows = [
+        make_request(
+            "a",
+            requested_at=T0,
+            updated_at=T0,
+            service_code="pothole",
+            location=Location(lat=10, long=10),
+        ),
+        make_request(
+            "b",
+            requested_at=T0 + minutes(1),
+            updated_at=T0 + minutes(50),
+            service_code="graffiti",
+            status=Status.CLOSED,
+            location=Location(lat=20, long=20),
+        ),
+        make_request(
+            "c",
+            requested_at=T0 + minutes(2),
+            updated_at=T0 + minutes(2),
+            jurisdiction="shelbyville",
+            location=Location(lat=10, long=179),
+        ),
+        make_request(
+            "d",
+            requested_at=T0 + minutes(2),
+            updated_at=T0 + minutes(3),
+            status=Status.FIXED,
+            location=Location(address="no point"),
+        ),
+    ]
+    with store.transaction() as tx:
+        for row in rows:
+            tx.add_request(row)
+
+
+FILTER_CASES = [
+    (RequestQuery(), ["a", "b", "c", "d"]),
+    (RequestQuery(ids=["d", "a"]), ["a", "d"]),
+    (RequestQuery(service_codes=["graffiti"]), ["b"]),
+    (RequestQuery(jurisdiction="shelbyville"), ["c"]),
+    (RequestQuery(statuses=[Status.CLOSED, Status.FIXED]), ["b", "d"]),
+    (RequestQuery(statuses=[]), []),
+    (RequestQuery(requested_from=T0 + minutes(1), requested_to=T0 + minutes(2)), ["b", "c", "d"]),
+    (RequestQuery(updated_after=T0 + minutes(2), updated_before=T0 + minutes(50)), ["d"]),
+    (RequestQuery(bbox=(15, 15, 5, 5)), ["a"]),
+    (RequestQuery(bbox=(25, -170, 5, 170)), ["c"]),  # crosses the antimeridian
+    (RequestQuery(offset=1, limit=2), ["b", "c"]),
+]
+
+
+def test_find_requests_filters_in_order_of_requested_time_then_id(store: Store) -> None:
+    _seed(store)  # one database for all cases: creating one per case costs more than the test
+    for query, expected in FILTER_CASES:
+        assert [r.id for r in store.find_requests(query)] == expected, query
+
+
+def test_find_requests_compares_times_across_zones(store: Store) -> None:
+    _seed(store)
+    tokyo = timezone(timedelta(hours=9))
+    found = store.find_requests(RequestQuery(requested_to=(T0 + minutes(1)).astimezone(tokyo)))
+    assert [r.id for r in found] == ["a", "b"]
+
+
+def test_status_update_sets_status_time_and_history_and_a_repeat_is_harmless(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+    update = StatusUpdate(
+        request_id="r",
+        status=Status.CLOSED,
+        at=T0 + minutes(10),
+        update_id="u-1",
+        source="sap-roads",
+        note="filled",
+        external_status_code="DONE",
+    )
+
+    with store.transaction() as tx:
+        updated = tx.apply_status_update(update)
+    with store.transaction() as tx:
+        repeated = tx.apply_status_update(update.model_copy(update={"status": Status.OPEN}))
+
+    assert updated is not None and updated.status is Status.CLOSED
+    assert repeated is None
+    stored = store.get_request("r")
+    assert stored is not None
+    assert (stored.status, stored.updated_at, stored.status_notes) == (
+        Status.CLOSED,
+        T0 + minutes(10),
+        "filled",
+    )
+    assert [(n.update_id, n.external_status_code) for n in stored.history] == [("u-1", "DONE")]
+    assert store.status_updates(T0, T0 + minutes(10)) == [update]
+    assert store.status_updates(T0 + minutes(11), T0 + minutes(20)) == []
+
+
+def test_status_update_for_an_unknown_request_raises_key_error_and_writes_nothing(
+    store: Store,
+) -> None:
+    update = StatusUpdate(
+        request_id="ghost", status=Status.CLOSED, at=T0, update_id="u", source="x"
+    )
+    with pytest.raises(KeyError), store.transaction() as tx:
+        tx.audit(actor="test", action="status_changed", request_id="ghost")
+        tx.apply_status_update(update)
+    assert store.audit_trail("ghost") == []
+
+
+def test_backend_ref_is_idempotent_per_adapter(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+    for reference in ("SAP-1", "SAP-1", "SAP-2"):
+        with store.transaction() as tx:
+            tx.add_backend_ref("r", "sap-roads", reference, T0)
+    with store.transaction() as tx:
+        tx.add_backend_ref("r", "email", "msg-1", T0 + minutes(1))
+
+    stored = store.get_request("r")
+    assert stored is not None
+    assert [(b.adapter, b.reference) for b in stored.backend_refs] == [
+        ("sap-roads", "SAP-1"),
+        ("email", "msg-1"),
+    ]
+
+
+def test_batch_token_resolves_to_its_request(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"), token="tok-1")
+    assert store.resolve_token("tok-1") == "r"
+    assert store.resolve_token("tok-unknown") is None
+
+
+def test_idempotent_response_is_remembered_per_client_and_key(store: Store) -> None:
+    client, _ = store.add_client("app")
+    other, _ = store.add_client("other")
+    answer = {"service_request_id": "r", "nested": [1, {"a": None}]}
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+        tx.save_idempotent_response(client.id, "key-1", answer)
+
+    assert store.idempotent_response(client.id, "key-1") == answer
+    assert store.idempotent_response(other.id, "key-1") is None
+    assert store.idempotent_response(client.id, "key-2") is None
+
+
+def test_a_raced_idempotency_key_rolls_back_the_second_request(store: Store) -> None:
+    client, _ = store.add_client("app")
+    with store.transaction() as tx:
+        tx.add_request(make_request("first"))
+        tx.save_idempotent_response(client.id, "k", {"id": "first"})
+    with pytest.raises(AlreadyExists), store.transaction() as tx:
+        tx.add_request(make_request("second"))
+        tx.save_idempotent_response(client.id, "k", {"id": "second"})
+    assert store.get_request("second") is None
+    assert store.idempotent_response(client.id, "k") == {"id": "first"}
+
+
+def test_watermark_is_kept_per_instance(store: Store) -> None:
+    assert store.watermark("parks") is None
+    with store.transaction() as tx:
+        tx.set_watermark("parks", "2026-03-01T12:00:00Z")
+    with store.transaction() as tx:
+        tx.set_watermark("parks", "cursor-2")
+        tx.set_watermark("sap", None)
+    assert store.watermark("parks") == "cursor-2"
+    assert store.watermark("sap") is None
