@@ -1,0 +1,79 @@
+"""How zeep's and requests' failures become TransientError or PermanentError, in one place.
+
+Most errors are classified by type through `ERRORS`. Two carry their class in their data instead:
+a SOAP fault by its fault code (Client/Sender: our request was refused; Server/Receiver: the
+permit system failed) and an HTTP error by its status (4xx refused, except 408/429; 5xx failed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+import zeep.exceptions
+
+from adapters._exceptions import (
+    AdapterError,
+    ErrorTable,
+    PermanentError,
+    TransientError,
+    map_exceptions,
+)
+
+ERRORS: ErrorTable = {
+    # A hostile or broken back-end: retrying gets the same document back.
+    zeep.exceptions.DTDForbidden: PermanentError,
+    zeep.exceptions.EntitiesForbidden: PermanentError,
+    # Our values do not fit the WSDL's types: the mapping or the data must change.
+    zeep.exceptions.ValidationError: PermanentError,
+    # A garbled answer (a proxy's error page, a cut connection) may be fine next time.
+    zeep.exceptions.XMLSyntaxError: TransientError,
+    requests.Timeout: TransientError,
+    requests.ConnectionError: TransientError,
+    OSError: TransientError,
+}
+
+_RETRYABLE_HTTP = frozenset({408, 425, 429})
+_CLIENT_FAULTS = ("client", "sender")
+# Quoted values in a fault string may be a resident's data; element names ('{ns}name') are kept.
+_QUOTED = re.compile(r"'[^']*'")
+
+
+class DuplicateCase(PermanentError):
+    """The permit system already holds a case with this external reference."""
+
+
+def fault_kind(fault: zeep.exceptions.Fault) -> type[AdapterError]:
+    """PermanentError for a client (sender) fault, TransientError for anything else."""
+    code = str(fault.code or "").rpartition(":")[2]
+    if code.endswith(".DuplicateReference"):
+        return DuplicateCase
+    return PermanentError if code.split(".")[0].lower() in _CLIENT_FAULTS else TransientError
+
+
+def safe_fault_text(fault: zeep.exceptions.Fault) -> str:
+    """The fault code and message with quoted values blanked out (they may be personal data)."""
+    message = _QUOTED.sub(_blank_value, str(fault.message or ""))[:300]
+    return f"SOAP fault {fault.code}: {message}"
+
+
+def _blank_value(quoted: re.Match[str]) -> str:
+    text = quoted.group(0)
+    return text if text.startswith("'{") else "'…'"
+
+
+@contextmanager
+def soap_errors(context: str) -> Iterator[None]:
+    """Raise any failure of the block as TransientError or PermanentError, with `context`."""
+    with map_exceptions(ERRORS, context=context):
+        try:
+            yield
+        except zeep.exceptions.Fault as fault:
+            raise fault_kind(fault)(f"{context}: {safe_fault_text(fault)}") from fault
+        except zeep.exceptions.TransportError as exc:
+            status = exc.status_code
+            kind = (PermanentError if 400 <= status < 500 and status not in _RETRYABLE_HTTP
+                    else TransientError)
+            raise kind(f"{context}: HTTP {status} from the permit system") from exc

@@ -1,0 +1,247 @@
+"""The permits adapter against the SOAP permit simulator on a loopback port (spyne, zeep)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zeep.exceptions
+from backends_support import MAPPINGS, a_request, control, free_port, simulator
+
+from adapters import PermanentError, TransientError
+from adapters.mapping import Mapping, load_mapping, parse_mapping
+from adapters.permits import PermitsAdapter
+from adapters.permits._errors import fault_kind, safe_fault_text
+from civicbus.sandbox.runner import Running
+from schemas.model import Status
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def mapping() -> Mapping:
+    return load_mapping(MAPPINGS / "permits.yaml")
+
+
+@pytest.fixture
+def permits(tmp_path: Path) -> Iterator[Running]:
+    with simulator("permits", tmp_path) as running:
+        yield running
+
+
+def adapter_for(running: Running, mapping: Mapping, **settings: Any) -> PermitsAdapter:
+    return PermitsAdapter("permits", {"wsdl": running.url + "?wsdl", "timeout": 5, **settings},
+                          mapping)
+
+
+def test_submit_creates_a_case_with_the_mapped_fields(permits: Running, mapping: Mapping) -> None:
+    request = a_request("SKIP_PERMIT")
+    receipt = adapter_for(permits, mapping).submit(request)
+
+    assert receipt.created and receipt.reference.startswith("PRM-")
+    assert receipt.status is Status.OPEN
+    case = control(permits, "GET", f"/items/{receipt.reference}")
+    assert case["external_reference"] == request.id
+    payload = case["payload"]
+    assert payload["caseType"] == "SKIP_SCAFFOLD"
+    assert payload["district"] == "SPRINGFIELD"
+    assert payload["address"] == "12 Evergreen Terrace"
+    assert (payload["lat"], payload["lon"]) == (51.50101, -0.12412)
+    assert payload["description"].startswith("Scaffold blocks")
+    assert payload["reportedAt"].startswith("2026-11-20T09:30:00")
+    # The mapping does not ask for the reporter's contact: it never reaches the permit system.
+    assert payload["contactEmail"] is None
+
+
+def test_submit_twice_creates_one_case(permits: Running, mapping: Mapping) -> None:
+    adapter = adapter_for(permits, mapping)
+    request = a_request()
+
+    first, second = adapter.submit(request), adapter.submit(request)
+
+    assert first.created and not second.created
+    assert first.reference == second.reference
+    assert len(control(permits, "GET", "/items")) == 1
+
+
+def test_find_answers_by_external_reference(permits: Running, mapping: Mapping) -> None:
+    adapter = adapter_for(permits, mapping)
+    request = a_request("EVENT_PERMIT")
+    receipt = adapter.submit(request)
+
+    found = adapter.find(request.id)
+
+    assert found is not None and found.reference == receipt.reference and not found.created
+    assert adapter.find("req-unknown") is None
+
+
+def test_a_status_moved_in_the_simulator_is_reported_once(
+    permits: Running, mapping: Mapping
+) -> None:
+    adapter = adapter_for(permits, mapping)
+    request = a_request()
+    adapter.submit(request)
+    first = adapter.updates(None)
+    assert [(u.request_id, u.status) for u in first.updates] == [(request.id, Status.OPEN)]
+
+    control(permits, "POST", f"/items/{request.id}/advance")
+    control(permits, "POST", f"/items/{request.id}/status", status="APPROVED", note="granted")
+    second = adapter.updates(first.watermark)
+    third = adapter.updates(second.watermark)
+
+    assert [u.status for u in second.updates] == [Status.INVESTIGATING, Status.FIXED]
+    assert second.updates[-1].external_status_code == "APPROVED"
+    assert second.updates[-1].note == "granted"
+    assert len({u.update_id for u in (*first.updates, *second.updates)}) == 3
+    assert third.updates == () and third.watermark == second.watermark
+
+
+def test_updates_page_through_a_backlog_without_loss(permits: Running, mapping: Mapping) -> None:
+    adapter = adapter_for(permits, mapping, page_size=2, max_pages=2)
+    requests = [a_request() for _ in range(3)]
+    for request in requests:
+        adapter.submit(request)
+
+    seen: list[str] = []
+    watermark = None
+    for _ in range(3):
+        page = adapter.updates(watermark)
+        seen += [u.request_id for u in page.updates]
+        watermark = page.watermark
+
+    assert seen == [r.id for r in requests]
+
+
+def test_a_rejected_case_is_a_permanent_error(permits: Running, mapping: Mapping) -> None:
+    control(permits, "PUT", "/fault", mode="reject")
+    request = a_request()
+
+    with pytest.raises(PermanentError, match=f"request {request.id}.*Client.Rejected"):
+        adapter_for(permits, mapping).submit(request)
+
+
+def test_data_the_wsdl_refuses_is_a_permanent_error(permits: Running) -> None:
+    # caseType must match [A-Z_]+ in the WSDL; the server's schema validation refuses it.
+    bad = parse_mapping("adapter: permits\nfields:\n  caseType: {const: 'not valid'}\n")
+    request = a_request()
+
+    with pytest.raises(PermanentError, match="Client") as caught:
+        adapter_for(permits, bad).submit(request)
+    assert "not valid" not in str(caught.value)  # fault text is redacted of values
+
+
+def test_a_mapping_field_that_is_no_parameter_is_a_permanent_error(permits: Running) -> None:
+    bad = parse_mapping("adapter: permits\nfields:\n  caseType: {const: X}\n  colour: {const: 1}\n")
+    adapter = adapter_for(permits, bad)
+
+    with pytest.raises(PermanentError, match="colour"):
+        adapter.submit(a_request())
+    assert not adapter.check().ok and "colour" in adapter.check().detail
+
+
+def test_a_simulator_that_is_down_gives_transient_errors(
+    permits: Running, mapping: Mapping
+) -> None:
+    adapter = adapter_for(permits, mapping)
+    adapter.find("req-warm-up")  # the WSDL is loaded while the back-end is up
+    control(permits, "PUT", "/fault", mode="down")
+
+    with pytest.raises(TransientError, match="HTTP 503"):
+        adapter.submit(a_request())
+    assert not adapter.check().ok
+
+
+def test_a_slow_simulator_times_out_as_transient(permits: Running, mapping: Mapping) -> None:
+    adapter = adapter_for(permits, mapping, timeout=0.3)
+    adapter.find("req-warm-up")
+    control(permits, "PUT", "/fault", mode="slow", delay=2)
+
+    with pytest.raises(TransientError, match="Timeout"):
+        adapter.find("req-anything")
+
+
+def test_a_refused_connection_is_transient(mapping: Mapping) -> None:
+    adapter = PermitsAdapter("permits", {"wsdl": f"http://127.0.0.1:{free_port()}/permits?wsdl",
+                                         "timeout": 2}, mapping)
+
+    with pytest.raises(TransientError, match="ConnectionError"):
+        adapter.submit(a_request())
+    health = adapter.check()
+    assert not health.ok and "ConnectionError" in health.detail
+
+
+def test_check_says_the_permit_system_answers(permits: Running, mapping: Mapping) -> None:
+    health = adapter_for(permits, mapping).check()
+    assert health.ok, health.detail
+
+
+def test_cases_survive_a_simulator_restart(tmp_path: Path, mapping: Mapping) -> None:
+    request = a_request()
+    with simulator("permits", tmp_path) as first:
+        receipt = adapter_for(first, mapping).submit(request)
+        control(first, "POST", f"/items/{request.id}/advance")
+    with simulator("permits", tmp_path) as second:
+        adapter = adapter_for(second, mapping)
+        found = adapter.find(request.id)
+        again = adapter.submit(request)
+
+    assert found is not None and found.reference == receipt.reference
+    assert found.status is Status.INVESTIGATING
+    assert not again.created and again.reference == receipt.reference
+
+
+def test_an_explicit_endpoint_overrides_the_wsdl_address(
+    permits: Running, mapping: Mapping
+) -> None:
+    # The committed WSDL file names the default sandbox address; the endpoint setting wins.
+    wsdl = Path(__file__).resolve().parents[2] / "schemas" / "wsdl" / "permits.wsdl"
+    adapter = PermitsAdapter("permits", {"wsdl": str(wsdl), "endpoint": permits.url}, mapping)
+
+    assert adapter.submit(a_request()).created
+
+
+def test_soap_faults_are_classified_by_code() -> None:
+    assert fault_kind(zeep.exceptions.Fault("x", code="soap11env:Client.Rejected")) is (
+        PermanentError
+    )
+    assert fault_kind(zeep.exceptions.Fault("x", code="env:Sender")) is PermanentError
+    assert fault_kind(zeep.exceptions.Fault("x", code="soap11env:Server")) is TransientError
+    assert fault_kind(zeep.exceptions.Fault("x", code=None)) is TransientError
+    text = safe_fault_text(zeep.exceptions.Fault(
+        "Element '{urn:x}contactEmail': 'marge@example.org' is too long", code="Client"))
+    assert "marge" not in text and "{urn:x}contactEmail" in text
+
+
+class _EntityBomb(BaseHTTPRequestHandler):
+    """Answers every request with an XML document that declares an entity."""
+
+    def do_GET(self) -> None:
+        body = (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x "boom">]>'
+                b'<definitions xmlns="http://schemas.xmlsoap.org/wsdl/">&x;</definitions>')
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_documents_with_entities_are_refused(mapping: Mapping) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EntityBomb)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        adapter = PermitsAdapter(
+            "permits", {"wsdl": f"http://127.0.0.1:{server.server_port}/permits?wsdl"}, mapping
+        )
+        with pytest.raises(PermanentError, match="Forbidden"):
+            adapter.find("req-1")
+    finally:
+        server.shutdown()
+        server.server_close()
