@@ -19,6 +19,7 @@ requires `x-overflow: reject-publish`; no queue sets a length limit, so overflow
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,3 +259,8 @@ def definitions(
             for b in wanted.bindings
         ],
     }
+
+
+def definitions_json(instances: Mapping[str, InstanceConfig], *, vhost: str = "/") -> str:
+    """`definitions()` as the text committed in deploy/rabbitmq/definitions.json."""
+    return json.dumps(definitions(instances, vhost=vhost), indent=2) + "\n"

@@ -1,0 +1,129 @@
+"""Connections to RabbitMQ: parameters from `CIVICBUS_AMQP_URL`, reconnect with backoff, and the one
+place where pika's many exception types become `BrokerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pika
+import pika.exceptions
+import structlog
+import tenacity
+
+from bus.config import Environment
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between heartbeats: a dead peer or a cut network is noticed within about twice this.
+HEARTBEAT = 20
+#: Seconds a connection may stay blocked by a broker resource alarm before we give it up.
+BLOCKED_CONNECTION_TIMEOUT = 60
+#: Upper bound of the reconnect backoff, in seconds.
+MAX_BACKOFF = 15.0
+
+
+class BrokerUnavailable(Exception):
+    """RabbitMQ cannot be reached, dropped the connection, or did not confirm a publish."""
+
+
+#: Everything pika (or the socket below it) raises when the broker goes away or misbehaves.
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError, OSError)
+
+
+@contextmanager
+def broker_errors(doing: str) -> Iterator[None]:
+    """Translate pika's exceptions raised while `doing` something into BrokerUnavailable."""
+    try:
+        yield
+    except _BROKER_ERRORS as exc:
+        raise BrokerUnavailable(f"{doing}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    # pika's connection errors often have an empty str(); their args hold the cause.
+    text = str(exc) or ", ".join(repr(arg) for arg in exc.args) or "no details"
+    return f"{type(exc).__name__}: {text}"
+
+
+def connection_parameters(url: str | None = None) -> pika.URLParameters:
+    """Parameters for `url` (default `CIVICBUS_AMQP_URL`), with heartbeat and blocked timeout.
+
+    Values given as URL query options (`?heartbeat=5`) win over the defaults here.
+    """
+    url = url or Environment.from_env().amqp_url
+    params = pika.URLParameters(url)
+    if "heartbeat=" not in url:
+        params.heartbeat = HEARTBEAT
+    if "blocked_connection_timeout=" not in url:
+        params.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT
+    if "socket_timeout=" not in url:
+        params.socket_timeout = 5
+    return params
+
+
+def _where(params: pika.URLParameters) -> str:
+    # Host, port and vhost only: the URL may hold a password.
+    return f"{params.host}:{params.port} (vhost {params.virtual_host!r})"
+
+
+def connect(url: str | None = None) -> Any:
+    """One attempt to open a pika BlockingConnection; raises BrokerUnavailable."""
+    params = connection_parameters(url)
+    with broker_errors(f"connecting to RabbitMQ at {_where(params)}"):
+        return pika.BlockingConnection(params)
+
+
+def connect_with_retry(
+    url: str | None = None,
+    *,
+    stop: threading.Event | None = None,
+    max_backoff: float = MAX_BACKOFF,
+) -> Any:
+    """Connect, retrying with exponential backoff and jitter until it works or `stop` is set.
+
+    Raises BrokerUnavailable only when `stop` was set before a connection could be made.
+    """
+    stop = stop or threading.Event()
+
+    def _log_retry(state: tenacity.RetryCallState) -> None:
+        log.warning(
+            "broker.reconnect_wait",
+            attempt=state.attempt_number,
+            wait_s=round(state.upcoming_sleep, 2),
+            error=str(state.outcome.exception()) if state.outcome else None,
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(BrokerUnavailable),
+        wait=tenacity.wait_exponential_jitter(initial=0.2, max=max_backoff, jitter=0.2),
+        stop=lambda _state: stop.is_set(),
+        sleep=_interruptible_sleep(stop),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    connection = retrying(connect, url)
+    log.info("broker.connected", where=_where(connection_parameters(url)))
+    return connection
+
+
+def _interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
+    # Backoff waits end at once when `stop` is set: SIGTERM does not wait out a 15 s backoff.
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
+    return sleep
+
+
+def close_quietly(connection: Any) -> None:
+    """Close a connection that may already be dead, without raising."""
+    if connection is None:
+        return
+    try:
+        if connection.is_open:
+            connection.close()
+    except _BROKER_ERRORS:
+        pass
