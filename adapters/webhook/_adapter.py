@@ -1,0 +1,113 @@
+"""The `webhook` adapter kind: a signed HTTP POST of an event's JSON to a subscriber's URL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from adapters import Adapter, Health, PermanentError, Receipt, TransientError, map_exceptions
+from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from schemas.events import Envelope, EventType
+from schemas.model import ServiceRequest
+
+#: httpx's errors, classified once: anything on the way there is worth retrying.
+_ERRORS = {
+    httpx.TimeoutException: TransientError,
+    httpx.TransportError: TransientError,
+    httpx.InvalidURL: PermanentError,
+}
+
+#: Client errors that are worth retrying all the same: timeouts and throttling.
+_RETRYABLE_4XX = frozenset({408, 429})
+
+
+class WebhookAdapter(Adapter):
+    """POSTs events to `settings["url"]`, signed with `settings["secret"]` when one is set.
+
+    Settings: `url` (required), `secret` (the HMAC key; normally from an environment variable
+    named by `secrets`), `timeout` (seconds, default 10).
+    """
+
+    kind = "webhook"
+
+    def __init__(self, instance: str, settings: Mapping[str, Any], mapping: Any = None) -> None:
+        super().__init__(instance, settings, mapping)
+        if not settings.get("url"):
+            raise ValueError(f"webhook {instance}: the setting `url` is required")
+        self.url = str(settings["url"])
+        self._secret: str | None = settings.get("secret") or None
+        self._client = httpx.Client(timeout=float(settings.get("timeout", 10)))
+
+    def deliver(self, body: bytes, *, event_id: str) -> httpx.Response:
+        """POST one event body; TransientError or PermanentError when it is not accepted."""
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/cloudevents+json",
+            TIMESTAMP_HEADER: timestamp,
+            EVENT_ID_HEADER: event_id,
+        }
+        if self._secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self._secret, timestamp, body)
+        with map_exceptions(_ERRORS, context=f"webhook {self.instance} event {event_id}"):
+            response = self._client.post(self.url, content=body, headers=headers)
+        _raise_for_status(response, f"webhook {self.instance} event {event_id}")
+        return response
+
+    def submit(self, request: ServiceRequest) -> Receipt:
+        """Deliver the request as a `civicbus.request.created` event; the receiver dedupes by
+        the event id, which is derived from the request id so a redelivery repeats it."""
+        envelope = Envelope(
+            id=f"{request.id}:created",
+            type=EventType.CREATED,
+            subject=request.id,
+            data=request.model_dump(mode="json"),
+            correlationid=request.id,
+        )
+        response = self.deliver(envelope.model_dump_json().encode(), event_id=envelope.id)
+        reference = _reference_in(response) or request.id
+        return Receipt(request_id=request.id, reference=reference)
+
+    def find(self, request_id: str) -> Receipt | None:
+        """A webhook cannot be asked what it holds; receivers dedupe by the event id instead."""
+        return None
+
+    def check(self) -> Health:
+        try:
+            response = self._client.request("HEAD", self.url)
+        except httpx.HTTPError as exc:
+            return Health(ok=False, detail=f"{self.url} cannot be reached: {type(exc).__name__}")
+        code = response.status_code
+        return Health(ok=code < 500, detail=f"HEAD {self.url}: HTTP {code}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _raise_for_status(response: httpx.Response, context: str) -> None:
+    code = response.status_code
+    if 200 <= code < 300:
+        return
+    message = f"{context}: the subscriber answered HTTP {code}"
+    if code >= 500 or code in _RETRYABLE_4XX:
+        raise TransientError(message, retry_after=_retry_after(response))
+    raise PermanentError(message)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def _reference_in(response: httpx.Response) -> str | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    reference = data.get("reference") if isinstance(data, dict) else None
+    return str(reference) if reference else None

@@ -1,0 +1,277 @@
+"""The consuming loop: manual acks, bounded prefetch, broker I/O on pika's connection thread.
+
+The main thread owns the pika connection and only pumps its events (so heartbeats keep
+flowing); each consumed queue has one handler thread, which processes its messages in order and
+asks the connection thread to publish and ack through `add_callback_threadsafe`. A stop request
+(SIGTERM) cancels the consumers, lets the message in hand finish and be acked, and returns;
+messages prefetched but not started go back to the queue when the channel closes.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import pika
+import structlog
+from pika.exceptions import AMQPError
+
+from bus.worker._delivery import Delivery
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Pause before a message whose handling crashed (e.g. the store is down) is requeued.
+_REQUEUE_PAUSE = 1.0
+
+
+class Broker(Protocol):
+    """What a handler may ask of the broker while it holds a message."""
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Publish persistently and wait for the broker's confirm."""
+
+
+#: Processes one message; returning means "done, ack it". Raising means "could not even
+#: decide" (e.g. the store is unavailable): the message is requeued after a pause.
+Handler = Callable[[Delivery, Broker], None]
+
+#: Declares what the consumer needs (queues, exchanges) on a fresh channel.
+Declare = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    queue: str
+    handler: Handler
+
+
+class ConnectionLost(Exception):
+    """The broker connection went away while a handler waited on it."""
+
+
+class Consumer:
+    """Consume one or more queues with manual acks until `stop()` is called."""
+
+    def __init__(
+        self,
+        amqp_url: str,
+        *,
+        prefetch: int,
+        name: str,
+        declare: Declare | None = None,
+        reconnect_delay: float = 2.0,
+    ) -> None:
+        self._params = pika.URLParameters(amqp_url)
+        self._prefetch = prefetch
+        self._name = name
+        self._declare = declare
+        self._reconnect_delay = reconnect_delay
+        self._subscriptions: list[_Subscription] = []
+        self._stopping = threading.Event()
+        self._connection: Any = None
+        self._pending: set[Future[Any]] = set()
+        self._lock = threading.Lock()
+
+    def consume(self, queue_name: str, handler: Handler) -> None:
+        """Register a queue and its handler (before `run`)."""
+        self._subscriptions.append(_Subscription(queue_name, handler))
+
+    def stop(self) -> None:
+        """Ask the consumer to finish the messages in hand and return (thread- and signal-safe)."""
+        self._stopping.set()
+
+    @property
+    def stop_event(self) -> threading.Event:
+        """Set once the consumer is stopping; handlers that wait should wait on it."""
+        return self._stopping
+
+    def run(self, *, install_signal_handlers: bool = False) -> None:
+        """Consume until stopped; reconnect after a lost connection."""
+        if install_signal_handlers:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        while not self._stopping.is_set():
+            try:
+                self._run_connection()
+            except (AMQPError, OSError) as exc:
+                if self._stopping.is_set():
+                    break
+                log.warning("worker.connection_lost", worker=self._name, error=repr(exc))
+                self._stopping.wait(self._reconnect_delay)
+
+    # --- the connection thread ----------------------------------------------------------
+    def _run_connection(self) -> None:
+        connection = pika.BlockingConnection(self._params)
+        self._connection = connection
+        lost = threading.Event()
+        threads: list[threading.Thread] = []
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_qos(prefetch_count=self._prefetch)
+            if self._declare is not None:
+                self._declare(channel)
+            broker = _ChannelBroker(self, channel)
+            tags = []
+            for sub in self._subscriptions:
+                inbox: queue.Queue[tuple[int, Delivery]] = queue.Queue()
+                tags.append(channel.basic_consume(sub.queue, _enqueue(inbox)))
+                thread = threading.Thread(
+                    target=self._work,
+                    args=(sub, inbox, channel, broker, lost),
+                    name=f"{self._name}:{sub.queue}",
+                    daemon=True,
+                )
+                thread.start()
+                threads.append(thread)
+            queues = [s.queue for s in self._subscriptions]
+            log.info("worker.consuming", worker=self._name, queues=queues)
+            cancelled = False
+            while any(t.is_alive() for t in threads):
+                connection.process_data_events(time_limit=0.1)
+                if self._stopping.is_set() and not cancelled:
+                    for tag in tags:
+                        channel.basic_cancel(tag)
+                    cancelled = True
+        except AMQPError:
+            lost.set()
+            self._fail_pending()
+            for thread in threads:
+                thread.join(timeout=30)
+            raise
+        finally:
+            self._connection = None
+        if connection.is_open:
+            connection.close()
+        log.info("worker.stopped", worker=self._name)
+
+    def _on_connection(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the connection thread and wait for its result."""
+        future: Future[T] = Future()
+
+        def call() -> None:
+            if future.done():
+                return
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        connection = self._connection
+        if connection is None:
+            raise ConnectionLost("no broker connection")
+        with self._lock:
+            self._pending.add(future)
+        try:
+            connection.add_callback_threadsafe(call)
+            return future.result()
+        except AMQPError as exc:
+            raise ConnectionLost(str(exc)) from exc
+        finally:
+            with self._lock:
+                self._pending.discard(future)
+
+    def _fail_pending(self) -> None:
+        with self._lock:
+            for future in self._pending:
+                if not future.done():
+                    future.set_exception(ConnectionLost("broker connection lost"))
+
+    # --- the handler threads ------------------------------------------------------------
+    def _work(
+        self,
+        sub: _Subscription,
+        inbox: queue.Queue[tuple[int, Delivery]],
+        channel: Any,
+        broker: Broker,
+        lost: threading.Event,
+    ) -> None:
+        while not (self._stopping.is_set() or lost.is_set()):
+            try:
+                tag, delivery = inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                sub.handler(delivery, broker)
+            except ConnectionLost:
+                return  # unacked: the broker redelivers it to whoever consumes next
+            except Exception as exc:
+                log.exception(
+                    "worker.handler_crashed",
+                    worker=self._name,
+                    message_id=delivery.key,
+                    error=repr(exc),
+                )
+                time.sleep(_REQUEUE_PAUSE)
+                self._settle(partial(channel.basic_nack, tag, requeue=True))
+                continue
+            self._settle(partial(channel.basic_ack, tag))
+
+    def _settle(self, fn: Callable[[], None]) -> None:
+        # If the channel is gone, the broker requeues the message itself.
+        with suppress(ConnectionLost, AMQPError):
+            self._on_connection(fn)
+
+
+class _ChannelBroker:
+    """Publishes with confirms on the consumer's channel, from any thread."""
+
+    def __init__(self, consumer: Consumer, channel: Any) -> None:
+        self._consumer = consumer
+        self._channel = channel
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        properties = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            headers=headers or {},
+            message_id=message_id,
+        )
+        self._consumer._on_connection(
+            lambda: self._channel.basic_publish(
+                exchange, routing_key, body, properties=properties, mandatory=True
+            )
+        )
+
+
+def _enqueue(inbox: queue.Queue[tuple[int, Delivery]]) -> Callable[..., None]:
+    def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        delivery = Delivery(
+            body=body,
+            headers=dict(properties.headers or {}),
+            message_id=properties.message_id,
+            routing_key=method.routing_key,
+            redelivered=bool(method.redelivered),
+        )
+        inbox.put((method.delivery_tag, delivery))
+
+    return on_message
+
+
+__all__ = ["Broker", "ConnectionLost", "Consumer", "Handler"]

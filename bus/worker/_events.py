@@ -1,0 +1,115 @@
+"""The path of one event to a webhook subscriber: decode → deliver (signed POST) → audit → ack.
+
+Events must reach a subscriber in order per request, so a failing delivery is retried here,
+holding the queue (one message at a time), instead of through the retry tiers, which would let
+later events overtake it. Only a permanent refusal, or a subscriber down for longer than the
+whole retry schedule, sends the event to the dead letter channel.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from adapters import PermanentError
+from adapters.webhook import WebhookAdapter
+from bus.worker._consumer import Broker, ConnectionLost
+from bus.worker._delivery import Delivery, MalformedMessage, decode
+from bus.worker._failures import Route, dead_letter, describe
+from bus.worker._retry import call_with_retries, next_tier, retry_after
+from schemas.events import Envelope
+
+log = structlog.get_logger(__name__)
+
+
+class StopRequested(ConnectionLost):
+    """The worker is stopping while a delivery waits: leave the event unacked for next time."""
+
+
+@dataclass(frozen=True)
+class SubscriptionWorker:
+    """Delivers the events of one subscription's queue to its webhook."""
+
+    route: Route
+    adapter: WebhookAdapter
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self, delivery: Delivery, broker: Broker) -> None:
+        envelope: Envelope | None = None
+        try:
+            envelope = decode(delivery)
+            rounds = self.deliver_in_order(delivery, envelope)
+        except StopRequested:
+            raise
+        except Exception as exc:
+            reason = describe(exc)
+            if not isinstance(exc, PermanentError | MalformedMessage):
+                attempts = self.route.policy.max_attempts
+                reason = f"gave up after {attempts} attempts; last error {reason}"
+            dead_letter(
+                self.route,
+                delivery,
+                broker,
+                reason=reason,
+                envelope=envelope,
+                failed_at=datetime.now(UTC),
+            )
+            return
+        self.audit(envelope, delivery, "delivered", "ok", {"attempts": rounds})
+
+    def deliver_in_order(self, delivery: Delivery, envelope: Envelope) -> int:
+        """POST the event until it is accepted; returns the number of rounds it took."""
+        policy = self.route.policy
+        attempt = 1
+        while True:
+            try:
+                call_with_retries(
+                    lambda: self.adapter.deliver(delivery.body, event_id=envelope.id),
+                    attempts=policy.immediate_attempts,
+                    on_error=lambda _n, _exc: None,
+                )
+                return attempt
+            except PermanentError:
+                raise
+            except Exception as exc:
+                delay = next_tier(policy, attempt, retry_after(exc))
+                self.audit(
+                    envelope,
+                    delivery,
+                    "attempt",
+                    "error",
+                    {"attempt": attempt, "error": describe(exc), "next_delay_seconds": delay},
+                )
+                if delay is None:
+                    raise
+                log.info(
+                    "webhook.waiting",
+                    route=self.route.name,
+                    event_id=envelope.id,
+                    attempt=attempt,
+                    delay=delay,
+                )
+                if self.stopping.wait(delay):
+                    raise StopRequested(f"stopping while event {envelope.id} waits") from exc
+                attempt += 1
+
+    def audit(
+        self,
+        envelope: Envelope,
+        delivery: Delivery,
+        action: str,
+        outcome: str,
+        details: dict[str, object],
+    ) -> None:
+        with self.route.store.transaction() as tx:
+            tx.audit(
+                actor=self.route.actor,
+                action=action,
+                request_id=envelope.subject,
+                message_id=delivery.key,
+                outcome=outcome,
+                details={"subscription": self.route.name, "type": envelope.type.value, **details},
+            )

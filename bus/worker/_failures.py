@@ -1,0 +1,169 @@
+"""Where a failed message goes next: a retry tier, or the dead letter channel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from adapters import PermanentError
+from bus.broker.topology import (
+    DEAD_EXCHANGE,
+    EVENTS_EXCHANGE,
+    RETRY_EXCHANGE,
+    event_routing_key,
+    retry_routing_key,
+)
+from bus.config import RetryPolicy
+from bus.store import Store
+from bus.worker._consumer import Broker
+from bus.worker._delivery import ATTEMPT_HEADER, REASON_HEADER, Delivery, MalformedMessage
+from bus.worker._retry import next_tier, retry_after
+from schemas.events import Envelope, EventType
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Who consumes a queue, for audit entries and dead letters: an adapter instance or a
+    webhook subscription (`sub.<id>`), with its redelivery policy."""
+
+    name: str
+    store: Store
+    policy: RetryPolicy
+    #: Emit `civicbus.request.delivery_failed` on a dead letter. Off for webhook subscriptions:
+    #: a subscriber that is down must not feed events about itself back to itself.
+    announce_failures: bool = True
+
+    @property
+    def actor(self) -> str:
+        return f"worker:{self.name}"
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for operators: the error class and its message (never personal data:
+    adapters and our own errors keep it out of messages)."""
+    text = str(exc).strip() or "(no message)"
+    return f"{type(exc).__name__}: {text}"[:1000]
+
+
+def schedule_retry_or_dead_letter(
+    route: Route,
+    delivery: Delivery,
+    broker: Broker,
+    exc: BaseException,
+    envelope: Envelope | None,
+) -> None:
+    """After a delivery round failed: a retry tier for a transient error with attempts left,
+    otherwise the dead letter channel."""
+    now = datetime.now(UTC)
+    if isinstance(exc, PermanentError | MalformedMessage):
+        dead_letter(route, delivery, broker, reason=describe(exc), envelope=envelope, failed_at=now)
+        return
+    delay = next_tier(route.policy, delivery.attempt, retry_after(exc))
+    if delay is None:
+        reason = f"gave up after {delivery.attempt} attempts; last error {describe(exc)}"
+        dead_letter(route, delivery, broker, reason=reason, envelope=envelope, failed_at=now)
+        return
+    broker.publish(
+        RETRY_EXCHANGE,
+        retry_routing_key(route.name, delay),
+        delivery.body,
+        headers=delivery.failure_headers(now),
+        message_id=delivery.message_id,
+    )
+    with route.store.transaction() as tx:
+        tx.audit(
+            actor=route.actor,
+            action="retry_scheduled",
+            request_id=envelope.subject if envelope else None,
+            message_id=delivery.key,
+            outcome="error",
+            details={"attempt": delivery.attempt, "delay_seconds": delay, "error": describe(exc)},
+        )
+    log.info(
+        "worker.retry_scheduled",
+        route=route.name,
+        message_id=delivery.key,
+        attempt=delivery.attempt,
+        delay=delay,
+    )
+
+
+def dead_letter(
+    route: Route,
+    delivery: Delivery,
+    broker: Broker,
+    *,
+    reason: str,
+    envelope: Envelope | None,
+    failed_at: datetime,
+) -> None:
+    """Dead letter channel: keep the message in the store (for `civicbus dead`), put it on the
+    dead-letter queue with its reason, audit it, and announce `delivery_failed`."""
+    request_id = envelope.subject if envelope else None
+    with route.store.transaction() as tx:
+        tx.record_dead_letter(
+            instance=route.name,
+            message_id=delivery.key,
+            request_id=request_id,
+            reason=reason,
+            attempts=delivery.attempt,
+            at=failed_at,
+            envelope=_stored_form(delivery, envelope),
+        )
+        tx.audit(
+            actor=route.actor,
+            action="dead_lettered",
+            request_id=request_id,
+            message_id=delivery.key,
+            outcome="error",
+            details={
+                "reason": reason,
+                "attempts": delivery.attempt,
+                "first_failure": (delivery.first_failure or failed_at).isoformat(),
+            },
+        )
+        if envelope is not None and route.announce_failures:
+            tx.add_outbox(
+                _delivery_failed(route.name, envelope, reason, delivery.attempt),
+                exchange=EVENTS_EXCHANGE,
+                routing_key=event_routing_key(EventType.DELIVERY_FAILED, route.name),
+            )
+    headers = {**delivery.failure_headers(failed_at), REASON_HEADER: reason}
+    headers[ATTEMPT_HEADER] = delivery.attempt
+    broker.publish(
+        DEAD_EXCHANGE, route.name, delivery.body, headers=headers, message_id=delivery.key
+    )
+    log.warning(
+        "worker.dead_lettered",
+        route=route.name,
+        message_id=delivery.key,
+        request_id=request_id,
+        attempts=delivery.attempt,
+        reason=reason,
+    )
+
+
+def _stored_form(delivery: Delivery, envelope: Envelope | None) -> dict[str, Any] | str:
+    if envelope is not None:
+        return envelope.model_dump(mode="json")
+    try:
+        data = json.loads(delivery.body)
+    except ValueError:
+        return delivery.body.decode("utf-8", "replace")
+    return data if isinstance(data, dict) else delivery.body.decode("utf-8", "replace")
+
+
+def _delivery_failed(route: str, cause: Envelope, reason: str, attempts: int) -> Envelope:
+    return Envelope(
+        type=EventType.DELIVERY_FAILED,
+        subject=cause.subject,
+        data={"instance": route, "reason": reason, "attempts": attempts, "message_id": cause.id},
+        correlationid=cause.correlationid,
+        traceparent=cause.traceparent,
+    )

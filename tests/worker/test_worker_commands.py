@@ -1,0 +1,220 @@
+"""The adapter worker against the real broker and a real SQLite store: the happy path, the
+idempotent consumer, transient failures through the retry tiers, and the dead letter channel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from worker_support import (
+    FAST,
+    INSTANCE,
+    MemoryBackend,
+    actions,
+    new_request,
+    publish,
+    queue_depth,
+    running,
+    wait_until,
+)
+
+from bus.broker.topology import dead_queue, work_queue
+from bus.config import InstanceConfig, RetryPolicy
+from bus.store import Store
+from bus.worker import command_consumer
+from schemas.events import EventType
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
+
+
+def submitted_events(store: Store, request_id: str) -> list[str]:
+    return [
+        row.routing_key
+        for row in store.pending_outbox()
+        if row.envelope.subject == request_id and row.envelope.type is EventType.SUBMITTED
+    ]
+
+
+def test_a_command_is_submitted_and_its_receipt_recorded(store: Store, topology: str) -> None:
+    backend = MemoryBackend()
+    envelope = new_request(store)
+    publish(topology, envelope)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the receipt")
+
+    request = store.get_request(envelope.subject)
+    assert request is not None
+    assert [(r.adapter, r.reference) for r in request.backend_refs] == [(INSTANCE, "WO-00001")]
+    assert backend.created == {envelope.subject: "WO-00001"}
+    assert submitted_events(store, envelope.subject) == [f"request.submitted.{INSTANCE}"]
+    assert ("attempt", "ok") in actions(store, envelope.subject)
+    assert ("submitted", "ok") in actions(store, envelope.subject)
+    assert queue_depth(topology, work_queue(INSTANCE)) == 0
+
+
+def test_the_submitted_event_carries_no_personal_data(store: Store, topology: str) -> None:
+    envelope = new_request(store)
+    publish(topology, envelope)
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the event")
+    row = next(r for r in store.pending_outbox() if r.envelope.type is EventType.SUBMITTED)
+    assert "resident@example.org" not in row.envelope.model_dump_json()
+    assert row.envelope.data["reference"] == "WO-00001"
+    assert row.envelope.correlationid == envelope.correlationid
+
+
+def test_a_request_the_backend_already_holds_is_not_created_again(
+    store: Store, topology: str
+) -> None:
+    backend = MemoryBackend()
+    envelope = new_request(store)
+    backend.created[envelope.subject] = "WO-EXISTING"
+    publish(topology, envelope)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the receipt")
+
+    assert backend.calls == 0
+    request = store.get_request(envelope.subject)
+    assert request is not None and request.backend_refs[0].reference == "WO-EXISTING"
+    assert ("submitted", "found") in actions(store, envelope.subject)
+
+
+def test_a_redelivered_command_after_the_receipt_is_just_acknowledged(
+    store: Store, topology: str
+) -> None:
+    backend = MemoryBackend()
+    envelope = new_request(store)
+    publish(topology, envelope)
+    publish(topology, envelope)  # the relay may publish twice (at least once)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        wait_until(lambda: ("attempt", "duplicate") in actions(store, envelope.subject))
+
+    assert len(backend.created) == 1
+    assert len(submitted_events(store, envelope.subject)) == 1
+    assert queue_depth(topology, work_queue(INSTANCE)) == 0
+
+
+def test_a_backend_failing_transiently_is_delivered_after_retries(
+    store: Store, topology: str
+) -> None:
+    # 2 quick tries per round: rounds 1 and 2 fail entirely, round 3 fails once then succeeds.
+    backend = MemoryBackend(transient_failures=5)
+    envelope = new_request(store)
+    publish(topology, envelope)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the receipt")
+
+    assert backend.created == {envelope.subject: "WO-00001"}
+    trail = store.audit_trail(envelope.subject)
+    failed = [e for e in trail if e.action == "attempt" and e.outcome == "error"]
+    assert [(e.details["attempt"], e.details["try"]) for e in failed] == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+        (3, 1),
+    ]
+    assert "busy" in failed[0].details["error"]
+    scheduled = [e for e in trail if e.action == "retry_scheduled"]
+    assert [e.details["delay_seconds"] for e in scheduled] == [0.2, 0.4]
+    assert [e.action for e in trail][-2:] == ["attempt", "submitted"]
+    assert store.dead_letters(INSTANCE) == []
+
+
+def test_a_backend_down_for_longer_than_all_attempts_dead_letters_the_command(
+    store: Store, topology: str
+) -> None:
+    backend = MemoryBackend(transient_failures=1000)
+    envelope = new_request(store)
+    publish(topology, envelope)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        letters = wait_until(lambda: store.dead_letters(INSTANCE), what="the dead letter")
+
+    (letter,) = letters
+    assert letter.request_id == envelope.subject
+    assert letter.attempts == FAST.retry.max_attempts
+    assert letter.reason.startswith("gave up after 4 attempts; last error TransientError")
+    assert backend.calls == FAST.retry.max_attempts * FAST.retry.immediate_attempts
+    assert queue_depth(topology, dead_queue(INSTANCE)) == 1
+
+
+def test_a_rejected_request_is_dead_lettered_at_once_with_the_reason(
+    store: Store, topology: str
+) -> None:
+    backend = MemoryBackend()
+    envelope = new_request(store, description="REJECT me")
+    publish(topology, envelope)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        letters = wait_until(lambda: store.dead_letters(INSTANCE), what="the dead letter")
+
+    (letter,) = letters
+    assert backend.calls == 1
+    assert letter.attempts == 1
+    assert "PermanentError" in letter.reason and "LANE" in letter.reason
+    assert isinstance(letter.envelope, dict) and letter.envelope["id"] == envelope.id
+    trail = actions(store, envelope.subject)
+    assert ("dead_lettered", "error") in trail and ("retry_scheduled", "error") not in trail
+    failed = [r for r in store.pending_outbox() if r.envelope.type is EventType.DELIVERY_FAILED]
+    assert [r.routing_key for r in failed] == [f"request.delivery_failed.{INSTANCE}"]
+    assert queue_depth(topology, dead_queue(INSTANCE)) == 1
+    assert queue_depth(topology, work_queue(INSTANCE)) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff not even text",
+        b'{"hello": "world"}',
+        b"[1, 2, 3]",
+    ],
+    ids=["not-json", "not-an-envelope", "json-array"],
+)
+def test_a_malformed_message_is_dead_lettered_never_looping(
+    store: Store, topology: str, body: bytes
+) -> None:
+    backend = MemoryBackend()
+    publish(topology, body)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        letters = wait_until(lambda: store.dead_letters(INSTANCE), what="the dead letter")
+        wait_until(lambda: queue_depth(topology, dead_queue(INSTANCE)) == 1)
+
+    (letter,) = letters
+    assert letter.request_id is None and letter.attempts == 1
+    assert "MalformedMessage" in letter.reason
+    assert backend.calls == 0
+    assert queue_depth(topology, work_queue(INSTANCE)) == 0
+
+
+def test_a_command_for_an_unknown_request_is_dead_lettered(store: Store, topology: str) -> None:
+    envelope = new_request(store).model_copy(update={"subject": "req-does-not-exist"})
+    publish(topology, envelope)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        letters = wait_until(lambda: store.dead_letters(INSTANCE), what="the dead letter")
+
+    assert "unknown request req-does-not-exist" in letters[0].reason
+    assert json.dumps(letters[0].envelope).count("req-does-not-exist") >= 1
+
+
+def test_the_worker_declares_its_own_queues_on_an_empty_vhost(store: Store, amqp_url: str) -> None:
+    config = InstanceConfig(kind="memory", retry=RetryPolicy(tiers=[0.2], max_attempts=2))
+    envelope = new_request(store)
+    with running(command_consumer(amqp_url, store, INSTANCE, config, MemoryBackend())):
+        wait_until(lambda: _declared(amqp_url), what="the work queue")
+        publish(amqp_url, envelope)
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the receipt")
+
+
+def _declared(amqp_url: str) -> bool:
+    try:
+        queue_depth(amqp_url, work_queue(INSTANCE))
+    except Exception:
+        return False
+    return True
