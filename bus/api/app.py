@@ -1,0 +1,148 @@
+"""The civicbus HTTP application: the Open311 API, media files and a health check.
+
+`create_app(runtime)` is the only entry point; the CLI serves it with uvicorn, tests call it
+directly. Every error leaves as an Open311 error list in the format the path asked for, never
+as a stack trace (C-07).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bus.api import docs
+from bus.api.context import ApiContext
+from bus.api.limits import BodyLimit
+from bus.api.open311_reads import discovery_router
+from bus.api.open311_reads import router as reads
+from bus.api.open311_writes import router as writes
+from bus.api.params import context
+from bus.api.wire import JSON_TYPE, Open311Problem, error_response
+from bus.bootstrap import Runtime
+from bus.store import StoreUnavailable
+from schemas.open311 import Open311Error
+
+log = structlog.get_logger(__name__)
+
+#: Seconds a client should wait before retrying when the store is unavailable.
+RETRY_AFTER = 5
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """Build the API on a runtime; the config is read and the catalogue rendered once, here."""
+    ctx = ApiContext.build(runtime)
+    app = FastAPI(
+        title="civicbus Open311 GeoReport v2 API",
+        version="2",
+        description="Open311 GeoReport v2 with the mySociety servicerequestupdates extension.",
+    )
+    app.state.civicbus = ctx
+    app.include_router(discovery_router, prefix="/open311", tags=["open311"])
+    app.include_router(reads, prefix="/open311/v2", tags=["open311"])
+    app.include_router(writes, prefix="/open311/v2", tags=["open311"])
+    _add_service_routes(app)
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=runtime.config.api.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _add_service_routes(app: FastAPI) -> None:
+    @app.get(
+        "/healthz",
+        summary="Liveness and store reachability",
+        responses={
+            200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+            503: {"description": "store unavailable", "content": docs.content(docs.ERRORS)},
+        },
+        response_class=Response,
+    )
+    async def healthz(request: Request) -> Response:
+        # A token lookup is the cheapest read every store answers; it proves the DB is there.
+        await run_in_threadpool(context(request).store.resolve_token, "healthz")
+        return Response(b'{"status":"ok"}', media_type=JSON_TYPE)
+
+    @app.get(
+        "/media/{name}",
+        summary="A stored media file",
+        responses={
+            200: {"content": {t: {} for t in ("image/jpeg", "image/png", "application/pdf")}},
+            404: {"description": "no such file", "content": docs.content(docs.ERRORS)},
+        },
+        response_class=Response,
+    )
+    async def media(request: Request, name: str) -> Response:
+        found = context(request).media.find(name)
+        if found is None:
+            raise Open311Problem(404, f"media {name[:80]!r} not found")
+        path, content_type = found
+        return FileResponse(
+            path, media_type=content_type, headers={"Cache-Control": "public, max-age=31536000"}
+        )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Open311Problem)
+    async def problem(request: Request, exc: Open311Problem) -> Response:
+        return error_response(exc.status, exc.errors, request.url.path, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        # Only the `.{fmt}` suffix is typed: a bad one is an unknown resource (C-01).
+        for error in exc.errors():
+            if tuple(error.get("loc", ()))[-1:] == ("fmt",):
+                return error_response(
+                    404,
+                    [Open311Error(404, "unknown format: use .json or .xml")],
+                    request.url.path,
+                )
+        described = [
+            Open311Error(400, f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}")
+            for e in exc.errors()
+        ]
+        return error_response(400, described, request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        status = exc.status_code if 400 <= exc.status_code < 600 else 400
+        text = {404: "not found", 405: "method not allowed"}.get(status, str(exc.detail))
+        return error_response(status, [Open311Error(status, text)], request.url.path, exc.headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        log.warning("api.store_unavailable", path=request.url.path, reason=str(exc))
+        return error_response(
+            503,
+            [Open311Error(503, "civicbus cannot take requests right now; please retry")],
+            request.url.path,
+            {"Retry-After": str(RETRY_AFTER)},
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("api.unexpected_error", path=request.url.path)
+        return error_response(
+            500, [Open311Error(500, "internal error; it has been logged")], request.url.path
+        )
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document without the 422 it adds by default: this API answers 400 instead."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

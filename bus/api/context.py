@@ -1,0 +1,93 @@
+"""What the API needs at hand for every call, computed once when the app is built.
+
+The service catalogue and its rendered documents are precomputed: the config does not change
+while a process runs, and intake should not pay for re-reading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus.api.media import MediaStore
+from bus.api.wire import Format, Open311Problem, encode
+from bus.bootstrap import Runtime
+from bus.store import Client, Store
+from schemas import open311_render as render
+from schemas.model import Service
+
+
+@dataclass
+class Catalogue:
+    """Jurisdictions and their services, with the rendered service lists ready to send."""
+
+    jurisdictions: tuple[str, ...]
+    services: dict[tuple[str, str], Service]
+    _lists: dict[tuple[str, Format], tuple[bytes, str]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, jurisdictions: list[str], catalogue: list[Service]) -> Catalogue:
+        built = cls(tuple(jurisdictions), {(s.jurisdiction, s.code): s for s in catalogue})
+        for jurisdiction in built.jurisdictions:
+            docs = render.services(s for s in catalogue if s.jurisdiction == jurisdiction)
+            for fmt in Format:
+                built._lists[(jurisdiction, fmt)] = encode(docs, fmt, "services")
+        return built
+
+    def jurisdiction(self, given: str | None) -> str:
+        """The jurisdiction a call is about (C-06): required only when there are several."""
+        if given is None:
+            if len(self.jurisdictions) == 1:
+                return self.jurisdictions[0]
+            known = ", ".join(self.jurisdictions)
+            raise Open311Problem(400, f"jurisdiction_id required (one of {known})")
+        if given not in self.jurisdictions:
+            raise Open311Problem(404, f"jurisdiction_id {given[:80]!r} is not served here")
+        return given
+
+    def service(self, jurisdiction: str, code: str) -> Service | None:
+        return self.services.get((jurisdiction, code))
+
+    def codes(self, jurisdiction: str) -> set[str]:
+        return {code for (j, code) in self.services if j == jurisdiction}
+
+    def service_list(self, jurisdiction: str, fmt: Format) -> tuple[bytes, str]:
+        return self._lists[(jurisdiction, fmt)]
+
+
+@dataclass
+class ApiContext:
+    """The runtime plus what is derived from it once: catalogue, media store, base URL."""
+
+    runtime: Runtime
+    catalogue: Catalogue
+    media: MediaStore
+    base_url: str
+
+    @classmethod
+    def build(cls, runtime: Runtime) -> ApiContext:
+        config = runtime.config
+        base_url = config.api.base_url.rstrip("/")
+        return cls(
+            runtime=runtime,
+            catalogue=Catalogue.build(
+                [j.id for j in config.jurisdictions], config.service_catalogue()
+            ),
+            media=MediaStore(Path(runtime.env.media_dir), base_url),
+            base_url=base_url,
+        )
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    def authenticate(self, api_key: str | None, jurisdiction: str | None) -> Client:
+        """The client behind an api_key, allowed to write to `jurisdiction`; else 403 (C-07)."""
+        if api_key is None:
+            raise Open311Problem(403, "api_key required")
+        client = self.store.authenticate(api_key) if len(api_key) <= 200 else None
+        if client is None:
+            raise Open311Problem(403, "api_key is not valid (unknown or revoked)")
+        if jurisdiction is not None and client.jurisdiction not in (None, jurisdiction):
+            raise Open311Problem(403, f"api_key is not valid for jurisdiction {jurisdiction}")
+        return client

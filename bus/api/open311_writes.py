@@ -1,0 +1,159 @@
+"""The Open311 write methods: create a request (C-11..C-15) and record a status update (C-22).
+
+Handlers read the form themselves: Open311 clients send `attribute[CODE][]`, repeated keys and
+the api_key in the query string, which declared form parameters cannot express.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from bus.api import docs
+from bus.api.context import ApiContext
+from bus.api.media import MAX_MEDIA_FILES, check_upload
+from bus.api.params import context
+from bus.api.wire import Format, Open311Problem, respond
+from bus.intake import Accepted, accept_request
+from bus.status import record_status_update
+from schemas import open311_render as render
+from schemas.open311 import (
+    FormData,
+    InvalidValue,
+    RequestDraft,
+    check_text,
+    first,
+    parse_create_form,
+    parse_update_form,
+)
+
+log = structlog.get_logger(__name__)
+router = APIRouter()
+
+
+@dataclass(frozen=True)
+class _Submission:
+    fields: dict[str, list[str]]
+    uploads: list[bytes]
+    idempotency_key: str | None
+    correlation_id: str | None
+
+
+async def _read_submission(request: Request) -> _Submission:
+    """The form's text fields (query string values after them) and uploaded files' bytes."""
+    form = await request.form()
+    fields: dict[str, list[str]] = {}
+    uploads: list[bytes] = []
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name == "media":
+                uploads.append(await value.read())
+        else:
+            fields.setdefault(name, []).append(value)
+    # Old clients put the api_key (or more) in the query string of a POST.
+    for name, value in request.query_params.multi_items():
+        fields.setdefault(name, []).append(value)
+    return _Submission(
+        fields=fields,
+        uploads=uploads,
+        idempotency_key=request.headers.get("idempotency-key", "").strip() or None,
+        correlation_id=request.headers.get("x-correlation-id", "").strip() or None,
+    )
+
+
+@router.post(
+    "/requests.{fmt}",
+    summary="Create a request (C-11..C-15)",
+    responses=docs.responses(docs.CREATED, ok_status=201, also=(200,)),
+    response_class=Response,
+    status_code=201,
+    openapi_extra=docs.form_body(docs.CREATE_FIELDS, files=True),
+)
+async def create_request(request: Request, fmt: Format) -> Response:
+    ctx = context(request)
+    submission = await _read_submission(request)
+    accepted = await run_in_threadpool(_create, ctx, submission)
+    if accepted.replayed:
+        # The first answer again (C-15); 200, since nothing was created this time.
+        return respond(accepted.answer, fmt, "requests", headers={"Idempotent-Replayed": "true"})
+    return respond(accepted.answer, fmt, "requests", status=201)
+
+
+def _create(ctx: ApiContext, submission: _Submission) -> Accepted:
+    """Authenticate, validate and accept, in the order a client fixes things: key, place, form."""
+    form = submission.fields
+    catalogue = ctx.catalogue
+    jurisdiction = catalogue.jurisdiction(first(form, "jurisdiction_id"))
+    client = ctx.authenticate(first(form, "api_key"), jurisdiction)
+    problems: list[str] = []
+    key = submission.idempotency_key
+    if key is not None:
+        try:
+            check_text("Idempotency-Key", key, limit=200)
+        except InvalidValue as exc:
+            problems.append(str(exc))
+    code = first(form, "service_code")
+    service = catalogue.service(jurisdiction, code) if code else None
+    if code is None:
+        problems.append("service_code required")
+    elif service is None:
+        problems.append(f"service_code {code[:80]!r} is not a service of {jurisdiction}")
+    if len(submission.uploads) > MAX_MEDIA_FILES:
+        problems.append(f"media: at most {MAX_MEDIA_FILES} files")
+    for index, data in enumerate(submission.uploads, start=1):
+        problem = check_upload(data, index)
+        if problem:
+            problems.append(problem)
+    draft = parse_create_form(form, service)
+    if isinstance(draft, list):
+        problems.extend(e.description for e in draft)
+    if problems or not isinstance(draft, RequestDraft):
+        raise Open311Problem(400, *problems)
+    media = tuple(ctx.media.save(data) for data in submission.uploads)
+    return accept_request(
+        ctx.store,
+        draft,
+        client=client,
+        actor=f"api:{client.name}",
+        idempotency_header=key,
+        media=media,
+        correlation_id=submission.correlation_id,
+    )
+
+
+@router.post(
+    "/servicerequestupdates.{fmt}",
+    summary="Record a status update pushed by a back-end or partner (C-22)",
+    responses=docs.responses(docs.UPDATES),
+    response_class=Response,
+    openapi_extra=docs.form_body(docs.UPDATE_FIELDS),
+)
+async def post_update(request: Request, fmt: Format) -> Response:
+    ctx = context(request)
+    submission = await _read_submission(request)
+    document = await run_in_threadpool(_record_update, ctx, submission.fields)
+    return respond(document, fmt, "updates")
+
+
+def _record_update(ctx: ApiContext, form: FormData) -> list[dict[str, object]]:
+    client = ctx.authenticate(first(form, "api_key"), None)
+    update = parse_update_form(form, source=f"api:{client.name}")
+    if isinstance(update, list):
+        raise Open311Problem.of(400, update)
+    existing = ctx.store.get_request(update.request_id)
+    if existing is None:
+        raise Open311Problem(404, f"service_request_id {update.request_id[:80]!r} not found")
+    if client.jurisdiction not in (None, existing.jurisdiction):
+        raise Open311Problem(403, f"api_key is not valid for jurisdiction {existing.jurisdiction}")
+    try:
+        record_status_update(ctx.store, update, actor=f"api:{client.name}")
+    except KeyError:
+        raise Open311Problem(
+            404, f"service_request_id {update.request_id[:80]!r} not found"
+        ) from None
+    # A repeated update_id is harmless (C-22): the same answer, nothing recorded twice.
+    return render.updates([update])

@@ -1,0 +1,113 @@
+"""API test fixtures: the real app under uvicorn on a free loopback port, on a real store."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from bus.api import create_app
+from bus.bootstrap import Runtime
+from bus.config import Environment
+
+SANDBOX = "deploy/sandbox/civicbus.yaml"
+SPRINGFIELD = "springfield.example"
+SHELBYVILLE = "shelbyville.example"
+
+
+def make_runtime(database_url: str, media_dir: Path, config_path: str = SANDBOX) -> Runtime:
+    env = Environment(
+        config_path=config_path,
+        database_url=database_url,
+        amqp_url="amqp://unused",
+        media_dir=str(media_dir),
+        log_format="console",
+    )
+    return Runtime(env=env)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class LiveServer:
+    """uvicorn serving an app in a thread, on a port the OS picked."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.sock = free_socket()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start within 10 s")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    """A runtime on the sandbox city with a fresh SQLite store, shared by one test module."""
+    base = tmp_path_factory.mktemp("api")
+    rt = make_runtime(f"sqlite:///{base}/civicbus.db", base / "media")
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def server(runtime: Runtime) -> Iterator[LiveServer]:
+    with LiveServer(create_app(runtime)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{server.url}/open311/v2", timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def api_key(runtime: Runtime) -> str:
+    """A key of a client allowed in every jurisdiction."""
+    return runtime.store.add_client("test-app")[1]
+
+
+@pytest.fixture(scope="module")
+def create(http: httpx.Client, api_key: str) -> Callable[..., httpx.Response]:
+    """POST a valid pothole (override or add fields by keyword) and return the response."""
+
+    def post(fmt: str = "json", **fields: str | list[str]) -> httpx.Response:
+        data: dict[str, str | list[str]] = {
+            "api_key": api_key,
+            "jurisdiction_id": SPRINGFIELD,
+            "service_code": "POTHOLE",
+            "lat": "37.76",
+            "long": "-122.41",
+            "attribute[LANE]": "carriageway",
+        }
+        data.update(fields)
+        return http.post(f"/requests.{fmt}", data=data)
+
+    return post

@@ -1,0 +1,350 @@
+"""POST /requests over real HTTP (C-05, C-07, C-11..C-15) with media and body limits."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import httpx
+import pytest
+from defusedxml import ElementTree as SafeET
+
+from bus.bootstrap import Runtime
+from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer
+
+Create = Callable[..., httpx.Response]
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+
+
+def descriptions(response: httpx.Response) -> list[str]:
+    return [e["description"] for e in response.json()]
+
+
+def test_c11_realtime_create_answers_201_with_the_id(create: Create, runtime: Runtime) -> None:
+    response = create()
+    assert response.status_code == 201
+    (answer,) = response.json()
+    request_id = answer["service_request_id"]
+    assert isinstance(request_id, str) and len(request_id) == 26
+    assert "token" not in answer
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.attributes == {"LANE": "carriageway"}
+
+
+def test_c14_xml_create_answer(create: Create) -> None:
+    response = create(fmt="xml")
+    assert response.status_code == 201
+    root = SafeET.fromstring(response.content)
+    assert root.tag == "service_requests"
+    assert root.findtext("request/service_request_id")
+
+
+def test_c14_blackbox_service_returns_neither_id_nor_token(
+    http: httpx.Client, api_key: str
+) -> None:
+    response = http.post(
+        "/requests.json",
+        data={
+            "api_key": api_key,
+            "jurisdiction_id": SHELBYVILLE,
+            "service_code": "NOISE",
+            "address_string": "The Square",
+            "account_id": "acct-1",
+        },
+    )
+    assert response.status_code == 201, response.text
+    (answer,) = response.json()
+    assert "service_request_id" not in answer and "token" not in answer
+    assert answer["account_id"] == "acct-1"
+
+
+def test_c14_batch_service_returns_token_and_notice(http: httpx.Client, api_key: str) -> None:
+    response = http.post(
+        "/requests.json",
+        data={
+            "api_key": api_key,
+            "jurisdiction_id": SHELBYVILLE,
+            "service_code": "MISSED_BIN",
+            "address_string": "4 Elm Row",
+            "attribute[BIN_TYPE]": "garden",
+        },
+    )
+    (answer,) = response.json()
+    assert answer["token"].startswith("T") and "service_request_id" not in answer
+    assert answer["service_notice"] == "Missed collections are reviewed each evening."
+
+
+def test_c11_api_key_missing_invalid_or_revoked_is_403(create: Create, runtime: Runtime) -> None:
+    assert create(api_key="").status_code == 403
+    assert create(api_key="not-a-key").status_code == 403
+    runtime.store.add_client("soon-revoked")
+    _, key = runtime.store.add_client("revoked-app")
+    assert create(api_key=key).status_code == 201
+    assert runtime.store.revoke_client("revoked-app")
+    response = create(api_key=key)
+    assert response.status_code == 403
+    assert response.json()[0]["code"] == 403
+
+
+def test_c11_api_key_in_the_query_string_of_a_post(http: httpx.Client, api_key: str) -> None:
+    response = http.post(
+        "/requests.json",
+        params={"api_key": api_key},
+        data={
+            "jurisdiction_id": SPRINGFIELD,
+            "service_code": "STREET_SIGN",
+            "address_string": "Main St / 3rd",
+            "api_key": "",
+        },
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_client_bound_to_a_jurisdiction_may_only_post_there(
+    create: Create, runtime: Runtime
+) -> None:
+    _, key = runtime.store.add_client("shelby-app", SHELBYVILLE)
+    response = create(api_key=key)
+    assert response.status_code == 403
+    assert "not valid for jurisdiction springfield.example" in descriptions(response)[0]
+
+
+def test_c06_create_needs_jurisdiction(create: Create) -> None:
+    assert create(jurisdiction_id="").status_code == 400
+    assert create(jurisdiction_id="atlantis.example").status_code == 404
+
+
+def test_c07_several_errors_at_once_each_naming_its_field(create: Create) -> None:
+    response = create(lat="", long="", **{"attribute[LANE]": "x", "attribute[DEPTH_CM]": "deep"})
+    assert response.status_code == 400
+    assert descriptions(response) == [
+        "a location is required: lat and long, address_string, or address_id",
+        "DEPTH_CM: 'deep' is not a number",
+        "LANE: 'x' is not one of carriageway, cycle_lane, shoulder",
+    ]
+    assert all(e["code"] == 400 for e in response.json())
+
+
+def test_c07_unknown_service_code_is_400_alongside_other_errors(create: Create) -> None:
+    response = create(service_code="UFO", lat="100")
+    assert response.status_code == 400
+    texts = descriptions(response)
+    assert texts[0] == "service_code 'UFO' is not a service of springfield.example"
+    assert "lat: must be between -90 and 90" in texts
+
+
+def test_c07_missing_service_code(create: Create) -> None:
+    response = create(service_code="")
+    assert response.status_code == 400
+    assert "service_code required" in descriptions(response)
+
+
+def test_c07_xml_error_list_for_xml_calls(create: Create) -> None:
+    response = create(fmt="xml", **{"attribute[LANE]": ""})
+    assert response.status_code == 400
+    root = SafeET.fromstring(response.content)
+    assert root.findtext("error/description") == "LANE required"
+
+
+def test_c12_multivaluelist_both_spellings_over_http(create: Create, runtime: Runtime) -> None:
+    bracketed = create(**{"attribute[HAZARDS][]": ["water", "growing"]}).json()[0]
+    repeated = create(**{"attribute[HAZARDS]": ["water", "damage"]}).json()[0]
+    first = runtime.store.get_request(bracketed["service_request_id"])
+    second = runtime.store.get_request(repeated["service_request_id"])
+    assert first is not None and first.attributes["HAZARDS"] == ("water", "growing")
+    assert second is not None and second.attributes["HAZARDS"] == ("water", "damage")
+
+
+def test_c03_datetime_attribute_without_zone_is_400(http: httpx.Client, api_key: str) -> None:
+    response = http.post(
+        "/requests.json",
+        data={
+            "api_key": api_key,
+            "jurisdiction_id": SPRINGFIELD,
+            "service_code": "SKIP_PERMIT",
+            "address_string": "2 Quay",
+            "attribute[START_DATE]": "2026-06-01T08:00:00",
+        },
+    )
+    assert response.status_code == 400
+    assert descriptions(response) == [
+        "START_DATE: '2026-06-01T08:00:00' has no time zone (add Z or +hh:mm)"
+    ]
+
+
+def test_c13_reporter_data_is_stored_apart(create: Create, runtime: Runtime) -> None:
+    answer = create(email="r@example.org", first_name="Ada", phone="555-0101").json()[0]
+    stored = runtime.store.get_request(answer["service_request_id"])
+    assert stored is not None
+    assert stored.reporter.email == "r@example.org" and stored.reporter.phone == "555-0101"
+
+
+def test_c13_media_upload_is_stored_by_content_and_served_back(
+    http: httpx.Client, server: LiveServer, api_key: str, runtime: Runtime
+) -> None:
+    response = http.post(
+        "/requests.json",
+        data={
+            "api_key": api_key,
+            "jurisdiction_id": SPRINGFIELD,
+            "service_code": "STREET_SIGN",
+            "address_string": "Elm St",
+            "media_url": "https://elsewhere.example/x.jpg",
+        },
+        files={"media": ("photo.bin", PNG, "application/octet-stream")},
+    )
+    assert response.status_code == 201, response.text
+    request_id = response.json()[0]["service_request_id"]
+    (doc,) = http.get(
+        f"/requests/{request_id}.json", params={"jurisdiction_id": SPRINGFIELD}
+    ).json()
+    digest = hashlib.sha256(PNG).hexdigest()
+    assert doc["media_url"].endswith(f"/media/{digest}.png")  # the upload wins over media_url
+    served = httpx.get(f"{server.url}/media/{digest}.png")
+    assert served.status_code == 200
+    assert served.headers["content-type"] == "image/png"
+    assert served.content == PNG
+    assert httpx.get(f"{server.url}/media/{'0' * 64}.png").status_code == 404
+
+
+def test_c13_media_type_is_checked_by_content(http: httpx.Client, api_key: str) -> None:
+    response = http.post(
+        "/requests.json",
+        data={
+            "api_key": api_key,
+            "jurisdiction_id": SPRINGFIELD,
+            "service_code": "STREET_SIGN",
+            "address_string": "Elm St",
+        },
+        files={"media": ("photo.jpg", b"<script>not an image</script>", "image/jpeg")},
+    )
+    assert response.status_code == 400
+    assert descriptions(response) == ["media 1: not a JPEG, PNG, GIF, WebP or PDF file"]
+
+
+def test_c13_media_url_is_kept_when_nothing_is_uploaded(create: Create, http: httpx.Client) -> None:
+    answer = create(media_url="https://img.example/pothole.jpg").json()[0]
+    (doc,) = http.get(
+        f"/requests/{answer['service_request_id']}.json", params={"jurisdiction_id": SPRINGFIELD}
+    ).json()
+    assert doc["media_url"] == "https://img.example/pothole.jpg"
+
+
+def test_body_over_the_limit_is_413(http: httpx.Client, runtime: Runtime, api_key: str) -> None:
+    limit = runtime.config.api.max_body_bytes
+    response = http.post(
+        "/requests.json",
+        data={"api_key": api_key},
+        files={"media": ("big.jpg", JPEG + b"\x00" * limit, "image/jpeg")},
+    )
+    assert response.status_code == 413
+    assert response.json()[0]["code"] == 413
+
+
+def test_chunked_body_over_the_limit_is_413(http: httpx.Client, runtime: Runtime) -> None:
+    limit = runtime.config.api.max_body_bytes
+
+    def chunks() -> object:
+        for _ in range(limit // 65536 + 2):
+            yield b"a" * 65536
+
+    response = http.post(
+        "/requests.xml",
+        content=chunks(),  # type: ignore[arg-type]
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 413
+    assert SafeET.fromstring(response.content).findtext("error/code") == "413"
+
+
+def test_c15_idempotency_key_replays_the_first_answer(
+    create: Create, http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    data = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "GRAFFITI",
+        "address_string": "Bridge",
+        "attribute[SURFACE]": "bridge",
+    }
+    headers = {"Idempotency-Key": "order-77"}
+    first = http.post("/requests.json", data=data, headers=headers)
+    again = http.post("/requests.json", data=data, headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    other = http.post("/requests.json", data=data, headers={"Idempotency-Key": "order-78"})
+    assert other.json()[0]["service_request_id"] != first.json()[0]["service_request_id"]
+
+
+def test_c15_external_id_attribute_makes_a_create_idempotent(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from bus.api import create_app
+    from tests.api.conftest import make_runtime
+
+    base = Path(str(tmp_path))
+    (base / "city.yaml").write_text(
+        """
+jurisdictions: [{id: solo.example, name: Solo}]
+services:
+  - code: LITTER
+    jurisdiction: solo.example
+    name: Litter
+    attributes:
+      - {code: external_id, datatype: string, description: Partner reference, order: 1}
+routing: {default: mail}
+instances: {mail: {kind: email}}
+"""
+    )
+    rt = make_runtime(f"sqlite:///{base}/c.db", base / "media", str(base / "city.yaml"))
+    try:
+        _, key = rt.store.add_client("partner")
+        with LiveServer(create_app(rt)) as live:
+            data = {
+                "api_key": key,
+                "service_code": "LITTER",
+                "address_string": "Pier",
+                "attribute[external_id]": "P-1",
+            }
+            url = f"{live.url}/open311/v2/requests.json"
+            first, again = httpx.post(url, data=data), httpx.post(url, data=data)
+            assert first.status_code == 201 and again.status_code == 200
+            assert first.json() == again.json()
+            other = httpx.post(url, data={**data, "attribute[external_id]": "P-2"})
+            assert other.json() != first.json()
+    finally:
+        rt.close()
+
+
+def test_accepted_request_has_its_outbox_event_and_audit_entry(
+    create: Create, runtime: Runtime
+) -> None:
+    request_id = create(email="secret@example.org").json()[0]["service_request_id"]
+    rows = [
+        r for r in runtime.store.pending_outbox(limit=10_000) if r.envelope.subject == request_id
+    ]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.exchange == "civicbus.events"
+    assert row.routing_key == "request.created.POTHOLE"
+    assert row.envelope.type.value == "civicbus.request.created"
+    assert row.envelope.data["service_code"] == "POTHOLE"
+    assert "secret@example.org" not in row.envelope.model_dump_json()
+    trail = runtime.store.audit_trail(request_id)
+    assert [e.action for e in trail] == ["accepted"]
+    assert trail[0].actor == "api:test-app"
+    assert "secret@example.org" not in str(trail[0].details)
+
+
+@pytest.mark.parametrize("value", ["true", "1", "FALSE", "0"])
+def test_c05_booleans_in_input(http: httpx.Client, value: str) -> None:
+    params = {"jurisdiction_id": SPRINGFIELD, "extensions": value}
+    assert http.get("/requests.json", params=params).status_code == 200
+
+
+def test_c05_bad_boolean_is_400(http: httpx.Client) -> None:
+    params = {"jurisdiction_id": SPRINGFIELD, "extensions": "perhaps"}
+    response = http.get("/requests.json", params=params)
+    assert response.status_code == 400
