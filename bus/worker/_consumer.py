@@ -24,6 +24,7 @@ import pika
 import structlog
 from pika.exceptions import AMQPError
 
+from bus.broker.connection import connection_parameters
 from bus.worker._delivery import Delivery
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,7 @@ class Consumer:
         declare: Declare | None = None,
         reconnect_delay: float = 2.0,
     ) -> None:
-        self._params = pika.URLParameters(amqp_url)
+        self._params = connection_parameters(amqp_url)
         self._prefetch = prefetch
         self._name = name
         self._declare = declare
