@@ -1,0 +1,201 @@
+"""The parks adapter: creates work requests in the parks system over REST and reads changes back.
+
+The civicbus request id is the work request's `external_reference`: `submit` looks it up first
+and creates only when it is missing (a 409 from a racing create counts as found), so a
+redelivered message creates nothing. Changes are read from `/work-requests/changes`, paged on
+the server's opaque cursor, which is the watermark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import structlog
+
+from adapters._contract import Adapter, Health, Receipt, UpdatePage
+from adapters._exceptions import AdapterError, PermanentError, TransientError, map_exceptions
+from adapters.mapping import Mapping as FieldMapping
+from adapters.parks._auth import ClientCredentials
+from adapters.parks._errors import ERRORS, raise_for_status
+from schemas.model import ServiceRequest, StatusUpdate
+
+log = structlog.get_logger(__name__)
+
+_HEALTH_PROBE_REFERENCE = "civicbus-health-check"
+
+
+class ParksAdapter(Adapter):
+    """A parks work-request system over REST/JSON, authenticated by OAuth2 client credentials.
+
+    Settings: `base_url`, `client_id`, `client_secret` (from the environment), `token_url`
+    (default `<base_url>/oauth/token`), `timeout` (seconds, default 10), `page_size` (changes
+    per call, default 100), `max_pages` (calls per `updates`, default 10). A mapping field with
+    a dotted name (`location.lat`) becomes a nested JSON member.
+    """
+
+    kind = "parks"
+    polls = True
+
+    def __init__(
+        self, instance: str, settings: Mapping[str, Any], mapping: FieldMapping | None = None
+    ) -> None:
+        super().__init__(instance, settings, mapping)
+        missing = [k for k in ("base_url", "client_id", "client_secret") if not settings.get(k)]
+        if missing:
+            raise ValueError(f"parks adapter {instance}: set {', '.join(missing)}")
+        if mapping is None:
+            raise ValueError(f"parks adapter {instance}: a mapping file is required")
+        self.field_mapping: FieldMapping = mapping
+        self.base_url = str(settings["base_url"]).rstrip("/")
+        self.page_size = int(settings.get("page_size", 100))
+        self.max_pages = int(settings.get("max_pages", 10))
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=float(settings.get("timeout", 10)),
+            headers={"Accept": "application/json"},
+        )
+        self.credentials = ClientCredentials(
+            self._http,
+            str(settings.get("token_url") or f"{self.base_url}/oauth/token"),
+            str(settings["client_id"]),
+            str(settings["client_secret"]),
+            context=f"parks adapter {instance}",
+        )
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def submit(self, request: ServiceRequest) -> Receipt:
+        """Create the work request unless one with this external reference exists; idempotent."""
+        body = _nested(self.field_mapping.apply(request))
+        body["external_reference"] = request.id
+        existing = self.find(request.id)
+        if existing is not None:
+            log.info("parks.work_request.exists", adapter=self.instance, request_id=request.id,
+                     reference=existing.reference)
+            return existing
+        context = f"parks adapter {self.instance}: create for request {request.id}"
+        response = self._call("POST", "/work-requests", context, json=body, accept=(409,))
+        if response.status_code == 409:
+            # Another delivery created it between our lookup and our create: that is success.
+            raced = self.find(request.id)
+            if raced is None:
+                raise TransientError(f"{context}: 409 conflict, but the lookup finds nothing")
+            return raced
+        created = self._json(response, context)
+        log.info("parks.work_request.created", adapter=self.instance, request_id=request.id,
+                 reference=created.get("id"))
+        return self._receipt(request.id, created, created=True)
+
+    def find(self, request_id: str) -> Receipt | None:
+        """The work request whose external reference is `request_id`, if there is one."""
+        context = f"parks adapter {self.instance}: find {request_id}"
+        response = self._call("GET", "/work-requests", context,
+                              params={"external_reference": request_id})
+        items = self._json(response, context).get("items") or []
+        return self._receipt(request_id, items[0], created=False) if items else None
+
+    def updates(self, since: str | None) -> UpdatePage:
+        """Changes after cursor `since`, oldest first, up to `max_pages` pages."""
+        cursor = since or "0"
+        found: list[StatusUpdate] = []
+        for _ in range(self.max_pages):
+            context = f"parks adapter {self.instance}: changes since {cursor}"
+            response = self._call("GET", "/work-requests/changes", context,
+                                  params={"since": cursor, "limit": self.page_size})
+            page = self._json(response, context)
+            found += [self._update(change) for change in page.get("changes") or []]
+            cursor = str(page.get("next") or cursor)
+            if not page.get("more"):
+                break
+        return UpdatePage(updates=tuple(found), watermark=cursor if (found or since) else since)
+
+    def check(self) -> Health:
+        """Get a token (credentials), then make one read call."""
+        try:
+            self.find(_HEALTH_PROBE_REFERENCE)
+        except AdapterError as exc:
+            return Health(False, f"parks system at {self.base_url}: {exc}")
+        return Health(True, f"parks system at {self.base_url} answers; credentials accepted")
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, context: str, *, accept: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One API call with the bearer token; a 401 renews the token and retries once."""
+        with map_exceptions(ERRORS, context=context):
+            for attempt in (1, 2):
+                token = self.credentials.token()
+                response = self._http.request(
+                    method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs
+                )
+                if response.status_code != 401 or attempt == 2:
+                    break
+                log.info("parks.token.refused", adapter=self.instance)
+                self.credentials.invalidate(token)
+        if response.status_code not in accept:
+            raise_for_status(response, context)
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response, context: str) -> dict[str, Any]:
+        with map_exceptions(ERRORS, context=context):
+            body = response.json()
+        if not isinstance(body, dict):
+            raise TransientError(f"{context}: the answer is not a JSON object")
+        return body
+
+    def _receipt(self, request_id: str, item: dict[str, Any], *, created: bool) -> Receipt:
+        try:
+            return Receipt(
+                request_id=request_id,
+                reference=str(item["id"]),
+                created=created,
+                status=self.field_mapping.status(str(item["status"])),
+                at=_timestamp(item.get("created_at")),
+            )
+        except KeyError as exc:
+            raise PermanentError(
+                f"parks adapter {self.instance}: request {request_id}: the work request "
+                f"lacks {exc.args[0]!r}"
+            ) from exc
+
+    def _update(self, change: dict[str, Any]) -> StatusUpdate:
+        code = str(change["status"])
+        return StatusUpdate(
+            request_id=str(change["external_reference"]),
+            status=self.field_mapping.status(code),
+            at=_timestamp(change.get("changed_at")),
+            update_id=f"{self.instance}:{change['change_id']}",
+            source=self.instance,
+            note=change.get("note"),
+            external_status_code=code,
+        )
+
+
+def _nested(fields: dict[str, Any]) -> dict[str, Any]:
+    """`{"location.lat": 1}` -> `{"location": {"lat": 1}}`: the API's nested JSON shape."""
+    body: dict[str, Any] = {}
+    for name, value in fields.items():
+        *parents, leaf = name.split(".")
+        node = body
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return body
+
+
+def _timestamp(value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return datetime.now(UTC)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return datetime.now(UTC)

@@ -1,0 +1,59 @@
+"""How httpx failures and HTTP answers become TransientError or PermanentError, in one place.
+
+Transport failures are classified by type through `ERRORS`; an HTTP answer by its status:
+429 and 408 are worth retrying (429 with the server's Retry-After), other 4xx are refusals of
+our request, 5xx are failures of the parks system. Response bodies are never quoted: a
+validation error may echo the request's values, which can be a resident's personal data.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from adapters._exceptions import ErrorTable, PermanentError, TransientError
+
+ERRORS: ErrorTable = {
+    httpx.InvalidURL: PermanentError,
+    httpx.UnsupportedProtocol: PermanentError,
+    httpx.TimeoutException: TransientError,
+    httpx.TransportError: TransientError,
+    # A body that is not the JSON promised: a proxy's error page, a cut connection.
+    json.JSONDecodeError: TransientError,
+}
+
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+def raise_for_status(response: httpx.Response, context: str) -> None:
+    """Raise the typed error for a non-2xx answer; return quietly for 2xx."""
+    status = response.status_code
+    if status < 400:
+        return
+    what = f"{context}: HTTP {status} {response.reason_phrase} from the parks system"
+    if status == 429:
+        raise TransientError(what, retry_after=retry_after(response))
+    if status in _RETRYABLE_4XX or status >= 500:
+        raise TransientError(what, retry_after=retry_after(response))
+    raise PermanentError(what)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent/bad."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -1,0 +1,192 @@
+"""The parks adapter against the REST parks simulator on a loopback port (FastAPI, httpx)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from backends_support import MAPPINGS, a_request, control, free_port, simulator
+
+from adapters import PermanentError, TransientError
+from adapters.mapping import Mapping, load_mapping
+from adapters.parks import ParksAdapter
+from adapters.parks._errors import retry_after
+from civicbus.sandbox.parks import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from civicbus.sandbox.runner import Running
+from schemas.model import Location, Status
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def mapping() -> Mapping:
+    return load_mapping(MAPPINGS / "parks.yaml")
+
+
+@pytest.fixture
+def parks(tmp_path: Path) -> Iterator[Running]:
+    with simulator("parks", tmp_path) as running:
+        yield running
+
+
+def adapter_for(running: Running, mapping: Mapping, **settings: Any) -> ParksAdapter:
+    return ParksAdapter(
+        "parks",
+        {"base_url": running.url, "client_id": SANDBOX_CLIENT_ID,
+         "client_secret": SANDBOX_CLIENT_SECRET, "timeout": 5, **settings},
+        mapping,
+    )
+
+
+def test_submit_creates_a_work_request_with_the_mapped_fields(
+    parks: Running, mapping: Mapping
+) -> None:
+    request = a_request("TREE_DAMAGE", jurisdiction="shelbyville.example",
+                        attributes={"BLOCKING": "road"})
+    receipt = adapter_for(parks, mapping).submit(request)
+
+    assert receipt.created and receipt.reference.startswith("WR-")
+    assert receipt.status is Status.OPEN
+    item = control(parks, "GET", f"/items/{request.id}")
+    assert item["id"] == receipt.reference
+    payload = item["payload"]
+    assert payload["category"] == "TREE"
+    assert payload["priority"] == 1
+    assert payload["location"] == {"lat": 51.50101, "lon": -0.12412}
+    assert payload["address"] == "12 Evergreen Terrace"
+    assert payload["reported_at"].startswith("2026-11-20T09:30:00")
+    assert payload["contact_email"] is None  # the mapping does not ask for the reporter
+
+
+def test_unmapped_lookup_values_take_the_defaults(parks: Running, mapping: Mapping) -> None:
+    request = a_request("PARK_BENCH", description=None, attributes={"PARK_NAME": "Riverside"},
+                        location=Location(lat=51.5, long=-0.1))
+    adapter_for(parks, mapping).submit(request)
+
+    payload = control(parks, "GET", f"/items/{request.id}")["payload"]
+    assert (payload["category"], payload["park"], payload["priority"]) == (
+        "FURNITURE", "Riverside", 3)
+    assert payload["description"] == "(no description given)" and payload["address"] is None
+
+
+def test_submit_twice_creates_one_work_request(parks: Running, mapping: Mapping) -> None:
+    adapter = adapter_for(parks, mapping)
+    request = a_request("PLAYGROUND")
+
+    first, second = adapter.submit(request), adapter.submit(request)
+
+    assert first.created and not second.created and first.reference == second.reference
+    assert len(control(parks, "GET", "/items")) == 1
+    found = adapter.find(request.id)
+    assert found is not None and found.reference == first.reference
+    assert adapter.find("req-unknown") is None
+
+
+def test_the_token_is_cached_and_renewed_once_after_a_401(
+    parks: Running, mapping: Mapping
+) -> None:
+    adapter = adapter_for(parks, mapping)
+    adapter.find("req-1")
+    adapter.find("req-2")
+    assert adapter.credentials.fetched == 1
+
+    control(parks, "POST", "/revoke-tokens")  # as after a restart of the parks system
+    assert adapter.find("req-3") is None
+
+    assert adapter.credentials.fetched == 2
+
+
+def test_bad_credentials_are_permanent_and_named_by_check(
+    parks: Running, mapping: Mapping
+) -> None:
+    adapter = adapter_for(parks, mapping, client_secret="wrong")
+
+    with pytest.raises(PermanentError, match="client credentials"):
+        adapter.submit(a_request("PLAYGROUND"))
+    health = adapter.check()
+    assert not health.ok and "client secret" in health.detail
+    assert "wrong" not in health.detail
+
+
+def test_status_changes_are_reported_once(parks: Running, mapping: Mapping) -> None:
+    adapter = adapter_for(parks, mapping)
+    request = a_request("PARK_BENCH", attributes={"PARK_NAME": "Central"})
+    adapter.submit(request)
+    first = adapter.updates(None)
+
+    control(parks, "POST", f"/items/{request.id}/advance")
+    control(parks, "POST", f"/items/{request.id}/status", status="COMPLETED", note="replaced")
+    second = adapter.updates(first.watermark)
+    third = adapter.updates(second.watermark)
+
+    assert [u.status for u in first.updates] == [Status.OPEN]
+    assert [u.status for u in second.updates] == [Status.INVESTIGATING, Status.FIXED]
+    assert second.updates[-1].note == "replaced" and second.updates[-1].request_id == request.id
+    assert third.updates == () and third.watermark == second.watermark
+
+
+def test_throttling_is_transient_with_the_servers_retry_after(
+    parks: Running, mapping: Mapping
+) -> None:
+    control(parks, "PUT", "/fault", mode="throttle", delay=7)
+
+    with pytest.raises(TransientError) as caught:
+        adapter_for(parks, mapping).submit(a_request("PLAYGROUND"))
+
+    assert caught.value.retry_after == 7.0 and "429" in str(caught.value)
+
+
+def test_a_rejected_work_request_is_permanent(parks: Running, mapping: Mapping) -> None:
+    control(parks, "PUT", "/fault", mode="reject")
+    request = a_request("PLAYGROUND")
+
+    with pytest.raises(PermanentError, match=f"request {request.id}: HTTP 422"):
+        adapter_for(parks, mapping).submit(request)
+
+
+def test_a_parks_system_that_is_down_gives_transient_errors(
+    parks: Running, mapping: Mapping
+) -> None:
+    control(parks, "PUT", "/fault", mode="down")
+    adapter = adapter_for(parks, mapping)
+
+    with pytest.raises(TransientError, match="503"):
+        adapter.submit(a_request("PLAYGROUND"))
+    assert not adapter.check().ok
+
+
+def test_a_slow_parks_system_times_out_as_transient(parks: Running, mapping: Mapping) -> None:
+    control(parks, "PUT", "/fault", mode="slow", delay=2)
+
+    with pytest.raises(TransientError, match="Timeout"):
+        adapter_for(parks, mapping, timeout=0.3).find("req-1")
+
+
+def test_a_refused_connection_is_transient(mapping: Mapping) -> None:
+    adapter = ParksAdapter("parks", {"base_url": f"http://127.0.0.1:{free_port()}",
+                                     "client_id": "c", "client_secret": "s"}, mapping)
+    with pytest.raises(TransientError, match="ConnectError"):
+        adapter.find("req-1")
+
+
+def test_work_requests_survive_a_simulator_restart(tmp_path: Path, mapping: Mapping) -> None:
+    request = a_request("PLAYGROUND")
+    with simulator("parks", tmp_path) as first:
+        receipt = adapter_for(first, mapping).submit(request)
+    with simulator("parks", tmp_path) as second:
+        again = adapter_for(second, mapping).submit(request)
+
+    assert not again.created and again.reference == receipt.reference
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    def answer(value: str) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": value})
+
+    assert retry_after(answer("12")) == 12.0
+    assert retry_after(answer("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # in the past
+    assert retry_after(answer("soon")) is None
+    assert retry_after(httpx.Response(429)) is None
