@@ -61,6 +61,7 @@ class Simulator:
 SIMULATORS: dict[str, Simulator] = {
     sim.name: sim
     for sim in (
+        Simulator("sap", 8321, "civicbus.sandbox.sap:serve", "SAP PM, OData + BAPIs (simulation)"),
         Simulator("permits", 8322, "civicbus.sandbox.permits:serve", "permit system (SOAP)"),
         Simulator("parks", 8323, "civicbus.sandbox.parks:serve", "parks work requests (REST)"),
         Simulator("mailbox", 8325, "civicbus.sandbox.mailbox:serve", "department mailbox (SMTP)"),

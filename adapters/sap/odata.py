@@ -1,0 +1,258 @@
+"""The OData transport: SAP's `API_MAINTNOTIFICATION` (OData v2) over HTTPS with httpx.
+
+Creates fetch a CSRF token (`x-csrf-token: fetch`) on the session cookie first and refetch it once
+when SAP answers 403 "CSRF token validation failed". SAP's error JSON (`error.message.value` and
+`innererror.errordetails`) becomes a PermanentError with SAP's text for a 4xx; 5xx, 429, timeouts
+and refused connections are transient, honouring Retry-After.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import structlog
+
+from adapters._contract import Health
+from adapters._exceptions import ErrorTable, PermanentError, TransientError, map_exceptions
+from adapters.sap._model import SapNotification, passthrough
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_SERVICE_PATH = "/sap/opu/odata/sap/API_MAINTNOTIFICATION"
+ENTITY_SET = "MaintenanceNotification"
+PAGE_SIZE = 200
+
+#: httpx's errors -> ours, most specific first (UnsupportedProtocol is a TransportError too).
+ERRORS: ErrorTable = {
+    httpx.UnsupportedProtocol: PermanentError,
+    httpx.InvalidURL: PermanentError,
+    httpx.TimeoutException: TransientError,
+    httpx.TransportError: TransientError,
+    httpx.DecodingError: TransientError,
+}
+
+#: Neutral field -> OData property of MaintenanceNotification.
+PROPERTIES = {
+    "notification_type": "NotificationType",
+    "short_text": "NotificationText",
+    "long_text": "MaintNotifLongTextForEdit",
+    "priority": "MaintPriority",
+    "functional_location": "FunctionalLocation",
+    "reported_by": "ReportedByUser",
+}
+
+
+class ODataTransport:
+    """Talks to one SAP system's maintenance-notification OData service."""
+
+    def __init__(self, instance: str, settings: Mapping[str, Any]) -> None:
+        self.instance = instance
+        base_url = str(settings["base_url"]).rstrip("/")
+        service = str(settings.get("service_path", DEFAULT_SERVICE_PATH)).rstrip("/")
+        user, password = settings.get("username"), settings.get("password")
+        params = {"sap-client": str(settings["sap_client"])} if settings.get("sap_client") else {}
+        self._reference_property = str(
+            settings.get("external_reference_property", "MaintNotifExtReferenceNumber")
+        )
+        self._system_status = str(settings.get("system_status_property", "SystemStatus"))
+        self._user_status = str(settings.get("user_status_property", "UserStatus"))
+        self._client = httpx.Client(
+            base_url=base_url + service + "/",
+            auth=httpx.BasicAuth(str(user), str(password or "")) if user else None,
+            params=params,
+            timeout=float(settings.get("timeout", 10.0)),
+            verify=settings.get("verify", True),
+            headers={"accept": "application/json"},
+        )
+        self._token: str | None = None
+
+    # --- the transport interface ---------------------------------------------------------
+
+    def find(self, external_reference: str) -> SapNotification | None:
+        literal = external_reference.replace("'", "''")
+        found = self._query(
+            f"{self._reference_property} eq '{literal}'",
+            top=1,
+            orderby="MaintenanceNotification asc",
+            what="find",
+        )
+        return found[0] if found else None
+
+    def create(self, fields: Mapping[str, Any], external_reference: str) -> str:
+        body = {PROPERTIES[k]: v for k, v in fields.items() if k in PROPERTIES}
+        if fields.get("malfunction_start_date"):
+            body["MalfunctionStartDate"] = _edm_date(str(fields["malfunction_start_date"]))
+        if fields.get("malfunction_start_time"):
+            body["MalfunctionStartTime"] = _edm_time(str(fields["malfunction_start_time"]))
+        body.update(passthrough(fields))
+        body[self._reference_property] = external_reference
+        context = f"SAP OData create for request {external_reference} ({self.instance})"
+        response = self._post(ENTITY_SET, body, context)
+        return str(response.json()["d"]["MaintenanceNotification"])
+
+    def changed_since(self, moment: datetime | None) -> list[SapNotification]:
+        clauses = [f"{self._reference_property} ne ''"]
+        if moment is not None:
+            stamp = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+            clauses.append(f"LastChangeDateTime ge datetimeoffset'{stamp}Z'")
+        found: list[SapNotification] = []
+        while True:
+            page = self._query(
+                " and ".join(clauses),
+                top=PAGE_SIZE,
+                skip=len(found),
+                orderby="LastChangeDateTime asc",
+                what="changes",
+            )
+            found.extend(page)
+            if len(page) < PAGE_SIZE:
+                return found
+
+    def check(self) -> Health:
+        try:
+            with map_exceptions(ERRORS, context=f"SAP OData ({self.instance})"):
+                response = self._client.get("$metadata")
+            _raise_for_status(response, f"SAP OData $metadata ({self.instance})")
+        except (TransientError, PermanentError) as exc:
+            return Health(ok=False, detail=str(exc))
+        if "MaintenanceNotification" not in response.text:
+            return Health(
+                ok=False,
+                detail=f"{self._client.base_url} does not look like "
+                "API_MAINTNOTIFICATION: its $metadata lacks MaintenanceNotification",
+            )
+        return Health(ok=True, detail=f"OData service at {self._client.base_url} answers")
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    def _query(
+        self, where: str, *, top: int, orderby: str, what: str, skip: int = 0
+    ) -> list[SapNotification]:
+        params = {"$filter": where, "$top": str(top), "$orderby": orderby, "$format": "json"}
+        if skip:
+            params["$skip"] = str(skip)
+        context = f"SAP OData {what} ({self.instance})"
+        with map_exceptions(ERRORS, context=context):
+            response = self._client.get(ENTITY_SET, params=params)
+        _raise_for_status(response, context)
+        return [self._notification(e) for e in response.json()["d"]["results"]]
+
+    def _post(self, path: str, body: dict[str, Any], context: str) -> httpx.Response:
+        for attempt in (1, 2):
+            token = self._token or self._fetch_token(context)
+            with map_exceptions(ERRORS, context=context):
+                response = self._client.post(
+                    path, json=body, headers={"x-csrf-token": token}, params={"$format": "json"}
+                )
+            if _csrf_failed(response) and attempt == 1:
+                log.info("sap.csrf_refetch", instance=self.instance)
+                self._token = None
+                continue
+            _raise_for_status(response, context)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    @contextmanager
+    def _session_reset_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except TransientError:
+            self._token = None
+            raise
+
+    def _fetch_token(self, context: str) -> str:
+        with map_exceptions(ERRORS, context=context), self._session_reset_on_error():
+            response = self._client.get(
+                "", headers={"x-csrf-token": "fetch"}, params={"$format": "json"}
+            )
+        _raise_for_status(response, f"{context}: CSRF token fetch")
+        token: str | None = response.headers.get("x-csrf-token")
+        if not token or token.lower() == "required":
+            raise PermanentError(
+                f"{context}: SAP gave no CSRF token; is CSRF protection set up "
+                "for this service and user?"
+            )
+        self._token = token
+        return token
+
+    def _notification(self, entity: Mapping[str, Any]) -> SapNotification:
+        return SapNotification(
+            number=str(entity["MaintenanceNotification"]),
+            external_reference=str(entity.get(self._reference_property) or ""),
+            system_status=str(entity.get(self._system_status) or ""),
+            user_status=str(entity.get(self._user_status) or ""),
+            changed_at=_from_edm(str(entity["LastChangeDateTime"])),
+        )
+
+
+def _csrf_failed(response: httpx.Response) -> bool:
+    return response.status_code == 403 and (
+        response.headers.get("x-csrf-token", "").lower() == "required"
+        or "csrf token validation failed" in response.text.lower()
+    )
+
+
+def _raise_for_status(response: httpx.Response, context: str) -> None:
+    """SAP's answer as our error: 4xx permanent with SAP's text; 408, 429 and 5xx transient."""
+    status = response.status_code
+    if status < 400:
+        return
+    text = sap_message(response)
+    if status in (408, 429) or status >= 500:
+        raise TransientError(
+            f"{context}: HTTP {status}: {text}", retry_after=_retry_after(response)
+        )
+    if status == 401:
+        text = f"{text} (SAP refused the logon: check the username and password)"
+    raise PermanentError(f"{context}: HTTP {status}: {text}")
+
+
+def sap_message(response: httpx.Response) -> str:
+    """SAP's error text: `error.message.value`, its code, and the errordetails' messages."""
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200].strip() or response.reason_phrase
+    message = error.get("message", {})
+    text = message.get("value", "") if isinstance(message, dict) else str(message)
+    code = error.get("code", "")
+    details = [
+        str(d.get("message", ""))
+        for d in (error.get("innererror", {}) or {}).get("errordetails", []) or []
+        if d.get("message") and d.get("message") != text
+    ]
+    out = f"{code}: {text}" if code else text
+    return out + (f" (details: {'; '.join(details)})" if details else "")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.strip().isdigit() else None
+
+
+_EDM_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+
+
+def _from_edm(value: str) -> datetime:
+    match = _EDM_DATE.match(value)
+    if match:
+        return datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _edm_date(yyyymmdd: str) -> str:
+    day = datetime.strptime(yyyymmdd, "%Y%m%d").replace(tzinfo=UTC)
+    return f"/Date({int(day.timestamp() * 1000)})/"
+
+
+def _edm_time(hhmmss: str) -> str:
+    return f"PT{hhmmss[0:2]}H{hhmmss[2:4]}M{hhmmss[4:6]}S"

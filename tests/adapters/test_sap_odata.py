@@ -1,0 +1,208 @@
+"""The SAP adapter's OData transport against the sandbox's SAP simulation of the OData API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from backends_support import a_request, simulator
+from sap_support import control, notifications, rejecting_mapping, sap_mapping, settings_for
+
+from adapters import PermanentError, TransientError
+from adapters.sap import SapAdapter
+from civicbus.sandbox.runner import Running
+from civicbus.sandbox.sap_odata import SERVICE_PATH
+from schemas.model import Location, ServiceRequest, Status
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sap_sim(tmp_path: Path) -> Iterator[Running]:
+    with simulator("sap", tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def adapter(sap_sim: Running) -> Iterator[SapAdapter]:
+    made = SapAdapter("sap-roads", settings_for("odata", sap_sim.url), rejecting_mapping())
+    yield made
+    made.close()
+
+
+def pothole(**changes: Any) -> ServiceRequest:
+    fields: dict[str, Any] = {
+        "service_name": "Pothole",
+        "description": "Deep hole by the bus stop",
+        "attributes": {"LANE": "carriageway", "HAZARDS": ("damage",)},
+        "location": Location(lat=39.81, long=-89.66, address="1200 North Grand Avenue East"),
+        "requested_at": datetime(2026, 11, 20, 15, 4, 5, tzinfo=UTC),
+    }
+    fields.update(changes)
+    return a_request(fields.pop("service_code", "POTHOLE"), **fields)
+
+
+def test_the_notification_carries_the_mapped_sap_fields(
+    adapter: SapAdapter, sap_sim: Running
+) -> None:
+    request = pothole()
+    receipt = adapter.submit(request)
+
+    [stored] = notifications(sap_sim, request.id)
+    assert stored["number"] == receipt.reference
+    assert stored["notif_type"] == "M1"
+    assert stored["short_text"] == "Pothole: 1200 North Grand Avenue East"[:40]
+    assert len(stored["short_text"]) <= 40
+    assert stored["priority"] == "1"  # HAZARDS=damage
+    assert stored["funct_loc"] == "SPR-RD-N"  # 39.81, -89.66 lies in the north polygon
+    assert stored["malfunction_date"] == "20261120"  # YYYYMMDD, in America/Chicago
+    assert stored["malfunction_time"] == "090405"  # HHMMSS, 15:04:05 UTC is 09:04:05 CST
+    assert stored["reported_by"] == "CIVICBUS"
+    assert request.id in stored["long_text"]
+    # No personal data reaches SAP.
+    assert "Marge" not in str(stored) and "resident@example.org" not in str(stored)
+
+
+def test_a_long_title_is_cut_to_sap_s_40_characters(adapter: SapAdapter, sap_sim: Running) -> None:
+    request = pothole(location=Location(lat=39.79, long=-89.66, address="x" * 120))
+    adapter.submit(request)
+    [stored] = notifications(sap_sim, request.id)
+    assert len(stored["short_text"]) == 40
+    assert stored["funct_loc"] == "SPR-RD-S"
+
+
+def test_a_point_outside_every_polygon_gets_the_road_network_root(
+    adapter: SapAdapter, sap_sim: Running
+) -> None:
+    request = pothole(location=Location(lat=40.5, long=-88.0, address="Far away"))
+    adapter.submit(request)
+    assert notifications(sap_sim, request.id)[0]["funct_loc"] == "SPR-RD"
+
+
+def test_an_expired_csrf_token_is_fetched_again_once(adapter: SapAdapter, sap_sim: Running) -> None:
+    adapter.submit(pothole())  # holds a token now
+    control(sap_sim, "POST", "/csrf/expire")
+    second = pothole()
+    receipt = adapter.submit(second)
+    assert receipt.created and len(notifications(sap_sim, second.id)) == 1
+
+
+def test_a_post_without_a_csrf_token_is_refused_by_the_simulation(sap_sim: Running) -> None:
+    response = httpx.post(f"{sap_sim.url}{SERVICE_PATH}/MaintenanceNotification", json={})
+    assert response.status_code == 403
+    assert response.text == "CSRF token validation failed"
+    assert response.headers["x-csrf-token"] == "Required"
+
+
+def test_sap_s_error_json_becomes_a_permanent_error_with_sap_s_text(
+    adapter: SapAdapter, sap_sim: Running
+) -> None:
+    request = pothole(service_code="REJECT_ME")
+    with pytest.raises(PermanentError) as caught:
+        adapter.submit(request)
+    message = str(caught.value)
+    assert "HTTP 400" in message and "Notification type ZZ is not defined" in message
+    assert request.id in message
+    assert notifications(sap_sim, request.id) == []
+
+
+def test_the_error_json_has_sap_s_shape(sap_sim: Running) -> None:
+    with httpx.Client(base_url=sap_sim.url + SERVICE_PATH) as client:
+        token = client.get("/", headers={"x-csrf-token": "fetch"}).headers["x-csrf-token"]
+        response = client.post(
+            "/MaintenanceNotification",
+            headers={"x-csrf-token": token},
+            json={"NotificationType": "M1", "NotificationText": "y" * 41},
+        )
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["message"]["lang"] == "en" and "40" in error["message"]["value"]
+    assert error["innererror"]["errordetails"][0]["severity"] == "error"
+
+
+def test_503_with_retry_after_is_transient_and_says_how_long(
+    adapter: SapAdapter, sap_sim: Running
+) -> None:
+    control(sap_sim, "PUT", "/fault", mode="down", retry_after=7)
+    with pytest.raises(TransientError) as caught:
+        adapter.submit(pothole())
+    assert caught.value.retry_after == 7
+    assert not adapter.check().ok
+
+
+def test_a_rejection_by_sap_is_permanent(adapter: SapAdapter, sap_sim: Running) -> None:
+    control(sap_sim, "PUT", "/fault", mode="reject", count=1)
+    request = pothole()
+    with pytest.raises(PermanentError, match="rejected by the simulated SAP"):
+        adapter.submit(request)
+    assert adapter.submit(request).created  # the fault was for one request only
+
+
+def test_wrong_credentials_are_permanent(tmp_path: Path) -> None:
+    with simulator("sap", tmp_path, sap_user="CIVICBUS", sap_password="right") as sim:
+        wrong = SapAdapter(
+            "sap-roads",
+            settings_for("odata", sim.url, username="CIVICBUS", password="wrong"),
+            sap_mapping(),
+        )
+        right = SapAdapter(
+            "sap-roads",
+            settings_for("odata", sim.url, username="CIVICBUS", password="right"),
+            sap_mapping(),
+        )
+        with pytest.raises(PermanentError, match="refused the logon"):
+            wrong.find("anything")
+        assert right.find("anything") is None
+        assert right.check().ok
+
+
+def test_status_changes_are_reported_with_the_sap_code(
+    adapter: SapAdapter, sap_sim: Running
+) -> None:
+    receipt = adapter.submit(pothole())
+    page = adapter.updates(None)
+    control(
+        sap_sim, "POST", f"/items/{receipt.reference}/status", status="NOPR", user_status="DUPL"
+    )
+    [update] = [
+        u for u in adapter.updates(page.watermark).updates if u.request_id == receipt.request_id
+    ]
+    assert update.status is Status.DUPLICATE  # the user status wins when the mapping lists it
+    assert update.external_status_code == "DUPL"
+    assert update.source == "sap-roads"
+
+
+def test_the_simulation_filters_and_serves_metadata(adapter: SapAdapter, sap_sim: Running) -> None:
+    request = pothole()
+    adapter.submit(request)
+    base = sap_sim.url + SERVICE_PATH
+    metadata = httpx.get(f"{base}/$metadata").text
+    assert 'EntitySet Name="MaintenanceNotification"' in metadata
+    found = httpx.get(
+        f"{base}/MaintenanceNotification",
+        params={"$filter": f"MaintNotifExtReferenceNumber eq '{request.id}'", "$format": "json"},
+    ).json()
+    assert [e["MaintNotifExtReferenceNumber"] for e in found["d"]["results"]] == [request.id]
+    later = httpx.get(
+        f"{base}/MaintenanceNotification",
+        params={
+            "$filter": "LastChangeDateTime gt datetimeoffset'2999-01-01T00:00:00Z'",
+            "$format": "json",
+        },
+    ).json()
+    assert later["d"]["results"] == []
+
+
+def test_notifications_survive_a_restart_of_the_simulation(tmp_path: Path) -> None:
+    request = pothole()
+    with simulator("sap", tmp_path) as sim:
+        SapAdapter("sap-roads", settings_for("odata", sim.url), sap_mapping()).submit(request)
+    with simulator("sap", tmp_path) as sim:
+        found = SapAdapter("sap-roads", settings_for("odata", sim.url), sap_mapping()).find(
+            request.id
+        )
+        assert found is not None and found.created is False

@@ -1,0 +1,146 @@
+"""The SAP adapter's RFC transport: the BAPI flow against the sandbox's SAP simulation.
+
+The simulation is reached through `adapters.sap.rfc_http.Connection`, which has pyrfc's interface
+(pyrfc itself needs SAP's NW RFC SDK, which cannot be installed here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from backends_support import a_request, free_port, simulator
+from sap_support import control, notifications, rejecting_mapping, sap_mapping, settings_for
+
+from adapters import PermanentError, TransientError
+from adapters.sap import SapAdapter
+from adapters.sap.rfc import PYRFC_MISSING, RfcTransport
+from civicbus.sandbox.runner import Running
+from schemas.model import Location, ServiceRequest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sap_sim(tmp_path: Path) -> Iterator[Running]:
+    with simulator("sap", tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def adapter(sap_sim: Running) -> Iterator[SapAdapter]:
+    made = SapAdapter("sap-roads", settings_for("rfc", sap_sim.url), rejecting_mapping())
+    yield made
+    made.close()
+
+
+def sign(**changes: Any) -> ServiceRequest:
+    fields: dict[str, Any] = {
+        "service_name": "Damaged street sign",
+        "description": "Stop sign bent over\nat the corner",
+        "location": Location(lat=39.80, long=-89.63, address="Corner of 5th and Elm"),
+        "requested_at": datetime(2026, 7, 1, 12, 0, 0, tzinfo=UTC),
+    }
+    fields.update(changes)
+    return a_request(fields.pop("service_code", "STREET_SIGN"), **fields)
+
+
+def test_create_save_commit_stores_the_mapped_notification(
+    adapter: SapAdapter, sap_sim: Running
+) -> None:
+    request = sign()
+    receipt = adapter.submit(request)
+
+    [stored] = notifications(sap_sim, request.id)
+    assert receipt.created and stored["number"] == receipt.reference
+    assert stored["notif_type"] == "M2"
+    assert stored["funct_loc"] == "SPR-RD-E"
+    assert stored["malfunction_date"] == "20260701" and stored["malfunction_time"] == "070000"
+    assert stored["long_text"].startswith("Stop sign bent over\nat the corner")
+
+
+def test_a_bapi_return_of_type_e_is_a_permanent_error_with_sap_s_message(
+    adapter: SapAdapter, sap_sim: Running
+) -> None:
+    request = sign(service_code="REJECT_ME")
+    with pytest.raises(PermanentError, match="E SIM/001: Notification type ZZ is not defined"):
+        adapter.submit(request)
+    assert notifications(sap_sim, request.id) == []
+
+
+def test_a_create_whose_commit_is_not_confirmed_is_found_instead_of_retried(
+    adapter: SapAdapter, sap_sim: Running
+) -> None:
+    control(sap_sim, "PUT", "/fault", mode="lose_commit_response", count=1)
+    request = sign()
+    receipt = adapter.submit(request)  # commit lost -> look-up finds it: no error, no duplicate
+    assert receipt.reference == notifications(sap_sim, request.id)[0]["number"]
+    assert adapter.submit(request).created is False
+    assert len(notifications(sap_sim, request.id)) == 1
+
+
+def test_an_unreachable_sap_is_transient(sap_sim: Running) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    adapter = SapAdapter("sap-roads", settings_for("rfc", url), sap_mapping())
+    with pytest.raises(TransientError, match="CommunicationError"):
+        adapter.submit(sign())
+    assert not adapter.check().ok
+
+
+def test_a_refused_logon_is_permanent(tmp_path: Path) -> None:
+    with simulator("sap", tmp_path, sap_user="CIVICBUS", sap_password="right") as sim:
+        settings = settings_for("rfc", sim.url, user="CIVICBUS", passwd="wrong")
+        adapter = SapAdapter("sap-roads", settings, sap_mapping())
+        with pytest.raises(PermanentError, match="LogonError"):
+            adapter.find("anything")
+        good = SapAdapter("sap-roads", {**settings, "passwd": "right"}, sap_mapping())
+        assert good.check().ok
+
+
+def test_without_pyrfc_check_says_exactly_what_to_install() -> None:
+    try:
+        import pyrfc  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("pyrfc is installed on this machine")
+    adapter = SapAdapter(
+        "sap-roads",
+        {"transport": "rfc", "rfc_client": "pyrfc", "ashost": "sap.example", "sysnr": "00"},
+        sap_mapping(),
+    )
+    health = adapter.check()
+    assert not health.ok and health.detail == PYRFC_MISSING
+    assert health.detail.startswith("pyrfc is not installed: install civicbus[sap]")
+    with pytest.raises(PermanentError, match="pyrfc is not installed"):
+        adapter.submit(sign())
+
+
+class _AbortingConnection:
+    """Stands in for pyrfc.Connection: SAP answers the create with a RETURN of type A."""
+
+    calls: ClassVar[list[str]] = []
+
+    def __init__(self, **params: Any) -> None:
+        pass
+
+    def call(self, name: str, **params: Any) -> dict[str, Any]:
+        self.calls.append(name)
+        if name == "BAPI_ALM_NOTIF_CREATE":
+            abort = {"TYPE": "A", "ID": "IM", "NUMBER": "123", "MESSAGE": "Update terminated"}
+            return {"NOTIFHEADER_EXPORT": {}, "RETURN": [abort]}
+        return {"RETURN": []}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_bapi_return_of_type_a_is_permanent_and_rolls_back() -> None:
+    transport = RfcTransport("sap-roads", {"rfc_client": "simulation", "url": "http://unused"})
+    transport._factory = _AbortingConnection  # a scripted peer: no SAP answers type A on demand
+    with pytest.raises(PermanentError, match="A IM/123: Update terminated"):
+        transport.create({"notification_type": "M1", "short_text": "x"}, "req-1")
+    assert _AbortingConnection.calls == ["BAPI_ALM_NOTIF_CREATE", "BAPI_TRANSACTION_ROLLBACK"]
