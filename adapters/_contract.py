@@ -61,6 +61,8 @@ class Adapter(ABC):
     kind: ClassVar[str]
     #: Whether `updates` is meaningful; back-ends that push use the inbound API instead.
     polls: ClassVar[bool] = False
+    #: Back-end fields the instance's mapping must define (checked when the instance is built).
+    mapping_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, instance: str, settings: Mapping[str, Any], mapping: Any = None) -> None:
         self.instance = instance

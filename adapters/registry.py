@@ -96,13 +96,21 @@ def load_kind(kind: str) -> type[Adapter]:
     return _load(ep)
 
 
-def load_instance_mapping(kind: str, mapping_path: Path) -> FieldMapping:
-    """Load and validate a mapping file and check that it was written for `kind`."""
+def load_instance_mapping(
+    kind: str, mapping_path: Path, required: frozenset[str] = frozenset()
+) -> FieldMapping:
+    """Load and validate a mapping file, written for `kind` and defining the `required` fields."""
     mapping = load_mapping(mapping_path)
     if mapping.adapter != kind:
         raise MappingMismatch(
             f"{mapping_path}: the mapping is for adapter kind {mapping.adapter!r}, "
             f"but the instance is of kind {kind!r}"
+        )
+    missing = sorted(required - set(mapping.field_names))
+    if missing:
+        raise MappingMismatch(
+            f"{mapping_path}: missing mapping field(s) {', '.join(missing)}, which the {kind} "
+            f"back-end needs; add them under fields"
         )
     return mapping
 
@@ -120,7 +128,16 @@ def build_adapter(
     Raises RegistryError or MappingFileError with a message an integrator can act on.
     """
     cls = load_kind(kind)
-    mapping = load_instance_mapping(kind, mapping_path) if mapping_path is not None else None
+    if mapping_path is None and cls.mapping_fields:
+        raise MappingMismatch(
+            f"adapter instance {instance!r} of kind {kind!r} needs a mapping file "
+            f"(set `mapping:` in its config)"
+        )
+    mapping = (
+        load_instance_mapping(kind, mapping_path, cls.mapping_fields)
+        if mapping_path is not None
+        else None
+    )
     adapter = cls(instance, settings, mapping)
     log.info("adapter.built", instance=instance, kind=kind, mapping=str(mapping_path or ""))
     return adapter

@@ -95,3 +95,19 @@ def test_build_from_config_resolves_secrets_and_relative_mapping_paths(tmp_path:
     adapter = build_from_config("m2", cfg, tmp_path, env={"CIVICBUS_TEST_MEMORY_PASSWORD": "pw"})
     assert adapter.settings["password"] == "pw"
     assert isinstance(adapter.mapping, Mapping)
+
+
+class NeedsFields(MemoryAdapter):
+    mapping_fields = frozenset({"Text", "Priority"})
+
+
+def test_a_mapping_without_a_field_the_kind_needs_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_entry_points(monkeypatch, strict=f"{__name__}:NeedsFields")
+    path = tmp_path / "strict.yaml"
+    path.write_text(MEMORY_MAPPING.replace("adapter: memory", "adapter: strict"))
+    with pytest.raises(MappingMismatch, match=r"missing mapping field\(s\) Priority"):
+        build_adapter("s1", kind="strict", settings={}, mapping_path=path)
+    with pytest.raises(MappingMismatch, match="needs a mapping file"):
+        build_adapter("s1", kind="strict", settings={}, mapping_path=None)
