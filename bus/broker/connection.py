@@ -99,7 +99,8 @@ def connect_with_retry(
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(BrokerUnavailable),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=max_backoff, jitter=0.2),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=max_backoff)
+        + tenacity.wait_random(0, 0.2),
         stop=lambda _state: stop.is_set(),
         sleep=_interruptible_sleep(stop),
         before_sleep=_log_retry,

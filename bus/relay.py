@@ -1,0 +1,226 @@
+"""The outbox relay: moves committed outbox rows to RabbitMQ, in order, confirmed, at least once.
+
+One relay is active at a time (a lease in the store); other copies stand by and take over when
+the lease expires. Each cycle reads pending rows in id order, publishes them as one batch with
+publisher confirms, and only after the broker confirmed the whole batch marks the rows sent and
+writes their audit entries, in one store transaction. A `civicbus.request.created` event is also
+turned into a command for the adapter instance the routing rules choose. When the broker goes
+away mid-batch nothing is marked, and the same rows are published again, in the same order,
+after reconnecting: a consumer may see a message twice, never miss one or see them reordered.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from bus.broker.connection import (
+    BrokerUnavailable,
+    broker_errors,
+    close_quietly,
+    connect_with_retry,
+)
+from bus.broker.publisher import ConfirmingPublisher, Outgoing, Unroutable, envelope_message
+from bus.broker.topology import COMMANDS_EXCHANGE, command_routing_key, declare_topology
+from bus.config import Config
+from bus.routing import route
+from bus.store import OutboxRow, Store, StoreUnavailable
+from schemas.events import EventType
+
+log = structlog.get_logger(__name__)
+
+ACTOR = "relay"
+LEASE = "relay"
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    #: Rows per batch: one round of publishes, then one wait for all their confirms.
+    batch_size: int = 500
+    #: Seconds to wait before looking again when the outbox is empty.
+    poll_interval: float = 0.2
+    #: Seconds the relay lease lasts; renewed every third of it. A standby takes over after it.
+    lease_ttl: float = 15.0
+    #: Who holds the lease: unique per process.
+    holder: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
+
+
+@dataclass
+class _Routed:
+    instance: str
+    rule: str
+
+
+class Relay:
+    """The relay loop: `run()` until `stop` is set; `relay_batch()` is one cycle of it."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        amqp_url: str | None = None,
+        *,
+        settings: RelaySettings | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.amqp_url = amqp_url
+        self.settings = settings or RelaySettings()
+        self.stop = stop or threading.Event()
+        self._connection: Any = None
+        self._publisher: ConfirmingPublisher | None = None
+        self._lease_renewed_at: float | None = None
+        self._failures = 0
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Relay until `stop` is set, surviving broker and store outages; then let go cleanly."""
+        log.info("relay.started", holder=self.settings.holder)
+        try:
+            while not self.stop.is_set():
+                self._cycle()
+        finally:
+            self._disconnect()
+            self._release_lease()
+            log.info("relay.stopped", holder=self.settings.holder)
+
+    def _cycle(self) -> None:
+        try:
+            if not self._hold_lease():
+                self.stop.wait(self.settings.lease_ttl / 3)
+                return
+            self._ensure_connected()
+            if self.stop.is_set():
+                return
+            sent = self.relay_batch()
+            self._failures = 0
+            if sent == 0:
+                self._idle()
+        except (BrokerUnavailable, Unroutable) as exc:
+            # Nothing of the batch was marked: it goes out again, whole and in order.
+            self._disconnect()
+            self._back_off("relay.broker_failed", exc)
+        except StoreUnavailable as exc:
+            self._back_off("relay.store_failed", exc)
+
+    def _idle(self) -> None:
+        # Waiting inside pika's I/O loop keeps heartbeats flowing on an idle connection.
+        with broker_errors("waiting for outbox rows"):
+            self._connection.process_data_events(time_limit=self.settings.poll_interval)
+
+    def _back_off(self, event: str, exc: Exception) -> None:
+        self._failures += 1
+        wait = min(15.0, 0.1 * 2 ** min(self._failures, 8))
+        log.warning(event, error=str(exc), attempt=self._failures, wait_s=wait)
+        self.stop.wait(wait)
+
+    def _hold_lease(self) -> bool:
+        now = time.monotonic()
+        renewed = self._lease_renewed_at
+        if renewed is not None and now - renewed < self.settings.lease_ttl / 3:
+            return True
+        if self.store.try_lease(LEASE, self.settings.holder, self.settings.lease_ttl):
+            if renewed is None:
+                log.info("relay.active", holder=self.settings.holder)
+            self._lease_renewed_at = now
+            return True
+        if renewed is not None:
+            log.warning("relay.lease_lost", holder=self.settings.holder)
+            self._disconnect()
+        self._lease_renewed_at = None
+        return False
+
+    def _release_lease(self) -> None:
+        if self._lease_renewed_at is None:
+            return
+        try:
+            self.store.release_lease(LEASE, self.settings.holder)
+        except StoreUnavailable as exc:
+            log.warning("relay.lease_release_failed", error=str(exc))
+        self._lease_renewed_at = None
+
+    def _ensure_connected(self) -> None:
+        if (
+            self._publisher is not None
+            and self._connection is not None
+            and self._connection.is_open
+        ):
+            return
+        self._disconnect()
+        connection = connect_with_retry(self.amqp_url, stop=self.stop)
+        try:
+            declare_topology(connection.channel(), self.config.instances)
+            self._publisher = ConfirmingPublisher(connection)
+        except BaseException:
+            close_quietly(connection)
+            raise
+        self._connection = connection
+
+    def _disconnect(self) -> None:
+        close_quietly(self._connection)
+        self._connection = None
+        self._publisher = None
+
+    # --- one cycle ---------------------------------------------------------------------------
+    def relay_batch(self) -> int:
+        """Publish the next pending rows, wait for all confirms, then mark them sent and audit.
+
+        Returns the number of rows relayed (0 when the outbox is empty). Raises
+        BrokerUnavailable or Unroutable with nothing marked.
+        """
+        rows = self.store.pending_outbox(self.settings.batch_size)
+        if not rows:
+            return 0
+        self._ensure_connected()
+        assert self._publisher is not None
+        routed: dict[int, _Routed] = {}
+        self._publisher.publish_batch(list(self._messages(rows, routed)))
+        with self.store.transaction() as tx:
+            for row in rows:
+                tx.audit(
+                    actor=ACTOR,
+                    action="relayed",
+                    request_id=row.envelope.subject,
+                    message_id=row.envelope.id,
+                    details={"exchange": row.exchange, "routing_key": row.routing_key},
+                )
+                if row.id in routed:
+                    tx.audit(
+                        actor=ACTOR,
+                        action="routed",
+                        request_id=row.envelope.subject,
+                        message_id=row.envelope.id,
+                        details={"instance": routed[row.id].instance, "rule": routed[row.id].rule},
+                    )
+            tx.mark_sent([row.id for row in rows])
+        log.info("relay.batch_sent", rows=len(rows), commands=len(routed), last_id=rows[-1].id)
+        return len(rows)
+
+    def _messages(
+        self, rows: Sequence[OutboxRow], routed: dict[int, _Routed]
+    ) -> Iterator[Outgoing]:
+        for row in rows:
+            envelope = row.envelope
+            yield envelope_message(envelope, exchange=row.exchange, routing_key=row.routing_key)
+            if envelope.type is EventType.CREATED:
+                instance, rule = route(self.config, envelope)
+                routed[row.id] = _Routed(instance, rule)
+                # The command right after its event: the order per request holds on the wire.
+                yield envelope_message(
+                    envelope,
+                    exchange=COMMANDS_EXCHANGE,
+                    routing_key=command_routing_key(instance),
+                    mandatory=True,
+                    headers={"instance": instance, "rule": rule},
+                )

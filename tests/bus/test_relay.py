@@ -1,0 +1,214 @@
+"""The outbox relay against a real RabbitMQ vhost and a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from bus.broker import topology as t
+from bus.broker.connection import BrokerUnavailable
+from bus.broker.publisher import Unroutable
+from bus.config import Config, load_config
+from bus.relay import Relay, RelaySettings
+from bus.store import Store
+from schemas.events import Envelope, EventType
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return load_config(REPO / "deploy/sandbox/civicbus.yaml")
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    store = Store.open(sqlite_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def channel(amqp_url: str, config: Config) -> Iterator[Any]:
+    """A channel on the test vhost with the topology and a queue taking every event."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    t.declare_topology(channel, config.instances)
+    channel.queue_declare("test.events", exclusive=True)
+    channel.queue_bind("test.events", t.EVENTS_EXCHANGE, "request.#")
+    yield channel
+    connection.close()
+
+
+def accept(store: Store, service_code: str, event: EventType = EventType.CREATED) -> Envelope:
+    """Write an event to the outbox as the API would (the request itself is not needed here)."""
+    request_id = uuid.uuid4().hex
+    jurisdiction = "shelbyville.example" if service_code == "NOISE" else "springfield.example"
+    envelope = Envelope(
+        type=event,
+        subject=request_id,
+        data={"id": request_id, "service_code": service_code, "jurisdiction": jurisdiction},
+        correlationid=f"corr-{request_id}",
+    )
+    qualifier = service_code if event is EventType.CREATED else "fixed"
+    with store.transaction() as tx:
+        tx.add_outbox(
+            envelope,
+            exchange=t.EVENTS_EXCHANGE,
+            routing_key=t.event_routing_key(event, qualifier),
+        )
+    return envelope
+
+
+def drain(channel: Any, queue: str, expected: int, timeout: float = 5.0) -> list[tuple[Any, bytes]]:
+    messages: list[tuple[Any, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(messages) < expected and time.monotonic() < deadline:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.02)
+        else:
+            messages.append((properties, body))
+    return messages
+
+
+def test_rows_are_published_in_order_as_persistent_cloudevents(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    sent = [accept(store, "POTHOLE"), accept(store, "NOISE", EventType.STATUS_CHANGED)]
+    sent += [accept(store, "GRAFFITI") for _ in range(3)]
+
+    assert Relay(store, config, amqp_url).relay_batch() == 5
+
+    got = drain(channel, "test.events", 5)
+    assert [p.message_id for p, _ in got] == [e.id for e in sent]
+    first, body = got[0]
+    assert first.content_type == "application/json"
+    assert first.delivery_mode == 2
+    assert first.headers["correlationid"] == sent[0].correlationid
+    assert first.headers["traceparent"] == sent[0].traceparent
+    assert first.headers["type"] == "civicbus.request.created"
+    assert Envelope.model_validate(json.loads(body)) == sent[0]
+    assert store.pending_outbox() == []
+
+
+def test_a_created_request_becomes_a_command_for_the_routed_instance_with_audit(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    pothole = accept(store, "POTHOLE")
+    graffiti = accept(store, "GRAFFITI")  # no rule: the default instance, never dropped
+
+    Relay(store, config, amqp_url).relay_batch()
+
+    [(command, body)] = drain(channel, t.work_queue("sap-roads"), 1)
+    assert command.message_id == pothole.id
+    assert command.headers["rule"] == "roads-to-sap"
+    assert Envelope.model_validate(json.loads(body)) == pothole
+    [(default, _)] = drain(channel, t.work_queue("email-311"), 1)
+    assert default.message_id == graffiti.id and default.headers["rule"] == "default"
+
+    trail = [(e.action, e.message_id, e.details) for e in store.audit_trail(pothole.subject)]
+    assert trail == [
+        (
+            "relayed",
+            pothole.id,
+            {"exchange": "civicbus.events", "routing_key": "request.created.POTHOLE"},
+        ),
+        ("routed", pothole.id, {"instance": "sap-roads", "rule": "roads-to-sap"}),
+    ]
+    routed = [e for e in store.audit_trail(graffiti.subject) if e.action == "routed"]
+    assert routed[0].details == {"instance": "email-311", "rule": "default"}
+
+
+def test_only_created_events_become_commands(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    update = accept(store, "POTHOLE", EventType.STATUS_CHANGED)
+    Relay(store, config, amqp_url).relay_batch()
+    assert [e.action for e in store.audit_trail(update.subject)] == ["relayed"]
+    assert channel.queue_declare(t.work_queue("sap-roads"), passive=True).method.message_count == 0
+
+
+def test_an_unroutable_command_leaves_the_whole_batch_unsent(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    relay = Relay(store, config, amqp_url)
+    accept(store, "GRAFFITI")
+    relay.relay_batch()  # connected, topology declared
+    channel.queue_delete(t.work_queue("sap-roads"))  # an operator deleted a work queue
+    pothole = accept(store, "POTHOLE")
+
+    with pytest.raises(Unroutable, match=r"civicbus topology declare"):
+        relay.relay_batch()
+
+    assert [row.envelope.id for row in store.pending_outbox()] == [pothole.id]
+    assert store.audit_trail(pothole.subject) == []
+
+
+def test_rows_stay_pending_when_the_broker_is_unreachable(store: Store, config: Config) -> None:
+    accept(store, "POTHOLE")
+    stopped = threading.Event()
+    stopped.set()  # one connection attempt, no backoff
+    relay = Relay(store, config, "amqp://guest:guest@127.0.0.1:1/%2F", stop=stopped)
+
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1"):
+        relay.relay_batch()
+    assert len(store.pending_outbox()) == 1
+
+
+def _run(relay: Relay) -> threading.Thread:
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_until_sent(store: Store, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not store.pending_outbox():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_relay_loop_runs_until_stopped_and_lets_go_of_its_lease(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    relay = Relay(store, config, amqp_url, settings=RelaySettings(poll_interval=0.05))
+    thread = _run(relay)
+    sent = [accept(store, "POTHOLE") for _ in range(20)]
+    assert _wait_until_sent(store)
+
+    relay.stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert [p.message_id for p, _ in drain(channel, "test.events", 20)] == [e.id for e in sent]
+    assert store.try_lease("relay", "someone-else", 10)  # released on the way out
+
+
+def test_a_standby_relay_waits_while_another_holds_the_lease(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    assert store.try_lease("relay", "the-active-one", 60)
+    standby = Relay(
+        store, config, amqp_url, settings=RelaySettings(poll_interval=0.05, lease_ttl=1.5)
+    )
+    thread = _run(standby)
+    try:
+        accept(store, "POTHOLE")
+        time.sleep(0.8)
+        assert len(store.pending_outbox()) == 1  # the standby published nothing
+
+        store.release_lease("relay", "the-active-one")  # the active relay went away
+        assert _wait_until_sent(store)
+    finally:
+        standby.stop.set()
+        thread.join(timeout=10)
