@@ -185,6 +185,9 @@ def create_app(items: WorkItems, faults: Faults, tokens: Tokens) -> FastAPI:
         if faults.mode == "reject":
             return JSONResponse({"error": "the parks system rejected the request (simulated)"},
                                 status_code=422)
+        if body.location is None and not body.address:
+            return JSONResponse({"error": "a work request needs a location or an address"},
+                                status_code=422)
         payload = body.model_dump(exclude={"external_reference"}, mode="json")
         try:
             item = items.create(body.external_reference, payload)
