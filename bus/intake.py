@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
-from bus.store import Client, Store
+from bus.store import AlreadyExists, Client, Store
 from schemas import open311_render as render
 from schemas.events import Envelope, EventType
 from schemas.model import Channel, Media, ServiceRequest, ServiceType
@@ -115,6 +115,35 @@ def accept_request(
         data=request.without_personal_data().model_dump(mode="json"),
         correlationid=correlation_id or request.id,
     )
+    try:
+        _write(store, request, envelope, token, actor, client, key, answer)
+    except AlreadyExists:
+        # Two creates with one Idempotency-Key raced: the other committed first; answer as it did.
+        earlier = store.idempotent_response(client.id, key) if client and key else None
+        if earlier is None:
+            raise
+        return Accepted(answer=earlier["answer"], request=None, token=None, replayed=True)
+    log.info(
+        "intake.accepted",
+        request_id=request.id,
+        service_code=request.service_code,
+        jurisdiction=request.jurisdiction,
+        message_id=envelope.id,
+    )
+    return Accepted(answer=answer, request=request, token=token)
+
+
+def _write(
+    store: Store,
+    request: ServiceRequest,
+    envelope: Envelope,
+    token: str | None,
+    actor: str,
+    client: Client | None,
+    key: str | None,
+    answer: list[dict[str, Any]],
+) -> None:
+    """The request, its outbox event, its audit entry and its idempotency record: one unit."""
     with store.transaction() as tx:
         tx.add_request(request, token=token)
         tx.add_outbox(
@@ -136,11 +165,3 @@ def accept_request(
         )
         if client is not None and key is not None:
             tx.save_idempotent_response(client.id, key, {"answer": answer})
-    log.info(
-        "intake.accepted",
-        request_id=request.id,
-        service_code=request.service_code,
-        jurisdiction=request.jurisdiction,
-        message_id=envelope.id,
-    )
-    return Accepted(answer=answer, request=request, token=token)

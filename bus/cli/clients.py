@@ -1,0 +1,63 @@
+"""`civicbus clients add|list|revoke`: the API clients (apps and partners) and their keys."""
+
+from __future__ import annotations
+
+import typer
+
+from bus.cli.common import runtime
+from bus.store import AlreadyExists
+
+
+def register(app: typer.Typer) -> None:
+    clients = typer.Typer(help="API clients and their keys.", no_args_is_help=True)
+    app.add_typer(clients, name="clients")
+
+    @clients.command("add")
+    def add(
+        name: str = typer.Argument(..., help="A name for the app or partner."),
+        jurisdiction: str | None = typer.Option(
+            None, help="Only allow posting to this jurisdiction."
+        ),
+    ) -> None:
+        """Create a client and print its key once."""
+        with runtime() as rt:
+            known = [j.id for j in rt.config.jurisdictions]
+            if jurisdiction is not None and jurisdiction not in known:
+                typer.echo(
+                    f"error: unknown jurisdiction {jurisdiction!r} (one of {', '.join(known)})",
+                    err=True,
+                )
+                raise typer.Exit(2)
+            try:
+                client, key = rt.store.add_client(name, jurisdiction)
+            except AlreadyExists:
+                typer.echo(f"error: a client named {name!r} already exists", err=True)
+                raise typer.Exit(1) from None
+            typer.echo(key)
+            typer.echo(
+                f"client {client.name!r} created. The key above is shown only now: civicbus "
+                "stores only its hash. Keep it secret.",
+                err=True,
+            )
+
+    @clients.command("list")
+    def list_clients() -> None:
+        """List clients: name, jurisdiction, created, revoked."""
+        with runtime() as rt:
+            for client in rt.store.list_clients():
+                revoked = (
+                    f"revoked {client.revoked_at.isoformat()}" if client.revoked_at else "active"
+                )
+                typer.echo(
+                    f"{client.name}\t{client.jurisdiction or '*'}\t"
+                    f"{client.created_at.isoformat()}\t{revoked}"
+                )
+
+    @clients.command("revoke")
+    def revoke(name: str = typer.Argument(..., help="The client's name.")) -> None:
+        """Revoke a client's key at once."""
+        with runtime() as rt:
+            if not rt.store.revoke_client(name):
+                typer.echo(f"error: no active client named {name!r}", err=True)
+                raise typer.Exit(1)
+            typer.echo(f"client {name!r} revoked")

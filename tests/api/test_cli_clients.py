@@ -1,0 +1,54 @@
+"""`civicbus clients add|list|revoke`: a key is printed once and works on the API until revoked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bus.cli import app
+from bus.store import Store
+from tests.api.conftest import SANDBOX
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path}/civicbus.db"
+    monkeypatch.setenv("CIVICBUS_CONFIG", SANDBOX)
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", url)
+    monkeypatch.setenv("CIVICBUS_LOG_FORMAT", "json")
+    return url
+
+
+def test_clients_add_prints_the_key_once_and_list_and_revoke(cli_env: str) -> None:
+    runner = CliRunner()
+    added = runner.invoke(
+        app, ["clients", "add", "fixmyapp", "--jurisdiction", "springfield.example"]
+    )
+    assert added.exit_code == 0, added.output
+    key = added.stdout.strip().splitlines()[0]
+    assert "shown only now" in added.stderr
+    store = Store.open(cli_env)
+    try:
+        client = store.authenticate(key)
+        assert client is not None and client.jurisdiction == "springfield.example"
+        listed = runner.invoke(app, ["clients", "list"])
+        assert "fixmyapp\tspringfield.example" in listed.stdout
+        assert key not in listed.stdout
+        assert runner.invoke(app, ["clients", "revoke", "fixmyapp"]).exit_code == 0
+        assert store.authenticate(key) is None
+        assert "revoked" in runner.invoke(app, ["clients", "list"]).stdout
+        assert runner.invoke(app, ["clients", "revoke", "nobody"]).exit_code == 1
+    finally:
+        store.close()
+
+
+def test_clients_add_rejects_unknown_jurisdiction_and_duplicates(cli_env: str) -> None:
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["clients", "add", "x", "--jurisdiction", "atlantis"])
+    assert unknown.exit_code == 2
+    assert "unknown jurisdiction 'atlantis'" in unknown.stderr
+    assert runner.invoke(app, ["clients", "add", "twice"]).exit_code == 0
+    again = runner.invoke(app, ["clients", "add", "twice"])
+    assert again.exit_code == 1 and "already exists" in again.stderr

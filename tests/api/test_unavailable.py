@@ -1,0 +1,62 @@
+"""When the store cannot take work: 503 with Retry-After, and nothing half-written (C-07)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+
+from bus.api import create_app
+from tests.api.conftest import SPRINGFIELD, LiveServer, free_socket, make_runtime
+
+
+def test_c07_locked_store_gives_503_with_retry_after_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "civicbus.db"
+    runtime = make_runtime(f"sqlite:///{path}?timeout=0.2", tmp_path / "media")
+    _, key = runtime.store.add_client("app")
+    form = {
+        "api_key": key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "STREET_SIGN",
+        "address_string": "Main St",
+    }
+    with LiveServer(create_app(runtime)) as live:
+        url = f"{live.url}/open311/v2/requests"
+        before = len(runtime.store.pending_outbox(10_000))
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+        try:
+            for fmt in ("json", "xml"):
+                response = httpx.post(f"{url}.{fmt}", data=form, timeout=10)
+                assert response.status_code == 503, response.text
+                assert int(response.headers["retry-after"]) > 0
+            assert response.headers["content-type"] == "text/xml; charset=utf-8"
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert len(runtime.store.pending_outbox(10_000)) == before
+        ok = httpx.post(f"{url}.json", data=form, timeout=10)
+        assert ok.status_code == 201
+        assert len(runtime.store.pending_outbox(10_000)) == before + 1
+    runtime.close()
+
+
+def test_c07_unreachable_database_gives_503_on_reads(tmp_path: Path) -> None:
+    sock = free_socket()  # a port nobody listens on
+    port = sock.getsockname()[1]
+    sock.close()
+    runtime = make_runtime(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none", tmp_path)
+    with LiveServer(create_app(runtime)) as live:
+        response = httpx.get(
+            f"{live.url}/open311/v2/requests.json", params={"jurisdiction_id": SPRINGFIELD}
+        )
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert response.json()[0]["code"] == 503
+        assert httpx.get(f"{live.url}/healthz").status_code == 503
+        # what needs no store still works
+        services = httpx.get(
+            f"{live.url}/open311/v2/services.json", params={"jurisdiction_id": SPRINGFIELD}
+        )
+        assert services.status_code == 200

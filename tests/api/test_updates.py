@@ -1,0 +1,176 @@
+"""Status updates: POST and GET /servicerequestupdates (C-21..C-23) and bus.status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from defusedxml import ElementTree as SafeET
+
+from bus.bootstrap import Runtime
+from bus.status import record_status_update
+from schemas.model import Status, StatusUpdate
+from tests.api.conftest import SHELBYVILLE, SPRINGFIELD
+
+Create = Callable[..., httpx.Response]
+
+
+def new_id(create: Create) -> str:
+    request_id: str = create().json()[0]["service_request_id"]
+    return request_id
+
+
+def post_update(
+    http: httpx.Client, api_key: str, fmt: str = "json", **fields: str
+) -> httpx.Response:
+    data = {
+        "api_key": api_key,
+        "update_id": "U-1",
+        "status": "IN_PROGRESS",
+        "updated_datetime": datetime.now(UTC).isoformat(),
+        "description": "crew dispatched",
+        **fields,
+    }
+    return http.post(f"/servicerequestupdates.{fmt}", data=data)
+
+
+def test_c22_posted_update_changes_status_history_and_emits_events(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    response = post_update(http, api_key, service_request_id=request_id, external_status_code="WIP")
+    assert response.status_code == 200, response.text
+    (doc,) = response.json()
+    assert doc["update_id"] == "U-1" and doc["status"] == "IN_PROGRESS"
+    params = {"jurisdiction_id": SPRINGFIELD, "extensions": "true"}
+    (read,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert read["status"] == "open"
+    assert read["extended_attributes"]["status"] == "in_progress"
+    assert read["notes"][-1]["description"] == "crew dispatched"
+    assert read["notes"][-1]["external_status_code"] == "WIP"
+    events = [r for r in runtime.store.pending_outbox(10_000) if r.envelope.subject == request_id]
+    assert [(e.envelope.type.value, e.routing_key) for e in events] == [
+        ("civicbus.request.created", "request.created.POTHOLE"),
+        ("civicbus.request.status_changed", "request.status_changed.in_progress"),
+    ]
+    assert [a.action for a in runtime.store.audit_trail(request_id)] == [
+        "accepted",
+        "status_changed",
+    ]
+
+
+def test_c22_repeating_an_update_id_is_harmless(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    first = post_update(http, api_key, service_request_id=request_id, update_id="same")
+    again = post_update(http, api_key, service_request_id=request_id, update_id="same")
+    assert first.status_code == again.status_code == 200
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None
+    assert [n.update_id for n in stored.history].count("same") == 1
+    events = [r for r in runtime.store.pending_outbox(10_000) if r.envelope.subject == request_id]
+    assert len(events) == 2  # created + one status_changed
+
+
+def test_c23_closing_status_is_closed_in_core_and_emits_closed_event(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    response = post_update(
+        http, api_key, service_request_id=request_id, status="FIXED", update_id="U-fix"
+    )
+    assert response.status_code == 200, response.text
+    (read,) = http.get(
+        f"/requests/{request_id}.json", params={"jurisdiction_id": SPRINGFIELD}
+    ).json()
+    assert read["status"] == "closed"
+    keys = [
+        r.routing_key
+        for r in runtime.store.pending_outbox(10_000)
+        if r.envelope.subject == request_id
+    ]
+    assert keys == [
+        "request.created.POTHOLE",
+        "request.status_changed.fixed",
+        "request.closed.fixed",
+    ]
+
+
+def test_c22_update_errors(http: httpx.Client, api_key: str, create: Create) -> None:
+    request_id = new_id(create)
+    no_key = post_update(http, "", service_request_id=request_id)
+    assert no_key.status_code == 403
+    unknown = post_update(http, api_key, service_request_id="01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert unknown.status_code == 404
+    bad = post_update(
+        http, api_key, service_request_id=request_id, status="MELTED", updated_datetime="2026-01-01"
+    )
+    assert bad.status_code == 400
+    texts = [e["description"] for e in bad.json()]
+    assert texts[0].startswith("status: 'MELTED' is not one of")
+    assert texts[1] == "updated_datetime: '2026-01-01' has no time zone (add Z or +hh:mm)"
+
+
+def test_c22_partner_bound_to_another_jurisdiction_cannot_update(
+    http: httpx.Client, create: Create, runtime: Runtime
+) -> None:
+    _, key = runtime.store.add_client("shelby-partner", SHELBYVILLE)
+    response = post_update(http, key, service_request_id=new_id(create))
+    assert response.status_code == 403
+
+
+def test_c21_updates_in_a_time_range_in_json_and_xml(
+    http: httpx.Client, api_key: str, create: Create
+) -> None:
+    request_id = new_id(create)
+    post_update(http, api_key, service_request_id=request_id, update_id="U-range")
+    now = datetime.now(UTC)
+    params = {
+        "start_date": (now - timedelta(minutes=5)).isoformat(),
+        "end_date": (now + timedelta(minutes=5)).isoformat(),
+    }
+    found = http.get("/servicerequestupdates.json", params=params).json()
+    mine = [u for u in found if u["update_id"] == "U-range"]
+    assert mine and mine[0]["service_request_id"] == request_id
+    assert set(mine[0]) >= {
+        "update_id",
+        "service_request_id",
+        "status",
+        "updated_datetime",
+        "description",
+        "external_status_code",
+    }
+    root = SafeET.fromstring(http.get("/servicerequestupdates.xml", params=params).content)
+    assert root.tag == "service_request_updates"
+    assert "U-range" in [e.findtext("update_id") for e in root.findall("request_update")]
+    other = http.get(
+        "/servicerequestupdates.json", params={**params, "jurisdiction_id": SHELBYVILLE}
+    ).json()
+    assert "U-range" not in [u["update_id"] for u in other]
+    past = {"start_date": "2020-01-01T00:00:00Z", "end_date": "2020-01-02T00:00:00Z"}
+    assert http.get("/servicerequestupdates.json", params=past).json() == []
+
+
+def test_record_status_update_is_the_pollers_entry_point_too(
+    create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    update = StatusUpdate(
+        request_id=request_id,
+        status=Status.ACTION_SCHEDULED,
+        at=datetime.now(UTC),
+        update_id="poll-1",
+        source="worker:sap-roads",
+    )
+    updated = record_status_update(runtime.store, update, actor="worker:sap-roads")
+    assert updated is not None and updated.status is Status.ACTION_SCHEDULED
+    assert record_status_update(runtime.store, update, actor="worker:sap-roads") is None
+    with pytest.raises(KeyError):
+        record_status_update(
+            runtime.store,
+            update.model_copy(update={"request_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
+            actor="worker:sap-roads",
+        )
