@@ -1,0 +1,98 @@
+"""`civicbus adapters list` and `civicbus adapters check [INSTANCE]`: what is there, what works.
+
+Mapping paths in the config are taken relative to the working directory, as everywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from adapters import Health, PermanentError, TransientError
+from adapters.mapping import MappingFileError
+from adapters.registry import KindNotInstalled, RegistryError, available_kinds
+from bus.adapters_glue import build_adapter
+from bus.cli.common import runtime
+from bus.config import ConfigError, InstanceConfig
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        help="Adapter kinds installed, instances configured, and whether their back-ends answer.",
+        no_args_is_help=True,
+    )
+    app.add_typer(group, name="adapters")
+
+    @group.command("list")
+    def list_() -> None:
+        """The adapter kinds installed (and why any cannot load), and the configured instances."""
+        kinds = available_kinds()
+        typer.echo("KINDS INSTALLED")
+        for kind in kinds.values():
+            state = "ok" if kind.ok else str(kind.error)
+            typer.echo(f"  {kind.name:<12} {kind.target:<40} {state}")
+        with runtime() as rt:
+            instances = rt.config.instances
+        typer.echo("")
+        typer.echo("INSTANCES CONFIGURED")
+        for name, cfg in instances.items():
+            note = ""
+            if cfg.kind not in kinds:
+                note = "  (kind not installed)"
+            elif not kinds[cfg.kind].ok:
+                note = "  (kind cannot load, see above)"
+            mapping = cfg.mapping or "(no mapping)"
+            typer.echo(f"  {name:<20} {cfg.kind:<10} {mapping}{note}")
+        if not instances:
+            typer.echo("  (none)")
+
+    @group.command("check")
+    def check(
+        instance: str = typer.Argument(None, metavar="[INSTANCE]", show_default=False),
+    ) -> None:
+        """Build each instance and run its check(); say what is wrong in words to act on."""
+        with runtime() as rt:
+            instances = rt.config.instances
+        if instance is not None:
+            if instance not in instances:
+                known = ", ".join(sorted(instances)) or "none"
+                typer.echo(
+                    f"error: no adapter instance {instance!r} (configured: {known})", err=True
+                )
+                raise typer.Exit(2)
+            instances = {instance: instances[instance]}
+        failures = 0
+        for name, cfg in instances.items():
+            ok, verdict = check_instance(name, cfg, Path.cwd())
+            failures += not ok
+            typer.echo(f"{name}: {'ok' if ok else 'FAIL'}: {verdict}")
+        if failures:
+            raise typer.Exit(1)
+
+
+def check_instance(name: str, cfg: InstanceConfig, base_dir: Path) -> tuple[bool, str]:
+    """Build one instance and run its check(); (ok, what an integrator should know)."""
+    try:
+        adapter = build_adapter(name, cfg, base_dir)
+    except KindNotInstalled as exc:
+        return False, f"kind not installed: {exc}"
+    except ConfigError as exc:
+        return False, f"missing secret: {exc}"
+    except MappingFileError as exc:
+        return False, f"mapping problem: {exc}"
+    except RegistryError as exc:
+        return False, str(exc)
+    except Exception as exc:  # the adapter's constructor refused its settings
+        return False, f"bad settings for kind {cfg.kind}: {type(exc).__name__}: {exc}"
+    try:
+        health = adapter.check()
+    except TransientError as exc:
+        health = Health(ok=False, detail=f"unreachable: {exc}")
+    except PermanentError as exc:
+        health = Health(ok=False, detail=f"refused (bad credentials or settings?): {exc}")
+    except Exception as exc:  # check() should report, not raise; say so
+        health = Health(ok=False, detail=f"check() raised {type(exc).__name__}: {exc}")
+    finally:
+        adapter.close()
+    return health.ok, health.detail or ("reachable" if health.ok else "not reachable")

@@ -1,0 +1,94 @@
+"""`civicbus adapters list|check` against a config of memory-adapter instances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adapters.memory import MemoryBackend
+from bus.cli import app
+
+CONFIG = """
+jurisdictions: [{id: test.example, name: Test}]
+routing: {default: mem-ok}
+instances:
+  mem-ok:
+    kind: memory
+    mapping: mappings/memory.yaml
+    settings: {backend: cli-test-ok}
+  mem-down:
+    kind: memory
+    settings: {backend: cli-test-down}
+  mem-secret:
+    kind: memory
+    settings: {backend: cli-test-ok}
+    secrets: {password: CIVICBUS_CLI_TEST_SECRET}
+  mem-bad-mapping:
+    kind: memory
+    mapping: mappings/broken.yaml
+  ghost:
+    kind: nosuchkind
+"""
+
+
+@pytest.fixture
+def city(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "memory.yaml").write_text(
+        "adapter: memory\nfields:\n  Text: {from: description}\n"
+    )
+    (tmp_path / "mappings" / "broken.yaml").write_text(
+        "adapter: memory\nfields:\n  Text: {from: description, truncate: -1}\n"
+    )
+    (tmp_path / "civicbus.yaml").write_text(CONFIG)
+    monkeypatch.chdir(tmp_path)  # mapping paths are relative to the working directory
+    monkeypatch.delenv("CIVICBUS_CLI_TEST_SECRET", raising=False)
+    MemoryBackend.named("cli-test-down").go_down()
+    return tmp_path / "civicbus.yaml"
+
+
+def invoke(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env={"CIVICBUS_CONFIG": str(config)})
+    return result.exit_code, result.output
+
+
+def test_list_shows_installed_kinds_and_configured_instances(city: Path) -> None:
+    code, out = invoke(city, "adapters", "list")
+    assert code == 0, out
+    assert "memory       adapters.memory:MemoryAdapter" in out
+    assert "mem-ok" in out and "mappings/memory.yaml" in out
+    assert "ghost                nosuchkind" in out and "(kind not installed)" in out
+
+
+def test_check_says_what_is_wrong_with_each_instance(city: Path) -> None:
+    code, out = invoke(city, "adapters", "check")
+    assert code == 1
+    lines = {line.split(":")[0]: line for line in out.splitlines() if ":" in line}
+    assert lines["mem-ok"].startswith("mem-ok: ok")
+    assert "FAIL: unreachable" in lines["mem-down"]
+    assert "FAIL: missing secret" in lines["mem-secret"]
+    assert "CIVICBUS_CLI_TEST_SECRET" in lines["mem-secret"]
+    assert "FAIL: mapping problem" in lines["mem-bad-mapping"]
+    assert "FAIL: kind not installed" in lines["ghost"]
+    assert "broken.yaml:3: fields.Text.truncate" in out
+
+
+def test_check_one_instance(city: Path) -> None:
+    code, out = invoke(city, "adapters", "check", "mem-ok")
+    assert code == 0, out
+    assert "mem-ok: ok" in out and "ghost" not in out
+
+
+def test_check_an_unknown_instance_lists_the_configured_ones(city: Path) -> None:
+    code, out = invoke(city, "adapters", "check", "nope")
+    assert code == 2
+    assert "no adapter instance 'nope'" in out and "mem-ok" in out
+
+
+def test_a_broken_config_is_reported_with_its_line(city: Path) -> None:
+    city.write_text(CONFIG.replace("kind: nosuchkind", "kind: nosuchkind\n    prefetch: 0"))
+    code, out = invoke(city, "adapters", "check")
+    assert code == 2
+    assert "instances.ghost.prefetch" in out
