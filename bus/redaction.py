@@ -45,7 +45,8 @@ _PERSONAL_SUFFIXES = (
     "_device_id",
 )
 
-_EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# The local part takes every character RFC 5322 allows unquoted.
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~\-]+@[\w\-]+(?:\.[\w\-]+)+")
 # A run of 7 to 15 digits, optionally led by "+", with single spaces, dots, dashes or
 # parentheses between groups; not glued to letters, digits or dashes (ids, UUIDs, hashes).
 _PHONE = re.compile(r"(?<![\w\-+])\+?\(?\d(?:[\s.\-()/]{0,2}\d){6,14}(?![\w\-])")

@@ -11,11 +11,11 @@ audit entry) happens inside one `store.transaction()` unit of work:
         tx.audit(actor="api:fixmyapp", action="accepted", request_id=request.id)
 
 SQLite (WAL) is the embedded default, PostgreSQL (psycopg 3) the shared one. Connection
-failures and lock timeouts raise `StoreUnavailable`, unique-key conflicts `AlreadyExists`;
-either way nothing of the unit of work is written.
+failures and lock timeouts raise `StoreUnavailable`, unique-key conflicts `AlreadyExists`,
+values the database refuses `InvalidData`; in every case nothing of the unit of work is written.
 """
 
-from bus.store._errors import AlreadyExists, StoreUnavailable
+from bus.store._errors import AlreadyExists, InvalidData, StoreUnavailable
 from bus.store._records import (
     AuditEntry,
     AuditVerification,
@@ -36,6 +36,7 @@ __all__ = [
     "Client",
     "DeadLetter",
     "DeadLetterState",
+    "InvalidData",
     "OutboxRow",
     "RequestQuery",
     "Store",

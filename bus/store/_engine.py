@@ -8,8 +8,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-#: Milliseconds a writer waits for SQLite's write lock before the store reports itself unavailable.
-SQLITE_BUSY_TIMEOUT_MS = 5000
+#: Seconds a writer waits for SQLite's write lock before the store reports itself unavailable;
+#: a `?timeout=SECONDS` on the URL overrides it.
+SQLITE_BUSY_TIMEOUT_S = 5.0
 #: Seconds to wait for a PostgreSQL connection before the store reports itself unavailable.
 PG_CONNECT_TIMEOUT_S = 5
 
@@ -30,12 +31,13 @@ def create_engine(url: str) -> Engine:
     parsed = normalise_url(url)
     # hide_parameters: SQLAlchemy's error texts must never quote row values (personal data).
     if parsed.get_backend_name() == "sqlite":
+        timeout = float(str(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_S)))
         engine = sa.create_engine(
-            parsed,
+            parsed.difference_update_query(["timeout"]),
             hide_parameters=True,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args={"timeout": timeout},
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_timeout_ms=int(timeout * 1000))
         return engine
     if parsed.get_backend_name() == "postgresql":
         return sa.create_engine(
@@ -49,13 +51,13 @@ def create_engine(url: str) -> Engine:
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so that we emit BEGIN ourselves below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         cursor.execute("PRAGMA journal_mode = WAL")
         # In WAL mode a commit is durable against a crash of the process (kill -9): the WAL
         # file is written before COMMIT returns and the OS keeps it. synchronous=NORMAL only

@@ -16,6 +16,10 @@ class AlreadyExists(Exception):
     """A row with the same unique key exists (request id, client name, idempotency key...)."""
 
 
+class InvalidData(ValueError):
+    """The database refused a value (e.g. a NUL character on PostgreSQL); a client error."""
+
+
 def _reason(error: sa_exc.DBAPIError | sa_exc.SQLAlchemyError) -> str:
     # Only the driver's first line: the rest may quote row values (personal data).
     original = getattr(error, "orig", None) or error
@@ -25,12 +29,15 @@ def _reason(error: sa_exc.DBAPIError | sa_exc.SQLAlchemyError) -> str:
 
 @contextmanager
 def translate_errors(database: str) -> Iterator[None]:
-    """Turn connection failures and lock timeouts into StoreUnavailable, and unique-key
-    violations into AlreadyExists; the enclosing transaction has been rolled back by then."""
+    """Turn connection failures and lock timeouts into StoreUnavailable, unique-key violations
+    into AlreadyExists and refused values into InvalidData; the enclosing transaction has been
+    rolled back by then."""
     try:
         yield
     except sa_exc.IntegrityError as error:
         raise AlreadyExists(f"{database}: {_reason(error)}") from None
+    except sa_exc.DataError as error:
+        raise InvalidData(f"{database}: {_reason(error)}") from None
     except (
         sa_exc.OperationalError,  # refused, reset, "database is locked", serialization failures
         sa_exc.InterfaceError,

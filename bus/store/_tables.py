@@ -59,10 +59,10 @@ def _request_fk() -> sa.ForeignKey:
 requests = sa.Table(
     "requests",
     metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("jurisdiction", sa.String(128), nullable=False),
-    sa.Column("service_code", sa.String(128), nullable=False),
-    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("id", sa.Text(), primary_key=True),
+    sa.Column("jurisdiction", sa.Text(), nullable=False),
+    sa.Column("service_code", sa.Text(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False),
     sa.Column("requested_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("lat", sa.Float(), nullable=True),
@@ -80,7 +80,7 @@ requests = sa.Table(
 reporters = sa.Table(
     "reporters",
     metadata,
-    sa.Column("request_id", sa.String(64), _request_fk(), primary_key=True),
+    sa.Column("request_id", sa.Text(), _request_fk(), primary_key=True),
     sa.Column("email", sa.Text(), nullable=True),
     sa.Column("first_name", sa.Text(), nullable=True),
     sa.Column("last_name", sa.Text(), nullable=True),
@@ -93,13 +93,13 @@ status_history = sa.Table(
     "status_history",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(64), _request_fk(), nullable=False),
-    sa.Column("update_id", sa.String(255), nullable=True),
-    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("request_id", sa.Text(), _request_fk(), nullable=False),
+    sa.Column("update_id", sa.Text(), nullable=True),
+    sa.Column("status", sa.Text(), nullable=False),
     sa.Column("at", UTCDateTime(), nullable=False),
     sa.Column("note", sa.Text(), nullable=True),
-    sa.Column("source", sa.String(255), nullable=False),
-    sa.Column("external_status_code", sa.String(255), nullable=True),
+    sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("external_status_code", sa.Text(), nullable=True),
     sa.Column("media_url", sa.Text(), nullable=True),
     sa.Column("recorded_at", UTCDateTime(), nullable=False),
     # A repeated update_id for the same request is a harmless repeat (C-22).
@@ -111,9 +111,9 @@ backend_refs = sa.Table(
     "backend_refs",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(64), _request_fk(), nullable=False),
-    sa.Column("adapter", sa.String(128), nullable=False),
-    sa.Column("reference", sa.String(255), nullable=False),
+    sa.Column("request_id", sa.Text(), _request_fk(), nullable=False),
+    sa.Column("adapter", sa.Text(), nullable=False),
+    sa.Column("reference", sa.Text(), nullable=False),
     sa.Column("at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("request_id", "adapter"),
     sa.Index(None, "adapter", "reference"),
@@ -122,8 +122,8 @@ backend_refs = sa.Table(
 batch_tokens = sa.Table(
     "batch_tokens",
     metadata,
-    sa.Column("token", sa.String(128), primary_key=True),
-    sa.Column("request_id", sa.String(64), _request_fk(), nullable=False),
+    sa.Column("token", sa.Text(), primary_key=True),
+    sa.Column("request_id", sa.Text(), _request_fk(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
@@ -131,10 +131,10 @@ api_clients = sa.Table(
     "api_clients",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("name", sa.Text(), nullable=False, unique=True),
     # SHA-256 hex of the key; the key itself is shown once and never stored.
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("jurisdiction", sa.String(128), nullable=True),
+    sa.Column("key_hash", sa.Text(), nullable=False, unique=True),
+    sa.Column("jurisdiction", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
 )
@@ -145,7 +145,7 @@ idempotency_keys = sa.Table(
     sa.Column(
         "client_id", BigId, sa.ForeignKey("api_clients.id", ondelete="CASCADE"), primary_key=True
     ),
-    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("key", sa.Text(), primary_key=True),
     sa.Column("response", _json(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
@@ -154,10 +154,10 @@ outbox = sa.Table(
     "outbox",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),  # the publish order
-    sa.Column("message_id", sa.String(255), nullable=False),
+    sa.Column("message_id", sa.Text(), nullable=False),
     sa.Column("envelope", _json(), nullable=False),
-    sa.Column("exchange", sa.String(255), nullable=False),
-    sa.Column("routing_key", sa.String(255), nullable=False),
+    sa.Column("exchange", sa.Text(), nullable=False),
+    sa.Column("routing_key", sa.Text(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("sent_at", UTCDateTime(), nullable=True),
     # Only unsent rows are indexed: the relay's scan stays small however long the history.
@@ -175,15 +175,15 @@ audit_log = sa.Table(
     # Ids are assigned gap-free under the chain-head lock; a gap means a deleted entry.
     sa.Column("id", BigId, primary_key=True, autoincrement=False),
     sa.Column("at", UTCDateTime(), nullable=False),
-    sa.Column("actor", sa.String(255), nullable=False),
-    sa.Column("action", sa.String(64), nullable=False),
-    sa.Column("request_id", sa.String(64), nullable=True),
-    sa.Column("message_id", sa.String(255), nullable=True),
-    sa.Column("outcome", sa.String(64), nullable=False),
+    sa.Column("actor", sa.Text(), nullable=False),
+    sa.Column("action", sa.Text(), nullable=False),
+    sa.Column("request_id", sa.Text(), nullable=True),
+    sa.Column("message_id", sa.Text(), nullable=True),
+    sa.Column("outcome", sa.Text(), nullable=False),
     # Canonical JSON text, hashed byte for byte as stored (no database re-formatting).
     sa.Column("details", sa.Text(), nullable=False),
-    sa.Column("prev_hash", sa.String(64), nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("prev_hash", sa.Text(), nullable=False),
+    sa.Column("hash", sa.Text(), nullable=False),
     sa.Index(None, "request_id", "id"),
 )
 
@@ -193,13 +193,13 @@ audit_head = sa.Table(
     metadata,
     sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
     sa.Column("last_id", BigId, nullable=False),
-    sa.Column("last_hash", sa.String(64), nullable=False),
+    sa.Column("last_hash", sa.Text(), nullable=False),
 )
 
 adapter_watermarks = sa.Table(
     "adapter_watermarks",
     metadata,
-    sa.Column("instance", sa.String(128), primary_key=True),
+    sa.Column("instance", sa.Text(), primary_key=True),
     sa.Column("watermark", sa.Text(), nullable=True),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
@@ -207,8 +207,8 @@ adapter_watermarks = sa.Table(
 leases = sa.Table(
     "leases",
     metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("name", sa.Text(), primary_key=True),
+    sa.Column("holder", sa.Text(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
 )
 
@@ -218,7 +218,7 @@ webhook_subscriptions = sa.Table(
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("url", sa.Text(), nullable=False),
     sa.Column("events", _json(), nullable=False),  # list of patterns such as "request.*"
-    sa.Column("secret_env", sa.String(255), nullable=True),
+    sa.Column("secret_env", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("active", sa.Boolean(), nullable=False),
 )
@@ -227,15 +227,15 @@ dead_letters = sa.Table(
     "dead_letters",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("instance", sa.String(128), nullable=False),
-    sa.Column("message_id", sa.String(255), nullable=False),
-    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("instance", sa.Text(), nullable=False),
+    sa.Column("message_id", sa.Text(), nullable=False),
+    sa.Column("request_id", sa.Text(), nullable=True),
     sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("attempts", sa.Integer(), nullable=False),
     sa.Column("first_failed_at", UTCDateTime(), nullable=False),
     sa.Column("last_failed_at", UTCDateTime(), nullable=False),
     sa.Column("envelope", _json(), nullable=True),
-    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("state", sa.Text(), nullable=False),
     sa.UniqueConstraint("instance", "message_id"),
     sa.Index(None, "instance", "state", "id"),
 )

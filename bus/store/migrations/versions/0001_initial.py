@@ -25,7 +25,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "adapter_watermarks",
-        sa.Column("instance", sa.String(length=128), nullable=False),
+        sa.Column("instance", sa.Text(), nullable=False),
         sa.Column("watermark", sa.Text(), nullable=True),
         sa.Column("updated_at", UTC_DATETIME, nullable=False),
         sa.PrimaryKeyConstraint("instance", name=op.f("pk_adapter_watermarks")),
@@ -33,9 +33,9 @@ def upgrade() -> None:
     op.create_table(
         "api_clients",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
-        sa.Column("name", sa.String(length=128), nullable=False),
-        sa.Column("key_hash", sa.String(length=64), nullable=False),
-        sa.Column("jurisdiction", sa.String(length=128), nullable=True),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("key_hash", sa.Text(), nullable=False),
+        sa.Column("jurisdiction", sa.Text(), nullable=True),
         sa.Column("created_at", UTC_DATETIME, nullable=False),
         sa.Column("revoked_at", UTC_DATETIME, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_clients")),
@@ -46,7 +46,7 @@ def upgrade() -> None:
         "audit_head",
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("last_id", BIG_ID, nullable=False),
-        sa.Column("last_hash", sa.String(length=64), nullable=False),
+        sa.Column("last_hash", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
     )
     # The chain head starts at the genesis hash; writers lock this one row.
@@ -58,14 +58,14 @@ def upgrade() -> None:
         "audit_log",
         sa.Column("id", BIG_ID, autoincrement=False, nullable=False),
         sa.Column("at", UTC_DATETIME, nullable=False),
-        sa.Column("actor", sa.String(length=255), nullable=False),
-        sa.Column("action", sa.String(length=64), nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=True),
-        sa.Column("message_id", sa.String(length=255), nullable=True),
-        sa.Column("outcome", sa.String(length=64), nullable=False),
+        sa.Column("actor", sa.Text(), nullable=False),
+        sa.Column("action", sa.Text(), nullable=False),
+        sa.Column("request_id", sa.Text(), nullable=True),
+        sa.Column("message_id", sa.Text(), nullable=True),
+        sa.Column("outcome", sa.Text(), nullable=False),
         sa.Column("details", sa.Text(), nullable=False),
-        sa.Column("prev_hash", sa.String(length=64), nullable=False),
-        sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.Column("prev_hash", sa.Text(), nullable=False),
+        sa.Column("hash", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
     )
     op.create_index(
@@ -75,15 +75,15 @@ def upgrade() -> None:
     op.create_table(
         "dead_letters",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
-        sa.Column("instance", sa.String(length=128), nullable=False),
-        sa.Column("message_id", sa.String(length=255), nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=True),
+        sa.Column("instance", sa.Text(), nullable=False),
+        sa.Column("message_id", sa.Text(), nullable=False),
+        sa.Column("request_id", sa.Text(), nullable=True),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("first_failed_at", UTC_DATETIME, nullable=False),
         sa.Column("last_failed_at", UTC_DATETIME, nullable=False),
         sa.Column("envelope", sa.JSON(), nullable=True),
-        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("state", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dead_letters")),
         sa.UniqueConstraint(
             "instance", "message_id", name=op.f("uq_dead_letters_instance_message_id")
@@ -98,18 +98,18 @@ def upgrade() -> None:
 
     op.create_table(
         "leases",
-        sa.Column("name", sa.String(length=128), nullable=False),
-        sa.Column("holder", sa.String(length=255), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("holder", sa.Text(), nullable=False),
         sa.Column("expires_at", UTC_DATETIME, nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_leases")),
     )
     op.create_table(
         "outbox",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
-        sa.Column("message_id", sa.String(length=255), nullable=False),
+        sa.Column("message_id", sa.Text(), nullable=False),
         sa.Column("envelope", sa.JSON(), nullable=False),
-        sa.Column("exchange", sa.String(length=255), nullable=False),
-        sa.Column("routing_key", sa.String(length=255), nullable=False),
+        sa.Column("exchange", sa.Text(), nullable=False),
+        sa.Column("routing_key", sa.Text(), nullable=False),
         sa.Column("created_at", UTC_DATETIME, nullable=False),
         sa.Column("sent_at", UTC_DATETIME, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
@@ -125,10 +125,10 @@ def upgrade() -> None:
 
     op.create_table(
         "requests",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("jurisdiction", sa.String(length=128), nullable=False),
-        sa.Column("service_code", sa.String(length=128), nullable=False),
-        sa.Column("status", sa.String(length=32), nullable=False),
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("jurisdiction", sa.Text(), nullable=False),
+        sa.Column("service_code", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), nullable=False),
         sa.Column("requested_at", UTC_DATETIME, nullable=False),
         sa.Column("updated_at", UTC_DATETIME, nullable=False),
         sa.Column("lat", sa.Float(), nullable=True),
@@ -149,7 +149,7 @@ def upgrade() -> None:
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column("events", sa.JSON(), nullable=False),
-        sa.Column("secret_env", sa.String(length=255), nullable=True),
+        sa.Column("secret_env", sa.Text(), nullable=True),
         sa.Column("created_at", UTC_DATETIME, nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_subscriptions")),
@@ -157,9 +157,9 @@ def upgrade() -> None:
     op.create_table(
         "backend_refs",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=False),
-        sa.Column("adapter", sa.String(length=128), nullable=False),
-        sa.Column("reference", sa.String(length=255), nullable=False),
+        sa.Column("request_id", sa.Text(), nullable=False),
+        sa.Column("adapter", sa.Text(), nullable=False),
+        sa.Column("reference", sa.Text(), nullable=False),
         sa.Column("at", UTC_DATETIME, nullable=False),
         sa.ForeignKeyConstraint(
             ["request_id"],
@@ -181,8 +181,8 @@ def upgrade() -> None:
 
     op.create_table(
         "batch_tokens",
-        sa.Column("token", sa.String(length=128), nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=False),
+        sa.Column("token", sa.Text(), nullable=False),
+        sa.Column("request_id", sa.Text(), nullable=False),
         sa.Column("created_at", UTC_DATETIME, nullable=False),
         sa.ForeignKeyConstraint(
             ["request_id"],
@@ -195,7 +195,7 @@ def upgrade() -> None:
     op.create_table(
         "idempotency_keys",
         sa.Column("client_id", BIG_ID, nullable=False),
-        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("key", sa.Text(), nullable=False),
         sa.Column("response", sa.JSON(), nullable=False),
         sa.Column("created_at", UTC_DATETIME, nullable=False),
         sa.ForeignKeyConstraint(
@@ -208,7 +208,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "reporters",
-        sa.Column("request_id", sa.String(length=64), nullable=False),
+        sa.Column("request_id", sa.Text(), nullable=False),
         sa.Column("email", sa.Text(), nullable=True),
         sa.Column("first_name", sa.Text(), nullable=True),
         sa.Column("last_name", sa.Text(), nullable=True),
@@ -226,13 +226,13 @@ def upgrade() -> None:
     op.create_table(
         "status_history",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=False),
-        sa.Column("update_id", sa.String(length=255), nullable=True),
-        sa.Column("status", sa.String(length=32), nullable=False),
+        sa.Column("request_id", sa.Text(), nullable=False),
+        sa.Column("update_id", sa.Text(), nullable=True),
+        sa.Column("status", sa.Text(), nullable=False),
         sa.Column("at", UTC_DATETIME, nullable=False),
         sa.Column("note", sa.Text(), nullable=True),
-        sa.Column("source", sa.String(length=255), nullable=False),
-        sa.Column("external_status_code", sa.String(length=255), nullable=True),
+        sa.Column("source", sa.Text(), nullable=False),
+        sa.Column("external_status_code", sa.Text(), nullable=True),
         sa.Column("media_url", sa.Text(), nullable=True),
         sa.Column("recorded_at", UTC_DATETIME, nullable=False),
         sa.ForeignKeyConstraint(

@@ -1,0 +1,74 @@
+"""Redaction of residents' personal data from audit details and log fields."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bus.redaction import EMAIL_MASK, PHONE_MASK, REDACTED, redact
+from schemas.model import Reporter
+
+
+def test_personal_keys_are_redacted_at_any_depth_without_touching_the_input() -> None:
+    details = {
+        "reporter": {"email": "ann@example.org"},
+        "request": {"first_name": "Ann", "Last-Name": "Lee", "phone": "555", "device_id": "d"},
+        "items": [{"name": "Ann Lee"}, {"email": None}],
+        "reporter_email": "x@y.org",
+        "service_name": "Pothole",
+        "attempt": 3,
+    }
+    original = repr(details)
+
+    assert redact(details) == {
+        "reporter": REDACTED,
+        "request": {
+            "first_name": REDACTED,
+            "Last-Name": REDACTED,
+            "phone": REDACTED,
+            "device_id": REDACTED,
+        },
+        "items": [{"name": REDACTED}, {"email": None}],
+        "reporter_email": REDACTED,
+        "service_name": "Pothole",
+        "attempt": 3,
+    }
+    assert repr(details) == original
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("write to ann.lee+311@example.co.uk please", f"write to {EMAIL_MASK} please"),
+        ("call +49 30 1234567 today", f"call {PHONE_MASK} today"),
+        ("call (555) 123-4567", f"call {PHONE_MASK}"),
+        ("mobile 0170/1234567", f"mobile {PHONE_MASK}"),
+    ],
+)
+def test_emails_and_phone_numbers_in_free_text_are_masked(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-03-01T12:00:00+00:00",
+        "2026-03-01 12:00:00",
+        "request 550e8400-e29b-41d4-a716-446655440000",
+        "at 52.5200081,13.4049540",
+        "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "ticket 12345, 31.12.2026",
+    ],
+)
+def test_dates_ids_hashes_and_coordinates_are_left_alone(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_pydantic_models_are_dumped_and_redacted() -> None:
+    assert redact(Reporter(email="a@b.org"))["email"] == REDACTED
+
+
+@given(st.emails())
+def test_any_email_address_in_text_is_masked(address: str) -> None:
+    assert address not in redact(f"from {address} :")

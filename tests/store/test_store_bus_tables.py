@@ -1,0 +1,87 @@
+"""What the bus keeps in the store: leases, webhook subscriptions and dead letters."""
+
+from __future__ import annotations
+
+import time
+
+from store_factories import T0, minutes
+
+from bus.store import DeadLetterState, Store
+
+
+def test_a_lease_has_one_holder_until_released_or_expired(store: Store) -> None:
+    assert store.try_lease("relay", "host-a", ttl_seconds=30)
+    assert store.try_lease("relay", "host-a", ttl_seconds=30)  # renewal
+    assert not store.try_lease("relay", "host-b", ttl_seconds=30)
+    assert store.try_lease("poller:parks", "host-b", ttl_seconds=30)  # another name
+
+    assert not store.release_lease("relay", "host-b")
+    assert store.release_lease("relay", "host-a")
+    assert store.try_lease("relay", "host-b", ttl_seconds=0.05)
+    time.sleep(0.1)
+    assert store.try_lease("relay", "host-a", ttl_seconds=30)  # b's lease expired
+
+
+def test_subscriptions_are_added_listed_and_removed(store: Store) -> None:
+    first = store.add_subscription("https://crm.test/hook", ["request.*"], secret_env="CRM_SECRET")
+    second = store.add_subscription("https://gis.test/in", ["request.created.*", "request.closed"])
+
+    assert first.events == ("request.*",) and first.secret_env == "CRM_SECRET" and first.active
+    assert second.secret_env is None
+    assert store.list_subscriptions() == [first, second]
+    assert store.get_subscription(second.id) == second
+
+    assert store.remove_subscription(first.id)
+    assert not store.remove_subscription(first.id)
+    assert store.list_subscriptions() == [second]
+    assert [s.active for s in store.list_subscriptions(include_removed=True)] == [False, True]
+
+
+def test_dead_letters_are_recorded_bumped_listed_and_change_state(store: Store) -> None:
+    envelope = {"id": "m-1", "subject": "r1", "data": {"id": "r1", "reporter": {"email": "a@b.c"}}}
+    with store.transaction() as tx:
+        first = tx.record_dead_letter(
+            instance="sap-roads",
+            message_id="m-1",
+            request_id="r1",
+            reason="rejected: field too long",
+            envelope=envelope,
+            attempts=3,
+            at=T0,
+        )
+        tx.record_dead_letter(
+            instance="sap-roads", message_id="m-2", reason="malformed", envelope="not json {", at=T0
+        )
+        tx.record_dead_letter(instance="parks", message_id="m-1", reason="x", envelope=None)
+    with store.transaction() as tx:
+        again = tx.record_dead_letter(
+            instance="sap-roads",
+            message_id="m-1",
+            request_id="r1",
+            reason="still rejected",
+            envelope=envelope,
+            at=T0 + minutes(5),
+        )
+
+    assert again.id == first.id
+    assert (again.attempts, again.first_failed_at, again.last_failed_at, again.reason) == (
+        4,
+        T0,
+        T0 + minutes(5),
+        "still rejected",
+    )
+    assert again.envelope is not None and not isinstance(again.envelope, str)
+    assert again.envelope["data"]["reporter"] == {"email": None}
+    listed = store.dead_letters("sap-roads")
+    assert [(d.message_id, d.envelope) for d in listed][1] == ("m-2", "not json {")
+    assert [d.message_id for d in listed] == ["m-1", "m-2"]
+
+    with store.transaction() as tx:
+        assert tx.set_dead_letter_state(first.id, DeadLetterState.REPLAYED)
+        assert not tx.set_dead_letter_state(9999, DeadLetterState.DROPPED)
+        tx.audit(actor="cli:dead-replay", action="replayed", request_id="r1", message_id="m-1")
+    assert [d.message_id for d in store.dead_letters("sap-roads")] == ["m-2"]
+    assert [d.id for d in store.dead_letters("sap-roads", DeadLetterState.REPLAYED)] == [first.id]
+    got = store.get_dead_letter(first.id)
+    assert got is not None and got.state is DeadLetterState.REPLAYED
+    assert store.get_dead_letter(9999) is None

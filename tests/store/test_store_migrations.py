@@ -1,0 +1,59 @@
+"""Alembic migrations: empty to head on both databases, matching the tables the code uses."""
+
+from __future__ import annotations
+
+import threading
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from bus.store import Store
+from bus.store._migrate import alembic_config, current_revision, head_revision
+from bus.store._tables import metadata
+
+
+def test_an_empty_database_migrates_to_head_and_matches_the_tables(store_url: str) -> None:
+    store = Store(store_url)
+    store.upgrade()
+
+    with store._engine.connect() as conn:
+        assert current_revision(conn) == head_revision()
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert differences == []
+    store.close()
+
+
+def test_downgrade_to_base_and_upgrade_again(store_url: str) -> None:
+    store = Store.open(store_url)
+    with store._writer.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+    with store._engine.connect() as conn:
+        assert current_revision(conn) is None
+    store.upgrade()
+    assert store.verify_audit().ok
+    store.close()
+
+
+def test_several_processes_opening_a_new_store_at_once_migrate_it_once(store_url: str) -> None:
+    errors: list[BaseException] = []
+    stores: list[Store] = []
+
+    def open_store() -> None:
+        try:
+            stores.append(Store.open(store_url))
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    with stores[0].transaction() as tx:
+        tx.audit(actor="test", action="opened")
+    assert stores[-1].verify_audit().entries == 1
+    for store in stores:
+        store.close()
