@@ -254,3 +254,23 @@ def test_unknown_time_zone_and_missing_geojson_are_file_errors(tmp_path: Path) -
     assert "unknown time zone 'Mars/Olympus'" in messages
     assert "missing.geojson" in messages
     assert "not a projected coordinate reference system" in messages
+
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+
+
+def test_the_example_in_the_mappings_readme_is_a_valid_mapping() -> None:
+    readme = (MAPPINGS / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    m = parse_mapping(example, source="README.md", base_dir=MAPPINGS)
+    out = m.apply(request())
+    assert out["Priority"] == "1" and out["RequiredStartDate"] == "20260702"
+    assert out["Lane"] == "C" and len(out["NotificationText"]) <= 40
+    assert m.status("NOPR") is Status.IN_PROGRESS
+
+
+@pytest.mark.parametrize("path", sorted(MAPPINGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_mapping_file_is_valid(path: Path) -> None:
+    from adapters.mapping import load_mapping
+
+    assert load_mapping(path).field_names
