@@ -1,11 +1,12 @@
 """The adapter conformance kit: checks every civicbus adapter must pass against a test back-end.
 
-How to use it, in your adapter's test module::
+Enable the plugin once - `pytest -p civicbus.testing`, or `pytest_plugins = ["civicbus.testing"]`
+in the root conftest.py (a test module that imports the kit before the plugin is loaded should
+call `pytest.register_assert_rewrite("civicbus.testing")` first, for full assertion messages).
+Then, in your adapter's test module::
 
     import pytest
     from civicbus.testing import AdapterConformance, ConformanceTarget
-
-    pytest_plugins = ["civicbus.testing"]   # or run `pytest -p civicbus.testing`
 
     class PermitsTarget(ConformanceTarget):
         def __init__(self, server): self.server = server

@@ -274,3 +274,9 @@ def test_every_committed_mapping_file_is_valid(path: Path) -> None:
     from adapters.mapping import load_mapping
 
     assert load_mapping(path).field_names
+
+
+def test_the_schema_lists_exactly_the_canonical_statuses() -> None:
+    from adapters.mapping import schema
+
+    assert schema()["$defs"]["status"]["enum"] == [s.value for s in Status]
