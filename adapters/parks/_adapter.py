@@ -38,6 +38,7 @@ class ParksAdapter(Adapter):
 
     kind = "parks"
     polls = True
+    mapping_fields = frozenset({"category"})
 
     def __init__(
         self, instance: str, settings: Mapping[str, Any], mapping: FieldMapping | None = None

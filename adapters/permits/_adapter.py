@@ -29,7 +29,6 @@ log = structlog.get_logger(__name__)
 CREATE_CASE_FIELDS = frozenset(
     {"caseType", "description", "address", "lat", "lon", "district", "reportedAt", "contactEmail"}
 )
-_REQUIRED_FIELDS = frozenset({"caseType"})
 _BINDING = "{http://permits.sandbox.example/soap/v1}PermitCaseService"
 _HEALTH_PROBE_REFERENCE = "civicbus-health-check"
 
@@ -45,6 +44,7 @@ class PermitsAdapter(Adapter):
 
     kind = "permits"
     polls = True
+    mapping_fields = frozenset({"caseType"})
 
     def __init__(
         self, instance: str, settings: Mapping[str, Any], mapping: FieldMapping | None = None
@@ -132,7 +132,7 @@ class PermitsAdapter(Adapter):
         if unknown:
             return Health(False, f"mapping field(s) {', '.join(unknown)} are not CreateCase "
                                  f"parameters (known: {', '.join(sorted(CREATE_CASE_FIELDS))})")
-        missing = sorted(_REQUIRED_FIELDS - set(self.field_mapping.field_names))
+        missing = sorted(self.mapping_fields - set(self.field_mapping.field_names))
         if missing:
             return Health(False, f"the mapping must fill {', '.join(missing)}, which "
                                  f"CreateCase requires")

@@ -5,6 +5,7 @@ not a mail server: it accepts mail for any recipient and relays nothing. Message
 `<state_dir>/mailbox/` as `.eml` files, so they survive restarts and can be opened in any mail
 program. A small HTTP control endpoint (its own port) lists them (`GET /_sandbox/messages`) and
 sets the fault mode: `down` answers 421 (try later), `reject` 550 (refused), `slow` delays.
+Recipients in the reserved `.invalid` domain are always refused (550), as bad data.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class _Handler:
     ) -> str:
         if self.faults.mode == "reject":
             return "550 5.1.1 Mailbox unavailable (simulated rejection)"
+        if address.lower().rstrip(">").endswith(".invalid"):
+            # RFC 2606's reserved domain: a destination that can never exist.
+            return "550 5.1.2 Bad destination system address"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

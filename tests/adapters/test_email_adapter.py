@@ -1,0 +1,164 @@
+"""The email adapter against a real SMTP server: the sandbox mailbox (aiosmtpd) on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends_support import MAPPINGS, a_request, control, free_port, simulator
+
+from adapters import PermanentError, TransientError
+from adapters.email import EmailAdapter, message_id_for
+from adapters.mapping import Mapping, load_mapping, parse_mapping
+from civicbus.sandbox.mailbox import MailboxServer
+from schemas.model import Status
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def mapping() -> Mapping:
+    return load_mapping(MAPPINGS / "email-311.yaml")
+
+
+@pytest.fixture
+def mailbox(tmp_path: Path) -> Iterator[MailboxServer]:
+    with simulator("mailbox", tmp_path / "sandbox") as running:
+        assert isinstance(running, MailboxServer)
+        yield running
+
+
+def adapter_for(mailbox: MailboxServer, mapping: Mapping, state: Path, **settings: Any
+                ) -> EmailAdapter:
+    return EmailAdapter(
+        "email-311",
+        {"smtp_host": mailbox.host, "smtp_port": mailbox.port, "to": "311-desk@sandbox.example",
+         "state_dir": str(state), "timeout": 5, **settings},
+        mapping,
+    )
+
+
+def stored_messages(tmp_path: Path) -> list[Any]:
+    files = sorted((tmp_path / "sandbox" / "mailbox").glob("*.eml"))
+    return [message_from_bytes(f.read_bytes(), policy=policy.default) for f in files]
+
+
+def test_a_request_becomes_one_message_threaded_by_its_id(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path
+) -> None:
+    request = a_request("GRAFFITI", attributes={"SURFACE": "wall", "OFFENSIVE": "no"})
+    receipt = adapter_for(mailbox, mapping, tmp_path / "state").submit(request)
+
+    assert receipt.created and receipt.status is Status.OPEN
+    assert receipt.reference == message_id_for(request.id) == f"<{request.id}@civicbus.local>"
+    [message] = stored_messages(tmp_path)
+    assert message["Message-ID"] == receipt.reference
+    assert message["To"] == "311-desk@sandbox.example"
+    assert message["Subject"] == f"[311] Graffiti: 12 Evergreen Terrace ({request.id})"
+    body = message.get_content()
+    assert "Service: Graffiti (GRAFFITI), springfield.example" in body
+    assert "12 Evergreen Terrace 51.50101,-0.12412" in body
+    assert "Scaffold blocks the pavement" in body
+    assert "SURFACE: wall" in body and "OFFENSIVE: no" in body
+    assert f"http://127.0.0.1:8311/open311/v2/requests/{request.id}.json" in body
+    # The reporter's contact is not sent unless the mapping asks for it.
+    for personal in ("resident@example.org", "Marge", "555-0100"):
+        assert personal not in message.as_string()
+
+
+def test_the_reporter_contact_is_included_only_when_the_mapping_asks(
+    mailbox: MailboxServer, tmp_path: Path
+) -> None:
+    asking = parse_mapping(
+        "adapter: email\npersonal_data: [email]\nfields:\n"
+        "  subject: {template: 'Request {id}'}\n"
+        "  reporter_contact: {from: reporter.email}\n"
+    )
+    adapter_for(mailbox, asking, tmp_path / "state").submit(a_request("FLYTIPPING"))
+
+    [message] = stored_messages(tmp_path)
+    assert "Reporter contact: resident@example.org" in message.get_content()
+
+
+def test_submit_twice_sends_one_message_and_find_reads_the_sent_log(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path
+) -> None:
+    request = a_request("FLYTIPPING")
+    first = adapter_for(mailbox, mapping, tmp_path / "state").submit(request)
+    # Another adapter instance sharing the state dir (a restarted worker) sees the sent-log.
+    again = adapter_for(mailbox, mapping, tmp_path / "state")
+    second = again.submit(request)
+
+    assert not second.created and second.reference == first.reference
+    assert len(stored_messages(tmp_path)) == 1
+    found = again.find(request.id)
+    assert found is not None and found.reference == first.reference
+    assert again.find("req-never-sent") is None
+
+
+def test_a_refusing_mailbox_is_a_permanent_error(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path
+) -> None:
+    control(mailbox, "PUT", "/fault", mode="reject")
+    adapter = adapter_for(mailbox, mapping, tmp_path / "state")
+    request = a_request("GRAFFITI")
+
+    with pytest.raises(PermanentError, match=f"request {request.id}.*SMTP 550"):
+        adapter.submit(request)
+    assert adapter.find(request.id) is None  # nothing was sent, so nothing is logged
+
+
+def test_a_mailbox_that_is_down_is_transient_and_the_retry_sends(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path
+) -> None:
+    control(mailbox, "PUT", "/fault", mode="down")
+    adapter = adapter_for(mailbox, mapping, tmp_path / "state")
+    request = a_request("GRAFFITI")
+
+    with pytest.raises(TransientError, match="SMTP 421"):
+        adapter.submit(request)
+    control(mailbox, "PUT", "/fault", mode="none")
+    assert adapter.submit(request).created
+    assert len(stored_messages(tmp_path)) == 1
+
+
+def test_a_slow_mailbox_times_out_as_transient(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path
+) -> None:
+    control(mailbox, "PUT", "/fault", mode="slow", delay=2)
+
+    with pytest.raises(TransientError):
+        adapter_for(mailbox, mapping, tmp_path / "state", timeout=0.3).submit(a_request())
+
+
+def test_a_refused_connection_is_transient_and_check_says_so(
+    mapping: Mapping, tmp_path: Path
+) -> None:
+    adapter = EmailAdapter("email-311", {"smtp_host": "127.0.0.1", "smtp_port": free_port(),
+                                         "to": "desk@example.org", "state_dir": str(tmp_path)},
+                           mapping)
+
+    with pytest.raises(TransientError, match="ConnectionRefusedError"):
+        adapter.submit(a_request())
+    health = adapter.check()
+    assert not health.ok and "ConnectionRefusedError" in health.detail
+
+
+def test_check_is_ok_against_the_mailbox(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path
+) -> None:
+    health = adapter_for(mailbox, mapping, tmp_path / "state").check()
+    assert health.ok, health.detail
+
+
+def test_the_mailbox_keeps_messages_across_a_restart(mapping: Mapping, tmp_path: Path) -> None:
+    with simulator("mailbox", tmp_path / "sandbox") as first:
+        assert isinstance(first, MailboxServer)
+        adapter_for(first, mapping, tmp_path / "state").submit(a_request("GRAFFITI"))
+    with simulator("mailbox", tmp_path / "sandbox") as second:
+        listed = control(second, "GET", "/messages")
+
+    assert len(listed) == 1 and listed[0]["message_id"].endswith("@civicbus.local>")
