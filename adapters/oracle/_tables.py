@@ -7,11 +7,14 @@ match the upper-case objects the DDL creates. Times are naive UTC (Oracle TIMEST
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import oracle
 
 metadata = sa.MetaData()
 
 #: SQLite has no sequences: there, ids come from its integer primary key.
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+#: On Oracle, DateTime would be DATE (whole seconds): the change-time watermark needs TIMESTAMP.
+_Time = sa.DateTime().with_variant(oracle.TIMESTAMP(), "oracle")
 
 work_order_seq = sa.Sequence("work_order_seq", metadata=metadata)
 work_order_history_seq = sa.Sequence("work_order_history_seq", metadata=metadata)
@@ -28,8 +31,8 @@ work_orders = sa.Table(
     sa.Column("x", sa.Numeric(12, 3, asdecimal=False)),
     sa.Column("y", sa.Numeric(12, 3, asdecimal=False)),
     sa.Column("status", sa.String(20), nullable=False, server_default="NEW"),
-    sa.Column("created_at", sa.DateTime(), nullable=False),
-    sa.Column("updated_at", sa.DateTime(), nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
+    sa.Column("updated_at", _Time, nullable=False),
     sa.UniqueConstraint("external_ref", name="uq_work_orders_external_ref"),
     sa.Index("ix_work_orders_updated_at", "updated_at"),
 )
@@ -41,7 +44,7 @@ work_order_history = sa.Table(
     sa.Column("work_order_id", _Id, sa.ForeignKey("work_orders.id"), nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("note", sa.String(400)),
-    sa.Column("changed_at", sa.DateTime(), nullable=False),
+    sa.Column("changed_at", _Time, nullable=False),
     sa.Index("ix_work_order_history_order", "work_order_id"),
 )
 

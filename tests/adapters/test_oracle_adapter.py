@@ -1,0 +1,174 @@
+"""The Oracle work-order adapter on PostgreSQL and SQLite: fields, idempotency, polling, errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from backends_support import a_request, free_port
+from oracle_support import adapter_for, prepared, rows
+from pyproj import Transformer
+
+from adapters import PermanentError, TransientError
+from adapters.oracle import _statements as sql
+from adapters.oracle._errors import db_errors
+from civicbus.sandbox.workorders import set_status
+from schemas.model import Location, ServiceRequest, Status
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return prepared(request.getfixturevalue("postgres_url"))
+    return prepared(f"sqlite:///{tmp_path}/workorders.db")
+
+
+def streetlight(**changes: Any) -> ServiceRequest:
+    fields: dict[str, Any] = {
+        "service_name": "Streetlight out",
+        "description": "Dark since Tuesday",
+        "attributes": {"POLE_NUMBER": "SL-0042"},
+        "location": Location(lat=39.8012, long=-89.6436, address="Main Street by the library"),
+    }
+    fields.update(changes)
+    return a_request(fields.pop("service_code", "STREETLIGHT"), **fields)
+
+
+def test_the_work_order_carries_the_mapped_and_projected_fields(db_url: str) -> None:
+    request = streetlight()
+    receipt = adapter_for(db_url).submit(request)
+
+    [row] = rows(db_url, request.id)
+    assert receipt.created and receipt.reference == str(row.id)
+    assert receipt.status is Status.OPEN
+    assert (row.work_type, row.priority, row.status) == ("LIGHTING", 2, "NEW")
+    assert row.address == "Main Street by the library"
+    assert row.description.startswith("Dark since Tuesday\nPole: SL-0042")
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:32616", always_xy=True).transform(
+        -89.6436, 39.8012
+    )
+    assert row.x == pytest.approx(x, abs=0.001) and row.y == pytest.approx(y, abs=0.001)
+    assert 270_000 < row.x < 280_000 and 4_400_000 < row.y < 4_420_000  # UTM 16N, metres
+    assert "Marge" not in str(row) and "resident@example.org" not in str(row)
+
+
+def test_a_unique_violation_means_already_there(db_url: str) -> None:
+    # Another worker inserted between our find and our insert: the constraint answers.
+    request = streetlight()
+    adapter = adapter_for(db_url)
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sql.insert_work_order(
+                request.id, {"work_type": "LIGHTING"}, "NEW", datetime.now(UTC).replace(tzinfo=None)
+            )
+        )
+    engine.dispose()
+    receipt = _submit_racing(adapter, request)
+    assert receipt.created is False
+    assert len(rows(db_url, request.id)) == 1
+
+
+def _submit_racing(adapter: Any, request: ServiceRequest) -> Any:
+    """Submit as if the other insert came just after our look-up (the first find sees nothing)."""
+    calls = {"n": 0}
+    real_find = type(adapter).find
+
+    def find(request_id: str) -> Any:
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real_find(adapter, request_id)
+
+    adapter.find = find
+    return adapter.submit(request)
+
+
+def test_a_change_committed_late_inside_the_overlap_is_reported_once(db_url: str) -> None:
+    adapter = adapter_for(db_url, poll_overlap_seconds=60)
+    early, late = streetlight(), streetlight()
+    adapter.submit(early)
+    adapter.submit(late)
+    _, watermark = _drain(adapter, None)
+
+    set_status(db_url, early.id, "ASSIGNED")
+    first, watermark = _drain(adapter, watermark)
+    assert [(u.request_id, u.status) for u in first] == [(early.id, Status.ACTION_SCHEDULED)]
+
+    # A transaction that stamped UPDATED_AT 20 s ago commits only now: older than the watermark.
+    stamped = datetime.now(UTC) - timedelta(seconds=20)
+    set_status(db_url, late.id, "IN_PROGRESS", at=stamped)
+    second, watermark = _drain(adapter, watermark)
+    assert [(u.request_id, u.status) for u in second] == [(late.id, Status.IN_PROGRESS)]
+
+    again, _ = _drain(adapter, watermark)
+    assert again == []  # nothing inside the overlap window is reported twice
+
+
+def test_a_change_older_than_the_overlap_is_outside_the_window(db_url: str) -> None:
+    adapter = adapter_for(db_url, poll_overlap_seconds=5)
+    request = streetlight()
+    adapter.submit(request)
+    _, watermark = _drain(adapter, None)
+    set_status(db_url, request.id, "DONE", at=datetime.now(UTC) - timedelta(minutes=10))
+    missed, _ = _drain(adapter, watermark)
+    assert missed == []  # the overlap is the promise: size it above the longest transaction
+
+
+def _drain(adapter: Any, since: str | None) -> tuple[list[Any], str | None]:
+    page = adapter.updates(since)
+    return list(page.updates), page.watermark
+
+
+def test_a_request_the_mapping_cannot_place_is_permanent(db_url: str) -> None:
+    with pytest.raises(PermanentError, match="work_type"):
+        adapter_for(db_url).submit(streetlight(service_code="GRAFFITI"))
+
+
+def test_an_unreachable_postgres_is_transient() -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x?connect_timeout=2"
+    adapter = adapter_for(url)
+    with pytest.raises(TransientError):
+        adapter.submit(streetlight())
+    health = adapter.check()
+    assert not health.ok and "OperationalError" in health.detail
+
+
+def test_an_unreachable_oracle_in_thin_mode_is_transient() -> None:
+    pytest.importorskip("oracledb")
+    url = f"oracle+oracledb://civicbus:secret@127.0.0.1:{free_port()}/?service_name=FREEPDB1"
+    adapter = adapter_for(url, pool_timeout=2)
+    with pytest.raises(TransientError) as caught:
+        adapter.find("req-x")
+    assert "DPY-6005" in str(caught.value) or "ORA-12541" in str(caught.value)
+    assert "secret" not in adapter.check().detail
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("ORA-12541: TNS:no listener", TransientError),
+        ("ORA-03113: end-of-file on communication channel", TransientError),
+        ("ORA-12170: TNS:Connect timeout occurred", TransientError),
+        ("ORA-00060: deadlock detected while waiting for resource", TransientError),
+        ('ORA-01400: cannot insert NULL into ("CIVIC"."WORK_ORDERS"."WORK_TYPE")', PermanentError),
+        ("ORA-12899: value too large for column", PermanentError),
+        (
+            "ORA-00001: unique constraint (CIVIC.UQ_WORK_ORDERS_EXTERNAL_REF) violated",
+            PermanentError,
+        ),
+    ],
+)
+def test_oracle_error_codes_are_classified_by_one_table(code: str, kind: type) -> None:
+    # Oracle cannot run here: the driver error is built as python-oracledb words it.
+    wrapped = sa_exc.DatabaseError(
+        "INSERT ...", {"description": "a resident's words"}, Exception(code)
+    )
+    with pytest.raises(kind) as caught, db_errors("oracle adapter t: create"):
+        raise wrapped
+    assert code.split(":")[0] in str(caught.value)
+    assert "resident" not in str(caught.value)  # bound values never reach the message
