@@ -50,7 +50,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     _add_service_routes(app)
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=runtime.config.api.max_body_bytes)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, ctx.catalogue.jurisdictions)  # type: ignore[method-assign]
     return app
 
 
@@ -133,15 +133,30 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document without the 422 it adds by default: this API answers 400 instead."""
+def _openapi(app: FastAPI, jurisdictions: tuple[str, ...]) -> dict[str, Any]:
+    """FastAPI's document, made exact for this deployment: no 422 (this API answers 400), and
+    `jurisdiction_id` listing the served jurisdictions, required when there are several."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        several = len(jurisdictions) > 1
+        choice = {"type": "string", "enum": list(jurisdictions)}
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
+                optional = operation.get("operationId", "").startswith("status_updates")
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "jurisdiction_id":
+                        parameter["schema"] = dict(choice)
+                        parameter["required"] = several and not optional
+                content = operation.get("requestBody", {}).get("content", {})
+                for media in content.values():
+                    body = media["schema"]
+                    if "jurisdiction_id" in body.get("properties", {}):
+                        body["properties"]["jurisdiction_id"] = dict(choice)
+                        if several:
+                            body["required"] = ["jurisdiction_id"]
         for name in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(name, None)
         app.openapi_schema = schema

@@ -137,9 +137,7 @@ async def find_requests(
     box = _bbox(problems, [given(v) for v in (lat_ne, long_ne, lat_sw, long_sw)], given(bbox))
     requested = None
     if not problems:
-        requested = window(
-            problems, dates["start_date"], dates["end_date"], now=datetime.now(UTC)
-        )
+        requested = window(problems, dates["start_date"], dates["end_date"], now=datetime.now(UTC))
     _fail(problems)
     assert requested is not None
     if codes:
