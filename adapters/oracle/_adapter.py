@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,7 +24,7 @@ from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.oracle import _statements as sql
 from adapters.oracle._errors import db_errors, is_duplicate
-from adapters.oracle._tables import MAPPED_FIELDS
+from adapters.oracle._tables import MAPPED_FIELDS, create_schema
 from adapters.oracle.watermark import Changed, OverlapWatermark
 from schemas.model import ServiceRequest, StatusUpdate
 
@@ -40,7 +41,8 @@ class OracleAdapter(Adapter):
 
     Settings: `url` (SQLAlchemy URL, required; put the password in it through a secret),
     `pool_size` (default 5), `pool_timeout` (seconds, default 10), `initial_status` (default
-    NEW), `poll_overlap_seconds` (default 60).
+    NEW), `poll_overlap_seconds` (default 60), `create_schema` (sandbox and tests only: create the
+    tables on first use; never on Oracle, where the DBA runs the DDL).
     """
 
     kind = "oracle"
@@ -64,6 +66,12 @@ class OracleAdapter(Adapter):
         }
         # Built on first use: a constructor must not fail because the database is down.
         self._engine: sa.Engine | None = None
+        self.create_schema = bool(settings.get("create_schema", False))
+        if self.create_schema and self.url.get_backend_name() == "oracle":
+            raise ValueError(
+                f"oracle adapter {instance}: create_schema is for PostgreSQL and "
+                "SQLite only; on Oracle run deploy/sandbox/oracle/schema.sql"
+            )
 
     # -- the contract --------------------------------------------------------------------------
 
@@ -137,7 +145,12 @@ class OracleAdapter(Adapter):
     def engine(self) -> sa.Engine:
         if self._engine is None:
             with db_errors(f"oracle adapter {self.instance}: connect"):
-                self._engine = sa.create_engine(self.url, pool_pre_ping=True, **self._pool)
+                engine = sa.create_engine(self.url, pool_pre_ping=True, **self._pool)
+                if self.create_schema:
+                    if self.url.get_backend_name() == "sqlite" and self.url.database:
+                        Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+                    create_schema(engine)
+                self._engine = engine
         return self._engine
 
     def _fields(self, request: ServiceRequest) -> dict[str, Any]:

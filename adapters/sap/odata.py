@@ -119,7 +119,8 @@ class ODataTransport:
                 response = self._client.get("$metadata")
             _raise_for_status(response, f"SAP OData $metadata ({self.instance})")
         except (TransientError, PermanentError) as exc:
-            return Health(ok=False, detail=str(exc))
+            where = f"cannot use the OData service at {self._client.base_url}"
+            return Health(ok=False, detail=f"{where}: {exc}")
         if "MaintenanceNotification" not in response.text:
             return Health(
                 ok=False,
