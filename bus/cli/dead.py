@@ -1,0 +1,101 @@
+"""`civicbus dead list|show|replay|drop`: the dead letter channel, for operators."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from bus import deadletters
+from bus.cli.common import runtime
+from bus.deadletters import DeadLetterError
+from bus.store import DeadLetter
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        help="Messages an adapter instance gave up on: inspect, replay, drop.",
+        no_args_is_help=True,
+    )
+    app.add_typer(group, name="dead")
+
+    @group.command("list")
+    def list_(instance: str) -> None:
+        """The instance's dead letters waiting for a decision, oldest first."""
+        with runtime() as rt:
+            letters = deadletters.list_dead_letters(rt.store, instance)
+        if not letters:
+            typer.echo(f"no dead letters for {instance}")
+            return
+        typer.echo(
+            f"{'ID':>6}  {'REQUEST':<24} {'ATTEMPTS':>8}  {'FIRST FAILURE':<25} "
+            f"{'LAST FAILURE':<25} REASON"
+        )
+        for letter in letters:
+            typer.echo(_row(letter))
+
+    @group.command("show")
+    def show(dead_letter_id: int = typer.Argument(..., metavar="ID")) -> None:
+        """One dead letter in full: its reason, its history and the stored message."""
+        with runtime() as rt, _operator_errors():
+            letter = deadletters.get_dead_letter(rt.store, dead_letter_id)
+        typer.echo(json.dumps(_document(letter), indent=2, ensure_ascii=False))
+
+    @group.command("replay")
+    def replay(
+        instance: str,
+        ids: list[int] = typer.Argument(None, metavar="[ID]...", show_default=False),
+        replay_all: bool = typer.Option(False, "--all", help="Replay every waiting dead letter."),
+    ) -> None:
+        """Send dead letters back to the instance's queue (through the outbox and the relay)."""
+        if bool(ids) == replay_all:
+            typer.echo("error: name dead letter IDs, or --all (not both)", err=True)
+            raise typer.Exit(2)
+        with runtime() as rt, _operator_errors():
+            letters = deadletters.replay(rt.store, instance, None if replay_all else ids)
+        for letter in letters:
+            typer.echo(f"replayed {letter.id} (request {letter.request_id or '-'})")
+        typer.echo(f"{len(letters)} dead letter(s) replayed to {instance}")
+
+    @group.command("drop")
+    def drop(ids: list[int] = typer.Argument(..., metavar="ID...")) -> None:
+        """Give up on dead letters for good (kept in the store, marked dropped)."""
+        with runtime() as rt, _operator_errors():
+            letters = deadletters.drop(rt.store, ids)
+        for letter in letters:
+            typer.echo(f"dropped {letter.id} (request {letter.request_id or '-'})")
+
+
+@contextmanager
+def _operator_errors() -> Iterator[None]:
+    """Turn a DeadLetterError into its message and exit code 1."""
+    try:
+        yield
+    except DeadLetterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _row(letter: DeadLetter) -> str:
+    return (
+        f"{letter.id:>6}  {letter.request_id or '-':<24} {letter.attempts:>8}  "
+        f"{letter.first_failed_at.isoformat(timespec='seconds'):<25} "
+        f"{letter.last_failed_at.isoformat(timespec='seconds'):<25} {letter.reason}"
+    )
+
+
+def _document(letter: DeadLetter) -> dict[str, object]:
+    return {
+        "id": letter.id,
+        "instance": letter.instance,
+        "state": letter.state.value,
+        "request_id": letter.request_id,
+        "message_id": letter.message_id,
+        "reason": letter.reason,
+        "attempts": letter.attempts,
+        "first_failed_at": letter.first_failed_at.isoformat(),
+        "last_failed_at": letter.last_failed_at.isoformat(),
+        "envelope": letter.envelope,
+    }

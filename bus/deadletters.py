@@ -1,0 +1,125 @@
+"""Dead letters for operators: list, show, replay and drop, each action audited.
+
+The store holds every dead letter (the worker records it there before it acks), so these work
+without the broker: a replay puts the stored envelope back through the outbox, which the relay
+publishes with confirms, so a replay is as durable as an accepted request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+from pydantic import ValidationError
+
+from bus.broker.topology import COMMANDS_EXCHANGE, command_routing_key
+from bus.store import DeadLetter, DeadLetterState, Store
+from bus.subscriptions import queue_of_route
+from schemas.events import Envelope
+
+log = structlog.get_logger(__name__)
+
+
+class DeadLetterError(Exception):
+    """A dead-letter action cannot be done; the message says which letter and why."""
+
+
+def list_dead_letters(store: Store, instance: str) -> list[DeadLetter]:
+    """The instance's dead letters waiting for a decision, oldest first."""
+    return store.dead_letters(instance, DeadLetterState.DEAD)
+
+
+def get_dead_letter(store: Store, dead_letter_id: int) -> DeadLetter:
+    """One dead letter, in any state; DeadLetterError when there is none with that id."""
+    letter = store.get_dead_letter(dead_letter_id)
+    if letter is None:
+        raise DeadLetterError(f"there is no dead letter {dead_letter_id}")
+    return letter
+
+
+def replay(
+    store: Store,
+    instance: str,
+    ids: Sequence[int] | None = None,
+    *,
+    actor: str = "cli:dead-replay",
+) -> list[DeadLetter]:
+    """Send dead letters of `instance` (all waiting ones when `ids` is None) back to its queue.
+
+    Each replay is one transaction: the outbox row, the state `replayed` and the audit entry.
+    Raises DeadLetterError before replaying anything if one of `ids` cannot be replayed.
+    """
+    letters = (
+        list_dead_letters(store, instance) if ids is None else _replayable(store, instance, ids)
+    )
+    for letter in letters:
+        envelope = _envelope(letter)
+        exchange, routing_key = _destination(instance)
+        with store.transaction() as tx:
+            tx.add_outbox(envelope, exchange=exchange, routing_key=routing_key)
+            tx.set_dead_letter_state(letter.id, DeadLetterState.REPLAYED)
+            tx.audit(
+                actor=actor,
+                action="replayed",
+                request_id=letter.request_id,
+                message_id=letter.message_id,
+                details={"dead_letter": letter.id, "instance": instance, "reason": letter.reason},
+            )
+        log.info("dead_letter.replayed", dead_letter=letter.id, instance=instance)
+    return letters
+
+
+def drop(store: Store, ids: Sequence[int], *, actor: str = "cli:dead-drop") -> list[DeadLetter]:
+    """Give up on dead letters for good (they stay in the store, marked `dropped`)."""
+    letters = [get_dead_letter(store, i) for i in ids]
+    for letter in letters:
+        if letter.state is not DeadLetterState.DEAD:
+            raise DeadLetterError(f"dead letter {letter.id} is already {letter.state.value}")
+    for letter in letters:
+        with store.transaction() as tx:
+            tx.set_dead_letter_state(letter.id, DeadLetterState.DROPPED)
+            tx.audit(
+                actor=actor,
+                action="dropped",
+                request_id=letter.request_id,
+                message_id=letter.message_id,
+                details={"dead_letter": letter.id, "instance": letter.instance},
+            )
+        log.info("dead_letter.dropped", dead_letter=letter.id, instance=letter.instance)
+    return letters
+
+
+def _replayable(store: Store, instance: str, ids: Sequence[int]) -> list[DeadLetter]:
+    letters = [get_dead_letter(store, i) for i in ids]
+    for letter in letters:
+        if letter.instance != instance:
+            raise DeadLetterError(
+                f"dead letter {letter.id} belongs to {letter.instance}, not {instance}"
+            )
+        if letter.state is not DeadLetterState.DEAD:
+            raise DeadLetterError(f"dead letter {letter.id} is already {letter.state.value}")
+        _envelope(letter)
+    return letters
+
+
+def _envelope(letter: DeadLetter) -> Envelope:
+    if not isinstance(letter.envelope, dict):
+        raise DeadLetterError(
+            f"dead letter {letter.id} is not a civicbus event (malformed message): "
+            f"it cannot be replayed; drop it"
+        )
+    try:
+        return Envelope.model_validate(letter.envelope)
+    except ValidationError as exc:
+        raise DeadLetterError(
+            f"dead letter {letter.id} is not a valid civicbus event: it cannot be replayed; drop it"
+        ) from exc
+
+
+def _destination(instance: str) -> tuple[str, str]:
+    """Commands go back through the instance's exchange; a subscription's events straight to
+    its queue (the default exchange routes by queue name)."""
+    queue = queue_of_route(instance)
+    if queue is not None:
+        return "", queue
+    return COMMANDS_EXCHANGE, command_routing_key(instance)

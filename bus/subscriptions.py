@@ -1,0 +1,150 @@
+"""Webhook subscriptions: back-office systems that want civicbus events pushed to a URL.
+
+Each subscription gets its own durable queue `civicbus.sub.<id>` bound to `civicbus.events`
+with its patterns, so events wait for a subscriber that is down and reach it in order. Patterns
+are written on the event type (`request.*`, `request.status_changed`) and translated here into
+AMQP topic patterns over the routing keys (`request.#`, `request.status_changed.*`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+
+from adapters.webhook import WebhookAdapter
+from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, declare_topology
+from bus.config import RetryPolicy
+from bus.store import Store, Subscription
+
+log = structlog.get_logger(__name__)
+
+#: Route (dead-letter "instance") names of subscriptions: `sub.<id>`.
+ROUTE_PREFIX = "sub."
+
+#: Subscribers are retried in place (to keep events in order): about 25 minutes in all, under
+#: RabbitMQ's default 30-minute consumer timeout, before an event is dead-lettered.
+SUBSCRIPTION_RETRY = RetryPolicy(immediate_attempts=3, tiers=[5, 30, 60, 120, 300], max_attempts=10)
+
+_WORD = re.compile(r"^(\*|#|[A-Za-z0-9_-]+)$")
+
+
+class SubscriptionError(Exception):
+    """A subscription cannot be made as asked; the message says what to change."""
+
+
+def queue_name(subscription_id: int) -> str:
+    """The durable queue holding a subscription's undelivered events."""
+    return f"civicbus.sub.{subscription_id}"
+
+
+def route_name(subscription_id: int) -> str:
+    """The subscription's name in audit entries and dead letters."""
+    return f"{ROUTE_PREFIX}{subscription_id}"
+
+
+def queue_of_route(route: str) -> str | None:
+    """The queue of a `sub.<id>` route name; None for an adapter instance."""
+    if not route.startswith(ROUTE_PREFIX):
+        return None
+    return "civicbus.sub." + route.removeprefix(ROUTE_PREFIX)
+
+
+def binding_key(pattern: str) -> str:
+    """The AMQP topic pattern for an event-type pattern: `request.*` → `request.#`,
+    `request.closed` → `request.closed.*`; three-word patterns are taken as they are."""
+    words = pattern.split(".")
+    if not pattern or not all(_WORD.match(w) for w in words):
+        raise SubscriptionError(
+            f"event pattern {pattern!r}: use dot-separated words or '*', e.g. 'request.*' "
+            f"or 'request.status_changed'"
+        )
+    if len(words) >= 3 or words[-1] == "#":
+        return pattern
+    if words[-1] == "*":
+        return ".".join([*words[:-1], "#"])
+    return pattern + ".*"
+
+
+def add_subscription(
+    store: Store,
+    url: str,
+    events: Sequence[str],
+    *,
+    secret_env: str | None = None,
+    actor: str = "cli:subscriptions",
+) -> Subscription:
+    """Validate and store a subscription, and audit it. Declare its queue next (`declare`)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SubscriptionError(f"{url!r} is not an http(s) URL")
+    if not events:
+        raise SubscriptionError("name at least one event pattern, e.g. --events 'request.*'")
+    for pattern in events:
+        binding_key(pattern)
+    if secret_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", secret_env):
+        raise SubscriptionError(f"{secret_env!r} is not an environment variable name")
+    subscription = store.add_subscription(url, list(events), secret_env)
+    with store.transaction() as tx:
+        tx.audit(
+            actor=actor,
+            action="subscription_added",
+            details={"subscription": subscription.id, "url": url, "events": list(events)},
+        )
+    log.info("subscription.added", subscription=subscription.id, events=list(events))
+    return subscription
+
+
+def remove_subscription(
+    store: Store, subscription_id: int, *, actor: str = "cli:subscriptions"
+) -> bool:
+    """Deactivate a subscription (audited); False if there was no active one with that id."""
+    removed = store.remove_subscription(subscription_id)
+    if removed:
+        with store.transaction() as tx:
+            tx.audit(
+                actor=actor,
+                action="subscription_removed",
+                details={"subscription": subscription_id},
+            )
+    return removed
+
+
+def declare(channel: Any, subscription: Subscription) -> None:
+    """Declare the subscription's queue, its bindings and its dead-letter queue (idempotent).
+
+    Classic queues, deliberately: a message returned unacknowledged (a worker killed mid-POST)
+    goes back to its place at the head, where RabbitMQ 3.10's quorum queues would put it last
+    and so reorder a request's events.
+    """
+    declare_topology(channel, {})
+    name = queue_name(subscription.id)
+    channel.queue_declare(queue=name, durable=True, arguments={"x-queue-type": "classic"})
+    for pattern in subscription.events:
+        channel.queue_bind(queue=name, exchange=EVENTS_EXCHANGE, routing_key=binding_key(pattern))
+    dead = f"civicbus.dead.{route_name(subscription.id)}"
+    channel.queue_declare(queue=dead, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(queue=dead, exchange=DEAD_EXCHANGE, routing_key=route_name(subscription.id))
+
+
+def delete_queue(channel: Any, subscription_id: int) -> None:
+    """Remove a removed subscription's queue (its undelivered events go with it)."""
+    channel.queue_delete(queue=queue_name(subscription_id))
+
+
+def webhook_for(subscription: Subscription, env: Mapping[str, str] | None = None) -> WebhookAdapter:
+    """The webhook adapter that delivers this subscription's events, with its signing secret."""
+    env = os.environ if env is None else env
+    settings: dict[str, Any] = {"url": subscription.url}
+    if subscription.secret_env is not None:
+        if subscription.secret_env not in env:
+            raise SubscriptionError(
+                f"subscription {subscription.id}: set the environment variable "
+                f"{subscription.secret_env} (its signing secret)"
+            )
+        settings["secret"] = env[subscription.secret_env]
+    return WebhookAdapter(route_name(subscription.id), settings)

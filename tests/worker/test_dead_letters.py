@@ -1,0 +1,121 @@
+"""Dead letters end to end: a rejected request is dead-lettered, the mapping is fixed, a replay
+delivers it exactly once; and the `civicbus dead` commands an operator uses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+from worker_support import (
+    FAST,
+    INSTANCE,
+    MemoryBackend,
+    actions,
+    new_request,
+    publish,
+    relay_outbox,
+    running,
+    wait_until,
+)
+
+from bus import deadletters
+from bus.cli import app
+from bus.deadletters import DeadLetterError
+from bus.store import DeadLetterState, Store
+from bus.worker import command_consumer
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
+
+
+def test_replay_after_a_mapping_fix_delivers_the_request_exactly_once(
+    store: Store, topology: str
+) -> None:
+    backend = MemoryBackend()
+    envelope = new_request(store, description="REJECT: lane code unknown to the back-end")
+    publish(topology, envelope)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        (letter,) = wait_until(lambda: store.dead_letters(INSTANCE), what="the dead letter")
+        assert backend.created == {}
+
+        backend.accept_all = True  # the integrator fixed the mapping
+        replayed = deadletters.replay(store, INSTANCE, [letter.id])
+        assert [r.id for r in replayed] == [letter.id]
+        relay_outbox(store, topology)
+        wait_until(lambda: ("submitted", "ok") in actions(store, envelope.subject))
+
+    assert backend.created == {envelope.subject: "WO-00001"}
+    assert store.dead_letters(INSTANCE) == []
+    assert store.get_dead_letter(letter.id).state is DeadLetterState.REPLAYED  # type: ignore[union-attr]
+    trail = [a for a, _ in actions(store, envelope.subject)]
+    assert trail.index("dead_lettered") < trail.index("replayed") < trail.index("submitted")
+    with pytest.raises(DeadLetterError, match="already replayed"):
+        deadletters.replay(store, INSTANCE, [letter.id])
+
+
+@pytest.fixture
+def cli(store: Store, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    return CliRunner()
+
+
+def dead_letter_for(store: Store, topology: str, body: bytes | None = None) -> str | None:
+    """Dead-letter one rejected request (or a raw body); returns the request id."""
+    envelope = None if body is not None else new_request(store, description="REJECT")
+    publish(topology, body if body is not None else envelope)  # type: ignore[arg-type]
+    count = len(store.dead_letters(INSTANCE))
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: len(store.dead_letters(INSTANCE)) > count, what="the dead letter")
+    return envelope.subject if envelope else None
+
+
+def test_dead_list_show_replay_and_drop(cli: CliRunner, store: Store, topology: str) -> None:
+    request_id = dead_letter_for(store, topology)
+    dead_letter_for(store, topology, b"garbage")
+    first, second = store.dead_letters(INSTANCE)
+
+    listed = cli.invoke(app, ["dead", "list", INSTANCE])
+    assert listed.exit_code == 0, listed.output
+    assert request_id in listed.output and "PermanentError" in listed.output
+    assert "MalformedMessage" in listed.output
+    assert str(first.id) in listed.output and str(second.id) in listed.output
+
+    shown = cli.invoke(app, ["dead", "show", str(first.id)])
+    assert shown.exit_code == 0, shown.output
+    # Log lines may share the output (logging is configured per process): read the JSON alone.
+    start = shown.stdout.index('{\n  "id"')
+    document, _ = json.JSONDecoder().raw_decode(shown.stdout, start)
+    assert document["request_id"] == request_id and document["attempts"] == 1
+    assert document["envelope"]["subject"] == request_id
+
+    refused = cli.invoke(app, ["dead", "replay", INSTANCE, str(second.id)])
+    assert refused.exit_code == 1 and "cannot be replayed" in refused.output
+
+    replayed = cli.invoke(app, ["dead", "replay", INSTANCE, str(first.id)])
+    assert replayed.exit_code == 0, replayed.output
+    assert [r.envelope.subject for r in store.pending_outbox()][-1] == request_id
+
+    dropped = cli.invoke(app, ["dead", "drop", str(second.id)])
+    assert dropped.exit_code == 0, dropped.output
+    assert store.dead_letters(INSTANCE) == []
+    assert "no dead letters for roads" in cli.invoke(app, ["dead", "list", INSTANCE]).output
+
+    audited = [e.action for e in store.audit_trail(request_id)]  # type: ignore[arg-type]
+    assert "replayed" in audited
+
+
+def test_dead_replay_all_and_argument_errors(cli: CliRunner, store: Store, topology: str) -> None:
+    ids = [dead_letter_for(store, topology) for _ in range(2)]
+
+    assert cli.invoke(app, ["dead", "replay", INSTANCE]).exit_code == 2
+    assert cli.invoke(app, ["dead", "replay", INSTANCE, "1", "--all"]).exit_code == 2
+    assert cli.invoke(app, ["dead", "show", "999"]).exit_code == 1
+    assert cli.invoke(app, ["dead", "replay", "elsewhere", "1"]).exit_code == 1
+
+    result = cli.invoke(app, ["dead", "replay", INSTANCE, "--all"])
+    assert result.exit_code == 0, result.output
+    assert "2 dead letter(s) replayed" in result.output
+    assert {r.envelope.subject for r in store.pending_outbox() if r.routing_key == INSTANCE} == set(
+        ids
+    )
