@@ -1,0 +1,92 @@
+"""The API on the PostgreSQL store: create, read back, token, update, idempotency (real server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bus.api import create_app
+from bus.bootstrap import Runtime
+from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer, make_runtime
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_api(postgres_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, str, Runtime]]:
+    runtime = make_runtime(postgres_url, tmp_path / "media")
+    _, key = runtime.store.add_client("pg-app")
+    with (
+        LiveServer(create_app(runtime)) as live,
+        httpx.Client(base_url=f"{live.url}/open311/v2", timeout=10) as client,
+    ):
+        yield client, key, runtime
+    runtime.close()
+
+
+def test_api_round_trip_on_postgresql(pg_api: tuple[httpx.Client, str, Runtime]) -> None:
+    http, key, runtime = pg_api
+    form = {
+        "api_key": key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "POTHOLE",
+        "lat": "37.76",
+        "long": "-122.41",
+        "attribute[LANE]": "shoulder",
+        "attribute[HAZARDS]": ["water", "damage"],
+        "email": "pg@example.org",
+    }
+    created = http.post("/requests.json", data=form, headers={"Idempotency-Key": "pg-1"})
+    assert created.status_code == 201, created.text
+    request_id = created.json()[0]["service_request_id"]
+    replay = http.post("/requests.json", data=form, headers={"Idempotency-Key": "pg-1"})
+    assert replay.status_code == 200 and replay.json() == created.json()
+
+    params = {"jurisdiction_id": SPRINGFIELD, "extensions": "true"}
+    (doc,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert {"code": "HAZARDS", "values": ["water", "damage"]} in doc["extended_attributes"][
+        "answers"
+    ]
+    assert "pg@example.org" not in str(doc)
+    listed = http.get("/requests.json", params={"jurisdiction_id": SPRINGFIELD, "status": "open"})
+    assert request_id in [d["service_request_id"] for d in listed.json()]
+
+    update = http.post(
+        "/servicerequestupdates.json",
+        data={
+            "api_key": key,
+            "service_request_id": request_id,
+            "update_id": "pg-u1",
+            "status": "CLOSED",
+            "updated_datetime": datetime.now(UTC).isoformat(),
+        },
+    )
+    assert update.status_code == 200, update.text
+    (closed,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert closed["status"] == "closed"
+    keys = [
+        r.routing_key for r in runtime.store.pending_outbox() if r.envelope.subject == request_id
+    ]
+    assert keys == [
+        "request.created.POTHOLE",
+        "request.status_changed.closed",
+        "request.closed.closed",
+    ]
+
+    batch = http.post(
+        "/requests.json",
+        data={
+            "api_key": key,
+            "jurisdiction_id": SHELBYVILLE,
+            "service_code": "MISSED_BIN",
+            "address_string": "9 Oak",
+            "attribute[BIN_TYPE]": "general",
+        },
+    )
+    token = batch.json()[0]["token"]
+    (resolved,) = http.get(f"/tokens/{token}.json", params={"jurisdiction_id": SHELBYVILLE}).json()
+    assert resolved["service_request_id"]
