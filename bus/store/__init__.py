@@ -15,7 +15,7 @@ failures and lock timeouts raise `StoreUnavailable`, unique-key conflicts `Alrea
 values the database refuses `InvalidData`; in every case nothing of the unit of work is written.
 """
 
-from bus.store._errors import AlreadyExists, InvalidData, StoreUnavailable
+from bus.store._errors import AlreadyExists, InvalidData, SchemaTooNew, StoreUnavailable
 from bus.store._records import (
     AuditEntry,
     AuditVerification,
@@ -39,6 +39,7 @@ __all__ = [
     "InvalidData",
     "OutboxRow",
     "RequestQuery",
+    "SchemaTooNew",
     "Store",
     "StoreUnavailable",
     "Subscription",

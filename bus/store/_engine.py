@@ -77,3 +77,11 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 def writer(engine: Engine) -> Engine:
     """The same engine, for write transactions."""
     return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine, for reads that must see one consistent snapshot across statements
+    (a request and its history; the whole audit chain while writers append)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    return engine  # SQLite: a read transaction in WAL mode is already a snapshot

@@ -12,6 +12,10 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or is locked; the caller answers 503 / retries later."""
 
 
+class SchemaTooNew(StoreUnavailable):
+    """The database was migrated by a newer civicbus than this one; it cannot be used."""
+
+
 class AlreadyExists(Exception):
     """A row with the same unique key exists (request id, client name, idempotency key...)."""
 

@@ -10,7 +10,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
+
+from bus.store._errors import SchemaTooNew
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +55,14 @@ def upgrade(write_engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
         before = current_revision(conn)
-        command.upgrade(alembic_config(conn), "head")
+        try:
+            command.upgrade(alembic_config(conn), "head")
+        except CommandError as error:
+            raise SchemaTooNew(
+                f"the database schema is at revision {before!r}, which this civicbus does not "
+                f"know (its newest is {head_revision()!r}): run a civicbus at least as new as "
+                "the one that migrated this database"
+            ) from error
         after = current_revision(conn)
     if before != after:
         log.info("store.migrated", from_revision=before, to_revision=after)

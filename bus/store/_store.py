@@ -46,6 +46,7 @@ class Store:
         """Prepare the engine; nothing connects (and no schema is created) until first use."""
         self._engine = _engine.create_engine(url)
         self._writer = _engine.writer(self._engine)
+        self._reader = _engine.reader(self._engine)
         self._database = self._engine.url.render_as_string(hide_password=True)
 
     @classmethod
@@ -87,7 +88,7 @@ class Store:
             tx._before_commit()
 
     def _read(self, work: Callable[[Connection], T]) -> T:
-        with translate_errors(self._database), self._engine.connect() as conn:
+        with translate_errors(self._database), self._reader.connect() as conn:
             return work(conn)
 
     def _write(self, work: Callable[[Transaction], T]) -> T:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from bus.store import Store
+from bus.store import SchemaTooNew, Store
 from bus.store._migrate import alembic_config, current_revision, head_revision
 from bus.store._tables import metadata
 
@@ -57,3 +58,13 @@ def test_several_processes_opening_a_new_store_at_once_migrate_it_once(store_url
     assert stores[-1].verify_audit().entries == 1
     for store in stores:
         store.close()
+
+
+def test_a_database_migrated_by_a_newer_civicbus_is_refused_clearly(store_url: str) -> None:
+    store = Store.open(store_url)
+    with store._engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    store.close()
+
+    with pytest.raises(SchemaTooNew, match="9999_from_the_future"):
+        Store.open(store_url)
