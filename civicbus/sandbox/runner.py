@@ -76,8 +76,10 @@ def start(
     host: str = "127.0.0.1",
     auto_progress: float | None = None,
     extra: dict[str, str] | None = None,
+    ports: dict[str, int] | None = None,
 ) -> list[tuple[Simulator, Running]]:
-    """Start the named simulators (all when None) on their default ports; stop all on failure."""
+    """Start the named simulators (all when None) on their default ports, or on `ports[name]`
+    (0: a free one); if one cannot start, stop those already started and raise."""
     chosen = list(SIMULATORS) if names is None else list(names)
     unknown = [n for n in chosen if n not in SIMULATORS]
     if unknown:
@@ -86,7 +88,8 @@ def start(
     try:
         for name in chosen:
             sim = SIMULATORS[name]
-            options = ServeOptions(state_dir=state_dir, host=host, port=sim.port,
+            port = (ports or {}).get(name, sim.port)
+            options = ServeOptions(state_dir=state_dir, host=host, port=port,
                                    auto_progress=auto_progress, extra=dict(extra or {}))
             started.append((sim, sim.serve(options)))
     except BaseException:
