@@ -60,8 +60,9 @@ def configure_logging(fmt: str = "auto", level: str | int = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pika is chatty at INFO about every connection step.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika and alembic are chatty at INFO about every connection and migration step.
+    for chatty in ("pika", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def bind_request(request_id: str | None = None, correlation_id: str | None = None) -> None:

@@ -1,0 +1,68 @@
+"""`civicbus db upgrade`, `civicbus audit trail` and `civicbus audit verify` on a real store."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from bus.cli import app
+from bus.store import Store
+
+
+@pytest.fixture
+def store_env(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    return sqlite_url
+
+
+def _audit_two_hops(url: str) -> None:
+    store = Store.open(url)
+    try:
+        with store.transaction() as tx:
+            tx.audit(actor="api:test", action="accepted", request_id="r-1", message_id="m-1")
+        with store.transaction() as tx:
+            tx.audit(actor="relay", action="routed", request_id="r-1", details={"rule": "roads"})
+    finally:
+        store.close()
+
+
+def test_db_upgrade_creates_the_store_and_is_safe_to_repeat(store_env: str) -> None:
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(app, ["db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        assert "store is up to date" in result.output
+
+
+def test_audit_trail_shows_every_hop_in_order(store_env: str) -> None:
+    _audit_two_hops(store_env)
+    result = CliRunner().invoke(app, ["audit", "trail", "r-1"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[1] for line in lines] == ["accepted", "routed"]
+    assert "rule=roads" in lines[1]
+
+
+def test_audit_trail_of_an_unknown_request_says_so(store_env: str) -> None:
+    Store.open(store_env).close()
+    result = CliRunner().invoke(app, ["audit", "trail", "nope"])
+    assert result.exit_code == 1
+    assert "no audit entries for request nope" in result.output
+
+
+def test_audit_verify_passes_then_detects_an_edited_entry(store_env: str) -> None:
+    _audit_two_hops(store_env)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["audit", "verify"])
+    assert ok.exit_code == 0, ok.output
+    assert "intact: 2 entries" in ok.output
+
+    engine = sa.create_engine(store_env)
+    with engine.begin() as conn:
+        table = sa.Table("audit_log", sa.MetaData(), autoload_with=conn)
+        conn.execute(sa.update(table).where(table.c.action == "routed").values(outcome="error"))
+    engine.dispose()
+    broken = runner.invoke(app, ["audit", "verify"])
+    assert broken.exit_code == 1
+    assert "BROKEN" in broken.output
