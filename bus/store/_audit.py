@@ -22,6 +22,14 @@ from bus.store._records import AuditEntry, AuditVerification
 from bus.store._tables import GENESIS_HASH, audit_head, audit_log
 
 _HEAD_ID = 1
+# Built once so that SQLAlchemy reuses their compiled form (see _requests.py).
+_LOCK_HEAD = (
+    sa.select(audit_head.c.last_id, audit_head.c.last_hash)
+    .where(audit_head.c.id == _HEAD_ID)
+    .with_for_update()
+)
+_INSERT_ENTRY = audit_log.insert()
+_MOVE_HEAD = audit_head.update().where(audit_head.c.id == _HEAD_ID)
 _VERIFY_PAGE = 1000
 
 
@@ -98,11 +106,7 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
     """Chain the entries onto the log inside the caller's transaction."""
     if not entries:
         return
-    head = conn.execute(
-        sa.select(audit_head.c.last_id, audit_head.c.last_hash)
-        .where(audit_head.c.id == _HEAD_ID)
-        .with_for_update()
-    ).one()
+    head = conn.execute(_LOCK_HEAD).one()
     last_id, last_hash = int(head.last_id), str(head.last_hash)
     rows = []
     for entry in entries:
@@ -120,12 +124,8 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
         }
         last_hash = entry_hash(**fields)
         rows.append({**fields, "hash": last_hash})
-    conn.execute(audit_log.insert(), rows)
-    conn.execute(
-        audit_head.update()
-        .where(audit_head.c.id == _HEAD_ID)
-        .values(last_id=last_id, last_hash=last_hash)
-    )
+    conn.execute(_INSERT_ENTRY, rows)
+    conn.execute(_MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
 
 
 def _entry(row: Row[Any]) -> AuditEntry:

@@ -27,17 +27,21 @@ def without_reporter(data: dict[str, Any], request_id: str | None) -> dict[str, 
     return data
 
 
+_INSERT = outbox.insert()  # built once: its compiled form is reused
+
+
 def add(conn: Connection, envelope: Envelope, exchange: str, routing_key: str) -> None:
     document = envelope.model_dump(mode="json")
     document["data"] = without_reporter(document["data"], envelope.subject)
     conn.execute(
-        outbox.insert().values(
-            message_id=envelope.id,
-            envelope=document,
-            exchange=exchange,
-            routing_key=routing_key,
-            created_at=utcnow(),
-        )
+        _INSERT,
+        {
+            "message_id": envelope.id,
+            "envelope": document,
+            "exchange": exchange,
+            "routing_key": routing_key,
+            "created_at": utcnow(),
+        },
     )
 
 

@@ -53,33 +53,54 @@ def _note_row(request_id: str, note: StatusNote, recorded_at: datetime) -> dict[
     }
 
 
+# Statements built once: SQLAlchemy then reuses their compiled form without recomputing
+# cache keys, which is most of the cost of a small transaction on SQLite.
+_INSERT_REQUEST = requests.insert()
+_INSERT_REPORTER = reporters.insert()
+_INSERT_NOTE = status_history.insert()
+_INSERT_REF = backend_refs.insert()
+_INSERT_TOKEN = batch_tokens.insert()
+_IDS = sa.bindparam("ids", expanding=True)
+_SELECT_REQUEST = sa.select(requests).where(requests.c.id == sa.bindparam("id"))
+_SELECT_REPORTERS = sa.select(reporters).where(reporters.c.request_id.in_(_IDS))
+_SELECT_REFS = (
+    sa.select(backend_refs).where(backend_refs.c.request_id.in_(_IDS)).order_by(backend_refs.c.id)
+)
+_SELECT_NOTES = (
+    sa.select(status_history)
+    .where(status_history.c.request_id.in_(_IDS))
+    .order_by(status_history.c.id)
+)
+
+
 def insert_request(conn: Connection, request: ServiceRequest, token: str | None) -> None:
     """Insert a new request with its reporter, history, references and batch token."""
     now = utcnow()
     conn.execute(
-        requests.insert().values(
-            id=request.id,
-            jurisdiction=request.jurisdiction,
-            service_code=request.service_code,
-            status=request.status.value,
-            requested_at=request.requested_at,
-            updated_at=request.updated_at,
-            lat=request.location.lat,
-            long=request.location.long,
-            document=_document(request),
-        )
+        _INSERT_REQUEST,
+        {
+            "id": request.id,
+            "jurisdiction": request.jurisdiction,
+            "service_code": request.service_code,
+            "status": request.status.value,
+            "requested_at": request.requested_at,
+            "updated_at": request.updated_at,
+            "lat": request.location.lat,
+            "long": request.location.long,
+            "document": _document(request),
+        },
     )
     contact = request.reporter.model_dump()
     if any(value is not None for value in contact.values()):
-        conn.execute(reporters.insert().values(request_id=request.id, **contact))
+        conn.execute(_INSERT_REPORTER, {"request_id": request.id, **contact})
     if request.history:
         conn.execute(
-            status_history.insert(),
+            _INSERT_NOTE,
             [_note_row(request.id, note, now) for note in request.history],
         )
     if request.backend_refs:
         conn.execute(
-            backend_refs.insert(),
+            _INSERT_REF,
             [
                 {
                     "request_id": request.id,
@@ -91,9 +112,7 @@ def insert_request(conn: Connection, request: ServiceRequest, token: str | None)
             ],
         )
     if token is not None:
-        conn.execute(
-            batch_tokens.insert().values(token=token, request_id=request.id, created_at=now)
-        )
+        conn.execute(_INSERT_TOKEN, {"token": token, "request_id": request.id, "created_at": now})
 
 
 def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceRequest]:
@@ -101,25 +120,14 @@ def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceReq
     ids = [row.id for row in rows]
     if not ids:
         return []
-    contacts = {
-        row.request_id: row
-        for row in conn.execute(sa.select(reporters).where(reporters.c.request_id.in_(ids)))
-    }
+    contacts = {row.request_id: row for row in conn.execute(_SELECT_REPORTERS, {"ids": ids})}
     refs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for ref in conn.execute(
-        sa.select(backend_refs)
-        .where(backend_refs.c.request_id.in_(ids))
-        .order_by(backend_refs.c.id)
-    ):
+    for ref in conn.execute(_SELECT_REFS, {"ids": ids}):
         refs[ref.request_id].append(
             {"adapter": ref.adapter, "reference": ref.reference, "submitted_at": ref.at}
         )
     notes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for note in conn.execute(
-        sa.select(status_history)
-        .where(status_history.c.request_id.in_(ids))
-        .order_by(status_history.c.id)
-    ):
+    for note in conn.execute(_SELECT_NOTES, {"ids": ids}):
         notes[note.request_id].append(
             {
                 "status": note.status,
@@ -152,7 +160,7 @@ def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceReq
 
 
 def get_request(conn: Connection, request_id: str) -> ServiceRequest | None:
-    rows = conn.execute(sa.select(requests).where(requests.c.id == request_id)).all()
+    rows = conn.execute(_SELECT_REQUEST, {"id": request_id}).all()
     found = load_requests(conn, rows)
     return found[0] if found else None
 
