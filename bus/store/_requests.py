@@ -60,7 +60,7 @@ _INSERT_REPORTER = reporters.insert()
 _INSERT_NOTE = status_history.insert()
 _INSERT_REF = backend_refs.insert()
 _INSERT_TOKEN = batch_tokens.insert()
-_IDS = sa.bindparam("ids", expanding=True)
+_IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
 _SELECT_REQUEST = sa.select(requests).where(requests.c.id == sa.bindparam("id"))
 _SELECT_REPORTERS = sa.select(reporters).where(reporters.c.request_id.in_(_IDS))
 _SELECT_REFS = (
