@@ -1,0 +1,158 @@
+"""The status poller against a real SQLite store: each change recorded once, the watermark
+moving, one copy polling an instance at a time."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from worker_support import new_request, wait_until
+
+from adapters import Adapter, Health, Receipt, UpdatePage
+from bus.poller import Poller, lease_name
+from bus.store import Store
+from schemas.events import EventType
+from schemas.model import ServiceRequest, Status, StatusUpdate
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class PollingBackend(Adapter):
+    """A back-end whose clerks change statuses; `updates` pages by a sequence number."""
+
+    kind = "test-polling"
+    polls = True
+
+    def __init__(self, page_size: int = 2) -> None:
+        super().__init__("parks", {})
+        self.changes: list[StatusUpdate] = []
+        self.page_size = page_size
+        self.asked: list[str | None] = []
+
+    def change(self, request_id: str, status: Status) -> None:
+        seq = len(self.changes) + 1
+        self.changes.append(
+            StatusUpdate(
+                request_id=request_id,
+                status=status,
+                at=datetime.now(UTC),
+                update_id=f"parks-{seq}",
+                source="parks",
+                external_status_code=status.value.upper(),
+            )
+        )
+
+    def updates(self, since: str | None) -> UpdatePage:
+        self.asked.append(since)
+        start = int(since or 0)
+        page = self.changes[start : start + self.page_size]
+        return UpdatePage(updates=tuple(page), watermark=str(start + len(page)))
+
+    def submit(self, request: ServiceRequest) -> Receipt:
+        raise NotImplementedError
+
+    def find(self, request_id: str) -> Receipt | None:
+        return None
+
+    def check(self) -> Health:
+        return Health(ok=True)
+
+
+@pytest.fixture
+def backend() -> PollingBackend:
+    return PollingBackend()
+
+
+def status_events(store: Store) -> list[tuple[str, str]]:
+    return [
+        (row.envelope.subject, row.routing_key)
+        for row in store.pending_outbox()
+        if row.envelope.type in (EventType.STATUS_CHANGED, EventType.CLOSED)
+    ]
+
+
+def test_status_changes_are_recorded_once_with_a_moving_watermark(
+    store: Store, backend: PollingBackend
+) -> None:
+    first = new_request(store).subject
+    second = new_request(store).subject
+    backend.change(first, Status.IN_PROGRESS)
+    backend.change(second, Status.INVESTIGATING)
+    backend.change(first, Status.FIXED)
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+
+    assert poller.poll_once("parks") == 3
+    assert store.watermark("parks") == "3"
+    assert backend.asked == [None, "2", "3"]  # two pages, then an empty one
+    request = store.get_request(first)
+    assert request is not None and request.status is Status.FIXED
+    assert [n.status for n in request.history][-2:] == [Status.IN_PROGRESS, Status.FIXED]
+    assert sorted(status_events(store)) == sorted(
+        [
+            (first, "request.status_changed.in_progress"),
+            (second, "request.status_changed.investigating"),
+            (first, "request.status_changed.fixed"),
+            (first, "request.closed.fixed"),
+        ]
+    )
+
+    # Nothing new: nothing recorded, the watermark stays.
+    assert poller.poll_once("parks") == 0
+    assert store.watermark("parks") == "3"
+    backend.change(second, Status.CLOSED)
+    assert poller.poll_once("parks") == 1
+    assert store.watermark("parks") == "4"
+    assert [a.action for a in store.audit_trail(second)].count("status_changed") == 2
+
+
+def test_a_crash_before_the_watermark_is_saved_repeats_nothing(
+    store: Store, backend: PollingBackend
+) -> None:
+    request_id = new_request(store).subject
+    backend.change(request_id, Status.IN_PROGRESS)
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+    assert poller.poll_once("parks") == 1
+    with store.transaction() as tx:
+        tx.set_watermark("parks", None)  # as if the process died before saving it
+
+    assert poller.poll_once("parks") == 0
+    request = store.get_request(request_id)
+    assert request is not None
+    assert [n.update_id for n in request.history if n.update_id] == ["parks-1"]
+
+
+def test_updates_for_requests_civicbus_never_sent_are_skipped(
+    store: Store, backend: PollingBackend
+) -> None:
+    known = new_request(store).subject
+    backend.change("req-not-ours", Status.IN_PROGRESS)
+    backend.change(known, Status.IN_PROGRESS)
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+    assert poller.poll_once("parks") == 1
+    assert store.watermark("parks") == "2"
+
+
+def test_only_the_lease_holder_polls_an_instance(store: Store, backend: PollingBackend) -> None:
+    new_request(store)
+    one = Poller(store, {"parks": backend}, {"parks": 1.0}, holder="one")
+    two = Poller(store, {"parks": backend}, {"parks": 1.0}, holder="two")
+    assert one.poll_once("parks") == 0
+    assert two.poll_once("parks") is None
+    assert store.release_lease(lease_name("parks"), "one")
+    assert two.poll_once("parks") == 0
+
+
+def test_the_poller_loop_records_changes_and_stops(store: Store, backend: PollingBackend) -> None:
+    request_id = new_request(store).subject
+    poller = Poller(store, {"parks": backend}, {"parks": 0.1})
+    thread = threading.Thread(target=poller.run)
+    thread.start()
+    try:
+        backend.change(request_id, Status.ACTION_SCHEDULED)
+        wait_until(lambda: status_events(store), what="the status change")
+    finally:
+        poller.stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert store.try_lease(lease_name("parks"), "someone-else", 10)  # released on stop

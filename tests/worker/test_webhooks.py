@@ -1,0 +1,229 @@
+"""Webhook subscriptions against the real broker and a real HTTP subscriber on loopback:
+events wait while the subscriber is down and then arrive in order per request, signed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pika
+import pytest
+from worker_support import channel_on, new_request, queue_depth, wait_until
+
+from adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
+from bus.config import RetryPolicy
+from bus.store import Store
+from bus.subscriptions import (
+    SubscriptionError,
+    add_subscription,
+    binding_key,
+    declare,
+    route_name,
+)
+from bus.worker import run_subscriptions
+from schemas.events import Envelope, EventType
+from schemas.model import Status
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
+
+SECRET = "s3cret-for-tests"
+QUICK = RetryPolicy(immediate_attempts=2, tiers=[0.2, 0.5], max_attempts=1000)
+
+
+class Subscriber:
+    """A real HTTP receiver on a loopback port; answers `status` and records what it got."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.status = 204
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/civicbus"
+
+    def start(self) -> None:
+        subscriber = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if subscriber.status < 300:
+                    subscriber.received.append((dict(self.headers), body))
+                self.send_response(subscriber.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(body) for _, body in self.received]
+
+
+@pytest.fixture
+def subscriber() -> Iterator[Subscriber]:
+    with socket.socket() as probe:  # a free port, left closed: the subscriber starts "down"
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sub = Subscriber(port)
+    yield sub
+    sub.stop()
+
+
+@contextmanager
+def webhook_worker(store: Store, amqp_url: str) -> Iterator[None]:
+    stop = threading.Event()
+    env = {"TEST_WEBHOOK_SECRET": SECRET}
+    thread = threading.Thread(
+        target=run_subscriptions,
+        args=(amqp_url, store),
+        kwargs={"stop": stop, "env": env, "refresh": 0.3, "policy": QUICK},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        assert not thread.is_alive()
+
+
+def publish_event(amqp_url: str, envelope: Envelope, qualifier: str) -> None:
+    with channel_on(amqp_url) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish(
+            EVENTS_EXCHANGE,
+            event_routing_key(envelope.type, qualifier),
+            envelope.model_dump_json().encode(),
+            properties=pika.BasicProperties(delivery_mode=2, message_id=envelope.id),
+        )
+
+
+def status_event(request_id: str, status: Status) -> Envelope:
+    return Envelope(
+        type=EventType.STATUS_CHANGED,
+        subject=request_id,
+        data={"id": request_id, "status": status.value},
+        correlationid=request_id,
+    )
+
+
+def subscribe(store: Store, amqp_url: str, url: str, events: list[str]) -> int:
+    subscription = add_subscription(store, url, events, secret_env="TEST_WEBHOOK_SECRET")
+    with channel_on(amqp_url) as ch:
+        declare(ch, subscription)
+    return subscription.id
+
+
+def test_a_subscriber_down_for_a_while_gets_every_event_in_order_signed(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])
+    first, second = new_request(store).subject, new_request(store).subject
+    sequence = [
+        (first, Status.INVESTIGATING),
+        (second, Status.IN_PROGRESS),
+        (first, Status.IN_PROGRESS),
+        (second, Status.FIXED),
+        (first, Status.CLOSED),
+    ]
+    for request_id, status in sequence:
+        publish_event(amqp_url, status_event(request_id, status), status.value)
+
+    with webhook_worker(store, amqp_url):
+        # Down: connection refused, retried in place (never overtaken by later events).
+        wait_until(
+            lambda: any(e.action == "attempt" for e in store.audit_trail(first)),
+            what="a failed delivery",
+        )
+        subscriber.start()
+        wait_until(lambda: len(subscriber.received) == len(sequence), what="all events")
+
+    got = [(e["subject"], e["data"]["status"]) for e in subscriber.events()]  # type: ignore[index]
+    assert got == [(r, s.value) for r, s in sequence]
+    for headers, body in subscriber.received:
+        assert verify(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+        assert not verify(
+            "wrong-secret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER]
+        )
+    delivered = [e for e in store.audit_trail(first) if e.action == "delivered"]
+    assert len(delivered) == 3 and delivered[0].details["subscription"] == route_name(sub_id)
+    assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
+
+
+def test_events_outside_the_patterns_are_not_delivered(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    subscriber.start()
+    subscribe(store, amqp_url, subscriber.url, ["request.closed"])
+    request_id = new_request(store).subject
+    publish_event(amqp_url, status_event(request_id, Status.IN_PROGRESS), "in_progress")
+    closed = status_event(request_id, Status.CLOSED).model_copy(update={"type": EventType.CLOSED})
+    publish_event(amqp_url, closed, "closed")
+
+    with webhook_worker(store, amqp_url):
+        wait_until(lambda: subscriber.received, what="the closed event")
+
+    assert [e["type"] for e in subscriber.events()] == ["civicbus.request.closed"]
+
+
+def test_a_subscriber_refusing_an_event_dead_letters_it_without_announcing_it(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    subscriber.status = 410
+    subscriber.start()
+    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])
+    request_id = new_request(store).subject
+    publish_event(amqp_url, status_event(request_id, Status.FIXED), "fixed")
+
+    with webhook_worker(store, amqp_url):
+        (letter,) = wait_until(lambda: store.dead_letters(route_name(sub_id)), what="dead letter")
+
+    assert "HTTP 410" in letter.reason and letter.request_id == request_id
+    assert not [r for r in store.pending_outbox() if r.envelope.type is EventType.DELIVERY_FAILED]
+    assert queue_depth(amqp_url, f"civicbus.dead.{route_name(sub_id)}") == 1
+
+
+def test_signatures_cover_timestamp_and_body() -> None:
+    signature = sign("k", "1700000000", b'{"a":1}')
+    assert signature.startswith("sha256=") and len(signature) == 7 + 64
+    assert verify("k", "1700000000", b'{"a":1}', signature, now=1700000010)
+    assert not verify("k", "1700000001", b'{"a":1}', signature, now=1700000010)
+    assert not verify("k", "1700000000", b'{"a":2}', signature, now=1700000010)
+    assert not verify("k", "1700000000", b'{"a":1}', signature, now=1700009999)  # too old
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key"),
+    [
+        ("request.*", "request.#"),
+        ("request.closed", "request.closed.*"),
+        ("request.status_changed.fixed", "request.status_changed.fixed"),
+        ("*.created", "*.created.*"),
+        ("request.#", "request.#"),
+    ],
+)
+def test_event_patterns_become_amqp_topic_patterns(pattern: str, key: str) -> None:
+    assert binding_key(pattern) == key
+
+
+@pytest.mark.parametrize("pattern", ["", "request..closed", "request/created", "request.cl osed"])
+def test_bad_event_patterns_are_refused(pattern: str) -> None:
+    with pytest.raises(SubscriptionError):
+        binding_key(pattern)
