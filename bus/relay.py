@@ -49,6 +49,8 @@ class RelaySettings:
     poll_interval: float = 0.2
     #: Seconds the relay lease lasts; renewed every third of it. A standby takes over after it.
     lease_ttl: float = 15.0
+    #: Upper bound, in seconds, of the wait between reconnect attempts and after a failed batch.
+    max_backoff: float = 15.0
     #: Who holds the lease: unique per process.
     holder: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -121,7 +123,7 @@ class Relay:
 
     def _back_off(self, event: str, exc: Exception) -> None:
         self._failures += 1
-        wait = min(15.0, 0.1 * 2 ** min(self._failures, 8))
+        wait = min(self.settings.max_backoff, 0.1 * 2 ** min(self._failures, 8))
         log.warning(event, error=str(exc), attempt=self._failures, wait_s=wait)
         self.stop.wait(wait)
 
@@ -158,7 +160,9 @@ class Relay:
         ):
             return
         self._disconnect()
-        connection = connect_with_retry(self.amqp_url, stop=self.stop)
+        connection = connect_with_retry(
+            self.amqp_url, stop=self.stop, max_backoff=self.settings.max_backoff
+        )
         try:
             declare_topology(connection.channel(), self.config.instances)
             self._publisher = ConfirmingPublisher(connection)

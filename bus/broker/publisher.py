@@ -87,6 +87,10 @@ class _Window:
     returned: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+def _nothing() -> None:
+    pass
+
+
 class ConfirmingPublisher:
     """Publishes batches on one channel of a BlockingConnection, each batch confirmed as a whole.
 
@@ -103,8 +107,13 @@ class ConfirmingPublisher:
             # be in flight at once, while the blocking connection still drives all I/O.
             self._channel = connection.channel()._impl
             ready: list[bool] = []
+
+            def _on_select_ok(_frame: Any) -> None:
+                ready.append(True)
+                self._wake()
+
             self._channel.confirm_delivery(
-                ack_nack_callback=self._on_confirm, callback=lambda _frame: ready.append(True)
+                ack_nack_callback=self._on_confirm, callback=_on_select_ok
             )
             self._channel.add_on_return_callback(self._on_return)
             deadline = time.monotonic() + confirm_timeout
@@ -157,6 +166,13 @@ class ConfirmingPublisher:
         self._window.unconfirmed -= done
         if isinstance(method, pika.spec.Basic.Nack):
             self._window.nacked += len(done)
+        if not self._window.unconfirmed:
+            self._wake()
+
+    def _wake(self) -> None:
+        # Callbacks on the channel beneath the blocking wrapper do not end pika's
+        # process_data_events() wait; a (same-thread) threadsafe callback does, at once.
+        self._connection.add_callback_threadsafe(_nothing)
 
     def _on_return(
         self, _channel: Any, method: Any, properties: pika.BasicProperties, _body: bytes
