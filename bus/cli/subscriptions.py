@@ -1,0 +1,76 @@
+"""`civicbus subscriptions add|list|remove`: webhook subscriptions of back-office systems."""
+
+from __future__ import annotations
+
+import typer
+
+from bus import subscriptions as subs
+from bus.broker.connection import BrokerUnavailable, broker_errors, close_quietly, connect
+from bus.cli.common import runtime
+from bus.subscriptions import SubscriptionError
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Webhooks that receive civicbus events.", no_args_is_help=True)
+    app.add_typer(group, name="subscriptions")
+
+    @group.command("add")
+    def add(
+        url: str,
+        events: list[str] = typer.Option(
+            ..., "--events", help="Event patterns, e.g. 'request.*' or 'request.closed'."
+        ),
+        secret_env: str | None = typer.Option(
+            None, "--secret-env", help="Environment variable holding the HMAC signing secret."
+        ),
+    ) -> None:
+        """Subscribe URL to events; its queue starts collecting them at once."""
+        with runtime() as rt:
+            try:
+                subscription = subs.add_subscription(rt.store, url, events, secret_env=secret_env)
+            except SubscriptionError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from exc
+            try:
+                connection = connect(rt.env.amqp_url)
+                try:
+                    with broker_errors("declaring the subscription's queue"):
+                        subs.declare(connection.channel(), subscription)
+                finally:
+                    close_quietly(connection)
+            except BrokerUnavailable as exc:
+                typer.echo(
+                    f"warning: subscription {subscription.id} stored, but its queue is not "
+                    f"declared yet ({exc}); `civicbus worker --subscriptions` declares it",
+                    err=True,
+                )
+        typer.echo(f"subscription {subscription.id}: {url} <- {', '.join(events)}")
+
+    @group.command("list")
+    def list_() -> None:
+        """The active subscriptions."""
+        with runtime() as rt:
+            found = rt.store.list_subscriptions()
+        if not found:
+            typer.echo("no subscriptions")
+        for s in found:
+            secret = f" (signed with ${s.secret_env})" if s.secret_env else " (unsigned)"
+            typer.echo(f"{s.id:>4}  {s.url}  {', '.join(s.events)}{secret}")
+
+    @group.command("remove")
+    def remove(subscription_id: int = typer.Argument(..., metavar="ID")) -> None:
+        """Stop delivering to a subscription and delete its queue."""
+        with runtime() as rt:
+            if not subs.remove_subscription(rt.store, subscription_id):
+                typer.echo(f"error: no active subscription {subscription_id}", err=True)
+                raise typer.Exit(1)
+            try:
+                connection = connect(rt.env.amqp_url)
+                try:
+                    with broker_errors("deleting the subscription's queue"):
+                        subs.delete_queue(connection.channel(), subscription_id)
+                finally:
+                    close_quietly(connection)
+            except BrokerUnavailable as exc:
+                typer.echo(f"warning: its queue is left on the broker ({exc})", err=True)
+        typer.echo(f"subscription {subscription_id} removed")

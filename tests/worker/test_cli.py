@@ -1,0 +1,114 @@
+"""`civicbus worker`, `civicbus subscriptions` and `civicbus poller` as an operator runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pika
+import pytest
+from typer.testing import CliRunner
+from worker_support import actions, channel_on, new_request, publish, wait_until
+
+from bus.cli import app
+from bus.store import Store
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
+
+CONFIG = """
+jurisdictions: [{id: springfield.example, name: Springfield}]
+routing: {default: desk}
+instances:
+  desk:
+    kind: memory
+    retry: {immediate_attempts: 1, tiers: [0.2], max_attempts: 2}
+"""
+
+
+@pytest.fixture
+def env(
+    tmp_path: Path, sqlite_url: str, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    config = tmp_path / "civicbus.yaml"
+    config.write_text(CONFIG)
+    values = {
+        "CIVICBUS_CONFIG": str(config),
+        "CIVICBUS_DATABASE_URL": sqlite_url,
+        "CIVICBUS_AMQP_URL": amqp_url,
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+def queue_exists(amqp_url: str, queue: str) -> bool:
+    try:
+        with channel_on(amqp_url) as ch:
+            ch.queue_declare(queue=queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    return True
+
+
+def test_civicbus_worker_delivers_and_stops_on_sigterm(
+    env: dict[str, str], store: Store, amqp_url: str
+) -> None:
+    envelope = new_request(store)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bus", "worker", "desk"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: queue_exists(amqp_url, "civicbus.work.desk"), what="the work queue")
+        publish(amqp_url, envelope, routing_key="desk")
+        wait_until(lambda: ("submitted", "ok") in actions(store, envelope.subject), timeout=20)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=20)
+    assert worker.returncode == 0, stderr.decode()
+
+
+def test_civicbus_worker_refuses_unclear_arguments(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["worker"]).exit_code == 2
+    assert runner.invoke(app, ["worker", "desk", "--subscriptions"]).exit_code == 2
+    unknown = runner.invoke(app, ["worker", "nowhere"])
+    assert unknown.exit_code == 2 and "configured: desk" in unknown.output
+
+
+def test_civicbus_poller_refuses_unknown_or_unpolled_instances(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["poller", "nowhere"]).exit_code == 2
+
+
+def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_url: str) -> None:
+    runner = CliRunner()
+    added = runner.invoke(
+        app,
+        [
+            "subscriptions", "add", "http://127.0.0.1:9/hook",
+            "--events", "request.*", "--events", "request.closed",
+            "--secret-env", "HOOK_SECRET",
+        ],
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    (subscription,) = store.list_subscriptions()
+    assert subscription.events == ("request.*", "request.closed")
+    assert queue_exists(amqp_url, f"civicbus.sub.{subscription.id}")
+
+    listed = runner.invoke(app, ["subscriptions", "list"])
+    assert "http://127.0.0.1:9/hook" in listed.output and "$HOOK_SECRET" in listed.output
+
+    bad = runner.invoke(app, ["subscriptions", "add", "ftp://x", "--events", "request.*"])
+    assert bad.exit_code == 2 and "not an http(s) URL" in bad.output
+
+    removed = runner.invoke(app, ["subscriptions", "remove", str(subscription.id)])
+    assert removed.exit_code == 0, removed.output
+    assert store.list_subscriptions() == []
+    assert not queue_exists(amqp_url, f"civicbus.sub.{subscription.id}")
+    assert runner.invoke(app, ["subscriptions", "remove", str(subscription.id)]).exit_code == 1
