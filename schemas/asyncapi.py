@@ -1,0 +1,194 @@
+"""The AsyncAPI 3.0 document of the `civicbus.events` exchange, generated from the models.
+
+Back-office consumers in any language read `schemas/asyncapi.yaml` to learn which events exist,
+how to bind a queue to them (topic routing keys) and what each message holds: a CloudEvents
+envelope whose `data` is the canonical service request. A test fails when the committed file
+differs from `render_asyncapi()`, so it never drifts from the models.
+
+This module describes the wire, it does not build it: the exchange name and key layout here are
+checked against bus.broker.topology by the tests (schemas/ imports nothing from bus/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from schemas.events import Envelope, EventType
+from schemas.model import ServiceRequest
+
+ASYNCAPI_FILE = Path(__file__).parent / "asyncapi.yaml"
+EVENTS_EXCHANGE = "civicbus.events"
+_REF = "#/components/schemas/{model}"
+_AMQP_BINDING_VERSION = "0.3.0"
+
+#: Event type -> (routing key qualifier parameter, its description, what the event means).
+#: `civicbus.request.routed` is not published: routing is recorded in the audit trail only.
+_EVENTS: dict[EventType, tuple[str, str, str]] = {
+    EventType.CREATED: (
+        "service_code",
+        "The request's service code (a dot in it becomes `_`).",
+        "A request was accepted (through Open311 or another channel) and stored.",
+    ),
+    EventType.SUBMITTED: (
+        "instance",
+        "The adapter instance whose back-end accepted the request.",
+        "The back-end accepted the request; `data.backend_refs` holds its reference.",
+    ),
+    EventType.STATUS_CHANGED: (
+        "status",
+        "The new canonical status, e.g. `in_progress`, `fixed`.",
+        "The request's status changed (from a back-end, a partner or an operator).",
+    ),
+    EventType.CLOSED: (
+        "status",
+        "The closing canonical status, e.g. `fixed`, `duplicate`.",
+        "The request reached a closed status.",
+    ),
+    EventType.DELIVERY_FAILED: (
+        "instance",
+        "The adapter instance that could not deliver the request.",
+        "Delivery to the back-end failed for good and the command was dead-lettered.",
+    ),
+}
+
+
+def _camel(event_type: EventType) -> str:
+    """`civicbus.request.status_changed` -> `requestStatusChanged`."""
+    words = event_type.short.replace("_", ".").split(".")
+    return words[0] + "".join(word.capitalize() for word in words[1:])
+
+
+def _schema_name(event_type: EventType) -> str:
+    """`civicbus.request.created` -> `RequestCreatedEvent`."""
+    name = _camel(event_type)
+    return f"{name[0].upper()}{name[1:]}Event"
+
+
+def _schemas() -> dict[str, Any]:
+    request = ServiceRequest.model_json_schema(mode="serialization", ref_template=_REF)
+    envelope = Envelope.model_json_schema(mode="serialization", ref_template=_REF)
+    schemas: dict[str, Any] = {**request.pop("$defs", {}), **envelope.pop("$defs", {})}
+    request["description"] = (
+        "The canonical service request. Reporter contact data is never sent on the bus: "
+        "every `reporter` field is null."
+    )
+    envelope["properties"]["data"] = {"$ref": _REF.format(model="ServiceRequest")}
+    schemas["ServiceRequest"] = request
+    schemas["Envelope"] = envelope
+    schemas["AmqpHeaders"] = {
+        "type": "object",
+        "description": "Application headers of every civicbus message (copies of envelope fields).",
+        "properties": {
+            "correlationid": {"type": "string", "description": "The envelope's correlationid."},
+            "traceparent": {"type": "string", "description": "W3C trace context."},
+            "type": {"type": "string", "description": "The envelope's (CloudEvents) type."},
+        },
+        "required": ["correlationid", "traceparent", "type"],
+    }
+    for event_type in _EVENTS:
+        schemas[_schema_name(event_type)] = {
+            "allOf": [
+                {"$ref": _REF.format(model="Envelope")},
+                {"properties": {"type": {"const": event_type.value}}},
+            ]
+        }
+    return dict(sorted(schemas.items()))
+
+
+def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
+    """The AsyncAPI 3.0 document as a plain mapping."""
+    exchange = {
+        "name": EVENTS_EXCHANGE,
+        "type": "topic",
+        "durable": True,
+        "autoDelete": False,
+        "vhost": "/",
+    }
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for event_type, (parameter, parameter_doc, meaning) in _EVENTS.items():
+        name = _camel(event_type)
+        messages[name] = {
+            "name": event_type.value,
+            "title": event_type.value,
+            "summary": meaning,
+            "contentType": "application/json",
+            "correlationId": {"location": "$message.header#/correlationid"},
+            "headers": {"$ref": _REF.format(model="AmqpHeaders")},
+            "payload": {"$ref": _REF.format(model=_schema_name(event_type))},
+            "bindings": {
+                "amqp": {
+                    "deliveryMode": 2,
+                    "messageType": event_type.value,
+                    "bindingVersion": _AMQP_BINDING_VERSION,
+                }
+            },
+        }
+        channels[name] = {
+            "address": f"{event_type.short}.{{{parameter}}}",
+            "title": f"{event_type.short} events",
+            "description": f"{meaning} Bind with `{event_type.short}.*` for all of them.",
+            "parameters": {parameter: {"description": parameter_doc}},
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            "bindings": {
+                "amqp": {
+                    "is": "routingKey",
+                    "exchange": dict(exchange),  # a copy each: no YAML anchors
+                    "bindingVersion": _AMQP_BINDING_VERSION,
+                }
+            },
+        }
+        operations[f"publish{name[0].upper()}{name[1:]}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{name}"},
+            "summary": f"civicbus publishes {event_type.value}.",
+            "messages": [{"$ref": f"#/channels/{name}/messages/{name}"}],
+            "bindings": {
+                "amqp": {
+                    "deliveryMode": 2,
+                    "mandatory": False,
+                    "bindingVersion": _AMQP_BINDING_VERSION,
+                }
+            },
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "civicbus events",
+            "version": version,
+            "description": (
+                "Canonical events about city service requests, published by civicbus on the "
+                f"topic exchange `{EVENTS_EXCHANGE}`. Each message is a CloudEvents 1.0 "
+                "structured-mode JSON envelope (`id` is unique and the idempotency key; "
+                "`subject` is the request id) whose `data` is the canonical service request. "
+                "Routing keys have three words, `request.<what>.<qualifier>`: bind your own "
+                "durable queue with e.g. `request.#` (everything), `request.created.*` or "
+                "`request.status_changed.fixed`. Delivery is at-least-once: deduplicate by "
+                "the envelope `id` (also the AMQP message_id). Events of one request are "
+                "published in the order they happened."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "rabbitmq": {
+                "host": "127.0.0.1:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0-9-1",
+                "description": "The broker named by CIVICBUS_AMQP_URL (the sandbox default).",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": _schemas()},
+    }
+
+
+def render_asyncapi() -> str:
+    """The AsyncAPI document as the YAML text committed in schemas/asyncapi.yaml."""
+    header = "# Generated from the models by schemas/asyncapi.py (render_asyncapi); do not edit.\n"
+    body = yaml.safe_dump(asyncapi_document(), sort_keys=False, allow_unicode=True, width=100)
+    return header + body
