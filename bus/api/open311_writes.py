@@ -18,7 +18,7 @@ from bus.api.context import ApiContext
 from bus.api.media import MAX_MEDIA_FILES, check_upload
 from bus.api.params import context
 from bus.api.wire import Format, Open311Problem, respond
-from bus.intake import Accepted, accept_request
+from bus.intake import Accepted, Prepared, prepare, replay
 from bus.status import record_status_update
 from schemas import open311_render as render
 from schemas.open311 import (
@@ -76,15 +76,20 @@ async def _read_submission(request: Request) -> _Submission:
 async def create_request(request: Request, fmt: Format) -> Response:
     ctx = context(request)
     submission = await _read_submission(request)
-    accepted = await run_in_threadpool(_create, ctx, submission)
+    # Checks run in parallel threads; the write joins others in one transaction.
+    checked = await run_in_threadpool(_check_create, ctx, submission)
+    accepted = checked if isinstance(checked, Accepted) else await ctx.commit(checked)
     if accepted.replayed:
         # The first answer again (C-15); 200, since nothing was created this time.
         return respond(accepted.answer, fmt, "requests", headers={"Idempotent-Replayed": "true"})
     return respond(accepted.answer, fmt, "requests", status=201)
 
 
-def _create(ctx: ApiContext, submission: _Submission) -> Accepted:
-    """Authenticate, validate and accept, in the order a client fixes things: key, place, form."""
+def _check_create(ctx: ApiContext, submission: _Submission) -> Prepared | Accepted:
+    """Authenticate and validate, in the order a client fixes things: key, place, form.
+
+    Returns the request ready to write, or the first answer again for a repeated create.
+    """
     form = submission.fields
     catalogue = ctx.catalogue
     jurisdiction = catalogue.jurisdiction(first(form, "jurisdiction_id"))
@@ -113,14 +118,15 @@ def _create(ctx: ApiContext, submission: _Submission) -> Accepted:
         problems.extend(e.description for e in draft)
     if problems or not isinstance(draft, RequestDraft):
         raise Open311Problem(400, *problems)
-    media = tuple(ctx.media.save(data) for data in submission.uploads)
-    return accept_request(
-        ctx.store,
+    earlier = replay(ctx.store, draft, client, key)
+    if earlier is not None:
+        return earlier
+    return prepare(
         draft,
         client=client,
         actor=f"api:{client.name}",
         idempotency_header=key,
-        media=media,
+        media=tuple(ctx.media.save(data) for data in submission.uploads),
         correlation_id=submission.correlation_id,
     )
 
@@ -135,7 +141,7 @@ def _create(ctx: ApiContext, submission: _Submission) -> Accepted:
 async def post_update(request: Request, fmt: Format) -> Response:
     ctx = context(request)
     submission = await _read_submission(request)
-    document = await run_in_threadpool(_record_update, ctx, submission.fields)
+    document = await ctx.write(_record_update, ctx, submission.fields)
     return respond(document, fmt, "updates")
 
 

@@ -1,0 +1,285 @@
+"""Benchmark: POST /requests.json on civicbus vs a bare FastAPI endpoint that only parses the form.
+
+Run: `.venv/bin/python tests/bench/bench_intake.py [--seconds 10] [--connections 8 64]`.
+Both servers run under uvicorn on loopback (one process each, started here); civicbus uses the
+embedded SQLite store in a temporary folder, so every 201 is a committed request + outbox row +
+audit entry. The load comes from several processes, each driving keep-alive HTTP/1.1
+connections over raw asyncio sockets, so the generator is cheap next to the server. Prints
+figures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Request, Response
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+FORM = {
+    "jurisdiction_id": "springfield.example",
+    "service_code": "POTHOLE",
+    "lat": "37.7612",
+    "long": "-122.4194",
+    "attribute[LANE]": "carriageway",
+    "attribute[HAZARDS][]": "water",
+    "description": "Deep pothole by the bus stop, getting bigger every day.",
+    "email": "resident@example.org",
+}
+
+
+def bare_app() -> FastAPI:
+    """A FastAPI endpoint that parses the same form and answers, touching nothing else."""
+    app = FastAPI()
+
+    @app.post("/open311/v2/requests.{fmt}")
+    async def create(request: Request, fmt: str) -> Response:
+        form = await request.form()
+        fields = {k: form.getlist(k) for k in form}
+        body = b'[{"service_request_id":"%d"}]' % len(fields)
+        return Response(body, status_code=201, media_type="application/json; charset=utf-8")
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("a server exited during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("a server did not start within 30 s")
+
+
+# --- load generator ------------------------------------------------------------------------
+
+
+async def _connection(
+    port: int,
+    request: bytes,
+    stop_at: float,
+    measure_from: float,
+    latencies: list[float],
+    failures: list[int],
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while True:
+            started = time.perf_counter()
+            if started >= stop_at:
+                return
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if started >= measure_from:
+                latencies.append(time.perf_counter() - started)
+                if status not in (200, 201):
+                    failures.append(status)
+    finally:
+        writer.close()
+
+
+def _worker(
+    port: int,
+    request: bytes,
+    connections: int,
+    stop_at: float,
+    measure_from: float,
+    queue: multiprocessing.Queue,
+) -> None:  # type: ignore[type-arg]
+    latencies: list[float] = []
+    failures: list[int] = []
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(
+                _connection(port, request, stop_at, measure_from, latencies, failures)
+                for _ in range(connections)
+            )
+        )
+
+    asyncio.run(main())
+    queue.put((latencies, failures))
+
+
+def drive(port: int, connections: int, seconds: float, warmup: float = 1.0) -> dict[str, float]:
+    body = urlencode(FORM).encode()
+    request = (
+        b"POST /open311/v2/requests.json HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    processes = min(connections, max(2, (os.cpu_count() or 2)))
+    per = [
+        connections // processes + (1 if i < connections % processes else 0)
+        for i in range(processes)
+    ]
+    now = time.perf_counter()
+    # perf_counter is system-wide (CLOCK_MONOTONIC) on Linux, so children share the deadlines.
+    measure_from, stop_at = now + 0.5 + warmup, now + 0.5 + warmup + seconds
+    queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    workers = [
+        multiprocessing.Process(
+            target=_worker, args=(port, request, n, stop_at, measure_from, queue)
+        )
+        for n in per
+        if n
+    ]
+    for w in workers:
+        w.start()
+    latencies: list[float] = []
+    failures: list[int] = []
+    for _ in workers:
+        lat, fail = queue.get()
+        latencies += lat
+        failures += fail
+    for w in workers:
+        w.join()
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "rps": count / seconds,
+        "p50": statistics.median(latencies) * 1000 if count else float("nan"),
+        "p99": latencies[int(count * 0.99) - 1] * 1000 if count else float("nan"),
+        "failed": float(len(failures)),
+    }
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+def start_civicbus(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    from bus.store import Store
+
+    database_url = f"sqlite:///{workdir}/civicbus.db"
+    store = Store.open(database_url)
+    _, key = store.add_client("bench")
+    store.close()
+    port = free_port()
+    env = {
+        **os.environ,
+        "CIVICBUS_CONFIG": str(ROOT / "deploy/sandbox/civicbus.yaml"),
+        "CIVICBUS_DATABASE_URL": database_url,
+        "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
+        "CIVICBUS_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bus", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_ready(port, process)
+    return process, port, key
+
+
+def start_bare() -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench_intake:bare_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--app-dir",
+            str(Path(__file__).parent),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_ready(port, process)
+    return process, port
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, nargs="+", default=[8, 64])
+    args = parser.parse_args()
+
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+    print(f"POST /open311/v2/requests.json, {args.seconds:g} s per run, keep-alive, loopback\n")
+    with tempfile.TemporaryDirectory(prefix="civicbus-bench-") as tmp:
+        civicbus, civicbus_port, key = start_civicbus(Path(tmp))
+        bare, bare_port = start_bare()
+        FORM["api_key"] = key
+        try:
+            header = (
+                f"{'connections':>11} | {'server':<9} | {'req/s':>8} | {'p50 ms':>7} | "
+                f"{'p99 ms':>7} | {'failed':>6}"
+            )
+            print(header)
+            print("-" * len(header))
+            for connections in args.connections:
+                results = {}
+                for name, port in (("bare", bare_port), ("civicbus", civicbus_port)):
+                    r = drive(port, connections, args.seconds)
+                    results[name] = r
+                    print(
+                        f"{connections:>11} | {name:<9} | {r['rps']:>8.0f} | {r['p50']:>7.1f} | "
+                        f"{r['p99']:>7.1f} | {r['failed']:>6.0f}"
+                    )
+                ratio = results["civicbus"]["rps"] / results["bare"]["rps"]
+                print(f"{connections:>11} | {'ratio':<9} | {ratio:>8.0%} |")
+        finally:
+            for process in (civicbus, bare):
+                process.terminate()
+                process.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
