@@ -49,3 +49,7 @@ def translate_errors(database: str) -> Iterator[None]:
         sa_exc.TimeoutError,  # no pooled connection in time
     ) as error:
         raise StoreUnavailable(f"{database}: {_reason(error)}") from None
+    except sa_exc.StatementError as error:
+        if isinstance(error.orig, ValueError):  # refused while binding, e.g. a naive datetime
+            raise InvalidData(f"{database}: {_reason(error)}") from None
+        raise

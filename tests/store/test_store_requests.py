@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from store_factories import T0, make_request, minutes
 
-from bus.store import AlreadyExists, RequestQuery, Store
+from bus.store import AlreadyExists, InvalidData, RequestQuery, Store
 from schemas.model import (
     BackendRef,
     Channel,
@@ -253,3 +253,10 @@ def test_watermark_is_kept_per_instance(store: Store) -> None:
         tx.set_watermark("sap", None)
     assert store.watermark("parks") == "cursor-2"
     assert store.watermark("sap") is None
+
+
+def test_a_naive_datetime_is_refused_and_nothing_is_written(store: Store) -> None:
+    with pytest.raises(InvalidData, match="timezone-aware"), store.transaction() as tx:
+        tx.add_request(make_request("r"))
+        tx.add_backend_ref("r", "sap", "1", datetime(2026, 1, 1))
+    assert store.get_request("r") is None
