@@ -348,3 +348,48 @@ def test_c05_bad_boolean_is_400(http: httpx.Client) -> None:
     params = {"jurisdiction_id": SPRINGFIELD, "extensions": "perhaps"}
     response = http.get("/requests.json", params=params)
     assert response.status_code == 400
+
+
+def test_c15_concurrent_creates_with_one_key_store_one_request(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "FLYTIPPING",
+        "address_string": "Lay-by 4",
+    }
+    url = str(http.base_url).rstrip("/") + "/requests.json"
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(url, data=data, headers={"Idempotency-Key": "burst-1"}, timeout=10)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+    assert all(a.status_code in (200, 201) for a in answers)
+    ids = {a.json()[0]["service_request_id"] for a in answers}
+    assert len(ids) == 1
+    assert sum(a.status_code == 201 for a in answers) == 1
+
+
+def test_concurrent_creates_are_each_stored_with_their_event(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = str(http.base_url).rstrip("/") + "/requests.json"
+    data = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "FLYTIPPING",
+        "address_string": "Lay-by 5",
+    }
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: httpx.post(url, data=data, timeout=10), range(32)))
+    ids = [a.json()[0]["service_request_id"] for a in answers]
+    assert len(set(ids)) == 32
+    subjects = {r.envelope.subject for r in runtime.store.pending_outbox(100_000)}
+    assert set(ids) <= subjects
+    assert all(runtime.store.get_request(i) is not None for i in ids)
