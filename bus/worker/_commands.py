@@ -13,12 +13,13 @@ import structlog
 
 from adapters import Adapter, Receipt
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
+from bus.status import record_status_update
 from bus.worker._consumer import Broker
 from bus.worker._delivery import Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, describe, schedule_retry_or_dead_letter
 from bus.worker._retry import call_with_retries
 from schemas.events import Envelope, EventType
-from schemas.model import BackendRef, ServiceRequest
+from schemas.model import BackendRef, ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +47,7 @@ class CommandWorker:
             schedule_retry_or_dead_letter(self.route, delivery, broker, exc, envelope)
             return
         self.record_receipt(delivery, envelope, request, receipt)
+        self.record_backend_status(request, receipt)
 
     # --- the steps ------------------------------------------------------------------------
     def load_request(self, envelope: Envelope) -> ServiceRequest:
@@ -149,6 +151,20 @@ class CommandWorker:
             created=receipt.created,
             attempt=delivery.attempt,
         )
+
+    def record_backend_status(self, request: ServiceRequest, receipt: Receipt) -> None:
+        """A back-end that answers with its own status for the new work (e.g. `for_triage`)
+        gets it recorded like any status change; repeated receipts repeat nothing."""
+        if receipt.status is None or receipt.status is request.status:
+            return
+        update = StatusUpdate(
+            request_id=request.id,
+            status=receipt.status,
+            at=receipt.at if receipt.at.tzinfo else receipt.at.replace(tzinfo=UTC),
+            update_id=f"{self.route.name}:receipt",
+            source=self.route.name,
+        )
+        record_status_update(self.route.store, update, actor=self.route.actor)
 
 
 def _public(request: ServiceRequest, ref: BackendRef) -> dict[str, object]:

@@ -4,6 +4,7 @@ idempotent consumer, transient failures through the retry tiers, and the dead le
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from worker_support import (
@@ -18,11 +19,13 @@ from worker_support import (
     wait_until,
 )
 
+from adapters import Receipt
 from bus.broker.topology import dead_queue, work_queue
 from bus.config import InstanceConfig, RetryPolicy
 from bus.store import Store
 from bus.worker import command_consumer
 from schemas.events import EventType
+from schemas.model import ServiceRequest, Status
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
 
@@ -218,3 +221,20 @@ def _declared(amqp_url: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def test_a_status_the_backend_gives_with_its_receipt_is_recorded(
+    store: Store, topology: str
+) -> None:
+    class TriagingBackend(MemoryBackend):
+        def submit(self, request: ServiceRequest) -> Receipt:
+            receipt = super().submit(request)
+            return replace(receipt, status=Status.FOR_TRIAGE)
+
+    envelope = new_request(store)
+    publish(topology, envelope)
+    with running(command_consumer(topology, store, INSTANCE, FAST, TriagingBackend())):
+        wait_until(lambda: ("status_changed", "ok") in actions(store, envelope.subject))
+
+    request = store.get_request(envelope.subject)
+    assert request is not None and request.status is Status.FOR_TRIAGE
