@@ -216,7 +216,10 @@ class Relay:
     ) -> Iterator[Outgoing]:
         for row in rows:
             envelope = row.envelope
-            yield envelope_message(envelope, exchange=row.exchange, routing_key=row.routing_key)
+            body = envelope.model_dump_json().encode()
+            yield envelope_message(
+                envelope, exchange=row.exchange, routing_key=row.routing_key, body=body
+            )
             if envelope.type is EventType.CREATED:
                 instance, rule = route(self.config, envelope)
                 routed[row.id] = _Routed(instance, rule)
@@ -227,4 +230,5 @@ class Relay:
                     routing_key=command_routing_key(instance),
                     mandatory=True,
                     headers={"instance": instance, "rule": rule},
+                    body=body,
                 )

@@ -57,8 +57,12 @@ def envelope_message(
     routing_key: str,
     mandatory: bool = False,
     headers: dict[str, str] | None = None,
+    body: bytes | None = None,
 ) -> Outgoing:
-    """A persistent JSON message carrying a CloudEvents envelope, its id as the message id."""
+    """A persistent JSON message carrying a CloudEvents envelope, its id as the message id.
+
+    `body` is the envelope's JSON when the caller already has it (one envelope, two messages).
+    """
     properties = pika.BasicProperties(
         message_id=envelope.id,
         content_type="application/json",
@@ -74,7 +78,8 @@ def envelope_message(
             **(headers or {}),
         },
     )
-    body = envelope.model_dump_json().encode()
+    if body is None:
+        body = envelope.model_dump_json().encode()
     return Outgoing(exchange, routing_key, body, properties, mandatory)
 
 

@@ -59,6 +59,9 @@ class RabbitNode:
     name: str = field(default_factory=lambda: f"civicbus-fault-{uuid.uuid4().hex[:8]}@localhost")
     port: int = field(default_factory=_free_port)
     dist_port: int = field(default_factory=_free_port)
+    #: rabbitmqctl's own distribution ports: by default every rabbitmqctl on the machine shares
+    #: 35672-35682, and concurrent test runs exhaust them.
+    ctl_dist_port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +73,8 @@ class RabbitNode:
             "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CTL_DIST_PORT_MIN": str(self.ctl_dist_port),
+            "RABBITMQ_CTL_DIST_PORT_MAX": str(self.ctl_dist_port + 10),
             "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
             "RABBITMQ_LOG_BASE": str(base / "log"),
             "RABBITMQ_PID_FILE": str(base / "node.pid"),
@@ -83,14 +88,19 @@ class RabbitNode:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
-        """Run `rabbitmqctl -n NODE ARGS...` and return its output; fail the test on error."""
-        result = subprocess.run(
-            [_tool("rabbitmqctl"), "-n", self.name, "-q", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        """Run `rabbitmqctl -n NODE ARGS...` and return its output; raise RuntimeError on error."""
+        for _ in range(5):
+            result = subprocess.run(
+                [_tool("rabbitmqctl"), "-n", self.name, "-q", *args],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            # The CLI could not open its distribution port (all taken for a moment): again.
+            if "nodistribution" not in result.stderr:
+                break
+            time.sleep(0.5)
         if result.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {result.stderr or result.stdout}")
         return result.stdout
