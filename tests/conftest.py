@@ -7,10 +7,15 @@ sure the services are running; a test that cannot reach them fails rather than s
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -51,8 +56,37 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> str:
     return f"sqlite:///{os.fspath(tmp_path)}/civicbus.db"
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+_CTL_LOCK = Path(tempfile.gettempdir()) / "civicbus-rabbitmqctl.lock"
+
+
+def _rabbitmqctl(*args: str, attempts: int = 4) -> None:
+    """Run one rabbitmqctl command, robustly.
+
+    rabbitmqctl starts an Erlang node that needs one of a few CLI distribution ports, so calls
+    are serialised across test processes with a file lock; a call that hangs is killed with its
+    whole process group (the `su` wrapper would leave its child holding a port), and a call that
+    failed to start distribution is retried.
+    """
+    with _CTL_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for attempt in range(1, attempts + 1):
+            proc = subprocess.Popen(
+                ["rabbitmqctl", "-q", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            try:
+                _, err = proc.communicate(timeout=45)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                err = b"timed out"
+            if proc.returncode == 0:
+                return
+            if attempt == attempts:
+                raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()[-500:]}")
+            time.sleep(attempt)
 
 
 @pytest.fixture(scope="session")
