@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
-from bus.store import AlreadyExists, Client, Store, Transaction
+from bus.store import AlreadyExists, Client, OutboxEvent, Store, StoreUnavailable, Transaction
 from schemas import open311_render as render
 from schemas.events import Envelope, EventType
 from schemas.model import Channel, Media, ServiceRequest, ServiceType
@@ -87,6 +87,10 @@ class Prepared:
     actor: str
     client: Client | None
     key: str | None
+
+
+class ClientRevoked(Exception):
+    """The client's key was revoked (or the client removed) before its request could be written."""
 
 
 def replay(
@@ -171,40 +175,50 @@ def accept_request(
     return outcome
 
 
-def write_batch(store: Store, batch: Sequence[Prepared]) -> list[Accepted | Exception]:
+def write_batch(
+    store: Store, batch: Sequence[Prepared], *, lock_timeout: float | None = None
+) -> list[Accepted | Exception]:
     """Write several prepared requests in one transaction (group commit), each all or nothing.
 
-    If the shared transaction fails on a conflict (two creates with one idempotency key), each
-    is written on its own, so one request's problem never loses another's.
+    In that transaction each member's client is checked to be still active (ClientRevoked if
+    not) and its idempotency key still unanswered (else the first answer is replayed), so
+    neither check can race a revocation or a concurrent create. If the shared transaction
+    fails, each member is written in a transaction of its own, so one request's problem
+    never loses another's; a store that is unavailable fails every member with
+    StoreUnavailable (nothing written). `lock_timeout`: see `Store.transaction`.
     """
     try:
-        with store.transaction() as tx:
-            for prepared in batch:
-                _write(tx, prepared)
+        with store.transaction(lock_timeout=lock_timeout) as tx:
+            outcomes = _write_group(tx, batch)
+    except StoreUnavailable as exc:
+        return [exc] * len(batch)
     except AlreadyExists:
         if len(batch) == 1:
             return [_after_conflict(store, batch[0])]
-        return [_write_alone(store, prepared) for prepared in batch]
+        return [_write_alone(store, prepared, lock_timeout) for prepared in batch]
     except Exception as exc:
         if len(batch) == 1:
             return [exc]
-        return [_write_alone(store, prepared) for prepared in batch]
-    return [_accepted(prepared) for prepared in batch]
+        return [_write_alone(store, prepared, lock_timeout) for prepared in batch]
+    return [_settled(outcome) for outcome in outcomes]
 
 
-def _write_alone(store: Store, prepared: Prepared) -> Accepted | Exception:
+def _write_alone(
+    store: Store, prepared: Prepared, lock_timeout: float | None
+) -> Accepted | Exception:
     try:
-        with store.transaction() as tx:
-            _write(tx, prepared)
+        with store.transaction(lock_timeout=lock_timeout) as tx:
+            (outcome,) = _write_group(tx, [prepared])
     except AlreadyExists:
         return _after_conflict(store, prepared)
     except Exception as exc:
         return exc
-    return _accepted(prepared)
+    return _settled(outcome)
 
 
 def _after_conflict(store: Store, prepared: Prepared) -> Accepted | Exception:
-    # Two creates with one idempotency key raced: the other committed first; answer as it did.
+    # Two creates with one idempotency key raced (PostgreSQL, several API processes): the
+    # other committed first; answer as it did.
     client, key = prepared.client, prepared.key
     earlier = store.idempotent_response(client.id, key) if client and key else None
     if earlier is None:
@@ -212,38 +226,91 @@ def _after_conflict(store: Store, prepared: Prepared) -> Accepted | Exception:
     return Accepted(answer=earlier["answer"], request=None, token=None, replayed=True)
 
 
-def _accepted(prepared: Prepared) -> Accepted:
-    request = prepared.request
+def _settled(outcome: Prepared | Accepted | Exception) -> Accepted | Exception:
+    """A member's outcome once its transaction committed: written members are logged now."""
+    if not isinstance(outcome, Prepared):
+        return outcome
+    request = outcome.request
     log.info(
         "intake.accepted",
         request_id=request.id,
         service_code=request.service_code,
         jurisdiction=request.jurisdiction,
-        message_id=prepared.envelope.id,
+        message_id=outcome.envelope.id,
     )
-    return Accepted(answer=prepared.answer, request=request, token=prepared.token)
+    return Accepted(answer=outcome.answer, request=request, token=outcome.token)
 
 
-def _write(tx: Transaction, prepared: Prepared) -> None:
-    """The request, its outbox event, its audit entry and its idempotency record."""
-    request, envelope = prepared.request, prepared.envelope
-    tx.add_request(request, token=prepared.token)
-    tx.add_outbox(
-        envelope,
-        exchange=EVENTS_EXCHANGE,
-        routing_key=event_routing_key(EventType.CREATED, request.service_code),
+def _write_group(
+    tx: Transaction, batch: Sequence[Prepared]
+) -> list[Prepared | Accepted | Exception]:
+    """Check and write the batch inside `tx`: per member, the Prepared that was written, the
+    first answer replayed (repeated key) or ClientRevoked. One statement per table."""
+    inactive = tx.inactive_clients({p.client.id for p in batch if p.client is not None})
+    keyed = {(p.client.id, p.key) for p in batch if p.client is not None and p.key is not None}
+    earlier = tx.idempotent_responses(keyed)
+    outcomes: list[Prepared | Accepted | Exception] = []
+    written: list[Prepared] = []
+    for prepared in batch:
+        client, key = prepared.client, prepared.key
+        if client is not None and client.id in inactive:
+            outcomes.append(ClientRevoked(f"client {client.name} is revoked"))
+            continue
+        if client is not None and key is not None:
+            answer = earlier.get((client.id, key))
+            if answer is not None:
+                log.info(
+                    "intake.replayed",
+                    client=client.name,
+                    service_code=prepared.request.service_code,
+                )
+                outcomes.append(
+                    Accepted(answer=answer["answer"], request=None, token=None, replayed=True)
+                )
+                continue
+            # A later member of this batch with the same key gets this member's answer.
+            earlier[(client.id, key)] = {"answer": prepared.answer}
+        outcomes.append(prepared)
+        written.append(prepared)
+    if written:
+        _write(tx, written)
+    return outcomes
+
+
+def _write(tx: Transaction, batch: Sequence[Prepared]) -> None:
+    """The requests, their outbox events, audit entries and idempotency records."""
+    tx.add_requests(
+        [p.request for p in batch],
+        tokens={p.request.id: p.token for p in batch if p.token is not None},
     )
-    tx.audit(
-        actor=prepared.actor,
-        action="accepted",
-        request_id=request.id,
-        message_id=envelope.id,
-        details={
-            "service_code": request.service_code,
-            "jurisdiction": request.jurisdiction,
-            "channel": request.channel.value,
-            "batch": prepared.token is not None,
-        },
+    tx.add_outbox_events(
+        [
+            OutboxEvent(
+                p.envelope,
+                EVENTS_EXCHANGE,
+                event_routing_key(EventType.CREATED, p.request.service_code),
+            )
+            for p in batch
+        ]
     )
-    if prepared.client is not None and prepared.key is not None:
-        tx.save_idempotent_response(prepared.client.id, prepared.key, {"answer": prepared.answer})
+    for prepared in batch:
+        request = prepared.request
+        tx.audit(
+            actor=prepared.actor,
+            action="accepted",
+            request_id=request.id,
+            message_id=prepared.envelope.id,
+            details={
+                "service_code": request.service_code,
+                "jurisdiction": request.jurisdiction,
+                "channel": request.channel.value,
+                "batch": prepared.token is not None,
+            },
+        )
+    tx.save_idempotent_responses(
+        [
+            (p.client.id, p.key, {"answer": p.answer})
+            for p in batch
+            if p.client is not None and p.key is not None
+        ]
+    )

@@ -16,6 +16,7 @@ from typing import ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
+from bus.api.client_cache import ClientCache
 from bus.api.committer import GroupCommitter
 from bus.api.media import MediaStore
 from bus.api.wire import Format, Open311Problem, encode
@@ -79,6 +80,7 @@ class ApiContext:
     #: SQLite takes one writer at a time and makes waiting writers sleep and poll; queueing
     #: them on one thread of our own instead keeps latency flat under concurrent posts.
     committer: GroupCommitter | None = None
+    clients: ClientCache = field(default_factory=ClientCache)
     _sqlite_writer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="civicbus-writer")
     )
@@ -118,9 +120,35 @@ class ApiContext:
         """The client behind an api_key, allowed to write to `jurisdiction`; else 403 (C-07)."""
         if api_key is None:
             raise Open311Problem(403, "api_key required")
-        client = self.store.authenticate(api_key) if len(api_key) <= 200 else None
+        client = self.store.authenticate(api_key) if len(api_key) <= MAX_KEY else None
         if client is None:
-            raise Open311Problem(403, "api_key is not valid (unknown or revoked)")
-        if jurisdiction is not None and client.jurisdiction not in (None, jurisdiction):
-            raise Open311Problem(403, f"api_key is not valid for jurisdiction {jurisdiction}")
-        return client
+            raise Open311Problem(403, INVALID_KEY)
+        return _allowed(client, jurisdiction)
+
+    async def authenticate_remembered(
+        self, api_key: str | None, jurisdiction: str | None
+    ) -> tuple[Client, bool]:
+        """As `authenticate`, from memory for a key that authenticated before; the flag says so.
+
+        Only for creates: their group commit checks the client again in the transaction that
+        writes (see bus.api.client_cache), so a revocation still takes effect at once.
+        """
+        if api_key is not None and len(api_key) <= MAX_KEY:
+            client = self.clients.get(api_key)
+            if client is not None:
+                return _allowed(client, jurisdiction), True
+        client = await run_in_threadpool(self.authenticate, api_key, jurisdiction)
+        assert api_key is not None  # authenticate refused a missing key
+        self.clients.put(api_key, client)
+        return client, False
+
+
+#: Longest api_key looked up; longer ones are refused without a query.
+MAX_KEY = 200
+INVALID_KEY = "api_key is not valid (unknown or revoked)"
+
+
+def _allowed(client: Client, jurisdiction: str | None) -> Client:
+    if jurisdiction is not None and client.jurisdiction not in (None, jurisdiction):
+        raise Open311Problem(403, f"api_key is not valid for jurisdiction {jurisdiction}")
+    return client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,6 +46,20 @@ def authenticate(conn: Connection, key: str) -> Client | None:
         )
     ).first()
     return _client(row) if row else None
+
+
+_IDS: sa.BindParameter[list[int]] = sa.bindparam("ids", expanding=True)
+_SELECT_ACTIVE = sa.select(api_clients.c.id).where(
+    api_clients.c.id.in_(_IDS), api_clients.c.revoked_at.is_(None)
+)
+
+
+def inactive(conn: Connection, client_ids: Collection[int]) -> set[int]:
+    """The ids among `client_ids` whose client is revoked (or gone)."""
+    if not client_ids:
+        return set()
+    active = set(conn.execute(_SELECT_ACTIVE, {"ids": sorted(client_ids)}).scalars())
+    return set(client_ids) - active
 
 
 def list_all(conn: Connection) -> list[Client]:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from bus.store._sql import serialize_json
+
 #: Seconds a writer waits for SQLite's write lock before the store reports itself unavailable;
 #: a `?timeout=SECONDS` on the URL overrides it.
 SQLITE_BUSY_TIMEOUT_S = 5.0
+#: SQLite connections kept open for reuse (more are opened when needed, closed after use).
+SQLITE_POOL_SIZE = 10
 #: Seconds to wait for a PostgreSQL connection before the store reports itself unavailable.
 PG_CONNECT_TIMEOUT_S = 5
 
@@ -32,10 +38,17 @@ def create_engine(url: str) -> Engine:
     # hide_parameters: SQLAlchemy's error texts must never quote row values (personal data).
     if parsed.get_backend_name() == "sqlite":
         timeout = float(str(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_S)))
+        pool: dict[str, Any] = {}
+        if parsed.database not in (None, "", ":memory:"):
+            # Never wait for a pooled connection: a SQLite connection is a file handle, and
+            # the API commits on its event loop, which must not block behind busy readers.
+            pool = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": -1}
         engine = sa.create_engine(
             parsed.difference_update_query(["timeout"]),
             hide_parameters=True,
+            json_serializer=serialize_json,
             connect_args={"timeout": timeout},
+            **pool,
         )
         _configure_sqlite(engine, busy_timeout_ms=int(timeout * 1000))
         return engine
@@ -43,6 +56,7 @@ def create_engine(url: str) -> Engine:
         return sa.create_engine(
             parsed,
             hide_parameters=True,
+            json_serializer=serialize_json,
             pool_pre_ping=True,
             connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
         )
@@ -53,7 +67,8 @@ def create_engine(url: str) -> Engine:
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        record.info[_BUSY_TIMEOUT_MS] = busy_timeout_ms
         # Take transaction control from the driver so that we emit BEGIN ourselves below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -72,6 +87,28 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         # from read to write would deadlock ("database is locked" without waiting).
         write = connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+_BUSY_TIMEOUT_MS = "civicbus_busy_timeout_ms"
+
+
+@contextmanager
+def lock_timeout(conn: Connection, seconds: float | None) -> Iterator[None]:
+    """Wait at most `seconds` for SQLite's write lock inside the block (before its BEGIN);
+    the connection's usual wait is restored afterwards. Nothing on PostgreSQL."""
+    usual = conn.connection.info.get(_BUSY_TIMEOUT_MS)
+    if seconds is None or usual is None:
+        yield
+        return
+    # On the driver's connection: through SQLAlchemy, the PRAGMA would itself begin a
+    # transaction (BEGIN IMMEDIATE, which waits for the lock with the usual timeout).
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+    try:
+        yield
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {usual}")
 
 
 def writer(engine: Engine) -> Engine:

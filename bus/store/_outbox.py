@@ -9,8 +9,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
-from bus.store._records import OutboxRow
-from bus.store._sql import utcnow
+from bus.store._records import OutboxEvent, OutboxRow
+from bus.store._sql import JsonText, utcnow
 from bus.store._tables import outbox
 from schemas.events import Envelope
 
@@ -30,19 +30,25 @@ def without_reporter(data: dict[str, Any], request_id: str | None) -> dict[str, 
 _INSERT = outbox.insert()  # built once: its compiled form is reused
 
 
-def add(conn: Connection, envelope: Envelope, exchange: str, routing_key: str) -> None:
-    document = envelope.model_dump(mode="json")
-    document["data"] = without_reporter(document["data"], envelope.subject)
-    conn.execute(
-        _INSERT,
-        {
-            "message_id": envelope.id,
-            "envelope": document,
-            "exchange": exchange,
-            "routing_key": routing_key,
-            "created_at": utcnow(),
-        },
-    )
+def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
+    """Queue the events in their order (one multi-row insert), reporter contact emptied."""
+    now = utcnow()
+    rows = []
+    for envelope, exchange, routing_key in events:
+        data = without_reporter(envelope.data, envelope.subject)
+        if data is not envelope.data:
+            envelope = envelope.model_copy(update={"data": data})
+        rows.append(
+            {
+                "message_id": envelope.id,
+                "envelope": JsonText(envelope.model_dump_json()),
+                "exchange": exchange,
+                "routing_key": routing_key,
+                "created_at": now,
+            }
+        )
+    if rows:
+        conn.execute(_INSERT, rows)
 
 
 def pending(conn: Connection, limit: int) -> list[OutboxRow]:

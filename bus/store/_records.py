@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.events import Envelope
 from schemas.model import Status
@@ -21,6 +21,14 @@ class Client:
     jurisdiction: str | None
     created_at: datetime
     revoked_at: datetime | None = None
+
+
+class OutboxEvent(NamedTuple):
+    """An event to queue in the outbox, and where the relay publishes it."""
+
+    envelope: Envelope
+    exchange: str
+    routing_key: str
 
 
 @dataclass(frozen=True)

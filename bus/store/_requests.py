@@ -7,7 +7,7 @@ its reporter (personal data, own table), status history and back-end cross-refer
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy.engine import Connection, Row
 
 from bus.store._records import RequestQuery
-from bus.store._sql import insert_ignoring_duplicates, utcnow
+from bus.store._sql import JsonText, insert_ignoring_duplicates, utcnow
 from bus.store._tables import backend_refs, batch_tokens, reporters, requests, status_history
 from schemas.model import ServiceRequest, StatusNote, StatusUpdate
 
@@ -27,7 +27,7 @@ _REPORTER_FIELDS = ("email", "first_name", "last_name", "phone", "device_id", "a
 _APART = {"reporter", "backend_refs", "history"}
 
 
-def _document(request: ServiceRequest) -> dict[str, Any]:
+def _document(request: ServiceRequest) -> JsonText:
     """The JSON document of a request, its times in UTC, without the parts kept apart."""
     in_utc = request.model_copy(
         update={
@@ -36,7 +36,7 @@ def _document(request: ServiceRequest) -> dict[str, Any]:
             "expected_at": request.expected_at and request.expected_at.astimezone(UTC),
         }
     )
-    return in_utc.model_dump(mode="json", exclude=_APART)
+    return JsonText(in_utc.model_dump_json(exclude=_APART))
 
 
 def _note_row(request_id: str, note: StatusNote, recorded_at: datetime) -> dict[str, Any]:
@@ -73,46 +73,56 @@ _SELECT_NOTES = (
 )
 
 
-def insert_request(conn: Connection, request: ServiceRequest, token: str | None) -> None:
-    """Insert a new request with its reporter, history, references and batch token."""
+def insert_requests(
+    conn: Connection, new: Sequence[ServiceRequest], tokens: Mapping[str, str]
+) -> None:
+    """Insert new requests with their reporters, history, references and batch tokens
+    (`tokens`: request id to token), one multi-row statement per table."""
     now = utcnow()
-    conn.execute(
-        _INSERT_REQUEST,
-        {
-            "id": request.id,
-            "jurisdiction": request.jurisdiction,
-            "service_code": request.service_code,
-            "status": request.status.value,
-            "requested_at": request.requested_at,
-            "updated_at": request.updated_at,
-            "lat": request.location.lat,
-            "long": request.location.long,
-            "document": _document(request),
-        },
-    )
-    contact = request.reporter.model_dump()
-    if any(value is not None for value in contact.values()):
-        conn.execute(_INSERT_REPORTER, {"request_id": request.id, **contact})
-    if request.history:
-        conn.execute(
-            _INSERT_NOTE,
-            [_note_row(request.id, note, now) for note in request.history],
+    request_rows: list[dict[str, Any]] = []
+    reporter_rows: list[dict[str, Any]] = []
+    note_rows: list[dict[str, Any]] = []
+    ref_rows: list[dict[str, Any]] = []
+    for request in new:
+        request_rows.append(
+            {
+                "id": request.id,
+                "jurisdiction": request.jurisdiction,
+                "service_code": request.service_code,
+                "status": request.status.value,
+                "requested_at": request.requested_at,
+                "updated_at": request.updated_at,
+                "lat": request.location.lat,
+                "long": request.location.long,
+                "document": _document(request),
+            }
         )
-    if request.backend_refs:
-        conn.execute(
-            _INSERT_REF,
-            [
-                {
-                    "request_id": request.id,
-                    "adapter": ref.adapter,
-                    "reference": ref.reference,
-                    "at": ref.submitted_at,
-                }
-                for ref in request.backend_refs
-            ],
+        contact = request.reporter.model_dump()
+        if any(value is not None for value in contact.values()):
+            reporter_rows.append({"request_id": request.id, **contact})
+        note_rows.extend(_note_row(request.id, note, now) for note in request.history)
+        ref_rows.extend(
+            {
+                "request_id": request.id,
+                "adapter": ref.adapter,
+                "reference": ref.reference,
+                "at": ref.submitted_at,
+            }
+            for ref in request.backend_refs
         )
-    if token is not None:
-        conn.execute(_INSERT_TOKEN, {"token": token, "request_id": request.id, "created_at": now})
+    token_rows = [
+        {"token": token, "request_id": request_id, "created_at": now}
+        for request_id, token in tokens.items()
+    ]
+    for statement, rows in (
+        (_INSERT_REQUEST, request_rows),
+        (_INSERT_REPORTER, reporter_rows),
+        (_INSERT_NOTE, note_rows),
+        (_INSERT_REF, ref_rows),
+        (_INSERT_TOKEN, token_rows),
+    ):
+        if rows:
+            conn.execute(statement, rows)
 
 
 def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceRequest]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,18 @@ from sqlalchemy.engine import Connection
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class JsonText(str):
+    """A value already serialised as JSON (e.g. by pydantic's `model_dump_json`), stored in a
+    JSON column as it is: the hot write path then serialises each document once, in Rust."""
+
+
+def serialize_json(value: Any) -> str:
+    """The engines' JSON serialiser: `JsonText` as it is, anything else with `json.dumps`."""
+    if isinstance(value, JsonText):
+        return str.__str__(value)
+    return json.dumps(value)
 
 
 def insert_ignoring_duplicates(

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bus.store import (
@@ -15,6 +14,7 @@ from bus.store import (
     _clients,
     _dead_letters,
     _engine,
+    _idempotency,
     _migrate,
     _outbox,
     _requests,
@@ -32,7 +32,6 @@ from bus.store._records import (
     RequestQuery,
     Subscription,
 )
-from bus.store._tables import idempotency_keys
 from bus.store._transaction import Transaction
 from schemas.model import ServiceRequest, StatusUpdate
 
@@ -77,12 +76,19 @@ class Store:
         return self._engine.dialect.name
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, lock_timeout: float | None = None) -> Iterator[Transaction]:
         """A unit of work; raises StoreUnavailable when the database cannot be reached.
 
         Any exception inside the block rolls everything back (request, outbox, audit).
+        `lock_timeout` (SQLite only): seconds to wait for the write lock instead of the usual
+        ones, for a caller that would rather do something else than wait long.
         """
-        with translate_errors(self._database), self._writer.begin() as conn:
+        with (
+            translate_errors(self._database),
+            self._writer.connect() as conn,
+            _engine.lock_timeout(conn, lock_timeout),
+            conn.begin(),
+        ):
             tx = Transaction(conn)
             yield tx
             tx._before_commit()
@@ -118,15 +124,8 @@ class Store:
     def idempotent_response(self, client_id: int, key: str) -> dict[str, Any] | None:
         """The answer first given to (client, Idempotency-Key), if any (C-15)."""
 
-        def read(conn: Connection) -> dict[str, Any] | None:
-            found: dict[str, Any] | None = conn.execute(
-                sa.select(idempotency_keys.c.response).where(
-                    idempotency_keys.c.client_id == client_id, idempotency_keys.c.key == key
-                )
-            ).scalar()
-            return found
-
-        return self._read(read)
+        found = self._read(lambda conn: _idempotency.responses(conn, [(client_id, key)]))
+        return found.get((client_id, key))
 
     def watermark(self, instance: str) -> str | None:
         return self._read(lambda conn: _watermarks.watermark(conn, instance))

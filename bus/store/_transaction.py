@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from bus.store import (
     _audit,
+    _clients,
     _dead_letters,
+    _idempotency,
     _leases,
     _outbox,
     _requests,
     _subscriptions,
     _watermarks,
 )
-from bus.store._records import DeadLetter, DeadLetterState, Subscription
+from bus.store._records import DeadLetter, DeadLetterState, OutboxEvent, Subscription
 from bus.store._sql import utcnow
-from bus.store._tables import idempotency_keys
 from schemas.events import Envelope
 from schemas.model import ServiceRequest, StatusUpdate
 
@@ -34,7 +35,16 @@ class Transaction:
     # --- requests --------------------------------------------------------------------------
     def add_request(self, request: ServiceRequest, *, token: str | None = None) -> None:
         """Insert a new request (and its batch token, if any); AlreadyExists for a known id."""
-        _requests.insert_request(self._session, request, token)
+        self.add_requests([request], tokens={request.id: token} if token else None)
+
+    def add_requests(
+        self, requests: Sequence[ServiceRequest], *, tokens: Mapping[str, str] | None = None
+    ) -> None:
+        """Insert several new requests at once (`tokens`: batch token by request id).
+
+        AlreadyExists, at once or at commit, when any id is known.
+        """
+        _requests.insert_requests(self._session, requests, tokens or {})
 
     def get_request(self, request_id: str) -> ServiceRequest | None:
         """The whole request as this transaction sees it (reporter included)."""
@@ -46,11 +56,23 @@ class Transaction:
         A concurrent request with the same key makes this raise AlreadyExists at once or at
         commit, so the loser's whole transaction (its request included) is rolled back.
         """
-        self._session.execute(
-            idempotency_keys.insert().values(
-                client_id=client_id, key=key, response=response, created_at=utcnow()
-            )
-        )
+        _idempotency.save(self._session, [(client_id, key, response)])
+
+    def save_idempotent_responses(self, answers: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
+        """Remember several (client id, key, answer) at once; as save_idempotent_response."""
+        _idempotency.save(self._session, answers)
+
+    def idempotent_responses(
+        self, wanted: Collection[tuple[int, str]]
+    ) -> dict[tuple[int, str], dict[str, Any]]:
+        """The answers already stored for these (client id, key) pairs, as this transaction
+        sees them; pairs never answered are absent."""
+        return _idempotency.responses(self._session, wanted)
+
+    def inactive_clients(self, client_ids: Collection[int]) -> set[int]:
+        """The ids among `client_ids` whose client is revoked or gone, as this transaction
+        sees them (a writer that checks here cannot race a revocation)."""
+        return _clients.inactive(self._session, client_ids)
 
     def apply_status_update(self, update: StatusUpdate) -> ServiceRequest | None:
         """Add the update to the request's history and set its status and updated time.
@@ -71,7 +93,11 @@ class Transaction:
 
         Reporter contact data in the envelope's `data` is emptied before it is stored.
         """
-        _outbox.add(self._session, envelope, exchange, routing_key)
+        _outbox.add(self._session, [OutboxEvent(envelope, exchange, routing_key)])
+
+    def add_outbox_events(self, events: Sequence[OutboxEvent]) -> None:
+        """Queue several events at once, published in this order; as add_outbox."""
+        _outbox.add(self._session, events)
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         """Mark outbox rows published, together with whatever else this transaction does."""

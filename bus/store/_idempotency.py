@@ -1,0 +1,43 @@
+"""Idempotency keys: the answer first given to (client, key), so that a repeat gets it again."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bus.store._sql import utcnow
+from bus.store._tables import idempotency_keys
+
+_INSERT = idempotency_keys.insert()  # built once: its compiled form is reused
+_KEYS: sa.BindParameter[list[str]] = sa.bindparam("keys", expanding=True)
+_SELECT = sa.select(
+    idempotency_keys.c.client_id, idempotency_keys.c.key, idempotency_keys.c.response
+).where(idempotency_keys.c.key.in_(_KEYS))
+
+
+def responses(
+    conn: Connection, wanted: Collection[tuple[int, str]]
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """The stored answers among `wanted` (client id, key) pairs."""
+    if not wanted:
+        return {}
+    rows = conn.execute(_SELECT, {"keys": sorted({key for _, key in wanted})})
+    found = {(row.client_id, row.key): row.response for row in rows}
+    return {pair: found[pair] for pair in wanted if pair in found}
+
+
+def save(conn: Connection, answers: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
+    """Remember each (client id, key, answer); AlreadyExists (at once or at commit) for a pair
+    already stored, so the loser of a race is rolled back whole."""
+    if answers:
+        now = utcnow()
+        conn.execute(
+            _INSERT,
+            [
+                {"client_id": client_id, "key": key, "response": response, "created_at": now}
+                for client_id, key, response in answers
+            ],
+        )
