@@ -60,9 +60,11 @@ def configure_logging(fmt: str = "auto", level: str | int = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pika and alembic are chatty at INFO about every connection and migration step.
-    for chatty in ("pika", "alembic"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # alembic is chatty at INFO about every migration step. pika logs each failed connection
+    # attempt at ERROR with a traceback; our broker module reports the same event once, in
+    # words (broker.reconnect_wait, worker.connection_lost), so pika's lines are only noise.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def bind_request(request_id: str | None = None, correlation_id: str | None = None) -> None:

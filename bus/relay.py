@@ -29,7 +29,12 @@ from bus.broker.connection import (
     connect_with_retry,
 )
 from bus.broker.publisher import ConfirmingPublisher, Outgoing, Unroutable, envelope_message
-from bus.broker.topology import COMMANDS_EXCHANGE, command_routing_key, declare_topology
+from bus.broker.topology import (
+    COMMANDS_EXCHANGE,
+    EVENTS_EXCHANGE,
+    command_routing_key,
+    declare_topology,
+)
 from bus.config import Config
 from bus.routing import route
 from bus.store import OutboxRow, Store, StoreUnavailable
@@ -220,7 +225,9 @@ class Relay:
             yield envelope_message(
                 envelope, exchange=row.exchange, routing_key=row.routing_key, body=body
             )
-            if envelope.type is EventType.CREATED:
+            # Only the announcement of a new request is routed: a row already addressed to an
+            # instance (a dead-letter replay) goes out as it is, exactly once.
+            if envelope.type is EventType.CREATED and row.exchange == EVENTS_EXCHANGE:
                 instance, rule = route(self.config, envelope)
                 routed[row.id] = _Routed(instance, rule)
                 # The command right after its event: the order per request holds on the wire.

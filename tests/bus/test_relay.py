@@ -137,6 +137,27 @@ def test_only_created_events_become_commands(
     assert channel.queue_declare(t.work_queue("sap-roads"), passive=True).method.message_count == 0
 
 
+def test_a_replayed_command_goes_to_its_instance_once_and_is_not_routed_again(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    pothole = accept(store, "POTHOLE")
+    Relay(store, config, amqp_url).relay_batch()
+    drain(channel, t.work_queue("sap-roads"), 1)
+    with store.transaction() as tx:  # as `civicbus dead replay` does
+        tx.add_outbox(
+            pothole, exchange=t.COMMANDS_EXCHANGE, routing_key=t.command_routing_key("sap-roads")
+        )
+
+    Relay(store, config, amqp_url).relay_batch()
+
+    assert len(drain(channel, t.work_queue("sap-roads"), 2, timeout=1.0)) == 1
+    assert [e.action for e in store.audit_trail(pothole.subject)] == [
+        "relayed",
+        "routed",
+        "relayed",
+    ]
+
+
 def test_an_unroutable_command_leaves_the_whole_batch_unsent(
     store: Store, config: Config, amqp_url: str, channel: Any
 ) -> None:
