@@ -1,0 +1,270 @@
+"""The sandbox city as the end-to-end tests run it: real processes on free loopback ports.
+
+`civicbus sandbox` (the simulated back-ends) and `civicbus run --no-sandbox` (API, relay, poller,
+workers) run as subprocesses in their own process groups, on a config generated from
+deploy/sandbox/civicbus.yaml with every instance pointed at this city's ports and state, and
+with short poll intervals and retry tiers. Their stderr goes to files, so that a failure can
+show what the processes said (`SandboxCity.diagnose`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pika
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SANDBOX_CONFIG = REPO / "deploy" / "sandbox" / "civicbus.yaml"
+#: The simulators `civicbus sandbox` starts, and which of them each instance kind talks to.
+SIMULATORS = ("sap", "permits", "parks", "mailbox")
+
+T = TypeVar("T")
+
+
+def civicbus_command() -> list[str]:
+    """The `civicbus` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("civicbus")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bus"]
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A free port P whose neighbour P+1 is free too (the mailbox's control endpoint)."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and port_is_free(port + 1):
+            return port
+    raise RuntimeError("no two adjacent free ports found on 127.0.0.1")
+
+
+def wait_until(
+    check: Callable[[], T | None], *, timeout: float, what: str, explain: Callable[[], str]
+) -> T:
+    """Poll `check` until it returns something truthy; on timeout fail with `explain()`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            cause = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{cause}\n"
+                                 f"{explain()}")
+        time.sleep(0.2)
+
+
+@dataclass
+class Process:
+    """One civicbus command running in its own process group, its output in files."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+
+    @classmethod
+    def start(
+        cls, name: str, args: Sequence[str], *, env: Mapping[str, str], cwd: Path, logs: Path
+    ) -> Process:
+        out, err = logs / f"{name}.stdout", logs / f"{name}.stderr"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            popen = subprocess.Popen(
+                [*civicbus_command(), *args], env=dict(env), cwd=cwd,
+                stdout=stdout, stderr=stderr, start_new_session=True,
+            )
+        return cls(name, popen, out, err)
+
+    def stop(self, timeout: float = 40) -> str | None:
+        """SIGTERM the command (not its children: it must stop them itself) and wait.
+
+        Returns a description of what went wrong (exit code, processes left behind), or None.
+        """
+        problems = []
+        if self.popen.poll() is not None:
+            problems.append(f"{self.name} had already exited with {self.popen.returncode}")
+        else:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                code = self.popen.wait(timeout=timeout)
+                if code != 0:
+                    problems.append(f"{self.name} exited with {code} after SIGTERM")
+            except subprocess.TimeoutExpired:
+                problems.append(f"{self.name} did not exit within {timeout:g}s of SIGTERM")
+        # Anything left in its process group was orphaned: a child the command did not stop.
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            problems.append(f"{self.name} left processes behind in its group (killed now)")
+        except ProcessLookupError:
+            pass
+        if self.popen.poll() is None:
+            self.popen.wait(timeout=10)
+        return "; ".join(problems) or None
+
+    def log_lines(self) -> list[str]:
+        return self.stderr.read_text(errors="replace").splitlines()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The structured (JSON) log events the command and its children wrote."""
+        found = []
+        for line in self.log_lines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    continue
+        return found
+
+    def tail(self, lines: int = 60) -> str:
+        """The last lines of stdout and stderr, without the poller's routine HTTP request lines."""
+        out = self.stdout.read_text(errors="replace").splitlines()[-10:]
+        err = [ln for ln in self.log_lines() if '"logger": "httpx"' not in ln][-lines:]
+        return "\n".join([f"--- {self.name} (pid {self.popen.pid}, "
+                          f"exit {self.popen.poll()}) stdout:", *out, "--- stderr:", *err])
+
+
+@dataclass
+class SandboxCity:
+    """A running sandbox city: where everything listens, and how to talk to it."""
+
+    workdir: Path
+    env: dict[str, str]
+    config: dict[str, Any]
+    api_url: str
+    control_urls: dict[str, str]
+    state_dir: Path
+    workorders_url: str
+    processes: list[Process] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"<SandboxCity {self.api_url} in {self.workdir}>"
+
+    @property
+    def open311(self) -> str:
+        return f"{self.api_url}/open311/v2"
+
+    @property
+    def mailbox_dir(self) -> Path:
+        return self.state_dir / "mailbox"
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run one `civicbus` command against this city; fail with its output if it fails."""
+        done = subprocess.run(
+            [*civicbus_command(), *args], env=self.env, cwd=self.workdir,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        assert done.returncode == 0, (
+            f"civicbus {' '.join(args)} exited {done.returncode}\n"
+            f"stdout: {done.stdout}\nstderr: {done.stderr}"
+        )
+        return done
+
+    def diagnose(self) -> str:
+        """What every process of the city last said: the text a failure message carries."""
+        return "\n".join(p.tail() for p in self.processes)
+
+    def wait_until(self, check: Callable[[], T | None], *, timeout: float, what: str) -> T:
+        return wait_until(check, timeout=timeout, what=what, explain=self.diagnose)
+
+    def instance_for(self, service_code: str, jurisdiction: str) -> str:
+        """The adapter instance the config's routing rules name (first match, else default)."""
+        routing = self.config["routing"]
+        for rule in routing.get("rules", []):
+            services = rule.get("services", ["*"])
+            jurisdictions = rule.get("jurisdictions", ["*"])
+            if ("*" in services or service_code in services) and (
+                "*" in jurisdictions or jurisdiction in jurisdictions
+            ):
+                return str(rule["instance"])
+        return str(routing["default"])
+
+    def mapping(self, instance: str) -> dict[str, Any]:
+        """The parsed mapping file of an instance (the config's absolute path)."""
+        path = Path(self.config["instances"][instance]["mapping"])
+        data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data["_path"] = str(path)
+        return data
+
+
+def city_config(
+    source: Path,
+    *,
+    api_port: int,
+    ports: Mapping[str, int],
+    state_dir: Path,
+    workorders_url: str,
+    sent_dir: Path,
+) -> dict[str, Any]:
+    """The sandbox config, rewritten for one test city: its ports, its state, absolute mapping
+    paths, fast polling and short retry tiers; everything else (catalogue, routing) as is."""
+    config: dict[str, Any] = yaml.safe_load(source.read_text(encoding="utf-8"))
+    config["api"]["base_url"] = f"http://127.0.0.1:{api_port}"
+    for instance in config["instances"].values():
+        mapping = Path(instance["mapping"])
+        if not mapping.is_absolute():
+            # Relative mappings are read from the working directory: the repository's root.
+            instance["mapping"] = str((REPO / mapping).resolve())
+        instance["poll_interval"] = 0.5
+        instance["retry"] = {"immediate_attempts": 2, "tiers": [0.5, 1.0], "max_attempts": 4}
+        settings = instance.setdefault("settings", {})
+        kind = instance["kind"]
+        if kind == "sap":
+            settings["base_url"] = f"http://127.0.0.1:{ports['sap']}"
+        elif kind == "oracle":
+            settings["url"] = workorders_url
+        elif kind == "permits":
+            settings["wsdl"] = f"http://127.0.0.1:{ports['permits']}/permits?wsdl"
+        elif kind == "parks":
+            settings["base_url"] = f"http://127.0.0.1:{ports['parks']}"
+        elif kind == "email":
+            settings["smtp_port"] = ports["mailbox"]
+            settings["state_dir"] = str(sent_dir)
+    return config
+
+
+def queue_consumers(amqp_url: str, queues: Sequence[str]) -> dict[str, int]:
+    """How many consumers each queue has (0 for a queue that does not exist yet)."""
+    counts: dict[str, int] = {}
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        for queue in queues:
+            try:
+                counts[queue] = channel.queue_declare(queue, passive=True).method.consumer_count
+            except pika.exceptions.ChannelClosedByBroker:
+                counts[queue] = 0
+                channel = connection.channel()
+    finally:
+        connection.close()
+    return counts

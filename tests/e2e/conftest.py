@@ -1,0 +1,164 @@
+"""Fixtures of the end-to-end tests: the sandbox city running as real processes, its API client,
+and a back-office webhook subscriber."""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.e2e.city import (
+    SANDBOX_CONFIG,
+    Process,
+    SandboxCity,
+    city_config,
+    free_port,
+    free_port_pair,
+    queue_consumers,
+)
+from tests.e2e.webhook_receiver import WebhookReceiver
+
+#: The environment variable the webhook subscription names for its signing secret.
+WEBHOOK_SECRET_ENV = "E2E_WEBHOOK_SECRET"
+STARTUP_TIMEOUT = 120.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
+    None, Any, None
+]:
+    """A failing end-to-end test shows what the city's processes last logged."""
+    outcome = yield
+    report = outcome.get_result()
+    city = getattr(item, "funcargs", {}).get("city")
+    if report.failed and isinstance(city, SandboxCity):
+        report.sections.append(("sandbox city processes", city.diagnose()))
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def webhook_secret() -> str:
+    return secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def city(
+    tmp_path_factory: pytest.TempPathFactory,
+    amqp_vhost_factory: Callable[[], str],
+    webhook_secret: str,
+) -> Iterator[SandboxCity]:
+    """The sandbox city: simulators and `civicbus run --no-sandbox`, up and consuming."""
+    workdir = tmp_path_factory.mktemp("sandbox-city")
+    logs = workdir / "logs"
+    logs.mkdir()
+    state_dir = workdir / "sandbox-state"
+    ports = {"sap": free_port(), "permits": free_port(), "parks": free_port(),
+             "mailbox": free_port_pair()}
+    api_port = free_port()
+    workorders_url = f"sqlite:///{state_dir}/workorders.db"
+    config = city_config(SANDBOX_CONFIG, api_port=api_port, ports=ports, state_dir=state_dir,
+                         workorders_url=workorders_url, sent_dir=workdir / "email-sent")
+    config_path = workdir / "civicbus.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    amqp_url = amqp_vhost_factory()
+    env = {
+        **_base_env(),
+        "CIVICBUS_CONFIG": str(config_path),
+        "CIVICBUS_DATABASE_URL": f"sqlite:///{workdir}/civicbus.db",
+        "CIVICBUS_AMQP_URL": amqp_url,
+        "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
+        "CIVICBUS_LOG_FORMAT": "json",
+        WEBHOOK_SECRET_ENV: webhook_secret,
+    }
+    city = SandboxCity(
+        workdir=workdir, env=env, config=config, api_url=f"http://127.0.0.1:{api_port}",
+        control_urls={
+            "sap": f"http://127.0.0.1:{ports['sap']}",
+            "permits": f"http://127.0.0.1:{ports['permits']}",
+            "parks": f"http://127.0.0.1:{ports['parks']}",
+            "mailbox": f"http://127.0.0.1:{ports['mailbox'] + 1}",
+        },
+        state_dir=state_dir, workorders_url=workorders_url,
+    )
+    sandbox_args = ["sandbox", "--state-dir", str(state_dir)]
+    for name, port in ports.items():
+        sandbox_args += ["--port", f"{name}={port}"]
+    try:
+        city.processes.append(Process.start("sandbox", sandbox_args, env=env, cwd=workdir,
+                                            logs=logs))
+        city.processes.append(Process.start(
+            "run", ["run", "--no-sandbox", "--port", str(api_port)], env=env, cwd=workdir,
+            logs=logs,
+        ))
+        _wait_until_up(city, amqp_url)
+    except BaseException:
+        _stop(city, raising=False)
+        raise
+    yield city
+    _stop(city, raising=True)
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def _wait_until_up(city: SandboxCity, amqp_url: str) -> None:
+    """Every simulator answers, /healthz says ok, and every instance's queue has a consumer."""
+    for name, url in city.control_urls.items():
+        city.wait_until(
+            functools.partial(_answers, f"{url}/_sandbox/"),
+            timeout=STARTUP_TIMEOUT, what=f"the {name} simulator's control endpoint",
+        )
+    city.wait_until(
+        functools.partial(_answers, f"{city.api_url}/healthz"),
+        timeout=STARTUP_TIMEOUT, what="the API's /healthz",
+    )
+    queues = [f"civicbus.work.{name}" for name in city.config["instances"]]
+    city.wait_until(
+        lambda: all(n >= 1 for n in queue_consumers(amqp_url, queues).values()),
+        timeout=STARTUP_TIMEOUT, what=f"a consumer on each of {', '.join(queues)}",
+    )
+
+
+def _answers(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def _stop(city: SandboxCity, *, raising: bool) -> None:
+    """Stop `run` first (its workers finish their messages), then the simulators."""
+    before = city.diagnose()
+    problems = [p for p in (proc.stop() for proc in reversed(city.processes)) if p]
+    if problems and raising:
+        pytest.fail(
+            "the sandbox city did not stop cleanly: " + "; ".join(problems)
+            + f"\n{city.diagnose() or before}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def api_key(city: SandboxCity) -> str:
+    """The key of an API client bound to no jurisdiction (it may post to both)."""
+    done = city.cli("clients", "add", "e2e-app")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def subscription(city: SandboxCity, webhook: WebhookReceiver) -> str:
+    """A back-office system subscribed to every request event, before anything is posted."""
+    done = city.cli("subscriptions", "add", webhook.url, "--events", "request.*",
+                    "--secret-env", WEBHOOK_SECRET_ENV)
+    return done.stdout.strip()
