@@ -1,0 +1,174 @@
+"""Group commit: creates written together stay each all-or-nothing, a failing member loses no
+other, revocation and idempotency are decided inside the writing transaction, and the API's
+remembered clients still honour a revocation at once."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bus.api.committer import GroupCommitter
+from bus.bootstrap import Runtime
+from bus.intake import Accepted, ClientRevoked, Prepared, prepare, write_batch
+from bus.store import Client, InvalidData
+from schemas.open311 import RequestDraft, parse_create_form
+from tests.api.conftest import SPRINGFIELD, make_runtime
+
+FORM = {
+    "service_code": ["POTHOLE"],
+    "lat": ["37.7612"],
+    "long": ["-122.4194"],
+    "attribute[LANE]": ["carriageway"],
+    "email": ["resident@example.org"],
+}
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Iterator[Runtime]:
+    runtime = make_runtime(f"sqlite:///{tmp_path}/civicbus.db", tmp_path / "media")
+    runtime.store.upgrade()
+    yield runtime
+    runtime.close()
+
+
+def _draft(rt: Runtime) -> RequestDraft:
+    (service,) = [
+        s
+        for s in rt.config.service_catalogue()
+        if s.jurisdiction == SPRINGFIELD and s.code == "POTHOLE"
+    ]
+    draft = parse_create_form(FORM, service)
+    assert isinstance(draft, RequestDraft)
+    return draft
+
+
+def _prepared(rt: Runtime, client: Client, key: str | None = None) -> Prepared:
+    return prepare(_draft(rt), client=client, actor=f"api:{client.name}", idempotency_header=key)
+
+
+def _accepted(outcome: Accepted | Exception) -> Accepted:
+    assert isinstance(outcome, Accepted), outcome
+    return outcome
+
+
+def test_a_failing_member_loses_no_other_and_the_chain_stays_verifiable(rt: Runtime) -> None:
+    client, _ = rt.store.add_client("app")
+    good = [_prepared(rt, client) for _ in range(3)]
+    # A value the database refuses while binding (a zone-less time) fails that member only.
+    broken = _prepared(rt, client)
+    naive = broken.request.requested_at.replace(tzinfo=None)
+    broken = Prepared(
+        broken.request.model_copy(update={"requested_at": naive}),
+        *(getattr(broken, f) for f in ("token", "answer", "envelope", "actor", "client", "key")),
+    )
+    outcomes = write_batch(rt.store, [good[0], broken, good[1], good[2]])
+    assert isinstance(outcomes[1], InvalidData)
+    assert rt.store.get_request(broken.request.id) is None
+    assert rt.store.audit_trail(broken.request.id) == []
+    for prepared, outcome in zip(good, [outcomes[0], *outcomes[2:]], strict=True):
+        assert _accepted(outcome).request == prepared.request
+        assert rt.store.get_request(prepared.request.id) is not None
+        assert [e.action for e in rt.store.audit_trail(prepared.request.id)] == ["accepted"]
+    subjects = [row.envelope.subject for row in rt.store.pending_outbox()]
+    assert subjects == [p.request.id for p in good]
+    assert rt.store.verify_audit().ok
+
+
+def test_a_revoked_clients_member_is_refused_and_the_others_written(rt: Runtime) -> None:
+    kept, _ = rt.store.add_client("kept")
+    gone, _ = rt.store.add_client("gone")
+    batch = [_prepared(rt, kept), _prepared(rt, gone), _prepared(rt, kept)]
+    rt.store.revoke_client("gone")  # after its request was prepared with the remembered client
+    outcomes = write_batch(rt.store, batch)
+    assert isinstance(outcomes[1], ClientRevoked)
+    assert rt.store.get_request(batch[1].request.id) is None
+    assert all(rt.store.get_request(p.request.id) for p in (batch[0], batch[2]))
+    assert rt.store.verify_audit().ok
+
+
+def test_one_idempotency_key_twice_in_a_batch_creates_once(rt: Runtime) -> None:
+    client, _ = rt.store.add_client("app")
+    first, again = _prepared(rt, client, "order-1"), _prepared(rt, client, "order-1")
+    one, two = write_batch(rt.store, [first, again])
+    assert not _accepted(one).replayed and _accepted(two).replayed
+    assert _accepted(two).answer == _accepted(one).answer
+    assert rt.store.get_request(again.request.id) is None
+    (later,) = write_batch(rt.store, [_prepared(rt, client, "order-1")])
+    assert _accepted(later).replayed and _accepted(later).answer == _accepted(one).answer
+
+
+def test_creates_submitted_together_are_answered_after_one_commit(rt: Runtime) -> None:
+    client, _ = rt.store.add_client("app")
+    committer = GroupCommitter(rt.store)
+    batch = [_prepared(rt, client) for _ in range(10)]
+
+    async def submit_all() -> list[Accepted]:
+        return await asyncio.gather(*(committer.submit(p) for p in batch))
+
+    answers = asyncio.run(submit_all())
+    assert [a.request for a in answers] == [p.request for p in batch]
+    entries = [rt.store.audit_trail(p.request.id)[0] for p in batch]
+    # Consecutive chain entries: one transaction wrote them all.
+    assert [e.id for e in entries] == list(range(entries[0].id, entries[0].id + 10))
+
+
+def test_while_another_writer_holds_the_lock_the_batch_waits_off_the_event_loop(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    client, _ = rt.store.add_client("app")
+    committer = GroupCommitter(rt.store)
+    holder = sqlite3.connect(
+        tmp_path / "civicbus.db", isolation_level=None, check_same_thread=False
+    )
+    holder.execute("BEGIN IMMEDIATE")
+
+    async def scenario() -> list[Accepted]:
+        pending = [asyncio.create_task(committer.submit(_prepared(rt, client))) for _ in range(3)]
+        # The event loop keeps turning while the lock is held elsewhere.
+        await asyncio.sleep(0.3)
+        assert not any(task.done() for task in pending)
+        holder.execute("ROLLBACK")
+        return await asyncio.gather(*pending)
+
+    answers = asyncio.run(scenario())
+    holder.close()
+    assert all(rt.store.get_request(a.request.id) for a in answers if a.request)
+    assert len(answers) == 3
+
+
+def test_revoking_a_remembered_key_refuses_its_next_create_at_once(tmp_path: Path) -> None:
+    from bus.api import create_app
+    from tests.api.conftest import LiveServer
+
+    rt = make_runtime(f"sqlite:///{tmp_path}/c.db", tmp_path / "media")
+    try:
+        _, key = rt.store.add_client("partner")
+        _, other_key = rt.store.add_client("other")
+        with LiveServer(create_app(rt)) as live:
+            url = f"{live.url}/open311/v2/requests.json"
+            data = {
+                "api_key": key,
+                "jurisdiction_id": SPRINGFIELD,
+                "service_code": "POTHOLE",
+                "lat": "37.7612",
+                "long": "-122.4194",
+                "attribute[LANE]": "carriageway",
+            }
+            other = {**data, "api_key": other_key}
+            for form in (data, data, other):  # both keys remembered now
+                assert httpx.post(url, data=form).status_code == 201
+            assert rt.store.revoke_client("partner") and rt.store.revoke_client("other")
+            refused = httpx.post(url, data=data)
+            assert refused.status_code == 403
+            assert "revoked" in refused.json()[0]["description"]
+            # A bad form from a remembered, revoked key hears about the key first.
+            assert httpx.post(url, data={**other, "lat": "north"}).status_code == 403
+            assert httpx.post(url, data=other).status_code == 403
+            assert len(rt.store.pending_outbox(limit=100)) == 3
+    finally:
+        rt.close()

@@ -1,0 +1,114 @@
+"""The store's multi-row writes (one statement per table for a group of new requests), the
+checks a group commit makes inside its transaction, and a short wait for SQLite's write lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from bus.store import AlreadyExists, OutboxEvent, Store, StoreUnavailable
+from schemas.events import Envelope, EventType
+from schemas.model import Reporter
+from tests.store.store_factories import make_request
+
+
+def _event(request_id: str) -> Envelope:
+    return Envelope(
+        type=EventType.CREATED, subject=request_id, data={"id": request_id}, correlationid="c"
+    )
+
+
+def test_several_requests_their_events_and_tokens_are_written_together(store: Store) -> None:
+    first = make_request("req-1", reporter=Reporter(email="a@example.org"))
+    second = make_request("req-2")
+    with store.transaction() as tx:
+        tx.add_requests([first, second], tokens={"req-2": "T-2"})
+        tx.add_outbox_events(
+            [OutboxEvent(_event(r.id), "civicbus.events", f"rk.{r.id}") for r in (first, second)]
+        )
+    assert store.get_request("req-1") == first
+    assert store.get_request("req-2") == second
+    assert store.resolve_token("T-2") == "req-2"
+    assert store.resolve_token("T-1") is None
+    pending = store.pending_outbox()
+    assert [row.envelope.subject for row in pending] == ["req-1", "req-2"]  # in the given order
+    assert [row.routing_key for row in pending] == ["rk.req-1", "rk.req-2"]
+
+
+def test_one_known_id_in_a_group_writes_nothing_of_the_group(store: Store) -> None:
+    store._write(lambda tx: tx.add_request(make_request("req-1")))
+    with pytest.raises(AlreadyExists), store.transaction() as tx:
+        tx.add_requests([make_request("req-2"), make_request("req-1")])
+        tx.add_outbox_events([OutboxEvent(_event("req-2"), "civicbus.events", "rk")])
+        tx.audit(actor="test", action="accepted", request_id="req-2")
+    assert store.get_request("req-2") is None
+    assert store.pending_outbox() == []
+    assert store.audit_trail("req-2") == []
+    assert store.verify_audit().ok
+
+
+def test_reporter_contact_never_reaches_a_queued_event(store: Store) -> None:
+    event = Envelope(
+        type=EventType.CREATED,
+        subject="req-1",
+        data={"id": "req-1", "reporter": {"email": "a@example.org", "phone": None}},
+        correlationid="c",
+    )
+    store._write(lambda tx: tx.add_request(make_request("req-1")))
+    with store.transaction() as tx:
+        tx.add_outbox_events([OutboxEvent(event, "civicbus.events", "rk")])
+    (row,) = store.pending_outbox()
+    assert row.envelope.data["reporter"] == {"email": None, "phone": None}
+    assert row.envelope.id == event.id
+
+
+def test_inactive_clients_are_the_revoked_and_the_unknown(store: Store) -> None:
+    kept, _ = store.add_client("kept")
+    revoked, _ = store.add_client("revoked")
+    store.revoke_client("revoked")
+    with store.transaction() as tx:
+        assert tx.inactive_clients({kept.id, revoked.id, 9999}) == {revoked.id, 9999}
+        assert tx.inactive_clients(set()) == set()
+
+
+def test_idempotent_responses_are_found_per_client_and_key(store: Store) -> None:
+    one, _ = store.add_client("one")
+    two, _ = store.add_client("two")
+    with store.transaction() as tx:
+        tx.save_idempotent_responses([(one.id, "k", {"answer": 1}), (two.id, "k", {"answer": 2})])
+    with store.transaction() as tx:
+        found = tx.idempotent_responses({(one.id, "k"), (two.id, "k"), (one.id, "other")})
+    assert found == {(one.id, "k"): {"answer": 1}, (two.id, "k"): {"answer": 2}}
+    assert store.idempotent_response(two.id, "k") == {"answer": 2}
+    with pytest.raises(AlreadyExists), store.transaction() as tx:
+        tx.save_idempotent_responses([(one.id, "k", {"answer": 3})])
+
+
+def test_a_short_lock_timeout_gives_up_while_another_writer_holds_the_lock(
+    sqlite_url: str,
+) -> None:
+    store = Store.open(sqlite_url)
+    try:
+        holder = sqlite3.connect(
+            sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+        )
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreUnavailable), store.transaction(lock_timeout=0.05) as tx:
+                tx.add_request(make_request("req-1"))
+        finally:
+            holder.execute("ROLLBACK")
+        # The pooled connection waits its usual time again afterwards.
+        with store._engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+        # A writer with the usual timeout waits for the lock to be released.
+        holder.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.2, lambda: holder.execute("ROLLBACK")).start()
+        with store.transaction() as tx:
+            tx.add_request(make_request("req-1"))
+        holder.close()
+        assert store.get_request("req-1") is not None
+    finally:
+        store.close()
