@@ -39,6 +39,27 @@ def civicbus_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bus"]
 
 
+def base_env() -> dict[str, str]:
+    """The parts of this environment a civicbus process needs; no CIVICBUS_* leaks in."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def run_cli(
+    args: Sequence[str], *, env: Mapping[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run one `civicbus` command to completion; fail with its output if it fails."""
+    done = subprocess.run(
+        [*civicbus_command(), *args], env=dict(env), cwd=cwd,
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert done.returncode == 0, (
+        f"civicbus {' '.join(args)} exited {done.returncode}\n"
+        f"stdout: {done.stdout}\nstderr: {done.stderr}"
+    )
+    return done
+
+
 def free_port() -> int:
     """A port nothing listens on right now (the OS picks it)."""
     with socket.socket() as sock:
@@ -178,17 +199,9 @@ class SandboxCity:
     def mailbox_dir(self) -> Path:
         return self.state_dir / "mailbox"
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run one `civicbus` command against this city; fail with its output if it fails."""
-        done = subprocess.run(
-            [*civicbus_command(), *args], env=self.env, cwd=self.workdir,
-            capture_output=True, text=True, timeout=timeout,
-        )
-        assert done.returncode == 0, (
-            f"civicbus {' '.join(args)} exited {done.returncode}\n"
-            f"stdout: {done.stdout}\nstderr: {done.stderr}"
-        )
-        return done
+        return run_cli(args, env=self.env, cwd=self.workdir)
 
     def diagnose(self) -> str:
         """What every process of the city last said: the text a failure message carries."""

@@ -4,7 +4,6 @@ and a back-office webhook subscriber."""
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from tests.e2e.city import (
     SANDBOX_CONFIG,
     Process,
     SandboxCity,
+    base_env,
     city_config,
     free_port,
     free_port_pair,
@@ -74,7 +74,7 @@ def city(
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     amqp_url = amqp_vhost_factory()
     env = {
-        **_base_env(),
+        **base_env(),
         "CIVICBUS_CONFIG": str(config_path),
         "CIVICBUS_DATABASE_URL": f"sqlite:///{workdir}/civicbus.db",
         "CIVICBUS_AMQP_URL": amqp_url,
@@ -108,11 +108,6 @@ def city(
         raise
     yield city
     _stop(city, raising=True)
-
-
-def _base_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
-    return {k: v for k, v in os.environ.items() if k in keep}
 
 
 def _wait_until_up(city: SandboxCity, amqp_url: str) -> None:

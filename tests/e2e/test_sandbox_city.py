@@ -17,12 +17,13 @@ import sqlite3
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -95,6 +96,12 @@ class Posted:
     point: tuple[float, float]
     #: For services routed to SAP: the functional location whose polygon holds the point.
     functional_location: str | None = None
+    #: The attribute answers sent: code -> values.
+    answers: dict[str, list[str]] = field(default_factory=dict)
+
+    def first_answer(self, code: str) -> str | None:
+        values = self.answers.get(code)
+        return values[0] if values else None
 
 
 # --- posting -------------------------------------------------------------------------------------
@@ -152,11 +159,12 @@ def posted(
                 if city.config["instances"][instance]["kind"] == "sap":
                     points = sap_points.setdefault(instance, sap_locations(city, instance))
                     point, location = next(points)
+                answers = answers_for(definition)
                 form = [("api_key", api_key), ("jurisdiction_id", jurisdiction),
                         ("service_code", code), ("lat", str(point[0])), ("long", str(point[1])),
                         ("address_string", ADDRESS),
                         ("description", f"End-to-end check of {code}."),
-                        *REPORTER.items(), *answers_for(definition)]
+                        *REPORTER.items(), *answers]
                 files = {"media": ("photo.png", PHOTO, "image/png")} if code == PHOTO_SERVICE \
                     else None
                 response = api.post("/requests.json", data=_form_dict(form), files=files)
@@ -165,6 +173,7 @@ def posted(
                 posted[code] = Posted(
                     code, jurisdiction, service["service_name"], service["type"], instance,
                     answer, answer.get("service_request_id", ""), point, location,
+                    _answers_by_code(answers),
                 )
         for item in posted.values():
             if not item.request_id:
@@ -174,6 +183,14 @@ def posted(
                             timeout=DELIVERY_TIMEOUT,
                             what=f"{item.code} ({item.request_id}) to be submitted")
     return posted
+
+
+def _answers_by_code(form: list[tuple[str, str]]) -> dict[str, list[str]]:
+    answers: dict[str, list[str]] = {}
+    for name, value in form:
+        code = name.removeprefix("attribute[").split("]")[0]
+        answers.setdefault(code, []).append(value)
+    return answers
 
 
 def _form_dict(form: list[tuple[str, str]]) -> dict[str, str | list[str]]:
@@ -231,9 +248,9 @@ def store(city: SandboxCity) -> Iterator[Store]:
 
 # --- what each back-end holds --------------------------------------------------------------------
 
-def _lookup(mapping: dict[str, Any], field: str, key: str) -> Any:
-    """What the mapping's lookup table gives `field` for `key` (or its default)."""
-    spec = mapping["fields"][field]["lookup"]
+def _lookup(mapping: dict[str, Any], name: str, key: str | None) -> Any:
+    """What the mapping's lookup table gives field `name` for `key` (or its default)."""
+    spec = mapping["fields"][name]["lookup"]
     return mapping["tables"][spec["table"]].get(key, spec.get("default"))
 
 
@@ -258,18 +275,25 @@ def _work_orders(city: SandboxCity, request_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-def check_sap(city: SandboxCity, item: Posted) -> tuple[str, Any]:
+def check_sap(city: SandboxCity, item: Posted, request: dict[str, Any]) -> tuple[str, Any]:
     mapping = city.mapping(item.instance)
     (record,) = [n for n in _items(city, "sap") if n["ext_ref"] == item.request_id]
     assert record["notif_type"] == _lookup(mapping, "notification_type", item.code)
     assert len(record["short_text"]) <= 40
     assert record["short_text"] == f"{item.service_name}: {ADDRESS}"[:40]
+    assert f"request {item.request_id}" in record["long_text"]
+    assert record["priority"] == _lookup(mapping, "priority", item.first_answer("HAZARDS"))
     assert record["funct_loc"] == item.functional_location
     assert record["reported_by"] == mapping["fields"]["reported_by"]["const"]
+    # SAP dates and times are the plant's local time (the mapping's zone), not UTC.
+    local = datetime.fromisoformat(request["requested_datetime"]).astimezone(
+        ZoneInfo(mapping["timezone"]))
+    assert (record["malfunction_date"], record["malfunction_time"]) == (
+        local.strftime("%Y%m%d"), local.strftime("%H%M%S"))
     return record["number"], record
 
 
-def check_oracle(city: SandboxCity, item: Posted) -> tuple[str, Any]:
+def check_oracle(city: SandboxCity, item: Posted, request: dict[str, Any]) -> tuple[str, Any]:
     mapping = city.mapping(item.instance)
     (record,) = _work_orders(city, item.request_id)
     assert record["work_type"] == _lookup(mapping, "work_type", item.code)
@@ -279,31 +303,47 @@ def check_oracle(city: SandboxCity, item: Posted) -> tuple[str, Any]:
         item.point[1], item.point[0])
     assert abs(record["x"] - x) < 0.01 and abs(record["y"] - y) < 0.01, (record, x, y)
     assert record["address"] == ADDRESS
+    assert record["description"].endswith(f"civicbus request {item.request_id}")
+    assert record["status"] == "NEW"
     return str(record["id"]), record
 
 
-def check_permits(city: SandboxCity, item: Posted) -> tuple[str, Any]:
+def check_permits(city: SandboxCity, item: Posted, request: dict[str, Any]) -> tuple[str, Any]:
     mapping = city.mapping(item.instance)
     (record,) = [c for c in _items(city, "permits") if c["external_reference"] == item.request_id]
-    assert record["payload"]["caseType"] == _lookup(mapping, "caseType", item.code)
-    assert record["payload"]["district"] == _lookup(mapping, "district", item.jurisdiction)
+    case = record["payload"]
+    assert case["caseType"] == _lookup(mapping, "caseType", item.code)
+    assert case["district"] == _lookup(mapping, "district", item.jurisdiction)
+    assert (case["lat"], case["lon"], case["address"]) == (*item.point, ADDRESS)
+    assert datetime.fromisoformat(case["reportedAt"]) == datetime.fromisoformat(
+        request["requested_datetime"])
     return record["id"], record
 
 
-def check_parks(city: SandboxCity, item: Posted) -> tuple[str, Any]:
+def check_parks(city: SandboxCity, item: Posted, request: dict[str, Any]) -> tuple[str, Any]:
     mapping = city.mapping(item.instance)
     (record,) = [w for w in _items(city, "parks") if w["external_reference"] == item.request_id]
-    assert record["payload"]["category"] == _lookup(mapping, "category", item.code)
-    assert record["payload"]["location"] == {"lat": item.point[0], "lon": item.point[1]}
+    work = record["payload"]
+    assert work["category"] == _lookup(mapping, "category", item.code)
+    assert work["location"] == {"lat": item.point[0], "lon": item.point[1]}
+    assert work["park"] == item.first_answer("PARK_NAME")
+    assert work["priority"] == _lookup(mapping, "priority", item.first_answer("BLOCKING"))
+    assert work.get("contact_email") is None
     return record["id"], record
 
 
-def check_email(city: SandboxCity, item: Posted) -> tuple[str, Any]:
+def check_email(city: SandboxCity, item: Posted, request: dict[str, Any]) -> tuple[str, Any]:
     (mail,) = [m for m in _mails(city) if m["X-Civicbus-Request-Id"] == item.request_id]
     message_id = str(mail["Message-ID"])
     assert message_id.startswith(f"<{item.request_id}@"), message_id
     assert item.request_id in str(mail["Subject"])
     assert str(mail["To"]) == city.config["instances"][item.instance]["settings"]["to"]
+    body = mail.get_body()
+    assert body is not None
+    text = body.get_content()
+    assert f"End-to-end check of {item.code}." in text
+    for code, values in item.answers.items():
+        assert code in text and all(v in text for v in values), (code, text)
     return message_id, mail.as_string()
 
 
@@ -327,9 +367,10 @@ def test_each_service_reaches_its_routed_back_end_once_with_the_mapped_fields(
     assert [e.outcome for e in submitted] == ["ok"], [(e.actor, e.details) for e in trail]
 
     kind = city.config["instances"][item.instance]["kind"]
-    reference, record = CHECKS[kind](city, item)
+    request = _read(api, item)
+    reference, record = CHECKS[kind](city, item, request)
 
-    refs = _backend_refs(api, item)
+    refs = request["extended_attributes"]["backend_refs"]
     assert [(r["adapter"], r["reference"]) for r in refs] == [(item.instance, reference)]
     held = record if isinstance(record, str) else json.dumps(record)
     leaked = [value for value in PERSONAL_DATA if value in held]
