@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -36,22 +38,28 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{sim.name:10} port {sim.port:5}  {sim.description}")
             return
         ports = _ports(port)
-        try:
-            started = runner.start(only or None, state_dir=state_dir, host=host,
-                                   auto_progress=auto_progress, ports=ports)
-        except KeyError as exc:
-            typer.echo(f"error: {exc.args[0]}", err=True)
-            raise typer.Exit(2) from exc
-        except OSError as exc:
-            typer.echo(f"error: a simulator cannot listen ({exc.strerror or exc}); is the "
-                       f"sandbox already running? Use --only to start some of them.", err=True)
-            raise typer.Exit(1) from exc
-        for sim, running in started:
-            typer.echo(f"sandbox: {sim.name:8} {sim.description:28} {running.url}  "
-                       f"(control: {running.control_url}/_sandbox/)")
-        typer.echo(f"sandbox: state in {state_dir}/ (Ctrl-C stops)")
-        _wait_for_stop()
-        runner.stop(started)
+        # Signals are ours from before the first simulator starts until the last has stopped:
+        # Ctrl-C under `civicbus run` brings SIGINT to every process and then the supervisor's
+        # SIGTERM, which must not kill us mid-stop.
+        with _stop_signals() as stop:
+            try:
+                started = runner.start(only or None, state_dir=state_dir, host=host,
+                                       auto_progress=auto_progress, ports=ports)
+            except KeyError as exc:
+                typer.echo(f"error: {exc.args[0]}", err=True)
+                raise typer.Exit(2) from exc
+            except OSError as exc:
+                typer.echo(f"error: a simulator cannot listen ({exc.strerror or exc}); is the "
+                           f"sandbox already running? Use --only to start some of them.",
+                           err=True)
+                raise typer.Exit(1) from exc
+            for sim, running in started:
+                typer.echo(f"sandbox: {sim.name:8} {sim.description:28} {running.url}  "
+                           f"(control: {running.control_url}/_sandbox/)")
+            typer.echo(f"sandbox: state in {state_dir}/ (Ctrl-C stops)")
+            while not stop.wait(0.5):
+                pass
+            runner.stop(started)
         typer.echo("sandbox: stopped")
 
 
@@ -66,8 +74,9 @@ def _ports(pairs: list[str]) -> dict[str, int]:
     return ports
 
 
-def _wait_for_stop() -> None:
-    """Block until SIGINT (Ctrl-C) or SIGTERM."""
+@contextmanager
+def _stop_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT (Ctrl-C) or SIGTERM; the previous handlers come back on exit."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -75,8 +84,7 @@ def _wait_for_stop() -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(0.5):
-            pass
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
