@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Row
 
 from bus.redaction import redact
 from bus.store._records import AuditEntry, AuditVerification
+from bus.store._sql import insert_rows
 from bus.store._tables import GENESIS_HASH, audit_head, audit_log
 
 _HEAD_ID = 1
@@ -28,7 +29,6 @@ _LOCK_HEAD = (
     .where(audit_head.c.id == _HEAD_ID)
     .with_for_update()
 )
-_INSERT_ENTRY = audit_log.insert()
 _MOVE_HEAD = audit_head.update().where(audit_head.c.id == _HEAD_ID)
 _VERIFY_PAGE = 1000
 
@@ -124,7 +124,7 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
         }
         last_hash = entry_hash(**fields)
         rows.append({**fields, "hash": last_hash})
-    conn.execute(_INSERT_ENTRY, rows)
+    insert_rows(conn, audit_log, rows)
     conn.execute(_MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
 
 

@@ -8,10 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bus.store._sql import utcnow
+from bus.store._sql import insert_rows, utcnow
 from bus.store._tables import idempotency_keys
 
-_INSERT = idempotency_keys.insert()  # built once: its compiled form is reused
 _KEYS: sa.BindParameter[list[str]] = sa.bindparam("keys", expanding=True)
 _SELECT = sa.select(
     idempotency_keys.c.client_id, idempotency_keys.c.key, idempotency_keys.c.response
@@ -34,8 +33,9 @@ def save(conn: Connection, answers: Sequence[tuple[int, str, dict[str, Any]]]) -
     already stored, so the loser of a race is rolled back whole."""
     if answers:
         now = utcnow()
-        conn.execute(
-            _INSERT,
+        insert_rows(
+            conn,
+            idempotency_keys,
             [
                 {"client_id": client_id, "key": key, "response": response, "created_at": now}
                 for client_id, key, response in answers

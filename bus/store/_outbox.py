@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from bus.store._records import OutboxEvent, OutboxRow
-from bus.store._sql import JsonText, utcnow
+from bus.store._sql import JsonText, insert_rows, utcnow
 from bus.store._tables import outbox
 from schemas.events import Envelope
 
@@ -25,9 +25,6 @@ def without_reporter(data: dict[str, Any], request_id: str | None) -> dict[str, 
         log.warning("store.outbox.reporter_removed", request_id=request_id)
         return {**data, "reporter": dict.fromkeys(reporter)}
     return data
-
-
-_INSERT = outbox.insert()  # built once: its compiled form is reused
 
 
 def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
@@ -47,8 +44,7 @@ def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
                 "created_at": now,
             }
         )
-    if rows:
-        conn.execute(_INSERT, rows)
+    insert_rows(conn, outbox, rows)
 
 
 def pending(conn: Connection, limit: int) -> list[OutboxRow]:

@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy.engine import Connection, Row
 
 from bus.store._records import RequestQuery
-from bus.store._sql import JsonText, insert_ignoring_duplicates, utcnow
+from bus.store._sql import JsonText, insert_ignoring_duplicates, insert_rows, utcnow
 from bus.store._tables import backend_refs, batch_tokens, reporters, requests, status_history
 from schemas.model import ServiceRequest, StatusNote, StatusUpdate
 
@@ -55,11 +55,6 @@ def _note_row(request_id: str, note: StatusNote, recorded_at: datetime) -> dict[
 
 # Statements built once: SQLAlchemy then reuses their compiled form without recomputing
 # cache keys, which is most of the cost of a small transaction on SQLite.
-_INSERT_REQUEST = requests.insert()
-_INSERT_REPORTER = reporters.insert()
-_INSERT_NOTE = status_history.insert()
-_INSERT_REF = backend_refs.insert()
-_INSERT_TOKEN = batch_tokens.insert()
 _IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
 _SELECT_REQUEST = sa.select(requests).where(requests.c.id == sa.bindparam("id"))
 _SELECT_REPORTERS = sa.select(reporters).where(reporters.c.request_id.in_(_IDS))
@@ -114,15 +109,14 @@ def insert_requests(
         {"token": token, "request_id": request_id, "created_at": now}
         for request_id, token in tokens.items()
     ]
-    for statement, rows in (
-        (_INSERT_REQUEST, request_rows),
-        (_INSERT_REPORTER, reporter_rows),
-        (_INSERT_NOTE, note_rows),
-        (_INSERT_REF, ref_rows),
-        (_INSERT_TOKEN, token_rows),
+    for table, rows in (
+        (requests, request_rows),
+        (reporters, reporter_rows),
+        (status_history, note_rows),
+        (backend_refs, ref_rows),
+        (batch_tokens, token_rows),
     ):
-        if rows:
-            conn.execute(statement, rows)
+        insert_rows(conn, table, rows)
 
 
 def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceRequest]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+
+from bus.store._errors import InvalidData
 
 
 def utcnow() -> datetime:
@@ -56,3 +59,59 @@ def upsert(
         statement = sqlite.insert(table).values(**values)
     updates = {name: statement.excluded[name] for name in values if name not in keys}
     conn.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=updates))
+
+
+@dataclass(frozen=True)
+class _InsertPlan:
+    sql: str
+    names: tuple[str, ...]  # bind order
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    positional: bool
+
+
+_PLANS: dict[tuple[str, str, tuple[str, ...]], _InsertPlan] = {}
+
+
+def _plan(conn: Connection, table: sa.Table, columns: tuple[str, ...]) -> _InsertPlan:
+    key = (conn.dialect.name, table.name, columns)
+    plan = _PLANS.get(key)
+    if plan is None:
+        statement = table.insert().values({c: sa.bindparam(c) for c in columns})
+        compiled = statement.compile(dialect=conn.dialect)
+        positional = bool(compiled.positional)
+        names = tuple(compiled.positiontup or ()) if positional else columns
+        plan = _InsertPlan(
+            sql=compiled.string,
+            names=names,
+            processors=tuple(
+                table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+                for name in names
+            ),
+            positional=positional,
+        )
+        _PLANS[key] = plan
+    return plan
+
+
+def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows (all with the same keys) in one multi-row statement, compiled once.
+
+    The hot path of intake: values go through each column type's bind processing, as with
+    `conn.execute(table.insert(), rows)`, without SQLAlchemy's per-statement machinery. A
+    value refused while binding raises InvalidData.
+    """
+    if not rows:
+        return
+    plan = _plan(conn, table, tuple(rows[0]))
+    pairs = tuple(zip(plan.names, plan.processors, strict=True))
+    try:
+        if plan.positional:
+            params: list[Any] = [
+                tuple(row[n] if p is None else p(row[n]) for n, p in pairs) for row in rows
+            ]
+        else:
+            params = [{n: row[n] if p is None else p(row[n]) for n, p in pairs} for row in rows]
+    except ValueError as error:
+        # The message may quote the value (personal data): name the table and the error type only.
+        raise InvalidData(f"{table.name}: a value was refused ({type(error).__name__})") from None
+    conn.exec_driver_sql(plan.sql, params if len(params) > 1 else params[0])

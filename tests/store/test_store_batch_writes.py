@@ -7,6 +7,7 @@ import sqlite3
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from bus.store import AlreadyExists, OutboxEvent, Store, StoreUnavailable
 from schemas.events import Envelope, EventType
@@ -112,3 +113,48 @@ def test_a_short_lock_timeout_gives_up_while_another_writer_holds_the_lock(
         assert store.get_request("req-1") is not None
     finally:
         store.close()
+
+
+def test_the_fast_multi_row_insert_stores_exactly_what_sqlalchemy_would(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    from bus.store._sql import JsonText, insert_rows
+    from bus.store._tables import requests
+
+    def row(request_id: str, document: object) -> dict[str, object]:
+        at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # zero microseconds: the format matters
+        return {
+            "id": request_id,
+            "jurisdiction": "j",
+            "service_code": "s",
+            "status": "open",
+            "requested_at": at,
+            "updated_at": at.replace(microsecond=7),
+            "lat": 1.5,
+            "long": None,
+            "document": document,
+        }
+
+    with store.transaction() as tx:
+        tx._session.execute(requests.insert(), [row("by-sqlalchemy", {"a": [1, "é"]})])
+        insert_rows(tx._session, requests, [row("fast", JsonText('{"a": [1, "é"]}'))])
+    with store._engine.connect() as conn:
+        raw = conn.exec_driver_sql(
+            "SELECT requested_at, updated_at, lat, long FROM requests ORDER BY id"
+        ).all()
+        documents = (
+            conn.execute(sa.select(requests.c.document).order_by(requests.c.id)).scalars().all()
+        )
+    assert raw[0] == raw[1]
+    assert documents[0] == documents[1] == {"a": [1, "é"]}
+
+
+def test_a_value_refused_while_binding_in_a_fast_insert_is_invalid_data(store: Store) -> None:
+    from bus.store import InvalidData
+
+    naive = make_request("req-1").model_copy(
+        update={"requested_at": make_request().requested_at.replace(tzinfo=None)}
+    )
+    with pytest.raises(InvalidData), store.transaction() as tx:
+        tx.add_requests([naive])
+    assert store.get_request("req-1") is None
