@@ -101,15 +101,24 @@ class Supervisor:
         log.info("supervisor.part_started", part=child.part.name, pid=child.process.pid)
 
     def _stop_all(self) -> None:
-        running = [c.process for c in self._children if c.process and c.process.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
+        running = [c for c in self._children if c.process and c.process.poll() is None]
+        for child in running:
+            assert child.process is not None
+            child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + GRACE_SECONDS
-        for proc in running:
+        for child in running:
+            proc = child.process
+            assert proc is not None
             try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("supervisor.kill", pid=proc.pid)
+                log.warning("supervisor.kill", part=child.part.name, pid=proc.pid)
                 proc.kill()
-                proc.wait()
+                code = proc.wait()
+            # Exit 0, or death by the SIGTERM re-raised after a graceful stop (uvicorn does
+            # that), is a clean stop; anything else is worth an operator's look.
+            clean = code in (0, -signal.SIGTERM)
+            (log.info if clean else log.warning)(
+                "supervisor.part_stopped", part=child.part.name, pid=proc.pid, code=code
+            )
         log.info("supervisor.stopped")

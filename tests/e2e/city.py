@@ -167,6 +167,26 @@ class Process:
                     continue
         return found
 
+    def supervisor_problems(self) -> list[str]:
+        """What `civicbus run`'s supervisor saw go wrong: parts that died while running, were
+        killed after the grace period, or exited non-zero on SIGTERM."""
+        problems = []
+        for event in self.events():
+            name = event.get("event")
+            if name == "supervisor.part_exited":
+                problems.append(f"{event['part']} died (exit {event['code']}) and was restarted")
+            elif name == "supervisor.kill":
+                problems.append(f"{event.get('part', event['pid'])} ignored SIGTERM and was killed")
+            elif name == "supervisor.part_stopped" and event["code"] != 0:
+                # uvicorn re-raises the SIGTERM once it has shut down gracefully.
+                graceful_api = event["part"] == "api" and event["code"] == -signal.SIGTERM and any(
+                    e.get("event", "").startswith("Finished server process")
+                    for e in self.events()
+                )
+                if not graceful_api:
+                    problems.append(f"{event['part']} exited {event['code']} on SIGTERM")
+        return problems
+
     def tail(self, lines: int = 60) -> str:
         """The last lines of stdout and stderr, without the poller's routine HTTP request lines."""
         out = self.stdout.read_text(errors="replace").splitlines()[-10:]

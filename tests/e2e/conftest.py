@@ -136,6 +136,7 @@ def _stop(city: SandboxCity, *, raising: bool) -> None:
     """Stop `run` first (its workers finish their messages), then the simulators."""
     before = city.diagnose()
     problems = [p for p in (proc.stop() for proc in reversed(city.processes)) if p]
+    problems += [p for proc in city.processes for p in proc.supervisor_problems()]
     if problems and raising:
         pytest.fail(
             "the sandbox city did not stop cleanly: " + "; ".join(problems)

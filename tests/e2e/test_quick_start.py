@@ -85,14 +85,17 @@ def test_civicbus_run_on_the_sandbox_config_starts_every_part_and_stops_on_sigte
         expected = {"sandbox", "api", "relay", "poller", "webhooks",
                     *(f"worker:{name}" for name in instances)}
         assert started == expected, run.tail()
-        exited = [e for e in events if e.get("event") == "supervisor.part_exited"]
-        assert not exited, f"parts died while starting: {exited}\n{run.tail()}"
+        assert not run.supervisor_problems(), run.tail()
 
         _readme_example(env, tmp_path, explain)
 
         problem = run.stop()
         stopped = True
         assert problem is None, f"{problem}\n{run.tail()}"
+        assert not run.supervisor_problems(), run.tail()
+        stopped_parts = {e["part"] for e in run.events()
+                         if e.get("event") == "supervisor.part_stopped"}
+        assert stopped_parts == expected, run.tail()
         assert any(e.get("event") == "supervisor.stopped" for e in run.events()), run.tail()
         assert all(port_is_free(p) for p in DOCUMENTED_PORTS), run.tail()
     finally:
