@@ -53,13 +53,17 @@ def webhook_secret() -> str:
     return secrets.token_hex(16)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
+                                                               marks=pytest.mark.postgres)])
 def city(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     amqp_vhost_factory: Callable[[], str],
+    postgres_database_factory: Callable[[], str],
     webhook_secret: str,
 ) -> Iterator[SandboxCity]:
-    """The sandbox city: simulators and `civicbus run --no-sandbox`, up and consuming."""
+    """The sandbox city: simulators and `civicbus run --no-sandbox`, up and consuming; on the
+    embedded SQLite store (one machine) and on PostgreSQL (the shared store)."""
     workdir = tmp_path_factory.mktemp("sandbox-city")
     logs = workdir / "logs"
     logs.mkdir()
@@ -76,7 +80,8 @@ def city(
     env = {
         **base_env(),
         "CIVICBUS_CONFIG": str(config_path),
-        "CIVICBUS_DATABASE_URL": f"sqlite:///{workdir}/civicbus.db",
+        "CIVICBUS_DATABASE_URL": (postgres_database_factory() if request.param == "postgresql"
+                                  else f"sqlite:///{workdir}/civicbus.db"),
         "CIVICBUS_AMQP_URL": amqp_url,
         "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
         "CIVICBUS_LOG_FORMAT": "json",
