@@ -11,7 +11,7 @@ from typing import Any
 
 # FileResponse imports this on the first file it serves, from a worker thread. Importing it at
 # start-up keeps module compilation off threads: CPython 3.11.7 can fail a compile that races
-# another one with "SystemError: AST constructor recursion depth mismatch" (fixed in 3.12).
+# another one with "SystemError: AST constructor recursion depth mismatch" (a CPython bug).
 import anyio._core._fileio  # noqa: F401
 import structlog
 from fastapi import FastAPI, Request, Response
