@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -55,8 +56,12 @@ _NOT_A_PHONE = re.compile(r"^(?:\d{4}-\d{2}-\d{2}|\d{1,2}[.\-/]\d{1,2}[.\-/]\d{2
 
 
 def _is_personal_key(key: object) -> bool:
-    if not isinstance(key, str):
-        return False
+    return isinstance(key, str) and _is_personal_name(key)
+
+
+# Every log line and audit entry asks this of the same few dozen keys: remember the answers.
+@lru_cache(maxsize=4096)
+def _is_personal_name(key: str) -> bool:
     normal = key.strip().lower().replace("-", "_").replace(" ", "_")
     return normal in PERSONAL_KEYS or normal.endswith(_PERSONAL_SUFFIXES)
 
