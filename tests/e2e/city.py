@@ -269,7 +269,7 @@ def city_config(
             # Relative mappings are read from the working directory: the repository's root.
             instance["mapping"] = str((REPO / mapping).resolve())
         instance["poll_interval"] = 0.5
-        instance["retry"] = {"immediate_attempts": 2, "tiers": [0.5, 1.0], "max_attempts": 4}
+        instance["retry"] = {"immediate_attempts": 2, "tiers": [0.5, 1.0], "max_attempts": 10}
         settings = instance.setdefault("settings", {})
         kind = instance["kind"]
         if kind == "sap":

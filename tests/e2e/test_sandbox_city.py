@@ -545,6 +545,84 @@ def test_a_subscribed_back_office_receives_the_requests_events_in_order(
     assert not leaked, f"webhook bodies carry personal data: {sorted(set(leaked))}"
 
 
+# --- failures: retries and dead letters (after the delivery checks: these add requests) ----------
+
+def _post_one(api: httpx.Client, api_key: str, code: str, jurisdiction: str) -> str:
+    """Post one valid request for a service; its id."""
+    definition = api.get(f"/services/{code}.json", params={"jurisdiction_id": jurisdiction})
+    assert definition.status_code == 200, definition.text
+    form = [("api_key", api_key), ("jurisdiction_id", jurisdiction), ("service_code", code),
+            ("lat", str(DEFAULT_POINT[0])), ("long", str(DEFAULT_POINT[1])),
+            ("description", "Failure path check."), *answers_for(definition.json())]
+    created = api.post("/requests.json", data=_form_dict(form))
+    assert created.status_code == 201, created.text
+    return str(created.json()[0]["service_request_id"])
+
+
+def _set_fault(city: SandboxCity, simulator: str, mode: str) -> None:
+    response = httpx.put(f"{city.control_urls[simulator]}/_sandbox/fault", json={"mode": mode},
+                         timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def _service_routed_to(city: SandboxCity, kind: str) -> tuple[str, str, str]:
+    """(service code, jurisdiction, instance) of the first service routed to a `kind` instance."""
+    for code, jurisdiction in SERVICES:
+        instance = city.instance_for(code, jurisdiction)
+        if city.config["instances"][instance]["kind"] == kind:
+            return code, jurisdiction, instance
+    raise AssertionError(f"no service of the sandbox city is routed to a {kind} instance")
+
+
+def test_a_back_end_outage_is_retried_until_the_back_end_is_back(
+    city: SandboxCity, posted: dict[str, Posted], api: httpx.Client, api_key: str, store: Store,
+) -> None:
+    code, jurisdiction, instance = _service_routed_to(city, "sap")
+    _set_fault(city, "sap", "down")
+    try:
+        request_id = _post_one(api, api_key, code, jurisdiction)
+        city.wait_until(
+            lambda: any(e.action == "attempt" and e.outcome == "error"
+                        for e in store.audit_trail(request_id)),
+            timeout=DELIVERY_TIMEOUT, what=f"a failed attempt to deliver {request_id}")
+    finally:
+        _set_fault(city, "sap", "none")
+    item = Posted(code, jurisdiction, "", "realtime", instance, {}, request_id, DEFAULT_POINT)
+    city.wait_until(functools.partial(_backend_refs, api, item), timeout=DELIVERY_TIMEOUT,
+                    what=f"{request_id} to be delivered once SAP is back")
+    trail = store.audit_trail(request_id)
+    assert [e.outcome for e in trail if e.action == "submitted"] == ["ok"]
+    assert not [e for e in trail if e.action == "dead_lettered"]
+    assert len([n for n in _items(city, "sap") if n["ext_ref"] == request_id]) == 1
+
+
+def test_a_rejected_request_is_dead_lettered_then_replayed_after_the_fix(
+    city: SandboxCity, posted: dict[str, Posted], api: httpx.Client, api_key: str, store: Store,
+) -> None:
+    code, jurisdiction, instance = _service_routed_to(city, "parks")
+    _set_fault(city, "parks", "reject")
+    try:
+        request_id = _post_one(api, api_key, code, jurisdiction)
+        listing = city.wait_until(
+            lambda: (lambda out: out if request_id in out else None)(
+                city.cli("dead", "list", instance).stdout),
+            timeout=DELIVERY_TIMEOUT, what=f"{request_id} in `civicbus dead list {instance}`")
+    finally:
+        _set_fault(city, "parks", "none")
+    (row,) = [line for line in listing.splitlines() if request_id in line]
+    assert "PermanentError" in row and "422" in row, row
+    assert not [w for w in _items(city, "parks") if w["external_reference"] == request_id]
+
+    city.cli("dead", "replay", instance, row.split()[0])
+    item = Posted(code, jurisdiction, "", "realtime", instance, {}, request_id, DEFAULT_POINT)
+    city.wait_until(functools.partial(_backend_refs, api, item), timeout=DELIVERY_TIMEOUT,
+                    what=f"{request_id} to be delivered after the replay")
+    assert len([w for w in _items(city, "parks") if w["external_reference"] == request_id]) == 1
+    actions = [e.action for e in store.audit_trail(request_id)]
+    assert actions.index("dead_lettered") < actions.index("replayed") < actions.index("submitted")
+    assert request_id not in city.cli("dead", "list", instance).stdout
+
+
 def test_the_audit_log_is_intact_after_the_whole_run(city: SandboxCity) -> None:
     done = city.cli("audit", "verify")
     assert "intact" in done.stdout
