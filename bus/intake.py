@@ -234,6 +234,7 @@ def _settled(outcome: Prepared | Accepted | Exception) -> Accepted | Exception:
     log.info(
         "intake.accepted",
         request_id=request.id,
+        correlation_id=outcome.envelope.correlationid,
         service_code=request.service_code,
         jurisdiction=request.jurisdiction,
         message_id=outcome.envelope.id,

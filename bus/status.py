@@ -31,6 +31,7 @@ def record_status_update(
             log.info(
                 "status.repeated_update",
                 request_id=update.request_id,
+                correlation_id=correlation_id or update.request_id,
                 update_id=update.update_id,
                 source=update.source,
             )
@@ -68,6 +69,7 @@ def record_status_update(
     log.info(
         "status.changed",
         request_id=updated.id,
+        correlation_id=correlation_id or updated.id,
         status=update.status.value,
         update_id=update.update_id,
         source=update.source,
