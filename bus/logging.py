@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -25,9 +25,12 @@ def redact_personal_data(
     return redacted
 
 
-def configure_logging(fmt: str = "auto", level: str | int = "INFO") -> None:
+def configure_logging(
+    fmt: str = "auto", level: str | int = "INFO", stream: TextIO | None = None
+) -> None:
     """Set up structlog and the stdlib root logger; `fmt` is "json", "console" or "auto"."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    stream = sys.stderr if stream is None else stream
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -55,7 +58,7 @@ def configure_logging(fmt: str = "auto", level: str | int = "INFO") -> None:
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

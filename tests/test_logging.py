@@ -1,0 +1,56 @@
+"""Log lines are structured and never carry a resident's personal data."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+import structlog
+
+from bus.logging import bind_request, clear_request, configure_logging
+
+Lines = Callable[[], list[dict[str, object]]]
+
+
+@pytest.fixture
+def json_lines() -> Iterator[Lines]:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    clear_request()
+
+
+def test_personal_data_is_redacted_from_every_field(json_lines: Lines) -> None:
+    structlog.get_logger("civicbus.test").info(
+        "request.accepted",
+        request_id="r-1",
+        email="ada@example.org",
+        reporter={"first_name": "Ada", "phone": "+44 20 7946 0958"},
+        note="call me on +44 20 7946 0958 or mail ada@example.org",
+    )
+    [line] = json_lines()
+    text = json.dumps(line)
+    assert "ada@example.org" not in text and "7946" not in text and "Ada" not in text
+    assert line["request_id"] == "r-1" and line["event"] == "request.accepted"
+    assert line["level"] == "info" and "timestamp" in line
+
+
+def test_bound_request_and_correlation_ids_are_on_every_line(json_lines: Lines) -> None:
+    bind_request("r-2", "corr-2")
+    structlog.get_logger("civicbus.test").info("worker.step")
+    logging.getLogger("some.library").warning("library says %s", "hello")
+    lines = json_lines()
+    assert [(line["request_id"], line["correlation_id"]) for line in lines] == [
+        ("r-2", "corr-2"),
+        ("r-2", "corr-2"),
+    ]
+
+
+def test_library_records_are_redacted_too(json_lines: Lines) -> None:
+    logging.getLogger("some.library").warning("sending to %s", "ada@example.org")
+    [line] = json_lines()
+    assert "ada@example.org" not in json.dumps(line)
+    assert line["logger"] == "some.library"
