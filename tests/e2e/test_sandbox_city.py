@@ -377,6 +377,23 @@ def test_each_service_reaches_its_routed_back_end_once_with_the_mapped_fields(
     assert not leaked, f"{item.instance} holds the reporter's personal data: {leaked}"
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "bus/redaction.py masks identifiers as personal data: in audit details (and log lines) an "
+    "SAP notification number (12 digits) becomes [redacted-phone] and an e-mail Message-ID "
+    "<id@civicbus.local> becomes <[redacted-email]>"))
+def test_the_audit_trail_keeps_each_back_end_reference(
+    posted: dict[str, Posted], api: httpx.Client, store: Store
+) -> None:
+    lost = {}
+    for item in posted.values():
+        (ref,) = _backend_refs(api, item)
+        audited = [e.details.get("reference") for e in store.audit_trail(item.request_id)
+                   if e.action == "submitted"]
+        if audited != [ref["reference"]]:
+            lost[item.instance] = (ref["reference"], audited)
+    assert not lost, lost
+
+
 def test_every_back_end_holds_exactly_the_requests_routed_to_it(
     city: SandboxCity, posted: dict[str, Posted]
 ) -> None:
