@@ -2,7 +2,8 @@
 
 Audit details and log lines pass through `redact`: values under personal-data keys (e-mail,
 phone, names, device id, the whole reporter) become "[redacted]", and e-mail addresses or
-phone numbers written inside free text are masked.
+phone numbers written inside free text are masked. Identifiers (`*_id`, `reference`, a
+Message-ID) are left alone: a 12-digit SAP notification number is not a phone number.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ _PHONE = re.compile(r"(?<![\w\-+])\+?\(?\d(?:[\s.\-()/]{0,2}\d){6,14}(?![\w\-])"
 _NOT_A_PHONE = re.compile(r"^(?:\d{4}-\d{2}-\d{2}|\d{1,2}[.\-/]\d{1,2}[.\-/]\d{2,4}|\d+\.\d+)")
 
 
+#: Keys whose values are identifiers civicbus or a back-end assigned (an SAP notification
+#: number, a Message-ID): never a resident's free text, so never masked as if they were.
+_IDENTIFIER_KEYS = frozenset({"id", "reference", "references", "message_id", "in_reply_to"})
+_IDENTIFIER_SUFFIXES = ("_id", "_reference", "_ref")
+
+
+def _is_identifier_key(key: object) -> bool:
+    return isinstance(key, str) and (key in _IDENTIFIER_KEYS or key.endswith(_IDENTIFIER_SUFFIXES))
+
+
 def _is_personal_key(key: object) -> bool:
     return isinstance(key, str) and _is_personal_name(key)
 
@@ -86,12 +97,19 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {
-            key: (REDACTED if _is_personal_key(key) and item is not None else redact(item))
-            for key, item in value.items()
-        }
+        return {key: _redact_item(key, item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [redact(item) for item in value]
     if hasattr(value, "model_dump"):
         return redact(value.model_dump(mode="json"))
     return value
+
+
+def _redact_item(key: object, item: Any) -> Any:
+    if item is None:
+        return None
+    if _is_personal_key(key):  # checked first: device_id and account_id are personal
+        return REDACTED
+    if isinstance(item, str) and _is_identifier_key(key):
+        return item
+    return redact(item)

@@ -377,10 +377,6 @@ def test_each_service_reaches_its_routed_back_end_once_with_the_mapped_fields(
     assert not leaked, f"{item.instance} holds the reporter's personal data: {leaked}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bus/redaction.py masks identifiers as personal data: in audit details (and log lines) an "
-    "SAP notification number (12 digits) becomes [redacted-phone] and an e-mail Message-ID "
-    "<id@civicbus.local> becomes <[redacted-email]>"))
 def test_the_audit_trail_keeps_each_back_end_reference(
     posted: dict[str, Posted], api: httpx.Client, store: Store
 ) -> None:

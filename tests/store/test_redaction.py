@@ -72,3 +72,20 @@ def test_pydantic_models_are_dumped_and_redacted() -> None:
 @given(st.emails())
 def test_any_email_address_in_text_is_masked(address: str) -> None:
     assert address not in redact(f"from {address} :")
+
+
+def test_identifiers_are_not_mistaken_for_phone_numbers_or_addresses() -> None:
+    details = {
+        "reference": "000010000042",
+        "message_id": "<01M80CQ@civicbus.local>",
+        "update_id": "5551234567",
+        "device_id": "5551234567",
+        "note": "call 555 123 4567",
+    }
+    assert redact(details) == {
+        "reference": "000010000042",
+        "message_id": "<01M80CQ@civicbus.local>",
+        "update_id": "5551234567",
+        "device_id": REDACTED,
+        "note": "call " + PHONE_MASK,
+    }
