@@ -7,14 +7,16 @@ its reporter (personal data, own table), status history and back-end cross-refer
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
+from bus.store._errors import InvalidData
 from bus.store._records import RequestQuery
 from bus.store._sql import JsonText, insert_ignoring_duplicates, insert_rows, utcnow
 from bus.store._tables import backend_refs, batch_tokens, reporters, requests, status_history
@@ -169,6 +171,18 @@ def get_request(conn: Connection, request_id: str) -> ServiceRequest | None:
     return found[0] if found else None
 
 
+_SELECT_REQUESTS = sa.select(requests).where(requests.c.id.in_(_IDS))
+
+
+def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, ServiceRequest]:
+    """The whole requests by id (four statements whatever their number); unknown ids absent."""
+    ids = list(dict.fromkeys(request_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(_SELECT_REQUESTS, {"ids": ids}).all()
+    return {request.id: request for request in load_requests(conn, rows)}
+
+
 def _filters(query: RequestQuery) -> Iterable[sa.ColumnElement[bool]]:
     c = requests.c
     if query.ids is not None:
@@ -273,6 +287,81 @@ def add_backend_ref(
                 kept=known,
                 offered=reference,
             )
+
+
+_INSERT_REFS: dict[tuple[str, int], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, tuple[str, ...] | None]:
+    """INSERT of `rows` cross-references, skipping known ones, RETURNING the inserted request
+    ids: its SQL and, for positional drivers, the bind order. Compiled once per dialect and row
+    count (SQLAlchemy does not cache multi-row VALUES statements itself)."""
+    dialect = conn.dialect
+    plan = _INSERT_REFS.get((dialect.name, rows))
+    if plan is None:
+        insert: Any = (postgresql if dialect.name == "postgresql" else sqlite).insert(backend_refs)
+        statement = (
+            insert.values(
+                [
+                    {
+                        "request_id": sa.bindparam(f"r{i}"),
+                        "adapter": sa.bindparam(f"a{i}"),
+                        "reference": sa.bindparam(f"f{i}"),
+                        "at": sa.bindparam(f"t{i}"),
+                    }
+                    for i in range(rows)
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["request_id", "adapter"])
+            .returning(backend_refs.c.request_id)
+        )
+        compiled = statement.compile(dialect=dialect)
+        order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        plan = (compiled.string, order)
+        _INSERT_REFS[(dialect.name, rows)] = plan
+    return plan
+
+
+def add_backend_refs(
+    conn: Connection, adapter: str, refs: Sequence[tuple[str, str, datetime]]
+) -> set[str]:
+    """Record (request id, reference, time) cross-references for `adapter` in one statement,
+    the first reference per (request, adapter) kept as in add_backend_ref; returns the request
+    ids whose reference this call recorded (a repeated request id counts once, the first)."""
+    first: dict[str, tuple[str, datetime]] = {}
+    for request_id, reference, at in refs:
+        first.setdefault(request_id, (reference, at))
+    if not first:
+        return set()
+    # The time goes through the column type's bind processing, as SQLAlchemy would do it.
+    process_at = backend_refs.c.at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    values: dict[str, Any] = {}
+    for i, (request_id, (reference, at)) in enumerate(first.items()):
+        values[f"r{i}"], values[f"a{i}"], values[f"f{i}"] = request_id, adapter, reference
+        try:
+            values[f"t{i}"] = process_at(at) if process_at else at
+        except ValueError:
+            raise InvalidData(f"backend_refs: request {request_id}: a refused time") from None
+    sql, order = _insert_refs_sql(conn, len(first))
+    params: Any = values if order is None else tuple(values[name] for name in order)
+    inserted = set(conn.exec_driver_sql(sql, params).scalars())
+    known = [rid for rid in first if rid not in inserted]
+    if known:
+        rows = conn.execute(
+            sa.select(backend_refs.c.request_id, backend_refs.c.reference).where(
+                backend_refs.c.adapter == adapter, backend_refs.c.request_id.in_(known)
+            )
+        )
+        for request_id, kept in rows:
+            if kept != first[request_id][0]:
+                log.warning(
+                    "store.backend_ref.conflict",
+                    request_id=request_id,
+                    adapter=adapter,
+                    kept=kept,
+                    offered=first[request_id][0],
+                )
+    return inserted
 
 
 def status_updates(conn: Connection, start: datetime, end: datetime) -> list[StatusUpdate]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -105,6 +105,10 @@ class Store:
     def get_request(self, request_id: str) -> ServiceRequest | None:
         """The whole canonical request: reporter, back-end references and history included."""
         return self._read(lambda conn: _requests.get_request(conn, request_id))
+
+    def get_requests(self, request_ids: Collection[str]) -> dict[str, ServiceRequest]:
+        """Whole requests by id, read together (one snapshot); unknown ids are absent."""
+        return self._read(lambda conn: _requests.get_requests(conn, request_ids))
 
     def find_requests(self, query: RequestQuery) -> list[ServiceRequest]:
         """Requests matching every filter, ordered by requested time then id."""

@@ -87,6 +87,15 @@ class Transaction:
         """Record the back-end's reference for the request (idempotent per adapter)."""
         _requests.add_backend_ref(self._session, request_id, adapter, reference, at)
 
+    def add_backend_refs(self, adapter: str, refs: Sequence[tuple[str, str, datetime]]) -> set[str]:
+        """Record several (request id, reference, time) for one adapter at once, as
+        add_backend_ref does; returns the request ids whose reference was not known before."""
+        return _requests.add_backend_refs(self._session, adapter, refs)
+
+    def get_requests(self, request_ids: Collection[str]) -> dict[str, ServiceRequest]:
+        """Whole requests by id as this transaction sees them; unknown ids are absent."""
+        return _requests.get_requests(self._session, request_ids)
+
     # --- outbox ----------------------------------------------------------------------------
     def add_outbox(self, envelope: Envelope, *, exchange: str, routing_key: str) -> None:
         """Queue an event for the relay; it is published only if this transaction commits.

@@ -1,0 +1,109 @@
+"""The store's batch helpers the worker's group commit uses, on SQLite and PostgreSQL: requests
+read together, and cross-references recorded together with which of them were new."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from bus.store import InvalidData, Store
+from schemas.model import Location, Reporter, ServiceRequest, Status, StatusUpdate
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    opened = Store.open(url)
+    yield opened
+    opened.close()
+
+
+def stored(store: Store, *ids: str) -> None:
+    with store.transaction() as tx:
+        tx.add_requests(
+            [
+                ServiceRequest(
+                    id=request_id,
+                    jurisdiction="springfield",
+                    service_code="pothole",
+                    service_name="Pothole",
+                    location=Location(lat=52.5, long=13.4),
+                    reporter=Reporter(email=f"{request_id}@example.org"),
+                    requested_at=T0,
+                    updated_at=T0,
+                )
+                for request_id in ids
+            ]
+        )
+
+
+def test_requests_read_together_are_whole_and_unknown_ids_are_absent(store: Store) -> None:
+    stored(store, "a", "b")
+    with store.transaction() as tx:
+        tx.add_backend_ref("a", "roads", "WO-1", T0)
+    store_update = StatusUpdate(
+        request_id="b", status=Status.IN_PROGRESS, at=T0, source="t", update_id="u-1"
+    )
+    with store.transaction() as tx:
+        tx.apply_status_update(store_update)
+
+    found = store.get_requests(["a", "b", "ghost", "a"])
+
+    assert set(found) == {"a", "b"}
+    assert found["a"] == store.get_request("a")
+    assert found["b"] == store.get_request("b")
+    assert found["a"].reporter.email == "a@example.org"
+    assert [r.reference for r in found["a"].backend_refs] == ["WO-1"]
+    assert found["b"].status is Status.IN_PROGRESS
+    assert store.get_requests([]) == {}
+
+
+def test_backend_refs_recorded_together_say_which_were_new(store: Store) -> None:
+    stored(store, "a", "b", "c")
+    with store.transaction() as tx:
+        tx.add_backend_ref("b", "roads", "WO-OLD", T0)
+
+    berlin = timezone(timedelta(hours=2))
+    with store.transaction() as tx:
+        new = tx.add_backend_refs(
+            "roads",
+            [
+                ("a", "WO-1", T0),
+                ("b", "WO-2", T0),  # known: the first reference is kept
+                ("c", "WO-3", datetime(2026, 3, 1, 15, 0, tzinfo=berlin)),
+                ("a", "WO-9", T0),  # a second copy in the same batch: the first one counts
+            ],
+        )
+
+    assert new == {"a", "c"}
+    refs = {i: store.get_request(i).backend_refs for i in "abc"}  # type: ignore[union-attr]
+    assert [(r.adapter, r.reference) for r in refs["a"]] == [("roads", "WO-1")]
+    assert [r.reference for r in refs["b"]] == ["WO-OLD"]
+    assert refs["c"][0].submitted_at == datetime(2026, 3, 1, 13, 0, tzinfo=UTC)
+
+
+def test_backend_refs_of_another_adapter_are_independent(store: Store) -> None:
+    stored(store, "a")
+    with store.transaction() as tx:
+        assert tx.add_backend_refs("roads", [("a", "WO-1", T0)]) == {"a"}
+    with store.transaction() as tx:
+        assert tx.add_backend_refs("email", [("a", "MSG-1", T0)]) == {"a"}
+        assert tx.add_backend_refs("roads", [("a", "WO-1", T0)]) == set()
+        assert tx.add_backend_refs("roads", []) == set()
+    request = store.get_request("a")
+    assert request is not None
+    assert sorted((r.adapter, r.reference) for r in request.backend_refs) == [
+        ("email", "MSG-1"),
+        ("roads", "WO-1"),
+    ]
+
+
+def test_a_batch_of_refs_that_fails_writes_none(store: Store) -> None:
+    stored(store, "a", "b")
+    with pytest.raises(InvalidData), store.transaction() as tx:
+        tx.add_backend_refs("roads", [("a", "WO-1", T0), ("b", "WO-2", datetime(2026, 3, 1))])
+    assert store.get_requests(["a", "b"])["a"].backend_refs == ()
