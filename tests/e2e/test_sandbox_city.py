@@ -148,6 +148,7 @@ def posted(
             assert listing.status_code == 200, listing.text
             for service in listing.json():
                 code = service["service_code"]
+                assert code not in posted, f"{code} is in two jurisdictions: key Posted by both"
                 definition = {}
                 if service["metadata"]:
                     answer = api.get(f"/services/{code}.json",
