@@ -1,8 +1,8 @@
 """Fixtures that give tests real services: a fresh PostgreSQL database and a fresh RabbitMQ vhost.
 
 Each is created for the test session (or test) and removed afterwards (vhosts in the background,
-once the session is over), so tests never see each
-other's data and the machine's services are left as they were. `.ci/run` and `make test` make
+once the session is over), so tests never see each other's data and the machine's services are
+left as they were. `.ci/run` and `make test` make
 sure the services are running; a test that cannot reach them fails rather than skips.
 """
 
