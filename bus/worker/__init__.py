@@ -14,7 +14,7 @@ from bus.broker.topology import declare_topology, work_queue
 from bus.config import InstanceConfig
 from bus.store import Store
 from bus.worker._commands import CommandWorker
-from bus.worker._consumer import Broker, Consumer, Handler
+from bus.worker._consumer import BatchHandler, Broker, Consumer, Handler
 from bus.worker._delivery import ATTEMPT_HEADER, FIRST_FAILURE_HEADER, REASON_HEADER, Delivery
 from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
@@ -24,6 +24,7 @@ __all__ = [
     "ATTEMPT_HEADER",
     "FIRST_FAILURE_HEADER",
     "REASON_HEADER",
+    "BatchHandler",
     "Broker",
     "CommandWorker",
     "Consumer",
@@ -47,5 +48,6 @@ def command_consumer(
 
     consumer = Consumer(amqp_url, prefetch=config.prefetch, name=instance, declare=declare)
     route = Route(instance, store, config.retry)
-    consumer.consume(work_queue(instance), CommandWorker(route, adapter))
+    # Receipts are recorded per batch of delivered messages (group commit), then acked.
+    consumer.consume_batches(work_queue(instance), CommandWorker(route, adapter).handle_batch)
     return consumer

@@ -1,11 +1,17 @@
-"""The path of one command through an adapter worker, as a short sequence of named steps:
+"""The path of commands through an adapter worker, as a short sequence of named steps:
 
-decode → load request → already recorded? → find or submit (idempotent consumer, quick
-retries) → record receipt → ack (by returning). Any failure goes to the redelivery policy.
+decode → load requests → already recorded? → find or submit (idempotent consumer, quick
+retries) → record receipts → ack (by returning). Any failure goes to the redelivery policy.
+
+Deliveries are taken in batches (those the broker has already handed over, up to the prefetch):
+each goes through the adapter in order, then the receipts of the whole batch are recorded in one
+store transaction (group commit) and only then acknowledged. A crash before that commit leaves
+every message of the batch unacknowledged: redelivered, found in the back-end, recorded once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC
 
@@ -14,6 +20,7 @@ import structlog
 from adapters import Adapter, Receipt
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.status import record_status_update
+from bus.store import OutboxEvent, Transaction
 from bus.worker._consumer import Broker
 from bus.worker._delivery import Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, describe, schedule_retry_or_dead_letter
@@ -24,6 +31,30 @@ from schemas.model import BackendRef, ServiceRequest, StatusUpdate
 log = structlog.get_logger(__name__)
 
 
+class ReceiptNotRecorded(Exception):
+    """The back-end took the request but its receipt could not be stored: requeue the message
+    (the redelivery finds the request in the back-end and records it then)."""
+
+
+@dataclass(frozen=True)
+class _Command:
+    """One decoded command of a batch and where it is in the batch."""
+
+    position: int
+    delivery: Delivery
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A command the back-end holds, waiting for the batch's group commit."""
+
+    command: _Command
+    request: ServiceRequest
+    receipt: Receipt
+    submitted: Envelope
+
+
 @dataclass(frozen=True)
 class CommandWorker:
     """Runs `civicbus.request.created` commands through one adapter instance."""
@@ -32,47 +63,86 @@ class CommandWorker:
     adapter: Adapter
 
     def __call__(self, delivery: Delivery, broker: Broker) -> None:
-        envelope: Envelope | None = None
+        """One command on its own (a batch of one); raises ReceiptNotRecorded to requeue it."""
+        if self.handle_batch([delivery], broker):
+            raise ReceiptNotRecorded(f"message {delivery.key}: receipt not recorded")
+
+    def handle_batch(self, deliveries: Sequence[Delivery], broker: Broker) -> Collection[int]:
+        """Process the deliveries in order; returns the positions of those to requeue.
+
+        Failed commands go to a retry tier or the dead letter channel one by one; the receipts
+        of the others are recorded together. Raises (nothing done) when the store cannot even
+        be read.
+        """
+        commands, malformed = self.decode_all(deliveries)
+        requests = self.route.store.get_requests({c.envelope.subject for c in commands})
+        for delivery, exc in malformed:
+            schedule_retry_or_dead_letter(self.route, delivery, broker, exc, None)
+        taken: list[_Taken] = []
+        duplicates: list[_Command] = []
+        for command in commands:
+            try:
+                request = self.load_request(command.envelope, requests)
+                if self.already_recorded(request):
+                    duplicates.append(command)
+                    continue
+                receipt = self.deliver(command, request)
+            except Exception as exc:
+                schedule_retry_or_dead_letter(
+                    self.route, command.delivery, broker, exc, command.envelope
+                )
+                continue
+            taken.append(self.taken(command, request, receipt))
         try:
-            envelope = decode(delivery)
-            request = self.load_request(envelope)
-            if self.already_recorded(request, envelope):
-                return
-            receipt = call_with_retries(
-                lambda: self.find_or_submit(request),
-                attempts=self.route.policy.immediate_attempts,
-                on_error=lambda n, exc: self.audit_failed_try(delivery, envelope, n, exc),
-            )
+            recorded = self.record_receipts(taken, duplicates)
         except Exception as exc:
-            schedule_retry_or_dead_letter(self.route, delivery, broker, exc, envelope)
-            return
-        self.record_receipt(delivery, envelope, request, receipt)
-        self.record_backend_status(request, receipt)
+            log.warning(
+                "worker.receipts_not_recorded",
+                route=self.route.name,
+                messages=len(taken) + len(duplicates),
+                error=describe(exc),
+            )
+            return {t.command.position for t in taken} | {c.position for c in duplicates}
+        return self.record_backend_statuses(recorded)
 
     # --- the steps ------------------------------------------------------------------------
-    def load_request(self, envelope: Envelope) -> ServiceRequest:
-        """The full request (with the reporter, which some back-ends need) from the store."""
+    def decode_all(
+        self, deliveries: Sequence[Delivery]
+    ) -> tuple[list[_Command], list[tuple[Delivery, MalformedMessage]]]:
+        """The commands that are envelopes, and the deliveries that are not (dead letters)."""
+        commands: list[_Command] = []
+        malformed: list[tuple[Delivery, MalformedMessage]] = []
+        for position, delivery in enumerate(deliveries):
+            try:
+                commands.append(_Command(position, delivery, decode(delivery)))
+            except MalformedMessage as exc:
+                malformed.append((delivery, exc))
+        return commands, malformed
+
+    def load_request(
+        self, envelope: Envelope, requests: dict[str, ServiceRequest]
+    ) -> ServiceRequest:
+        """The full request (with the reporter, which some back-ends need), as loaded."""
         if envelope.type is not EventType.CREATED:
             raise MalformedMessage(f"message {envelope.id}: a command must be {EventType.CREATED}")
-        request = self.route.store.get_request(envelope.subject)
+        request = requests.get(envelope.subject)
         if request is None:
             raise MalformedMessage(f"message {envelope.id}: unknown request {envelope.subject}")
         return request
 
-    def already_recorded(self, request: ServiceRequest, envelope: Envelope) -> bool:
-        """A redelivery after the receipt was recorded: nothing left to do but ack."""
-        if not any(ref.adapter == self.route.name for ref in request.backend_refs):
-            return False
-        with self.route.store.transaction() as tx:
-            tx.audit(
-                actor=self.route.actor,
-                action="attempt",
-                request_id=request.id,
-                message_id=envelope.id,
-                outcome="duplicate",
-                details={"note": "receipt already recorded; redelivery acknowledged"},
-            )
-        return True
+    def already_recorded(self, request: ServiceRequest) -> bool:
+        """A redelivery after the receipt was recorded: nothing left to do but audit and ack."""
+        return any(ref.adapter == self.route.name for ref in request.backend_refs)
+
+    def deliver(self, command: _Command, request: ServiceRequest) -> Receipt:
+        """Find or submit, with quick in-process retries, each failed try audited."""
+        return call_with_retries(
+            lambda: self.find_or_submit(request),
+            attempts=self.route.policy.immediate_attempts,
+            on_error=lambda n, exc: self.audit_failed_try(
+                command.delivery, command.envelope, n, exc
+            ),
+        )
 
     def find_or_submit(self, request: ServiceRequest) -> Receipt:
         """Idempotent consumer: ask the back-end first, create only when it lacks the request."""
@@ -102,11 +172,10 @@ class CommandWorker:
                 details={"attempt": delivery.attempt, "try": try_number, "error": describe(exc)},
             )
 
-    def record_receipt(
-        self, delivery: Delivery, envelope: Envelope, request: ServiceRequest, receipt: Receipt
-    ) -> None:
-        """Cross-reference, `submitted` event and audit entries, in one transaction."""
+    def taken(self, command: _Command, request: ServiceRequest, receipt: Receipt) -> _Taken:
+        """The receipt with the `submitted` event it announces (built before the commit)."""
         at = receipt.at if receipt.at.tzinfo else receipt.at.replace(tzinfo=UTC)
+        receipt = replace(receipt, at=at)
         ref = BackendRef(adapter=self.route.name, reference=receipt.reference, submitted_at=at)
         submitted = Envelope(
             type=EventType.SUBMITTED,
@@ -116,41 +185,98 @@ class CommandWorker:
                 "instance": self.route.name,
                 "reference": receipt.reference,
             },
-            correlationid=envelope.correlationid,
-            traceparent=envelope.traceparent,
+            correlationid=command.envelope.correlationid,
+            traceparent=command.envelope.traceparent,
         )
-        outcome = "ok" if receipt.created else "found"
+        return _Taken(command, request, receipt, submitted)
+
+    def record_receipts(self, taken: list[_Taken], duplicates: list[_Command]) -> list[_Taken]:
+        """Cross-references, `submitted` events and audit entries of a batch, in one
+        transaction; returns the receipts recorded now (a request whose reference was already
+        known, from a redelivery or another worker, is audited as a duplicate, no new event)."""
+        if not taken and not duplicates:
+            return []
+        recorded: list[_Taken] = []
         with self.route.store.transaction() as tx:
-            tx.add_backend_ref(request.id, self.route.name, receipt.reference, at)
-            tx.audit(
-                actor=self.route.actor,
-                action="attempt",
-                request_id=request.id,
-                message_id=envelope.id,
-                outcome=outcome,
-                details={"attempt": delivery.attempt},
+            new = tx.add_backend_refs(
+                self.route.name,
+                [(t.request.id, t.receipt.reference, t.receipt.at) for t in taken],
             )
-            tx.audit(
-                actor=self.route.actor,
-                action="submitted",
-                request_id=request.id,
-                message_id=envelope.id,
-                outcome=outcome,
-                details={"reference": receipt.reference, "created": receipt.created},
+            for item in taken:
+                if item.request.id not in new:
+                    duplicates.append(item.command)
+                    continue
+                new.discard(item.request.id)  # a second copy in this batch is a duplicate
+                recorded.append(item)
+                self.audit_receipt(tx, item)
+            for command in duplicates:
+                self.audit_duplicate(tx, command)
+            tx.add_outbox_events(
+                [
+                    OutboxEvent(
+                        t.submitted,
+                        EVENTS_EXCHANGE,
+                        event_routing_key(EventType.SUBMITTED, self.route.name),
+                    )
+                    for t in recorded
+                ]
             )
-            tx.add_outbox(
-                submitted,
-                exchange=EVENTS_EXCHANGE,
-                routing_key=event_routing_key(EventType.SUBMITTED, self.route.name),
+        for item in recorded:
+            log.info(
+                "request.submitted",
+                route=self.route.name,
+                request_id=item.request.id,
+                reference=item.receipt.reference,
+                created=item.receipt.created,
+                attempt=item.command.delivery.attempt,
             )
-        log.info(
-            "request.submitted",
-            route=self.route.name,
-            request_id=request.id,
-            reference=receipt.reference,
-            created=receipt.created,
-            attempt=delivery.attempt,
+        return recorded
+
+    def audit_receipt(self, tx: Transaction, item: _Taken) -> None:
+        outcome = "ok" if item.receipt.created else "found"
+        tx.audit(
+            actor=self.route.actor,
+            action="attempt",
+            request_id=item.request.id,
+            message_id=item.command.envelope.id,
+            outcome=outcome,
+            details={"attempt": item.command.delivery.attempt},
         )
+        tx.audit(
+            actor=self.route.actor,
+            action="submitted",
+            request_id=item.request.id,
+            message_id=item.command.envelope.id,
+            outcome=outcome,
+            details={"reference": item.receipt.reference, "created": item.receipt.created},
+        )
+
+    def audit_duplicate(self, tx: Transaction, command: _Command) -> None:
+        tx.audit(
+            actor=self.route.actor,
+            action="attempt",
+            request_id=command.envelope.subject,
+            message_id=command.envelope.id,
+            outcome="duplicate",
+            details={"note": "receipt already recorded; redelivery acknowledged"},
+        )
+
+    def record_backend_statuses(self, recorded: list[_Taken]) -> set[int]:
+        """Statuses the back-end gave with its receipts; positions whose status could not be
+        stored are requeued, as a crash there would leave them."""
+        requeue: set[int] = set()
+        for item in recorded:
+            try:
+                self.record_backend_status(item.request, item.receipt)
+            except Exception as exc:
+                log.warning(
+                    "worker.receipt_status_not_recorded",
+                    route=self.route.name,
+                    request_id=item.request.id,
+                    error=describe(exc),
+                )
+                requeue.add(item.command.position)
+        return requeue
 
     def record_backend_status(self, request: ServiceRequest, receipt: Receipt) -> None:
         """A back-end that answers with its own status for the new work (e.g. `for_triage`)

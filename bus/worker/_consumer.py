@@ -2,9 +2,11 @@
 
 The main thread owns the pika connection and only pumps its events (so heartbeats keep
 flowing); each consumed queue has one handler thread, which processes its messages in order and
-asks the connection thread to publish and ack through `add_callback_threadsafe`. A stop request
-(SIGTERM) cancels the consumers, lets the message in hand finish and be acked, and returns;
-messages prefetched but not started go back to the queue when the channel closes.
+asks the connection thread to publish and ack through `add_callback_threadsafe`. A batch handler
+gets every message already delivered (up to its batch size) at once, and the whole batch is
+acked in one call to the connection thread after the handler returned. A stop request (SIGTERM)
+cancels the consumers, lets the messages in hand finish and be acked, and returns; messages
+prefetched but not started go back to the queue when the channel closes.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import pika
@@ -54,6 +55,11 @@ class Broker(Protocol):
 #: decide" (e.g. the store is unavailable): the message is requeued after a pause.
 Handler = Callable[[Delivery, Broker], None]
 
+#: Processes several messages in order and returns the positions of those to requeue (they
+#: could not be finished, e.g. their receipts could not be stored); every other one is acked.
+#: Raising means none was finished: all are requeued after a pause.
+BatchHandler = Callable[[Sequence[Delivery], Broker], Collection[int]]
+
 #: Declares what the consumer needs (queues, exchanges) on a fresh channel.
 Declare = Callable[[Any], None]
 
@@ -61,7 +67,17 @@ Declare = Callable[[Any], None]
 @dataclass(frozen=True)
 class _Subscription:
     queue: str
-    handler: Handler
+    handler: BatchHandler
+    batch_size: int
+
+
+def _one_at_a_time(handler: Handler) -> BatchHandler:
+    def handle(deliveries: Sequence[Delivery], broker: Broker) -> Collection[int]:
+        (delivery,) = deliveries
+        handler(delivery, broker)
+        return ()
+
+    return handle
 
 
 class ConnectionLost(Exception):
@@ -92,8 +108,16 @@ class Consumer:
         self._lock = threading.Lock()
 
     def consume(self, queue_name: str, handler: Handler) -> None:
-        """Register a queue and its handler (before `run`)."""
-        self._subscriptions.append(_Subscription(queue_name, handler))
+        """Register a queue and its handler of one message at a time (before `run`)."""
+        self._subscriptions.append(_Subscription(queue_name, _one_at_a_time(handler), 1))
+
+    def consume_batches(
+        self, queue_name: str, handler: BatchHandler, *, batch_size: int | None = None
+    ) -> None:
+        """Register a queue whose messages `handler` takes in batches of up to `batch_size`
+        (default: the prefetch), formed from the messages already delivered, never waited for."""
+        size = max(1, batch_size or self._prefetch)
+        self._subscriptions.append(_Subscription(queue_name, handler, size))
 
     def stop(self) -> None:
         """Ask the consumer to finish the messages in hand and return (thread- and signal-safe)."""
@@ -207,29 +231,46 @@ class Consumer:
     ) -> None:
         while not (self._stopping.is_set() or lost.is_set()):
             try:
-                tag, delivery = inbox.get(timeout=0.1)
+                batch = [inbox.get(timeout=0.1)]
             except queue.Empty:
                 continue
+            while len(batch) < sub.batch_size and not self._stopping.is_set():
+                try:
+                    batch.append(inbox.get_nowait())
+                except queue.Empty:
+                    break
+            tags = [tag for tag, _ in batch]
             try:
-                sub.handler(delivery, broker)
+                requeue = set(sub.handler([delivery for _, delivery in batch], broker))
             except ConnectionLost:
-                return  # unacked: the broker redelivers it to whoever consumes next
+                return  # unacked: the broker redelivers them to whoever consumes next
             except Exception as exc:
                 log.exception(
                     "worker.handler_crashed",
                     worker=self._name,
-                    message_id=delivery.key,
+                    message_id=batch[0][1].key,
+                    messages=len(batch),
                     error=repr(exc),
                 )
+                requeue = set(range(len(batch)))
+            if requeue:
                 time.sleep(_REQUEUE_PAUSE)
-                self._settle(partial(channel.basic_nack, tag, requeue=True))
-                continue
-            self._settle(partial(channel.basic_ack, tag))
+            self._settle(channel, tags, requeue)
 
-    def _settle(self, fn: Callable[[], None]) -> None:
-        # If the channel is gone, the broker requeues the message itself.
+    def _settle(self, channel: Any, tags: Sequence[int], requeue: set[int]) -> None:
+        """Ack the batch's messages, nack (requeue) those at the `requeue` positions, in one
+        call to the connection thread."""
+
+        def settle() -> None:
+            for position, tag in enumerate(tags):
+                if position in requeue:
+                    channel.basic_nack(tag, requeue=True)
+                else:
+                    channel.basic_ack(tag)
+
+        # If the channel is gone, the broker requeues the messages itself.
         with suppress(ConnectionLost, AMQPError):
-            self._on_connection(fn)
+            self._on_connection(settle)
 
 
 class _ChannelBroker:
@@ -275,4 +316,4 @@ def _enqueue(inbox: queue.Queue[tuple[int, Delivery]]) -> Callable[..., None]:
     return on_message
 
 
-__all__ = ["Broker", "ConnectionLost", "Consumer", "Handler"]
+__all__ = ["BatchHandler", "Broker", "ConnectionLost", "Consumer", "Handler"]

@@ -1,0 +1,141 @@
+"""The adapter worker taking several delivered commands at once (one group commit of their
+receipts, then the acks), against the real broker and a real SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+from worker_support import (
+    INSTANCE,
+    MemoryBackend,
+    actions,
+    channel_on,
+    new_request,
+    publish,
+    queue_depth,
+    running,
+    wait_until,
+)
+
+from bus.broker.topology import dead_queue, declare_topology, work_queue
+from bus.config import InstanceConfig, RetryPolicy
+from bus.store import Store
+from bus.worker import command_consumer
+from schemas.events import EventType
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(90)]
+
+#: A prefetch large enough that commands published together are handled as one batch or few.
+WIDE = InstanceConfig(
+    kind="memory",
+    retry=RetryPolicy(immediate_attempts=1, tiers=[0.2], max_attempts=2),
+    prefetch=32,
+)
+
+
+@pytest.fixture
+def wide_topology(amqp_url: str) -> str:
+    with channel_on(amqp_url) as ch:
+        declare_topology(ch, {INSTANCE: WIDE})
+    return amqp_url
+
+
+def submitted(store: Store) -> list[str]:
+    return [
+        r.envelope.subject for r in store.pending_outbox() if r.envelope.type is EventType.SUBMITTED
+    ]
+
+
+def test_commands_delivered_together_each_reach_the_backend_once(
+    store: Store, wide_topology: str
+) -> None:
+    backend = MemoryBackend()
+    envelopes = [new_request(store) for _ in range(12)]
+    rejected = new_request(store, description="REJECT me")
+    for envelope in envelopes[:6]:
+        publish(wide_topology, envelope)
+    publish(wide_topology, rejected)
+    publish(wide_topology, b"not a command")
+    for envelope in envelopes[6:]:
+        publish(wide_topology, envelope)
+    publish(wide_topology, envelopes[0])  # the relay may publish twice (at least once)
+    publish(wide_topology, envelopes[7])
+
+    with running(command_consumer(wide_topology, store, INSTANCE, WIDE, backend)):
+        wait_until(lambda: len(submitted(store)) == 12, what="12 receipts")
+        wait_until(lambda: len(store.dead_letters(INSTANCE)) == 2, what="2 dead letters")
+        wait_until(lambda: queue_depth(wide_topology, work_queue(INSTANCE)) == 0)
+        wait_until(lambda: actions(store, envelopes[7].subject).count(("attempt", "duplicate")))
+
+    assert sorted(submitted(store)) == sorted(e.subject for e in envelopes)
+    assert sorted(backend.created) == sorted(e.subject for e in envelopes)
+    for envelope in envelopes:
+        request = store.get_request(envelope.subject)
+        assert request is not None
+        assert [(r.adapter, r.reference) for r in request.backend_refs] == [
+            (INSTANCE, backend.created[envelope.subject])
+        ]
+        trail = actions(store, envelope.subject)
+        assert trail.count(("submitted", "ok")) == 1
+    for twice in (envelopes[0], envelopes[7]):
+        assert actions(store, twice.subject).count(("attempt", "duplicate")) == 1
+    reasons = sorted(letter.reason for letter in store.dead_letters(INSTANCE))
+    assert "MalformedMessage" in reasons[0] and "PermanentError" in reasons[1]
+    assert queue_depth(wide_topology, dead_queue(INSTANCE)) == 2
+    assert store.verify_audit().ok
+
+
+def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
+    sqlite_url: str, wide_topology: str
+) -> None:
+    # Short lock wait: the group commit gives up quickly while another writer holds SQLite.
+    store = Store.open(sqlite_url + "?timeout=0.5")
+    try:
+        backend = MemoryBackend()
+        envelopes = [new_request(store) for _ in range(3)]
+        holder = _hold_write_lock(sqlite_url, seconds=2.5)
+        for envelope in envelopes:
+            publish(wide_topology, envelope)
+
+        with (
+            capture_logs() as logs,
+            running(command_consumer(wide_topology, store, INSTANCE, WIDE, backend)),
+        ):
+            wait_until(lambda: len(backend.created) == 3, what="the back-end's records")
+            holder.join()
+            wait_until(lambda: len(submitted(store)) == 3, timeout=30, what="the receipts")
+            wait_until(lambda: queue_depth(wide_topology, work_queue(INSTANCE)) == 0)
+
+        assert "worker.receipts_not_recorded" in [entry["event"] for entry in logs]
+
+        assert len(backend.created) == 3  # redelivered, found, not created again
+        for envelope in envelopes:
+            trail = actions(store, envelope.subject)
+            assert trail.count(("submitted", "found")) == 1
+            assert ("submitted", "ok") not in trail
+        assert sorted(submitted(store)) == sorted(e.subject for e in envelopes)
+    finally:
+        store.close()
+
+
+def _hold_write_lock(sqlite_url: str, seconds: float) -> threading.Thread:
+    """Another process's writer, in miniature: SQLite's write lock held for `seconds`."""
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    locked = threading.Event()
+
+    def hold() -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        locked.set()
+        threading.Event().wait(seconds)
+        db.execute("ROLLBACK")
+        db.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    locked.wait(5)
+    return thread
