@@ -37,7 +37,7 @@ from bus.broker.topology import (
 )
 from bus.config import Config
 from bus.routing import route
-from bus.store import OutboxRow, Store, StoreUnavailable
+from bus.store import OutboxMessage, Store, StoreUnavailable
 from schemas.events import EventType
 
 log = structlog.get_logger(__name__)
@@ -188,7 +188,7 @@ class Relay:
         Returns the number of rows relayed (0 when the outbox is empty). Raises
         BrokerUnavailable or Unroutable with nothing marked.
         """
-        rows = self.store.pending_outbox(self.settings.batch_size)
+        rows = self.store.pending_outbox_messages(self.settings.batch_size)
         if not rows:
             return 0
         self._ensure_connected()
@@ -217,11 +217,11 @@ class Relay:
         return len(rows)
 
     def _messages(
-        self, rows: Sequence[OutboxRow], routed: dict[int, _Routed]
+        self, rows: Sequence[OutboxMessage], routed: dict[int, _Routed]
     ) -> Iterator[Outgoing]:
         for row in rows:
             envelope = row.envelope
-            body = envelope.model_dump_json().encode()
+            body = row.body  # the envelope's JSON as stored: published as it is
             yield envelope_message(
                 envelope, exchange=row.exchange, routing_key=row.routing_key, body=body
             )

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
-from bus.store._records import OutboxEvent, OutboxRow
+from bus.store._records import OutboxEvent, OutboxMessage, OutboxRow
 from bus.store._sql import JsonText, insert_rows, utcnow
 from bus.store._tables import outbox
 from schemas.events import Envelope
@@ -60,6 +60,34 @@ def pending(conn: Connection, limit: int) -> list[OutboxRow]:
             created_at=row.created_at,
         )
         for row in rows
+    ]
+
+
+# The envelope as the text it holds (a json column keeps its text on PostgreSQL), unparsed.
+_PENDING_MESSAGES = (
+    sa.select(
+        outbox.c.id,
+        sa.cast(outbox.c.envelope, sa.Text()).label("body"),
+        outbox.c.exchange,
+        outbox.c.routing_key,
+    )
+    .where(outbox.c.sent_at.is_(None))
+    .order_by(outbox.c.id)
+    .limit(sa.bindparam("limit"))
+)
+
+
+def pending_messages(conn: Connection, limit: int) -> list[OutboxMessage]:
+    """Unsent rows in id order, each envelope parsed once from its stored JSON text."""
+    return [
+        OutboxMessage(
+            id=row.id,
+            envelope=Envelope.model_validate_json(row.body),
+            body=row.body.encode(),
+            exchange=row.exchange,
+            routing_key=row.routing_key,
+        )
+        for row in conn.execute(_PENDING_MESSAGES, {"limit": limit})
     ]
 
 

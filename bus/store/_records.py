@@ -41,6 +41,18 @@ class OutboxRow:
 
 
 @dataclass(frozen=True)
+class OutboxMessage:
+    """An unsent outbox row as the relay publishes it: the envelope, and its JSON exactly as
+    stored (the message body, so nothing is serialised twice)."""
+
+    id: int
+    envelope: Envelope
+    body: bytes
+    exchange: str
+    routing_key: str
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     id: int
     at: datetime

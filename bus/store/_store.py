@@ -28,6 +28,7 @@ from bus.store._records import (
     Client,
     DeadLetter,
     DeadLetterState,
+    OutboxMessage,
     OutboxRow,
     RequestQuery,
     Subscription,
@@ -154,6 +155,10 @@ class Store:
     def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
         """Unsent rows, oldest first."""
         return self._read(lambda conn: _outbox.pending(conn, limit))
+
+    def pending_outbox_messages(self, limit: int = 500) -> list[OutboxMessage]:
+        """Unsent rows, oldest first, with each envelope's stored JSON as the message body."""
+        return self._read(lambda conn: _outbox.pending_messages(conn, limit))
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         """Mark rows published (after the broker confirmed them)."""

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from bus.store import InvalidData, Store
+from schemas.events import Envelope, EventType
 from schemas.model import Location, Reporter, ServiceRequest, Status, StatusUpdate
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -107,3 +108,30 @@ def test_a_batch_of_refs_that_fails_writes_none(store: Store) -> None:
     with pytest.raises(InvalidData), store.transaction() as tx:
         tx.add_backend_refs("roads", [("a", "WO-1", T0), ("b", "WO-2", datetime(2026, 3, 1))])
     assert store.get_requests(["a", "b"])["a"].backend_refs == ()
+
+
+def test_pending_outbox_messages_carry_the_stored_json_as_their_body(store: Store) -> None:
+    stored(store, "a")
+    envelope = Envelope(
+        type=EventType.CREATED,
+        subject="a",
+        data={"id": "a", "description": "Ünïcode pothole", "reporter": {"email": "x@example.org"}},
+        correlationid="a",
+    )
+    with store.transaction() as tx:
+        tx.add_outbox(envelope, exchange="civicbus.events", routing_key="request.created.pothole")
+        tx.add_outbox(envelope, exchange="civicbus.commands", routing_key="roads")
+
+    messages = store.pending_outbox_messages()
+    rows = store.pending_outbox()
+
+    assert [m.id for m in messages] == [r.id for r in rows]
+    assert [m.envelope for m in messages] == [r.envelope for r in rows]
+    assert [(m.exchange, m.routing_key) for m in messages] == [
+        ("civicbus.events", "request.created.pothole"),
+        ("civicbus.commands", "roads"),
+    ]
+    assert Envelope.model_validate_json(messages[0].body) == rows[0].envelope
+    assert b"x@example.org" not in messages[0].body  # reporter contact emptied when stored
+    store.mark_sent([messages[0].id])
+    assert [m.id for m in store.pending_outbox_messages(limit=5)] == [messages[1].id]
