@@ -1,6 +1,7 @@
 """Benchmark of the message bus. Prints figures and the machine; asserts nothing.
 
-Run: `.venv/bin/python tests/bench/bench_bus.py [--rows 5000] [--batch 500] [--rounds 3]`.
+Run: `.venv/bin/python tests/bench/bench_bus.py [--rows 5000] [--batch 500] [--rounds 3]
+[--rate 200 --seconds 30] [--only relay|worker|e2e]`.
 
 Relay section: outbox rows -> confirmed publishes. The outbox of an embedded SQLite store (in a
 temporary folder) is filled with `civicbus.request.created` rows; the relay publishes each as an
@@ -11,17 +12,33 @@ messages with the same windowed confirms and nothing else. The ratio is relay / 
 
 Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted afterwards.
 Worker section: consume -> find/submit through the in-memory adapter -> record receipt (cross-
-reference, `submitted` event in the outbox, audit entries, one SQLite transaction) -> ack, for
-commands whose requests are in an embedded SQLite store; beside it a bare pika consume-ack loop
-over the same number of messages. The ratio is worker / bare.
-(The end-to-end section is not written yet.)
+reference, `submitted` event in the outbox, audit entries) -> ack, for commands whose requests
+are in an embedded SQLite store, as `civicbus worker` runs them: the messages already delivered
+(up to the prefetch) are handled as a batch whose receipts are stored in one transaction, then
+acked; beside it a bare pika consume-ack loop over the same number of messages. The ratio is
+worker / bare.
+
+End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
+loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
+kind) take POST /requests.json at a steady rate (open loop: each POST starts on schedule,
+whatever the earlier ones are doing). The latency of a request is from the moment its POST was
+answered to its receipt by the back-end: the time the back-end gave the work item, which the
+worker stores as the cross-reference's time (read from the store, outside the worker process).
+Both times come from the same machine's clock.
+
+The civicbus code logs as in production (JSON lines), here to /dev/null.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import fcntl
+import json
 import os
 import platform
+import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -30,7 +47,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from bus.broker import topology as t  # noqa: E402
 from bus.config import load_config  # noqa: E402
+from bus.logging import configure_logging  # noqa: E402
 from bus.relay import Relay, RelaySettings  # noqa: E402
 from bus.store import Store  # noqa: E402
 from schemas.events import Envelope, EventType  # noqa: E402
@@ -49,15 +67,49 @@ AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
 TAP = "bench.tap"
 
 
-def _ctl(*args: str) -> str:
-    result = subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
-    )
-    return result.stdout.strip()
+#: The lock the test fixtures take around rabbitmqctl (its CLI node needs one of a few ports).
+_CTL_LOCK = Path(tempfile.gettempdir()) / "civicbus-rabbitmqctl.lock"
+
+
+def _ctl(*args: str, attempts: int = 4) -> str:
+    """One rabbitmqctl call, serialised with the tests' calls; a hung call is killed with its
+    process group (the `su` wrapper would leave its child holding a port) and retried."""
+    with _CTL_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for attempt in range(1, attempts + 1):
+            proc = subprocess.Popen(
+                ["rabbitmqctl", "-q", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            try:
+                out, err = proc.communicate(timeout=45)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, err = proc.communicate()
+            if proc.returncode == 0:
+                return out.decode().strip()
+            if attempt == attempts:
+                raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()[-300:]}")
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+#: With --private-node: a RabbitMQ node of the benchmark's own (the fault tests' RabbitNode), on
+#: free loopback ports, instead of the machine's broker.
+_NODE: Any = None
 
 
 @contextmanager
 def fresh_vhost() -> Iterator[str]:
+    if _NODE is not None:
+        url: str = _NODE.add_vhost()
+        try:
+            yield url
+        finally:
+            _NODE.ctl("delete_vhost", url.rsplit("/", 1)[1])
+        return
     vhost = f"civicbus-bench-{uuid.uuid4().hex[:8]}"
     _ctl("add_vhost", vhost)
     _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
@@ -67,10 +119,35 @@ def fresh_vhost() -> Iterator[str]:
         _ctl("delete_vhost", vhost)
 
 
+@contextmanager
+def private_node() -> Iterator[None]:
+    """Run the benchmark against a RabbitMQ node started (and removed) here."""
+    global _NODE
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location(
+        "faults_conftest", ROOT / "tests/faults/conftest.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    base = Path(tempfile.mkdtemp(prefix="civicbus-bench-node-"))
+    _NODE = module.RabbitNode(base=base)
+    try:
+        _NODE.start()
+        yield
+    finally:
+        _NODE.stop()
+        _NODE = None
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def machine() -> str:
     try:
-        rabbit = _ctl("version")
-    except (OSError, subprocess.CalledProcessError):
+        rabbit = _NODE.ctl("version").strip() + " (private node)" if _NODE else _ctl("version")
+    except (OSError, RuntimeError):
         rabbit = "?"
     cpu = platform.processor() or platform.machine()
     try:
@@ -276,14 +353,16 @@ def worker_run(url: str, store: Store, messages: int) -> tuple[float, int]:
     done = threading.Event()
     handled = 0
 
-    def counting(delivery: Any, broker: Any) -> None:
+    def counting(deliveries: Any, broker: Any) -> Any:
         nonlocal handled
-        worker(delivery, broker)
-        handled += 1
+        requeue = worker.handle_batch(deliveries, broker)
+        handled += len(deliveries) - len(requeue)
         if handled >= messages:
             done.set()
+        return requeue
 
-    consumer.consume(t.work_queue(WORKER_INSTANCE), counting)
+    # As command_consumer() sets it up: batches of the delivered messages, one group commit each.
+    consumer.consume_batches(t.work_queue(WORKER_INSTANCE), counting)
     thread = threading.Thread(target=consumer.run, daemon=True)
     start = time.perf_counter()
     thread.start()
@@ -331,21 +410,247 @@ def worker_section(messages: int, rounds: int) -> None:
     print(f"  {'ratio worker / bare':34} {worker / bare:10.0%}   (target >= 50 %)")
 
 
+# --- end to end ---------------------------------------------------------------------------
+
+E2E_INSTANCE = "bench"
+E2E_CONFIG = f"""
+api: {{base_url: "http://127.0.0.1:8311"}}
+jurisdictions: [{{id: bench.example, name: Bench City}}]
+services:
+  - {{code: POTHOLE, jurisdiction: bench.example, name: Pothole}}
+routing: {{default: {E2E_INSTANCE}}}
+instances:
+  {E2E_INSTANCE}: {{kind: memory, settings: {{initial_status: open}}, poll_interval: 0}}
+"""
+E2E_FORM = {
+    "jurisdiction_id": "bench.example",
+    "service_code": "POTHOLE",
+    "lat": "37.7612",
+    "long": "-122.4194",
+    "description": "Deep pothole by the bus stop, getting bigger every day.",
+    "email": "resident@example.org",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start(part: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bus", *part],
+            env=env,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class _Client:
+    """Keep-alive HTTP/1.1 connections posting the form; each answer with its wall-clock time."""
+
+    def __init__(self, port: int, api_key: str, connections: int) -> None:
+        from urllib.parse import urlencode
+
+        body = urlencode({**E2E_FORM, "api_key": api_key}).encode()
+        self.request = (
+            b"POST /open311/v2/requests.json HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        self.port, self.connections = port, connections
+        self.pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+
+    async def open(self) -> None:
+        for _ in range(self.connections):
+            self.pool.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
+
+    async def post(self) -> tuple[str, float, float]:
+        """(request id, seconds the POST took, wall-clock time of the answer)."""
+        reader, writer = await self.pool.get()
+        try:
+            started = time.perf_counter()
+            writer.write(self.request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line[15:])
+                for line in head.split(b"\r\n")
+                if line[:15].lower() == b"content-length:"
+            )
+            body = await reader.readexactly(length)
+            answered = time.time()
+            took = time.perf_counter() - started
+        finally:
+            self.pool.put_nowait((reader, writer))
+        if head[9:12] != b"201":
+            raise RuntimeError(f"POST answered {head[9:12].decode()}: {body[:200]!r}")
+        return json.loads(body)[0]["service_request_id"], took, answered
+
+
+async def _steady_load(
+    client: _Client, rate: float, seconds: float
+) -> list[tuple[str, float, float]]:
+    """Open loop: POST i starts at i / rate whatever earlier POSTs are doing."""
+    await client.open()
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(client.post()))
+    return list(await asyncio.gather(*tasks))
+
+
+def _receipts(database: Path) -> dict[str, float]:
+    """Back-end receipt time (the cross-reference's time, set by the back-end) by request id."""
+    from datetime import UTC, datetime
+
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+        rows = db.execute(
+            "SELECT request_id, at FROM backend_refs WHERE adapter = ?", (E2E_INSTANCE,)
+        ).fetchall()
+    return {
+        request_id: datetime.fromisoformat(at).replace(tzinfo=UTC).timestamp()
+        for request_id, at in rows
+    }
+
+
+def _wait_for_receipts(database: Path, ids: set[str], timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        receipts = _receipts(database)
+        if ids <= receipts.keys() or time.monotonic() > deadline:
+            return receipts
+        time.sleep(0.5)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered)) - 1))]
+
+
+def e2e_section(rate: float, seconds: float, connections: int) -> None:
+    with fresh_vhost() as url, tempfile.TemporaryDirectory(prefix="civicbus-e2e-") as folder:
+        workdir = Path(folder)
+        database = workdir / "civicbus.db"
+        (workdir / "civicbus.yaml").write_text(E2E_CONFIG)
+        store = Store.open(f"sqlite:///{database}")
+        _, api_key = store.add_client("bench")
+        store.close()
+        port = _free_port()
+        env = {
+            **os.environ,
+            "CIVICBUS_CONFIG": str(workdir / "civicbus.yaml"),
+            "CIVICBUS_DATABASE_URL": f"sqlite:///{database}",
+            "CIVICBUS_AMQP_URL": url,
+            "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
+            "CIVICBUS_LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+        }
+        processes = [
+            _start(["api", "--host", "127.0.0.1", "--port", str(port)], env, workdir / "api.log"),
+            _start(["relay"], env, workdir / "relay.log"),
+            _start(["worker", E2E_INSTANCE], env, workdir / "worker.log"),
+        ]
+        try:
+            _wait_for_port(port, processes[0])
+            # Warm-up: every part connected and working before the clock starts.
+            warm = asyncio.run(_steady_load(_Client(port, api_key, 4), 20, 1))
+            left = {rid for rid, _, _ in warm} - _wait_for_receipts(
+                database, {rid for rid, _, _ in warm}, 60
+            ).keys()
+            if left:
+                raise SystemExit(f"warm-up: {len(left)} requests never reached the back-end")
+            answers = asyncio.run(_steady_load(_Client(port, api_key, connections), rate, seconds))
+            ids = {rid for rid, _, _ in answers}
+            receipts = _wait_for_receipts(database, ids, 60)
+        finally:
+            _stop(processes)
+        exits = [process.returncode for process in processes]
+    latencies = [receipts[rid] - answered for rid, _, answered in answers if rid in receipts]
+    posts = [took for _, took, _ in answers]
+    print(
+        f"\nend to end: POST answered -> back-end receipt, {rate:g} requests/s for {seconds:g} s "
+        f"({len(answers)} requests, {connections} keep-alive connections), api + relay + worker "
+        f"processes, SQLite store, memory back-end"
+    )
+    print(f"  {'reached the back-end':34} {len(latencies):10,d} of {len(answers):,d}")
+    print(f"  {'POST latency p50 / p99':34} {_ms(posts, 0.5)} / {_ms(posts, 0.99)} ms")
+    if latencies:
+        print(
+            f"  {'answered -> receipt p50 / p99':34} {_ms(latencies, 0.5)} / "
+            f"{_ms(latencies, 0.99)} ms   (target p99 < 250 ms), max {max(latencies) * 1000:.0f} ms"
+        )
+    print(f"  {'exit codes api, relay, worker':34} {exits}")
+
+
+def _ms(values: list[float], fraction: float) -> str:
+    return f"{_percentile(values, fraction) * 1000:.1f}"
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the API exited during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the API did not start within 30 s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker-messages", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=200.0, help="End to end: POSTs per second.")
+    parser.add_argument("--seconds", type=float, default=30.0, help="End to end: duration.")
+    parser.add_argument("--connections", type=int, default=32, help="End to end: HTTP pool.")
     parser.add_argument(
-        "--only", choices=["relay", "worker"], default=None, help="Run one section only."
+        "--only", choices=["relay", "worker", "e2e"], default=None, help="Run one section only."
+    )
+    parser.add_argument(
+        "--private-node",
+        action="store_true",
+        help="Start a RabbitMQ node of our own (free ports, removed afterwards) instead of "
+        "using the machine's broker, e.g. when its vhost operations hang.",
     )
     args = parser.parse_args()
-    print(f"machine: {machine()}")
-    if args.only in (None, "relay"):
-        relay_section(args.rows, args.batch, args.rounds)
-    if args.only in (None, "worker"):
-        worker_section(args.worker_messages, args.rounds)
+    # As the civicbus processes log (JSON lines), but to nowhere: the figures are the output.
+    configure_logging("json", stream=open(os.devnull, "w"))  # noqa: SIM115
+    with private_node() if args.private_node else nullcontext():
+        print(f"machine: {machine()}")
+        if args.only in (None, "relay"):
+            relay_section(args.rows, args.batch, args.rounds)
+        if args.only in (None, "worker"):
+            worker_section(args.worker_messages, args.rounds)
+        if args.only in (None, "e2e"):
+            e2e_section(args.rate, args.seconds, args.connections)
 
 
 if __name__ == "__main__":
