@@ -13,6 +13,7 @@ import pika
 import pika.exceptions
 import structlog
 import tenacity
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from bus.config import Environment
 
@@ -31,7 +32,13 @@ class BrokerUnavailable(Exception):
 
 
 #: Everything pika (or the socket below it) raises when the broker goes away or misbehaves.
-_BROKER_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError, OSError)
+#: A broker that accepts the TCP connection but never answers the handshake raises one of
+#: pika's connector exceptions, which are not AMQPErrors.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    pika.exceptions.AMQPError,
+    AMQPConnectorException,
+    OSError,
+)
 
 
 @contextmanager
@@ -39,7 +46,7 @@ def broker_errors(doing: str) -> Iterator[None]:
     """Translate pika's exceptions raised while `doing` something into BrokerUnavailable."""
     try:
         yield
-    except _BROKER_ERRORS as exc:
+    except BROKER_ERRORS as exc:
         raise BrokerUnavailable(f"{doing}: {_describe(exc)}") from exc
 
 
@@ -126,5 +133,5 @@ def close_quietly(connection: Any) -> None:
     try:
         if connection.is_open:
             connection.close()
-    except _BROKER_ERRORS:
+    except BROKER_ERRORS:
         pass

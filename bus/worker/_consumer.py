@@ -25,7 +25,7 @@ import pika
 import structlog
 from pika.exceptions import AMQPError
 
-from bus.broker.connection import connection_parameters
+from bus.broker.connection import BROKER_ERRORS, connection_parameters
 from bus.worker._delivery import Delivery
 
 log = structlog.get_logger(__name__)
@@ -136,7 +136,7 @@ class Consumer:
         while not self._stopping.is_set():
             try:
                 self._run_connection()
-            except (AMQPError, OSError) as exc:
+            except BROKER_ERRORS as exc:
                 if self._stopping.is_set():
                     break
                 log.warning("worker.connection_lost", worker=self._name, error=repr(exc))
