@@ -21,23 +21,37 @@ apt_install() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-wait_for() {  # name, check command..., waits up to 90 s
+wait_for() {  # name, check command..., waits up to about 90 s
   local name=$1; shift
-  for _ in $(seq 1 180); do
+  for _ in $(seq 1 90); do
     if "$@" >/dev/null 2>&1; then log "$name is up"; return 0; fi
-    sleep 0.5
+    sleep 1
   done
   log "$name did not come up in 90 s"; return 1
 }
 
+# True when something on 5672 answers an AMQP 0-9-1 protocol header with a frame.
+amqp_answers() {
+  timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672 && printf "AMQP\x00\x00\x09\x01" >&3 &&
+    head -c 1 <&3 | od -An -tx1 | grep -q 01' 2>/dev/null
+}
+
+start_rabbitmq() {
+  log "starting RabbitMQ"
+  as_root rabbitmq-server -detached
+}
+
 ensure_rabbitmq() {
   command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
-  if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
-    log "starting RabbitMQ"
-    as_root rabbitmq-server -detached
+  port_open 5672 || timeout 60 as_root rabbitmqctl -q status >/dev/null 2>&1 || start_rabbitmq
+  if ! wait_for "RabbitMQ (AMQP handshake)" amqp_answers; then
+    # A broker that listens but never answers (seen after a stuck vhost deletion) is restarted.
+    log "RabbitMQ is not answering AMQP: restarting it"
+    timeout 60 as_root rabbitmqctl -q stop >/dev/null 2>&1 || as_root pkill -9 -u rabbitmq beam.smp || true
+    sleep 2
+    start_rabbitmq
+    wait_for "RabbitMQ (AMQP handshake)" amqp_answers
   fi
-  wait_for "RabbitMQ" as_root rabbitmqctl -q await_startup
-  wait_for "RabbitMQ port 5672" port_open 5672
 }
 
 ensure_postgresql() {
