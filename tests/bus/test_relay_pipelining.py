@@ -72,15 +72,15 @@ def received(channel: Any, expected: int, timeout: float = 10.0) -> list[str]:
     return ids
 
 
-def hold_write_lock(sqlite_url: str, seconds: float) -> threading.Thread:
-    """Another writer holding SQLite's write lock for `seconds`."""
+def hold_write_lock(sqlite_url: str, until: threading.Event) -> threading.Thread:
+    """Another writer holding SQLite's write lock until `until` is set (at most 30 s)."""
     locked = threading.Event()
 
     def hold() -> None:
         db = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         locked.set()
-        time.sleep(seconds)
+        until.wait(30)
         db.execute("ROLLBACK")
         db.close()
 
@@ -109,16 +109,18 @@ def test_the_next_batch_is_published_while_the_last_one_is_marked(
 def test_a_batch_that_cannot_be_marked_goes_out_again_with_the_ones_after_it_in_order(
     sqlite_url: str, amqp_url: str, config: Config, events: Any
 ) -> None:
-    store = Store.open(sqlite_url + "?timeout=1")  # the marking gives up after a second
+    store = Store.open(sqlite_url + "?timeout=3")  # the marking gives up after 3 s
+    release = threading.Event()
     try:
         envelopes = accept(store, 4)
         ids = [e.id for e in envelopes]
         relay = Relay(store, config, amqp_url, settings=RelaySettings(batch_size=2))
-        holder = hold_write_lock(sqlite_url, seconds=3)
+        holder = hold_write_lock(sqlite_url, until=release)
         assert relay.publish_next() == 2  # rows 1-2 confirmed; their marking waits, then fails
         assert relay.publish_next() == 2  # rows 3-4 (1-2 left out): not marked after a failure
         with pytest.raises(StoreUnavailable):
             relay.flush()
+        release.set()
         holder.join()
         assert [r.envelope.id for r in store.pending_outbox()] == ids
 
@@ -131,4 +133,5 @@ def test_a_batch_that_cannot_be_marked_goes_out_again_with_the_ones_after_it_in_
             assert [e.action for e in store.audit_trail(envelope.subject)] == ["relayed"]
         relay._disconnect()
     finally:
+        release.set()
         store.close()

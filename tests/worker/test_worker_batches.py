@@ -94,10 +94,11 @@ def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
 ) -> None:
     # Short lock wait: the group commit gives up quickly while another writer holds SQLite.
     store = Store.open(sqlite_url + "?timeout=0.5")
+    release = threading.Event()
     try:
         backend = MemoryBackend()
         envelopes = [new_request(store) for _ in range(3)]
-        holder = _hold_write_lock(sqlite_url, seconds=2.5)
+        holder = _hold_write_lock(sqlite_url, until=release)
         for envelope in envelopes:
             publish(wide_topology, envelope)
 
@@ -106,11 +107,14 @@ def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
             running(command_consumer(wide_topology, store, INSTANCE, WIDE, backend)),
         ):
             wait_until(lambda: len(backend.created) == 3, what="the back-end's records")
+            wait_until(
+                lambda: "worker.receipts_not_recorded" in [entry["event"] for entry in logs],
+                what="a failed group commit",
+            )
+            release.set()
             holder.join()
             wait_until(lambda: len(submitted(store)) == 3, timeout=30, what="the receipts")
             wait_until(lambda: queue_depth(wide_topology, work_queue(INSTANCE)) == 0)
-
-        assert "worker.receipts_not_recorded" in [entry["event"] for entry in logs]
 
         assert len(backend.created) == 3  # redelivered, found, not created again
         for envelope in envelopes:
@@ -119,11 +123,13 @@ def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
             assert ("submitted", "ok") not in trail
         assert sorted(submitted(store)) == sorted(e.subject for e in envelopes)
     finally:
+        release.set()
         store.close()
 
 
-def _hold_write_lock(sqlite_url: str, seconds: float) -> threading.Thread:
-    """Another process's writer, in miniature: SQLite's write lock held for `seconds`."""
+def _hold_write_lock(sqlite_url: str, until: threading.Event) -> threading.Thread:
+    """Another process's writer, in miniature: SQLite's write lock held until `until` is set
+    (at most 30 s)."""
     path = Path(sqlite_url.removeprefix("sqlite:///"))
     locked = threading.Event()
 
@@ -131,11 +137,11 @@ def _hold_write_lock(sqlite_url: str, seconds: float) -> threading.Thread:
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         locked.set()
-        threading.Event().wait(seconds)
+        until.wait(30)
         db.execute("ROLLBACK")
         db.close()
 
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
-    locked.wait(5)
+    assert locked.wait(5)
     return thread
