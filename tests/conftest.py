@@ -115,7 +115,10 @@ def _delete_vhosts_in_background(vhosts: list[str]) -> None:
     """
     if not vhosts:
         return
-    script = "; ".join(f"timeout 660 rabbitmqctl -q delete_vhost '{v}'" for v in vhosts)
+    # Under the same lock as creations: a deletion running beside a creation can wedge 3.10.
+    script = "; ".join(
+        f"flock {_CTL_LOCK} timeout 660 rabbitmqctl -q delete_vhost '{v}'" for v in vhosts
+    )
     subprocess.Popen(
         ["sh", "-c", script],
         stdin=subprocess.DEVNULL,
