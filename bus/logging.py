@@ -51,7 +51,9 @@ def configure_logging(
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: a logger bound once would ignore any later configuration (tests that
+        # capture logs, a CLI command reconfiguring); the lookup costs a few microseconds.
+        cache_logger_on_first_use=False,
     )
     # Records from libraries (uvicorn, pika, alembic) go through the same redaction and renderer.
     formatter = structlog.stdlib.ProcessorFormatter(

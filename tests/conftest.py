@@ -9,6 +9,7 @@ sure the services are running; a test that cannot reach them fails rather than s
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -20,9 +21,22 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
+import structlog
 
 PG_ADMIN_DSN = os.environ.get("CIVICBUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo any logging set-up a test made (a CLI command configures logging onto a stream
+    that is closed once the command returns)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
