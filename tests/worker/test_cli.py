@@ -15,6 +15,7 @@ from worker_support import actions, channel_on, new_request, publish, wait_until
 
 from bus.cli import app
 from bus.store import Store
+from schemas.events import Envelope
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
 
@@ -65,7 +66,8 @@ def test_civicbus_worker_delivers_and_stops_on_sigterm(
     )
     try:
         wait_until(lambda: queue_exists(amqp_url, "civicbus.work.desk"), what="the work queue")
-        publish(amqp_url, envelope, routing_key="desk")
+        # The queue can exist a moment before its binding: publish until it is routable.
+        wait_until(lambda: _published(amqp_url, envelope), what="a routable work queue")
         wait_until(lambda: ("submitted", "ok") in actions(store, envelope.subject), timeout=20)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -112,3 +114,11 @@ def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_u
     assert store.list_subscriptions() == []
     assert not queue_exists(amqp_url, f"civicbus.sub.{subscription.id}")
     assert runner.invoke(app, ["subscriptions", "remove", str(subscription.id)]).exit_code == 1
+
+
+def _published(amqp_url: str, envelope: Envelope) -> bool:
+    try:
+        publish(amqp_url, envelope, routing_key="desk")
+    except pika.exceptions.UnroutableError:
+        return False
+    return True
