@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import sqlalchemy as sa
@@ -60,6 +61,10 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
 def entry_hash(
     *,
     id: int,
@@ -72,19 +77,21 @@ def entry_hash(
     details: str,
     prev_hash: str,
 ) -> str:
-    """SHA-256 over the canonical JSON of the entry's fields and the previous entry's hash."""
-    fields = {
-        "id": id,
-        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
-        "actor": actor,
-        "action": action,
-        "request_id": request_id,
-        "message_id": message_id,
-        "outcome": outcome,
-        "details": json.loads(details),
-        "prev_hash": prev_hash,
-    }
-    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+    """SHA-256 over the canonical JSON of the entry's fields and the previous entry's hash.
+
+    `details` is canonical JSON text already (as stored) and goes into the hashed document as it
+    is: the same bytes as parsing and re-serialising it, without the cost, and a stored text
+    altered in any way (even re-formatted) no longer matches.
+    """
+    # The fields in sorted key order, as canonical_json would write them.
+    document = (
+        f'{{"action":{_text(action)},"actor":{_text(actor)},'
+        f'"at":"{at.astimezone(UTC).isoformat(timespec="microseconds")}",'
+        f'"details":{details},"id":{int(id)},"message_id":{_text(message_id)},'
+        f'"outcome":{_text(outcome)},"prev_hash":{_text(prev_hash)},'
+        f'"request_id":{_text(request_id)}}}'
+    )
+    return hashlib.sha256(document.encode()).hexdigest()
 
 
 def pending_entry(
@@ -97,8 +104,8 @@ def pending_entry(
     outcome: str,
     details: dict[str, Any] | None,
 ) -> PendingEntry:
-    # Round-trip through JSON so that what is hashed is exactly what verification re-reads.
-    redacted = canonical_json(json.loads(canonical_json(redact(details or {}))))
+    # Serialised once: what is stored is what is hashed, and what verification re-hashes.
+    redacted = canonical_json(redact(details or {}))
     return PendingEntry(at, actor, action, request_id, message_id, outcome, redacted)
 
 
@@ -169,20 +176,17 @@ def verify(conn: Connection) -> AuditVerification:
                 return AuditVerification(
                     False, count, row.id, "prev_hash does not match the previous entry's hash"
                 )
-            try:
-                recomputed = entry_hash(
-                    id=row.id,
-                    at=row.at,
-                    actor=row.actor,
-                    action=row.action,
-                    request_id=row.request_id,
-                    message_id=row.message_id,
-                    outcome=row.outcome,
-                    details=row.details,
-                    prev_hash=row.prev_hash,
-                )
-            except ValueError:  # details no longer valid JSON
-                recomputed = ""
+            recomputed = entry_hash(
+                id=row.id,
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                request_id=row.request_id,
+                message_id=row.message_id,
+                outcome=row.outcome,
+                details=row.details,
+                prev_hash=row.prev_hash,
+            )
             if recomputed != row.hash:
                 return AuditVerification(False, count, row.id, "entry altered: hash mismatch")
             running_hash, expected_id, count = row.hash, expected_id + 1, count + 1

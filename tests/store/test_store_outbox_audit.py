@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from store_factories import make_request
 
-from bus.store import Store
+from bus.store import Store, _audit
 from schemas.events import Envelope, EventType
 
 
@@ -182,3 +187,69 @@ def test_concurrent_writers_keep_one_chain(store: Store) -> None:
     result = store.verify_audit()
     assert result.ok, result
     assert result.entries == threads * per_thread * 2
+
+
+_texts = st.text(max_size=12)
+_details = st.dictionaries(
+    st.text(max_size=6),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _texts,
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    id=st.integers(min_value=1, max_value=2**62),
+    at=st.datetimes(timezones=st.timezones()),
+    actor=_texts,
+    action=_texts,
+    request_id=st.none() | _texts,
+    message_id=st.none() | _texts,
+    outcome=_texts,
+    details=_details,
+    prev_hash=_texts,
+)
+def test_an_entry_hash_is_the_sha256_of_the_canonical_json_of_its_fields(
+    id: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    request_id: str | None,
+    message_id: str | None,
+    outcome: str,
+    details: dict[str, object],
+    prev_hash: str,
+) -> None:
+    # The definition chains already written were hashed with; the fast form must not drift.
+    entry = _audit.pending_entry(
+        at=at,
+        actor=actor,
+        action=action,
+        request_id=request_id,
+        message_id=message_id,
+        outcome=outcome,
+        details=details,
+    )
+    fields = {
+        "id": id,
+        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": actor,
+        "action": action,
+        "request_id": request_id,
+        "message_id": message_id,
+        "outcome": outcome,
+        "details": json.loads(entry.details),
+        "prev_hash": prev_hash,
+    }
+    by_definition = hashlib.sha256(_audit.canonical_json(fields).encode()).hexdigest()
+
+    assert _audit.entry_hash(**{**fields, "at": at, "details": entry.details}) == by_definition
+
+
+def test_reformatting_stored_details_breaks_the_chain(store: Store) -> None:
+    _chain(store)
+    _execute(store, "UPDATE audit_log SET details = ' ' || details WHERE id = 2")
+
+    result = store.verify_audit()
+
+    assert (result.ok, result.broken_at) == (False, 2)
