@@ -62,19 +62,19 @@ _IDENTIFIER_KEYS = frozenset({"id", "reference", "references", "message_id", "in
 _IDENTIFIER_SUFFIXES = ("_id", "_reference", "_ref")
 
 
-def _is_identifier_key(key: object) -> bool:
-    return isinstance(key, str) and (key in _IDENTIFIER_KEYS or key.endswith(_IDENTIFIER_SUFFIXES))
-
-
-def _is_personal_key(key: object) -> bool:
-    return isinstance(key, str) and _is_personal_name(key)
+_OTHER, _PERSONAL, _IDENTIFIER = "other", "personal", "identifier"
 
 
 # Every log line and audit entry asks this of the same few dozen keys: remember the answers.
 @lru_cache(maxsize=4096)
-def _is_personal_name(key: str) -> bool:
+def _key_kind(key: str) -> str:
     normal = key.strip().lower().replace("-", "_").replace(" ", "_")
-    return normal in PERSONAL_KEYS or normal.endswith(_PERSONAL_SUFFIXES)
+    # Personal is checked first: device_id and account_id are personal, not identifiers.
+    if normal in PERSONAL_KEYS or normal.endswith(_PERSONAL_SUFFIXES):
+        return _PERSONAL
+    if key in _IDENTIFIER_KEYS or key.endswith(_IDENTIFIER_SUFFIXES):
+        return _IDENTIFIER
+    return _OTHER
 
 
 def _mask_phone(match: re.Match[str]) -> str:
@@ -108,8 +108,11 @@ def redact(value: Any) -> Any:
 def _redact_item(key: object, item: Any) -> Any:
     if item is None:
         return None
-    if _is_personal_key(key):  # checked first: device_id and account_id are personal
+    kind = _key_kind(key) if isinstance(key, str) else _OTHER
+    if kind is _PERSONAL:
         return REDACTED
-    if isinstance(item, str) and _is_identifier_key(key):
+    if isinstance(item, str):
+        return item if kind is _IDENTIFIER else redact_text(item)
+    if isinstance(item, bool | int | float):
         return item
     return redact(item)
