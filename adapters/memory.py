@@ -163,7 +163,9 @@ class MemoryAdapter(Adapter):
     def _payload(self, request: ServiceRequest) -> dict[str, Any]:
         if isinstance(self.mapping, FieldMapping):
             return self.mapping.apply(request)
-        return request.without_personal_data().model_dump(mode="json")
+        payload = request.model_dump(mode="json")
+        payload["reporter"] = dict.fromkeys(payload["reporter"])  # no personal data
+        return payload
 
     def _status(self, code: str) -> Status:
         if isinstance(self.mapping, FieldMapping):

@@ -294,7 +294,13 @@ class CommandWorker:
 
 
 def _public(request: ServiceRequest, ref: BackendRef) -> dict[str, object]:
-    """The request as events carry it: with the new cross-reference, without personal data."""
-    refs = (*(r for r in request.backend_refs if r.adapter != ref.adapter), ref)
-    updated = request.model_copy(update={"backend_refs": refs})
-    return updated.without_personal_data().model_dump(mode="json")
+    """The request as events carry it: with the new cross-reference, without personal data
+    (the same document as `without_personal_data().model_dump(mode="json")` of the request
+    holding `ref`, dumped once instead of copying the model twice)."""
+    data = request.model_dump(mode="json")
+    data["reporter"] = dict.fromkeys(data["reporter"])
+    data["backend_refs"] = [
+        *(r for r in data["backend_refs"] if r["adapter"] != ref.adapter),
+        ref.model_dump(mode="json"),
+    ]
+    return data

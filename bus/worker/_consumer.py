@@ -114,9 +114,14 @@ class Consumer:
     def consume_batches(
         self, queue_name: str, handler: BatchHandler, *, batch_size: int | None = None
     ) -> None:
-        """Register a queue whose messages `handler` takes in batches of up to `batch_size`
-        (default: the prefetch), formed from the messages already delivered, never waited for."""
-        size = max(1, batch_size or self._prefetch)
+        """Register a queue whose messages `handler` takes in batches of up to `batch_size`,
+        formed from the messages already delivered, never waited for.
+
+        The default, half the prefetch, lets the broker deliver the next batch while one is
+        handled: with batches as large as the prefetch, the broker sends nothing until the
+        batch is acked, and the handler then starts on the first message or two to arrive.
+        """
+        size = max(1, batch_size or self._prefetch // 2)
         self._subscriptions.append(_Subscription(queue_name, handler, size))
 
     def stop(self) -> None:
@@ -155,13 +160,16 @@ class Consumer:
             if self._declare is not None:
                 self._declare(channel)
             broker = _ChannelBroker(self, channel)
+            # Delivery tags handed to a handler and not yet acked or nacked (touched on this
+            # thread only): a batch is acked with one `multiple` ack when none is left below it.
+            unsettled: set[int] = set()
             tags = []
             for sub in self._subscriptions:
                 inbox: queue.Queue[tuple[int, Delivery]] = queue.Queue()
-                tags.append(channel.basic_consume(sub.queue, _enqueue(inbox)))
+                tags.append(channel.basic_consume(sub.queue, _enqueue(inbox, unsettled)))
                 thread = threading.Thread(
                     target=self._work,
-                    args=(sub, inbox, channel, broker, lost),
+                    args=(sub, inbox, _Settler(self, channel, unsettled), broker, lost),
                     name=f"{self._name}:{sub.queue}",
                     daemon=True,
                 )
@@ -225,7 +233,7 @@ class Consumer:
         self,
         sub: _Subscription,
         inbox: queue.Queue[tuple[int, Delivery]],
-        channel: Any,
+        settler: _Settler,
         broker: Broker,
         lost: threading.Event,
     ) -> None:
@@ -255,22 +263,41 @@ class Consumer:
                 requeue = set(range(len(batch)))
             if requeue:
                 time.sleep(_REQUEUE_PAUSE)
-            self._settle(channel, tags, requeue)
+            settler.settle(tags, requeue)
 
-    def _settle(self, channel: Any, tags: Sequence[int], requeue: set[int]) -> None:
+
+class _Settler:
+    """Acks and nacks a handler's batches on the connection thread."""
+
+    def __init__(self, consumer: Consumer, channel: Any, unsettled: set[int]) -> None:
+        self._consumer = consumer
+        self._channel = channel
+        self._unsettled = unsettled
+
+    def settle(self, tags: Sequence[int], requeue: Collection[int]) -> None:
         """Ack the batch's messages, nack (requeue) those at the `requeue` positions, in one
         call to the connection thread."""
-
-        def settle() -> None:
-            for position, tag in enumerate(tags):
-                if position in requeue:
-                    channel.basic_nack(tag, requeue=True)
-                else:
-                    channel.basic_ack(tag)
-
         # If the channel is gone, the broker requeues the messages itself.
         with suppress(ConnectionLost, AMQPError):
-            self._on_connection(settle)
+            self._consumer._on_connection(lambda: self._settle(tags, requeue))
+
+    def _settle(self, tags: Sequence[int], requeue: Collection[int]) -> None:
+        channel, unsettled = self._channel, self._unsettled
+        acks = [tag for position, tag in enumerate(tags) if position not in requeue]
+        for position in requeue:
+            channel.basic_nack(tags[position], requeue=True)
+        unsettled.difference_update(tags)
+        if not acks:
+            return
+        last = max(acks)
+        if any(tag < last for tag in unsettled):
+            # Another handler (a second queue on this channel) holds a message delivered in
+            # between: a `multiple` ack would settle it too.
+            for tag in acks:
+                channel.basic_ack(tag)
+        else:
+            # One frame for the whole batch instead of one per message.
+            channel.basic_ack(last, multiple=True)
 
 
 class _ChannelBroker:
@@ -302,7 +329,7 @@ class _ChannelBroker:
         )
 
 
-def _enqueue(inbox: queue.Queue[tuple[int, Delivery]]) -> Callable[..., None]:
+def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> Callable[..., None]:
     def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
         delivery = Delivery(
             body=body,
@@ -311,6 +338,7 @@ def _enqueue(inbox: queue.Queue[tuple[int, Delivery]]) -> Callable[..., None]:
             routing_key=method.routing_key,
             redelivered=bool(method.redelivered),
         )
+        unsettled.add(method.delivery_tag)
         inbox.put((method.delivery_tag, delivery))
 
     return on_message

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -72,14 +71,15 @@ class Delivery:
 
 def decode(delivery: Delivery) -> Envelope:
     """The CloudEvents envelope in the body; MalformedMessage when it is not one."""
+    # Parsed and validated in one pass by pydantic-core, without building Python dicts first.
     try:
-        data = json.loads(delivery.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage(f"message {delivery.key}: body is not JSON ({exc})") from exc
-    try:
-        return Envelope.model_validate(data)
+        return Envelope.model_validate_json(delivery.body)
     except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)" for e in exc.errors())
+        errors = exc.errors(include_url=False, include_input=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            reason = errors[0]["msg"]
+            raise MalformedMessage(f"message {delivery.key}: body is not JSON ({reason})") from exc
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)" for e in errors)
         raise MalformedMessage(
             f"message {delivery.key}: not a civicbus event envelope (bad fields: {fields})"
         ) from exc

@@ -1,18 +1,11 @@
-"""Redelivery policy: quick in-process retries (tenacity), then retry tiers, then dead letter."""
+"""Redelivery policy: quick in-process retries, then retry tiers, then dead letter."""
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable
 from typing import TypeVar
-
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from tenacity.stop import stop_base
 
 from adapters import PermanentError, TransientError
 from bus.config import RetryPolicy
@@ -22,7 +15,6 @@ T = TypeVar("T")
 
 #: A back-end's Retry-After up to this many seconds is waited in-process; longer goes to a tier.
 SMALL_RETRY_AFTER = 2.0
-_quick_backoff = wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -35,19 +27,10 @@ def retry_after(exc: BaseException | None) -> float | None:
     return exc.retry_after if isinstance(exc, TransientError) else None
 
 
-class _LongRetryAfter(stop_base):
-    """Stop the quick retries when the back-end asks for a longer pause than we wait here."""
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        outcome = retry_state.outcome
-        delay = retry_after(outcome.exception()) if outcome is not None else None
-        return delay is not None and delay > SMALL_RETRY_AFTER
-
-
-def _wait(state: RetryCallState) -> float:
-    outcome = state.outcome
-    delay = retry_after(outcome.exception()) if outcome is not None else None
-    return delay if delay is not None else _quick_backoff(state)
+def quick_backoff(try_number: int) -> float:
+    """The pause after failed try `try_number`: 50 ms doubling up to 1 s, plus up to 50 ms
+    of jitter so that workers retrying together spread out."""
+    return min(0.05 * 2.0 ** (try_number - 1) + random.uniform(0, 0.05), 1.0)
 
 
 def call_with_retries(
@@ -55,26 +38,31 @@ def call_with_retries(
     *,
     attempts: int,
     on_error: Callable[[int, BaseException], None],
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call `fn` up to `attempts` times while it fails transiently; re-raise the last error.
 
     `on_error(try_number, error)` is told of every failure (for the audit trail). A permanent
     error, or a Retry-After too long to wait here, ends the in-process retries at once.
     """
-    retrying = Retrying(
-        stop=stop_after_attempt(attempts) | _LongRetryAfter(),
-        wait=_wait,
-        retry=retry_if_exception(is_retryable),
-        reraise=True,
-    )
-    for attempt in retrying:
-        with attempt:
-            try:
-                return fn()
-            except BaseException as exc:
-                on_error(attempt.retry_state.attempt_number, exc)
+    # A plain loop rather than a retry library: nearly every call succeeds at once, and the
+    # worker makes one per message, so the happy path must cost no more than the call.
+    try_number = 1
+    while True:
+        try:
+            return fn()
+        except BaseException as exc:
+            on_error(try_number, exc)
+            asked = retry_after(exc)
+            if (
+                try_number >= attempts
+                or not isinstance(exc, Exception)  # an interrupt is no failed try
+                or not is_retryable(exc)
+                or (asked is not None and asked > SMALL_RETRY_AFTER)
+            ):
                 raise
-    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+            sleep(asked if asked is not None else quick_backoff(try_number))
+            try_number += 1
 
 
 def next_tier(policy: RetryPolicy, attempt: int, asked_delay: float | None = None) -> float | None:
