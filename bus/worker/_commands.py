@@ -3,9 +3,10 @@
 decode → load requests → already recorded? → find or submit (idempotent consumer, quick
 retries) → record receipts → ack (by returning). Any failure goes to the redelivery policy.
 
-Deliveries are taken in batches (those the broker has already handed over, up to the prefetch):
-each goes through the adapter in order, then the receipts of the whole batch are recorded in one
-store transaction (group commit) and only then acknowledged. A crash before that commit leaves
+Deliveries are only ever taken in batches (those the broker has already handed over, up to half
+the prefetch; a lone message is a batch of one): each goes through the adapter in order, then the
+receipts of the whole batch are recorded in one store transaction (group commit) and only then
+acknowledged. A crash before that commit leaves
 every message of the batch unacknowledged: redelivered, found in the back-end, recorded once.
 """
 
@@ -29,11 +30,6 @@ from schemas.events import Envelope, EventType
 from schemas.model import BackendRef, ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
-
-
-class ReceiptNotRecorded(Exception):
-    """The back-end took the request but its receipt could not be stored: requeue the message
-    (the redelivery finds the request in the back-end and records it then)."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +57,6 @@ class CommandWorker:
 
     route: Route
     adapter: Adapter
-
-    def __call__(self, delivery: Delivery, broker: Broker) -> None:
-        """One command on its own (a batch of one); raises ReceiptNotRecorded to requeue it."""
-        if self.handle_batch([delivery], broker):
-            raise ReceiptNotRecorded(f"message {delivery.key}: receipt not recorded")
 
     def handle_batch(self, deliveries: Sequence[Delivery], broker: Broker) -> Collection[int]:
         """Process the deliveries in order; returns the positions of those to requeue.
