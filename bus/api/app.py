@@ -48,9 +48,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         description="Open311 GeoReport v2 with the mySociety servicerequestupdates extension.",
     )
     app.state.civicbus = ctx
+    # Creates first: routes are matched in order, and intake is the hot path.
+    app.include_router(writes, prefix="/open311/v2", tags=["open311"])
     app.include_router(discovery_router, prefix="/open311", tags=["open311"])
     app.include_router(reads, prefix="/open311/v2", tags=["open311"])
-    app.include_router(writes, prefix="/open311/v2", tags=["open311"])
     _add_service_routes(app)
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=runtime.config.api.max_body_bytes)

@@ -7,6 +7,7 @@ the api_key in the query string, which declared form parameters cannot express.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 import structlog
 from fastapi import APIRouter, Request, Response
@@ -44,17 +45,35 @@ class _Submission:
     correlation_id: str | None
 
 
+#: Most form fields a submission may have; a form with more is refused (Starlette's default).
+MAX_FORM_FIELDS = 1000
+
+
 async def _read_submission(request: Request) -> _Submission:
     """The form's text fields (query string values after them) and uploaded files' bytes."""
-    form = await request.form()
     fields: dict[str, list[str]] = {}
     uploads: list[bytes] = []
-    for name, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if name == "media":
-                uploads.append(await value.read())
-        else:
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        # What nearly every client sends, parsed in one call: about a third of the cost of the
+        # streaming parser behind `request.form()`, with the same decoding (percent-escapes as
+        # UTF-8, bad ones replaced) and the same field limit.
+        body = (await request.body()).decode("latin-1")
+        try:
+            pairs = parse_qsl(
+                body, keep_blank_values=True, errors="replace", max_num_fields=MAX_FORM_FIELDS
+            )
+        except ValueError:
+            raise Open311Problem(400, f"the form has more than {MAX_FORM_FIELDS} fields") from None
+        for name, value in pairs:
             fields.setdefault(name, []).append(value)
+    else:
+        form = await request.form()
+        for name, item in form.multi_items():
+            if isinstance(item, UploadFile):
+                if name == "media":
+                    uploads.append(await item.read())
+            else:
+                fields.setdefault(name, []).append(item)
     # Old clients put the api_key (or more) in the query string of a POST.
     for name, value in request.query_params.multi_items():
         fields.setdefault(name, []).append(value)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Row
 
 from bus.redaction import redact
 from bus.store._records import AuditEntry, AuditVerification
-from bus.store._sql import insert_rows
+from bus.store._sql import insert_rows, run
 from bus.store._tables import GENESIS_HASH, audit_head, audit_log
 
 _HEAD_ID = 1
@@ -30,7 +30,11 @@ _LOCK_HEAD = (
     .where(audit_head.c.id == _HEAD_ID)
     .with_for_update()
 )
-_MOVE_HEAD = audit_head.update().where(audit_head.c.id == _HEAD_ID)
+_MOVE_HEAD = (
+    audit_head.update()
+    .where(audit_head.c.id == _HEAD_ID)
+    .values(last_id=sa.bindparam("last_id"), last_hash=sa.bindparam("last_hash"))
+)
 _VERIFY_PAGE = 1000
 
 
@@ -113,8 +117,8 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
     """Chain the entries onto the log inside the caller's transaction."""
     if not entries:
         return
-    head = conn.execute(_LOCK_HEAD).one()
-    last_id, last_hash = int(head.last_id), str(head.last_hash)
+    ((head_id, head_hash),) = run(conn, _LOCK_HEAD)
+    last_id, last_hash = int(head_id), str(head_hash)
     rows = []
     for entry in entries:
         last_id += 1
@@ -132,7 +136,7 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
         last_hash = entry_hash(**fields)
         rows.append({**fields, "hash": last_hash})
     insert_rows(conn, audit_log, rows)
-    conn.execute(_MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
+    run(conn, _MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
 
 
 def _entry(row: Row[Any]) -> AuditEntry:

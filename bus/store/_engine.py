@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from bus.store._sql import serialize_json
+from bus.store._sql import driver_execute, serialize_json
 
 #: Seconds a writer waits for SQLite's write lock before the store reports itself unavailable;
 #: a `?timeout=SECONDS` on the URL overrides it.
@@ -86,7 +86,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         # Writers take the write lock up front: two deferred transactions that both upgrade
         # from read to write would deadlock ("database is locked" without waiting).
         write = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        driver_execute(connection, "BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 _BUSY_TIMEOUT_MS = "civicbus_busy_timeout_ms"

@@ -156,6 +156,42 @@ def test_c12_multivaluelist_both_spellings_over_http(create: Create, runtime: Ru
     assert second is not None and second.attributes["HAZARDS"] == ("water", "damage")
 
 
+def test_urlencoded_and_multipart_forms_are_read_alike(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    fields = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "POTHOLE",
+        "lat": "37.76",
+        "long": "-122.41",
+        "attribute[LANE]": "carriageway",
+        "attribute[HAZARDS][]": ["water", "growing"],
+        "description": "Stra\u00dfe caf\u00e9 \u2014 100% deep & wide; a+b=c",
+    }
+    urlencoded = http.post("/requests.json", data=fields)
+    multipart = http.post("/requests.json", data=fields, files={"unused": ("", b"")})
+
+    stored = [
+        runtime.store.get_request(response.json()[0]["service_request_id"])
+        for response in (urlencoded, multipart)
+    ]
+    assert [s and (s.description, s.attributes) for s in stored] == [
+        (fields["description"], {"LANE": "carriageway", "HAZARDS": ("water", "growing")})
+    ] * 2
+
+
+def test_a_form_with_too_many_fields_is_400(http: httpx.Client, api_key: str) -> None:
+    body = "&".join(f"f{i}=x" for i in range(1001)) + f"&api_key={api_key}"
+    response = http.post(
+        "/requests.json",
+        content=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert descriptions(response) == ["the form has more than 1000 fields"]
+
+
 def test_c03_datetime_attribute_without_zone_is_400(http: httpx.Client, api_key: str) -> None:
     response = http.post(
         "/requests.json",
