@@ -26,6 +26,7 @@ from bus.api.context import ApiContext
 from bus.api.limits import BodyLimit
 from bus.api.open311_reads import discovery_router
 from bus.api.open311_reads import router as reads
+from bus.api.open311_writes import FAST_ROUTES
 from bus.api.open311_writes import router as writes
 from bus.api.params import context
 from bus.api.wire import JSON_TYPE, Open311Problem, error_response
@@ -53,6 +54,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(discovery_router, prefix="/open311", tags=["open311"])
     app.include_router(reads, prefix="/open311/v2", tags=["open311"])
     _add_service_routes(app)
+    app.router.routes[:0] = FAST_ROUTES
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=runtime.config.api.max_body_bytes)
     app.openapi = lambda: _openapi(app, ctx.catalogue.jurisdictions)  # type: ignore[method-assign]

@@ -32,6 +32,20 @@ def test_c11_realtime_create_answers_201_with_the_id(create: Create, runtime: Ru
     assert stored is not None and stored.attributes == {"LANE": "carriageway"}
 
 
+def test_c01_create_with_an_unknown_format_suffix_is_404(create: Create) -> None:
+    response = create(fmt="csv")
+    assert response.status_code == 404
+    assert response.json() == [{"code": 404, "description": "unknown format: use .json or .xml"}]
+
+
+def test_the_create_route_is_documented_in_the_openapi_document(server: LiveServer) -> None:
+    # Served by a plain route for speed; the document must still describe it.
+    document = httpx.get(f"{server.url}/openapi.json", timeout=10)
+    operation = document.json()["paths"]["/open311/v2/requests.{fmt}"]["post"]
+    assert "application/x-www-form-urlencoded" in operation["requestBody"]["content"]
+    assert {"200", "201", "400", "403"} <= set(operation["responses"])
+
+
 def test_c14_xml_create_answer(create: Create) -> None:
     response = create(fmt="xml")
     assert response.status_code == 201
