@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from pydantic_core import from_json
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
@@ -121,12 +122,10 @@ def insert_requests(
         insert_rows(conn, table, rows)
 
 
-def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceRequest]:
-    """Whole canonical requests for `requests` rows, in the rows' order."""
-    ids = [row.id for row in rows]
-    if not ids:
-        return []
-    contacts = {row.request_id: row for row in conn.execute(_SELECT_REPORTERS, {"ids": ids})}
+def _children(
+    conn: Connection, ids: list[str]
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """The back-end references and the status history of the requests, by request id."""
     refs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ref in conn.execute(_SELECT_REFS, {"ids": ids}):
         refs[ref.request_id].append(
@@ -145,11 +144,20 @@ def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceReq
                 "media_url": note.media_url,
             }
         )
-    loaded = []
-    for row in rows:
-        contact = contacts.get(row.id)
-        document = {
-            **row.document,
+    return refs, notes
+
+
+def _whole(
+    row: Row[Any],
+    document: dict[str, Any],
+    reporter: dict[str, Any],
+    refs: dict[str, list[dict[str, Any]]],
+    notes: dict[str, list[dict[str, Any]]],
+) -> ServiceRequest:
+    """The canonical request of a `requests` row, its parsed document and its other parts."""
+    return ServiceRequest.model_validate(
+        {
+            **document,
             # The columns are the truth for what queries filter on.
             "id": row.id,
             "jurisdiction": row.jurisdiction,
@@ -157,11 +165,25 @@ def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceReq
             "status": row.status,
             "requested_at": row.requested_at,
             "updated_at": row.updated_at,
-            "reporter": {f: getattr(contact, f) for f in _REPORTER_FIELDS} if contact else {},
+            "reporter": reporter,
             "backend_refs": refs.get(row.id, []),
             "history": notes.get(row.id, []),
         }
-        loaded.append(ServiceRequest.model_validate(document))
+    )
+
+
+def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceRequest]:
+    """Whole canonical requests for `requests` rows, in the rows' order."""
+    ids = [row.id for row in rows]
+    if not ids:
+        return []
+    contacts = {row.request_id: row for row in conn.execute(_SELECT_REPORTERS, {"ids": ids})}
+    refs, notes = _children(conn, ids)
+    loaded = []
+    for row in rows:
+        contact = contacts.get(row.id)
+        reporter = {f: getattr(contact, f) for f in _REPORTER_FIELDS} if contact else {}
+        loaded.append(_whole(row, row.document, reporter, refs, notes))
     return loaded
 
 
@@ -171,16 +193,40 @@ def get_request(conn: Connection, request_id: str) -> ServiceRequest | None:
     return found[0] if found else None
 
 
-_SELECT_REQUESTS = sa.select(requests).where(requests.c.id.in_(_IDS))
+# The worker's batch read: the reporter joined in (three statements a batch, not four), and the
+# document as its stored text, parsed by pydantic-core (twice as fast as the json module).
+_SELECT_WHOLE_REQUESTS = (
+    sa.select(
+        requests.c.id,
+        requests.c.jurisdiction,
+        requests.c.service_code,
+        requests.c.status,
+        requests.c.requested_at,
+        requests.c.updated_at,
+        sa.cast(requests.c.document, sa.Text()).label("document"),
+        reporters.c.request_id.label("reporter_of"),
+        *(reporters.c[f] for f in _REPORTER_FIELDS),
+    )
+    .select_from(requests.outerjoin(reporters, reporters.c.request_id == requests.c.id))
+    .where(requests.c.id.in_(_IDS))
+)
 
 
 def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, ServiceRequest]:
-    """The whole requests by id (four statements whatever their number); unknown ids absent."""
+    """The whole requests by id (three statements whatever their number); unknown ids absent."""
     ids = list(dict.fromkeys(request_ids))
     if not ids:
         return {}
-    rows = conn.execute(_SELECT_REQUESTS, {"ids": ids}).all()
-    return {request.id: request for request in load_requests(conn, rows)}
+    rows = conn.execute(_SELECT_WHOLE_REQUESTS, {"ids": ids}).all()
+    if not rows:
+        return {}
+    refs, notes = _children(conn, [row.id for row in rows])
+    found = {}
+    for row in rows:
+        known = row.reporter_of is not None
+        reporter = {f: getattr(row, f) for f in _REPORTER_FIELDS} if known else {}
+        found[row.id] = _whole(row, from_json(row.document), reporter, refs, notes)
+    return found
 
 
 def _filters(query: RequestQuery) -> Iterable[sa.ColumnElement[bool]]:

@@ -52,11 +52,18 @@ def test_requests_read_together_are_whole_and_unknown_ids_are_absent(store: Stor
     with store.transaction() as tx:
         tx.apply_status_update(store_update)
 
-    found = store.get_requests(["a", "b", "ghost", "a"])
+    request_a = store.get_request("a")
+    assert request_a is not None
+    with store.transaction() as tx:  # no contact data at all: no reporter row
+        tx.add_request(request_a.model_copy(update={"id": "anon", "reporter": Reporter()}))
 
-    assert set(found) == {"a", "b"}
+    found = store.get_requests(["a", "b", "ghost", "a", "anon"])
+
+    assert set(found) == {"a", "b", "anon"}
     assert found["a"] == store.get_request("a")
     assert found["b"] == store.get_request("b")
+    assert found["anon"] == store.get_request("anon")
+    assert found["anon"].reporter == Reporter()
     assert found["a"].reporter.email == "a@example.org"
     assert [r.reference for r in found["a"].backend_refs] == ["WO-1"]
     assert found["b"].status is Status.IN_PROGRESS
