@@ -8,20 +8,25 @@ connections over raw asyncio sockets, so the generator is cheap next to the serv
 figures, asserts nothing. Both servers run uvicorn with httptools and uvloop; civicbus logs one
 structlog JSON line per accepted request, as `civicbus api` does in production.
 
-Last measured (2026-11-22, Intel Xeon, 2 cores shared with the load generator and with other
-engineers' test runs, load average 4.7-6.3; three runs of 10 s, so +-20 % between runs):
+Last measured (2026-11-22, second session, Intel Xeon VM, 2 vCPUs shared with the load
+generator, up to 50 % CPU steal; two runs of 10 s, so +-30 % between runs):
 
     connections | bare req/s  | civicbus req/s | ratio     | civicbus p50 / p99 ms
-    8           | 2902-3236   | 603-712        | 19-23 %   | 10.7-11.7 / 23.5-42.4
-    64          | 2566-3566   | 864-923        | 24-35 %   | 55-71 / 198-223
+    8           | 2112-2971   | 684-738        | 25-32 %   | 10.1-11.2 / 21.9-22.1
+    64          | 1772-2475   | 928-934        | 38-53 %   | 63.6-65.4 / 172-193
 
-Before the group commit work the same machine gave 282-440 req/s (10-23 %), p99 46-107 ms at
-8 connections. The p99 target (< 50 ms at 8) is met; the throughput target (>= 50 %) is not.
-CPU per accepted request (civicbus) is ~1.1-1.5 ms against ~0.25-0.3 ms for the bare endpoint:
-about half of it before the write (FastAPI routing and dependency solving over the full API,
-form to canonical draft, pydantic models for the request and its event, the answer), half in
-the group commit (multi-row inserts, the audit chain with redaction, the commit, one log line
-per request).
+The first session's code gave 603-712 (8) and 769-923 (64) req/s on the same machine. The
+p99 target (< 50 ms at 8) is met; the throughput target (>= 50 %) is met at 64 connections in
+some runs only, not at 8. What changed: POST /requests.{fmt} on a plain Starlette route (FastAPI's
+parameter solving and endpoint wrapping cost about as much as the whole bare endpoint), the
+fixed statements of each batch run on the driver cursor, one-call form parsing, cheaper log
+lines and audit hashes. Counted with valgrind in-process (no network, 8 concurrent clients),
+a create takes about 1.0 M instructions against 0.7 M for the bare endpoint (2.1 M before the
+route change), yet in time about three times the bare endpoint's CPU (~1.1 ms against ~0.38 ms
+per request, user time). Sampled with py-spy at 8 connections, ~38 % of the server's time is
+the batch write (inserts into four tables, six indexes on `requests`, the commit, the audit
+chain), ~24 % the create handler (form, validation, the request and its event as pydantic
+models), the rest uvicorn and Starlette, as for the bare endpoint.
 """
 
 from __future__ import annotations
