@@ -14,7 +14,8 @@ from bus.config import ConfigError, InstanceConfig
 
 
 def mapping_path(cfg: InstanceConfig, base_dir: Path) -> Path | None:
-    """The instance's mapping file; a relative path is taken from `base_dir`."""
+    """The instance's mapping file; a relative path is taken from `base_dir` (the folder of the
+    config file that names it, wherever civicbus is started from)."""
     if cfg.mapping is None:
         return None
     path = Path(cfg.mapping)

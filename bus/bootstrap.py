@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 from bus.config import Config, Environment, load_config
 from bus.store import Store
@@ -22,6 +23,11 @@ class Runtime:
     @cached_property
     def config(self) -> Config:
         return load_config(self.env.config_path)
+
+    @property
+    def config_dir(self) -> Path:
+        """The config file's folder: relative paths in the config (mapping files) start here."""
+        return Path(self.env.config_path).resolve().parent
 
     @cached_property
     def store(self) -> Store:

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
             instances = {instance: instances[instance]}
         failures = 0
         for name, cfg in instances.items():
-            ok, verdict = check_instance(name, cfg, Path.cwd())
+            ok, verdict = check_instance(name, cfg, rt.config_dir)
             failures += not ok
             typer.echo(f"{name}: {'ok' if ok else 'FAIL'}: {verdict}")
         if failures:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 
 import typer
@@ -47,7 +46,7 @@ def register(app: typer.Typer) -> None:
                             typer.echo(f"error: {name} ({cfg.kind}) is not polled", err=True)
                             raise typer.Exit(2)
                         continue
-                    adapters[name] = build_adapter(name, cfg, Path.cwd())
+                    adapters[name] = build_adapter(name, cfg, rt.config_dir)
             except (RegistryError, MappingFileError) as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc

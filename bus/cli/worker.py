@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 
 import typer
@@ -53,7 +52,7 @@ def register(app: typer.Typer) -> None:
                 )
                 raise typer.Exit(2)
             try:
-                adapter = build_adapter(instance, config, Path.cwd())
+                adapter = build_adapter(instance, config, rt.config_dir)
             except (RegistryError, MappingFileError) as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc

@@ -43,7 +43,8 @@ def city(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "adapter: memory\nfields:\n  Text: {from: description, truncate: -1}\n"
     )
     (tmp_path / "civicbus.yaml").write_text(CONFIG)
-    monkeypatch.chdir(tmp_path)  # mapping paths are relative to the working directory
+    # Started from another folder: mapping paths start at the config file's folder.
+    monkeypatch.chdir(tmp_path / "mappings")
     monkeypatch.delenv("CIVICBUS_CLI_TEST_SECRET", raising=False)
     MemoryBackend.named("cli-test-down").go_down()
     return tmp_path / "civicbus.yaml"

@@ -266,8 +266,8 @@ def city_config(
     for instance in config["instances"].values():
         mapping = Path(instance["mapping"])
         if not mapping.is_absolute():
-            # Relative mappings are read from the working directory: the repository's root.
-            instance["mapping"] = str((REPO / mapping).resolve())
+            # Relative mapping paths start at the config file's folder; this copy lives elsewhere.
+            instance["mapping"] = str((source.parent / mapping).resolve())
         instance["poll_interval"] = 0.5
         instance["retry"] = {"immediate_attempts": 2, "tiers": [0.5, 1.0], "max_attempts": 10}
         settings = instance.setdefault("settings", {})
