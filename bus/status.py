@@ -19,7 +19,8 @@ log = structlog.get_logger(__name__)
 def record_status_update(
     store: Store, update: StatusUpdate, *, actor: str, correlation_id: str | None = None
 ) -> ServiceRequest | None:
-    """Apply `update`; return the updated request, or None when the update_id was already seen.
+    """Apply `update`; return the updated request, or None when the update_id was already seen
+    or the update repeats the current status without a note or media (nothing is recorded).
 
     Emits `civicbus.request.status_changed` and, when the new status is a closed one,
     `civicbus.request.closed` (both carrying the request without personal data). Raises KeyError
@@ -29,7 +30,7 @@ def record_status_update(
         updated = tx.apply_status_update(update)
         if updated is None:
             log.info(
-                "status.repeated_update",
+                "status.nothing_new",
                 request_id=update.request_id,
                 correlation_id=correlation_id or update.request_id,
                 update_id=update.update_id,

@@ -268,14 +268,24 @@ def find_requests(conn: Connection, query: RequestQuery) -> list[ServiceRequest]
 
 
 def apply_status_update(conn: Connection, update: StatusUpdate) -> ServiceRequest | None:
-    """Record the update; None when its update_id was already recorded for the request."""
+    """Record the update; None when its update_id was already recorded for the request, or
+    when it says nothing new: the status the request already has, with no note and no media
+    (a polled back-end reporting the status a request was submitted with)."""
     row = conn.execute(
-        sa.select(requests.c.document)
+        sa.select(requests.c.document, requests.c.status)
         .where(requests.c.id == update.request_id)
         .with_for_update()  # concurrent updates of one request apply one after the other
     ).first()
     if row is None:
         raise KeyError(f"no request {update.request_id!r}")
+    if row.status == update.status.value and update.note is None and update.media_url is None:
+        log.info(
+            "store.status_update.unchanged",
+            request_id=update.request_id,
+            update_id=update.update_id,
+            status=update.status.value,
+        )
+        return None
     note = StatusNote(
         status=update.status,
         at=update.at,

@@ -78,7 +78,8 @@ class Transaction:
         """Add the update to the request's history and set its status and updated time.
 
         Returns the updated request, or None when `update.update_id` was already recorded
-        for that request (a harmless repeat, C-22). Raises KeyError for an unknown request.
+        for that request (a harmless repeat, C-22) or the update says nothing new (the status
+        the request already has, without note or media). Raises KeyError for an unknown request.
         A note on the update also becomes the request's `status_notes`.
         """
         return _requests.apply_status_update(self._session, update)

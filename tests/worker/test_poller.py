@@ -106,6 +106,33 @@ def test_status_changes_are_recorded_once_with_a_moving_watermark(
     assert [a.action for a in store.audit_trail(second)].count("status_changed") == 2
 
 
+def test_a_back_end_reporting_the_status_a_request_already_has_records_nothing(
+    store: Store, backend: PollingBackend
+) -> None:
+    request_id = new_request(store).subject
+    before = store.get_request(request_id)
+    assert before is not None
+    backend.change(request_id, before.status)  # e.g. its first page right after the submit
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+
+    assert poller.poll_once("parks") == 0
+    assert store.watermark("parks") == "1"  # read past, not asked again
+    after = store.get_request(request_id)
+    assert after is not None and (after.history, after.updated_at) == (
+        before.history,
+        before.updated_at,
+    )
+    assert status_events(store) == []
+    assert "status_changed" not in [a.action for a in store.audit_trail(request_id)]
+
+    # With a note, the same status is news: an Open311 update residents can read.
+    backend.change(request_id, before.status)
+    backend.changes[-1] = backend.changes[-1].model_copy(update={"note": "crew booked"})
+    assert poller.poll_once("parks") == 1
+    noted = store.get_request(request_id)
+    assert noted is not None and noted.status_notes == "crew booked"
+
+
 def test_a_crash_before_the_watermark_is_saved_repeats_nothing(
     store: Store, backend: PollingBackend
 ) -> None:
