@@ -15,9 +15,16 @@ Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted af
 Worker section: consume -> find/submit through the in-memory adapter -> record receipt (cross-
 reference, `submitted` event in the outbox, audit entries) -> ack, for commands whose requests
 are in an embedded SQLite store, as `civicbus worker` runs them: the messages already delivered
-(up to the prefetch) are handled as a batch whose receipts are stored in one transaction, then
-acked; beside it a bare pika consume-ack loop over the same number of messages. The ratio is
-worker / bare.
+(up to half the prefetch) are handled as a batch whose receipts are stored in one transaction,
+then acked together; beside it a bare pika consume-ack loop over the same number of messages
+(decoding nothing, one ack per message). The ratio is worker / bare; the CPU time per message of
+each (this process, all threads) is printed too, as it swings less with other load.
+
+Worker figures, 2026-11-22, 2 CPUs shared with other benchmarks (load average 1.9-3.3): bare
+5,100-8,300 msgs/s at 107-111 us CPU/msg; worker 1,530-1,620 msgs/s at 590-650 us CPU/msg, i.e.
+17-19 % by CPU time (18-30 % by rate, which flatters the worker when the load slows the bare
+loop's round trips). Instructions per message (callgrind, independent of the load): bare 266 k,
+worker 1.54 M (2.12 M before the 2026-11-22 worker changes, when it measured 11-15 %).
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
