@@ -18,6 +18,7 @@ from civicbus.sandbox.runner import start, stop
 from schemas.model import Location, ServiceRequest
 
 REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "deploy" / "sandbox" / "civicbus.yaml"
 ANSWERS = {"PARK_NAME": "Riverside", "BLOCKING": "path", "START_DATE": "2026-12-01T08:00:00Z",
            "SURFACE": "wall", "BIN_TYPE": "garden", "EXPECTED_GUESTS": "40"}
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_each_routed_service_reaches_its_simulated_back_end(tmp_path: Path) -> None:
-    config = load_config(REPO / "deploy" / "sandbox" / "civicbus.yaml")
+    config = load_config(CONFIG)
     started = start(["permits", "parks", "mailbox"], state_dir=tmp_path / "sandbox",
                     ports={"permits": 0, "parks": 0, "mailbox": 0})
     try:
@@ -42,7 +43,7 @@ def test_each_routed_service_reaches_its_simulated_back_end(tmp_path: Path) -> N
             patched = InstanceConfig.model_validate(
                 {**cfg.model_dump(), "settings": {**cfg.settings, **extra}}
             )
-            adapters[name] = build_adapter(name, patched, REPO, env={})
+            adapters[name] = build_adapter(name, patched, CONFIG.parent, env={})
 
         delivered: dict[str, list[str]] = {name: [] for name in adapters}
         for service in config.services:
