@@ -1,8 +1,10 @@
-"""`civicbus dead list|show|replay|drop`: the dead letter channel, for operators."""
+"""`civicbus dead list|show|replay|drop|keep`: the dead letter channel, for operators."""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -66,6 +68,29 @@ def register(app: typer.Typer) -> None:
             letters = deadletters.drop(rt.store, ids)
         for letter in letters:
             typer.echo(f"dropped {letter.id} (request {letter.request_id or '-'})")
+
+    @group.command("keep")
+    def keep() -> None:
+        """Drain the broker's dead-letter queues into the store, until SIGTERM or Ctrl-C.
+
+        Messages the broker dead-lettered itself (too many deliveries) become dead letters
+        that `dead list` shows; those a worker put there are in the store already.
+        """
+        from bus.dead_queues import DeadQueueKeeper
+        from bus.subscriptions import route_name
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        with runtime() as rt:
+            instances = list(rt.config.instances)
+            store = rt.store
+
+            def routes() -> list[str]:
+                subscriptions = [route_name(s.id) for s in store.list_subscriptions()]
+                return instances + subscriptions
+
+            DeadQueueKeeper(rt.env.amqp_url, store, routes, stop=stop).run()
 
 
 @contextmanager

@@ -12,12 +12,14 @@ from bus.supervisor import Part, Supervisor
 
 
 def parts_for(instances: list[str], host: str, port: int, sandbox: bool) -> list[Part]:
-    """The processes of a single-machine civicbus: API, relay, poller, one worker per instance."""
+    """The processes of a single-machine civicbus: API, relay, poller, webhook deliveries, the
+    dead-letter keeper and one worker per adapter instance."""
     parts = [
         Part("api", ("api", "--host", host, "--port", str(port))),
         Part("relay", ("relay",)),
         Part("poller", ("poller",)),
         Part("webhooks", ("worker", "--subscriptions")),
+        Part("dead-letters", ("dead", "keep")),
     ]
     parts += [Part(f"worker:{name}", ("worker", name)) for name in instances]
     if sandbox:

@@ -72,18 +72,29 @@ def test_civicbus_run_on_the_sandbox_config_starts_every_part_and_stops_on_sigte
         wait(functools.partial(_ok, f"http://127.0.0.1:{API_PORT}/healthz"), "the API")
         for name, port in SIMULATOR_PORTS.items():
             control = port + 1 if name == "mailbox" else port
-            wait(functools.partial(_ok, f"http://127.0.0.1:{control}/_sandbox/"),
-                 f"the {name} simulator's control endpoint on {control}")
+            wait(
+                functools.partial(_ok, f"http://127.0.0.1:{control}/_sandbox/"),
+                f"the {name} simulator's control endpoint on {control}",
+            )
         wait(functools.partial(_smtp_greets, SIMULATOR_PORTS["mailbox"]), "the mailbox's SMTP")
         instances = sorted(yaml.safe_load(SANDBOX_CONFIG.read_text())["instances"])
         queues = [f"civicbus.work.{name}" for name in instances]
-        wait(lambda: all(n >= 1 for n in queue_consumers(amqp_url, queues).values()),
-             "a worker consuming each instance's queue")
+        wait(
+            lambda: all(n >= 1 for n in queue_consumers(amqp_url, queues).values()),
+            "a worker consuming each instance's queue",
+        )
 
         events = run.events()
         started = {e["part"] for e in events if e.get("event") == "supervisor.part_started"}
-        expected = {"sandbox", "api", "relay", "poller", "webhooks",
-                    *(f"worker:{name}" for name in instances)}
+        expected = {
+            "sandbox",
+            "api",
+            "relay",
+            "poller",
+            "webhooks",
+            "dead-letters",
+            *(f"worker:{name}" for name in instances),
+        }
         assert started == expected, run.tail()
         assert not run.supervisor_problems(), run.tail()
 
@@ -93,8 +104,9 @@ def test_civicbus_run_on_the_sandbox_config_starts_every_part_and_stops_on_sigte
         stopped = True
         assert problem is None, f"{problem}\n{run.tail()}"
         assert not run.supervisor_problems(), run.tail()
-        stopped_parts = {e["part"] for e in run.events()
-                         if e.get("event") == "supervisor.part_stopped"}
+        stopped_parts = {
+            e["part"] for e in run.events() if e.get("event") == "supervisor.part_stopped"
+        }
         assert stopped_parts == expected, run.tail()
         assert any(e.get("event") == "supervisor.stopped" for e in run.events()), run.tail()
         assert all(port_is_free(p) for p in DOCUMENTED_PORTS), run.tail()
@@ -105,15 +117,24 @@ def test_civicbus_run_on_the_sandbox_config_starts_every_part_and_stops_on_sigte
 
 def _readme_example(env: dict[str, str], cwd: Path, explain: Callable[[], str]) -> None:
     """The README's "post a request and read it back" and "watch a request travel"."""
-    done = run_cli(["clients", "add", "my-app", "--jurisdiction", "springfield.example"],
-                   env=env, cwd=cwd)
+    done = run_cli(
+        ["clients", "add", "my-app", "--jurisdiction", "springfield.example"], env=env, cwd=cwd
+    )
     key = done.stdout.strip().splitlines()[-1]
     base = f"http://127.0.0.1:{API_PORT}/open311/v2"
-    created = httpx.post(f"{base}/requests.json", timeout=10, data={
-        "api_key": key, "jurisdiction_id": "springfield.example", "service_code": "POTHOLE",
-        "lat": "39.7817", "long": "-89.6501", "attribute[LANE]": "carriageway",
-        "description": "Deep hole by the bus stop",
-    })
+    created = httpx.post(
+        f"{base}/requests.json",
+        timeout=10,
+        data={
+            "api_key": key,
+            "jurisdiction_id": "springfield.example",
+            "service_code": "POTHOLE",
+            "lat": "39.7817",
+            "long": "-89.6501",
+            "attribute[LANE]": "carriageway",
+            "description": "Deep hole by the bus stop",
+        },
+    )
     assert created.status_code == 201, created.text
     request_id = created.json()[0]["service_request_id"]
     params = {"jurisdiction_id": "springfield.example"}
@@ -126,5 +147,6 @@ def _readme_example(env: dict[str, str], cwd: Path, explain: Callable[[], str]) 
         lines = run_cli(["audit", "trail", request_id], env=env, cwd=cwd).stdout
         return "submitted" in lines
 
-    wait_until(submitted, timeout=STARTUP_TIMEOUT, what=f"{request_id} to reach sap-roads",
-               explain=explain)
+    wait_until(
+        submitted, timeout=STARTUP_TIMEOUT, what=f"{request_id} to reach sap-roads", explain=explain
+    )
