@@ -95,13 +95,14 @@ class _Handler:
         return "250 2.0.0 Message accepted for delivery"
 
 
-class FreePortController(Controller):  # type: ignore[misc]
+class FreePortController(Controller):
     """aiosmtpd's threaded controller, able to listen on port 0 (a free port, for tests)."""
 
     def _trigger_server(self) -> None:
-        if self.port == 0 and self.server is not None:
-            self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        server = self.server
+        if self.port == 0 and isinstance(server, asyncio.Server):
+            self.port = server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class MailboxServer(ServedThread):

@@ -124,7 +124,7 @@ def _caller_fault(message: str, code: str = "Client.InvalidData") -> Fault:
     return Fault(faultcode=code, faultstring=message)
 
 
-class PermitService(ServiceBase):  # type: ignore[misc]
+class PermitService(ServiceBase):
     """The four operations of the permit system's case API (simulated)."""
 
     @rpc(

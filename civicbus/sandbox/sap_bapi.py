@@ -28,7 +28,9 @@ RFC_PATH = "/sap/bc/rfc-simulation"
 SESSION_HEADER = "sap-rfc-session"
 
 
-def bapiret(kind: str, message: str, *, msg_id: str = "SIM", number: str = "000") -> dict[str, str]:
+def bapiret(
+    kind: str, message: str, *, msg_id: str = "SIM", number: str = "000"
+) -> dict[str, str | int]:
     """One BAPIRET2 line."""
     return {
         "TYPE": kind,

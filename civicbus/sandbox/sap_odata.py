@@ -343,7 +343,7 @@ def router(
         if unknown:
             raise ODataError(400, "SIM/012", f"Property {unknown[0]} is invalid", [])
         fields = {PROPERTIES[p][2]: _in(PROPERTIES[p][0], p, payload.get(p)) for p in _WRITABLE}
-        draft = Notification(number="", **fields)  # type: ignore[arg-type]
+        draft = Notification(number="", **fields)
         problems = validate(draft, known_locations)
         rejected = reject()
         if rejected:
