@@ -7,7 +7,7 @@ written yet) is reported with its reason; it never stops the other kinds from lo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,12 @@ def build_adapter(
     kind: str,
     settings: Mapping[str, Any],
     mapping_path: Path | None,
+    public_base_url: str | None = None,
 ) -> Adapter:
     """Construct one adapter instance: load its kind, load and validate its mapping, build it.
 
     `settings` must already hold the secrets (resolved from the environment by the caller).
+    `public_base_url` (the deployment's Open311 API) gives mapping paths `links.open311`.
     Raises RegistryError or MappingFileError with a message an integrator can act on.
     """
     cls = load_kind(kind)
@@ -138,6 +140,8 @@ def build_adapter(
         if mapping_path is not None
         else None
     )
+    if mapping is not None and public_base_url:
+        mapping = replace(mapping, public_base_url=public_base_url)
     adapter = cls(instance, settings, mapping)
     log.info("adapter.built", instance=instance, kind=kind, mapping=str(mapping_path or ""))
     return adapter

@@ -27,8 +27,10 @@ def build_adapter(
     cfg: InstanceConfig,
     base_dir: Path,
     env: Mapping[str, str] | None = None,
+    public_base_url: str | None = None,
 ) -> Adapter:
-    """Build one configured instance: secrets from `env` (default: os.environ), mapping validated.
+    """Build one configured instance: secrets from `env` (default: os.environ), mapping validated;
+    `public_base_url` (config `api.base_url`) gives mapping paths the request's public URL.
 
     Raises ConfigError for a missing secret, and RegistryError or MappingFileError (from
     `adapters`) for a kind that is not installed or a mapping that does not validate.
@@ -42,4 +44,5 @@ def build_adapter(
         kind=cfg.kind,
         settings=settings,
         mapping_path=mapping_path(cfg, base_dir),
+        public_base_url=public_base_url,
     )

@@ -60,16 +60,24 @@ class Mapping:
     status_default: Status | None = None
     #: Reporter fields this mapping may read; the others never reach paths or templates.
     personal_data: frozenset[str] = frozenset()
+    #: The public Open311 API's base URL of this deployment (config `api.base_url`), for the
+    #: `links` a path may read; set when the adapter instance is built.
+    public_base_url: str | None = None
 
     @property
     def field_names(self) -> tuple[str, ...]:
         return tuple(rule.name for rule in self.rules)
 
     def document(self, request: ServiceRequest) -> Document:
-        """The request as paths see it: its JSON form with only the allowed reporter fields."""
+        """The request as paths see it: its JSON form with only the allowed reporter fields, and
+        `links.open311`, the request's public Open311 URL, when the base URL is known."""
         doc = request.model_dump(mode="json", exclude={"reporter"})
         reporter = request.reporter.model_dump(mode="json")
         doc["reporter"] = {k: v for k, v in reporter.items() if k in self.personal_data}
+        doc["links"] = {}
+        if self.public_base_url:
+            base = self.public_base_url.rstrip("/")
+            doc["links"]["open311"] = f"{base}/open311/v2/requests/{request.id}.json"
         return doc
 
     def apply(self, request: ServiceRequest) -> dict[str, Any]:

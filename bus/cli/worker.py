@@ -52,7 +52,9 @@ def register(app: typer.Typer) -> None:
                 )
                 raise typer.Exit(2)
             try:
-                adapter = build_adapter(instance, config, rt.config_dir)
+                adapter = build_adapter(
+                    instance, config, rt.config_dir, public_base_url=rt.config.api.base_url
+                )
             except (RegistryError, MappingFileError) as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def mapping() -> Mapping:
-    return load_mapping(MAPPINGS / "email-311.yaml")
+    # As a worker builds it: with the deployment's public API address (config api.base_url).
+    return replace(
+        load_mapping(MAPPINGS / "email-311.yaml"), public_base_url="https://311.example.gov/"
+    )
 
 
 @pytest.fixture
@@ -63,7 +67,7 @@ def test_a_request_becomes_one_message_threaded_by_its_id(
     assert "12 Evergreen Terrace 51.50101,-0.12412" in body
     assert "Scaffold blocks the pavement" in body
     assert "SURFACE: wall" in body and "OFFENSIVE: no" in body
-    assert f"http://127.0.0.1:8311/open311/v2/requests/{request.id}.json" in body
+    assert f"https://311.example.gov/open311/v2/requests/{request.id}.json" in body
     # The reporter's contact is not sent unless the mapping asks for it.
     for personal in ("resident@example.org", "Marge", "555-0100"):
         assert personal not in message.as_string()

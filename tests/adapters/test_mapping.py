@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,13 @@ def test_the_schema_lists_exactly_the_canonical_statuses() -> None:
     from adapters.mapping import schema
 
     assert schema()["$defs"]["status"]["enum"] == [s.value for s in Status]
+
+
+def test_links_give_the_request_public_url_once_the_deployment_names_its_api() -> None:
+    text = "adapter: email\nfields:\n  Status page: {from: links.open311}\n"
+    unaware = parse_mapping(text)
+    aware = replace(unaware, public_base_url="https://311.example.gov/")
+    assert unaware.apply(request()) == {}  # no base URL: the field is left out
+    assert aware.apply(request()) == {
+        "Status page": f"https://311.example.gov/open311/v2/requests/{request().id}.json"
+    }
