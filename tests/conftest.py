@@ -8,20 +8,18 @@ sure the services are running; a test that cannot reach them fails rather than s
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import signal
 import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
 import structlog
+
+from tests.rabbitmqctl import LOCK as CTL_LOCK
+from tests.rabbitmqctl import rabbitmqctl
 
 PG_ADMIN_DSN = os.environ.get("CIVICBUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
@@ -71,39 +69,8 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> str:
     return f"sqlite:///{os.fspath(tmp_path)}/civicbus.db"
 
 
-_CTL_LOCK = Path(tempfile.gettempdir()) / "civicbus-rabbitmqctl.lock"
 #: The vhosts this session created and has not deleted yet.
 _CREATED: list[str] = []
-
-
-def _rabbitmqctl(*args: str, attempts: int = 4) -> None:
-    """Run one rabbitmqctl command, robustly.
-
-    rabbitmqctl starts an Erlang node that needs one of a few CLI distribution ports, so calls
-    are serialised across test processes with a file lock; a call that hangs is killed with its
-    whole process group (the `su` wrapper would leave its child holding a port), and a call that
-    failed to start distribution is retried.
-    """
-    with _CTL_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for attempt in range(1, attempts + 1):
-            proc = subprocess.Popen(
-                ["rabbitmqctl", "-q", *args],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            try:
-                _, err = proc.communicate(timeout=45)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                err = b"timed out"
-            if proc.returncode == 0:
-                return
-            if attempt == attempts:
-                raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()[-500:]}")
-            time.sleep(attempt)
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +80,8 @@ def amqp_vhost_factory() -> Iterator[Callable[[], str]]:
 
     def make() -> str:
         vhost = f"civicbus-test-{uuid.uuid4().hex[:12]}"
-        _rabbitmqctl("add_vhost", vhost)
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         created.append(vhost)
         return f"amqp://guest:guest@{AMQP_HOST}/{quote(vhost, safe='')}"
 
@@ -133,7 +100,7 @@ def _delete_vhosts_in_background(vhosts: list[str]) -> None:
         return
     # Under the same lock as creations: a deletion running beside a creation can wedge 3.10.
     script = "; ".join(
-        f"flock {_CTL_LOCK} timeout 660 rabbitmqctl -q delete_vhost '{v}'" for v in vhosts
+        f"flock {CTL_LOCK} timeout 660 rabbitmqctl -q delete_vhost '{v}'" for v in vhosts
     )
     subprocess.Popen(
         ["sh", "-c", script],
@@ -156,7 +123,7 @@ def amqp_url(amqp_vhost_factory: Callable[[], str]) -> Iterator[str]:
     yield url
     vhost = unquote(url.rsplit("/", 1)[1])
     try:
-        _rabbitmqctl("delete_vhost", vhost, attempts=2)
+        rabbitmqctl("delete_vhost", vhost, attempts=2)
     except RuntimeError:
         return  # left for the session's background clean-up
     _CREATED.remove(vhost)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import json
 import os
 import platform
@@ -71,38 +70,10 @@ from bus.logging import configure_logging  # noqa: E402
 from bus.relay import Relay, RelaySettings  # noqa: E402
 from bus.store import Store  # noqa: E402
 from schemas.events import Envelope, EventType  # noqa: E402
+from tests.rabbitmqctl import rabbitmqctl  # noqa: E402
 
 AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
 TAP = "bench.tap"
-
-
-#: The lock the test fixtures take around rabbitmqctl (its CLI node needs one of a few ports).
-_CTL_LOCK = Path(tempfile.gettempdir()) / "civicbus-rabbitmqctl.lock"
-
-
-def _ctl(*args: str, attempts: int = 4) -> str:
-    """One rabbitmqctl call, serialised with the tests' calls; a hung call is killed with its
-    process group (the `su` wrapper would leave its child holding a port) and retried."""
-    with _CTL_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for attempt in range(1, attempts + 1):
-            proc = subprocess.Popen(
-                ["rabbitmqctl", "-q", *args],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            try:
-                out, err = proc.communicate(timeout=45)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                out, err = proc.communicate()
-            if proc.returncode == 0:
-                return out.decode().strip()
-            if attempt == attempts:
-                raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()[-300:]}")
-            time.sleep(attempt)
-    raise AssertionError("unreachable")
 
 
 #: With --private-node: a RabbitMQ node of the benchmark's own (the fault tests' RabbitNode), on
@@ -120,12 +91,12 @@ def fresh_vhost() -> Iterator[str]:
             _NODE.ctl("delete_vhost", url.rsplit("/", 1)[1])
         return
     vhost = f"civicbus-bench-{uuid.uuid4().hex[:8]}"
-    _ctl("add_vhost", vhost)
-    _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     try:
         yield f"amqp://guest:guest@{AMQP_HOST}/{vhost}"
     finally:
-        _ctl("delete_vhost", vhost)
+        rabbitmqctl("delete_vhost", vhost)
 
 
 @contextmanager
@@ -155,7 +126,10 @@ def private_node() -> Iterator[None]:
 
 def machine() -> str:
     try:
-        rabbit = _NODE.ctl("version").strip() + " (private node)" if _NODE else _ctl("version")
+        if _NODE:
+            rabbit = _NODE.ctl("version").strip() + " (private node)"
+        else:
+            rabbit = rabbitmqctl("version")
     except (OSError, RuntimeError):
         rabbit = "?"
     cpu = platform.processor() or platform.machine()
