@@ -11,6 +11,14 @@ does that on a committer thread while it publishes the next batch; also shown wi
 it, in the same run and on the same topology, a bare pika loop publishes the same number of
 messages with the same windowed confirms and nothing else. The ratio is relay / bare.
 
+Relay figures, 2026-11-22 (load average 1.8-2.6, three runs): bare 12,200-15,400 msgs/s; relay
+4,700-6,600 msgs/s, 39-43 % (one batch after the other: 38-40 %; the committer thread gains
+little on SQLite, its use is overlapping a networked store's round trips). Profiled, ~77 % of the
+relay's time is pika publishing (each civicbus message carries eight properties and three
+headers the bare loop does not: their encoding, and three socket writes a message, as for the
+bare loop), ~19 % marking rows sent with two audit entries each (it was ~47 % before audit hashes
+stopped re-parsing details and the chain head moved to the driver cursor).
+
 Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted afterwards.
 Worker section: consume -> find/submit through the in-memory adapter -> record receipt (cross-
 reference, `submitted` event in the outbox, audit entries) -> ack, for commands whose requests
@@ -32,7 +40,8 @@ kind) take POST /requests.json at a steady rate (open loop: each POST starts on 
 whatever the earlier ones are doing). The latency of a request is from the moment its POST was
 answered to its receipt by the back-end: the time the back-end gave the work item, which the
 worker stores as the cross-reference's time (read from the store, outside the worker process).
-Both times come from the same machine's clock.
+Both times come from the same machine's clock. Measured 2026-11-22: all 6,000 delivered, POST
+p50/p99 16.8/61.9 ms, answered -> receipt p50/p99 22.4/231 ms (max 366 ms).
 
 The civicbus code logs as in production (JSON lines), here to /dev/null.
 """
