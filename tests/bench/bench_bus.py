@@ -11,8 +11,8 @@ does that on a committer thread while it publishes the next batch; also shown wi
 it, in the same run and on the same topology, a bare pika loop publishes the same number of
 messages with the same windowed confirms and nothing else. The ratio is relay / bare.
 
-Relay figures, 2026-11-22 (load average 1.8-2.6, three runs): bare 12,200-15,400 msgs/s; relay
-4,700-6,600 msgs/s, 39-43 % (one batch after the other: 38-40 %; the committer thread gains
+Relay figures, 2026-11-22 (load average 1.8-2.6, three runs): bare 11,100-15,400 msgs/s; relay
+4,400-6,600 msgs/s, 39-43 % (one batch after the other: 36-40 %; the committer thread gains
 little on SQLite, its use is overlapping a networked store's round trips). Profiled, ~77 % of the
 relay's time is pika publishing (each civicbus message carries eight properties and three
 headers the bare loop does not: their encoding, and three socket writes a message, as for the
