@@ -1,4 +1,4 @@
-"""Redelivery policy: quick in-process retries, then retry tiers, then dead letter."""
+"""Redelivery policy: quick in-process retries (tenacity), then retry tiers, then dead letter."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from adapters import PermanentError, TransientError
 from bus.config import RetryPolicy
@@ -33,6 +35,22 @@ def quick_backoff(try_number: int) -> float:
     return min(0.05 * 2.0 ** (try_number - 1) + random.uniform(0, 0.05), 1.0)
 
 
+def _pause(exc: BaseException | None, try_number: int) -> float:
+    asked = retry_after(exc)
+    return asked if asked is not None else quick_backoff(try_number)
+
+
+def _ends_quick_retries(exc: BaseException) -> bool:
+    """Not worth another try here: an interrupt, a permanent error, or a back-end asking for
+    a longer pause than we wait in-process (a retry tier takes it)."""
+    asked = retry_after(exc)
+    return (
+        not isinstance(exc, Exception)
+        or not is_retryable(exc)
+        or (asked is not None and asked > SMALL_RETRY_AFTER)
+    )
+
+
 def call_with_retries(
     fn: Callable[[], T],
     *,
@@ -45,24 +63,35 @@ def call_with_retries(
     `on_error(try_number, error)` is told of every failure (for the audit trail). A permanent
     error, or a Retry-After too long to wait here, ends the in-process retries at once.
     """
-    # A plain loop rather than a retry library: nearly every call succeeds at once, and the
-    # worker makes one per message, so the happy path must cost no more than the call.
-    try_number = 1
-    while True:
-        try:
-            return fn()
-        except BaseException as exc:
-            on_error(try_number, exc)
-            asked = retry_after(exc)
-            if (
-                try_number >= attempts
-                or not isinstance(exc, Exception)  # an interrupt is no failed try
-                or not is_retryable(exc)
-                or (asked is not None and asked > SMALL_RETRY_AFTER)
-            ):
+    # The first try outside tenacity: nearly every call succeeds at once, and the worker makes
+    # one per message, so the happy path costs only the call.
+    try:
+        return fn()
+    except BaseException as exc:
+        on_error(1, exc)
+        if attempts <= 1 or _ends_quick_retries(exc):
+            raise
+        sleep(_pause(exc, 1))
+    # Tries 2..attempts: tenacity numbers them 1..attempts-1.
+    retrying = Retrying(
+        stop=lambda state: state.attempt_number >= attempts - 1,
+        wait=lambda state: _pause(_error(state), state.attempt_number + 1),
+        retry=retry_if_exception(lambda exc: not _ends_quick_retries(exc)),
+        sleep=sleep,
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            try:
+                return fn()
+            except BaseException as exc:
+                on_error(attempt.retry_state.attempt_number + 1, exc)
                 raise
-            sleep(asked if asked is not None else quick_backoff(try_number))
-            try_number += 1
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+def _error(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
 
 
 def next_tier(policy: RetryPolicy, attempt: int, asked_delay: float | None = None) -> float | None:
