@@ -166,6 +166,7 @@ class DeadQueueKeeper:
             route=route,
             message_id=message_id,
             request_id=request_id,
+            correlation_id=envelope.get("correlationid") if isinstance(envelope, dict) else None,
             reason=reason,
         )
         return True

@@ -149,6 +149,7 @@ class CommandWorker:
             "worker.attempt_failed",
             route=self.route.name,
             request_id=envelope.subject if envelope else None,
+            correlation_id=envelope.correlationid if envelope else None,
             attempt=delivery.attempt,
             try_number=try_number,
             error=describe(exc),
@@ -221,6 +222,7 @@ class CommandWorker:
             batch_log.info(
                 "request.submitted",
                 request_id=item.request.id,
+                correlation_id=item.command.envelope.correlationid,
                 reference=item.receipt.reference,
                 created=item.receipt.created,
                 attempt=item.command.delivery.attempt,
@@ -268,6 +270,7 @@ class CommandWorker:
                     "worker.receipt_status_not_recorded",
                     route=self.route.name,
                     request_id=item.request.id,
+                    correlation_id=item.command.envelope.correlationid,
                     error=describe(exc),
                 )
                 requeue.add(item.command.position)

@@ -89,6 +89,8 @@ def schedule_retry_or_dead_letter(
         "worker.retry_scheduled",
         route=route.name,
         message_id=delivery.key,
+        request_id=envelope.subject if envelope else None,
+        correlation_id=envelope.correlationid if envelope else None,
         attempt=delivery.attempt,
         delay=delay,
     )
@@ -144,6 +146,7 @@ def dead_letter(
         route=route.name,
         message_id=delivery.key,
         request_id=request_id,
+        correlation_id=envelope.correlationid if envelope else None,
         attempts=delivery.attempt,
         reason=reason,
     )

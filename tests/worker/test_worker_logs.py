@@ -1,0 +1,61 @@
+"""The worker's log lines about a request carry its request id and its correlation id, so an
+operator can follow one report from the API's lines through the worker's."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+from worker_support import FAST, INSTANCE, MemoryBackend, new_request, publish, running, wait_until
+
+from bus.logging import configure_logging
+from bus.store import Store
+from bus.worker import command_consumer
+from schemas.events import EventType
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    yield stream
+    configure_logging("json")
+
+
+def lines_about(stream: io.StringIO, request_id: str) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [line for line in lines if line.get("request_id") == request_id]
+
+
+def test_retry_dead_letter_and_submitted_lines_carry_the_correlation_id(
+    store: Store, topology: str, log_stream: io.StringIO
+) -> None:
+    # 2 quick tries per round: round 1 fails and is scheduled for retry, round 2 delivers.
+    backend = MemoryBackend(transient_failures=2)
+    retried = new_request(store).model_copy(update={"correlationid": "corr-retried"})
+    unknown = retried.model_copy(
+        update={"id": "msg-unknown", "subject": "req-nowhere", "correlationid": "corr-unknown"}
+    )
+    publish(topology, retried)
+    publish(topology, unknown)
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        wait_until(
+            lambda: any(row.envelope.type is EventType.SUBMITTED for row in store.pending_outbox()),
+            what="the receipt",
+        )
+        wait_until(lambda: store.dead_letters(INSTANCE), what="the dead letter")
+
+    about_retried = lines_about(log_stream, retried.subject)
+    assert {line["event"] for line in about_retried} >= {
+        "worker.attempt_failed",
+        "worker.retry_scheduled",
+        "request.submitted",
+    }
+    assert {line["correlation_id"] for line in about_retried} == {"corr-retried"}
+    [dead] = [line for line in lines_about(log_stream, "req-nowhere")]
+    assert (dead["event"], dead["correlation_id"]) == ("worker.dead_lettered", "corr-unknown")
