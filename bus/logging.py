@@ -78,6 +78,12 @@ def configure_logging(
     # words (broker.reconnect_wait, worker.connection_lost), so pika's lines are only noise.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    # httpx logs every request at INFO (a polled back-end: several lines a minute, forever) and
+    # the sandbox's SMTP server five lines per connection; the adapters log what matters.
+    # At DEBUG they speak again, for whoever is chasing a back-end's behaviour.
+    chatty_level = logging.WARNING if numeric_level > logging.DEBUG else logging.NOTSET
+    for chatty in ("httpx", "httpcore", "mail.log"):
+        logging.getLogger(chatty).setLevel(chatty_level)
 
 
 def bind_request(request_id: str | None = None, correlation_id: str | None = None) -> None:

@@ -54,3 +54,14 @@ def test_library_records_are_redacted_too(json_lines: Lines) -> None:
     [line] = json_lines()
     assert "ada@example.org" not in json.dumps(line)
     assert line["logger"] == "some.library"
+
+
+def test_http_client_request_lines_show_only_at_debug() -> None:
+    for level, expected in (("INFO", []), ("DEBUG", ["HTTP Request: GET http://127.0.0.1/x"])):
+        stream = io.StringIO()
+        configure_logging("json", level=level, stream=stream)
+        logging.getLogger("httpx").info("HTTP Request: GET %s", "http://127.0.0.1/x")
+        logging.getLogger("httpx").warning("connection pool full")
+        events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+        assert events == [*expected, "connection pool full"], level
+    configure_logging("json", level="INFO")

@@ -59,7 +59,7 @@ class SapAdapter(Adapter):
                 "sap.notification.exists",
                 adapter=self.instance,
                 request_id=request.id,
-                notification=existing.reference,
+                reference=existing.reference,
             )
             return existing
         try:
@@ -73,14 +73,14 @@ class SapAdapter(Adapter):
                 "sap.notification.created_unconfirmed",
                 adapter=self.instance,
                 request_id=request.id,
-                notification=found.reference,
+                reference=found.reference,
             )
             return Receipt(request_id=request.id, reference=found.reference, status=found.status)
         log.info(
             "sap.notification.created",
             adapter=self.instance,
             request_id=request.id,
-            notification=number,
+            reference=number,
             transport=self.transport_name,
         )
         return Receipt(request_id=request.id, reference=number, created=True)
@@ -168,7 +168,7 @@ class SapAdapter(Adapter):
             status = self.field_mapping.status(code)
         except UnknownStatus:
             log.warning(
-                "sap.status_unmapped", adapter=self.instance, notification=n.number, code=code
+                "sap.status_unmapped", adapter=self.instance, reference=n.number, code=code
             )
             return None
         return StatusUpdate(

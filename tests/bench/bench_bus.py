@@ -259,22 +259,33 @@ def bare_run(url: str, rows: int, batch: int) -> tuple[float, int]:
     return elapsed, rows * 2
 
 
-def _best_of(rounds: int, run: Callable[[], tuple[float, int]], reset: Callable[[], None]) -> float:
-    rates = []
+def _interleaved(
+    rounds: int, runs: dict[str, Callable[[], tuple[float, int]]], reset: Callable[[], None]
+) -> dict[str, float]:
+    """The median rate of each run, the runs taking turns round after round: a change in the
+    machine's load during the section then weighs on all of them alike, not on one."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        reset()
-        elapsed, messages = run()
-        rates.append(messages / elapsed)
-    return statistics.median(rates)
+        for name, run in runs.items():
+            reset()
+            elapsed, messages = run()
+            rates[name].append(messages / elapsed)
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def relay_section(rows: int, batch: int, rounds: int) -> None:
     with fresh_vhost() as url:
         connection = _prepare(url)
-        reset = lambda: _purge(connection)  # noqa: E731
-        bare = _best_of(rounds, lambda: bare_run(url, rows, batch), reset)
-        relay = _best_of(rounds, lambda: relay_run(url, rows, batch), reset)
-        serial = _best_of(rounds, lambda: relay_run(url, rows, batch, pipelined=False), reset)
+        rates = _interleaved(
+            rounds,
+            {
+                "bare": lambda: bare_run(url, rows, batch),
+                "relay": lambda: relay_run(url, rows, batch),
+                "serial": lambda: relay_run(url, rows, batch, pipelined=False),
+            },
+            reset=lambda: _purge(connection),
+        )
+        bare, relay, serial = rates["bare"], rates["relay"], rates["serial"]
         connection.close()
     print(
         f"\nrelay: {rows} outbox rows -> {2 * rows} persistent messages (event + command), "
