@@ -1,8 +1,9 @@
-"""Helpers for the tests of the permits, parks and email adapters against their simulators."""
+"""Helpers for the tests of the permits, parks, email and SAP adapters against their simulators."""
 
 from __future__ import annotations
 
 import uuid
+from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,9 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from civicbus.sandbox.runner import SIMULATORS, Running, ServeOptions
-from schemas.model import Location, Reporter, ServiceRequest
+# Before the kit is first imported (here, through conftest.py), so that its checks fail with
+# pytest's assertion messages.
+pytest.register_assert_rewrite("civicbus.testing")
+
+from adapters import Adapter, Receipt  # noqa: E402
+from adapters.mapping import Mapping  # noqa: E402
+from civicbus.sandbox.runner import SIMULATORS, Running, ServeOptions  # noqa: E402
+from civicbus.testing import ConformanceTarget  # noqa: E402
+from schemas.model import Location, Reporter, ServiceRequest, Status  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPINGS = REPO / "mappings"
@@ -62,3 +71,32 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+class WorkItemsTarget(ConformanceTarget):
+    """A conformance target on a simulator built on the sandbox's shared work items (parks,
+    permits): records are counted and statuses moved through its `/_sandbox/items` control."""
+
+    def __init__(self, running: Running, mapping: Mapping) -> None:
+        self.running = running
+        self.mapping = mapping
+
+    @abstractmethod
+    def adapter_to_a_closed_port(self) -> Adapter:
+        """A fresh adapter aimed at a loopback port where nothing listens."""
+
+    @contextmanager
+    def unreachable_adapter(self) -> Iterator[Adapter]:
+        adapter = self.adapter_to_a_closed_port()
+        try:
+            yield adapter
+        finally:
+            adapter.close()
+
+    def records(self, request_id: str) -> int:
+        return sum(1 for i in control(self.running, "GET", "/items")
+                   if i["external_reference"] == request_id)
+
+    def change_status(self, receipt: Receipt) -> Status:
+        change = control(self.running, "POST", f"/items/{receipt.reference}/advance")
+        return self.mapping.status(change["status"])

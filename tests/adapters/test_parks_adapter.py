@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,6 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def mapping() -> Mapping:
     return load_mapping(MAPPINGS / "parks.yaml")
-
-
-@pytest.fixture
-def parks(tmp_path: Path) -> Iterator[Running]:
-    with simulator("parks", tmp_path) as running:
-        yield running
 
 
 def adapter_for(running: Running, mapping: Mapping, **settings: Any) -> ParksAdapter:

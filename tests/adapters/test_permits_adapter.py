@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,6 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def mapping() -> Mapping:
     return load_mapping(MAPPINGS / "permits.yaml")
-
-
-@pytest.fixture
-def permits(tmp_path: Path) -> Iterator[Running]:
-    with simulator("permits", tmp_path) as running:
-        yield running
 
 
 def adapter_for(running: Running, mapping: Mapping, **settings: Any) -> PermitsAdapter:

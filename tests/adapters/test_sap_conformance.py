@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
-from backends_support import free_port, simulator
+from backends_support import free_port
 from sap_support import REJECTED_SERVICE, control, notifications, rejecting_mapping, settings_for
 
 from adapters import Adapter, Receipt
@@ -46,12 +45,6 @@ class SapTarget(ConformanceTarget):
         following = {"OSNO": "NOPR", "NOPR": "NOCO", "NOCO": "DLFL"}[current]
         control(self.sim, "POST", f"/items/{receipt.reference}/status", status=following)
         return self.mapping.status(following)
-
-
-@pytest.fixture
-def sap_sim(tmp_path: Path) -> Iterator[Running]:
-    with simulator("sap", tmp_path) as running:
-        yield running
 
 
 class TestSapODataConformance(AdapterConformance):

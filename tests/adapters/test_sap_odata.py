@@ -22,12 +22,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def sap_sim(tmp_path: Path) -> Iterator[Running]:
-    with simulator("sap", tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
 def adapter(sap_sim: Running) -> Iterator[SapAdapter]:
     made = SapAdapter("sap-roads", settings_for("odata", sap_sim.url), rejecting_mapping())
     yield made
