@@ -27,6 +27,7 @@ from bus.store._records import (
     OutboxRow,
     RequestQuery,
     Subscription,
+    Undelivered,
 )
 from bus.store._store import Store
 from bus.store._transaction import Transaction
@@ -48,4 +49,5 @@ __all__ = [
     "StoreUnavailable",
     "Subscription",
     "Transaction",
+    "Undelivered",
 ]

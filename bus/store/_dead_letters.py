@@ -14,7 +14,7 @@ from bus.store._sql import utcnow
 from bus.store._tables import dead_letters as dead
 
 
-def _dead_letter(row: Row[Any]) -> DeadLetter:
+def from_row(row: Row[Any]) -> DeadLetter:
     return DeadLetter(
         id=row.id,
         instance=row.instance,
@@ -78,7 +78,7 @@ def record(
             )
             .returning(*dead.c)
         ).one()
-    return _dead_letter(row)
+    return from_row(row)
 
 
 def list_for(conn: Connection, instance: str, state: DeadLetterState) -> list[DeadLetter]:
@@ -87,12 +87,12 @@ def list_for(conn: Connection, instance: str, state: DeadLetterState) -> list[De
         .where(dead.c.instance == instance, dead.c.state == state.value)
         .order_by(dead.c.id)
     )
-    return [_dead_letter(row) for row in rows]
+    return [from_row(row) for row in rows]
 
 
 def get(conn: Connection, dead_letter_id: int) -> DeadLetter | None:
     row = conn.execute(sa.select(dead).where(dead.c.id == dead_letter_id)).first()
-    return _dead_letter(row) if row else None
+    return from_row(row) if row else None
 
 
 def set_state(conn: Connection, dead_letter_id: int, state: DeadLetterState) -> bool:

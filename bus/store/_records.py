@@ -125,3 +125,17 @@ class DeadLetter:
     #: The envelope as JSON data, or the raw body as text when it was not valid JSON.
     envelope: dict[str, Any] | str | None
     state: DeadLetterState
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """An open request no back-end holds yet, with what was last heard of it."""
+
+    request_id: str
+    jurisdiction: str
+    service_code: str
+    accepted_at: datetime
+    #: Its audit entries, oldest first (webhook deliveries of its events included).
+    trail: list[AuditEntry]
+    #: Its dead letters in any state (dead, replayed, dropped), oldest first.
+    dead_letters: list[DeadLetter]

@@ -19,6 +19,7 @@ from bus.store import (
     _outbox,
     _requests,
     _subscriptions,
+    _undelivered,
     _watermarks,
 )
 from bus.store._errors import translate_errors
@@ -32,6 +33,7 @@ from bus.store._records import (
     OutboxRow,
     RequestQuery,
     Subscription,
+    Undelivered,
 )
 from bus.store._transaction import Transaction
 from schemas.model import ServiceRequest, StatusUpdate
@@ -171,6 +173,15 @@ class Store:
     def audit_trail(self, request_id: str) -> list[AuditEntry]:
         """The request's audit entries, oldest first."""
         return self._read(lambda conn: _audit.trail(conn, request_id))
+
+    def undelivered(self, *, accepted_before: datetime, limit: int = 50) -> list[Undelivered]:
+        """Open requests accepted before the time that no back-end holds yet, oldest first,
+        each with its last audit entry and dead letter: where it is stuck."""
+        return self._read(
+            lambda conn: _undelivered.undelivered(
+                conn, accepted_before=accepted_before, limit=limit
+            )
+        )
 
     def verify_audit(self) -> AuditVerification:
         """Walk the whole chain; report the first edited, deleted or inserted entry."""

@@ -1,0 +1,94 @@
+"""`civicbus requests stuck`: the requests no back-end has taken yet, and where each one is."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import typer
+
+from bus.cli.common import runtime
+from bus.store import Undelivered
+from bus.whereabouts import Whereabouts, whereabouts
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Citizen-service requests, as an operator looks at them.")
+    app.add_typer(group, name="requests", no_args_is_help=True)
+
+    @group.command("stuck")
+    def stuck(
+        older_than: str = typer.Option(
+            "10m",
+            "--older-than",
+            help="Only requests accepted longer ago than this: 90s, 10m, 2h, 1d.",
+        ),
+        limit: int = typer.Option(50, "--limit", min=1, max=10_000, help="At most this many."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    ) -> None:
+        """Open requests no back-end has taken yet, oldest first, with where each is stuck
+        (outbox, queue, retries, dead letters) and what to try. Exit code 1 when there are any."""
+        age = parse_duration(older_than)
+        now = datetime.now(UTC)
+        with runtime() as rt:
+            items = rt.store.undelivered(accepted_before=now - age, limit=limit)
+        if not items:
+            if not as_json:
+                typer.echo(f"no open request accepted over {older_than} ago lacks a back-end")
+            return
+        if not as_json:
+            typer.echo(
+                f"{'REQUEST':<26} {'SERVICE':<12} {'AGE':>6}  {'STAGE':<13} {'INSTANCE':<18} WHAT"
+            )
+        for item in items:
+            where = whereabouts(item)
+            typer.echo(_as_json(item, where) if as_json else _as_lines(item, where, now))
+        # Non-zero so that a cron job or a monitoring check can alert on it.
+        raise typer.Exit(1)
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text)
+    if match is None:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration: a number and a unit, s, m, h or d (e.g. 10m)",
+            param_hint="--older-than",
+        )
+    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+def _age(since: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - since).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _as_lines(item: Undelivered, where: Whereabouts, now: datetime) -> str:
+    return (
+        f"{item.request_id:<26} {item.service_code:<12} {_age(item.accepted_at, now):>6}  "
+        f"{where.stage:<13} {where.instance or '-':<18} {where.detail}\n"
+        f"{'':<26} {'':<12} {'':>6}  {'':<13} {'':<18} try: {where.hint}"
+    )
+
+
+def _as_json(item: Undelivered, where: Whereabouts) -> str:
+    return json.dumps(
+        {
+            "request_id": item.request_id,
+            "jurisdiction": item.jurisdiction,
+            "service_code": item.service_code,
+            "accepted_at": item.accepted_at.isoformat(),
+            "stage": where.stage,
+            "instance": where.instance,
+            "since": where.since.isoformat(),
+            "detail": where.detail,
+            "hint": where.hint,
+        },
+        sort_keys=True,
+    )

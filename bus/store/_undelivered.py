@@ -1,0 +1,57 @@
+"""Requests no back-end has taken yet: what an operator looks for when a report seems stuck.
+
+A request is delivered once an adapter instance recorded its back-end reference. One still
+open without any reference, accepted a while ago, is stuck somewhere on the way: in the outbox,
+on a queue, in the retry tiers, or in the dead letter channel. Its audit trail says where.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bus.store._audit import trail
+from bus.store._dead_letters import from_row
+from bus.store._records import DeadLetter, Undelivered
+from bus.store._tables import backend_refs, requests
+from bus.store._tables import dead_letters as dead
+from schemas.model import Status
+
+_CLOSED = [status.value for status in Status if status.is_closed]
+
+
+def undelivered(conn: Connection, *, accepted_before: datetime, limit: int) -> list[Undelivered]:
+    """Open requests accepted before the time and held by no back-end, oldest first."""
+    candidates = conn.execute(
+        sa.select(
+            requests.c.id,
+            requests.c.jurisdiction,
+            requests.c.service_code,
+            requests.c.requested_at,
+        )
+        .where(
+            requests.c.requested_at < accepted_before,
+            requests.c.status.not_in(_CLOSED),
+            ~sa.exists().where(backend_refs.c.request_id == requests.c.id),
+        )
+        .order_by(requests.c.requested_at, requests.c.id)
+        .limit(limit)
+    ).all()
+    return [
+        Undelivered(
+            request_id=row.id,
+            jurisdiction=row.jurisdiction,
+            service_code=row.service_code,
+            accepted_at=row.requested_at,
+            trail=trail(conn, row.id),
+            dead_letters=_dead_letters_of(conn, row.id),
+        )
+        for row in candidates
+    ]
+
+
+def _dead_letters_of(conn: Connection, request_id: str) -> list[DeadLetter]:
+    rows = conn.execute(sa.select(dead).where(dead.c.request_id == request_id).order_by(dead.c.id))
+    return [from_row(row) for row in rows]

@@ -1,0 +1,143 @@
+"""`civicbus requests stuck`: an operator finds every request no back-end holds yet, and is told
+where it is. The requests get there through the real relay, worker and dead letter commands
+(real RabbitMQ, real SQLite store), so the audit entries read are the ones they write."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+from worker_support import INSTANCE, MemoryBackend, new_request, publish, running, wait_until
+
+from bus import deadletters
+from bus.broker.topology import EVENTS_EXCHANGE
+from bus.cli import app
+from bus.config import InstanceConfig, RetryPolicy, load_config
+from bus.relay import Relay
+from bus.store import Store
+from bus.worker import command_consumer
+from schemas.events import Envelope
+from schemas.model import Status, StatusUpdate
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(90)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: A failed first round waits a minute in the retry tier: long enough to be seen there.
+SLOW_RETRY = InstanceConfig(
+    kind="memory",
+    retry=RetryPolicy(immediate_attempts=2, tiers=[60], max_attempts=3),
+    prefetch=8,
+)
+
+
+def accepted(store: Store, description: str = "Deep pothole by the school") -> Envelope:
+    """A request as the API leaves it: stored, its event in the outbox, audited."""
+    envelope = new_request(store, description=description)
+    with store.transaction() as tx:
+        tx.add_outbox(envelope, exchange=EVENTS_EXCHANGE, routing_key="request.created.POTHOLE")
+        tx.audit(actor="api:test", action="accepted", request_id=envelope.subject)
+    return envelope
+
+
+def stuck(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["requests", "stuck", *args])
+    return result.exit_code, result.output
+
+
+def test_each_undelivered_request_is_found_where_it_is_stuck(
+    store: Store, topology: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    # Relayed and routed to sap-roads, where no worker runs.
+    queued = accepted(store)
+    assert Relay(store, load_config(REPO / "deploy/sandbox/civicbus.yaml"), topology).relay_batch()
+    # Accepted after the relay's last round: still in the outbox.
+    in_outbox = accepted(store)
+    # Commands the test instance's worker handles: the first fails its first round (two quick
+    # tries) and waits in the retry tier; three are rejected; one is delivered.
+    retrying = new_request(store)
+    rejected = [new_request(store, description=f"REJECT {n}") for n in range(3)]
+    delivered = new_request(store)
+    closed = new_request(store)
+    with store.transaction() as tx:
+        tx.apply_status_update(
+            StatusUpdate(
+                request_id=closed.subject,
+                status=Status.CLOSED,
+                at=datetime.now(UTC),
+                update_id="desk-1",
+                source="operator",
+            )
+        )
+    for envelope in [retrying, *rejected, delivered]:
+        publish(topology, envelope)
+    with running(
+        command_consumer(topology, store, INSTANCE, SLOW_RETRY, MemoryBackend(transient_failures=2))
+    ):
+        wait_until(lambda: len(store.dead_letters(INSTANCE)) == 3, what="three dead letters")
+        wait_until(lambda: store.get_request(delivered.subject).backend_refs, what="delivery")  # type: ignore[union-attr]
+    letters = {letter.request_id: letter.id for letter in store.dead_letters(INSTANCE)}
+    dead, dropped, replayed = (letters[envelope.subject] for envelope in rejected)
+    deadletters.drop(store, [dropped])
+    deadletters.replay(store, INSTANCE, [replayed])
+
+    code, output = stuck("--older-than", "0s", "--json")
+
+    assert code == 1, output
+    found = {item["request_id"]: item for item in map(json.loads, output.splitlines())}
+    assert delivered.subject not in found and closed.subject not in found
+    assert list(found) == [  # oldest first
+        queued.subject,
+        in_outbox.subject,
+        retrying.subject,
+        *(envelope.subject for envelope in rejected),
+    ]
+    stages = {rid: (item["stage"], item["instance"]) for rid, item in found.items()}
+    assert stages == {
+        queued.subject: ("queued", "sap-roads"),
+        in_outbox.subject: ("outbox", None),
+        retrying.subject: ("retrying", INSTANCE),
+        rejected[0].subject: ("dead-lettered", INSTANCE),
+        rejected[1].subject: ("dropped", INSTANCE),
+        rejected[2].subject: ("queued", INSTANCE),
+    }
+    assert "rule roads-to-sap" in found[queued.subject]["detail"]
+    assert "civicbus relay" in found[in_outbox.subject]["hint"]
+    assert "busy" in found[retrying.subject]["detail"]
+    assert "next attempt 60 s after" in found[retrying.subject]["detail"]
+    assert "LANE" in found[rejected[0].subject]["detail"]
+    assert f"civicbus dead replay {INSTANCE} {dead}" in found[rejected[0].subject]["hint"]
+    assert "replayed" in found[rejected[2].subject]["detail"]
+
+    code, output = stuck("--older-than", "0s")
+    assert code == 1
+    assert output.splitlines()[0].split()[:3] == ["REQUEST", "SERVICE", "AGE"]
+    assert f"try: `civicbus dead show {dead}`" in output
+
+
+def test_nothing_old_enough_is_said_plainly(
+    store: Store, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    accepted(store)
+
+    code, output = stuck("--older-than", "1h")
+
+    assert code == 0, output
+    assert "no open request accepted over 1h ago lacks a back-end" in output
+
+
+@pytest.mark.parametrize("duration", ["10", "ten minutes", "5w", "-3m"])
+def test_a_bad_duration_is_refused_with_the_expected_form(
+    duration: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+
+    code, output = stuck("--older-than", duration)
+
+    assert code == 2
+    assert "is not a duration" in output and "10m" in output
