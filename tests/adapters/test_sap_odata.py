@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,7 @@ from sap_support import control, notifications, rejecting_mapping, sap_mapping, 
 
 from adapters import PermanentError, TransientError
 from adapters.sap import SapAdapter
+from bus.logging import configure_logging
 from civicbus.sandbox.runner import Running
 from civicbus.sandbox.sap_odata import SERVICE_PATH
 from schemas.model import Location, ServiceRequest, Status
@@ -200,3 +203,18 @@ def test_notifications_survive_a_restart_of_the_simulation(tmp_path: Path) -> No
             request.id
         )
         assert found is not None and found.created is False
+
+
+def test_the_log_line_of_a_new_notification_keeps_its_number(adapter: SapAdapter) -> None:
+    # A 12-digit notification number looks like a phone number to the redaction of free text:
+    # logged as an identifier, an operator can still look it up in SAP.
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    try:
+        receipt = adapter.submit(pothole())
+    finally:
+        configure_logging("json")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [created] = [line for line in lines if line["event"] == "sap.notification.created"]
+    assert len(receipt.reference) >= 10 and receipt.reference.isdigit()
+    assert created["reference"] == receipt.reference
