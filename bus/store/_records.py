@@ -139,3 +139,23 @@ class Undelivered:
     trail: list[AuditEntry]
     #: Its dead letters in any state (dead, replayed, dropped), oldest first.
     dead_letters: list[DeadLetter]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a named lease (the active relay, a poller) and until when, unless renewed."""
+
+    name: str
+    holder: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class StoreOverview:
+    """What the store says of the bus's health at one moment."""
+
+    outbox_waiting: int
+    oldest_waiting: datetime | None
+    leases: dict[str, Lease]
+    #: Dead letters waiting for a decision, by adapter instance (or subscription route).
+    dead_letters: dict[str, int]

@@ -17,6 +17,7 @@ from bus.store import (
     _idempotency,
     _migrate,
     _outbox,
+    _overview,
     _requests,
     _subscriptions,
     _undelivered,
@@ -32,6 +33,7 @@ from bus.store._records import (
     OutboxMessage,
     OutboxRow,
     RequestQuery,
+    StoreOverview,
     Subscription,
     Undelivered,
 )
@@ -173,6 +175,10 @@ class Store:
     def audit_trail(self, request_id: str) -> list[AuditEntry]:
         """The request's audit entries, oldest first."""
         return self._read(lambda conn: _audit.trail(conn, request_id))
+
+    def overview(self) -> StoreOverview:
+        """The outbox backlog, the leases and the waiting dead letters (`civicbus status`)."""
+        return self._read(_overview.overview)
 
     def undelivered(self, *, accepted_before: datetime, limit: int = 50) -> list[Undelivered]:
         """Open requests accepted before the time that no back-end holds yet, oldest first,

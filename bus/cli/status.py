@@ -1,0 +1,95 @@
+"""`civicbus status`: is the bus moving? The outbox, the relay, every queue and its consumers,
+the dead letters, and what to do about each problem."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import typer
+from sqlalchemy.engine import make_url
+
+from bus.broker.connection import connect
+from bus.cli.common import runtime
+from bus.overview import Overview, take_overview
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("status")
+    def status(
+        as_json: bool = typer.Option(False, "--json", help="One JSON document."),
+    ) -> None:
+        """The bus at a glance: outbox, relay, queues, consumers, dead letters; then the
+        problems, each with what to try. Exit code 1 when there is any."""
+        with runtime() as rt:
+            overview = take_overview(
+                rt.store, rt.config.instances, lambda: connect(rt.env.amqp_url)
+            )
+            store_url = make_url(rt.env.database_url).render_as_string(hide_password=True)
+        typer.echo(_as_json(overview) if as_json else _as_text(overview, store_url))
+        if overview.problems:
+            raise typer.Exit(1)
+
+
+def _as_text(o: Overview, store_url: str) -> str:
+    seen = o.store
+    oldest = f", oldest since {_time(seen.oldest_waiting)}" if seen.oldest_waiting else ""
+    lines = [
+        f"civicbus status at {_time(o.at)}",
+        f"store    {store_url}",
+        f"outbox   {seen.outbox_waiting} event(s) waiting{oldest}",
+    ]
+    for lease in seen.leases.values():
+        state = "active" if lease.expires_at >= o.at else "EXPIRED"
+        lines.append(
+            f"lease    {lease.name}: {lease.holder}, {state} until {_time(lease.expires_at)}"
+        )
+    lines.append(f"broker   {'UNREACHABLE' if o.broker_error else 'reachable'}")
+    lines.append("")
+    lines.append(
+        f"{'CONSUMER':<24} {'QUEUED':>7} {'CONSUMERS':>9} {'RETRYING':>8} "
+        f"{'DEAD QUEUE':>10} {'DEAD LETTERS':>12}"
+    )
+    for c in o.consumers:
+        lines.append(
+            f"{c.name:<24} {_n(c.queued):>7} {_n(c.consumers):>9} {_n(c.retrying):>8} "
+            f"{_n(c.dead_in_queue):>10} {c.dead_letters:>12}"
+        )
+    lines.append("")
+    if not o.problems:
+        lines.append("problems: none")
+    else:
+        lines.append("problems:")
+        lines.extend(f"  - {problem}" for problem in o.problems)
+    return "\n".join(lines)
+
+
+def _as_json(o: Overview) -> str:
+    def plain(value: Any) -> Any:
+        return value.isoformat() if isinstance(value, datetime) else value
+
+    document = {
+        "at": o.at.isoformat(),
+        "outbox": {
+            "waiting": o.store.outbox_waiting,
+            "oldest_waiting": plain(o.store.oldest_waiting),
+        },
+        "leases": {
+            name: {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
+            for name, lease in o.store.leases.items()
+        },
+        "broker_error": o.broker_error,
+        "consumers": [{k: plain(v) for k, v in asdict(c).items()} for c in o.consumers],
+        "problems": o.problems,
+    }
+    return json.dumps(document, sort_keys=True)
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _time(value: datetime) -> str:
+    return value.isoformat(timespec="seconds")

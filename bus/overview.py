@@ -1,0 +1,182 @@
+"""`civicbus status` in one object: the store's and the broker's view of the bus, and the problems
+an operator should act on, each with what to try.
+
+Read-only: the store is queried, the broker's queues are declared passively. A broker that cannot
+be reached is itself a problem, not an error: the store's half of the picture still shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bus.broker.connection import BrokerUnavailable, close_quietly
+from bus.broker.queues import QueueState, queue_states
+from bus.broker.topology import dead_queue, retry_delays, retry_queue, work_queue
+from bus.config import InstanceConfig
+from bus.relay import LEASE as RELAY_LEASE
+from bus.store import Store, StoreOverview
+from bus.subscriptions import queue_name, route_name
+
+#: An outbox event older than this while a relay is active means the relay is not keeping up.
+OUTBOX_LAG = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """One consumer of commands or events: an adapter instance or a webhook subscription."""
+
+    name: str
+    start_with: str  # the command that runs its worker
+    queue: str
+    queued: int | None = None  # None: unknown (broker unreachable) or no such queue
+    consumers: int | None = None
+    retrying: int | None = None
+    dead_queue: str | None = None
+    dead_in_queue: int | None = None
+    dead_letters: int = 0
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Overview:
+    at: datetime
+    store: StoreOverview
+    broker_error: str | None
+    consumers: list[Consumer]
+    problems: list[str] = field(default_factory=list)
+
+
+def take_overview(
+    store: Store, instances: Mapping[str, InstanceConfig], connect: Callable[[], Any]
+) -> Overview:
+    """Look at the store and the broker now; `connect` opens a broker connection."""
+    at = datetime.now(UTC)
+    seen = store.overview()
+    consumers = [
+        *(_instance(name, config, seen) for name, config in instances.items()),
+        *(_subscription(s.id, seen) for s in store.list_subscriptions()),
+    ]
+    broker_error = None
+    try:
+        consumers = _with_queue_states(consumers, instances, connect)
+    except BrokerUnavailable as exc:
+        broker_error = str(exc)
+    overview = Overview(at, seen, broker_error, consumers)
+    overview.problems.extend(problems(overview))
+    return overview
+
+
+def problems(overview: Overview) -> list[str]:
+    """What needs an operator, most basic first, each with what to try."""
+    found: list[str] = []
+    if overview.broker_error:
+        found.append(
+            f"broker: {overview.broker_error}; nothing is published or delivered until it is back"
+        )
+    found.extend(_relay_problems(overview))
+    for c in overview.consumers:
+        for queue in c.missing:
+            found.append(
+                f"{c.name}: the broker has no queue {queue}; `{c.start_with}` or "
+                "`civicbus relay` declare it when they start"
+            )
+        if c.consumers == 0:
+            waiting = f", {c.queued} waiting" if c.queued else ""
+            found.append(
+                f"{c.name}: no consumer on {c.queue}{waiting}: is `{c.start_with}` running?"
+            )
+        if c.dead_letters:
+            found.append(
+                f"{c.name}: {c.dead_letters} dead letter(s) wait for a decision: "
+                f"`civicbus dead list {c.name}`"
+            )
+        if c.dead_in_queue:
+            found.append(
+                f"{c.name}: {c.dead_in_queue} message(s) in {c.dead_queue}: "
+                "`civicbus dead keep` moves them into the store; is it running?"
+            )
+    return found
+
+
+def _relay_problems(overview: Overview) -> list[str]:
+    seen = overview.store
+    if not seen.outbox_waiting:
+        return []
+    lease = seen.leases.get(RELAY_LEASE)
+    if lease is None or lease.expires_at < overview.at:
+        return [
+            f"relay: {seen.outbox_waiting} event(s) wait in the outbox and no relay is active: "
+            "is `civicbus relay` running?"
+        ]
+    if seen.oldest_waiting is not None and overview.at - seen.oldest_waiting > OUTBOX_LAG:
+        age = int((overview.at - seen.oldest_waiting).total_seconds())
+        return [
+            f"relay: the oldest of {seen.outbox_waiting} waiting event(s) is {age} s old: the "
+            f"relay ({lease.holder}) is not keeping up or cannot publish; see its log"
+        ]
+    return []
+
+
+def _instance(name: str, config: InstanceConfig, seen: StoreOverview) -> Consumer:
+    return Consumer(
+        name=name,
+        start_with=f"civicbus worker {name}",
+        queue=work_queue(name),
+        dead_queue=dead_queue(name),
+        dead_letters=seen.dead_letters.get(name, 0),
+    )
+
+
+def _subscription(subscription_id: int, seen: StoreOverview) -> Consumer:
+    route = route_name(subscription_id)
+    return Consumer(
+        name=route,
+        start_with="civicbus worker --subscriptions",
+        queue=queue_name(subscription_id),
+        dead_letters=seen.dead_letters.get(route, 0),
+    )
+
+
+def _with_queue_states(
+    consumers: list[Consumer], instances: Mapping[str, InstanceConfig], connect: Callable[[], Any]
+) -> list[Consumer]:
+    retry_queues = {
+        name: [retry_queue(name, delay) for delay in retry_delays(config)]
+        for name, config in instances.items()
+    }
+    names = [c.queue for c in consumers]
+    names += [c.dead_queue for c in consumers if c.dead_queue]
+    names += [queue for queues in retry_queues.values() for queue in queues]
+    connection = connect()
+    try:
+        states = queue_states(connection, names)
+    finally:
+        close_quietly(connection)
+    return [_filled(c, states, retry_queues.get(c.name, [])) for c in consumers]
+
+
+def _filled(
+    c: Consumer, states: Mapping[str, QueueState | None], retry_queues: list[str]
+) -> Consumer:
+    work = states.get(c.queue)
+    dead = states.get(c.dead_queue) if c.dead_queue else None
+    retrying = [states.get(queue) for queue in retry_queues]
+    missing = [c.queue] if work is None else []
+    if c.dead_queue and dead is None:
+        missing.append(c.dead_queue)
+    missing += [queue for queue, state in zip(retry_queues, retrying, strict=True) if state is None]
+    return Consumer(
+        name=c.name,
+        start_with=c.start_with,
+        queue=c.queue,
+        queued=work.messages if work else None,
+        consumers=work.consumers if work else None,
+        retrying=sum(s.messages for s in retrying if s) if retry_queues else None,
+        dead_queue=c.dead_queue,
+        dead_in_queue=dead.messages if dead else None,
+        dead_letters=c.dead_letters,
+        missing=tuple(missing),
+    )

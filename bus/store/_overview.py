@@ -1,0 +1,31 @@
+"""The store's side of `civicbus status`: the outbox backlog, who holds the leases, and the dead
+letters waiting for an operator. Each figure is one indexed query, cheap enough to ask often."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bus.store._records import DeadLetterState, Lease, StoreOverview
+from bus.store._tables import dead_letters, leases, outbox
+
+
+def overview(conn: Connection) -> StoreOverview:
+    waiting, oldest = conn.execute(
+        # The partial index ix_outbox_pending holds exactly these rows.
+        sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(
+            outbox.c.sent_at.is_(None)
+        )
+    ).one()
+    held = conn.execute(sa.select(leases).order_by(leases.c.name))
+    dead = conn.execute(
+        sa.select(dead_letters.c.instance, sa.func.count())
+        .where(dead_letters.c.state == DeadLetterState.DEAD.value)
+        .group_by(dead_letters.c.instance)
+    )
+    return StoreOverview(
+        outbox_waiting=int(waiting),
+        oldest_waiting=oldest,
+        leases={row.name: Lease(row.name, row.holder, row.expires_at) for row in held},
+        dead_letters={instance: int(count) for instance, count in dead},
+    )

@@ -1,0 +1,47 @@
+"""The store's figures behind `civicbus status`: outbox backlog, leases, waiting dead letters."""
+
+from __future__ import annotations
+
+from store_factories import T0, minutes
+
+from bus.store import DeadLetterState, Store
+from schemas.events import Envelope, EventType
+
+
+def test_the_overview_counts_what_waits_and_names_the_lease_holders(store: Store) -> None:
+    empty = store.overview()
+    assert (empty.outbox_waiting, empty.oldest_waiting, empty.leases, empty.dead_letters) == (
+        0,
+        None,
+        {},
+        {},
+    )
+    with store.transaction() as tx:
+        for n in range(3):
+            envelope = Envelope(
+                type=EventType.CREATED, subject=f"r-{n}", data={}, correlationid="c"
+            )
+            tx.add_outbox(envelope, exchange="civicbus.events", routing_key="request.created.X")
+        for n, instance in enumerate(["sap-roads", "sap-roads", "permits", "permits"]):
+            tx.record_dead_letter(
+                instance=instance,
+                message_id=f"m-{n}",
+                request_id=f"r-{n}",
+                reason="PermanentError: rejected",
+                envelope=None,
+                attempts=1,
+                at=T0 + minutes(n),
+            )
+    first_sent = store.pending_outbox()[0]
+    store.mark_sent([first_sent.id])
+    permits_letter = store.dead_letters("permits")[0]
+    with store.transaction() as tx:
+        tx.set_dead_letter_state(permits_letter.id, DeadLetterState.DROPPED)
+    assert store.try_lease("relay", "host-a:1", ttl_seconds=30)
+
+    seen = store.overview()
+
+    assert seen.outbox_waiting == 2
+    assert seen.oldest_waiting is not None and seen.oldest_waiting >= first_sent.created_at
+    assert list(seen.leases) == ["relay"] and seen.leases["relay"].holder == "host-a:1"
+    assert seen.dead_letters == {"sap-roads": 2, "permits": 1}

@@ -1,0 +1,166 @@
+"""`civicbus status` against the real broker (a fresh vhost) and a real SQLite store: what it
+sees of queues, consumers, the outbox, leases and dead letters, and the problems it names."""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+from worker_support import FAST, INSTANCE, MemoryBackend, new_request, publish, running, wait_until
+
+from bus import overview as overview_module
+from bus.broker.connection import connect
+from bus.broker.topology import EVENTS_EXCHANGE, dead_queue, retry_queue, work_queue
+from bus.cli import app
+from bus.config import InstanceConfig
+from bus.overview import Overview, take_overview
+from bus.relay import LEASE
+from bus.store import Store
+from bus.worker import command_consumer
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
+
+INSTANCES = {INSTANCE: FAST}
+
+
+def look(store: Store, url: str, instances: dict[str, InstanceConfig] = INSTANCES) -> Overview:
+    return take_overview(store, instances, lambda: connect(url))
+
+
+def test_a_consumed_queue_and_an_empty_outbox_are_no_problem(store: Store, topology: str) -> None:
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: look(store, topology).consumers[0].consumers == 1, what="a consumer")
+        seen = look(store, topology)
+
+    [roads] = seen.consumers
+    assert (roads.name, roads.queue, roads.queued, roads.retrying) == (
+        INSTANCE,
+        work_queue(INSTANCE),
+        0,
+        0,
+    )
+    assert (roads.dead_in_queue, roads.dead_letters, roads.missing) == (0, 0, ())
+    assert seen.broker_error is None and seen.problems == []
+
+
+def test_commands_waiting_without_a_consumer_are_a_problem(store: Store, topology: str) -> None:
+    for _ in range(2):
+        publish(topology, new_request(store))
+
+    seen = wait_until(lambda: (s := look(store, topology)).consumers[0].queued == 2 and s)
+
+    assert seen.consumers[0].consumers == 0
+    assert seen.problems == [
+        f"{INSTANCE}: no consumer on {work_queue(INSTANCE)}, 2 waiting: "
+        f"is `civicbus worker {INSTANCE}` running?"
+    ]
+
+
+def test_the_outbox_without_an_active_relay_or_lagging_behind_is_a_problem(
+    store: Store, topology: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    envelope = new_request(store)
+    with store.transaction() as tx:
+        tx.add_outbox(envelope, exchange=EVENTS_EXCHANGE, routing_key="request.created.POTHOLE")
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: look(store, topology).consumers[0].consumers == 1, what="a consumer")
+        no_relay = look(store, topology)
+        assert store.try_lease(LEASE, "host-a:1", ttl_seconds=30)
+        keeping_up = look(store, topology)
+        monkeypatch.setattr(overview_module, "OUTBOX_LAG", timedelta(0))
+        lagging = look(store, topology)
+
+    assert no_relay.store.outbox_waiting == 1 and no_relay.store.oldest_waiting is not None
+    assert no_relay.problems == [
+        "relay: 1 event(s) wait in the outbox and no relay is active: is `civicbus relay` running?"
+    ]
+    assert keeping_up.store.leases[LEASE].holder == "host-a:1" and keeping_up.problems == []
+    [problem] = lagging.problems
+    assert (
+        problem.startswith("relay: the oldest of 1 waiting event(s) is") and "host-a:1" in problem
+    )
+
+
+def test_dead_letters_and_missing_queues_are_named_with_what_to_do(
+    store: Store, topology: str
+) -> None:
+    with store.transaction() as tx:
+        tx.record_dead_letter(
+            instance=INSTANCE,
+            message_id="m-1",
+            request_id="req-1",
+            reason="PermanentError: no such lane",
+            envelope=None,
+            attempts=1,
+            at=None,
+        )
+    instances = {**INSTANCES, "never-started": FAST}
+
+    seen = look(store, topology, instances)
+
+    roads, never = seen.consumers
+    assert roads.dead_letters == 1
+    assert never.missing == (
+        work_queue("never-started"),
+        dead_queue("never-started"),
+        retry_queue("never-started", 0.2),
+        retry_queue("never-started", 0.4),
+    )
+    assert f"{INSTANCE}: 1 dead letter(s) wait for a decision: `civicbus dead list {INSTANCE}`" in (
+        seen.problems
+    )
+    assert any(
+        p.startswith(f"never-started: the broker has no queue {work_queue('never-started')}")
+        for p in seen.problems
+    )
+
+
+def test_an_unreachable_broker_still_shows_the_store(store: Store) -> None:
+    envelope = new_request(store)
+    with store.transaction() as tx:
+        tx.add_outbox(envelope, exchange=EVENTS_EXCHANGE, routing_key="request.created.POTHOLE")
+
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    seen = look(store, f"amqp://guest:guest@127.0.0.1:{port}/%2F")
+
+    assert seen.store.outbox_waiting == 1
+    assert seen.consumers[0].queued is None
+    assert seen.broker_error is not None and "127.0.0.1" in seen.broker_error
+    assert seen.problems[0].startswith("broker: connecting to RabbitMQ")
+
+
+def test_the_command_prints_the_table_and_exits_1_on_problems(
+    store: Store, topology: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "civicbus.yaml"
+    config.write_text(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory, retry: {{tiers: [0.2, 0.4]}}}}}}\n"
+    )
+    for key, value in {
+        "CIVICBUS_CONFIG": str(config),
+        "CIVICBUS_DATABASE_URL": sqlite_url,
+        "CIVICBUS_AMQP_URL": topology,
+    }.items():
+        monkeypatch.setenv(key, value)
+    publish(topology, new_request(store))
+
+    text = CliRunner().invoke(app, ["status"])
+    as_json = CliRunner().invoke(app, ["status", "--json"])
+
+    assert text.exit_code == 1, text.output
+    table = text.output.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("CONSUMER"))
+    assert table[header + 1].split() == [INSTANCE, "1", "0", "0", "0", "0"]
+    assert f"  - {INSTANCE}: no consumer on {work_queue(INSTANCE)}, 1 waiting" in text.output
+    document = json.loads(as_json.output)
+    assert as_json.exit_code == 1
+    assert document["consumers"][0]["queued"] == 1 and document["problems"]
