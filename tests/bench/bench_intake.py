@@ -15,6 +15,10 @@ generator, up to 50 % CPU steal; two runs of 10 s, so +-30 % between runs):
     8           | 2112-2971   | 684-738        | 25-32 %   | 10.1-11.2 / 21.9-22.1
     64          | 1772-2475   | 928-934        | 38-53 %   | 63.6-65.4 / 172-193
 
+2026-12-04, the same VM with little steal (one run of 10 s): 8 connections bare 6,582 req/s,
+civicbus 1,915 (29 %, p50/p99 3.8/9.3 ms); 64 connections bare 6,585, civicbus 2,761 (42 %,
+p50/p99 19.4/73.2 ms). The ratios held while both servers got about 2.5 times faster.
+
 The first session's code gave 603-712 (8) and 769-923 (64) req/s on the same machine. The
 p99 target (< 50 ms at 8) is met; the throughput target (>= 50 %) is met at 64 connections in
 some runs only, not at 8. What changed: POST /requests.{fmt} on a plain Starlette route (FastAPI's
