@@ -25,8 +25,9 @@ OUTBOX_LAG = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
-class Consumer:
-    """One consumer of commands or events: an adapter instance or a webhook subscription."""
+class Recipient:
+    """Who takes messages off the bus: an adapter instance (commands) or a webhook
+    subscription (events), with its queues as the broker and the store see them."""
 
     name: str
     start_with: str  # the command that runs its worker
@@ -45,7 +46,7 @@ class Overview:
     at: datetime
     store: StoreOverview
     broker_error: str | None
-    consumers: list[Consumer]
+    recipients: list[Recipient]
     problems: list[str] = field(default_factory=list)
 
 
@@ -55,16 +56,16 @@ def take_overview(
     """Look at the store and the broker now; `connect` opens a broker connection."""
     at = datetime.now(UTC)
     seen = store.overview()
-    consumers = [
-        *(_instance(name, config, seen) for name, config in instances.items()),
+    recipients = [
+        *(_instance(name, seen) for name in instances),
         *(_subscription(s.id, seen) for s in store.list_subscriptions()),
     ]
     broker_error = None
     try:
-        consumers = _with_queue_states(consumers, instances, connect)
+        recipients = _with_queue_states(recipients, instances, connect)
     except BrokerUnavailable as exc:
         broker_error = str(exc)
-    overview = Overview(at, seen, broker_error, consumers)
+    overview = Overview(at, seen, broker_error, recipients)
     overview.problems.extend(problems(overview))
     return overview
 
@@ -77,7 +78,7 @@ def problems(overview: Overview) -> list[str]:
             f"broker: {overview.broker_error}; nothing is published or delivered until it is back"
         )
     found.extend(_relay_problems(overview))
-    for c in overview.consumers:
+    for c in overview.recipients:
         for queue in c.missing:
             found.append(
                 f"{c.name}: the broker has no queue {queue}; `{c.start_with}` or "
@@ -120,8 +121,8 @@ def _relay_problems(overview: Overview) -> list[str]:
     return []
 
 
-def _instance(name: str, config: InstanceConfig, seen: StoreOverview) -> Consumer:
-    return Consumer(
+def _instance(name: str, seen: StoreOverview) -> Recipient:
+    return Recipient(
         name=name,
         start_with=f"civicbus worker {name}",
         queue=work_queue(name),
@@ -130,9 +131,9 @@ def _instance(name: str, config: InstanceConfig, seen: StoreOverview) -> Consume
     )
 
 
-def _subscription(subscription_id: int, seen: StoreOverview) -> Consumer:
+def _subscription(subscription_id: int, seen: StoreOverview) -> Recipient:
     route = route_name(subscription_id)
-    return Consumer(
+    return Recipient(
         name=route,
         start_with="civicbus worker --subscriptions",
         queue=queue_name(subscription_id),
@@ -141,26 +142,28 @@ def _subscription(subscription_id: int, seen: StoreOverview) -> Consumer:
 
 
 def _with_queue_states(
-    consumers: list[Consumer], instances: Mapping[str, InstanceConfig], connect: Callable[[], Any]
-) -> list[Consumer]:
+    recipients: list[Recipient],
+    instances: Mapping[str, InstanceConfig],
+    connect: Callable[[], Any],
+) -> list[Recipient]:
     retry_queues = {
         name: [retry_queue(name, delay) for delay in retry_delays(config)]
         for name, config in instances.items()
     }
-    names = [c.queue for c in consumers]
-    names += [c.dead_queue for c in consumers if c.dead_queue]
+    names = [c.queue for c in recipients]
+    names += [c.dead_queue for c in recipients if c.dead_queue]
     names += [queue for queues in retry_queues.values() for queue in queues]
     connection = connect()
     try:
         states = queue_states(connection, names)
     finally:
         close_quietly(connection)
-    return [_filled(c, states, retry_queues.get(c.name, [])) for c in consumers]
+    return [_filled(c, states, retry_queues.get(c.name, [])) for c in recipients]
 
 
 def _filled(
-    c: Consumer, states: Mapping[str, QueueState | None], retry_queues: list[str]
-) -> Consumer:
+    c: Recipient, states: Mapping[str, QueueState | None], retry_queues: list[str]
+) -> Recipient:
     work = states.get(c.queue)
     dead = states.get(c.dead_queue) if c.dead_queue else None
     retrying = [states.get(queue) for queue in retry_queues]
@@ -168,7 +171,7 @@ def _filled(
     if c.dead_queue and dead is None:
         missing.append(c.dead_queue)
     missing += [queue for queue, state in zip(retry_queues, retrying, strict=True) if state is None]
-    return Consumer(
+    return Recipient(
         name=c.name,
         start_with=c.start_with,
         queue=c.queue,

@@ -49,10 +49,10 @@ def _as_text(o: Overview, store_url: str) -> str:
     lines.append(f"broker   {'UNREACHABLE' if o.broker_error else 'reachable'}")
     lines.append("")
     lines.append(
-        f"{'CONSUMER':<24} {'QUEUED':>7} {'CONSUMERS':>9} {'RETRYING':>8} "
+        f"{'RECIPIENT':<24} {'QUEUED':>7} {'CONSUMERS':>9} {'RETRYING':>8} "
         f"{'DEAD QUEUE':>10} {'DEAD LETTERS':>12}"
     )
-    for c in o.consumers:
+    for c in o.recipients:
         lines.append(
             f"{c.name:<24} {_n(c.queued):>7} {_n(c.consumers):>9} {_n(c.retrying):>8} "
             f"{_n(c.dead_in_queue):>10} {c.dead_letters:>12}"
@@ -81,7 +81,7 @@ def _as_json(o: Overview) -> str:
             for name, lease in o.store.leases.items()
         },
         "broker_error": o.broker_error,
-        "consumers": [{k: plain(v) for k, v in asdict(c).items()} for c in o.consumers],
+        "recipients": [{k: plain(v) for k, v in asdict(c).items()} for c in o.recipients],
         "problems": o.problems,
     }
     return json.dumps(document, sort_keys=True)

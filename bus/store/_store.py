@@ -182,7 +182,7 @@ class Store:
 
     def undelivered(self, *, accepted_before: datetime, limit: int = 50) -> list[Undelivered]:
         """Open requests accepted before the time that no back-end holds yet, oldest first,
-        each with its last audit entry and dead letter: where it is stuck."""
+        each with its audit trail and dead letters: where it is stuck."""
         return self._read(
             lambda conn: _undelivered.undelivered(
                 conn, accepted_before=accepted_before, limit=limit

@@ -33,10 +33,10 @@ def look(store: Store, url: str, instances: dict[str, InstanceConfig] = INSTANCE
 
 def test_a_consumed_queue_and_an_empty_outbox_are_no_problem(store: Store, topology: str) -> None:
     with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
-        wait_until(lambda: look(store, topology).consumers[0].consumers == 1, what="a consumer")
+        wait_until(lambda: look(store, topology).recipients[0].consumers == 1, what="a consumer")
         seen = look(store, topology)
 
-    [roads] = seen.consumers
+    [roads] = seen.recipients
     assert (roads.name, roads.queue, roads.queued, roads.retrying) == (
         INSTANCE,
         work_queue(INSTANCE),
@@ -51,9 +51,9 @@ def test_commands_waiting_without_a_consumer_are_a_problem(store: Store, topolog
     for _ in range(2):
         publish(topology, new_request(store))
 
-    seen = wait_until(lambda: (s := look(store, topology)).consumers[0].queued == 2 and s)
+    seen = wait_until(lambda: (s := look(store, topology)).recipients[0].queued == 2 and s)
 
-    assert seen.consumers[0].consumers == 0
+    assert seen.recipients[0].consumers == 0
     assert seen.problems == [
         f"{INSTANCE}: no consumer on {work_queue(INSTANCE)}, 2 waiting: "
         f"is `civicbus worker {INSTANCE}` running?"
@@ -67,7 +67,7 @@ def test_the_outbox_without_an_active_relay_or_lagging_behind_is_a_problem(
     with store.transaction() as tx:
         tx.add_outbox(envelope, exchange=EVENTS_EXCHANGE, routing_key="request.created.POTHOLE")
     with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
-        wait_until(lambda: look(store, topology).consumers[0].consumers == 1, what="a consumer")
+        wait_until(lambda: look(store, topology).recipients[0].consumers == 1, what="a consumer")
         no_relay = look(store, topology)
         assert store.try_lease(LEASE, "host-a:1", ttl_seconds=30)
         keeping_up = look(store, topology)
@@ -102,7 +102,7 @@ def test_dead_letters_and_missing_queues_are_named_with_what_to_do(
 
     seen = look(store, topology, instances)
 
-    roads, never = seen.consumers
+    roads, never = seen.recipients
     assert roads.dead_letters == 1
     assert never.missing == (
         work_queue("never-started"),
@@ -131,7 +131,7 @@ def test_an_unreachable_broker_still_shows_the_store(store: Store) -> None:
     seen = look(store, f"amqp://guest:guest@127.0.0.1:{port}/%2F")
 
     assert seen.store.outbox_waiting == 1
-    assert seen.consumers[0].queued is None
+    assert seen.recipients[0].queued is None
     assert seen.broker_error is not None and "127.0.0.1" in seen.broker_error
     assert seen.problems[0].startswith("broker: connecting to RabbitMQ")
 
@@ -158,9 +158,9 @@ def test_the_command_prints_the_table_and_exits_1_on_problems(
 
     assert text.exit_code == 1, text.output
     table = text.output.splitlines()
-    header = next(i for i, line in enumerate(table) if line.startswith("CONSUMER"))
+    header = next(i for i, line in enumerate(table) if line.startswith("RECIPIENT"))
     assert table[header + 1].split() == [INSTANCE, "1", "0", "0", "0", "0"]
     assert f"  - {INSTANCE}: no consumer on {work_queue(INSTANCE)}, 1 waiting" in text.output
     document = json.loads(as_json.output)
     assert as_json.exit_code == 1
-    assert document["consumers"][0]["queued"] == 1 and document["problems"]
+    assert document["recipients"][0]["queued"] == 1 and document["problems"]
