@@ -20,6 +20,7 @@ from bus.config import InstanceConfig
 from bus.overview import Overview, take_overview
 from bus.relay import LEASE
 from bus.store import Store
+from bus.subscriptions import queue_name, route_name
 from bus.worker import command_consumer
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
@@ -164,3 +165,20 @@ def test_the_command_prints_the_table_and_exits_1_on_problems(
     document = json.loads(as_json.output)
     assert as_json.exit_code == 1
     assert document["recipients"][0]["queued"] == 1 and document["problems"]
+
+
+def test_a_webhook_subscription_is_a_recipient_with_its_own_queue(
+    store: Store, topology: str
+) -> None:
+    subscription = store.add_subscription("http://127.0.0.1:9/hook", ["request.*"])
+
+    seen = look(store, topology)
+
+    [_, sub] = seen.recipients
+    assert (sub.name, sub.queue) == (route_name(subscription.id), queue_name(subscription.id))
+    assert sub.missing == (queue_name(subscription.id),) and sub.retrying is None
+    assert any(
+        p.startswith(f"{sub.name}: the broker has no queue {sub.queue}")
+        and "`civicbus worker --subscriptions`" in p
+        for p in seen.problems
+    )
