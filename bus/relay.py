@@ -3,15 +3,14 @@
 One relay is active at a time (a lease in the store); other copies stand by and take over when
 the lease expires. Each cycle reads pending rows in id order, publishes them as one batch with
 publisher confirms, and only after the broker confirmed the whole batch marks the rows sent and
-writes their audit entries, in one store transaction. The loop pipelines that transaction: it
-runs on a thread of its own (one batch at a time, in order) while the next batch is read and
-published, leaving out the rows whose marking is under way. If it fails, neither that batch nor
-any later one is marked, and the relay starts again from the outbox, in id order.
+writes their audit entries, in one store transaction. (Marking a batch on a thread of its own
+while the next one was published gained nothing measurable, on SQLite or on PostgreSQL over
+loopback: the relay is CPU-bound in one interpreter. The loop is sequential again.)
 
 A `civicbus.request.created` event is also turned into a command for the adapter instance the
 routing rules choose. When the broker goes away mid-batch nothing is marked, and the same rows
 are published again, in the same order, after reconnecting: a consumer may see a message twice,
-never miss one or see them reordered.
+never miss one or see them reordered. The same holds when the store fails to mark a batch.
 """
 
 from __future__ import annotations
@@ -21,9 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +76,6 @@ class _Routed:
     rule: str
 
 
-class _EarlierBatchFailed(Exception):
-    """A batch is not marked because an earlier one could not be: all go out again."""
-
-
 class Relay:
     """The relay loop: `run()` until `stop` is set; `relay_batch()` is one cycle of it."""
 
@@ -105,10 +98,6 @@ class Relay:
         self._lease_renewed_at: float | None = None
         self._failures = 0
         self._empty_looks = 0
-        # Confirmed batches whose marking runs on the committer thread, oldest first.
-        self._committer: ThreadPoolExecutor | None = None
-        self._committing: deque[tuple[Future[None], list[int]]] = deque()
-        self._commit_failed = threading.Event()
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -118,7 +107,6 @@ class Relay:
             while not self.stop.is_set():
                 self._cycle()
         finally:
-            self._finish_commits()
             self._disconnect()
             self._release_lease()
             log.info("relay.stopped", holder=self.settings.holder)
@@ -131,7 +119,7 @@ class Relay:
             self._ensure_connected()
             if self.stop.is_set():
                 return
-            sent = self.publish_next()
+            sent = self.relay_batch()
             self._failures = 0
             if sent == 0:
                 self._idle()
@@ -211,75 +199,14 @@ class Relay:
         """Publish the next pending rows, wait for all confirms, then mark them sent and audit.
 
         Returns the number of rows relayed (0 when the outbox is empty). Raises
-        BrokerUnavailable or Unroutable with nothing marked.
+        BrokerUnavailable or Unroutable with nothing marked, and StoreUnavailable when the
+        rows could not be read or marked (then they go out again on the next cycle).
         """
-        self.flush()
         rows = self.store.pending_outbox_messages(self.settings.batch_size)
         if not rows:
             return 0
         self._commit(rows, self._publish(rows))
         return len(rows)
-
-    def publish_next(self) -> int:
-        """Publish the next pending rows and wait for all confirms; their marking and audit
-        go on in the background while the caller publishes the batch after (pipelining).
-
-        Returns the number of rows published (0 when nothing is pending). Raises
-        BrokerUnavailable or Unroutable with nothing of this batch marked, and StoreUnavailable
-        when an earlier batch could not be marked (then none after it is either).
-        """
-        # One batch being marked while the next is published: a failure repeats at most two.
-        self._collect_commits(keep=1)
-        committing = [row_id for _, ids in self._committing for row_id in ids]
-        rows = self.store.pending_outbox_messages(self.settings.batch_size, exclude=committing)
-        if not rows:
-            return 0
-        routed = self._publish(rows)
-        if self._committer is None:
-            self._committer = ThreadPoolExecutor(1, thread_name_prefix="relay-commit")
-        future = self._committer.submit(self._commit_in_order, rows, routed)
-        self._committing.append((future, [row.id for row in rows]))
-        return len(rows)
-
-    def flush(self) -> None:
-        """Wait until every batch published by `publish_next` is marked; raises StoreUnavailable
-        (nothing from the failed batch on marked) if one could not be."""
-        self._collect_commits(keep=0)
-
-    def _collect_commits(self, keep: int) -> None:
-        """Forget finished commits; wait for the oldest while more than `keep` are running."""
-        while self._committing and (len(self._committing) > keep or self._committing[0][0].done()):
-            future, _ = self._committing[0]
-            try:
-                future.result()
-            except BaseException:
-                # Later batches skip their marking (see _commit_in_order); wait them out, then
-                # every unmarked row is read again from the outbox, in id order.
-                for later, _ in self._committing:
-                    later.exception()
-                self._committing.clear()
-                self._commit_failed.clear()
-                raise
-            self._committing.popleft()
-
-    def _finish_commits(self) -> None:
-        try:
-            self.flush()
-        except StoreUnavailable as exc:
-            log.warning("relay.store_failed", error=str(exc), attempt=self._failures + 1)
-        finally:
-            if self._committer is not None:
-                self._committer.shutdown(wait=True)
-                self._committer = None
-
-    def _commit_in_order(self, rows: Sequence[OutboxMessage], routed: dict[int, _Routed]) -> None:
-        if self._commit_failed.is_set():
-            raise _EarlierBatchFailed(f"rows {rows[0].id}..{rows[-1].id} left unmarked")
-        try:
-            self._commit(rows, routed)
-        except BaseException:
-            self._commit_failed.set()
-            raise
 
     def _publish(self, rows: Sequence[OutboxMessage]) -> dict[int, _Routed]:
         """Publish the rows' messages as one confirmed batch; the commands routed, by row id."""

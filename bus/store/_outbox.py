@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -77,20 +77,8 @@ _PENDING_MESSAGES = (
 )
 
 
-_PENDING_MESSAGES_EXCEPT = _PENDING_MESSAGES.where(
-    outbox.c.id.not_in(sa.bindparam("exclude", expanding=True))
-)
-
-
-def pending_messages(
-    conn: Connection, limit: int, exclude: Collection[int] = ()
-) -> list[OutboxMessage]:
-    """Unsent rows in id order but those in `exclude`, each envelope parsed once from its
-    stored JSON text."""
-    statement = _PENDING_MESSAGES_EXCEPT if exclude else _PENDING_MESSAGES
-    params: dict[str, Any] = {"limit": limit}
-    if exclude:
-        params["exclude"] = list(exclude)
+def pending_messages(conn: Connection, limit: int) -> list[OutboxMessage]:
+    """Unsent rows in id order, each envelope parsed once from its stored JSON text."""
     return [
         OutboxMessage(
             id=row.id,
@@ -99,7 +87,7 @@ def pending_messages(
             exchange=row.exchange,
             routing_key=row.routing_key,
         )
-        for row in conn.execute(statement, params)
+        for row in conn.execute(_PENDING_MESSAGES, {"limit": limit})
     ]
 
 

@@ -160,12 +160,9 @@ class Store:
         """Unsent rows, oldest first."""
         return self._read(lambda conn: _outbox.pending(conn, limit))
 
-    def pending_outbox_messages(
-        self, limit: int = 500, *, exclude: Collection[int] = ()
-    ) -> list[OutboxMessage]:
-        """Unsent rows, oldest first, with each envelope's stored JSON as the message body;
-        rows whose id is in `exclude` (published, their marking under way) are left out."""
-        return self._read(lambda conn: _outbox.pending_messages(conn, limit, exclude))
+    def pending_outbox_messages(self, limit: int = 500) -> list[OutboxMessage]:
+        """Unsent rows, oldest first, with each envelope's stored JSON as the message body."""
+        return self._read(lambda conn: _outbox.pending_messages(conn, limit))
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         """Mark rows published (after the broker confirmed them)."""

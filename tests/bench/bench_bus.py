@@ -6,8 +6,7 @@ Run: `.venv/bin/python tests/bench/bench_bus.py [--rows 5000] [--batch 500] [--r
 Relay section: outbox rows -> confirmed publishes. The outbox of an embedded SQLite store (in a
 temporary folder) is filled with `civicbus.request.created` rows; the relay publishes each as an
 event plus a routed command (2 messages per row, both persistent, into quorum queues), waits for
-the confirms of each batch, then marks the batch sent and writes 2 audit entries per row (its loop
-does that on a committer thread while it publishes the next batch; also shown without). Beside
+the confirms of each batch, then marks the batch sent and writes 2 audit entries per row. Beside
 it, in the same run and on the same topology, a bare pika loop publishes the same number of
 messages with the same windowed confirms and nothing else. The ratio is relay / bare.
 
@@ -18,12 +17,14 @@ relay's time is pika publishing (each civicbus message carries eight properties 
 headers the bare loop does not: their encoding, and three socket writes a message, as for the
 bare loop), ~19 % marking rows sent with two audit entries each (it was ~47 % before audit hashes
 stopped re-parsing details and the chain head moved to the driver cursor).
-2026-12-04, a quieter machine (little steal), the runs now taking turns round by round: bare
-30,100 msgs/s, relay 12,500 msgs/s = 41 % (one batch after the other: 13,200, 44 %). The relay
-is CPU-bound (~140 us of CPU per row against ~36 us for the bare loop, which waits on the broker
-half of its time); handing each batch to the socket in slices while publishing, so the broker
-works alongside, gained only ~5 % and was not kept. An earlier run that printed 58 % had all
-bare rounds first, while other work loaded the machine: the reason the rounds now interleave.
+2026-12-04, a quieter machine (little steal), the runs taking turns round by round: bare
+30,100 msgs/s, relay 12,500-13,200 msgs/s = 41-44 %. The relay is CPU-bound (~140 us of CPU per
+row against ~36 us for the bare loop, which waits on the broker half of its time). Marking a
+batch on a committer thread while publishing the next one gained nothing, on SQLite (41 % against
+44 % without) or on a PostgreSQL store over loopback (~10,400 msgs/s either way), so the loop is
+one batch after the other again; handing each batch to the socket in slices while publishing, so
+that the broker works alongside, gained ~5 % and was not kept either. An earlier run that printed
+58 % had all bare rounds first while other work loaded the machine: why the rounds interleave.
 
 Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted afterwards.
 Worker section: consume -> find/submit through the in-memory adapter -> record receipt (cross-
@@ -201,10 +202,9 @@ def _purge(connection: Any) -> None:
     channel.close()
 
 
-def relay_run(url: str, rows: int, batch: int, pipelined: bool = True) -> tuple[float, int]:
-    """Seconds for the relay to move `rows` outbox rows (all marked sent), and the messages
-    published: as its loop does (the marking of a batch beside the publishing of the next), or
-    one batch after the other (`relay_batch`)."""
+def relay_run(url: str, rows: int, batch: int) -> tuple[float, int]:
+    """Seconds for the relay to move `rows` outbox rows (all marked sent), batch after batch as
+    its loop does, and the messages published."""
     config = load_config(ROOT / "deploy/sandbox/civicbus.yaml")
     with tempfile.TemporaryDirectory() as directory:
         store = Store.open(f"sqlite:///{directory}/bench.db")
@@ -221,8 +221,7 @@ def relay_run(url: str, rows: int, batch: int, pipelined: bool = True) -> tuple[
             start = time.perf_counter()
             sent = 0
             while sent < rows:
-                sent += relay.publish_next() if pipelined else relay.relay_batch()
-            relay.flush()
+                sent += relay.relay_batch()
             elapsed = time.perf_counter() - start
             relay._disconnect()
         finally:
@@ -292,11 +291,10 @@ def relay_section(rows: int, batch: int, rounds: int) -> None:
             {
                 "bare": lambda: bare_run(url, rows, batch),
                 "relay": lambda: relay_run(url, rows, batch),
-                "serial": lambda: relay_run(url, rows, batch, pipelined=False),
             },
             reset=lambda: _purge(connection),
         )
-        bare, relay, serial = rates["bare"], rates["relay"], rates["serial"]
+        bare, relay = rates["bare"], rates["relay"]
         connection.close()
     print(
         f"\nrelay: {rows} outbox rows -> {2 * rows} persistent messages (event + command), "
@@ -307,7 +305,6 @@ def relay_section(rows: int, batch: int, rounds: int) -> None:
         f"  {'civicbus relay (SQLite outbox)':34} {relay:10,.0f} msgs/s ({relay / 2:,.0f} rows/s)"
     )
     print(f"  {'ratio relay / bare':34} {relay / bare:10.0%}   (target >= 50 %)")
-    print(f"  {'  not pipelined (relay_batch)':34} {serial:10,.0f} msgs/s ({serial / bare:.0%})")
 
 
 WORKER_INSTANCE = "bench"

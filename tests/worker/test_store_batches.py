@@ -142,18 +142,3 @@ def test_pending_outbox_messages_carry_the_stored_json_as_their_body(store: Stor
     assert b"x@example.org" not in messages[0].body  # reporter contact emptied when stored
     store.mark_sent([messages[0].id])
     assert [m.id for m in store.pending_outbox_messages(limit=5)] == [messages[1].id]
-
-
-def test_pending_outbox_messages_leave_out_the_excluded_ids(store: Store) -> None:
-    stored(store, "a")
-    with store.transaction() as tx:
-        for key in ("one", "two", "three"):
-            tx.add_outbox(
-                Envelope(type=EventType.CREATED, subject="a", data={}, correlationid="a"),
-                exchange="civicbus.events",
-                routing_key=key,
-            )
-    ids = [m.id for m in store.pending_outbox_messages()]
-    left = store.pending_outbox_messages(limit=5, exclude={ids[0], ids[2]})
-    assert [(m.id, m.routing_key) for m in left] == [(ids[1], "two")]
-    assert [m.id for m in store.pending_outbox_messages(limit=1, exclude={ids[0]})] == [ids[1]]
