@@ -7,26 +7,17 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
 from bus.broker import topology as t
 from bus.broker.connection import BrokerUnavailable
 from bus.broker.publisher import Unroutable
-from bus.config import Config, load_config
+from bus.config import Config
 from bus.relay import Relay, RelaySettings
 from bus.store import Store
 from schemas.events import Envelope, EventType
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def config() -> Config:
-    return load_config(REPO / "deploy/sandbox/civicbus.yaml")
 
 
 @pytest.fixture
@@ -34,18 +25,6 @@ def store(sqlite_url: str) -> Iterator[Store]:
     store = Store.open(sqlite_url)
     yield store
     store.close()
-
-
-@pytest.fixture
-def channel(amqp_url: str, config: Config) -> Iterator[Any]:
-    """A channel on the test vhost with the topology and a queue taking every event."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    t.declare_topology(channel, config.instances)
-    channel.queue_declare("test.events", exclusive=True)
-    channel.queue_bind("test.events", t.EVENTS_EXCHANGE, "request.#")
-    yield channel
-    connection.close()
 
 
 def accept(store: Store, service_code: str, event: EventType = EventType.CREATED) -> Envelope:

@@ -3,43 +3,21 @@ no row marked sent without having been confirmed."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
 from bus.broker import topology as t
-from bus.config import Config, load_config
+from bus.config import Config
 from bus.relay import Relay, RelaySettings
 from bus.store import Store, StoreUnavailable
 from schemas.events import Envelope, EventType
+from tests.sqlite_lock import hold_write_lock
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def config() -> Config:
-    return load_config(REPO / "deploy/sandbox/civicbus.yaml")
-
-
-@pytest.fixture
-def events(amqp_url: str, config: Config) -> Iterator[Any]:
-    """A channel with the topology declared and a queue taking every event."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    t.declare_topology(channel, config.instances)
-    channel.queue_declare("test.events", exclusive=True)
-    channel.queue_bind("test.events", t.EVENTS_EXCHANGE, "request.#")
-    yield channel
-    connection.close()
 
 
 def accept(store: Store, count: int) -> list[Envelope]:
@@ -71,26 +49,8 @@ def received(channel: Any, expected: int, timeout: float = 10.0) -> list[str]:
     return ids
 
 
-def hold_write_lock(sqlite_url: str, until: threading.Event) -> threading.Thread:
-    """Another writer holding SQLite's write lock until `until` is set (at most 30 s)."""
-    locked = threading.Event()
-
-    def hold() -> None:
-        db = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
-        db.execute("BEGIN IMMEDIATE")
-        locked.set()
-        until.wait(30)
-        db.execute("ROLLBACK")
-        db.close()
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    assert locked.wait(5)
-    return thread
-
-
 def test_a_batch_that_cannot_be_marked_goes_out_again_in_order(
-    sqlite_url: str, amqp_url: str, config: Config, events: Any
+    sqlite_url: str, amqp_url: str, config: Config, channel: Any
 ) -> None:
     store = Store.open(sqlite_url + "?timeout=3")  # the marking gives up after 3 s
     release = threading.Event()
@@ -110,7 +70,7 @@ def test_a_batch_that_cannot_be_marked_goes_out_again_in_order(
 
         assert store.pending_outbox() == []
         # Never lost, never reordered: the unmarked batch is repeated, then the rest follows.
-        assert received(events, 6) == ids[:2] + ids
+        assert received(channel, 6) == ids[:2] + ids
         for envelope in envelopes:
             assert [e.action for e in store.audit_trail(envelope.subject)] == ["relayed"]
         relay._disconnect()

@@ -3,9 +3,7 @@ receipts, then the acks), against the real broker and a real SQLite store."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -26,6 +24,7 @@ from bus.config import InstanceConfig, RetryPolicy
 from bus.store import Store
 from bus.worker import command_consumer
 from schemas.events import EventType
+from tests.sqlite_lock import hold_write_lock
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(90)]
 
@@ -98,7 +97,7 @@ def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
     try:
         backend = MemoryBackend()
         envelopes = [new_request(store) for _ in range(3)]
-        holder = _hold_write_lock(sqlite_url, until=release)
+        holder = hold_write_lock(sqlite_url, until=release)
         for envelope in envelopes:
             publish(wide_topology, envelope)
 
@@ -127,21 +126,3 @@ def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
         store.close()
 
 
-def _hold_write_lock(sqlite_url: str, until: threading.Event) -> threading.Thread:
-    """Another process's writer, in miniature: SQLite's write lock held until `until` is set
-    (at most 30 s)."""
-    path = Path(sqlite_url.removeprefix("sqlite:///"))
-    locked = threading.Event()
-
-    def hold() -> None:
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("BEGIN IMMEDIATE")
-        locked.set()
-        until.wait(30)
-        db.execute("ROLLBACK")
-        db.close()
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    assert locked.wait(5)
-    return thread
