@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
+from bus.metrics import REQUESTS_ACCEPTED
 from bus.store import AlreadyExists, Client, OutboxEvent, Store, StoreUnavailable, Transaction
 from schemas import open311_render as render
 from schemas.events import Envelope, EventType
@@ -239,6 +240,8 @@ def _settled(outcome: Prepared | Accepted | Exception) -> Accepted | Exception:
         jurisdiction=request.jurisdiction,
         message_id=outcome.envelope.id,
     )
+    channel = request.channel.value
+    REQUESTS_ACCEPTED.labels(request.jurisdiction, request.service_code, channel).inc()
     return Accepted(answer=outcome.answer, request=request, token=outcome.token)
 
 

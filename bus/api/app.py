@@ -1,4 +1,4 @@
-"""The civicbus HTTP application: the Open311 API, media files and a health check.
+"""The civicbus HTTP application: the Open311 API, media files, a health check and metrics.
 
 `create_app(runtime)` is the only entry point; the CLI serves it with uvicorn, tests call it
 directly. Every error leaves as an Open311 error list in the format the path asked for, never
@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,7 +32,9 @@ from bus.api.open311_writes import router as writes
 from bus.api.params import context
 from bus.api.wire import JSON_TYPE, Open311Problem, error_response
 from bus.bootstrap import Runtime
+from bus.metrics import api_registry
 from bus.store import StoreUnavailable
+from bus.subscriptions import route_name
 from schemas.open311 import Open311Error
 
 log = structlog.get_logger(__name__)
@@ -75,6 +78,25 @@ def _add_service_routes(app: FastAPI) -> None:
         # A token lookup is the cheapest read every store answers; it proves the DB is there.
         await run_in_threadpool(context(request).store.resolve_token, "healthz")
         return Response(b'{"status":"ok"}', media_type=JSON_TYPE)
+
+    ctx: ApiContext = app.state.civicbus
+    instances = list(ctx.runtime.config.instances)
+    # The store is opened on first use (a scrape), as for every other route.
+    registry = api_registry(
+        lambda: ctx.store,
+        lambda: [*instances, *(route_name(s.id) for s in ctx.store.list_subscriptions())],
+    )
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics: the bus's backlog in the store and this process's counters",
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+        response_class=Response,
+    )
+    async def metrics() -> Response:
+        # Collecting reads the store: off the event loop.
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/media/{name}",

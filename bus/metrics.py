@@ -1,0 +1,91 @@
+"""Prometheus metrics, served by the API at `GET /metrics`.
+
+Two kinds. What the store knows of the whole bus (the outbox backlog, dead letters waiting, the
+leases of the relay and the pollers) is read when Prometheus scrapes, so any API copy reports
+the same figures and no other part needs an endpoint of its own. What happens inside this
+process (requests accepted) is counted as it happens. Queue depths and consumers are the
+broker's to report: RabbitMQ's own Prometheus plugin has them; `civicbus status` shows both.
+No label ever holds personal data: only jurisdictions, service codes, channels and the names of
+instances and leases from the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bus.store import Store, StoreUnavailable
+
+#: Counted when the transaction holding the request committed (any channel, any API copy).
+REQUESTS_ACCEPTED = Counter(
+    "civicbus_requests_accepted",
+    "Requests accepted and stored by this process.",
+    ["jurisdiction", "service_code", "channel"],
+    registry=None,
+)
+
+
+class StoreCollector(Collector):
+    """The bus's backlog as the store holds it, read at each scrape."""
+
+    def __init__(self, store: Callable[[], Store], recipients: Callable[[], Iterable[str]]) -> None:
+        self._store = store
+        #: The adapter instances (and subscriptions) to report even with nothing waiting.
+        self._recipients = recipients
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("civicbus_store_up", "1 when the store answered this scrape.")
+        try:
+            seen = self._store().overview()
+            recipients = {*self._recipients(), *seen.dead_letters}
+        except StoreUnavailable:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        now = datetime.now(UTC)
+        yield GaugeMetricFamily(
+            "civicbus_outbox_waiting_events",
+            "Events in the outbox not yet published to the broker.",
+            value=seen.outbox_waiting,
+        )
+        oldest = seen.oldest_waiting
+        yield GaugeMetricFamily(
+            "civicbus_outbox_oldest_waiting_seconds",
+            "Age of the oldest event waiting in the outbox (0 when none waits).",
+            value=(now - oldest).total_seconds() if oldest else 0.0,
+        )
+        dead = GaugeMetricFamily(
+            "civicbus_dead_letters_waiting",
+            "Dead letters waiting for an operator's decision (civicbus dead list).",
+            labels=["recipient"],
+        )
+        for recipient in sorted(recipients):
+            dead.add_metric([recipient], seen.dead_letters.get(recipient, 0))
+        yield dead
+        lease = GaugeMetricFamily(
+            "civicbus_lease_remaining_seconds",
+            "Seconds until a lease (relay, poller:<instance>) lapses unless renewed; "
+            "negative once lapsed, i.e. its holder stopped.",
+            labels=["lease"],
+        )
+        for name, held in seen.leases.items():
+            lease.add_metric([name], (held.expires_at - now).total_seconds())
+        yield lease
+
+
+def api_registry(
+    store: Callable[[], Store], recipients: Callable[[], Iterable[str]]
+) -> CollectorRegistry:
+    """The registry one API app serves: store figures, this process's counters and its
+    CPU and memory."""
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store, recipients))
+    registry.register(REQUESTS_ACCEPTED)
+    ProcessCollector(registry=registry)
+    return registry

@@ -1,0 +1,84 @@
+"""GET /metrics: Prometheus text with the store's view of the bus and this process's counters,
+read from a real app under uvicorn on a real SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bus.api import create_app
+from bus.bootstrap import Runtime
+from tests.api.conftest import SPRINGFIELD, LiveServer, free_socket, make_runtime
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def accepted(samples: Samples) -> float:
+    key = (
+        "civicbus_requests_accepted_total",
+        (("channel", "web"), ("jurisdiction", SPRINGFIELD), ("service_code", "POTHOLE")),
+    )
+    return samples.get(key, 0.0)
+
+
+def test_metrics_show_accepted_requests_and_the_outbox_backlog(
+    server: LiveServer, runtime: Runtime, create: Callable[..., httpx.Response]
+) -> None:
+    before = scrape(server.url)
+    waiting = before[("civicbus_outbox_waiting_events", ())]
+
+    assert create().status_code == 201
+    assert create().status_code == 201
+    after = scrape(server.url)
+
+    assert after[("civicbus_store_up", ())] == 1
+    assert accepted(after) == accepted(before) + 2
+    assert after[("civicbus_outbox_waiting_events", ())] == waiting + 2
+    assert after[("civicbus_outbox_oldest_waiting_seconds", ())] >= 0
+    for instance in runtime.config.instances:
+        assert after[("civicbus_dead_letters_waiting", (("recipient", instance),))] == 0
+    assert ("process_resident_memory_bytes", ()) in after
+
+
+def test_dead_letters_and_leases_are_reported(server: LiveServer, runtime: Runtime) -> None:
+    with runtime.store.transaction() as tx:
+        tx.record_dead_letter(
+            instance="permits",
+            message_id="m-metrics",
+            request_id=None,
+            reason="PermanentError: rejected",
+            envelope=None,
+            attempts=1,
+            at=None,
+        )
+    assert runtime.store.try_lease("relay", "host-a:1", ttl_seconds=30)
+
+    samples = scrape(server.url)
+
+    assert samples[("civicbus_dead_letters_waiting", (("recipient", "permits"),))] == 1
+    assert 0 < samples[("civicbus_lease_remaining_seconds", (("lease", "relay"),))] <= 30
+
+
+def test_an_unreachable_store_is_reported_as_down_not_as_an_error(tmp_path: Path) -> None:
+    sock = free_socket()  # a port nobody listens on
+    port = sock.getsockname()[1]
+    sock.close()
+    runtime = make_runtime(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none", tmp_path)
+    with LiveServer(create_app(runtime)) as live:
+        samples = scrape(live.url)
+    assert samples[("civicbus_store_up", ())] == 0
+    assert ("civicbus_outbox_waiting_events", ()) not in samples
