@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from bus.store._records import OutboxEvent, OutboxMessage, OutboxRow
-from bus.store._sql import JsonText, insert_rows, utcnow
+from bus.store._sql import JsonText, insert_rows, run, utcnow
 from bus.store._tables import outbox
 from schemas.events import Envelope
 
@@ -78,16 +78,17 @@ _PENDING_MESSAGES = (
 
 
 def pending_messages(conn: Connection, limit: int) -> list[OutboxMessage]:
-    """Unsent rows in id order, each envelope parsed once from its stored JSON text."""
+    """Unsent rows in id order, each envelope parsed once from its stored JSON text (on the
+    driver's cursor: the relay's every batch starts here)."""
     return [
         OutboxMessage(
-            id=row.id,
-            envelope=Envelope.model_validate_json(row.body),
-            body=row.body.encode(),
-            exchange=row.exchange,
-            routing_key=row.routing_key,
+            id=row_id,
+            envelope=Envelope.model_validate_json(body),
+            body=body.encode(),
+            exchange=exchange,
+            routing_key=routing_key,
         )
-        for row in conn.execute(_PENDING_MESSAGES, {"limit": limit})
+        for row_id, body, exchange, routing_key in run(conn, _PENDING_MESSAGES, {"limit": limit})
     ]
 
 
