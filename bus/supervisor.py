@@ -4,13 +4,16 @@ Each part is the same command an operator would run alone (`civicbus api`, `civi
 `civicbus worker INSTANCE`, ...), so one machine and many machines run identical code. A child
 that dies is restarted with a growing delay; Ctrl-C or SIGTERM stops every child cleanly
 (SIGTERM first, so workers finish and ack their in-flight message, then SIGKILL after a grace
-period).
+period). A part others depend on (the sandbox's simulated back-ends) names the loopback ports it
+listens on; the parts after it start once those accept connections, so that the first poll of
+a back-end does not fail on a simulator still starting.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 GRACE_SECONDS = 15.0
 MAX_RESTART_DELAY = 30.0
+#: Seconds the parts after a part with `ready_ports` wait for them, at most, at start-up.
+READY_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Part:
 
     name: str
     args: tuple[str, ...]
+    #: Loopback ports the part listens on once ready; the parts after it wait for them.
+    ready_ports: tuple[int, ...] = ()
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGTERM, self._request_stop)
         try:
+            self._start_in_order()
             while not self._stopping:
                 self._tend()
                 time.sleep(0.2)
@@ -72,6 +80,35 @@ class Supervisor:
     def _request_stop(self, signum: int, _frame: object) -> None:
         log.info("supervisor.stopping", signal=signal.Signals(signum).name)
         self._stopping = True
+
+    def _start_in_order(self) -> None:
+        """Start every part in turn; after one with `ready_ports`, wait until they answer."""
+        for child in self._children:
+            if self._stopping:
+                return
+            self._start(child, time.monotonic())
+            if child.part.ready_ports:
+                self._wait_ready(child)
+
+    def _wait_ready(self, child: _Child) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        waiting = list(child.part.ready_ports)
+        while waiting and not self._stopping:
+            waiting = [port for port in waiting if not _accepts(port)]
+            if not waiting:
+                log.info("supervisor.part_ready", part=child.part.name)
+                return
+            if child.process is None or child.process.poll() is not None:
+                return  # it died: _tend reports and restarts it
+            if time.monotonic() > deadline:
+                log.warning(
+                    "supervisor.part_not_ready",
+                    part=child.part.name,
+                    ports=waiting,
+                    waited_s=READY_TIMEOUT,
+                )
+                return
+            time.sleep(0.1)
 
     def _tend(self) -> None:
         now = time.monotonic()
@@ -122,3 +159,9 @@ class Supervisor:
                 "supervisor.part_stopped", part=child.part.name, pid=proc.pid, code=code
             )
         log.info("supervisor.stopped")
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,3 +47,50 @@ def test_a_part_that_exits_is_restarted_and_sigterm_stops_everything() -> None:
     assert sum(1 for e in starts if e["part"] == "long") == 1
     assert any(e.get("event") == "supervisor.stopped" for e in events)
     assert not _alive(long_pid)
+
+
+# The first part listens on a port after a second; the second part starts after it answers.
+READY_SCRIPT = """
+import sys
+from bus.logging import configure_logging
+from bus.supervisor import Part, Supervisor
+configure_logging("json")
+port = int(sys.argv[1])
+program = (
+    "import socket, sys, time\\n"
+    "if sys.argv[1] == 'listen':\\n"
+    "    time.sleep(1)\\n"
+    "    s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[2]))); s.listen()\\n"
+    "time.sleep(600)\\n"
+)
+parts = [
+    Part("backend", ("listen", str(port)), ready_ports=(port,)),
+    Part("client", ("sleep",)),
+]
+raise SystemExit(Supervisor(parts, command=(sys.executable, "-c", program)).run())
+"""
+
+
+def test_parts_after_one_with_ready_ports_start_once_its_ports_answer() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", READY_SCRIPT, str(port)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    events = [e for e in _events(stderr) if str(e.get("event", "")).startswith("supervisor.part_")]
+    order = [(e["event"], e.get("part")) for e in events][:3]
+    assert order == [
+        ("supervisor.part_started", "backend"),
+        ("supervisor.part_ready", "backend"),
+        ("supervisor.part_started", "client"),
+    ], stderr

@@ -9,6 +9,7 @@ import typer
 from bus.cli.common import runtime
 from bus.config import DEFAULT_CONFIG
 from bus.supervisor import Part, Supervisor
+from civicbus.sandbox.runner import SIMULATORS
 
 
 def parts_for(instances: list[str], host: str, port: int, sandbox: bool) -> list[Part]:
@@ -23,7 +24,9 @@ def parts_for(instances: list[str], host: str, port: int, sandbox: bool) -> list
     ]
     parts += [Part(f"worker:{name}", ("worker", name)) for name in instances]
     if sandbox:
-        parts.insert(0, Part("sandbox", ("sandbox",)))
+        # Started first, and waited for: the poller and the workers talk to it at once.
+        ports = tuple(sim.port for sim in SIMULATORS.values())
+        parts.insert(0, Part("sandbox", ("sandbox",), ready_ports=ports))
     return parts
 
 
