@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+import tenacity
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
@@ -73,7 +75,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _turn_on_wal(cursor, busy_timeout_ms)
         # In WAL mode a commit is durable against a crash of the process (kill -9): the WAL
         # file is written before COMMIT returns and the OS keeps it. synchronous=NORMAL only
         # skips the fsync per commit, so a power cut may lose the last commits, never corrupt.
@@ -87,6 +89,22 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         # from read to write would deadlock ("database is locked" without waiting).
         write = connection.get_execution_options().get(WRITE_OPTION, False)
         driver_execute(connection, "BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _turn_on_wal(cursor: Any, busy_timeout_ms: int) -> None:
+    # Turning a new database file to WAL takes an exclusive lock, and SQLite does not always
+    # wait for it through the busy handler: when several processes create the store at once,
+    # one may get "database is locked" at once. Try again, within the usual busy timeout.
+    for attempt in tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda error: isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+        ),
+        stop=tenacity.stop_after_delay(busy_timeout_ms / 1000),
+        wait=tenacity.wait_random(0.005, 0.05),
+        reraise=True,
+    ):
+        with attempt:
+            cursor.execute("PRAGMA journal_mode = WAL")
 
 
 _BUSY_TIMEOUT_MS = "civicbus_busy_timeout_ms"
