@@ -78,6 +78,7 @@ def problems(overview: Overview) -> list[str]:
             f"broker: {overview.broker_error}; nothing is published or delivered until it is back"
         )
     found.extend(_relay_problems(overview))
+    found.extend(_lapsed_leases(overview))
     for c in overview.recipients:
         for queue in c.missing:
             found.append(
@@ -119,6 +120,24 @@ def _relay_problems(overview: Overview) -> list[str]:
             f"relay ({lease.holder}) is not keeping up or cannot publish; see its log"
         ]
     return []
+
+
+def _lapsed_leases(overview: Overview) -> list[str]:
+    """A lease is released on a clean stop: one that lapsed means its holder died or hangs
+    (the relay's is reported above when events wait)."""
+    found = []
+    for lease in overview.store.leases.values():
+        if lease.expires_at >= overview.at:
+            continue
+        if lease.name == RELAY_LEASE and overview.store.outbox_waiting:
+            continue
+        command = "civicbus relay" if lease.name == RELAY_LEASE else "civicbus poller"
+        found.append(
+            f"{lease.name}: the lease of {lease.holder} lapsed at "
+            f"{lease.expires_at.isoformat(timespec='seconds')} without being released: "
+            f"did `{command}` die? is one running?"
+        )
+    return found
 
 
 def _instance(name: str, seen: StoreOverview) -> Recipient:

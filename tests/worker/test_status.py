@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -182,3 +183,19 @@ def test_a_webhook_subscription_is_a_recipient_with_its_own_queue(
         and "`civicbus worker --subscriptions`" in p
         for p in seen.problems
     )
+
+
+def test_a_lease_that_lapsed_without_being_released_is_a_problem(
+    store: Store, topology: str
+) -> None:
+    assert store.try_lease("poller:roads", "host-b:2", ttl_seconds=0.05)
+    assert store.try_lease(LEASE, "host-a:1", ttl_seconds=0.05)
+    time.sleep(0.1)
+
+    lapsed = [p for p in look(store, topology).problems if "lapsed" in p]
+
+    assert len(lapsed) == 2
+    assert lapsed[0].startswith("poller:roads: the lease of host-b:2 lapsed at")
+    assert "`civicbus poller`" in lapsed[0]
+    assert lapsed[1].startswith(f"{LEASE}: the lease of host-a:1 lapsed at")
+    assert "`civicbus relay`" in lapsed[1]
