@@ -16,6 +16,7 @@ from bus.broker.connection import BrokerUnavailable, close_quietly
 from bus.broker.queues import QueueState, queue_states
 from bus.broker.topology import dead_queue, retry_delays, retry_queue, work_queue
 from bus.config import InstanceConfig
+from bus.poller import lease_name as poller_lease
 from bus.relay import LEASE as RELAY_LEASE
 from bus.store import Store, StoreOverview
 from bus.subscriptions import queue_name, route_name
@@ -126,11 +127,14 @@ def _lapsed_leases(overview: Overview) -> list[str]:
     """A lease is released on a clean stop: one that lapsed means its holder died or hangs
     (the relay's is reported above when events wait)."""
     found = []
+    configured = {poller_lease(r.name) for r in overview.recipients}
     for lease in overview.store.leases.values():
         if lease.expires_at >= overview.at:
             continue
         if lease.name == RELAY_LEASE and overview.store.outbox_waiting:
             continue
+        if lease.name != RELAY_LEASE and lease.name not in configured:
+            continue  # an instance no longer in the config: nobody will poll it again
         command = "civicbus relay" if lease.name == RELAY_LEASE else "civicbus poller"
         found.append(
             f"{lease.name}: the lease of {lease.holder} lapsed at "

@@ -189,6 +189,7 @@ def test_a_lease_that_lapsed_without_being_released_is_a_problem(
     store: Store, topology: str
 ) -> None:
     assert store.try_lease("poller:roads", "host-b:2", ttl_seconds=0.05)
+    assert store.try_lease("poller:removed-from-config", "host-b:2", ttl_seconds=0.05)
     assert store.try_lease(LEASE, "host-a:1", ttl_seconds=0.05)
     time.sleep(0.1)
 
