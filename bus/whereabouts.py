@@ -21,6 +21,8 @@ _WAY_TO_BACKEND = frozenset(
 
 @dataclass(frozen=True)
 class Whereabouts:
+    """Where an undelivered request is, for `civicbus requests stuck`."""
+
     stage: str  # "outbox", "queued", "retrying", "dead-lettered", "dropped"
     instance: str | None
     since: datetime
@@ -29,6 +31,7 @@ class Whereabouts:
 
 
 def whereabouts(item: Undelivered) -> Whereabouts:
+    """The stage the request is stuck in, since when, why, and what an operator can try."""
     hop = _last_hop(item.trail)
     if hop is None or hop.action == "accepted":
         return Whereabouts(
