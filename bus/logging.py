@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -86,11 +87,10 @@ def configure_logging(
         logging.getLogger(chatty).setLevel(chatty_level)
 
 
-def bind_request(request_id: str | None = None, correlation_id: str | None = None) -> None:
-    """Bind the ids every log line of the current task should carry."""
+@contextmanager
+def request_context(request_id: str | None, correlation_id: str | None) -> Iterator[None]:
+    """Every log line written inside the block (on this thread or task) carries these ids,
+    the lines of adapters and libraries included."""
     values = {"request_id": request_id, "correlation_id": correlation_id}
-    structlog.contextvars.bind_contextvars(**{k: v for k, v in values.items() if v})
-
-
-def clear_request() -> None:
-    structlog.contextvars.unbind_contextvars("request_id", "correlation_id")
+    with structlog.contextvars.bound_contextvars(**{k: v for k, v in values.items() if v}):
+        yield

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import structlog
 
-from bus.logging import bind_request, clear_request, configure_logging
+from bus.logging import configure_logging, request_context
 
 Lines = Callable[[], list[dict[str, object]]]
 
@@ -20,7 +20,6 @@ def json_lines() -> Iterator[Lines]:
     stream = io.StringIO()
     configure_logging("json", stream=stream)
     yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    clear_request()
 
 
 def test_personal_data_is_redacted_from_every_field(json_lines: Lines) -> None:
@@ -39,10 +38,12 @@ def test_personal_data_is_redacted_from_every_field(json_lines: Lines) -> None:
 
 
 def test_bound_request_and_correlation_ids_are_on_every_line(json_lines: Lines) -> None:
-    bind_request("r-2", "corr-2")
-    structlog.get_logger("civicbus.test").info("worker.step")
-    logging.getLogger("some.library").warning("library says %s", "hello")
-    lines = json_lines()
+    with request_context("r-2", "corr-2"):
+        structlog.get_logger("civicbus.test").info("worker.step")
+        logging.getLogger("some.library").warning("library says %s", "hello")
+    structlog.get_logger("civicbus.test").info("after.the.block")
+    *lines, after = json_lines()
+    assert "request_id" not in after and "correlation_id" not in after
     assert [(line["request_id"], line["correlation_id"]) for line in lines] == [
         ("r-2", "corr-2"),
         ("r-2", "corr-2"),

@@ -20,6 +20,7 @@ import structlog
 
 from adapters import Adapter, Receipt
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
+from bus.logging import request_context
 from bus.status import record_status_update
 from bus.store import OutboxEvent, Transaction
 from bus.worker._consumer import Broker
@@ -72,17 +73,21 @@ class CommandWorker:
         taken: list[_Taken] = []
         duplicates: list[_Command] = []
         for command in commands:
-            try:
-                request = self.load_request(command.envelope, requests)
-                if self.already_recorded(request):
-                    duplicates.append(command)
+            envelope = command.envelope
+            # Every line logged for this command (the adapter's and its HTTP or SOAP client's
+            # included) carries the request's ids.
+            with request_context(envelope.subject, envelope.correlationid):
+                try:
+                    request = self.load_request(envelope, requests)
+                    if self.already_recorded(request):
+                        duplicates.append(command)
+                        continue
+                    receipt = self.deliver(command, request)
+                except Exception as exc:
+                    schedule_retry_or_dead_letter(
+                        self.route, command.delivery, broker, exc, envelope
+                    )
                     continue
-                receipt = self.deliver(command, request)
-            except Exception as exc:
-                schedule_retry_or_dead_letter(
-                    self.route, command.delivery, broker, exc, command.envelope
-                )
-                continue
             taken.append(self.taken(command, request, receipt))
         try:
             recorded = self.record_receipts(taken, duplicates)
@@ -149,7 +154,6 @@ class CommandWorker:
             "worker.attempt_failed",
             route=self.route.name,
             request_id=envelope.subject if envelope else None,
-            correlation_id=envelope.correlationid if envelope else None,
             attempt=delivery.attempt,
             try_number=try_number,
             error=describe(exc),

@@ -16,6 +16,7 @@ import structlog
 
 from adapters import PermanentError
 from adapters.webhook import WebhookAdapter
+from bus.logging import request_context
 from bus.worker._consumer import Broker, ConnectionLost
 from bus.worker._delivery import Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, dead_letter, describe
@@ -38,27 +39,38 @@ class SubscriptionWorker:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def __call__(self, delivery: Delivery, broker: Broker) -> None:
-        envelope: Envelope | None = None
         try:
             envelope = decode(delivery)
-            rounds = self.deliver_in_order(delivery, envelope)
-        except StopRequested:
-            raise
-        except Exception as exc:
-            reason = describe(exc)
-            if not isinstance(exc, PermanentError | MalformedMessage):
-                attempts = self.route.policy.max_attempts
-                reason = f"gave up after {attempts} attempts; last error {reason}"
-            dead_letter(
-                self.route,
-                delivery,
-                broker,
-                reason=reason,
-                envelope=envelope,
-                failed_at=datetime.now(UTC),
-            )
+        except MalformedMessage as exc:
+            self.give_up(delivery, broker, None, describe(exc))
             return
-        self.audit(envelope, delivery, "delivered", "ok", {"attempts": rounds})
+        # Every line logged for this event (the webhook client's included) carries its ids.
+        with request_context(envelope.subject, envelope.correlationid):
+            try:
+                rounds = self.deliver_in_order(delivery, envelope)
+            except StopRequested:
+                raise
+            except Exception as exc:
+                reason = describe(exc)
+                if not isinstance(exc, PermanentError):
+                    attempts = self.route.policy.max_attempts
+                    reason = f"gave up after {attempts} attempts; last error {reason}"
+                self.give_up(delivery, broker, envelope, reason)
+                return
+            self.audit(envelope, delivery, "delivered", "ok", {"attempts": rounds})
+
+    def give_up(
+        self, delivery: Delivery, broker: Broker, envelope: Envelope | None, reason: str
+    ) -> None:
+        """The dead letter channel for an event this subscriber will not get."""
+        dead_letter(
+            self.route,
+            delivery,
+            broker,
+            reason=reason,
+            envelope=envelope,
+            failed_at=datetime.now(UTC),
+        )
 
     def deliver_in_order(self, delivery: Delivery, envelope: Envelope) -> int:
         """POST the event until it is accepted; returns the number of rounds it took."""

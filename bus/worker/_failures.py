@@ -1,4 +1,8 @@
-"""Where a failed message goes next: a retry tier, or the dead letter channel."""
+"""Where a failed message goes next: a retry tier, or the dead letter channel.
+
+The workers call these inside the message's `request_context`: the lines logged here carry the
+request and correlation ids from it.
+"""
 
 from __future__ import annotations
 
@@ -89,8 +93,6 @@ def schedule_retry_or_dead_letter(
         "worker.retry_scheduled",
         route=route.name,
         message_id=delivery.key,
-        request_id=envelope.subject if envelope else None,
-        correlation_id=envelope.correlationid if envelope else None,
         attempt=delivery.attempt,
         delay=delay,
     )
@@ -146,7 +148,6 @@ def dead_letter(
         route=route.name,
         message_id=delivery.key,
         request_id=request_id,
-        correlation_id=envelope.correlationid if envelope else None,
         attempts=delivery.attempt,
         reason=reason,
     )

@@ -1,5 +1,6 @@
-"""The worker's log lines about a request carry its request id and its correlation id, so an
-operator can follow one report from the API's lines through the worker's."""
+"""The log lines written while the worker handles a command carry the request id and the
+correlation id (its own lines and the adapter's), so an operator can follow one report from
+the API's lines through the worker's."""
 
 from __future__ import annotations
 
@@ -8,14 +9,25 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from worker_support import FAST, INSTANCE, MemoryBackend, new_request, publish, running, wait_until
 
+from adapters import Receipt
 from bus.logging import configure_logging
 from bus.store import Store
 from bus.worker import command_consumer
 from schemas.events import EventType
+from schemas.model import ServiceRequest
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
+
+
+class LoggingBackend(MemoryBackend):
+    """A back-end whose client logs a line of its own, naming no request."""
+
+    def submit(self, request: ServiceRequest) -> Receipt:
+        structlog.get_logger("test.backend").info("backend.called")
+        return super().submit(request)
 
 
 @pytest.fixture
@@ -35,7 +47,7 @@ def test_retry_dead_letter_and_submitted_lines_carry_the_correlation_id(
     store: Store, topology: str, log_stream: io.StringIO
 ) -> None:
     # 2 quick tries per round: round 1 fails and is scheduled for retry, round 2 delivers.
-    backend = MemoryBackend(transient_failures=2)
+    backend = LoggingBackend(transient_failures=2)
     retried = new_request(store).model_copy(update={"correlationid": "corr-retried"})
     unknown = retried.model_copy(
         update={"id": "msg-unknown", "subject": "req-nowhere", "correlationid": "corr-unknown"}
@@ -55,6 +67,7 @@ def test_retry_dead_letter_and_submitted_lines_carry_the_correlation_id(
         "worker.attempt_failed",
         "worker.retry_scheduled",
         "request.submitted",
+        "backend.called",
     }
     assert {line["correlation_id"] for line in about_retried} == {"corr-retried"}
     [dead] = [line for line in lines_about(log_stream, "req-nowhere")]
