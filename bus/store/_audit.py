@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -155,10 +156,20 @@ def _entry(row: Row[Any]) -> AuditEntry:
 
 
 def trail(conn: Connection, request_id: str) -> list[AuditEntry]:
+    return trails(conn, [request_id]).get(request_id, [])
+
+
+def trails(conn: Connection, request_ids: Sequence[str]) -> dict[str, list[AuditEntry]]:
+    """The trails of several requests in one query, each oldest first."""
+    found: dict[str, list[AuditEntry]] = {}
+    if not request_ids:
+        return found
     rows = conn.execute(
-        sa.select(audit_log).where(audit_log.c.request_id == request_id).order_by(audit_log.c.id)
+        sa.select(audit_log).where(audit_log.c.request_id.in_(request_ids)).order_by(audit_log.c.id)
     )
-    return [_entry(row) for row in rows]
+    for row in rows:
+        found.setdefault(row.request_id, []).append(_entry(row))
+    return found
 
 
 def verify(conn: Connection) -> AuditVerification:

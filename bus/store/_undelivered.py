@@ -12,7 +12,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bus.store._audit import trail
+from bus.store._audit import trails
 from bus.store._dead_letters import from_row
 from bus.store._records import DeadLetter, Undelivered
 from bus.store._tables import backend_refs, requests
@@ -39,19 +39,20 @@ def undelivered(conn: Connection, *, accepted_before: datetime, limit: int) -> l
         .order_by(requests.c.requested_at, requests.c.id)
         .limit(limit)
     ).all()
+    ids = [row.id for row in candidates]
+    trail_of = trails(conn, ids)
+    dead_of: dict[str, list[DeadLetter]] = {}
+    letters = conn.execute(sa.select(dead).where(dead.c.request_id.in_(ids)).order_by(dead.c.id))
+    for letter in map(from_row, letters):
+        dead_of.setdefault(str(letter.request_id), []).append(letter)
     return [
         Undelivered(
             request_id=row.id,
             jurisdiction=row.jurisdiction,
             service_code=row.service_code,
             accepted_at=row.requested_at,
-            trail=trail(conn, row.id),
-            dead_letters=_dead_letters_of(conn, row.id),
+            trail=trail_of.get(row.id, []),
+            dead_letters=dead_of.get(row.id, []),
         )
         for row in candidates
     ]
-
-
-def _dead_letters_of(conn: Connection, request_id: str) -> list[DeadLetter]:
-    rows = conn.execute(sa.select(dead).where(dead.c.request_id == request_id).order_by(dead.c.id))
-    return [from_row(row) for row in rows]
