@@ -8,8 +8,9 @@ be reached is itself a problem, not an error: the store's half of the picture st
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from bus.broker.connection import BrokerUnavailable, close_quietly
@@ -48,7 +49,12 @@ class Overview:
     store: StoreOverview
     broker_error: str | None
     recipients: list[Recipient]
-    problems: list[str] = field(default_factory=list)
+
+    @cached_property
+    def problems(self) -> list[str]:
+        """What needs an operator, most basic first, each with what to try (against the
+        thresholds in force when first asked)."""
+        return _problems(self)
 
 
 def take_overview(
@@ -66,13 +72,10 @@ def take_overview(
         recipients = _with_queue_states(recipients, instances, connect)
     except BrokerUnavailable as exc:
         broker_error = str(exc)
-    overview = Overview(at, seen, broker_error, recipients)
-    overview.problems.extend(problems(overview))
-    return overview
+    return Overview(at, seen, broker_error, recipients)
 
 
-def problems(overview: Overview) -> list[str]:
-    """What needs an operator, most basic first, each with what to try."""
+def _problems(overview: Overview) -> list[str]:
     found: list[str] = []
     if overview.broker_error:
         found.append(
@@ -194,15 +197,11 @@ def _filled(
     if c.dead_queue and dead is None:
         missing.append(c.dead_queue)
     missing += [queue for queue, state in zip(retry_queues, retrying, strict=True) if state is None]
-    return Recipient(
-        name=c.name,
-        start_with=c.start_with,
-        queue=c.queue,
+    return replace(
+        c,
         queued=work.messages if work else None,
         consumers=work.consumers if work else None,
         retrying=sum(s.messages for s in retrying if s) if retry_queues else None,
-        dead_queue=c.dead_queue,
         dead_in_queue=dead.messages if dead else None,
-        dead_letters=c.dead_letters,
         missing=tuple(missing),
     )

@@ -63,9 +63,9 @@ def parse_duration(text: str) -> timedelta:
 
 def _age(since: datetime, now: datetime) -> str:
     seconds = max(0, int((now - since).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
+    for unit in "dhm":
+        if seconds >= _UNIT_SECONDS[unit]:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
     return f"{seconds}s"
 
 

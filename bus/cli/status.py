@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
 
 import typer
 from sqlalchemy.engine import make_url
@@ -67,21 +66,19 @@ def _as_text(o: Overview, store_url: str) -> str:
 
 
 def _as_json(o: Overview) -> str:
-    def plain(value: Any) -> Any:
-        return value.isoformat() if isinstance(value, datetime) else value
-
+    oldest = o.store.oldest_waiting
     document = {
         "at": o.at.isoformat(),
         "outbox": {
             "waiting": o.store.outbox_waiting,
-            "oldest_waiting": plain(o.store.oldest_waiting),
+            "oldest_waiting": oldest.isoformat() if oldest else None,
         },
         "leases": {
             name: {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
             for name, lease in o.store.leases.items()
         },
         "broker_error": o.broker_error,
-        "recipients": [{k: plain(v) for k, v in asdict(c).items()} for c in o.recipients],
+        "recipients": [asdict(c) for c in o.recipients],
         "problems": o.problems,
     }
     return json.dumps(document, sort_keys=True)
