@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 import structlog
 
@@ -57,12 +60,33 @@ def test_library_records_are_redacted_too(json_lines: Lines) -> None:
     assert line["logger"] == "some.library"
 
 
+class _Ok(BaseHTTPRequestHandler):
+    """A loopback server that answers every GET with an empty 200, silently."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
 def test_http_client_request_lines_show_only_at_debug() -> None:
-    for level, expected in (("INFO", []), ("DEBUG", ["HTTP Request: GET http://127.0.0.1/x"])):
-        stream = io.StringIO()
-        configure_logging("json", level=level, stream=stream)
-        logging.getLogger("httpx").info("HTTP Request: GET %s", "http://127.0.0.1/x")
-        logging.getLogger("httpx").warning("connection pool full")
-        events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
-        assert events == [*expected, "connection pool full"], level
-    configure_logging("json", level="INFO")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/x"
+    try:
+        request_line = f'HTTP Request: GET {url} "HTTP/1.0 200 OK"'
+        for level, expected in (("INFO", []), ("DEBUG", [request_line])):
+            stream = io.StringIO()
+            configure_logging("json", level=level, stream=stream)
+            assert httpx.get(url).status_code == 200  # a real request, logged by httpx itself
+            logging.getLogger("httpx").warning("connection pool full")
+            lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+            events = [line["event"] for line in lines if line.get("logger") == "httpx"]
+            assert events == [*expected, "connection pool full"], level
+    finally:
+        server.shutdown()
+        server.server_close()
+        configure_logging("json", level="INFO")

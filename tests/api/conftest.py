@@ -40,6 +40,14 @@ def free_socket() -> socket.socket:
     return sock
 
 
+def unreachable_store_runtime(media_dir: Path) -> Runtime:
+    """A runtime on a PostgreSQL URL whose port nobody listens on: every store call fails."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    return make_runtime(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none", media_dir)
+
+
 class LiveServer:
     """uvicorn serving an app in a thread, on a port the OS picked."""
 

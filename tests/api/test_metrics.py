@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bus.api import create_app
 from bus.bootstrap import Runtime
-from tests.api.conftest import SPRINGFIELD, LiveServer, free_socket, make_runtime
+from tests.api.conftest import SPRINGFIELD, LiveServer, unreachable_store_runtime
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -74,10 +74,7 @@ def test_dead_letters_and_leases_are_reported(server: LiveServer, runtime: Runti
 
 
 def test_an_unreachable_store_is_reported_as_down_not_as_an_error(tmp_path: Path) -> None:
-    sock = free_socket()  # a port nobody listens on
-    port = sock.getsockname()[1]
-    sock.close()
-    runtime = make_runtime(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none", tmp_path)
+    runtime = unreachable_store_runtime(tmp_path)
     with LiveServer(create_app(runtime)) as live:
         samples = scrape(live.url)
     assert samples[("civicbus_store_up", ())] == 0

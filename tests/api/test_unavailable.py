@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from bus.api import create_app
-from tests.api.conftest import SPRINGFIELD, LiveServer, free_socket, make_runtime
+from tests.api.conftest import SPRINGFIELD, LiveServer, make_runtime, unreachable_store_runtime
 
 
 def test_c07_locked_store_gives_503_with_retry_after_and_writes_nothing(tmp_path: Path) -> None:
@@ -43,10 +43,7 @@ def test_c07_locked_store_gives_503_with_retry_after_and_writes_nothing(tmp_path
 
 
 def test_c07_unreachable_database_gives_503_on_reads(tmp_path: Path) -> None:
-    sock = free_socket()  # a port nobody listens on
-    port = sock.getsockname()[1]
-    sock.close()
-    runtime = make_runtime(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none", tmp_path)
+    runtime = unreachable_store_runtime(tmp_path)
     with LiveServer(create_app(runtime)) as live:
         response = httpx.get(
             f"{live.url}/open311/v2/requests.json", params={"jurisdiction_id": SPRINGFIELD}
