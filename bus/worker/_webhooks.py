@@ -49,9 +49,7 @@ def subscription_consumer(
             # Its events wait in its queue until the secret is set and the worker restarted.
             log.error("webhook.not_configured", subscription=subscription.id, error=str(exc))
             continue
-        route = Route(
-            route_name(subscription.id), store, SUBSCRIPTION_RETRY, announce_failures=False
-        )
+        route = Route(route_name(subscription.id), store, policy, announce_failures=False)
         worker = SubscriptionWorker(route, adapter, consumer.stop_event)
         consumer.consume(queue_name(subscription.id), worker)
     return consumer

@@ -86,13 +86,15 @@ def subscriber() -> Iterator[Subscriber]:
 
 
 @contextmanager
-def webhook_worker(store: Store, amqp_url: str) -> Iterator[None]:
+def webhook_worker(
+    store: Store, amqp_url: str, policy: RetryPolicy = QUICK
+) -> Iterator[None]:
     stop = threading.Event()
     env = {"TEST_WEBHOOK_SECRET": SECRET}
     thread = threading.Thread(
         target=run_subscriptions,
         args=(amqp_url, store),
-        kwargs={"stop": stop, "env": env, "refresh": 0.3, "policy": QUICK},
+        kwargs={"stop": stop, "env": env, "refresh": 0.3, "policy": policy},
         daemon=True,
     )
     thread.start()
@@ -198,6 +200,24 @@ def test_a_subscriber_refusing_an_event_dead_letters_it_without_announcing_it(
     assert "HTTP 410" in letter.reason and letter.request_id == request_id
     assert not [r for r in store.pending_outbox() if r.envelope.type is EventType.DELIVERY_FAILED]
     assert queue_depth(amqp_url, f"civicbus.dead.{route_name(sub_id)}") == 1
+
+
+def test_a_subscriber_down_past_the_whole_schedule_gets_the_event_dead_lettered(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])  # never started
+    request_id = new_request(store).subject
+    publish_event(amqp_url, status_event(request_id, Status.FIXED), "fixed")
+    brief = RetryPolicy(immediate_attempts=1, tiers=[0.1], max_attempts=3)
+
+    with webhook_worker(store, amqp_url, brief):
+        (letter,) = wait_until(lambda: store.dead_letters(route_name(sub_id)), what="dead letter")
+
+    assert letter.reason.startswith("gave up after 3 attempts; last error")
+    attempts = [e for e in store.audit_trail(request_id) if e.action == "attempt"]
+    assert [e.details["attempt"] for e in attempts] == [1, 2, 3]
+    assert attempts[-1].details["next_delay_seconds"] is None
+    assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
 
 
 def test_signatures_cover_timestamp_and_body() -> None:
