@@ -86,9 +86,7 @@ def subscriber() -> Iterator[Subscriber]:
 
 
 @contextmanager
-def webhook_worker(
-    store: Store, amqp_url: str, policy: RetryPolicy = QUICK
-) -> Iterator[None]:
+def webhook_worker(store: Store, amqp_url: str, policy: RetryPolicy = QUICK) -> Iterator[None]:
     stop = threading.Event()
     env = {"TEST_WEBHOOK_SECRET": SECRET}
     thread = threading.Thread(
