@@ -4,11 +4,13 @@ events wait while the subscriber is down and then arrive in order per request, s
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pika
 import pytest
@@ -216,6 +218,35 @@ def test_a_subscriber_down_past_the_whole_schedule_gets_the_event_dead_lettered(
     assert [e.details["attempt"] for e in attempts] == [1, 2, 3]
     assert attempts[-1].details["next_delay_seconds"] is None
     assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
+
+
+def readme_signature_check() -> Callable[[str, dict[str, str], bytes], bool]:
+    """The receiver's check the README gives back-office systems, as it is written there."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?def civicbus_signature_ok.*?)```", readme, re.S)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace["civicbus_signature_ok"]  # type: ignore[return-value]
+
+
+def test_the_readme_signature_check_accepts_real_deliveries_only(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    signature_ok = readme_signature_check()
+    subscriber.start()
+    subscribe(store, amqp_url, subscriber.url, ["request.*"])
+    publish_event(amqp_url, status_event(new_request(store).subject, Status.FIXED), "fixed")
+    with webhook_worker(store, amqp_url):
+        ((headers, body),) = wait_until(lambda: subscriber.received, what="a delivery")
+
+    assert signature_ok(SECRET, headers, body)
+    assert not signature_ok("wrong-secret", headers, body)
+    assert not signature_ok(SECRET, headers, body.replace(b"fixed", b"fixes"))
+    old = str(int(headers[TIMESTAMP_HEADER]) - 301)  # correctly signed, but too old
+    stale = {**headers, TIMESTAMP_HEADER: old, SIGNATURE_HEADER: sign(SECRET, old, body)}
+    assert not signature_ok(SECRET, stale, body)
+    unsigned = {k: v for k, v in headers.items() if k != SIGNATURE_HEADER}
+    assert not signature_ok(SECRET, unsigned, body)
 
 
 def test_signatures_cover_timestamp_and_body() -> None:
