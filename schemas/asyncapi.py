@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from schemas.events import Envelope, EventType
+from schemas.events import DeliveryFailure, Envelope, EventType, SubmittedRequest
 from schemas.model import ServiceRequest
 
 ASYNCAPI_FILE = Path(__file__).parent / "asyncapi.yaml"
@@ -35,7 +36,7 @@ _EVENTS: dict[EventType, tuple[str, str, str]] = {
     EventType.SUBMITTED: (
         "instance",
         "The adapter instance whose back-end accepted the request.",
-        "The back-end accepted the request; `data.backend_refs` holds its reference.",
+        "The back-end accepted the request; `data.reference` is its reference there.",
     ),
     EventType.STATUS_CHANGED: (
         "status",
@@ -55,6 +56,20 @@ _EVENTS: dict[EventType, tuple[str, str, str]] = {
 }
 
 
+#: What each event's `data` holds.
+_DATA: dict[EventType, type[BaseModel]] = {
+    EventType.CREATED: ServiceRequest,
+    EventType.SUBMITTED: SubmittedRequest,
+    EventType.STATUS_CHANGED: ServiceRequest,
+    EventType.CLOSED: ServiceRequest,
+    EventType.DELIVERY_FAILED: DeliveryFailure,
+}
+
+_NO_PERSONAL_DATA = (
+    " Reporter contact data is never sent on the bus: every `reporter` field is null."
+)
+
+
 def _camel(event_type: EventType) -> str:
     """`civicbus.request.status_changed` -> `requestStatusChanged`."""
     words = event_type.short.replace("_", ".").split(".")
@@ -67,17 +82,20 @@ def _schema_name(event_type: EventType) -> str:
     return f"{name[0].upper()}{name[1:]}Event"
 
 
+def _model_schema(model: type[BaseModel], schemas: dict[str, Any]) -> None:
+    """Add `model`'s JSON Schema (and those it refers to) to `schemas`, by model name."""
+    schema = model.model_json_schema(mode="serialization", ref_template=_REF)
+    schemas.update(schema.pop("$defs", {}))
+    if issubclass(model, ServiceRequest):
+        schema["description"] += _NO_PERSONAL_DATA
+    schemas[model.__name__] = schema
+
+
 def _schemas() -> dict[str, Any]:
-    request = ServiceRequest.model_json_schema(mode="serialization", ref_template=_REF)
-    envelope = Envelope.model_json_schema(mode="serialization", ref_template=_REF)
-    schemas: dict[str, Any] = {**request.pop("$defs", {}), **envelope.pop("$defs", {})}
-    request["description"] = (
-        "The canonical service request. Reporter contact data is never sent on the bus: "
-        "every `reporter` field is null."
-    )
-    envelope["properties"]["data"] = {"$ref": _REF.format(model="ServiceRequest")}
-    schemas["ServiceRequest"] = request
-    schemas["Envelope"] = envelope
+    schemas: dict[str, Any] = {}
+    models: list[type[BaseModel]] = [Envelope, *dict.fromkeys(_DATA.values())]
+    for model in models:
+        _model_schema(model, schemas)
     schemas["AmqpHeaders"] = {
         "type": "object",
         "description": "Application headers of every civicbus message (copies of envelope fields).",
@@ -88,11 +106,16 @@ def _schemas() -> dict[str, Any]:
         },
         "required": ["correlationid", "traceparent", "type"],
     }
-    for event_type in _EVENTS:
+    for event_type, data in _DATA.items():
         schemas[_schema_name(event_type)] = {
             "allOf": [
                 {"$ref": _REF.format(model="Envelope")},
-                {"properties": {"type": {"const": event_type.value}}},
+                {
+                    "properties": {
+                        "type": {"const": event_type.value},
+                        "data": {"$ref": _REF.format(model=data.__name__)},
+                    }
+                },
             ]
         }
     return dict(sorted(schemas.items()))
@@ -164,7 +187,8 @@ def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
                 "Canonical events about city service requests, published by civicbus on the "
                 f"topic exchange `{EVENTS_EXCHANGE}`. Each message is a CloudEvents 1.0 "
                 "structured-mode JSON envelope (`id` is unique and the idempotency key; "
-                "`subject` is the request id) whose `data` is the canonical service request. "
+                "`subject` is the request id) whose `data` is the canonical service request "
+                "(for `delivery_failed`: who gave up on it, and why). "
                 "Routing keys have three words, `request.<what>.<qualifier>`: bind your own "
                 "durable queue with e.g. `request.#` (everything), `request.created.*` or "
                 "`request.status_changed.fixed`. Delivery is at-least-once: deduplicate by "

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.model import AwareDatetime
+from schemas.model import AwareDatetime, ServiceRequest
 
 
 class EventType(StrEnum):
@@ -52,3 +52,23 @@ class Envelope(BaseModel):
     data: dict[str, Any]
     correlationid: str = Field(min_length=1)
     traceparent: str = Field(default_factory=new_traceparent, pattern=_TRACEPARENT)
+
+
+class SubmittedRequest(ServiceRequest):
+    """The `data` of `civicbus.request.submitted`: the request, and the back-end that took it."""
+
+    # Also in `backend_refs`; named here so a consumer need not search that list.
+    instance: str = Field(description="the adapter instance whose back-end took the request")
+    reference: str = Field(description="the request's reference in that back-end")
+
+
+class DeliveryFailure(BaseModel):
+    """The `data` of `civicbus.request.delivery_failed`: which back-end gave up, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The command itself waits as a dead letter (`civicbus dead list INSTANCE`).
+    instance: str = Field(description="the adapter instance that could not deliver the request")
+    reason: str = Field(description="why, e.g. the back-end's refusal or the last error")
+    attempts: int = Field(ge=1, description="deliveries tried before giving up")
+    message_id: str = Field(description="the id of the dead-lettered command")

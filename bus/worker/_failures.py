@@ -26,7 +26,7 @@ from bus.store import Store
 from bus.worker._consumer import Broker
 from bus.worker._delivery import ATTEMPT_HEADER, REASON_HEADER, Delivery, MalformedMessage
 from bus.worker._retry import next_tier, retry_after
-from schemas.events import Envelope, EventType
+from schemas.events import DeliveryFailure, Envelope, EventType
 
 log = structlog.get_logger(__name__)
 
@@ -167,7 +167,9 @@ def _delivery_failed(route: str, cause: Envelope, reason: str, attempts: int) ->
     return Envelope(
         type=EventType.DELIVERY_FAILED,
         subject=cause.subject,
-        data={"instance": route, "reason": reason, "attempts": attempts, "message_id": cause.id},
+        data=DeliveryFailure(
+            instance=route, reason=reason, attempts=attempts, message_id=cause.id
+        ).model_dump(mode="json"),
         correlationid=cause.correlationid,
         traceparent=cause.traceparent,
     )

@@ -33,6 +33,7 @@ from shapely.geometry import shape
 
 from bus.store import Store
 from civicbus.sandbox import workorders
+from tests.asyncapi_support import assert_documented
 from tests.e2e.city import SANDBOX_CONFIG, SandboxCity
 from tests.e2e.webhook_receiver import WebhookReceiver
 
@@ -557,6 +558,8 @@ def test_a_subscribed_back_office_receives_the_requests_events_in_order(
     assert not problems, problems
     leaked = [v for d in everything for v in PERSONAL_DATA if v.encode() in d.body]
     assert not leaked, f"webhook bodies carry personal data: {sorted(set(leaked))}"
+    for delivery in everything:  # as schemas/asyncapi.yaml tells consumers to expect
+        assert_documented(delivery.event)
 
 
 # --- failures: retries and dead letters (after the delivery checks: these add requests) ----------

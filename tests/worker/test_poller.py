@@ -14,6 +14,7 @@ from bus.poller import Poller, lease_name
 from bus.store import Store
 from schemas.events import EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
+from tests.asyncapi_support import assert_documented
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -96,6 +97,9 @@ def test_status_changes_are_recorded_once_with_a_moving_watermark(
             (first, "request.closed.fixed"),
         ]
     )
+    for row in store.pending_outbox():
+        if row.envelope.type in (EventType.STATUS_CHANGED, EventType.CLOSED):
+            assert_documented(row.envelope)
 
     # Nothing new: nothing recorded, the watermark stays.
     assert poller.poll_once("parks") == 0

@@ -26,6 +26,7 @@ from bus.store import Store
 from bus.worker import command_consumer
 from schemas.events import EventType
 from schemas.model import ServiceRequest, Status
+from tests.asyncapi_support import assert_documented
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
 
@@ -65,6 +66,7 @@ def test_the_submitted_event_carries_no_personal_data(store: Store, topology: st
     assert "resident@example.org" not in row.envelope.model_dump_json()
     assert row.envelope.data["reference"] == "WO-00001"
     assert row.envelope.correlationid == envelope.correlationid
+    assert_documented(row.envelope)
 
 
 def test_a_request_the_backend_already_holds_is_not_created_again(
@@ -165,6 +167,8 @@ def test_a_rejected_request_is_dead_lettered_at_once_with_the_reason(
     assert ("dead_lettered", "error") in trail and ("retry_scheduled", "error") not in trail
     failed = [r for r in store.pending_outbox() if r.envelope.type is EventType.DELIVERY_FAILED]
     assert [r.routing_key for r in failed] == [f"request.delivery_failed.{INSTANCE}"]
+    assert failed[0].envelope.data["message_id"] == envelope.id
+    assert_documented(failed[0].envelope)
     assert queue_depth(topology, dead_queue(INSTANCE)) == 1
     assert queue_depth(topology, work_queue(INSTANCE)) == 0
 
