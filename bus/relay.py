@@ -8,9 +8,12 @@ while the next one was published gained nothing measurable, on SQLite or on Post
 loopback: the relay is CPU-bound in one interpreter. The loop is sequential again.)
 
 A `civicbus.request.created` event is also turned into a command for the adapter instance the
-routing rules choose. When the broker goes away mid-batch nothing is marked, and the same rows
-are published again, in the same order, after reconnecting: a consumer may see a message twice,
-never miss one or see them reordered. The same holds when the store fails to mark a batch.
+routing rules choose, followed by a `civicbus.request.routed` event saying so (in the same
+confirmed batch: it is published when, and only when, the command is).
+
+When the broker goes away mid-batch nothing is marked, and the same rows are published again,
+in the same order, after reconnecting: a consumer may see a message twice, never miss one or
+see them reordered. The same holds when the store fails to mark a batch.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from bus.broker.topology import (
     EVENTS_EXCHANGE,
     command_routing_key,
     declare_topology,
+    event_routing_key,
 )
 from bus.config import Config
-from bus.routing import route
+from bus.routing import route, routed_event
 from bus.store import OutboxMessage, Store, StoreUnavailable
 from schemas.events import EventType
 
@@ -260,4 +264,9 @@ class Relay:
                     mandatory=True,
                     headers={"instance": instance, "rule": rule},
                     body=body,
+                )
+                yield envelope_message(
+                    routed_event(envelope, instance, rule),
+                    exchange=EVENTS_EXCHANGE,
+                    routing_key=event_routing_key(EventType.ROUTED, instance),
                 )

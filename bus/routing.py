@@ -6,10 +6,12 @@ The rules are the config's (`routing.rules`, first match wins); a request no rul
 
 from __future__ import annotations
 
+import uuid
+
 import structlog
 
 from bus.config import Config
-from schemas.events import Envelope, EventType
+from schemas.events import Envelope, EventType, RoutingDecision
 
 log = structlog.get_logger(__name__)
 
@@ -34,3 +36,20 @@ def route(config: Config, envelope: Envelope) -> tuple[str, str]:
         )
         return config.routing.default, "default"
     return config.route(service_code, jurisdiction)
+
+
+#: Namespace of routed events' ids: derived from the created event's id, so that a relay
+#: publishing a batch again repeats them and consumers can deduplicate.
+_ROUTED_IDS = uuid.UUID("5f0c6d1e-3b8a-4c27-9d0e-6a1f2b3c4d5e")
+
+
+def routed_event(created: Envelope, instance: str, rule: str) -> Envelope:
+    """The `civicbus.request.routed` event announcing where `created`'s request was sent."""
+    return Envelope(
+        id=str(uuid.uuid5(_ROUTED_IDS, created.id)),
+        type=EventType.ROUTED,
+        subject=created.subject,
+        data=RoutingDecision(instance=instance, rule=rule).model_dump(mode="json"),
+        correlationid=created.correlationid,
+        traceparent=created.traceparent,
+    )

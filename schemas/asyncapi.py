@@ -17,7 +17,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from schemas.events import DeliveryFailure, Envelope, EventType, SubmittedRequest
+from schemas.events import (
+    DeliveryFailure,
+    Envelope,
+    EventType,
+    RoutingDecision,
+    SubmittedRequest,
+)
 from schemas.model import ServiceRequest
 
 ASYNCAPI_FILE = Path(__file__).parent / "asyncapi.yaml"
@@ -26,12 +32,17 @@ _REF = "#/components/schemas/{model}"
 _AMQP_BINDING_VERSION = "0.3.0"
 
 #: Event type -> (routing key qualifier parameter, its description, what the event means).
-#: `civicbus.request.routed` is not published: routing is recorded in the audit trail only.
 _EVENTS: dict[EventType, tuple[str, str, str]] = {
     EventType.CREATED: (
         "service_code",
         "The request's service code (a dot in it becomes `_`).",
         "A request was accepted (through Open311 or another channel) and stored.",
+    ),
+    EventType.ROUTED: (
+        "instance",
+        "The adapter instance the request was sent to.",
+        "The request was sent to the back-end the routing rules chose; `data.rule` names the "
+        "rule (`default` when none matched).",
     ),
     EventType.SUBMITTED: (
         "instance",
@@ -59,6 +70,7 @@ _EVENTS: dict[EventType, tuple[str, str, str]] = {
 #: What each event's `data` holds.
 _DATA: dict[EventType, type[BaseModel]] = {
     EventType.CREATED: ServiceRequest,
+    EventType.ROUTED: RoutingDecision,
     EventType.SUBMITTED: SubmittedRequest,
     EventType.STATUS_CHANGED: ServiceRequest,
     EventType.CLOSED: ServiceRequest,
@@ -188,7 +200,7 @@ def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
                 f"topic exchange `{EVENTS_EXCHANGE}`. Each message is a CloudEvents 1.0 "
                 "structured-mode JSON envelope (`id` is unique and the idempotency key; "
                 "`subject` is the request id) whose `data` is the canonical service request "
-                "(for `delivery_failed`: who gave up on it, and why). "
+                "(for `routed` and `delivery_failed`: where it went, and who gave up on it). "
                 "Routing keys have three words, `request.<what>.<qualifier>`: bind your own "
                 "durable queue with e.g. `request.#` (everything), `request.created.*` or "
                 "`request.status_changed.fixed`. Delivery is at-least-once: deduplicate by "

@@ -54,6 +54,15 @@ class Envelope(BaseModel):
     traceparent: str = Field(default_factory=new_traceparent, pattern=_TRACEPARENT)
 
 
+class RoutingDecision(BaseModel):
+    """The `data` of `civicbus.request.routed`: which back-end was given the request, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instance: str = Field(description="the adapter instance whose queue got the request")
+    rule: str = Field(description="the routing rule that matched; `default` when none did")
+
+
 class SubmittedRequest(ServiceRequest):
     """The `data` of `civicbus.request.submitted`: the request, and the back-end that took it."""
 

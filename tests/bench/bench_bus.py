@@ -5,10 +5,11 @@ Run: `.venv/bin/python tests/bench/bench_bus.py [--rows 5000] [--batch 500] [--r
 
 Relay section: outbox rows -> confirmed publishes. The outbox of an embedded SQLite store (in a
 temporary folder) is filled with `civicbus.request.created` rows; the relay publishes each as an
-event plus a routed command (2 messages per row, both persistent, into quorum queues), waits for
-the confirms of each batch, then marks the batch sent and writes 2 audit entries per row. Beside
-it, in the same run and on the same topology, a bare pika loop publishes the same number of
-messages with the same windowed confirms and nothing else. The ratio is relay / bare.
+event, the command for the instance it routes the request to, and a `civicbus.request.routed`
+event (3 persistent messages per row, into quorum queues; 2 until 2026-12-04), waits for the
+confirms of each batch, then marks the batch sent and writes 2 audit entries per row. Beside it,
+in the same run and on the same topology, a bare pika loop publishes the same messages with the
+same windowed confirms and nothing else. The ratio is relay / bare.
 
 Relay figures, 2026-11-22 (load average 1.8-2.6, three runs): bare 11,100-15,400 msgs/s; relay
 4,400-6,600 msgs/s, 39-43 % (one batch after the other: 36-40 %; the committer thread gains
@@ -25,6 +26,10 @@ batch on a committer thread while publishing the next one gained nothing, on SQL
 one batch after the other again; handing each batch to the socket in slices while publishing, so
 that the broker works alongside, gained ~5 % and was not kept either. An earlier run that printed
 58 % had all bare rounds first while other work loaded the machine: why the rounds interleave.
+2026-12-04, later, another VM (AMD EPYC, 2 vCPUs), before and after the routed event, the same
+hour: 2 messages a row, bare 16,838 msgs/s, relay 7,042 msgs/s = 42 % (3,521 rows/s); 3 messages
+a row, bare 17,206-18,626, relay 8,268-8,320 msgs/s = 45-48 % (2,756-2,773 rows/s). The ratio
+rose only because the per-row store work is shared by three messages: rows/s fell by a fifth.
 
 Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted afterwards.
 Worker section: consume -> find/submit through the in-memory adapter -> record receipt (cross-
@@ -89,11 +94,14 @@ from bus.broker import topology as t  # noqa: E402
 from bus.config import load_config  # noqa: E402
 from bus.logging import configure_logging  # noqa: E402
 from bus.relay import Relay, RelaySettings  # noqa: E402
+from bus.routing import routed_event  # noqa: E402
 from bus.store import Store  # noqa: E402
 from schemas.events import Envelope, EventType  # noqa: E402
 from tests.rabbitmqctl import rabbitmqctl  # noqa: E402
 
 AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
+#: A created row goes out as its event, the command for its back-end and the routed event.
+MESSAGES_PER_ROW = 3
 TAP = "bench.tap"
 
 
@@ -226,12 +234,16 @@ def relay_run(url: str, rows: int, batch: int) -> tuple[float, int]:
             relay._disconnect()
         finally:
             store.close()
-    return elapsed, rows * 2
+    return elapsed, rows * MESSAGES_PER_ROW
 
 
 def bare_run(url: str, rows: int, batch: int) -> tuple[float, int]:
     """Seconds for plain pika to publish the same messages with windowed confirms."""
     bodies = [_envelope(i).model_dump_json().encode() for i in range(rows)]
+    routed = [
+        routed_event(_envelope(i), "sap-roads", "roads-to-sap").model_dump_json().encode()
+        for i in range(rows)
+    ]
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()._impl
     unconfirmed: set[int] = set()
@@ -257,16 +269,20 @@ def bare_run(url: str, rows: int, batch: int) -> tuple[float, int]:
     next_tag = 1
     start = time.perf_counter()
     for first in range(0, rows, batch):
-        for body in bodies[first : first + batch]:
+        for index in range(first, min(first + batch, rows)):
+            body = bodies[index]
             channel.basic_publish(t.EVENTS_EXCHANGE, "request.created.POTHOLE", body, properties)
             channel.basic_publish(t.COMMANDS_EXCHANGE, "sap-roads", body, properties)
-            unconfirmed.update((next_tag, next_tag + 1))
-            next_tag += 2
+            channel.basic_publish(
+                t.EVENTS_EXCHANGE, "request.routed.sap-roads", routed[index], properties
+            )
+            unconfirmed.update(range(next_tag, next_tag + MESSAGES_PER_ROW))
+            next_tag += MESSAGES_PER_ROW
         while unconfirmed:
             connection.process_data_events(time_limit=1)
     elapsed = time.perf_counter() - start
     connection.close()
-    return elapsed, rows * 2
+    return elapsed, rows * MESSAGES_PER_ROW
 
 
 def _interleaved(
@@ -297,13 +313,14 @@ def relay_section(rows: int, batch: int, rounds: int) -> None:
         bare, relay = rates["bare"], rates["relay"]
         connection.close()
     print(
-        f"\nrelay: {rows} outbox rows -> {2 * rows} persistent messages (event + command), "
+        f"\nrelay: {rows} outbox rows -> {MESSAGES_PER_ROW * rows} persistent messages "
+        f"(event, command, routed event), "
         f"batches of {batch}, median of {rounds}"
     )
     print(f"  {'bare pika, windowed confirms':34} {bare:10,.0f} msgs/s")
-    print(
-        f"  {'civicbus relay (SQLite outbox)':34} {relay:10,.0f} msgs/s ({relay / 2:,.0f} rows/s)"
-    )
+    rows_per_s = relay / MESSAGES_PER_ROW
+    label = "civicbus relay (SQLite outbox)"
+    print(f"  {label:34} {relay:10,.0f} msgs/s ({rows_per_s:,.0f} rows/s)")
     print(f"  {'ratio relay / bare':34} {relay / bare:10.0%}   (target >= 50 %)")
 
 

@@ -18,6 +18,7 @@ from bus.config import Config
 from bus.relay import Relay, RelaySettings
 from bus.store import Store
 from schemas.events import Envelope, EventType
+from tests.asyncapi_support import assert_documented
 
 
 @pytest.fixture
@@ -47,14 +48,18 @@ def accept(store: Store, service_code: str, event: EventType = EventType.CREATED
     return envelope
 
 
-def drain(channel: Any, queue: str, expected: int, timeout: float = 5.0) -> list[tuple[Any, bytes]]:
+def drain(
+    channel: Any, queue: str, expected: int, timeout: float = 5.0, *, routed: bool = False
+) -> list[tuple[Any, bytes]]:
+    """Up to `expected` messages from `queue`; `civicbus.request.routed` events are passed
+    over unless `routed` (most tests here are about the outbox rows themselves)."""
     messages: list[tuple[Any, bytes]] = []
     deadline = time.monotonic() + timeout
     while len(messages) < expected and time.monotonic() < deadline:
         method, properties, body = channel.basic_get(queue, auto_ack=True)
         if method is None:
             time.sleep(0.02)
-        else:
+        elif routed or properties.type != EventType.ROUTED:
             messages.append((properties, body))
     return messages
 
@@ -67,8 +72,16 @@ def test_rows_are_published_in_order_as_persistent_cloudevents(
 
     assert Relay(store, config, amqp_url).relay_batch() == 5
 
-    got = drain(channel, "test.events", 5)
-    assert [p.message_id for p, _ in got] == [e.id for e in sent]
+    # Each created event is followed by the routed event of its command.
+    got = drain(channel, "test.events", 9, routed=True)
+    events = [p.message_id for p, _ in got if p.type != EventType.ROUTED]
+    assert events == [e.id for e in sent]
+    expected = []
+    for e in sent:
+        expected.append((e.type.value, e.subject))
+        if e.type is EventType.CREATED:
+            expected.append((EventType.ROUTED.value, e.subject))
+    assert [(p.type, json.loads(b)["subject"]) for p, b in got] == expected
     first, body = got[0]
     assert first.content_type == "application/json"
     assert first.delivery_mode == 2
@@ -105,6 +118,28 @@ def test_a_created_request_becomes_a_command_for_the_routed_instance_with_audit(
     ]
     routed = [e for e in store.audit_trail(graffiti.subject) if e.action == "routed"]
     assert routed[0].details == {"instance": "email-311", "rule": "default"}
+
+
+def test_a_routed_event_announces_each_command_and_repeats_its_id_when_published_again(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    pothole = accept(store, "POTHOLE")
+    Relay(store, config, amqp_url).relay_batch()
+    [_, (properties, body)] = drain(channel, "test.events", 2, routed=True)
+
+    routed = Envelope.model_validate(json.loads(body))
+    assert routed.type is EventType.ROUTED and properties.message_id == routed.id
+    assert (routed.subject, routed.correlationid) == (pothole.subject, pothole.correlationid)
+    assert routed.traceparent == pothole.traceparent
+    assert routed.data == {"instance": "sap-roads", "rule": "roads-to-sap"}
+    assert_documented(routed)
+
+    # The relay publishing the row again (e.g. after a crash before marking it) repeats the id.
+    with store.transaction() as tx:
+        tx.add_outbox(pothole, exchange=t.EVENTS_EXCHANGE, routing_key="request.created.POTHOLE")
+    Relay(store, config, amqp_url).relay_batch()
+    [_, (again, _)] = drain(channel, "test.events", 2, routed=True)
+    assert again.message_id == routed.id
 
 
 def test_only_created_events_become_commands(
