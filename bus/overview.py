@@ -19,7 +19,7 @@ from bus.broker.topology import dead_queue, retry_delays, retry_queue, work_queu
 from bus.config import InstanceConfig
 from bus.poller import lease_name as poller_lease
 from bus.relay import LEASE as RELAY_LEASE
-from bus.store import Store, StoreOverview
+from bus.store import Store, StoreOverview, Subscription
 from bus.subscriptions import queue_name, route_name
 
 #: An outbox event older than this while a relay is active means the relay is not keeping up.
@@ -34,6 +34,8 @@ class Recipient:
     name: str
     start_with: str  # the command that runs its worker
     queue: str
+    #: What that worker needs besides running, e.g. a subscription's secret in its environment.
+    needs: str = ""
     queued: int | None = None  # None: unknown (broker unreachable) or no such queue
     consumers: int | None = None
     retrying: int | None = None
@@ -65,7 +67,7 @@ def take_overview(
     seen = store.overview()
     recipients = [
         *(_instance(name, seen) for name in instances),
-        *(_subscription(s.id, seen) for s in store.list_subscriptions()),
+        *(_subscription(s, seen) for s in store.list_subscriptions()),
     ]
     broker_error = None
     try:
@@ -92,7 +94,14 @@ def _problems(overview: Overview) -> list[str]:
         if c.consumers == 0:
             waiting = f", {c.queued} waiting" if c.queued else ""
             found.append(
-                f"{c.name}: no consumer on {c.queue}{waiting}: is `{c.start_with}` running?"
+                f"{c.name}: no consumer on {c.queue}{waiting}: is `{c.start_with}` running"
+                f"{c.needs}?"
+            )
+        if c.retrying:
+            found.append(
+                f"{c.name}: {c.retrying} message(s) wait in the retry tiers: its back-end has "
+                f"been failing; `civicbus adapters check {c.name}`, `civicbus requests stuck` "
+                "(the worker's log has the errors)"
             )
         if c.dead_letters:
             found.append(
@@ -157,12 +166,15 @@ def _instance(name: str, seen: StoreOverview) -> Recipient:
     )
 
 
-def _subscription(subscription_id: int, seen: StoreOverview) -> Recipient:
-    route = route_name(subscription_id)
+def _subscription(subscription: Subscription, seen: StoreOverview) -> Recipient:
+    route = route_name(subscription.id)
+    # The webhook worker skips a subscription whose secret is not in its environment.
+    needs = f" with ${subscription.secret_env} set" if subscription.secret_env else ""
     return Recipient(
         name=route,
         start_with="civicbus worker --subscriptions",
-        queue=queue_name(subscription_id),
+        needs=needs,
+        queue=queue_name(subscription.id),
         dead_letters=seen.dead_letters.get(route, 0),
     )
 

@@ -11,17 +11,32 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-from worker_support import FAST, INSTANCE, MemoryBackend, new_request, publish, running, wait_until
+from worker_support import (
+    FAST,
+    INSTANCE,
+    MemoryBackend,
+    channel_on,
+    new_request,
+    publish,
+    running,
+    wait_until,
+)
 
 from bus import overview as overview_module
 from bus.broker.connection import connect
-from bus.broker.topology import EVENTS_EXCHANGE, dead_queue, retry_queue, work_queue
+from bus.broker.topology import (
+    EVENTS_EXCHANGE,
+    dead_queue,
+    declare_topology,
+    retry_queue,
+    work_queue,
+)
 from bus.cli import app
-from bus.config import InstanceConfig
+from bus.config import InstanceConfig, RetryPolicy
 from bus.overview import Overview, take_overview
 from bus.relay import LEASE
 from bus.store import Store
-from bus.subscriptions import queue_name, route_name
+from bus.subscriptions import declare, queue_name, route_name
 from bus.worker import command_consumer
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
@@ -167,6 +182,39 @@ def test_the_command_prints_the_table_and_exits_1_on_problems(
     document = json.loads(as_json.output)
     assert as_json.exit_code == 1
     assert document["recipients"][0]["queued"] == 1 and document["problems"]
+
+
+def test_messages_waiting_in_the_retry_tiers_are_a_problem(store: Store, topology: str) -> None:
+    patient = FAST.model_copy(update={"retry": RetryPolicy(tiers=[60], max_attempts=3)})
+    with channel_on(topology) as ch:
+        declare_topology(ch, {"patient": patient})
+        # Where a worker puts a command whose back-end failed (its next try in 60 s).
+        ch.basic_publish("", retry_queue("patient", 60), b"{}")
+    instances = {"patient": patient}
+
+    seen = wait_until(lambda: (s := look(store, topology, instances)).recipients[0].retrying and s)
+
+    assert seen.recipients[0].retrying == 1
+    assert (
+        "patient: 1 message(s) wait in the retry tiers: its back-end has been failing; "
+        "`civicbus adapters check patient`, `civicbus requests stuck` (the worker's log has the "
+        "errors)"
+    ) in seen.problems
+
+
+def test_a_subscription_with_no_consumer_names_the_secret_its_worker_needs(
+    store: Store, topology: str
+) -> None:
+    subscription = store.add_subscription("http://127.0.0.1:9/hook", ["request.*"], "HOOK_SECRET")
+    with channel_on(topology) as ch:
+        declare(ch, subscription)
+
+    seen = look(store, topology)
+
+    assert (
+        f"{route_name(subscription.id)}: no consumer on {queue_name(subscription.id)}: is "
+        "`civicbus worker --subscriptions` running with $HOOK_SECRET set?"
+    ) in seen.problems
 
 
 def test_a_webhook_subscription_is_a_recipient_with_its_own_queue(
