@@ -124,6 +124,11 @@ class Consumer:
         size = max(1, batch_size or self._prefetch // 2)
         self._subscriptions.append(_Subscription(queue_name, handler, size))
 
+    @property
+    def queues(self) -> list[str]:
+        """The queues registered so far."""
+        return [s.queue for s in self._subscriptions]
+
     def stop(self) -> None:
         """Ask the consumer to finish the messages in hand and return (thread- and signal-safe)."""
         self._stopping.set()
@@ -138,6 +143,11 @@ class Consumer:
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
+        if not self._subscriptions:
+            # Connecting would consume nothing and return at once, over and over.
+            log.warning("worker.nothing_to_consume", worker=self._name)
+            self._stopping.wait()
+            return
         while not self._stopping.is_set():
             try:
                 self._run_connection()
@@ -175,8 +185,7 @@ class Consumer:
                 )
                 thread.start()
                 threads.append(thread)
-            queues = [s.queue for s in self._subscriptions]
-            log.info("worker.consuming", worker=self._name, queues=queues)
+            log.info("worker.consuming", worker=self._name, queues=self.queues)
             cancelled = False
             while any(t.is_alive() for t in threads):
                 connection.process_data_events(time_limit=0.1)

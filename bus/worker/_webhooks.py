@@ -67,11 +67,14 @@ def run_subscriptions(
     """Deliver subscriptions' events until `stop` is set; restart when the set changes."""
     while not stop.is_set():
         subscriptions = store.list_subscriptions()
-        current = [(s.id, s.url, s.events) for s in subscriptions]
-        if not subscriptions:
-            stop.wait(refresh)
-            continue
+        current = _identities(subscriptions)
         consumer = subscription_consumer(amqp_url, store, subscriptions, env, policy=policy)
+        if not consumer.queues:
+            # None to deliver (or none with its secret set): wait for the list to change,
+            # without connecting, and without repeating what subscription_consumer logged.
+            while not stop.wait(refresh) and _identities(store.list_subscriptions()) == current:
+                pass
+            continue
 
         def watch(consumer: Consumer = consumer, current: object = current) -> None:
             next_look = time.monotonic() + refresh
@@ -79,7 +82,7 @@ def run_subscriptions(
                 if stop.wait(0.2):
                     break
                 if time.monotonic() >= next_look:
-                    latest = [(s.id, s.url, s.events) for s in store.list_subscriptions()]
+                    latest = _identities(store.list_subscriptions())
                     if latest != current:
                         log.info("webhook.subscriptions_changed", subscriptions=len(latest))
                         break
@@ -90,3 +93,8 @@ def run_subscriptions(
         watcher.start()
         consumer.run()
         watcher.join(timeout=refresh + 1)
+
+
+def _identities(subscriptions: list[Subscription]) -> list[tuple[int, str, tuple[str, ...]]]:
+    """What, when it changes, makes the worker start over with the new list."""
+    return [(s.id, s.url, tuple(s.events)) for s in subscriptions]

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pika
 import pytest
+from structlog.testing import capture_logs
 from worker_support import channel_on, new_request, queue_depth, wait_until
 
 from adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
@@ -218,6 +220,29 @@ def test_a_subscriber_down_past_the_whole_schedule_gets_the_event_dead_lettered(
     assert [e.details["attempt"] for e in attempts] == [1, 2, 3]
     assert attempts[-1].details["next_delay_seconds"] is None
     assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
+
+
+def test_a_subscription_whose_secret_is_not_set_waits_without_spinning(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    subscriber.start()
+    unset = add_subscription(store, subscriber.url, ["request.*"], secret_env="NOT_SET_HERE")
+    with channel_on(amqp_url) as ch:
+        declare(ch, unset)
+    request_id = new_request(store).subject
+    publish_event(amqp_url, status_event(request_id, Status.FIXED), "fixed")
+
+    with capture_logs() as logs, webhook_worker(store, amqp_url):
+        time.sleep(1.5)  # five refresh periods
+        idle = [entry["event"] for entry in logs]
+        subscribe(store, amqp_url, subscriber.url, ["request.*"])  # one it can deliver
+        publish_event(amqp_url, status_event(request_id, Status.CLOSED), "closed")
+        wait_until(lambda: subscriber.received, what="the new subscription's event")
+
+    # Reported once; no connection made for a worker with nothing to consume.
+    assert idle.count("webhook.not_configured") == 1
+    assert "worker.consuming" not in idle and "worker.stopped" not in idle
+    assert queue_depth(amqp_url, f"civicbus.sub.{unset.id}") == 2  # kept for later
 
 
 def readme_signature_check() -> Callable[[str, dict[str, str], bytes], bool]:
