@@ -1,7 +1,10 @@
-"""`civicbus run`'s supervisor restarts parts that die and stops all of them on SIGTERM."""
+"""`civicbus run`'s supervisor restarts parts that die and stops all of them on SIGTERM; its parts
+die with it."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import signal
@@ -9,6 +12,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+# The kernel's parent-death signal, which stops parts whose supervisor was killed, is Linux's.
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
 # Parts here are tiny Python programs that sleep for the number of seconds given as their args.
 SCRIPT = """
@@ -94,3 +104,78 @@ def test_parts_after_one_with_ready_ports_start_once_its_ports_answer() -> None:
         ("supervisor.part_ready", "backend"),
         ("supervisor.part_started", "client"),
     ], stderr
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie has: it waits only for PID 1 to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def _wait_for(check: Callable[[], bool], what: str, explain: Callable[[], str]) -> None:
+    deadline = time.monotonic() + 30
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{explain()}")
+        time.sleep(0.05)
+
+
+def _started_pids(stderr: Path) -> dict[str, int]:
+    starts = _events(stderr.read_text())
+    return {
+        str(e["part"]): int(str(e["pid"]))
+        for e in starts
+        if e.get("event") == "supervisor.part_started"
+    }
+
+
+# Each part says it is ready once it handles SIGTERM, and writes which signal stopped it.
+STOPPABLE_SCRIPT = """
+import sys
+from bus.logging import configure_logging
+from bus.supervisor import Part, Supervisor
+configure_logging("json")
+program = (
+    "import pathlib, signal, sys, time\\n"
+    "def stop(signum, frame):\\n"
+    "    pathlib.Path(sys.argv[1] + '.stopped').write_text(signal.Signals(signum).name)\\n"
+    "    sys.exit(0)\\n"
+    "signal.signal(signal.SIGTERM, stop)\\n"
+    "pathlib.Path(sys.argv[1] + '.ready').touch()\\n"
+    "time.sleep(600)\\n"
+)
+parts = [Part(name, (f"{sys.argv[1]}/{name}",)) for name in ("one", "two")]
+raise SystemExit(Supervisor(parts, command=(sys.executable, "-c", program)).run())
+"""
+
+
+@linux_only
+def test_when_the_supervisor_is_killed_its_parts_get_sigterm_and_stop(tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", STOPPABLE_SCRIPT, str(tmp_path)], stderr=err)
+    pids: dict[str, int] = {}
+    try:
+        ready = [tmp_path / f"{name}.ready" for name in ("one", "two")]
+        _wait_for(lambda: all(p.exists() for p in ready), "both parts", stderr.read_text)
+        pids = _started_pids(stderr)
+        proc.kill()
+        proc.wait(timeout=10)
+        for name, pid in pids.items():
+            _wait_for(
+                functools.partial(_zombie_or_gone, pid), f"part {name} to exit", stderr.read_text
+            )
+            assert (tmp_path / f"{name}.stopped").read_text() == "SIGTERM"
+    finally:
+        _kill_leftovers(proc, pids.values())
+
+
+def _kill_leftovers(proc: subprocess.Popen[bytes], pids: Iterable[int]) -> None:
+    """SIGKILL the supervisor and parts a failed test left running."""
+    for pid in [proc.pid, *pids]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
