@@ -1,4 +1,5 @@
-"""`python -m bus` is the `civicbus` command (used by the supervisor to start its parts)."""
+"""`python -m bus` is the `civicbus` command (so is `python -m civicbus`, which `civicbus run`
+uses to start its parts, so that their command lines name civicbus)."""
 
 from bus.cli import app
 

@@ -60,7 +60,7 @@ class Supervisor:
         self,
         parts: Sequence[Part],
         env: Mapping[str, str] | None = None,
-        command: Sequence[str] = (sys.executable, "-m", "bus"),
+        command: Sequence[str] = (sys.executable, "-m", "civicbus"),
     ) -> None:
         self._children = [_Child(part) for part in parts]
         self._env = dict(os.environ if env is None else env)

@@ -1,5 +1,5 @@
 """`civicbus run`'s supervisor restarts parts that die and stops all of them on SIGTERM; its parts
-die with it."""
+die with it and show up in `pgrep -af civicbus`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -169,6 +170,49 @@ def test_when_the_supervisor_is_killed_its_parts_get_sigterm_and_stop(tmp_path: 
                 functools.partial(_zombie_or_gone, pid), f"part {name} to exit", stderr.read_text
             )
             assert (tmp_path / f"{name}.stopped").read_text() == "SIGTERM"
+    finally:
+        _kill_leftovers(proc, pids.values())
+
+
+SANDBOX_PART_SCRIPT = """
+import sys
+from bus.logging import configure_logging
+from bus.supervisor import Part, Supervisor
+configure_logging("json")
+args = ("sandbox", "--only", "parks", "--port", "parks=0", "--state-dir", sys.argv[1])
+raise SystemExit(Supervisor([Part("sandbox", args)]).run())
+"""
+
+
+@linux_only
+def test_a_civicbus_part_is_listed_by_pgrep_and_stops_cleanly_when_the_supervisor_dies(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("pgrep") is None:
+        pytest.skip("no pgrep here")
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SANDBOX_PART_SCRIPT, str(tmp_path)], stdout=out, stderr=err
+        )
+    pids: dict[str, int] = {}
+
+    def explain() -> str:
+        return f"stdout:\n{stdout.read_text()}\nstderr:\n{stderr.read_text()}"
+
+    try:
+        _wait_for(lambda: "Ctrl-C stops" in stdout.read_text(), "the sandbox part", explain)
+        pids = _started_pids(stderr)
+        listed = subprocess.run(
+            ["pgrep", "-af", "civicbus"], capture_output=True, text=True, check=True
+        ).stdout
+        lines = {int(line.split()[0]): line for line in listed.splitlines()}
+        assert pids["sandbox"] in lines, listed
+        assert "civicbus sandbox --only parks" in lines[pids["sandbox"]]
+        proc.kill()
+        proc.wait(timeout=10)
+        _wait_for(lambda: _zombie_or_gone(pids["sandbox"]), "the part to exit", explain)
+        assert stdout.read_text().splitlines()[-1] == "sandbox: stopped", explain()
     finally:
         _kill_leftovers(proc, pids.values())
 
