@@ -9,19 +9,23 @@ listens on; the parts after it start once those accept connections, so that the 
 a back-end does not fail on a simulator still starting.
 
 Children die with the supervisor: on Linux each gets SIGTERM from the kernel when the supervisor
-dies, even by SIGKILL, and stops as cleanly as when asked.
+dies, even by SIGKILL, and stops as cleanly as when asked. Parts name the addresses they listen
+on; the supervisor refuses to start when one is taken (an old civicbus still running, most
+likely), and gives up, stopping everything, when a part keeps exiting while another process
+holds its address, rather than restarting it for ever.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -32,6 +36,13 @@ GRACE_SECONDS = 15.0
 MAX_RESTART_DELAY = 30.0
 #: Seconds the parts after a part with `ready_ports` wait for them, at most, at start-up.
 READY_TIMEOUT = 30.0
+#: Exits in a row, each with one of its addresses held by another process, before giving up.
+MAX_ADDRESS_IN_USE_EXITS = 3
+#: What an operator should try when an address is taken.
+IN_USE_HINT = "is civicbus already running? `pgrep -af civicbus` lists its processes"
+
+#: A (host, port) a part listens on.
+Address = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,21 @@ class Part:
     args: tuple[str, ...]
     #: Loopback ports the part listens on once ready; the parts after it wait for them.
     ready_ports: tuple[int, ...] = ()
+    #: Addresses the part listens on: checked free before start-up, and checked again when
+    #: the part exits, to tell a taken address from a crash.
+    listens_on: tuple[Address, ...] = ()
+
+
+@dataclass(frozen=True)
+class AddressInUse:
+    """An address a part is to listen on, which another socket holds."""
+
+    part: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 @dataclass
@@ -49,6 +75,8 @@ class _Child:
     part: Part
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    #: Exits in a row with one of the part's addresses held by another process.
+    in_use_exits: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
 
@@ -67,9 +95,21 @@ class Supervisor:
         #: What a part's args are appended to: the civicbus command of this interpreter.
         self._command = tuple(command)
         self._stopping = False
+        self._exit_code = 0
 
     def run(self) -> int:
-        """Run until SIGINT/SIGTERM; returns the exit code for the `civicbus run` process."""
+        """Run until SIGINT/SIGTERM; returns the exit code for the `civicbus run` process:
+        0, or 1 when a part's address is taken (at start-up, or by a part that keeps exiting)."""
+        taken = addresses_in_use(child.part for child in self._children)
+        if taken:
+            for address in taken:
+                log.error(
+                    "supervisor.address_in_use",
+                    part=address.part,
+                    address=str(address),
+                    hint=IN_USE_HINT,
+                )
+            return 1
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGTERM, self._request_stop)
         try:
@@ -79,7 +119,7 @@ class Supervisor:
                 time.sleep(0.2)
         finally:
             self._stop_all()
-        return 0
+        return self._exit_code
 
     def _request_stop(self, signum: int, _frame: object) -> None:
         log.info("supervisor.stopping", signal=signal.Signals(signum).name)
@@ -122,6 +162,8 @@ class Supervisor:
                 continue
             if proc is not None:
                 self._note_exit(child, proc.returncode, now)
+                if self._stopping:
+                    return
             if now >= child.next_start:
                 self._start(child, now)
 
@@ -133,7 +175,34 @@ class Supervisor:
         child.restarts += 1
         child.next_start = now + delay
         child.process = None
-        log.warning("supervisor.part_exited", part=child.part.name, code=code, restart_in=delay)
+        taken = addresses_in_use([child.part])
+        child.in_use_exits = child.in_use_exits + 1 if taken else 0
+        if not taken:
+            log.warning("supervisor.part_exited", part=child.part.name, code=code, restart_in=delay)
+            return
+        # Restarting cannot help while another process holds the address: say so each time,
+        # and give up after a few tries rather than restart for ever behind a foreign server.
+        addresses = [str(address) for address in taken]
+        if child.in_use_exits < MAX_ADDRESS_IN_USE_EXITS:
+            log.error(
+                "supervisor.part_exited",
+                part=child.part.name,
+                code=code,
+                restart_in=delay,
+                address_in_use=addresses,
+                hint=IN_USE_HINT,
+            )
+            return
+        log.error(
+            "supervisor.giving_up",
+            part=child.part.name,
+            code=code,
+            exits=child.in_use_exits,
+            address_in_use=addresses,
+            hint=IN_USE_HINT,
+        )
+        self._exit_code = 1
+        self._stopping = True
 
     def _start(self, child: _Child, now: float) -> None:
         argv = [*self._command, *child.part.args]
@@ -163,6 +232,38 @@ class Supervisor:
                 "supervisor.part_stopped", part=child.part.name, pid=proc.pid, code=code
             )
         log.info("supervisor.stopped")
+
+
+def addresses_in_use(parts: Iterable[Part]) -> list[AddressInUse]:
+    """The addresses the parts listen on that another socket holds now, and any that two of
+    the parts both name (the second could never listen)."""
+    taken: list[AddressInUse] = []
+    seen: set[Address] = set()
+    for part in parts:
+        for address in part.listens_on:
+            if address in seen or _in_use(address):
+                taken.append(AddressInUse(part.name, *address))
+            seen.add(address)
+    return taken
+
+
+def _in_use(address: Address) -> bool:
+    """Whether binding a server socket to the address fails because another socket holds it."""
+    host, port = address
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror:
+        return False  # the part itself reports an address it cannot resolve
+    with socket.socket(family, kind, proto) as probe:
+        # As the servers do, so that a port left in TIME_WAIT by a stopped part counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

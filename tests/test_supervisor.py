@@ -1,5 +1,5 @@
 """`civicbus run`'s supervisor restarts parts that die and stops all of them on SIGTERM; its parts
-die with it and show up in `pgrep -af civicbus`."""
+die with it, show up in `pgrep -af civicbus`, and a taken port stops it rather than looping."""
 
 from __future__ import annotations
 
@@ -223,3 +223,110 @@ def _kill_leftovers(proc: subprocess.Popen[bytes], pids: Iterable[int]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=10)
+
+
+# A part that listens on the port given, or exits at once if it cannot.
+LISTENER = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+    "time.sleep(600)\n"
+)
+
+TAKEN_SCRIPT = """
+import sys
+from bus.logging import configure_logging
+from bus.supervisor import Part, Supervisor
+configure_logging("json")
+port = int(sys.argv[1])
+listener = (sys.executable, "-c", sys.argv[2])
+parts = [
+    # Holds the port without saying so, as an old civicbus or another program would.
+    Part("squatter", (str(port),), ready_ports=(port,)),
+    Part("server", (str(port),), listens_on=(("127.0.0.1", port),)),
+]
+parts = parts[1:] if sys.argv[3] == "alone" else parts
+raise SystemExit(Supervisor(parts, command=listener).run())
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_supervisor_refuses_to_start_when_a_parts_address_is_taken() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-c", TAKEN_SCRIPT, str(port), LISTENER, "alone"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    events = _events(done.stderr)
+    assert done.returncode == 1, done.stderr
+    refused = [e for e in events if e.get("event") == "supervisor.address_in_use"]
+    assert [(e["part"], e["address"]) for e in refused] == [("server", f"127.0.0.1:{port}")]
+    assert "pgrep -af civicbus" in str(refused[0]["hint"])
+    assert not [e for e in events if e.get("event") == "supervisor.part_started"], done.stderr
+
+
+def test_a_part_that_keeps_exiting_because_its_address_is_taken_makes_the_supervisor_give_up() -> (
+    None
+):
+    port = _free_port()
+    done = subprocess.run(
+        [sys.executable, "-c", TAKEN_SCRIPT, str(port), LISTENER, "both"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    events = _events(done.stderr)
+    assert done.returncode == 1, done.stderr
+    exits = [e for e in events if e.get("event") == "supervisor.part_exited"]
+    assert exits and all(e["part"] == "server" for e in exits), done.stderr
+    assert all(e["address_in_use"] == [f"127.0.0.1:{port}"] for e in exits), done.stderr
+    gave_up = [e for e in events if e.get("event") == "supervisor.giving_up"]
+    assert [e["part"] for e in gave_up] == ["server"], done.stderr
+    stopped = [e for e in events if e.get("event") == "supervisor.part_stopped"]
+    assert [e["part"] for e in stopped] == ["squatter"], done.stderr
+
+
+CONFIG = """
+jurisdictions: [{id: springfield.example, name: Springfield}]
+routing: {default: desk}
+instances:
+  desk: {kind: memory}
+"""
+
+
+def test_civicbus_run_refuses_at_once_when_its_api_port_is_taken(tmp_path: Path) -> None:
+    config = tmp_path / "civicbus.yaml"
+    config.write_text(CONFIG)
+    store = tmp_path / "civicbus.db"
+    env = {
+        **os.environ,
+        "CIVICBUS_CONFIG": str(config),
+        "CIVICBUS_DATABASE_URL": f"sqlite:///{store}",
+        "CIVICBUS_LOG_FORMAT": "json",
+    }
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        run = subprocess.Popen(
+            [sys.executable, "-m", "civicbus", "run", "--no-sandbox", "--port", str(port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            stdout, stderr = run.communicate(timeout=30)
+        finally:
+            # Without the check it would run on: stop it and whatever it started.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=10)
+    assert run.returncode == 1, stdout + stderr
+    assert f"127.0.0.1:{port} (api) is in use" in stderr, stderr
+    assert "is civicbus already running? `pgrep -af civicbus`" in stderr, stderr
+    assert "Open311 API at" not in stdout, stdout
+    assert not store.exists(), "the store was touched before the check"

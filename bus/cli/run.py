@@ -8,7 +8,7 @@ import typer
 
 from bus.cli.common import runtime
 from bus.config import DEFAULT_CONFIG
-from bus.supervisor import Part, Supervisor
+from bus.supervisor import IN_USE_HINT, Part, Supervisor, addresses_in_use
 from civicbus.sandbox.runner import SIMULATORS
 
 
@@ -16,7 +16,7 @@ def parts_for(instances: list[str], host: str, port: int, sandbox: bool) -> list
     """The processes of a single-machine civicbus: API, relay, poller, webhook deliveries, the
     dead-letter keeper and one worker per adapter instance."""
     parts = [
-        Part("api", ("api", "--host", host, "--port", str(port))),
+        Part("api", ("api", "--host", host, "--port", str(port)), listens_on=((host, port),)),
         Part("relay", ("relay",)),
         Part("poller", ("poller",)),
         Part("webhooks", ("worker", "--subscriptions")),
@@ -25,8 +25,9 @@ def parts_for(instances: list[str], host: str, port: int, sandbox: bool) -> list
     parts += [Part(f"worker:{name}", ("worker", name)) for name in instances]
     if sandbox:
         # Started first, and waited for: the poller and the workers talk to it at once.
-        ports = tuple(sim.port for sim in SIMULATORS.values())
-        parts.insert(0, Part("sandbox", ("sandbox",), ready_ports=ports))
+        ports = tuple(port for sim in SIMULATORS.values() for port in sim.ports)
+        listens_on = tuple(("127.0.0.1", port) for port in ports)
+        parts.insert(0, Part("sandbox", ("sandbox",), ready_ports=ports, listens_on=listens_on))
     return parts
 
 
@@ -44,13 +45,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start the API, the relay, the status poller and a worker per adapter instance."""
         with runtime() as rt:
-            instances = list(rt.config.instances)
+            with_sandbox = rt.env.config_path == DEFAULT_CONFIG if sandbox is None else sandbox
+            parts = parts_for(list(rt.config.instances), host, port, with_sandbox)
+            # Before anything starts: a taken port would have its part restart in vain, while
+            # whatever holds it (an old civicbus, most likely) answered in its place.
+            taken = addresses_in_use(parts)
+            if taken:
+                for address in taken:
+                    typer.echo(
+                        f"civicbus: cannot start: {address} ({address.part}) is in use", err=True
+                    )
+                typer.echo(f"civicbus: {IN_USE_HINT}", err=True)
+                raise typer.Exit(1)
             # Create or upgrade the store once, before the parts race to do it.
             rt.store.upgrade()
-            is_sandbox_city = rt.env.config_path == DEFAULT_CONFIG
-        with_sandbox = is_sandbox_city if sandbox is None else sandbox
         env = dict(os.environ)
-        parts = parts_for(instances, host, port, with_sandbox)
         typer.echo(f"civicbus: starting {', '.join(p.name for p in parts)}")
         typer.echo(f"civicbus: Open311 API at http://{host}:{port}/open311/v2 (Ctrl-C stops)")
         raise typer.Exit(Supervisor(parts, env).run())

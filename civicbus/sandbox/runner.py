@@ -48,6 +48,13 @@ class Simulator:
     port: int
     target: str
     description: str
+    #: Ports it also listens on by default (the mailbox's control endpoint, on port + 1).
+    more_ports: tuple[int, ...] = ()
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port it listens on by default."""
+        return (self.port, *self.more_ports)
 
     def serve(self, options: ServeOptions) -> Running:
         """Start this simulator (in background threads) and return it running."""
@@ -64,7 +71,13 @@ SIMULATORS: dict[str, Simulator] = {
         Simulator("sap", 8321, "civicbus.sandbox.sap:serve", "SAP PM, OData + BAPIs (simulation)"),
         Simulator("permits", 8322, "civicbus.sandbox.permits:serve", "permit system (SOAP)"),
         Simulator("parks", 8323, "civicbus.sandbox.parks:serve", "parks work requests (REST)"),
-        Simulator("mailbox", 8325, "civicbus.sandbox.mailbox:serve", "department mailbox (SMTP)"),
+        Simulator(
+            "mailbox",
+            8325,
+            "civicbus.sandbox.mailbox:serve",
+            "department mailbox (SMTP)",
+            more_ports=(8326,),
+        ),
     )
 }
 
@@ -89,8 +102,13 @@ def start(
         for name in chosen:
             sim = SIMULATORS[name]
             port = (ports or {}).get(name, sim.port)
-            options = ServeOptions(state_dir=state_dir, host=host, port=port,
-                                   auto_progress=auto_progress, extra=dict(extra or {}))
+            options = ServeOptions(
+                state_dir=state_dir,
+                host=host,
+                port=port,
+                auto_progress=auto_progress,
+                extra=dict(extra or {}),
+            )
             started.append((sim, sim.serve(options)))
     except BaseException:
         stop(started)
