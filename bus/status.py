@@ -1,7 +1,9 @@
 """Recording a status change: history, canonical status, events and audit in one transaction.
 
 The same function serves back-ends that push (POST /servicerequestupdates, C-22) and the worker's
-status poller; a repeated `update_id` is a harmless no-op, so either may deliver twice.
+status poller; a repeated `update_id` is a harmless no-op, so either may deliver twice. Only the
+API refuses an update_id repeated with other content: its client hears the refusal, while a
+poller re-reading a page must not stall on a back-end that rewrote an old update.
 """
 
 from __future__ import annotations
@@ -17,17 +19,23 @@ log = structlog.get_logger(__name__)
 
 
 def record_status_update(
-    store: Store, update: StatusUpdate, *, actor: str, correlation_id: str | None = None
+    store: Store,
+    update: StatusUpdate,
+    *,
+    actor: str,
+    correlation_id: str | None = None,
+    refuse_conflicts: bool = False,
 ) -> ServiceRequest | None:
     """Apply `update`; return the updated request, or None when the update_id was already seen
     or the update repeats the current status without a note or media (nothing is recorded).
 
     Emits `civicbus.request.status_changed` and, when the new status is a closed one,
     `civicbus.request.closed` (both carrying the request without personal data). Raises KeyError
-    for an unknown request and StoreUnavailable when the store cannot be reached.
+    for an unknown request, StoreUnavailable when the store cannot be reached and, with
+    `refuse_conflicts`, UpdateConflict when the update_id was recorded with other content.
     """
     with store.transaction() as tx:
-        updated = tx.apply_status_update(update)
+        updated = tx.apply_status_update(update, refuse_conflicts=refuse_conflicts)
         if updated is None:
             log.info(
                 "status.nothing_new",

@@ -238,3 +238,15 @@ class StatusUpdate(_Model):
     note: str | None = Field(default=None, max_length=4000)
     external_status_code: str | None = None
     media_url: str | None = None
+
+    def says_the_same_as(self, note: StatusNote) -> bool:
+        """Whether `note` already records what this update says: the same status at the same
+        instant, with the same description, media and back-end status code. Who sent it
+        (`source`) is not part of what it says."""
+        return (
+            self.status is note.status
+            and self.at == note.at
+            and self.note == note.note
+            and self.media_url == note.media_url
+            and self.external_status_code == note.external_status_code
+        )

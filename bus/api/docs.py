@@ -6,6 +6,7 @@ request bodies and the JSON/XML responses are declared here, kept next to nothin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 Schema = dict[str, Any]
@@ -162,15 +163,27 @@ def content(schema: Schema) -> Schema:
     }
 
 
+#: The errors only the status update method answers with, beyond every method's.
+UPDATE_ERRORS = {
+    409: "the update_id was already recorded for the request with other content",
+}
+
+
 def responses(
-    ok: Schema, *, ok_status: int = 200, also: tuple[int, ...] = ()
+    ok: Schema,
+    *,
+    ok_status: int = 200,
+    also: tuple[int, ...] = (),
+    errors: Mapping[int, str] | None = None,
 ) -> dict[int | str, Any]:
-    """The responses of an Open311 operation: its document, and the error list otherwise."""
+    """The responses of an Open311 operation: its document, and the error list otherwise
+    (`errors`: statuses and meanings of the operation's own errors)."""
     described = {
         400: "bad input: the errors say what to fix",
         403: "api_key missing, invalid, revoked, or not valid for the jurisdiction",
         404: "unknown resource, jurisdiction or format",
         413: "request body too large",
+        **(errors or {}),
         503: "civicbus cannot take work right now; retry after Retry-After seconds",
     }
     result: dict[int | str, Any] = {

@@ -22,6 +22,7 @@ from bus.api.params import context
 from bus.api.wire import Format, Open311Problem, respond
 from bus.intake import ClientRevoked, Prepared, prepare
 from bus.status import record_status_update
+from bus.store import UpdateConflict
 from schemas import open311_render as render
 from schemas.model import Media
 from schemas.open311 import (
@@ -199,7 +200,7 @@ def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> Re
 @router.post(
     "/servicerequestupdates.{fmt}",
     summary="Record a status update pushed by a back-end or partner (C-22)",
-    responses=docs.responses(docs.UPDATES),
+    responses=docs.responses(docs.UPDATES, errors=docs.UPDATE_ERRORS),
     response_class=Response,
     openapi_extra=docs.form_body(docs.UPDATE_FIELDS),
 )
@@ -221,10 +222,19 @@ def _record_update(ctx: ApiContext, form: FormData) -> list[dict[str, object]]:
     if client.jurisdiction not in (None, existing.jurisdiction):
         raise Open311Problem(403, f"api_key is not valid for jurisdiction {existing.jurisdiction}")
     try:
-        record_status_update(ctx.store, update, actor=f"api:{client.name}")
+        record_status_update(ctx.store, update, actor=f"api:{client.name}", refuse_conflicts=True)
     except KeyError:
         raise Open311Problem(
             404, f"service_request_id {update.request_id[:80]!r} not found"
+        ) from None
+    except UpdateConflict:
+        # Answering 200 would tell the client its new content was recorded; it was not.
+        raise Open311Problem(
+            409,
+            f"update_id {update.update_id[:80]!r} was already recorded for service_request_id "
+            f"{update.request_id[:80]!r} with other content (status, updated_datetime, "
+            "description, media_url or external_status_code); send a new update with a new "
+            "update_id",
         ) from None
     # A repeated update_id is harmless (C-22): the same answer, nothing recorded twice.
     return render.updates([update])

@@ -11,11 +11,19 @@ audit entry) happens inside one `store.transaction()` unit of work:
         tx.audit(actor="api:fixmyapp", action="accepted", request_id=request.id)
 
 SQLite (WAL) is the embedded default, PostgreSQL (psycopg 3) the shared one. Connection
-failures and lock timeouts raise `StoreUnavailable`, unique-key conflicts `AlreadyExists`,
-values the database refuses `InvalidData`; in every case nothing of the unit of work is written.
+failures and lock timeouts raise `StoreUnavailable`, unique-key conflicts `AlreadyExists` (and
+its `UpdateConflict`, for a status update reusing a recorded update_id with other content, when
+the caller asks), values the database refuses `InvalidData`; in every case nothing of the unit
+of work is written.
 """
 
-from bus.store._errors import AlreadyExists, InvalidData, SchemaTooNew, StoreUnavailable
+from bus.store._errors import (
+    AlreadyExists,
+    InvalidData,
+    SchemaTooNew,
+    StoreUnavailable,
+    UpdateConflict,
+)
 from bus.store._records import (
     AuditEntry,
     AuditVerification,
@@ -54,4 +62,5 @@ __all__ = [
     "Subscription",
     "Transaction",
     "Undelivered",
+    "UpdateConflict",
 ]

@@ -20,6 +20,17 @@ class AlreadyExists(Exception):
     """A row with the same unique key exists (request id, client name, idempotency key...)."""
 
 
+class UpdateConflict(AlreadyExists):
+    """A status update reuses an update_id already recorded for its request with other content."""
+
+    def __init__(self, request_id: str, update_id: str) -> None:
+        super().__init__(
+            f"request {request_id}: update_id {update_id!r} was recorded with other content"
+        )
+        self.request_id = request_id
+        self.update_id = update_id
+
+
 class InvalidData(ValueError):
     """The database refused a value (e.g. a NUL character on PostgreSQL); a client error."""
 

@@ -17,7 +17,7 @@ from pydantic_core import from_json
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from bus.store._errors import InvalidData
+from bus.store._errors import InvalidData, UpdateConflict
 from bus.store._records import RequestQuery
 from bus.store._sql import JsonText, insert_ignoring_duplicates, insert_rows, utcnow
 from bus.store._tables import backend_refs, batch_tokens, reporters, requests, status_history
@@ -68,6 +68,10 @@ _SELECT_NOTES = (
     sa.select(status_history)
     .where(status_history.c.request_id.in_(_IDS))
     .order_by(status_history.c.id)
+)
+_SELECT_NOTE_BY_UPDATE_ID = sa.select(status_history).where(
+    status_history.c.request_id == sa.bindparam("request_id"),
+    status_history.c.update_id == sa.bindparam("update_id"),
 )
 
 
@@ -133,18 +137,25 @@ def _children(
         )
     notes: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for note in conn.execute(_SELECT_NOTES, {"ids": ids}):
-        notes[note.request_id].append(
-            {
-                "status": note.status,
-                "at": note.at,
-                "note": note.note,
-                "source": note.source,
-                "update_id": note.update_id,
-                "external_status_code": note.external_status_code,
-                "media_url": note.media_url,
-            }
-        )
+        notes[note.request_id].append(_note_fields(note))
     return refs, notes
+
+
+def _note_fields(row: Row[Any]) -> dict[str, Any]:
+    """The fields of a StatusNote from its `status_history` row."""
+    return {
+        "status": row.status,
+        "at": row.at,
+        "note": row.note,
+        "source": row.source,
+        "update_id": row.update_id,
+        "external_status_code": row.external_status_code,
+        "media_url": row.media_url,
+    }
+
+
+def _note(row: Row[Any]) -> StatusNote:
+    return StatusNote.model_validate(_note_fields(row))
 
 
 def _whole(
@@ -267,10 +278,15 @@ def find_requests(conn: Connection, query: RequestQuery) -> list[ServiceRequest]
     return load_requests(conn, conn.execute(statement).all())
 
 
-def apply_status_update(conn: Connection, update: StatusUpdate) -> ServiceRequest | None:
+def apply_status_update(
+    conn: Connection, update: StatusUpdate, *, refuse_conflicts: bool = False
+) -> ServiceRequest | None:
     """Record the update; None when its update_id was already recorded for the request, or
     when it says nothing new: the status the request already has, with no note and no media
-    (a polled back-end reporting the status a request was submitted with)."""
+    (a polled back-end reporting the status a request was submitted with).
+
+    With `refuse_conflicts`, an update_id already recorded with other content raises
+    UpdateConflict instead of being ignored."""
     row = conn.execute(
         sa.select(requests.c.document, requests.c.status)
         .where(requests.c.id == update.request_id)
@@ -278,6 +294,23 @@ def apply_status_update(conn: Connection, update: StatusUpdate) -> ServiceReques
     ).first()
     if row is None:
         raise KeyError(f"no request {update.request_id!r}")
+    if refuse_conflicts:
+        # Looked up under the request's lock, and before the "nothing new" test below: an
+        # update_id recorded as IN_PROGRESS, sent again as the CLOSED the request now has, is a
+        # conflict too.
+        recorded = conn.execute(
+            _SELECT_NOTE_BY_UPDATE_ID,
+            {"request_id": update.request_id, "update_id": update.update_id},
+        ).first()
+        if recorded is not None:
+            if not update.says_the_same_as(_note(recorded)):
+                raise UpdateConflict(update.request_id, update.update_id)
+            log.info(
+                "store.status_update.repeated",
+                request_id=update.request_id,
+                update_id=update.update_id,
+            )
+            return None
     if row.status == update.status.value and update.note is None and update.media_url is None:
         log.info(
             "store.status_update.unchanged",

@@ -74,15 +74,21 @@ class Transaction:
         sees them (a writer that checks here cannot race a revocation)."""
         return _clients.inactive(self._session, client_ids)
 
-    def apply_status_update(self, update: StatusUpdate) -> ServiceRequest | None:
+    def apply_status_update(
+        self, update: StatusUpdate, *, refuse_conflicts: bool = False
+    ) -> ServiceRequest | None:
         """Add the update to the request's history and set its status and updated time.
 
         Returns the updated request, or None when `update.update_id` was already recorded
         for that request (a harmless repeat, C-22) or the update says nothing new (the status
-        the request already has, without note or media). Raises KeyError for an unknown request.
-        A note on the update also becomes the request's `status_notes`.
+        the request already has, without note or media). Raises KeyError for an unknown request,
+        and with `refuse_conflicts` UpdateConflict when the update_id was recorded with other
+        content (see StatusUpdate.says_the_same_as). A note on the update also becomes the
+        request's `status_notes`.
         """
-        return _requests.apply_status_update(self._session, update)
+        return _requests.apply_status_update(
+            self._session, update, refuse_conflicts=refuse_conflicts
+        )
 
     def add_backend_ref(self, request_id: str, adapter: str, reference: str, at: datetime) -> None:
         """Record the back-end's reference for the request (idempotent per adapter)."""

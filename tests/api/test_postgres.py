@@ -90,3 +90,36 @@ def test_api_round_trip_on_postgresql(pg_api: tuple[httpx.Client, str, Runtime])
     token = batch.json()[0]["token"]
     (resolved,) = http.get(f"/tokens/{token}.json", params={"jurisdiction_id": SHELBYVILLE}).json()
     assert resolved["service_request_id"]
+
+
+def test_c22_an_update_id_repeated_with_other_content_is_409_on_postgresql(
+    pg_api: tuple[httpx.Client, str, Runtime],
+) -> None:
+    http, key, runtime = pg_api
+    created = http.post(
+        "/requests.json",
+        data={
+            "api_key": key,
+            "jurisdiction_id": SPRINGFIELD,
+            "service_code": "POTHOLE",
+            "lat": "37.76",
+            "long": "-122.41",
+            "attribute[LANE]": "shoulder",
+        },
+    )
+    request_id = created.json()[0]["service_request_id"]
+    update = {
+        "api_key": key,
+        "service_request_id": request_id,
+        "update_id": "pg-409",
+        "status": "CLOSED",
+        "updated_datetime": datetime.now(UTC).isoformat(),
+    }
+    assert http.post("/servicerequestupdates.json", data=update).status_code == 200
+    assert http.post("/servicerequestupdates.json", data=update).status_code == 200
+    conflict = http.post("/servicerequestupdates.json", data={**update, "status": "REOPEN"})
+    assert conflict.status_code == 409, conflict.text
+    assert conflict.json()[0]["code"] == 409
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.status.value == "closed"
+    assert [n.update_id for n in stored.history] == ["pg-409"]

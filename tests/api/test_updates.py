@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -65,14 +65,97 @@ def test_c22_repeating_an_update_id_is_harmless(
     http: httpx.Client, api_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
-    first = post_update(http, api_key, service_request_id=request_id, update_id="same")
-    again = post_update(http, api_key, service_request_id=request_id, update_id="same")
+    # The same update sent twice, its time included (a different time is other content).
+    fields = {"update_id": "same", "updated_datetime": datetime.now(UTC).isoformat()}
+    first = post_update(http, api_key, service_request_id=request_id, **fields)
+    again = post_update(http, api_key, service_request_id=request_id, **fields)
     assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
     stored = runtime.store.get_request(request_id)
     assert stored is not None
     assert [n.update_id for n in stored.history].count("same") == 1
     events = [r for r in runtime.store.pending_outbox(10_000) if r.envelope.subject == request_id]
     assert len(events) == 2  # created + one status_changed
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_c22_repeating_an_update_id_with_other_content_is_409_and_records_nothing(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime, fmt: str
+) -> None:
+    request_id = new_id(create)
+    at = datetime.now(UTC).replace(microsecond=0)
+    fields = {"service_request_id": request_id, "update_id": "U-409", "status": "CLOSED"}
+    closed = post_update(http, api_key, fmt, **fields, updated_datetime=at.isoformat())
+    assert closed.status_code == 200, closed.text
+
+    # An exact repeat still answers as before, whatever zone its time is written in.
+    paris = timezone(timedelta(hours=1))
+    again = post_update(
+        http, api_key, fmt, **fields, updated_datetime=at.astimezone(paris).isoformat()
+    )
+    assert again.status_code == 200, again.text
+
+    reopen = post_update(
+        http, api_key, fmt, **{**fields, "status": "REOPEN"}, updated_datetime=at.isoformat()
+    )
+    assert reopen.status_code == 409
+    expected = (
+        f"update_id 'U-409' was already recorded for service_request_id {request_id!r} with "
+        "other content (status, updated_datetime, description, media_url or "
+        "external_status_code); send a new update with a new update_id"
+    )
+    if fmt == "json":
+        assert reopen.headers["content-type"] == "application/json; charset=utf-8"
+        assert reopen.json() == [{"code": 409, "description": expected}]
+    else:
+        assert reopen.headers["content-type"] == "text/xml; charset=utf-8"
+        root = SafeET.fromstring(reopen.content)
+        assert [(e.findtext("code"), e.findtext("description")) for e in root] == [
+            ("409", expected)
+        ]
+    for change in (
+        {"updated_datetime": (at + timedelta(seconds=1)).isoformat()},
+        {"updated_datetime": at.isoformat(), "description": "other words"},
+        {"updated_datetime": at.isoformat(), "media_url": "https://example.org/x.jpg"},
+    ):
+        assert post_update(http, api_key, fmt, **{**fields, **change}).status_code == 409
+
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.status is Status.CLOSED
+    assert [n.update_id for n in stored.history].count("U-409") == 1
+    events = [r for r in runtime.store.pending_outbox(10_000) if r.envelope.subject == request_id]
+    assert len(events) == 3  # created, status_changed, closed: nothing for the refused repeats
+
+
+def test_c22_an_update_id_repeated_as_the_current_status_without_notes_is_still_409(
+    http: httpx.Client, api_key: str, create: Create
+) -> None:
+    request_id = new_id(create)
+    first = post_update(http, api_key, service_request_id=request_id, update_id="U-a")
+    later = post_update(
+        http, api_key, service_request_id=request_id, update_id="U-b", status="CLOSED"
+    )
+    assert first.status_code == later.status_code == 200
+    # U-a again, as the CLOSED the request now has, with no description: says nothing new,
+    # yet U-a was recorded as IN_PROGRESS with a description.
+    again = post_update(
+        http,
+        api_key,
+        service_request_id=request_id,
+        update_id="U-a",
+        status="CLOSED",
+        description="",
+    )
+    assert again.status_code == 409, again.text
+
+
+def test_c22_the_409_of_a_conflicting_update_is_in_the_openapi_document(
+    http: httpx.Client,
+) -> None:
+    document = http.get("/../../openapi.json").json()
+    operation = document["paths"]["/open311/v2/servicerequestupdates.{fmt}"]["post"]
+    assert "409" in operation["responses"]
+    assert "application/json" in operation["responses"]["409"]["content"]
 
 
 def test_c23_closing_status_is_closed_in_core_and_emits_closed_event(

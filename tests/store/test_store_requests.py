@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from store_factories import T0, make_request, minutes
 
-from bus.store import AlreadyExists, InvalidData, RequestQuery, Store
+from bus.store import AlreadyExists, InvalidData, RequestQuery, Store, UpdateConflict
 from schemas.model import (
     BackendRef,
     Channel,
@@ -181,6 +181,59 @@ def test_status_update_sets_status_time_and_history_and_a_repeat_is_harmless(sto
     assert [(n.update_id, n.external_status_code) for n in stored.history] == [("u-1", "DONE")]
     assert store.status_updates(T0, T0 + minutes(10)) == [update]
     assert store.status_updates(T0 + minutes(11), T0 + minutes(20)) == []
+
+
+def test_c22_an_update_id_repeated_with_other_content_is_refused_when_asked(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+    first = StatusUpdate(
+        request_id="r",
+        status=Status.IN_PROGRESS,
+        at=T0 + minutes(10),
+        update_id="u-1",
+        source="partner-a",
+        note="crew sent",
+        external_status_code="WIP",
+        media_url="https://example.org/a.jpg",
+    )
+    closing = StatusUpdate(
+        request_id="r", status=Status.CLOSED, at=T0 + minutes(20), update_id="u-2", source="x"
+    )
+    with store.transaction() as tx:
+        assert tx.apply_status_update(first, refuse_conflicts=True) is not None
+    with store.transaction() as tx:
+        assert tx.apply_status_update(closing, refuse_conflicts=True) is not None
+    tokyo = timezone(timedelta(hours=9))
+    # The same instant in another zone, from another sender: the same update, a harmless repeat.
+    same = first.model_copy(update={"at": first.at.astimezone(tokyo), "source": "partner-b"})
+    with store.transaction() as tx:
+        assert tx.apply_status_update(same, refuse_conflicts=True) is None
+
+    changes: list[dict[str, object]] = [
+        {"status": Status.OPEN},
+        {"at": first.at + timedelta(seconds=1)},
+        {"note": "crew sent!"},
+        {"note": None},
+        {"media_url": None},
+        {"external_status_code": "DONE"},
+        # The status the request has now, without a note: "nothing new" must not hide it.
+        {"status": Status.CLOSED, "note": None, "media_url": None},
+    ]
+    for change in changes:
+        with pytest.raises(UpdateConflict), store.transaction() as tx:
+            tx.apply_status_update(first.model_copy(update=change), refuse_conflicts=True)
+        # Not asked to refuse (the poller), the same repeat is ignored as before.
+        with store.transaction() as tx:
+            assert tx.apply_status_update(first.model_copy(update=change)) is None
+
+    stored = store.get_request("r")
+    assert stored is not None and stored.status is Status.CLOSED
+    assert [(n.update_id, n.status, n.note) for n in stored.history] == [
+        ("u-1", Status.IN_PROGRESS, "crew sent"),
+        ("u-2", Status.CLOSED, None),
+    ]
 
 
 def test_status_update_for_an_unknown_request_raises_key_error_and_writes_nothing(
