@@ -163,6 +163,11 @@ def content(schema: Schema) -> Schema:
     }
 
 
+#: The errors of the methods that take a form (C-02), beyond every method's.
+FORM_ERRORS = {
+    415: "the body is neither application/x-www-form-urlencoded nor multipart/form-data",
+}
+
 #: The errors only the status update method answers with, beyond every method's.
 UPDATE_ERRORS = {
     409: "the update_id was already recorded for the request with other content",

@@ -49,13 +49,16 @@ class _Submission:
 
 #: Most form fields a submission may have; a form with more is refused (Starlette's default).
 MAX_FORM_FIELDS = 1000
+#: The bodies an Open311 POST comes in (C-02).
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 async def _read_submission(request: Request) -> _Submission:
     """The form's text fields (query string values after them) and uploaded files' bytes."""
     fields: dict[str, list[str]] = {}
     uploads: list[bytes] = []
-    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
         # What nearly every client sends, parsed in one call: about a third of the cost of the
         # streaming parser behind `request.form()`, with the same decoding (percent-escapes as
         # UTF-8, bad ones replaced) and the same field limit.
@@ -69,6 +72,7 @@ async def _read_submission(request: Request) -> _Submission:
         for name, value in pairs:
             fields.setdefault(name, []).append(value)
     else:
+        await _check_form_type(request, content_type)
         form = await request.form()
         for name, item in form.multi_items():
             if isinstance(item, UploadFile):
@@ -87,10 +91,23 @@ async def _read_submission(request: Request) -> _Submission:
     )
 
 
+async def _check_form_type(request: Request, content_type: str) -> None:
+    """Refuse a body that is not a form with 415: read as one it would be empty, and the client
+    would hear about missing fields it did send. An empty body needs no type (everything may be
+    in the query string)."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type in FORM_TYPES or not await request.body():
+        return
+    given = f"Content-Type {media_type[:80]!r}" if media_type else "a body without Content-Type"
+    raise Open311Problem(
+        415, f"{given} is not accepted: send the form as {' or '.join(FORM_TYPES)}"
+    )
+
+
 @router.post(
     "/requests.{fmt}",
     summary="Create a request (C-11..C-15)",
-    responses=docs.responses(docs.CREATED, ok_status=201, also=(200,)),
+    responses=docs.responses(docs.CREATED, ok_status=201, also=(200,), errors=docs.FORM_ERRORS),
     response_class=Response,
     status_code=201,
     openapi_extra=docs.form_body(docs.CREATE_FIELDS, files=True),
@@ -200,7 +217,7 @@ def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> Re
 @router.post(
     "/servicerequestupdates.{fmt}",
     summary="Record a status update pushed by a back-end or partner (C-22)",
-    responses=docs.responses(docs.UPDATES, errors=docs.UPDATE_ERRORS),
+    responses=docs.responses(docs.UPDATES, errors={**docs.FORM_ERRORS, **docs.UPDATE_ERRORS}),
     response_class=Response,
     openapi_extra=docs.form_body(docs.UPDATE_FIELDS),
 )

@@ -195,6 +195,84 @@ def test_urlencoded_and_multipart_forms_are_read_alike(
     ] * 2
 
 
+NOT_A_FORM = (
+    "is not accepted: send the form as application/x-www-form-urlencoded or multipart/form-data"
+)
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_c02_a_json_body_is_415_naming_the_form_types(
+    http: httpx.Client, api_key: str, fmt: str
+) -> None:
+    fields = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "POTHOLE",
+        "lat": "37.76",
+        "long": "-122.41",
+    }
+    response = http.post(f"/requests.{fmt}", json=fields)
+    assert response.status_code == 415
+    expected = f"Content-Type 'application/json' {NOT_A_FORM}"
+    if fmt == "json":
+        assert response.json() == [{"code": 415, "description": expected}]
+    else:
+        root = SafeET.fromstring(response.content)
+        assert [(e.findtext("code"), e.findtext("description")) for e in root] == [
+            ("415", expected)
+        ]
+
+
+def test_c02_any_body_that_is_not_a_form_is_415_and_an_empty_one_needs_no_type(
+    http: httpx.Client, api_key: str
+) -> None:
+    text = http.post(
+        "/requests.json", content=b"api_key=x", headers={"Content-Type": "Text/Plain; x=1"}
+    )
+    assert (text.status_code, descriptions(text)) == (
+        415,
+        [f"Content-Type 'text/plain' {NOT_A_FORM}"],
+    )
+    untyped = http.post("/requests.json", content=b"api_key=x")
+    assert "content-type" not in untyped.request.headers
+    assert (untyped.status_code, descriptions(untyped)) == (
+        415,
+        [f"a body without Content-Type {NOT_A_FORM}"],
+    )
+    # No body at all: the fields are missing, as before.
+    empty = http.post("/requests.json")
+    assert empty.status_code == 400
+    assert descriptions(empty) == [
+        "jurisdiction_id required (one of springfield.example, shelbyville.example)"
+    ]
+    # Everything in the query string: a stray type on an empty body is no reason to refuse.
+    query = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "POTHOLE",
+        "lat": "37.76",
+        "long": "-122.41",
+        "attribute[LANE]": "carriageway",
+    }
+    in_query = http.post(
+        "/requests.json", params=query, headers={"Content-Type": "application/json"}
+    )
+    assert in_query.status_code == 201, in_query.text
+    # The form types are recognised in any case.
+    shouting = http.post(
+        "/requests.json",
+        content="&".join(f"{k}={v}" for k, v in query.items()),
+        headers={"Content-Type": "Application/X-WWW-Form-Urlencoded"},
+    )
+    assert shouting.status_code == 201, shouting.text
+
+
+def test_c02_the_415_is_in_the_openapi_document(server: LiveServer) -> None:
+    paths = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    for path in ("/open311/v2/requests.{fmt}", "/open311/v2/servicerequestupdates.{fmt}"):
+        assert "415" in paths[path]["post"]["responses"]
+
+
 def test_a_form_with_too_many_fields_is_400(http: httpx.Client, api_key: str) -> None:
     body = "&".join(f"f{i}=x" for i in range(1001)) + f"&api_key={api_key}"
     response = http.post(

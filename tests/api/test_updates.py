@@ -197,6 +197,30 @@ def test_c22_update_errors(http: httpx.Client, api_key: str, create: Create) -> 
     assert texts[1] == "updated_datetime: '2026-01-01' has no time zone (add Z or +hh:mm)"
 
 
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_c22_an_update_sent_as_json_is_415_naming_the_form_types(
+    http: httpx.Client, api_key: str, create: Create, fmt: str
+) -> None:
+    update = {
+        "api_key": api_key,
+        "service_request_id": new_id(create),
+        "update_id": "U-json",
+        "status": "CLOSED",
+        "updated_datetime": datetime.now(UTC).isoformat(),
+    }
+    response = http.post(f"/servicerequestupdates.{fmt}", json=update)
+    assert response.status_code == 415
+    expected = (
+        "Content-Type 'application/json' is not accepted: send the form as "
+        "application/x-www-form-urlencoded or multipart/form-data"
+    )
+    if fmt == "json":
+        assert response.json() == [{"code": 415, "description": expected}]
+    else:
+        root = SafeET.fromstring(response.content)
+        assert [e.findtext("description") for e in root] == [expected]
+
+
 def test_c22_partner_bound_to_another_jurisdiction_cannot_update(
     http: httpx.Client, create: Create, runtime: Runtime
 ) -> None:
