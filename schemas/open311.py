@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from schemas.model import (
     Attribute,
@@ -33,6 +33,9 @@ FormData = Mapping[str, Sequence[str]]
 MAX_DESCRIPTION = 4000
 #: Longest value accepted in any other single field; longer is a client bug, not a report.
 MAX_FIELD = 1000
+#: How far ahead of our clock a status update may be dated: a sender's clock may run a little
+#: fast, but an update from further ahead has not happened yet.
+MAX_UPDATE_CLOCK_SKEW = timedelta(hours=1)
 
 _ATTRIBUTE_FIELD = re.compile(r"^attribute\[([^\[\]]+)\](\[\])?$")
 # Characters XML 1.0 cannot carry (and PostgreSQL text cannot hold NUL): rejected on input.
@@ -342,8 +345,11 @@ def _not_one_of(attribute: Attribute, value: str) -> str:
 # --- status updates (mySociety servicerequestupdates, C-22) ---------------------------------
 
 
-def parse_update_form(form: FormData, *, source: str) -> StatusUpdate | list[Open311Error]:
-    """Read a POST /servicerequestupdates form into a canonical update, or errors."""
+def parse_update_form(
+    form: FormData, *, source: str, now: datetime
+) -> StatusUpdate | list[Open311Error]:
+    """Read a POST /servicerequestupdates form into a canonical update, or errors; `now` is
+    the server's clock, which `updated_datetime` may pass by MAX_UPDATE_CLOCK_SKEW at most."""
     problems: list[str] = []
     values: dict[str, object] = {"source": source}
     for name, key in (("service_request_id", "request_id"), ("update_id", "update_id")):
@@ -364,9 +370,17 @@ def parse_update_form(form: FormData, *, source: str) -> StatusUpdate | list[Ope
         problems.append("updated_datetime required")
     else:
         try:
-            values["at"] = parse_datetime("updated_datetime", when)
+            at = parse_datetime("updated_datetime", when)
         except InvalidValue as exc:
             problems.append(str(exc))
+        else:
+            if at > now + MAX_UPDATE_CLOCK_SKEW:
+                hours = MAX_UPDATE_CLOCK_SKEW / timedelta(hours=1)
+                problems.append(
+                    f"updated_datetime: {_show(when)} is in the future (more than {hours:g} h "
+                    f"ahead of the server's clock, now {now.replace(microsecond=0).isoformat()})"
+                )
+            values["at"] = at
     values["note"] = _text_field(form, "description", problems, limit=MAX_DESCRIPTION)
     values["external_status_code"] = _text_field(form, "external_status_code", problems)
     media_url = _text_field(form, "media_url", problems)

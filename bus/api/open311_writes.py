@@ -7,6 +7,7 @@ the api_key in the query string, which declared form parameters cannot express.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 import structlog
@@ -230,7 +231,7 @@ async def post_update(request: Request, fmt: Format) -> Response:
 
 def _record_update(ctx: ApiContext, form: FormData) -> list[dict[str, object]]:
     client = ctx.authenticate(first(form, "api_key"), None)
-    update = parse_update_form(form, source=f"api:{client.name}")
+    update = parse_update_form(form, source=f"api:{client.name}", now=datetime.now(UTC))
     if isinstance(update, list):
         raise Open311Problem.of(400, update)
     existing = ctx.store.get_request(update.request_id)

@@ -221,6 +221,37 @@ def test_c22_an_update_sent_as_json_is_415_naming_the_form_types(
         assert [e.findtext("description") for e in root] == [expected]
 
 
+def test_c22_an_update_dated_in_the_future_is_400_and_a_little_clock_drift_is_not(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    future = post_update(
+        http,
+        api_key,
+        service_request_id=request_id,
+        update_id="U-2099",
+        updated_datetime="2099-01-01T00:00:00Z",
+    )
+    assert future.status_code == 400
+    (error,) = future.json()
+    assert error["description"].startswith(
+        "updated_datetime: '2099-01-01T00:00:00Z' is in the future (more than 1 h ahead of the "
+        "server's clock, now "
+    )
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.history == ()
+
+    drifted = datetime.now(UTC) + timedelta(minutes=5)
+    ahead = post_update(
+        http,
+        api_key,
+        service_request_id=request_id,
+        update_id="U-drift",
+        updated_datetime=drifted.isoformat(),
+    )
+    assert ahead.status_code == 200, ahead.text
+
+
 def test_c22_partner_bound_to_another_jurisdiction_cannot_update(
     http: httpx.Client, create: Create, runtime: Runtime
 ) -> None:

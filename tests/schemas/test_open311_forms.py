@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from bus.config import load_config
 from schemas.model import Status, StatusUpdate
 from schemas.open311 import (
+    MAX_UPDATE_CLOCK_SKEW,
     InvalidValue,
     Open311Error,
     RequestDraft,
@@ -258,6 +259,10 @@ def test_attribute_values_collects_both_spellings() -> None:
     assert values == {"A": ["1", "2"]}
 
 
+#: The server's clock in the update form tests: the form's update is an hour before it.
+NOW = datetime(2026, 5, 2, 8, 0, tzinfo=UTC)
+
+
 def update_form(**extra: str) -> dict[str, list[str]]:
     return form(
         **{
@@ -272,7 +277,7 @@ def update_form(**extra: str) -> dict[str, list[str]]:
 
 
 def test_c22_update_form_becomes_a_status_update() -> None:
-    update = parse_update_form(update_form(), source="api:partner")
+    update = parse_update_form(update_form(), source="api:partner", now=NOW)
     assert isinstance(update, StatusUpdate)
     assert update.status is Status.IN_PROGRESS
     assert update.request_id == "R1"
@@ -281,7 +286,9 @@ def test_c22_update_form_becomes_a_status_update() -> None:
 
 
 def test_c22_update_form_reports_every_problem() -> None:
-    result = parse_update_form(form(status="MELTED", updated_datetime="yesterday"), source="x")
+    result = parse_update_form(
+        form(status="MELTED", updated_datetime="yesterday"), source="x", now=NOW
+    )
     assert isinstance(result, list)
     texts = [e.description for e in result]
     assert texts[:2] == ["service_request_id required", "update_id required"]
@@ -289,9 +296,25 @@ def test_c22_update_form_reports_every_problem() -> None:
     assert texts[3].startswith("updated_datetime: 'yesterday' is not an ISO 8601 datetime")
 
 
+def test_c22_an_update_dated_more_than_the_clock_skew_ahead_is_refused() -> None:
+    ahead = NOW + MAX_UPDATE_CLOCK_SKEW
+    on_the_edge = parse_update_form(
+        update_form(updated_datetime=ahead.isoformat()), source="x", now=NOW
+    )
+    assert isinstance(on_the_edge, StatusUpdate) and on_the_edge.at == ahead
+    too_far = (ahead + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=-5)))
+    for when in (too_far.isoformat(), "2099-01-01T00:00:00Z"):
+        result = parse_update_form(update_form(updated_datetime=when), source="x", now=NOW)
+        assert isinstance(result, list)
+        assert [e.description for e in result] == [
+            f"updated_datetime: {when!r} is in the future (more than 1 h ahead of the server's "
+            "clock, now 2026-05-02T08:00:00+00:00)"
+        ]
+
+
 @pytest.mark.parametrize("status", [s.value for s in Status])
 def test_c23_every_extended_status_is_accepted_in_upper_case(status: str) -> None:
-    update = parse_update_form(update_form(status=status.upper()), source="x")
+    update = parse_update_form(update_form(status=status.upper()), source="x", now=NOW)
     assert isinstance(update, StatusUpdate)
     assert update.status.open311 in ("open", "closed")
 
