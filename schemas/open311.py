@@ -257,7 +257,8 @@ def _read_location(form: FormData, problems: list[str]) -> Location | None:
                 continue
             lat, long = (value, long) if name == "lat" else (lat, value)
     if lat_text is None and long_text is None and address is None and address_id is None:
-        if len(problems) == before:
+        # An address refused above was a location given: its own error says what to fix.
+        if first(form, "address_string") is None and first(form, "address_id") is None:
             problems.append("a location is required: lat and long, address_string, or address_id")
         return None
     if len(problems) > before:

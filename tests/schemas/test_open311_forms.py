@@ -217,6 +217,19 @@ def test_control_characters_are_rejected_not_stored() -> None:
     ]
 
 
+def test_c11_a_refused_address_is_reported_once_not_also_as_a_missing_location() -> None:
+    for field in ("address_string", "address_id"):
+        only_address = {**form(**{field: "1 Main\x07St"}), "attribute[LANE]": ["carriageway"]}
+        assert descriptions(parse_create_form(only_address, POTHOLE)) == [
+            f"{field}: contains control characters"
+        ]
+    no_location = {**form(zipcode="9\x01"), "attribute[LANE]": ["carriageway"]}
+    assert descriptions(parse_create_form(no_location, POTHOLE)) == [
+        "zipcode: contains control characters",
+        "a location is required: lat and long, address_string, or address_id",
+    ]
+
+
 def test_draft_becomes_a_canonical_request_of_its_service() -> None:
     d = draft(parse_create_form(pothole(email="a@b.example"), POTHOLE))
     at = datetime(2026, 5, 1, 9, tzinfo=UTC)
