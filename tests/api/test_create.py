@@ -273,6 +273,44 @@ def test_c02_the_415_is_in_the_openapi_document(server: LiveServer) -> None:
         assert "415" in paths[path]["post"]["responses"]
 
 
+#: Every free-text field of a create, and the name its error gives.
+CREATE_TEXT_FIELDS = {
+    "description": "description",
+    "address_string": "address_string",
+    "address_id": "address_id",
+    "zipcode": "zipcode",
+    "email": "email",
+    "phone": "phone",
+    "first_name": "first_name",
+    "last_name": "last_name",
+    "device_id": "device_id",
+    "account_id": "account_id",
+    "media_url": "media_url",
+    "attribute[POLE_NUMBER]": "POLE_NUMBER",
+}
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["urlencoded", "multipart"])
+def test_c13_a_nul_character_is_refused_in_every_free_text_field(
+    http: httpx.Client, api_key: str, runtime: Runtime, multipart: bool
+) -> None:
+    # urlencoded, httpx sends the NUL as `%00`; multipart, as the raw byte.
+    for field, name in CREATE_TEXT_FIELDS.items():
+        form = {
+            "api_key": api_key,
+            "jurisdiction_id": SPRINGFIELD,
+            "service_code": "STREETLIGHT",
+            "address_string": "1 Main St",
+            field: ("https://example.org/a\x00b" if field == "media_url" else "a\x00b"),
+        }
+        files = {"unused": ("", b"")} if multipart else None
+        response = http.post("/requests.json", data=form, files=files)
+        assert (response.status_code, descriptions(response)) == (
+            400,
+            [f"{name}: contains control characters"],
+        ), field
+
+
 def test_a_form_with_too_many_fields_is_400(http: httpx.Client, api_key: str) -> None:
     body = "&".join(f"f{i}=x" for i in range(1001)) + f"&api_key={api_key}"
     response = http.post(

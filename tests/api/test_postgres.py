@@ -11,6 +11,7 @@ import pytest
 
 from bus.api import create_app
 from bus.bootstrap import Runtime
+from bus.store import RequestQuery
 from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer, make_runtime
 
 pytestmark = pytest.mark.postgres
@@ -123,3 +124,38 @@ def test_c22_an_update_id_repeated_with_other_content_is_409_on_postgresql(
     stored = runtime.store.get_request(request_id)
     assert stored is not None and stored.status.value == "closed"
     assert [n.update_id for n in stored.history] == ["pg-409"]
+
+
+def test_c13_c22_a_nul_character_is_a_400_on_postgresql_and_nothing_is_stored(
+    pg_api: tuple[httpx.Client, str, Runtime],
+) -> None:
+    # PostgreSQL text cannot hold NUL at all: the API must refuse it before the store is asked.
+    http, key, runtime = pg_api
+    form = {
+        "api_key": key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "POTHOLE",
+        "lat": "37.76",
+        "long": "-122.41",
+        "attribute[LANE]": "shoulder",
+    }
+    refused = http.post("/requests.json", data={**form, "description": "a\x00b"})
+    assert refused.status_code == 400
+    assert refused.json() == [
+        {"code": 400, "description": "description: contains control characters"}
+    ]
+    created = http.post("/requests.json", data=form)
+    request_id = created.json()[0]["service_request_id"]
+    update = {
+        "api_key": key,
+        "service_request_id": request_id,
+        "update_id": "pg-nul",
+        "status": "CLOSED",
+        "updated_datetime": datetime.now(UTC).isoformat(),
+        "description": "a\x00b",
+    }
+    refused_update = http.post("/servicerequestupdates.json", data=update)
+    assert refused_update.status_code == 400
+    assert refused_update.json()[0]["description"] == "description: contains control characters"
+    stored = runtime.store.find_requests(RequestQuery())
+    assert [(r.id, r.description, r.history) for r in stored] == [(request_id, None, ())]

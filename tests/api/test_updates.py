@@ -252,6 +252,21 @@ def test_c22_an_update_dated_in_the_future_is_400_and_a_little_clock_drift_is_no
     assert ahead.status_code == 200, ahead.text
 
 
+@pytest.mark.parametrize(
+    "field", ["description", "update_id", "service_request_id", "external_status_code", "media_url"]
+)
+def test_c22_a_nul_character_in_an_update_is_refused(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime, field: str
+) -> None:
+    request_id = new_id(create)
+    value = "https://example.org/a\x00b" if field == "media_url" else "a\x00b"
+    response = post_update(http, api_key, **{"service_request_id": request_id, field: value})
+    assert response.status_code == 400
+    assert [e["description"] for e in response.json()] == [f"{field}: contains control characters"]
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.history == ()
+
+
 def test_c22_partner_bound_to_another_jurisdiction_cannot_update(
     http: httpx.Client, create: Create, runtime: Runtime
 ) -> None:
