@@ -7,14 +7,14 @@ publishes with confirms, so a replay is as durable as an accepted request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import structlog
 from pydantic import ValidationError
 
 from bus.broker.topology import COMMANDS_EXCHANGE, command_routing_key
 from bus.store import DeadLetter, DeadLetterState, Store
-from bus.subscriptions import queue_of_route
+from bus.subscriptions import queue_of_route, route_name
 from schemas.events import Envelope
 
 log = structlog.get_logger(__name__)
@@ -22,6 +22,18 @@ log = structlog.get_logger(__name__)
 
 class DeadLetterError(Exception):
     """A dead-letter action cannot be done; the message says which letter and why."""
+
+
+def live_routes(store: Store, instances: Iterable[str]) -> list[str]:
+    """The names dead letters are filed under now: the configured adapter instances and the
+    active webhook subscriptions (`sub.<id>`)."""
+    return [*instances, *(route_name(s.id) for s in store.list_subscriptions())]
+
+
+def known_routes(store: Store, instances: Iterable[str]) -> list[str]:
+    """The live routes and every name the store holds dead letters for, sorted: an instance
+    since removed from the config keeps its dead letters reachable."""
+    return sorted({*live_routes(store, instances), *store.dead_letter_instances()})
 
 
 def list_dead_letters(store: Store, instance: str) -> list[DeadLetter]:

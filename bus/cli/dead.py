@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import typer
 
 from bus import deadletters
+from bus.bootstrap import Runtime
 from bus.cli.common import runtime
 from bus.deadletters import DeadLetterError
 from bus.store import DeadLetter
@@ -27,6 +28,7 @@ def register(app: typer.Typer) -> None:
     def list_(instance: str) -> None:
         """The instance's dead letters waiting for a decision, oldest first."""
         with runtime() as rt:
+            _known_route(rt, instance)
             letters = deadletters.list_dead_letters(rt.store, instance)
         if not letters:
             typer.echo(f"no dead letters for {instance}")
@@ -56,6 +58,7 @@ def register(app: typer.Typer) -> None:
             typer.echo("error: name dead letter IDs, or --all (not both)", err=True)
             raise typer.Exit(2)
         with runtime() as rt, _operator_errors():
+            _known_route(rt, instance)
             letters = deadletters.replay(rt.store, instance, None if replay_all else ids)
         for letter in letters:
             typer.echo(f"replayed {letter.id} (request {letter.request_id or '-'})")
@@ -77,7 +80,6 @@ def register(app: typer.Typer) -> None:
         that `dead list` shows; those a worker put there are in the store already.
         """
         from bus.dead_queues import DeadQueueKeeper
-        from bus.subscriptions import route_name
 
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -87,8 +89,7 @@ def register(app: typer.Typer) -> None:
             store = rt.store
 
             def routes() -> list[str]:
-                subscriptions = [route_name(s.id) for s in store.list_subscriptions()]
-                return instances + subscriptions
+                return deadletters.live_routes(store, instances)
 
             DeadQueueKeeper(rt.env.amqp_url, store, routes, stop=stop).run()
 
@@ -101,6 +102,19 @@ def _operator_errors() -> Iterator[None]:
     except DeadLetterError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+def _known_route(rt: Runtime, instance: str) -> None:
+    """Exit 2 when `instance` names nothing dead letters can be filed under: a typo must not
+    read as "no dead letters"."""
+    known = deadletters.known_routes(rt.store, rt.config.instances)
+    if instance not in known:
+        typer.echo(
+            f"error: {instance!r} is no adapter instance, webhook subscription (sub.<id>) or "
+            f"name with dead letters (known: {', '.join(known) or 'none'})",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 def _row(letter: DeadLetter) -> str:

@@ -90,6 +90,11 @@ def list_for(conn: Connection, instance: str, state: DeadLetterState) -> list[De
     return [from_row(row) for row in rows]
 
 
+def instances(conn: Connection) -> list[str]:
+    rows = conn.execute(sa.select(dead.c.instance).distinct().order_by(dead.c.instance))
+    return list(rows.scalars())
+
+
 def get(conn: Connection, dead_letter_id: int) -> DeadLetter | None:
     row = conn.execute(sa.select(dead).where(dead.c.id == dead_letter_id)).first()
     return from_row(row) if row else None

@@ -227,5 +227,9 @@ class Store:
         """The instance's dead letters in that state, oldest first."""
         return self._read(lambda conn: _dead_letters.list_for(conn, instance, state))
 
+    def dead_letter_instances(self) -> list[str]:
+        """Every instance (or subscription route) with dead letters in any state, by name."""
+        return self._read(_dead_letters.instances)
+
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         return self._read(lambda conn: _dead_letters.get(conn, dead_letter_id))

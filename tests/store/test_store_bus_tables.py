@@ -85,3 +85,17 @@ def test_dead_letters_are_recorded_bumped_listed_and_change_state(store: Store) 
     got = store.get_dead_letter(first.id)
     assert got is not None and got.state is DeadLetterState.REPLAYED
     assert store.get_dead_letter(9999) is None
+
+
+def test_the_names_with_dead_letters_in_any_state_are_known(store: Store) -> None:
+    assert store.dead_letter_instances() == []
+    with store.transaction() as tx:
+        for instance, message_id in [("sap-roads", "m-1"), ("parks", "m-2"), ("sap-roads", "m-3")]:
+            tx.record_dead_letter(
+                instance=instance, message_id=message_id, reason="x", envelope=None
+            )
+    (parks,) = store.dead_letters("parks")
+    with store.transaction() as tx:
+        tx.set_dead_letter_state(parks.id, DeadLetterState.DROPPED)
+
+    assert store.dead_letter_instances() == ["parks", "sap-roads"]

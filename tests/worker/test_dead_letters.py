@@ -4,6 +4,7 @@ delivers it exactly once; and the `civicbus dead` commands an operator uses."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -54,8 +55,23 @@ def test_replay_after_a_mapping_fix_delivers_the_request_exactly_once(
         deadletters.replay(store, INSTANCE, [letter.id])
 
 
+#: The city the commands read: `desk` is configured; the tests' INSTANCE (`roads`) is not, as
+#: an instance removed from the config whose dead letters must stay reachable.
+CONFIG = """
+jurisdictions: [{id: springfield.example, name: Springfield}]
+routing: {default: desk}
+instances:
+  desk: {kind: memory}
+"""
+
+
 @pytest.fixture
-def cli(store: Store, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+def cli(
+    store: Store, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> CliRunner:
+    config = tmp_path / "civicbus.yaml"
+    config.write_text(CONFIG)
+    monkeypatch.setenv("CIVICBUS_CONFIG", str(config))
     monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
     return CliRunner()
 
@@ -111,11 +127,30 @@ def test_dead_replay_all_and_argument_errors(cli: CliRunner, store: Store, topol
     assert cli.invoke(app, ["dead", "replay", INSTANCE]).exit_code == 2
     assert cli.invoke(app, ["dead", "replay", INSTANCE, "1", "--all"]).exit_code == 2
     assert cli.invoke(app, ["dead", "show", "999"]).exit_code == 1
-    assert cli.invoke(app, ["dead", "replay", "elsewhere", "1"]).exit_code == 1
+    elsewhere = cli.invoke(app, ["dead", "replay", "desk", "1"])
+    assert elsewhere.exit_code == 1 and "belongs to roads, not desk" in elsewhere.output
 
     result = cli.invoke(app, ["dead", "replay", INSTANCE, "--all"])
     assert result.exit_code == 0, result.output
     assert "2 dead letter(s) replayed" in result.output
     assert {r.envelope.subject for r in store.pending_outbox() if r.routing_key == INSTANCE} == set(
         ids
+    )
+
+
+def test_dead_commands_refuse_a_name_nothing_is_known_by(cli: CliRunner, store: Store) -> None:
+    store.add_subscription("http://127.0.0.1:9/hook", ["request.*"])
+    with store.transaction() as tx:
+        tx.record_dead_letter(instance=INSTANCE, message_id="m-1", reason="x", envelope=None)
+
+    for command in (["list", "nope"], ["replay", "nope", "--all"], ["replay", "nope", "1"]):
+        result = cli.invoke(app, ["dead", *command])
+        assert result.exit_code == 2, result.output
+        assert "'nope'" in result.output and "(known: desk, roads, sub.1)" in result.output
+    # Configured, a subscription's route, only in the store: all known, even without letters.
+    for name in ("desk", "sub.1", INSTANCE):
+        assert cli.invoke(app, ["dead", "list", name]).exit_code == 0
+    assert (
+        "0 dead letter(s) replayed to desk"
+        in cli.invoke(app, ["dead", "replay", "desk", "--all"]).output
     )
