@@ -33,12 +33,8 @@ def register(app: typer.Typer) -> None:
         if not letters:
             typer.echo(f"no dead letters for {instance}")
             return
-        typer.echo(
-            f"{'ID':>6}  {'REQUEST':<24} {'ATTEMPTS':>8}  {'FIRST FAILURE':<25} "
-            f"{'LAST FAILURE':<25} REASON"
-        )
-        for letter in letters:
-            typer.echo(_row(letter))
+        for line in _table(_HEADER, [_row(letter) for letter in letters]):
+            typer.echo(line)
 
     @group.command("show")
     def show(dead_letter_id: int = typer.Argument(..., metavar="ID")) -> None:
@@ -117,12 +113,36 @@ def _known_route(rt: Runtime, instance: str) -> None:
         raise typer.Exit(2)
 
 
-def _row(letter: DeadLetter) -> str:
+_HEADER = ("ID", "REQUEST", "ATTEMPTS", "FIRST FAILURE", "LAST FAILURE", "REASON")
+#: The columns of numbers, aligned to the right.
+_NUMBERS = frozenset({0, 2})
+
+
+def _row(letter: DeadLetter) -> tuple[str, ...]:
     return (
-        f"{letter.id:>6}  {letter.request_id or '-':<24} {letter.attempts:>8}  "
-        f"{letter.first_failed_at.isoformat(timespec='seconds'):<25} "
-        f"{letter.last_failed_at.isoformat(timespec='seconds'):<25} {letter.reason}"
+        str(letter.id),
+        letter.request_id or "-",
+        str(letter.attempts),
+        letter.first_failed_at.isoformat(timespec="seconds"),
+        letter.last_failed_at.isoformat(timespec="seconds"),
+        letter.reason,
     )
+
+
+def _table(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], right: frozenset[int] = _NUMBERS
+) -> list[str]:
+    """Lines with each column as wide as its widest cell (`right` ones aligned right); the
+    last column, free text, is not padded."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = []
+    for cells in (header, *rows):
+        padded = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells[:-1], widths, strict=False))
+        ]
+        lines.append("  ".join([*padded, cells[-1]]))
+    return lines
 
 
 def _document(letter: DeadLetter) -> dict[str, object]:

@@ -4,6 +4,7 @@ delivers it exactly once; and the `civicbus dead` commands an operator uses."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,29 @@ def test_dead_commands_refuse_a_name_nothing_is_known_by(cli: CliRunner, store: 
         "0 dead letter(s) replayed to desk"
         in cli.invoke(app, ["dead", "replay", "desk", "--all"]).output
     )
+
+
+def test_dead_list_columns_are_as_wide_as_their_contents(cli: CliRunner, store: Store) -> None:
+    request_id = "01JD4Z8Q6V3N5XKQ2W7R9T1M0P"  # a 26-character ULID
+    at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    with store.transaction() as tx:
+        for message_id, request in (("m-1", request_id), ("m-2", None)):
+            tx.record_dead_letter(
+                instance=INSTANCE,
+                message_id=message_id,
+                request_id=request,
+                reason="PermanentError: field LANE is not a known lane code",
+                envelope=None,
+                attempts=12,
+                at=at,
+            )
+
+    output = cli.invoke(app, ["dead", "list", INSTANCE]).output
+    header = next(line for line in output.splitlines() if line.lstrip().startswith("ID "))
+    rows = [line for line in output.splitlines() if "PermanentError" in line]
+    assert [row.index("PermanentError") for row in rows] == [header.index("REASON")] * 2
+    first = rows[0]
+    assert first.index(request_id) == header.index("REQUEST")
+    assert first.index("2026-03-01T12:00:00") == header.index("FIRST FAILURE")
+    # Numbers end where their heading ends.
+    assert first.index("12 ") + 2 == header.index("ATTEMPTS") + len("ATTEMPTS")
