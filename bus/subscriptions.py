@@ -20,6 +20,7 @@ from adapters.webhook import WebhookAdapter
 from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, declare_topology
 from bus.config import RetryPolicy
 from bus.store import Store, Subscription
+from schemas.events import EventType
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +57,11 @@ def queue_of_route(route: str) -> str | None:
 
 def binding_key(pattern: str) -> str:
     """The AMQP topic pattern for an event-type pattern: `request.*` → `request.#`,
-    `request.closed` → `request.closed.*`; three-word patterns are taken as they are."""
+    `request.closed` → `request.closed.*`; three-word patterns are taken as they are.
+
+    Only the syntax is checked here, so that a subscription stored before `check_pattern`
+    existed still gets its queue; new patterns go through `check_pattern`.
+    """
     words = pattern.split(".")
     if not pattern or not all(_WORD.match(w) for w in words):
         raise SubscriptionError(
@@ -68,6 +73,38 @@ def binding_key(pattern: str) -> str:
     if words[-1] == "*":
         return ".".join([*words[:-1], "#"])
     return pattern + ".*"
+
+
+def check_pattern(pattern: str) -> str:
+    """The binding key of an event pattern that can match events; SubscriptionError for one
+    that never can, e.g. `request.bogus` (a typo would make a subscription that stays silent).
+
+    Routing keys are `request.<event type's word>.<qualifier>`, the qualifier (a status, an
+    instance, a service code) free. Words of the binding key before a `#` are matched against
+    them from the start, words after one from the end.
+    """
+    key = binding_key(pattern).split(".")
+    kinds = {t.short.removeprefix("request.") for t in EventType}
+    slots: list[set[str] | None] = [{"request"}, kinds, None]  # None: any word
+    if "#" in key:
+        head = key[: key.index("#")]
+        tail = key[len(key) - key[::-1].index("#") :]
+        fits = len(head) + len(tail) <= len(slots)
+    else:
+        head, tail = key, []
+        fits = len(key) == len(slots)
+    placed = [
+        *zip(head, slots, strict=False),
+        *zip(reversed(tail), reversed(slots), strict=False),
+    ]
+    if not fits or any(w != "*" and slot is not None and w not in slot for w, slot in placed):
+        raise SubscriptionError(
+            f"event pattern {pattern!r} matches no event: name an event type or '*' "
+            f"('request.*', 'request.closed'), optionally with a qualifier "
+            f"('request.status_changed.fixed'); event types: "
+            f"{', '.join(sorted(t.short for t in EventType))}"
+        )
+    return ".".join(key)
 
 
 def add_subscription(
@@ -85,7 +122,7 @@ def add_subscription(
     if not events:
         raise SubscriptionError("name at least one event pattern, e.g. --events 'request.*'")
     for pattern in events:
-        binding_key(pattern)
+        check_pattern(pattern)
     if secret_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", secret_env):
         raise SubscriptionError(f"{secret_env!r} is not an environment variable name")
     subscription = store.add_subscription(url, list(events), secret_env)

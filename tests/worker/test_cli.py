@@ -116,6 +116,18 @@ def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_u
     assert runner.invoke(app, ["subscriptions", "remove", str(subscription.id)]).exit_code == 1
 
 
+def test_subscriptions_add_refuses_events_that_do_not_exist(
+    env: dict[str, str], store: Store
+) -> None:
+    refused = CliRunner().invoke(
+        app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", "request.closd"]
+    )
+    assert refused.exit_code == 2
+    assert "'request.closd' matches no event" in refused.output
+    assert "request.closed" in refused.output and "request.status_changed" in refused.output
+    assert store.list_subscriptions() == []
+
+
 def _published(amqp_url: str, envelope: Envelope) -> bool:
     try:
         publish(amqp_url, envelope, routing_key="desk")

@@ -26,6 +26,7 @@ from bus.subscriptions import (
     SubscriptionError,
     add_subscription,
     binding_key,
+    check_pattern,
     declare,
     route_name,
 )
@@ -291,13 +292,44 @@ def test_signatures_cover_timestamp_and_body() -> None:
         ("request.status_changed.fixed", "request.status_changed.fixed"),
         ("*.created", "*.created.*"),
         ("request.#", "request.#"),
+        ("request.closed.#", "request.closed.#"),
+        ("request.*.fixed", "request.*.fixed"),
+        ("#.closed", "#.closed.*"),
+        ("#", "#"),
     ],
 )
 def test_event_patterns_become_amqp_topic_patterns(pattern: str, key: str) -> None:
     assert binding_key(pattern) == key
+    assert check_pattern(pattern) == key
 
 
 @pytest.mark.parametrize("pattern", ["", "request..closed", "request/created", "request.cl osed"])
 def test_bad_event_patterns_are_refused(pattern: str) -> None:
     with pytest.raises(SubscriptionError):
         binding_key(pattern)
+    with pytest.raises(SubscriptionError):
+        check_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "bogus",
+        "request",  # request.* would match; this only matches two-word keys, and there are none
+        "request.bogus",
+        "request.create.*",
+        "requests.closed",
+        "bogus.*",
+        "request.closed.fixed.extra",
+        "#.fixed",  # the word before the qualifier is an event type's
+    ],
+)
+def test_patterns_that_match_no_event_are_refused_with_the_event_types(pattern: str) -> None:
+    with pytest.raises(SubscriptionError, match="matches no event") as refused:
+        check_pattern(pattern)
+    assert all(t.short in str(refused.value) for t in EventType)
+
+
+def test_a_stored_pattern_that_matches_no_event_still_gets_its_binding() -> None:
+    # Stored before patterns were checked: its queue is declared rather than the worker failing.
+    assert binding_key("request.bogus") == "request.bogus.*"
