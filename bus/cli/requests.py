@@ -14,6 +14,8 @@ from bus.whereabouts import Whereabouts, whereabouts
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Longer ago than any request: a bound that keeps `now - age` inside the calendar.
+_MAX_DAYS = 36_500
 
 
 def register(app: typer.Typer) -> None:
@@ -52,13 +54,21 @@ def register(app: typer.Typer) -> None:
 
 
 def parse_duration(text: str) -> timedelta:
+    """`--older-than`'s text as a timedelta; BadParameter (exit 2) when it is not one."""
     match = _DURATION.match(text)
     if match is None:
         raise typer.BadParameter(
             f"{text!r} is not a duration: a number and a unit, s, m, h or d (e.g. 10m)",
             param_hint="--older-than",
         )
-    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    number, unit = match[1].lstrip("0") or "0", match[2]
+    # The length first: int() refuses numbers of thousands of digits (and 12 are ages).
+    if len(number) > 12 or int(number) * _UNIT_SECONDS[unit] > _MAX_DAYS * _UNIT_SECONDS["d"]:
+        raise typer.BadParameter(
+            f"{text!r} is too long ago: at most {_MAX_DAYS}d (100 years)",
+            param_hint="--older-than",
+        )
+    return timedelta(seconds=int(number) * _UNIT_SECONDS[unit])
 
 
 def _age(since: datetime, now: datetime) -> str:

@@ -141,3 +141,16 @@ def test_a_bad_duration_is_refused_with_the_expected_form(
 
     assert code == 2
     assert "is not a duration" in output and "10m" in output
+
+
+@pytest.mark.parametrize("duration", ["99999999d", "36501d", "9" * 30 + "s", "9" * 5000 + "m"])
+def test_a_duration_further_back_than_a_century_is_refused_not_a_traceback(
+    duration: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+
+    code, output = stuck("--older-than", duration)
+
+    assert code == 2
+    words = " ".join(output.replace("│", " ").split())  # the message may wrap in its box
+    assert "is too long ago: at most 36500d" in words
