@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
@@ -15,7 +16,7 @@ import structlog
 import tenacity
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from bus.config import Environment
+from bus.config import ConfigError, Environment
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +63,7 @@ def connection_parameters(url: str | None = None) -> pika.URLParameters:
     Values given as URL query options (`?heartbeat=5`) win over the defaults here.
     """
     url = url or Environment.from_env().amqp_url
-    params = pika.URLParameters(url)
+    params = _parse(url)
     if "heartbeat=" not in url:
         params.heartbeat = HEARTBEAT
     if "blocked_connection_timeout=" not in url:
@@ -70,6 +71,25 @@ def connection_parameters(url: str | None = None) -> pika.URLParameters:
     if "socket_timeout=" not in url:
         params.socket_timeout = 5
     return params
+
+
+def _parse(url: str) -> pika.URLParameters:
+    """pika's parameters for the URL, or a ConfigError saying what is wrong with it.
+
+    pika answers some malformed URLs with an IndexError, and its messages can quote the part
+    where a password sits (in `amqp://user:secret/vhost` the "port" is `secret`): the error
+    shows neither the URL nor pika's message, and does not chain pika's exception.
+    """
+    try:
+        if urlsplit(url).scheme in ("amqp", "amqps"):
+            return pika.URLParameters(url)
+        problem = "it does not start with amqp:// or amqps://"
+    except (ValueError, IndexError):
+        problem = "it cannot be parsed"
+    raise ConfigError(
+        f"CIVICBUS_AMQP_URL is not a RabbitMQ URL ({problem}): expected the form "
+        f"amqp://user:pass@host:5672/vhost, with : / @ # ? in the password percent-encoded"
+    )
 
 
 def _where(params: pika.URLParameters) -> str:

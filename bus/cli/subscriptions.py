@@ -5,7 +5,13 @@ from __future__ import annotations
 import typer
 
 from bus import subscriptions as subs
-from bus.broker.connection import BrokerUnavailable, broker_errors, close_quietly, connect
+from bus.broker.connection import (
+    BrokerUnavailable,
+    broker_errors,
+    close_quietly,
+    connect,
+    connection_parameters,
+)
 from bus.cli.common import runtime
 from bus.subscriptions import SubscriptionError
 
@@ -26,6 +32,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Subscribe URL to events; its queue starts collecting them at once."""
         with runtime() as rt:
+            connection_parameters(rt.env.amqp_url)  # a malformed URL stops us before storing
             try:
                 subscription = subs.add_subscription(rt.store, url, events, secret_env=secret_env)
             except SubscriptionError as exc:
@@ -61,6 +68,7 @@ def register(app: typer.Typer) -> None:
     def remove(subscription_id: int = typer.Argument(..., metavar="ID")) -> None:
         """Stop delivering to a subscription and delete its queue."""
         with runtime() as rt:
+            connection_parameters(rt.env.amqp_url)  # a malformed URL stops us before removing
             if not subs.remove_subscription(rt.store, subscription_id):
                 typer.echo(f"error: no active subscription {subscription_id}", err=True)
                 raise typer.Exit(1)

@@ -1,4 +1,5 @@
-"""A broker that accepts TCP connections but never answers is 'unavailable', not a crash."""
+"""A broker that accepts TCP connections but never answers is 'unavailable', not a crash; a
+malformed URL is a configuration error."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bus.broker.connection import BrokerUnavailable, connect
+from bus.broker.connection import BrokerUnavailable, connect, connection_parameters
+from bus.config import ConfigError
 
 
 @pytest.fixture
@@ -47,3 +49,23 @@ def test_a_closed_port_is_unavailable() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(BrokerUnavailable):
         connect(f"amqp://guest:guest@127.0.0.1:{port}/%2F?socket_timeout=1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "garbage",  # pika: IndexError
+        "http://s3cret@rabbit.example/",
+        "amqp://civicbus:s3cret/prod",  # no @: pika takes s3cret for the port and quotes it
+        "amqp://civicbus:s3cret@rabbit.example:5672/prod?bogus=1",
+        "amqp://civicbus:s3cret@[::1/prod",
+    ],
+)
+def test_a_malformed_url_is_a_config_error_that_never_shows_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        connection_parameters(url)
+    assert "CIVICBUS_AMQP_URL" in str(refused.value)
+    assert "amqp://user:pass@host:5672/vhost" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    # Nor in a traceback, should one ever be logged.
+    assert refused.value.__cause__ is None and refused.value.__context__ is None

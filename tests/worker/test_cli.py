@@ -128,6 +128,24 @@ def test_subscriptions_add_refuses_events_that_do_not_exist(
     assert store.list_subscriptions() == []
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["subscriptions", "add", "http://127.0.0.1:9/h", "--events", "request.*"]],
+)
+def test_a_malformed_amqp_url_is_one_clear_line_without_the_password(
+    command: list[str], env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVICBUS_AMQP_URL", "amqp://civicbus:s3cret/prod")  # no @: s3cret is "port"
+
+    result = CliRunner().invoke(app, command)
+
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    [error] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "CIVICBUS_AMQP_URL" in error and "amqp://user:pass@host:5672/vhost" in error
+    assert "s3cret" not in result.output
+    assert store.list_subscriptions() == []  # refused before anything was stored
+
+
 def _published(amqp_url: str, envelope: Envelope) -> bool:
     try:
         publish(amqp_url, envelope, routing_key="desk")
