@@ -57,9 +57,26 @@ _NOT_A_PHONE = re.compile(r"^(?:\d{4}-\d{2}-\d{2}|\d{1,2}[.\-/]\d{1,2}[.\-/]\d{2
 
 
 #: Keys whose values are identifiers civicbus or a back-end assigned (an SAP notification
-#: number, a Message-ID): never a resident's free text, so never masked as if they were.
-_IDENTIFIER_KEYS = frozenset({"id", "reference", "references", "message_id", "in_reply_to"})
-_IDENTIFIER_SUFFIXES = ("_id", "_reference", "_ref")
+#: number, a Message-ID, a lease holder `host:pid:token`, an Oracle work order, a queue or
+#: instance name): never a resident's free text, so never masked as if they were.
+_IDENTIFIER_KEYS = frozenset(
+    {
+        "id",
+        "reference",
+        "references",
+        "message_id",
+        "in_reply_to",
+        "holder",
+        "lease",
+        "work_order",
+        "instance",
+        "route",
+        "queue",
+        "exchange",
+        "routing_key",
+    }
+)
+_IDENTIFIER_SUFFIXES = ("_id", "_reference", "_ref", "_revision")
 
 
 _OTHER, _PERSONAL, _IDENTIFIER = "other", "personal", "identifier"
@@ -72,7 +89,7 @@ def _key_kind(key: str) -> str:
     # Personal is checked first: device_id and account_id are personal, not identifiers.
     if normal in PERSONAL_KEYS or normal.endswith(_PERSONAL_SUFFIXES):
         return _PERSONAL
-    if key in _IDENTIFIER_KEYS or key.endswith(_IDENTIFIER_SUFFIXES):
+    if normal in _IDENTIFIER_KEYS or normal.endswith(_IDENTIFIER_SUFFIXES):
         return _IDENTIFIER
     return _OTHER
 

@@ -14,6 +14,8 @@ import pytest
 import structlog
 
 from bus.logging import configure_logging, request_context
+from bus.poller import Poller
+from bus.store import Store
 
 Lines = Callable[[], list[dict[str, object]]]
 
@@ -90,3 +92,30 @@ def test_http_client_request_lines_show_only_at_debug() -> None:
         server.shutdown()
         server.server_close()
         configure_logging("json", level="INFO")
+
+
+def test_ids_that_look_like_phone_numbers_are_logged_as_they_are(
+    json_lines: Lines, sqlite_url: str
+) -> None:
+    holder = "vm:12374:73662891"  # its token's 8 hex digits happen to be all decimal
+    stopped = threading.Event()
+    stopped.set()
+    store = Store.open(sqlite_url)
+    try:
+        Poller(store, {}, {}, stop=stopped, holder=holder).run()
+    finally:
+        store.close()
+    structlog.get_logger("civicbus.test").info(
+        "ids.logged",
+        lease="poller:7946095812",
+        work_order="4420791234",
+        routing_key="request.submitted.7946095812",
+        note="call me on +44 20 7946 0958",
+    )
+
+    lines = {str(line["event"]): line for line in json_lines()}
+    assert lines["poller.started"]["holder"] == lines["poller.stopped"]["holder"] == holder
+    ids = lines["ids.logged"]
+    assert ids["lease"] == "poller:7946095812" and ids["work_order"] == "4420791234"
+    assert ids["routing_key"] == "request.submitted.7946095812"
+    assert "7946" not in str(ids["note"])  # free text is masked as before

@@ -89,3 +89,14 @@ def test_identifiers_are_not_mistaken_for_phone_numbers_or_addresses() -> None:
         "device_id": REDACTED,
         "note": "call " + PHONE_MASK,
     }
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["holder", "lease", "work_order", "routing_key", "Message-ID", "Update-Id", "to_revision"],
+)
+def test_identifier_keys_are_recognised_however_they_are_written(key: str) -> None:
+    assert redact({key: "vm:12374:73662891", "note": "vm:12374:73662891"}) == {
+        key: "vm:12374:73662891",
+        "note": "vm:12374:" + PHONE_MASK,
+    }
