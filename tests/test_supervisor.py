@@ -330,3 +330,31 @@ def test_civicbus_run_refuses_at_once_when_its_api_port_is_taken(tmp_path: Path)
     assert "is civicbus already running? `pgrep -af civicbus`" in stderr, stderr
     assert "Open311 API at" not in stdout, stdout
     assert not store.exists(), "the store was touched before the check"
+
+
+def test_civicbus_run_refuses_a_malformed_broker_url_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "civicbus.yaml"
+    config.write_text(CONFIG)
+    store = tmp_path / "civicbus.db"
+    env = {
+        **os.environ,
+        "CIVICBUS_CONFIG": str(config),
+        "CIVICBUS_DATABASE_URL": f"sqlite:///{store}",
+        "CIVICBUS_AMQP_URL": "guest:s3cret@127.0.0.1",
+    }
+    run = subprocess.Popen(
+        [sys.executable, "-m", "civicbus", "run", "--no-sandbox", "--port", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+    assert run.returncode == 2, stdout + stderr
+    assert "CIVICBUS_AMQP_URL is not a RabbitMQ URL" in stderr and "s3cret" not in stderr
+    assert "starting" not in stdout and not store.exists()

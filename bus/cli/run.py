@@ -6,6 +6,7 @@ import os
 
 import typer
 
+from bus.broker.connection import connection_parameters
 from bus.cli.common import runtime
 from bus.config import DEFAULT_CONFIG
 from bus.supervisor import IN_USE_HINT, Part, Supervisor, addresses_in_use
@@ -45,6 +46,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start the API, the relay, the status poller and a worker per adapter instance."""
         with runtime() as rt:
+            # A malformed broker URL (a ConfigError, reported by runtime()) would otherwise
+            # make every part but the API exit at start, over and over.
+            connection_parameters(rt.env.amqp_url)
             with_sandbox = rt.env.config_path == DEFAULT_CONFIG if sandbox is None else sandbox
             parts = parts_for(list(rt.config.instances), host, port, with_sandbox)
             # Before anything starts: a taken port would have its part restart in vain, while
