@@ -46,8 +46,10 @@ Worker figures, 2026-11-22, 2 CPUs shared with other benchmarks (load average 1.
 loop's round trips). Instructions per message (callgrind, independent of the load): bare 266 k,
 worker 1.54 M (2.12 M before the 2026-11-22 worker changes, when it measured 11-15 %).
 2026-12-04, quieter machine: bare 18,700 msgs/s at 42 us CPU/msg; worker 4,100 msgs/s at 239 us
-CPU/msg: 22 % by rate, 18 % by CPU. Sampled, no single cost dominates (receipt transaction ~28 %,
-reading the batch's requests ~12 %, broker I/O ~16 %, the adapter call ~6 %, logging ~5 %).
+CPU/msg: 22 % by rate, 18 % by CPU. Later that day, on a slower VM (AMD EPYC): bare 10,846 msgs/s
+at 81 us CPU/msg; worker 1,970 msgs/s at 500 us CPU/msg, 18 %. Sampled, no single cost
+dominates (receipt transaction ~28 %, reading the batch's requests ~12 %, broker I/O ~16 %, the
+adapter call ~6 %, logging ~5 %).
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
@@ -58,7 +60,9 @@ worker stores as the cross-reference's time (read from the store, outside the wo
 Both times come from the same machine's clock. Measured 2026-11-22: all 6,000 delivered, POST
 p50/p99 16.8/61.9 ms, answered -> receipt p50/p99 22.4/231 ms (max 366 ms). 2026-12-04 (quieter
 machine): all 6,000 delivered, POST p50/p99 1.3/9.9 ms, answered -> receipt p50/p99 5.2/22.0 ms
-(max 64 ms).
+(max 64 ms). Later that day, on the slower VM, with the routed event: three runs, all 6,000
+delivered, answered -> receipt p50 10.8-15.2 ms, p99 42-155 ms (the 155 in the first run; the
+code before the routed event, in the same hour: p50 9.4-9.6, p99 54-62 ms).
 
 The civicbus code logs as in production (JSON lines), here to /dev/null.
 """

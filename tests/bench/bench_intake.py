@@ -18,6 +18,9 @@ generator, up to 50 % CPU steal; two runs of 10 s, so +-30 % between runs):
 2026-12-04, the same VM with little steal (one run of 10 s): 8 connections bare 6,582 req/s,
 civicbus 1,915 (29 %, p50/p99 3.8/9.3 ms); 64 connections bare 6,585, civicbus 2,761 (42 %,
 p50/p99 19.4/73.2 ms). The ratios held while both servers got about 2.5 times faster.
+Later that day, on a slower VM (AMD EPYC), 8 connections, five runs of 10 s: bare 3,778-5,004,
+civicbus 1,026-1,522 req/s (25-32 %, p99 13.7-18.0 ms); 64 connections, one run: bare 4,551,
+civicbus 1,509 (33 %).
 
 The first session's code gave 603-712 (8) and 769-923 (64) req/s on the same machine. The
 p99 target (< 50 ms at 8) is met; the throughput target (>= 50 %) is met at 64 connections in
