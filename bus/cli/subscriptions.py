@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
             typer.echo("no subscriptions")
         for s in found:
             secret = f" (signed with ${s.secret_env})" if s.secret_env else " (unsigned)"
-            typer.echo(f"{s.id:>4}  {s.url}  {', '.join(s.events)}{secret}")
+            events = ", ".join(p if _matches(p) else f"{p} (matches no event)" for p in s.events)
+            typer.echo(f"{s.id:>4}  {s.url}  {events}{secret}")
 
     @group.command("remove")
     def remove(subscription_id: int = typer.Argument(..., metavar="ID")) -> None:
@@ -82,3 +83,13 @@ def register(app: typer.Typer) -> None:
             except BrokerUnavailable as exc:
                 typer.echo(f"warning: its queue is left on the broker ({exc})", err=True)
         typer.echo(f"subscription {subscription_id} removed")
+
+
+def _matches(pattern: str) -> bool:
+    """Whether a stored pattern can match an event (one stored before patterns were checked
+    may not)."""
+    try:
+        subs.check_pattern(pattern)
+    except SubscriptionError:
+        return False
+    return True

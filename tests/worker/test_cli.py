@@ -105,6 +105,7 @@ def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_u
 
     listed = runner.invoke(app, ["subscriptions", "list"])
     assert "http://127.0.0.1:9/hook" in listed.output and "$HOOK_SECRET" in listed.output
+    assert "matches no event" not in listed.output
 
     bad = runner.invoke(app, ["subscriptions", "add", "ftp://x", "--events", "request.*"])
     assert bad.exit_code == 2 and "not an http(s) URL" in bad.output
@@ -152,3 +153,14 @@ def _published(amqp_url: str, envelope: Envelope) -> bool:
     except pika.exceptions.UnroutableError:
         return False
     return True
+
+
+def test_subscriptions_list_marks_a_stored_pattern_that_matches_no_event(
+    env: dict[str, str], store: Store
+) -> None:
+    store.add_subscription("http://127.0.0.1:9/old", ["request.closd", "request.closed"], None)
+
+    listed = CliRunner().invoke(app, ["subscriptions", "list"])
+
+    assert listed.exit_code == 0, listed.output
+    assert "request.closd (matches no event), request.closed (unsigned)" in listed.output
