@@ -168,6 +168,19 @@ def declare(channel: Any, subscription: Subscription) -> None:
     channel.queue_bind(queue=dead, exchange=DEAD_EXCHANGE, routing_key=route_name(subscription.id))
 
 
+def declare_new(channel: Any, subscription: Subscription) -> None:
+    """Declare a just-added subscription's queues from scratch.
+
+    Queue names come from the store's ids, which start again at 1 in a new store: a queue of
+    that name already on the broker is a leftover (of a store since replaced, or of another
+    store on the same vhost), with its old events and bindings. It is deleted first, so the
+    new subscription gets only the events it asked for, from now on.
+    """
+    channel.queue_delete(queue=queue_name(subscription.id))
+    channel.queue_delete(queue=f"civicbus.dead.{route_name(subscription.id)}")
+    declare(channel, subscription)
+
+
 def delete_queue(channel: Any, subscription_id: int) -> None:
     """Remove a removed subscription's queue (its undelivered events go with it)."""
     channel.queue_delete(queue=queue_name(subscription_id))

@@ -42,15 +42,19 @@ def register(app: typer.Typer) -> None:
                 connection = connect(rt.env.amqp_url)
                 try:
                     with broker_errors("declaring the subscription's queue"):
-                        subs.declare(connection.channel(), subscription)
+                        subs.declare_new(connection.channel(), subscription)
                 finally:
                     close_quietly(connection)
             except BrokerUnavailable as exc:
+                # Without its own fresh queue the subscription would miss events, or later
+                # adopt a leftover queue of the same name: it exists only with one.
+                subs.remove_subscription(rt.store, subscription.id)
                 typer.echo(
-                    f"warning: subscription {subscription.id} stored, but its queue is not "
-                    f"declared yet ({exc}); `civicbus worker --subscriptions` declares it",
+                    f"error: the broker cannot be reached ({exc}); nothing was subscribed, "
+                    "try again once it is back",
                     err=True,
                 )
+                raise typer.Exit(1) from exc
         typer.echo(f"subscription {subscription.id}: {url} <- {', '.join(events)}")
 
     @group.command("list")
@@ -67,7 +71,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("remove")
     def remove(subscription_id: int = typer.Argument(..., metavar="ID")) -> None:
-        """Stop delivering to a subscription and delete its queue."""
+        """Stop delivering to a subscription and delete its queue of undelivered events."""
         with runtime() as rt:
             connection_parameters(rt.env.amqp_url)  # a malformed URL stops us before removing
             if not subs.remove_subscription(rt.store, subscription_id):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import pika
 import pytest
 from typer.testing import CliRunner
-from worker_support import actions, channel_on, new_request, publish, wait_until
+from worker_support import actions, channel_on, new_request, publish, queue_depth, wait_until
 
+from bus.broker.topology import EVENTS_EXCHANGE, declare_topology
 from bus.cli import app
 from bus.store import Store
 from schemas.events import Envelope
@@ -164,3 +166,48 @@ def test_subscriptions_list_marks_a_stored_pattern_that_matches_no_event(
 
     assert listed.exit_code == 0, listed.output
     assert "request.closd (matches no event), request.closed (unsigned)" in listed.output
+
+
+def test_subscriptions_add_replaces_a_leftover_queue_of_the_same_name(
+    env: dict[str, str], store: Store, amqp_url: str
+) -> None:
+    # What a store since replaced (ids start again at 1) left on the broker: a queue with old
+    # events and bindings the new subscription never asked for.
+    with channel_on(amqp_url) as ch:
+        declare_topology(ch, {})
+        ch.queue_declare("civicbus.sub.1", durable=True, arguments={"x-queue-type": "classic"})
+        ch.queue_bind("civicbus.sub.1", EVENTS_EXCHANGE, "request.#")
+        ch.basic_publish("", "civicbus.sub.1", b'{"old": "event"}')
+
+    added = CliRunner().invoke(
+        app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", "request.closed"]
+    )
+
+    assert added.exit_code == 0, added.output
+    assert [s.id for s in store.list_subscriptions()] == [1]
+    assert queue_depth(amqp_url, "civicbus.sub.1") == 0
+    with channel_on(amqp_url) as ch:
+        ch.confirm_delivery()
+        for key in ("request.created.POTHOLE", "request.closed.fixed"):
+            ch.basic_publish(EVENTS_EXCHANGE, key, key.encode())
+    got = wait_until(lambda: queue_depth(amqp_url, "civicbus.sub.1") or None, what="an event")
+    with channel_on(amqp_url) as ch:
+        _, _, body = ch.basic_get("civicbus.sub.1", auto_ack=True)
+    assert (got, body) == (1, b"request.closed.fixed")
+
+
+def test_subscriptions_add_stores_nothing_when_the_broker_is_down(
+    env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CIVICBUS_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{port}/%2F")
+
+    added = CliRunner().invoke(
+        app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", "request.*"]
+    )
+
+    assert added.exit_code == 1
+    assert "nothing was subscribed" in added.output
+    assert store.list_subscriptions() == []
