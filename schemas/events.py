@@ -40,7 +40,11 @@ _TRACEPARENT = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 class Envelope(BaseModel):
     """A CloudEvents 1.0 structured-mode JSON event (DESIGN.md, Messages)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every attribute is on every published event (`id` is what consumers deduplicate by):
+    # the schemas of what is published say so, defaults or not.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_serialization_defaults_required=True
+    )
 
     specversion: str = "1.0"
     id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)

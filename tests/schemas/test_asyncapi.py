@@ -99,6 +99,10 @@ def test_a_published_envelope_matches_its_message_schema(event_type: EventType) 
     wrong_type = EventType.CREATED if event_type is not EventType.CREATED else EventType.CLOSED
     assert not validator.is_valid({**_event(event_type), "type": wrong_type.value})
     assert not validator.is_valid({**_event(event_type), "data": {"id": 1}})
+    # Every attribute is always published: an event without one is not a civicbus event.
+    for attribute in ("id", "specversion", "time", "traceparent"):
+        incomplete = {k: v for k, v in _event(event_type).items() if k != attribute}
+        assert not validator.is_valid(incomplete), attribute
     # Each event type's data is its own: another type's data does not pass.
     other = EventType.DELIVERY_FAILED if event_type is EventType.SUBMITTED else EventType.SUBMITTED
     assert not validator.is_valid(_event(event_type, _data(other)))
