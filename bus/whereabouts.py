@@ -8,7 +8,7 @@ relaying of events other than the command, say nothing about that way and are sk
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from bus.store import AuditEntry, DeadLetterState, Undelivered
 from bus.subscriptions import ROUTE_PREFIX
@@ -54,7 +54,10 @@ def whereabouts(item: Undelivered) -> Whereabouts:
     if hop.action in ("attempt", "retry_scheduled"):
         attempt = hop.details.get("attempt")
         delay = hop.details.get("delay_seconds")
-        then = f"; next attempt {delay:g} s after that" if isinstance(delay, int | float) else ""
+        then = ""
+        if isinstance(delay, int | float):
+            due = hop.at + timedelta(seconds=delay)
+            then = f"; next attempt due {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
         return Whereabouts(
             "retrying",
             instance,

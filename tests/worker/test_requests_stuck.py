@@ -5,7 +5,7 @@ where it is. The requests get there through the real relay, worker and dead lett
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -108,7 +108,10 @@ def test_each_undelivered_request_is_found_where_it_is_stuck(
     assert "rule roads-to-sap" in found[queued.subject]["detail"]
     assert "civicbus relay" in found[in_outbox.subject]["hint"]
     assert "busy" in found[retrying.subject]["detail"]
-    assert "next attempt 60 s after" in found[retrying.subject]["detail"]
+    # When, as a clock time: the failed attempt's time plus the retry tier's 60 s.
+    failed_at = datetime.fromisoformat(found[retrying.subject]["since"])
+    due = (failed_at + timedelta(seconds=60)).astimezone(UTC)
+    assert f"next attempt due {due:%Y-%m-%d %H:%M:%S} UTC" in found[retrying.subject]["detail"]
     assert "LANE" in found[rejected[0].subject]["detail"]
     assert f"civicbus dead replay {INSTANCE} {dead}" in found[rejected[0].subject]["hint"]
     assert "replayed" in found[rejected[2].subject]["detail"]
