@@ -4,6 +4,10 @@ The same function serves back-ends that push (POST /servicerequestupdates, C-22)
 status poller; a repeated `update_id` is a harmless no-op, so either may deliver twice. Only the
 API refuses an update_id repeated with other content: its client hears the refusal, while a
 poller re-reading a page must not stall on a back-end that rewrote an old update.
+
+Updates may arrive out of order (a page polled late, pushes racing): one dated before the
+request's current status is kept in the history, where Open311 reads show it in time order,
+and changes nothing else.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import structlog
 
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
-from bus.store import Store
+from bus.store import RecordedUpdate, Store, Transaction
 from schemas.events import Envelope, EventType
 from schemas.model import ServiceRequest, StatusUpdate
 
@@ -26,61 +30,79 @@ def record_status_update(
     correlation_id: str | None = None,
     refuse_conflicts: bool = False,
 ) -> ServiceRequest | None:
-    """Apply `update`; return the updated request, or None when the update_id was already seen
-    or the update repeats the current status without a note or media (nothing is recorded).
+    """Record `update`; return the request as it now is, or None when the update_id was
+    already seen or the update repeats the current status without a note or media (nothing is
+    recorded).
 
-    Emits `civicbus.request.status_changed` and, when the new status is a closed one,
-    `civicbus.request.closed` (both carrying the request without personal data). Raises KeyError
-    for an unknown request, StoreUnavailable when the store cannot be reached and, with
-    `refuse_conflicts`, UpdateConflict when the update_id was recorded with other content.
+    An applied update emits `civicbus.request.status_changed` and, for a closed status,
+    `civicbus.request.closed` (both carrying the request without personal data); an update
+    older than the request's current status goes into the history only and emits nothing.
+    Raises KeyError for an unknown request, StoreUnavailable when the store cannot be reached
+    and, with `refuse_conflicts`, UpdateConflict when the update_id was recorded with other
+    content.
     """
+    context = {
+        "request_id": update.request_id,
+        "correlation_id": correlation_id or update.request_id,
+        "update_id": update.update_id,
+        "source": update.source,
+        "status": update.status.value,
+    }
     with store.transaction() as tx:
-        updated = tx.apply_status_update(update, refuse_conflicts=refuse_conflicts)
-        if updated is None:
-            log.info(
-                "status.nothing_new",
-                request_id=update.request_id,
-                correlation_id=correlation_id or update.request_id,
-                update_id=update.update_id,
-                source=update.source,
-            )
+        recorded = tx.apply_status_update(update, refuse_conflicts=refuse_conflicts)
+        if recorded is None:
+            log.info("status.nothing_new", **context)
             return None
-        data = updated.without_personal_data().model_dump(mode="json")
-        kinds = [EventType.STATUS_CHANGED]
-        if update.status.is_closed:
-            kinds.append(EventType.CLOSED)
-        message_ids = []
-        for kind in kinds:
-            envelope = Envelope(
-                type=kind,
-                subject=updated.id,
-                data=data,
-                correlationid=correlation_id or updated.id,
-            )
-            tx.add_outbox(
-                envelope,
-                exchange=EVENTS_EXCHANGE,
-                routing_key=event_routing_key(kind, update.status.value),
-            )
-            message_ids.append(envelope.id)
+        request = recorded.request
+        message_ids = _queue_events(tx, recorded, correlation_id)
+        details: dict[str, object] = {
+            "status": update.status.value,
+            "update_id": update.update_id,
+            "source": update.source,
+            "external_status_code": update.external_status_code,
+        }
+        if recorded.history_only:
+            action = "status_history"
+            details["recorded_as"] = "history only: older than the current status"
+            details["current_status"] = request.status.value
+            details["current_since"] = request.updated_at.isoformat()
+        else:
+            action = "status_changed"
         tx.audit(
             actor=actor,
-            action="status_changed",
-            request_id=updated.id,
-            message_id=message_ids[0],
-            details={
-                "status": update.status.value,
-                "update_id": update.update_id,
-                "source": update.source,
-                "external_status_code": update.external_status_code,
-            },
+            action=action,
+            request_id=request.id,
+            message_id=message_ids[0] if message_ids else None,
+            details=details,
         )
-    log.info(
-        "status.changed",
-        request_id=updated.id,
-        correlation_id=correlation_id or updated.id,
-        status=update.status.value,
-        update_id=update.update_id,
-        source=update.source,
-    )
-    return updated
+    if recorded.history_only:
+        log.info("status.history_only", current_status=request.status.value, **context)
+    else:
+        log.info("status.changed", **context)
+    return request
+
+
+def _queue_events(
+    tx: Transaction, recorded: RecordedUpdate, correlation_id: str | None
+) -> list[str]:
+    """Queue status_changed, and closed for a closed status, unless the update went into the
+    history only; the ids of the queued events."""
+    if recorded.history_only:
+        return []
+    request = recorded.request
+    data = request.without_personal_data().model_dump(mode="json")
+    kinds = [EventType.STATUS_CHANGED]
+    if request.status.is_closed:
+        kinds.append(EventType.CLOSED)
+    message_ids = []
+    for kind in kinds:
+        envelope = Envelope(
+            type=kind, subject=request.id, data=data, correlationid=correlation_id or request.id
+        )
+        tx.add_outbox(
+            envelope,
+            exchange=EVENTS_EXCHANGE,
+            routing_key=event_routing_key(kind, request.status.value),
+        )
+        message_ids.append(envelope.id)
+    return message_ids

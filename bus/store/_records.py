@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from schemas.events import Envelope
-from schemas.model import Status
+from schemas.model import ServiceRequest, Status
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,22 @@ class AuditVerification:
     #: The first entry id where the chain breaks (edited, deleted or inserted), if any.
     broken_at: int | None = None
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class RecordedUpdate:
+    """A status update the store recorded: the request after it, the status it had before, and
+    whether the update was older than the request's current status and so went into the
+    history only (leaving status, status notes and updated time as they were)."""
+
+    request: ServiceRequest
+    previous_status: Status
+    history_only: bool = False
+
+    @property
+    def status_changed(self) -> bool:
+        """Whether the request's canonical status is another one than before the update."""
+        return self.request.status is not self.previous_status
 
 
 @dataclass(frozen=True)

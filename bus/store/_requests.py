@@ -18,10 +18,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from bus.store._errors import InvalidData, UpdateConflict
-from bus.store._records import RequestQuery
+from bus.store._records import RecordedUpdate, RequestQuery
 from bus.store._sql import JsonText, insert_ignoring_duplicates, insert_rows, utcnow
 from bus.store._tables import backend_refs, batch_tokens, reporters, requests, status_history
-from schemas.model import ServiceRequest, StatusNote, StatusUpdate
+from schemas.model import ServiceRequest, Status, StatusNote, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -280,15 +280,18 @@ def find_requests(conn: Connection, query: RequestQuery) -> list[ServiceRequest]
 
 def apply_status_update(
     conn: Connection, update: StatusUpdate, *, refuse_conflicts: bool = False
-) -> ServiceRequest | None:
+) -> RecordedUpdate | None:
     """Record the update; None when its update_id was already recorded for the request, or
     when it says nothing new: the status the request already has, with no note and no media
     (a polled back-end reporting the status a request was submitted with).
 
-    With `refuse_conflicts`, an update_id already recorded with other content raises
-    UpdateConflict instead of being ignored."""
+    An update older than the request's current status goes into the history only (see
+    `_is_late`). With `refuse_conflicts`, an update_id already recorded with other content
+    raises UpdateConflict instead of being ignored."""
     row = conn.execute(
-        sa.select(requests.c.document, requests.c.status)
+        sa.select(
+            requests.c.document, requests.c.status, requests.c.requested_at, requests.c.updated_at
+        )
         .where(requests.c.id == update.request_id)
         .with_for_update()  # concurrent updates of one request apply one after the other
     ).first()
@@ -339,17 +342,36 @@ def apply_status_update(
             "store.status_update.repeated", request_id=update.request_id, update_id=update.update_id
         )
         return None
-    document = dict(row.document)
-    document["status"] = update.status.value
-    document["updated_at"] = update.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if update.note is not None:
-        document["status_notes"] = update.note
-    conn.execute(
-        requests.update()
-        .where(requests.c.id == update.request_id)
-        .values(status=update.status.value, updated_at=update.at, document=document)
-    )
-    return get_request(conn, update.request_id)
+    previous = Status(row.status)
+    late = _is_late(update.at, requested_at=row.requested_at, updated_at=row.updated_at)
+    if not late:
+        document = dict(row.document)
+        document["status"] = update.status.value
+        document["updated_at"] = update.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        if update.note is not None:
+            document["status_notes"] = update.note
+        conn.execute(
+            requests.update()
+            .where(requests.c.id == update.request_id)
+            .values(status=update.status.value, updated_at=update.at, document=document)
+        )
+    request = get_request(conn, update.request_id)
+    assert request is not None  # locked above
+    return RecordedUpdate(request=request, previous_status=previous, history_only=late)
+
+
+def _is_late(at: datetime, *, requested_at: datetime, updated_at: datetime) -> bool:
+    """Whether an update dated `at` is older than the request's current status.
+
+    It compares the update's own time with the request's updated_at, which is the time of the
+    latest update applied (a late one leaves it alone): so a back-end page delivered late, or
+    pushes arriving out of order, cannot put an older status over a newer one. Equal times
+    apply, in arrival order. While no update has been applied, updated_at is still the
+    creation time, taken on civicbus's clock, not the sender's: there is then no newer reported
+    status to protect, and a back-end whose clock runs behind ours must still be able to move
+    the request (its receipt status, its first change), so any time applies.
+    """
+    return at < updated_at and updated_at != requested_at
 
 
 def add_backend_ref(

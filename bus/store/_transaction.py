@@ -18,7 +18,13 @@ from bus.store import (
     _subscriptions,
     _watermarks,
 )
-from bus.store._records import DeadLetter, DeadLetterState, OutboxEvent, Subscription
+from bus.store._records import (
+    DeadLetter,
+    DeadLetterState,
+    OutboxEvent,
+    RecordedUpdate,
+    Subscription,
+)
 from bus.store._sql import utcnow
 from schemas.events import Envelope
 from schemas.model import ServiceRequest, StatusUpdate
@@ -76,15 +82,16 @@ class Transaction:
 
     def apply_status_update(
         self, update: StatusUpdate, *, refuse_conflicts: bool = False
-    ) -> ServiceRequest | None:
-        """Add the update to the request's history and set its status and updated time.
+    ) -> RecordedUpdate | None:
+        """Add the update to the request's history and, unless it is older than the request's
+        current status (then it is history only), set its status and updated time.
 
-        Returns the updated request, or None when `update.update_id` was already recorded
-        for that request (a harmless repeat, C-22) or the update says nothing new (the status
-        the request already has, without note or media). Raises KeyError for an unknown request,
+        Returns what was recorded, or None when `update.update_id` was already recorded for
+        that request (a harmless repeat, C-22) or the update says nothing new (the status the
+        request already has, without note or media). Raises KeyError for an unknown request,
         and with `refuse_conflicts` UpdateConflict when the update_id was recorded with other
-        content (see StatusUpdate.says_the_same_as). A note on the update also becomes the
-        request's `status_notes`.
+        content (see StatusUpdate.says_the_same_as). A note on an applied update also becomes
+        the request's `status_notes`.
         """
         return _requests.apply_status_update(
             self._session, update, refuse_conflicts=refuse_conflicts

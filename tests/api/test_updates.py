@@ -158,6 +158,57 @@ def test_c22_the_409_of_a_conflicting_update_is_in_the_openapi_document(
     assert "application/json" in operation["responses"]["409"]["content"]
 
 
+def test_c22_an_update_older_than_the_current_status_is_history_only(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    now = datetime.now(UTC)
+    current = post_update(
+        http,
+        api_key,
+        service_request_id=request_id,
+        update_id="u1",
+        updated_datetime=now.isoformat(),
+    )
+    late_at = now - timedelta(minutes=30)
+    late = post_update(
+        http,
+        api_key,
+        service_request_id=request_id,
+        update_id="u6",
+        status="CLOSED",
+        description="filled",
+        updated_datetime=late_at.isoformat(),
+    )
+    assert current.status_code == late.status_code == 200, late.text
+
+    params = {"jurisdiction_id": SPRINGFIELD, "extensions": "true"}
+    (read,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert (read["status"], read["extended_attributes"]["status"]) == ("open", "in_progress")
+    assert read["status_notes"] == "crew dispatched"
+    updated = datetime.fromisoformat(read["updated_datetime"])
+    assert updated == now >= datetime.fromisoformat(read["requested_datetime"])
+    window = {
+        "start_date": (now - timedelta(hours=1)).isoformat(),
+        "end_date": (now + timedelta(minutes=5)).isoformat(),
+    }
+    listed = http.get("/servicerequestupdates.json", params=window).json()
+    assert [
+        (u["update_id"], u["status"]) for u in listed if u["service_request_id"] == request_id
+    ] == [("u6", "CLOSED"), ("u1", "IN_PROGRESS")]  # in the order they happened
+
+    events = [r for r in runtime.store.pending_outbox(10_000) if r.envelope.subject == request_id]
+    assert [e.routing_key for e in events] == [
+        "request.created.POTHOLE",
+        "request.status_changed.in_progress",
+    ]
+    audit = runtime.store.audit_trail(request_id)
+    assert [a.action for a in audit] == ["accepted", "status_changed", "status_history"]
+    assert audit[-1].message_id is None
+    assert audit[-1].details["recorded_as"] == "history only: older than the current status"
+    assert (audit[-1].details["update_id"], audit[-1].details["status"]) == ("u6", "closed")
+
+
 def test_c23_closing_status_is_closed_in_core_and_emits_closed_event(
     http: httpx.Client, api_key: str, create: Create, runtime: Runtime
 ) -> None:

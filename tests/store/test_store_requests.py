@@ -169,7 +169,7 @@ def test_status_update_sets_status_time_and_history_and_a_repeat_is_harmless(sto
     with store.transaction() as tx:
         repeated = tx.apply_status_update(update.model_copy(update={"status": Status.OPEN}))
 
-    assert updated is not None and updated.status is Status.CLOSED
+    assert updated is not None and updated.request.status is Status.CLOSED
     assert repeated is None
     stored = store.get_request("r")
     assert stored is not None
@@ -181,6 +181,70 @@ def test_status_update_sets_status_time_and_history_and_a_repeat_is_harmless(sto
     assert [(n.update_id, n.external_status_code) for n in stored.history] == [("u-1", "DONE")]
     assert store.status_updates(T0, T0 + minutes(10)) == [update]
     assert store.status_updates(T0 + minutes(11), T0 + minutes(20)) == []
+
+
+def status_update(update_id: str, status: Status, at: datetime, **fields: object) -> StatusUpdate:
+    return StatusUpdate.model_validate(
+        {"request_id": "r", "status": status, "at": at, "update_id": update_id, "source": "x"}
+        | fields
+    )
+
+
+def test_c22_an_update_older_than_the_current_status_is_kept_as_history_only(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+    current = status_update("u1", Status.IN_PROGRESS, T0 + minutes(30), note="crew sent")
+    late = status_update("u6", Status.CLOSED, T0 + minutes(10), note="filled")
+    with store.transaction() as tx:
+        applied = tx.apply_status_update(current)
+    with store.transaction() as tx:
+        kept = tx.apply_status_update(late)
+
+    assert applied is not None and (applied.history_only, applied.status_changed) == (False, True)
+    assert kept is not None and (kept.history_only, kept.status_changed) == (True, False)
+    assert kept.previous_status is Status.IN_PROGRESS
+    stored = store.get_request("r")
+    assert stored is not None and kept.request == stored
+    assert (stored.status, stored.updated_at, stored.status_notes) == (
+        Status.IN_PROGRESS,
+        T0 + minutes(30),
+        "crew sent",
+    )
+    assert [n.update_id for n in stored.history] == ["u1", "u6"]
+    # C-21 lists updates by their own time, the late one first.
+    assert [u.update_id for u in store.status_updates(T0, T0 + minutes(60))] == ["u6", "u1"]
+
+    # An update at the very same instant as the current status applies (same-second updates).
+    same_time = status_update("u7", Status.FIXED, T0 + minutes(30))
+    with store.transaction() as tx:
+        fixed = tx.apply_status_update(same_time)
+    assert fixed is not None and (fixed.history_only, fixed.status_changed) == (False, True)
+    assert fixed.request.status is Status.FIXED
+
+
+def test_an_update_dated_before_the_request_applies_while_no_update_has_been_applied(
+    store: Store,
+) -> None:
+    # A back-end clock behind civicbus's: its first status is dated before the request.
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+    first = status_update("u1", Status.FOR_TRIAGE, T0 - minutes(2))
+    with store.transaction() as tx:
+        applied = tx.apply_status_update(first)
+    assert applied is not None and not applied.history_only
+    assert (applied.request.status, applied.request.updated_at) == (
+        Status.FOR_TRIAGE,
+        T0 - minutes(2),
+    )
+    # From then on its own times order its updates.
+    with store.transaction() as tx:
+        earlier = tx.apply_status_update(status_update("u2", Status.CLOSED, T0 - minutes(3)))
+        later = tx.apply_status_update(status_update("u3", Status.IN_PROGRESS, T0 - minutes(1)))
+    assert earlier is not None and earlier.history_only
+    assert later is not None and not later.history_only
+    assert later.request.status is Status.IN_PROGRESS
 
 
 def test_c22_an_update_id_repeated_with_other_content_is_refused_when_asked(

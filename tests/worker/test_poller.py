@@ -4,7 +4,7 @@ moving, one copy polling an instance at a time."""
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from worker_support import new_request, wait_until
@@ -31,16 +31,22 @@ class PollingBackend(Adapter):
         self.page_size = page_size
         self.asked: list[str | None] = []
 
-    def change(self, request_id: str, status: Status) -> None:
+    def change(
+        self, request_id: str, status: Status, *, at: datetime | None = None, **fields: str | None
+    ) -> None:
+        """A clerk's change, at `at` (now by default); `fields` replace other update fields."""
         seq = len(self.changes) + 1
         self.changes.append(
-            StatusUpdate(
-                request_id=request_id,
-                status=status,
-                at=datetime.now(UTC),
-                update_id=f"parks-{seq}",
-                source="parks",
-                external_status_code=status.value.upper(),
+            StatusUpdate.model_validate(
+                {
+                    "request_id": request_id,
+                    "status": status,
+                    "at": at or datetime.now(UTC),
+                    "update_id": f"parks-{seq}",
+                    "source": "parks",
+                    "external_status_code": status.value.upper(),
+                    **fields,
+                }
             )
         )
 
@@ -135,6 +141,28 @@ def test_a_back_end_reporting_the_status_a_request_already_has_records_nothing(
     assert poller.poll_once("parks") == 1
     noted = store.get_request(request_id)
     assert noted is not None and noted.status_notes == "crew booked"
+
+
+def test_a_change_delivered_after_a_newer_one_is_history_only(
+    store: Store, backend: PollingBackend
+) -> None:
+    request_id = new_request(store).subject
+    now = datetime.now(UTC)
+    backend.change(request_id, Status.IN_PROGRESS, at=now)
+    # The back-end's page hands out a change made half an hour earlier only now.
+    backend.change(request_id, Status.CLOSED, at=now - timedelta(minutes=30))
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+
+    assert poller.poll_once("parks") == 2
+    request = store.get_request(request_id)
+    assert request is not None
+    assert (request.status, request.updated_at) == (Status.IN_PROGRESS, now)
+    assert [n.update_id for n in request.history] == ["parks-1", "parks-2"]
+    assert status_events(store) == [(request_id, "request.status_changed.in_progress")]
+    (late,) = [a for a in store.audit_trail(request_id) if a.action == "status_history"]
+    assert late.details["update_id"] == "parks-2"
+    assert late.details["recorded_as"] == "history only: older than the current status"
+    assert late.details["current_status"] == "in_progress"
 
 
 def test_a_crash_before_the_watermark_is_saved_repeats_nothing(
