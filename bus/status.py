@@ -7,7 +7,7 @@ poller re-reading a page must not stall on a back-end that rewrote an old update
 
 Updates may arrive out of order (a page polled late, pushes racing): one dated before the
 request's current status is kept in the history, where Open311 reads show it in time order,
-and changes nothing else.
+and changes nothing else. Subscribers hear of a status only when it changes.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ def record_status_update(
     refuse_conflicts: bool = False,
 ) -> ServiceRequest | None:
     """Record `update`; return the request as it now is, or None when the update_id was
-    already seen or the update repeats the current status without a note or media (nothing is
-    recorded).
+    already seen or the update repeats the current status without a note, media or back-end
+    status code (nothing is recorded).
 
-    An applied update emits `civicbus.request.status_changed` and, for a closed status,
-    `civicbus.request.closed` (both carrying the request without personal data); an update
-    older than the request's current status goes into the history only and emits nothing.
-    Raises KeyError for an unknown request, StoreUnavailable when the store cannot be reached
-    and, with `refuse_conflicts`, UpdateConflict when the update_id was recorded with other
-    content.
+    Only a change of the canonical status emits `civicbus.request.status_changed` and, for a
+    closed status, `civicbus.request.closed` (both carrying the request without personal
+    data): the same status with a note is recorded for Open311 reads, and an update older than
+    the request's current status goes into the history only. Raises KeyError for an unknown
+    request, StoreUnavailable when the store cannot be reached and, with `refuse_conflicts`,
+    UpdateConflict when the update_id was recorded with other content.
     """
     context = {
         "request_id": update.request_id,
@@ -67,7 +67,7 @@ def record_status_update(
             details["current_status"] = request.status.value
             details["current_since"] = request.updated_at.isoformat()
         else:
-            action = "status_changed"
+            action = "status_changed" if recorded.status_changed else "status_noted"
         tx.audit(
             actor=actor,
             action=action,
@@ -77,17 +77,19 @@ def record_status_update(
         )
     if recorded.history_only:
         log.info("status.history_only", current_status=request.status.value, **context)
-    else:
+    elif recorded.status_changed:
         log.info("status.changed", **context)
+    else:
+        log.info("status.noted", **context)
     return request
 
 
 def _queue_events(
     tx: Transaction, recorded: RecordedUpdate, correlation_id: str | None
 ) -> list[str]:
-    """Queue status_changed, and closed for a closed status, unless the update went into the
-    history only; the ids of the queued events."""
-    if recorded.history_only:
+    """Queue status_changed, and closed for a closed status, when the update changed the
+    request's canonical status; the ids of the queued events (none when it did not)."""
+    if not recorded.status_changed:
         return []
     request = recorded.request
     data = request.without_personal_data().model_dump(mode="json")

@@ -282,8 +282,8 @@ def apply_status_update(
     conn: Connection, update: StatusUpdate, *, refuse_conflicts: bool = False
 ) -> RecordedUpdate | None:
     """Record the update; None when its update_id was already recorded for the request, or
-    when it says nothing new: the status the request already has, with no note and no media
-    (a polled back-end reporting the status a request was submitted with).
+    when it says nothing new: the status the request already has, with no note, no media and
+    no back-end status code.
 
     An update older than the request's current status goes into the history only (see
     `_is_late`). With `refuse_conflicts`, an update_id already recorded with other content
@@ -314,7 +314,12 @@ def apply_status_update(
                 update_id=update.update_id,
             )
             return None
-    if row.status == update.status.value and update.note is None and update.media_url is None:
+    if (
+        row.status == update.status.value
+        and update.note is None
+        and update.media_url is None
+        and update.external_status_code is None
+    ):
         log.info(
             "store.status_update.unchanged",
             request_id=update.request_id,

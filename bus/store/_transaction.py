@@ -88,10 +88,10 @@ class Transaction:
 
         Returns what was recorded, or None when `update.update_id` was already recorded for
         that request (a harmless repeat, C-22) or the update says nothing new (the status the
-        request already has, without note or media). Raises KeyError for an unknown request,
-        and with `refuse_conflicts` UpdateConflict when the update_id was recorded with other
-        content (see StatusUpdate.says_the_same_as). A note on an applied update also becomes
-        the request's `status_notes`.
+        request already has, without note, media or back-end status code). Raises KeyError for
+        an unknown request, and with `refuse_conflicts` UpdateConflict when the update_id was
+        recorded with other content (see StatusUpdate.says_the_same_as). A note on an applied
+        update also becomes the request's `status_notes`.
         """
         return _requests.apply_status_update(
             self._session, update, refuse_conflicts=refuse_conflicts

@@ -209,6 +209,33 @@ def test_c22_an_update_older_than_the_current_status_is_history_only(
     assert (audit[-1].details["update_id"], audit[-1].details["status"]) == ("u6", "closed")
 
 
+def test_c22_the_current_status_with_a_new_description_publishes_no_status_event(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    first = post_update(http, api_key, service_request_id=request_id, update_id="U-a")
+    again = post_update(
+        http, api_key, service_request_id=request_id, update_id="U-b", description="crew on site"
+    )
+    assert first.status_code == again.status_code == 200, again.text
+
+    params = {"jurisdiction_id": SPRINGFIELD, "extensions": "true"}
+    (read,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert read["status_notes"] == "crew on site"
+    assert [n["description"] for n in read["notes"]] == ["crew dispatched", "crew on site"]
+    keys = [
+        r.routing_key
+        for r in runtime.store.pending_outbox(10_000)
+        if r.envelope.subject == request_id
+    ]
+    assert keys == ["request.created.POTHOLE", "request.status_changed.in_progress"]
+    assert [a.action for a in runtime.store.audit_trail(request_id)] == [
+        "accepted",
+        "status_changed",
+        "status_noted",
+    ]
+
+
 def test_c23_closing_status_is_closed_in_core_and_emits_closed_event(
     http: httpx.Client, api_key: str, create: Create, runtime: Runtime
 ) -> None:

@@ -247,6 +247,32 @@ def test_an_update_dated_before_the_request_applies_while_no_update_has_been_app
     assert later.request.status is Status.IN_PROGRESS
 
 
+def test_the_current_status_again_with_a_note_media_or_code_is_recorded_as_no_change(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+    says_something: list[dict[str, object]] = [
+        {"note": "crew booked"},
+        {"media_url": "https://example.org/a.jpg"},
+        {"external_status_code": "NEW"},
+    ]
+    for n, fields in enumerate(says_something, start=1):
+        with store.transaction() as tx:
+            recorded = tx.apply_status_update(
+                status_update(f"u{n}", Status.OPEN, T0 + minutes(n), **fields)
+            )
+        assert recorded is not None and recorded.previous_status is Status.OPEN
+        assert (recorded.status_changed, recorded.history_only) == (False, False)
+        assert recorded.request.updated_at == T0 + minutes(n)
+    with store.transaction() as tx:
+        assert tx.apply_status_update(status_update("u9", Status.OPEN, T0 + minutes(9))) is None
+
+    stored = store.get_request("r")
+    assert stored is not None and stored.status_notes == "crew booked"
+    assert [n.update_id for n in stored.history] == ["u1", "u2", "u3"]
+
+
 def test_c22_an_update_id_repeated_with_other_content_is_refused_when_asked(
     store: Store,
 ) -> None:

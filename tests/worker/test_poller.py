@@ -116,13 +116,13 @@ def test_status_changes_are_recorded_once_with_a_moving_watermark(
     assert [a.action for a in store.audit_trail(second)].count("status_changed") == 2
 
 
-def test_a_back_end_reporting_the_status_a_request_already_has_records_nothing(
+def test_a_back_end_repeating_the_status_without_note_media_or_code_records_nothing(
     store: Store, backend: PollingBackend
 ) -> None:
     request_id = new_request(store).subject
     before = store.get_request(request_id)
     assert before is not None
-    backend.change(request_id, before.status)  # e.g. its first page right after the submit
+    backend.change(request_id, before.status, external_status_code=None)
     poller = Poller(store, {"parks": backend}, {"parks": 1.0})
 
     assert poller.poll_once("parks") == 0
@@ -133,14 +133,38 @@ def test_a_back_end_reporting_the_status_a_request_already_has_records_nothing(
         before.updated_at,
     )
     assert status_events(store) == []
-    assert "status_changed" not in [a.action for a in store.audit_trail(request_id)]
+    assert store.audit_trail(request_id) == []
 
-    # With a note, the same status is news: an Open311 update residents can read.
-    backend.change(request_id, before.status)
-    backend.changes[-1] = backend.changes[-1].model_copy(update={"note": "crew booked"})
+
+def test_c21_the_first_page_reporting_the_status_a_request_has_publishes_no_status_event(
+    store: Store, backend: PollingBackend
+) -> None:
+    request_id = new_request(store).subject
+    before = store.get_request(request_id)
+    assert before is not None and before.status is Status.OPEN
+    # A parks back-end's first page right after the submit: its NEW, which maps to open.
+    backend.change(request_id, Status.OPEN, external_status_code="NEW")
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+
+    assert poller.poll_once("parks") == 1
+    after = store.get_request(request_id)
+    assert after is not None and after.status is Status.OPEN
+    # Recorded for Open311 reads (C-21 carries external_status_code), but the status is the
+    # same: subscribers of request.status_changed.* hear nothing.
+    assert [(n.update_id, n.external_status_code) for n in after.history] == [("parks-1", "NEW")]
+    assert status_events(store) == []
+    assert [a.action for a in store.audit_trail(request_id)] == ["status_noted"]
+
+    # A note on the same status is news for residents, not a status change either.
+    backend.change(request_id, Status.OPEN, note="crew booked", external_status_code="NEW")
     assert poller.poll_once("parks") == 1
     noted = store.get_request(request_id)
     assert noted is not None and noted.status_notes == "crew booked"
+    assert status_events(store) == []
+
+    backend.change(request_id, Status.IN_PROGRESS)
+    assert poller.poll_once("parks") == 1
+    assert status_events(store) == [(request_id, "request.status_changed.in_progress")]
 
 
 def test_a_change_delivered_after_a_newer_one_is_history_only(
