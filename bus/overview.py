@@ -101,7 +101,8 @@ def _problems(overview: Overview) -> list[str]:
             found.append(
                 f"{c.name}: {c.retrying} message(s) wait in the retry tiers: its back-end has "
                 f"been failing; `civicbus adapters check {c.name}`, `civicbus requests stuck` "
-                "(the worker's log has the errors)"
+                "(the worker's log has the errors); once it answers, "
+                f"`civicbus adapters retry-now {c.name}`"
             )
         if c.dead_letters:
             found.append(

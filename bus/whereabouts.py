@@ -63,7 +63,8 @@ def whereabouts(item: Undelivered) -> Whereabouts:
             instance,
             hop.at,
             f"attempt {attempt} failed: {hop.details.get('error', '(no reason recorded)')}{then}",
-            f"the back-end keeps failing: `civicbus adapters check {instance}`",
+            f"the back-end keeps failing: `civicbus adapters check {instance}`; once it "
+            f"answers, `civicbus adapters retry-now {instance}`",
         )
     letter = hop.details.get("dead_letter")
     if hop.action == "dropped":

@@ -1,4 +1,5 @@
-"""`civicbus adapters list` and `civicbus adapters check [INSTANCE]`: what is there, what works.
+"""`civicbus adapters list`, `check [INSTANCE]` and `retry-now INSTANCE`: what is there, what
+works, and sending what waits in an instance's retry tiers to its worker now.
 
 Mapping paths in the config are taken relative to the working directory, as everywhere else.
 """
@@ -69,6 +70,42 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{name}: {'ok' if ok else 'FAIL'}: {verdict}")
         if failures:
             raise typer.Exit(1)
+
+    _retry_now_command(group)
+
+
+def _retry_now_command(group: typer.Typer) -> None:
+    @group.command("retry-now")
+    def retry_now_(instance: str = typer.Argument(..., metavar="INSTANCE")) -> None:
+        """Send the commands waiting in the instance's retry tiers to its worker now.
+
+        For when its back-end answers again after an outage: they need not wait out their
+        delay (up to the longest tier).
+        """
+        from bus.broker.connection import BrokerUnavailable
+        from bus.retry_now import retry_now
+
+        with runtime() as rt:
+            instances = rt.config.instances
+            if instance not in instances:
+                known = ", ".join(sorted(instances)) or "none"
+                typer.echo(
+                    f"error: no adapter instance {instance!r} (configured: {known})", err=True
+                )
+                raise typer.Exit(2)
+            try:
+                moved = retry_now(
+                    rt.env.amqp_url, rt.store, instance, instances[instance], actor="cli:adapters"
+                )
+            except BrokerUnavailable as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from exc
+        for queue, count in moved.by_tier.items():
+            typer.echo(f"{queue}: {count} moved")
+        typer.echo(
+            f"{moved.total} command(s) sent back to {instance}'s work queue"
+            + (": `civicbus requests stuck` shows where they are" if moved.total else "")
+        )
 
 
 def check_instance(name: str, cfg: InstanceConfig, base_dir: Path) -> tuple[bool, str]:

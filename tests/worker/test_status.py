@@ -198,7 +198,7 @@ def test_messages_waiting_in_the_retry_tiers_are_a_problem(store: Store, topolog
     assert (
         "patient: 1 message(s) wait in the retry tiers: its back-end has been failing; "
         "`civicbus adapters check patient`, `civicbus requests stuck` (the worker's log has the "
-        "errors)"
+        "errors); once it answers, `civicbus adapters retry-now patient`"
     ) in seen.problems
 
 

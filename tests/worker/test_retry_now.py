@@ -1,0 +1,104 @@
+"""`civicbus adapters retry-now`: after an outage, commands waiting in the retry tiers reach the
+worker at once instead of after their delay (real broker, real store, a real worker)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+from worker_support import (
+    INSTANCE,
+    MemoryBackend,
+    actions,
+    channel_on,
+    new_request,
+    publish,
+    queue_depth,
+    running,
+    wait_until,
+)
+
+from bus.broker.topology import declare_topology, retry_queue
+from bus.cli import app
+from bus.config import InstanceConfig, RetryPolicy
+from bus.store import Store
+from bus.worker import command_consumer
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
+
+#: One try per round, then a minute's wait: longer than any wait_until here.
+PATIENT = InstanceConfig(
+    kind="memory", retry=RetryPolicy(immediate_attempts=1, tiers=[60], max_attempts=5)
+)
+CONFIG = f"""
+jurisdictions: [{{id: springfield.example, name: Springfield}}]
+routing: {{default: {INSTANCE}}}
+instances:
+  {INSTANCE}:
+    kind: memory
+    retry: {{immediate_attempts: 1, tiers: [60], max_attempts: 5}}
+"""
+
+
+@pytest.fixture
+def cli_env(
+    tmp_path: Path, sqlite_url: str, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "civicbus.yaml"
+    config.write_text(CONFIG)
+    monkeypatch.setenv("CIVICBUS_CONFIG", str(config))
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("CIVICBUS_AMQP_URL", amqp_url)
+
+
+def test_waiting_commands_reach_the_worker_at_once_with_their_attempt_count(
+    cli_env: None, store: Store, amqp_url: str
+) -> None:
+    backend = MemoryBackend(transient_failures=1)  # down for the first attempt only
+    with channel_on(amqp_url) as ch:
+        declare_topology(ch, {INSTANCE: PATIENT})
+    envelope = new_request(store)
+    publish(amqp_url, envelope)
+
+    with running(command_consumer(amqp_url, store, INSTANCE, PATIENT, backend)):
+        tier = retry_queue(INSTANCE, 60)
+        wait_until(lambda: queue_depth(amqp_url, tier) == 1, what="the command in the 60 s tier")
+        # In a process of its own, as an operator runs it (and so that the command's logging
+        # set-up does not redirect this process's worker threads).
+        moved = subprocess.run(
+            [sys.executable, "-m", "civicbus", "adapters", "retry-now", INSTANCE],
+            capture_output=True, text=True, timeout=30, env=dict(os.environ),
+        )  # fmt: skip
+        wait_until(
+            lambda: ("submitted", "ok") in actions(store, envelope.subject),
+            what="delivery well before the tier's minute",
+        )
+
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert f"{tier}: 1 moved" in moved.stdout
+    assert backend.calls == 2 and list(backend.created) == [envelope.subject]
+    assert queue_depth(amqp_url, tier) == 0
+    trail = store.audit_trail(envelope.subject)
+    [retried] = [e for e in trail if e.action == "retried_now"]
+    assert retried.details == {"instance": INSTANCE, "from": tier}
+    assert retried.actor == "cli:adapters" and retried.message_id == envelope.id
+    attempts = [e.details["attempt"] for e in trail if e.action == "attempt"]
+    assert attempts == [1, 2]  # the moved command kept its attempt count
+
+
+def test_nothing_waiting_moves_nothing(cli_env: None, amqp_url: str) -> None:
+    moved = CliRunner().invoke(app, ["adapters", "retry-now", INSTANCE])
+
+    assert moved.exit_code == 0, moved.output
+    assert f"0 command(s) sent back to {INSTANCE}'s work queue" in moved.output
+
+
+def test_an_unknown_instance_is_refused(cli_env: None) -> None:
+    refused = CliRunner().invoke(app, ["adapters", "retry-now", "roadz"])
+
+    assert refused.exit_code == 2
+    assert f"no adapter instance 'roadz' (configured: {INSTANCE})" in refused.output
