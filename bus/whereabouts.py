@@ -15,7 +15,16 @@ from bus.subscriptions import ROUTE_PREFIX
 
 #: The audit actions of a request's way to its back-end (DESIGN.md, audit contract).
 _WAY_TO_BACKEND = frozenset(
-    {"accepted", "routed", "attempt", "retry_scheduled", "dead_lettered", "replayed", "dropped"}
+    {
+        "accepted",
+        "routed",
+        "attempt",
+        "retry_scheduled",
+        "retried_now",
+        "dead_lettered",
+        "replayed",
+        "dropped",
+    }
 )
 
 
@@ -42,8 +51,10 @@ def whereabouts(item: Undelivered) -> Whereabouts:
             "is `civicbus relay` running, and the broker reachable?",
         )
     instance = _instance(hop)
-    if hop.action in ("routed", "replayed"):
-        how = "replayed" if hop.action == "replayed" else f"rule {hop.details.get('rule')}"
+    if hop.action in ("routed", "replayed", "retried_now"):
+        how = {"replayed": "replayed", "retried_now": "retried now by an operator"}.get(
+            hop.action, f"rule {hop.details.get('rule')}"
+        )
         return Whereabouts(
             "queued",
             instance,

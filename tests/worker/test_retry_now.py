@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ from worker_support import (
 from bus.broker.topology import declare_topology, retry_queue
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy
-from bus.store import Store
+from bus.store import AuditEntry, Store, Undelivered
+from bus.whereabouts import whereabouts
 from bus.worker import command_consumer
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
@@ -102,3 +104,21 @@ def test_an_unknown_instance_is_refused(cli_env: None) -> None:
 
     assert refused.exit_code == 2
     assert f"no adapter instance 'roadz' (configured: {INSTANCE})" in refused.output
+
+
+def _entry(action: str, at: datetime, actor: str, **details: object) -> AuditEntry:
+    return AuditEntry(0, at, actor, action, "req-1", "m-1", "ok", dict(details), "", "")
+
+
+def test_requests_stuck_shows_a_command_retried_now_as_queued_again() -> None:
+    at = datetime(2026, 12, 4, 3, 0, tzinfo=UTC)
+    trail = [
+        _entry("retry_scheduled", at, f"worker:{INSTANCE}", attempt=1, delay_seconds=60),
+        _entry("retried_now", at, "cli:adapters", instance=INSTANCE, **{"from": "tier"}),
+    ]
+    item = Undelivered("req-1", "springfield.example", "POTHOLE", at, trail, [])
+
+    where = whereabouts(item)
+
+    assert (where.stage, where.instance) == ("queued", INSTANCE)
+    assert "retried now by an operator" in where.detail
