@@ -102,20 +102,24 @@ def api_key(runtime: Runtime) -> str:
     return runtime.store.add_client("test-app")[1]
 
 
+def pothole_form(api_key: str, /, **fields: str | list[str]) -> dict[str, str | list[str]]:
+    """The form of a valid pothole report in Springfield; `fields` override or add."""
+    return {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "POTHOLE",
+        "lat": "37.76",
+        "long": "-122.41",
+        "attribute[LANE]": "carriageway",
+        **fields,
+    }
+
+
 @pytest.fixture(scope="module")
 def create(http: httpx.Client, api_key: str) -> Callable[..., httpx.Response]:
     """POST a valid pothole (override or add fields by keyword) and return the response."""
 
     def post(fmt: str = "json", **fields: str | list[str]) -> httpx.Response:
-        data: dict[str, str | list[str]] = {
-            "api_key": api_key,
-            "jurisdiction_id": SPRINGFIELD,
-            "service_code": "POTHOLE",
-            "lat": "37.76",
-            "long": "-122.41",
-            "attribute[LANE]": "carriageway",
-        }
-        data.update(fields)
-        return http.post(f"/requests.{fmt}", data=data)
+        return http.post(f"/requests.{fmt}", data=pothole_form(api_key, **fields))
 
     return post

@@ -10,7 +10,7 @@ import pytest
 from defusedxml import ElementTree as SafeET
 
 from bus.bootstrap import Runtime
-from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer
+from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer, pothole_form
 
 Create = Callable[..., httpx.Response]
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -204,14 +204,7 @@ NOT_A_FORM = (
 def test_c02_a_json_body_is_415_naming_the_form_types(
     http: httpx.Client, api_key: str, fmt: str
 ) -> None:
-    fields = {
-        "api_key": api_key,
-        "jurisdiction_id": SPRINGFIELD,
-        "service_code": "POTHOLE",
-        "lat": "37.76",
-        "long": "-122.41",
-    }
-    response = http.post(f"/requests.{fmt}", json=fields)
+    response = http.post(f"/requests.{fmt}", json=pothole_form(api_key))
     assert response.status_code == 415
     expected = f"Content-Type 'application/json' {NOT_A_FORM}"
     if fmt == "json":
@@ -246,14 +239,7 @@ def test_c02_any_body_that_is_not_a_form_is_415_and_an_empty_one_needs_no_type(
         "jurisdiction_id required (one of springfield.example, shelbyville.example)"
     ]
     # Everything in the query string: a stray type on an empty body is no reason to refuse.
-    query = {
-        "api_key": api_key,
-        "jurisdiction_id": SPRINGFIELD,
-        "service_code": "POTHOLE",
-        "lat": "37.76",
-        "long": "-122.41",
-        "attribute[LANE]": "carriageway",
-    }
+    query = pothole_form(api_key)
     in_query = http.post(
         "/requests.json", params=query, headers={"Content-Type": "application/json"}
     )

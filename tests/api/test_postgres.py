@@ -12,7 +12,7 @@ import pytest
 from bus.api import create_app
 from bus.bootstrap import Runtime
 from bus.store import RequestQuery
-from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer, make_runtime
+from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer, make_runtime, pothole_form
 
 pytestmark = pytest.mark.postgres
 
@@ -97,17 +97,7 @@ def test_c22_an_update_id_repeated_with_other_content_is_409_on_postgresql(
     pg_api: tuple[httpx.Client, str, Runtime],
 ) -> None:
     http, key, runtime = pg_api
-    created = http.post(
-        "/requests.json",
-        data={
-            "api_key": key,
-            "jurisdiction_id": SPRINGFIELD,
-            "service_code": "POTHOLE",
-            "lat": "37.76",
-            "long": "-122.41",
-            "attribute[LANE]": "shoulder",
-        },
-    )
+    created = http.post("/requests.json", data=pothole_form(key))
     request_id = created.json()[0]["service_request_id"]
     update = {
         "api_key": key,
@@ -131,14 +121,7 @@ def test_c13_c22_a_nul_character_is_a_400_on_postgresql_and_nothing_is_stored(
 ) -> None:
     # PostgreSQL text cannot hold NUL at all: the API must refuse it before the store is asked.
     http, key, runtime = pg_api
-    form = {
-        "api_key": key,
-        "jurisdiction_id": SPRINGFIELD,
-        "service_code": "POTHOLE",
-        "lat": "37.76",
-        "long": "-122.41",
-        "attribute[LANE]": "shoulder",
-    }
+    form = pothole_form(key)
     refused = http.post("/requests.json", data={**form, "description": "a\x00b"})
     assert refused.status_code == 400
     assert refused.json() == [
