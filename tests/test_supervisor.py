@@ -299,33 +299,40 @@ instances:
 """
 
 
-def test_civicbus_run_refuses_at_once_when_its_api_port_is_taken(tmp_path: Path) -> None:
+def civicbus_run(tmp_path: Path, port: int, **env: str) -> tuple[int, str, str, Path]:
+    """Run `civicbus run --no-sandbox --port PORT` on a small config and a new SQLite store
+    in `tmp_path`, with `env` added; (exit code, stdout, stderr, the store's path)."""
     config = tmp_path / "civicbus.yaml"
     config.write_text(CONFIG)
     store = tmp_path / "civicbus.db"
-    env = {
-        **os.environ,
-        "CIVICBUS_CONFIG": str(config),
-        "CIVICBUS_DATABASE_URL": f"sqlite:///{store}",
-        "CIVICBUS_LOG_FORMAT": "json",
-    }
+    run = subprocess.Popen(
+        [sys.executable, "-m", "civicbus", "run", "--no-sandbox", "--port", str(port)],
+        env={
+            **os.environ,
+            "CIVICBUS_CONFIG": str(config),
+            "CIVICBUS_DATABASE_URL": f"sqlite:///{store}",
+            "CIVICBUS_LOG_FORMAT": "json",
+            **env,
+        },
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        # Had it not refused it would run on: stop it and whatever it started.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)
+    return run.returncode, stdout, stderr, store
+
+
+def test_civicbus_run_refuses_at_once_when_its_api_port_is_taken(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        run = subprocess.Popen(
-            [sys.executable, "-m", "civicbus", "run", "--no-sandbox", "--port", str(port)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            stdout, stderr = run.communicate(timeout=30)
-        finally:
-            # Without the check it would run on: stop it and whatever it started.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGKILL)
-            run.wait(timeout=10)
-    assert run.returncode == 1, stdout + stderr
+        code, stdout, stderr, store = civicbus_run(tmp_path, port)
+    assert code == 1, stdout + stderr
     assert f"127.0.0.1:{port} (api) is in use" in stderr, stderr
     assert "is civicbus already running? `pgrep -af civicbus`" in stderr, stderr
     assert "Open311 API at" not in stdout, stdout
@@ -335,26 +342,9 @@ def test_civicbus_run_refuses_at_once_when_its_api_port_is_taken(tmp_path: Path)
 def test_civicbus_run_refuses_a_malformed_broker_url_before_starting_anything(
     tmp_path: Path,
 ) -> None:
-    config = tmp_path / "civicbus.yaml"
-    config.write_text(CONFIG)
-    store = tmp_path / "civicbus.db"
-    env = {
-        **os.environ,
-        "CIVICBUS_CONFIG": str(config),
-        "CIVICBUS_DATABASE_URL": f"sqlite:///{store}",
-        "CIVICBUS_AMQP_URL": "guest:s3cret@127.0.0.1",
-    }
-    run = subprocess.Popen(
-        [sys.executable, "-m", "civicbus", "run", "--no-sandbox", "--port", "0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        stdout, stderr = run.communicate(timeout=30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait(timeout=10)
-    assert run.returncode == 2, stdout + stderr
+    code, stdout, stderr, store = civicbus_run(
+        tmp_path, 0, CIVICBUS_AMQP_URL="guest:s3cret@127.0.0.1"
+    )
+    assert code == 2, stdout + stderr
     assert "CIVICBUS_AMQP_URL is not a RabbitMQ URL" in stderr and "s3cret" not in stderr
     assert "starting" not in stdout and not store.exists()
