@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from worker_support import FAST, INSTANCE, channel_on
@@ -24,3 +25,25 @@ def topology(amqp_url: str) -> str:
     with channel_on(amqp_url) as ch:
         declare_topology(ch, {INSTANCE: FAST})
     return amqp_url
+
+
+@pytest.fixture
+def use_config(
+    tmp_path: Path, sqlite_url: str, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], dict[str, str]]:
+    """Point the CLI's environment at a config with this YAML text, the test's SQLite store and
+    its broker vhost, as an operator's shell would; returns the variables set."""
+
+    def use(config_text: str) -> dict[str, str]:
+        config = tmp_path / "civicbus.yaml"
+        config.write_text(config_text)
+        values = {
+            "CIVICBUS_CONFIG": str(config),
+            "CIVICBUS_DATABASE_URL": sqlite_url,
+            "CIVICBUS_AMQP_URL": amqp_url,
+        }
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        return values
+
+    return use

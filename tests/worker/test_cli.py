@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pika
 import pytest
@@ -32,19 +32,8 @@ instances:
 
 
 @pytest.fixture
-def env(
-    tmp_path: Path, sqlite_url: str, amqp_url: str, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    config = tmp_path / "civicbus.yaml"
-    config.write_text(CONFIG)
-    values = {
-        "CIVICBUS_CONFIG": str(config),
-        "CIVICBUS_DATABASE_URL": sqlite_url,
-        "CIVICBUS_AMQP_URL": amqp_url,
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
+def env(use_config: Callable[[str], dict[str, str]]) -> dict[str, str]:
+    return use_config(CONFIG)
 
 
 def queue_exists(amqp_url: str, queue: str) -> bool:

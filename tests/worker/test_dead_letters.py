@@ -4,8 +4,8 @@ delivers it exactly once; and the `civicbus dead` commands an operator uses."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -67,13 +67,8 @@ instances:
 
 
 @pytest.fixture
-def cli(
-    store: Store, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> CliRunner:
-    config = tmp_path / "civicbus.yaml"
-    config.write_text(CONFIG)
-    monkeypatch.setenv("CIVICBUS_CONFIG", str(config))
-    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+def cli(store: Store, use_config: Callable[[str], dict[str, str]]) -> CliRunner:
+    use_config(CONFIG)
     return CliRunner()
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -47,14 +47,8 @@ instances:
 
 
 @pytest.fixture
-def cli_env(
-    tmp_path: Path, sqlite_url: str, amqp_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = tmp_path / "civicbus.yaml"
-    config.write_text(CONFIG)
-    monkeypatch.setenv("CIVICBUS_CONFIG", str(config))
-    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("CIVICBUS_AMQP_URL", amqp_url)
+def cli_env(use_config: Callable[[str], dict[str, str]]) -> None:
+    use_config(CONFIG)
 
 
 def test_waiting_commands_reach_the_worker_at_once_with_their_attempt_count(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -155,20 +155,13 @@ def test_an_unreachable_broker_still_shows_the_store(store: Store) -> None:
 
 
 def test_the_command_prints_the_table_and_exits_1_on_problems(
-    store: Store, topology: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
 ) -> None:
-    config = tmp_path / "civicbus.yaml"
-    config.write_text(
+    use_config(
         "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
         f"routing: {{default: {INSTANCE}}}\n"
         f"instances: {{{INSTANCE}: {{kind: memory, retry: {{tiers: [0.2, 0.4]}}}}}}\n"
     )
-    for key, value in {
-        "CIVICBUS_CONFIG": str(config),
-        "CIVICBUS_DATABASE_URL": sqlite_url,
-        "CIVICBUS_AMQP_URL": topology,
-    }.items():
-        monkeypatch.setenv(key, value)
     publish(topology, new_request(store))
 
     text = CliRunner().invoke(app, ["status"])
