@@ -11,6 +11,7 @@ checked against bus.broker.topology by the tests (schemas/ imports nothing from 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,50 +32,55 @@ EVENTS_EXCHANGE = "civicbus.events"
 _REF = "#/components/schemas/{model}"
 _AMQP_BINDING_VERSION = "0.3.0"
 
-#: Event type -> (routing key qualifier parameter, its description, what the event means).
-_EVENTS: dict[EventType, tuple[str, str, str]] = {
-    EventType.CREATED: (
+
+@dataclass(frozen=True)
+class _Event:
+    """How one event type is documented."""
+
+    parameter: str  # the routing key's qualifier
+    parameter_doc: str
+    meaning: str
+    data: type[BaseModel]  # what its `data` holds
+
+
+_EVENTS: dict[EventType, _Event] = {
+    EventType.CREATED: _Event(
         "service_code",
         "The request's service code (a dot in it becomes `_`).",
         "A request was accepted (through Open311 or another channel) and stored.",
+        ServiceRequest,
     ),
-    EventType.ROUTED: (
+    EventType.ROUTED: _Event(
         "instance",
         "The adapter instance the request was sent to.",
         "The request was sent to the back-end the routing rules chose; `data.rule` names the "
         "rule (`default` when none matched).",
+        RoutingDecision,
     ),
-    EventType.SUBMITTED: (
+    EventType.SUBMITTED: _Event(
         "instance",
         "The adapter instance whose back-end accepted the request.",
         "The back-end accepted the request; `data.reference` is its reference there.",
+        SubmittedRequest,
     ),
-    EventType.STATUS_CHANGED: (
+    EventType.STATUS_CHANGED: _Event(
         "status",
         "The new canonical status, e.g. `in_progress`, `fixed`.",
         "The request's status changed (from a back-end, a partner or an operator).",
+        ServiceRequest,
     ),
-    EventType.CLOSED: (
+    EventType.CLOSED: _Event(
         "status",
         "The closing canonical status, e.g. `fixed`, `duplicate`.",
         "The request reached a closed status.",
+        ServiceRequest,
     ),
-    EventType.DELIVERY_FAILED: (
+    EventType.DELIVERY_FAILED: _Event(
         "instance",
         "The adapter instance that could not deliver the request.",
         "Delivery to the back-end failed for good and the command was dead-lettered.",
+        DeliveryFailure,
     ),
-}
-
-
-#: What each event's `data` holds.
-_DATA: dict[EventType, type[BaseModel]] = {
-    EventType.CREATED: ServiceRequest,
-    EventType.ROUTED: RoutingDecision,
-    EventType.SUBMITTED: SubmittedRequest,
-    EventType.STATUS_CHANGED: ServiceRequest,
-    EventType.CLOSED: ServiceRequest,
-    EventType.DELIVERY_FAILED: DeliveryFailure,
 }
 
 _NO_PERSONAL_DATA = (
@@ -105,7 +111,7 @@ def _model_schema(model: type[BaseModel], schemas: dict[str, Any]) -> None:
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    models: list[type[BaseModel]] = [Envelope, *dict.fromkeys(_DATA.values())]
+    models: list[type[BaseModel]] = [Envelope, *dict.fromkeys(e.data for e in _EVENTS.values())]
     for model in models:
         _model_schema(model, schemas)
     schemas["AmqpHeaders"] = {
@@ -118,14 +124,14 @@ def _schemas() -> dict[str, Any]:
         },
         "required": ["correlationid", "traceparent", "type"],
     }
-    for event_type, data in _DATA.items():
+    for event_type, event in _EVENTS.items():
         schemas[_schema_name(event_type)] = {
             "allOf": [
                 {"$ref": _REF.format(model="Envelope")},
                 {
                     "properties": {
                         "type": {"const": event_type.value},
-                        "data": {"$ref": _REF.format(model=data.__name__)},
+                        "data": {"$ref": _REF.format(model=event.data.__name__)},
                     }
                 },
             ]
@@ -145,12 +151,12 @@ def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    for event_type, (parameter, parameter_doc, meaning) in _EVENTS.items():
+    for event_type, event in _EVENTS.items():
         name = _camel(event_type)
         messages[name] = {
             "name": event_type.value,
             "title": event_type.value,
-            "summary": meaning,
+            "summary": event.meaning,
             "contentType": "application/json",
             "correlationId": {"location": "$message.header#/correlationid"},
             "headers": {"$ref": _REF.format(model="AmqpHeaders")},
@@ -164,10 +170,10 @@ def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
             },
         }
         channels[name] = {
-            "address": f"{event_type.short}.{{{parameter}}}",
+            "address": f"{event_type.short}.{{{event.parameter}}}",
             "title": f"{event_type.short} events",
-            "description": f"{meaning} Bind with `{event_type.short}.*` for all of them.",
-            "parameters": {parameter: {"description": parameter_doc}},
+            "description": f"{event.meaning} Bind with `{event_type.short}.*` for all of them.",
+            "parameters": {event.parameter: {"description": event.parameter_doc}},
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
             "bindings": {
                 "amqp": {
