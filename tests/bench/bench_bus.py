@@ -331,10 +331,14 @@ def relay_section(rows: int, batch: int, rounds: int) -> None:
 WORKER_INSTANCE = "bench"
 
 
-def _worker_config() -> Any:
+#: The worker section's prefetch unless --prefetch says otherwise (civicbus's default is 16).
+BENCH_PREFETCH = 64
+
+
+def _worker_config(prefetch: int = BENCH_PREFETCH) -> Any:
     from bus.config import InstanceConfig
 
-    return InstanceConfig(kind="memory", prefetch=64)
+    return InstanceConfig(kind="memory", prefetch=prefetch)
 
 
 def _fill_work(url: str, envelopes: list[Envelope]) -> None:
@@ -354,11 +358,11 @@ def _fill_work(url: str, envelopes: list[Envelope]) -> None:
     connection.close()
 
 
-def bare_consume_run(url: str, messages: int) -> tuple[float, int]:
+def bare_consume_run(url: str, messages: int, prefetch: int) -> tuple[float, int]:
     """Consume and ack `messages` with pika and nothing else (prefetch as the worker's)."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
-    channel.basic_qos(prefetch_count=_worker_config().prefetch)
+    channel.basic_qos(prefetch_count=prefetch)
     seen = 0
 
     def on_message(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
@@ -376,14 +380,14 @@ def bare_consume_run(url: str, messages: int) -> tuple[float, int]:
     return elapsed, seen
 
 
-def worker_run(url: str, store: Store, messages: int) -> tuple[float, int]:
+def worker_run(url: str, store: Store, messages: int, prefetch: int) -> tuple[float, int]:
     """The civicbus worker (consumer thread, handler thread, SQLite receipts) over `messages`."""
     import threading
 
     from adapters.memory import MemoryAdapter
     from bus.worker import CommandWorker, Consumer, Route
 
-    config = _worker_config()
+    config = _worker_config(prefetch)
     adapter = MemoryAdapter(WORKER_INSTANCE, {"backend": f"bench-{uuid.uuid4().hex[:6]}"})
     worker = CommandWorker(Route(WORKER_INSTANCE, store, config.retry), adapter)
     consumer = Consumer(url, prefetch=config.prefetch, name=WORKER_INSTANCE)
@@ -432,16 +436,16 @@ def _timed(run: Callable[[], tuple[float, int]]) -> tuple[float, float]:
     return seen / elapsed, (time.process_time() - cpu) / seen * 1e6
 
 
-def worker_section(messages: int, rounds: int) -> None:
+def worker_section(messages: int, rounds: int, prefetch: int) -> None:
     bare_runs, worker_runs = [], []
     with fresh_vhost() as url, tempfile.TemporaryDirectory() as folder:
         for round_ in range(rounds):
             store = Store.open(f"sqlite:///{folder}/worker-{round_}.db")
             envelopes = _stored_commands(store, messages)
             _fill_work(url, envelopes)
-            bare_runs.append(_timed(partial(bare_consume_run, url, messages)))
+            bare_runs.append(_timed(partial(bare_consume_run, url, messages, prefetch)))
             _fill_work(url, envelopes)
-            worker_runs.append(_timed(partial(worker_run, url, store, messages)))
+            worker_runs.append(_timed(partial(worker_run, url, store, messages, prefetch)))
             store.close()
     bare = statistics.median(rate for rate, _ in bare_runs)
     worker = statistics.median(rate for rate, _ in worker_runs)
@@ -449,7 +453,7 @@ def worker_section(messages: int, rounds: int) -> None:
     worker_cpu = statistics.median(cpu for _, cpu in worker_runs)
     print(
         f"\nworker: {messages} commands, in-memory adapter, SQLite store, prefetch "
-        f"{_worker_config().prefetch}, median of {rounds}"
+        f"{prefetch}, median of {rounds}"
     )
     print(f"  {'bare pika consume + ack':34} {bare:10,.0f} msgs/s  {bare_cpu:6.0f} us CPU/msg")
     print(
@@ -677,6 +681,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker-messages", type=int, default=2000)
+    parser.add_argument(
+        "--prefetch", type=int, default=BENCH_PREFETCH, help="Worker: prefetch of both loops."
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="End to end: POSTs per second.")
     parser.add_argument("--seconds", type=float, default=30.0, help="End to end: duration.")
     parser.add_argument("--connections", type=int, default=32, help="End to end: HTTP pool.")
@@ -697,7 +704,7 @@ def main() -> None:
         if args.only in (None, "relay"):
             relay_section(args.rows, args.batch, args.rounds)
         if args.only in (None, "worker"):
-            worker_section(args.worker_messages, args.rounds)
+            worker_section(args.worker_messages, args.rounds, args.prefetch)
         if args.only in (None, "e2e"):
             e2e_section(args.rate, args.seconds, args.connections)
 
