@@ -3,7 +3,10 @@
 Events must reach a subscriber in order per request, so a failing delivery is retried here,
 holding the queue (one message at a time), instead of through the retry tiers, which would let
 later events overtake it. Only a permanent refusal, or a subscriber down for longer than the
-whole retry schedule, sends the event to the dead letter channel.
+whole retry schedule, sends the event to the dead letter channel. A store that cannot take
+the audit entry of an attempt is not a failed delivery: the entry is retried for a while, and
+then the event goes back to the head of its queue (a classic queue, without a delivery limit)
+to be tried again once the store answers.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import structlog
 from adapters import PermanentError
 from adapters.webhook import WebhookAdapter
 from bus.logging import request_context
+from bus.store import StoreUnavailable
 from bus.worker._consumer import Broker, ConnectionLost
 from bus.worker._delivery import Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, dead_letter, describe
@@ -24,6 +28,10 @@ from bus.worker._retry import call_with_retries, next_tier, retry_after
 from schemas.events import Envelope
 
 log = structlog.get_logger(__name__)
+
+#: Pauses between tries of an audit entry the store could not take (about a minute in all, so
+#: that a database restart is ridden out while the event keeps its place and attempt count).
+_AUDIT_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class StopRequested(ConnectionLost):
@@ -48,7 +56,8 @@ class SubscriptionWorker:
         with request_context(envelope.subject, envelope.correlationid):
             try:
                 rounds = self.deliver_in_order(delivery, envelope)
-            except StopRequested:
+            except (StopRequested, StoreUnavailable):
+                # Not a delivery failure: the consumer requeues the event, still first in line.
                 raise
             except Exception as exc:
                 reason = describe(exc)
@@ -116,12 +125,33 @@ class SubscriptionWorker:
         outcome: str,
         details: dict[str, object],
     ) -> None:
-        with self.route.store.transaction() as tx:
-            tx.audit(
-                actor=self.route.actor,
-                action=action,
-                request_id=envelope.subject,
-                message_id=delivery.key,
-                outcome=outcome,
-                details={"subscription": self.route.name, "type": envelope.type.value, **details},
-            )
+        """Write an audit entry, waiting out a store blip; StoreUnavailable if it lasts."""
+        for pause in (*_AUDIT_PAUSES, None):
+            try:
+                with self.route.store.transaction() as tx:
+                    tx.audit(
+                        actor=self.route.actor,
+                        action=action,
+                        request_id=envelope.subject,
+                        message_id=delivery.key,
+                        outcome=outcome,
+                        details={
+                            "subscription": self.route.name,
+                            "type": envelope.type.value,
+                            **details,
+                        },
+                    )
+                return
+            except StoreUnavailable as exc:
+                if pause is None:
+                    raise
+                log.warning(
+                    "webhook.audit_unavailable",
+                    route=self.route.name,
+                    event_id=envelope.id,
+                    action=action,
+                    error=str(exc),
+                    retry_in=pause,
+                )
+                if self.stopping.wait(pause):
+                    raise StopRequested(f"stopping while event {envelope.id} waits") from exc

@@ -21,7 +21,7 @@ from worker_support import channel_on, new_request, queue_depth, wait_until
 from adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.config import RetryPolicy
-from bus.store import Store
+from bus.store import Store, StoreUnavailable, Transaction
 from bus.subscriptions import (
     SubscriptionError,
     add_subscription,
@@ -30,7 +30,7 @@ from bus.subscriptions import (
     declare,
     route_name,
 )
-from bus.worker import run_subscriptions
+from bus.worker import _events, run_subscriptions
 from schemas.events import Envelope, EventType
 from schemas.model import Status
 
@@ -220,6 +220,59 @@ def test_a_subscriber_down_past_the_whole_schedule_gets_the_event_dead_lettered(
     attempts = [e for e in store.audit_trail(request_id) if e.action == "attempt"]
     assert [e.details["attempt"] for e in attempts] == [1, 2, 3]
     assert attempts[-1].details["next_delay_seconds"] is None
+    assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
+
+
+def failing_attempt_audits(monkeypatch: pytest.MonkeyPatch, times: int) -> dict[str, int]:
+    """Make the store refuse the audit entry of a failed try `times` times (a database
+    restart); returns the count of refusals so far."""
+    real = Transaction.audit
+    refused = {"n": 0}
+
+    def audit(self: Transaction, **entry: object) -> None:
+        if entry["action"] == "attempt" and refused["n"] < times:
+            refused["n"] += 1
+            raise StoreUnavailable("database is restarting")
+        real(self, **entry)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Transaction, "audit", audit)
+    return refused
+
+
+def test_a_store_blip_while_auditing_a_failed_try_keeps_the_event_and_its_audit(
+    store: Store, amqp_url: str, subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])  # down at first
+    request_id = new_request(store).subject
+    publish_event(amqp_url, status_event(request_id, Status.IN_PROGRESS), "in_progress")
+    refused = failing_attempt_audits(monkeypatch, times=1)
+
+    with webhook_worker(store, amqp_url):
+        wait_until(lambda: refused["n"] == 1, what="the refused audit entry")
+        subscriber.start()
+        wait_until(lambda: subscriber.received, what="the event")
+
+    assert not store.dead_letters(route_name(sub_id))
+    trail = store.audit_trail(request_id)
+    attempts = [e.details["attempt"] for e in trail if e.action == "attempt"]
+    assert attempts == list(range(1, len(attempts) + 1))  # the refused entry written later
+
+
+def test_a_store_down_longer_than_the_audit_retries_requeues_the_event_instead_of_dead_lettering(
+    store: Store, amqp_url: str, subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])  # down at first
+    request_id = new_request(store).subject
+    publish_event(amqp_url, status_event(request_id, Status.IN_PROGRESS), "in_progress")
+    monkeypatch.setattr(_events, "_AUDIT_PAUSES", (0.1,))
+    refused = failing_attempt_audits(monkeypatch, times=3)  # outlasts one message's retries
+
+    with webhook_worker(store, amqp_url):
+        wait_until(lambda: refused["n"] == 3, what="the refused audit entries")
+        subscriber.start()
+        wait_until(lambda: subscriber.received, what="the event")
+
+    assert not store.dead_letters(route_name(sub_id))
     assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
 
 
