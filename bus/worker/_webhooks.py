@@ -1,5 +1,6 @@
 """The webhook worker: delivers every active subscription's events, and follows the list of
-subscriptions as it changes (a new subscription is picked up within `refresh` seconds)."""
+subscriptions as it changes (a new subscription is picked up within `refresh` seconds). While
+the store cannot be reached, it goes on with the list it knows."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import structlog
 
 from bus.config import RetryPolicy
-from bus.store import Store, Subscription
+from bus.store import Store, StoreUnavailable, Subscription
 from bus.subscriptions import (
     SUBSCRIPTION_RETRY,
     SubscriptionError,
@@ -66,33 +67,75 @@ def run_subscriptions(
 ) -> None:
     """Deliver subscriptions' events until `stop` is set; restart when the set changes."""
     while not stop.is_set():
-        subscriptions = store.list_subscriptions()
+        subscriptions = _look(store)
+        if subscriptions is None:
+            stop.wait(refresh)
+            continue
         current = _identities(subscriptions)
         consumer = subscription_consumer(amqp_url, store, subscriptions, env, policy=policy)
         if not consumer.queues:
             # None to deliver (or none with its secret set): wait for the list to change,
             # without connecting, and without repeating what subscription_consumer logged.
-            while not stop.wait(refresh) and _identities(store.list_subscriptions()) == current:
+            while not stop.wait(refresh) and not _changed(store, current):
                 pass
             continue
+        _consume_until_changed(consumer, store, current, stop=stop, refresh=refresh)
 
-        def watch(consumer: Consumer = consumer, current: object = current) -> None:
-            next_look = time.monotonic() + refresh
-            while not consumer.stop_event.is_set():
-                if stop.wait(0.2):
+
+def _consume_until_changed(
+    consumer: Consumer,
+    store: Store,
+    current: list[tuple[int, str, tuple[str, ...]]],
+    *,
+    stop: threading.Event,
+    refresh: float,
+) -> None:
+    """Run the consumer in a thread of its own until `stop` is set or the list changes.
+
+    This thread watches both and stops the consumer itself: a watcher thread that died would
+    leave nothing to pass `stop` (SIGTERM) on.
+    """
+    crashed: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            consumer.run()
+        except BaseException as exc:  # raised again in the caller's thread, below
+            crashed.append(exc)
+
+    thread = threading.Thread(target=consume, name="subscriptions", daemon=True)
+    thread.start()
+    try:
+        next_look = time.monotonic() + refresh
+        while thread.is_alive() and not stop.wait(0.2):
+            if time.monotonic() >= next_look:
+                if _changed(store, current):
                     break
-                if time.monotonic() >= next_look:
-                    latest = _identities(store.list_subscriptions())
-                    if latest != current:
-                        log.info("webhook.subscriptions_changed", subscriptions=len(latest))
-                        break
-                    next_look = time.monotonic() + refresh
-            consumer.stop()
+                next_look = time.monotonic() + refresh
+    finally:
+        consumer.stop()
+        thread.join()
+    if crashed:
+        raise crashed[0]
 
-        watcher = threading.Thread(target=watch, name="subscription-watch", daemon=True)
-        watcher.start()
-        consumer.run()
-        watcher.join(timeout=refresh + 1)
+
+def _look(store: Store) -> list[Subscription] | None:
+    """The active subscriptions; None while the store cannot be reached (logged)."""
+    try:
+        return store.list_subscriptions()
+    except StoreUnavailable as exc:
+        # A database restart: keep delivering to the subscriptions known, look again later.
+        log.warning("webhook.subscriptions_unavailable", error=str(exc))
+        return None
+
+
+def _changed(store: Store, current: list[tuple[int, str, tuple[str, ...]]]) -> bool:
+    """Whether the list of subscriptions differs from `current` (not known: no)."""
+    latest = _look(store)
+    if latest is None or _identities(latest) == current:
+        return False
+    log.info("webhook.subscriptions_changed", subscriptions=len(latest))
+    return True
 
 
 def _identities(subscriptions: list[Subscription]) -> list[tuple[int, str, tuple[str, ...]]]:

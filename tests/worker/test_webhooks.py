@@ -21,7 +21,7 @@ from worker_support import channel_on, new_request, queue_depth, wait_until
 from adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.config import RetryPolicy
-from bus.store import Store, StoreUnavailable, Transaction
+from bus.store import Store, StoreUnavailable, Subscription, Transaction
 from bus.subscriptions import (
     SubscriptionError,
     add_subscription,
@@ -297,6 +297,27 @@ def test_a_subscription_whose_secret_is_not_set_waits_without_spinning(
     assert idle.count("webhook.not_configured") == 1
     assert "worker.consuming" not in idle and "worker.stopped" not in idle
     assert queue_depth(amqp_url, f"civicbus.sub.{unset.id}") == 2  # kept for later
+
+
+def test_the_webhook_worker_stops_on_request_after_a_store_blip_in_its_watcher(
+    store: Store, amqp_url: str, subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscriber.start()
+    subscribe(store, amqp_url, subscriber.url, ["request.*"])
+    real = store.list_subscriptions
+    looks = {"n": 0}
+
+    def list_subscriptions(**kwargs: bool) -> list[Subscription]:
+        looks["n"] += 1
+        if looks["n"] == 2:  # the watcher's first look, while the consumer runs
+            raise StoreUnavailable("database is restarting")
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "list_subscriptions", list_subscriptions)
+    with capture_logs() as logs, webhook_worker(store, amqp_url):  # asserts it stops on request
+        wait_until(lambda: looks["n"] >= 3, what="the watcher's next look")
+
+    assert "webhook.subscriptions_unavailable" in [entry["event"] for entry in logs]
 
 
 def readme_signature_check() -> Callable[[str, dict[str, str], bytes], bool]:
