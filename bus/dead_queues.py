@@ -9,7 +9,8 @@ these queues, so without a keeper they only grow, and the second kind never show
 
 The keeper consumes them. A message with our reason header is already in the store: it is
 acked. Any other is recorded as a dead letter (the reason from the broker's `x-death` header),
-audited, and acked only after that transaction committed; a crash in between redelivers it.
+audited, and acked only after that transaction committed; a crash in between redelivers it,
+and the store, holding it as a waiting dead letter already, takes it as a repeat.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class DeadQueueKeeper:
         reason = broker_reason(headers)
         attempts = headers.get("x-delivery-count")
         with self.store.transaction() as tx:
-            tx.record_dead_letter(
+            letter = tx.record_dead_letter(
                 instance=route,
                 message_id=message_id,
                 request_id=request_id if isinstance(request_id, str) else None,
@@ -153,6 +154,8 @@ class DeadQueueKeeper:
                 attempts=attempts if isinstance(attempts, int) and attempts > 0 else 1,
                 at=datetime.now(UTC),
             )
+            if letter is None:
+                return False  # a redelivery after our ack was cut: recorded and audited then
             tx.audit(
                 actor=ACTOR,
                 action="dead_lettered",

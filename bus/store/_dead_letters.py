@@ -39,17 +39,22 @@ def record(
     envelope: dict[str, Any] | str | None,
     attempts: int,
     at: datetime | None,
-) -> DeadLetter:
-    """Insert the dead letter, or bump the attempts and last failure of the known one."""
+) -> DeadLetter | None:
+    """Insert the dead letter, or bump the attempts and last failure of a known one that was
+    replayed or dropped; None, changing nothing, when it is still waiting as a dead letter."""
     at = at or utcnow()
     if isinstance(envelope, dict) and isinstance(envelope.get("data"), dict):
         envelope = {**envelope, "data": without_reporter(envelope["data"], request_id)}
-    existing = conn.execute(
-        sa.select(dead.c.id)
+    known = conn.execute(
+        sa.select(dead.c.id, dead.c.state)
         .where(dead.c.instance == instance, dead.c.message_id == message_id)
         .with_for_update()
-    ).scalar()
-    if existing is None:
+    ).first()
+    if known is not None and known.state == DeadLetterState.DEAD.value:
+        # The same message again (redelivered after its dead-lettering was cut short, or a
+        # second copy): already recorded, its attempts must not be counted twice.
+        return None
+    if known is None:
         row = conn.execute(
             dead.insert()
             .values(
@@ -68,7 +73,7 @@ def record(
     else:
         row = conn.execute(
             dead.update()
-            .where(dead.c.id == existing)
+            .where(dead.c.id == known.id)
             .values(
                 attempts=dead.c.attempts + attempts,
                 last_failed_at=at,

@@ -190,9 +190,11 @@ class Transaction:
         request_id: str | None = None,
         attempts: int = 1,
         at: datetime | None = None,
-    ) -> DeadLetter:
-        """Keep a message the instance gave up on; a known (instance, message_id) gets its
-        attempts increased by `attempts`, its last failure and reason updated, state `dead`."""
+    ) -> DeadLetter | None:
+        """Keep a message the instance gave up on; a known (instance, message_id) that was
+        replayed or dropped gets its attempts increased by `attempts`, its last failure and
+        reason updated, state `dead`. None when that message is a dead letter waiting already:
+        a repeat, which changes nothing (idempotent consumer)."""
         return _dead_letters.record(
             self._session,
             instance=instance,

@@ -7,6 +7,7 @@ request and correlation ids from it.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from bus.broker.topology import (
     retry_routing_key,
 )
 from bus.config import RetryPolicy
-from bus.store import Store
+from bus.store import DeadLetter, Store
 from bus.worker._consumer import Broker
 from bus.worker._delivery import ATTEMPT_HEADER, REASON_HEADER, Delivery, MalformedMessage
 from bus.worker._retry import next_tier, retry_after
@@ -108,10 +109,14 @@ def dead_letter(
     failed_at: datetime,
 ) -> None:
     """Dead letter channel: keep the message in the store (for `civicbus dead`), put it on the
-    dead-letter queue with its reason, audit it, and announce `delivery_failed`."""
+    dead-letter queue with its reason, audit it, and announce `delivery_failed`.
+
+    The store commits before the publish: a message redelivered because the publish or the ack
+    was cut is already a waiting dead letter, and is audited as a duplicate, neither counted
+    nor announced again."""
     request_id = envelope.subject if envelope else None
     with route.store.transaction() as tx:
-        tx.record_dead_letter(
+        letter = tx.record_dead_letter(
             instance=route.name,
             message_id=delivery.key,
             request_id=request_id,
@@ -120,21 +125,24 @@ def dead_letter(
             at=failed_at,
             envelope=_stored_form(delivery, envelope),
         )
+        details: dict[str, Any] = {
+            "reason": reason,
+            "attempts": delivery.attempt,
+            "first_failure": (delivery.first_failure or failed_at).isoformat(),
+        }
+        if letter is None:
+            details["note"] = "already a dead letter: not counted or announced again"
         tx.audit(
             actor=route.actor,
             action="dead_lettered",
             request_id=request_id,
             message_id=delivery.key,
-            outcome="error",
-            details={
-                "reason": reason,
-                "attempts": delivery.attempt,
-                "first_failure": (delivery.first_failure or failed_at).isoformat(),
-            },
+            outcome="error" if letter is not None else "duplicate",
+            details=details,
         )
-        if envelope is not None and route.announce_failures:
+        if letter is not None and envelope is not None and route.announce_failures:
             tx.add_outbox(
-                _delivery_failed(route.name, envelope, reason, delivery.attempt),
+                _delivery_failed(route.name, envelope, reason, delivery.attempt, letter),
                 exchange=EVENTS_EXCHANGE,
                 routing_key=event_routing_key(EventType.DELIVERY_FAILED, route.name),
             )
@@ -150,6 +158,7 @@ def dead_letter(
         request_id=request_id,
         attempts=delivery.attempt,
         reason=reason,
+        duplicate=letter is None,
     )
 
 
@@ -163,8 +172,17 @@ def _stored_form(delivery: Delivery, envelope: Envelope | None) -> dict[str, Any
     return data if isinstance(data, dict) else delivery.body.decode("utf-8", "replace")
 
 
-def _delivery_failed(route: str, cause: Envelope, reason: str, attempts: int) -> Envelope:
+#: Namespace of `delivery_failed` events' ids: derived from the dead letter (route, message id,
+#: attempts so far), so that each dead-lettering of a message has one id however often it is
+#: written, and a replayed message failing again gets a new one.
+_FAILED_IDS = uuid.UUID("8d2e4b7a-61c3-4f05-a9d8-3e7c1b5f2a90")
+
+
+def _delivery_failed(
+    route: str, cause: Envelope, reason: str, attempts: int, letter: DeadLetter
+) -> Envelope:
     return Envelope(
+        id=str(uuid.uuid5(_FAILED_IDS, f"{route}\n{letter.message_id}\n{letter.attempts}")),
         type=EventType.DELIVERY_FAILED,
         subject=cause.subject,
         data=DeliveryFailure(

@@ -6,7 +6,7 @@ import time
 
 from store_factories import T0, minutes
 
-from bus.store import DeadLetterState, Store
+from bus.store import DeadLetter, DeadLetterState, Store
 
 
 def test_a_lease_has_one_holder_until_released_or_expired(store: Store) -> None:
@@ -53,7 +53,10 @@ def test_dead_letters_are_recorded_bumped_listed_and_change_state(store: Store) 
             instance="sap-roads", message_id="m-2", reason="malformed", envelope="not json {", at=T0
         )
         tx.record_dead_letter(instance="parks", message_id="m-1", reason="x", envelope=None)
+    assert first is not None
     with store.transaction() as tx:
+        # Replayed, it failed again: the same letter, waiting again, its attempts added.
+        tx.set_dead_letter_state(first.id, DeadLetterState.REPLAYED)
         again = tx.record_dead_letter(
             instance="sap-roads",
             message_id="m-1",
@@ -63,7 +66,8 @@ def test_dead_letters_are_recorded_bumped_listed_and_change_state(store: Store) 
             at=T0 + minutes(5),
         )
 
-    assert again.id == first.id
+    assert again is not None and again.id == first.id
+    assert again.state is DeadLetterState.DEAD
     assert (again.attempts, again.first_failed_at, again.last_failed_at, again.reason) == (
         4,
         T0,
@@ -85,6 +89,24 @@ def test_dead_letters_are_recorded_bumped_listed_and_change_state(store: Store) 
     got = store.get_dead_letter(first.id)
     assert got is not None and got.state is DeadLetterState.REPLAYED
     assert store.get_dead_letter(9999) is None
+
+
+def test_a_message_waiting_as_a_dead_letter_is_not_recorded_again(store: Store) -> None:
+    def record(reason: str, attempts: int) -> DeadLetter | None:
+        with store.transaction() as tx:
+            return tx.record_dead_letter(
+                instance="sap-roads",
+                message_id="m-1",
+                reason=reason,
+                envelope=None,
+                attempts=attempts,
+                at=T0 + minutes(attempts),
+            )
+
+    first = record("rejected", 2)
+    assert record("rejected once more", 3) is None  # redelivered after a cut, or a second copy
+
+    assert store.dead_letters("sap-roads") == [first]
 
 
 def test_the_names_with_dead_letters_in_any_state_are_known(store: Store) -> None:

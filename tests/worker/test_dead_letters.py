@@ -26,6 +26,7 @@ from bus.cli import app
 from bus.deadletters import DeadLetterError
 from bus.store import DeadLetterState, Store
 from bus.worker import command_consumer
+from schemas.events import EventType
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
 
@@ -54,6 +55,33 @@ def test_replay_after_a_mapping_fix_delivers_the_request_exactly_once(
     assert trail.index("dead_lettered") < trail.index("replayed") < trail.index("submitted")
     with pytest.raises(DeadLetterError, match="already replayed"):
         deadletters.replay(store, INSTANCE, [letter.id])
+
+
+def test_a_replayed_request_failing_again_is_dead_lettered_and_announced_again(
+    store: Store, topology: str
+) -> None:
+    envelope = new_request(store, description="REJECT: lane code unknown to the back-end")
+    publish(topology, envelope)
+
+    def announced() -> list[str]:
+        return [
+            r.envelope.id
+            for r in store.pending_outbox()
+            if r.envelope.type is EventType.DELIVERY_FAILED
+        ]
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        (letter,) = wait_until(lambda: store.dead_letters(INSTANCE), what="the dead letter")
+        first = announced()
+        deadletters.replay(store, INSTANCE, [letter.id])  # the mapping is not fixed yet
+        relay_outbox(store, topology)
+        wait_until(lambda: announced(), what="the second delivery_failed event")
+
+    assert len(first) == 1 and len(announced()) == 1 and announced() != first
+    (again,) = store.dead_letters(INSTANCE)
+    assert (again.id, again.attempts) == (letter.id, 2)
+    trail = actions(store, envelope.subject)
+    assert [o for a, o in trail if a == "dead_lettered"] == ["error", "error"]
 
 
 #: The city the commands read: `desk` is configured; the tests' INSTANCE (`roads`) is not, as

@@ -90,3 +90,19 @@ def test_a_dead_letter_a_worker_stored_is_drained_without_a_second_record(
     assert [(d.message_id, d.reason) for d in letters] == [
         ("m-2", "dead-lettered by the broker (no x-death header)")
     ]
+
+
+def test_a_message_redelivered_to_the_keeper_after_its_ack_was_cut_is_kept_once(
+    store: Store,
+) -> None:
+    keeper = DeadQueueKeeper(None, store, lambda: [INSTANCE])
+    envelope = new_request(store)
+    properties = pika.BasicProperties(message_id=envelope.id, headers={"x-delivery-count": 20})
+    body = envelope.model_dump_json().encode()
+
+    assert keeper.keep(INSTANCE, properties, body)
+    assert not keeper.keep(INSTANCE, properties, body)  # the same message, redelivered
+
+    assert [d.attempts for d in store.dead_letters(INSTANCE)] == [20]
+    trail = [e.action for e in store.audit_trail(envelope.subject)]
+    assert trail.count("dead_lettered") == 1

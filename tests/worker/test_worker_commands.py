@@ -20,10 +20,10 @@ from worker_support import (
 )
 
 from adapters import Receipt
-from bus.broker.topology import dead_queue, work_queue
+from bus.broker.topology import DEAD_EXCHANGE, dead_queue, work_queue
 from bus.config import InstanceConfig, RetryPolicy
 from bus.store import Store
-from bus.worker import command_consumer
+from bus.worker import _consumer, command_consumer
 from schemas.events import EventType
 from schemas.model import ServiceRequest, Status
 from tests.asyncapi_support import assert_documented
@@ -171,6 +171,39 @@ def test_a_rejected_request_is_dead_lettered_at_once_with_the_reason(
     assert_documented(failed[0].envelope)
     assert queue_depth(topology, dead_queue(INSTANCE)) == 1
     assert queue_depth(topology, work_queue(INSTANCE)) == 0
+
+
+def test_a_dead_letter_whose_publish_is_cut_is_counted_and_announced_once(
+    store: Store, topology: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store records the dead letter before it goes to the dead-letter queue; the message,
+    redelivered after a connection cut there, is a repeat: audited as a duplicate, its attempts
+    not added again, no second `delivery_failed` event."""
+    real_publish = _consumer._ChannelBroker.publish
+    cut: list[str] = []
+
+    def publish_cut_once(self, exchange, routing_key, body, **kw):  # type: ignore[no-untyped-def]
+        if exchange == DEAD_EXCHANGE and not cut:
+            cut.append(routing_key)
+            raise _consumer.ConnectionLost("connection reset by peer")
+        return real_publish(self, exchange, routing_key, body, **kw)
+
+    monkeypatch.setattr(_consumer._ChannelBroker, "publish", publish_cut_once)
+    envelope = new_request(store, description="REJECT me")
+    publish(topology, envelope)
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: queue_depth(topology, dead_queue(INSTANCE)) == 1, what="the DLQ")
+        wait_until(
+            lambda: [a for a, _ in actions(store, envelope.subject)].count("dead_lettered") == 2,
+            what="the redelivery's dead-lettering",
+        )
+
+    assert cut == [INSTANCE]
+    trail = actions(store, envelope.subject)
+    assert [o for a, o in trail if a == "dead_lettered"] == ["error", "duplicate"]
+    failed = [r for r in store.pending_outbox() if r.envelope.type is EventType.DELIVERY_FAILED]
+    assert [r.envelope.subject for r in failed] == [envelope.subject]
+    assert [d.attempts for d in store.dead_letters(INSTANCE)] == [1]
 
 
 @pytest.mark.parametrize(
