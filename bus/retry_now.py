@@ -3,11 +3,13 @@
 
 After a back-end outage its commands sit in the tiers until their delay runs out, up to the
 longest tier (30 minutes by default). Once the back-end answers again (`civicbus adapters check`)
-an operator need not wait: each waiting message is published to the work queue with its
-properties and headers as they are (its attempt count included), confirmed, and only then acked
-in its tier. A crash in between leaves it in both places: the worker's idempotent consumer takes
-the copy it meets second as a duplicate. Only the messages in a tier when it is first looked at
-are moved, so a back-end still failing cannot keep them circling.
+an operator need not wait: each waiting message is audited (retried_now), published to the work
+queue with its properties and headers as they are (its attempt count included), confirmed, and
+only then acked in its tier. A crash between publish and ack leaves it in both places: the
+worker's idempotent consumer takes the copy it meets second as a duplicate. A store that cannot
+take the audit entry stops the move there, the message still in its tier. Only the messages in
+a tier when it is first looked at are moved, so a back-end still failing cannot keep them
+circling.
 """
 
 from __future__ import annotations
@@ -73,21 +75,23 @@ def _move(channel: Any, store: Store, instance: str, queue: str, actor: str) -> 
         method, properties, body = channel.basic_get(queue, auto_ack=False)
         if method is None:
             break  # expired into the work queue meanwhile, or taken by another retry-now
+        # Audited before it moves: a store failing here stops retry-now with the message still
+        # in its tier (unacked), so no move goes unaudited; a broker failing after the entry
+        # leaves one entry too many, the lesser harm.
+        with store.transaction() as tx:
+            tx.audit(
+                actor=actor,
+                action="retried_now",
+                request_id=_request_id(body),
+                message_id=properties.message_id,
+                details={"instance": instance, "from": queue},
+            )
         # Confirmed (and routed: mandatory) before the tier lets go of it.
         channel.basic_publish(
             COMMANDS_EXCHANGE, command_routing_key(instance), body, properties, mandatory=True
         )
         channel.basic_ack(method.delivery_tag)
         moved += 1
-        request_id = _request_id(body)
-        with store.transaction() as tx:
-            tx.audit(
-                actor=actor,
-                action="retried_now",
-                request_id=request_id,
-                message_id=properties.message_id,
-                details={"instance": instance, "from": queue},
-            )
     return moved
 
 

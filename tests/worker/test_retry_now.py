@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from pika import BasicProperties
 from typer.testing import CliRunner
 from worker_support import (
     INSTANCE,
@@ -23,10 +24,11 @@ from worker_support import (
     wait_until,
 )
 
-from bus.broker.topology import declare_topology, retry_queue
+from bus.broker.topology import declare_topology, retry_queue, work_queue
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy
-from bus.store import AuditEntry, Store, Undelivered
+from bus.retry_now import retry_now
+from bus.store import AuditEntry, Store, StoreUnavailable, Undelivered
 from bus.whereabouts import whereabouts
 from bus.worker import command_consumer
 
@@ -84,6 +86,33 @@ def test_waiting_commands_reach_the_worker_at_once_with_their_attempt_count(
     assert retried.actor == "cli:adapters" and retried.message_id == envelope.id
     attempts = [e.details["attempt"] for e in trail if e.action == "attempt"]
     assert attempts == [1, 2]  # the moved command kept its attempt count
+
+
+def test_a_store_failing_during_retry_now_leaves_no_move_unaudited(
+    store: Store, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tier = retry_queue(INSTANCE, 60)
+    with channel_on(amqp_url) as ch:
+        declare_topology(ch, {INSTANCE: PATIENT})
+        ch.confirm_delivery()
+        for n in (1, 2):
+            ch.basic_publish("", tier, b'{"subject": "req-%d"}' % n, BasicProperties())
+
+    def store_down() -> None:
+        raise StoreUnavailable("database is locked")
+
+    monkeypatch.setattr(store, "transaction", store_down)
+    with pytest.raises(StoreUnavailable):
+        retry_now(amqp_url, store, INSTANCE, PATIENT, actor="cli:adapters")
+    monkeypatch.undo()
+
+    # Nothing moved without its retried_now entry: both still wait in the tier.
+    assert queue_depth(amqp_url, work_queue(INSTANCE)) == 0
+    wait_until(lambda: queue_depth(amqp_url, tier) == 2, what="the unacked one back")
+    assert retry_now(amqp_url, store, INSTANCE, PATIENT, actor="cli:adapters").total == 2
+    audited = [e.request_id for n in (1, 2) for e in store.audit_trail(f"req-{n}")]
+    assert audited == ["req-1", "req-2"]
+    assert queue_depth(amqp_url, work_queue(INSTANCE)) == 2
 
 
 def test_nothing_waiting_moves_nothing(cli_env: None, amqp_url: str) -> None:
