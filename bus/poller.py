@@ -5,6 +5,11 @@ show them.
 Many copies may run: a lease per instance in the store lets exactly one of them poll it. The
 watermark is saved only after the page's updates are recorded, so a crash in between re-reads
 the page, and the repeated `update_id`s are harmless no-ops.
+
+An update that cannot be recorded as it is (a control character the API would refuse, a value
+the database refuses) is skipped, logged and audited `status_refused`, and the watermark moves
+on: one bad update must not hold back every later status change of its back-end. A store
+outage is different: the round stops, and the page is read again next round.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import structlog
 from adapters import Adapter
 from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable
+from schemas.model import StatusUpdate
+from schemas.open311 import has_control_characters
 
 log = structlog.get_logger(__name__)
 
@@ -55,20 +62,13 @@ class Poller:
         ttl = max(3 * self.intervals[instance], 10.0)
         if not self.store.try_lease(lease_name(instance), self.holder, ttl):
             return None
-        actor = f"poller:{instance}"
         recorded = 0
         for _ in range(MAX_PAGES_PER_ROUND):
             since = self.store.watermark(instance)
             page = adapter.updates(since)
             for update in page.updates:
-                try:
-                    if record_status_update(self.store, update, actor=actor) is not None:
-                        recorded += 1
-                except KeyError:
-                    # Work the back-end holds that civicbus never sent: not ours to track.
-                    log.warning(
-                        "poller.unknown_request", instance=instance, request_id=update.request_id
-                    )
+                if self._record(instance, update):
+                    recorded += 1
             if page.watermark == since:
                 break
             with self.store.transaction() as tx:
@@ -78,6 +78,49 @@ class Poller:
         if recorded:
             log.info("poller.recorded", instance=instance, updates=recorded)
         return recorded
+
+    def _record(self, instance: str, update: StatusUpdate) -> bool:
+        """Record one update; False when it changed nothing or was skipped. Raises only what
+        should stop the round (StoreUnavailable, an adapter's error)."""
+        actor = f"poller:{instance}"
+        refused = _refused_text(update)
+        if refused is None:
+            try:
+                return record_status_update(self.store, update, actor=actor) is not None
+            except KeyError:
+                # Work the back-end holds that civicbus never sent: not ours to track.
+                log.warning(
+                    "poller.unknown_request", instance=instance, request_id=update.request_id
+                )
+                return False
+            except ValueError as exc:  # InvalidData, or a value the model refuses
+                refused = f"{type(exc).__name__}: {exc}"
+        self._refuse(instance, update, refused)
+        return False
+
+    def _refuse(self, instance: str, update: StatusUpdate, reason: str) -> None:
+        """Skip an update that cannot be recorded: log and audit why (never its note, which
+        may quote a resident), so an operator finds it in the request's audit trail."""
+        # An id the store cannot hold cannot name a request either: audited without one.
+        request_id = None if has_control_characters(update.request_id) else update.request_id
+        context = {
+            "update_id": update.update_id,
+            "source": update.source,
+            "status": update.status.value,
+            "reason": reason,
+        }
+        log.error("poller.update_refused", instance=instance, request_id=request_id, **context)
+        try:
+            with self.store.transaction() as tx:
+                tx.audit(
+                    actor=f"poller:{instance}",
+                    action="status_refused",
+                    request_id=request_id,
+                    outcome="error",
+                    details={**context, "instance": instance},
+                )
+        except ValueError as exc:
+            log.error("poller.refusal_not_audited", instance=instance, error=str(exc))
 
     def run(self) -> None:
         """Poll every instance when it is due until `stop` is set; then release the leases."""
@@ -106,3 +149,13 @@ class Poller:
             log.warning(
                 "poller.round_failed", instance=instance, error=f"{type(exc).__name__}: {exc}"
             )
+
+
+def _refused_text(update: StatusUpdate) -> str | None:
+    """The API's rule for pushed updates (C-22), applied to polled ones: why `update` is
+    refused, or None. PostgreSQL would refuse a NUL, SQLite keep it; both refuse it here."""
+    for name in ("request_id", "update_id", "source", "note", "external_status_code", "media_url"):
+        value = getattr(update, name)
+        if value is not None and has_control_characters(value):
+            return f"{name}: contains control characters"
+    return None

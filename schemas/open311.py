@@ -134,9 +134,15 @@ def parse_status(name: str, value: str) -> Status:
         raise InvalidValue(f"{name}: {_show(value)} is not one of {allowed}") from None
 
 
+def has_control_characters(value: str) -> bool:
+    """Whether `value` holds a character refused on input (XML 1.0 cannot carry it, and
+    PostgreSQL text cannot hold NUL)."""
+    return _FORBIDDEN_CHARS.search(value) is not None
+
+
 def check_text(name: str, value: str, *, limit: int = MAX_FIELD) -> None:
     """Reject control characters and overlong values in a free-text field."""
-    if _FORBIDDEN_CHARS.search(value):
+    if has_control_characters(value):
         raise InvalidValue(f"{name}: contains control characters")
     if len(value) > limit:
         raise InvalidValue(f"{name}: longer than {limit:,} characters")

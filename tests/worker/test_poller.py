@@ -1,9 +1,12 @@
-"""The status poller against a real SQLite store: each change recorded once, the watermark
-moving, one copy polling an instance at a time."""
+"""The status poller against a real SQLite store (PostgreSQL where it refuses what SQLite
+keeps): each change recorded once, the watermark moving, one update that cannot be recorded
+skipped and audited, one copy polling an instance at a time."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +14,7 @@ from worker_support import new_request, wait_until
 
 from adapters import Adapter, Health, Receipt, UpdatePage
 from bus.poller import Poller, lease_name
-from bus.store import Store
+from bus.store import Store, StoreUnavailable
 from schemas.events import EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
 from tests.asyncapi_support import assert_documented
@@ -214,6 +217,93 @@ def test_updates_for_requests_civicbus_never_sent_are_skipped(
     poller = Poller(store, {"parks": backend}, {"parks": 1.0})
     assert poller.poll_once("parks") == 1
     assert store.watermark("parks") == "2"
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[Store]:
+    s = Store.open(postgres_url)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("field", ["note", "update_id", "external_status_code"])
+def test_an_update_with_a_nul_character_is_refused_audited_and_later_ones_recorded(
+    pg_store: Store, field: str
+) -> None:
+    """PostgreSQL cannot store NUL; the API refuses it in a pushed update (C-22), so a polled
+    one is refused too, before the store is asked. The back-end's later changes still count."""
+    store = pg_store
+    backend = PollingBackend(page_size=5)
+    poison = new_request(store).subject
+    healthy = new_request(store).subject
+    backend.change(poison, Status.IN_PROGRESS, **{field: "crew\x00 assigned"})
+    backend.change(healthy, Status.CLOSED)
+    poller = Poller(store, {"parks": backend}, {"parks": 0.01})
+
+    poller._round("parks")
+    assert store.watermark("parks") == "2"
+    request = store.get_request(healthy)
+    assert request is not None and request.status is Status.CLOSED
+    untouched = store.get_request(poison)
+    assert untouched is not None and untouched.status is Status.OPEN
+    refused = [a for a in store.audit_trail(poison) if a.action == "status_refused"]
+    assert len(refused) == 1 and refused[0].outcome == "error"
+    assert refused[0].details["reason"] == f"{field}: contains control characters"
+    assert refused[0].details["status"] == "in_progress"
+    if field == "note":  # a clerk's note may quote the resident: not repeated in the audit
+        assert "crew" not in str(refused[0].details)
+
+
+def test_an_update_the_store_refuses_is_skipped_and_audited(
+    store: Store, backend: PollingBackend
+) -> None:
+    """Any value refused on the way into the store skips that update only (here a time without
+    a zone, from an adapter that built its update without validating it)."""
+    refused_id = new_request(store).subject
+    later_id = new_request(store).subject
+    backend.change(refused_id, Status.IN_PROGRESS)
+    backend.changes[-1] = backend.changes[-1].model_construct(
+        **{**dict(backend.changes[-1]), "at": datetime.now()}
+    )
+    backend.change(later_id, Status.IN_PROGRESS)
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+
+    assert poller.poll_once("parks") == 1
+    assert store.watermark("parks") == "2"
+    [entry] = [a for a in store.audit_trail(refused_id) if a.action == "status_refused"]
+    assert entry.details["reason"].startswith("ValidationError")
+    later = store.get_request(later_id)
+    assert later is not None and later.status is Status.IN_PROGRESS
+
+
+def test_a_store_outage_stops_the_round_and_the_page_is_read_again(sqlite_url: str) -> None:
+    """Unlike a refused value, an outage says nothing about the update: nothing is skipped."""
+    store = Store.open(sqlite_url + "?timeout=0.2")
+    request_id = new_request(store).subject
+    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+
+    class LockedWhileFirstPolled(PollingBackend):
+        def updates(self, since: str | None) -> UpdatePage:
+            if not self.asked:
+                holder.execute("BEGIN IMMEDIATE")  # another process takes the write lock
+            return super().updates(since)
+
+    backend = LockedWhileFirstPolled()
+    backend.change(request_id, Status.IN_PROGRESS)
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            poller.poll_once("parks")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.watermark("parks") is None
+
+    assert poller.poll_once("parks") == 1
+    assert store.watermark("parks") == "1"
+    actions = [a.action for a in store.audit_trail(request_id)]
+    assert "status_changed" in actions and "status_refused" not in actions
+    store.close()
 
 
 def test_only_the_lease_holder_polls_an_instance(store: Store, backend: PollingBackend) -> None:
