@@ -13,8 +13,8 @@ import structlog
 from pydantic import ValidationError
 
 from bus.broker.topology import COMMANDS_EXCHANGE, command_routing_key
-from bus.store import DeadLetter, DeadLetterState, Store
-from bus.subscriptions import queue_of_route, route_name
+from bus.store import DeadLetter, DeadLetterState, Store, Transaction
+from bus.subscriptions import queue_of_route, route_name, route_of_queue
 from schemas.events import Envelope
 
 log = structlog.get_logger(__name__)
@@ -99,6 +99,52 @@ def drop(store: Store, ids: Sequence[int], *, actor: str = "cli:dead-drop") -> l
             )
         log.info("dead_letter.dropped", dead_letter=letter.id, instance=letter.instance)
     return letters
+
+
+def replayed_route(exchange: str, routing_key: str) -> str | None:
+    """The route an outbox row with this address replays to (the inverse of `_destination`);
+    None for an address no replay has."""
+    if exchange == COMMANDS_EXCHANGE:
+        return routing_key  # an instance's command routing key is its name
+    if exchange == "":
+        return route_of_queue(routing_key)
+    return None
+
+
+def replayed_letters(store: Store, route: str, message_id: str) -> list[DeadLetter]:
+    """The dead letters of `route` replayed as the message `message_id`."""
+    return [
+        letter
+        for letter in store.dead_letters(route, DeadLetterState.REPLAYED)
+        if letter.message_id == message_id
+    ]
+
+
+def give_back(
+    tx: Transaction,
+    letters: Sequence[DeadLetter],
+    *,
+    route: str,
+    envelope: Envelope,
+    actor: str,
+    reason: str,
+) -> None:
+    """A replay no queue took (the route's queue is gone): its dead letters wait again for an
+    operator's decision, and the audit says the replay was returned, not delivered."""
+    for letter in letters:
+        tx.set_dead_letter_state(letter.id, DeadLetterState.DEAD)
+    tx.audit(
+        actor=actor,
+        action="replay_returned",
+        request_id=envelope.subject,
+        message_id=envelope.id,
+        outcome="error",
+        details={
+            "instance": route,
+            "dead_letters": [letter.id for letter in letters],
+            "reason": reason,
+        },
+    )
 
 
 def _replayable(store: Store, instance: str, ids: Sequence[int]) -> list[DeadLetter]:

@@ -11,6 +11,14 @@ A `civicbus.request.created` event is also turned into a command for the adapter
 routing rules choose, followed by a `civicbus.request.routed` event saying so (in the same
 confirmed batch: it is published when, and only when, the command is).
 
+A row addressed to one queue (a dead-letter replay) is published mandatory, so that a replay no
+queue takes is returned rather than dropped. If that queue is one the relay declares (a
+configured instance's), the batch is left unsent and goes again after reconnecting, as for an
+unroutable command. Otherwise its route is gone (a removed subscription or instance): the rest
+of the batch is marked sent as usual, while the replay is audited `replay_returned` and its
+dead letter waits again for the operator (`civicbus dead list`), so it neither is lost nor
+holds back the rows behind it.
+
 When the broker goes away mid-batch nothing is marked, and the same rows are published again,
 in the same order, after reconnecting: a consumer may see a message twice, never miss one or
 see them reordered. The same holds when the store fails to mark a batch.
@@ -29,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from bus import deadletters
 from bus.broker.connection import (
     BrokerUnavailable,
     broker_errors,
@@ -209,21 +218,64 @@ class Relay:
         rows = self.store.pending_outbox_messages(self.settings.batch_size)
         if not rows:
             return 0
-        self._commit(rows, self._publish(rows))
+        routed, returned = self._publish(rows)
+        self._commit(rows, routed, returned)
         return len(rows)
 
-    def _publish(self, rows: Sequence[OutboxMessage]) -> dict[int, _Routed]:
-        """Publish the rows' messages as one confirmed batch; the commands routed, by row id."""
+    def _publish(self, rows: Sequence[OutboxMessage]) -> tuple[dict[int, _Routed], dict[int, str]]:
+        """Publish the rows' messages as one confirmed batch; the commands routed and the
+        replays returned for want of a queue (their route), by row id."""
         self._ensure_connected()
         assert self._publisher is not None
         routed: dict[int, _Routed] = {}
-        self._publisher.publish_batch(list(self._messages(rows, routed)))
-        return routed
+        try:
+            self._publisher.publish_batch(list(self._messages(rows, routed)))
+        except Unroutable as exc:
+            return routed, self._returned_replays(rows, exc)
+        return routed, {}
 
-    def _commit(self, rows: Sequence[OutboxMessage], routed: dict[int, _Routed]) -> None:
-        """Mark the confirmed rows sent and audit them (relayed, routed), in one transaction."""
+    def _returned_replays(self, rows: Sequence[OutboxMessage], exc: Unroutable) -> dict[int, str]:
+        """The replay rows returned because their route is gone, by row id, with the route.
+        Raises `exc` again if any returned message was for a queue the relay declares: then the
+        batch goes again after reconnecting (and declaring the topology)."""
+        gone: dict[tuple[str, str, str], str] = {}
+        for message_id, exchange, routing_key in exc.returned:
+            target = deadletters.replayed_route(exchange, routing_key)
+            if target is None or target in self.config.instances:
+                raise exc
+            gone[message_id, exchange, routing_key] = target
+        return {
+            row.id: gone[address]
+            for row in rows
+            if (address := (row.envelope.id, row.exchange, row.routing_key)) in gone
+        }
+
+    def _commit(
+        self,
+        rows: Sequence[OutboxMessage],
+        routed: dict[int, _Routed],
+        returned: dict[int, str],
+    ) -> None:
+        """Mark the confirmed rows sent and audit them (relayed, routed; a returned replay
+        gives its dead letters back), in one transaction."""
+        letters = {
+            row.id: deadletters.replayed_letters(self.store, returned[row.id], row.envelope.id)
+            for row in rows
+            if row.id in returned
+        }
         with self.store.transaction() as tx:
             for row in rows:
+                if row.id in returned:
+                    deadletters.give_back(
+                        tx,
+                        letters[row.id],
+                        route=returned[row.id],
+                        envelope=row.envelope,
+                        actor=ACTOR,
+                        reason=f"no queue is bound for {row.routing_key!r} on "
+                        f"{row.exchange or 'the default exchange'}: its route is gone",
+                    )
+                    continue
                 tx.audit(
                     actor=ACTOR,
                     action="relayed",
@@ -240,6 +292,15 @@ class Relay:
                         details={"instance": routed[row.id].instance, "rule": routed[row.id].rule},
                     )
             tx.mark_sent([row.id for row in rows])
+        for row_id, target in returned.items():
+            log.error(
+                "relay.replay_returned",
+                route=target,
+                row=row_id,
+                dead_letters=[letter.id for letter in letters[row_id]],
+                todo=f"no queue takes {target}'s messages any more; the dead letter waits again "
+                f"(civicbus dead list {target}): drop it, or declare the queue and replay it",
+            )
         log.info("relay.batch_sent", rows=len(rows), commands=len(routed), last_id=rows[-1].id)
 
     def _messages(
@@ -248,8 +309,14 @@ class Relay:
         for row in rows:
             envelope = row.envelope
             body = row.body  # the envelope's JSON as stored: published as it is
+            # A row addressed to one queue (a dead-letter replay) must reach it: mandatory, so
+            # the broker returns it rather than drop it when that queue is gone.
             yield envelope_message(
-                envelope, exchange=row.exchange, routing_key=row.routing_key, body=body
+                envelope,
+                exchange=row.exchange,
+                routing_key=row.routing_key,
+                mandatory=row.exchange != EVENTS_EXCHANGE,
+                body=body,
             )
             # Only the announcement of a new request is routed: a row already addressed to an
             # instance (a dead-letter replay) goes out as it is, exactly once.

@@ -55,6 +55,13 @@ def queue_of_route(route: str) -> str | None:
     return "civicbus.sub." + route.removeprefix(ROUTE_PREFIX)
 
 
+def route_of_queue(queue: str) -> str | None:
+    """The `sub.<id>` route name of a subscription's queue; None for any other queue."""
+    if not queue.startswith("civicbus.sub."):
+        return None
+    return ROUTE_PREFIX + queue.removeprefix("civicbus.sub.")
+
+
 def binding_key(pattern: str) -> str:
     """The AMQP topic pattern for an event-type pattern: `request.*` → `request.#`,
     `request.closed` → `request.closed.*`; three-word patterns are taken as they are.

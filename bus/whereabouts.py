@@ -23,6 +23,7 @@ _WAY_TO_BACKEND = frozenset(
         "retried_now",
         "dead_lettered",
         "replayed",
+        "replay_returned",  # no queue took the replay: dead-lettered again
         "dropped",
     }
 )

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bus import deadletters
 from bus.broker import topology as t
 from bus.broker.connection import BrokerUnavailable
 from bus.broker.publisher import Unroutable
@@ -186,6 +187,78 @@ def test_an_unroutable_command_leaves_the_whole_batch_unsent(
 
     assert [row.envelope.id for row in store.pending_outbox()] == [pothole.id]
     assert store.audit_trail(pothole.subject) == []
+
+
+def replay_to_a_gone_subscription(store: Store) -> Envelope:
+    """A webhook subscription's dead letter replayed by an operator (`civicbus dead replay
+    sub.99 --all`) while no queue civicbus.sub.99 exists (the subscription removed, its queue
+    deleted)."""
+    created = accept(store, "POTHOLE")
+    with store.transaction() as tx:
+        tx.record_dead_letter(
+            instance="sub.99",
+            message_id=created.id,
+            request_id=created.subject,
+            reason="PermanentError: 410 Gone",
+            envelope=created.model_dump(mode="json"),
+        )
+    store.mark_sent([r.id for r in store.pending_outbox()])
+    deadletters.replay(store, "sub.99")
+    return created
+
+
+def test_a_replay_no_queue_takes_waits_again_as_a_dead_letter_and_holds_up_nothing(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    """Published without `mandatory`, the broker dropped such a replay, and the relay audited
+    it `relayed`: the message was lost behind a trail saying it was delivered."""
+    created = replay_to_a_gone_subscription(store)
+    later = accept(store, "GRAFFITI", EventType.STATUS_CHANGED)
+    relay = Relay(store, config, amqp_url)
+    try:
+        assert relay.relay_batch() == 2
+        assert relay.relay_batch() == 0  # nothing left to retry in a loop
+    finally:
+        relay._disconnect()
+
+    assert [e.action for e in store.audit_trail(created.subject)] == [
+        "replayed",
+        "replay_returned",
+    ]
+    [returned] = [e for e in store.audit_trail(created.subject) if e.action == "replay_returned"]
+    assert returned.outcome == "error" and returned.details["instance"] == "sub.99"
+    assert [letter.message_id for letter in deadletters.list_dead_letters(store, "sub.99")] == [
+        created.id
+    ]
+    # The row behind it went out as usual.
+    assert [p.message_id for p, _ in drain(channel, "test.events", 1)] == [later.id]
+    assert [e.action for e in store.audit_trail(later.subject)] == ["relayed"]
+
+
+def test_a_replay_to_an_instance_whose_queue_was_deleted_goes_again_once_it_is_declared(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    """A configured instance's queue is the relay's to declare: as for an unroutable command,
+    nothing is marked, and the batch goes again after reconnecting (which declares it)."""
+    relay = Relay(store, config, amqp_url)
+    accept(store, "GRAFFITI")
+    relay.relay_batch()  # connected, topology declared
+    channel.queue_delete(t.work_queue("sap-roads"))  # an operator deleted a work queue
+    pothole = accept(store, "POTHOLE", EventType.STATUS_CHANGED)
+    store.mark_sent([r.id for r in store.pending_outbox()])
+    with store.transaction() as tx:  # as `civicbus dead replay sap-roads` does
+        tx.add_outbox(
+            pothole, exchange=t.COMMANDS_EXCHANGE, routing_key=t.command_routing_key("sap-roads")
+        )
+
+    with pytest.raises(Unroutable, match=r"civicbus topology declare"):
+        relay.relay_batch()
+    assert [row.envelope.id for row in store.pending_outbox()] == [pothole.id]
+
+    relay._disconnect()  # as the relay loop does after Unroutable
+    assert relay.relay_batch() == 1
+    assert len(drain(channel, t.work_queue("sap-roads"), 1)) == 1
+    assert [e.action for e in store.audit_trail(pothole.subject)] == ["relayed"]
 
 
 def test_rows_stay_pending_when_the_broker_is_unreachable(store: Store, config: Config) -> None:
