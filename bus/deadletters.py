@@ -36,6 +36,18 @@ def known_routes(store: Store, instances: Iterable[str]) -> list[str]:
     return sorted({*live_routes(store, instances), *store.dead_letter_instances()})
 
 
+def check_replayable_route(store: Store, route: str) -> None:
+    """DeadLetterError when `route` is a removed webhook subscription's: its queue was deleted
+    with it, so no queue would take a replay. (An instance removed from the config may still
+    have its queue; a replay no queue takes comes back to its dead letter, see bus.relay.)"""
+    active = {route_name(s.id) for s in store.list_subscriptions()}
+    if queue_of_route(route) is not None and route not in active:
+        raise DeadLetterError(
+            f"{route} is a removed webhook subscription: its queue is gone, no replay would "
+            f"reach it. Drop its dead letters (civicbus dead drop ID...)"
+        )
+
+
 def list_dead_letters(store: Store, instance: str) -> list[DeadLetter]:
     """The instance's dead letters waiting for a decision, oldest first."""
     return store.dead_letters(instance, DeadLetterState.DEAD)

@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         with runtime() as rt, _operator_errors():
             _known_route(rt, instance)
+            deadletters.check_replayable_route(rt.store, instance)
             letters = deadletters.replay(rt.store, instance, None if replay_all else ids)
         for letter in letters:
             typer.echo(f"replayed {letter.id} (request {letter.request_id or '-'})")

@@ -180,6 +180,24 @@ def test_dead_commands_refuse_a_name_nothing_is_known_by(cli: CliRunner, store: 
     )
 
 
+def test_dead_replay_refuses_a_removed_subscription(cli: CliRunner, store: Store) -> None:
+    """`subscriptions remove` deletes the subscription's queue: a replay could only come back."""
+    removed = store.add_subscription("http://127.0.0.1:9/hook", ["request.*"])
+    store.remove_subscription(removed.id)
+    route = f"sub.{removed.id}"
+    with store.transaction() as tx:
+        tx.record_dead_letter(instance=route, message_id="m-1", reason="x", envelope=None)
+
+    for ids in (["--all"], [str(store.dead_letters(route)[0].id)]):
+        result = cli.invoke(app, ["dead", "replay", route, *ids])
+        assert result.exit_code == 1, result.output
+        assert f"{route} is a removed webhook subscription" in result.output
+        assert "civicbus dead drop" in result.output
+    assert [letter.state for letter in store.dead_letters(route)] == [DeadLetterState.DEAD]
+    assert store.pending_outbox() == []
+    assert cli.invoke(app, ["dead", "list", route]).exit_code == 0  # still listed, to drop
+
+
 def test_dead_list_columns_are_as_wide_as_their_contents(cli: CliRunner, store: Store) -> None:
     request_id = "01JD4Z8Q6V3N5XKQ2W7R9T1M0P"  # a 26-character ULID
     at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
