@@ -41,6 +41,61 @@ def record_status_update(
     request, StoreUnavailable when the store cannot be reached and, with `refuse_conflicts`,
     UpdateConflict when the update_id was recorded with other content.
     """
+    with store.transaction() as tx:
+        recorded = record_status_update_in(
+            tx,
+            update,
+            actor=actor,
+            correlation_id=correlation_id,
+            refuse_conflicts=refuse_conflicts,
+        )
+    log_status_update(update, recorded, correlation_id)
+    return recorded.request if recorded is not None else None
+
+
+def record_status_update_in(
+    tx: Transaction,
+    update: StatusUpdate,
+    *,
+    actor: str,
+    correlation_id: str | None = None,
+    refuse_conflicts: bool = False,
+) -> RecordedUpdate | None:
+    """What `record_status_update` does, inside the caller's transaction (committed with
+    whatever else it holds); returns what was recorded, None when nothing was. Log it with
+    `log_status_update` once committed."""
+    recorded = tx.apply_status_update(update, refuse_conflicts=refuse_conflicts)
+    if recorded is None:
+        return None
+    request = recorded.request
+    message_ids = _queue_events(tx, recorded, correlation_id)
+    details: dict[str, object] = {
+        "status": update.status.value,
+        "update_id": update.update_id,
+        "source": update.source,
+        "external_status_code": update.external_status_code,
+    }
+    if recorded.history_only:
+        action = "status_history"
+        details["recorded_as"] = "history only: older than the current status"
+        details["current_status"] = request.status.value
+        details["current_since"] = request.updated_at.isoformat()
+    else:
+        action = "status_changed" if recorded.status_changed else "status_noted"
+    tx.audit(
+        actor=actor,
+        action=action,
+        request_id=request.id,
+        message_id=message_ids[0] if message_ids else None,
+        details=details,
+    )
+    return recorded
+
+
+def log_status_update(
+    update: StatusUpdate, recorded: RecordedUpdate | None, correlation_id: str | None = None
+) -> None:
+    """One line saying what became of a committed status update."""
     context = {
         "request_id": update.request_id,
         "correlation_id": correlation_id or update.request_id,
@@ -48,40 +103,14 @@ def record_status_update(
         "source": update.source,
         "status": update.status.value,
     }
-    with store.transaction() as tx:
-        recorded = tx.apply_status_update(update, refuse_conflicts=refuse_conflicts)
-        if recorded is None:
-            log.info("status.nothing_new", **context)
-            return None
-        request = recorded.request
-        message_ids = _queue_events(tx, recorded, correlation_id)
-        details: dict[str, object] = {
-            "status": update.status.value,
-            "update_id": update.update_id,
-            "source": update.source,
-            "external_status_code": update.external_status_code,
-        }
-        if recorded.history_only:
-            action = "status_history"
-            details["recorded_as"] = "history only: older than the current status"
-            details["current_status"] = request.status.value
-            details["current_since"] = request.updated_at.isoformat()
-        else:
-            action = "status_changed" if recorded.status_changed else "status_noted"
-        tx.audit(
-            actor=actor,
-            action=action,
-            request_id=request.id,
-            message_id=message_ids[0] if message_ids else None,
-            details=details,
-        )
-    if recorded.history_only:
-        log.info("status.history_only", current_status=request.status.value, **context)
+    if recorded is None:
+        log.info("status.nothing_new", **context)
+    elif recorded.history_only:
+        log.info("status.history_only", current_status=recorded.request.status.value, **context)
     elif recorded.status_changed:
         log.info("status.changed", **context)
     else:
         log.info("status.noted", **context)
-    return request
 
 
 def _queue_events(

@@ -240,6 +240,48 @@ def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, Se
     return found
 
 
+# What tells whether a request changed since it was read: any status update moves its status,
+# its updated_at or its count of history notes; a new reference moves its count of references.
+_LOCK_REQUESTS = (
+    sa.select(
+        requests.c.id,
+        requests.c.status,
+        requests.c.updated_at,
+        sa.select(sa.func.count())
+        .where(status_history.c.request_id == requests.c.id)
+        .scalar_subquery()
+        .label("notes"),
+        sa.select(sa.func.count())
+        .where(backend_refs.c.request_id == requests.c.id)
+        .scalar_subquery()
+        .label("refs"),
+    )
+    .where(requests.c.id.in_(_IDS))
+    .order_by(requests.c.id)  # locked in one order by every caller: no deadlock between them
+    .with_for_update(of=requests)
+)
+
+
+def changed_requests(
+    conn: Connection, known: Mapping[str, ServiceRequest]
+) -> dict[str, ServiceRequest]:
+    """Lock the rows of the `known` requests, as status updates do, and return those that
+    changed since `known` was read, whole as they are now (one statement when none did)."""
+    if not known:
+        return {}
+    changed = [
+        row.id
+        for row in conn.execute(_LOCK_REQUESTS, {"ids": list(known)})
+        if (
+            row.status != known[row.id].status.value
+            or row.updated_at != known[row.id].updated_at
+            or row.notes != len(known[row.id].history)
+            or row.refs != len(known[row.id].backend_refs)
+        )
+    ]
+    return get_requests(conn, changed) if changed else {}
+
+
 def _filters(query: RequestQuery) -> Iterable[sa.ColumnElement[bool]]:
     c = requests.c
     if query.ids is not None:

@@ -110,6 +110,12 @@ class Transaction:
         """Whole requests by id as this transaction sees them; unknown ids are absent."""
         return _requests.get_requests(self._session, request_ids)
 
+    def changed_requests(self, known: Mapping[str, ServiceRequest]) -> dict[str, ServiceRequest]:
+        """Lock the rows of the `known` requests until commit, as status updates do (these
+        then wait for this transaction), and return those changed since `known` was read,
+        whole as this transaction sees them; the unchanged ones are absent."""
+        return _requests.changed_requests(self._session, known)
+
     # --- outbox ----------------------------------------------------------------------------
     def add_outbox(self, envelope: Envelope, *, exchange: str, routing_key: str) -> None:
         """Queue an event for the relay; it is published only if this transaction commits.

@@ -49,5 +49,6 @@ def command_consumer(
     consumer = Consumer(amqp_url, prefetch=config.prefetch, name=instance, declare=declare)
     route = Route(instance, store, config.retry)
     # Receipts are recorded per batch of delivered messages (group commit), then acked.
-    consumer.consume_batches(work_queue(instance), CommandWorker(route, adapter).handle_batch)
+    worker = CommandWorker(route, adapter, consumer.stop_event)
+    consumer.consume_batches(work_queue(instance), worker.handle_batch)
     return consumer

@@ -5,32 +5,38 @@ retries) → record receipts → ack (by returning). Any failure goes to the red
 
 Deliveries are only ever taken in batches (those the broker has already handed over, up to half
 the prefetch; a lone message is a batch of one): each goes through the adapter in order, then the
-receipts of the whole batch are recorded in one store transaction (group commit) and only then
-acknowledged. A crash before that commit leaves
-every message of the batch unacknowledged: redelivered, found in the back-end, recorded once.
+receipts of the whole batch are recorded in one store transaction (group commit), together with
+the statuses the back-end gave with them, and only then acknowledged. A crash before that commit
+leaves every message of the batch unacknowledged: redelivered, found in the back-end, recorded
+once. A store outage is waited out with the messages in hand (requeued, each would count toward
+the work queue's delivery limit); only a worker stopping meanwhile requeues them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC
+from typing import TypeVar
 
 import structlog
 
 from adapters import Adapter, Receipt
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.logging import request_context
-from bus.status import record_status_update
-from bus.store import OutboxEvent, Transaction
+from bus.status import log_status_update, record_status_update_in
+from bus.store import OutboxEvent, RecordedUpdate, StoreUnavailable, Transaction
 from bus.worker._consumer import Broker
 from bus.worker._delivery import Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, describe, schedule_retry_or_dead_letter
-from bus.worker._retry import call_with_retries
+from bus.worker._retry import call_with_retries, until_store_answers
 from schemas.events import Envelope, EventType
 from schemas.model import BackendRef, ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,18 +64,42 @@ class CommandWorker:
 
     route: Route
     adapter: Adapter
+    #: Set when the worker is stopping (the consumer's `stop_event`): a wait for the store ends.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def handle_batch(self, deliveries: Sequence[Delivery], broker: Broker) -> Collection[int]:
         """Process the deliveries in order; returns the positions of those to requeue.
 
         Failed commands go to a retry tier or the dead letter channel one by one; the receipts
-        of the others are recorded together. Raises (nothing done) when the store cannot even
-        be read.
+        of the others are recorded together. While the store does not answer, this waits;
+        stopping meanwhile requeues every message not yet handed to a tier or dead-lettered.
         """
+        handed_on: set[int] = set()  # positions now in a retry tier or the dead letter channel
+        try:
+            return self.process(deliveries, broker, handed_on)
+        except StoreUnavailable as exc:
+            # Raised only once the worker is stopping during a store outage: the rest goes
+            # back to the queue (what reached the back-end is found there next time).
+            requeue = set(range(len(deliveries))) - handed_on
+            log.warning(
+                "worker.stopped_during_store_outage",
+                route=self.route.name,
+                requeued=len(requeue),
+                error=describe(exc),
+            )
+            return requeue
+
+    def process(
+        self, deliveries: Sequence[Delivery], broker: Broker, handed_on: set[int]
+    ) -> Collection[int]:
+        """The batch's steps; adds to `handed_on` the positions sent to a tier or dead letter."""
         commands, malformed = self.decode_all(deliveries)
-        requests = self.route.store.get_requests({c.envelope.subject for c in commands})
-        for delivery, exc in malformed:
-            schedule_retry_or_dead_letter(self.route, delivery, broker, exc, None)
+        requests = self.patiently(
+            lambda: self.route.store.get_requests({c.envelope.subject for c in commands})
+        )
+        for position, exc in malformed:
+            self.hand_on(deliveries[position], broker, exc, None)
+            handed_on.add(position)
         taken: list[_Taken] = []
         duplicates: list[_Command] = []
         for command in commands:
@@ -83,15 +113,18 @@ class CommandWorker:
                         duplicates.append(command)
                         continue
                     receipt = self.deliver(command, request)
+                except StoreUnavailable:
+                    raise  # auditing a failed try, while stopping: not the back-end's failure
                 except Exception as exc:
-                    schedule_retry_or_dead_letter(
-                        self.route, command.delivery, broker, exc, envelope
-                    )
+                    self.hand_on(command.delivery, broker, exc, envelope)
+                    handed_on.add(command.position)
                     continue
             taken.append(self.taken(command, request, receipt))
         try:
-            recorded = self.record_receipts(taken, duplicates)
-        except Exception as exc:
+            self.patiently(lambda: self.record_receipts(taken, duplicates))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # not an outage (e.g. a value the database refuses)
             log.warning(
                 "worker.receipts_not_recorded",
                 route=self.route.name,
@@ -99,20 +132,34 @@ class CommandWorker:
                 error=describe(exc),
             )
             return {t.command.position for t in taken} | {c.position for c in duplicates}
-        return self.record_backend_statuses(recorded)
+        return ()
+
+    def patiently(self, step: Callable[[], T]) -> T:
+        """A store step, tried until the store answers or the worker stops."""
+        return until_store_answers(step, stop=self.stopping, route=self.route.name)
+
+    def hand_on(
+        self, delivery: Delivery, broker: Broker, exc: BaseException, envelope: Envelope | None
+    ) -> None:
+        """A failed delivery to a retry tier or the dead letter channel (it writes the store
+        before it publishes, so trying again after a store failure publishes one copy)."""
+        self.patiently(
+            lambda: schedule_retry_or_dead_letter(self.route, delivery, broker, exc, envelope)
+        )
 
     # --- the steps ------------------------------------------------------------------------
     def decode_all(
         self, deliveries: Sequence[Delivery]
-    ) -> tuple[list[_Command], list[tuple[Delivery, MalformedMessage]]]:
-        """The commands that are envelopes, and the deliveries that are not (dead letters)."""
+    ) -> tuple[list[_Command], list[tuple[int, MalformedMessage]]]:
+        """The commands that are envelopes, and the positions of the deliveries that are not
+        (dead letters)."""
         commands: list[_Command] = []
-        malformed: list[tuple[Delivery, MalformedMessage]] = []
+        malformed: list[tuple[int, MalformedMessage]] = []
         for position, delivery in enumerate(deliveries):
             try:
                 commands.append(_Command(position, delivery, decode(delivery)))
             except MalformedMessage as exc:
-                malformed.append((delivery, exc))
+                malformed.append((position, exc))
         return commands, malformed
 
     def load_request(
@@ -158,6 +205,11 @@ class CommandWorker:
             try_number=try_number,
             error=describe(exc),
         )
+        self.patiently(lambda: self.audit(delivery, envelope, try_number, exc))
+
+    def audit(
+        self, delivery: Delivery, envelope: Envelope | None, try_number: int, exc: BaseException
+    ) -> None:
         with self.route.store.transaction() as tx:
             tx.audit(
                 actor=self.route.actor,
@@ -169,7 +221,8 @@ class CommandWorker:
             )
 
     def taken(self, command: _Command, request: ServiceRequest, receipt: Receipt) -> _Taken:
-        """The receipt with the `submitted` event it announces (built before the commit)."""
+        """The receipt with the `submitted` event it announces (built before the commit, and
+        again inside it for a request changed meanwhile)."""
         at = receipt.at
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
@@ -188,26 +241,35 @@ class CommandWorker:
         )
         return _Taken(command, request, receipt, submitted)
 
-    def record_receipts(self, taken: list[_Taken], duplicates: list[_Command]) -> list[_Taken]:
-        """Cross-references, `submitted` events and audit entries of a batch, in one
-        transaction; returns the receipts recorded now (a request whose reference was already
-        known, from a redelivery or another worker, is audited as a duplicate, no new event)."""
+    def record_receipts(self, taken: list[_Taken], duplicates: list[_Command]) -> None:
+        """Cross-references, `submitted` events, the statuses the back-end gave with its
+        receipts, and audit entries of a batch, in one transaction (a request whose reference
+        was already known, from a redelivery or another worker, is audited as a duplicate, no
+        new event). Nothing is recorded when it raises: safe to call again."""
         if not taken and not duplicates:
-            return []
+            return
         recorded: list[_Taken] = []
+        repeated = list(duplicates)
+        statuses: list[tuple[StatusUpdate, RecordedUpdate | None, str]] = []
         with self.route.store.transaction() as tx:
+            # The rows locked first, as status updates lock them: an update that came in since
+            # the batch was read is in the `submitted` event, one still to come waits for this
+            # commit, so the outbox never announces an older status after a newer one.
+            now = tx.changed_requests({t.request.id: t.request for t in taken})
             new = tx.add_backend_refs(
                 self.route.name,
                 [(t.request.id, t.receipt.reference, t.receipt.at) for t in taken],
             )
             for item in taken:
                 if item.request.id not in new:
-                    duplicates.append(item.command)
+                    repeated.append(item.command)
                     continue
                 new.discard(item.request.id)  # a second copy in this batch is a duplicate
+                if item.request.id in now:
+                    item = self.taken(item.command, now[item.request.id], item.receipt)
                 recorded.append(item)
                 self.audit_receipt(tx, item)
-            for command in duplicates:
+            for command in repeated:
                 self.audit_duplicate(tx, command)
             tx.add_outbox_events(
                 [
@@ -219,6 +281,15 @@ class CommandWorker:
                     for t in recorded
                 ]
             )
+            for item in recorded:
+                # In this transaction: committed with the reference, or retried with it.
+                update = self.backend_status(item.request, item.receipt)
+                if update is not None:
+                    correlation_id = item.command.envelope.correlationid
+                    done = record_status_update_in(
+                        tx, update, actor=self.route.actor, correlation_id=correlation_id
+                    )
+                    statuses.append((update, done, correlation_id))
         # One line per message, from a logger bound once per batch: a third cheaper than
         # looking the configured logger up again for every line.
         batch_log = log.bind(route=self.route.name)
@@ -231,7 +302,8 @@ class CommandWorker:
                 created=item.receipt.created,
                 attempt=item.command.delivery.attempt,
             )
-        return recorded
+        for update, done, correlation_id in statuses:
+            log_status_update(update, done, correlation_id)
 
     def audit_receipt(self, tx: Transaction, item: _Taken) -> None:
         outcome = "ok" if item.receipt.created else "found"
@@ -262,37 +334,18 @@ class CommandWorker:
             details={"note": "receipt already recorded; redelivery acknowledged"},
         )
 
-    def record_backend_statuses(self, recorded: list[_Taken]) -> set[int]:
-        """Statuses the back-end gave with its receipts; positions whose status could not be
-        stored are requeued, as a crash there would leave them."""
-        requeue: set[int] = set()
-        for item in recorded:
-            try:
-                self.record_backend_status(item.request, item.receipt)
-            except Exception as exc:
-                log.warning(
-                    "worker.receipt_status_not_recorded",
-                    route=self.route.name,
-                    request_id=item.request.id,
-                    correlation_id=item.command.envelope.correlationid,
-                    error=describe(exc),
-                )
-                requeue.add(item.command.position)
-        return requeue
-
-    def record_backend_status(self, request: ServiceRequest, receipt: Receipt) -> None:
-        """A back-end that answers with its own status for the new work (e.g. `for_triage`)
-        gets it recorded like any status change; repeated receipts repeat nothing."""
+    def backend_status(self, request: ServiceRequest, receipt: Receipt) -> StatusUpdate | None:
+        """The status a back-end answered with for the new work (e.g. `for_triage`), as an
+        update recorded like any status change; None when it gave none or the request has it."""
         if receipt.status is None or receipt.status is request.status:
-            return
-        update = StatusUpdate(
+            return None
+        return StatusUpdate(
             request_id=request.id,
             status=receipt.status,
             at=receipt.at if receipt.at.tzinfo else receipt.at.replace(tzinfo=UTC),
             update_id=f"{self.route.name}:receipt",
             source=self.route.name,
         )
-        record_status_update(self.route.store, update, actor=self.route.actor)
 
 
 def _public(request: ServiceRequest, ref: BackendRef) -> dict[str, object]:

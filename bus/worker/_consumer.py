@@ -14,7 +14,6 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
@@ -271,7 +270,7 @@ class Consumer:
                 )
                 requeue = set(range(len(batch)))
             if requeue:
-                time.sleep(_REQUEUE_PAUSE)
+                self._stopping.wait(_REQUEUE_PAUSE)  # a stop need not wait it out
             settler.settle(tags, requeue)
 
 

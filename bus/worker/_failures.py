@@ -64,7 +64,8 @@ def schedule_retry_or_dead_letter(
     envelope: Envelope | None,
 ) -> None:
     """After a delivery round failed: a retry tier for a transient error with attempts left,
-    otherwise the dead letter channel."""
+    otherwise the dead letter channel. The store is written before the broker: on
+    StoreUnavailable nothing was published."""
     now = datetime.now(UTC)
     if isinstance(exc, PermanentError | MalformedMessage):
         dead_letter(route, delivery, broker, reason=describe(exc), envelope=envelope, failed_at=now)
@@ -74,13 +75,8 @@ def schedule_retry_or_dead_letter(
         reason = f"gave up after {delivery.attempt} attempts; last error {describe(exc)}"
         dead_letter(route, delivery, broker, reason=reason, envelope=envelope, failed_at=now)
         return
-    broker.publish(
-        RETRY_EXCHANGE,
-        retry_routing_key(route.name, delay),
-        delivery.body,
-        headers=delivery.failure_headers(now),
-        message_id=delivery.message_id,
-    )
+    # The store first, as for a dead letter: a store failure then leaves nothing published,
+    # and the caller may try again without putting a second copy in a tier.
     with route.store.transaction() as tx:
         tx.audit(
             actor=route.actor,
@@ -90,6 +86,13 @@ def schedule_retry_or_dead_letter(
             outcome="error",
             details={"attempt": delivery.attempt, "delay_seconds": delay, "error": describe(exc)},
         )
+    broker.publish(
+        RETRY_EXCHANGE,
+        retry_routing_key(route.name, delay),
+        delivery.body,
+        headers=delivery.failure_headers(now),
+        message_id=delivery.message_id,
+    )
     log.info(
         "worker.retry_scheduled",
         route=route.name,

@@ -1,19 +1,36 @@
-"""Redelivery policy: quick in-process retries (tenacity), then retry tiers, then dead letter."""
+"""Redelivery policy: quick in-process retries (tenacity), then retry tiers, then dead letter;
+a store outage is waited out rather than counted against the message."""
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
 from adapters import PermanentError, TransientError
 from bus.config import RetryPolicy
+from bus.store import StoreUnavailable
 from bus.worker._delivery import MalformedMessage
 
+log = structlog.get_logger(__name__)
+
 T = TypeVar("T")
+
+#: Longest pause between two tries of a store that does not answer: a fail-over is noticed
+#: within this long after it ends.
+STORE_MAX_BACKOFF = 2.0
 
 #: A back-end's Retry-After up to this many seconds is waited in-process; longer goes to a tier.
 SMALL_RETRY_AFTER = 2.0
@@ -92,6 +109,39 @@ def call_with_retries(
 
 def _error(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome is not None else None
+
+
+def until_store_answers(fn: Callable[[], T], *, stop: threading.Event, route: str) -> T:
+    """Call `fn` (a store step) until the store answers, with backoff, and return its result.
+
+    The messages in hand stay unacknowledged meanwhile: requeued, each store outage would
+    count toward the work queue's delivery limit, and a short fail-over would dead-letter
+    commands that never reached their back-end. Raises the last StoreUnavailable once `stop`
+    is set, so a stopping worker requeues them instead of waiting.
+    """
+    try:
+        return fn()  # the happy path costs only the call
+    except StoreUnavailable as exc:
+        if stop.is_set():
+            raise
+        # Once per outage, not per try.
+        log.warning("worker.store_unavailable", route=route, error=str(exc), waiting=True)
+
+    def pause(seconds: float) -> None:
+        stop.wait(seconds)  # ends at once on SIGTERM
+
+    started = time.monotonic()
+    pause(0.1)  # tenacity's first try comes at once
+    retrying = Retrying(
+        retry=retry_if_exception_type(StoreUnavailable),
+        wait=wait_exponential(multiplier=0.1, max=STORE_MAX_BACKOFF) + wait_random(0, 0.1),
+        stop=lambda _state: stop.is_set(),
+        sleep=pause,
+        reraise=True,
+    )
+    result = retrying(fn)
+    log.info("worker.store_back", route=route, waited_s=round(time.monotonic() - started, 1))
+    return result
 
 
 def next_tier(policy: RetryPolicy, attempt: int, asked_delay: float | None = None) -> float | None:

@@ -1,8 +1,10 @@
 """The store's batch helpers the worker's group commit uses, on SQLite and PostgreSQL: requests
-read together, and cross-references recorded together with which of them were new."""
+read together, locked with those changed since read, and cross-references recorded together
+with which of them were new."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -68,6 +70,51 @@ def test_requests_read_together_are_whole_and_unknown_ids_are_absent(store: Stor
     assert [r.reference for r in found["a"].backend_refs] == ["WO-1"]
     assert found["b"].status is Status.IN_PROGRESS
     assert store.get_requests([]) == {}
+
+
+def update(request_id: str, status: Status, at: datetime, update_id: str) -> StatusUpdate:
+    return StatusUpdate(
+        request_id=request_id, status=status, at=at, source="roads", update_id=update_id
+    )
+
+
+def test_requests_locked_together_are_given_again_when_changed_since_read(store: Store) -> None:
+    stored(store, "a", "b", "c", "d")
+    with store.transaction() as tx:
+        tx.apply_status_update(update("b", Status.IN_PROGRESS, T0 + timedelta(hours=2), "b-1"))
+    read = store.get_requests(["a", "b", "c", "d"])
+    with store.transaction() as tx:
+        tx.apply_status_update(update("a", Status.IN_PROGRESS, T0 + timedelta(hours=1), "a-1"))
+        # Older than b's status: its history only, the row itself unchanged.
+        tx.apply_status_update(update("b", Status.FOR_TRIAGE, T0 + timedelta(hours=1), "b-2"))
+        tx.add_backend_ref("c", "email", "MSG-1", T0)
+
+    with store.transaction() as tx:
+        changed = tx.changed_requests(read)
+
+    assert changed == {i: store.get_request(i) for i in "abc"}
+    with store.transaction() as tx:
+        assert tx.changed_requests(store.get_requests(["a", "b", "c", "d"])) == {}
+        assert tx.changed_requests({}) == {}
+
+
+def test_a_status_update_waits_for_the_transaction_holding_the_requests(store: Store) -> None:
+    stored(store, "a")
+    updated = threading.Event()
+
+    def push() -> None:
+        with store.transaction() as tx:
+            tx.apply_status_update(update("a", Status.IN_PROGRESS, T0, "a-1"))
+        updated.set()
+
+    with store.transaction() as tx:
+        assert tx.changed_requests(store.get_requests(["a"])) == {}
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        assert not updated.wait(0.5)
+    pusher.join(timeout=10)
+    assert updated.is_set()
+    assert store.get_request("a").status is Status.IN_PROGRESS  # type: ignore[union-attr]
 
 
 def test_backend_refs_recorded_together_say_which_were_new(store: Store) -> None:

@@ -4,6 +4,7 @@ receipts, then the acks), against the real broker and a real SQLite store."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from structlog.testing import capture_logs
@@ -88,10 +89,10 @@ def test_commands_delivered_together_each_reach_the_backend_once(
     assert store.verify_audit().ok
 
 
-def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
+def test_receipts_that_cannot_be_stored_wait_for_the_store_and_are_recorded_once(
     sqlite_url: str, wide_topology: str
 ) -> None:
-    # Short lock wait: the group commit gives up quickly while another writer holds SQLite.
+    # Short lock wait: the group commit fails quickly while another writer holds SQLite.
     store = Store.open(sqlite_url + "?timeout=0.5")
     release = threading.Event()
     try:
@@ -107,7 +108,7 @@ def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
         ):
             wait_until(lambda: len(backend.created) == 3, what="the back-end's records")
             wait_until(
-                lambda: "worker.receipts_not_recorded" in [entry["event"] for entry in logs],
+                lambda: "worker.store_unavailable" in [entry["event"] for entry in logs],
                 what="a failed group commit",
             )
             release.set()
@@ -115,14 +116,46 @@ def test_receipts_that_cannot_be_stored_are_requeued_and_recorded_once_later(
             wait_until(lambda: len(submitted(store)) == 3, timeout=30, what="the receipts")
             wait_until(lambda: queue_depth(wide_topology, work_queue(INSTANCE)) == 0)
 
-        assert len(backend.created) == 3  # redelivered, found, not created again
+        events = [entry["event"] for entry in logs]
+        assert events.count("worker.store_unavailable") == 1  # once per outage, not per try
+        assert backend.calls == 3  # held, never redelivered
         for envelope in envelopes:
-            trail = actions(store, envelope.subject)
-            assert trail.count(("submitted", "found")) == 1
-            assert ("submitted", "ok") not in trail
+            assert actions(store, envelope.subject).count(("submitted", "ok")) == 1
         assert sorted(submitted(store)) == sorted(e.subject for e in envelopes)
     finally:
         release.set()
         store.close()
 
 
+def test_a_worker_stopped_during_a_store_outage_requeues_its_commands_at_once(
+    sqlite_url: str, wide_topology: str
+) -> None:
+    store = Store.open(sqlite_url + "?timeout=0.5")
+    release = threading.Event()
+    try:
+        backend = MemoryBackend()
+        envelopes = [new_request(store) for _ in range(3)]
+        holder = hold_write_lock(sqlite_url, until=release)
+        for envelope in envelopes:
+            publish(wide_topology, envelope)
+
+        consumer = command_consumer(wide_topology, store, INSTANCE, WIDE, backend)
+        with capture_logs() as logs, running(consumer):
+            wait_until(
+                lambda: "worker.store_unavailable" in [entry["event"] for entry in logs],
+                what="a failed group commit",
+            )
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 3  # SIGTERM does not wait for the store
+        wait_until(lambda: queue_depth(wide_topology, work_queue(INSTANCE)) == 3)
+        release.set()
+        holder.join()
+
+        with running(command_consumer(wide_topology, store, INSTANCE, WIDE, backend)):
+            wait_until(lambda: len(submitted(store)) == 3, what="the receipts")
+        assert len(backend.created) == 3  # redelivered, found, not created again
+        for envelope in envelopes:
+            assert actions(store, envelope.subject).count(("submitted", "found")) == 1
+    finally:
+        release.set()
+        store.close()

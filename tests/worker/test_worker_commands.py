@@ -1,10 +1,17 @@
 """The adapter worker against the real broker and a real SQLite store: the happy path, the
-idempotent consumer, transient failures through the retry tiers, and the dead letter channel."""
+idempotent consumer, transient failures through the retry tiers, the dead letter channel, and
+store outages."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from worker_support import (
@@ -22,10 +29,11 @@ from worker_support import (
 from adapters import Receipt
 from bus.broker.topology import DEAD_EXCHANGE, dead_queue, work_queue
 from bus.config import InstanceConfig, RetryPolicy
-from bus.store import Store
+from bus.status import record_status_update
+from bus.store import Store, StoreUnavailable, Transaction
 from bus.worker import _consumer, command_consumer
 from schemas.events import EventType
-from schemas.model import ServiceRequest, Status
+from schemas.model import ServiceRequest, Status, StatusUpdate
 from tests.asyncapi_support import assert_documented
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
@@ -275,3 +283,136 @@ def test_a_status_the_backend_gives_with_its_receipt_is_recorded(
 
     request = store.get_request(envelope.subject)
     assert request is not None and request.status is Status.FOR_TRIAGE
+
+
+def test_the_status_given_with_a_receipt_survives_a_failed_write(
+    store: Store, topology: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The status is written with the reference: a redelivery, taken as a duplicate once the
+    # reference is known, would never write it again.
+    real = Transaction.apply_status_update
+    calls = {"n": 0}
+
+    def fails_once(self: Transaction, update: StatusUpdate, **kwargs: bool) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StoreUnavailable("database is restarting")
+        return real(self, update, **kwargs)
+
+    class TriagingBackend(MemoryBackend):
+        def submit(self, request: ServiceRequest) -> Receipt:
+            return replace(super().submit(request), status=Status.FOR_TRIAGE)
+
+    monkeypatch.setattr(Transaction, "apply_status_update", fails_once)
+    envelope = new_request(store)
+    publish(topology, envelope)
+    with running(command_consumer(topology, store, INSTANCE, FAST, TriagingBackend())):
+        wait_until(lambda: calls["n"] >= 1, what="the first status write")
+        wait_until(
+            lambda: ("status_changed", "ok") in actions(store, envelope.subject),
+            timeout=8,
+            what="the receipt's status",
+        )
+
+    request = store.get_request(envelope.subject)
+    assert request is not None and request.status is Status.FOR_TRIAGE
+    assert actions(store, envelope.subject).count(("submitted", "ok")) == 1
+
+
+def test_the_submitted_event_never_carries_a_status_older_than_one_already_queued(
+    store: Store, topology: str
+) -> None:
+    # A back-end that pushes a status change (POST /servicerequestupdates) as soon as it holds
+    # the work: `status_changed: in_progress` is queued while the worker waits for its receipt.
+    class PushingBackend(MemoryBackend):
+        def submit(self, request: ServiceRequest) -> Receipt:
+            receipt = super().submit(request)
+            push = StatusUpdate(
+                request_id=request.id,
+                status=Status.IN_PROGRESS,
+                at=datetime.now(UTC),
+                update_id="push-1",
+                source=INSTANCE,
+            )
+            record_status_update(store, push, actor="api")
+            return receipt
+
+    envelope = new_request(store)
+    publish(topology, envelope)
+    with running(command_consumer(topology, store, INSTANCE, FAST, PushingBackend())):
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the submitted event")
+
+    events = [
+        (row.envelope.type, row.envelope.data["status"])
+        for row in store.pending_outbox()
+        if row.envelope.subject == envelope.subject
+    ]
+    assert events == [
+        (EventType.STATUS_CHANGED, "in_progress"),
+        (EventType.SUBMITTED, "in_progress"),
+    ]
+
+
+@contextmanager
+def store_outage(store: Store, monkeypatch: pytest.MonkeyPatch, *steps: str) -> Iterator[Any]:
+    """The store's `steps` (methods) raise StoreUnavailable until the block ends; yields a
+    counter of the failed calls."""
+    failed = {"n": 0}
+    down = threading.Event()
+    down.set()
+    for name in steps:
+        real = getattr(store, name)
+
+        def failing(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            if down.is_set():
+                failed["n"] += 1
+                raise StoreUnavailable("database is restarting")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, failing)
+    try:
+        yield failed
+    finally:
+        down.clear()
+
+
+def test_a_store_outage_longer_than_the_delivery_limit_lasts_dead_letters_nothing(
+    store: Store, topology: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requeued at this pace, a command would spend the work queue's delivery limit (10) in
+    # about a second: the outage below would dead-letter it without reaching the back-end.
+    monkeypatch.setattr(_consumer, "_REQUEUE_PAUSE", 0.1)
+    envelope = new_request(store)
+    publish(topology, envelope)
+    backend = MemoryBackend()
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        with store_outage(store, monkeypatch, "get_requests") as failed:
+            wait_until(lambda: failed["n"] >= 1, what="the store failing")
+            time.sleep(3)  # e.g. a PostgreSQL fail-over
+        wait_until(lambda: submitted_events(store, envelope.subject), timeout=8, what="receipt")
+
+    assert list(backend.created) == [envelope.subject]
+    assert store.dead_letters(INSTANCE) == []
+    assert queue_depth(topology, dead_queue(INSTANCE)) == 0
+
+
+def test_a_store_outage_while_a_failed_try_is_audited_leaves_one_copy_of_the_command(
+    store: Store, topology: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The back-end fails both quick tries: the command goes to a retry tier once, whatever
+    # the store did meanwhile, and never also back to the work queue.
+    envelope = new_request(store)
+    publish(topology, envelope)
+    backend = MemoryBackend(transient_failures=2)
+    with running(command_consumer(topology, store, INSTANCE, FAST, backend)):
+        with store_outage(store, monkeypatch, "transaction") as failed:
+            wait_until(lambda: failed["n"] >= 1, what="the audit of a failed try failing")
+            time.sleep(1)
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the receipt")
+        time.sleep(1.5)  # a second copy, if any, has come back from its tier or the queue
+
+    trail = actions(store, envelope.subject)
+    assert trail.count(("retry_scheduled", "error")) == 1
+    assert trail.count(("submitted", "ok")) == 1
+    assert ("attempt", "duplicate") not in trail
+    assert backend.calls == 3
