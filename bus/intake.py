@@ -3,11 +3,13 @@
 The API and the CLI both call `accept_request`. It writes the request, its outbox event
 `civicbus.request.created` and its audit entry in one store transaction, so a request answered
 is a request that will be delivered (transactional outbox). A repeated Idempotency-Key, or a
-repeated `external_id` attribute where the service defines one, gets the first answer (C-15).
+repeated `external_id` attribute where the service defines one, gets the first answer (C-15);
+an Idempotency-Key repeated with a different report is refused (IdempotencyConflict).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -66,6 +68,25 @@ class Accepted:
     replayed: bool = False
 
 
+#: The parts of a request the client reported (uploads by their digest), as an
+#: Idempotency-Key's fingerprint covers them: not the id, times or channel of each attempt.
+_REPORTED = {
+    "jurisdiction",
+    "service_code",
+    "description",
+    "attributes",
+    "location",
+    "reporter",
+    "media",
+}
+
+
+def fingerprint(request: ServiceRequest) -> str:
+    """SHA-256 of what the client reported in `request`, so that a repeat of one report can be
+    told from another report sent with the same key."""
+    return hashlib.sha256(request.model_dump_json(include=_REPORTED).encode()).hexdigest()
+
+
 def idempotency_key(draft: RequestDraft, header_key: str | None) -> str | None:
     """The key that makes a create idempotent: the header, else the service's external id."""
     if header_key:
@@ -79,7 +100,8 @@ def idempotency_key(draft: RequestDraft, header_key: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A new request ready to be written: the request, its event, its answer and its key."""
+    """A new request ready to be written: the request, its event, its answer, its key and
+    (for an Idempotency-Key) the fingerprint of what was reported with it."""
 
     request: ServiceRequest
     token: str | None
@@ -88,24 +110,19 @@ class Prepared:
     actor: str
     client: Client | None
     key: str | None
+    fingerprint: str | None = None
 
 
 class ClientRevoked(Exception):
     """The client's key was revoked (or the client removed) before its request could be written."""
 
 
-def replay(
-    store: Store, draft: RequestDraft, client: Client | None, header: str | None
-) -> Accepted | None:
-    """The first answer when this create repeats an earlier one's idempotency key (C-15)."""
-    key = idempotency_key(draft, header) if client is not None else None
-    if client is None or key is None:
-        return None
-    earlier = store.idempotent_response(client.id, key)
-    if earlier is None:
-        return None
-    log.info("intake.replayed", client=client.name, service_code=draft.service.code)
-    return Accepted(answer=earlier["answer"], request=None, token=None, replayed=True)
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was first used for a different report; nothing was written."""
+
+    def __init__(self, header_key: str) -> None:
+        super().__init__(f"Idempotency-Key {header_key!r} was already used for another report")
+        self.header_key = header_key
 
 
 def prepare(
@@ -138,7 +155,9 @@ def prepare(
         correlationid=correlation_id or request.id,
     )
     key = idempotency_key(draft, idempotency_header) if client is not None else None
-    return Prepared(request, token, answer, envelope, actor, client, key)
+    # Only a header key: an external_id names the partner's report, whatever it now says.
+    digest = fingerprint(request) if key is not None and idempotency_header else None
+    return Prepared(request, token, answer, envelope, actor, client, key, digest)
 
 
 def accept_request(
@@ -157,9 +176,6 @@ def accept_request(
 
     Raises StoreUnavailable when the store cannot take it; nothing is then written.
     """
-    earlier = replay(store, draft, client, idempotency_header)
-    if earlier is not None:
-        return earlier
     prepared = prepare(
         draft,
         client=client,
@@ -224,7 +240,34 @@ def _after_conflict(store: Store, prepared: Prepared) -> Accepted | Exception:
     earlier = store.idempotent_response(client.id, key) if client and key else None
     if earlier is None:
         return AlreadyExists(f"request {prepared.request.id} conflicts with stored data")
+    return _replayed(prepared, earlier)
+
+
+def _replayed(prepared: Prepared, earlier: dict[str, Any]) -> Accepted | IdempotencyConflict:
+    """The first answer given to the member's key again (C-15), unless the key first came
+    with a different report: replaying then would drop this one without a word."""
+    first = earlier.get("fingerprint")
+    # Keys stored before fingerprints were kept, and external ids, have none: replayed.
+    if first is not None and first != prepared.fingerprint:
+        log.info(
+            "intake.idempotency_conflict",
+            client=prepared.client and prepared.client.name,
+            service_code=prepared.request.service_code,
+        )
+        return IdempotencyConflict(str(prepared.key).removeprefix("header:"))
+    log.info(
+        "intake.replayed",
+        client=prepared.client and prepared.client.name,
+        service_code=prepared.request.service_code,
+    )
     return Accepted(answer=earlier["answer"], request=None, token=None, replayed=True)
+
+
+def _remembered(prepared: Prepared) -> dict[str, Any]:
+    """What is stored with an idempotency key: the answer, and the fingerprint if any."""
+    if prepared.fingerprint is None:
+        return {"answer": prepared.answer}
+    return {"answer": prepared.answer, "fingerprint": prepared.fingerprint}
 
 
 def _settled(outcome: Prepared | Accepted | Exception) -> Accepted | Exception:
@@ -263,17 +306,10 @@ def _write_group(
         if client is not None and key is not None:
             answer = earlier.get((client.id, key))
             if answer is not None:
-                log.info(
-                    "intake.replayed",
-                    client=client.name,
-                    service_code=prepared.request.service_code,
-                )
-                outcomes.append(
-                    Accepted(answer=answer["answer"], request=None, token=None, replayed=True)
-                )
+                outcomes.append(_replayed(prepared, answer))
                 continue
-            # A later member of this batch with the same key gets this member's answer.
-            earlier[(client.id, key)] = {"answer": prepared.answer}
+            # A later member of this batch with the same key is judged against this member.
+            earlier[(client.id, key)] = _remembered(prepared)
         outcomes.append(prepared)
         written.append(prepared)
     if written:
@@ -313,7 +349,7 @@ def _write(tx: Transaction, batch: Sequence[Prepared]) -> None:
         )
     tx.save_idempotent_responses(
         [
-            (p.client.id, p.key, {"answer": p.answer})
+            (p.client.id, p.key, _remembered(p))
             for p in batch
             if p.client is not None and p.key is not None
         ]

@@ -168,6 +168,11 @@ FORM_ERRORS = {
     415: "the body is neither application/x-www-form-urlencoded nor multipart/form-data",
 }
 
+#: The errors only the create method answers with, beyond every method's.
+CREATE_ERRORS = {
+    409: "the Idempotency-Key was already used for a different request",
+}
+
 #: The errors only the status update method answers with, beyond every method's.
 UPDATE_ERRORS = {
     409: "the update_id was already recorded for the request with other content",

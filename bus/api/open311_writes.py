@@ -21,7 +21,7 @@ from bus.api.context import INVALID_KEY, ApiContext
 from bus.api.media import MAX_MEDIA_FILES, check_upload
 from bus.api.params import context
 from bus.api.wire import Format, Open311Problem, respond
-from bus.intake import ClientRevoked, Prepared, prepare
+from bus.intake import ClientRevoked, IdempotencyConflict, Prepared, prepare
 from bus.status import record_status_update
 from bus.store import UpdateConflict
 from schemas import open311_render as render
@@ -108,7 +108,9 @@ async def _check_form_type(request: Request, content_type: str) -> None:
 @router.post(
     "/requests.{fmt}",
     summary="Create a request (C-11..C-15)",
-    responses=docs.responses(docs.CREATED, ok_status=201, also=(200,), errors=docs.FORM_ERRORS),
+    responses=docs.responses(
+        docs.CREATED, ok_status=201, also=(200,), errors={**docs.FORM_ERRORS, **docs.CREATE_ERRORS}
+    ),
     response_class=Response,
     status_code=201,
     openapi_extra=docs.form_body(docs.CREATE_FIELDS, files=True),
@@ -146,6 +148,13 @@ async def _create(request: Request, fmt: Format) -> Response:
         if prepared.client is not None:
             ctx.clients.forget(prepared.client.id)
         raise Open311Problem(403, INVALID_KEY) from None
+    except IdempotencyConflict as exc:
+        # Replaying the first answer would tell the client this report was recorded; it was not.
+        raise Open311Problem(
+            409,
+            f"Idempotency-Key {exc.header_key[:80]!r} was already used for a different request; "
+            "send this request with a new Idempotency-Key",
+        ) from None
     if accepted.replayed:
         # The first answer again (C-15); 200, since nothing was created this time.
         return respond(accepted.answer, fmt, "requests", headers={"Idempotent-Replayed": "true"})

@@ -430,6 +430,43 @@ def test_c15_idempotency_key_replays_the_first_answer(
     assert other.json()[0]["service_request_id"] != first.json()[0]["service_request_id"]
 
 
+def test_c15_idempotency_key_reused_for_a_different_request_is_409_and_creates_nothing(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    data = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "GRAFFITI",
+        "address_string": "idem",
+        "attribute[SURFACE]": "bridge",
+    }
+    headers = {"Idempotency-Key": "abc-123"}
+    first = http.post("/requests.json", data=data, headers=headers)
+    assert first.status_code == 201, first.text
+    before = len(runtime.store.pending_outbox(limit=10_000))
+
+    other = {**data, "address_string": "idem DIFFERENT"}
+    conflict = http.post("/requests.json", data=other, headers=headers)
+    assert conflict.status_code == 409
+    assert conflict.json() == [
+        {
+            "code": 409,
+            "description": "Idempotency-Key 'abc-123' was already used for a different request; "
+            "send this request with a new Idempotency-Key",
+        }
+    ]
+    xml = http.post("/requests.xml", data=other, headers=headers)
+    assert xml.status_code == 409
+    assert SafeET.fromstring(xml.content).findtext("error/code") == "409"
+    assert len(runtime.store.pending_outbox(limit=10_000)) == before
+
+    # The same report again, its fields in another order and its api_key in the query
+    # string, still replays the first answer.
+    moved = {k: v for k, v in reversed(data.items()) if k != "api_key"}
+    again = http.post("/requests.json", data=moved, params={"api_key": api_key}, headers=headers)
+    assert again.status_code == 200 and again.json() == first.json()
+
+
 def test_c15_external_id_attribute_makes_a_create_idempotent(tmp_path: object) -> None:
     from pathlib import Path
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,14 @@ import pytest
 
 from bus.api.committer import GroupCommitter
 from bus.bootstrap import Runtime
-from bus.intake import Accepted, ClientRevoked, Prepared, prepare, write_batch
+from bus.intake import (
+    Accepted,
+    ClientRevoked,
+    IdempotencyConflict,
+    Prepared,
+    prepare,
+    write_batch,
+)
 from bus.store import Client, InvalidData
 from schemas.open311 import RequestDraft, parse_create_form
 from tests.api.conftest import SPRINGFIELD, make_runtime
@@ -100,6 +108,34 @@ def test_one_idempotency_key_twice_in_a_batch_creates_once(rt: Runtime) -> None:
     assert rt.store.get_request(again.request.id) is None
     (later,) = write_batch(rt.store, [_prepared(rt, client, "order-1")])
     assert _accepted(later).replayed and _accepted(later).answer == _accepted(one).answer
+
+
+def test_one_idempotency_key_with_two_different_requests_in_a_batch_creates_the_first(
+    rt: Runtime,
+) -> None:
+    client, _ = rt.store.add_client("app")
+    first = _prepared(rt, client, "order-1")
+    other = prepare(
+        replace(_draft(rt), description="another report"),
+        client=client,
+        actor=f"api:{client.name}",
+        idempotency_header="order-1",
+    )
+    one, two = write_batch(rt.store, [first, other])
+    assert not _accepted(one).replayed
+    assert isinstance(two, IdempotencyConflict)
+    assert rt.store.get_request(other.request.id) is None
+    (later,) = write_batch(rt.store, [other])
+    assert isinstance(later, IdempotencyConflict)
+
+
+def test_a_key_stored_without_a_fingerprint_still_replays_its_answer(rt: Runtime) -> None:
+    # Keys answered before fingerprints were kept have only the answer.
+    client, _ = rt.store.add_client("app")
+    with rt.store.transaction() as tx:
+        tx.save_idempotent_response(client.id, "header:old-1", {"answer": [{"id": "old"}]})
+    (outcome,) = write_batch(rt.store, [_prepared(rt, client, "old-1")])
+    assert _accepted(outcome).replayed and _accepted(outcome).answer == [{"id": "old"}]
 
 
 def test_creates_submitted_together_are_answered_after_one_commit(rt: Runtime) -> None:

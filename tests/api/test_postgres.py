@@ -116,6 +116,30 @@ def test_c22_an_update_id_repeated_with_other_content_is_409_on_postgresql(
     assert [n.update_id for n in stored.history] == ["pg-409"]
 
 
+def test_c15_concurrent_creates_with_one_key_and_two_reports_store_one_on_postgresql(
+    pg_api: tuple[httpx.Client, str, Runtime],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    http, key, runtime = pg_api
+    reports = [{**pothole_form(key), "description": f"report {n % 2}"} for n in range(8)]
+    url = str(http.base_url).rstrip("/") + "/requests.json"
+
+    def post(form: dict[str, str]) -> httpx.Response:
+        return httpx.post(url, data=form, headers={"Idempotency-Key": "pg-two"}, timeout=10)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, reports))
+    (winner,) = [n for n, a in enumerate(answers) if a.status_code == 201]
+    for n, answer in enumerate(answers):
+        if n % 2 == winner % 2:
+            assert answer.json() == answers[winner].json(), answer.text
+        else:
+            assert answer.status_code == 409, answer.text
+    stored = runtime.store.find_requests(RequestQuery(jurisdiction=SPRINGFIELD))
+    assert len(stored) == 1
+
+
 def test_c13_c22_a_nul_character_is_a_400_on_postgresql_and_nothing_is_stored(
     pg_api: tuple[httpx.Client, str, Runtime],
 ) -> None:
