@@ -194,10 +194,11 @@ async def resolve_token(
     request: Request, token: str, fmt: Format, jurisdiction_id: str | None = JURISDICTION
 ) -> Response:
     ctx = context(request)
-    ctx.catalogue.jurisdiction(given(jurisdiction_id))
+    jurisdiction = ctx.catalogue.jurisdiction(given(jurisdiction_id))
     request_id = None
     if _ID.match(token):
-        request_id = await run_in_threadpool(ctx.store.resolve_token, token)
+        # Another jurisdiction's token is not found, as its request would not be.
+        request_id = await run_in_threadpool(ctx.store.resolve_token, token, jurisdiction)
     if request_id is None:
         raise Open311Problem(404, f"token {token[:80]!r} not found")
     return respond(render.token(token, request_id), fmt, "requests")

@@ -545,8 +545,11 @@ def status_updates(conn: Connection, start: datetime, end: datetime) -> list[Sta
     ]
 
 
-def resolve_token(conn: Connection, token: str) -> str | None:
-    found: str | None = conn.execute(
-        sa.select(batch_tokens.c.request_id).where(batch_tokens.c.token == token)
-    ).scalar()
+def resolve_token(conn: Connection, token: str, jurisdiction: str | None = None) -> str | None:
+    query = sa.select(batch_tokens.c.request_id).where(batch_tokens.c.token == token)
+    if jurisdiction is not None:
+        query = query.join(requests, requests.c.id == batch_tokens.c.request_id).where(
+            requests.c.jurisdiction == jurisdiction
+        )
+    found: str | None = conn.execute(query).scalar()
     return found

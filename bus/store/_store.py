@@ -126,9 +126,10 @@ class Store:
         """
         return self._read(lambda conn: _requests.status_updates(conn, start, end))
 
-    def resolve_token(self, token: str) -> str | None:
-        """The request id behind a batch token; None for an unknown token (C-16)."""
-        return self._read(lambda conn: _requests.resolve_token(conn, token))
+    def resolve_token(self, token: str, jurisdiction: str | None = None) -> str | None:
+        """The request id behind a batch token; None for an unknown token, or one whose
+        request is not of `jurisdiction` when given (C-16)."""
+        return self._read(lambda conn: _requests.resolve_token(conn, token, jurisdiction))
 
     def idempotent_response(self, client_id: int, key: str) -> dict[str, Any] | None:
         """The answer first given to (client, Idempotency-Key), if any (C-15)."""

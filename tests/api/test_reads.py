@@ -349,6 +349,27 @@ def test_c16_token_resolves_to_the_request(http: httpx.Client, api_key: str) -> 
     assert http.get("/tokens/T01ARZ3NDEKTSV4RRFFQ69G5FAV.json", params=params).status_code == 404
 
 
+def test_c16_a_token_of_another_jurisdiction_is_404_like_an_unknown_token(
+    http: httpx.Client, api_key: str
+) -> None:
+    created = http.post(
+        "/requests.json",
+        data={
+            "api_key": api_key,
+            "jurisdiction_id": SHELBYVILLE,
+            "service_code": "MISSED_BIN",
+            "address_string": "5 Elm Row",
+            "attribute[BIN_TYPE]": "recycling",
+        },
+    )
+    token = created.json()[0]["token"]
+    other = http.get(f"/tokens/{token}.json", params={"jurisdiction_id": SPRINGFIELD})
+    assert other.status_code == 404
+    assert other.json() == [{"code": 404, "description": f"token {token!r} not found"}]
+    own = http.get(f"/tokens/{token}.json", params={"jurisdiction_id": SHELBYVILLE})
+    assert own.status_code == 200
+
+
 def test_unknown_parameters_are_ignored(http: httpx.Client) -> None:
     params = {"jurisdiction_id": SPRINGFIELD, "page_size_x": "9", "foo": "bar", "api_key": ""}
     assert http.get("/services.json", params=params).status_code == 200

@@ -362,6 +362,13 @@ def test_batch_token_resolves_to_its_request(store: Store) -> None:
     assert store.resolve_token("tok-unknown") is None
 
 
+def test_batch_token_resolves_only_in_its_requests_jurisdiction(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("r", jurisdiction="springfield"), token="tok-1")
+    assert store.resolve_token("tok-1", jurisdiction="springfield") == "r"
+    assert store.resolve_token("tok-1", jurisdiction="shelbyville") is None
+
+
 def test_idempotent_response_is_remembered_per_client_and_key(store: Store) -> None:
     client, _ = store.add_client("app")
     other, _ = store.add_client("other")
