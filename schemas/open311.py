@@ -108,12 +108,19 @@ def parse_int(name: str, value: str, *, low: int, high: int) -> int:
 
 
 def parse_float(name: str, value: str, *, low: float, high: float) -> float:
-    """Read a finite decimal number within [low, high]."""
+    """Read a finite decimal number within [low, high]; an infinite bound is no bound."""
     try:
         number = float(value.strip())
     except ValueError:
         raise InvalidValue(f"{name}: {_show(value)} is not a number") from None
-    if not math.isfinite(number) or not low <= number <= high:
+    # float() reads 'inf', 'nan' and overflows like 1e309 to infinity: none is a quantity.
+    if not math.isfinite(number):
+        raise InvalidValue(f"{name}: {_show(value)} is not a finite number")
+    if not low <= number <= high:
+        if math.isinf(high):
+            raise InvalidValue(f"{name}: must be at least {low:g}")
+        if math.isinf(low):
+            raise InvalidValue(f"{name}: must be at most {high:g}")
         raise InvalidValue(f"{name}: must be between {low:g} and {high:g}")
     return number
 

@@ -20,6 +20,7 @@ from schemas.open311 import (
     parse_bool,
     parse_create_form,
     parse_datetime,
+    parse_float,
     parse_update_form,
 )
 
@@ -84,7 +85,7 @@ def test_c11_missing_location_and_required_attribute_are_reported_together() -> 
         ("91", "0", "lat: must be between -90 and 90"),
         ("0", "-181", "long: must be between -180 and 180"),
         ("north", "0", "lat: 'north' is not a number"),
-        ("nan", "0", "lat: must be between -90 and 90"),
+        ("nan", "0", "lat: 'nan' is not a finite number"),
     ],
 )
 def test_c11_lat_long_must_be_wgs84_in_range(lat: str, long: str, expected: str) -> None:
@@ -147,6 +148,28 @@ def test_c12_number_must_parse() -> None:
         ]
         == "8.5"
     )
+
+
+@pytest.mark.parametrize("value", ["1e309", "-1e309", "inf", "-Infinity", "nan", "NaN"])
+def test_c12_number_must_be_finite(value: str) -> None:
+    result = parse_create_form(pothole(**{"attribute[DEPTH_CM]": value}), POTHOLE)
+    assert descriptions(result) == [f"DEPTH_CM: {value!r} is not a finite number"]
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0.0, float("inf"), "n: must be at least 0"),
+        (float("-inf"), 10.0, "n: must be at most 10"),
+        (0.0, 10.0, "n: must be between 0 and 10"),
+    ],
+)
+def test_a_number_out_of_bounds_names_only_the_bounds_that_exist(
+    low: float, high: float, expected: str
+) -> None:
+    with pytest.raises(InvalidValue) as refused:
+        parse_float("n", "-20" if low == 0 else "20", low=low, high=high)
+    assert str(refused.value) == expected
 
 
 def test_c12_datetime_attribute_needs_a_zone() -> None:
