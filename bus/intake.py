@@ -1,6 +1,7 @@
 """Intake: accept one new service request, durably, whatever channel it came in on.
 
-The API and the CLI both call `accept_request`. It writes the request, its outbox event
+`prepare` turns a parsed report into a request with its event and answer; `write_batch` writes
+prepared requests (the API's group commit, bus/api/committer.py), each with its outbox event
 `civicbus.request.created` and its audit entry in one store transaction, so a request answered
 is a request that will be delivered (transactional outbox). A repeated Idempotency-Key, or a
 repeated `external_id` attribute where the service defines one, gets the first answer (C-15);
@@ -158,38 +159,6 @@ def prepare(
     # Only a header key: an external_id names the partner's report, whatever it now says.
     digest = fingerprint(request) if key is not None and idempotency_header else None
     return Prepared(request, token, answer, envelope, actor, client, key, digest)
-
-
-def accept_request(
-    store: Store,
-    draft: RequestDraft,
-    *,
-    client: Client | None,
-    actor: str,
-    idempotency_header: str | None = None,
-    channel: Channel = Channel.WEB,
-    media: tuple[Media, ...] = (),
-    correlation_id: str | None = None,
-    now: datetime | None = None,
-) -> Accepted:
-    """Store a new request with its `created` event and audit entry, all or nothing.
-
-    Raises StoreUnavailable when the store cannot take it; nothing is then written.
-    """
-    prepared = prepare(
-        draft,
-        client=client,
-        actor=actor,
-        idempotency_header=idempotency_header,
-        channel=channel,
-        media=media,
-        correlation_id=correlation_id,
-        now=now,
-    )
-    outcome = write_batch(store, [prepared])[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
 
 
 def write_batch(
