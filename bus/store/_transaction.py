@@ -142,14 +142,17 @@ class Transaction:
         message_id: str | None = None,
         outcome: str = "ok",
         details: dict[str, Any] | None = None,
+        at: datetime | None = None,
     ) -> None:
         """Append an entry to the hash chain (details are redacted of personal data).
 
-        Entries are chained when the transaction commits, in the order they were added.
+        Entries are chained when the transaction commits, in the order they were added. `at`
+        is when the hop happened, if earlier than now (a worker's batch commits after its
+        back-end calls).
         """
         self._audit_entries.append(
             _audit.pending_entry(
-                at=utcnow(),
+                at=at or utcnow(),
                 actor=actor,
                 action=action,
                 request_id=request_id,

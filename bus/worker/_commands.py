@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
@@ -56,6 +56,8 @@ class _Taken:
     request: ServiceRequest
     receipt: Receipt
     submitted: Envelope
+    #: When the back-end answered, on our clock: the audit entries' time, not the batch's commit.
+    answered_at: datetime
 
 
 @dataclass(frozen=True)
@@ -220,9 +222,15 @@ class CommandWorker:
                 details={"attempt": delivery.attempt, "try": try_number, "error": describe(exc)},
             )
 
-    def taken(self, command: _Command, request: ServiceRequest, receipt: Receipt) -> _Taken:
-        """The receipt with the `submitted` event it announces (built before the commit, and
-        again inside it for a request changed meanwhile)."""
+    def taken(
+        self,
+        command: _Command,
+        request: ServiceRequest,
+        receipt: Receipt,
+        answered_at: datetime | None = None,
+    ) -> _Taken:
+        """The receipt with the `submitted` event it announces (built when the back-end
+        answered, and again inside the commit for a request changed meanwhile)."""
         at = receipt.at
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
@@ -239,7 +247,7 @@ class CommandWorker:
             correlationid=command.envelope.correlationid,
             traceparent=command.envelope.traceparent,
         )
-        return _Taken(command, request, receipt, submitted)
+        return _Taken(command, request, receipt, submitted, answered_at or datetime.now(UTC))
 
     def record_receipts(self, taken: list[_Taken], duplicates: list[_Command]) -> None:
         """Cross-references, `submitted` events, the statuses the back-end gave with its
@@ -266,7 +274,9 @@ class CommandWorker:
                     continue
                 new.discard(item.request.id)  # a second copy in this batch is a duplicate
                 if item.request.id in now:
-                    item = self.taken(item.command, now[item.request.id], item.receipt)
+                    item = self.taken(
+                        item.command, now[item.request.id], item.receipt, item.answered_at
+                    )
                 recorded.append(item)
                 self.audit_receipt(tx, item)
             for command in repeated:
@@ -314,6 +324,7 @@ class CommandWorker:
             message_id=item.command.envelope.id,
             outcome=outcome,
             details={"attempt": item.command.delivery.attempt},
+            at=item.answered_at,
         )
         tx.audit(
             actor=self.route.actor,
@@ -322,6 +333,7 @@ class CommandWorker:
             message_id=item.command.envelope.id,
             outcome=outcome,
             details={"reference": item.receipt.reference, "created": item.receipt.created},
+            at=item.answered_at,
         )
 
     def audit_duplicate(self, tx: Transaction, command: _Command) -> None:

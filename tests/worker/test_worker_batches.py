@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta
 
 import pytest
 from structlog.testing import capture_logs
@@ -20,11 +21,13 @@ from worker_support import (
     wait_until,
 )
 
+from adapters import Receipt
 from bus.broker.topology import dead_queue, declare_topology, work_queue
 from bus.config import InstanceConfig, RetryPolicy
 from bus.store import Store
 from bus.worker import command_consumer
-from schemas.events import EventType
+from schemas.events import Envelope, EventType
+from schemas.model import ServiceRequest
 from tests.sqlite_lock import hold_write_lock
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(90)]
@@ -159,3 +162,36 @@ def test_a_worker_stopped_during_a_store_outage_requeues_its_commands_at_once(
     finally:
         release.set()
         store.close()
+
+
+class SlowBackend(MemoryBackend):
+    """Takes `seconds` to create each work item, as a busy SAP system does."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def submit(self, request: ServiceRequest) -> Receipt:
+        time.sleep(self.seconds)
+        return super().submit(request)
+
+
+def test_a_batchs_audit_entries_carry_when_each_backend_call_answered_not_the_commit(
+    store: Store, wide_topology: str
+) -> None:
+    # An operator reading the trail of a slow back-end must see when each request reached it;
+    # the batch's commit comes after the last call.
+    backend = SlowBackend(0.4)
+    first, second = new_request(store), new_request(store)
+    publish(wide_topology, first)
+    publish(wide_topology, second)
+
+    with running(command_consumer(wide_topology, store, INSTANCE, WIDE, backend)):
+        wait_until(lambda: len(submitted(store)) == 2, what="2 receipts")
+
+    def submitted_at(envelope: Envelope) -> datetime:
+        (entry,) = [e for e in store.audit_trail(envelope.subject) if e.action == "submitted"]
+        return entry.at
+
+    assert abs(submitted_at(second) - submitted_at(first)) >= timedelta(seconds=0.3)
+    assert store.verify_audit().ok
