@@ -19,11 +19,17 @@ from bus.broker.topology import dead_queue, retry_delays, retry_queue, work_queu
 from bus.config import InstanceConfig
 from bus.poller import lease_name as poller_lease
 from bus.relay import LEASE as RELAY_LEASE
-from bus.store import Store, StoreOverview, Subscription
+from bus.store import AuditEntry, Store, StoreOverview, Subscription
 from bus.subscriptions import queue_name, route_name
 
 #: An outbox event older than this while a relay is active means the relay is not keeping up.
 OUTBOX_LAG = timedelta(minutes=1)
+#: How far back in the audit log (in entries) to look for webhook deliveries: a range of its
+#: primary key, so the cost is bounded; hours of traffic for a city, minutes for a bench.
+AUDIT_WINDOW = 10_000
+#: After a failed delivery's announced next try, how long before that failure is taken as
+#: stale (the immediate tries of a round, each up to the webhook's timeout, come first).
+RETRY_GRACE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,9 @@ class Recipient:
     dead_in_queue: int | None = None
     dead_letters: int = 0
     missing: tuple[str, ...] = ()
+    #: A subscriber failing its deliveries now: since when, and its last error.
+    failing_since: datetime | None = None
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,10 @@ def take_overview(
     """Look at the store and the broker now; `connect` opens a broker connection."""
     at = datetime.now(UTC)
     seen = store.overview()
-    recipients = [
-        *(_instance(name, seen) for name in instances),
-        *(_subscription(s, seen) for s in store.list_subscriptions()),
-    ]
+    subscriptions = [_subscription(s, seen) for s in store.list_subscriptions()]
+    if subscriptions:
+        subscriptions = _with_webhook_failures(store, subscriptions, at)
+    recipients = [*(_instance(name, seen) for name in instances), *subscriptions]
     broker_error = None
     try:
         recipients = _with_queue_states(recipients, instances, connect)
@@ -96,6 +105,15 @@ def _problems(overview: Overview) -> list[str]:
             found.append(
                 f"{c.name}: no consumer on {c.queue}{waiting}: is `{c.start_with}` running"
                 f"{c.needs}?"
+            )
+        if c.failing_since is not None:
+            behind = f"; {c.queued} event(s) wait behind it" if c.queued else ""
+            found.append(
+                f"{c.name}: its subscriber has been failing since "
+                f"{c.failing_since.isoformat(timespec='seconds')}: {c.last_error}{behind} (the "
+                "worker retries in place, holding the queue); check the receiver "
+                "(`civicbus subscriptions list` has its URL): the events flow again once it "
+                "answers"
             )
         if c.retrying:
             found.append(
@@ -178,6 +196,50 @@ def _subscription(subscription: Subscription, seen: StoreOverview) -> Recipient:
         queue=queue_name(subscription.id),
         dead_letters=seen.dead_letters.get(route, 0),
     )
+
+
+def _with_webhook_failures(
+    store: Store, subscriptions: list[Recipient], at: datetime
+) -> list[Recipient]:
+    """A subscription whose last delivery attempt failed, with its next try still to come,
+    has a failing subscriber: the webhook worker audits every failed round (its retries
+    hold the queue, so no retry tier shows them)."""
+    actors = {f"worker:{c.name}": c for c in subscriptions}
+    outcomes: dict[str, list[AuditEntry]] = {}
+    for entry in store.recent_audit(list(actors), window=AUDIT_WINDOW):
+        if entry.action in ("attempt", "delivered", "dead_lettered"):
+            outcomes.setdefault(entry.actor, []).append(entry)
+    filled = []
+    for actor, c in actors.items():
+        failing = _failing_run(outcomes.get(actor, []), at)
+        if failing:
+            first, last = failing[0], failing[-1]
+            c = replace(c, failing_since=first.at, last_error=_error(last))
+        filled.append(c)
+    return filled
+
+
+def _failing_run(entries: list[AuditEntry], at: datetime) -> list[AuditEntry]:
+    """The failed attempts since the last delivery, if the latest is one whose next try is
+    due (or only just overdue); [] otherwise."""
+    if not entries or (entries[-1].action, entries[-1].outcome) != ("attempt", "error"):
+        return []
+    delay = entries[-1].details.get("next_delay_seconds")
+    if not isinstance(delay, int | float):
+        return []  # the last try: a dead letter follows
+    if at > entries[-1].at + timedelta(seconds=delay) + RETRY_GRACE:
+        return []  # nothing tried since: no worker holds it (its consumer count tells)
+    run: list[AuditEntry] = []
+    for entry in reversed(entries):
+        if entry.action == "delivered":
+            break
+        if entry.action == "attempt":
+            run.insert(0, entry)
+    return run
+
+
+def _error(entry: AuditEntry) -> str:
+    return str(entry.details.get("error", "(no reason recorded)"))
 
 
 def _with_queue_states(

@@ -172,6 +172,25 @@ def trails(conn: Connection, request_ids: Sequence[str]) -> dict[str, list[Audit
     return found
 
 
+def recent_by(conn: Connection, actors: Sequence[str], window: int) -> list[AuditEntry]:
+    """The entries of these actors among the last `window` of the log, oldest first.
+
+    There is no index on the actor: the id range behind the head bounds the scan (a range of
+    the primary key), so the cost does not grow with the log.
+    """
+    last_id = conn.execute(
+        sa.select(audit_head.c.last_id).where(audit_head.c.id == _HEAD_ID)
+    ).scalar()
+    if last_id is None or not actors:
+        return []
+    rows = conn.execute(
+        sa.select(audit_log)
+        .where(audit_log.c.id > int(last_id) - window, audit_log.c.actor.in_(actors))
+        .order_by(audit_log.c.id)
+    )
+    return [_entry(row) for row in rows]
+
+
 def verify(conn: Connection) -> AuditVerification:
     """Walk the chain from the start; report the first entry that does not fit."""
     expected_id, running_hash, count = 1, GENESIS_HASH, 0

@@ -174,6 +174,11 @@ class Store:
         """The request's audit entries, oldest first."""
         return self._read(lambda conn: _audit.trail(conn, request_id))
 
+    def recent_audit(self, actors: Sequence[str], *, window: int) -> list[AuditEntry]:
+        """The entries of these actors among the last `window` entries of the log, oldest
+        first; cheap however long the log is."""
+        return self._read(lambda conn: _audit.recent_by(conn, actors, window))
+
     def overview(self) -> StoreOverview:
         """The outbox backlog, the leases and the waiting dead letters (`civicbus status`)."""
         return self._read(_overview.overview)

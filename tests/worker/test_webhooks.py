@@ -19,8 +19,10 @@ from structlog.testing import capture_logs
 from worker_support import channel_on, new_request, queue_depth, wait_until
 
 from adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+from bus.broker.connection import connect
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.config import RetryPolicy
+from bus.overview import Overview, take_overview
 from bus.store import Store, StoreUnavailable, Subscription, Transaction
 from bus.subscriptions import (
     SubscriptionError,
@@ -407,3 +409,31 @@ def test_patterns_that_match_no_event_are_refused_with_the_event_types(pattern: 
 def test_a_stored_pattern_that_matches_no_event_still_gets_its_binding() -> None:
     # Stored before patterns were checked: its queue is declared rather than the worker failing.
     assert binding_key("request.bogus") == "request.bogus.*"
+
+
+def test_status_names_a_failing_subscriber_until_it_answers_again(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])
+    request_id = new_request(store).subject
+    for status in (Status.INVESTIGATING, Status.FIXED):
+        publish_event(amqp_url, status_event(request_id, status), status.value)
+
+    def look() -> Overview:
+        return take_overview(store, {}, lambda: connect(amqp_url))
+
+    with webhook_worker(store, amqp_url):
+        failing = wait_until(
+            lambda: (o := look()).recipients[0].failing_since and o, what="a failing subscriber"
+        )
+        subscriber.start()
+        wait_until(lambda: len(subscriber.received) == 2, what="both events")
+        recovered = look()
+
+    [sub] = failing.recipients
+    assert sub.name == route_name(sub_id) and sub.last_error is not None
+    [problem] = [p for p in failing.problems if "failing" in p]
+    assert problem.startswith(f"{route_name(sub_id)}: its subscriber has been failing since ")
+    assert sub.last_error in problem and "check the receiver" in problem
+    assert recovered.recipients[0].failing_since is None
+    assert not [p for p in recovered.problems if "failing" in p]
