@@ -7,9 +7,11 @@ relaying of events other than the command, say nothing about that way and are sk
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from bus.broker.topology import work_queue
 from bus.store import AuditEntry, DeadLetterState, Undelivered
 from bus.subscriptions import ROUTE_PREFIX
 
@@ -40,8 +42,15 @@ class Whereabouts:
     hint: str
 
 
-def whereabouts(item: Undelivered) -> Whereabouts:
-    """The stage the request is stuck in, since when, why, and what an operator can try."""
+def whereabouts(
+    item: Undelivered, *, now: datetime | None = None, unconsumed: Collection[str] = ()
+) -> Whereabouts:
+    """The stage the request is stuck in, since when, why, and what an operator can try.
+
+    `unconsumed`: the instances whose work queue has no consumer, as the broker said; a
+    request waiting for one of them waits for its worker to start, whatever its back-end does.
+    """
+    now = now or datetime.now(UTC)
     hop = _last_hop(item.trail)
     if hop is None or hop.action == "accepted":
         return Whereabouts(
@@ -52,6 +61,11 @@ def whereabouts(item: Undelivered) -> Whereabouts:
             "is `civicbus relay` running, and the broker reachable?",
         )
     instance = _instance(hop)
+    no_worker = (
+        f"no worker is consuming {work_queue(instance)}: start `civicbus worker {instance}`"
+        if instance in unconsumed and instance is not None
+        else None
+    )
     if hop.action in ("routed", "replayed", "retried_now"):
         how = {"replayed": "replayed", "retried_now": "retried now by an operator"}.get(
             hop.action, f"rule {hop.details.get('rule')}"
@@ -61,7 +75,7 @@ def whereabouts(item: Undelivered) -> Whereabouts:
             instance,
             hop.at,
             f"sent towards {instance} ({how}), no delivery attempt recorded since",
-            f"is `civicbus worker {instance}` running (and `civicbus relay`)?",
+            no_worker or f"is `civicbus worker {instance}` running (and `civicbus relay`)?",
         )
     if hop.action in ("attempt", "retry_scheduled"):
         attempt = hop.details.get("attempt")
@@ -69,13 +83,20 @@ def whereabouts(item: Undelivered) -> Whereabouts:
         then = ""
         if isinstance(delay, int | float):
             due = hop.at + timedelta(seconds=delay)
-            then = f"; next attempt due {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+            when = f"{due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+            # Past its due time the message waits on the work queue for a worker to take it.
+            then = (
+                f"; next attempt due {when}"
+                if due > now
+                else f"; next attempt overdue since {when}"
+            )
         return Whereabouts(
             "retrying",
             instance,
             hop.at,
             f"attempt {attempt} failed: {hop.details.get('error', '(no reason recorded)')}{then}",
-            f"the back-end keeps failing: `civicbus adapters check {instance}`; once it "
+            no_worker
+            or f"the back-end keeps failing: `civicbus adapters check {instance}`; once it "
             f"answers, `civicbus adapters retry-now {instance}`",
         )
     letter = hop.details.get("dead_letter")

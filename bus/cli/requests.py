@@ -8,6 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import typer
 
+from bus.broker.connection import (
+    BrokerUnavailable,
+    broker_errors,
+    close_quietly,
+    connect,
+)
+from bus.broker.queues import queue_states
+from bus.broker.topology import work_queue
 from bus.cli.common import runtime
 from bus.store import Undelivered
 from bus.whereabouts import Whereabouts, whereabouts
@@ -38,6 +46,7 @@ def register(app: typer.Typer) -> None:
         now = datetime.now(UTC)
         with runtime() as rt:
             items = rt.store.undelivered(accepted_before=now - age, limit=limit)
+            unconsumed = _unconsumed(items, rt.env.amqp_url)
         if not items:
             if not as_json:
                 typer.echo(f"no open request accepted over {older_than} ago lacks a back-end")
@@ -47,10 +56,30 @@ def register(app: typer.Typer) -> None:
                 f"{'REQUEST':<26} {'SERVICE':<12} {'AGE':>6}  {'STAGE':<13} {'INSTANCE':<18} WHAT"
             )
         for item in items:
-            where = whereabouts(item)
+            where = whereabouts(item, now=now, unconsumed=unconsumed)
             typer.echo(_as_json(item, where) if as_json else _as_lines(item, where, now))
         # Non-zero so that a cron job or a monitoring check can alert on it.
         raise typer.Exit(1)
+
+
+def _unconsumed(items: list[Undelivered], amqp_url: str) -> set[str]:
+    """The instances these requests went to whose work queue has no consumer (as `civicbus
+    status` tells it); none known when the broker cannot be reached, which is then said."""
+    instances = {where.instance for where in map(whereabouts, items) if where.instance}
+    if not instances:
+        return set()
+    queues = {work_queue(instance): instance for instance in instances}
+    try:
+        connection = connect(amqp_url)
+        try:
+            with broker_errors("asking for the work queues' consumers"):
+                states = queue_states(connection, queues)
+        finally:
+            close_quietly(connection)
+    except BrokerUnavailable as exc:
+        typer.echo(f"(the broker could not say which workers run: {exc})", err=True)
+        return set()
+    return {queues[q] for q, state in states.items() if state is not None and not state.consumers}
 
 
 def parse_duration(text: str) -> timedelta:

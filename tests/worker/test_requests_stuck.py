@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-from worker_support import INSTANCE, MemoryBackend, new_request, publish, running, wait_until
+from worker_support import (
+    INSTANCE,
+    MemoryBackend,
+    new_request,
+    publish,
+    queue_depth,
+    running,
+    wait_until,
+)
 
 from bus import deadletters
-from bus.broker.topology import EVENTS_EXCHANGE
+from bus.broker.topology import EVENTS_EXCHANGE, work_queue
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy, load_config
 from bus.relay import Relay
@@ -157,3 +165,34 @@ def test_a_duration_further_back_than_a_century_is_refused_not_a_traceback(
     assert code == 2
     words = " ".join(output.replace("│", " ").split())  # the message may wrap in its box
     assert "is too long ago: at most 36500d" in words
+
+
+def test_a_request_whose_instance_has_no_worker_says_to_start_it_and_its_retry_is_overdue(
+    store: Store, topology: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("CIVICBUS_AMQP_URL", topology)
+    brief = InstanceConfig(
+        kind="memory", retry=RetryPolicy(immediate_attempts=2, tiers=[1], max_attempts=3)
+    )
+    retrying = new_request(store)
+    publish(topology, retrying)
+    with running(
+        command_consumer(topology, store, INSTANCE, brief, MemoryBackend(transient_failures=2))
+    ):
+        wait_until(
+            lambda: any(e.action == "retry_scheduled" for e in store.audit_trail(retrying.subject)),
+            what="a retry scheduled",
+        )
+    # The worker stopped; its retry falls due with nobody to take it.
+    wait_until(lambda: queue_depth(topology, work_queue(INSTANCE)) == 1, what="retry due")
+
+    code, output = stuck("--older-than", "0s", "--json")
+
+    assert code == 1, output
+    [item] = map(json.loads, output.splitlines())
+    assert item["stage"] == "retrying"
+    assert "next attempt overdue since" in item["detail"]
+    assert item["hint"] == (
+        f"no worker is consuming {work_queue(INSTANCE)}: start `civicbus worker {INSTANCE}`"
+    )
