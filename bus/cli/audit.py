@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import typer
 
 from bus.cli.common import runtime
 from bus.store import AuditEntry
+
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def register(app: typer.Typer) -> None:
@@ -15,12 +18,31 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="audit")
 
     @group.command("verify")
-    def verify() -> None:
-        """Check the hash chain: any edited, deleted or inserted entry is reported."""
+    def verify(
+        expect_head: str | None = typer.Option(
+            None,
+            "--expect-head",
+            help="A head hash printed by an earlier verify: it must still be on the chain.",
+        ),
+    ) -> None:
+        """Check the hash chain: an edited, deleted or inserted entry is reported. Entries cut
+        from the end along with a rewritten head are found only against a head recorded
+        elsewhere earlier (--expect-head)."""
+        if expect_head is not None and not _HASH.fullmatch(expect_head.lower()):
+            raise typer.BadParameter(
+                f"{expect_head!r} is not a head hash: 64 hexadecimal digits, as "
+                "`civicbus audit verify` prints it",
+                param_hint="--expect-head",
+            )
         with runtime() as rt:
-            result = rt.store.verify_audit()
+            result = rt.store.verify_audit(expect_head and expect_head.lower())
         if result.ok:
             typer.echo(f"audit log intact: {result.entries} entries, chain verified")
+            # The head row sits next to the chain: only a copy kept elsewhere shows a cut end.
+            typer.echo(
+                f"head {result.head} (entry {result.entries}): keep it outside the store and "
+                "check later with --expect-head"
+            )
             return
         typer.echo(
             f"audit log BROKEN at entry {result.broken_at}: {result.reason} "

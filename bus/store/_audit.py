@@ -191,9 +191,15 @@ def recent_by(conn: Connection, actors: Sequence[str], window: int) -> list[Audi
     return [_entry(row) for row in rows]
 
 
-def verify(conn: Connection) -> AuditVerification:
-    """Walk the chain from the start; report the first entry that does not fit."""
+def verify(conn: Connection, expect_head: str | None = None) -> AuditVerification:
+    """Walk the chain from the start; report the first entry that does not fit.
+
+    The head row is stored alongside the chain, so deleting the last entries and rewriting it
+    goes unseen; `expect_head`, a head hash recorded elsewhere earlier, must still be on the
+    chain.
+    """
     expected_id, running_hash, count = 1, GENESIS_HASH, 0
+    expected_seen = expect_head in (None, GENESIS_HASH)
     while True:
         page = conn.execute(
             sa.select(audit_log)
@@ -224,13 +230,22 @@ def verify(conn: Connection) -> AuditVerification:
             if recomputed != row.hash:
                 return AuditVerification(False, count, row.id, "entry altered: hash mismatch")
             running_hash, expected_id, count = row.hash, expected_id + 1, count + 1
+            expected_seen = expected_seen or row.hash == expect_head
         if len(page) < _VERIFY_PAGE:
             break
     # Entries below id 1 cannot be reached by the walk above; any there were inserted.
     stray = conn.execute(sa.select(sa.func.min(audit_log.c.id)).where(audit_log.c.id < 1)).scalar()
     if stray is not None:
         return AuditVerification(False, count, int(stray), "entry inserted outside the chain")
-    head = conn.execute(sa.select(audit_head).where(audit_head.c.id == _HEAD_ID)).one()
+    head = conn.execute(sa.select(audit_head).where(audit_head.c.id == _HEAD_ID)).one_or_none()
+    if head is None:
+        return AuditVerification(
+            False,
+            count,
+            count + 1,
+            f"the chain's head row is missing (the chain read ends at id {count}): it was "
+            "deleted, and entries at the end may have gone with it",
+        )
     if head.last_id != count or head.last_hash != running_hash:
         return AuditVerification(
             False,
@@ -239,4 +254,12 @@ def verify(conn: Connection) -> AuditVerification:
             f"the chain ends at id {count} but its head records id {head.last_id}: "
             "entries at the end are missing or the head was altered",
         )
-    return AuditVerification(True, count)
+    if not expected_seen:
+        return AuditVerification(
+            False,
+            count,
+            count + 1,
+            f"the expected head {expect_head} is not on the chain (which ends at id {count}): "
+            "entries were cut from the end since it was recorded, or it is not this log's",
+        )
+    return AuditVerification(True, count, head=running_hash)

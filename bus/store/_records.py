@@ -73,6 +73,9 @@ class AuditVerification:
     #: The first entry id where the chain breaks (edited, deleted or inserted), if any.
     broken_at: int | None = None
     reason: str = ""
+    #: The hash of the last entry of an intact chain: recorded elsewhere, it lets a later
+    #: verification detect entries cut from the end along with the head row.
+    head: str = ""
 
 
 @dataclass(frozen=True)

@@ -192,9 +192,10 @@ class Store:
             )
         )
 
-    def verify_audit(self) -> AuditVerification:
-        """Walk the whole chain; report the first edited, deleted or inserted entry."""
-        return self._read(_audit.verify)
+    def verify_audit(self, expect_head: str | None = None) -> AuditVerification:
+        """Walk the whole chain; report the first edited, deleted or inserted entry, or an
+        `expect_head` (a head hash recorded earlier) that is no longer on the chain."""
+        return self._read(lambda conn: _audit.verify(conn, expect_head))
 
     # --- leases ----------------------------------------------------------------------------
     def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:

@@ -66,3 +66,33 @@ def test_audit_verify_passes_then_detects_an_edited_entry(store_env: str) -> Non
     broken = runner.invoke(app, ["audit", "verify"])
     assert broken.exit_code == 1
     assert "BROKEN" in broken.output
+
+
+def test_audit_verify_prints_the_head_and_checks_a_recorded_one(store_env: str) -> None:
+    _audit_two_hops(store_env)
+    runner = CliRunner()
+
+    ok = runner.invoke(app, ["audit", "verify"])
+    head = ok.output.split("head ")[1].split()[0]
+    again = runner.invoke(app, ["audit", "verify", "--expect-head", head.upper()])
+    elsewhere = runner.invoke(app, ["audit", "verify", "--expect-head", "ab" * 32])
+    bad = runner.invoke(app, ["audit", "verify", "--expect-head", "not-a-hash"])
+
+    assert ok.exit_code == 0 and len(head) == 64 and "(entry 2)" in ok.output
+    assert again.exit_code == 0, again.output
+    assert elsewhere.exit_code == 1 and "is not on the chain" in elsewhere.output
+    assert bad.exit_code == 2 and "'not-a-hash' is not a head hash" in bad.output
+
+
+def test_audit_verify_without_its_head_row_reports_broken_not_a_traceback(store_env: str) -> None:
+    _audit_two_hops(store_env)
+    engine = sa.create_engine(store_env)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM audit_log WHERE id = 2")
+        conn.exec_driver_sql("DELETE FROM audit_head")
+    engine.dispose()
+
+    result = CliRunner().invoke(app, ["audit", "verify"])
+
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "audit log BROKEN at entry 2: the chain's head row is missing" in result.output

@@ -120,7 +120,40 @@ def _execute(store: Store, sql: str) -> None:
 
 def test_an_intact_chain_verifies(store: Store) -> None:
     _chain(store)
-    assert store.verify_audit() == store.verify_audit().__class__(ok=True, entries=5)
+    last_hash = store.audit_trail("r")[-1].hash
+    assert store.verify_audit() == store.verify_audit().__class__(
+        ok=True, entries=5, head=last_hash
+    )
+
+
+def test_a_deleted_head_row_is_reported_not_raised(store: Store) -> None:
+    _chain(store)
+    _execute(store, "DELETE FROM audit_log WHERE id = 5")
+    _execute(store, "DELETE FROM audit_head")
+
+    result = store.verify_audit()
+
+    assert (result.ok, result.entries, result.broken_at) == (False, 4, 5)
+    assert "head row is missing" in result.reason
+
+
+def test_an_end_cut_with_its_head_rewritten_is_found_only_against_a_recorded_head(
+    store: Store,
+) -> None:
+    _chain(store)
+    recorded = store.verify_audit().head
+    _execute(store, "DELETE FROM audit_log WHERE id = 5")
+    _execute(
+        store,
+        "UPDATE audit_head SET last_id = 4, last_hash = (SELECT hash FROM audit_log WHERE id = 4)",
+    )
+
+    assert store.verify_audit().ok  # the chain alone cannot tell
+    cut = store.verify_audit(expect_head=recorded)
+    assert (cut.ok, cut.entries, cut.broken_at) == (False, 4, 5)
+    assert recorded in cut.reason and "cut from the end" in cut.reason
+    earlier = store.audit_trail("r")[1].hash
+    assert store.verify_audit(expect_head=earlier).ok
 
 
 @pytest.mark.parametrize(
