@@ -53,14 +53,24 @@ def register(app: typer.Typer) -> None:
 
     @group.command("trail")
     def trail(
-        request_id: str,
+        request_id: str = typer.Argument(
+            ..., help="A request id, or the batch token a resident was given instead."
+        ),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     ) -> None:
         """Show every hop of one request, oldest first."""
         with runtime() as rt:
             entries = rt.store.audit_trail(request_id)
+            # A resident of a batch service only has a token: it names its request.
+            resolved = None if entries else rt.store.resolve_token(request_id)
+            if resolved is not None:
+                entries = rt.store.audit_trail(resolved)
+        if resolved is not None:
+            typer.echo(f"token {request_id} is request {resolved}", err=True)
         if not entries:
-            typer.echo(f"no audit entries for request {request_id}", err=True)
+            known = f"request {resolved}" if resolved else f"request {request_id}"
+            token = "" if resolved else " (nor is it a batch token)"
+            typer.echo(f"no audit entries for {known}{token}", err=True)
             raise typer.Exit(1)
         for entry in entries:
             typer.echo(_as_json(entry) if as_json else _as_line(entry))

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from bus.cli import app
 from bus.store import Store
+from tests.store.store_factories import make_request
 
 
 @pytest.fixture
@@ -49,6 +50,28 @@ def test_audit_trail_of_an_unknown_request_says_so(store_env: str) -> None:
     result = CliRunner().invoke(app, ["audit", "trail", "nope"])
     assert result.exit_code == 1
     assert "no audit entries for request nope" in result.output
+
+
+def test_audit_trail_of_a_batch_token_shows_its_request_and_says_which(store_env: str) -> None:
+    store = Store.open(store_env)
+    try:
+        with store.transaction() as tx:
+            tx.add_request(make_request("r-9"), token="T01M92GEHJHKC12PZZEKSM78Q7R")
+            tx.audit(actor="api:test", action="accepted", request_id="r-9")
+    finally:
+        store.close()
+    runner = CliRunner()
+
+    found = runner.invoke(app, ["audit", "trail", "T01M92GEHJHKC12PZZEKSM78Q7R"])
+    unknown = runner.invoke(app, ["audit", "trail", "T01M92GEHJHKC12PZZEKSM7XXXX"])
+
+    assert found.exit_code == 0, found.output
+    assert found.stderr.strip() == "token T01M92GEHJHKC12PZZEKSM78Q7R is request r-9"
+    assert [line.split()[1] for line in found.stdout.splitlines()] == ["accepted"]
+    assert unknown.exit_code == 1
+    assert "no audit entries for request T01M92GEHJHKC12PZZEKSM7XXXX (nor is it a batch token)" in (
+        unknown.output
+    )
 
 
 def test_audit_verify_passes_then_detects_an_edited_entry(store_env: str) -> None:
