@@ -165,6 +165,7 @@ class Environment:
     amqp_url: str
     media_dir: str
     log_format: str  # "json", "console", or "auto" (console on a terminal)
+    log_level: str = ""  # "" for each command's own: warnings for one-shot ones, info for services
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -175,6 +176,7 @@ class Environment:
             amqp_url=env.get("CIVICBUS_AMQP_URL", DEFAULT_AMQP_URL),
             media_dir=env.get("CIVICBUS_MEDIA_DIR", "media"),
             log_format=env.get("CIVICBUS_LOG_FORMAT", "auto"),
+            log_level=env.get("CIVICBUS_LOG_LEVEL", ""),
         )
 
 

@@ -13,12 +13,15 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main() -> None:
+def _main(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also log info lines (services always do)."
+    ),
+) -> None:
     """civicbus: Open311 intake, a message bus, and adapters to city back-office systems."""
-    from bus.config import Environment
-    from bus.logging import configure_logging
+    from bus.cli.common import configure_cli_logging
 
-    configure_logging(Environment.from_env().log_format)
+    configure_cli_logging(verbose=verbose)
 
 
 def _register_commands() -> None:

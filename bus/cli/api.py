@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bus.cli.common import runtime
+from bus.cli.common import runtime, service_logging
 
 
 def register(app: typer.Typer) -> None:
@@ -17,10 +17,9 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from bus.api import create_app
-        from bus.logging import configure_logging
 
+        service_logging()
         with runtime() as rt:
-            configure_logging(rt.env.log_format)
             application = create_app(rt)
             rt.store.upgrade()  # create or migrate the store now, not during the first request
             uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)

@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
     def list_clients() -> None:
         """List clients: name, jurisdiction, created, revoked."""
         with runtime() as rt:
+            typer.echo("NAME\tJURISDICTION\tCREATED\tSTATE")
             for client in rt.store.list_clients():
                 revoked = (
                     f"revoked {client.revoked_at.isoformat()}" if client.revoked_at else "active"

@@ -11,8 +11,11 @@ from types import ModuleType
 import typer
 
 from bus.bootstrap import Runtime
-from bus.config import ConfigError
+from bus.config import ConfigError, Environment
+from bus.logging import configure_logging
 from bus.store import StoreUnavailable
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def command_modules() -> Iterator[ModuleType]:
@@ -23,6 +26,26 @@ def command_modules() -> Iterator[ModuleType]:
         module = importlib.import_module(f"{package}.{info.name}")
         if hasattr(module, "register"):
             yield module
+
+
+def configure_cli_logging(*, service: bool = False, verbose: bool = False) -> None:
+    """A one-shot command logs warnings and errors only, so that its answer is what an
+    operator reads; a service (api, relay, worker...) logs its info lines too.
+    $CIVICBUS_LOG_LEVEL, when set, is the level of both."""
+    env = Environment.from_env()
+    level = env.log_level or ("INFO" if service or verbose else "WARNING")
+    if level.upper() not in _LEVELS:
+        typer.echo(
+            f"error: CIVICBUS_LOG_LEVEL={level!r} is not a log level: one of {', '.join(_LEVELS)}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    configure_logging(env.log_format, level.upper())
+
+
+def service_logging() -> None:
+    """Called first by a long-running command: it logs what it does, at info."""
+    configure_cli_logging(service=True)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import typer
 
 from bus import deadletters
 from bus.bootstrap import Runtime
-from bus.cli.common import runtime
+from bus.cli.common import runtime, service_logging
 from bus.deadletters import DeadLetterError
 from bus.store import DeadLetter
 
@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
         """
         from bus.dead_queues import DeadQueueKeeper
 
+        service_logging()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -12,7 +12,7 @@ from adapters import Adapter
 from adapters.mapping import MappingFileError
 from adapters.registry import RegistryError, load_kind
 from bus.adapters_glue import build_adapter
-from bus.cli.common import runtime
+from bus.cli.common import runtime, service_logging
 from bus.poller import Poller
 
 
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Poll back-ends for status changes; one copy polls each instance at a time."""
+        service_logging()
         stop = threading.Event()
 
         def _stop(_signum: int, _frame: FrameType | None) -> None:

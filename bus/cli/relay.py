@@ -8,7 +8,7 @@ from types import FrameType
 
 import typer
 
-from bus.cli.common import runtime
+from bus.cli.common import runtime, service_logging
 from bus.relay import Relay, RelaySettings
 
 
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Publish outbox rows to RabbitMQ in order, with confirms; one active copy at a time."""
+        service_logging()
         stop = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:

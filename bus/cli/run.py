@@ -7,7 +7,7 @@ import os
 import typer
 
 from bus.broker.connection import connection_parameters
-from bus.cli.common import runtime
+from bus.cli.common import runtime, service_logging
 from bus.config import DEFAULT_CONFIG
 from bus.supervisor import IN_USE_HINT, Part, Supervisor, addresses_in_use
 from civicbus.sandbox.runner import SIMULATORS
@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Start the API, the relay, the status poller and a worker per adapter instance."""
+        service_logging()
         with runtime() as rt:
             # A malformed broker URL (a ConfigError, reported by runtime()) would otherwise
             # make every part but the API exit at start, over and over.

@@ -11,6 +11,7 @@ from types import FrameType
 
 import typer
 
+from bus.cli.common import service_logging
 from civicbus.sandbox import runner
 
 
@@ -37,6 +38,7 @@ def register(app: typer.Typer) -> None:
             for sim in runner.SIMULATORS.values():
                 typer.echo(f"{sim.name:10} port {sim.port:5}  {sim.description}")
             return
+        service_logging()
         ports = _ports(port)
         # Signals are ours from before the first simulator starts until the last has stopped:
         # Ctrl-C under `civicbus run` brings SIGINT to every process and then the supervisor's

@@ -41,10 +41,8 @@ def _as_text(o: Overview, store_url: str) -> str:
         f"outbox   {seen.outbox_waiting} event(s) waiting{oldest}",
     ]
     for lease in seen.leases.values():
-        state = "active" if lease.expires_at >= o.at else "EXPIRED"
-        lines.append(
-            f"lease    {lease.name}: {lease.holder}, {state} until {_time(lease.expires_at)}"
-        )
+        state = "active until" if lease.expires_at >= o.at else "expired at"
+        lines.append(f"lease    {lease.name}: {lease.holder}, {state} {_time(lease.expires_at)}")
     lines.append(f"broker   {'UNREACHABLE' if o.broker_error else 'reachable'}")
     lines.append("")
     lines.append(

@@ -11,7 +11,7 @@ import typer
 from adapters.mapping import MappingFileError
 from adapters.registry import RegistryError
 from bus.adapters_glue import build_adapter
-from bus.cli.common import runtime
+from bus.cli.common import runtime, service_logging
 from bus.worker import command_consumer, run_subscriptions
 
 
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
 
         SIGTERM finishes the message in hand, acknowledges it and exits.
         """
+        service_logging()
         if (instance is None) == (not subscriptions):
             typer.echo("error: name an adapter INSTANCE, or --subscriptions (not both)", err=True)
             raise typer.Exit(2)

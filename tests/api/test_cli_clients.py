@@ -34,6 +34,7 @@ def test_clients_add_prints_the_key_once_and_list_and_revoke(cli_env: str) -> No
         client = store.authenticate(key)
         assert client is not None and client.jurisdiction == "springfield.example"
         listed = runner.invoke(app, ["clients", "list"])
+        assert listed.stdout.splitlines()[0] == "NAME\tJURISDICTION\tCREATED\tSTATE"
         assert "fixmyapp\tspringfield.example" in listed.stdout
         assert key not in listed.stdout
         assert runner.invoke(app, ["clients", "revoke", "fixmyapp"]).exit_code == 0

@@ -93,3 +93,23 @@ def test_a_broken_config_is_reported_with_its_line(city: Path) -> None:
     code, out = invoke(city, "adapters", "check")
     assert code == 2
     assert "instances.ghost.prefetch" in out
+
+
+def test_a_one_shot_command_logs_no_info_lines_unless_asked(city: Path) -> None:
+    env = {"CIVICBUS_CONFIG": str(city), "CIVICBUS_LOG_FORMAT": "json"}
+    runner = CliRunner()
+
+    quiet = runner.invoke(app, ["adapters", "check", "mem-ok"], env=env)
+    verbose = runner.invoke(app, ["-v", "adapters", "check", "mem-ok"], env=env)
+    by_env = runner.invoke(
+        app, ["adapters", "check", "mem-ok"], env={**env, "CIVICBUS_LOG_LEVEL": "info"}
+    )
+    bad = runner.invoke(
+        app, ["adapters", "check", "mem-ok"], env={**env, "CIVICBUS_LOG_LEVEL": "loud"}
+    )
+
+    assert quiet.exit_code == 0, quiet.output
+    assert "adapter.built" not in quiet.output
+    assert '"adapter.built"' in verbose.stderr and '"adapter.built"' in by_env.stderr
+    assert bad.exit_code == 2
+    assert "CIVICBUS_LOG_LEVEL='loud' is not a log level" in bad.stderr

@@ -242,3 +242,22 @@ def test_a_lease_that_lapsed_without_being_released_is_a_problem(
     assert "`civicbus poller`" in lapsed[0]
     assert lapsed[1].startswith(f"{LEASE}: the lease of host-a:1 lapsed at")
     assert "`civicbus relay`" in lapsed[1]
+
+
+def test_the_command_says_a_lapsed_lease_expired_at_its_time(
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory, retry: {{tiers: [0.2, 0.4]}}}}}}\n"
+    )
+    assert store.try_lease(LEASE, "host-a:1", ttl_seconds=0.05)
+    assert store.try_lease("poller:roads", "host-b:2", ttl_seconds=60)
+    time.sleep(0.1)
+
+    output = CliRunner().invoke(app, ["status"]).output
+
+    leases = [line for line in output.splitlines() if line.startswith("lease")]
+    assert leases[0].startswith("lease    poller:roads: host-b:2, active until 20")
+    assert leases[1].startswith(f"lease    {LEASE}: host-a:1, expired at 20")
