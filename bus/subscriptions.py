@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,9 +19,10 @@ import structlog
 
 from adapters.webhook import WebhookAdapter
 from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, declare_topology
-from bus.config import RetryPolicy
+from bus.config import Config, RetryPolicy
 from bus.store import Store, Subscription
 from schemas.events import EventType
+from schemas.model import Status
 
 log = structlog.get_logger(__name__)
 
@@ -82,36 +84,98 @@ def binding_key(pattern: str) -> str:
     return pattern + ".*"
 
 
-def check_pattern(pattern: str) -> str:
-    """The binding key of an event pattern that can match events; SubscriptionError for one
-    that never can, e.g. `request.bogus` (a typo would make a subscription that stays silent).
+@dataclass(frozen=True)
+class Qualifiers:
+    """The words the third segment of a routing key can hold, from the city's config: the
+    adapter instances (routed, submitted, delivery_failed) and the catalogue's service codes
+    (created). Statuses come from the canonical model."""
 
-    Routing keys are `request.<event type's word>.<qualifier>`, the qualifier (a status, an
-    instance, a service code) free. Words of the binding key before a `#` are matched against
-    them from the start, words after one from the end.
+    instances: frozenset[str]
+    service_codes: frozenset[str]
+
+    @classmethod
+    def of(cls, config: Config) -> Qualifiers:
+        # A dot in a qualifier becomes `_` in the key (event_routing_key).
+        codes = frozenset(s.code.replace(".", "_") for s in config.services)
+        return cls(frozenset(i.replace(".", "_") for i in config.instances), codes)
+
+
+#: What the qualifier of each event type's routing key is, in error messages: one, and all.
+_QUALIFIER_NAMES = {
+    EventType.CREATED: ("a service code", "service codes in the catalogue"),
+    EventType.ROUTED: ("an adapter instance", "adapter instances"),
+    EventType.SUBMITTED: ("an adapter instance", "adapter instances"),
+    EventType.STATUS_CHANGED: ("a status", "statuses"),
+    EventType.CLOSED: ("a closing status", "closing statuses"),
+    EventType.DELIVERY_FAILED: ("an adapter instance", "adapter instances"),
+}
+
+
+def _valid_qualifiers(
+    event_type: EventType, qualifiers: Qualifiers | None
+) -> frozenset[str] | None:
+    """The words that can follow `request.<type>.` in a routing key; None when not known."""
+    if event_type is EventType.STATUS_CHANGED:
+        return frozenset(Status)
+    if event_type is EventType.CLOSED:
+        return frozenset(s for s in Status if s.is_closed)
+    if qualifiers is None:
+        return None
+    if event_type is EventType.CREATED:
+        return qualifiers.service_codes
+    return qualifiers.instances
+
+
+def check_pattern(pattern: str, qualifiers: Qualifiers | None = None) -> str:
+    """The binding key of an event pattern that can match events; SubscriptionError for one
+    that never can, e.g. `request.bogus` or `request.closed.in_progress` (a typo would make a
+    subscription that stays silent).
+
+    Routing keys are `request.<event type's word>.<qualifier>`: a status, or with `qualifiers`
+    (the city's config) an adapter instance or a catalogue service code. Words of the binding
+    key before a `#` are matched against them from the start, words after one from the end.
     """
     key = binding_key(pattern).split(".")
-    kinds = {t.short.removeprefix("request.") for t in EventType}
-    slots: list[set[str] | None] = [{"request"}, kinds, None]  # None: any word
+    kinds = {t.short.removeprefix("request."): t for t in EventType}
     if "#" in key:
         head = key[: key.index("#")]
         tail = key[len(key) - key[::-1].index("#") :]
-        fits = len(head) + len(tail) <= len(slots)
     else:
         head, tail = key, []
-        fits = len(key) == len(slots)
-    placed = [
-        *zip(head, slots, strict=False),
-        *zip(reversed(tail), reversed(slots), strict=False),
-    ]
-    if not fits or any(w != "*" and slot is not None and w not in slot for w, slot in placed):
+    # Which word of the three-word routing key each word of the binding key stands for.
+    placed = {**dict(enumerate(head)), **{2 - i: w for i, w in enumerate(reversed(tail))}}
+    fits = len(head) + len(tail) <= 3 if "#" in key else len(key) == 3
+    kind = placed.get(1, "*")
+    if not fits or placed.get(0, "*") not in ("*", "request") or kind not in ("*", *kinds):
         raise SubscriptionError(
             f"event pattern {pattern!r} matches no event: name an event type or '*' "
             f"('request.*', 'request.closed'), optionally with a qualifier "
             f"('request.status_changed.fixed'); event types: "
             f"{', '.join(sorted(t.short for t in EventType))}"
         )
-    return ".".join(key)
+    qualifier = placed.get(2, "*")
+    if qualifier in ("*", "#"):
+        return ".".join(key)
+    types = list(EventType) if kind == "*" else [kinds[kind]]
+    valid = {t: _valid_qualifiers(t, qualifiers) for t in types}
+    if any(v is None or qualifier in v for v in valid.values()):
+        return ".".join(key)
+    named = {_QUALIFIER_NAMES[t]: v or frozenset() for t, v in valid.items()}
+    if _QUALIFIER_NAMES[EventType.STATUS_CHANGED] in named:  # closing statuses are among them
+        named.pop(_QUALIFIER_NAMES[EventType.CLOSED], None)
+    expected = " or ".join(one for one, _ in named)
+    choices = "; ".join(
+        f"{all_}: {', '.join(sorted(v)) or '(none)'}" for (_, all_), v in named.items()
+    )
+    catalogue = (
+        " (add a new service to the config's catalogue first, then subscribe to it)"
+        if EventType.CREATED in types
+        else ""
+    )
+    raise SubscriptionError(
+        f"event pattern {pattern!r} matches no event: {qualifier!r} is not {expected}"
+        f"{catalogue}; {choices}"
+    )
 
 
 def add_subscription(
@@ -120,16 +184,20 @@ def add_subscription(
     events: Sequence[str],
     *,
     secret_env: str | None = None,
+    qualifiers: Qualifiers | None = None,
     actor: str = "cli:subscriptions",
 ) -> Subscription:
-    """Validate and store a subscription, and audit it. Declare its queue next (`declare`)."""
+    """Validate and store a subscription, and audit it. Declare its queue next (`declare`).
+
+    With `qualifiers` (the city's config), patterns naming an adapter instance or service code
+    that does not exist are refused too."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SubscriptionError(f"{url!r} is not an http(s) URL")
     if not events:
         raise SubscriptionError("name at least one event pattern, e.g. --events 'request.*'")
     for pattern in events:
-        check_pattern(pattern)
+        check_pattern(pattern, qualifiers)
     if secret_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", secret_env):
         raise SubscriptionError(f"{secret_env!r} is not an environment variable name")
     subscription = store.add_subscription(url, list(events), secret_env)

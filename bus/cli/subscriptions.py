@@ -34,7 +34,13 @@ def register(app: typer.Typer) -> None:
         with runtime() as rt:
             connection_parameters(rt.env.amqp_url)  # a malformed URL stops us before storing
             try:
-                subscription = subs.add_subscription(rt.store, url, events, secret_env=secret_env)
+                subscription = subs.add_subscription(
+                    rt.store,
+                    url,
+                    events,
+                    secret_env=secret_env,
+                    qualifiers=subs.Qualifiers.of(rt.config),
+                )
             except SubscriptionError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc
@@ -62,11 +68,14 @@ def register(app: typer.Typer) -> None:
         """The active subscriptions."""
         with runtime() as rt:
             found = rt.store.list_subscriptions()
+            qualifiers = subs.Qualifiers.of(rt.config)
         if not found:
             typer.echo("no subscriptions")
         for s in found:
             secret = f" (signed with ${s.secret_env})" if s.secret_env else " (unsigned)"
-            events = ", ".join(p if _matches(p) else f"{p} (matches no event)" for p in s.events)
+            events = ", ".join(
+                p if _matches(p, qualifiers) else f"{p} (matches no event)" for p in s.events
+            )
             typer.echo(f"{s.id:>4}  {s.url}  {events}{secret}")
 
     @group.command("remove")
@@ -89,11 +98,11 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"subscription {subscription_id} removed")
 
 
-def _matches(pattern: str) -> bool:
-    """Whether a stored pattern can match an event (one stored before patterns were checked
-    may not)."""
+def _matches(pattern: str, qualifiers: subs.Qualifiers) -> bool:
+    """Whether a stored pattern can match an event (one stored before patterns were checked,
+    or naming an instance or service since removed from the config, may not)."""
     try:
-        subs.check_pattern(pattern)
+        subs.check_pattern(pattern, qualifiers)
     except SubscriptionError:
         return False
     return True

@@ -121,6 +121,26 @@ def test_subscriptions_add_refuses_events_that_do_not_exist(
 
 
 @pytest.mark.parametrize(
+    ("pattern", "said"),
+    [
+        ("request.status_changed.bogus", "'bogus' is not a status; statuses: action_scheduled"),
+        ("request.created.NOSUCH", "'NOSUCH' is not a service code"),
+        ("request.routed.nowhere", "'nowhere' is not an adapter instance; adapter instances: desk"),
+    ],
+)
+def test_subscriptions_add_refuses_a_qualifier_no_event_carries(
+    pattern: str, said: str, env: dict[str, str], store: Store
+) -> None:
+    refused = CliRunner().invoke(
+        app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", pattern]
+    )
+
+    assert refused.exit_code == 2
+    assert f"{pattern!r} matches no event" in refused.output and said in refused.output
+    assert store.list_subscriptions() == []
+
+
+@pytest.mark.parametrize(
     "command",
     [["status"], ["subscriptions", "add", "http://127.0.0.1:9/h", "--events", "request.*"]],
 )

@@ -25,6 +25,7 @@ from bus.config import RetryPolicy
 from bus.overview import Overview, take_overview
 from bus.store import Store, StoreUnavailable, Subscription, Transaction
 from bus.subscriptions import (
+    Qualifiers,
     SubscriptionError,
     add_subscription,
     binding_key,
@@ -404,6 +405,61 @@ def test_patterns_that_match_no_event_are_refused_with_the_event_types(pattern: 
     with pytest.raises(SubscriptionError, match="matches no event") as refused:
         check_pattern(pattern)
     assert all(t.short in str(refused.value) for t in EventType)
+
+
+CITY = Qualifiers(instances=frozenset({"sap-roads", "parks"}), service_codes=frozenset({"POTHOLE"}))
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "request.status_changed.fixed",
+        "request.closed.duplicate",
+        "request.created.POTHOLE",
+        "request.routed.sap-roads",
+        "request.delivery_failed.parks",
+        "request.*.fixed",
+        "*.*.POTHOLE",
+        "request.#.parks",
+        "request.created.*",
+        "request.submitted.#",
+        "#",
+    ],
+)
+def test_patterns_with_a_qualifier_the_city_has_are_accepted(pattern: str) -> None:
+    assert check_pattern(pattern, CITY) == binding_key(pattern)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "said"),
+    [
+        ("request.status_changed.bogus", "'bogus' is not a status"),
+        ("request.closed.in_progress", "'in_progress' is not a closing status"),
+        (
+            "request.created.NOSUCH",
+            "'NOSUCH' is not a service code (add a new service to the config's catalogue",
+        ),
+        ("request.routed.parkz", "'parkz' is not an adapter instance"),
+        ("request.#.parkz", "'parkz' is not a service code or an adapter instance or a status ("),
+        ("#.delivery_failed.sub_3", "'sub_3' is not an adapter instance"),
+    ],
+)
+def test_patterns_with_a_qualifier_no_event_carries_are_refused_naming_it(
+    pattern: str, said: str
+) -> None:
+    with pytest.raises(SubscriptionError, match="matches no event") as refused:
+        check_pattern(pattern, CITY)
+    assert said in str(refused.value)
+    if "status" in said:
+        assert "fixed" in str(refused.value)  # what would be valid
+    if "instance" in said:
+        assert "parks, sap-roads" in str(refused.value)
+
+
+def test_statuses_are_checked_even_without_the_citys_config() -> None:
+    with pytest.raises(SubscriptionError, match="'bogus' is not a status"):
+        check_pattern("request.status_changed.bogus")
+    assert check_pattern("request.created.ANYTHING") == "request.created.ANYTHING"
 
 
 def test_a_stored_pattern_that_matches_no_event_still_gets_its_binding() -> None:
