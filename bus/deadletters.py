@@ -13,7 +13,7 @@ import structlog
 from pydantic import ValidationError
 
 from bus.broker.topology import COMMANDS_EXCHANGE, command_routing_key
-from bus.store import DeadLetter, DeadLetterState, Store, Transaction
+from bus.store import AuditEntry, DeadLetter, DeadLetterState, Store, Transaction
 from bus.subscriptions import queue_of_route, route_name, route_of_queue
 from schemas.events import Envelope
 
@@ -61,6 +61,27 @@ def get_dead_letter(store: Store, dead_letter_id: int) -> DeadLetter:
     return letter
 
 
+def history(store: Store, letter: DeadLetter) -> list[AuditEntry]:
+    """The audit entries of a dead letter, oldest first: each time its message was
+    dead-lettered, and this letter's replays (and any given back) or drop. Read from its
+    request's trail, so a message that was no civicbus event (no request) has none."""
+    if letter.request_id is None:
+        return []
+    return [
+        entry
+        for entry in store.audit_trail(letter.request_id)
+        if entry.details.get("dead_letter") == letter.id
+        or letter.id in entry.details.get("dead_letters", ())  # a replay given back
+        or (
+            entry.action == "dead_lettered"
+            and entry.message_id == letter.message_id
+            # The worker audits as worker:<route>, the dead-queue keeper names the route:
+            # one event dead-lettered by two subscriptions has the same message id in both.
+            and letter.instance in (entry.actor.removeprefix("worker:"), entry.details.get("route"))
+        )
+    ]
+
+
 def replay(
     store: Store,
     instance: str,
@@ -93,10 +114,22 @@ def replay(
     return letters
 
 
-def drop(store: Store, ids: Sequence[int], *, actor: str = "cli:dead-drop") -> list[DeadLetter]:
-    """Give up on dead letters for good (they stay in the store, marked `dropped`)."""
+def drop(
+    store: Store,
+    ids: Sequence[int],
+    *,
+    instance: str | None = None,
+    actor: str = "cli:dead-drop",
+) -> list[DeadLetter]:
+    """Give up on dead letters for good (they stay in the store, marked `dropped`); with
+    `instance`, each must belong to it. Raises DeadLetterError before dropping anything if one
+    of `ids` cannot be dropped."""
     letters = [get_dead_letter(store, i) for i in ids]
     for letter in letters:
+        if instance is not None and letter.instance != instance:
+            raise DeadLetterError(
+                f"dead letter {letter.id} belongs to {letter.instance}, not {instance}"
+            )
         if letter.state is not DeadLetterState.DEAD:
             raise DeadLetterError(f"dead letter {letter.id} is already {letter.state.value}")
     for letter in letters:

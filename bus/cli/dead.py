@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import typer
 
@@ -14,7 +15,7 @@ from bus import deadletters
 from bus.bootstrap import Runtime
 from bus.cli.common import runtime, service_logging
 from bus.deadletters import DeadLetterError
-from bus.store import DeadLetter
+from bus.store import AuditEntry, DeadLetter
 
 
 def register(app: typer.Typer) -> None:
@@ -38,34 +39,48 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show")
     def show(dead_letter_id: int = typer.Argument(..., metavar="ID")) -> None:
-        """One dead letter in full: its reason, its history and the stored message."""
+        """One dead letter in full: its reason, the stored message, and its history (when it
+        was dead-lettered, replayed or dropped, from its request's audit trail)."""
         with runtime() as rt, _operator_errors():
             letter = deadletters.get_dead_letter(rt.store, dead_letter_id)
-        typer.echo(json.dumps(_document(letter), indent=2, ensure_ascii=False))
+            history = deadletters.history(rt.store, letter)
+        typer.echo(json.dumps(_document(letter, history), indent=2, ensure_ascii=False))
 
     @group.command("replay")
     def replay(
         instance: str,
-        ids: list[int] = typer.Argument(None, metavar="[ID]...", show_default=False),
+        ids: list[str] = typer.Argument(None, metavar="[ID]...", show_default=False),
         replay_all: bool = typer.Option(False, "--all", help="Replay every waiting dead letter."),
     ) -> None:
         """Send dead letters back to the instance's queue (through the outbox and the relay)."""
-        if bool(ids) == replay_all:
-            typer.echo("error: name dead letter IDs, or --all (not both)", err=True)
-            raise typer.Exit(2)
+        if not ids and not replay_all:
+            _usage("name dead letter IDs or --all")
+        if ids and replay_all:
+            _usage("name dead letter IDs or --all, not both")
+        numbers = _ids(ids or [], "dead replay INSTANCE ID...")
         with runtime() as rt, _operator_errors():
             _known_route(rt, instance)
             deadletters.check_replayable_route(rt.store, instance)
-            letters = deadletters.replay(rt.store, instance, None if replay_all else ids)
+            letters = deadletters.replay(rt.store, instance, None if replay_all else numbers)
         for letter in letters:
             typer.echo(f"replayed {letter.id} (request {letter.request_id or '-'})")
         typer.echo(f"{len(letters)} dead letter(s) replayed to {instance}")
 
     @group.command("drop")
-    def drop(ids: list[int] = typer.Argument(..., metavar="ID...")) -> None:
-        """Give up on dead letters for good (kept in the store, marked dropped)."""
+    def drop(args: list[str] = typer.Argument(..., metavar="[INSTANCE] ID...")) -> None:
+        """Give up on dead letters for good (kept in the store, marked dropped).
+
+        The instance may be named first, as for replay: then each ID must be one of its
+        dead letters.
+        """
+        instance = None if _is_id(args[0]) else args[0]
+        numbers = _ids(args[1:] if instance else args, "dead drop [INSTANCE] ID...")
+        if not numbers:
+            _usage(f"name the dead letter IDs of {instance} to drop")
         with runtime() as rt, _operator_errors():
-            letters = deadletters.drop(rt.store, ids)
+            if instance is not None:
+                _known_route(rt, instance)
+            letters = deadletters.drop(rt.store, numbers, instance=instance)
         for letter in letters:
             typer.echo(f"dropped {letter.id} (request {letter.request_id or '-'})")
 
@@ -90,6 +105,23 @@ def register(app: typer.Typer) -> None:
                 return deadletters.live_routes(store, instances)
 
             DeadQueueKeeper(rt.env.amqp_url, store, routes, stop=stop).run()
+
+
+def _usage(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _is_id(word: str) -> bool:
+    return word.isascii() and word.isdigit()
+
+
+def _ids(words: list[str], usage: str) -> list[int]:
+    """Dead letter ids from the command line; exit 2 naming the first word that is none."""
+    for word in words:
+        if not _is_id(word):
+            _usage(f"{word!r} is not a dead letter ID (a number, as `dead list` shows): {usage}")
+    return [int(word) for word in words]
 
 
 @contextmanager
@@ -147,7 +179,7 @@ def _table(
     return lines
 
 
-def _document(letter: DeadLetter) -> dict[str, object]:
+def _document(letter: DeadLetter, history: list[AuditEntry]) -> dict[str, object]:
     return {
         "id": letter.id,
         "instance": letter.instance,
@@ -158,5 +190,15 @@ def _document(letter: DeadLetter) -> dict[str, object]:
         "attempts": letter.attempts,
         "first_failed_at": letter.first_failed_at.isoformat(),
         "last_failed_at": letter.last_failed_at.isoformat(),
+        "history": [
+            {
+                "at": entry.at.isoformat(),
+                "action": entry.action,
+                "actor": entry.actor,
+                "outcome": entry.outcome,
+                "details": entry.details,
+            }
+            for entry in history
+        ],
         "envelope": letter.envelope,
     }

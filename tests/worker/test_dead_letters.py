@@ -162,6 +162,60 @@ def test_dead_replay_all_and_argument_errors(cli: CliRunner, store: Store, topol
     )
 
 
+def test_dead_argument_errors_name_the_bad_value_and_what_to_write(
+    cli: CliRunner, store: Store
+) -> None:
+    neither = cli.invoke(app, ["dead", "replay", INSTANCE])
+    assert neither.exit_code == 2
+    assert "name dead letter IDs or --all" in neither.output and "not both" not in neither.output
+    both = cli.invoke(app, ["dead", "replay", INSTANCE, "1", "--all"])
+    assert both.exit_code == 2 and "not both" in both.output
+
+    for command in (["drop", "2", "x7"], ["replay", INSTANCE, "x7"], ["drop", INSTANCE, "x7"]):
+        result = cli.invoke(app, ["dead", *command])
+        assert result.exit_code == 2, result.output
+        assert "'x7' is not a dead letter ID" in result.output
+    only_instance = cli.invoke(app, ["dead", "drop", INSTANCE])
+    assert only_instance.exit_code == 2 and f"name the dead letter IDs of {INSTANCE}" in (
+        only_instance.output
+    )
+
+
+def test_dead_drop_takes_the_instance_first_as_replay_does(cli: CliRunner, store: Store) -> None:
+    with store.transaction() as tx:
+        first = tx.record_dead_letter(
+            instance=INSTANCE, message_id="m-1", reason="x", envelope=None
+        )
+        second = tx.record_dead_letter(
+            instance=INSTANCE, message_id="m-2", reason="x", envelope=None
+        )
+    assert first is not None and second is not None
+
+    elsewhere = cli.invoke(app, ["dead", "drop", "desk", str(first.id)])
+    assert elsewhere.exit_code == 1 and f"belongs to {INSTANCE}, not desk" in elsewhere.output
+    with_instance = cli.invoke(app, ["dead", "drop", INSTANCE, str(first.id)])
+    assert with_instance.exit_code == 0, with_instance.output
+    without = cli.invoke(app, ["dead", "drop", str(second.id)])  # as before
+    assert without.exit_code == 0, without.output
+    assert store.dead_letters(INSTANCE) == []
+
+
+def test_dead_show_includes_its_history(cli: CliRunner, store: Store, topology: str) -> None:
+    request_id = dead_letter_for(store, topology)
+    (letter,) = store.dead_letters(INSTANCE)
+    assert cli.invoke(app, ["dead", "replay", INSTANCE, str(letter.id)]).exit_code == 0
+
+    shown = cli.invoke(app, ["dead", "show", str(letter.id)])
+
+    assert shown.exit_code == 0, shown.output
+    start = shown.stdout.index('{\n  "id"')
+    document, _ = json.JSONDecoder().raw_decode(shown.stdout, start)
+    assert [h["action"] for h in document["history"]] == ["dead_lettered", "replayed"]
+    assert document["history"][1]["actor"] == "cli:dead-replay"
+    assert all(datetime.fromisoformat(h["at"]) for h in document["history"])
+    assert request_id is not None
+
+
 def test_dead_commands_refuse_a_name_nothing_is_known_by(cli: CliRunner, store: Store) -> None:
     store.add_subscription("http://127.0.0.1:9/hook", ["request.*"])
     with store.transaction() as tx:
