@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -211,19 +211,39 @@ def add_subscription(
     return subscription
 
 
+@dataclass(frozen=True)
+class Removal:
+    """A subscription removed: how many undelivered events went with its queue (None when its
+    queue was not deleted)."""
+
+    discarded_events: int | None
+
+
 def remove_subscription(
-    store: Store, subscription_id: int, *, actor: str = "cli:subscriptions"
-) -> bool:
-    """Deactivate a subscription (audited); False if there was no active one with that id."""
-    removed = store.remove_subscription(subscription_id)
-    if removed:
+    store: Store,
+    subscription_id: int,
+    *,
+    discard: Callable[[int], int] | None = None,
+    actor: str = "cli:subscriptions",
+) -> Removal | None:
+    """Deactivate a subscription (audited); None if there was no active one with that id.
+
+    `discard` then deletes its queue and says how many undelivered events went with it: only
+    once the subscription is inactive, so that no webhook worker declares the queue again. The
+    audit entry records that number, or that the queue was left when `discard` raised."""
+    if not store.remove_subscription(subscription_id):
+        return None
+    details: dict[str, Any] = {"subscription": subscription_id}
+    try:
+        if discard is not None:
+            details["discarded_events"] = discard(subscription_id)
+    except Exception:
+        details["queue_left_on_broker"] = True
+        raise
+    finally:
         with store.transaction() as tx:
-            tx.audit(
-                actor=actor,
-                action="subscription_removed",
-                details={"subscription": subscription_id},
-            )
-    return removed
+            tx.audit(actor=actor, action="subscription_removed", details=details)
+    return Removal(details.get("discarded_events"))
 
 
 def declare(channel: Any, subscription: Subscription) -> None:
@@ -256,9 +276,10 @@ def declare_new(channel: Any, subscription: Subscription) -> None:
     declare(channel, subscription)
 
 
-def delete_queue(channel: Any, subscription_id: int) -> None:
-    """Remove a removed subscription's queue (its undelivered events go with it)."""
-    channel.queue_delete(queue=queue_name(subscription_id))
+def delete_queue(channel: Any, subscription_id: int) -> int:
+    """Remove a removed subscription's queue; how many undelivered events went with it."""
+    deleted = channel.queue_delete(queue=queue_name(subscription_id))
+    return int(deleted.method.message_count)
 
 
 def webhook_for(subscription: Subscription, env: Mapping[str, str] | None = None) -> WebhookAdapter:

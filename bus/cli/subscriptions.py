@@ -83,19 +83,32 @@ def register(app: typer.Typer) -> None:
         """Stop delivering to a subscription and delete its queue of undelivered events."""
         with runtime() as rt:
             connection_parameters(rt.env.amqp_url)  # a malformed URL stops us before removing
-            if not subs.remove_subscription(rt.store, subscription_id):
-                typer.echo(f"error: no active subscription {subscription_id}", err=True)
-                raise typer.Exit(1)
-            try:
+
+            def discard(sid: int) -> int:
                 connection = connect(rt.env.amqp_url)
                 try:
                     with broker_errors("deleting the subscription's queue"):
-                        subs.delete_queue(connection.channel(), subscription_id)
+                        return subs.delete_queue(connection.channel(), sid)
                 finally:
                     close_quietly(connection)
+
+            try:
+                removal = subs.remove_subscription(rt.store, subscription_id, discard=discard)
             except BrokerUnavailable as exc:
-                typer.echo(f"warning: its queue is left on the broker ({exc})", err=True)
-        typer.echo(f"subscription {subscription_id} removed")
+                typer.echo(f"subscription {subscription_id} removed")
+                typer.echo(
+                    f"warning: its queue, with any undelivered events, is left on the broker "
+                    f"({exc})",
+                    err=True,
+                )
+                return
+            if removal is None:
+                typer.echo(f"error: no active subscription {subscription_id}", err=True)
+                raise typer.Exit(1)
+        typer.echo(
+            f"subscription {subscription_id} removed; {removal.discarded_events} undelivered "
+            f"event(s) discarded with its queue"
+        )
 
 
 def _matches(pattern: str, qualifiers: subs.Qualifiers) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import pika
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 from worker_support import actions, channel_on, new_request, publish, queue_depth, wait_until
 
@@ -106,6 +108,33 @@ def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_u
     assert store.list_subscriptions() == []
     assert not queue_exists(amqp_url, f"civicbus.sub.{subscription.id}")
     assert runner.invoke(app, ["subscriptions", "remove", str(subscription.id)]).exit_code == 1
+
+
+def test_subscriptions_remove_says_how_many_undelivered_events_it_discarded(
+    env: dict[str, str], store: Store, amqp_url: str
+) -> None:
+    runner = CliRunner()
+    added = runner.invoke(
+        app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", "request.*"]
+    )
+    assert added.exit_code == 0, added.output
+    (subscription,) = store.list_subscriptions()
+    with channel_on(amqp_url) as ch:
+        ch.confirm_delivery()
+        for _ in range(3):
+            ch.basic_publish(EVENTS_EXCHANGE, "request.created.POTHOLE", b"{}")
+    wait_until(lambda: queue_depth(amqp_url, f"civicbus.sub.{subscription.id}") == 3)
+
+    removed = runner.invoke(app, ["subscriptions", "remove", str(subscription.id)])
+
+    assert removed.exit_code == 0, removed.output
+    assert "3 undelivered event(s) discarded with its queue" in removed.output
+    with sa.create_engine(store._engine.url).connect() as conn:
+        table = sa.Table("audit_log", sa.MetaData(), autoload_with=conn)
+        details = conn.execute(
+            sa.select(table.c.details).where(table.c.action == "subscription_removed")
+        ).scalar_one()
+    assert json.loads(details) == {"subscription": subscription.id, "discarded_events": 3}
 
 
 def test_subscriptions_add_refuses_events_that_do_not_exist(
