@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -44,3 +46,25 @@ def map_exceptions(table: ErrorTable, *, context: str = "") -> Iterator[None]:
                 prefix = f"{context}: " if context else ""
                 raise target(f"{prefix}{type(exc).__name__}: {exc}") from exc
         raise
+
+
+#: A quoted value in an error text ('…' or "…", not an apostrophe inside a word).
+_QUOTED = re.compile(r"(?<!\w)'[^']*'(?!\w)|\"[^\"]*\"")
+
+
+def answer_excerpt(text: str, limit: int = 200) -> str:
+    """What a back-end said about an error, for an error message: the `error` or `message`
+    member of a JSON answer (or `error.message`), else the text; on one line, quoted values
+    blanked (a validation error may echo a resident's data), at most `limit` characters."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        said = data.get("error") or data.get("message")
+        if isinstance(said, dict):
+            said = said.get("message")
+        if isinstance(said, str):
+            text = said
+    line = " ".join(_QUOTED.sub("'…'", text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

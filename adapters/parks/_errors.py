@@ -2,8 +2,9 @@
 
 Transport failures are classified by type through `ERRORS`; an HTTP answer by its status:
 429 and 408 are worth retrying (429 with the server's Retry-After), other 4xx are refusals of
-our request, 5xx are failures of the parks system. Response bodies are never quoted: a
-validation error may echo the request's values, which can be a resident's personal data.
+our request, 5xx are failures of the parks system. The answer's own error text is quoted
+short, on one line, with quoted values blanked: a validation error may echo the request's
+values, which can be a resident's personal data.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from adapters._exceptions import ErrorTable, PermanentError, TransientError
+from adapters._exceptions import ErrorTable, PermanentError, TransientError, answer_excerpt
 
 ERRORS: ErrorTable = {
     httpx.InvalidURL: PermanentError,
@@ -34,6 +35,9 @@ def raise_for_status(response: httpx.Response, context: str) -> None:
     if status < 400:
         return
     what = f"{context}: HTTP {status} {response.reason_phrase} from the parks system"
+    said = answer_excerpt(response.text)
+    if said:
+        what = f"{what}: {said}"
     if status == 429:
         raise TransientError(what, retry_after=retry_after(response))
     if status in _RETRYABLE_4XX or status >= 500:

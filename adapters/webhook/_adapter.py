@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from adapters import Adapter, Health, PermanentError, Receipt, TransientError, map_exceptions
+from adapters._exceptions import answer_excerpt
 from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from schemas.events import Envelope, EventType
 from schemas.model import ServiceRequest
@@ -91,6 +92,12 @@ def _raise_for_status(response: httpx.Response, context: str) -> None:
     if 200 <= code < 300:
         return
     message = f"{context}: the subscriber answered HTTP {code}"
+    if 300 <= code < 400:
+        # Redirects are not followed (the signature is for this URL): say where it moved.
+        location = response.headers.get("Location")
+        message += f" to Location {answer_excerpt(location)}" if location else " (no Location)"
+    elif said := answer_excerpt(response.text):
+        message = f"{message}: {said}"
     if code >= 500 or code in _RETRYABLE_4XX:
         raise TransientError(message, retry_after=_retry_after(response))
     raise PermanentError(message)

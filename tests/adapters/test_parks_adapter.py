@@ -10,6 +10,7 @@ import pytest
 from backends_support import MAPPINGS, a_request, control, free_port, simulator
 
 from adapters import PermanentError, TransientError
+from adapters._exceptions import answer_excerpt
 from adapters.mapping import Mapping, load_mapping
 from adapters.parks import ParksAdapter
 from adapters.parks._errors import retry_after
@@ -136,8 +137,31 @@ def test_a_rejected_work_request_is_permanent(parks: Running, mapping: Mapping) 
     control(parks, "PUT", "/fault", mode="reject")
     request = a_request("PLAYGROUND")
 
-    with pytest.raises(PermanentError, match=f"request {request.id}: HTTP 422"):
+    with pytest.raises(PermanentError, match=f"request {request.id}: HTTP 422") as caught:
         adapter_for(parks, mapping).submit(request)
+    # What the parks system said, as SAP's and the permit system's reasons carry theirs.
+    assert str(caught.value).endswith(
+        "from the parks system: the parks system rejected the request (simulated)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "excerpt"),
+    [
+        ('{"error": "category TREE is closed"}', "category TREE is closed"),
+        ('{"message": "no", "code": 7}', "no"),
+        ('{"error": {"message": "email \'jane@example.org\' is not valid"}}',
+         "email '…' is not valid"),
+        ("<html>\n  <p>Bad gateway</p>\n</html>", "<html> <p>Bad gateway</p> </html>"),
+        ("", ""),
+    ],
+)
+def test_error_answers_are_quoted_short_on_one_line_without_quoted_values(
+    answer: str, excerpt: str
+) -> None:
+    assert answer_excerpt(answer) == excerpt
+    long = answer_excerpt("word " * 100)
+    assert len(long) == 200 and long.endswith("…")
 
 
 def test_a_parks_system_that_is_down_gives_transient_errors(

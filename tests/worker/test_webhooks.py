@@ -50,6 +50,8 @@ class Subscriber:
         self.port = port
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.status = 204
+        self.answer_headers: dict[str, str] = {}
+        self.answer_body = b""
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -65,8 +67,11 @@ class Subscriber:
                 if subscriber.status < 300:
                     subscriber.received.append((dict(self.headers), body))
                 self.send_response(subscriber.status)
-                self.send_header("Content-Length", "0")
+                for name, value in subscriber.answer_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(subscriber.answer_body)))
                 self.end_headers()
+                self.wfile.write(subscriber.answer_body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -206,6 +211,38 @@ def test_a_subscriber_refusing_an_event_dead_letters_it_without_announcing_it(
     assert "HTTP 410" in letter.reason and letter.request_id == request_id
     assert not [r for r in store.pending_outbox() if r.envelope.type is EventType.DELIVERY_FAILED]
     assert queue_depth(amqp_url, f"civicbus.dead.{route_name(sub_id)}") == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "said"),
+    [
+        (
+            302,
+            {"Location": "https://hooks.example/v2/civicbus"},
+            b"<html>moved</html>",
+            "HTTP 302 to Location https://hooks.example/v2/civicbus",
+        ),
+        (422, {}, b'{"message": "unknown event type"}', "HTTP 422: unknown event type"),
+    ],
+)
+def test_a_refused_event_is_dead_lettered_with_what_the_subscriber_said(
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    said: str,
+    store: Store,
+    amqp_url: str,
+    subscriber: Subscriber,
+) -> None:
+    subscriber.status, subscriber.answer_headers, subscriber.answer_body = status, headers, body
+    subscriber.start()
+    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])
+    publish_event(amqp_url, status_event(new_request(store).subject, Status.FIXED), "fixed")
+
+    with webhook_worker(store, amqp_url):
+        (letter,) = wait_until(lambda: store.dead_letters(route_name(sub_id)), what="dead letter")
+
+    assert letter.reason.endswith(said), letter.reason
 
 
 def test_a_subscriber_down_past_the_whole_schedule_gets_the_event_dead_lettered(
