@@ -5,7 +5,8 @@
     GET  /_sandbox/items/{key}           one item, by back-end id or external reference
     POST /_sandbox/items/{key}/status    {"status": "...", "note": "..."}: move it to a status
     POST /_sandbox/items/{key}/advance   move it to the next status of the simulator's flow
-    PUT  /_sandbox/fault                 {"mode": "none|down|slow|reject|throttle", "delay": 2}
+    PUT  /_sandbox/fault                 {"mode": "none|down|slow|reject|throttle", "delay": 2,
+                                          "count": 1}  (count: requests affected; null: all)
 
 It is written once, framework-neutral (`handle`), and served by WSGI here or by a FastAPI route.
 The control endpoint is never subject to the fault mode, so a "down" simulator can be healed.
@@ -57,7 +58,9 @@ class Control:
                 info["flow"] = list(self.items.flow)
             return 200, info
         if parts == ["fault"] and method == "PUT":
-            self.faults.set(str(payload.get("mode", "none")), payload.get("delay"))
+            self.faults.set(
+                str(payload.get("mode", "none")), payload.get("delay"), payload.get("count")
+            )
             return 200, self.faults.describe()
         if self.listings and len(parts) == 1 and parts[0] in self.listings and method == "GET":
             return 200, self.listings[parts[0]]()
@@ -117,7 +120,7 @@ def with_control(control: Control, app: WsgiApp) -> WsgiApp:
             body = environ["wsgi.input"].read(length) if length else b""
             status, answer = control.handle(environ["REQUEST_METHOD"], path, body)
             return _json_response(start_response, status, answer)
-        if control.faults.mode == "down":
+        if control.faults.take("down"):
             return _json_response(start_response, 503, {"error": "simulated outage"})
         control.faults.pause_if_slow()
         return app(environ, start_response)

@@ -213,25 +213,47 @@ class Faults:
 
     Modes: `none`; `down` (refuse service: HTTP 503, SMTP 421); `slow` (wait `delay` seconds
     before answering); `reject` (refuse the data as a client fault); `throttle` (HTTP 429 with
-    Retry-After: `delay` seconds, where the protocol has it).
+    Retry-After: `delay` seconds, where the protocol has it). With a `count`, the fault affects
+    that many requests and then switches itself off, as the SAP simulation's does.
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.mode = "none"
         self.delay = 0.0
+        #: How many more requests the fault affects; None: until switched off.
+        self.remaining: int | None = None
 
-    def set(self, mode: str, delay: float | None = None) -> None:
+    def set(self, mode: str, delay: float | None = None, count: int | None = None) -> None:
         if mode not in FAULT_MODES:
             raise ValueError(f"fault mode must be one of {', '.join(FAULT_MODES)}")
-        self.mode = mode
+        if count is not None and (type(count) is not int or count < 1):
+            raise ValueError(
+                f"count must be a whole number of requests of at least 1, or null (got {count!r})"
+            )
         default = 5.0 if mode in ("slow", "throttle") else 0.0
-        self.delay = float(delay) if delay is not None else default
+        with self._lock:
+            self.mode = mode
+            self.delay = float(delay) if delay is not None else default
+            self.remaining = count
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "delay": self.delay}
+        return {"mode": self.mode, "delay": self.delay, "count": self.remaining}
+
+    def take(self, *modes: str) -> bool:
+        """Whether the fault now is one of `modes`, counting one request it affects."""
+        with self._lock:
+            if self.mode not in modes:
+                return False
+            if self.remaining is not None:
+                self.remaining -= 1
+                if self.remaining <= 0:
+                    # `delay` stays: the request that took the last use may still read it.
+                    self.mode, self.remaining = "none", None
+            return True
 
     def pause_if_slow(self) -> None:
-        if self.mode == "slow":
+        if self.take("slow"):
             time.sleep(self.delay)
 
 

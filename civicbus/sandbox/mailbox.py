@@ -67,9 +67,9 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         mail_options: list[str],
     ) -> str:
-        if self.faults.mode in ("down", "throttle"):
+        if self.faults.take("down", "throttle"):
             return "421 4.3.2 Service not available (simulated outage)"
-        if self.faults.mode == "slow":
+        if self.faults.take("slow"):
             await asyncio.sleep(self.faults.delay)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -79,7 +79,7 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
-        if self.faults.mode == "reject":
+        if self.faults.take("reject"):
             return "550 5.1.1 Mailbox unavailable (simulated rejection)"
         if address.lower().rstrip(">").endswith(".invalid"):
             # RFC 2606's reserved domain: a destination that can never exist.

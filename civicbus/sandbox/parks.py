@@ -134,12 +134,12 @@ def create_app(items: WorkItems, faults: Faults, tokens: Tokens) -> FastAPI:
     ) -> Response:
         if request.url.path.startswith(PREFIX):
             return await call_next(request)
-        if faults.mode == "down":
+        if faults.take("down"):
             return JSONResponse({"error": "simulated outage"}, status_code=503)
-        if faults.mode == "throttle":
+        if faults.take("throttle"):
             return JSONResponse({"error": "too many requests (simulated)"}, status_code=429,
                                 headers={"Retry-After": str(int(faults.delay))})
-        if faults.mode == "slow":
+        if faults.take("slow"):
             await asyncio.sleep(faults.delay)
         return await call_next(request)
 
@@ -182,7 +182,7 @@ def create_app(items: WorkItems, faults: Faults, tokens: Tokens) -> FastAPI:
 
     @app.post("/work-requests", status_code=201, dependencies=[Depends(bearer)])
     def create(body: WorkRequestIn) -> JSONResponse:
-        if faults.mode == "reject":
+        if faults.take("reject"):
             return JSONResponse({"error": "the parks system rejected the request (simulated)"},
                                 status_code=422)
         if body.location is None and not body.address:

@@ -144,7 +144,7 @@ class PermitService(ServiceBase):
         district, reportedAt, contactEmail,
     ):
         state = _state(ctx)
-        if state.faults.mode == "reject":
+        if state.faults.take("reject"):
             raise _caller_fault("the permit system rejected the case (simulated)",
                                 "Client.Rejected")
         if lat is None and lon is None and not address:

@@ -145,6 +145,20 @@ def test_a_rejected_work_request_is_permanent(parks: Running, mapping: Mapping) 
     )
 
 
+@pytest.mark.parametrize("mode", ["reject", "down", "throttle"])
+def test_a_fault_with_a_count_affects_that_many_calls_then_heals(
+    mode: str, parks: Running, mapping: Mapping
+) -> None:
+    adapter = adapter_for(parks, mapping)
+    adapter.find("warm-up")  # the token, so that the fault meets the create
+    control(parks, "PUT", "/fault", mode=mode, count=1, delay=0)
+
+    with pytest.raises((PermanentError, TransientError)):
+        adapter.submit(a_request("PLAYGROUND"))
+    assert adapter.submit(a_request("PLAYGROUND")).created
+    assert control(parks, "GET", "/")["fault"]["mode"] == "none"
+
+
 @pytest.mark.parametrize(
     ("answer", "excerpt"),
     [

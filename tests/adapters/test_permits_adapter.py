@@ -117,6 +117,18 @@ def test_a_rejected_case_is_a_permanent_error(permits: Running, mapping: Mapping
         adapter_for(permits, mapping).submit(request)
 
 
+def test_a_reject_fault_with_a_count_rejects_that_many_cases_then_heals(
+    permits: Running, mapping: Mapping
+) -> None:
+    assert control(permits, "PUT", "/fault", mode="reject", count=1)["count"] == 1
+    adapter = adapter_for(permits, mapping)
+
+    with pytest.raises(PermanentError, match=r"Client\.Rejected"):
+        adapter.submit(a_request())
+    assert adapter.submit(a_request()).created
+    assert control(permits, "GET", "/")["fault"]["mode"] == "none"
+
+
 def test_data_the_wsdl_refuses_is_a_permanent_error(permits: Running) -> None:
     # caseType must match [A-Z_]+ in the WSDL; the server's schema validation refuses it.
     bad = parse_mapping("adapter: permits\nfields:\n  caseType: {const: 'not valid'}\n")

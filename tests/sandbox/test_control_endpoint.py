@@ -42,6 +42,12 @@ def test_the_control_endpoint_explains_bad_input(items: WorkItems) -> None:
     assert control.handle("POST", "/_sandbox/items/req-1/status", b"{}")[0] == 400
     status, answer = control.handle("PUT", "/_sandbox/fault", b'{"mode": "broken"}')
     assert status == 400 and "down" in answer["error"]
+    for count, shown in ((b"0", "0"), (b'"2"', "'2'"), (b"1.5", "1.5"), (b"true", "True")):
+        status, answer = control.handle(
+            "PUT", "/_sandbox/fault", b'{"mode": "reject", "count": ' + count + b"}"
+        )
+        assert status == 400 and "count must be a whole number" in answer["error"]
+        assert f"(got {shown})" in answer["error"]
     assert control.handle("GET", "/_sandbox/unknown", b"")[0] == 404
 
 
@@ -70,4 +76,4 @@ def test_the_control_endpoint_is_never_down(tmp_path: Path) -> None:
         running.stop()
 
     assert api.status_code == 503
-    assert healed.json() == {"mode": "none", "delay": 0.0}
+    assert healed.json() == {"mode": "none", "delay": 0.0, "count": None}
