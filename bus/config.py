@@ -6,7 +6,7 @@ A bad file is reported with the file, line and field, in words an integrator can
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,19 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says where and why."""
+
+
+#: Where in the file a value is: keys and list indexes, as pydantic reports them.
+Location = tuple[int | str, ...]
+
+
+class CrossReferenceError(ValueError):
+    """Fields that are valid alone but do not fit together, each with its own location (a
+    model validator's errors would otherwise all point at the top of the file)."""
+
+    def __init__(self, problems: list[tuple[Location, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
 
 
 class _Strict(BaseModel):
@@ -126,23 +139,28 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
+        problems: list[tuple[Location, str]] = []
         known = {j.id for j in self.jurisdictions}
-        problems = []
-        for s in self.services:
-            if s.jurisdiction not in known:
-                problems.append(f"service {s.code}: unknown jurisdiction {s.jurisdiction!r}")
         seen: set[tuple[str, str]] = set()
-        for s in self.services:
-            if (s.jurisdiction, s.code) in seen:
-                problems.append(f"service {s.code} is defined twice in {s.jurisdiction}")
+        for i, s in enumerate(self.services):
+            if s.jurisdiction not in known:
+                message = f"service {s.code}: unknown jurisdiction {s.jurisdiction!r}"
+                problems.append((("services", i, "jurisdiction"), f"{message} {_among(known)}"))
+            elif (s.jurisdiction, s.code) in seen:
+                message = f"service {s.code} is defined twice in {s.jurisdiction}"
+                problems.append((("services", i, "code"), message))
             seen.add((s.jurisdiction, s.code))
-        targets = [(r.name, r.instance) for r in self.routing.rules]
-        targets.append(("default", self.routing.default))
-        for name, instance in targets:
+        targets: list[tuple[Location, str, str]] = [
+            (("routing", "rules", i, "instance"), r.name, r.instance)
+            for i, r in enumerate(self.routing.rules)
+        ]
+        targets.append((("routing", "default"), "default", self.routing.default))
+        for loc, name, instance in targets:
             if instance not in self.instances:
-                problems.append(f"routing {name}: unknown adapter instance {instance!r}")
+                message = f"routing {name}: unknown adapter instance {instance!r}"
+                problems.append((loc, f"{message} {_among(self.instances)}"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise CrossReferenceError(problems)
         return self
 
     def service_catalogue(self) -> list[Service]:
@@ -154,6 +172,10 @@ class Config(_Strict):
             if rule.matches(service_code, jurisdiction):
                 return rule.instance, rule.name
         return self.routing.default, "default"
+
+
+def _among(names: Collection[str]) -> str:
+    return f"(configured: {', '.join(sorted(names)) or 'none'})"
 
 
 @dataclass(frozen=True)
@@ -202,13 +224,25 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         lines = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
+        for loc, message in _problems(exc):
             line = _line_of(node, loc)
             where = ".".join(str(p) for p in loc) or "(top level)"
             at = f"{source}:{line}" if line else source
-            lines.append(f"{at}: {where}: {err['msg']}")
+            lines.append(f"{at}: {where}: {message}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from exc
+
+
+def _problems(exc: ValidationError) -> list[tuple[Location, str]]:
+    """Each error with the location of the field it is about: a cross-reference error of the
+    whole model is split into its problems, each at its own field."""
+    found: list[tuple[Location, str]] = []
+    for err in exc.errors():
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, CrossReferenceError):
+            found += [(tuple(err["loc"]) + loc, message) for loc, message in cause.problems]
+        else:
+            found.append((tuple(err["loc"]), err["msg"]))
+    return found
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

@@ -42,6 +42,39 @@ def test_routing_to_an_unknown_instance_is_refused() -> None:
         parse_config(text)
 
 
+def test_cross_reference_errors_point_at_the_field_they_are_about() -> None:
+    text = """# the city
+# (comments first, as config files have)
+jurisdictions: [{id: springfield.example, name: Springfield}]
+services:
+  - {code: POTHOLE, jurisdiction: springfield.example, name: Pothole}
+  - {code: POTHOLE, jurisdiction: springfield.example, name: Pothole again}
+  - {code: SIGN, jurisdiction: shelbyville.example, name: Sign}
+routing:
+  rules:
+    - {name: roads, services: [POTHOLE], instance: desk}
+    - name: parks
+      services: [SIGN]
+      instance: parkz
+  default: nowhere
+instances:
+  desk: {kind: memory}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="bad2.yaml")
+
+    lines = str(err.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "bad2.yaml:6: services.1.code: service POTHOLE is defined twice in springfield.example",
+        "bad2.yaml:7: services.2.jurisdiction: service SIGN: unknown jurisdiction "
+        "'shelbyville.example' (configured: springfield.example)",
+        "bad2.yaml:13: routing.rules.1.instance: routing parks: unknown adapter instance "
+        "'parkz' (configured: desk)",
+        "bad2.yaml:14: routing.default: routing default: unknown adapter instance 'nowhere' "
+        "(configured: desk)",
+    ]
+
+
 def test_missing_file_and_invalid_yaml_say_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
