@@ -29,9 +29,17 @@ log = structlog.get_logger(__name__)
 #: Route (dead-letter "instance") names of subscriptions: `sub.<id>`.
 ROUTE_PREFIX = "sub."
 
-#: Subscribers are retried in place (to keep events in order): about 25 minutes in all, under
-#: RabbitMQ's default 30-minute consumer timeout, before an event is dead-lettered.
-SUBSCRIPTION_RETRY = RetryPolicy(immediate_attempts=3, tiers=[5, 30, 60, 120, 300], max_attempts=10)
+#: RabbitMQ's default `consumer_timeout`: a message held unacknowledged longer than this closes
+#: the channel and goes back to the queue, where its retries would start again from the first.
+BROKER_CONSUMER_TIMEOUT_S = 30 * 60
+
+#: Subscribers are retried in place, holding the event unacknowledged (to keep events in
+#: order): about 12 minutes for a subscriber that refuses connections, at most about 28 when
+#: every POST times out and the subscriber asks for long waits, so always within
+#: BROKER_CONSUMER_TIMEOUT_S; then the event is dead-lettered. (Ten rounds up to 300 s apart, as
+#: before 2026-12-05, could take 34 minutes: the broker took the event back first, and it was
+#: never dead-lettered.)
+SUBSCRIPTION_RETRY = RetryPolicy(immediate_attempts=3, tiers=[5, 30, 60, 120, 240], max_attempts=7)
 
 _WORD = re.compile(r"^(\*|#|[A-Za-z0-9_-]+)$")
 

@@ -21,6 +21,9 @@ _ERRORS = {
     httpx.InvalidURL: PermanentError,
 }
 
+#: Seconds a POST may take before it counts as a failed try.
+DEFAULT_TIMEOUT = 10.0
+
 #: Client errors that are worth retrying all the same: timeouts and throttling.
 _RETRYABLE_4XX = frozenset({408, 429})
 
@@ -29,7 +32,7 @@ class WebhookAdapter(Adapter):
     """POSTs events to `settings["url"]`, signed with `settings["secret"]` when one is set.
 
     Settings: `url` (required), `secret` (the HMAC key; normally from an environment variable
-    named by `secrets`), `timeout` (seconds, default 10).
+    named by `secrets`), `timeout` (seconds, default DEFAULT_TIMEOUT).
     """
 
     kind = "webhook"
@@ -40,7 +43,7 @@ class WebhookAdapter(Adapter):
             raise ValueError(f"webhook {instance}: the setting `url` is required")
         self.url = str(settings["url"])
         self._secret: str | None = settings.get("secret") or None
-        self._client = httpx.Client(timeout=float(settings.get("timeout", 10)))
+        self._client = httpx.Client(timeout=float(settings.get("timeout", DEFAULT_TIMEOUT)))
 
     def deliver(self, body: bytes, *, event_id: str) -> httpx.Response:
         """POST one event body; TransientError or PermanentError when it is not accepted."""

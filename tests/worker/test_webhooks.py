@@ -18,13 +18,15 @@ import pytest
 from structlog.testing import capture_logs
 from worker_support import channel_on, new_request, queue_depth, wait_until
 
-from adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+from adapters.webhook import DEFAULT_TIMEOUT, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from bus.broker.connection import connect
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.config import RetryPolicy
 from bus.overview import Overview, take_overview
 from bus.store import Store, StoreUnavailable, Subscription, Transaction
 from bus.subscriptions import (
+    BROKER_CONSUMER_TIMEOUT_S,
+    SUBSCRIPTION_RETRY,
     Qualifiers,
     SubscriptionError,
     add_subscription,
@@ -34,6 +36,7 @@ from bus.subscriptions import (
     route_name,
 )
 from bus.worker import _events, run_subscriptions
+from bus.worker._retry import SMALL_RETRY_AFTER, next_tier
 from schemas.events import Envelope, EventType
 from schemas.model import Status
 
@@ -530,3 +533,21 @@ def test_status_names_a_failing_subscriber_until_it_answers_again(
     assert sub.last_error in problem and "check the receiver" in problem
     assert recovered.recipients[0].failing_since is None
     assert not [p for p in recovered.problems if "failing" in p]
+
+
+def test_the_subscription_retry_schedule_ends_before_the_broker_takes_the_event_back() -> None:
+    # The worker holds a failing event unacknowledged through all its rounds; past RabbitMQ's
+    # consumer timeout the broker would requeue it and the rounds would start again, for ever.
+    policy = SUBSCRIPTION_RETRY
+    waits = [next_tier(policy, attempt, asked_delay=1e9) for attempt in range(1, 100)]
+    between_rounds = sum(delay for delay in waits if delay is not None)
+    assert waits.count(None) and len([w for w in waits if w is not None]) == (
+        policy.max_attempts - 1
+    )
+    # Each round: every POST times out, with the longest in-process Retry-After between them.
+    one_round = (
+        policy.immediate_attempts * DEFAULT_TIMEOUT
+        + (policy.immediate_attempts - 1) * SMALL_RETRY_AFTER
+    )
+    worst_case = between_rounds + policy.max_attempts * one_round
+    assert worst_case < 0.95 * BROKER_CONSUMER_TIMEOUT_S
