@@ -20,8 +20,9 @@ from zeep.transports import Transport
 from adapters._contract import Adapter, Health, Receipt, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError
 from adapters.mapping import Mapping as FieldMapping
+from adapters.mapping import UnknownStatus
 from adapters.permits._errors import DuplicateCase, soap_errors
-from schemas.model import ServiceRequest, StatusUpdate
+from schemas.model import ServiceRequest, Status, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +92,7 @@ class PermitsAdapter(Adapter):
             request_id=request.id,
             reference=str(answer.caseId),
             created=True,
-            status=self.field_mapping.status(str(answer.status)),
+            status=self._status_or_none(str(answer.status)),
             at=answer.createdAt,
         )
 
@@ -106,7 +107,7 @@ class PermitsAdapter(Adapter):
             request_id=request_id,
             reference=str(case.caseId),
             created=False,
-            status=self.field_mapping.status(str(case.status)),
+            status=self._status_or_none(str(case.status)),
             at=case.createdAt,
         )
 
@@ -120,7 +121,9 @@ class PermitsAdapter(Adapter):
                     afterSequence=after, maxResults=self.page_size
                 )
             for change in _changes_of(page):
-                found.append(self._update(change))
+                update = self._update(change)
+                if update is not None:
+                    found.append(update)
             after = max(after, int(page.lastSequence))
             if not page.more:
                 break
@@ -185,15 +188,32 @@ class PermitsAdapter(Adapter):
     def _unknown_fields(names: Any) -> list[str]:
         return sorted(set(names) - CREATE_CASE_FIELDS)
 
-    def _update(self, change: Any) -> StatusUpdate:
+    def _status_or_none(self, code: str) -> Status | None:
+        try:
+            return self.field_mapping.status(code)
+        except UnknownStatus:
+            return None
+
+    def _update(self, change: Any) -> StatusUpdate | None:
+        code = str(change.status)
+        try:
+            status = self.field_mapping.status(code)
+        except UnknownStatus:
+            # Skipped, not raised: the watermark must move past it, or no later change of any
+            # case is ever read. The operator adds the code to the mapping for the next ones.
+            log.warning("permits.status_unmapped", adapter=self.instance, case_id=change.caseId,
+                        sequence=change.sequence, code=code,
+                        mapping=self.field_mapping.source,
+                        fix=f"add `{code}: <canonical status>` under `statuses`")  # fmt: skip
+            return None
         return StatusUpdate(
             request_id=str(change.externalReference),
-            status=self.field_mapping.status(str(change.status)),
+            status=status,
             at=_aware(change.changedAt),
             update_id=f"{self.instance}:{change.sequence}",
             source=self.instance,
             note=change.note,
-            external_status_code=str(change.status),
+            external_status_code=code,
         )
 
 

@@ -18,7 +18,7 @@ import pytest
 pytest.register_assert_rewrite("civicbus.testing")
 
 from adapters import Adapter, Receipt  # noqa: E402
-from adapters.mapping import Mapping  # noqa: E402
+from adapters.mapping import Mapping, parse_mapping  # noqa: E402
 from civicbus.sandbox.runner import SIMULATORS, Running, ServeOptions  # noqa: E402
 from civicbus.testing import ConformanceTarget  # noqa: E402
 from schemas.model import Location, Reporter, ServiceRequest, Status  # noqa: E402
@@ -43,6 +43,13 @@ def a_request(service_code: str = "SKIP_PERMIT", **changes: Any) -> ServiceReque
     }
     fields.update(changes)
     return ServiceRequest(**fields)
+
+
+def mapping_without_status(name: str, code: str) -> Mapping:
+    """The mapping file `name` of `mappings/` with back-end status `code` left out of its table."""
+    path = MAPPINGS / name
+    lines = [ln for ln in path.read_text().splitlines() if not ln.strip().startswith(f"{code}:")]
+    return parse_mapping("\n".join(lines), source=str(path), base_dir=MAPPINGS)
 
 
 @contextmanager

@@ -7,7 +7,15 @@ from typing import Any
 
 import httpx
 import pytest
-from backends_support import MAPPINGS, a_request, control, free_port, simulator
+from backends_support import (
+    MAPPINGS,
+    a_request,
+    control,
+    free_port,
+    mapping_without_status,
+    simulator,
+)
+from structlog.testing import capture_logs
 
 from adapters import PermanentError, TransientError
 from adapters._exceptions import answer_excerpt
@@ -120,6 +128,29 @@ def test_status_changes_are_reported_once(parks: Running, mapping: Mapping) -> N
     assert [u.status for u in second.updates] == [Status.INVESTIGATING, Status.FIXED]
     assert second.updates[-1].note == "replaced" and second.updates[-1].request_id == request.id
     assert third.updates == () and third.watermark == second.watermark
+
+
+def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
+    parks: Running,
+) -> None:
+    adapter = adapter_for(parks, mapping_without_status("parks.yaml", "DUPLICATE"))
+    first, second = a_request("PARK_BENCH"), a_request("PARK_BENCH")
+    adapter.submit(first)
+    adapter.submit(second)
+    start = adapter.updates(None).watermark
+
+    control(parks, "POST", f"/items/{first.id}/status", status="DUPLICATE")
+    control(parks, "POST", f"/items/{second.id}/advance")
+    with capture_logs() as logs:
+        page = adapter.updates(start)
+
+    # Raising here would fail every poll at this change: the cursor would never move again.
+    assert [(u.request_id, u.status) for u in page.updates] == [
+        (second.id, Status.INVESTIGATING)
+    ]
+    assert adapter.updates(page.watermark).updates == ()
+    [skipped] = [e for e in logs if e["event"] == "parks.status_unmapped"]
+    assert skipped["code"] == "DUPLICATE" and skipped["mapping"].endswith("parks.yaml")
 
 
 def test_throttling_is_transient_with_the_servers_retry_after(

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 import zeep.exceptions
-from backends_support import MAPPINGS, a_request, control, free_port, simulator
+from backends_support import (
+    MAPPINGS,
+    a_request,
+    control,
+    free_port,
+    mapping_without_status,
+    simulator,
+)
+from structlog.testing import capture_logs
 
 from adapters import PermanentError, TransientError
 from adapters.mapping import Mapping, load_mapping, parse_mapping
@@ -107,6 +115,30 @@ def test_updates_page_through_a_backlog_without_loss(permits: Running, mapping: 
         watermark = page.watermark
 
     assert seen == [r.id for r in requests]
+
+
+def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
+    permits: Running,
+) -> None:
+    mapping = mapping_without_status("permits.yaml", "WITHDRAWN")
+    adapter = adapter_for(permits, mapping)
+    first, second = a_request(), a_request()
+    adapter.submit(first)
+    adapter.submit(second)
+    start = adapter.updates(None).watermark
+
+    control(permits, "POST", f"/items/{first.id}/status", status="WITHDRAWN")
+    control(permits, "POST", f"/items/{second.id}/advance")
+    with capture_logs() as logs:
+        page = adapter.updates(start)
+
+    # Raising here would fail every poll at this change: the watermark would never move again.
+    assert [(u.request_id, u.status) for u in page.updates] == [
+        (second.id, Status.INVESTIGATING)
+    ]
+    assert adapter.updates(page.watermark).updates == ()
+    [skipped] = [e for e in logs if e["event"] == "permits.status_unmapped"]
+    assert skipped["code"] == "WITHDRAWN" and skipped["mapping"].endswith("permits.yaml")
 
 
 def test_a_rejected_case_is_a_permanent_error(permits: Running, mapping: Mapping) -> None:
