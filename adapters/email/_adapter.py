@@ -12,13 +12,14 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from email.errors import MessageError
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from adapters._contract import Adapter, Health, Receipt
-from adapters._exceptions import AdapterError
+from adapters._exceptions import AdapterError, PermanentError
 from adapters.email._errors import smtp_errors
 from adapters.email._message import compose
 from adapters.email._sentlog import Sent, SentLog
@@ -37,7 +38,8 @@ class EmailAdapter(Adapter):
     the password from the environment), `timeout` (seconds, default 10), `state_dir` (where the
     sent-log lives, default `var/adapters/<instance>`), `message_id_domain` (default
     `civicbus.local`). The mapping's fields make the message: `subject`, then each other field
-    as a labelled line or block, in the mapping's order.
+    as a labelled line or block, in the mapping's order. Line breaks and other control
+    characters in `subject` and `to` become spaces (a header is one line).
     """
 
     kind = "email"
@@ -74,9 +76,16 @@ class EmailAdapter(Adapter):
             return already
         fields = self.field_mapping.apply(request)
         now = datetime.now(UTC)
-        message = compose(request.id, fields, sender=self.sender, to=self.to, at=now,
-                          domain=self.domain)
         context = f"email adapter {self.instance}: request {request.id}"
+        try:
+            message = compose(request.id, fields, sender=self.sender, to=self.to, at=now,
+                              domain=self.domain)
+        except (ValueError, MessageError) as exc:
+            # Data no e-mail can carry (e.g. text that is not valid Unicode): a retry builds the
+            # same message. The library's text may quote the value, so only its type is named.
+            raise PermanentError(
+                f"{context}: the message cannot be composed ({type(exc).__name__})"
+            ) from exc
         with smtp_errors(context), self._connection() as smtp:
             smtp.send_message(message)
         sent = Sent(request.id, str(message["Message-ID"]), now)

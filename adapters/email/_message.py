@@ -16,6 +16,9 @@ from typing import Any
 #: Mapped fields the layout places itself; every other field is a labelled line or block.
 _HEADER_FIELDS = ("subject", "to")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._\-]")
+#: Line breaks and other control characters: a header cannot hold them (a line break would
+#: start a new header), and request data (an address typed on two lines) may bring them.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def message_id_for(request_id: str, domain: str = "civicbus.local") -> str:
@@ -35,14 +38,19 @@ def compose(
     """The message for one request: headers from `subject`/`to`, a body from the other fields."""
     message = EmailMessage()
     message["From"] = sender
-    message["To"] = str(fields.get("to") or to)
-    message["Subject"] = str(fields.get("subject") or f"Service request {request_id}")
+    message["To"] = _header(fields.get("to") or to)
+    message["Subject"] = _header(fields.get("subject") or f"Service request {request_id}")
     message["Date"] = format_datetime(at)
     message["Message-ID"] = message_id_for(request_id, domain)
     message["X-Civicbus-Request-Id"] = request_id
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
     message.set_content(_body(request_id, fields))
     return message
+
+
+def _header(value: Any) -> str:
+    """`value` on one line: control characters (CR, LF, tab, ...) become single spaces."""
+    return " ".join(_CONTROL_CHARS.sub(" ", str(value)).split())
 
 
 def _body(request_id: str, fields: Mapping[str, Any]) -> str:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
 import pytest
 from backends_support import MAPPINGS, a_request, control, free_port, simulator
+from hypothesis import given
+from hypothesis import strategies as st
 
 from adapters import PermanentError, TransientError
-from adapters.email import EmailAdapter, message_id_for
+from adapters.email import EmailAdapter, compose, message_id_for
 from adapters.mapping import Mapping, load_mapping, parse_mapping
 from civicbus.sandbox.mailbox import MailboxServer
-from schemas.model import Status
+from schemas.model import Location, Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,6 +104,43 @@ def test_submit_twice_sends_one_message_and_find_reads_the_sent_log(
     found = again.find(request.id)
     assert found is not None and found.reference == first.reference
     assert again.find("req-never-sent") is None
+
+
+def test_a_line_break_in_the_address_is_flattened_in_the_subject_and_the_message_goes_out(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path
+) -> None:
+    # The API accepts an address typed on two lines; a header cannot hold a line break.
+    location = Location(lat=51.5, long=-0.1, address="12 Evergreen Terrace\r\nSpringfield")
+    request = a_request("SANITATION", location=location)
+    receipt = adapter_for(mailbox, mapping, tmp_path / "state").submit(request)
+
+    [message] = stored_messages(tmp_path)
+    assert receipt.created
+    assert message["Subject"] == (
+        f"[311] Sanitation: 12 Evergreen Terrace Springfield ({request.id})"
+    )
+
+
+@given(subject=st.text(), to=st.text(min_size=1))
+def test_headers_from_request_data_are_single_lines(subject: str, to: str) -> None:
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    message = compose("req-1", {"subject": subject, "to": to}, sender="c@x.example", to="d@x",
+                      at=at)  # fmt: skip
+    parsed = message_from_bytes(message.as_bytes(), policy=policy.default)
+    for name in ("Subject", "To"):
+        assert not any(c in str(parsed[name]) for c in "\r\n\x00")
+
+
+def test_data_no_message_can_carry_is_a_permanent_error(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path
+) -> None:
+    adapter = adapter_for(mailbox, mapping, tmp_path / "state")
+    # Not valid Unicode: the API refuses it, a request built elsewhere might not.
+    request = a_request("SANITATION").model_copy(update={"description": "broken \ud800 text"})
+
+    with pytest.raises(PermanentError, match=f"request {request.id}: .*cannot be composed"):
+        adapter.submit(request)
+    assert stored_messages(tmp_path) == []
 
 
 def test_a_refusing_mailbox_is_a_permanent_error(
