@@ -12,7 +12,7 @@ from adapters import Adapter, Health, PermanentError, Receipt, TransientError, m
 from adapters._exceptions import answer_excerpt
 from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from schemas.events import Envelope, EventType
-from schemas.model import ServiceRequest
+from schemas.model import Reporter, ServiceRequest
 
 #: httpx's errors, classified once: anything on the way there is worth retrying.
 _ERRORS = {
@@ -32,7 +32,9 @@ class WebhookAdapter(Adapter):
     """POSTs events to `settings["url"]`, signed with `settings["secret"]` when one is set.
 
     Settings: `url` (required), `secret` (the HMAC key; normally from an environment variable
-    named by `secrets`), `timeout` (seconds, default DEFAULT_TIMEOUT).
+    named by `secrets`), `timeout` (seconds, default DEFAULT_TIMEOUT), `personal_data` (for a
+    routed instance: the reporter fields its requests carry, e.g. `[email, phone]`; as in a
+    mapping file, none unless listed, so a request is sent without the reporter like an event).
     """
 
     kind = "webhook"
@@ -43,6 +45,7 @@ class WebhookAdapter(Adapter):
             raise ValueError(f"webhook {instance}: the setting `url` is required")
         self.url = str(settings["url"])
         self._secret: str | None = settings.get("secret") or None
+        self.personal_data = _reporter_fields(instance, settings.get("personal_data") or ())
         self._client = httpx.Client(timeout=float(settings.get("timeout", DEFAULT_TIMEOUT)))
 
     def deliver(self, body: bytes, *, event_id: str) -> httpx.Response:
@@ -67,12 +70,21 @@ class WebhookAdapter(Adapter):
             id=f"{request.id}:created",
             type=EventType.CREATED,
             subject=request.id,
-            data=request.model_dump(mode="json"),
+            data=self._document(request),
             correlationid=request.id,
         )
         response = self.deliver(envelope.model_dump_json().encode(), event_id=envelope.id)
         reference = _reference_in(response) or request.id
         return Receipt(request_id=request.id, reference=reference)
+
+    def _document(self, request: ServiceRequest) -> dict[str, Any]:
+        """The request as the event carries it: the reporter blanked, as in every other event,
+        but for the fields the settings list under `personal_data`."""
+        data = request.model_dump(mode="json")
+        data["reporter"] = {
+            k: v if k in self.personal_data else None for k, v in data["reporter"].items()
+        }
+        return data
 
     def find(self, request_id: str) -> Receipt | None:
         """A webhook cannot be asked what it holds; receivers dedupe by the event id instead."""
@@ -88,6 +100,17 @@ class WebhookAdapter(Adapter):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _reporter_fields(instance: str, listed: Any) -> frozenset[str]:
+    known = list(Reporter.model_fields)
+    names = [listed] if isinstance(listed, str) else listed
+    if not isinstance(names, list | tuple) or any(n not in known for n in names):
+        raise ValueError(
+            f"webhook {instance}: `personal_data` lists reporter fields ({', '.join(known)}), "
+            f"not {listed!r}"
+        )
+    return frozenset(names)
 
 
 def _raise_for_status(response: httpx.Response, context: str) -> None:

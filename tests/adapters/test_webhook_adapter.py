@@ -1,0 +1,77 @@
+"""The webhook adapter as a routed back-end, against a real HTTP receiver on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from backends_support import a_request
+
+from adapters.webhook import WebhookAdapter
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[Any]]]:
+    """A URL that accepts every POST (202), and the JSON bodies it received."""
+    bodies: list[Any] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_submit_sends_the_request_without_the_reporters_personal_data(
+    receiver: tuple[str, list[Any]],
+) -> None:
+    url, bodies = receiver
+    adapter = WebhookAdapter("contractor", {"url": url, "secret": "s"})
+    request = a_request()
+    adapter.submit(request)
+    adapter.close()
+
+    [event] = bodies
+    # As in every other event (bus.worker._commands._public): the reporter is blanked.
+    assert event["data"]["id"] == request.id
+    assert set(event["data"]["reporter"].values()) == {None}
+    for personal in ("resident@example.org", "Marge", "555-0100"):
+        assert personal not in json.dumps(event)
+
+
+def test_submit_sends_the_reporter_fields_the_settings_list(
+    receiver: tuple[str, list[Any]],
+) -> None:
+    url, bodies = receiver
+    adapter = WebhookAdapter("contractor", {"url": url, "personal_data": ["email"]})
+    adapter.submit(a_request())
+    adapter.close()
+
+    [event] = bodies
+    assert event["data"]["reporter"]["email"] == "resident@example.org"
+    assert event["data"]["reporter"]["first_name"] is None
+    assert event["data"]["reporter"]["phone"] is None
+
+
+@pytest.mark.parametrize("listed", [["mail"], True])
+def test_personal_data_must_list_reporter_fields(listed: Any) -> None:
+    with pytest.raises(ValueError, match=r"personal_data.*email, first_name"):
+        WebhookAdapter("contractor", {"url": "http://127.0.0.1:1/", "personal_data": listed})
