@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 
@@ -48,8 +48,21 @@ def map_exceptions(table: ErrorTable, *, context: str = "") -> Iterator[None]:
         raise
 
 
-#: A quoted value in an error text ('…' or "…", not an apostrophe inside a word).
-_QUOTED = re.compile(r"(?<!\w)'[^']*'(?!\w)|\"[^\"]*\"")
+#: A quoted value in an error text: from an opening quote (" or a ' that is not inside a word)
+#: to the quote that closes it, a ' not followed by a letter or digit (so the apostrophe of
+#: 'Marge O'Brien' does not end the value), or to the end of the text when none does.
+_QUOTED = re.compile(r"(?<!\w)'.*?(?:'(?!\w)|\Z)|\".*?(?:\"|\Z)", re.DOTALL)
+
+
+def blank_quoted(text: str, *, keep: Callable[[str], bool] | None = None) -> str:
+    """`text` with each quoted value replaced by '…': a back-end's error text may echo a
+    resident's data. `keep` spares quoted text known not to be data (e.g. an element name)."""
+
+    def blank(quoted: re.Match[str]) -> str:
+        value = quoted.group(0)
+        return value if keep is not None and keep(value) else "'…'"
+
+    return _QUOTED.sub(blank, text)
 
 
 def answer_excerpt(text: str, limit: int = 200) -> str:
@@ -66,5 +79,5 @@ def answer_excerpt(text: str, limit: int = 200) -> str:
             said = said.get("message")
         if isinstance(said, str):
             text = said
-    line = " ".join(_QUOTED.sub("'…'", text).split())
+    line = " ".join(blank_quoted(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"

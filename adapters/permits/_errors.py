@@ -19,6 +19,7 @@ from adapters._exceptions import (
     ErrorTable,
     PermanentError,
     TransientError,
+    blank_quoted,
     map_exceptions,
 )
 
@@ -38,7 +39,7 @@ ERRORS: ErrorTable = {
 _RETRYABLE_HTTP = frozenset({408, 425, 429})
 _CLIENT_FAULTS = ("client", "sender")
 # Quoted values in a fault string may be a resident's data; element names ('{ns}name') are kept.
-_QUOTED = re.compile(r"'[^']*'")
+_ELEMENT_NAME = re.compile(r"'\{[^}\s]*\}[\w.\-]+'")
 
 
 class DuplicateCase(PermanentError):
@@ -55,13 +56,12 @@ def fault_kind(fault: zeep.exceptions.Fault) -> type[AdapterError]:
 
 def safe_fault_text(fault: zeep.exceptions.Fault) -> str:
     """The fault code and message with quoted values blanked out (they may be personal data)."""
-    message = _QUOTED.sub(_blank_value, str(fault.message or ""))[:300]
+    message = blank_quoted(str(fault.message or ""), keep=_is_element_name)[:300]
     return f"SOAP fault {fault.code}: {message}"
 
 
-def _blank_value(quoted: re.Match[str]) -> str:
-    text = quoted.group(0)
-    return text if text.startswith("'{") else "'…'"
+def _is_element_name(quoted: str) -> bool:
+    return _ELEMENT_NAME.fullmatch(quoted) is not None
 
 
 @contextmanager

@@ -15,6 +15,8 @@ from backends_support import (
     mapping_without_status,
     simulator,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from adapters import PermanentError, TransientError
@@ -197,6 +199,10 @@ def test_a_fault_with_a_count_affects_that_many_calls_then_heals(
         ('{"message": "no", "code": 7}', "no"),
         ('{"error": {"message": "email \'jane@example.org\' is not valid"}}',
          "email '…' is not valid"),
+        # An apostrophe inside the value does not end it; an unclosed value runs to the end.
+        ('{"error": "reporter \'Marge O\'Brien\' is unknown"}', "reporter '…' is unknown"),
+        ("reporter 'Marge O'Brien is unknown", "reporter '…'"),
+        ("can't match \"Marge\" or the users' 'Marge'", "can't match '…' or the users' '…'"),
         ("<html>\n  <p>Bad gateway</p>\n</html>", "<html> <p>Bad gateway</p> </html>"),
         ("", ""),
     ],
@@ -207,6 +213,11 @@ def test_error_answers_are_quoted_short_on_one_line_without_quoted_values(
     assert answer_excerpt(answer) == excerpt
     long = answer_excerpt("word " * 100)
     assert len(long) == 200 and long.endswith("…")
+
+
+@given(st.from_regex(r"[A-Za-z]+('[A-Za-z]+)*( [A-Za-z]+('[A-Za-z]+)*)*", fullmatch=True))
+def test_a_quoted_name_is_blanked_whatever_its_apostrophes(name: str) -> None:
+    assert answer_excerpt(f"reporter '{name}' is unknown") == "reporter '…' is unknown"
 
 
 def test_a_parks_system_that_is_down_gives_transient_errors(

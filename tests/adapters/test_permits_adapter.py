@@ -248,9 +248,16 @@ def test_soap_faults_are_classified_by_code() -> None:
     assert fault_kind(zeep.exceptions.Fault("x", code="env:Sender")) is PermanentError
     assert fault_kind(zeep.exceptions.Fault("x", code="soap11env:Server")) is TransientError
     assert fault_kind(zeep.exceptions.Fault("x", code=None)) is TransientError
+
+
+def test_soap_fault_texts_blank_quoted_values_and_keep_element_names() -> None:
     text = safe_fault_text(zeep.exceptions.Fault(
         "Element '{urn:x}contactEmail': 'marge@example.org' is too long", code="Client"))
     assert "marge" not in text and "{urn:x}contactEmail" in text
+    # The apostrophe does not end the value: nothing of the name is left.
+    text = safe_fault_text(zeep.exceptions.Fault(
+        "Element '{urn:x}contactName': 'Marge O'Brien' is not accepted", code="Client"))
+    assert text == "SOAP fault Client: Element '{urn:x}contactName': '…' is not accepted"
 
 
 class _EntityBomb(BaseHTTPRequestHandler):
