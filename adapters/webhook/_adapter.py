@@ -14,11 +14,13 @@ from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTA
 from schemas.events import Envelope, EventType
 from schemas.model import Reporter, ServiceRequest
 
-#: httpx's errors, classified once: anything on the way there is worth retrying.
+#: httpx's errors, classified once, most specific first: anything on the way there is worth
+#: retrying, but a URL httpx cannot use (e.g. ftp://, a TransportError too) never will be.
 _ERRORS = {
+    httpx.UnsupportedProtocol: PermanentError,
+    httpx.InvalidURL: PermanentError,
     httpx.TimeoutException: TransientError,
     httpx.TransportError: TransientError,
-    httpx.InvalidURL: PermanentError,
 }
 
 #: Seconds a POST may take before it counts as a failed try.

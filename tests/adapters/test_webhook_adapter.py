@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from backends_support import a_request
+from backends_support import a_request, free_port
 
+from adapters import PermanentError, TransientError
 from adapters.webhook import WebhookAdapter
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,3 +76,18 @@ def test_submit_sends_the_reporter_fields_the_settings_list(
 def test_personal_data_must_list_reporter_fields(listed: Any) -> None:
     with pytest.raises(ValueError, match=r"personal_data.*email, first_name"):
         WebhookAdapter("contractor", {"url": "http://127.0.0.1:1/", "personal_data": listed})
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/hook", "127.0.0.1/hook"])
+def test_a_url_httpx_cannot_use_is_a_permanent_error(url: str) -> None:
+    adapter = WebhookAdapter("contractor", {"url": url})
+    with pytest.raises(PermanentError, match="UnsupportedProtocol"):
+        adapter.submit(a_request())
+    adapter.close()
+
+
+def test_a_refused_connection_is_transient() -> None:
+    adapter = WebhookAdapter("contractor", {"url": f"http://127.0.0.1:{free_port()}/hook"})
+    with pytest.raises(TransientError, match="ConnectError"):
+        adapter.submit(a_request())
+    adapter.close()
