@@ -287,6 +287,9 @@ class _Compiler:
             Step("truncate", lambda v: _transforms.truncate(v, spec["truncate"]))
             if "truncate" in spec
             else None,
+            Step("max_bytes", lambda v: _transforms.truncate_bytes(v, spec["max_bytes"]))
+            if "max_bytes" in spec
+            else None,
         ]
 
     def _geo_step(self, spec: dict[str, Any], path: Path_) -> Step | None:

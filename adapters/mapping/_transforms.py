@@ -48,6 +48,22 @@ def truncate(value: Any, limit: int) -> str:
     return to_text(value)[:limit]
 
 
+def truncate_bytes(value: Any, limit: int) -> str:
+    """Cut text to at most `limit` bytes in UTF-8, never inside a character.
+
+    For columns sized in bytes (Oracle's VARCHAR2(n) under BYTE length semantics), where
+    accented or non-Latin text holds fewer characters than the declared length.
+    """
+    text = to_text(value)
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text
+    cut = limit
+    while cut > 0 and encoded[cut] & 0xC0 == 0x80:  # a continuation byte: inside a character
+        cut -= 1
+    return encoded[:cut].decode("utf-8", "surrogatepass")
+
+
 def upper(value: Any) -> str:
     return to_text(value).upper()
 

@@ -75,6 +75,15 @@ def test_truncate_applies_after_upper_case() -> None:
     assert m.apply(request(description="straße works")) == {"Text": "STRASS"}
 
 
+def test_max_bytes_cuts_multibyte_text_on_a_character_boundary() -> None:
+    m = mapping("  Text: {from: description, truncate: 8, max_bytes: 8}\n")
+    # "Crème brûlée": 8 characters fit `truncate`; "Crème b" is 8 bytes ("è" takes two).
+    assert m.apply(request(description="Crème brûlée")) == {"Text": "Crème b"}
+    # Cutting at byte 8 would split "€" (3 bytes at 6-8): the whole character goes.
+    assert m.apply(request(description="Price €5")) == {"Text": "Price "}
+    assert m.apply(request(description="short")) == {"Text": "short"}
+
+
 def test_lookup_translates_a_list_and_choose_picks_the_most_urgent() -> None:
     m = mapping(
         "  Priority: {from: attributes.HAZARDS, lookup: {table: prio, default: '3'}, "

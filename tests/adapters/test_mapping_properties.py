@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 
 from adapters import PermanentError
 from adapters.mapping import Mapping, UnknownStatus, parse_mapping
-from adapters.mapping._transforms import format_datetime, lookup, truncate, upper
+from adapters.mapping._transforms import (
+    format_datetime,
+    lookup,
+    truncate,
+    truncate_bytes,
+    upper,
+)
 from schemas.model import ServiceRequest, Status
 
 ZONES = ["UTC", "Europe/London", "America/New_York", "Asia/Kolkata", "Pacific/Kiritimati"]
@@ -31,6 +37,17 @@ scalars = st.one_of(st.text(max_size=20), st.integers(), st.booleans(), st.none(
 def test_truncate_never_exceeds_the_limit_even_after_upper_case(text: str, limit: int) -> None:
     assert len(truncate(upper(text), limit)) <= limit
     assert text.startswith(truncate(text, limit))
+
+
+@given(st.text(), st.integers(min_value=1, max_value=200))
+def test_max_bytes_keeps_the_longest_whole_character_prefix_within_the_limit(
+    text: str, limit: int
+) -> None:
+    cut = truncate_bytes(text, limit)
+    assert len(cut.encode("utf-8")) <= limit
+    assert text.startswith(cut)
+    if cut != text:  # the next character would not have fitted
+        assert len(text[: len(cut) + 1].encode("utf-8")) > limit
 
 
 @given(

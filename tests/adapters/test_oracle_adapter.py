@@ -58,6 +58,29 @@ def test_the_work_order_carries_the_mapped_and_projected_fields(db_url: str) -> 
     assert "Marge" not in str(row) and "resident@example.org" not in str(row)
 
 
+def test_accented_text_is_cut_to_the_columns_length_in_bytes(postgres_url: str) -> None:
+    # Oracle's VARCHAR2(n) under the default BYTE semantics holds n bytes (else ORA-12899, a dead
+    # letter); PostgreSQL counts characters, so byte-sized columns are imitated by checks.
+    url = prepared(postgres_url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for column, size in (("description", 2000), ("address", 200)):
+            conn.execute(sa.text(f"ALTER TABLE work_orders ADD CONSTRAINT {column}_bytes "
+                                 f"CHECK (octet_length({column}) <= {size})"))  # fmt: skip
+    engine.dispose()
+    request = streetlight(
+        description="Lampe défectueuse, câble arraché près de l'église. " * 60,
+        location=Location(lat=39.8012, long=-89.6436, address="Rue de l'Église, " * 15),
+    )
+
+    adapter_for(url).submit(request)
+
+    [row] = rows(url, request.id)
+    assert 1900 < len(row.description.encode()) <= 2000
+    assert 190 < len(row.address.encode()) <= 200
+    assert row.description.startswith("Lampe défectueuse")
+
+
 def test_a_unique_violation_means_already_there(db_url: str) -> None:
     # Another worker inserted between our find and our insert: the constraint answers.
     request = streetlight()

@@ -79,3 +79,11 @@ def test_the_table_definitions_match_the_oracle_ddl() -> None:
         assert f"CREATE SEQUENCE {sequence}" in ddl
         if seq is not None:
             assert sequence in str(CreateSequence(seq).compile(dialect=oracle.dialect()))
+
+
+def test_the_oracle_ddl_sizes_text_in_characters_not_bytes() -> None:
+    # VARCHAR2(n) alone is n bytes under Oracle's default NLS_LENGTH_SEMANTICS=BYTE.
+    ddl = (Path(__file__).resolve().parents[2] / "deploy/sandbox/oracle/schema.sql").read_text()
+    code = "\n".join(line for line in ddl.splitlines() if not line.startswith("--"))
+    sizes = re.findall(r"VARCHAR2\(([^)]*)\)", code)
+    assert len(sizes) == 7 and all(re.fullmatch(r"\d+ CHAR", size) for size in sizes), sizes

@@ -3,33 +3,39 @@
 -- definitions (adapters/oracle/_tables.py) mirror this file, so the same adapter also runs on
 -- PostgreSQL and SQLite (tests, sandbox). Times are UTC. X/Y are projected in the city's CRS
 -- (EPSG:32616, WGS 84 / UTM zone 16N, metres).
+--
+-- Text lengths are in characters (VARCHAR2(n CHAR)), as SQLAlchemy declares them: without CHAR,
+-- Oracle's default NLS_LENGTH_SEMANTICS=BYTE makes VARCHAR2(n) hold n bytes, and accented text
+-- near the limit fails with ORA-12899. A city's existing schema may well be BYTE (check with
+-- SELECT column_name, char_used FROM user_tab_columns WHERE table_name = 'WORK_ORDERS'; B means
+-- bytes): mappings/oracle-facilities.yaml therefore also cuts text by bytes (max_bytes).
 
 CREATE SEQUENCE work_order_seq START WITH 1 INCREMENT BY 1 NOCACHE;
 CREATE SEQUENCE work_order_history_seq START WITH 1 INCREMENT BY 1 NOCACHE;
 
 CREATE TABLE work_orders (
-    id            NUMBER(19)      NOT NULL,
-    external_ref  VARCHAR2(64)    NOT NULL,
-    work_type     VARCHAR2(20)    NOT NULL,
-    priority      NUMBER(1),
-    description   VARCHAR2(2000),
-    address       VARCHAR2(200),
-    x             NUMBER(12, 3),
-    y             NUMBER(12, 3),
-    status        VARCHAR2(20)    DEFAULT 'NEW' NOT NULL,
-    created_at    TIMESTAMP(6)    NOT NULL,
-    updated_at    TIMESTAMP(6)    NOT NULL,
+    id             NUMBER(19)         NOT NULL,
+    external_ref   VARCHAR2(64 CHAR)  NOT NULL,
+    work_type      VARCHAR2(20 CHAR)  NOT NULL,
+    priority       NUMBER(1),
+    description    VARCHAR2(2000 CHAR),
+    address        VARCHAR2(200 CHAR),
+    x              NUMBER(12, 3),
+    y              NUMBER(12, 3),
+    status         VARCHAR2(20 CHAR)  DEFAULT 'NEW' NOT NULL,
+    created_at     TIMESTAMP(6)       NOT NULL,
+    updated_at     TIMESTAMP(6)       NOT NULL,
     CONSTRAINT pk_work_orders PRIMARY KEY (id),
     CONSTRAINT uq_work_orders_external_ref UNIQUE (external_ref)
 );
 CREATE INDEX ix_work_orders_updated_at ON work_orders (updated_at);
 
 CREATE TABLE work_order_history (
-    id             NUMBER(19)     NOT NULL,
-    work_order_id  NUMBER(19)     NOT NULL,
-    status         VARCHAR2(20)   NOT NULL,
-    note           VARCHAR2(400),
-    changed_at     TIMESTAMP(6)   NOT NULL,
+    id             NUMBER(19)         NOT NULL,
+    work_order_id  NUMBER(19)         NOT NULL,
+    status         VARCHAR2(20 CHAR)  NOT NULL,
+    note           VARCHAR2(400 CHAR),
+    changed_at     TIMESTAMP(6)       NOT NULL,
     CONSTRAINT pk_work_order_history PRIMARY KEY (id),
     CONSTRAINT fk_work_order_history_order FOREIGN KEY (work_order_id)
         REFERENCES work_orders (id)
