@@ -25,6 +25,7 @@ from adapters.mapping import UnknownStatus
 from adapters.oracle import _statements as sql
 from adapters.oracle._errors import db_errors, is_duplicate
 from adapters.oracle._tables import MAPPED_FIELDS, create_schema
+from adapters.oracle._timeouts import Timeouts
 from adapters.oracle.watermark import Changed, OverlapWatermark
 from schemas.model import ServiceRequest, StatusUpdate
 
@@ -40,7 +41,9 @@ class OracleAdapter(Adapter):
     """A work-order database reached through SQLAlchemy (Oracle, PostgreSQL or SQLite).
 
     Settings: `url` (SQLAlchemy URL, required; put the password in it through a secret),
-    `pool_size` (default 5), `pool_timeout` (seconds, default 10), `initial_status` (default
+    `pool_size` (default 5), `pool_timeout` (seconds to wait for a free pooled connection, default
+    10), `connect_timeout` (seconds to open a connection, default 10), `call_timeout` (seconds
+    for each database call, default 30; a timed-out call is retried), `initial_status` (default
     NEW), `poll_overlap_seconds` (default 60), `create_schema` (sandbox and tests only: create the
     tables on first use; never on Oracle, where the DBA runs the DDL).
     """
@@ -64,6 +67,13 @@ class OracleAdapter(Adapter):
             "pool_size": int(settings.get("pool_size", 5)),
             "pool_timeout": float(settings.get("pool_timeout", 10)),
         }
+        self.timeouts = Timeouts(
+            connect=float(settings.get("connect_timeout", 10)),
+            call=float(settings.get("call_timeout", 30)),
+        )
+        if not (self.timeouts.connect > 0 and self.timeouts.call > 0):
+            raise ValueError(f"oracle adapter {instance}: connect_timeout and call_timeout "
+                             "must be positive (seconds)")  # fmt: skip
         # Built on first use: a constructor must not fail because the database is down.
         self._engine: sa.Engine | None = None
         self.create_schema = bool(settings.get("create_schema", False))
@@ -145,7 +155,13 @@ class OracleAdapter(Adapter):
     def engine(self) -> sa.Engine:
         if self._engine is None:
             with db_errors(f"oracle adapter {self.instance}: connect"):
-                engine = sa.create_engine(self.url, pool_pre_ping=True, **self._pool)
+                engine = sa.create_engine(
+                    self.url,
+                    pool_pre_ping=True,
+                    connect_args=self.timeouts.connect_args(self.url),
+                    **self._pool,
+                )
+                self.timeouts.bound_calls(engine)
                 if self.create_schema:
                     if self.url.get_backend_name() == "sqlite" and self.url.database:
                         Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)

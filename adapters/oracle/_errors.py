@@ -43,6 +43,7 @@ ORACLE_CODES: dict[str, type[AdapterError]] = {
     "ORA-12543": TransientError,  # destination host unreachable
     "ORA-25408": TransientError,  # cannot safely replay call
     "DPY-4011": TransientError,  # python-oracledb thin: connection closed
+    "DPY-4024": TransientError,  # python-oracledb: call timeout exceeded (call_timeout)
     "DPY-6005": TransientError,  # python-oracledb thin: cannot connect
 }
 
@@ -50,7 +51,7 @@ ORACLE_CODES: dict[str, type[AdapterError]] = {
 SQLALCHEMY_ERRORS: ErrorTable = {
     sa_exc.DisconnectionError: TransientError,
     sa_exc.TimeoutError: TransientError,  # pool exhausted
-    sa_exc.OperationalError: TransientError,  # connection refused, locked database
+    sa_exc.OperationalError: TransientError,  # refused, locked, statement timeout (PostgreSQL)
     sa_exc.InterfaceError: TransientError,
     sa_exc.IntegrityError: PermanentError,
     sa_exc.DataError: PermanentError,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,3 +39,27 @@ def rows(url: str, external_ref: str) -> list[Any]:
             return list(conn.execute(query).all())
     finally:
         engine.dispose()
+
+
+@contextmanager
+def silent_server(*, full: bool = False) -> Iterator[int]:
+    """A loopback port whose server never answers, as a hung database does.
+
+    With `full`, its accept queue is full, so the kernel drops new connection attempts (SYNs)
+    like a dropped network path: even the TCP connect hangs.
+    """
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port: int = server.getsockname()[1]
+        fillers = []
+        for _ in range(3 if full else 0):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        try:
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()

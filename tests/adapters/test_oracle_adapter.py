@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from backends_support import a_request, free_port
-from oracle_support import adapter_for, prepared, rows
+from oracle_support import adapter_for, prepared, rows, silent_server
 from pyproj import Transformer
 
 from adapters import PermanentError, TransientError
@@ -171,12 +173,78 @@ def test_an_unreachable_oracle_in_thin_mode_is_transient() -> None:
     assert "secret" not in adapter.check().detail
 
 
+def test_a_call_longer_than_call_timeout_is_cut_off_and_retried(postgres_url: str) -> None:
+    # Another transaction inserted the same EXTERNAL_REF and has not committed: our insert
+    # waits on the unique index, as it would behind a hung database.
+    request = streetlight()
+    url = prepared(postgres_url)
+    other = sa.create_engine(url)
+    with other.connect() as blocker:
+        blocker.execute(
+            sql.insert_work_order(request.id, {"work_type": "LIGHTING"}, "NEW", datetime.now())
+        )
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="QueryCanceled"):
+            adapter_for(url, call_timeout=1).submit(request)
+        assert time.monotonic() - started < 10
+        blocker.rollback()
+    other.dispose()
+
+
+def test_a_postgres_that_never_answers_the_connect_is_transient() -> None:
+    with silent_server() as port:
+        adapter = adapter_for(
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/x", connect_timeout=1
+        )
+        started = time.monotonic()
+        with pytest.raises(TransientError):
+            adapter.find("req-x")
+        assert time.monotonic() - started < 10  # libpq's least connect_timeout is 2 s
+
+
+def test_an_oracle_host_that_drops_the_connect_is_transient_after_connect_timeout() -> None:
+    pytest.importorskip("oracledb")
+    with silent_server(full=True) as port:
+        url = f"oracle+oracledb://civicbus:secret@127.0.0.1:{port}/?service_name=FREEPDB1"
+        adapter = adapter_for(url, connect_timeout=1)
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="DPY-6005"):
+            adapter.find("req-x")
+        assert time.monotonic() - started < 5  # python-oracledb's own default is 20 s
+
+
+def test_each_oracle_connection_gets_the_call_timeout_in_milliseconds() -> None:
+    pytest.importorskip("oracledb")
+    # No Oracle here: the listener SQLAlchemy calls on each new connection, on a stand-in.
+    url = "oracle+oracledb://civicbus:secret@db.invalid/?service_name=W"
+    adapter = adapter_for(url, call_timeout=2.5)
+    assert sa.event.contains(adapter.engine, "connect", adapter.timeouts.set_call_timeout)
+    connection = SimpleNamespace()
+    adapter.timeouts.set_call_timeout(connection, None)
+    assert connection.call_timeout == 2500  # oracledb's unit; exceeded: DPY-4024, retried
+
+
+def test_a_statement_timeout_in_the_postgres_url_wins(postgres_url: str) -> None:
+    url = sa.make_url(postgres_url).update_query_dict({"options": "-c statement_timeout=7s"})
+    adapter = adapter_for(url.render_as_string(hide_password=False), call_timeout=1)
+    with adapter.engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "7s"
+    adapter.close()
+
+
+@pytest.mark.parametrize("setting", ["call_timeout", "connect_timeout"])
+def test_a_timeout_must_be_positive(setting: str) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        adapter_for("sqlite://", **{setting: 0})
+
+
 @pytest.mark.parametrize(
     ("code", "kind"),
     [
         ("ORA-12541: TNS:no listener", TransientError),
         ("ORA-03113: end-of-file on communication channel", TransientError),
         ("ORA-12170: TNS:Connect timeout occurred", TransientError),
+        ("DPY-4024: call timeout of 30000 ms exceeded", TransientError),
         ("ORA-00060: deadlock detected while waiting for resource", TransientError),
         ('ORA-01400: cannot insert NULL into ("CIVIC"."WORK_ORDERS"."WORK_TYPE")', PermanentError),
         ("ORA-12899: value too large for column", PermanentError),
