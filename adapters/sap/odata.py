@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_SERVICE_PATH = "/sap/opu/odata/sap/API_MAINTNOTIFICATION"
 ENTITY_SET = "MaintenanceNotification"
 PAGE_SIZE = 200
+#: The keyset `changed_since` pages by: change time, then the number to break ties.
+CHANGE_ORDER = "LastChangeDateTime asc,MaintenanceNotification asc"
 
 #: httpx's errors -> ours, most specific first (UnsupportedProtocol is a TransportError too).
 ERRORS: ErrorTable = {
@@ -96,22 +98,39 @@ class ODataTransport:
         return str(response.json()["d"]["MaintenanceNotification"])
 
     def changed_since(self, moment: datetime | None) -> list[SapNotification]:
-        clauses = [f"{self._reference_property} ne ''"]
-        if moment is not None:
-            stamp = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-            clauses.append(f"LastChangeDateTime ge datetimeoffset'{stamp}Z'")
+        """Notifications changed at or after `moment`, by keyset paging over (LastChangeDateTime,
+        number): each page starts after the last one read, not at an offset, so a notification
+        that changes while we page moves to the end (read again there) and shifts none past us."""
+        base = f"{self._reference_property} ne ''"
+        where = base if moment is None else f"{base} and LastChangeDateTime ge {_offset(moment)}"
         found: list[SapNotification] = []
+        seen: set[SapNotification] = set()
         while True:
-            page = self._query(
-                " and ".join(clauses),
-                top=PAGE_SIZE,
-                skip=len(found),
-                orderby="LastChangeDateTime asc",
-                what="changes",
-            )
-            found.extend(page)
+            page = self._query(where, top=PAGE_SIZE, orderby=CHANGE_ORDER, what="changes")
+            new = [n for n in page if n not in seen]
+            seen.update(new)
+            found.extend(new)
             if len(page) < PAGE_SIZE:
                 return found
+            if not new:
+                # Only if SAP orders by finer times than it serves and a whole page changed
+                # within one millisecond: stop (the rest of it is missed, so warn) rather than
+                # read that page for ever.
+                log.warning(
+                    "sap.odata_paging_stalled",
+                    instance=self.instance,
+                    changed_at=page[-1].changed_at.isoformat(),
+                )
+                return found
+            last = page[-1]
+            stamp = _offset(last.changed_at)
+            # After the last one read: a later time, or the same time and a higher (zero-padded)
+            # number, so many changes in one instant still page on. A time stored finer than
+            # the millisecond it is served in counts as later: read twice maybe, missed never.
+            where = (
+                f"{base} and (LastChangeDateTime gt {stamp} or (LastChangeDateTime eq {stamp}"
+                f" and MaintenanceNotification gt '{last.number}'))"
+            )
 
     def check(self) -> Health:
         try:
@@ -134,12 +153,8 @@ class ODataTransport:
 
     # --- HTTP ----------------------------------------------------------------------------
 
-    def _query(
-        self, where: str, *, top: int, orderby: str, what: str, skip: int = 0
-    ) -> list[SapNotification]:
+    def _query(self, where: str, *, top: int, orderby: str, what: str) -> list[SapNotification]:
         params = {"$filter": where, "$top": str(top), "$orderby": orderby, "$format": "json"}
-        if skip:
-            params["$skip"] = str(skip)
         context = f"SAP OData {what} ({self.instance})"
         with map_exceptions(ERRORS, context=context):
             response = self._client.get(ENTITY_SET, params=params)
@@ -248,6 +263,11 @@ def _from_edm(value: str) -> datetime:
         return datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _offset(moment: datetime) -> str:
+    """A datetimeoffset literal at the millisecond precision OData v2 JSON serves times in."""
+    return f"datetimeoffset'{moment.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z'"
 
 
 def _edm_date(yyyymmdd: str) -> str:

@@ -3,9 +3,9 @@
 It simulates the documented behaviour a client depends on: the `$metadata` document, the
 `MaintenanceNotification` entity set, the CSRF protocol (`x-csrf-token: fetch` bound to a session
 cookie, 403 "CSRF token validation failed"), SAP's error JSON, `$filter` (eq/ne/gt/ge/lt/le joined
-by `and`), `$orderby`, `$top`, `$skip`, `$inlinecount` and JSON (`$format=json`). It is not SAP:
-only JSON is served (no Atom), and the status is flattened into two simulation properties,
-`SystemStatus` and `UserStatus`.
+by `and` and `or`, with parentheses), `$orderby` (one or more keys), `$top`, `$skip`,
+`$inlinecount` and JSON (`$format=json`). It is not SAP: only JSON is served (no Atom), and the
+status is flattened into two simulation properties, `SystemStatus` and `UserStatus`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -188,25 +188,58 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def parse_filter(text: str) -> Callable[[Notification], bool]:
-    """A predicate for a `$filter` made of comparisons joined by `and`; 400 for anything else."""
-    tests: list[Callable[[Notification], bool]] = []
-    pos = 0
-    while True:
-        match = _CLAUSE.match(text, pos)
+    """A predicate for a `$filter` of comparisons joined by `and`/`or`, with parentheses (`and`
+    binds tighter, as in OData); 400 for anything else."""
+    return _FilterParser(text).parse()
+
+
+class _FilterParser:
+    """Recursive descent: filter = conjunction (or conjunction)*; conjunction = operand (and
+    operand)*; operand = comparison | ( filter )."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.pos = text, 0
+
+    def parse(self) -> Callable[[Notification], bool]:
+        predicate = self._disjunction()
+        if self.pos < len(self.text):
+            self._fail()
+        return predicate
+
+    def _disjunction(self) -> Callable[[Notification], bool]:
+        options = [self._conjunction()]
+        while self._take(r"or\b\s*"):
+            options.append(self._conjunction())
+        return options[0] if len(options) == 1 else lambda n: any(o(n) for o in options)
+
+    def _conjunction(self) -> Callable[[Notification], bool]:
+        parts = [self._operand()]
+        while self._take(r"and\b\s*"):
+            parts.append(self._operand())
+        return parts[0] if len(parts) == 1 else lambda n: all(p(n) for p in parts)
+
+    def _operand(self) -> Callable[[Notification], bool]:
+        if self._take(r"\s*\(\s*"):
+            inner = self._disjunction()
+            if not self._take(r"\)\s*"):
+                self._fail()
+            return inner
+        match = _CLAUSE.match(self.text, self.pos)
         if not match or match.group("prop") not in PROPERTIES:
-            raise ODataError(
-                400, "SIM/020", f"Invalid or unsupported filter near {text[pos:]!r}", []
-            )
-        tests.append(_comparison(match.group("prop"), match.group("op"), match.group("value")))
-        pos = match.end()
-        if pos >= len(text):
-            return lambda n: all(t(n) for t in tests)
-        joiner = re.compile(r"and\s+").match(text, pos)
-        if not joiner:
-            raise ODataError(
-                400, "SIM/020", f"Invalid or unsupported filter near {text[pos:]!r}", []
-            )
-        pos = joiner.end()
+            self._fail()
+        self.pos = match.end()
+        return _comparison(match.group("prop"), match.group("op"), match.group("value"))
+
+    def _take(self, pattern: str) -> bool:
+        match = re.compile(pattern).match(self.text, self.pos)
+        if match:
+            self.pos = match.end()
+        return match is not None
+
+    def _fail(self) -> NoReturn:
+        raise ODataError(
+            400, "SIM/020", f"Invalid or unsupported filter near {self.text[self.pos :]!r}", []
+        )
 
 
 def _comparison(prop: str, op: str, literal: str) -> Callable[[Notification], bool]:
@@ -226,15 +259,39 @@ def _comparison(prop: str, op: str, literal: str) -> Callable[[Notification], bo
             )
             return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
-        if edm == "Edm.DateTimeOffset":  # compared at the millisecond precision it is served in
-            return lambda n: compare(
-                as_moment(n).replace(microsecond=as_moment(n).microsecond // 1000 * 1000), bound
-            )
+        if edm == "Edm.DateTimeOffset":
+            return lambda n: compare(_served(getattr(n, attr)), bound)
         return lambda n: getattr(n, attr) != "" and compare(as_moment(n), bound)
     value = literal[1:-1].replace("''", "'") if literal.startswith("'") else literal
     if prop == "NotifProcessingPhase":
         return lambda n: compare(_PHASE.get(n.system_status, "1"), value)
     return lambda n: compare(getattr(n, attr), value)
+
+
+def _served(value: str) -> datetime:
+    """An Edm.DateTimeOffset at the millisecond precision it is served in, which is also the
+    precision it is compared and ordered in: a client that pages by the values it was served
+    sees ties as ties."""
+    moment = datetime.fromisoformat(value)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _sort(items: list[Notification], orderby: str) -> list[Notification]:
+    """`$orderby` of one or more `Property [asc|desc]`, comma-separated."""
+    for key in reversed(orderby.split(",")):  # stable sorts, the last key first
+        prop, _, direction = key.strip().partition(" ")
+        if prop not in PROPERTIES or direction.strip() not in ("", "asc", "desc"):
+            raise ODataError(400, "SIM/021", f"Property {prop} not found", [])
+        items = sorted(items, key=_order_value(prop), reverse=direction.strip() == "desc")
+    return items
+
+
+def _order_value(prop: str) -> Callable[[Notification], Any]:
+    edm, _, attr = PROPERTIES[prop]
+    if edm == "Edm.DateTimeOffset":
+        return lambda n: _served(getattr(n, attr))
+    return lambda n: getattr(n, attr)
 
 
 # --- the service -----------------------------------------------------------------------------
@@ -305,10 +362,7 @@ def router(
             predicate = parse_filter(params["$filter"])
             items = [n for n in items if predicate(n)]
         if "$orderby" in params:
-            prop, _, direction = params["$orderby"].strip().partition(" ")
-            if prop not in PROPERTIES:
-                raise ODataError(400, "SIM/021", f"Property {prop} not found", [])
-            items.sort(key=lambda n: getattr(n, PROPERTIES[prop][2]), reverse=direction == "desc")
+            items = _sort(items, params["$orderby"])
         total = len(items)
         skip = int(params.get("$skip", "0"))
         top = int(params["$top"]) if "$top" in params else None

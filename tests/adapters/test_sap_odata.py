@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ from sap_support import control, notifications, rejecting_mapping, sap_mapping, 
 
 from adapters import PermanentError, TransientError
 from adapters.sap import SapAdapter
+from adapters.sap.odata import PAGE_SIZE
 from bus.logging import configure_logging
 from civicbus.sandbox.runner import Running
-from civicbus.sandbox.sap_odata import SERVICE_PATH
+from civicbus.sandbox.sap_odata import SERVICE_PATH, ODataError, parse_filter
+from civicbus.sandbox.sap_state import Notification, SapStore
 from schemas.model import Location, ServiceRequest, Status
 
 pytestmark = pytest.mark.timeout(60)
@@ -218,3 +221,86 @@ def test_the_log_line_of_a_new_notification_keeps_its_number(adapter: SapAdapter
     [created] = [line for line in lines if line["event"] == "sap.notification.created"]
     assert len(receipt.reference) >= 10 and receipt.reference.isdigit()
     assert created["reference"] == receipt.reference
+
+
+def _notifications_changed_at(db: Path, times: list[datetime]) -> list[str]:
+    """Notifications stored straight into the simulation's database, changed at `times`."""
+    store = SapStore(db)
+    numbers = [
+        store.insert(
+            Notification(number="", notif_type="M1", short_text=f"n{i}", ext_ref=f"req-{i:04d}")
+        ).number
+        for i in range(len(times))
+    ]
+    store.close()
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "UPDATE notification SET changed_at = ? WHERE number = ?",
+            [(t.isoformat(), n) for t, n in zip(times, numbers, strict=True)],
+        )
+    return numbers
+
+
+def test_a_change_while_paging_pushes_no_other_change_out_of_reach(
+    sap_sim: Running, tmp_path: Path
+) -> None:
+    """A notification of page 1 that changes while we read on moves to the end. Paged by
+    offset, everything after it would shift left by one and the first of page 2 be skipped, for
+    good (it is older than the overlap); paged by the last (time, number) read, none is."""
+    old = datetime.now(UTC) - timedelta(hours=1)
+    times = [old + timedelta(milliseconds=i) for i in range(PAGE_SIZE + 1)]
+    numbers = _notifications_changed_at(tmp_path / "sap.db", times)
+    adapter = SapAdapter("sap-roads", settings_for("odata", sap_sim.url), sap_mapping())
+    transport: Any = adapter.transport
+    query = transport._query
+
+    def a_clerk_works_on_the_first_during_the_first_page(*args: Any, **kwargs: Any) -> Any:
+        page = query(*args, **kwargs)
+        transport._query = query
+        control(sap_sim, "POST", f"/items/{numbers[0]}/status", status="NOPR")
+        return page
+
+    transport._query = a_clerk_works_on_the_first_during_the_first_page
+    page = adapter.updates(None)
+    reported = {u.request_id for u in page.updates}
+    reported |= {u.request_id for u in adapter.updates(page.watermark).updates}
+    adapter.close()
+    assert reported == {f"req-{i:04d}" for i in range(PAGE_SIZE + 1)}
+
+
+def test_more_changes_in_one_instant_than_a_page_holds_are_each_read_once(
+    sap_sim: Running, tmp_path: Path
+) -> None:
+    moment = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    numbers = _notifications_changed_at(tmp_path / "sap.db", [moment] * (2 * PAGE_SIZE + 1))
+    adapter = SapAdapter("sap-roads", settings_for("odata", sap_sim.url), sap_mapping())
+    transport: Any = adapter.transport
+    query, pages = transport._query, []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        pages.append(query(*args, **kwargs))
+        return pages[-1]
+
+    transport._query = counted
+    found = adapter.transport.changed_since(moment)
+    adapter.close()
+    assert [n.number for n in found] == numbers  # ties in number order, no repeats
+    assert [len(p) for p in pages] == [PAGE_SIZE, PAGE_SIZE, 1]
+
+
+def test_the_simulation_s_filter_nests_or_and_parentheses_as_odata_does() -> None:
+    at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    items = [
+        Notification(f"00001000000{i}", "M1", "x", ext_ref=ref, changed_at=(at + delta).isoformat())
+        for i, (ref, delta) in enumerate(
+            [("a", timedelta(0)), ("", timedelta(0)), ("b", timedelta(0)), ("c", timedelta(1))]
+        )
+    ]
+    stamp = "datetimeoffset'2026-12-01T08:00:00.000Z'"
+    keep = parse_filter(
+        f"MaintNotifExtReferenceNumber ne '' and (LastChangeDateTime gt {stamp} or "
+        f"(LastChangeDateTime eq {stamp} and MaintenanceNotification gt '000010000000'))"
+    )
+    assert [n.ext_ref for n in items if keep(n)] == ["b", "c"]
+    with pytest.raises(ODataError, match="unsupported filter"):
+        parse_filter("ReportedByUser eq '' or (ReportedByUser eq 'x'")
