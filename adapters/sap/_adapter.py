@@ -9,7 +9,7 @@ second notification. Status changes are polled by last-change time with a safety
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -99,17 +99,17 @@ class SapAdapter(Adapter):
     def updates(self, since: str | None) -> UpdatePage:
         """Status changes after the watermark; each reported once (overlap window + de-dup)."""
         mark = OverlapWatermark.parse(since)
-        changed = self.transport.changed_since(mark.window_start(self.overlap))
-        # The key holds the statuses: RFC change times have whole seconds, and two changes of
-        # one notification within a second must not look like the same change.
-        fresh, after = mark.advance(
-            (
-                Changed(key=f"{n.number}/{n.system_status}/{n.user_status}", at=n.changed_at, row=n)
-                for n in changed
-            ),
-            self.overlap,
-        )
-        updates = [u for u in (self._update(c.row) for c in fresh) if u is not None]
+        start = mark.window_start(self.overlap)
+        polled = []
+        for n in self.transport.changed_since(start):
+            # The key holds the statuses: RFC change times have whole seconds, and two changes
+            # of one notification within a second must not look like the same change.
+            key = f"{n.number}/{n.system_status}/{n.user_status}"
+            polled.append(Changed(key=key, at=_when(n, key, mark, start), row=n))
+        # Remember what was reported `clock_back` longer: a change in the repeated hour stays in
+        # the window by its later reading that long, and must be known under its earlier one.
+        fresh, after = mark.advance(polled, self.overlap + self.transport.clock_back)
+        updates = [u for u in (self._update(c.row, c.at) for c in fresh) if u is not None]
         return UpdatePage(updates=tuple(updates), watermark=after.dump())
 
     def check(self) -> Health:
@@ -162,23 +162,35 @@ class SapAdapter(Adapter):
         except UnknownStatus:
             return None
 
-    def _update(self, n: SapNotification) -> StatusUpdate | None:
+    def _update(self, n: SapNotification, at: datetime) -> StatusUpdate | None:
         code = self._status_code(n)
         try:
             status = self.field_mapping.status(code)
         except UnknownStatus:
-            log.warning(
-                "sap.status_unmapped", adapter=self.instance, reference=n.number, code=code
-            )
+            log.warning("sap.status_unmapped", adapter=self.instance, reference=n.number, code=code)
             return None
         return StatusUpdate(
             request_id=n.external_reference,
             status=status,
-            at=n.changed_at,
-            update_id=f"{self.instance}:{n.number}:{n.changed_at.isoformat()}:{code}",
+            at=at,
+            update_id=f"{self.instance}:{n.number}:{at.isoformat()}:{code}",
             source=self.instance,
             external_status_code=code,
         )
+
+
+def _when(n: SapNotification, key: str, mark: OverlapWatermark, start: datetime | None) -> datetime:
+    """When `n` changed. A local time in the hour repeated when the clocks went back reads two
+    ways: the earlier reading while it is in the window or was reported under it; else it is a
+    change we have not seen that reads as older than the window, which the overlap rules out
+    for the first pass of that hour, so it is the repeat: the later reading. (The earlier one
+    would drop it, or date it before changes it followed.)"""
+    later = n.changed_at_later
+    if later is None or start is None or n.changed_at >= start:
+        return n.changed_at
+    if (key, n.changed_at.astimezone(UTC).isoformat()) in mark.seen:
+        return n.changed_at
+    return later
 
 
 def _transport(instance: str, name: str, settings: Mapping[str, Any]) -> Transport:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from adapters._contract import Health
@@ -31,17 +31,26 @@ SHORT_TEXT_LENGTH = 40
 
 @dataclass(frozen=True)
 class SapNotification:
-    """A notification as read back from SAP: number, external reference, statuses, change time."""
+    """A notification as read back from SAP: number, external reference, statuses, change time.
+
+    A change time kept in SAP's local time that falls in the hour the clocks repeat when
+    daylight saving time ends reads two ways: `changed_at` is the earlier reading, and
+    `changed_at_later` the later one (None when the time is unambiguous).
+    """
 
     number: str
     external_reference: str
     system_status: str
     user_status: str
     changed_at: datetime
+    changed_at_later: datetime | None = None
 
 
 class Transport(Protocol):
     """One way of talking to SAP (OData or RFC); errors are already Transient/PermanentError."""
+
+    #: The most SAP's clock goes back at once (an hour where DST ends; zero for UTC times).
+    clock_back: timedelta
 
     def find(self, external_reference: str) -> SapNotification | None: ...
 
@@ -49,7 +58,9 @@ class Transport(Protocol):
         """Create and commit a notification; its number."""
         ...
 
-    def changed_since(self, moment: datetime | None) -> list[SapNotification]: ...
+    def changed_since(self, moment: datetime | None) -> list[SapNotification]:
+        """Notifications changed at or after `moment` (by either reading of their time)."""
+        ...
 
     def check(self) -> Health: ...
 

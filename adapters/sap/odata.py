@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -51,6 +51,8 @@ PROPERTIES = {
 
 class ODataTransport:
     """Talks to one SAP system's maintenance-notification OData service."""
+
+    clock_back = timedelta(0)  # LastChangeDateTime is a UTC timestamp: never ambiguous
 
     def __init__(self, instance: str, settings: Mapping[str, Any]) -> None:
         self.instance = instance

@@ -14,7 +14,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -118,6 +118,7 @@ class RfcTransport:
         self._params = {k: settings[k] for k in names if settings.get(k) is not None}
         self._reference_field = str(settings.get("external_reference_field", "REFNUM"))
         self._zone = ZoneInfo(str(settings.get("system_timezone", "UTC")))
+        self.clock_back = _clock_back(self._zone)
         self._errors = _error_table()
         self._connection: Any = None
         self._lock = threading.Lock()
@@ -176,7 +177,8 @@ class RfcTransport:
     def changed_since(self, moment: datetime | None) -> list[SapNotification]:
         where = [f"{self._reference_field} <> ''"]
         if moment is not None:
-            local = moment.astimezone(self._zone)
+            # From the day before if the clocks went back over midnight (local dates repeat too).
+            local = (moment - self.clock_back).astimezone(self._zone)
             where.append(f"AEDAT >= '{local.strftime('%Y%m%d')}'")
         rows = self._read_qmel(
             ["QMNUM", self._reference_field, "AEDAT", "AEZEIT"], where, what="changes"
@@ -185,9 +187,11 @@ class RfcTransport:
         floor = None if moment is None else moment.replace(microsecond=0)
         found = []
         for number, reference, day, time in rows:
-            stamp = self._moment(day, time)
-            if floor is None or stamp >= floor:
-                found.append(self._detail(number, reference, stamp))
+            earlier, later = self._moment(day, time), self._later_moment(day, time)
+            # A time in the repeated hour is kept if either reading reaches the floor; the
+            # adapter decides which one it was (see SapAdapter.updates).
+            if floor is None or max(earlier, later or earlier) >= floor:
+                found.append(self._detail(number, reference, earlier, later))
         return found
 
     def check(self) -> Health:
@@ -265,7 +269,9 @@ class RfcTransport:
             )
         return [[part.strip() for part in row["WA"].split("|")] for row in result.get("DATA", [])]
 
-    def _detail(self, number: str, reference: str, changed_at: datetime) -> SapNotification:
+    def _detail(
+        self, number: str, reference: str, changed_at: datetime, later: datetime | None = None
+    ) -> SapNotification:
         context = f"SAP RFC read of notification {number} ({self.instance})"
         with self._session(context) as call:
             detail = call("BAPI_ALM_NOTIF_GET_DETAIL", NUMBER=number)
@@ -279,8 +285,29 @@ class RfcTransport:
             system_status=str(status.get("SYSTATUS", "")).split(" ")[0],
             user_status=str(status.get("USRSTATUS", "")).split(" ")[0],
             changed_at=changed_at,
+            changed_at_later=later,
         )
 
     def _moment(self, day: str, time: str) -> datetime:
+        """QMEL's local date and time as UTC; in a repeated hour, the earlier reading."""
         local = datetime.strptime(f"{day}{time or '000000'}", "%Y%m%d%H%M%S")
         return local.replace(tzinfo=self._zone).astimezone(UTC)
+
+    def _later_moment(self, day: str, time: str) -> datetime | None:
+        """The later reading of a local time in the hour repeated when clocks went back; None
+        for any other time."""
+        local = datetime.strptime(f"{day}{time or '000000'}", "%Y%m%d%H%M%S")
+        later = local.replace(tzinfo=self._zone, fold=1).astimezone(UTC)
+        return later if later > self._moment(day, time) else None
+
+
+def _clock_back(zone: ZoneInfo) -> timedelta:
+    """How far the zone's clocks go back at most (an hour where DST ends, zero without DST):
+    by how much a local time in the repeated hour can read too early. Its offsets over two
+    years, a day apart, span every change of the clocks."""
+    start = datetime.now(UTC) - timedelta(days=366)
+    offsets = {
+        (start + timedelta(days=d)).astimezone(zone).utcoffset() or timedelta(0)
+        for d in range(2 * 366)
+    }
+    return max(offsets) - min(offsets)

@@ -7,7 +7,7 @@ The simulation is reached through `adapters.sap.rfc_http.Connection`, which has 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -138,3 +138,62 @@ def test_a_bapi_return_of_type_a_is_permanent_and_rolls_back() -> None:
     with pytest.raises(PermanentError, match="A IM/123: Update terminated"):
         transport.create({"notification_type": "M1", "short_text": "x"}, "req-1")
     assert _AbortingConnection.calls == ["BAPI_ALM_NOTIF_CREATE", "BAPI_TRANSACTION_ROLLBACK"]
+
+
+class _ChicagoQmel:
+    """pyrfc's interface over QMEL in a SAP system on Chicago time: number -> (external
+    reference, AEDAT, AEZEIT, system status). QMEL keeps only a notification's last change."""
+
+    rows: ClassVar[dict[str, tuple[str, str, str, str]]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        pass
+
+    def call(self, name: str, **params: Any) -> dict[str, Any]:
+        if name == "RFC_READ_TABLE":
+            rows = [[number, *row[:3]] for number, row in sorted(self.rows.items())]
+            return {"DATA": [{"WA": "|".join(r)} for r in rows]}
+        if name == "BAPI_ALM_NOTIF_GET_DETAIL":
+            status = self.rows[params["NUMBER"]][3]
+            return {"NOTIFHDTEXT": {"SYSTATUS": status, "USRSTATUS": ""}, "RETURN": []}
+        raise AssertionError(name)
+
+    def close(self) -> None:
+        pass
+
+
+def test_changes_in_the_hour_repeated_when_clocks_go_back_are_each_reported_once() -> None:
+    """AEDAT/AEZEIT are the SAP system's local time. On 2026-11-01 Chicago lives 01:00-02:00
+    twice, first as CDT (UTC-5), then as CST (UTC-6). A change at 01:10 CST (07:10Z) read as
+    01:10 CDT (06:10Z) would lie before the watermark (01:50 CDT, 06:50Z) minus the overlap, and
+    be dropped for good; or, for the same notification, be dated before the change it follows."""
+    adapter = SapAdapter(
+        "sap-roads",
+        settings_for("rfc", "http://unused", system_timezone="America/Chicago"),
+        sap_mapping(),
+    )
+    transport: Any = adapter.transport
+    transport._factory = _ChicagoQmel  # a scripted peer: the simulation keeps UTC
+    assert adapter.transport.clock_back == timedelta(hours=1)
+
+    def poll(since: str | None) -> tuple[list[tuple[str, str, str]], str | None]:
+        page = adapter.updates(since)
+        seen = [(u.request_id, u.status.value, f"{u.at:%H:%MZ}") for u in page.updates]
+        return seen, page.watermark
+
+    _ChicagoQmel.rows = {"1": ("req-a", "20261101", "015000", "NOPR")}  # 01:50 CDT
+    reported, mark = poll(None)
+    assert reported == [("req-a", "in_progress", "06:50Z")]
+
+    _ChicagoQmel.rows["2"] = ("req-b", "20261101", "011000", "NOPR")  # 01:10 CST
+    reported, mark = poll(mark)
+    assert reported == [("req-b", "in_progress", "07:10Z")]
+
+    _ChicagoQmel.rows["1"] = ("req-a", "20261101", "012000", "NOCO")  # 01:20 CST
+    reported, mark = poll(mark)
+    assert reported == [("req-a", "fixed", "07:20Z")]  # after its 06:50Z change, so it applies
+
+    _ChicagoQmel.rows["3"] = ("req-c", "20261101", "023000", "NOPR")  # 02:30 CST
+    reported, mark = poll(mark)
+    assert reported == [("req-c", "in_progress", "08:30Z")]
+    assert poll(mark)[0] == []
