@@ -36,6 +36,9 @@ MAX_FIELD = 1000
 #: How far ahead of our clock a status update may be dated: a sender's clock may run a little
 #: fast, but an update from further ahead has not happened yet.
 MAX_UPDATE_CLOCK_SKEW = timedelta(hours=1)
+#: The years a datetime may name: far enough for any report, and far enough from the ends of
+#: Python's range (years 1 to 9999) that a zone offset or a 90-day window cannot overflow it.
+DATETIME_YEARS = range(1900, 9001)
 
 _ATTRIBUTE_FIELD = re.compile(r"^attribute\[([^\[\]]+)\](\[\])?$")
 # Characters XML 1.0 cannot carry (and PostgreSQL text cannot hold NUL): rejected on input.
@@ -84,7 +87,7 @@ def parse_bool(name: str, value: str | None, *, default: bool = False) -> bool:
 
 
 def parse_datetime(name: str, value: str) -> datetime:
-    """Read an ISO 8601 datetime that carries a zone (C-03)."""
+    """Read an ISO 8601 datetime that carries a zone (C-03), in the years DATETIME_YEARS."""
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
@@ -93,6 +96,11 @@ def parse_datetime(name: str, value: str) -> datetime:
         ) from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise InvalidValue(f"{name}: {_show(value)} has no time zone (add Z or +hh:mm)")
+    if parsed.year not in DATETIME_YEARS:
+        raise InvalidValue(
+            f"{name}: {_show(value)} is out of range (years {DATETIME_YEARS.start} to "
+            f"{DATETIME_YEARS.stop - 1})"
+        )
     return parsed
 
 

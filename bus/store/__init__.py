@@ -11,7 +11,8 @@ audit entry) happens inside one `store.transaction()` unit of work:
         tx.audit(actor="api:fixmyapp", action="accepted", request_id=request.id)
 
 SQLite (WAL) is the embedded default, PostgreSQL (psycopg 3) the shared one. Connection
-failures and lock timeouts raise `StoreUnavailable`, unique-key conflicts `AlreadyExists` (and
+failures, lock timeouts and a read-only database raise `StoreUnavailable` (deadlocks and
+serialization failures its `WriteConflict`), unique-key conflicts `AlreadyExists` (and
 its `UpdateConflict`, for a status update reusing a recorded update_id with other content, when
 the caller asks), values the database refuses `InvalidData`; in every case nothing of the unit
 of work is written.
@@ -23,6 +24,7 @@ from bus.store._errors import (
     SchemaTooNew,
     StoreUnavailable,
     UpdateConflict,
+    WriteConflict,
 )
 from bus.store._records import (
     AuditEntry,
@@ -65,4 +67,5 @@ __all__ = [
     "Transaction",
     "Undelivered",
     "UpdateConflict",
+    "WriteConflict",
 ]

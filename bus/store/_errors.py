@@ -12,6 +12,11 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or is locked; the caller answers 503 / retries later."""
 
 
+class WriteConflict(StoreUnavailable):
+    """PostgreSQL ended the transaction to settle a deadlock or serialization failure with a
+    concurrent one; running it again may well succeed at once."""
+
+
 class SchemaTooNew(StoreUnavailable):
     """The database was migrated by a newer civicbus than this one; it cannot be used."""
 
@@ -35,18 +40,31 @@ class InvalidData(ValueError):
     """The database refused a value (e.g. a NUL character on PostgreSQL); a client error."""
 
 
-def _reason(error: sa_exc.DBAPIError | sa_exc.SQLAlchemyError) -> str:
+def _reason(error: Exception) -> str:
     # Only the driver's first line: the rest may quote row values (personal data).
     original = getattr(error, "orig", None) or error
     first_line = (str(original).strip().splitlines() or [""])[0]
     return f"{type(original).__name__}: {first_line}"
 
 
+#: SQLSTATEs of a transaction PostgreSQL ended in favour of a concurrent one.
+_CONFLICTS = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+#: SQLSTATEs that psycopg raises as InternalError but that mean "no writes here for now": a
+#: read-only transaction, e.g. on an old primary that came back as a standby after a fail-over.
+#: (Shutdowns, lost connections, full disks and too many connections are OperationalErrors.)
+_UNAVAILABLE_INTERNAL = frozenset({"25006"})  # read_only_sql_transaction
+
+
+def _sqlstate(error: sa_exc.DBAPIError) -> str | None:
+    return getattr(error.orig, "sqlstate", None)
+
+
 @contextmanager
 def translate_errors(database: str) -> Iterator[None]:
-    """Turn connection failures and lock timeouts into StoreUnavailable, unique-key violations
-    into AlreadyExists and refused values into InvalidData; the enclosing transaction has been
-    rolled back by then."""
+    """Turn connection failures, lock timeouts and a read-only database into StoreUnavailable
+    (deadlocks and serialization failures into its WriteConflict), unique-key violations into
+    AlreadyExists and refused or out-of-range values into InvalidData; the enclosing
+    transaction has been rolled back by then."""
     try:
         yield
     except sa_exc.IntegrityError as error:
@@ -59,8 +77,18 @@ def translate_errors(database: str) -> Iterator[None]:
         sa_exc.DisconnectionError,
         sa_exc.TimeoutError,  # no pooled connection in time
     ) as error:
+        if isinstance(error, sa_exc.DBAPIError) and _sqlstate(error) in _CONFLICTS:
+            raise WriteConflict(f"{database}: {_reason(error)}") from None
         raise StoreUnavailable(f"{database}: {_reason(error)}") from None
+    except sa_exc.InternalError as error:
+        if _sqlstate(error) in _UNAVAILABLE_INTERNAL:
+            raise StoreUnavailable(f"{database}: {_reason(error)}") from None
+        raise
     except sa_exc.StatementError as error:
-        if isinstance(error.orig, ValueError):  # refused while binding, e.g. a naive datetime
+        # Refused while binding, e.g. a naive datetime, or one whose UTC form leaves the range.
+        if isinstance(error.orig, (ValueError, OverflowError)):
             raise InvalidData(f"{database}: {_reason(error)}") from None
         raise
+    except OverflowError as error:
+        # A last guard: a datetime whose UTC form leaves the calendar, converted before binding.
+        raise InvalidData(f"{database}: {_reason(error)}") from None

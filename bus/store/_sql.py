@@ -186,7 +186,7 @@ def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, A
             ]
         else:
             params = [{n: row[n] if p is None else p(row[n]) for n, p in pairs} for row in rows]
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:  # e.g. a datetime whose UTC form is out of range
         # The message may quote the value (personal data): name the table and the error type only.
         raise InvalidData(f"{table.name}: a value was refused ({type(error).__name__})") from None
     driver_execute(conn, plan.sql, params if len(params) > 1 else params[0])

@@ -325,6 +325,25 @@ def test_c03_datetime_attribute_without_zone_is_400(http: httpx.Client, api_key:
     ]
 
 
+def test_c03_datetime_attribute_out_of_the_calendars_range_is_400(
+    http: httpx.Client, api_key: str
+) -> None:
+    response = http.post(
+        "/requests.json",
+        data={
+            "api_key": api_key,
+            "jurisdiction_id": SPRINGFIELD,
+            "service_code": "SKIP_PERMIT",
+            "address_string": "2 Quay",
+            "attribute[START_DATE]": "0001-01-01T00:00:00+01:00",  # in UTC, year 0
+        },
+    )
+    assert response.status_code == 400
+    assert descriptions(response) == [
+        "START_DATE: '0001-01-01T00:00:00+01:00' is out of range (years 1900 to 9000)"
+    ]
+
+
 def test_c13_reporter_data_is_stored_apart(create: Create, runtime: Runtime) -> None:
     answer = create(email="r@example.org", first_name="Ada", phone="555-0101").json()[0]
     stored = runtime.store.get_request(answer["service_request_id"])

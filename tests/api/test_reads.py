@@ -231,6 +231,25 @@ def test_c17_date_range_over_90_days_and_zone_less_dates_are_400(http: httpx.Cli
     assert "has no time zone" in no_zone.json()[0]["description"]
 
 
+@pytest.mark.parametrize(
+    "dates",
+    [
+        {"end_date": "0001-01-01T00:00:00Z"},  # the default start, 90 days before, is year 0
+        {"start_date": "9999-12-31T23:00:00Z"},  # the default end, 90 days after, is year 10000
+        {"start_date": "0001-01-01T00:30:00+01:00", "end_date": "0001-01-02T00:00:00+01:00"},
+        {"updated_after": "0001-01-01T00:00:00+01:00"},  # in UTC, year 0
+        {"updated_before": "9999-12-31T23:59:59-01:00"},  # in UTC, year 10000
+    ],
+)
+def test_c07_dates_near_the_ends_of_the_calendar_are_400_not_500(
+    http: httpx.Client, dates: dict[str, str]
+) -> None:
+    response = http.get("/requests.json", params={"jurisdiction_id": SPRINGFIELD, **dates})
+    assert response.status_code == 400, response.text
+    for error in response.json():
+        assert "is out of range (years 1900 to 9000)" in error["description"]
+
+
 def test_c03_several_bad_query_values_are_reported_at_once(http: httpx.Client) -> None:
     response = http.get(
         "/requests.json",

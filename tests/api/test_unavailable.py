@@ -6,9 +6,17 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
+import sqlalchemy as sa
 
 from bus.api import create_app
-from tests.api.conftest import SPRINGFIELD, LiveServer, make_runtime, unreachable_store_runtime
+from tests.api.conftest import (
+    SPRINGFIELD,
+    LiveServer,
+    make_runtime,
+    pothole_form,
+    unreachable_store_runtime,
+)
 
 
 def test_c07_locked_store_gives_503_with_retry_after_and_writes_nothing(tmp_path: Path) -> None:
@@ -57,3 +65,49 @@ def test_c07_unreachable_database_gives_503_on_reads(tmp_path: Path) -> None:
             f"{live.url}/open311/v2/services.json", params={"jurisdiction_id": SPRINGFIELD}
         )
         assert services.status_code == 200
+
+
+def _set_read_only(url: str, on: bool) -> None:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        database = conn.execute(sa.text("SELECT current_database()")).scalar()
+        conn.execute(sa.text("SET default_transaction_read_only = off"))  # for this session
+        value = "on" if on else "off"
+        conn.execute(
+            sa.text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = {value}')
+        )
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_c07_a_read_only_postgresql_gives_503_with_retry_after(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """After a fail-over the old primary may come back read-only (a standby, or
+    default_transaction_read_only): writes fail with SQLSTATE 25006, which psycopg raises as
+    an InternalError, not as the OperationalError of a lost connection."""
+    runtime = make_runtime(postgres_url, tmp_path / "media")
+    _, key = runtime.store.add_client("ro-app")
+    try:
+        with LiveServer(create_app(runtime)) as live:
+            url = f"{live.url}/open311/v2"
+            created = httpx.post(f"{url}/requests.json", data=pothole_form(key), timeout=10)
+            request_id = created.json()[0]["service_request_id"]
+            _set_read_only(postgres_url, True)
+            runtime.store._engine.dispose()  # new sessions take the setting up
+            update = {
+                "api_key": key,
+                "service_request_id": request_id,
+                "update_id": "U-ro",
+                "status": "IN_PROGRESS",
+                "updated_datetime": "2026-01-01T00:00:00Z",
+            }
+            for response in (
+                httpx.post(f"{url}/requests.json", data=pothole_form(key), timeout=10),
+                httpx.post(f"{url}/servicerequestupdates.json", data=update, timeout=10),
+            ):
+                assert response.status_code == 503, response.text
+                assert int(response.headers["retry-after"]) > 0
+    finally:
+        _set_read_only(postgres_url, False)
+        runtime.close()

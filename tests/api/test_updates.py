@@ -330,6 +330,32 @@ def test_c22_an_update_dated_in_the_future_is_400_and_a_little_clock_drift_is_no
     assert ahead.status_code == 200, ahead.text
 
 
+def test_c07_an_update_dated_year_one_is_400_not_500(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    # Not in the future, so it passed the form's checks; in UTC it is year 0, which no
+    # datetime can hold, and storing it crashed.
+    request_id = new_id(create)
+    response = post_update(
+        http, api_key, service_request_id=request_id, updated_datetime="0001-01-01T00:00:00+01:00"
+    )
+    assert response.status_code == 400, response.text
+    (error,) = response.json()
+    assert "is out of range (years 1900 to 9000)" in error["description"]
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.history == ()
+
+
+@pytest.mark.parametrize(
+    "dates", [{"end_date": "0001-01-01T00:00:00Z"}, {"start_date": "9999-12-31T23:00:00Z"}]
+)
+def test_c07_update_queries_near_the_ends_of_the_calendar_are_400_not_500(
+    http: httpx.Client, dates: dict[str, str]
+) -> None:
+    response = http.get("/servicerequestupdates.json", params=dates)
+    assert response.status_code == 400, response.text
+
+
 @pytest.mark.parametrize(
     "field", ["description", "update_id", "service_request_id", "external_status_code", "media_url"]
 )

@@ -283,6 +283,20 @@ def test_c03_datetime_input_without_zone_is_rejected() -> None:
     assert parse_datetime("start_date", "2026-05-01T10:00:00-08:00").utcoffset() is not None
 
 
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00:00+01:00", "1899-12-31T23:59:59Z", "9001-01-01T00:00:00Z"]
+)
+def test_c07_datetime_input_outside_years_1900_to_9000_is_rejected(text: str) -> None:
+    # Near the ends of Python's calendar, converting to UTC or adding a 90-day window overflows.
+    with pytest.raises(InvalidValue, match=r"is out of range \(years 1900 to 9000\)"):
+        parse_datetime("start_date", text)
+
+
+def test_datetime_input_at_the_ends_of_the_range_is_read() -> None:
+    assert parse_datetime("start_date", "1900-01-01T00:00:00+01:00").year == 1900
+    assert parse_datetime("start_date", "9000-12-31T23:59:59-01:00").year == 9000
+
+
 def test_comma_lists_drop_empty_items() -> None:
     assert comma_list(" a, b,,c ,") == ["a", "b", "c"]
     assert comma_list(None) == []

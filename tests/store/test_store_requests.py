@@ -410,3 +410,17 @@ def test_a_naive_datetime_is_refused_and_nothing_is_written(store: Store) -> Non
         tx.add_request(make_request("r"))
         tx.add_backend_ref("r", "sap", "1", datetime(2026, 1, 1))
     assert store.get_request("r") is None
+
+
+def test_a_datetime_whose_utc_form_is_out_of_range_is_refused_and_nothing_is_written(
+    store: Store,
+) -> None:
+    # 0001-01-01T00:00+01:00 is year 0 in UTC, which no datetime holds (OverflowError).
+    year_zero = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    with pytest.raises(InvalidData), store.transaction() as tx:
+        tx.add_request(make_request("r"))
+        tx.add_backend_ref("r", "sap", "1", year_zero)
+    assert store.get_request("r") is None
+    with pytest.raises(InvalidData), store.transaction() as tx:
+        tx.add_requests([make_request("r").model_copy(update={"requested_at": year_zero})])
+    assert store.get_request("r") is None
