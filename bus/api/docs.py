@@ -253,6 +253,7 @@ CREATE_FIELDS: dict[str, Schema] = {
 
 UPDATE_FIELDS: dict[str, Schema] = {
     "api_key": _TEXT,
+    "jurisdiction_id": {**_TEXT, "description": "optional: the request's jurisdiction (C-06)"},
     "service_request_id": _TEXT,
     "update_id": _TEXT,
     "status": {**_TEXT, "description": "extended status, upper case (C-22/C-23)"},

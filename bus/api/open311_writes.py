@@ -240,11 +240,16 @@ async def post_update(request: Request, fmt: Format) -> Response:
 
 def _record_update(ctx: ApiContext, form: FormData) -> list[dict[str, object]]:
     client = ctx.authenticate(first(form, "api_key"), None)
+    # Optional, the request id naming the request anyway (as on GET); unknown is a 404 (C-06).
+    jurisdiction = first(form, "jurisdiction_id")
+    if jurisdiction is not None:
+        ctx.catalogue.jurisdiction(jurisdiction)
     update = parse_update_form(form, source=f"api:{client.name}", now=datetime.now(UTC))
     if isinstance(update, list):
         raise Open311Problem.of(400, update)
     existing = ctx.store.get_request(update.request_id)
-    if existing is None:
+    # Another jurisdiction's request is not found, as on GET /requests/{id}.
+    if existing is None or jurisdiction not in (None, existing.jurisdiction):
         raise Open311Problem(404, f"service_request_id {update.request_id[:80]!r} not found")
     if client.jurisdiction not in (None, existing.jurisdiction):
         raise Open311Problem(403, f"api_key is not valid for jurisdiction {existing.jurisdiction}")

@@ -356,6 +356,36 @@ def test_c07_update_queries_near_the_ends_of_the_calendar_are_400_not_500(
     assert response.status_code == 400, response.text
 
 
+def test_c06_an_update_naming_an_unknown_jurisdiction_is_404_and_records_nothing(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    response = post_update(
+        http, api_key, service_request_id=request_id, jurisdiction_id="nowhere.example"
+    )
+    assert response.status_code == 404, response.text
+    assert "jurisdiction_id 'nowhere.example' is not served here" in response.text
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.history == ()
+
+
+def test_c06_an_update_naming_another_jurisdiction_than_the_requests_is_not_found(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)  # a Springfield request
+    elsewhere = post_update(
+        http, api_key, service_request_id=request_id, jurisdiction_id=SHELBYVILLE
+    )
+    assert elsewhere.status_code == 404, elsewhere.text
+    assert elsewhere.json() == [
+        {"code": 404, "description": f"service_request_id {request_id!r} not found"}
+    ]
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.history == ()
+    here = post_update(http, api_key, service_request_id=request_id, jurisdiction_id=SPRINGFIELD)
+    assert here.status_code == 200, here.text
+
+
 @pytest.mark.parametrize(
     "field", ["description", "update_id", "service_request_id", "external_status_code", "media_url"]
 )
