@@ -22,7 +22,15 @@ import structlog
 
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.metrics import REQUESTS_ACCEPTED
-from bus.store import AlreadyExists, Client, OutboxEvent, Store, StoreUnavailable, Transaction
+from bus.store import (
+    AlreadyExists,
+    Client,
+    OutboxEvent,
+    Store,
+    StoreUnavailable,
+    Transaction,
+    WriteConflict,
+)
 from schemas import open311_render as render
 from schemas.events import Envelope, EventType
 from schemas.model import Channel, Media, ServiceRequest, ServiceType
@@ -167,15 +175,23 @@ def write_batch(
     """Write several prepared requests in one transaction (group commit), each all or nothing.
 
     In that transaction each member's client is checked to be still active (ClientRevoked if
-    not) and its idempotency key still unanswered (else the first answer is replayed), so
-    neither check can race a revocation or a concurrent create. If the shared transaction
-    fails, each member is written in a transaction of its own, so one request's problem
-    never loses another's; a store that is unavailable fails every member with
-    StoreUnavailable (nothing written). `lock_timeout`: see `Store.transaction`.
+    not; the client stays locked against revocation until the commit) and its idempotency key
+    still unanswered (else the first answer is replayed), so neither check can race a
+    revocation or a concurrent create. If the shared transaction fails, each member is
+    written in a transaction of its own, so one request's problem (or a deadlock with another
+    process, WriteConflict) never loses another's; a store that is unavailable fails every
+    member with StoreUnavailable (nothing written). `lock_timeout`: see `Store.transaction`.
     """
     try:
         with store.transaction(lock_timeout=lock_timeout) as tx:
             outcomes = _write_group(tx, batch)
+    except WriteConflict as exc:
+        # PostgreSQL ended the batch to settle a deadlock with another process's transaction
+        # (e.g. both inserting the same idempotency keys): the other one goes on, and each
+        # member alone takes fewer locks, so an unrelated create is not lost with the batch.
+        if len(batch) == 1:
+            return [exc]
+        return [_write_alone(store, prepared, lock_timeout) for prepared in batch]
     except StoreUnavailable as exc:
         return [exc] * len(batch)
     except AlreadyExists:

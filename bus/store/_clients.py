@@ -48,15 +48,23 @@ def authenticate(conn: Connection, key: str) -> Client | None:
     return _client(row) if row else None
 
 
-_IS_ACTIVE = sa.select(api_clients.c.id).where(
-    api_clients.c.id == sa.bindparam("id"), api_clients.c.revoked_at.is_(None)
+# FOR SHARE (PostgreSQL; SQLite has no row locks, and its write lock already serializes the
+# writer with a revocation): under READ COMMITTED a plain SELECT would let a revocation commit
+# between this check and the caller's commit. The share lock makes the revocation wait for the
+# caller's commit, and a check made after the revocation committed sees it.
+_IS_ACTIVE = (
+    sa.select(api_clients.c.id)
+    .where(api_clients.c.id == sa.bindparam("id"), api_clients.c.revoked_at.is_(None))
+    .with_for_update(read=True)
 )
 
 
 def inactive(conn: Connection, client_ids: Collection[int]) -> set[int]:
-    """The ids among `client_ids` whose client is revoked (or gone).
+    """The ids among `client_ids` whose client is revoked (or gone); the active ones stay
+    locked against revocation until the transaction ends.
 
     One lookup per client: a batch of creates nearly always comes from one or two clients.
+    Locked in id order, as every caller does, so two batches cannot deadlock on them.
     """
     return {id for id in sorted(client_ids) if not run(conn, _IS_ACTIVE, {"id": id})}
 

@@ -33,11 +33,14 @@ def save(conn: Connection, answers: Sequence[tuple[int, str, dict[str, Any]]]) -
     already stored, so the loser of a race is rolled back whole."""
     if answers:
         now = utcnow()
+        # In key order: on PostgreSQL a row waits for a concurrent insert of the same key, so
+        # two processes inserting [k1, k2] and [k2, k1] (a client retrying through a load
+        # balancer) would each wait for the other, a deadlock.
         insert_rows(
             conn,
             idempotency_keys,
             [
                 {"client_id": client_id, "key": key, "response": response, "created_at": now}
-                for client_id, key, response in answers
+                for client_id, key, response in sorted(answers, key=lambda a: (a[0], a[1]))
             ],
         )

@@ -77,7 +77,9 @@ class Transaction:
 
     def inactive_clients(self, client_ids: Collection[int]) -> set[int]:
         """The ids among `client_ids` whose client is revoked or gone, as this transaction
-        sees them (a writer that checks here cannot race a revocation)."""
+        sees them. The active ones stay locked until it ends (PostgreSQL: FOR SHARE; SQLite:
+        the write lock), so a revocation waits for this writer's commit: a writer that
+        checks here cannot race one."""
         return _clients.inactive(self._session, client_ids)
 
     def apply_status_update(

@@ -5,10 +5,13 @@ remembered clients still honour a revocation at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +26,7 @@ from bus.intake import (
     prepare,
     write_batch,
 )
-from bus.store import Client, InvalidData
+from bus.store import Client, InvalidData, Store
 from schemas.open311 import RequestDraft, parse_create_form
 from tests.api.conftest import SPRINGFIELD, make_runtime
 
@@ -39,6 +42,14 @@ FORM = {
 @pytest.fixture
 def rt(tmp_path: Path) -> Iterator[Runtime]:
     runtime = make_runtime(f"sqlite:///{tmp_path}/civicbus.db", tmp_path / "media")
+    runtime.store.upgrade()
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def pg_rt(postgres_url: str, tmp_path: Path) -> Iterator[Runtime]:
+    runtime = make_runtime(postgres_url, tmp_path / "media")
     runtime.store.upgrade()
     yield runtime
     runtime.close()
@@ -208,3 +219,92 @@ def test_revoking_a_remembered_key_refuses_its_next_create_at_once(tmp_path: Pat
             assert len(rt.store.pending_outbox(limit=100)) == 3
     finally:
         rt.close()
+
+
+@pytest.mark.postgres
+def test_a_deadlock_between_two_processes_batches_loses_no_unrelated_create(
+    pg_rt: Runtime, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process A batches [k1, k2, unrelated], process B [k2, k1, unrelated] (a client retrying
+    two creates through a load balancer). If the two transactions wait on each other,
+    PostgreSQL ends one of them: its members are then written one by one, not all refused."""
+    from bus.store import _idempotency
+
+    rt = pg_rt
+    client, _ = rt.store.add_client("retrier")
+    other, _ = rt.store.add_client("bystander")
+    batch_a = [_prepared(rt, client, "k1"), _prepared(rt, client, "k2"), _prepared(rt, other)]
+    batch_b = [_prepared(rt, client, "k2"), _prepared(rt, client, "k1"), _prepared(rt, other)]
+    store_b = Store.open(postgres_url)  # the second API process
+    barrier = threading.Barrier(2, timeout=10)
+    real_save = _idempotency.save
+
+    def save(conn: Any, answers: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
+        # Force the deadlock whatever order the keys are inserted in (the store sorts them,
+        # but other locks may still be taken in caller order): each transaction inserts its
+        # first key, then its second once the other has inserted its first.
+        if len(answers) < 2:
+            return real_save(conn, answers)
+        real_save(conn, answers[:1])
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()
+        return real_save(conn, answers[1:])
+
+    monkeypatch.setattr(_idempotency, "save", save)
+    results: dict[str, list[Accepted | Exception]] = {}
+
+    def run(name: str, store: Store, batch: list[Prepared]) -> None:
+        results[name] = write_batch(store, batch)
+
+    threads = [
+        threading.Thread(target=run, args=("a", rt.store, batch_a)),
+        threading.Thread(target=run, args=("b", store_b, batch_b)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    store_b.close()
+    outcomes = [_accepted(o) for o in results["a"] + results["b"]]
+    # Each key created once, the other process's create of it replayed; both bystanders written.
+    assert sum(not o.replayed for o in outcomes) == 4
+    assert rt.store.get_request(batch_a[2].request.id) is not None
+    assert rt.store.get_request(batch_b[2].request.id) is not None
+
+
+@pytest.mark.postgres
+def test_a_revocation_cannot_commit_between_the_check_and_the_creates_commit(
+    pg_rt: Runtime, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under READ COMMITTED a plain SELECT of the client would let `civicbus clients revoke`
+    from another process commit between the check and the create's commit: a key whose
+    revocation had returned would still create a request. The revocation must wait."""
+    from bus.store import _clients
+
+    rt = pg_rt
+    client, _ = rt.store.add_client("soon-revoked")
+    prepared = _prepared(rt, client)
+    revoker = Store.open(postgres_url)  # the operator's CLI
+    real_inactive = _clients.inactive
+    revoked = threading.Event()
+    revoked_while_writing: list[bool] = []
+
+    def inactive(conn: Any, ids: set[int]) -> set[int]:
+        found = real_inactive(conn, ids)
+        thread = threading.Thread(
+            target=lambda: revoker.revoke_client("soon-revoked") and revoked.set()
+        )
+        thread.start()
+        thread.join(2)  # a revocation that waits for this transaction is fine
+        revoked_while_writing.append(revoked.is_set())
+        return found
+
+    monkeypatch.setattr(_clients, "inactive", inactive)
+    (outcome,) = write_batch(rt.store, [prepared])
+    assert revoked_while_writing == [False], "the revocation returned before the create committed"
+    assert isinstance(outcome, Accepted)
+    assert revoked.wait(10)  # once the create committed
+    revoker.close()
+    monkeypatch.undo()
+    (after,) = write_batch(rt.store, [_prepared(rt, client)])
+    assert isinstance(after, ClientRevoked)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -85,6 +87,30 @@ def test_idempotent_responses_are_found_per_client_and_key(store: Store) -> None
     assert store.idempotent_response(two.id, "k") == {"answer": 2}
     with pytest.raises(AlreadyExists), store.transaction() as tx:
         tx.save_idempotent_responses([(one.id, "k", {"answer": 3})])
+
+
+def test_idempotency_keys_are_inserted_in_client_and_key_order(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL an insert waits for a concurrent insert of the same key: two processes
+    inserting [k1, k2] and [k2, k1] would wait for each other (a deadlock) in caller order."""
+    from bus.store import _idempotency
+
+    one, _ = store.add_client("one")
+    two, _ = store.add_client("two")
+    inserted: list[tuple[int, str]] = []
+    real_insert_rows = _idempotency.insert_rows
+
+    def insert_rows(conn: Any, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        inserted.extend((row["client_id"], row["key"]) for row in rows)
+        real_insert_rows(conn, table, rows)
+
+    monkeypatch.setattr(_idempotency, "insert_rows", insert_rows)
+    with store.transaction() as tx:
+        tx.save_idempotent_responses(
+            [(two.id, "a", {}), (one.id, "k2", {}), (one.id, "k1", {}), (two.id, "0", {})]
+        )
+    assert inserted == [(one.id, "k1"), (one.id, "k2"), (two.id, "0"), (two.id, "a")]
 
 
 def test_a_short_lock_timeout_gives_up_while_another_writer_holds_the_lock(
