@@ -150,6 +150,19 @@ class Config(_Strict):
                 message = f"service {s.code} is defined twice in {s.jurisdiction}"
                 problems.append((("services", i, "code"), message))
             seen.add((s.jurisdiction, s.code))
+        # A rule naming a service or jurisdiction that does not exist never matches, and its
+        # requests would go to the default instance without a word.
+        codes = {s.code for s in self.services}
+        for i, r in enumerate(self.routing.rules):
+            for field, what, names, configured in (
+                ("services", "service", r.services, codes),
+                ("jurisdictions", "jurisdiction", r.jurisdictions, known),
+            ):
+                for j, name in enumerate(names):
+                    if name != "*" and name not in configured:
+                        message = f"routing {r.name}: unknown {what} {name!r}"
+                        at = ("routing", "rules", i, field, j)
+                        problems.append((at, f"{message} {_among(configured)}"))
         targets: list[tuple[Location, str, str]] = [
             (("routing", "rules", i, "instance"), r.name, r.instance)
             for i, r in enumerate(self.routing.rules)

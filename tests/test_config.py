@@ -75,6 +75,35 @@ instances:
     ]
 
 
+def test_routing_rules_naming_unknown_services_or_jurisdictions_are_refused() -> None:
+    # A typo in a rule would otherwise send those requests to the default instance silently.
+    text = """jurisdictions: [{id: springfield.example, name: Springfield}]
+services:
+  - {code: DOG_FOULING, jurisdiction: springfield.example, name: Dog fouling}
+  - {code: POTHOLE, jurisdiction: springfield.example, name: Pothole}
+routing:
+  rules:
+    - {name: dogs, services: [POTHOLE, DOG_FOLING], instance: desk}
+    - name: springfield
+      jurisdictions: [springfeld.example]
+      instance: desk
+    - {name: anything, services: ["*"], jurisdictions: ["*"], instance: desk}
+  default: desk
+instances:
+  desk: {kind: memory}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="city.yaml")
+
+    lines = str(err.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "city.yaml:7: routing.rules.0.services.1: routing dogs: unknown service 'DOG_FOLING' "
+        "(configured: DOG_FOULING, POTHOLE)",
+        "city.yaml:9: routing.rules.1.jurisdictions.0: routing springfield: unknown "
+        "jurisdiction 'springfeld.example' (configured: springfield.example)",
+    ]
+
+
 def test_missing_file_and_invalid_yaml_say_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")

@@ -53,6 +53,11 @@ def test_rules_restricted_to_a_jurisdiction_and_first_match_wins() -> None:
     config = Config.model_validate(
         {
             "jurisdictions": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
+            "services": [
+                {"code": code, "jurisdiction": j, "name": code}
+                for code in ("POTHOLE", "NOISE")
+                for j in ("a", "b")
+            ],
             "routing": {
                 "rules": [
                     {
