@@ -6,7 +6,7 @@ A bad file is reported with the file, line and field, in words an integrator can
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,7 @@ class Config(_Strict):
                 message = f"service {s.code} is defined twice in {s.jurisdiction}"
                 problems.append((("services", i, "code"), message))
             seen.add((s.jurisdiction, s.code))
+            problems += _attribute_problems(i, s)
         # A rule naming a service or jurisdiction that does not exist never matches, and its
         # requests would go to the default instance without a word.
         codes = {s.code for s in self.services}
@@ -161,8 +162,14 @@ class Config(_Strict):
                 for j, name in enumerate(names):
                     if name != "*" and name not in configured:
                         message = f"routing {r.name}: unknown {what} {name!r}"
-                        at = ("routing", "rules", i, field, j)
+                        at: Location = ("routing", "rules", i, field, j)
                         problems.append((at, f"{message} {_among(configured)}"))
+        rule_names: set[str] = set()
+        for i, r in enumerate(self.routing.rules):
+            if r.name in rule_names:
+                at = ("routing", "rules", i, "name")
+                problems.append((at, f"routing rule {r.name} is defined twice"))
+            rule_names.add(r.name)
         targets: list[tuple[Location, str, str]] = [
             (("routing", "rules", i, "instance"), r.name, r.instance)
             for i, r in enumerate(self.routing.rules)
@@ -185,6 +192,24 @@ class Config(_Strict):
             if rule.matches(service_code, jurisdiction):
                 return rule.instance, rule.name
         return self.routing.default, "default"
+
+
+def _attribute_problems(i: int, service: ServiceConfig) -> list[tuple[Location, str]]:
+    problems: list[tuple[Location, str]] = []
+    codes: set[str] = set()
+    for k, a in enumerate(service.attributes):
+        at: Location = ("services", i, "attributes", k)
+        if a.code in codes:
+            message = f"service {service.code}: attribute {a.code} is defined twice"
+            problems.append(((*at, "code"), message))
+        codes.add(a.code)
+        if a.datatype.is_list and not a.values:
+            message = (
+                f"service {service.code}: attribute {a.code} is a {a.datatype} with no values, "
+                "so every answer would be refused"
+            )
+            problems.append(((*at, "values"), message))
+    return problems
 
 
 def _among(names: Collection[str]) -> str:
@@ -231,6 +256,10 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    duplicates = list(_duplicate_keys(node, ()))
+    if duplicates:
+        lines = [f"{source}:{line}: {where}" for line, where in duplicates]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping at the top level")
     try:
@@ -256,6 +285,29 @@ def _problems(exc: ValidationError) -> list[tuple[Location, str]]:
         else:
             found.append((tuple(err["loc"]), err["msg"]))
     return found
+
+
+def _duplicate_keys(node: yaml.Node | None, loc: Location) -> Iterator[tuple[int, str]]:
+    """Each key given twice in one mapping, at its second line: YAML keeps the last silently."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            # Merge keys (`<<: *base`) may repeat, and their anchor was checked where it stands.
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            path = (*loc, key.value)
+            if key.value in first:
+                where = ".".join(str(p) for p in path)
+                yield (
+                    line,
+                    f"{where}: {key.value!r} is given twice (first on line {first[key.value]})",
+                )
+            first.setdefault(key.value, line)
+            yield from _duplicate_keys(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, (*loc, i))
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

@@ -104,6 +104,57 @@ instances:
     ]
 
 
+def test_a_key_given_twice_is_refused_at_its_second_line() -> None:
+    # YAML would keep the last one silently: one of two instances would vanish.
+    text = """jurisdictions: [{id: springfield.example, name: Springfield}]
+routing: {default: desk}
+instances:
+  desk: {kind: memory}
+  desk:
+    kind: email
+    kind: memory
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="city.yaml")
+
+    lines = str(err.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "city.yaml:5: instances.desk: 'desk' is given twice (first on line 4)",
+        "city.yaml:7: instances.desk.kind: 'kind' is given twice (first on line 6)",
+    ]
+
+
+def test_duplicate_attributes_empty_value_lists_and_duplicate_rule_names_are_refused() -> None:
+    text = """jurisdictions: [{id: springfield.example, name: Springfield}]
+services:
+  - code: POTHOLE
+    jurisdiction: springfield.example
+    name: Pothole
+    attributes:
+      - {code: DEPTH, datatype: number, description: How deep, order: 1}
+      - {code: DEPTH, datatype: string, description: How deep again, order: 2}
+      - {code: LANE, datatype: singlevaluelist, description: Which lane, order: 3}
+routing:
+  rules:
+    - {name: roads, services: [POTHOLE], instance: desk}
+    - {name: roads, jurisdictions: [springfield.example], instance: desk}
+  default: desk
+instances:
+  desk: {kind: memory}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="city.yaml")
+
+    lines = str(err.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "city.yaml:8: services.0.attributes.1.code: service POTHOLE: attribute DEPTH is "
+        "defined twice",
+        "city.yaml:9: services.0.attributes.2.values: service POTHOLE: attribute LANE is a "
+        "singlevaluelist with no values, so every answer would be refused",
+        "city.yaml:13: routing.rules.1.name: routing rule roads is defined twice",
+    ]
+
+
 def test_missing_file_and_invalid_yaml_say_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
