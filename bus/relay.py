@@ -55,7 +55,7 @@ from bus.broker.topology import (
 from bus.config import Config
 from bus.routing import route, routed_event
 from bus.store import OutboxMessage, Store, StoreUnavailable
-from schemas.events import EventType
+from schemas.events import Envelope, EventType
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +111,8 @@ class Relay:
         self._lease_renewed_at: float | None = None
         self._failures = 0
         self._empty_looks = 0
+        self._catalogue = {(s.jurisdiction, s.code) for s in config.services}
+        self._warned_unknown: set[tuple[str, str]] = set()
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -322,6 +324,7 @@ class Relay:
             # instance (a dead-letter replay) goes out as it is, exactly once.
             if envelope.type is EventType.CREATED and row.exchange == EVENTS_EXCHANGE:
                 instance, rule = route(self.config, envelope)
+                self._warn_if_unknown(envelope, instance)
                 routed[row.id] = _Routed(instance, rule)
                 # The command right after its event: the order per request holds on the wire.
                 yield envelope_message(
@@ -337,3 +340,22 @@ class Relay:
                     exchange=EVENTS_EXCHANGE,
                     routing_key=event_routing_key(EventType.ROUTED, instance),
                 )
+
+    def _warn_if_unknown(self, envelope: Envelope, instance: str) -> None:
+        """Warn, once per service, of a request for a service this relay's config lacks: the
+        API accepted it with a newer config, and the relay routes with the one it started with."""
+        service_code = envelope.data.get("service_code")
+        jurisdiction = envelope.data.get("jurisdiction")
+        if not isinstance(service_code, str) or not isinstance(jurisdiction, str):
+            return  # the router has warned of that already
+        key = (jurisdiction, service_code)
+        if key in self._catalogue or key in self._warned_unknown:
+            return
+        self._warned_unknown.add(key)
+        log.warning(
+            "relay.service_not_in_catalogue",
+            service_code=service_code,
+            jurisdiction=jurisdiction,
+            instance=instance,
+            hint="restart the relay after changing the config",
+        )

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from bus import deadletters
 from bus.broker import topology as t
@@ -119,6 +120,30 @@ def test_a_created_request_becomes_a_command_for_the_routed_instance_with_audit(
     ]
     routed = [e for e in store.audit_trail(graffiti.subject) if e.action == "routed"]
     assert routed[0].details == {"instance": "email-311", "rule": "default"}
+
+
+def test_a_service_missing_from_the_relays_catalogue_is_warned_about_once(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    # A service added to the config after the relay started: it still routes with the config it
+    # loaded, so the request goes to the default; the operator is told to restart it.
+    relay = Relay(store, config, amqp_url)
+    with capture_logs() as logs:
+        accept(store, "DOG_FOULING")
+        accept(store, "DOG_FOULING")
+        accept(store, "POTHOLE")
+        relay.relay_batch()
+        accept(store, "DOG_FOULING")
+        relay.relay_batch()
+
+    warnings = [e for e in logs if e["event"] == "relay.service_not_in_catalogue"]
+    assert len(warnings) == 1
+    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["service_code"] == "DOG_FOULING"
+    assert warnings[0]["jurisdiction"] == "springfield.example"
+    assert warnings[0]["instance"] == "email-311"
+    assert "restart the relay after changing the config" in warnings[0]["hint"]
+    assert len(drain(channel, t.work_queue("email-311"), 3)) == 3
 
 
 def test_a_routed_event_announces_each_command_and_repeats_its_id_when_published_again(
