@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from adapters import PermanentError
 from adapters.mapping import Mapping, MappingFileError, load_mapping
+from adapters.registry import RegistryError, load_instance_mapping, load_kind
 from schemas.model import ServiceRequest
 
 
@@ -56,9 +57,17 @@ def register(app: typer.Typer) -> None:
 
 
 def _load(file: Path) -> Mapping:
+    """The mapping, checked as `adapters check` checks an instance's: it must also define the
+    fields its adapter kind's back-end needs (when that kind is installed here)."""
     try:
-        return load_mapping(file)
-    except MappingFileError as exc:
+        mapping = load_mapping(file)
+        try:
+            required = load_kind(mapping.adapter).mapping_fields
+        except RegistryError as exc:
+            typer.echo(f"note: {exc}; the fields its back-end needs are not checked", err=True)
+            return mapping
+        return load_instance_mapping(mapping.adapter, file, required)
+    except (MappingFileError, RegistryError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 

@@ -58,6 +58,25 @@ def test_check_names_the_line_of_each_problem(tmp_path: Path) -> None:
     assert f"{path}:10: statuses.NOCO: 'shut' is not one of" in out
 
 
+def test_check_names_the_fields_the_adapter_kinds_back_end_needs(tmp_path: Path) -> None:
+    # The same verdict as `civicbus adapters check` on an instance using this file.
+    parks = "adapter: parks\nfields:\n  description: {from: description}\n"
+    path = write(tmp_path, "parks.yaml", parks)
+    code, out = invoke("mapping", "check", path)
+    assert code == 1
+    assert f"{path}: missing mapping field(s) category, which the parks back-end needs" in out
+
+
+def test_check_of_a_mapping_for_a_kind_not_installed_says_what_it_could_not_check(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "x.yaml", MAPPING.replace("adapter: sap", "adapter: telex"))
+    code, out = invoke("mapping", "check", path)
+    assert code == 0, out
+    assert "adapter kind 'telex' is not installed" in out
+    assert "the fields its back-end needs are not checked" in out
+
+
 def test_check_a_missing_file(tmp_path: Path) -> None:
     code, out = invoke("mapping", "check", str(tmp_path / "nope.yaml"))
     assert code == 1 and "cannot read the mapping file" in out
