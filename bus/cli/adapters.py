@@ -1,7 +1,8 @@
 """`civicbus adapters list`, `check [INSTANCE]` and `retry-now INSTANCE`: what is there, what
 works, and sending what waits in an instance's retry tiers to its worker now.
 
-Mapping paths in the config are taken relative to the working directory, as everywhere else.
+Relative mapping paths in the config start at the config file's folder, wherever civicbus is
+started from; `list` shows them resolved, as the instances use them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 from adapters import Health, PermanentError, TransientError
 from adapters.mapping import MappingFileError
 from adapters.registry import KindNotInstalled, RegistryError, available_kinds
-from bus.adapters_glue import build_adapter
+from bus.adapters_glue import build_adapter, mapping_path
 from bus.cli.common import runtime
 from bus.config import ConfigError, InstanceConfig
 
@@ -43,7 +44,8 @@ def register(app: typer.Typer) -> None:
                 note = "  (kind not installed)"
             elif not kinds[cfg.kind].ok:
                 note = "  (kind cannot load, see above)"
-            mapping = cfg.mapping or "(no mapping)"
+            path = mapping_path(cfg, rt.config_dir)
+            mapping = str(path.resolve()) if path else "(no mapping)"
             typer.echo(f"  {name:<20} {cfg.kind:<10} {mapping}{note}")
         if not instances:
             typer.echo("  (none)")

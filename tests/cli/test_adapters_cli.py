@@ -63,6 +63,15 @@ def test_list_shows_installed_kinds_and_configured_instances(city: Path) -> None
     assert "ghost                nosuchkind" in out and "(kind not installed)" in out
 
 
+def test_list_shows_mapping_paths_resolved_from_the_config_files_folder(city: Path) -> None:
+    # The command runs from another folder (see `city`): the path shown is the one used.
+    code, out = invoke(city, "adapters", "list")
+    assert code == 0, out
+    mapping = (city.parent / "mappings" / "memory.yaml").resolve()
+    assert f"mem-ok               memory     {mapping}\n" in out
+    assert "mem-down             memory     (no mapping)" in out
+
+
 def test_check_says_what_is_wrong_with_each_instance(city: Path) -> None:
     code, out = invoke(city, "adapters", "check")
     assert code == 1
