@@ -1,8 +1,9 @@
 """Prometheus metrics, served by the API at `GET /metrics`.
 
 Two kinds. What the store knows of the whole bus (the outbox backlog, dead letters waiting, the
-leases of the relay and the pollers) is read when Prometheus scrapes, so any API copy reports
-the same figures and no other part needs an endpoint of its own. What happens inside this
+leases of the relay and the pollers, the pollers' failed rounds) is read when Prometheus
+scrapes, so any API copy reports the same figures and no other part needs an endpoint of its
+own. What happens inside this
 process (requests accepted) is counted as it happens. Queue depths and consumers are the
 broker's to report: RabbitMQ's own Prometheus plugin has them; `civicbus status` shows both.
 No label ever holds personal data: only jurisdictions, service codes, channels and the names of
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bus.store import Store, StoreUnavailable
@@ -37,7 +38,7 @@ class StoreCollector(Collector):
         #: The adapter instances (and subscriptions) to report even with nothing waiting.
         self._recipients = recipients
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("civicbus_store_up", "1 when the store answered this scrape.")
         try:
             seen = self._store().overview()
@@ -77,6 +78,23 @@ class StoreCollector(Collector):
         for name, held in seen.leases.items():
             lease.add_metric([name], (held.expires_at - now).total_seconds())
         yield lease
+        failed = CounterMetricFamily(
+            "civicbus_poller_failed_rounds",
+            "Poller rounds that failed (back-end or store error), by adapter instance.",
+            labels=["instance"],
+        )
+        failing = GaugeMetricFamily(
+            "civicbus_poller_failing_seconds",
+            "How long an instance's poller rounds have failed without one completing "
+            "(0 while they complete).",
+            labels=["instance"],
+        )
+        for instance, rounds in seen.pollers.items():
+            failed.add_metric([instance], rounds.failed_rounds)
+            since = rounds.failing_since
+            failing.add_metric([instance], (now - since).total_seconds() if since else 0.0)
+        yield failed
+        yield failing
 
 
 def api_registry(

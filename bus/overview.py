@@ -19,7 +19,7 @@ from bus.broker.topology import dead_queue, retry_delays, retry_queue, work_queu
 from bus.config import InstanceConfig
 from bus.poller import lease_name as poller_lease
 from bus.relay import LEASE as RELAY_LEASE
-from bus.store import AuditEntry, Store, StoreOverview, Subscription
+from bus.store import AuditEntry, PollerRounds, Store, StoreOverview, Subscription
 from bus.subscriptions import queue_name, route_name
 
 #: An outbox event older than this while a relay is active means the relay is not keeping up.
@@ -30,6 +30,9 @@ AUDIT_WINDOW = 10_000
 #: After a failed delivery's announced next try, how long before that failure is taken as
 #: stale (the immediate tries of a round, each up to the webhook's timeout, come first).
 RETRY_GRACE = timedelta(minutes=2)
+#: A poller whose rounds have failed for this long (or three of its intervals, if longer) is a
+#: problem; one failed round of a back-end's blip is not.
+POLLER_FAILING = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class Recipient:
     #: A subscriber failing its deliveries now: since when, and its last error.
     failing_since: datetime | None = None
     last_error: str | None = None
+    #: An instance's poller rounds as the store keeps them (None: not polled), and its interval.
+    poller: PollerRounds | None = None
+    poll_interval: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,10 @@ def take_overview(
     subscriptions = [_subscription(s, seen) for s in store.list_subscriptions()]
     if subscriptions:
         subscriptions = _with_webhook_failures(store, subscriptions, at)
-    recipients = [*(_instance(name, seen) for name in instances), *subscriptions]
+    recipients = [
+        *(_instance(name, config, seen) for name, config in instances.items()),
+        *subscriptions,
+    ]
     broker_error = None
     try:
         recipients = _with_queue_states(recipients, instances, connect)
@@ -95,6 +104,7 @@ def _problems(overview: Overview) -> list[str]:
     found.extend(_relay_problems(overview))
     found.extend(_lapsed_leases(overview))
     for c in overview.recipients:
+        found.extend(_poller_problems(c, overview.at))
         for queue in c.missing:
             found.append(
                 f"{c.name}: the broker has no queue {queue}; `{c.start_with}` or "
@@ -175,13 +185,30 @@ def _lapsed_leases(overview: Overview) -> list[str]:
     return found
 
 
-def _instance(name: str, seen: StoreOverview) -> Recipient:
+def _poller_problems(c: Recipient, at: datetime) -> list[str]:
+    rounds = c.poller
+    if rounds is None or rounds.failing_since is None:
+        return []
+    if at - rounds.failing_since < max(POLLER_FAILING, timedelta(seconds=3 * c.poll_interval)):
+        return []
+    last = rounds.polled_at.isoformat(timespec="seconds") if rounds.polled_at else "never"
+    return [
+        f"{c.name}: its poller's rounds have failed since "
+        f"{rounds.failing_since.isoformat(timespec='seconds')} (last completed: {last}): "
+        f"{rounds.last_error}; no status change of its back-end is read until a round "
+        f"completes; `civicbus adapters check {c.name}` (the poller's log has each failure)"
+    ]
+
+
+def _instance(name: str, config: InstanceConfig, seen: StoreOverview) -> Recipient:
     return Recipient(
         name=name,
         start_with=f"civicbus worker {name}",
         queue=work_queue(name),
         dead_queue=dead_queue(name),
         dead_letters=seen.dead_letters.get(name, 0),
+        poller=seen.pollers.get(name),
+        poll_interval=config.poll_interval,
     )
 
 

@@ -10,6 +10,10 @@ An update that cannot be recorded as it is (a control character the API would re
 the database refuses) is skipped, logged and audited `status_refused`, and the watermark moves
 on: one bad update must not hold back every later status change of its back-end. A store
 outage is different: the round stops, and the page is read again next round.
+
+Each round's outcome is kept with the watermark (the last completed round; since when rounds
+fail, how many and why), so `civicbus status` and the API's /metrics show a poller that keeps
+failing: this process has no endpoint of its own.
 """
 
 from __future__ import annotations
@@ -143,12 +147,18 @@ class Poller:
 
     def _round(self, instance: str) -> None:
         try:
-            self.poll_once(instance)
+            recorded = self.poll_once(instance)
         except Exception as exc:
             # A back-end or store outage: try again next round; the watermark has not moved.
-            log.warning(
-                "poller.round_failed", instance=instance, error=f"{type(exc).__name__}: {exc}"
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("poller.round_failed", instance=instance, error=error)
+            # A store outage cannot be kept in the store; /metrics shows the store down then.
+            with suppress(StoreUnavailable, ValueError), self.store.transaction() as tx:
+                tx.poll_round_failed(instance, error)
+            return
+        if recorded is not None:  # None: another copy polls it, and reports its own rounds
+            with suppress(StoreUnavailable, ValueError), self.store.transaction() as tx:
+                tx.poll_round_completed(instance)
 
 
 def _refused_text(update: StatusUpdate) -> str | None:

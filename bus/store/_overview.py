@@ -1,5 +1,6 @@
-"""The store's side of `civicbus status`: the outbox backlog, who holds the leases, and the dead
-letters waiting for an operator. Each figure is one indexed query, cheap enough to ask often."""
+"""The store's side of `civicbus status`: the outbox backlog, who holds the leases, the dead
+letters waiting for an operator and how the pollers' rounds go. Each figure is one indexed query,
+cheap enough to ask often."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from bus.store._records import DeadLetterState, Lease, StoreOverview
 from bus.store._tables import dead_letters, leases, outbox
+from bus.store._watermarks import pollers
 
 
 def overview(conn: Connection) -> StoreOverview:
@@ -28,4 +30,5 @@ def overview(conn: Connection) -> StoreOverview:
         oldest_waiting=oldest,
         leases={row.name: Lease(row.name, row.holder, row.expires_at) for row in held},
         dead_letters={instance: int(count) for instance, count in dead},
+        pollers=pollers(conn),  # one row per polled instance
     )

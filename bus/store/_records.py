@@ -170,6 +170,18 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class PollerRounds:
+    """How an instance's poller rounds have gone: the last one that completed, since when they
+    fail (None while they succeed), the failed rounds ever counted and the latest error."""
+
+    instance: str
+    polled_at: datetime | None
+    failing_since: datetime | None
+    failed_rounds: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class StoreOverview:
     """What the store says of the bus's health at one moment."""
 
@@ -178,3 +190,5 @@ class StoreOverview:
     leases: dict[str, Lease]
     #: Dead letters waiting for a decision, by adapter instance (or subscription route).
     dead_letters: dict[str, int]
+    #: By adapter instance, for those a poller has ever polled.
+    pollers: dict[str, PollerRounds]

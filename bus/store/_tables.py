@@ -202,6 +202,11 @@ adapter_watermarks = sa.Table(
     sa.Column("instance", sa.Text(), primary_key=True),
     sa.Column("watermark", sa.Text(), nullable=True),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # How the poller's rounds go, for `civicbus status` and /metrics (migration 0002).
+    sa.Column("polled_at", UTCDateTime(), nullable=True),
+    sa.Column("failing_since", UTCDateTime(), nullable=True),
+    sa.Column("failed_rounds", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text(), nullable=True),
 )
 
 leases = sa.Table(

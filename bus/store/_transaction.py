@@ -173,6 +173,14 @@ class Transaction:
         """Remember how far the instance's poller has read its back-end's updates."""
         _watermarks.set_watermark(self._session, instance, watermark)
 
+    def poll_round_completed(self, instance: str) -> None:
+        """The instance's poller completed a round now: it is no longer failing."""
+        _watermarks.round_completed(self._session, instance)
+
+    def poll_round_failed(self, instance: str, error: str) -> None:
+        """The instance's poller failed a round with `error` (no personal data in it)."""
+        _watermarks.round_failed(self._session, instance, error)
+
     def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
         """Take or renew the named lease for `holder`; False while someone else holds it."""
         return _leases.try_lease(self._session, name, holder, ttl_seconds)

@@ -79,3 +79,21 @@ def test_an_unreachable_store_is_reported_as_down_not_as_an_error(tmp_path: Path
         samples = scrape(live.url)
     assert samples[("civicbus_store_up", ())] == 0
     assert ("civicbus_outbox_waiting_events", ()) not in samples
+
+
+def test_failed_poller_rounds_are_counted_per_instance(
+    server: LiveServer, runtime: Runtime
+) -> None:
+    for _ in range(3):
+        with runtime.store.transaction() as tx:
+            tx.poll_round_failed("parks", "ConnectError: refused")
+
+    failing = scrape(server.url)
+    with runtime.store.transaction() as tx:
+        tx.poll_round_completed("parks")
+    recovered = scrape(server.url)
+
+    assert failing[("civicbus_poller_failed_rounds_total", (("instance", "parks"),))] == 3
+    assert failing[("civicbus_poller_failing_seconds", (("instance", "parks"),))] > 0
+    assert recovered[("civicbus_poller_failed_rounds_total", (("instance", "parks"),))] == 3
+    assert recovered[("civicbus_poller_failing_seconds", (("instance", "parks"),))] == 0

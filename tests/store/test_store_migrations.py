@@ -68,3 +68,22 @@ def test_a_database_migrated_by_a_newer_civicbus_is_refused_clearly(store_url: s
 
     with pytest.raises(SchemaTooNew, match="9999_from_the_future"):
         Store.open(store_url)
+
+
+def test_0002_keeps_the_watermarks_and_starts_with_no_failed_rounds(store_url: str) -> None:
+    store = Store.open(store_url)
+    with store._writer.begin() as conn:
+        command.downgrade(alembic_config(conn), "0001")
+        conn.exec_driver_sql(
+            "INSERT INTO adapter_watermarks (instance, watermark, updated_at) "
+            "VALUES ('parks', '41', CURRENT_TIMESTAMP)"
+        )
+    store.upgrade()
+
+    assert store.watermark("parks") == "41"
+    rounds = store.overview().pollers["parks"]
+    assert (rounds.polled_at, rounds.failing_since, rounds.failed_rounds) == (None, None, 0)
+    with store.transaction() as tx:
+        tx.poll_round_failed("parks", "ConnectError: refused")
+    assert store.overview().pollers["parks"].failed_rounds == 1
+    store.close()

@@ -329,3 +329,39 @@ def test_the_poller_loop_records_changes_and_stops(store: Store, backend: Pollin
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert store.try_lease(lease_name("parks"), "someone-else", 10)  # released on stop
+
+
+def test_failing_rounds_are_kept_in_the_store_until_a_round_completes(store: Store) -> None:
+    """So `civicbus status` and /metrics see a poller that keeps failing, not only its log."""
+    down = threading.Event()
+    down.set()
+
+    class Unreachable(PollingBackend):
+        def updates(self, since: str | None) -> UpdatePage:
+            if down.is_set():
+                raise ConnectionError("parks back-end refused the connection")
+            return super().updates(since)
+
+    backend = Unreachable()
+    backend.change(new_request(store).subject, Status.IN_PROGRESS)
+    poller = Poller(store, {"parks": backend}, {"parks": 0.05})
+    thread = threading.Thread(target=poller.run)
+    thread.start()
+    try:
+        wait_until(
+            lambda: (r := store.overview().pollers.get("parks")) and r.failed_rounds >= 2,
+            what="two failed rounds",
+        )
+        failing = store.overview().pollers["parks"]
+        down.clear()
+        wait_until(lambda: store.overview().pollers["parks"].failing_since is None, what="a round")
+    finally:
+        poller.stop.set()
+        thread.join(timeout=10)
+
+    assert failing.polled_at is None and failing.failing_since is not None
+    assert failing.last_error == "ConnectionError: parks back-end refused the connection"
+    recovered = store.overview().pollers["parks"]
+    assert recovered.failed_rounds >= failing.failed_rounds  # a count, never reset
+    assert recovered.polled_at is not None and recovered.polled_at > failing.failing_since
+    assert store.watermark("parks") == "1"

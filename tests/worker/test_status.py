@@ -261,3 +261,26 @@ def test_the_command_says_a_lapsed_lease_expired_at_its_time(
     leases = [line for line in output.splitlines() if line.startswith("lease")]
     assert leases[0].startswith("lease    poller:roads: host-b:2, active until 20")
     assert leases[1].startswith(f"lease    {LEASE}: host-a:1, expired at 20")
+
+
+def test_a_poller_whose_rounds_keep_failing_is_a_problem(
+    store: Store, topology: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: look(store, topology).recipients[0].consumers == 1, what="a consumer")
+        with store.transaction() as tx:
+            tx.poll_round_failed(INSTANCE, "ConnectError: [Errno 111] Connection refused")
+        polled = {INSTANCE: FAST.model_copy(update={"poll_interval": 0.01})}
+        time.sleep(0.05)  # more than three intervals
+        assert look(store, topology, polled).problems == []  # judged before it is lowered
+        monkeypatch.setattr(overview_module, "POLLER_FAILING", timedelta(0))
+        failing = look(store, topology, polled)
+        with store.transaction() as tx:
+            tx.poll_round_completed(INSTANCE)
+        recovered = look(store, topology, polled)
+
+    [problem] = failing.problems
+    assert problem.startswith(f"{INSTANCE}: its poller's rounds have failed since 20")
+    assert "(last completed: never): ConnectError: [Errno 111] Connection refused" in problem
+    assert f"`civicbus adapters check {INSTANCE}`" in problem
+    assert recovered.problems == []
