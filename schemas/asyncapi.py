@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel
 
 from schemas.events import (
+    STRUCTURED_CONTENT_TYPE,
     DeliveryFailure,
     Envelope,
     EventType,
@@ -157,7 +158,7 @@ def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
             "name": event_type.value,
             "title": event_type.value,
             "summary": event.meaning,
-            "contentType": "application/json",
+            "contentType": STRUCTURED_CONTENT_TYPE,
             "correlationId": {"location": "$message.header#/correlationid"},
             "headers": {"$ref": _REF.format(model="AmqpHeaders")},
             "payload": {"$ref": _REF.format(model=_schema_name(event_type))},
@@ -214,7 +215,7 @@ def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
                 "published in the order they happened."
             ),
         },
-        "defaultContentType": "application/json",
+        "defaultContentType": STRUCTURED_CONTENT_TYPE,
         "servers": {
             "rabbitmq": {
                 "host": "127.0.0.1:5672",

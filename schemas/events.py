@@ -37,6 +37,11 @@ def new_traceparent() -> str:
 _TRACEPARENT = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 
+#: The content type of a CloudEvents structured-mode message, on AMQP (the CloudEvents AMQP
+#: binding) and HTTP alike: what CloudEvents SDKs look for to read one.
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
+
+
 class Envelope(BaseModel):
     """A CloudEvents 1.0 structured-mode JSON event (DESIGN.md, Messages)."""
 

@@ -11,7 +11,7 @@ import httpx
 from adapters import Adapter, Health, PermanentError, Receipt, TransientError, map_exceptions
 from adapters._exceptions import answer_excerpt
 from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from schemas.events import Envelope, EventType
+from schemas.events import STRUCTURED_CONTENT_TYPE, Envelope, EventType
 from schemas.model import Reporter, ServiceRequest
 
 #: httpx's errors, classified once, most specific first: anything on the way there is worth
@@ -54,7 +54,7 @@ class WebhookAdapter(Adapter):
         """POST one event body; TransientError or PermanentError when it is not accepted."""
         timestamp = str(int(time.time()))
         headers = {
-            "Content-Type": "application/cloudevents+json",
+            "Content-Type": STRUCTURED_CONTENT_TYPE,
             TIMESTAMP_HEADER: timestamp,
             EVENT_ID_HEADER: event_id,
         }

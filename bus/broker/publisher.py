@@ -17,7 +17,7 @@ import pika
 import structlog
 
 from bus.broker.connection import BrokerUnavailable, broker_errors
-from schemas.events import Envelope
+from schemas.events import STRUCTURED_CONTENT_TYPE, Envelope
 
 log = structlog.get_logger(__name__)
 
@@ -59,13 +59,14 @@ def envelope_message(
     headers: dict[str, str] | None = None,
     body: bytes | None = None,
 ) -> Outgoing:
-    """A persistent JSON message carrying a CloudEvents envelope, its id as the message id.
+    """A persistent message carrying a CloudEvents envelope in structured mode, its id as the
+    message id.
 
     `body` is the envelope's JSON when the caller already has it (one envelope, two messages).
     """
     properties = pika.BasicProperties(
         message_id=envelope.id,
-        content_type="application/json",
+        content_type=STRUCTURED_CONTENT_TYPE,
         delivery_mode=pika.DeliveryMode.Persistent,
         type=str(envelope.type),
         timestamp=int(envelope.time.timestamp()),

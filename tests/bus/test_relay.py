@@ -85,7 +85,8 @@ def test_rows_are_published_in_order_as_persistent_cloudevents(
             expected.append((EventType.ROUTED.value, e.subject))
     assert [(p.type, json.loads(b)["subject"]) for p, b in got] == expected
     first, body = got[0]
-    assert first.content_type == "application/json"
+    # CloudEvents AMQP binding, structured mode: what CloudEvents SDKs recognise.
+    assert first.content_type == "application/cloudevents+json; charset=utf-8"
     assert first.delivery_mode == 2
     assert first.headers["correlationid"] == sent[0].correlationid
     assert first.headers["traceparent"] == sent[0].traceparent

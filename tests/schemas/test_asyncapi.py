@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from bus.broker import topology
+from bus.broker.publisher import envelope_message
 from schemas.asyncapi import ASYNCAPI_FILE, asyncapi_document, render_asyncapi
 from schemas.events import (
     DeliveryFailure,
@@ -40,6 +41,19 @@ def test_channels_use_the_exchange_and_routing_keys_the_broker_uses() -> None:
     for operation in document["operations"].values():
         channel_ref = operation["channel"]["$ref"].removeprefix("#/channels/")
         assert channel_ref in document["channels"]
+
+
+def test_messages_declare_the_content_type_the_relay_publishes_them_with() -> None:
+    document = yaml.safe_load(render_asyncapi())
+    published = envelope_message(
+        Envelope(type=EventType.CREATED, subject="req-1", data={}, correlationid="c-1"),
+        exchange=topology.EVENTS_EXCHANGE,
+        routing_key="request.created.POTHOLE",
+    ).properties.content_type
+    assert published == "application/cloudevents+json; charset=utf-8"
+    assert document["defaultContentType"] == published
+    for message in document["components"]["messages"].values():
+        assert message["contentType"] == published
 
 
 def _request() -> ServiceRequest:

@@ -174,6 +174,7 @@ def test_a_subscriber_down_for_a_while_gets_every_event_in_order_signed(
     got = [(e["subject"], e["data"]["status"]) for e in subscriber.events()]  # type: ignore[index]
     assert got == [(r, s.value) for r, s in sequence]
     for headers, body in subscriber.received:
+        assert headers["Content-Type"] == "application/cloudevents+json; charset=utf-8"
         assert verify(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
         assert not verify(
             "wrong-secret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER]

@@ -65,6 +65,20 @@ def test_a_command_is_submitted_and_its_receipt_recorded(store: Store, topology:
     assert queue_depth(topology, work_queue(INSTANCE)) == 0
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/cloudevents+json; charset=utf-8", "application/json"],
+    ids=["structured", "queued-before-the-cloudevents-content-type"],
+)
+def test_a_command_is_submitted_whatever_its_content_type(
+    store: Store, topology: str, content_type: str
+) -> None:
+    envelope = new_request(store)
+    publish(topology, envelope, content_type=content_type)
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the receipt")
+
+
 def test_the_submitted_event_carries_no_personal_data(store: Store, topology: str) -> None:
     envelope = new_request(store)
     publish(topology, envelope)

@@ -99,7 +99,13 @@ def new_request(store: Store, *, description: str = "Deep pothole by the school"
     )
 
 
-def publish(amqp_url: str, body: bytes | Envelope, *, routing_key: str = INSTANCE) -> None:
+def publish(
+    amqp_url: str,
+    body: bytes | Envelope,
+    *,
+    routing_key: str = INSTANCE,
+    content_type: str | None = None,
+) -> None:
     """Publish a command as the relay does: persistent, confirmed."""
     if isinstance(body, Envelope):
         message_id: str | None = body.id
@@ -112,7 +118,9 @@ def publish(amqp_url: str, body: bytes | Envelope, *, routing_key: str = INSTANC
             COMMANDS_EXCHANGE,
             routing_key,
             body,
-            properties=pika.BasicProperties(delivery_mode=2, message_id=message_id),
+            properties=pika.BasicProperties(
+                delivery_mode=2, message_id=message_id, content_type=content_type
+            ),
             mandatory=True,
         )
 
