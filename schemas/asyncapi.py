@@ -221,7 +221,13 @@ def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
                 "host": "127.0.0.1:5672",
                 "protocol": "amqp",
                 "protocolVersion": "0-9-1",
-                "description": "The broker named by CIVICBUS_AMQP_URL (the sandbox default).",
+                "description": (
+                    "The broker and vhost named by the deployment's CIVICBUS_AMQP_URL; host "
+                    "and the exchanges' `vhost: /` are the sandbox's defaults (a deployment "
+                    "such as deploy/systemd's uses the vhost `civicbus`). A consumer connects "
+                    "to that vhost with a RabbitMQ user of its own (see the README, For "
+                    "back-office systems: events)."
+                ),
             }
         },
         "channels": channels,

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import typer
 
-from bus.broker.connection import BrokerUnavailable, close_quietly, connect
+from bus.broker.connection import (
+    BrokerUnavailable,
+    close_quietly,
+    connect,
+    connection_parameters,
+)
 from bus.broker.topology import TopologyMismatch, declare_topology, definitions_json, topology
 from bus.cli.common import runtime
 
@@ -25,10 +30,14 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(
             DEFAULT_DEFINITIONS, "--output", "-o", help="Where to write; '-' for stdout."
         ),
-        vhost: str = typer.Option("/", help="The vhost the definitions are for."),
+        vhost: str | None = typer.Option(
+            None, help="The vhost the definitions are for (default: CIVICBUS_AMQP_URL's)."
+        ),
     ) -> None:
         """Write the topology of the configured instances as a RabbitMQ definitions file."""
         with runtime() as rt:
+            if vhost is None:
+                vhost = connection_parameters(rt.env.amqp_url).virtual_host
             text = definitions_json(rt.config.instances, vhost=vhost)
         if str(output) == "-":
             typer.echo(text, nl=False)

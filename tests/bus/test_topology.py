@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from bus.broker import topology as t
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy, load_config
 from schemas.events import EventType
+from tests.rabbitmqctl import rabbitmqctl
 
 REPO = Path(__file__).resolve().parents[2]
 INSTANCES = {
@@ -191,6 +194,61 @@ def test_cli_export_writes_the_definitions(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     config = load_config(REPO / "deploy/sandbox/civicbus.yaml")
     assert output.read_text() == t.definitions_json(config.instances)
+
+
+def test_cli_export_is_for_the_vhost_of_the_amqp_url_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVICBUS_AMQP_URL", "amqp://civicbus:secret@127.0.0.1:5672/civicbus")
+    output = tmp_path / "defs.json"
+
+    def vhosts(*options: str) -> set[str]:
+        args = ["topology", "export", "--output", str(output), *options]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        definitions = json.loads(output.read_text())
+        return {item["vhost"] for item in definitions["queues"] + definitions["exchanges"]}
+
+    assert vhosts() == {"civicbus"}
+    assert vhosts("--vhost", "/") == {"/"}
+
+
+def test_a_back_office_user_with_the_readme_permissions_binds_its_queue_to_the_events(
+    amqp_url: str,
+) -> None:
+    """The README's set_permissions line, run as written on a vhost of its own: the user
+    declares, binds and consumes its own queue and may touch no queue of civicbus."""
+    [line] = [
+        line
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("rabbitmqctl set_permissions")
+    ]
+    vhost = unquote(urlparse(amqp_url).path.lstrip("/"))
+    _, command, _, documented_vhost, user, *patterns = shlex.split(line)
+    assert (command, documented_vhost, user) == ("set_permissions", "civicbus", "parks-office")
+    setup = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    t.declare_topology(setup.channel(), INSTANCES)
+    user = f"parks-office-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_user", user, "s3cret")
+    try:
+        own = [pattern.replace("parks-office", user) for pattern in patterns]
+        rabbitmqctl("set_permissions", "-p", vhost, user, *own)
+        params = pika.URLParameters(amqp_url)
+        params.credentials = pika.PlainCredentials(user, "s3cret")
+        office = pika.BlockingConnection(params)
+        try:
+            channel = office.channel()
+            channel.queue_declare(f"{user}.events", durable=True)
+            channel.queue_bind(f"{user}.events", t.EVENTS_EXCHANGE, "request.#")
+            setup.channel().basic_publish(t.EVENTS_EXCHANGE, "request.created.POTHOLE", b"{}")
+            assert _get(channel, f"{user}.events") is not None
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="ACCESS_REFUSED"):
+                office.channel().queue_declare(t.work_queue("roads"), durable=True)
+        finally:
+            office.close()
+    finally:
+        setup.close()
+        rabbitmqctl("delete_user", user)
 
 
 def test_cli_declare_declares_on_the_configured_broker(

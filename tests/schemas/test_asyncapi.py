@@ -43,6 +43,11 @@ def test_channels_use_the_exchange_and_routing_keys_the_broker_uses() -> None:
         assert channel_ref in document["channels"]
 
 
+def test_the_server_says_the_vhost_is_the_deployments() -> None:
+    [server] = yaml.safe_load(render_asyncapi())["servers"].values()
+    assert "vhost named by the deployment's CIVICBUS_AMQP_URL" in server["description"]
+
+
 def test_messages_declare_the_content_type_the_relay_publishes_them_with() -> None:
     document = yaml.safe_load(render_asyncapi())
     published = envelope_message(
