@@ -44,11 +44,14 @@ def register(app: typer.Typer) -> None:
                 "check later with --expect-head"
             )
             return
-        typer.echo(
-            f"audit log BROKEN at entry {result.broken_at}: {result.reason} "
-            f"({result.entries} entries read)",
-            err=True,
-        )
+        if result.broken_at is None:  # an intact chain without the expected head
+            typer.echo(f"audit log: {result.reason}", err=True)
+        else:
+            typer.echo(
+                f"audit log BROKEN at entry {result.broken_at}: {result.reason} "
+                f"({result.entries} entries read)",
+                err=True,
+            )
         raise typer.Exit(1)
 
     @group.command("trail")

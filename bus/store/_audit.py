@@ -255,10 +255,11 @@ def verify(conn: Connection, expect_head: str | None = None) -> AuditVerificatio
             "entries at the end are missing or the head was altered",
         )
     if not expected_seen:
+        # The chain read is sound: no entry of it is broken, the expected head is absent.
         return AuditVerification(
             False,
             count,
-            count + 1,
+            None,
             f"the expected head {expect_head} is not on the chain (which ends at id {count}): "
             "entries were cut from the end since it was recorded, or it is not this log's",
         )

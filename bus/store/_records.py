@@ -70,7 +70,8 @@ class AuditEntry:
 class AuditVerification:
     ok: bool
     entries: int
-    #: The first entry id where the chain breaks (edited, deleted or inserted), if any.
+    #: The first entry id where the chain breaks (edited, deleted or inserted), if any; None
+    #: when the chain holds but the expected head is not on it.
     broken_at: int | None = None
     reason: str = ""
     #: The hash of the last entry of an intact chain: recorded elsewhere, it lets a later
