@@ -40,7 +40,7 @@ tell durability apart from the rest. One run of 10 s: 8 connections bare 3,018, 
 civicbus 1,135 req/s (38 % of bare, p99 14.7 ms); 64 connections bare 3,429, floor 3,304,
 civicbus 1,459 (43 %). The floor runs at ~97 % of the bare endpoint: answering only after a
 group commit to SQLite costs almost nothing in throughput. What the target asks civicbus to cut
-is its own processing (validation, the request and event models, the rows of five tables with
+is its own processing (validation, the request and event models, rows in several tables with
 their indexes, the audit chain, the log line), about 60 % of the CPU of a create. A floor
 parsing through FastAPI's `request.form()` instead ran at 59-73 % of bare in the same hour.
 """
