@@ -46,8 +46,10 @@ class Broker(Protocol):
         *,
         headers: dict[str, Any] | None = None,
         message_id: str | None = None,
+        content_type: str | None = None,
     ) -> None:
-        """Publish persistently and wait for the broker's confirm."""
+        """Publish persistently and wait for the broker's confirm. `content_type`: the
+        original message's, for a copy of it (a retry tier, the dead-letter queue)."""
 
 
 #: Processes one message; returning means "done, ack it". Raising means "could not even
@@ -323,9 +325,10 @@ class _ChannelBroker:
         *,
         headers: dict[str, Any] | None = None,
         message_id: str | None = None,
+        content_type: str | None = None,
     ) -> None:
         properties = pika.BasicProperties(
-            content_type="application/json",
+            content_type=content_type,
             delivery_mode=pika.DeliveryMode.Persistent,
             headers=headers or {},
             message_id=message_id,
@@ -343,6 +346,7 @@ def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> C
             body=body,
             headers=dict(properties.headers or {}),
             message_id=properties.message_id,
+            content_type=properties.content_type,
             routing_key=method.routing_key,
             redelivered=bool(method.redelivered),
         )

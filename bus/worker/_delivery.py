@@ -30,6 +30,8 @@ class Delivery:
     body: bytes
     headers: dict[str, Any] = field(default_factory=dict)
     message_id: str | None = None
+    #: As published (a CloudEvents envelope's is application/cloudevents+json); kept on copies.
+    content_type: str | None = None
     routing_key: str = ""
     redelivered: bool = False
 

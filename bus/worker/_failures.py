@@ -92,6 +92,7 @@ def schedule_retry_or_dead_letter(
         delivery.body,
         headers=delivery.failure_headers(now),
         message_id=delivery.message_id,
+        content_type=delivery.content_type,
     )
     log.info(
         "worker.retry_scheduled",
@@ -152,7 +153,12 @@ def dead_letter(
     headers = {**delivery.failure_headers(failed_at), REASON_HEADER: reason}
     headers[ATTEMPT_HEADER] = delivery.attempt
     broker.publish(
-        DEAD_EXCHANGE, route.name, delivery.body, headers=headers, message_id=delivery.key
+        DEAD_EXCHANGE,
+        route.name,
+        delivery.body,
+        headers=headers,
+        message_id=delivery.key,
+        content_type=delivery.content_type,
     )
     log.warning(
         "worker.dead_lettered",

@@ -19,6 +19,7 @@ from worker_support import (
     INSTANCE,
     MemoryBackend,
     actions,
+    channel_on,
     new_request,
     publish,
     queue_depth,
@@ -32,6 +33,7 @@ from bus.config import InstanceConfig, RetryPolicy
 from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable, Transaction
 from bus.worker import _consumer, command_consumer
+from bus.worker._delivery import ATTEMPT_HEADER
 from schemas.events import EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
 from tests.asyncapi_support import assert_documented
@@ -168,6 +170,22 @@ def test_a_backend_down_for_longer_than_all_attempts_dead_letters_the_command(
     assert letter.reason.startswith("gave up after 4 attempts; last error TransientError")
     assert backend.calls == FAST.retry.max_attempts * FAST.retry.immediate_attempts
     assert queue_depth(topology, dead_queue(INSTANCE)) == 1
+
+
+def test_copies_in_the_retry_tiers_and_the_dead_letter_queue_keep_the_content_type(
+    store: Store, topology: str
+) -> None:
+    # Through every tier to the dead-letter queue: each copy is published from the last one.
+    structured = "application/cloudevents+json; charset=utf-8"
+    envelope = new_request(store)
+    publish(topology, envelope, content_type=structured)
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend(1000))):
+        wait_until(lambda: queue_depth(topology, dead_queue(INSTANCE)) == 1, what="the DLQ")
+    with channel_on(topology) as ch:
+        method, properties, body = ch.basic_get(dead_queue(INSTANCE), auto_ack=True)
+    assert method is not None and json.loads(body)["id"] == envelope.id
+    assert properties.content_type == structured
+    assert properties.headers[ATTEMPT_HEADER] == FAST.retry.max_attempts
 
 
 def test_a_rejected_request_is_dead_lettered_at_once_with_the_reason(
