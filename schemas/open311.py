@@ -111,7 +111,7 @@ def parse_int(name: str, value: str, *, low: int, high: int) -> int:
     except ValueError:
         raise InvalidValue(f"{name}: {_show(value)} is not a whole number") from None
     if not low <= number <= high:
-        raise InvalidValue(f"{name}: must be between {low} and {high}")
+        raise InvalidValue(f"{name}: {_show(value)} is not between {low} and {high}")
     return number
 
 
@@ -126,10 +126,10 @@ def parse_float(name: str, value: str, *, low: float, high: float) -> float:
         raise InvalidValue(f"{name}: {_show(value)} is not a finite number")
     if not low <= number <= high:
         if math.isinf(high):
-            raise InvalidValue(f"{name}: must be at least {low:g}")
+            raise InvalidValue(f"{name}: {_show(value)} is less than {low:g}")
         if math.isinf(low):
-            raise InvalidValue(f"{name}: must be at most {high:g}")
-        raise InvalidValue(f"{name}: must be between {low:g} and {high:g}")
+            raise InvalidValue(f"{name}: {_show(value)} is more than {high:g}")
+        raise InvalidValue(f"{name}: {_show(value)} is not between {low:g} and {high:g}")
     return number
 
 

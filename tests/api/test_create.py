@@ -145,7 +145,7 @@ def test_c07_unknown_service_code_is_400_alongside_other_errors(create: Create) 
     assert response.status_code == 400
     texts = descriptions(response)
     assert texts[0] == "service_code 'UFO' is not a service of springfield.example"
-    assert "lat: must be between -90 and 90" in texts
+    assert "lat: '100' is not between -90 and 90" in texts
 
 
 def test_c07_missing_service_code(create: Create) -> None:

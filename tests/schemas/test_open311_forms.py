@@ -82,8 +82,8 @@ def test_c11_missing_location_and_required_attribute_are_reported_together() -> 
 @pytest.mark.parametrize(
     ("lat", "long", "expected"),
     [
-        ("91", "0", "lat: must be between -90 and 90"),
-        ("0", "-181", "long: must be between -180 and 180"),
+        ("91", "0", "lat: '91' is not between -90 and 90"),
+        ("0", "-181", "long: '-181' is not between -180 and 180"),
         ("north", "0", "lat: 'north' is not a number"),
         ("nan", "0", "lat: 'nan' is not a finite number"),
     ],
@@ -99,7 +99,7 @@ def test_c11_lat_without_long_is_an_error() -> None:
 
 def test_c11_without_service_the_rest_of_the_form_is_still_checked() -> None:
     assert descriptions(parse_create_form(form(lat="100", long="0"), None)) == [
-        "lat: must be between -90 and 90"
+        "lat: '100' is not between -90 and 90"
     ]
     assert parse_create_form(pothole(), None) == []
 
@@ -159,9 +159,9 @@ def test_c12_number_must_be_finite(value: str) -> None:
 @pytest.mark.parametrize(
     ("low", "high", "expected"),
     [
-        (0.0, float("inf"), "n: must be at least 0"),
-        (float("-inf"), 10.0, "n: must be at most 10"),
-        (0.0, 10.0, "n: must be between 0 and 10"),
+        (0.0, float("inf"), "n: '-20' is less than 0"),
+        (float("-inf"), 10.0, "n: '20' is more than 10"),
+        (0.0, 10.0, "n: '-20' is not between 0 and 10"),
     ],
 )
 def test_a_number_out_of_bounds_names_only_the_bounds_that_exist(
