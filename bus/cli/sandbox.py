@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
         """Start the simulated back-ends (simulations, not the real systems) on their ports."""
         if list_only:
             for sim in runner.SIMULATORS.values():
-                typer.echo(f"{sim.name:10} port {sim.port:5}  {sim.description}")
+                # The mailbox's control endpoint has a port of its own; the others' share theirs.
+                ports = ", ".join(str(number) for number in sim.ports)
+                typer.echo(f"{sim.name:10} ports {ports:12} {sim.description}")
             return
         service_logging()
         ports = _ports(port)

@@ -51,3 +51,13 @@ def test_an_unknown_simulator_is_named_in_the_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "nonesuch" in result.stderr and "permits" in result.stderr
+
+
+def test_the_list_names_every_port_a_simulator_takes() -> None:
+    # `civicbus run` needs them all free; the mailbox listens on a second port for control.
+    listed = subprocess.run(
+        [str(CIVICBUS), "sandbox", "--list"], capture_output=True, text=True, check=True
+    ).stdout
+    mailbox = next(line for line in listed.splitlines() if line.startswith("mailbox"))
+    assert "8325, 8326" in mailbox
+    assert len(listed.splitlines()) == 4
