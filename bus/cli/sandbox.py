@@ -37,8 +37,8 @@ def register(app: typer.Typer) -> None:
         if list_only:
             for sim in runner.SIMULATORS.values():
                 # The mailbox's control endpoint has a port of its own; the others' share theirs.
-                ports = ", ".join(str(number) for number in sim.ports)
-                typer.echo(f"{sim.name:10} ports {ports:12} {sim.description}")
+                listens = ", ".join(str(number) for number in sim.ports)
+                typer.echo(f"{sim.name:10} ports {listens:12} {sim.description}")
             return
         service_logging()
         ports = _ports(port)
