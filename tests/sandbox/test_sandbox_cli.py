@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from civicbus.sandbox import runner
+
 CIVICBUS = Path(sys.executable).with_name("civicbus")
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,8 +24,13 @@ def test_sandbox_serves_each_simulator_and_stops_cleanly_on_sigterm(tmp_path: Pa
     args = [str(CIVICBUS), "sandbox", "--state-dir", str(tmp_path)]
     for name in names:
         args += ["--only", name, "--port", f"{name}=0"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         lines = []
         assert proc.stdout is not None
@@ -47,7 +54,9 @@ def test_sandbox_serves_each_simulator_and_stops_cleanly_on_sigterm(tmp_path: Pa
 def test_an_unknown_simulator_is_named_in_the_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(CIVICBUS), "sandbox", "--state-dir", str(tmp_path), "--only", "nonesuch"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "nonesuch" in result.stderr and "permits" in result.stderr
@@ -57,7 +66,7 @@ def test_the_list_names_every_port_a_simulator_takes() -> None:
     # `civicbus run` needs them all free; the mailbox listens on a second port for control.
     listed = subprocess.run(
         [str(CIVICBUS), "sandbox", "--list"], capture_output=True, text=True, check=True
-    ).stdout
-    mailbox = next(line for line in listed.splitlines() if line.startswith("mailbox"))
+    ).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == list(runner.SIMULATORS)
+    mailbox = next(line for line in listed if line.startswith("mailbox"))
     assert "8325, 8326" in mailbox
-    assert len(listed.splitlines()) == 4

@@ -34,7 +34,7 @@ from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable, Transaction
 from bus.worker import _consumer, command_consumer
 from bus.worker._delivery import ATTEMPT_HEADER
-from schemas.events import EventType
+from schemas.events import STRUCTURED_CONTENT_TYPE, EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
 from tests.asyncapi_support import assert_documented
 
@@ -176,15 +176,14 @@ def test_copies_in_the_retry_tiers_and_the_dead_letter_queue_keep_the_content_ty
     store: Store, topology: str
 ) -> None:
     # Through every tier to the dead-letter queue: each copy is published from the last one.
-    structured = "application/cloudevents+json; charset=utf-8"
     envelope = new_request(store)
-    publish(topology, envelope, content_type=structured)
+    publish(topology, envelope, content_type=STRUCTURED_CONTENT_TYPE)
     with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend(1000))):
         wait_until(lambda: queue_depth(topology, dead_queue(INSTANCE)) == 1, what="the DLQ")
     with channel_on(topology) as ch:
         method, properties, body = ch.basic_get(dead_queue(INSTANCE), auto_ack=True)
     assert method is not None and json.loads(body)["id"] == envelope.id
-    assert properties.content_type == structured
+    assert properties.content_type == STRUCTURED_CONTENT_TYPE
     assert properties.headers[ATTEMPT_HEADER] == FAST.retry.max_attempts
 
 
