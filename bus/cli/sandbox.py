@@ -47,19 +47,28 @@ def register(app: typer.Typer) -> None:
         # SIGTERM, which must not kill us mid-stop.
         with _stop_signals() as stop:
             try:
-                started = runner.start(only or None, state_dir=state_dir, host=host,
-                                       auto_progress=auto_progress, ports=ports)
+                started = runner.start(
+                    only or None,
+                    state_dir=state_dir,
+                    host=host,
+                    auto_progress=auto_progress,
+                    ports=ports,
+                )
             except KeyError as exc:
                 typer.echo(f"error: {exc.args[0]}", err=True)
                 raise typer.Exit(2) from exc
             except OSError as exc:
-                typer.echo(f"error: a simulator cannot listen ({exc.strerror or exc}); is the "
-                           f"sandbox already running? Use --only to start some of them.",
-                           err=True)
+                typer.echo(
+                    f"error: a simulator cannot listen ({exc.strerror or exc}); is the "
+                    f"sandbox already running? Use --only to start some of them.",
+                    err=True,
+                )
                 raise typer.Exit(1) from exc
             for sim, running in started:
-                typer.echo(f"sandbox: {sim.name:8} {sim.description:28} {running.url}  "
-                           f"(control: {running.control_url}/_sandbox/)")
+                typer.echo(
+                    f"sandbox: {sim.name:8} {sim.description:28} {running.url}  "
+                    f"(control: {running.control_url}/_sandbox/)"
+                )
             typer.echo(f"sandbox: state in {state_dir}/ (Ctrl-C stops)")
             while not stop.wait(0.5):
                 pass
