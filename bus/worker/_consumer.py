@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ import structlog
 from pika.exceptions import AMQPError
 
 from bus.broker.connection import BROKER_ERRORS, connection_parameters
-from bus.worker._delivery import Delivery
+from bus.worker._delivery import KEPT_PROPERTIES, Delivery
 
 log = structlog.get_logger(__name__)
 
@@ -46,10 +46,11 @@ class Broker(Protocol):
         *,
         headers: dict[str, Any] | None = None,
         message_id: str | None = None,
-        content_type: str | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> None:
-        """Publish persistently and wait for the broker's confirm. `content_type`: the
-        original message's, for a copy of it (a retry tier, the dead-letter queue)."""
+        """Publish persistently and wait for the broker's confirm. `properties`: the original
+        message's (Delivery.properties), for a copy of it (a retry tier, the dead-letter
+        queue)."""
 
 
 #: Processes one message; returning means "done, ack it". Raising means "could not even
@@ -325,17 +326,17 @@ class _ChannelBroker:
         *,
         headers: dict[str, Any] | None = None,
         message_id: str | None = None,
-        content_type: str | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> None:
-        properties = pika.BasicProperties(
-            content_type=content_type,
+        amqp_properties = pika.BasicProperties(
+            **(properties or {}),
             delivery_mode=pika.DeliveryMode.Persistent,
             headers=headers or {},
             message_id=message_id,
         )
         self._consumer._on_connection(
             lambda: self._channel.basic_publish(
-                exchange, routing_key, body, properties=properties, mandatory=True
+                exchange, routing_key, body, properties=amqp_properties, mandatory=True
             )
         )
 
@@ -346,7 +347,11 @@ def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> C
             body=body,
             headers=dict(properties.headers or {}),
             message_id=properties.message_id,
-            content_type=properties.content_type,
+            properties={
+                name: value
+                for name in KEPT_PROPERTIES
+                if (value := getattr(properties, name)) is not None
+            },
             routing_key=method.routing_key,
             redelivered=bool(method.redelivered),
         )

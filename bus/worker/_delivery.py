@@ -17,6 +17,17 @@ ATTEMPT_HEADER = "x-civicbus-attempt"
 FIRST_FAILURE_HEADER = "x-civicbus-first-failure"
 #: Why a message was dead-lettered (on messages in `civicbus.dead`).
 REASON_HEADER = "x-civicbus-reason"
+#: The AMQP properties a copy of a message (in a retry tier, the dead-letter queue) keeps as
+#: they came: what a consumer of those queues reads the message by. Headers and the message id
+#: are set on each copy; delivery mode is always persistent.
+KEPT_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "type",
+    "correlation_id",
+    "app_id",
+    "timestamp",
+)
 
 
 class MalformedMessage(Exception):
@@ -30,8 +41,8 @@ class Delivery:
     body: bytes
     headers: dict[str, Any] = field(default_factory=dict)
     message_id: str | None = None
-    #: As published (a CloudEvents envelope's is application/cloudevents+json); kept on copies.
-    content_type: str | None = None
+    #: KEPT_PROPERTIES the message came with (those set), for its copies.
+    properties: dict[str, Any] = field(default_factory=dict)
     routing_key: str = ""
     redelivered: bool = False
 

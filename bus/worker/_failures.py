@@ -92,7 +92,7 @@ def schedule_retry_or_dead_letter(
         delivery.body,
         headers=delivery.failure_headers(now),
         message_id=delivery.message_id,
-        content_type=delivery.content_type,
+        properties=delivery.properties,
     )
     log.info(
         "worker.retry_scheduled",
@@ -158,7 +158,7 @@ def dead_letter(
         delivery.body,
         headers=headers,
         message_id=delivery.key,
-        content_type=delivery.content_type,
+        properties=delivery.properties,
     )
     log.warning(
         "worker.dead_lettered",

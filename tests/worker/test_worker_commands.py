@@ -28,12 +28,13 @@ from worker_support import (
 )
 
 from adapters import Receipt
-from bus.broker.topology import DEAD_EXCHANGE, dead_queue, work_queue
+from bus.broker.publisher import envelope_message
+from bus.broker.topology import COMMANDS_EXCHANGE, DEAD_EXCHANGE, dead_queue, work_queue
 from bus.config import InstanceConfig, RetryPolicy
 from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable, Transaction
 from bus.worker import _consumer, command_consumer
-from bus.worker._delivery import ATTEMPT_HEADER
+from bus.worker._delivery import ATTEMPT_HEADER, KEPT_PROPERTIES
 from schemas.events import STRUCTURED_CONTENT_TYPE, EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
 from tests.asyncapi_support import assert_documented
@@ -172,18 +173,24 @@ def test_a_backend_down_for_longer_than_all_attempts_dead_letters_the_command(
     assert queue_depth(topology, dead_queue(INSTANCE)) == 1
 
 
-def test_copies_in_the_retry_tiers_and_the_dead_letter_queue_keep_the_content_type(
+def test_copies_in_the_retry_tiers_and_the_dead_letter_queue_keep_the_original_properties(
     store: Store, topology: str
 ) -> None:
-    # Through every tier to the dead-letter queue: each copy is published from the last one.
+    # Published as the relay publishes a command, then through every tier to the dead-letter
+    # queue: each copy is published from the last one.
     envelope = new_request(store)
-    publish(topology, envelope, content_type=STRUCTURED_CONTENT_TYPE)
+    sent = envelope_message(envelope, exchange=COMMANDS_EXCHANGE, routing_key=INSTANCE)
+    with channel_on(topology) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish(sent.exchange, sent.routing_key, sent.body, properties=sent.properties)
     with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend(1000))):
         wait_until(lambda: queue_depth(topology, dead_queue(INSTANCE)) == 1, what="the DLQ")
     with channel_on(topology) as ch:
         method, properties, body = ch.basic_get(dead_queue(INSTANCE), auto_ack=True)
     assert method is not None and json.loads(body)["id"] == envelope.id
     assert properties.content_type == STRUCTURED_CONTENT_TYPE
+    for name in KEPT_PROPERTIES:
+        assert getattr(properties, name) == getattr(sent.properties, name), name
     assert properties.headers[ATTEMPT_HEADER] == FAST.retry.max_attempts
 
 
