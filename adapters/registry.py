@@ -62,8 +62,7 @@ def _load(ep: EntryPoint) -> type[Adapter]:
         loaded = ep.load()
     except Exception as exc:  # any import-time failure of a plug-in is reported, not raised
         raise KindNotLoadable(
-            f"adapter kind {ep.name!r} ({ep.value}) cannot be loaded: "
-            f"{type(exc).__name__}: {exc}"
+            f"adapter kind {ep.name!r} ({ep.value}) cannot be loaded: {type(exc).__name__}: {exc}"
         ) from exc
     if not (isinstance(loaded, type) and issubclass(loaded, Adapter)):
         raise KindNotLoadable(

@@ -78,8 +78,9 @@ class EmailAdapter(Adapter):
         now = datetime.now(UTC)
         context = f"email adapter {self.instance}: request {request.id}"
         try:
-            message = compose(request.id, fields, sender=self.sender, to=self.to, at=now,
-                              domain=self.domain)
+            message = compose(
+                request.id, fields, sender=self.sender, to=self.to, at=now, domain=self.domain
+            )
         except (ValueError, MessageError) as exc:
             # Data no e-mail can carry (e.g. text that is not valid Unicode): a retry builds the
             # same message. The library's text may quote the value, so only its type is named.
@@ -90,8 +91,9 @@ class EmailAdapter(Adapter):
             smtp.send_message(message)
         sent = Sent(request.id, str(message["Message-ID"]), now)
         self.sent_log.record(sent)
-        log.info("email.sent", adapter=self.instance, request_id=request.id,
-                 message_id=sent.message_id)
+        log.info(
+            "email.sent", adapter=self.instance, request_id=request.id, message_id=sent.message_id
+        )
         return Receipt(request.id, sent.message_id, created=True, status=Status.OPEN, at=now)
 
     def find(self, request_id: str) -> Receipt | None:
@@ -99,8 +101,9 @@ class EmailAdapter(Adapter):
         sent = self.sent_log.get(request_id)
         if sent is None:
             return None
-        return Receipt(request_id, sent.message_id, created=False, status=Status.OPEN,
-                       at=sent.sent_at)
+        return Receipt(
+            request_id, sent.message_id, created=False, status=Status.OPEN, at=sent.sent_at
+        )
 
     def check(self) -> Health:
         """Connect, greet, log in if configured, NOOP: the server would take a message now."""

@@ -40,10 +40,11 @@ def smtp_errors(context: str) -> Iterator[None]:
         except smtplib.SMTPRecipientsRefused as exc:
             codes = sorted({code for code, _ in exc.recipients.values()})
             kind = PermanentError if all(c >= 500 for c in codes) else TransientError
-            raise kind(f"{context}: the mail server refused the recipients (SMTP "
-                       f"{', '.join(map(str, codes))})") from exc
+            raise kind(
+                f"{context}: the mail server refused the recipients (SMTP "
+                f"{', '.join(map(str, codes))})"
+            ) from exc
         except smtplib.SMTPResponseException as exc:
             raise _by_code(exc.smtp_code)(
-                f"{context}: the mail server answered SMTP {exc.smtp_code} "
-                f"({type(exc).__name__})"
+                f"{context}: the mail server answered SMTP {exc.smtp_code} ({type(exc).__name__})"
             ) from exc

@@ -55,7 +55,8 @@ class ParksAdapter(Adapter):
         self.page_size = int(settings.get("page_size", 100))
         self.max_pages = int(settings.get("max_pages", 10))
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=float(settings.get("timeout", 10)),
+            base_url=self.base_url,
+            timeout=float(settings.get("timeout", 10)),
             headers={"Accept": "application/json"},
         )
         self.credentials = ClientCredentials(
@@ -74,8 +75,12 @@ class ParksAdapter(Adapter):
         body["external_reference"] = request.id
         existing = self.find(request.id)
         if existing is not None:
-            log.info("parks.work_request.exists", adapter=self.instance, request_id=request.id,
-                     reference=existing.reference)
+            log.info(
+                "parks.work_request.exists",
+                adapter=self.instance,
+                request_id=request.id,
+                reference=existing.reference,
+            )
             return existing
         context = f"parks adapter {self.instance}: create for request {request.id}"
         response = self._call("POST", "/work-requests", context, json=body, accept=(409,))
@@ -86,15 +91,20 @@ class ParksAdapter(Adapter):
                 raise TransientError(f"{context}: 409 conflict, but the lookup finds nothing")
             return raced
         created = self._json(response, context)
-        log.info("parks.work_request.created", adapter=self.instance, request_id=request.id,
-                 reference=created.get("id"))
+        log.info(
+            "parks.work_request.created",
+            adapter=self.instance,
+            request_id=request.id,
+            reference=created.get("id"),
+        )
         return self._receipt(request.id, created, created=True)
 
     def find(self, request_id: str) -> Receipt | None:
         """The work request whose external reference is `request_id`, if there is one."""
         context = f"parks adapter {self.instance}: find {request_id}"
-        response = self._call("GET", "/work-requests", context,
-                              params={"external_reference": request_id})
+        response = self._call(
+            "GET", "/work-requests", context, params={"external_reference": request_id}
+        )
         items = self._json(response, context).get("items") or []
         return self._receipt(request_id, items[0], created=False) if items else None
 
@@ -105,8 +115,12 @@ class ParksAdapter(Adapter):
         read = 0
         for _ in range(self.max_pages):
             context = f"parks adapter {self.instance}: changes since {cursor}"
-            response = self._call("GET", "/work-requests/changes", context,
-                                  params={"since": cursor, "limit": self.page_size})
+            response = self._call(
+                "GET",
+                "/work-requests/changes",
+                context,
+                params={"since": cursor, "limit": self.page_size},
+            )
             page = self._json(response, context)
             changes = page.get("changes") or []
             read += len(changes)
@@ -130,7 +144,12 @@ class ParksAdapter(Adapter):
     # -- helpers -------------------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, context: str, *, accept: tuple[int, ...] = (),
+        self,
+        method: str,
+        path: str,
+        context: str,
+        *,
+        accept: tuple[int, ...] = (),
         **kwargs: Any,
     ) -> httpx.Response:
         """One API call with the bearer token; a 401 renews the token and retries once."""

@@ -18,7 +18,11 @@ class ClientCredentials:
     """Fetches and caches a bearer token; `invalidate()` after a 401 forces a new one."""
 
     def __init__(
-        self, client: httpx.Client, token_url: str, client_id: str, client_secret: str,
+        self,
+        client: httpx.Client,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
         context: str,
     ) -> None:
         self._client = client

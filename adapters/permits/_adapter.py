@@ -73,8 +73,12 @@ class PermitsAdapter(Adapter):
         fields = self._case_fields(request)
         existing = self.find(request.id)
         if existing is not None:
-            log.info("permits.case.exists", adapter=self.instance, request_id=request.id,
-                     case_id=existing.reference)
+            log.info(
+                "permits.case.exists",
+                adapter=self.instance,
+                request_id=request.id,
+                case_id=existing.reference,
+            )
             return existing
         context = f"permits adapter {self.instance}: CreateCase for request {request.id}"
         try:
@@ -86,8 +90,12 @@ class PermitsAdapter(Adapter):
             if raced is None:
                 raise
             return raced
-        log.info("permits.case.created", adapter=self.instance, request_id=request.id,
-                 case_id=answer.caseId)
+        log.info(
+            "permits.case.created",
+            adapter=self.instance,
+            request_id=request.id,
+            case_id=answer.caseId,
+        )
         return Receipt(
             request_id=request.id,
             reference=str(answer.caseId),
@@ -133,17 +141,19 @@ class PermitsAdapter(Adapter):
         """Load the WSDL, check the mapping's fields against CreateCase, make one read call."""
         unknown = self._unknown_fields(self.field_mapping.field_names)
         if unknown:
-            return Health(False, f"mapping field(s) {', '.join(unknown)} are not CreateCase "
-                                 f"parameters (known: {', '.join(sorted(CREATE_CASE_FIELDS))})")
+            return Health(
+                False,
+                f"mapping field(s) {', '.join(unknown)} are not CreateCase "
+                f"parameters (known: {', '.join(sorted(CREATE_CASE_FIELDS))})",
+            )
         missing = sorted(self.mapping_fields - set(self.field_mapping.field_names))
         if missing:
-            return Health(False, f"the mapping must fill {', '.join(missing)}, which "
-                                 f"CreateCase requires")
+            return Health(
+                False, f"the mapping must fill {', '.join(missing)}, which CreateCase requires"
+            )
         try:
             with soap_errors(f"permits adapter {self.instance}: health check"):
-                self._soap().FindCaseByExternalReference(
-                    externalReference=_HEALTH_PROBE_REFERENCE
-                )
+                self._soap().FindCaseByExternalReference(externalReference=_HEALTH_PROBE_REFERENCE)
         except AdapterError as exc:
             return Health(False, f"permit system at {self.endpoint or self.wsdl}: {exc}")
         return Health(True, f"permit system at {self.endpoint or self.wsdl} answers")
@@ -160,7 +170,8 @@ class PermitsAdapter(Adapter):
         if self._service is None:
             with soap_errors(f"permits adapter {self.instance}: loading the WSDL {self.wsdl}"):
                 transport = Transport(  # type: ignore[no-untyped-call]
-                    timeout=self.timeout, operation_timeout=self.timeout)
+                    timeout=self.timeout, operation_timeout=self.timeout
+                )
                 settings = zeep.Settings(
                     strict=True, forbid_entities=True, forbid_external=True, forbid_dtd=True
                 )
@@ -169,7 +180,8 @@ class PermitsAdapter(Adapter):
                 )
                 self._service = (
                     client.create_service(_BINDING, self.endpoint)  # type: ignore[no-untyped-call]
-                    if self.endpoint else client.service
+                    if self.endpoint
+                    else client.service
                 )
                 self._transport = transport
         return self._service

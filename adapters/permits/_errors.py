@@ -74,6 +74,9 @@ def soap_errors(context: str) -> Iterator[None]:
             raise fault_kind(fault)(f"{context}: {safe_fault_text(fault)}") from fault
         except zeep.exceptions.TransportError as exc:
             status = exc.status_code
-            kind = (PermanentError if 400 <= status < 500 and status not in _RETRYABLE_HTTP
-                    else TransientError)
+            kind = (
+                PermanentError
+                if 400 <= status < 500 and status not in _RETRYABLE_HTTP
+                else TransientError
+            )
             raise kind(f"{context}: HTTP {status} from the permit system") from exc

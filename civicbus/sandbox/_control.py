@@ -38,7 +38,7 @@ class Control:
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         """Answer one control request: (HTTP status, JSON-able body)."""
-        parts = [p for p in path[len(PREFIX):].split("/") if p]
+        parts = [p for p in path[len(PREFIX) :].split("/") if p]
         try:
             payload = json.loads(body) if body else {}
         except ValueError:
@@ -130,8 +130,13 @@ def with_control(control: Control, app: WsgiApp) -> WsgiApp:
 
 def _json_response(start_response: Callable[..., Any], status: int, body: Any) -> list[bytes]:
     data = json.dumps(body).encode()
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
-              503: "Service Unavailable"}.get(status, "Status")
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        404: "Not Found",
+        409: "Conflict",
+        503: "Service Unavailable",
+    }.get(status, "Status")
     start_response(
         f"{status} {reason}",
         [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],

@@ -38,11 +38,16 @@ class ServedThread:
 
 def serve_wsgi(app: WsgiApp, host: str, port: int, name: str) -> tuple[str, Any]:
     """Serve a WSGI app on (host, port) in a thread; port 0 picks a free one. (url, stop)."""
-    server = make_server(host, port, app, server_class=_ThreadingWSGIServer,
-                         handler_class=_QuietHandler)
+    server = make_server(
+        host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
     # A short poll interval makes shutdown quick (tests start and stop many servers).
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name=f"sandbox-{name}", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name=f"sandbox-{name}",
+        daemon=True,
+    )
     thread.start()
 
     def stop() -> None:

@@ -117,8 +117,14 @@ class WorkItems:
                 raise DuplicateReference(_item(row))
             db.execute(
                 "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)",
-                (item_id, external_reference, self.flow[0], json.dumps(payload),
-                 now.isoformat(), now.isoformat()),
+                (
+                    item_id,
+                    external_reference,
+                    self.flow[0],
+                    json.dumps(payload),
+                    now.isoformat(),
+                    now.isoformat(),
+                ),
             )
             db.execute(
                 "INSERT INTO changes (item_id, status, at, note) VALUES (?, ?, ?, ?)",
@@ -191,8 +197,14 @@ class WorkItems:
         with self._connect() as db:
             rows = db.execute(query, params).fetchall()
         return [
-            Change(r["seq"], r["item_id"], r["external_reference"], r["status"],
-                   datetime.fromisoformat(r["at"]), r["note"])
+            Change(
+                r["seq"],
+                r["item_id"],
+                r["external_reference"],
+                r["status"],
+                datetime.fromisoformat(r["at"]),
+                r["note"],
+            )
             for r in rows
         ]
 

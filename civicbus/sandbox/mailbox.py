@@ -45,14 +45,16 @@ class Mailbox:
         listing = []
         for path in sorted(self.directory.glob("*.eml")):
             message = message_from_bytes(path.read_bytes(), policy=policy.default)
-            listing.append({
-                "file": path.name,
-                "message_id": message.get("Message-ID"),
-                "subject": message.get("Subject"),
-                "from": message.get("From"),
-                "to": message.get("To"),
-                "date": message.get("Date"),
-            })
+            listing.append(
+                {
+                    "file": path.name,
+                    "message_id": message.get("Message-ID"),
+                    "subject": message.get("Subject"),
+                    "from": message.get("From"),
+                    "to": message.get("To"),
+                    "date": message.get("Date"),
+                }
+            )
         return listing
 
 
@@ -64,7 +66,11 @@ class _Handler:
         self.faults = faults
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         mail_options: list[str],
     ) -> str:
         if self.faults.take("down", "throttle"):
@@ -76,7 +82,11 @@ class _Handler:
         return "250 OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         rcpt_options: list[str],
     ) -> str:
         if self.faults.take("reject"):
@@ -87,9 +97,7 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         await asyncio.to_thread(self.mailbox.store, content)
         return "250 2.0.0 Message accepted for delivery"
@@ -119,9 +127,12 @@ def serve(options: ServeOptions) -> MailboxServer:
     mailbox = Mailbox(options.state_dir / "mailbox")
     faults = Faults()
     controller = FreePortController(
-        _Handler(mailbox, faults), hostname=options.host, port=options.port,
+        _Handler(mailbox, faults),
+        hostname=options.host,
+        port=options.port,
         # No 8BITMIME/SMTPUTF8 refusal games: accept what a normal relay accepts.
-        enable_SMTPUTF8=True, ready_timeout=10,
+        enable_SMTPUTF8=True,
+        ready_timeout=10,
     )
     controller.start()
     default_control = options.port + 1 if options.port else 0

@@ -137,8 +137,11 @@ def create_app(items: WorkItems, faults: Faults, tokens: Tokens) -> FastAPI:
         if faults.take("down"):
             return JSONResponse({"error": "simulated outage"}, status_code=503)
         if faults.take("throttle"):
-            return JSONResponse({"error": "too many requests (simulated)"}, status_code=429,
-                                headers={"Retry-After": str(int(faults.delay))})
+            return JSONResponse(
+                {"error": "too many requests (simulated)"},
+                status_code=429,
+                headers={"Retry-After": str(int(faults.delay))},
+            )
         if faults.take("slow"):
             await asyncio.sleep(faults.delay)
         return await call_next(request)
@@ -154,8 +157,11 @@ def create_app(items: WorkItems, faults: Faults, tokens: Tokens) -> FastAPI:
     def bearer(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not tokens.valid(token):
-            raise HTTPException(401, "a valid bearer token is required",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise HTTPException(
+                401,
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
 
     @app.post("/oauth/token")
     def token(
@@ -183,11 +189,13 @@ def create_app(items: WorkItems, faults: Faults, tokens: Tokens) -> FastAPI:
     @app.post("/work-requests", status_code=201, dependencies=[Depends(bearer)])
     def create(body: WorkRequestIn) -> JSONResponse:
         if faults.take("reject"):
-            return JSONResponse({"error": "the parks system rejected the request (simulated)"},
-                                status_code=422)
+            return JSONResponse(
+                {"error": "the parks system rejected the request (simulated)"}, status_code=422
+            )
         if body.location is None and not body.address:
-            return JSONResponse({"error": "a work request needs a location or an address"},
-                                status_code=422)
+            return JSONResponse(
+                {"error": "a work request needs a location or an address"}, status_code=422
+            )
         payload = body.model_dump(exclude={"external_reference"}, mode="json")
         try:
             item = items.create(body.external_reference, payload)
@@ -196,8 +204,9 @@ def create_app(items: WorkItems, faults: Faults, tokens: Tokens) -> FastAPI:
                 {"error": "external_reference already used", "id": exc.existing.id},
                 status_code=409,
             )
-        return JSONResponse(_work_request(item), status_code=201,
-                            headers={"Location": f"/work-requests/{item.id}"})
+        return JSONResponse(
+            _work_request(item), status_code=201, headers={"Location": f"/work-requests/{item.id}"}
+        )
 
     @app.get("/work-requests", dependencies=[Depends(bearer)])
     def find(external_reference: str) -> dict[str, Any]:
@@ -246,10 +255,10 @@ def serve(options: ServeOptions) -> ServedThread:
         options.extra.get("client_secret", SANDBOX_CLIENT_SECRET),
         float(options.extra.get("token_ttl", 3600)),
     )
-    url, stop_server = serve_asgi(create_app(items, faults, tokens), options.host, options.port,
-                                  "parks")
-    progress = (AutoProgress(items, options.auto_progress).start()
-                if options.auto_progress else None)
+    url, stop_server = serve_asgi(
+        create_app(items, faults, tokens), options.host, options.port, "parks"
+    )
+    progress = AutoProgress(items, options.auto_progress).start() if options.auto_progress else None
 
     def stop() -> None:
         if progress:

@@ -140,19 +140,34 @@ class PermitService(ServiceBase):
         _returns=CaseReceipt,
     )
     def CreateCase(
-        ctx, externalReference, caseType, description, address, lat, lon,
-        district, reportedAt, contactEmail,
+        ctx,
+        externalReference,
+        caseType,
+        description,
+        address,
+        lat,
+        lon,
+        district,
+        reportedAt,
+        contactEmail,
     ):
         state = _state(ctx)
         if state.faults.take("reject"):
-            raise _caller_fault("the permit system rejected the case (simulated)",
-                                "Client.Rejected")
+            raise _caller_fault(
+                "the permit system rejected the case (simulated)", "Client.Rejected"
+            )
         if lat is None and lon is None and not address:
             raise _caller_fault("a case needs an address or a position")
-        payload = {"caseType": caseType, "description": description, "address": address,
-                   "lat": lat, "lon": lon, "district": district,
-                   "reportedAt": reportedAt.isoformat() if reportedAt else None,
-                   "contactEmail": contactEmail}
+        payload = {
+            "caseType": caseType,
+            "description": description,
+            "address": address,
+            "lat": lat,
+            "lon": lon,
+            "district": district,
+            "reportedAt": reportedAt.isoformat() if reportedAt else None,
+            "contactEmail": contactEmail,
+        }
         try:
             item = state.items.create(externalReference, payload)
         except DuplicateReference as exc:
@@ -160,17 +175,26 @@ class PermitService(ServiceBase):
                 f"external reference already used by case {exc.existing.id}",
                 "Client.DuplicateReference",
             ) from exc
-        return CaseReceipt(caseId=item.id, externalReference=item.external_reference,
-                           status=item.status, createdAt=item.created_at)
+        return CaseReceipt(
+            caseId=item.id,
+            externalReference=item.external_reference,
+            status=item.status,
+            createdAt=item.created_at,
+        )
 
     @rpc(Unicode(min_occurs=1, nillable=False, min_len=1, max_len=64), _returns=Case)
     def FindCaseByExternalReference(ctx, externalReference):
         item = _state(ctx).items.find(externalReference)
         if item is None:
             return None
-        return Case(caseId=item.id, externalReference=item.external_reference,
-                    caseType=item.payload.get("caseType") or "", status=item.status,
-                    createdAt=item.created_at, updatedAt=item.updated_at)
+        return Case(
+            caseId=item.id,
+            externalReference=item.external_reference,
+            caseType=item.payload.get("caseType") or "",
+            status=item.status,
+            createdAt=item.created_at,
+            updatedAt=item.updated_at,
+        )
 
     @rpc(Unicode(min_occurs=1, nillable=False, min_len=1), _returns=CaseStatus)
     def GetCaseStatus(ctx, caseId):
@@ -200,9 +224,14 @@ def _aware(value: datetime) -> datetime:
 
 
 def _case_change(change: Change) -> CaseChange:
-    return CaseChange(sequence=change.seq, caseId=change.item_id,
-                      externalReference=change.external_reference, status=change.status,
-                      changedAt=change.at, note=change.note)
+    return CaseChange(
+        sequence=change.seq,
+        caseId=change.item_id,
+        externalReference=change.external_reference,
+        status=change.status,
+        changedAt=change.at,
+        note=change.note,
+    )
 
 
 def application(state: _State | None = None) -> Application:
@@ -246,8 +275,10 @@ def wsgi_app(items: WorkItems, faults: Faults) -> WsgiApp:
         if environ["REQUEST_METHOD"] == "GET" and environ.get("QUERY_STRING", "").lower() == "wsdl":
             host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
             body = committed_wsdl(f"http://{host}{SERVICE_PATH}")
-            start_response("200 OK", [("Content-Type", "text/xml; charset=utf-8"),
-                                      ("Content-Length", str(len(body)))])
+            start_response(
+                "200 OK",
+                [("Content-Type", "text/xml; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
             return [body]
         result: Iterable[bytes] = soap(environ, start_response)
         return result
@@ -260,8 +291,7 @@ def serve(options: ServeOptions) -> ServedThread:
     items = WorkItems(options.state_dir / "permits.db", id_prefix="PRM", flow=FLOW)
     faults = Faults()
     url, stop_server = serve_wsgi(wsgi_app(items, faults), options.host, options.port, "permits")
-    progress = (AutoProgress(items, options.auto_progress).start()
-                if options.auto_progress else None)
+    progress = AutoProgress(items, options.auto_progress).start() if options.auto_progress else None
 
     def stop() -> None:
         if progress:

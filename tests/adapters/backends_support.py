@@ -64,8 +64,9 @@ def simulator(name: str, state_dir: Path, **extra: str) -> Iterator[Running]:
 
 def control(running: Running, method: str, path: str, **json: Any) -> Any:
     """Call the simulator's control endpoint (`/_sandbox/...`) and return its JSON answer."""
-    response = httpx.request(method, f"{running.control_url}/_sandbox{path}",
-                             json=json or None, timeout=5)
+    response = httpx.request(
+        method, f"{running.control_url}/_sandbox{path}", json=json or None, timeout=5
+    )
     response.raise_for_status()
     return response.json()
 
@@ -101,8 +102,11 @@ class WorkItemsTarget(ConformanceTarget):
             adapter.close()
 
     def records(self, request_id: str) -> int:
-        return sum(1 for i in control(self.running, "GET", "/items")
-                   if i["external_reference"] == request_id)
+        return sum(
+            1
+            for i in control(self.running, "GET", "/items")
+            if i["external_reference"] == request_id
+        )
 
     def change_status(self, receipt: Receipt) -> Status:
         change = control(self.running, "POST", f"/items/{receipt.reference}/advance")

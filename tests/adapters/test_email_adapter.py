@@ -38,12 +38,19 @@ def mailbox(tmp_path: Path) -> Iterator[MailboxServer]:
         yield running
 
 
-def adapter_for(mailbox: MailboxServer, mapping: Mapping, state: Path, **settings: Any
-                ) -> EmailAdapter:
+def adapter_for(
+    mailbox: MailboxServer, mapping: Mapping, state: Path, **settings: Any
+) -> EmailAdapter:
     return EmailAdapter(
         "email-311",
-        {"smtp_host": mailbox.host, "smtp_port": mailbox.port, "to": "311-desk@sandbox.example",
-         "state_dir": str(state), "timeout": 5, **settings},
+        {
+            "smtp_host": mailbox.host,
+            "smtp_port": mailbox.port,
+            "to": "311-desk@sandbox.example",
+            "state_dir": str(state),
+            "timeout": 5,
+            **settings,
+        },
         mapping,
     )
 
@@ -181,9 +188,16 @@ def test_a_slow_mailbox_times_out_as_transient(
 def test_a_refused_connection_is_transient_and_check_says_so(
     mapping: Mapping, tmp_path: Path
 ) -> None:
-    adapter = EmailAdapter("email-311", {"smtp_host": "127.0.0.1", "smtp_port": free_port(),
-                                         "to": "desk@example.org", "state_dir": str(tmp_path)},
-                           mapping)
+    adapter = EmailAdapter(
+        "email-311",
+        {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": free_port(),
+            "to": "desk@example.org",
+            "state_dir": str(tmp_path),
+        },
+        mapping,
+    )
 
     with pytest.raises(TransientError, match="ConnectionRefusedError"):
         adapter.submit(a_request())

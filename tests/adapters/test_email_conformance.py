@@ -48,8 +48,13 @@ class EmailTarget(ConformanceTarget):
         self.state_dir = state_dir
 
     def _settings(self, port: int) -> dict[str, object]:
-        return {"smtp_host": "127.0.0.1", "smtp_port": port, "to": "311-desk@sandbox.example",
-                "state_dir": str(self.state_dir), "timeout": 5}
+        return {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "to": "311-desk@sandbox.example",
+            "state_dir": str(self.state_dir),
+            "timeout": 5,
+        }
 
     def adapter(self) -> Adapter:
         return EmailAdapter("email-311", self._settings(self.mailbox.port), MAPPING)
@@ -63,8 +68,11 @@ class EmailTarget(ConformanceTarget):
 
     def records(self, request_id: str) -> int:
         files = (self.sandbox_dir / "mailbox").glob("*.eml")
-        return sum(1 for f in files
-                   if message_from_bytes(f.read_bytes())["X-Civicbus-Request-Id"] == request_id)
+        return sum(
+            1
+            for f in files
+            if message_from_bytes(f.read_bytes())["X-Civicbus-Request-Id"] == request_id
+        )
 
 
 class TestEmailConformance(AdapterConformance):

@@ -39,8 +39,13 @@ def mapping() -> Mapping:
 def adapter_for(running: Running, mapping: Mapping, **settings: Any) -> ParksAdapter:
     return ParksAdapter(
         "parks",
-        {"base_url": running.url, "client_id": SANDBOX_CLIENT_ID,
-         "client_secret": SANDBOX_CLIENT_SECRET, "timeout": 5, **settings},
+        {
+            "base_url": running.url,
+            "client_id": SANDBOX_CLIENT_ID,
+            "client_secret": SANDBOX_CLIENT_SECRET,
+            "timeout": 5,
+            **settings,
+        },
         mapping,
     )
 
@@ -48,8 +53,9 @@ def adapter_for(running: Running, mapping: Mapping, **settings: Any) -> ParksAda
 def test_submit_creates_a_work_request_with_the_mapped_fields(
     parks: Running, mapping: Mapping
 ) -> None:
-    request = a_request("TREE_DAMAGE", jurisdiction="shelbyville.example",
-                        attributes={"BLOCKING": "road"})
+    request = a_request(
+        "TREE_DAMAGE", jurisdiction="shelbyville.example", attributes={"BLOCKING": "road"}
+    )
     receipt = adapter_for(parks, mapping).submit(request)
 
     assert receipt.created and receipt.reference.startswith("WR-")
@@ -66,13 +72,20 @@ def test_submit_creates_a_work_request_with_the_mapped_fields(
 
 
 def test_unmapped_lookup_values_take_the_defaults(parks: Running, mapping: Mapping) -> None:
-    request = a_request("PARK_BENCH", description=None, attributes={"PARK_NAME": "Riverside"},
-                        location=Location(lat=51.5, long=-0.1))
+    request = a_request(
+        "PARK_BENCH",
+        description=None,
+        attributes={"PARK_NAME": "Riverside"},
+        location=Location(lat=51.5, long=-0.1),
+    )
     adapter_for(parks, mapping).submit(request)
 
     payload = control(parks, "GET", f"/items/{request.id}")["payload"]
     assert (payload["category"], payload["park"], payload["priority"]) == (
-        "FURNITURE", "Riverside", 3)
+        "FURNITURE",
+        "Riverside",
+        3,
+    )
     assert payload["description"] == "(no description given)" and payload["address"] is None
 
 
@@ -89,9 +102,7 @@ def test_submit_twice_creates_one_work_request(parks: Running, mapping: Mapping)
     assert adapter.find("req-unknown") is None
 
 
-def test_the_token_is_cached_and_renewed_once_after_a_401(
-    parks: Running, mapping: Mapping
-) -> None:
+def test_the_token_is_cached_and_renewed_once_after_a_401(parks: Running, mapping: Mapping) -> None:
     adapter = adapter_for(parks, mapping)
     adapter.find("req-1")
     adapter.find("req-2")
@@ -103,9 +114,7 @@ def test_the_token_is_cached_and_renewed_once_after_a_401(
     assert adapter.credentials.fetched == 2
 
 
-def test_bad_credentials_are_permanent_and_named_by_check(
-    parks: Running, mapping: Mapping
-) -> None:
+def test_bad_credentials_are_permanent_and_named_by_check(parks: Running, mapping: Mapping) -> None:
     adapter = adapter_for(parks, mapping, client_secret="wrong")
 
     with pytest.raises(PermanentError, match="client credentials"):
@@ -147,9 +156,7 @@ def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
         page = adapter.updates(start)
 
     # Raising here would fail every poll at this change: the cursor would never move again.
-    assert [(u.request_id, u.status) for u in page.updates] == [
-        (second.id, Status.INVESTIGATING)
-    ]
+    assert [(u.request_id, u.status) for u in page.updates] == [(second.id, Status.INVESTIGATING)]
     assert adapter.updates(page.watermark).updates == ()
     [skipped] = [e for e in logs if e["event"] == "parks.status_unmapped"]
     assert skipped["code"] == "DUPLICATE" and skipped["mapping"].endswith("parks.yaml")
@@ -197,8 +204,10 @@ def test_a_fault_with_a_count_affects_that_many_calls_then_heals(
     [
         ('{"error": "category TREE is closed"}', "category TREE is closed"),
         ('{"message": "no", "code": 7}', "no"),
-        ('{"error": {"message": "email \'jane@example.org\' is not valid"}}',
-         "email '…' is not valid"),
+        (
+            '{"error": {"message": "email \'jane@example.org\' is not valid"}}',
+            "email '…' is not valid",
+        ),
         # An apostrophe inside the value does not end it; an unclosed value runs to the end.
         ('{"error": "reporter \'Marge O\'Brien\' is unknown"}', "reporter '…' is unknown"),
         ("reporter 'Marge O'Brien is unknown", "reporter '…'"),
@@ -239,8 +248,11 @@ def test_a_slow_parks_system_times_out_as_transient(parks: Running, mapping: Map
 
 
 def test_a_refused_connection_is_transient(mapping: Mapping) -> None:
-    adapter = ParksAdapter("parks", {"base_url": f"http://127.0.0.1:{free_port()}",
-                                     "client_id": "c", "client_secret": "s"}, mapping)
+    adapter = ParksAdapter(
+        "parks",
+        {"base_url": f"http://127.0.0.1:{free_port()}", "client_id": "c", "client_secret": "s"},
+        mapping,
+    )
     with pytest.raises(TransientError, match="ConnectError"):
         adapter.find("req-1")
 

@@ -21,8 +21,12 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _settings(base_url: str) -> dict[str, object]:
-    return {"base_url": base_url, "client_id": SANDBOX_CLIENT_ID,
-            "client_secret": SANDBOX_CLIENT_SECRET, "timeout": 5}
+    return {
+        "base_url": base_url,
+        "client_id": SANDBOX_CLIENT_ID,
+        "client_secret": SANDBOX_CLIENT_SECRET,
+        "timeout": 5,
+    }
 
 
 class ParksTarget(WorkItemsTarget):

@@ -35,8 +35,9 @@ def mapping() -> Mapping:
 
 
 def adapter_for(running: Running, mapping: Mapping, **settings: Any) -> PermitsAdapter:
-    return PermitsAdapter("permits", {"wsdl": running.url + "?wsdl", "timeout": 5, **settings},
-                          mapping)
+    return PermitsAdapter(
+        "permits", {"wsdl": running.url + "?wsdl", "timeout": 5, **settings}, mapping
+    )
 
 
 def test_submit_creates_a_case_with_the_mapped_fields(permits: Running, mapping: Mapping) -> None:
@@ -133,9 +134,7 @@ def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
         page = adapter.updates(start)
 
     # Raising here would fail every poll at this change: the watermark would never move again.
-    assert [(u.request_id, u.status) for u in page.updates] == [
-        (second.id, Status.INVESTIGATING)
-    ]
+    assert [(u.request_id, u.status) for u in page.updates] == [(second.id, Status.INVESTIGATING)]
     assert adapter.updates(page.watermark).updates == ()
     [skipped] = [e for e in logs if e["event"] == "permits.status_unmapped"]
     assert skipped["code"] == "WITHDRAWN" and skipped["mapping"].endswith("permits.yaml")
@@ -202,8 +201,9 @@ def test_a_slow_simulator_times_out_as_transient(permits: Running, mapping: Mapp
 
 
 def test_a_refused_connection_is_transient(mapping: Mapping) -> None:
-    adapter = PermitsAdapter("permits", {"wsdl": f"http://127.0.0.1:{free_port()}/permits?wsdl",
-                                         "timeout": 2}, mapping)
+    adapter = PermitsAdapter(
+        "permits", {"wsdl": f"http://127.0.0.1:{free_port()}/permits?wsdl", "timeout": 2}, mapping
+    )
 
     with pytest.raises(TransientError, match="ConnectionError"):
         adapter.submit(a_request())
@@ -251,12 +251,18 @@ def test_soap_faults_are_classified_by_code() -> None:
 
 
 def test_soap_fault_texts_blank_quoted_values_and_keep_element_names() -> None:
-    text = safe_fault_text(zeep.exceptions.Fault(
-        "Element '{urn:x}contactEmail': 'marge@example.org' is too long", code="Client"))
+    text = safe_fault_text(
+        zeep.exceptions.Fault(
+            "Element '{urn:x}contactEmail': 'marge@example.org' is too long", code="Client"
+        )
+    )
     assert "marge" not in text and "{urn:x}contactEmail" in text
     # The apostrophe does not end the value: nothing of the name is left.
-    text = safe_fault_text(zeep.exceptions.Fault(
-        "Element '{urn:x}contactName': 'Marge O'Brien' is not accepted", code="Client"))
+    text = safe_fault_text(
+        zeep.exceptions.Fault(
+            "Element '{urn:x}contactName': 'Marge O'Brien' is not accepted", code="Client"
+        )
+    )
     assert text == "SOAP fault Client: Element '{urn:x}contactName': '…' is not accepted"
 
 
@@ -264,8 +270,10 @@ class _EntityBomb(BaseHTTPRequestHandler):
     """Answers every request with an XML document that declares an entity."""
 
     def do_GET(self) -> None:
-        body = (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x "boom">]>'
-                b'<definitions xmlns="http://schemas.xmlsoap.org/wsdl/">&x;</definitions>')
+        body = (
+            b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x "boom">]>'
+            b'<definitions xmlns="http://schemas.xmlsoap.org/wsdl/">&x;</definitions>'
+        )
         self.send_response(200)
         self.send_header("Content-Type", "text/xml")
         self.send_header("Content-Length", str(len(body)))

@@ -23,8 +23,9 @@ class PermitsTarget(WorkItemsTarget):
     """The permits adapter against a running permit simulator; statuses moved by its control."""
 
     def adapter(self) -> Adapter:
-        return PermitsAdapter("permits", {"wsdl": self.running.url + "?wsdl", "timeout": 5},
-                              self.mapping)
+        return PermitsAdapter(
+            "permits", {"wsdl": self.running.url + "?wsdl", "timeout": 5}, self.mapping
+        )
 
     def rejected_request(self, request_id: str) -> ServiceRequest:
         # Only an address id, no address or position: the permit system refuses such a case.
@@ -32,7 +33,8 @@ class PermitsTarget(WorkItemsTarget):
 
     def adapter_to_a_closed_port(self) -> Adapter:
         return PermitsAdapter(
-            "permits", {"wsdl": f"http://127.0.0.1:{free_port()}/permits?wsdl", "timeout": 2},
+            "permits",
+            {"wsdl": f"http://127.0.0.1:{free_port()}/permits?wsdl", "timeout": 2},
             self.mapping,
         )
 

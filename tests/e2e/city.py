@@ -50,8 +50,12 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run one `civicbus` command to completion; fail with its output if it fails."""
     done = subprocess.run(
-        [*civicbus_command(), *args], env=dict(env), cwd=cwd,
-        capture_output=True, text=True, timeout=timeout,
+        [*civicbus_command(), *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert done.returncode == 0, (
         f"civicbus {' '.join(args)} exited {done.returncode}\n"
@@ -101,8 +105,9 @@ def wait_until(
             last_error = exc
         if time.monotonic() >= deadline:
             cause = f" (last error: {last_error!r})" if last_error else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{cause}\n"
-                                 f"{explain()}")
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {what}{cause}\n{explain()}"
+            )
         time.sleep(0.2)
 
 
@@ -122,8 +127,12 @@ class Process:
         out, err = logs / f"{name}.stdout", logs / f"{name}.stderr"
         with out.open("wb") as stdout, err.open("wb") as stderr:
             popen = subprocess.Popen(
-                [*civicbus_command(), *args], env=dict(env), cwd=cwd,
-                stdout=stdout, stderr=stderr, start_new_session=True,
+                [*civicbus_command(), *args],
+                env=dict(env),
+                cwd=cwd,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
             )
         return cls(name, popen, out, err)
 
@@ -179,9 +188,13 @@ class Process:
                 problems.append(f"{event.get('part', event['pid'])} ignored SIGTERM and was killed")
             elif name == "supervisor.part_stopped" and event["code"] != 0:
                 # uvicorn re-raises the SIGTERM once it has shut down gracefully.
-                graceful_api = event["part"] == "api" and event["code"] == -signal.SIGTERM and any(
-                    e.get("event", "").startswith("Finished server process")
-                    for e in self.events()
+                graceful_api = (
+                    event["part"] == "api"
+                    and event["code"] == -signal.SIGTERM
+                    and any(
+                        e.get("event", "").startswith("Finished server process")
+                        for e in self.events()
+                    )
                 )
                 if not graceful_api:
                     problems.append(f"{event['part']} exited {event['code']} on SIGTERM")
@@ -191,8 +204,14 @@ class Process:
         """The last lines of stdout and stderr, without the poller's routine HTTP request lines."""
         out = self.stdout.read_text(errors="replace").splitlines()[-10:]
         err = [ln for ln in self.log_lines() if '"logger": "httpx"' not in ln][-lines:]
-        return "\n".join([f"--- {self.name} (pid {self.popen.pid}, "
-                          f"exit {self.popen.poll()}) stdout:", *out, "--- stderr:", *err])
+        return "\n".join(
+            [
+                f"--- {self.name} (pid {self.popen.pid}, exit {self.popen.poll()}) stdout:",
+                *out,
+                "--- stderr:",
+                *err,
+            ]
+        )
 
 
 @dataclass

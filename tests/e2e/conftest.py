@@ -30,9 +30,9 @@ STARTUP_TIMEOUT = 120.0
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
-    None, Any, None
-]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
     """A failing end-to-end test shows what the city's processes last logged."""
     outcome = yield
     report = outcome.get_result()
@@ -53,8 +53,9 @@ def webhook_secret() -> str:
     return secrets.token_hex(16)
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
-                                                               marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def city(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -68,45 +69,68 @@ def city(
     logs = workdir / "logs"
     logs.mkdir()
     state_dir = workdir / "sandbox-state"
-    ports = {"sap": free_port(), "permits": free_port(), "parks": free_port(),
-             "mailbox": free_port_pair()}
+    ports = {
+        "sap": free_port(),
+        "permits": free_port(),
+        "parks": free_port(),
+        "mailbox": free_port_pair(),
+    }
     api_port = free_port()
     workorders_url = f"sqlite:///{state_dir}/workorders.db"
-    config = city_config(SANDBOX_CONFIG, api_port=api_port, ports=ports, state_dir=state_dir,
-                         workorders_url=workorders_url, sent_dir=workdir / "email-sent")
+    config = city_config(
+        SANDBOX_CONFIG,
+        api_port=api_port,
+        ports=ports,
+        state_dir=state_dir,
+        workorders_url=workorders_url,
+        sent_dir=workdir / "email-sent",
+    )
     config_path = workdir / "civicbus.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     amqp_url = amqp_vhost_factory()
     env = {
         **base_env(),
         "CIVICBUS_CONFIG": str(config_path),
-        "CIVICBUS_DATABASE_URL": (postgres_database_factory() if request.param == "postgresql"
-                                  else f"sqlite:///{workdir}/civicbus.db"),
+        "CIVICBUS_DATABASE_URL": (
+            postgres_database_factory()
+            if request.param == "postgresql"
+            else f"sqlite:///{workdir}/civicbus.db"
+        ),
         "CIVICBUS_AMQP_URL": amqp_url,
         "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
         "CIVICBUS_LOG_FORMAT": "json",
         WEBHOOK_SECRET_ENV: webhook_secret,
     }
     city = SandboxCity(
-        workdir=workdir, env=env, config=config, api_url=f"http://127.0.0.1:{api_port}",
+        workdir=workdir,
+        env=env,
+        config=config,
+        api_url=f"http://127.0.0.1:{api_port}",
         control_urls={
             "sap": f"http://127.0.0.1:{ports['sap']}",
             "permits": f"http://127.0.0.1:{ports['permits']}",
             "parks": f"http://127.0.0.1:{ports['parks']}",
             "mailbox": f"http://127.0.0.1:{ports['mailbox'] + 1}",
         },
-        state_dir=state_dir, workorders_url=workorders_url,
+        state_dir=state_dir,
+        workorders_url=workorders_url,
     )
     sandbox_args = ["sandbox", "--state-dir", str(state_dir)]
     for name, port in ports.items():
         sandbox_args += ["--port", f"{name}={port}"]
     try:
-        city.processes.append(Process.start("sandbox", sandbox_args, env=env, cwd=workdir,
-                                            logs=logs))
-        city.processes.append(Process.start(
-            "run", ["run", "--no-sandbox", "--port", str(api_port)], env=env, cwd=workdir,
-            logs=logs,
-        ))
+        city.processes.append(
+            Process.start("sandbox", sandbox_args, env=env, cwd=workdir, logs=logs)
+        )
+        city.processes.append(
+            Process.start(
+                "run",
+                ["run", "--no-sandbox", "--port", str(api_port)],
+                env=env,
+                cwd=workdir,
+                logs=logs,
+            )
+        )
         _wait_until_up(city, amqp_url)
     except BaseException:
         _stop(city, raising=False)
@@ -120,16 +144,19 @@ def _wait_until_up(city: SandboxCity, amqp_url: str) -> None:
     for name, url in city.control_urls.items():
         city.wait_until(
             functools.partial(_answers, f"{url}/_sandbox/"),
-            timeout=STARTUP_TIMEOUT, what=f"the {name} simulator's control endpoint",
+            timeout=STARTUP_TIMEOUT,
+            what=f"the {name} simulator's control endpoint",
         )
     city.wait_until(
         functools.partial(_answers, f"{city.api_url}/healthz"),
-        timeout=STARTUP_TIMEOUT, what="the API's /healthz",
+        timeout=STARTUP_TIMEOUT,
+        what="the API's /healthz",
     )
     queues = [f"civicbus.work.{name}" for name in city.config["instances"]]
     city.wait_until(
         lambda: all(n >= 1 for n in queue_consumers(amqp_url, queues).values()),
-        timeout=STARTUP_TIMEOUT, what=f"a consumer on each of {', '.join(queues)}",
+        timeout=STARTUP_TIMEOUT,
+        what=f"a consumer on each of {', '.join(queues)}",
     )
 
 
@@ -144,7 +171,8 @@ def _stop(city: SandboxCity, *, raising: bool) -> None:
     problems += [p for proc in city.processes for p in proc.supervisor_problems()]
     if problems and raising:
         pytest.fail(
-            "the sandbox city did not stop cleanly: " + "; ".join(problems)
+            "the sandbox city did not stop cleanly: "
+            + "; ".join(problems)
             + f"\n{city.diagnose() or before}",
             pytrace=False,
         )
@@ -160,6 +188,13 @@ def api_key(city: SandboxCity) -> str:
 @pytest.fixture(scope="module")
 def subscription(city: SandboxCity, webhook: WebhookReceiver) -> str:
     """A back-office system subscribed to every request event, before anything is posted."""
-    done = city.cli("subscriptions", "add", webhook.url, "--events", "request.*",
-                    "--secret-env", WEBHOOK_SECRET_ENV)
+    done = city.cli(
+        "subscriptions",
+        "add",
+        webhook.url,
+        "--events",
+        "request.*",
+        "--secret-env",
+        WEBHOOK_SECRET_ENV,
+    )
     return done.stdout.strip()

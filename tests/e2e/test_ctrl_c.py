@@ -20,8 +20,14 @@ def test_the_sandbox_stopping_on_ctrl_c_survives_the_supervisors_sigterm(tmp_pat
     args = ["sandbox", "--state-dir", str(tmp_path)]
     for name in ("sap", "permits", "parks", "mailbox"):
         args += ["--port", f"{name}=0"]
-    proc = subprocess.Popen([*civicbus_command(), *args], env=base_env(), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*civicbus_command(), *args],
+        env=base_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

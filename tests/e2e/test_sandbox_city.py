@@ -61,8 +61,15 @@ MOVES = {
     "permits": ("UNDER_REVIEW", "APPROVED"),
     "parks": ("IN_PROGRESS", "COMPLETED"),
 }
-CLOSED = {"fixed", "closed", "duplicate", "not_councils_responsibility", "no_further_action",
-          "internal_referral", "cancelled"}
+CLOSED = {
+    "fixed",
+    "closed",
+    "duplicate",
+    "not_councils_responsibility",
+    "no_further_action",
+    "internal_referral",
+    "cancelled",
+}
 
 _SANDBOX = yaml.safe_load(SANDBOX_CONFIG.read_text(encoding="utf-8"))
 SERVICES = [(s["code"], s["jurisdiction"]) for s in _SANDBOX["services"]]
@@ -71,12 +78,19 @@ POLLED_INSTANCES = sorted(n for n, i in _SANDBOX["instances"].items() if i["kind
 
 def png_pixel() -> bytes:
     """A valid one-pixel PNG (what a phone's photo stands for here)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 PHOTO = png_pixel()
@@ -107,10 +121,15 @@ class Posted:
 
 # --- posting -------------------------------------------------------------------------------------
 
+
 def answers_for(definition: dict[str, Any]) -> list[tuple[str, str]]:
     """A valid answer to every variable attribute of a service definition (C-10, C-12)."""
-    samples = {"string": "E2E-42", "number": "7", "datetime": "2026-12-01T08:00:00+00:00",
-               "text": "Gate code 1234"}
+    samples = {
+        "string": "E2E-42",
+        "number": "7",
+        "datetime": "2026-12-01T08:00:00+00:00",
+        "text": "Gate code 1234",
+    }
     form = []
     for attribute in definition.get("attributes", []):
         if not attribute["variable"]:
@@ -137,9 +156,7 @@ def sap_locations(city: SandboxCity, instance: str) -> Iterator[tuple[tuple[floa
 
 
 @pytest.fixture(scope="module")
-def posted(
-    city: SandboxCity, api_key: str, subscription: str
-) -> dict[str, Posted]:
+def posted(city: SandboxCity, api_key: str, subscription: str) -> dict[str, Posted]:
     """One request per service of the catalogue (as GET /services says), all submitted."""
     sap_points: dict[str, Iterator[tuple[tuple[float, float], str]]] = {}
     posted: dict[str, Posted] = {}
@@ -152,8 +169,9 @@ def posted(
                 assert code not in posted, f"{code} is in two jurisdictions: key Posted by both"
                 definition = {}
                 if service["metadata"]:
-                    answer = api.get(f"/services/{code}.json",
-                                     params={"jurisdiction_id": jurisdiction})
+                    answer = api.get(
+                        f"/services/{code}.json", params={"jurisdiction_id": jurisdiction}
+                    )
                     assert answer.status_code == 200, answer.text
                     definition = answer.json()
                 instance = city.instance_for(code, jurisdiction)
@@ -162,28 +180,44 @@ def posted(
                     points = sap_points.setdefault(instance, sap_locations(city, instance))
                     point, location = next(points)
                 answers = answers_for(definition)
-                form = [("api_key", api_key), ("jurisdiction_id", jurisdiction),
-                        ("service_code", code), ("lat", str(point[0])), ("long", str(point[1])),
-                        ("address_string", ADDRESS),
-                        ("description", f"End-to-end check of {code}."),
-                        *REPORTER.items(), *answers]
-                files = {"media": ("photo.png", PHOTO, "image/png")} if code == PHOTO_SERVICE \
-                    else None
+                form = [
+                    ("api_key", api_key),
+                    ("jurisdiction_id", jurisdiction),
+                    ("service_code", code),
+                    ("lat", str(point[0])),
+                    ("long", str(point[1])),
+                    ("address_string", ADDRESS),
+                    ("description", f"End-to-end check of {code}."),
+                    *REPORTER.items(),
+                    *answers,
+                ]
+                files = (
+                    {"media": ("photo.png", PHOTO, "image/png")} if code == PHOTO_SERVICE else None
+                )
                 response = api.post("/requests.json", data=_form_dict(form), files=files)
                 assert response.status_code == 201, f"{code}: {response.text}"
                 (answer,) = response.json()
                 posted[code] = Posted(
-                    code, jurisdiction, service["service_name"], service["type"], instance,
-                    answer, answer.get("service_request_id", ""), point, location,
+                    code,
+                    jurisdiction,
+                    service["service_name"],
+                    service["type"],
+                    instance,
+                    answer,
+                    answer.get("service_request_id", ""),
+                    point,
+                    location,
                     _answers_by_code(answers),
                 )
         for item in posted.values():
             if not item.request_id:
                 item.request_id = _find_id(api, item)
         for item in posted.values():
-            city.wait_until(functools.partial(_backend_refs, api, item),
-                            timeout=DELIVERY_TIMEOUT,
-                            what=f"{item.code} ({item.request_id}) to be submitted")
+            city.wait_until(
+                functools.partial(_backend_refs, api, item),
+                timeout=DELIVERY_TIMEOUT,
+                what=f"{item.code} ({item.request_id}) to be submitted",
+            )
     return posted
 
 
@@ -214,16 +248,19 @@ def _find_id(api: httpx.Client, item: Posted) -> str:
         resolved = api.get(f"/tokens/{token}.json", params={"jurisdiction_id": item.jurisdiction})
         assert resolved.status_code == 200, resolved.text
         return str(resolved.json()[0]["service_request_id"])
-    found = api.get("/requests.json", params={"jurisdiction_id": item.jurisdiction,
-                                              "service_code": item.code})
+    found = api.get(
+        "/requests.json", params={"jurisdiction_id": item.jurisdiction, "service_code": item.code}
+    )
     assert found.status_code == 200, found.text
     (request,) = found.json()
     return str(request["service_request_id"])
 
 
 def _read(api: httpx.Client, item: Posted) -> dict[str, Any]:
-    response = api.get(f"/requests/{item.request_id}.json",
-                       params={"jurisdiction_id": item.jurisdiction, "extensions": "true"})
+    response = api.get(
+        f"/requests/{item.request_id}.json",
+        params={"jurisdiction_id": item.jurisdiction, "extensions": "true"},
+    )
     assert response.status_code == 200, response.text
     (request,) = response.json()
     assert isinstance(request, dict)
@@ -250,6 +287,7 @@ def store(city: SandboxCity) -> Iterator[Store]:
 
 # --- what each back-end holds --------------------------------------------------------------------
 
+
 def _lookup(mapping: dict[str, Any], name: str, key: str | None) -> Any:
     """What the mapping's lookup table gives field `name` for `key` (or its default)."""
     spec = mapping["fields"][name]["lookup"]
@@ -264,16 +302,19 @@ def _items(city: SandboxCity, simulator: str) -> list[dict[str, Any]]:
 
 
 def _mails(city: SandboxCity) -> list[EmailMessage]:
-    return [message_from_bytes(p.read_bytes(), policy=policy.default)
-            for p in sorted(city.mailbox_dir.glob("*.eml"))]
+    return [
+        message_from_bytes(p.read_bytes(), policy=policy.default)
+        for p in sorted(city.mailbox_dir.glob("*.eml"))
+    ]
 
 
 def _work_orders(city: SandboxCity, request_id: str) -> list[dict[str, Any]]:
     path = city.workorders_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as db:
         db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT * FROM work_orders WHERE external_ref = ?",
-                          (request_id,)).fetchall()
+        rows = db.execute(
+            "SELECT * FROM work_orders WHERE external_ref = ?", (request_id,)
+        ).fetchall()
     return [dict(r) for r in rows]
 
 
@@ -289,9 +330,12 @@ def check_sap(city: SandboxCity, item: Posted, request: dict[str, Any]) -> tuple
     assert record["reported_by"] == mapping["fields"]["reported_by"]["const"]
     # SAP dates and times are the plant's local time (the mapping's zone), not UTC.
     local = datetime.fromisoformat(request["requested_datetime"]).astimezone(
-        ZoneInfo(mapping["timezone"]))
+        ZoneInfo(mapping["timezone"])
+    )
     assert (record["malfunction_date"], record["malfunction_time"]) == (
-        local.strftime("%Y%m%d"), local.strftime("%H%M%S"))
+        local.strftime("%Y%m%d"),
+        local.strftime("%H%M%S"),
+    )
     return record["number"], record
 
 
@@ -302,7 +346,8 @@ def check_oracle(city: SandboxCity, item: Posted, request: dict[str, Any]) -> tu
     assert record["priority"] == _lookup(mapping, "priority", item.code)
     crs = mapping["fields"]["x"]["project"]["to"]
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(
-        item.point[1], item.point[0])
+        item.point[1], item.point[0]
+    )
     assert abs(record["x"] - x) < 0.01 and abs(record["y"] - y) < 0.01, (record, x, y)
     assert record["address"] == ADDRESS
     assert record["description"].endswith(f"civicbus request {item.request_id}")
@@ -318,7 +363,8 @@ def check_permits(city: SandboxCity, item: Posted, request: dict[str, Any]) -> t
     assert case["district"] == _lookup(mapping, "district", item.jurisdiction)
     assert (case["lat"], case["lon"], case["address"]) == (*item.point, ADDRESS)
     assert datetime.fromisoformat(case["reportedAt"]) == datetime.fromisoformat(
-        request["requested_datetime"])
+        request["requested_datetime"]
+    )
     return record["id"], record
 
 
@@ -349,16 +395,26 @@ def check_email(city: SandboxCity, item: Posted, request: dict[str, Any]) -> tup
     return message_id, mail.as_string()
 
 
-CHECKS = {"sap": check_sap, "oracle": check_oracle, "permits": check_permits,
-          "parks": check_parks, "email": check_email}
+CHECKS = {
+    "sap": check_sap,
+    "oracle": check_oracle,
+    "permits": check_permits,
+    "parks": check_parks,
+    "email": check_email,
+}
 
 
 # --- delivery ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("code", "jurisdiction"), SERVICES, ids=[c for c, _ in SERVICES])
 def test_each_service_reaches_its_routed_back_end_once_with_the_mapped_fields(
-    city: SandboxCity, posted: dict[str, Posted], api: httpx.Client, store: Store,
-    code: str, jurisdiction: str,
+    city: SandboxCity,
+    posted: dict[str, Posted],
+    api: httpx.Client,
+    store: Store,
+    code: str,
+    jurisdiction: str,
 ) -> None:
     item = posted[code]
     assert item.jurisdiction == jurisdiction
@@ -385,8 +441,11 @@ def test_the_audit_trail_keeps_each_back_end_reference(
     lost = {}
     for item in posted.values():
         (ref,) = _backend_refs(api, item)
-        audited = [e.details.get("reference") for e in store.audit_trail(item.request_id)
-                   if e.action == "submitted"]
+        audited = [
+            e.details.get("reference")
+            for e in store.audit_trail(item.request_id)
+            if e.action == "submitted"
+        ]
         if audited != [ref["reference"]]:
             lost[item.instance] = (ref["reference"], audited)
     assert not lost, lost
@@ -405,8 +464,9 @@ def test_every_back_end_holds_exactly_the_requests_routed_to_it(
         "email-311": [str(m["X-Civicbus-Request-Id"]) for m in _mails(city)],
     }
     with sqlite3.connect(city.workorders_url.removeprefix("sqlite:///")) as db:
-        held["oracle-facilities"] = [r[0] for r in db.execute("SELECT external_ref FROM "
-                                                              "work_orders")]
+        held["oracle-facilities"] = [
+            r[0] for r in db.execute("SELECT external_ref FROM work_orders")
+        ]
     for instance, references in held.items():
         assert sorted(references) == sorted(by_instance.get(instance, set())), instance
 
@@ -435,10 +495,12 @@ def test_c14_answers_an_id_for_realtime_a_token_for_batch_and_neither_for_blackb
         assert item.answer.get("service_request_id") and "token" not in item.answer, item
     for item in by_type["batch"]:
         assert item.answer.get("token") and "service_request_id" not in item.answer, item
-        resolved = api.get(f"/tokens/{item.answer['token']}.json",
-                           params={"jurisdiction_id": item.jurisdiction})
-        assert resolved.json() == [{"token": item.answer["token"],
-                                    "service_request_id": item.request_id}]
+        resolved = api.get(
+            f"/tokens/{item.answer['token']}.json", params={"jurisdiction_id": item.jurisdiction}
+        )
+        assert resolved.json() == [
+            {"token": item.answer["token"], "service_request_id": item.request_id}
+        ]
     for item in by_type["blackbox"]:
         assert "service_request_id" not in item.answer and "token" not in item.answer, item
         # Still a request like any other: routed, submitted, readable by whoever knows its id.
@@ -454,12 +516,14 @@ def test_the_photo_is_served_back_and_reads_carry_no_contact_data(
     photo = httpx.get(request["media_url"], timeout=10)
     assert photo.status_code == 200 and photo.content == PHOTO
     assert photo.headers["content-type"] == "image/png"
-    everything = api.get("/requests.json", params={"jurisdiction_id": item.jurisdiction,
-                                                   "extensions": "true"}).text
+    everything = api.get(
+        "/requests.json", params={"jurisdiction_id": item.jurisdiction, "extensions": "true"}
+    ).text
     assert not [v for v in PERSONAL_DATA if v in everything]
 
 
 # --- status changes ------------------------------------------------------------------------------
+
 
 def _move(city: SandboxCity, instance: str, request_id: str, code: str) -> None:
     """Change a work item's status in the simulated back-end, as its back office would."""
@@ -467,8 +531,11 @@ def _move(city: SandboxCity, instance: str, request_id: str, code: str) -> None:
     if kind == "oracle":
         workorders.set_status(city.workorders_url, request_id, code, note="e2e")
         return
-    response = httpx.post(f"{city.control_urls[kind]}/_sandbox/items/{request_id}/status",
-                          json={"status": code}, timeout=10)
+    response = httpx.post(
+        f"{city.control_urls[kind]}/_sandbox/items/{request_id}/status",
+        json={"status": code},
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
 
 
@@ -494,16 +561,21 @@ def test_a_status_change_in_the_back_end_shows_up_in_open311(
         _move(city, instance, item.request_id, code)
         request = city.wait_until(
             functools.partial(_read_when_status, api, item, canonical),
-            timeout=STATUS_TIMEOUT, what=f"{item.request_id} to become {canonical} after "
-                                         f"{instance} moved it to {code}",
+            timeout=STATUS_TIMEOUT,
+            what=f"{item.request_id} to become {canonical} after {instance} moved it to {code}",
         )
         assert request["status"] == ("closed" if canonical in CLOSED else "open")
         assert request["notes"][-1]["external_status_code"] == code
-        updates = api.get("/servicerequestupdates.json",
-                          params={"jurisdiction_id": item.jurisdiction, "start_date": since})
+        updates = api.get(
+            "/servicerequestupdates.json",
+            params={"jurisdiction_id": item.jurisdiction, "start_date": since},
+        )
         assert updates.status_code == 200, updates.text
-        mine = [u for u in updates.json() if u["service_request_id"] == item.request_id
-                and u["external_status_code"] == code]
+        mine = [
+            u
+            for u in updates.json()
+            if u["service_request_id"] == item.request_id and u["external_status_code"] == code
+        ]
         assert [u["status"] for u in mine] == [canonical.upper()]
 
 
@@ -512,10 +584,15 @@ def test_the_email_department_reports_progress_through_servicerequestupdates(
 ) -> None:
     email_instances = [n for n, i in city.config["instances"].items() if i["kind"] == "email"]
     item = _first_routed_to(posted, email_instances[0])
-    form = {"api_key": api_key, "jurisdiction_id": item.jurisdiction,
-            "service_request_id": item.request_id, "update_id": f"desk-{item.request_id}-1",
-            "status": "FIXED", "updated_datetime": datetime.now(UTC).isoformat(),
-            "description": "Cleaned by the sanitation crew."}
+    form = {
+        "api_key": api_key,
+        "jurisdiction_id": item.jurisdiction,
+        "service_request_id": item.request_id,
+        "update_id": f"desk-{item.request_id}-1",
+        "status": "FIXED",
+        "updated_datetime": datetime.now(UTC).isoformat(),
+        "description": "Cleaned by the sanitation crew.",
+    }
     first = api.post("/servicerequestupdates.json", data=form)
     assert first.status_code == 200, first.text
     again = api.post("/servicerequestupdates.json", data=form)
@@ -528,8 +605,12 @@ def test_the_email_department_reports_progress_through_servicerequestupdates(
 
 # --- webhooks ------------------------------------------------------------------------------------
 
+
 def test_a_subscribed_back_office_receives_the_requests_events_in_order(
-    city: SandboxCity, posted: dict[str, Posted], webhook: WebhookReceiver, webhook_secret: str,
+    city: SandboxCity,
+    posted: dict[str, Posted],
+    webhook: WebhookReceiver,
+    webhook_secret: str,
 ) -> None:
     parks = [p for p in posted.values() if city.config["instances"][p.instance]["kind"] == "parks"]
     item = parks[-1]
@@ -538,18 +619,31 @@ def test_a_subscribed_back_office_receives_the_requests_events_in_order(
     _move(city, item.instance, item.request_id, code)
 
     def status_event_arrived() -> list[str] | None:
-        types = [(d.event["type"], d.event["data"].get("status"))
-                 for d in webhook.for_request(item.request_id)]
-        return [t for t, _ in types] if ("civicbus.request.status_changed", canonical) in types \
+        types = [
+            (d.event["type"], d.event["data"].get("status"))
+            for d in webhook.for_request(item.request_id)
+        ]
+        return (
+            [t for t, _ in types]
+            if ("civicbus.request.status_changed", canonical) in types
             else None
+        )
 
-    types = city.wait_until(status_event_arrived, timeout=DELIVERY_TIMEOUT,
-                            what=f"the webhook to receive {item.request_id} {canonical}")
-    created, submitted = types.index("civicbus.request.created"), types.index(
-        "civicbus.request.submitted")
-    changed = [i for i, d in enumerate(webhook.for_request(item.request_id))
-               if d.event["type"] == "civicbus.request.status_changed"
-               and d.event["data"].get("status") == canonical]
+    types = city.wait_until(
+        status_event_arrived,
+        timeout=DELIVERY_TIMEOUT,
+        what=f"the webhook to receive {item.request_id} {canonical}",
+    )
+    created, submitted = (
+        types.index("civicbus.request.created"),
+        types.index("civicbus.request.submitted"),
+    )
+    changed = [
+        i
+        for i, d in enumerate(webhook.for_request(item.request_id))
+        if d.event["type"] == "civicbus.request.status_changed"
+        and d.event["data"].get("status") == canonical
+    ]
     assert created == 0 and created < submitted < changed[0], types
 
     everything = webhook.received()
@@ -564,21 +658,29 @@ def test_a_subscribed_back_office_receives_the_requests_events_in_order(
 
 # --- failures: retries and dead letters (after the delivery checks: these add requests) ----------
 
+
 def _post_one(api: httpx.Client, api_key: str, code: str, jurisdiction: str) -> str:
     """Post one valid request for a service; its id."""
     definition = api.get(f"/services/{code}.json", params={"jurisdiction_id": jurisdiction})
     assert definition.status_code == 200, definition.text
-    form = [("api_key", api_key), ("jurisdiction_id", jurisdiction), ("service_code", code),
-            ("lat", str(DEFAULT_POINT[0])), ("long", str(DEFAULT_POINT[1])),
-            ("description", "Failure path check."), *answers_for(definition.json())]
+    form = [
+        ("api_key", api_key),
+        ("jurisdiction_id", jurisdiction),
+        ("service_code", code),
+        ("lat", str(DEFAULT_POINT[0])),
+        ("long", str(DEFAULT_POINT[1])),
+        ("description", "Failure path check."),
+        *answers_for(definition.json()),
+    ]
     created = api.post("/requests.json", data=_form_dict(form))
     assert created.status_code == 201, created.text
     return str(created.json()[0]["service_request_id"])
 
 
 def _set_fault(city: SandboxCity, simulator: str, mode: str) -> None:
-    response = httpx.put(f"{city.control_urls[simulator]}/_sandbox/fault", json={"mode": mode},
-                         timeout=10)
+    response = httpx.put(
+        f"{city.control_urls[simulator]}/_sandbox/fault", json={"mode": mode}, timeout=10
+    )
     assert response.status_code == 200, response.text
 
 
@@ -592,21 +694,32 @@ def _service_routed_to(city: SandboxCity, kind: str) -> tuple[str, str, str]:
 
 
 def test_a_back_end_outage_is_retried_until_the_back_end_is_back(
-    city: SandboxCity, posted: dict[str, Posted], api: httpx.Client, api_key: str, store: Store,
+    city: SandboxCity,
+    posted: dict[str, Posted],
+    api: httpx.Client,
+    api_key: str,
+    store: Store,
 ) -> None:
     code, jurisdiction, instance = _service_routed_to(city, "sap")
     _set_fault(city, "sap", "down")
     try:
         request_id = _post_one(api, api_key, code, jurisdiction)
         city.wait_until(
-            lambda: any(e.action == "attempt" and e.outcome == "error"
-                        for e in store.audit_trail(request_id)),
-            timeout=DELIVERY_TIMEOUT, what=f"a failed attempt to deliver {request_id}")
+            lambda: any(
+                e.action == "attempt" and e.outcome == "error"
+                for e in store.audit_trail(request_id)
+            ),
+            timeout=DELIVERY_TIMEOUT,
+            what=f"a failed attempt to deliver {request_id}",
+        )
     finally:
         _set_fault(city, "sap", "none")
     item = Posted(code, jurisdiction, "", "realtime", instance, {}, request_id, DEFAULT_POINT)
-    city.wait_until(functools.partial(_backend_refs, api, item), timeout=DELIVERY_TIMEOUT,
-                    what=f"{request_id} to be delivered once SAP is back")
+    city.wait_until(
+        functools.partial(_backend_refs, api, item),
+        timeout=DELIVERY_TIMEOUT,
+        what=f"{request_id} to be delivered once SAP is back",
+    )
     trail = store.audit_trail(request_id)
     assert [e.outcome for e in trail if e.action == "submitted"] == ["ok"]
     assert not [e for e in trail if e.action == "dead_lettered"]
@@ -614,7 +727,11 @@ def test_a_back_end_outage_is_retried_until_the_back_end_is_back(
 
 
 def test_a_rejected_request_is_dead_lettered_then_replayed_after_the_fix(
-    city: SandboxCity, posted: dict[str, Posted], api: httpx.Client, api_key: str, store: Store,
+    city: SandboxCity,
+    posted: dict[str, Posted],
+    api: httpx.Client,
+    api_key: str,
+    store: Store,
 ) -> None:
     code, jurisdiction, instance = _service_routed_to(city, "parks")
     _set_fault(city, "parks", "reject")
@@ -622,8 +739,11 @@ def test_a_rejected_request_is_dead_lettered_then_replayed_after_the_fix(
         request_id = _post_one(api, api_key, code, jurisdiction)
         listing = city.wait_until(
             lambda: (lambda out: out if request_id in out else None)(
-                city.cli("dead", "list", instance).stdout),
-            timeout=DELIVERY_TIMEOUT, what=f"{request_id} in `civicbus dead list {instance}`")
+                city.cli("dead", "list", instance).stdout
+            ),
+            timeout=DELIVERY_TIMEOUT,
+            what=f"{request_id} in `civicbus dead list {instance}`",
+        )
     finally:
         _set_fault(city, "parks", "none")
     (row,) = [line for line in listing.splitlines() if request_id in line]
@@ -632,8 +752,11 @@ def test_a_rejected_request_is_dead_lettered_then_replayed_after_the_fix(
 
     city.cli("dead", "replay", instance, row.split()[0])
     item = Posted(code, jurisdiction, "", "realtime", instance, {}, request_id, DEFAULT_POINT)
-    city.wait_until(functools.partial(_backend_refs, api, item), timeout=DELIVERY_TIMEOUT,
-                    what=f"{request_id} to be delivered after the replay")
+    city.wait_until(
+        functools.partial(_backend_refs, api, item),
+        timeout=DELIVERY_TIMEOUT,
+        what=f"{request_id} to be delivered after the replay",
+    )
     assert len([w for w in _items(city, "parks") if w["external_reference"] == request_id]) == 1
     actions = [e.action for e in store.audit_trail(request_id)]
     assert actions.index("dead_lettered") < actions.index("replayed") < actions.index("submitted")

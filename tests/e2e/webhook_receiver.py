@@ -37,9 +37,12 @@ class Delivery:
             return f"timestamp header {timestamp!r} is not a Unix time"
         if abs(self.received_at - int(timestamp)) > tolerance:
             return f"timestamp {timestamp} is more than {tolerance:g}s from the receipt time"
-        expected = "sha256=" + hmac.new(
-            secret.encode(), timestamp.encode() + b"." + self.body, hashlib.sha256
-        ).hexdigest()
+        expected = (
+            "sha256="
+            + hmac.new(
+                secret.encode(), timestamp.encode() + b"." + self.body, hashlib.sha256
+            ).hexdigest()
+        )
         if not hmac.compare_digest(expected, signature):
             return f"signature {signature!r} does not match the body"
         return None

@@ -68,10 +68,12 @@ def test_the_control_endpoint_is_never_down(tmp_path: Path) -> None:
     running = SIMULATORS["parks"].serve(ServeOptions(state_dir=tmp_path, port=0))
     try:
         httpx.put(f"{running.control_url}/_sandbox/fault", json={"mode": "down"}, timeout=5)
-        api = httpx.post(f"{running.url}/oauth/token", data={"grant_type": "client_credentials"},
-                         timeout=5)
-        healed = httpx.put(f"{running.control_url}/_sandbox/fault", json={"mode": "none"},
-                           timeout=5)
+        api = httpx.post(
+            f"{running.url}/oauth/token", data={"grant_type": "client_credentials"}, timeout=5
+        )
+        healed = httpx.put(
+            f"{running.control_url}/_sandbox/fault", json={"mode": "none"}, timeout=5
+        )
     finally:
         running.stop()
 
