@@ -34,6 +34,7 @@ lint: install
 
 bench: install services
 	$(BIN)/python tests/bench/bench_intake.py
+	$(BIN)/python tests/bench/bench_intake_parts.py
 	$(BIN)/python tests/bench/bench_bus.py
 
 clean:
