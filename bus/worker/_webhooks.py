@@ -24,6 +24,7 @@ from bus.subscriptions import (
 from bus.worker._consumer import Consumer
 from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
+from bus.worker._heartbeat import HEARTBEAT_INTERVAL, Heartbeat
 
 log = structlog.get_logger(__name__)
 
@@ -35,14 +36,19 @@ def subscription_consumer(
     env: Mapping[str, str] | None = None,
     *,
     policy: RetryPolicy = SUBSCRIPTION_RETRY,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> Consumer:
-    """A consumer of these subscriptions' queues, one event at a time per subscription."""
+    """A consumer of these subscriptions' queues, one event at a time per subscription,
+    reporting its liveness to the store every `heartbeat_interval` seconds."""
 
     def declare_all(channel: Any) -> None:
         for subscription in subscriptions:
             declare(channel, subscription)
 
-    consumer = Consumer(amqp_url, prefetch=1, name="subscriptions", declare=declare_all)
+    heartbeat = Heartbeat(store, interval=heartbeat_interval)
+    consumer = Consumer(
+        amqp_url, prefetch=1, name="subscriptions", declare=declare_all, heartbeat=heartbeat
+    )
     for subscription in subscriptions:
         try:
             adapter = webhook_for(subscription, env)
@@ -51,8 +57,9 @@ def subscription_consumer(
             log.error("webhook.not_configured", subscription=subscription.id, error=str(exc))
             continue
         route = Route(route_name(subscription.id), store, policy, announce_failures=False)
-        worker = SubscriptionWorker(route, adapter, consumer.stop_event)
-        consumer.consume(queue_name(subscription.id), worker)
+        slot = heartbeat.slot(route.name)
+        worker = SubscriptionWorker(route, adapter, consumer.stop_event, slot)
+        consumer.consume(queue_name(subscription.id), worker, slot=slot)
     return consumer
 
 
