@@ -71,6 +71,7 @@ def run_subscriptions(
     env: Mapping[str, str] | None = None,
     refresh: float = 5.0,
     policy: RetryPolicy = SUBSCRIPTION_RETRY,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> None:
     """Deliver subscriptions' events until `stop` is set; restart when the set changes."""
     while not stop.is_set():
@@ -79,7 +80,14 @@ def run_subscriptions(
             stop.wait(refresh)
             continue
         current = _identities(subscriptions)
-        consumer = subscription_consumer(amqp_url, store, subscriptions, env, policy=policy)
+        consumer = subscription_consumer(
+            amqp_url,
+            store,
+            subscriptions,
+            env,
+            policy=policy,
+            heartbeat_interval=heartbeat_interval,
+        )
         if not consumer.queues:
             # None to deliver (or none with its secret set): wait for the list to change,
             # without connecting, and without repeating what subscription_consumer logged.
