@@ -1,5 +1,8 @@
 """Is a worker alive, and is it hung? Judged from the reports workers write to the store
-(`bus.worker.Heartbeat`), for `civicbus status`, `civicbus requests stuck` and /metrics."""
+(`bus.worker.Heartbeat`), for `civicbus status`, `civicbus requests stuck` and /metrics.
+
+The API imports it for /metrics, so it does not import the worker package (and with it the
+broker client) at module level."""
 
 from __future__ import annotations
 
@@ -11,9 +14,12 @@ from adapters.webhook import DEFAULT_TIMEOUT as WEBHOOK_TIMEOUT
 from bus.config import InstanceConfig, RetryPolicy
 from bus.store import WorkerLiveness
 from bus.subscriptions import ROUTE_PREFIX, SUBSCRIPTION_RETRY
-from bus.worker import FORGET_AFTER, HEARTBEAT_INTERVAL, SMALL_RETRY_AFTER
 
-__all__ = ["FORGET_AFTER", "SILENT_AFTER", "call_timeout", "hung_after", "is_silent"]
+#: Seconds between two reports of a worker: rare enough to cost nothing next to its messages.
+HEARTBEAT_INTERVAL = 10.0
+#: Reports silent this long are removed by the next report of any worker: a worker that died is
+#: named by `civicbus status` for that long, then forgotten.
+FORGET_AFTER = timedelta(hours=1)
 
 #: A worker whose last report is older than this (six missed heartbeats) crashed, was killed or
 #: is frozen: a store busy for a few seconds or a long pause of the process is not yet that.
@@ -69,5 +75,7 @@ def call_timeout(settings: Mapping[str, Any]) -> float:
 def _budget(policy: RetryPolicy, timeout: float, *, calls_per_try: int) -> float:
     """Seconds of one message's quick tries: each try's calls up to the timeout, and up to
     SMALL_RETRY_AFTER between tries."""
+    from bus.worker import SMALL_RETRY_AFTER  # here: /metrics (the API) never needs it
+
     tries = policy.immediate_attempts
     return tries * calls_per_try * timeout + (tries - 1) * SMALL_RETRY_AFTER

@@ -12,20 +12,20 @@ from typing import Any
 from adapters import Adapter
 from bus.broker.topology import declare_topology, work_queue
 from bus.config import InstanceConfig
+from bus.liveness import HEARTBEAT_INTERVAL
 from bus.store import Store
 from bus.worker._commands import CommandWorker
 from bus.worker._consumer import BatchHandler, Broker, Consumer, Handler
 from bus.worker._delivery import ATTEMPT_HEADER, FIRST_FAILURE_HEADER, REASON_HEADER, Delivery
 from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
-from bus.worker._heartbeat import FORGET_AFTER, HEARTBEAT_INTERVAL, Heartbeat, Slot
+from bus.worker._heartbeat import Heartbeat, Slot
 from bus.worker._retry import SMALL_RETRY_AFTER
 from bus.worker._webhooks import run_subscriptions, subscription_consumer
 
 __all__ = [
     "ATTEMPT_HEADER",
     "FIRST_FAILURE_HEADER",
-    "FORGET_AFTER",
     "HEARTBEAT_INTERVAL",
     "REASON_HEADER",
     "SMALL_RETRY_AFTER",

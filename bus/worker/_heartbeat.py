@@ -17,19 +17,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import structlog
 
+from bus.liveness import FORGET_AFTER, HEARTBEAT_INTERVAL
 from bus.store import Store, WorkerLiveness
 
 log = structlog.get_logger(__name__)
 
-#: Seconds between two reports: rare enough to cost nothing next to the messages' writes.
-HEARTBEAT_INTERVAL = 10.0
-#: Reports silent this long are removed by the next report of any worker: a worker that died is
-#: named by `civicbus status` for that long, then forgotten.
-FORGET_AFTER = timedelta(hours=1)
 #: How long a stopping worker waits for its last write (removing its reports) to go through.
 _LAST_WRITE_WAIT = 5.0
 

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from bus.config import RetryPolicy
+from bus.liveness import HEARTBEAT_INTERVAL
 from bus.store import Store, StoreUnavailable, Subscription
 from bus.subscriptions import (
     SUBSCRIPTION_RETRY,
@@ -24,7 +25,7 @@ from bus.subscriptions import (
 from bus.worker._consumer import Consumer
 from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
-from bus.worker._heartbeat import HEARTBEAT_INTERVAL, Heartbeat
+from bus.worker._heartbeat import Heartbeat
 
 log = structlog.get_logger(__name__)
 
