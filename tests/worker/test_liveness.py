@@ -4,6 +4,7 @@ real SQLite store. The thresholds are lowered in each test; no test waits them o
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -108,6 +109,7 @@ def test_a_worker_hung_on_a_back_end_call_is_named_with_its_request_until_releas
         monkeypatch.setattr(liveness, "HUNG_FLOOR", timedelta(0))
         [problem] = wait_until(lambda: hung(look(store, topology)), what="a hung worker")
         status = CliRunner().invoke(app, ["status"])
+        as_json = CliRunner().invoke(app, ["status", "--json"])
         stuck = CliRunner().invoke(app, ["requests", "stuck", "--older-than", "0s"])
 
         hanging.release.set()
@@ -124,6 +126,12 @@ def test_a_worker_hung_on_a_back_end_call_is_named_with_its_request_until_releas
     assert f"`py-spy dump --pid {worker.pid}` on {worker.host}" in problem
     assert status.exit_code == 1 and problem.split(" since ")[0] in status.output
     assert f"worker   {INSTANCE}: {worker.name}, reporting, on {envelope.subject}" in status.output
+    [reported] = json.loads(as_json.output)["workers"]
+    assert (reported["request_id"], reported["pid"], reported["silent"]) == (
+        envelope.subject,
+        worker.pid,
+        False,
+    )
     [line, _hint] = [
         ln for ln in stuck.output.splitlines() if envelope.subject in ln or "try:" in ln
     ]
