@@ -1,11 +1,11 @@
 """Prometheus metrics, served by the API at `GET /metrics`.
 
 Two kinds. What the store knows of the whole bus (the outbox backlog, dead letters waiting, the
-leases of the relay and the pollers, the pollers' failed rounds) is read when Prometheus
-scrapes, so any API copy reports the same figures and no other part needs an endpoint of its
-own. What happens inside this
-process (requests accepted) is counted as it happens. Queue depths and consumers are the
-broker's to report: RabbitMQ's own Prometheus plugin has them; `civicbus status` shows both.
+leases of the relay and the pollers, the pollers' failed rounds, the workers' liveness reports)
+is read when Prometheus scrapes, so any API copy reports the same figures and no other part
+needs an endpoint of its own. What happens inside this process (requests accepted) is counted
+as it happens. Queue depths and consumers are the broker's to report: RabbitMQ's own Prometheus
+plugin has them; `civicbus status` shows both.
 No label ever holds personal data: only jurisdictions, service codes, channels and the names of
 instances and leases from the config.
 """
@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bus.store import Store, StoreUnavailable
+from bus.liveness import is_silent
+from bus.store import Store, StoreUnavailable, WorkerLiveness
 
 #: Counted when the transaction holding the request committed (any channel, any API copy).
 REQUESTS_ACCEPTED = Counter(
@@ -95,6 +96,39 @@ class StoreCollector(Collector):
             failing.add_metric([instance], (now - since).total_seconds() if since else 0.0)
         yield failed
         yield failing
+        yield from _workers(seen.workers, recipients, now)
+
+
+def _workers(
+    workers: Iterable[WorkerLiveness], recipients: Iterable[str], now: datetime
+) -> Iterator[Metric]:
+    reporting = GaugeMetricFamily(
+        "civicbus_workers_reporting",
+        "Workers whose liveness reports are current, by adapter instance or subscription.",
+        labels=["recipient"],
+    )
+    holding = GaugeMetricFamily(
+        "civicbus_worker_message_held_seconds",
+        "The longest a reporting worker has held one message (0 when all are idle): a worker "
+        "hung on a back-end call shows here long before the broker's consumer timeout.",
+        labels=["recipient"],
+    )
+    count: dict[str, int] = dict.fromkeys(recipients, 0)
+    held: dict[str, float] = dict.fromkeys(recipients, 0.0)
+    for worker in workers:
+        count.setdefault(worker.recipient, 0)
+        held.setdefault(worker.recipient, 0.0)
+        if is_silent(worker, now):
+            continue
+        count[worker.recipient] += 1
+        if worker.working_since is not None:
+            age = (now - worker.working_since).total_seconds()
+            held[worker.recipient] = max(held[worker.recipient], age)
+    for recipient in sorted(count):
+        reporting.add_metric([recipient], count[recipient])
+        holding.add_metric([recipient], held[recipient])
+    yield reporting
+    yield holding
 
 
 def api_registry(

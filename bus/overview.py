@@ -8,7 +8,7 @@ be reached is itself a problem, not an error: the store's half of the picture st
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -17,9 +17,10 @@ from bus.broker.connection import BrokerUnavailable, close_quietly
 from bus.broker.queues import QueueState, queue_states
 from bus.broker.topology import dead_queue, retry_delays, retry_queue, work_queue
 from bus.config import InstanceConfig
+from bus.liveness import FORGET_AFTER, hung_after, is_silent
 from bus.poller import lease_name as poller_lease
 from bus.relay import LEASE as RELAY_LEASE
-from bus.store import AuditEntry, PollerRounds, Store, StoreOverview, Subscription
+from bus.store import AuditEntry, PollerRounds, Store, StoreOverview, Subscription, WorkerLiveness
 from bus.subscriptions import queue_name, route_name
 
 #: An outbox event older than this while a relay is active means the relay is not keeping up.
@@ -66,12 +67,19 @@ class Overview:
     store: StoreOverview
     broker_error: str | None
     recipients: list[Recipient]
+    #: How long a worker may hold one message before it is taken as hung, by recipient.
+    hung_after: Mapping[str, timedelta] = field(default_factory=dict)
 
     @cached_property
     def problems(self) -> list[str]:
         """What needs an operator, most basic first, each with what to try (against the
         thresholds in force when first asked)."""
         return _problems(self)
+
+    @cached_property
+    def notes(self) -> list[str]:
+        """What an operator may want to know, though nothing is held up by it."""
+        return _worker_notes(self)
 
 
 def take_overview(
@@ -92,7 +100,8 @@ def take_overview(
         recipients = _with_queue_states(recipients, instances, connect)
     except BrokerUnavailable as exc:
         broker_error = str(exc)
-    return Overview(at, seen, broker_error, recipients)
+    limits = {w.recipient: hung_after(w.recipient, instances) for w in seen.workers}
+    return Overview(at, seen, broker_error, recipients, limits)
 
 
 def _problems(overview: Overview) -> list[str]:
@@ -103,6 +112,7 @@ def _problems(overview: Overview) -> list[str]:
         )
     found.extend(_relay_problems(overview))
     found.extend(_lapsed_leases(overview))
+    found.extend(_worker_problems(overview))
     for c in overview.recipients:
         found.extend(_poller_problems(c, overview.at))
         for queue in c.missing:
@@ -183,6 +193,86 @@ def _lapsed_leases(overview: Overview) -> list[str]:
             f"did `{command}` die? is one running?"
         )
     return found
+
+
+def _worker_problems(overview: Overview) -> list[str]:
+    """A worker on one message for longer than its instance's time budget allows (it looks
+    hung: its heartbeat goes on, its messages do not), and a worker that went silent while
+    messages wait that no other worker of its recipient is there to take."""
+    found = []
+    for worker in overview.store.workers:
+        if is_silent(worker, overview.at):
+            if _held_up_by_silence(overview, worker):
+                found.append(_silent(overview, worker, held_up=True))
+            continue
+        since, limit = worker.working_since, overview.hung_after.get(worker.recipient)
+        if since is None or limit is None or overview.at - since <= limit:
+            continue
+        on = _on(worker)
+        found.append(
+            f"{worker.recipient}: worker {worker.name} has been on {on} since "
+            f"{since.isoformat(timespec='seconds')} ({_minutes(overview.at - since)}; its "
+            f"timeouts and retries allow {_minutes(limit)}): it looks hung (a call that never "
+            "returns, a deadlock) and keeps its messages unacknowledged until the broker's "
+            f"consumer timeout; its log has the last steps of {on}, `py-spy dump --pid "
+            f"{worker.pid}` on {worker.host} shows where it waits; restart it (it finishes "
+            "the message in hand before it stops: kill it if it does not): its messages go back "
+            "to the queue, and a command that reached the back-end is found there, not made twice"
+        )
+    return found
+
+
+def _worker_notes(overview: Overview) -> list[str]:
+    """Workers that went silent with nothing held up by it: crashed, killed or frozen, while
+    another worker of theirs reports or nothing waits."""
+    return [
+        _silent(overview, worker, held_up=False)
+        for worker in overview.store.workers
+        if is_silent(worker, overview.at) and not _held_up_by_silence(overview, worker)
+    ]
+
+
+def _held_up_by_silence(overview: Overview, worker: WorkerLiveness) -> bool:
+    """Messages wait for the silent worker's recipient and no other of its workers reports."""
+    recipient = _recipient(overview, worker.recipient)
+    return bool(recipient and recipient.queued) and not any(
+        w.recipient == worker.recipient and not is_silent(w, overview.at)
+        for w in overview.store.workers
+    )
+
+
+def _silent(overview: Overview, worker: WorkerLiveness, *, held_up: bool) -> str:
+    on = f", on {_on(worker)}" if worker.working_since else ""
+    said = (
+        f"{worker.recipient}: worker {worker.name} (started "
+        f"{worker.started_at.isoformat(timespec='seconds')}) last reported at "
+        f"{worker.heartbeat_at.isoformat(timespec='seconds')}{on} and never said it stopped: "
+        "it crashed, was killed or is frozen"
+    )
+    recipient = _recipient(overview, worker.recipient)
+    if not held_up or recipient is None:
+        forgotten = f"{FORGET_AFTER.total_seconds() / 3600:g} h"
+        return f"{said}; nothing waits for it (this note goes {forgotten} after its last report)"
+    return (
+        f"{said}; {recipient.queued} message(s) wait and no other worker of {recipient.name} "
+        f"reports: start `{recipient.start_with}` (and end {worker.name} on {worker.host} if "
+        "it is still there)"
+    )
+
+
+def _recipient(overview: Overview, name: str) -> Recipient | None:
+    return next((c for c in overview.recipients if c.name == name), None)
+
+
+def _on(worker: WorkerLiveness) -> str:
+    if worker.request_id:
+        return f"request {worker.request_id} (message {worker.message_id})"
+    return f"message {worker.message_id}"
+
+
+def _minutes(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
 def _poller_problems(c: Recipient, at: datetime) -> list[str]:

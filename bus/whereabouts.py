@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bus.broker.topology import work_queue
-from bus.store import AuditEntry, DeadLetterState, Undelivered
+from bus.store import AuditEntry, DeadLetterState, Undelivered, WorkerLiveness
 from bus.subscriptions import ROUTE_PREFIX
 
 #: The audit actions of a request's way to its back-end (DESIGN.md, audit contract).
@@ -35,7 +35,7 @@ _WAY_TO_BACKEND = frozenset(
 class Whereabouts:
     """Where an undelivered request is, for `civicbus requests stuck`."""
 
-    stage: str  # "outbox", "queued", "retrying", "dead-lettered", "dropped"
+    stage: str  # "outbox", "queued", "in-worker", "retrying", "dead-lettered", "dropped"
     instance: str | None
     since: datetime
     detail: str
@@ -43,14 +43,21 @@ class Whereabouts:
 
 
 def whereabouts(
-    item: Undelivered, *, now: datetime | None = None, unconsumed: Collection[str] = ()
+    item: Undelivered,
+    *,
+    now: datetime | None = None,
+    unconsumed: Collection[str] = (),
+    held_by: WorkerLiveness | None = None,
 ) -> Whereabouts:
     """The stage the request is stuck in, since when, why, and what an operator can try.
 
     `unconsumed`: the instances whose work queue has no consumer, as the broker said; a
     request waiting for one of them waits for its worker to start, whatever its back-end does.
+    `held_by`: the live worker that reports holding the request's command now, if any.
     """
     now = now or datetime.now(UTC)
+    if held_by is not None and held_by.working_since is not None:
+        return _in_worker(held_by, held_by.working_since)
     hop = _last_hop(item.trail)
     if hop is None or hop.action == "accepted":
         return Whereabouts(
@@ -118,6 +125,18 @@ def whereabouts(
         f"`civicbus dead replay {instance} {dead_id}`"
         if dead_id is not None
         else f"`civicbus dead list {instance}`",
+    )
+
+
+def _in_worker(worker: WorkerLiveness, since: datetime) -> Whereabouts:
+    return Whereabouts(
+        "in-worker",
+        worker.recipient,
+        since,
+        f"worker {worker.name} has held it since {since.astimezone(UTC):%Y-%m-%d %H:%M:%S} "
+        "UTC (its back-end call has not returned)",
+        f"if that is long, `civicbus status` says whether the worker is hung; its log on "
+        f"{worker.host} has the request's last steps",
     )
 
 

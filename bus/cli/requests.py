@@ -17,7 +17,8 @@ from bus.broker.connection import (
 from bus.broker.queues import queue_states
 from bus.broker.topology import work_queue
 from bus.cli.common import runtime
-from bus.store import Undelivered
+from bus.liveness import is_silent
+from bus.store import Undelivered, WorkerLiveness
 from bus.whereabouts import Whereabouts, whereabouts
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -46,6 +47,7 @@ def register(app: typer.Typer) -> None:
         now = datetime.now(UTC)
         with runtime() as rt:
             items = rt.store.undelivered(accepted_before=now - age, limit=limit)
+            holders = _holders(rt.store.workers(), now) if items else {}
             unconsumed = _unconsumed(items, rt.env.amqp_url)
         if not items:
             if not as_json:
@@ -56,10 +58,21 @@ def register(app: typer.Typer) -> None:
                 f"{'REQUEST':<26} {'SERVICE':<12} {'AGE':>6}  {'STAGE':<13} {'INSTANCE':<18} WHAT"
             )
         for item in items:
-            where = whereabouts(item, now=now, unconsumed=unconsumed)
+            held_by = holders.get(item.request_id)
+            where = whereabouts(item, now=now, unconsumed=unconsumed, held_by=held_by)
             typer.echo(_as_json(item, where) if as_json else _as_lines(item, where, now))
         # Non-zero so that a cron job or a monitoring check can alert on it.
         raise typer.Exit(1)
+
+
+def _holders(workers: list[WorkerLiveness], now: datetime) -> dict[str, WorkerLiveness]:
+    """The live workers holding a request now, by request id (a silent worker's message went
+    back to its queue when its connection dropped)."""
+    return {
+        w.request_id: w
+        for w in workers
+        if w.request_id is not None and w.working_since is not None and not is_silent(w, now)
+    }
 
 
 def _unconsumed(items: list[Undelivered], amqp_url: str) -> set[str]:

@@ -12,7 +12,9 @@ from sqlalchemy.engine import make_url
 
 from bus.broker.connection import connect
 from bus.cli.common import runtime
+from bus.liveness import is_silent
 from bus.overview import Overview, take_overview
+from bus.store import WorkerLiveness
 
 
 def register(app: typer.Typer) -> None:
@@ -20,8 +22,8 @@ def register(app: typer.Typer) -> None:
     def status(
         as_json: bool = typer.Option(False, "--json", help="One JSON document."),
     ) -> None:
-        """The bus at a glance: outbox, relay, queues, consumers, dead letters; then the
-        problems, each with what to try. Exit code 1 when there is any."""
+        """The bus at a glance: outbox, relay, workers, queues, consumers, dead letters; then
+        the problems, each with what to try (exit code 1 when there is any), and notes."""
         with runtime() as rt:
             overview = take_overview(
                 rt.store, rt.config.instances, lambda: connect(rt.env.amqp_url)
@@ -43,6 +45,7 @@ def _as_text(o: Overview, store_url: str) -> str:
     for lease in seen.leases.values():
         state = "active until" if lease.expires_at >= o.at else "expired at"
         lines.append(f"lease    {lease.name}: {lease.holder}, {state} {_time(lease.expires_at)}")
+    lines.extend(f"worker   {_worker(w, o.at)}" for w in seen.workers)
     lines.append(f"broker   {'UNREACHABLE' if o.broker_error else 'reachable'}")
     lines.append("")
     lines.append(
@@ -60,7 +63,17 @@ def _as_text(o: Overview, store_url: str) -> str:
     else:
         lines.append("problems:")
         lines.extend(f"  - {problem}" for problem in o.problems)
+    if o.notes:
+        lines.append("notes:")
+        lines.extend(f"  - {note}" for note in o.notes)
     return "\n".join(lines)
+
+
+def _worker(w: WorkerLiveness, at: datetime) -> str:
+    heard = f"silent since {_time(w.heartbeat_at)}" if is_silent(w, at) else "reporting"
+    since = w.working_since
+    doing = f"on {w.request_id or w.message_id} since {_time(since)}" if since else "idle"
+    return f"{w.recipient}: {w.name}, {heard}, {doing}"
 
 
 def _as_json(o: Overview) -> str:
@@ -76,8 +89,19 @@ def _as_json(o: Overview) -> str:
             for name, lease in o.store.leases.items()
         },
         "broker_error": o.broker_error,
+        "workers": [
+            {
+                **asdict(w),
+                "started_at": w.started_at.isoformat(),
+                "heartbeat_at": w.heartbeat_at.isoformat(),
+                "working_since": w.working_since.isoformat() if w.working_since else None,
+                "silent": is_silent(w, o.at),
+            }
+            for w in o.store.workers
+        ],
         "recipients": [asdict(c) for c in o.recipients],
         "problems": o.problems,
+        "notes": o.notes,
     }
     return json.dumps(document, sort_keys=True)
 

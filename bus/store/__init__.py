@@ -1,6 +1,6 @@
 """The durable store: requests, status history, cross-references, tokens, idempotency keys,
 API clients, the transactional outbox and the hash-chained audit log, plus the bus's leases,
-webhook subscriptions and dead letters.
+webhook subscriptions, dead letters and workers' heartbeats.
 
 One `Store` per process. Everything that must be atomic (a request, its outbox event and its
 audit entry) happens inside one `store.transaction()` unit of work:
@@ -42,6 +42,7 @@ from bus.store._records import (
     StoreOverview,
     Subscription,
     Undelivered,
+    WorkerLiveness,
 )
 from bus.store._store import Store
 from bus.store._transaction import Transaction
@@ -69,5 +70,6 @@ __all__ = [
     "Transaction",
     "Undelivered",
     "UpdateConflict",
+    "WorkerLiveness",
     "WriteConflict",
 ]

@@ -1,12 +1,13 @@
 """The store's side of `civicbus status`: the outbox backlog, who holds the leases, the dead
-letters waiting for an operator and how the pollers' rounds go. Each figure is one indexed query,
-cheap enough to ask often."""
+letters waiting for an operator, how the pollers' rounds go and the workers' heartbeats. Each
+figure is one indexed query (or a read of a table of a few rows), cheap enough to ask often."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from bus.store._liveness import workers
 from bus.store._records import DeadLetterState, Lease, StoreOverview
 from bus.store._tables import dead_letters, leases, outbox
 from bus.store._watermarks import pollers
@@ -31,4 +32,5 @@ def overview(conn: Connection) -> StoreOverview:
         leases={row.name: Lease(row.name, row.holder, row.expires_at) for row in held},
         dead_letters={instance: int(count) for instance, count in dead},
         pollers=pollers(conn),  # one row per polled instance
+        workers=workers(conn),  # one row per running worker and queue
     )

@@ -183,6 +183,27 @@ class PollerRounds:
 
 
 @dataclass(frozen=True)
+class WorkerLiveness:
+    """A worker's latest report of itself on one queue: which process, since when it runs,
+    when it last reported, and the message in hand (None while idle)."""
+
+    worker_id: str  # one run of a worker process (a pid is reused, a host may be a container)
+    recipient: str  # the adapter instance or subscription route (`sub.<id>`) it consumes for
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    message_id: str | None = None
+    request_id: str | None = None
+    working_since: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        """How an operator finds the process: `host:pid`."""
+        return f"{self.host}:{self.pid}"
+
+
+@dataclass(frozen=True)
 class StoreOverview:
     """What the store says of the bus's health at one moment."""
 
@@ -193,3 +214,5 @@ class StoreOverview:
     dead_letters: dict[str, int]
     #: By adapter instance, for those a poller has ever polled.
     pollers: dict[str, PollerRounds]
+    #: The workers' latest reports (stopped workers removed theirs), by recipient then host.
+    workers: list[WorkerLiveness]

@@ -15,6 +15,7 @@ from bus.store import (
     _dead_letters,
     _engine,
     _idempotency,
+    _liveness,
     _migrate,
     _outbox,
     _overview,
@@ -36,6 +37,7 @@ from bus.store._records import (
     StoreOverview,
     Subscription,
     Undelivered,
+    WorkerLiveness,
 )
 from bus.store._transaction import Transaction
 from schemas.model import ServiceRequest, StatusUpdate
@@ -191,6 +193,11 @@ class Store:
                 conn, accepted_before=accepted_before, limit=limit
             )
         )
+
+    def workers(self) -> list[WorkerLiveness]:
+        """The running workers' latest heartbeats (and those of workers that died without
+        stopping cleanly, until pruned), by recipient then host."""
+        return self._read(_liveness.workers)
 
     def verify_audit(self, expect_head: str | None = None) -> AuditVerification:
         """Walk the whole chain; report the first edited, deleted or inserted entry, or an

@@ -245,4 +245,21 @@ dead_letters = sa.Table(
     sa.Index(None, "instance", "state", "id"),
 )
 
+# One row per running worker process and queue it consumes, rewritten by the worker's heartbeat
+# (migration 0003): a small table, read whole by `civicbus status`.
+worker_liveness = sa.Table(
+    "worker_liveness",
+    metadata,
+    sa.Column("worker_id", sa.Text(), primary_key=True),
+    sa.Column("recipient", sa.Text(), primary_key=True),  # adapter instance or `sub.<id>`
+    sa.Column("host", sa.Text(), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    # The message in hand (none while idle), its request if known, since when.
+    sa.Column("message_id", sa.Text(), nullable=True),
+    sa.Column("request_id", sa.Text(), nullable=True),
+    sa.Column("working_since", UTCDateTime(), nullable=True),
+)
+
 GENESIS_HASH = "0" * 64

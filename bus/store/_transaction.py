@@ -13,6 +13,7 @@ from bus.store import (
     _dead_letters,
     _idempotency,
     _leases,
+    _liveness,
     _outbox,
     _requests,
     _subscriptions,
@@ -24,6 +25,7 @@ from bus.store._records import (
     OutboxEvent,
     RecordedUpdate,
     Subscription,
+    WorkerLiveness,
 )
 from bus.store._sql import utcnow
 from schemas.events import Envelope
@@ -188,6 +190,18 @@ class Transaction:
     def release_lease(self, name: str, holder: str) -> bool:
         """Give the lease up; False if `holder` did not hold it."""
         return _leases.release(self._session, name, holder)
+
+    def report_workers(self, beats: Sequence[WorkerLiveness]) -> None:
+        """Record these heartbeats (a worker's, one per queue), replacing its earlier ones."""
+        _liveness.report(self._session, beats)
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Remove a worker's heartbeats: it stopped cleanly."""
+        _liveness.forget(self._session, worker_id)
+
+    def prune_workers(self, silent_since: datetime) -> int:
+        """Remove the heartbeats of workers silent since before then (died long ago)."""
+        return _liveness.prune(self._session, silent_since)
 
     def add_subscription(
         self, url: str, events: Sequence[str], secret_env: str | None = None

@@ -12,25 +12,32 @@ from typing import Any
 from adapters import Adapter
 from bus.broker.topology import declare_topology, work_queue
 from bus.config import InstanceConfig
+from bus.liveness import HEARTBEAT_INTERVAL
 from bus.store import Store
 from bus.worker._commands import CommandWorker
 from bus.worker._consumer import BatchHandler, Broker, Consumer, Handler
 from bus.worker._delivery import ATTEMPT_HEADER, FIRST_FAILURE_HEADER, REASON_HEADER, Delivery
 from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
+from bus.worker._heartbeat import Heartbeat, Slot
+from bus.worker._retry import SMALL_RETRY_AFTER
 from bus.worker._webhooks import run_subscriptions, subscription_consumer
 
 __all__ = [
     "ATTEMPT_HEADER",
     "FIRST_FAILURE_HEADER",
+    "HEARTBEAT_INTERVAL",
     "REASON_HEADER",
+    "SMALL_RETRY_AFTER",
     "BatchHandler",
     "Broker",
     "CommandWorker",
     "Consumer",
     "Delivery",
     "Handler",
+    "Heartbeat",
     "Route",
+    "Slot",
     "SubscriptionWorker",
     "command_consumer",
     "run_subscriptions",
@@ -39,16 +46,27 @@ __all__ = [
 
 
 def command_consumer(
-    amqp_url: str, store: Store, instance: str, config: InstanceConfig, adapter: Adapter
+    amqp_url: str,
+    store: Store,
+    instance: str,
+    config: InstanceConfig,
+    adapter: Adapter,
+    *,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> Consumer:
-    """A consumer of `civicbus.work.<instance>` running commands through `adapter`."""
+    """A consumer of `civicbus.work.<instance>` running commands through `adapter`, reporting
+    its liveness to the store every `heartbeat_interval` seconds."""
 
     def declare(channel: Any) -> None:
         declare_topology(channel, {instance: config})
 
-    consumer = Consumer(amqp_url, prefetch=config.prefetch, name=instance, declare=declare)
+    heartbeat = Heartbeat(store, interval=heartbeat_interval)
+    consumer = Consumer(
+        amqp_url, prefetch=config.prefetch, name=instance, declare=declare, heartbeat=heartbeat
+    )
     route = Route(instance, store, config.retry)
+    slot = heartbeat.slot(instance)
     # Receipts are recorded per batch of delivered messages (group commit), then acked.
-    worker = CommandWorker(route, adapter, consumer.stop_event)
-    consumer.consume_batches(work_queue(instance), worker.handle_batch)
+    worker = CommandWorker(route, adapter, consumer.stop_event, slot)
+    consumer.consume_batches(work_queue(instance), worker.handle_batch, slot=slot)
     return consumer

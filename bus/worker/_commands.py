@@ -30,6 +30,7 @@ from bus.store import OutboxEvent, RecordedUpdate, StoreUnavailable, Transaction
 from bus.worker._consumer import Broker
 from bus.worker._delivery import Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, describe, schedule_retry_or_dead_letter
+from bus.worker._heartbeat import Slot
 from bus.worker._retry import call_with_retries, until_store_answers
 from schemas.events import Envelope, EventType
 from schemas.model import BackendRef, ServiceRequest, StatusUpdate
@@ -68,6 +69,8 @@ class CommandWorker:
     adapter: Adapter
     #: Set when the worker is stopping (the consumer's `stop_event`): a wait for the store ends.
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: Where the heartbeat sees the command in hand: a hung back-end call shows with its request.
+    slot: Slot = field(default_factory=Slot)
 
     def handle_batch(self, deliveries: Sequence[Delivery], broker: Broker) -> Collection[int]:
         """Process the deliveries in order; returns the positions of those to requeue.
@@ -106,6 +109,7 @@ class CommandWorker:
         duplicates: list[_Command] = []
         for command in commands:
             envelope = command.envelope
+            self.slot.begin(command.delivery.key, envelope.subject)
             # Every line logged for this command (the adapter's and its HTTP or SOAP client's
             # included) carries the request's ids.
             with request_context(envelope.subject, envelope.correlationid):

@@ -6,7 +6,9 @@ asks the connection thread to publish and ack through `add_callback_threadsafe`.
 gets every message already delivered (up to its batch size) at once, and the whole batch is
 acked in one call to the connection thread after the handler returned. A stop request (SIGTERM)
 cancels the consumers, lets the messages in hand finish and be acked, and returns; messages
-prefetched but not started go back to the queue when the channel closes.
+prefetched but not started go back to the queue when the channel closes. Each handler thread
+notes the message it holds in its slot, which the heartbeat (if any) reports from a thread of
+its own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pika.exceptions import AMQPError
 
 from bus.broker.connection import BROKER_ERRORS, connection_parameters
 from bus.worker._delivery import KEPT_PROPERTIES, Delivery
+from bus.worker._heartbeat import Heartbeat, Slot
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +74,7 @@ class _Subscription:
     queue: str
     handler: BatchHandler
     batch_size: int
+    slot: Slot
 
 
 def _one_at_a_time(handler: Handler) -> BatchHandler:
@@ -97,24 +101,34 @@ class Consumer:
         name: str,
         declare: Declare | None = None,
         reconnect_delay: float = 2.0,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._params = connection_parameters(amqp_url)
         self._prefetch = prefetch
         self._name = name
         self._declare = declare
         self._reconnect_delay = reconnect_delay
+        self._heartbeat = heartbeat
         self._subscriptions: list[_Subscription] = []
         self._stopping = threading.Event()
         self._connection: Any = None
         self._pending: set[Future[Any]] = set()
         self._lock = threading.Lock()
 
-    def consume(self, queue_name: str, handler: Handler) -> None:
-        """Register a queue and its handler of one message at a time (before `run`)."""
-        self._subscriptions.append(_Subscription(queue_name, _one_at_a_time(handler), 1))
+    def consume(self, queue_name: str, handler: Handler, *, slot: Slot | None = None) -> None:
+        """Register a queue and its handler of one message at a time (before `run`); `slot`
+        (from the heartbeat) shows the message in hand."""
+        self._subscriptions.append(
+            _Subscription(queue_name, _one_at_a_time(handler), 1, slot or Slot())
+        )
 
     def consume_batches(
-        self, queue_name: str, handler: BatchHandler, *, batch_size: int | None = None
+        self,
+        queue_name: str,
+        handler: BatchHandler,
+        *,
+        batch_size: int | None = None,
+        slot: Slot | None = None,
     ) -> None:
         """Register a queue whose messages `handler` takes in batches of up to `batch_size`,
         formed from the messages already delivered, never waited for.
@@ -124,7 +138,7 @@ class Consumer:
         batch is acked, and the handler then starts on the first message or two to arrive.
         """
         size = max(1, batch_size or self._prefetch // 2)
-        self._subscriptions.append(_Subscription(queue_name, handler, size))
+        self._subscriptions.append(_Subscription(queue_name, handler, size, slot or Slot()))
 
     @property
     def queues(self) -> list[str]:
@@ -150,6 +164,18 @@ class Consumer:
             log.warning("worker.nothing_to_consume", worker=self._name)
             self._stopping.wait()
             return
+        if self._heartbeat is not None:
+            self._heartbeat.start()
+        clean = False
+        try:
+            self._run_until_stopped()
+            clean = True
+        finally:
+            if self._heartbeat is not None:
+                # After a crash the reports are left to go stale, for `civicbus status`.
+                self._heartbeat.stop(clean=clean)
+
+    def _run_until_stopped(self) -> None:
         while not self._stopping.is_set():
             try:
                 self._run_connection()
@@ -259,9 +285,11 @@ class Consumer:
                 except queue.Empty:
                     break
             tags = [tag for tag, _ in batch]
+            sub.slot.begin(batch[0][1].key)  # the handler may say more: the request, per message
             try:
                 requeue = set(sub.handler([delivery for _, delivery in batch], broker))
             except ConnectionLost:
+                sub.slot.end()
                 return  # unacked: the broker redelivers them to whoever consumes next
             except Exception as exc:
                 log.exception(
@@ -275,6 +303,7 @@ class Consumer:
             if requeue:
                 self._stopping.wait(_REQUEUE_PAUSE)  # a stop need not wait it out
             settler.settle(tags, requeue)
+            sub.slot.end()
 
 
 class _Settler:

@@ -24,6 +24,7 @@ from bus.store import StoreUnavailable
 from bus.worker._consumer import Broker, ConnectionLost
 from bus.worker._delivery import Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, dead_letter, describe
+from bus.worker._heartbeat import Slot
 from bus.worker._retry import call_with_retries, next_tier, retry_after
 from schemas.events import Envelope
 
@@ -45,6 +46,8 @@ class SubscriptionWorker:
     route: Route
     adapter: WebhookAdapter
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: Where the heartbeat sees the event in hand, since the start of its current round.
+    slot: Slot = field(default_factory=Slot)
 
     def __call__(self, delivery: Delivery, broker: Broker) -> None:
         try:
@@ -86,6 +89,9 @@ class SubscriptionWorker:
         policy = self.route.policy
         attempt = 1
         while True:
+            # Each round starts the clock anew: waiting between rounds is not hanging, and
+            # the failing subscriber is reported as such.
+            self.slot.begin(delivery.key, envelope.subject)
             try:
                 call_with_retries(
                     lambda: self.adapter.deliver(delivery.body, event_id=envelope.id),

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from bus.config import RetryPolicy
+from bus.liveness import HEARTBEAT_INTERVAL
 from bus.store import Store, StoreUnavailable, Subscription
 from bus.subscriptions import (
     SUBSCRIPTION_RETRY,
@@ -24,6 +25,7 @@ from bus.subscriptions import (
 from bus.worker._consumer import Consumer
 from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
+from bus.worker._heartbeat import Heartbeat
 
 log = structlog.get_logger(__name__)
 
@@ -35,14 +37,19 @@ def subscription_consumer(
     env: Mapping[str, str] | None = None,
     *,
     policy: RetryPolicy = SUBSCRIPTION_RETRY,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> Consumer:
-    """A consumer of these subscriptions' queues, one event at a time per subscription."""
+    """A consumer of these subscriptions' queues, one event at a time per subscription,
+    reporting its liveness to the store every `heartbeat_interval` seconds."""
 
     def declare_all(channel: Any) -> None:
         for subscription in subscriptions:
             declare(channel, subscription)
 
-    consumer = Consumer(amqp_url, prefetch=1, name="subscriptions", declare=declare_all)
+    heartbeat = Heartbeat(store, interval=heartbeat_interval)
+    consumer = Consumer(
+        amqp_url, prefetch=1, name="subscriptions", declare=declare_all, heartbeat=heartbeat
+    )
     for subscription in subscriptions:
         try:
             adapter = webhook_for(subscription, env)
@@ -51,8 +58,9 @@ def subscription_consumer(
             log.error("webhook.not_configured", subscription=subscription.id, error=str(exc))
             continue
         route = Route(route_name(subscription.id), store, policy, announce_failures=False)
-        worker = SubscriptionWorker(route, adapter, consumer.stop_event)
-        consumer.consume(queue_name(subscription.id), worker)
+        slot = heartbeat.slot(route.name)
+        worker = SubscriptionWorker(route, adapter, consumer.stop_event, slot)
+        consumer.consume(queue_name(subscription.id), worker, slot=slot)
     return consumer
 
 
@@ -64,6 +72,7 @@ def run_subscriptions(
     env: Mapping[str, str] | None = None,
     refresh: float = 5.0,
     policy: RetryPolicy = SUBSCRIPTION_RETRY,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> None:
     """Deliver subscriptions' events until `stop` is set; restart when the set changes."""
     while not stop.is_set():
@@ -72,7 +81,14 @@ def run_subscriptions(
             stop.wait(refresh)
             continue
         current = _identities(subscriptions)
-        consumer = subscription_consumer(amqp_url, store, subscriptions, env, policy=policy)
+        consumer = subscription_consumer(
+            amqp_url,
+            store,
+            subscriptions,
+            env,
+            policy=policy,
+            heartbeat_interval=heartbeat_interval,
+        )
         if not consumer.queues:
             # None to deliver (or none with its secret set): wait for the list to change,
             # without connecting, and without repeating what subscription_consumer logged.

@@ -4,6 +4,7 @@ read from a real app under uvicorn on a real SQLite store."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bus.api import create_app
 from bus.bootstrap import Runtime
+from bus.store import WorkerLiveness
 from tests.api.conftest import SPRINGFIELD, LiveServer, unreachable_store_runtime
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -97,3 +99,24 @@ def test_failed_poller_rounds_are_counted_per_instance(
     assert failing[("civicbus_poller_failing_seconds", (("instance", "parks"),))] > 0
     assert recovered[("civicbus_poller_failed_rounds_total", (("instance", "parks"),))] == 3
     assert recovered[("civicbus_poller_failing_seconds", (("instance", "parks"),))] == 0
+
+
+def test_reporting_workers_and_the_longest_message_held_are_reported(
+    server: LiveServer, runtime: Runtime
+) -> None:
+    now = datetime.now(UTC)
+    busy = WorkerLiveness(
+        "w-1", "permits", "host-a", 11, now, now, "m-1", "req-1", now - timedelta(minutes=5)
+    )
+    idle = WorkerLiveness("w-2", "permits", "host-b", 12, now, now)
+    dead = WorkerLiveness("w-3", "parks", "host-c", 13, now, now - timedelta(hours=0.5))
+    with runtime.store.transaction() as tx:
+        tx.report_workers([busy, idle, dead])
+
+    samples = scrape(server.url)
+
+    assert samples[("civicbus_workers_reporting", (("recipient", "permits"),))] == 2
+    assert samples[("civicbus_workers_reporting", (("recipient", "parks"),))] == 0
+    held = samples[("civicbus_worker_message_held_seconds", (("recipient", "permits"),))]
+    assert held >= 300
+    assert samples[("civicbus_worker_message_held_seconds", (("recipient", "parks"),))] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ SCRIPT = Path(__file__).with_name("worker_process.py")
 
 
 def start_worker(
-    amqp_url: str, store_url: str, tmp_path: Path, mode: str
+    amqp_url: str, store_url: str, tmp_path: Path, mode: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -34,6 +35,7 @@ def start_worker(
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -81,6 +83,7 @@ def test_sigterm_finishes_the_message_in_hand_acks_and_exits_cleanly(
     _, stderr = worker.communicate(timeout=30)
 
     assert worker.returncode == 0, stderr.decode()
+    assert store.workers() == []  # a clean stop takes its liveness report away
     assert ("submitted", "ok") in actions(store, envelope.subject)
     assert queue_depth(topology, work_queue(INSTANCE)) == 0
     assert backend_rows(tmp_path) == [(envelope.subject, "WO-1")]

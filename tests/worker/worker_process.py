@@ -6,10 +6,13 @@ in a SQLite file so that it outlives the worker.
 MODE `hang`: after writing the work item, touch MARKER_FILE and hang (to be killed).
 MODE `slow`: after writing, touch MARKER_FILE and take two more seconds (to get a SIGTERM).
 MODE `normal`: just work.
+
+$WORKER_HEARTBEAT: seconds between the worker's liveness reports (default: the usual).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import time
@@ -18,7 +21,7 @@ from pathlib import Path
 from adapters import Adapter, Health, Receipt
 from bus.config import InstanceConfig, RetryPolicy
 from bus.store import Store
-from bus.worker import command_consumer
+from bus.worker import HEARTBEAT_INTERVAL, command_consumer
 from schemas.model import ServiceRequest
 
 INSTANCE = "roads"
@@ -62,7 +65,11 @@ def main() -> None:
     amqp_url, store_url, backend_file, marker, mode = sys.argv[1:6]
     store = Store.open(store_url)
     backend = SqliteFileBackend(backend_file, marker, mode)
-    command_consumer(amqp_url, store, INSTANCE, CONFIG, backend).run(install_signal_handlers=True)
+    heartbeat = float(os.environ.get("WORKER_HEARTBEAT", HEARTBEAT_INTERVAL))
+    consumer = command_consumer(
+        amqp_url, store, INSTANCE, CONFIG, backend, heartbeat_interval=heartbeat
+    )
+    consumer.run(install_signal_handlers=True)
     store.close()
 
 

@@ -1,0 +1,144 @@
+"""A worker's liveness in the store, so that `civicbus status` can tell a hung worker (its
+heartbeat goes on, one message has been in hand too long) and a dead one (its heartbeat stopped,
+it never said it stopped) from a healthy one.
+
+Handler threads only note in memory which message they hold (`Slot.begin`, `Slot.end`: one
+attribute set per message, nothing written). A thread of its own writes every slot to the
+store every few seconds: never the thread that owns the pika connection, so a slow or
+unreachable store delays neither the messages nor the broker's heartbeats.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from bus.liveness import FORGET_AFTER, HEARTBEAT_INTERVAL
+from bus.store import Store, WorkerLiveness
+
+log = structlog.get_logger(__name__)
+
+#: How long a stopping worker waits for its last write (removing its reports) to go through.
+_LAST_WRITE_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class _Work:
+    message_id: str
+    request_id: str | None
+    since: float  # time.time()
+
+
+class Slot:
+    """What one handler thread holds now; a slot made outside a `Heartbeat` is never reported."""
+
+    __slots__ = ("recipient", "work")
+
+    def __init__(self, recipient: str = "") -> None:
+        self.recipient = recipient
+        self.work: _Work | None = None
+
+    def begin(self, message_id: str, request_id: str | None = None) -> None:
+        """The thread takes up this message now (or a new round of it)."""
+        self.work = _Work(message_id, request_id, time.time())
+
+    def end(self) -> None:
+        """The message is settled: nothing in hand."""
+        self.work = None
+
+
+class Heartbeat:
+    """Reports a worker process's slots to the store from its own thread, while it runs."""
+
+    def __init__(self, store: Store, *, interval: float = HEARTBEAT_INTERVAL) -> None:
+        self._store = store
+        self._interval = interval
+        self._slots: list[Slot] = []
+        self._worker_id = uuid.uuid4().hex
+        self._host = socket.gethostname()
+        self._pid = os.getpid()
+        self._started_at = datetime.now(UTC)
+        self._stopping = threading.Event()
+        self._clean = False
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def slot(self, recipient: str) -> Slot:
+        """A slot for the thread handling `recipient`'s queue (before `start`)."""
+        slot = Slot(recipient)
+        self._slots.append(slot)
+        return slot
+
+    def start(self) -> None:
+        """Report now and every interval until `stop`."""
+        if self._thread is not None or not self._slots:
+            return
+        self._started_at = datetime.now(UTC)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, clean: bool = True) -> None:
+        """Stop reporting; a clean stop removes this worker's reports, any other leaves them
+        to go stale, for `civicbus status` to name."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._clean = clean
+        self._stopping.set()
+        thread.join(timeout=_LAST_WRITE_WAIT)
+
+    def _run(self) -> None:
+        while True:
+            self._write(self._report)
+            if self._stopping.wait(self._interval):
+                break
+        if self._clean:
+            self._write(self._forget)
+
+    def _report(self) -> None:
+        now = datetime.now(UTC)
+        beats = [self._beat(slot, now) for slot in self._slots]
+        with self._store.transaction() as tx:
+            tx.report_workers(beats)
+            tx.prune_workers(now - FORGET_AFTER)
+
+    def _beat(self, slot: Slot, now: datetime) -> WorkerLiveness:
+        work = slot.work  # read once: its thread may replace it meanwhile
+        return WorkerLiveness(
+            worker_id=self._worker_id,
+            recipient=slot.recipient,
+            host=self._host,
+            pid=self._pid,
+            started_at=self._started_at,
+            heartbeat_at=now,
+            message_id=work.message_id if work else None,
+            request_id=work.request_id if work else None,
+            working_since=datetime.fromtimestamp(work.since, UTC) if work else None,
+        )
+
+    def _forget(self) -> None:
+        with self._store.transaction() as tx:
+            tx.forget_worker(self._worker_id)
+
+    def _write(self, step: Callable[[], None]) -> None:
+        """Run a store step; a failure is logged once per outage, never raised: the worker
+        goes on, and its reports go stale until the store answers again."""
+        try:
+            step()
+        except Exception as exc:
+            if not self._failing:
+                log.warning("worker.heartbeat_failed", error=repr(exc))
+            self._failing = True
+            return
+        if self._failing:
+            log.info("worker.heartbeat_back")
+        self._failing = False
