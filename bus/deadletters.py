@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from bus.broker.topology import COMMANDS_EXCHANGE, command_routing_key
 from bus.store import AuditEntry, DeadLetter, DeadLetterState, Store, Transaction
-from bus.subscriptions import queue_of_route, route_name, route_of_queue
+from bus.subscription_names import queue_of_route, route_name, route_of_queue
 from schemas.events import Envelope
 
 log = structlog.get_logger(__name__)

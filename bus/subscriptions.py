@@ -21,13 +21,14 @@ from adapters.webhook import WebhookAdapter
 from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, declare_topology
 from bus.config import Config, RetryPolicy
 from bus.store import Store, Subscription
+
+# Re-exported: the workers, the API and the overview name subscriptions through this module.
+from bus.subscription_names import queue_name as queue_name
+from bus.subscription_names import route_name as route_name
 from schemas.events import EventType
 from schemas.model import Status
 
 log = structlog.get_logger(__name__)
-
-#: Route (dead-letter "instance") names of subscriptions: `sub.<id>`.
-ROUTE_PREFIX = "sub."
 
 #: RabbitMQ's default `consumer_timeout`: a message held unacknowledged longer than this closes
 #: the channel and goes back to the queue, where its retries would start again from the first.
@@ -46,30 +47,6 @@ _WORD = re.compile(r"^(\*|#|[A-Za-z0-9_-]+)$")
 
 class SubscriptionError(Exception):
     """A subscription cannot be made as asked; the message says what to change."""
-
-
-def queue_name(subscription_id: int) -> str:
-    """The durable queue holding a subscription's undelivered events."""
-    return f"civicbus.sub.{subscription_id}"
-
-
-def route_name(subscription_id: int) -> str:
-    """The subscription's name in audit entries and dead letters."""
-    return f"{ROUTE_PREFIX}{subscription_id}"
-
-
-def queue_of_route(route: str) -> str | None:
-    """The queue of a `sub.<id>` route name; None for an adapter instance."""
-    if not route.startswith(ROUTE_PREFIX):
-        return None
-    return "civicbus.sub." + route.removeprefix(ROUTE_PREFIX)
-
-
-def route_of_queue(queue: str) -> str | None:
-    """The `sub.<id>` route name of a subscription's queue; None for any other queue."""
-    if not queue.startswith("civicbus.sub."):
-        return None
-    return ROUTE_PREFIX + queue.removeprefix("civicbus.sub.")
 
 
 def binding_key(pattern: str) -> str:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from bus.broker.topology import work_queue
 from bus.store import AuditEntry, DeadLetterState, Undelivered
-from bus.subscriptions import ROUTE_PREFIX
+from bus.subscription_names import ROUTE_PREFIX
 
 #: The audit actions of a request's way to its back-end (DESIGN.md, audit contract).
 _WAY_TO_BACKEND = frozenset(
