@@ -135,15 +135,28 @@ def drop(
     for letter in letters:
         with store.transaction() as tx:
             tx.set_dead_letter_state(letter.id, DeadLetterState.DROPPED)
-            tx.audit(
-                actor=actor,
-                action="dropped",
-                request_id=letter.request_id,
-                message_id=letter.message_id,
-                details={"dead_letter": letter.id, "instance": letter.instance},
-            )
+            _audit_drop(tx, letter, actor)
         log.info("dead_letter.dropped", dead_letter=letter.id, instance=letter.instance)
     return letters
+
+
+def drop_waiting(tx: Transaction, instance: str, *, actor: str) -> list[DeadLetter]:
+    """Give up on every dead letter of `instance` still waiting, in the caller's transaction,
+    each audited as a drop; the letters dropped, oldest first."""
+    letters = tx.drop_waiting_dead_letters(instance)
+    for letter in letters:
+        _audit_drop(tx, letter, actor)
+    return letters
+
+
+def _audit_drop(tx: Transaction, letter: DeadLetter, actor: str) -> None:
+    tx.audit(
+        actor=actor,
+        action="dropped",
+        request_id=letter.request_id,
+        message_id=letter.message_id,
+        details={"dead_letter": letter.id, "instance": letter.instance},
+    )
 
 
 def replayed_route(exchange: str, routing_key: str) -> str | None:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import structlog
 
 from adapters.webhook import WebhookAdapter
+from bus import deadletters
+from bus.broker.connection import BrokerUnavailable
 from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, declare_topology
 from bus.config import Config, RetryPolicy
 from bus.store import Store, Subscription
@@ -199,9 +201,12 @@ def add_subscription(
 @dataclass(frozen=True)
 class Removal:
     """A subscription removed: how many undelivered events went with its queue (None when its
-    queue was not deleted)."""
+    queue was not deleted) or why the queue is left on the broker, and how many of its dead
+    letters were dropped with it."""
 
     discarded_events: int | None
+    dropped_dead_letters: int
+    queue_left_on_broker: str | None = None
 
 
 def remove_subscription(
@@ -213,22 +218,33 @@ def remove_subscription(
 ) -> Removal | None:
     """Deactivate a subscription (audited); None if there was no active one with that id.
 
-    `discard` then deletes its queue and says how many undelivered events went with it: only
-    once the subscription is inactive, so that no webhook worker declares the queue again. The
-    audit entry records that number, or that the queue was left when `discard` raised."""
+    `discard` then deletes its queue and says how many undelivered events went with it:
+    only once the subscription is inactive, so that no webhook worker declares it again.
+    Its dead letters waiting are dropped (each audited, as `civicbus dead drop` does): with its
+    queue gone no replay could reach it. The audit entry of the removal records both numbers,
+    or that the queue was left (a broker out of reach is said in the Removal, anything else
+    `discard` raises is raised once that is recorded)."""
     if not store.remove_subscription(subscription_id):
         return None
     details: dict[str, Any] = {"subscription": subscription_id}
+    queue_left = None
     try:
         if discard is not None:
             details["discarded_events"] = discard(subscription_id)
+    except BrokerUnavailable as exc:
+        details["queue_left_on_broker"] = True
+        queue_left = str(exc)
     except Exception:
         details["queue_left_on_broker"] = True
         raise
     finally:
         with store.transaction() as tx:
+            # Last, so that a dead letter its worker recorded until the queue went goes too.
+            dropped = deadletters.drop_waiting(tx, route_name(subscription_id), actor=actor)
+            details["dropped_dead_letters"] = len(dropped)
             tx.audit(actor=actor, action="subscription_removed", details=details)
-    return Removal(details.get("discarded_events"))
+    log.info("subscription.removed", **details)
+    return Removal(details.get("discarded_events"), len(dropped), queue_left)
 
 
 def declare(channel: Any, subscription: Subscription) -> None:
