@@ -36,15 +36,21 @@ def known_routes(store: Store, instances: Iterable[str]) -> list[str]:
     return sorted({*live_routes(store, instances), *store.dead_letter_instances()})
 
 
+def is_removed_subscription(store: Store, route: str) -> bool:
+    """Whether `route` is a webhook subscription's that was removed. Its dead letters are
+    dropped with it, except those left by a removal before 2026-12-05."""
+    active = {route_name(s.id) for s in store.list_subscriptions()}
+    return queue_of_route(route) is not None and route not in active
+
+
 def check_replayable_route(store: Store, route: str) -> None:
     """DeadLetterError when `route` is a removed webhook subscription's: its queue was deleted
     with it, so no queue would take a replay. (An instance removed from the config may still
     have its queue; a replay no queue takes comes back to its dead letter, see bus.relay.)"""
-    active = {route_name(s.id) for s in store.list_subscriptions()}
-    if queue_of_route(route) is not None and route not in active:
+    if is_removed_subscription(store, route):
         raise DeadLetterError(
             f"{route} is a removed webhook subscription: its queue is gone, no replay would "
-            f"reach it. Drop its dead letters (civicbus dead drop ID...)"
+            f"reach it. Drop its dead letters: civicbus dead drop {route} --all"
         )
 
 
@@ -137,6 +143,14 @@ def drop(
             tx.set_dead_letter_state(letter.id, DeadLetterState.DROPPED)
             _audit_drop(tx, letter, actor)
         log.info("dead_letter.dropped", dead_letter=letter.id, instance=letter.instance)
+    return letters
+
+
+def drop_all(store: Store, instance: str, *, actor: str = "cli:dead-drop") -> list[DeadLetter]:
+    """Give up on every dead letter of `instance` still waiting, as `drop` does, together."""
+    with store.transaction() as tx:
+        letters = drop_waiting(tx, instance, actor=actor)
+    log.info("dead_letter.dropped_all", instance=instance, dropped=len(letters))
     return letters
 
 
