@@ -20,7 +20,7 @@ import structlog
 from adapters.webhook import WebhookAdapter
 from bus import deadletters
 from bus.broker.connection import BrokerUnavailable
-from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, declare_topology
+from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, dead_queue, declare_topology
 from bus.config import Config, RetryPolicy
 from bus.store import Store, Subscription
 
@@ -218,8 +218,8 @@ def remove_subscription(
 ) -> Removal | None:
     """Deactivate a subscription (audited); None if there was no active one with that id.
 
-    `discard` then deletes its queue and says how many undelivered events went with it:
-    only once the subscription is inactive, so that no webhook worker declares it again.
+    `discard` then deletes its queues and says how many undelivered events went with them:
+    only once the subscription is inactive, so that no webhook worker declares them again.
     Its dead letters waiting are dropped (each audited, as `civicbus dead drop` does): with its
     queue gone no replay could reach it. The audit entry of the removal records both numbers,
     or that the queue was left (a broker out of reach is said in the Removal, anything else
@@ -278,8 +278,11 @@ def declare_new(channel: Any, subscription: Subscription) -> None:
 
 
 def delete_queue(channel: Any, subscription_id: int) -> int:
-    """Remove a removed subscription's queue; how many undelivered events went with it."""
+    """Remove a removed subscription's queue and its dead-letter queue; how many undelivered
+    events went with the first. (What the dead-letter queue holds, the store holds too: the
+    webhook worker records a dead letter before publishing it there.)"""
     deleted = channel.queue_delete(queue=queue_name(subscription_id))
+    channel.queue_delete(queue=dead_queue(route_name(subscription_id)))
     return int(deleted.method.message_count)
 
 

@@ -80,15 +80,16 @@ def register(app: typer.Typer) -> None:
 
     @group.command("remove")
     def remove(subscription_id: int = typer.Argument(..., metavar="ID")) -> None:
-        """Stop delivering to a subscription, delete its queue of undelivered events and drop
-        its dead letters (kept in the store, marked dropped: no replay could reach it)."""
+        """Stop delivering to a subscription, delete its queues (undelivered events and its
+        dead-letter queue) and drop its dead letters (kept in the store, marked dropped: no
+        replay could reach it)."""
         with runtime() as rt:
             connection_parameters(rt.env.amqp_url)  # a malformed URL stops us before removing
 
             def discard(sid: int) -> int:
                 connection = connect(rt.env.amqp_url)
                 try:
-                    with broker_errors("deleting the subscription's queue"):
+                    with broker_errors("deleting the subscription's queues"):
                         return subs.delete_queue(connection.channel(), sid)
                 finally:
                     close_quietly(connection)

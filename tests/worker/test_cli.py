@@ -108,6 +108,7 @@ def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_u
     assert removed.exit_code == 0, removed.output
     assert store.list_subscriptions() == []
     assert not queue_exists(amqp_url, f"civicbus.sub.{subscription.id}")
+    assert not queue_exists(amqp_url, f"civicbus.dead.sub.{subscription.id}")
     assert runner.invoke(app, ["subscriptions", "remove", str(subscription.id)]).exit_code == 1
 
 
