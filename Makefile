@@ -35,6 +35,7 @@ lint: install
 bench: install services
 	$(BIN)/python tests/bench/bench_intake.py
 	$(BIN)/python tests/bench/bench_bus.py
+	$(BIN)/python tests/bench/bench_status.py
 
 clean:
 	rm -rf $(VENV) civicbus.db* var media

@@ -28,6 +28,7 @@ from bus.store._errors import (
 )
 from bus.store._records import (
     AuditEntry,
+    AuditStreak,
     AuditVerification,
     Client,
     DeadLetter,
@@ -49,6 +50,7 @@ from bus.store._transaction import Transaction
 __all__ = [
     "AlreadyExists",
     "AuditEntry",
+    "AuditStreak",
     "AuditVerification",
     "Client",
     "DeadLetter",
