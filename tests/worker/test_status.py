@@ -359,3 +359,21 @@ def test_a_subscriber_failing_since_long_before_its_latest_failure_says_since_wh
 
     [problem] = [p for p in looked_less_far.problems if "failing" in p]
     assert " or earlier: ConnectError: connection refused" in problem
+
+
+def test_the_command_in_json_gives_a_failing_subscribers_times(
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory}}}}\n"
+    )
+    subscription = store.add_subscription("http://127.0.0.1:9/down", ["request.*"])
+    failing_since = webhook_outcome(store, subscription.id, "attempt")
+
+    result = CliRunner().invoke(app, ["status", "--json"])
+
+    assert result.exit_code == 1, result.output
+    [sub] = [r for r in json.loads(result.output)["recipients"] if r["name"].startswith("sub.")]
+    assert sub["failing_since"] == failing_since.isoformat()
