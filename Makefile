@@ -36,6 +36,7 @@ bench: install services
 	$(BIN)/python tests/bench/bench_intake.py
 	$(BIN)/python tests/bench/bench_intake_parts.py
 	$(BIN)/python tests/bench/bench_bus.py
+	$(BIN)/python tests/bench/bench_status.py
 
 clean:
 	rm -rf $(VENV) civicbus.db* var media

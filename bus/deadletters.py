@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from bus.broker.topology import COMMANDS_EXCHANGE, command_routing_key
 from bus.store import AuditEntry, DeadLetter, DeadLetterState, Store, Transaction
-from bus.subscriptions import queue_of_route, route_name, route_of_queue
+from bus.subscription_names import queue_of_route, route_name, route_of_queue
 from schemas.events import Envelope
 
 log = structlog.get_logger(__name__)
@@ -36,15 +36,21 @@ def known_routes(store: Store, instances: Iterable[str]) -> list[str]:
     return sorted({*live_routes(store, instances), *store.dead_letter_instances()})
 
 
+def is_removed_subscription(store: Store, route: str) -> bool:
+    """Whether `route` is a webhook subscription's that was removed. Its dead letters are
+    dropped with it, except those left by a removal before 2026-12-05."""
+    active = {route_name(s.id) for s in store.list_subscriptions()}
+    return queue_of_route(route) is not None and route not in active
+
+
 def check_replayable_route(store: Store, route: str) -> None:
     """DeadLetterError when `route` is a removed webhook subscription's: its queue was deleted
     with it, so no queue would take a replay. (An instance removed from the config may still
     have its queue; a replay no queue takes comes back to its dead letter, see bus.relay.)"""
-    active = {route_name(s.id) for s in store.list_subscriptions()}
-    if queue_of_route(route) is not None and route not in active:
+    if is_removed_subscription(store, route):
         raise DeadLetterError(
             f"{route} is a removed webhook subscription: its queue is gone, no replay would "
-            f"reach it. Drop its dead letters (civicbus dead drop ID...)"
+            f"reach it. Drop its dead letters: civicbus dead drop {route} --all"
         )
 
 
@@ -135,15 +141,36 @@ def drop(
     for letter in letters:
         with store.transaction() as tx:
             tx.set_dead_letter_state(letter.id, DeadLetterState.DROPPED)
-            tx.audit(
-                actor=actor,
-                action="dropped",
-                request_id=letter.request_id,
-                message_id=letter.message_id,
-                details={"dead_letter": letter.id, "instance": letter.instance},
-            )
+            _audit_drop(tx, letter, actor)
         log.info("dead_letter.dropped", dead_letter=letter.id, instance=letter.instance)
     return letters
+
+
+def drop_all(store: Store, instance: str, *, actor: str = "cli:dead-drop") -> list[DeadLetter]:
+    """Give up on every dead letter of `instance` still waiting, as `drop` does, together."""
+    with store.transaction() as tx:
+        letters = drop_waiting(tx, instance, actor=actor)
+    log.info("dead_letter.dropped_all", instance=instance, dropped=len(letters))
+    return letters
+
+
+def drop_waiting(tx: Transaction, instance: str, *, actor: str) -> list[DeadLetter]:
+    """Give up on every dead letter of `instance` still waiting, in the caller's transaction,
+    each audited as a drop; the letters dropped, oldest first."""
+    letters = tx.drop_waiting_dead_letters(instance)
+    for letter in letters:
+        _audit_drop(tx, letter, actor)
+    return letters
+
+
+def _audit_drop(tx: Transaction, letter: DeadLetter, actor: str) -> None:
+    tx.audit(
+        actor=actor,
+        action="dropped",
+        request_id=letter.request_id,
+        message_id=letter.message_id,
+        details={"dead_letter": letter.id, "instance": letter.instance},
+    )
 
 
 def replayed_route(exchange: str, routing_key: str) -> str | None:

@@ -13,7 +13,8 @@ from typing import Any
 from adapters.webhook import DEFAULT_TIMEOUT as WEBHOOK_TIMEOUT
 from bus.config import InstanceConfig, RetryPolicy
 from bus.store import WorkerLiveness
-from bus.subscriptions import ROUTE_PREFIX, SUBSCRIPTION_RETRY
+from bus.subscription_names import ROUTE_PREFIX
+from bus.subscriptions import SUBSCRIPTION_RETRY
 
 #: Seconds between two reports of a worker: rare enough to cost nothing next to its messages.
 HEARTBEAT_INTERVAL = 10.0

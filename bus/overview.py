@@ -25,12 +25,20 @@ from bus.subscriptions import queue_name, route_name
 
 #: An outbox event older than this while a relay is active means the relay is not keeping up.
 OUTBOX_LAG = timedelta(minutes=1)
-#: How far back in the audit log (in entries) to look for webhook deliveries: a range of its
-#: primary key, so the cost is bounded; hours of traffic for a city, minutes for a bench.
-AUDIT_WINDOW = 10_000
 #: After a failed delivery's announced next try, how long before that failure is taken as
 #: stale (the immediate tries of a round, each up to the webhook's timeout, come first).
 RETRY_GRACE = timedelta(minutes=2)
+#: How old a subscription's latest delivery outcome can be and still say its subscriber is
+#: failing now: the longest next try a webhook worker announces (the last tier of
+#: SUBSCRIPTION_RETRY, 240 s; 300 s before 2026-12-05), RETRY_GRACE, and a minute for entries
+#: stamped a little before they were chained. Only the audit entries this recent are read.
+OUTCOME_HORIZON = timedelta(seconds=300) + RETRY_GRACE + timedelta(minutes=1)
+#: How many audit entries before a failing subscriber's latest failure to look for the
+#: delivery that preceded its failures (its failing since); a run longer than that is said to
+#: be. About a day of a city's traffic, read in tens of milliseconds (tests/bench).
+RUN_LOOKBACK = 200_000
+#: The webhook workers' audit actions that tell how a delivery went.
+_OUTCOMES = ("attempt", "delivered", "dead_lettered")
 #: A poller whose rounds have failed for this long (or three of its intervals, if longer) is a
 #: problem; one failed round of a back-end's blip is not.
 POLLER_FAILING = timedelta(minutes=2)
@@ -53,8 +61,10 @@ class Recipient:
     dead_in_queue: int | None = None
     dead_letters: int = 0
     missing: tuple[str, ...] = ()
-    #: A subscriber failing its deliveries now: since when, and its last error.
+    #: A subscriber failing its deliveries now: since when (or earlier, when not
+    #: `failing_since_exact`: further back than status looks), and its last error.
     failing_since: datetime | None = None
+    failing_since_exact: bool = True
     last_error: str | None = None
     #: An instance's poller rounds as the store keeps them (None: not polled), and its interval.
     poller: PollerRounds | None = None
@@ -128,10 +138,11 @@ def _problems(overview: Overview) -> list[str]:
             )
         if c.failing_since is not None:
             behind = f"; {c.queued} event(s) wait behind it" if c.queued else ""
+            since = c.failing_since.isoformat(timespec="seconds")
+            since += "" if c.failing_since_exact else " or earlier"
             found.append(
-                f"{c.name}: its subscriber has been failing since "
-                f"{c.failing_since.isoformat(timespec='seconds')}: {c.last_error}{behind} (the "
-                "worker retries in place, holding the queue); check the receiver "
+                f"{c.name}: its subscriber has been failing since {since}: {c.last_error}"
+                f"{behind} (the worker retries in place, holding the queue); check the receiver "
                 "(`civicbus subscriptions list` has its URL): the events flow again once it "
                 "answers"
             )
@@ -318,41 +329,37 @@ def _subscription(subscription: Subscription, seen: StoreOverview) -> Recipient:
 def _with_webhook_failures(
     store: Store, subscriptions: list[Recipient], at: datetime
 ) -> list[Recipient]:
-    """A subscription whose last delivery attempt failed, with its next try still to come,
-    has a failing subscriber: the webhook worker audits every failed round (its retries
-    hold the queue, so no retry tier shows them)."""
+    """A subscription whose latest delivery outcome is a failed attempt, with its next try
+    still to come, has a failing subscriber: the webhook worker audits every failed round
+    (its retries hold the queue, so no retry tier shows them). Read from each subscription's
+    latest outcome, however many other entries came after it."""
     actors = {f"worker:{c.name}": c for c in subscriptions}
-    outcomes: dict[str, list[AuditEntry]] = {}
-    for entry in store.recent_audit(list(actors), window=AUDIT_WINDOW):
-        if entry.action in ("attempt", "delivered", "dead_lettered"):
-            outcomes.setdefault(entry.actor, []).append(entry)
+    latest = store.latest_audit(list(actors), _OUTCOMES, since=at - OUTCOME_HORIZON)
     filled = []
     for actor, c in actors.items():
-        failing = _failing_run(outcomes.get(actor, []), at)
-        if failing:
-            first, last = failing[0], failing[-1]
-            c = replace(c, failing_since=first.at, last_error=_error(last))
+        outcome = latest.get(actor)
+        if outcome is not None and _next_try_due(outcome, at):
+            failures = store.audit_streak(outcome, broken_by="delivered", lookback=RUN_LOOKBACK)
+            c = replace(
+                c,
+                failing_since=failures.first.at,
+                failing_since_exact=failures.complete,
+                last_error=_error(outcome),
+            )
         filled.append(c)
     return filled
 
 
-def _failing_run(entries: list[AuditEntry], at: datetime) -> list[AuditEntry]:
-    """The failed attempts since the last delivery, if the latest is one whose next try is
-    due (or only just overdue); [] otherwise."""
-    if not entries or (entries[-1].action, entries[-1].outcome) != ("attempt", "error"):
-        return []
-    delay = entries[-1].details.get("next_delay_seconds")
+def _next_try_due(outcome: AuditEntry, at: datetime) -> bool:
+    """Whether `outcome` is a failed attempt whose announced next try is due (or only just
+    overdue)."""
+    if (outcome.action, outcome.outcome) != ("attempt", "error"):
+        return False
+    delay = outcome.details.get("next_delay_seconds")
     if not isinstance(delay, int | float):
-        return []  # the last try: a dead letter follows
-    if at > entries[-1].at + timedelta(seconds=delay) + RETRY_GRACE:
-        return []  # nothing tried since: no worker holds it (its consumer count tells)
-    run: list[AuditEntry] = []
-    for entry in reversed(entries):
-        if entry.action == "delivered":
-            break
-        if entry.action == "attempt":
-            run.insert(0, entry)
-    return run
+        return False  # the last try: a dead letter follows
+    # Long past it, nothing was tried since: no worker holds it (its consumer count tells).
+    return at <= outcome.at + timedelta(seconds=delay) + RETRY_GRACE
 
 
 def _error(entry: AuditEntry) -> str:

@@ -18,16 +18,19 @@ from urllib.parse import urlsplit
 import structlog
 
 from adapters.webhook import WebhookAdapter
-from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, declare_topology
+from bus import deadletters
+from bus.broker.connection import BrokerUnavailable
+from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, dead_queue, declare_topology
 from bus.config import Config, RetryPolicy
 from bus.store import Store, Subscription
+
+# Re-exported: the workers, the API and the overview name subscriptions through this module.
+from bus.subscription_names import queue_name as queue_name
+from bus.subscription_names import route_name as route_name
 from schemas.events import EventType
 from schemas.model import Status
 
 log = structlog.get_logger(__name__)
-
-#: Route (dead-letter "instance") names of subscriptions: `sub.<id>`.
-ROUTE_PREFIX = "sub."
 
 #: RabbitMQ's default `consumer_timeout`: a message held unacknowledged longer than this closes
 #: the channel and goes back to the queue, where its retries would start again from the first.
@@ -46,30 +49,6 @@ _WORD = re.compile(r"^(\*|#|[A-Za-z0-9_-]+)$")
 
 class SubscriptionError(Exception):
     """A subscription cannot be made as asked; the message says what to change."""
-
-
-def queue_name(subscription_id: int) -> str:
-    """The durable queue holding a subscription's undelivered events."""
-    return f"civicbus.sub.{subscription_id}"
-
-
-def route_name(subscription_id: int) -> str:
-    """The subscription's name in audit entries and dead letters."""
-    return f"{ROUTE_PREFIX}{subscription_id}"
-
-
-def queue_of_route(route: str) -> str | None:
-    """The queue of a `sub.<id>` route name; None for an adapter instance."""
-    if not route.startswith(ROUTE_PREFIX):
-        return None
-    return "civicbus.sub." + route.removeprefix(ROUTE_PREFIX)
-
-
-def route_of_queue(queue: str) -> str | None:
-    """The `sub.<id>` route name of a subscription's queue; None for any other queue."""
-    if not queue.startswith("civicbus.sub."):
-        return None
-    return ROUTE_PREFIX + queue.removeprefix("civicbus.sub.")
 
 
 def binding_key(pattern: str) -> str:
@@ -222,9 +201,12 @@ def add_subscription(
 @dataclass(frozen=True)
 class Removal:
     """A subscription removed: how many undelivered events went with its queue (None when its
-    queue was not deleted)."""
+    queue was not deleted) or why the queue is left on the broker, and how many of its dead
+    letters were dropped with it."""
 
     discarded_events: int | None
+    dropped_dead_letters: int
+    queue_left_on_broker: str | None = None
 
 
 def remove_subscription(
@@ -236,22 +218,33 @@ def remove_subscription(
 ) -> Removal | None:
     """Deactivate a subscription (audited); None if there was no active one with that id.
 
-    `discard` then deletes its queue and says how many undelivered events went with it: only
-    once the subscription is inactive, so that no webhook worker declares the queue again. The
-    audit entry records that number, or that the queue was left when `discard` raised."""
+    `discard` then deletes its queues and says how many undelivered events went with them:
+    only once the subscription is inactive, so that no webhook worker declares them again.
+    Its dead letters waiting are dropped (each audited, as `civicbus dead drop` does): with its
+    queue gone no replay could reach it. The audit entry of the removal records both numbers,
+    or that the queue was left (a broker out of reach is said in the Removal, anything else
+    `discard` raises is raised once that is recorded)."""
     if not store.remove_subscription(subscription_id):
         return None
     details: dict[str, Any] = {"subscription": subscription_id}
+    queue_left = None
     try:
         if discard is not None:
             details["discarded_events"] = discard(subscription_id)
+    except BrokerUnavailable as exc:
+        details["queue_left_on_broker"] = True
+        queue_left = str(exc)
     except Exception:
         details["queue_left_on_broker"] = True
         raise
     finally:
         with store.transaction() as tx:
+            # Last, so that a dead letter its worker recorded until the queue went goes too.
+            dropped = deadletters.drop_waiting(tx, route_name(subscription_id), actor=actor)
+            details["dropped_dead_letters"] = len(dropped)
             tx.audit(actor=actor, action="subscription_removed", details=details)
-    return Removal(details.get("discarded_events"))
+    log.info("subscription.removed", **details)
+    return Removal(details.get("discarded_events"), len(dropped), queue_left)
 
 
 def declare(channel: Any, subscription: Subscription) -> None:
@@ -285,8 +278,11 @@ def declare_new(channel: Any, subscription: Subscription) -> None:
 
 
 def delete_queue(channel: Any, subscription_id: int) -> int:
-    """Remove a removed subscription's queue; how many undelivered events went with it."""
+    """Remove a removed subscription's queue and its dead-letter queue; how many undelivered
+    events went with the first. (What the dead-letter queue holds, the store holds too: the
+    webhook worker records a dead letter before publishing it there.)"""
     deleted = channel.queue_delete(queue=queue_name(subscription_id))
+    channel.queue_delete(queue=dead_queue(route_name(subscription_id)))
     return int(deleted.method.message_count)
 
 

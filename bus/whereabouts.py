@@ -1,8 +1,9 @@
 """Where an undelivered request is stuck, in an operator's words, with what to try next.
 
 Read from its audit trail: the last hop on the way to its back-end tells the stage (outbox,
-queue, retry tiers, dead letter channel). Hops of webhook deliveries of its events, and the
-relaying of events other than the command, say nothing about that way and are skipped.
+queue, retry tiers, dead letter channel). Hops of webhook deliveries of its events (an
+operator's replay or drop of their dead letters included), and the relaying of events other
+than the command, say nothing about that way and are skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from bus.broker.topology import work_queue
 from bus.store import AuditEntry, DeadLetterState, Undelivered, WorkerLiveness
-from bus.subscriptions import ROUTE_PREFIX
+from bus.subscription_names import ROUTE_PREFIX
 
 #: The audit actions of a request's way to its back-end (DESIGN.md, audit contract).
 _WAY_TO_BACKEND = frozenset(
@@ -141,11 +142,17 @@ def _in_worker(worker: WorkerLiveness, since: datetime) -> Whereabouts:
 
 
 def _last_hop(trail: list[AuditEntry]) -> AuditEntry | None:
-    webhook_actor = f"worker:{ROUTE_PREFIX}"
     for entry in reversed(trail):
-        if entry.action in _WAY_TO_BACKEND and not entry.actor.startswith(webhook_actor):
+        if entry.action in _WAY_TO_BACKEND and not _of_a_subscription(entry):
             return entry
     return None
+
+
+def _of_a_subscription(hop: AuditEntry) -> bool:
+    """A hop of an event's way to a webhook subscriber: its worker's, or an operator's on its
+    dead letters (dropped with the subscription's removal, say)."""
+    named = _instance(hop)
+    return named is not None and named.startswith(ROUTE_PREFIX)
 
 
 def _instance(hop: AuditEntry) -> str | None:

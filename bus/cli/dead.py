@@ -31,11 +31,18 @@ def register(app: typer.Typer) -> None:
         with runtime() as rt:
             _known_route(rt, instance)
             letters = deadletters.list_dead_letters(rt.store, instance)
+            removed = deadletters.is_removed_subscription(rt.store, instance)
         if not letters:
             typer.echo(f"no dead letters for {instance}")
             return
         for line in _table(_HEADER, [_row(letter) for letter in letters]):
             typer.echo(line)
+        if removed:
+            typer.echo(
+                f"note: {instance} is a removed webhook subscription, no replay can reach it: "
+                f"`civicbus dead drop {instance} --all` gives up on these",
+                err=True,
+            )
 
     @group.command("show")
     def show(dead_letter_id: int = typer.Argument(..., metavar="ID")) -> None:
@@ -67,22 +74,35 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{len(letters)} dead letter(s) replayed to {instance}")
 
     @group.command("drop")
-    def drop(args: list[str] = typer.Argument(..., metavar="[INSTANCE] ID...")) -> None:
+    def drop(
+        args: list[str] = typer.Argument(..., metavar="[INSTANCE] ID..."),
+        drop_all: bool = typer.Option(
+            False, "--all", help="Drop every waiting dead letter of INSTANCE."
+        ),
+    ) -> None:
         """Give up on dead letters for good (kept in the store, marked dropped).
 
         The instance may be named first, as for replay: then each ID must be one of its
-        dead letters.
+        dead letters; or name only the instance, with --all.
         """
         instance = None if _is_id(args[0]) else args[0]
         numbers = _ids(args[1:] if instance else args, "dead drop [INSTANCE] ID...")
-        if not numbers:
-            _usage(f"name the dead letter IDs of {instance} to drop")
+        if drop_all and (instance is None or numbers):
+            _usage("with --all, name the instance only: dead drop INSTANCE --all")
+        if not numbers and not drop_all:
+            _usage(f"name the dead letter IDs of {instance} to drop, or --all")
         with runtime() as rt, _operator_errors():
             if instance is not None:
                 _known_route(rt, instance)
-            letters = deadletters.drop(rt.store, numbers, instance=instance)
+            letters = (
+                deadletters.drop_all(rt.store, instance)
+                if drop_all and instance is not None
+                else deadletters.drop(rt.store, numbers, instance=instance)
+            )
         for letter in letters:
             typer.echo(f"dropped {letter.id} (request {letter.request_id or '-'})")
+        if drop_all:
+            typer.echo(f"{len(letters)} dead letter(s) of {instance} dropped")
 
     @group.command("keep")
     def keep() -> None:

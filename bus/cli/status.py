@@ -103,7 +103,14 @@ def _as_json(o: Overview) -> str:
         "problems": o.problems,
         "notes": o.notes,
     }
-    return json.dumps(document, sort_keys=True)
+    # A failing subscriber's or a poller's times are datetimes among the recipients' fields.
+    return json.dumps(document, sort_keys=True, default=_iso)
+
+
+def _iso(value: object) -> str:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return value.isoformat()
 
 
 def _n(value: int | None) -> str:

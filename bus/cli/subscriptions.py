@@ -80,34 +80,36 @@ def register(app: typer.Typer) -> None:
 
     @group.command("remove")
     def remove(subscription_id: int = typer.Argument(..., metavar="ID")) -> None:
-        """Stop delivering to a subscription and delete its queue of undelivered events."""
+        """Stop delivering to a subscription, delete its queues (undelivered events and its
+        dead-letter queue) and drop its dead letters (kept in the store, marked dropped: no
+        replay could reach it)."""
         with runtime() as rt:
             connection_parameters(rt.env.amqp_url)  # a malformed URL stops us before removing
 
             def discard(sid: int) -> int:
                 connection = connect(rt.env.amqp_url)
                 try:
-                    with broker_errors("deleting the subscription's queue"):
+                    with broker_errors("deleting the subscription's queues"):
                         return subs.delete_queue(connection.channel(), sid)
                 finally:
                     close_quietly(connection)
 
-            try:
-                removal = subs.remove_subscription(rt.store, subscription_id, discard=discard)
-            except BrokerUnavailable as exc:
-                typer.echo(f"subscription {subscription_id} removed")
-                typer.echo(
-                    f"warning: its queue, with any undelivered events, is left on the broker "
-                    f"({exc})",
-                    err=True,
-                )
-                return
+            removal = subs.remove_subscription(rt.store, subscription_id, discard=discard)
             if removal is None:
                 typer.echo(f"error: no active subscription {subscription_id}", err=True)
                 raise typer.Exit(1)
+        dropped = f"{removal.dropped_dead_letters} dead letter(s) dropped"
+        if removal.queue_left_on_broker is not None:
+            typer.echo(f"subscription {subscription_id} removed; {dropped}")
+            typer.echo(
+                f"warning: its queue, with any undelivered events, is left on the broker "
+                f"({removal.queue_left_on_broker})",
+                err=True,
+            )
+            return
         typer.echo(
             f"subscription {subscription_id} removed; {removal.discarded_events} undelivered "
-            f"event(s) discarded with its queue"
+            f"event(s) discarded with its queue, {dropped}"
         )
 
 

@@ -28,6 +28,7 @@ from bus.store._errors import (
 )
 from bus.store._records import (
     AuditEntry,
+    AuditStreak,
     AuditVerification,
     Client,
     DeadLetter,
@@ -50,6 +51,7 @@ from bus.store._transaction import Transaction
 __all__ = [
     "AlreadyExists",
     "AuditEntry",
+    "AuditStreak",
     "AuditVerification",
     "Client",
     "DeadLetter",

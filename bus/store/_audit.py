@@ -140,7 +140,7 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
     run(conn, _MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
 
 
-def _entry(row: Row[Any]) -> AuditEntry:
+def from_row(row: Row[Any]) -> AuditEntry:
     return AuditEntry(
         id=row.id,
         at=row.at,
@@ -168,27 +168,8 @@ def trails(conn: Connection, request_ids: Sequence[str]) -> dict[str, list[Audit
         sa.select(audit_log).where(audit_log.c.request_id.in_(request_ids)).order_by(audit_log.c.id)
     )
     for row in rows:
-        found.setdefault(row.request_id, []).append(_entry(row))
+        found.setdefault(row.request_id, []).append(from_row(row))
     return found
-
-
-def recent_by(conn: Connection, actors: Sequence[str], window: int) -> list[AuditEntry]:
-    """The entries of these actors among the last `window` of the log, oldest first.
-
-    There is no index on the actor: the id range behind the head bounds the scan (a range of
-    the primary key), so the cost does not grow with the log.
-    """
-    last_id = conn.execute(
-        sa.select(audit_head.c.last_id).where(audit_head.c.id == _HEAD_ID)
-    ).scalar()
-    if last_id is None or not actors:
-        return []
-    rows = conn.execute(
-        sa.select(audit_log)
-        .where(audit_log.c.id > int(last_id) - window, audit_log.c.actor.in_(actors))
-        .order_by(audit_log.c.id)
-    )
-    return [_entry(row) for row in rows]
 
 
 def verify(conn: Connection, expect_head: str | None = None) -> AuditVerification:

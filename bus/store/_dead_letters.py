@@ -110,3 +110,15 @@ def set_state(conn: Connection, dead_letter_id: int, state: DeadLetterState) -> 
         dead.update().where(dead.c.id == dead_letter_id).values(state=state.value)
     )
     return bool(result.rowcount)
+
+
+def drop_waiting(conn: Connection, instance: str) -> list[DeadLetter]:
+    """Mark every dead letter of the instance still waiting `dropped`, in one statement (a
+    letter recorded meanwhile is either among them or recorded after); the ones it marked."""
+    rows = conn.execute(
+        dead.update()
+        .where(dead.c.instance == instance, dead.c.state == DeadLetterState.DEAD.value)
+        .values(state=DeadLetterState.DROPPED.value)
+        .returning(*dead.c)
+    )
+    return sorted((from_row(row) for row in rows), key=lambda letter: letter.id)

@@ -67,6 +67,16 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class AuditStreak:
+    """An actor's unbroken run of entries of one action (failed attempts, say), oldest and
+    latest; not `complete` when it may begin further back than was looked."""
+
+    first: AuditEntry
+    last: AuditEntry
+    complete: bool
+
+
+@dataclass(frozen=True)
 class AuditVerification:
     ok: bool
     entries: int

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from bus.store import (
     _audit,
+    _audit_latest,
     _clients,
     _dead_letters,
     _engine,
@@ -27,6 +28,7 @@ from bus.store import (
 from bus.store._errors import translate_errors
 from bus.store._records import (
     AuditEntry,
+    AuditStreak,
     AuditVerification,
     Client,
     DeadLetter,
@@ -176,10 +178,19 @@ class Store:
         """The request's audit entries, oldest first."""
         return self._read(lambda conn: _audit.trail(conn, request_id))
 
-    def recent_audit(self, actors: Sequence[str], *, window: int) -> list[AuditEntry]:
-        """The entries of these actors among the last `window` entries of the log, oldest
-        first; cheap however long the log is."""
-        return self._read(lambda conn: _audit.recent_by(conn, actors, window))
+    def latest_audit(
+        self, actors: Sequence[str], actions: Sequence[str], *, since: datetime
+    ) -> dict[str, AuditEntry]:
+        """Each actor's latest entry of one of these actions written since `since` (absent
+        when none); its cost is that of the entries written since, however long the log."""
+        return self._read(lambda conn: _audit_latest.latest(conn, actors, actions, since))
+
+    def audit_streak(self, last: AuditEntry, *, broken_by: str, lookback: int) -> AuditStreak:
+        """The unbroken run of its actor's `last.action` entries ending with `last` since its
+        latest `broken_by` entry, looked for among the `lookback` entries before `last`."""
+        return self._read(
+            lambda conn: _audit_latest.streak(conn, last, broken_by=broken_by, lookback=lookback)
+        )
 
     def overview(self) -> StoreOverview:
         """The outbox backlog, the leases and the waiting dead letters (`civicbus status`)."""

@@ -242,3 +242,7 @@ class Transaction:
     def set_dead_letter_state(self, dead_letter_id: int, state: DeadLetterState) -> bool:
         """Mark a dead letter replayed or dropped (or dead again); False for an unknown id."""
         return _dead_letters.set_state(self._session, dead_letter_id, state)
+
+    def drop_waiting_dead_letters(self, instance: str) -> list[DeadLetter]:
+        """Mark every dead letter of the instance still waiting `dropped`; those, oldest first."""
+        return _dead_letters.drop_waiting(self._session, instance)

@@ -121,3 +121,33 @@ def test_the_names_with_dead_letters_in_any_state_are_known(store: Store) -> Non
         tx.set_dead_letter_state(parks.id, DeadLetterState.DROPPED)
 
     assert store.dead_letter_instances() == ["parks", "sap-roads"]
+
+
+def test_dropping_an_instances_waiting_dead_letters_leaves_the_others(store: Store) -> None:
+    with store.transaction() as tx:
+        for instance, message_id in [("sub.1", "m-1"), ("sub.2", "m-2"), ("sub.1", "m-3")]:
+            tx.record_dead_letter(
+                instance=instance, message_id=message_id, reason="x", envelope=None
+            )
+        replayed = tx.record_dead_letter(
+            instance="sub.1", message_id="m-4", reason="x", envelope=None
+        )
+        assert replayed is not None
+        tx.set_dead_letter_state(replayed.id, DeadLetterState.REPLAYED)
+
+    with store.transaction() as tx:
+        dropped = tx.drop_waiting_dead_letters("sub.1")
+
+    assert [(d.message_id, d.state) for d in dropped] == [
+        ("m-1", DeadLetterState.DROPPED),
+        ("m-3", DeadLetterState.DROPPED),
+    ]
+    assert store.dead_letters("sub.1") == []
+    assert [d.message_id for d in store.dead_letters("sub.1", DeadLetterState.DROPPED)] == [
+        "m-1",
+        "m-3",
+    ]
+    assert [d.id for d in store.dead_letters("sub.1", DeadLetterState.REPLAYED)] == [replayed.id]
+    assert [d.message_id for d in store.dead_letters("sub.2")] == ["m-2"]
+    with store.transaction() as tx:
+        assert tx.drop_waiting_dead_letters("sub.1") == []

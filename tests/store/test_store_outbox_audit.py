@@ -287,14 +287,3 @@ def test_reformatting_stored_details_breaks_the_chain(store: Store) -> None:
     result = store.verify_audit()
 
     assert (result.ok, result.broken_at) == (False, 2)
-
-
-def test_recent_audit_reads_only_the_last_entries_of_the_given_actors(store: Store) -> None:
-    for i in range(6):
-        with store.transaction() as tx:
-            tx.audit(actor=f"worker:sub.{i % 2}", action="attempt", details={"i": i})
-
-    recent = store.recent_audit(["worker:sub.0"], window=4)
-
-    assert [(e.actor, e.details["i"]) for e in recent] == [("worker:sub.0", 2), ("worker:sub.0", 4)]
-    assert store.recent_audit([], window=4) == []

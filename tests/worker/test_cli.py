@@ -18,7 +18,8 @@ from worker_support import actions, channel_on, new_request, publish, queue_dept
 
 from bus.broker.topology import EVENTS_EXCHANGE, declare_topology
 from bus.cli import app
-from bus.store import Store
+from bus.store import DeadLetterState, Store
+from bus.subscriptions import route_name
 from schemas.events import Envelope
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
@@ -107,6 +108,7 @@ def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_u
     assert removed.exit_code == 0, removed.output
     assert store.list_subscriptions() == []
     assert not queue_exists(amqp_url, f"civicbus.sub.{subscription.id}")
+    assert not queue_exists(amqp_url, f"civicbus.dead.sub.{subscription.id}")
     assert runner.invoke(app, ["subscriptions", "remove", str(subscription.id)]).exit_code == 1
 
 
@@ -134,7 +136,92 @@ def test_subscriptions_remove_says_how_many_undelivered_events_it_discarded(
         details = conn.execute(
             sa.select(table.c.details).where(table.c.action == "subscription_removed")
         ).scalar_one()
-    assert json.loads(details) == {"subscription": subscription.id, "discarded_events": 3}
+    assert json.loads(details) == {
+        "subscription": subscription.id,
+        "discarded_events": 3,
+        "dropped_dead_letters": 0,
+    }
+
+
+def subscription_removed_details(store: Store) -> dict[str, object]:
+    with sa.create_engine(store._engine.url).connect() as conn:
+        table = sa.Table("audit_log", sa.MetaData(), autoload_with=conn)
+        details = conn.execute(
+            sa.select(table.c.details).where(table.c.action == "subscription_removed")
+        ).scalar_one()
+    found: dict[str, object] = json.loads(details)
+    return found
+
+
+def dead_letter_for(store: Store, route: str, message_id: str) -> None:
+    with store.transaction() as tx:
+        tx.record_dead_letter(
+            instance=route,
+            message_id=message_id,
+            request_id="req-1",
+            reason="HTTPStatusError: 410 Gone",
+            envelope=None,
+        )
+
+
+def test_subscriptions_remove_drops_its_dead_letters_audited_and_says_how_many(
+    env: dict[str, str], store: Store, amqp_url: str
+) -> None:
+    runner = CliRunner()
+    added = runner.invoke(
+        app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", "request.*"]
+    )
+    assert added.exit_code == 0, added.output
+    (subscription,) = store.list_subscriptions()
+    route = route_name(subscription.id)
+    for message_id in ("m-1", "m-2"):
+        dead_letter_for(store, route, message_id)
+    dead_letter_for(store, "desk", "m-3")  # an adapter instance's: not the subscription's
+
+    removed = runner.invoke(app, ["subscriptions", "remove", str(subscription.id)])
+
+    assert removed.exit_code == 0, removed.output
+    assert removed.output.strip() == (
+        f"subscription {subscription.id} removed; 0 undelivered event(s) discarded with its "
+        "queue, 2 dead letter(s) dropped"
+    )
+    assert store.dead_letters(route) == []
+    dropped = store.dead_letters(route, DeadLetterState.DROPPED)
+    assert [letter.message_id for letter in dropped] == ["m-1", "m-2"]
+    assert [letter.message_id for letter in store.dead_letters("desk")] == ["m-3"]
+    assert route not in store.overview().dead_letters  # `status` and /metrics count none
+    audited = [
+        (entry.actor, entry.details)
+        for entry in store.audit_trail("req-1")
+        if entry.action == "dropped"
+    ]
+    assert audited == [
+        ("cli:subscriptions", {"dead_letter": letter.id, "instance": route}) for letter in dropped
+    ]
+    assert subscription_removed_details(store)["dropped_dead_letters"] == 2
+    assert store.verify_audit().ok
+
+
+def test_subscriptions_remove_drops_the_dead_letters_even_with_the_broker_out_of_reach(
+    env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscription = store.add_subscription("http://127.0.0.1:9/hook", ["request.*"])
+    dead_letter_for(store, route_name(subscription.id), "m-1")
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("CIVICBUS_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{port}/%2F")
+
+    removed = CliRunner().invoke(app, ["subscriptions", "remove", str(subscription.id)])
+
+    assert removed.exit_code == 0, removed.output
+    assert f"subscription {subscription.id} removed; 1 dead letter(s) dropped" in removed.output
+    assert "warning: its queue, with any undelivered events, is left on the broker" in (
+        removed.output
+    )
+    assert store.dead_letters(route_name(subscription.id)) == []
+    details = subscription_removed_details(store)
+    assert details["queue_left_on_broker"] is True and details["dropped_dead_letters"] == 1
 
 
 def test_subscriptions_add_refuses_events_that_do_not_exist(

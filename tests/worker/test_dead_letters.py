@@ -252,6 +252,52 @@ def test_dead_replay_refuses_a_removed_subscription(cli: CliRunner, store: Store
     assert cli.invoke(app, ["dead", "list", route]).exit_code == 0  # still listed, to drop
 
 
+def test_dead_letters_left_by_an_earlier_removal_are_listed_with_how_to_drop_them_all(
+    cli: CliRunner, store: Store
+) -> None:
+    """A removal before `subscriptions remove` dropped them left them waiting, for ever."""
+    removed = store.add_subscription("http://127.0.0.1:9/hook", ["request.*"])
+    store.remove_subscription(removed.id)  # as the removal did then: letters left
+    route = f"sub.{removed.id}"
+    with store.transaction() as tx:
+        for message_id in ("m-1", "m-2"):
+            tx.record_dead_letter(
+                instance=route, message_id=message_id, request_id="req-1", reason="x", envelope=None
+            )
+        tx.record_dead_letter(instance=INSTANCE, message_id="m-3", reason="x", envelope=None)
+
+    listed = cli.invoke(app, ["dead", "list", route])
+    refused = cli.invoke(app, ["dead", "replay", route, "--all"])
+    dropped = cli.invoke(app, ["dead", "drop", route, "--all"])
+
+    assert listed.exit_code == 0, listed.output
+    assert f"`civicbus dead drop {route} --all`" in listed.output
+    assert f"civicbus dead drop {route} --all" in refused.output
+    assert dropped.exit_code == 0, dropped.output
+    assert dropped.output.splitlines()[-1] == f"2 dead letter(s) of {route} dropped"
+    assert store.dead_letters(route) == []
+    assert route not in store.overview().dead_letters  # /metrics stops counting them
+    assert [letter.message_id for letter in store.dead_letters(INSTANCE)] == ["m-3"]
+    audited = [e for e in store.audit_trail("req-1") if e.action == "dropped"]
+    assert [(e.actor, e.details["instance"]) for e in audited] == [("cli:dead-drop", route)] * 2
+    again = cli.invoke(app, ["dead", "drop", route, "--all"])
+    assert again.exit_code == 0 and f"0 dead letter(s) of {route} dropped" in again.output
+
+
+def test_dead_drop_all_takes_the_instance_and_no_ids(cli: CliRunner, store: Store) -> None:
+    with store.transaction() as tx:
+        letter = tx.record_dead_letter(
+            instance=INSTANCE, message_id="m-1", reason="x", envelope=None
+        )
+    assert letter is not None
+
+    for args in ([str(letter.id), "--all"], [INSTANCE, str(letter.id), "--all"]):
+        result = cli.invoke(app, ["dead", "drop", *args])
+        assert result.exit_code == 2, result.output
+        assert "with --all, name the instance only: dead drop INSTANCE --all" in result.output
+    assert [d.id for d in store.dead_letters(INSTANCE)] == [letter.id]
+
+
 def test_dead_list_columns_are_as_wide_as_their_contents(cli: CliRunner, store: Store) -> None:
     request_id = "01JD4Z8Q6V3N5XKQ2W7R9T1M0P"  # a 26-character ULID
     at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -25,7 +25,8 @@ from bus.broker.topology import EVENTS_EXCHANGE, work_queue
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy, load_config
 from bus.relay import Relay
-from bus.store import Store
+from bus.store import AuditEntry, Store, Undelivered
+from bus.whereabouts import whereabouts
 from bus.worker import command_consumer
 from schemas.events import Envelope
 from schemas.model import Status, StatusUpdate
@@ -196,3 +197,24 @@ def test_a_request_whose_instance_has_no_worker_says_to_start_it_and_its_retry_i
     assert item["hint"] == (
         f"no worker is consuming {work_queue(INSTANCE)}: start `civicbus worker {INSTANCE}`"
     )
+
+
+def test_a_webhook_dead_letter_dropped_says_nothing_of_the_way_to_the_back_end() -> None:
+    # `subscriptions remove` drops the subscription's dead letters: the request's command is
+    # where it was, whatever happened to its events' deliveries.
+    at = datetime(2026, 12, 4, 3, 0, tzinfo=UTC)
+
+    def entry(action: str, actor: str, **details: object) -> AuditEntry:
+        return AuditEntry(0, at, actor, action, "req-1", "m-1", "ok", dict(details), "", "")
+
+    trail = [
+        entry("routed", "relay", instance=INSTANCE, rule="default"),
+        entry("dead_lettered", "worker:sub.3", reason="HTTPStatusError: 410 Gone"),
+        entry("dropped", "cli:subscriptions", dead_letter=7, instance="sub.3"),
+        entry("replayed", "cli:dead-replay", dead_letter=8, instance="sub.4"),
+    ]
+    item = Undelivered("req-1", "springfield.example", "POTHOLE", at, trail, [])
+
+    where = whereabouts(item)
+
+    assert (where.stage, where.instance) == ("queued", INSTANCE)

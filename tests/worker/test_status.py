@@ -7,7 +7,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from typer.testing import CliRunner
@@ -284,3 +284,96 @@ def test_a_poller_whose_rounds_keep_failing_is_a_problem(
     assert "(last completed: never): ConnectError: [Errno 111] Connection refused" in problem
     assert f"`civicbus adapters check {INSTANCE}`" in problem
     assert recovered.problems == []
+
+
+#: More audit entries than `civicbus status` used to read back from the end of the log.
+MANY = 12_000
+
+
+def webhook_outcome(
+    store: Store, subscription_id: int, action: str, at: datetime | None = None
+) -> datetime:
+    """An entry as the webhook worker audits a delivery (a failed round announces its next
+    try in 240 s); returns its time."""
+    at = at or datetime.now(UTC)
+    failed = action == "attempt"
+    details = {"error": "ConnectError: connection refused", "next_delay_seconds": 240}
+    with store.transaction() as tx:
+        tx.audit(
+            actor=f"worker:{route_name(subscription_id)}",
+            action=action,
+            request_id="req-1",
+            outcome="error" if failed else "ok",
+            details={"subscription": route_name(subscription_id), **(details if failed else {})},
+            at=at,
+        )
+    return at
+
+
+def other_entries(store: Store, count: int = MANY) -> None:
+    """A busy city's other audit entries, in one transaction (fast)."""
+    with store.transaction() as tx:
+        for i in range(count):
+            tx.audit(actor="relay", action="relayed", message_id=f"m-{i}")
+
+
+def test_a_failing_subscriber_is_a_problem_however_many_audit_entries_came_after(
+    store: Store, topology: str
+) -> None:
+    failing = store.add_subscription("http://127.0.0.1:9/down", ["request.*"])
+    recovered = store.add_subscription("http://127.0.0.1:9/back", ["request.*"])
+    webhook_outcome(store, failing.id, "delivered")
+    failing_since = webhook_outcome(store, failing.id, "attempt")
+    webhook_outcome(store, recovered.id, "attempt")
+    webhook_outcome(store, recovered.id, "delivered")
+    other_entries(store)
+
+    seen = look(store, topology)
+
+    _, down, back = seen.recipients
+    assert down.failing_since == failing_since and down.failing_since_exact
+    assert down.last_error == "ConnectError: connection refused"
+    assert back.failing_since is None
+    assert [p for p in seen.problems if "failing" in p] == [
+        f"{route_name(failing.id)}: its subscriber has been failing since "
+        f"{failing_since.isoformat(timespec='seconds')}: ConnectError: connection refused "
+        "(the worker retries in place, holding the queue); check the receiver (`civicbus "
+        "subscriptions list` has its URL): the events flow again once it answers"
+    ]
+
+
+def test_a_subscriber_failing_since_long_before_its_latest_failure_says_since_when(
+    store: Store, topology: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscription = store.add_subscription("http://127.0.0.1:9/down", ["request.*"])
+    webhook_outcome(store, subscription.id, "delivered")
+    first_failure = datetime.now(UTC) - timedelta(hours=3)
+    webhook_outcome(store, subscription.id, "attempt", at=first_failure)
+    other_entries(store)
+    webhook_outcome(store, subscription.id, "attempt")
+
+    since = look(store, topology).recipients[1]
+    assert since.failing_since == first_failure and since.failing_since_exact
+    monkeypatch.setattr(overview_module, "RUN_LOOKBACK", MANY // 2)
+    looked_less_far = look(store, topology)
+
+    [problem] = [p for p in looked_less_far.problems if "failing" in p]
+    assert " or earlier: ConnectError: connection refused" in problem
+
+
+def test_the_command_in_json_gives_a_failing_subscribers_times(
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory}}}}\n"
+    )
+    subscription = store.add_subscription("http://127.0.0.1:9/down", ["request.*"])
+    failing_since = webhook_outcome(store, subscription.id, "attempt")
+
+    result = CliRunner().invoke(app, ["status", "--json"])
+
+    assert result.exit_code == 1, result.output
+    [sub] = [r for r in json.loads(result.output)["recipients"] if r["name"].startswith("sub.")]
+    assert sub["failing_since"] == failing_since.isoformat()
