@@ -38,7 +38,13 @@ def compose(
     """The message for one request: headers from `subject`/`to`, a body from the other fields."""
     message = EmailMessage()
     message["From"] = sender
-    message["To"] = _header(fields.get("to") or to)
+    recipient = _header(fields.get("to") or to)
+    try:
+        message["To"] = recipient
+    except IndexError:
+        # The standard library's address parser fails this way on some malformed addresses
+        # (e.g. "<" or '"'), where it raises HeaderParseError on others: the same mistake.
+        raise ValueError("the To address cannot be parsed") from None
     message["Subject"] = _header(fields.get("subject") or f"Service request {request_id}")
     message["Date"] = format_datetime(at)
     message["Message-ID"] = message_id_for(request_id, domain)
