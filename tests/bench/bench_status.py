@@ -43,6 +43,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench_intake import cpu_model
+
 from bus import overview
 from bus.broker.connection import BrokerUnavailable
 from bus.store import Store
@@ -53,14 +55,8 @@ ROUND_SECONDS = 240  # a failed round's announced next try
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     return (
-        f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu}), "
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu_model()}), "
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
     )
 
