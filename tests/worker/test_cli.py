@@ -18,7 +18,7 @@ from worker_support import actions, channel_on, new_request, publish, queue_dept
 
 from bus.broker.topology import EVENTS_EXCHANGE, declare_topology
 from bus.cli import app
-from bus.store import DeadLetterState, Store
+from bus.store import DeadLetterState, Store, Subscription
 from bus.subscriptions import route_name
 from schemas.events import Envelope
 
@@ -112,15 +112,21 @@ def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_u
     assert runner.invoke(app, ["subscriptions", "remove", str(subscription.id)]).exit_code == 1
 
 
-def test_subscriptions_remove_says_how_many_undelivered_events_it_discarded(
-    env: dict[str, str], store: Store, amqp_url: str
-) -> None:
-    runner = CliRunner()
+def subscribe_by_cli(runner: CliRunner, store: Store) -> Subscription:
+    """`civicbus subscriptions add` of a hook nobody answers; the subscription it made."""
     added = runner.invoke(
         app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", "request.*"]
     )
     assert added.exit_code == 0, added.output
     (subscription,) = store.list_subscriptions()
+    return subscription
+
+
+def test_subscriptions_remove_says_how_many_undelivered_events_it_discarded(
+    env: dict[str, str], store: Store, amqp_url: str
+) -> None:
+    runner = CliRunner()
+    subscription = subscribe_by_cli(runner, store)
     with channel_on(amqp_url) as ch:
         ch.confirm_delivery()
         for _ in range(3):
@@ -168,11 +174,7 @@ def test_subscriptions_remove_drops_its_dead_letters_audited_and_says_how_many(
     env: dict[str, str], store: Store, amqp_url: str
 ) -> None:
     runner = CliRunner()
-    added = runner.invoke(
-        app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", "request.*"]
-    )
-    assert added.exit_code == 0, added.output
-    (subscription,) = store.list_subscriptions()
+    subscription = subscribe_by_cli(runner, store)
     route = route_name(subscription.id)
     for message_id in ("m-1", "m-2"):
         dead_letter_for(store, route, message_id)
