@@ -89,21 +89,12 @@ def _as_json(o: Overview) -> str:
             for name, lease in o.store.leases.items()
         },
         "broker_error": o.broker_error,
-        "workers": [
-            {
-                **asdict(w),
-                "started_at": w.started_at.isoformat(),
-                "heartbeat_at": w.heartbeat_at.isoformat(),
-                "working_since": w.working_since.isoformat() if w.working_since else None,
-                "silent": is_silent(w, o.at),
-            }
-            for w in o.store.workers
-        ],
+        "workers": [{**asdict(w), "silent": is_silent(w, o.at)} for w in o.store.workers],
         "recipients": [asdict(c) for c in o.recipients],
         "problems": o.problems,
         "notes": o.notes,
     }
-    # A failing subscriber's or a poller's times are datetimes among the recipients' fields.
+    # Times (a worker's, a failing subscriber's, a poller's) are written as ISO 8601.
     return json.dumps(document, sort_keys=True, default=_iso)
 
 
