@@ -1,0 +1,262 @@
+"""The parts run alone, several copies each, against one PostgreSQL and one RabbitMQ (issue 3,
+"All in one"): two APIs, two relays and two workers of one adapter instance, started at once on
+an empty database. Requests posted to both APIs while the active relay and one worker are
+killed (`kill -9`) each reach the back-end exactly once: the standby relay takes the lease over,
+the surviving worker takes the killed one's unacknowledged messages, and the worker's `find`
+keeps a redelivered message from creating the work twice.
+
+Real processes on loopback, the parks back-end simulated by `civicbus sandbox`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from bus.store import Store
+from tests.e2e.city import (
+    SANDBOX_CONFIG,
+    Process,
+    base_env,
+    city_config,
+    free_port,
+    free_port_pair,
+    queue_consumers,
+    run_cli,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.timeout(240)]
+
+#: Routed to the `parks` instance by the sandbox config; it has no attributes to answer.
+SERVICE = ("PLAYGROUND", "shelbyville.example")
+INSTANCE = "parks"
+REQUESTS = 40
+#: Short, so that the standby relay takes over within the test's waits.
+LEASE_TTL = 2.0
+STARTUP_TIMEOUT = 120.0
+DELIVERY_TIMEOUT = 90.0
+
+
+@dataclass
+class ScaledCity:
+    workdir: Path
+    env: dict[str, str]
+    api_urls: list[str]
+    parks_url: str
+    processes: dict[str, Process]
+
+    def diagnose(self) -> str:
+        return "\n".join(p.tail(30) for p in self.processes.values())
+
+    def wait_until(self, check: Callable[[], object], *, timeout: float, what: str) -> object:
+        return wait_until(check, timeout=timeout, what=what, explain=self.diagnose)
+
+
+@pytest.fixture(scope="module")
+def scaled(
+    tmp_path_factory: pytest.TempPathFactory,
+    amqp_vhost_factory: Callable[[], str],
+    postgres_database_factory: Callable[[], str],
+) -> Iterator[ScaledCity]:
+    workdir = tmp_path_factory.mktemp("scaled-city")
+    logs = workdir / "logs"
+    logs.mkdir()
+    state_dir = workdir / "sandbox-state"
+    ports = {
+        "sap": free_port(),
+        "permits": free_port(),
+        "parks": free_port(),
+        "mailbox": free_port_pair(),
+    }
+    api_ports = [free_port(), free_port()]
+    config = city_config(
+        SANDBOX_CONFIG,
+        api_port=api_ports[0],
+        ports=ports,
+        state_dir=state_dir,
+        workorders_url=f"sqlite:///{state_dir}/workorders.db",
+        sent_dir=workdir / "email-sent",
+    )
+    config_path = workdir / "civicbus.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    env = {
+        **base_env(),
+        "CIVICBUS_CONFIG": str(config_path),
+        "CIVICBUS_DATABASE_URL": postgres_database_factory(),
+        "CIVICBUS_AMQP_URL": amqp_vhost_factory(),
+        "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
+        "CIVICBUS_LOG_FORMAT": "json",
+    }
+    sandbox_args = ["sandbox", "--state-dir", str(state_dir)]
+    for name, port in ports.items():
+        sandbox_args += ["--port", f"{name}={port}"]
+    # Every part at once on an empty database: they race to create the schema, as the copies
+    # of a deployment started together do.
+    commands = {
+        "sandbox": sandbox_args,
+        "api-a": ["api", "--port", str(api_ports[0])],
+        "api-b": ["api", "--port", str(api_ports[1])],
+        "relay-a": ["relay", "--lease-ttl", str(LEASE_TTL)],
+        "relay-b": ["relay", "--lease-ttl", str(LEASE_TTL)],
+        "worker-a": ["worker", INSTANCE],
+        "worker-b": ["worker", INSTANCE],
+    }
+    city = ScaledCity(
+        workdir=workdir,
+        env=env,
+        api_urls=[f"http://127.0.0.1:{port}" for port in api_ports],
+        parks_url=f"http://127.0.0.1:{ports['parks']}",
+        processes={},
+    )
+    try:
+        for name, args in commands.items():
+            city.processes[name] = Process.start(name, args, env=env, cwd=workdir, logs=logs)
+        for url in [*city.api_urls, city.parks_url]:
+            probe = f"{url}/healthz" if url in city.api_urls else f"{url}/_sandbox/"
+            city.wait_until(functools.partial(_answers, probe), timeout=STARTUP_TIMEOUT, what=probe)
+        work_queue = f"civicbus.work.{INSTANCE}"
+        city.wait_until(
+            lambda: queue_consumers(env["CIVICBUS_AMQP_URL"], [work_queue])[work_queue] == 2,
+            timeout=STARTUP_TIMEOUT,
+            what=f"both workers consuming {work_queue}",
+        )
+    except BaseException:
+        _stop(city)
+        raise
+    yield city
+    problems = _stop(city)
+    assert not problems, "; ".join(problems) + "\n" + city.diagnose()
+
+
+def _answers(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def _stop(city: ScaledCity) -> list[str]:
+    """Stop every part still running; what went wrong with the ones the test did not kill."""
+    problems = []
+    for name, process in reversed(city.processes.items()):
+        killed = process.popen.returncode == -signal.SIGKILL
+        problem = process.stop()
+        if problem and not killed and not _graceful_api(name, process):
+            problems.append(problem)
+    return problems
+
+
+def _graceful_api(name: str, process: Process) -> bool:
+    """uvicorn re-raises the SIGTERM once it has shut down gracefully."""
+    return (
+        name.startswith("api")
+        and process.popen.returncode == -signal.SIGTERM
+        and any(e.get("event", "").startswith("Finished server process") for e in process.events())
+    )
+
+
+def _relay_lease_holder(engine: sa.Engine) -> str | None:
+    with engine.connect() as conn:
+        holder = conn.execute(sa.text("SELECT holder FROM leases WHERE name = 'relay'")).scalar()
+    return str(holder) if holder is not None else None
+
+
+def _kill(process: Process) -> None:
+    os.kill(process.popen.pid, signal.SIGKILL)
+    process.popen.wait(timeout=10)
+
+
+def _fault(city: ScaledCity, mode: dict[str, object]) -> None:
+    response = httpx.put(f"{city.parks_url}/_sandbox/fault", json=mode, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def _held(city: ScaledCity) -> list[dict[str, object]]:
+    """The work requests the parks back-end holds."""
+    response = httpx.get(f"{city.parks_url}/_sandbox/items", timeout=10)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, object]] = response.json()
+    return items
+
+
+def _post(city: ScaledCity, key: str, n: int) -> str:
+    code, jurisdiction = SERVICE
+    response = httpx.post(
+        f"{city.api_urls[n % 2]}/open311/v2/requests.json",
+        data={
+            "api_key": key,
+            "jurisdiction_id": jurisdiction,
+            "service_code": code,
+            "lat": "39.80",
+            "long": "-89.64",
+            "description": f"Broken swing number {n}",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()[0]["service_request_id"])
+
+
+def test_copies_of_every_part_deliver_each_request_once_while_a_relay_and_a_worker_die(
+    scaled: ScaledCity,
+) -> None:
+    key = run_cli(["clients", "add", "scaled-app"], env=scaled.env, cwd=scaled.workdir)
+    api_key = key.stdout.strip().splitlines()[-1]
+    store = Store.open(scaled.env["CIVICBUS_DATABASE_URL"])
+    engine = sa.create_engine(scaled.env["CIVICBUS_DATABASE_URL"])
+    try:
+        holder = scaled.wait_until(
+            lambda: _relay_lease_holder(engine), timeout=STARTUP_TIMEOUT, what="a relay's lease"
+        )
+        relays = {p.popen.pid: name for name, p in scaled.processes.items() if "relay" in name}
+        active = relays[int(str(holder).split(":")[1])]
+        standby = next(name for name in relays.values() if name != active)
+
+        # A slow back-end, so that the workers are inside a call when one of them dies.
+        _fault(scaled, {"mode": "slow", "delay": 0.5})
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            first = list(pool.map(functools.partial(_post, scaled, api_key), range(REQUESTS // 2)))
+            scaled.wait_until(
+                lambda: len(_held(scaled)) >= 2, timeout=DELIVERY_TIMEOUT, what="work under way"
+            )
+            # Mid-stream: the active relay and one worker die without a chance to clean up.
+            _kill(scaled.processes[active])
+            _kill(scaled.processes["worker-a"])
+            _fault(scaled, {"mode": "none"})
+            rest = range(REQUESTS // 2, REQUESTS)
+            second = list(pool.map(functools.partial(_post, scaled, api_key), rest))
+        posted = first + second
+        assert len(set(posted)) == REQUESTS
+
+        def delivered() -> bool:
+            return all(
+                any(e.action == "submitted" for e in store.audit_trail(request_id))
+                for request_id in posted
+            )
+
+        scaled.wait_until(
+            delivered, timeout=DELIVERY_TIMEOUT, what=f"all {REQUESTS} requests submitted"
+        )
+        references = [str(item["external_reference"]) for item in _held(scaled)]
+        assert sorted(references) == sorted(posted), "the parks back-end holds each request once"
+        for request_id in posted:
+            submitted = [
+                e.outcome for e in store.audit_trail(request_id) if e.action == "submitted"
+            ]
+            # "found": the killed worker had created it; the redelivery found it there.
+            assert submitted in (["ok"], ["found"]), (request_id, submitted)
+        assert not store.pending_outbox(), "every outbox row was relayed"
+        new_holder = _relay_lease_holder(engine)
+        assert new_holder is not None
+        assert relays[int(new_holder.split(":")[1])] == standby
+    finally:
+        store.close()
+        engine.dispose()
