@@ -43,14 +43,29 @@ def is_removed_subscription(store: Store, route: str) -> bool:
     return queue_of_route(route) is not None and route not in active
 
 
-def check_replayable_route(store: Store, route: str) -> None:
-    """DeadLetterError when `route` is a removed webhook subscription's: its queue was deleted
-    with it, so no queue would take a replay. (An instance removed from the config may still
-    have its queue; a replay no queue takes comes back to its dead letter, see bus.relay.)"""
+def is_unconfigured_instance(route: str, instances: Iterable[str]) -> bool:
+    """Whether `route` names an adapter instance (not a subscription) that is not in the
+    config: renamed or removed, while the store still holds its dead letters."""
+    return queue_of_route(route) is None and route not in set(instances)
+
+
+def check_replayable_route(store: Store, route: str, instances: Iterable[str]) -> None:
+    """DeadLetterError when `route` is no live route. A removed webhook subscription's queue
+    was deleted with it, so no queue would take a replay. An instance no longer in the config
+    has no worker: its queue, which nothing deletes, would take the replay and keep it where
+    neither `dead list` nor `civicbus status` looks. (A replay queued before its instance left
+    the config and that no queue takes comes back to its dead letter, see bus.relay.)"""
     if is_removed_subscription(store, route):
         raise DeadLetterError(
             f"{route} is a removed webhook subscription: its queue is gone, no replay would "
             f"reach it. Drop its dead letters: civicbus dead drop {route} --all"
+        )
+    if is_unconfigured_instance(route, instances):
+        raise DeadLetterError(
+            f"{route} is no adapter instance in the config (renamed or removed?): no worker "
+            "would take a replay, it would wait in a queue nobody reads. Put the instance back "
+            f"in the config to replay its dead letters, or drop them: civicbus dead drop {route} "
+            "--all"
         )
 
 

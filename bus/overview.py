@@ -21,6 +21,7 @@ from bus.liveness import FORGET_AFTER, hung_after, is_silent
 from bus.poller import lease_name as poller_lease
 from bus.relay import LEASE as RELAY_LEASE
 from bus.store import AuditEntry, PollerRounds, Store, StoreOverview, Subscription, WorkerLiveness
+from bus.subscription_names import queue_of_route
 from bus.subscriptions import queue_name, route_name
 
 #: An outbox event older than this while a relay is active means the relay is not keeping up.
@@ -72,6 +73,16 @@ class Recipient:
 
 
 @dataclass(frozen=True)
+class UnconfiguredRoute:
+    """A name dead letters wait under that is no recipient: an adapter instance renamed or
+    removed from the config, or a removed webhook subscription (`sub.<id>`)."""
+
+    name: str
+    dead_letters: int
+    removed_subscription: bool
+
+
+@dataclass(frozen=True)
 class Overview:
     at: datetime
     store: StoreOverview
@@ -79,6 +90,17 @@ class Overview:
     recipients: list[Recipient]
     #: How long a worker may hold one message before it is taken as hung, by recipient.
     hung_after: Mapping[str, timedelta] = field(default_factory=dict)
+
+    @cached_property
+    def unconfigured(self) -> list[UnconfiguredRoute]:
+        """The routes with dead letters waiting that no recipient answers to, by name: the
+        store counts every route's, whatever the config says (and so does /metrics)."""
+        recipients = {c.name for c in self.recipients}
+        return [
+            UnconfiguredRoute(name, count, queue_of_route(name) is not None)
+            for name, count in sorted(self.store.dead_letters.items())
+            if count and name not in recipients
+        ]
 
     @cached_property
     def problems(self) -> list[str]:
@@ -163,7 +185,26 @@ def _problems(overview: Overview) -> list[str]:
                 f"{c.name}: {c.dead_in_queue} message(s) in {c.dead_queue}: "
                 "`civicbus dead keep` moves them into the store; is it running?"
             )
+    found.extend(_unconfigured_problem(r) for r in overview.unconfigured)
     return found
+
+
+def _unconfigured_problem(route: UnconfiguredRoute) -> str:
+    """Dead letters no recipient answers to wait for a decision as much as any other (and
+    civicbus_dead_letters_waiting counts them): only the advice differs."""
+    name = route.name
+    waiting = f"{name}: {route.dead_letters} dead letter(s) wait for a decision, and {name}"
+    if route.removed_subscription:
+        return (
+            f"{waiting} is a removed webhook subscription: no replay can reach them; "
+            f"`civicbus dead list {name}` shows them, `civicbus dead drop {name} --all` gives "
+            "them up"
+        )
+    return (
+        f"{waiting} is no adapter instance in the config (renamed or removed?): "
+        f"`civicbus dead list {name}` shows them, `civicbus dead drop {name} --all` gives them "
+        "up; to replay them, put the instance back in the config"
+    )
 
 
 def _relay_problems(overview: Overview) -> list[str]:

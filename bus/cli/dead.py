@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
             _known_route(rt, instance)
             letters = deadletters.list_dead_letters(rt.store, instance)
             removed = deadletters.is_removed_subscription(rt.store, instance)
+            unconfigured = deadletters.is_unconfigured_instance(instance, rt.config.instances)
         if not letters:
             typer.echo(f"no dead letters for {instance}")
             return
@@ -40,6 +41,13 @@ def register(app: typer.Typer) -> None:
         if removed:
             typer.echo(
                 f"note: {instance} is a removed webhook subscription, no replay can reach it: "
+                f"`civicbus dead drop {instance} --all` gives up on these",
+                err=True,
+            )
+        if unconfigured:
+            typer.echo(
+                f"note: {instance} is no adapter instance in the config (renamed or removed?): "
+                "`civicbus dead replay` refuses it until the instance is back in the config; "
                 f"`civicbus dead drop {instance} --all` gives up on these",
                 err=True,
             )
@@ -59,7 +67,8 @@ def register(app: typer.Typer) -> None:
         ids: list[str] = typer.Argument(None, metavar="[ID]...", show_default=False),
         replay_all: bool = typer.Option(False, "--all", help="Replay every waiting dead letter."),
     ) -> None:
-        """Send dead letters back to the instance's queue (through the outbox and the relay)."""
+        """Send dead letters back to the instance's queue (through the outbox and the relay); the
+        instance must be in the config."""
         if not ids and not replay_all:
             _usage("name dead letter IDs or --all")
         if ids and replay_all:
@@ -67,7 +76,7 @@ def register(app: typer.Typer) -> None:
         numbers = _ids(ids or [], "dead replay INSTANCE ID...")
         with runtime() as rt, _operator_errors():
             _known_route(rt, instance)
-            deadletters.check_replayable_route(rt.store, instance)
+            deadletters.check_replayable_route(rt.store, instance, rt.config.instances)
             letters = deadletters.replay(rt.store, instance, None if replay_all else numbers)
         for letter in letters:
             typer.echo(f"replayed {letter.id} (request {letter.request_id or '-'})")

@@ -91,6 +91,7 @@ def _as_json(o: Overview) -> str:
         "broker_error": o.broker_error,
         "workers": [{**asdict(w), "silent": is_silent(w, o.at)} for w in o.store.workers],
         "recipients": [asdict(c) for c in o.recipients],
+        "unconfigured_routes": [asdict(r) for r in o.unconfigured],
         "problems": o.problems,
         "notes": o.notes,
     }

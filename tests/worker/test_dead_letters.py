@@ -92,11 +92,19 @@ routing: {default: desk}
 instances:
   desk: {kind: memory}
 """
+#: The same city with `roads` configured too: only then can its dead letters be replayed.
+WITH_ROADS = f"{CONFIG}  {INSTANCE}: {{kind: memory}}\n"
 
 
 @pytest.fixture
 def cli(store: Store, use_config: Callable[[str], dict[str, str]]) -> CliRunner:
     use_config(CONFIG)
+    return CliRunner()
+
+
+@pytest.fixture
+def roads_cli(store: Store, use_config: Callable[[str], dict[str, str]]) -> CliRunner:
+    use_config(WITH_ROADS)
     return CliRunner()
 
 
@@ -110,18 +118,18 @@ def dead_letter_for(store: Store, topology: str, body: bytes | None = None) -> s
     return envelope.subject if envelope else None
 
 
-def test_dead_list_show_replay_and_drop(cli: CliRunner, store: Store, topology: str) -> None:
+def test_dead_list_show_replay_and_drop(roads_cli: CliRunner, store: Store, topology: str) -> None:
     request_id = dead_letter_for(store, topology)
     dead_letter_for(store, topology, b"garbage")
     first, second = store.dead_letters(INSTANCE)
 
-    listed = cli.invoke(app, ["dead", "list", INSTANCE])
+    listed = roads_cli.invoke(app, ["dead", "list", INSTANCE])
     assert listed.exit_code == 0, listed.output
     assert request_id in listed.output and "PermanentError" in listed.output
-    assert "MalformedMessage" in listed.output
+    assert "MalformedMessage" in listed.output and "note:" not in listed.output
     assert str(first.id) in listed.output and str(second.id) in listed.output
 
-    shown = cli.invoke(app, ["dead", "show", str(first.id)])
+    shown = roads_cli.invoke(app, ["dead", "show", str(first.id)])
     assert shown.exit_code == 0, shown.output
     # Log lines may share the output (logging is configured per process): read the JSON alone.
     start = shown.stdout.index('{\n  "id"')
@@ -129,32 +137,34 @@ def test_dead_list_show_replay_and_drop(cli: CliRunner, store: Store, topology: 
     assert document["request_id"] == request_id and document["attempts"] == 1
     assert document["envelope"]["subject"] == request_id
 
-    refused = cli.invoke(app, ["dead", "replay", INSTANCE, str(second.id)])
+    refused = roads_cli.invoke(app, ["dead", "replay", INSTANCE, str(second.id)])
     assert refused.exit_code == 1 and "cannot be replayed" in refused.output
 
-    replayed = cli.invoke(app, ["dead", "replay", INSTANCE, str(first.id)])
+    replayed = roads_cli.invoke(app, ["dead", "replay", INSTANCE, str(first.id)])
     assert replayed.exit_code == 0, replayed.output
     assert [r.envelope.subject for r in store.pending_outbox()][-1] == request_id
 
-    dropped = cli.invoke(app, ["dead", "drop", str(second.id)])
+    dropped = roads_cli.invoke(app, ["dead", "drop", str(second.id)])
     assert dropped.exit_code == 0, dropped.output
     assert store.dead_letters(INSTANCE) == []
-    assert "no dead letters for roads" in cli.invoke(app, ["dead", "list", INSTANCE]).output
+    assert "no dead letters for roads" in roads_cli.invoke(app, ["dead", "list", INSTANCE]).output
 
     audited = [e.action for e in store.audit_trail(request_id)]  # type: ignore[arg-type]
     assert "replayed" in audited
 
 
-def test_dead_replay_all_and_argument_errors(cli: CliRunner, store: Store, topology: str) -> None:
+def test_dead_replay_all_and_argument_errors(
+    roads_cli: CliRunner, store: Store, topology: str
+) -> None:
     ids = [dead_letter_for(store, topology) for _ in range(2)]
 
-    assert cli.invoke(app, ["dead", "replay", INSTANCE]).exit_code == 2
-    assert cli.invoke(app, ["dead", "replay", INSTANCE, "1", "--all"]).exit_code == 2
-    assert cli.invoke(app, ["dead", "show", "999"]).exit_code == 1
-    elsewhere = cli.invoke(app, ["dead", "replay", "desk", "1"])
+    assert roads_cli.invoke(app, ["dead", "replay", INSTANCE]).exit_code == 2
+    assert roads_cli.invoke(app, ["dead", "replay", INSTANCE, "1", "--all"]).exit_code == 2
+    assert roads_cli.invoke(app, ["dead", "show", "999"]).exit_code == 1
+    elsewhere = roads_cli.invoke(app, ["dead", "replay", "desk", "1"])
     assert elsewhere.exit_code == 1 and "belongs to roads, not desk" in elsewhere.output
 
-    result = cli.invoke(app, ["dead", "replay", INSTANCE, "--all"])
+    result = roads_cli.invoke(app, ["dead", "replay", INSTANCE, "--all"])
     assert result.exit_code == 0, result.output
     assert "2 dead letter(s) replayed" in result.output
     assert {r.envelope.subject for r in store.pending_outbox() if r.routing_key == INSTANCE} == set(
@@ -200,12 +210,12 @@ def test_dead_drop_takes_the_instance_first_as_replay_does(cli: CliRunner, store
     assert store.dead_letters(INSTANCE) == []
 
 
-def test_dead_show_includes_its_history(cli: CliRunner, store: Store, topology: str) -> None:
+def test_dead_show_includes_its_history(roads_cli: CliRunner, store: Store, topology: str) -> None:
     request_id = dead_letter_for(store, topology)
     (letter,) = store.dead_letters(INSTANCE)
-    assert cli.invoke(app, ["dead", "replay", INSTANCE, str(letter.id)]).exit_code == 0
+    assert roads_cli.invoke(app, ["dead", "replay", INSTANCE, str(letter.id)]).exit_code == 0
 
-    shown = cli.invoke(app, ["dead", "show", str(letter.id)])
+    shown = roads_cli.invoke(app, ["dead", "show", str(letter.id)])
 
     assert shown.exit_code == 0, shown.output
     start = shown.stdout.index('{\n  "id"')
@@ -282,6 +292,50 @@ def test_dead_letters_left_by_an_earlier_removal_are_listed_with_how_to_drop_the
     assert [(e.actor, e.details["instance"]) for e in audited] == [("cli:dead-drop", route)] * 2
     again = cli.invoke(app, ["dead", "drop", route, "--all"])
     assert again.exit_code == 0 and f"0 dead letter(s) of {route} dropped" in again.output
+
+
+def test_dead_letters_of_an_instance_no_longer_in_the_config_are_listed_and_dropped_not_replayed(
+    cli: CliRunner, store: Store
+) -> None:
+    """Renamed or removed from the config, `roads` has no worker: a replay would wait in its
+    queue (nothing deletes it) where no one reads it, marked replayed."""
+    envelopes = [new_request(store) for _ in range(2)]
+    with store.transaction() as tx:
+        for envelope in envelopes:
+            tx.record_dead_letter(
+                instance=INSTANCE,
+                message_id=envelope.id,
+                request_id=envelope.subject,
+                reason="PermanentError: rejected",
+                envelope=envelope.model_dump(mode="json"),
+            )
+        tx.record_dead_letter(instance="desk", message_id="m-3", reason="x", envelope=None)
+    first = store.dead_letters(INSTANCE)[0]
+
+    listed = cli.invoke(app, ["dead", "list", INSTANCE])
+    refused = [
+        cli.invoke(app, ["dead", "replay", INSTANCE, *ids]) for ids in (["--all"], [str(first.id)])
+    ]
+    dropped = cli.invoke(app, ["dead", "drop", INSTANCE, "--all"])
+
+    assert listed.exit_code == 0, listed.output
+    assert str(first.id) in listed.output
+    assert f"note: {INSTANCE} is no adapter instance in the config (renamed or removed?)" in (
+        listed.output
+    )
+    assert f"`civicbus dead drop {INSTANCE} --all`" in listed.output
+    for result in refused:
+        assert result.exit_code == 1, result.output
+        assert f"{INSTANCE} is no adapter instance in the config" in result.output
+        assert "Put the instance back in the config" in result.output
+        assert f"civicbus dead drop {INSTANCE} --all" in result.output
+    assert dropped.exit_code == 0, dropped.output
+    assert dropped.output.splitlines()[-1] == f"2 dead letter(s) of {INSTANCE} dropped"
+    assert [r for r in store.pending_outbox() if r.routing_key == INSTANCE] == []
+    assert store.dead_letters(INSTANCE) == []
+    assert store.overview().dead_letters == {"desk": 1}
+    again = cli.invoke(app, ["dead", "list", INSTANCE])
+    assert again.exit_code == 0 and f"no dead letters for {INSTANCE}" in again.output
 
 
 def test_dead_drop_all_takes_the_instance_and_no_ids(cli: CliRunner, store: Store) -> None:

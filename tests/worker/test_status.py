@@ -22,6 +22,7 @@ from worker_support import (
     wait_until,
 )
 
+from bus import deadletters
 from bus import overview as overview_module
 from bus.broker.connection import connect
 from bus.broker.topology import (
@@ -33,7 +34,7 @@ from bus.broker.topology import (
 )
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy
-from bus.overview import Overview, take_overview
+from bus.overview import Overview, UnconfiguredRoute, take_overview
 from bus.relay import LEASE
 from bus.store import Store
 from bus.subscriptions import declare, queue_name, route_name
@@ -135,6 +136,87 @@ def test_dead_letters_and_missing_queues_are_named_with_what_to_do(
         p.startswith(f"never-started: the broker has no queue {work_queue('never-started')}")
         for p in seen.problems
     )
+
+
+def waiting_dead_letters(store: Store, route: str, count: int) -> None:
+    with store.transaction() as tx:
+        for n in range(count):
+            tx.record_dead_letter(
+                instance=route, message_id=f"{route}-{n}", reason="PermanentError: x", envelope=None
+            )
+
+
+def test_dead_letters_under_a_name_no_recipient_answers_to_are_a_problem_with_what_to_do(
+    store: Store, topology: str
+) -> None:
+    """An instance renamed or removed from the config, a subscription removed before its
+    removal dropped them: their dead letters still wait, and /metrics counts them."""
+    removed = store.add_subscription("http://127.0.0.1:9/hook", ["request.*"])
+    store.remove_subscription(removed.id)
+    old_sub = route_name(removed.id)
+    waiting_dead_letters(store, "old-roads", 2)
+    waiting_dead_letters(store, old_sub, 1)
+    waiting_dead_letters(store, INSTANCE, 1)
+    waiting_dead_letters(store, "given-up", 1)
+    assert deadletters.drop_all(store, "given-up")
+
+    seen = look(store, topology)
+
+    assert [c.name for c in seen.recipients] == [INSTANCE]
+    assert seen.recipients[0].dead_letters == 1
+    assert seen.unconfigured == [
+        UnconfiguredRoute("old-roads", 2, removed_subscription=False),
+        UnconfiguredRoute(old_sub, 1, removed_subscription=True),
+    ]
+    assert [p for p in seen.problems if "dead letter(s)" in p] == [
+        f"{INSTANCE}: 1 dead letter(s) wait for a decision: `civicbus dead list {INSTANCE}`",
+        "old-roads: 2 dead letter(s) wait for a decision, and old-roads is no adapter instance "
+        "in the config (renamed or removed?): `civicbus dead list old-roads` shows them, "
+        "`civicbus dead drop old-roads --all` gives them up; to replay them, put the instance "
+        "back in the config",
+        f"{old_sub}: 1 dead letter(s) wait for a decision, and {old_sub} is a removed webhook "
+        f"subscription: no replay can reach them; `civicbus dead list {old_sub}` shows them, "
+        f"`civicbus dead drop {old_sub} --all` gives them up",
+    ]
+
+
+def test_the_command_names_dead_letters_under_a_name_not_in_the_config_until_dropped(
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory, retry: {{tiers: [0.2, 0.4]}}}}}}\n"
+    )
+    waiting_dead_letters(store, "old-roads", 2)
+    cli = CliRunner()
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: look(store, topology).recipients[0].consumers == 1, what="a consumer")
+        text = cli.invoke(app, ["status"])
+        as_json = cli.invoke(app, ["status", "--json"])
+        dropped = cli.invoke(app, ["dead", "drop", "old-roads", "--all"])
+        text_after = cli.invoke(app, ["status"])
+        json_after = cli.invoke(app, ["status", "--json"])
+
+    assert text.exit_code == 1, text.output
+    [line] = [line for line in text.output.splitlines() if "old-roads" in line]
+    assert line.startswith(
+        "  - old-roads: 2 dead letter(s) wait for a decision, and old-roads is no adapter "
+        "instance in the config"
+    )
+    assert "`civicbus dead drop old-roads --all`" in line
+    document = json.loads(as_json.output)
+    assert as_json.exit_code == 1
+    assert document["unconfigured_routes"] == [
+        {"name": "old-roads", "dead_letters": 2, "removed_subscription": False}
+    ]
+    assert [p for p in document["problems"] if p.startswith("old-roads: 2 dead letter(s)")]
+    assert [r["name"] for r in document["recipients"]] == [INSTANCE]
+    assert dropped.exit_code == 0, dropped.output
+    assert text_after.exit_code == 0, text_after.output
+    assert "problems: none" in text_after.output and "old-roads" not in text_after.output
+    assert json.loads(json_after.output)["unconfigured_routes"] == []
 
 
 def test_an_unreachable_broker_still_shows_the_store(store: Store) -> None:
