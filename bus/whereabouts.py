@@ -49,12 +49,16 @@ def whereabouts(
     now: datetime | None = None,
     unconsumed: Collection[str] = (),
     held_by: WorkerLiveness | None = None,
+    configured: Collection[str] | None = None,
 ) -> Whereabouts:
     """The stage the request is stuck in, since when, why, and what an operator can try.
 
     `unconsumed`: the instances whose work queue has no consumer, as the broker said; a
     request waiting for one of them waits for its worker to start, whatever its back-end does.
     `held_by`: the live worker that reports holding the request's command now, if any.
+    `configured`: the adapter instances of the config, when known: a request on its way to an
+    instance since renamed or removed waits for a worker that will never come, and its dead
+    letter cannot be replayed (`civicbus dead replay` refuses such an instance).
     """
     now = now or datetime.now(UTC)
     if held_by is not None and held_by.working_since is not None:
@@ -69,8 +73,13 @@ def whereabouts(
             "is `civicbus relay` running, and the broker reachable?",
         )
     instance = _instance(hop)
+    gone = configured is not None and instance is not None and instance not in configured
     no_worker = (
-        f"no worker is consuming {work_queue(instance)}: start `civicbus worker {instance}`"
+        f"{instance} is no adapter instance in the config (renamed or removed?): no worker will "
+        f"take the message waiting in {work_queue(instance)}; put the instance back in the "
+        "config and start its worker"
+        if gone
+        else f"no worker is consuming {work_queue(instance)}: start `civicbus worker {instance}`"
         if instance in unconsumed and instance is not None
         else None
     )
@@ -117,15 +126,25 @@ def whereabouts(
             "nothing will deliver it; re-submit the report if it still matters",
         )
     dead_id = _open_dead_letter(item, instance)
+    if dead_id is None:
+        hint = f"`civicbus dead list {instance}`"
+    elif gone:
+        hint = (
+            f"`civicbus dead show {dead_id}`; {instance} is no adapter instance in the config "
+            "(renamed or removed?): put it back in the config to replay it, or give it up with "
+            f"`civicbus dead drop {instance} {dead_id}`"
+        )
+    else:
+        hint = (
+            f"`civicbus dead show {dead_id}`; once the cause is fixed, "
+            f"`civicbus dead replay {instance} {dead_id}`"
+        )
     return Whereabouts(
         "dead-lettered",
         instance,
         hop.at,
         str(hop.details.get("reason", "(no reason recorded)")),
-        f"`civicbus dead show {dead_id}`; once the cause is fixed, "
-        f"`civicbus dead replay {instance} {dead_id}`"
-        if dead_id is not None
-        else f"`civicbus dead list {instance}`",
+        hint,
     )
 
 

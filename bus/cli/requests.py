@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
             items = rt.store.undelivered(accepted_before=now - age, limit=limit)
             holders = _holders(rt.store.workers(), now) if items else {}
             unconsumed = _unconsumed(items, rt.env.amqp_url)
+            configured = set(rt.config.instances)
         if not items:
             if not as_json:
                 typer.echo(f"no open request accepted over {older_than} ago lacks a back-end")
@@ -59,7 +60,13 @@ def register(app: typer.Typer) -> None:
             )
         for item in items:
             held_by = holders.get(item.request_id)
-            where = whereabouts(item, now=now, unconsumed=unconsumed, held_by=held_by)
+            where = whereabouts(
+                item,
+                now=now,
+                unconsumed=unconsumed,
+                held_by=held_by,
+                configured=configured,
+            )
             typer.echo(_as_json(item, where) if as_json else _as_lines(item, where, now))
         # Non-zero so that a cron job or a monitoring check can alert on it.
         raise typer.Exit(1)

@@ -5,6 +5,7 @@ where it is. The requests get there through the real relay, worker and dead lett
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from bus.broker.topology import EVENTS_EXCHANGE, work_queue
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy, load_config
 from bus.relay import Relay
-from bus.store import AuditEntry, Store, Undelivered
+from bus.store import AuditEntry, DeadLetter, DeadLetterState, Store, Undelivered
 from bus.whereabouts import whereabouts
 from bus.worker import command_consumer
 from schemas.events import Envelope
@@ -43,6 +44,17 @@ SLOW_RETRY = InstanceConfig(
 )
 
 
+#: The city `requests stuck` reads: the sandbox's sap-roads and the tests' instance, both
+#: configured (an instance missing from the config gets other advice).
+CONFIG = f"""
+jurisdictions: [{{id: springfield.example, name: Springfield}}]
+routing: {{default: {INSTANCE}}}
+instances:
+  sap-roads: {{kind: memory}}
+  {INSTANCE}: {{kind: memory}}
+"""
+
+
 def accepted(store: Store, description: str = "Deep pothole by the school") -> Envelope:
     """A request as the API leaves it: stored, its event in the outbox, audited."""
     envelope = new_request(store, description=description)
@@ -58,9 +70,9 @@ def stuck(*args: str) -> tuple[int, str]:
 
 
 def test_each_undelivered_request_is_found_where_it_is_stuck(
-    store: Store, topology: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
 ) -> None:
-    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    use_config(CONFIG)
     # Relayed and routed to sap-roads, where no worker runs.
     queued = accepted(store)
     assert Relay(store, load_config(REPO / "deploy/sandbox/civicbus.yaml"), topology).relay_batch()
@@ -169,10 +181,9 @@ def test_a_duration_further_back_than_a_century_is_refused_not_a_traceback(
 
 
 def test_a_request_whose_instance_has_no_worker_says_to_start_it_and_its_retry_is_overdue(
-    store: Store, topology: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
 ) -> None:
-    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("CIVICBUS_AMQP_URL", topology)
+    use_config(CONFIG)
     brief = InstanceConfig(
         kind="memory", retry=RetryPolicy(immediate_attempts=2, tiers=[1], max_attempts=3)
     )
@@ -218,3 +229,33 @@ def test_a_webhook_dead_letter_dropped_says_nothing_of_the_way_to_the_back_end()
     where = whereabouts(item)
 
     assert (where.stage, where.instance) == ("queued", INSTANCE)
+
+
+def test_an_instance_no_longer_in_the_config_is_named_instead_of_a_replay_or_a_worker() -> None:
+    # `dead replay` refuses an instance missing from the config, and no worker of it will start.
+    at = datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
+
+    def entry(action: str, actor: str, **details: object) -> AuditEntry:
+        return AuditEntry(0, at, actor, action, "req-1", "m-1", "ok", dict(details), "", "")
+
+    routed = entry("routed", "relay", instance="old-roads", rule="roads")
+    dead = entry("dead_lettered", "worker:old-roads", reason="rejected", dead_letter=5)
+    letter = DeadLetter(
+        5, "old-roads", "m-1", "req-1", "rejected", 1, at, at, None, DeadLetterState.DEAD
+    )
+    queued = Undelivered("req-1", "springfield.example", "POTHOLE", at, [routed], [])
+    dead_lettered = Undelivered(
+        "req-1", "springfield.example", "POTHOLE", at, [routed, dead], [letter]
+    )
+
+    waiting = whereabouts(queued, configured={"sap-roads"}, unconsumed={"old-roads"})
+    given_up = whereabouts(dead_lettered, configured={"sap-roads"})
+    replayable = whereabouts(dead_lettered, configured={"old-roads"})
+
+    assert waiting.stage == "queued"
+    assert "old-roads is no adapter instance in the config" in waiting.hint
+    assert "start `civicbus worker old-roads`" not in waiting.hint
+    assert given_up.stage == "dead-lettered"
+    assert "`civicbus dead drop old-roads 5`" in given_up.hint
+    assert "dead replay" not in given_up.hint
+    assert "`civicbus dead replay old-roads 5`" in replayable.hint
