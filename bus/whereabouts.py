@@ -74,15 +74,17 @@ def whereabouts(
         )
     instance = _instance(hop)
     gone = configured is not None and instance is not None and instance not in configured
-    no_worker = (
-        f"{instance} is no adapter instance in the config (renamed or removed?): no worker will "
-        f"take the message waiting in {work_queue(instance)}; put the instance back in the "
-        "config and start its worker"
-        if gone
-        else f"no worker is consuming {work_queue(instance)}: start `civicbus worker {instance}`"
-        if instance in unconsumed and instance is not None
-        else None
-    )
+    no_worker = None
+    if instance is not None and gone:
+        no_worker = (
+            f"{instance} is no adapter instance in the config (renamed or removed?): no worker "
+            f"will take the message waiting in {work_queue(instance)}; put the instance back in "
+            "the config and start its worker"
+        )
+    elif instance is not None and instance in unconsumed:
+        no_worker = (
+            f"no worker is consuming {work_queue(instance)}: start `civicbus worker {instance}`"
+        )
     if hop.action in ("routed", "replayed", "retried_now"):
         how = {"replayed": "replayed", "retried_now": "retried now by an operator"}.get(
             hop.action, f"rule {hop.details.get('rule')}"
