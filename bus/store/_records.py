@@ -226,3 +226,5 @@ class StoreOverview:
     pollers: dict[str, PollerRounds]
     #: The workers' latest reports (stopped workers removed theirs), by recipient then host.
     workers: list[WorkerLiveness]
+    #: Every adapter instance whose queues the relay has declared, in the config or not.
+    declared_instances: list[str]

@@ -14,6 +14,7 @@ from bus.store import (
     _audit_latest,
     _clients,
     _dead_letters,
+    _declared,
     _engine,
     _idempotency,
     _liveness,
@@ -204,6 +205,11 @@ class Store:
                 conn, accepted_before=accepted_before, limit=limit
             )
         )
+
+    def declared_instances(self) -> list[str]:
+        """Every adapter instance whose queues the relay has declared, by name, configured
+        now or not."""
+        return self._read(_declared.declared)
 
     def workers(self) -> list[WorkerLiveness]:
         """The running workers' latest heartbeats (and those of workers that died without

@@ -262,4 +262,14 @@ worker_liveness = sa.Table(
     sa.Column("working_since", UTCDateTime(), nullable=True),
 )
 
+# Every adapter instance whose queues the relay declared, ever (migration 0004): removing an
+# instance from the config does not delete its queues, and messages left in them would wait
+# there unseen. A few rows, read whole by `civicbus status` and `civicbus dead keep`.
+declared_instances = sa.Table(
+    "declared_instances",
+    metadata,
+    sa.Column("name", sa.Text(), primary_key=True),
+    sa.Column("first_declared_at", UTCDateTime(), nullable=False),
+)
+
 GENESIS_HASH = "0" * 64

@@ -11,6 +11,7 @@ from bus.store import (
     _audit,
     _clients,
     _dead_letters,
+    _declared,
     _idempotency,
     _leases,
     _liveness,
@@ -190,6 +191,10 @@ class Transaction:
     def release_lease(self, name: str, holder: str) -> bool:
         """Give the lease up; False if `holder` did not hold it."""
         return _leases.release(self._session, name, holder)
+
+    def remember_declared_instances(self, names: Collection[str]) -> None:
+        """Note that these adapter instances' queues exist on the broker (the first time only)."""
+        _declared.remember(self._session, names)
 
     def report_workers(self, beats: Sequence[WorkerLiveness]) -> None:
         """Record these heartbeats (a worker's, one per queue), replacing its earlier ones."""

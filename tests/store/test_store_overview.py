@@ -45,3 +45,17 @@ def test_the_overview_counts_what_waits_and_names_the_lease_holders(store: Store
     assert seen.oldest_waiting is not None and seen.oldest_waiting >= first_sent.created_at
     assert list(seen.leases) == ["relay"] and seen.leases["relay"].holder == "host-a:1"
     assert seen.dead_letters == {"sap-roads": 2, "permits": 1}
+
+
+def test_declared_instances_are_remembered_once_each_and_shown_in_the_overview(
+    store: Store,
+) -> None:
+    assert store.declared_instances() == [] and store.overview().declared_instances == []
+    with store.transaction() as tx:
+        tx.remember_declared_instances(["sap-roads", "permits"])
+    # A relay with a later config: one instance gone from it, one new; none is forgotten.
+    with store.transaction() as tx:
+        tx.remember_declared_instances(["permits", "parks"])
+
+    assert store.declared_instances() == ["parks", "permits", "sap-roads"]
+    assert store.overview().declared_instances == ["parks", "permits", "sap-roads"]
