@@ -113,6 +113,8 @@ class Relay:
         self._empty_looks = 0
         self._catalogue = {(s.jurisdiction, s.code) for s in config.services}
         self._warned_unknown: set[tuple[str, str]] = set()
+        #: Whether the store knows this config's instances as declared (see _commit).
+        self._declared_noted = False
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -294,6 +296,11 @@ class Relay:
                         details={"instance": routed[row.id].instance, "rule": routed[row.id].rule},
                     )
             tx.mark_sent([row.id for row in rows])
+            if not self._declared_noted:
+                # Their queues exist now (declared on connecting) and outlive the config's
+                # naming them: `civicbus status` watches those of instances removed since.
+                tx.remember_declared_instances(list(self.config.instances))
+        self._declared_noted = True
         for row_id, target in returned.items():
             log.error(
                 "relay.replay_returned",

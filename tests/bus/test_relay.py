@@ -123,6 +123,19 @@ def test_a_created_request_becomes_a_command_for_the_routed_instance_with_audit(
     assert routed[0].details == {"instance": "email-311", "rule": "default"}
 
 
+def test_the_store_remembers_the_instances_whose_queues_the_relay_declared(
+    store: Store, config: Config, amqp_url: str
+) -> None:
+    relay = Relay(store, config, amqp_url)
+    assert relay.relay_batch() == 0 and store.declared_instances() == []
+    accept(store, "POTHOLE")
+
+    relay.relay_batch()
+
+    # All of them, not only the one routed to: the relay declared every configured queue.
+    assert store.declared_instances() == sorted(config.instances)
+
+
 def test_a_service_missing_from_the_relays_catalogue_is_warned_about_once(
     store: Store, config: Config, amqp_url: str, channel: Any
 ) -> None:
