@@ -30,6 +30,14 @@ def live_routes(store: Store, instances: Iterable[str]) -> list[str]:
     return [*instances, *(route_name(s.id) for s in store.list_subscriptions())]
 
 
+def drained_routes(store: Store, instances: Iterable[str]) -> list[str]:
+    """The routes whose dead-letter queues `civicbus dead keep` drains: the live ones, and the
+    adapter instances the relay declared once and the config has dropped since (their queues
+    stay; what the broker dead-letters there must still reach the store)."""
+    live = live_routes(store, instances)
+    return [*live, *(name for name in store.declared_instances() if name not in live)]
+
+
 def known_routes(store: Store, instances: Iterable[str]) -> list[str]:
     """The live routes and every name the store holds dead letters for, sorted: an instance
     since removed from the config keeps its dead letters reachable."""

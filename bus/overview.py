@@ -83,6 +83,19 @@ class UnconfiguredRoute:
 
 
 @dataclass(frozen=True)
+class RemovedInstance:
+    """An adapter instance the relay once declared that is no longer in the config, with what
+    is still in its queues: nothing deletes them, and no worker of the config reads them."""
+
+    name: str
+    queue: str
+    queued: int
+    consumers: int
+    dead_queue: str
+    dead_in_queue: int
+
+
+@dataclass(frozen=True)
 class Overview:
     at: datetime
     store: StoreOverview
@@ -90,6 +103,8 @@ class Overview:
     recipients: list[Recipient]
     #: How long a worker may hold one message before it is taken as hung, by recipient.
     hung_after: Mapping[str, timedelta] = field(default_factory=dict)
+    #: Instances removed from the config whose queues still hold messages (or have consumers).
+    removed: list[RemovedInstance] = field(default_factory=list)
 
     @cached_property
     def unconfigured(self) -> list[UnconfiguredRoute]:
@@ -111,7 +126,7 @@ class Overview:
     @cached_property
     def notes(self) -> list[str]:
         """What an operator may want to know, though nothing is held up by it."""
-        return _worker_notes(self)
+        return [*_worker_notes(self), *_removed_instance_notes(self)]
 
 
 def take_overview(
@@ -127,13 +142,15 @@ def take_overview(
         *(_instance(name, config, seen) for name, config in instances.items()),
         *subscriptions,
     ]
+    removed_names = [name for name in seen.declared_instances if name not in instances]
     broker_error = None
+    removed: list[RemovedInstance] = []
     try:
-        recipients = _with_queue_states(recipients, instances, connect)
+        recipients, removed = _with_queue_states(recipients, instances, removed_names, connect)
     except BrokerUnavailable as exc:
         broker_error = str(exc)
     limits = {w.recipient: hung_after(w.recipient, instances) for w in seen.workers}
-    return Overview(at, seen, broker_error, recipients, limits)
+    return Overview(at, seen, broker_error, recipients, limits, removed)
 
 
 def _problems(overview: Overview) -> list[str]:
@@ -186,6 +203,28 @@ def _problems(overview: Overview) -> list[str]:
                 "`civicbus dead keep` moves them into the store; is it running?"
             )
     found.extend(_unconfigured_problem(r) for r in overview.unconfigured)
+    found.extend(p for r in overview.removed for p in _removed_instance_problems(r))
+    return found
+
+
+def _removed_instance_problems(r: RemovedInstance) -> list[str]:
+    """Messages left in the queues of an instance taken out of the config: the relay routes
+    nothing new there, but what it routed before waits for a worker that no longer runs."""
+    gone = f"{r.name} is no adapter instance in the config (renamed or removed?)"
+    found = []
+    if r.queued and not r.consumers:
+        found.append(
+            f"{r.name}: {r.queued} message(s) wait in {r.queue}, and {gone}: no worker takes "
+            f"them. Put the instance back in the config and run `civicbus worker {r.name}` "
+            "until its queue is empty, then remove it again; or give them up: "
+            f"rabbitmqctl -p <vhost> delete_queue {r.queue}"
+        )
+    if r.dead_in_queue:
+        found.append(
+            f"{r.name}: {r.dead_in_queue} message(s) in {r.dead_queue}, and {gone}: "
+            f"`civicbus dead keep` moves them into the store (then `civicbus dead list {r.name}`); "
+            "is it running?"
+        )
     return found
 
 
@@ -272,6 +311,17 @@ def _worker_problems(overview: Overview) -> list[str]:
             "to the queue, and a command that reached the back-end is found there, not made twice"
         )
     return found
+
+
+def _removed_instance_notes(overview: Overview) -> list[str]:
+    """A worker still consuming an instance taken out of the config (started before): it
+    drains what was routed there; stop it once the queue is empty."""
+    return [
+        f"{r.name}: is no adapter instance in the config, yet {r.consumers} worker(s) still "
+        f"consume {r.queue} ({r.queued} waiting); stop them once it is empty"
+        for r in overview.removed
+        if r.consumers
+    ]
 
 
 def _worker_notes(overview: Overview) -> list[str]:
@@ -410,8 +460,9 @@ def _error(entry: AuditEntry) -> str:
 def _with_queue_states(
     recipients: list[Recipient],
     instances: Mapping[str, InstanceConfig],
+    removed: list[str],
     connect: Callable[[], Any],
-) -> list[Recipient]:
+) -> tuple[list[Recipient], list[RemovedInstance]]:
     retry_queues = {
         name: [retry_queue(name, delay) for delay in retry_delays(config)]
         for name, config in instances.items()
@@ -419,12 +470,28 @@ def _with_queue_states(
     names = [c.queue for c in recipients]
     names += [c.dead_queue for c in recipients if c.dead_queue]
     names += [queue for queues in retry_queues.values() for queue in queues]
+    # A removed instance's retry tiers dead-letter back into its work queue: that one is enough.
+    names += [queue for name in removed for queue in (work_queue(name), dead_queue(name))]
     connection = connect()
     try:
         states = queue_states(connection, names)
     finally:
         close_quietly(connection)
-    return [_filled(c, states, retry_queues.get(c.name, [])) for c in recipients]
+    filled = [_filled(c, states, retry_queues.get(c.name, [])) for c in recipients]
+    return filled, [r for name in removed if (r := _removed(name, states)) is not None]
+
+
+def _removed(name: str, states: Mapping[str, QueueState | None]) -> RemovedInstance | None:
+    """The removed instance with what its queues hold; None when they hold nothing (or are
+    gone) and nothing consumes them."""
+    work, dead = states.get(work_queue(name)), states.get(dead_queue(name))
+    queued, consumers = (work.messages, work.consumers) if work else (0, 0)
+    dead_in_queue = dead.messages if dead else 0
+    if not (queued or consumers or dead_in_queue):
+        return None
+    return RemovedInstance(
+        name, work_queue(name), queued, consumers, dead_queue(name), dead_in_queue
+    )
 
 
 def _filled(

@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
             store = rt.store
 
             def routes() -> list[str]:
-                return deadletters.live_routes(store, instances)
+                return deadletters.drained_routes(store, instances)
 
             DeadQueueKeeper(rt.env.amqp_url, store, routes, stop=stop).run()
 

@@ -92,6 +92,7 @@ def _as_json(o: Overview) -> str:
         "workers": [{**asdict(w), "silent": is_silent(w, o.at)} for w in o.store.workers],
         "recipients": [asdict(c) for c in o.recipients],
         "unconfigured_routes": [asdict(r) for r in o.unconfigured],
+        "removed_instances": [asdict(r) for r in o.removed],
         "problems": o.problems,
         "notes": o.notes,
     }

@@ -376,3 +376,16 @@ def test_dead_list_columns_are_as_wide_as_their_contents(cli: CliRunner, store: 
     assert first.index("2026-03-01T12:00:00") == header.index("FIRST FAILURE")
     # Numbers end where their heading ends.
     assert first.index("12 ") + 2 == header.index("ATTEMPTS") + len("ATTEMPTS")
+
+
+def test_dead_keep_drains_the_dead_letter_queues_of_instances_taken_out_of_the_config(
+    store: Store,
+) -> None:
+    # Their queues stay on the broker; what lands in them must still reach the store.
+    with store.transaction() as tx:
+        tx.remember_declared_instances(["old-roads", INSTANCE])
+        subscription = tx.add_subscription("http://127.0.0.1:9/hook", ["request.*"])
+
+    routes = deadletters.drained_routes(store, [INSTANCE, "desk"])
+
+    assert routes == [INSTANCE, "desk", f"sub.{subscription.id}", "old-roads"]

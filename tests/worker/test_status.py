@@ -34,7 +34,7 @@ from bus.broker.topology import (
 )
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy
-from bus.overview import Overview, UnconfiguredRoute, take_overview
+from bus.overview import Overview, RemovedInstance, UnconfiguredRoute, take_overview
 from bus.relay import LEASE
 from bus.store import Store
 from bus.subscriptions import declare, queue_name, route_name
@@ -217,6 +217,78 @@ def test_the_command_names_dead_letters_under_a_name_not_in_the_config_until_dro
     assert text_after.exit_code == 0, text_after.output
     assert "problems: none" in text_after.output and "old-roads" not in text_after.output
     assert json.loads(json_after.output)["unconfigured_routes"] == []
+
+
+def test_messages_left_in_the_queues_of_an_instance_taken_out_of_the_config_are_a_problem(
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    # The relay declared INSTANCE's queues once (the topology fixture did here), and routed
+    # two commands there; then the instance left the config.
+    with store.transaction() as tx:
+        tx.remember_declared_instances([INSTANCE])
+    for _ in range(2):
+        publish(topology, new_request(store))
+    with channel_on(topology) as channel:
+        channel.basic_publish("", dead_queue(INSTANCE), b"given up by a worker")
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        "routing: {default: desk}\n"
+        "instances: {desk: {kind: memory}}\n"
+    )
+
+    while_configured = look(store, topology)
+    seen = wait_until(lambda: (s := look(store, topology, {})).removed and s, what="removed")
+    as_json = json.loads(CliRunner().invoke(app, ["status", "--json"]).output)
+
+    assert while_configured.removed == []
+    assert seen.removed == [
+        RemovedInstance(INSTANCE, work_queue(INSTANCE), 2, 0, dead_queue(INSTANCE), 1)
+    ]
+    waiting, dead = seen.problems
+    assert waiting.startswith(
+        f"{INSTANCE}: 2 message(s) wait in {work_queue(INSTANCE)}, and {INSTANCE} is no adapter "
+        "instance in the config (renamed or removed?): no worker takes them."
+    )
+    assert f"run `civicbus worker {INSTANCE}` until its queue is empty" in waiting
+    assert dead.startswith(f"{INSTANCE}: 1 message(s) in {dead_queue(INSTANCE)}, and ")
+    assert "`civicbus dead keep` moves them into the store" in dead
+    assert as_json["removed_instances"] == [
+        {
+            "name": INSTANCE,
+            "queue": work_queue(INSTANCE),
+            "queued": 2,
+            "consumers": 0,
+            "dead_queue": dead_queue(INSTANCE),
+            "dead_in_queue": 1,
+        }
+    ]
+
+
+def test_a_worker_still_draining_an_instance_taken_out_of_the_config_is_a_note(
+    store: Store, topology: str
+) -> None:
+    with store.transaction() as tx:
+        tx.remember_declared_instances([INSTANCE])
+    for _ in range(2):
+        publish(topology, new_request(store))
+    # A worker started with the old config: it holds one message, one waits.
+    with channel_on(topology) as channel:
+        held: list[int] = []
+        channel.basic_qos(prefetch_count=1)
+        channel.basic_consume(
+            work_queue(INSTANCE), lambda _ch, method, _p, _b: held.append(method.delivery_tag)
+        )
+        wait_until(lambda: channel.connection.process_data_events(0.1) or held, what="held")
+        seen = wait_until(
+            lambda: (s := look(store, topology, {})).removed and s.removed[0].queued == 1 and s,
+            what="one waiting",
+        )
+
+    assert seen.problems == []
+    assert seen.notes == [
+        f"{INSTANCE}: is no adapter instance in the config, yet 1 worker(s) still consume "
+        f"{work_queue(INSTANCE)} (1 waiting); stop them once it is empty"
+    ]
 
 
 def test_an_unreachable_broker_still_shows_the_store(store: Store) -> None:
