@@ -1,12 +1,16 @@
 """A stopping worker waits for the messages in hand for its stop grace at most: a handler
 still busy then (a back-end that never answers) is left behind, its message goes back to the
-queue unacknowledged, and the worker says which message it left."""
+queue unacknowledged, the worker says which message it left and `civicbus worker` exits 1."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +39,7 @@ from bus.broker.topology import work_queue
 from bus.store import Store
 from bus.worker import STOP_GRACE, Consumer, command_consumer, run_subscriptions
 from bus.worker._heartbeat import _LAST_WRITE_WAIT
+from schemas.events import Envelope
 from schemas.model import ServiceRequest, Status
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
@@ -262,3 +267,95 @@ def test_the_stop_grace_ends_before_the_supervisor_or_systemd_kills_the_worker()
         text = (REPO / "deploy" / "systemd" / unit).read_text()
         [timeout] = re.findall(r"^TimeoutStopSec=(\d+)$", text, re.M)
         assert int(timeout) > STOP_GRACE + _LAST_WRITE_WAIT
+
+
+# --- `civicbus worker` as an operator runs it ------------------------------------------------
+
+PARKS_CONFIG = """
+jurisdictions: [{{id: springfield.example, name: Springfield}}]
+routing: {{default: parks}}
+instances:
+  parks:
+    kind: parks
+    mapping: {mapping}
+    settings: {{base_url: "http://127.0.0.1:{port}", client_id: civicbus,
+               client_secret: not-a-secret, timeout: 30}}
+    retry: {{immediate_attempts: 1, tiers: [0.2], max_attempts: 2}}
+"""
+
+
+def start_cli_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bus", "worker", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def sigterm(worker: subprocess.Popen[bytes]) -> tuple[float, str]:
+    """SIGTERM the worker and wait for it (briefly); how long it took and what it logged."""
+    stopping = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = worker.communicate(timeout=8)
+    finally:
+        worker.kill()
+    return time.monotonic() - stopping, stderr.decode()
+
+
+def routed(amqp_url: str, envelope: Envelope, routing_key: str) -> bool:
+    try:
+        publish(amqp_url, envelope, routing_key=routing_key)
+    except (pika.exceptions.UnroutableError, pika.exceptions.ChannelClosedByBroker):
+        return False  # the worker has not declared its exchange or bound its queue yet
+    return True
+
+
+def test_civicbus_worker_stopped_with_a_back_end_that_never_answers_exits_1(
+    use_config: Callable[[str], dict[str, str]],
+    store: Store,
+    amqp_url: str,
+    silent: SilentServer,
+) -> None:
+    mapping = REPO / "mappings" / "parks.yaml"
+    env = use_config(PARKS_CONFIG.format(mapping=mapping, port=silent.port))
+    envelope = new_request(store)
+    worker = start_cli_worker(env, "parks", "--stop-grace", "1")
+    try:
+        wait_until(lambda: routed(amqp_url, envelope, "parks"), timeout=20, what="the queue")
+        assert silent.connected.wait(timeout=15), "the back-end was never called"
+    finally:
+        took, stderr = sigterm(worker)
+
+    assert worker.returncode == 1, stderr
+    assert took < 6  # not the back-end's 30 s timeout
+    assert "worker.stop_grace_expired" in stderr and envelope.id in stderr
+    method, properties = get_back(amqp_url, work_queue("parks"))
+    assert (properties.message_id, method.redelivered) == (envelope.id, True)
+    assert store.workers() == []
+
+
+def test_civicbus_worker_subscriptions_stopped_with_a_silent_subscriber_exits_1(
+    use_config: Callable[[str], dict[str, str]],
+    store: Store,
+    amqp_url: str,
+    silent: SilentServer,
+) -> None:
+    env = use_config("jurisdictions: [{id: springfield.example, name: Springfield}]\n")
+    sub_id = subscribe(store, amqp_url, f"http://127.0.0.1:{silent.port}/hook", ["request.*"])
+    envelope = status_event(new_request(store).subject, Status.FIXED)
+    publish_event(amqp_url, envelope, Status.FIXED.value)
+    worker = start_cli_worker(
+        {**env, "TEST_WEBHOOK_SECRET": SECRET}, "--subscriptions", "--stop-grace", "1"
+    )
+    try:
+        assert silent.connected.wait(timeout=20), "the subscriber was never called"
+    finally:
+        took, stderr = sigterm(worker)
+
+    assert worker.returncode == 1, stderr
+    assert took < 6  # not the webhook's 10 s timeout
+    assert "worker.stop_grace_expired" in stderr and envelope.id in stderr
+    method, properties = get_back(amqp_url, f"civicbus.sub.{sub_id}")
+    assert (properties.message_id, method.redelivered) == (envelope.id, True)
