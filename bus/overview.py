@@ -306,9 +306,10 @@ def _worker_problems(overview: Overview) -> list[str]:
             f"timeouts and retries allow {_minutes(limit)}): it looks hung (a call that never "
             "returns, a deadlock) and keeps its messages unacknowledged until the broker's "
             f"consumer timeout; its log has the last steps of {on}, `py-spy dump --pid "
-            f"{worker.pid}` on {worker.host} shows where it waits; restart it (it finishes "
-            "the message in hand before it stops: kill it if it does not): its messages go back "
-            "to the queue, and a command that reached the back-end is found there, not made twice"
+            f"{worker.pid}` on {worker.host} shows where it waits; restart it (SIGTERM waits its "
+            "stop grace, 8 s by default, for the message in hand, then leaves it to the broker): "
+            "its messages go back to the queue, and a command that reached the back-end is found "
+            "there, not made twice"
         )
     return found
 

@@ -4,9 +4,10 @@ Each part is the same command an operator would run alone (`civicbus api`, `civi
 `civicbus worker INSTANCE`, ...), so one machine and many machines run identical code. A child
 that dies is restarted with a growing delay; Ctrl-C or SIGTERM stops every child cleanly
 (SIGTERM first, so workers finish and ack their in-flight message, then SIGKILL after a grace
-period). A part others depend on (the sandbox's simulated back-ends) names the loopback ports it
-listens on; the parts after it start once those accept connections, so that the first poll of
-a back-end does not fail on a simulator still starting.
+period; a worker gives up on a message sooner, leaving it to the broker, and exits 1, which is
+logged as an unclean stop). A part others depend on (the sandbox's simulated back-ends) names
+the loopback ports it listens on; the parts after it start once those accept connections, so
+that the first poll of a back-end does not fail on a simulator still starting.
 
 Children die with the supervisor: on Linux each gets SIGTERM from the kernel when the supervisor
 dies, even by SIGKILL, and stops as cleanly as when asked. Parts name the addresses they listen

@@ -1,4 +1,5 @@
-"""`civicbus worker INSTANCE` and `civicbus worker --subscriptions`: run until SIGTERM/Ctrl-C."""
+"""`civicbus worker INSTANCE` and `civicbus worker --subscriptions`: run until SIGTERM/Ctrl-C;
+exit 1 when the stop had to leave a message in hand to the broker."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from adapters.mapping import MappingFileError
 from adapters.registry import RegistryError
 from bus.adapters_glue import build_adapter
 from bus.cli.common import runtime, service_logging
-from bus.worker import command_consumer, run_subscriptions
+from bus.worker import STOP_GRACE, command_consumer, run_subscriptions
+
+#: The exit status of a worker whose stop left messages in hand to the broker (a handler was
+#: still busy when the stop grace ran out): a supervisor or systemd shows an unclean stop.
+LEFT_MESSAGES = 1
 
 
 def register(app: typer.Typer) -> None:
@@ -24,10 +29,19 @@ def register(app: typer.Typer) -> None:
         subscriptions: bool = typer.Option(
             False, "--subscriptions", help="Deliver events to the webhook subscriptions instead."
         ),
+        stop_grace: float = typer.Option(
+            STOP_GRACE,
+            "--stop-grace",
+            min=0,
+            help="Seconds SIGTERM waits for the messages in hand before leaving them to the "
+            "broker (which redelivers them) and exiting 1.",
+        ),
     ) -> None:
         """Consume an adapter instance's commands (or the webhook subscriptions' events).
 
-        SIGTERM finishes the message in hand, acknowledges it and exits.
+        SIGTERM finishes the messages in hand, acknowledges them and exits; a message still
+        in hand after the stop grace is left unacknowledged, for the broker to redeliver, and
+        the worker exits 1.
         """
         service_logging()
         if (instance is None) == (not subscriptions):
@@ -42,7 +56,10 @@ def register(app: typer.Typer) -> None:
 
                 signal.signal(signal.SIGTERM, _stop)
                 signal.signal(signal.SIGINT, _stop)
-                run_subscriptions(rt.env.amqp_url, rt.store, stop=stop)
+                if not run_subscriptions(
+                    rt.env.amqp_url, rt.store, stop=stop, stop_grace=stop_grace
+                ):
+                    raise typer.Exit(LEFT_MESSAGES)
                 return
             assert instance is not None
             config = rt.config.instances.get(instance)
@@ -59,8 +76,16 @@ def register(app: typer.Typer) -> None:
             except (RegistryError, MappingFileError) as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc
+            left = False
             try:
-                consumer = command_consumer(rt.env.amqp_url, rt.store, instance, config, adapter)
-                consumer.run(install_signal_handlers=True)
+                consumer = command_consumer(
+                    rt.env.amqp_url, rt.store, instance, config, adapter, stop_grace=stop_grace
+                )
+                left = not consumer.run(install_signal_handlers=True)
             finally:
-                adapter.close()
+                # A thread left in a call to the back-end still uses the adapter, and closing
+                # it under that call could hang too; the process's exit closes its sockets.
+                if not left:
+                    adapter.close()
+            if left:
+                raise typer.Exit(LEFT_MESSAGES)

@@ -2,7 +2,8 @@
 with an idempotent consumer, quick retries, retry tiers and a dead letter channel.
 
 `command_consumer` and `subscription_consumer` build a ready `Consumer`; `run()` it, `stop()`
-it (SIGTERM does, when `run(install_signal_handlers=True)`).
+it (SIGTERM does, when `run(install_signal_handlers=True)`): it finishes the messages in hand, or
+after `STOP_GRACE` seconds leaves them to the broker, and `run()` returns False.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from bus.config import InstanceConfig
 from bus.liveness import HEARTBEAT_INTERVAL
 from bus.store import Store
 from bus.worker._commands import CommandWorker
-from bus.worker._consumer import BatchHandler, Broker, Consumer, Handler
+from bus.worker._consumer import STOP_GRACE, BatchHandler, Broker, Consumer, Handler
 from bus.worker._delivery import ATTEMPT_HEADER, FIRST_FAILURE_HEADER, REASON_HEADER, Delivery
 from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
@@ -29,6 +30,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "REASON_HEADER",
     "SMALL_RETRY_AFTER",
+    "STOP_GRACE",
     "BatchHandler",
     "Broker",
     "CommandWorker",
@@ -53,16 +55,23 @@ def command_consumer(
     adapter: Adapter,
     *,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    stop_grace: float = STOP_GRACE,
 ) -> Consumer:
     """A consumer of `civicbus.work.<instance>` running commands through `adapter`, reporting
-    its liveness to the store every `heartbeat_interval` seconds."""
+    its liveness to the store every `heartbeat_interval` seconds; a stop waits `stop_grace`
+    seconds at most for the messages in hand."""
 
     def declare(channel: Any) -> None:
         declare_topology(channel, {instance: config})
 
     heartbeat = Heartbeat(store, interval=heartbeat_interval)
     consumer = Consumer(
-        amqp_url, prefetch=config.prefetch, name=instance, declare=declare, heartbeat=heartbeat
+        amqp_url,
+        prefetch=config.prefetch,
+        name=instance,
+        declare=declare,
+        heartbeat=heartbeat,
+        stop_grace=stop_grace,
     )
     route = Route(instance, store, config.retry)
     slot = heartbeat.slot(instance)

@@ -9,6 +9,12 @@ cancels the consumers, lets the messages in hand finish and be acked, and return
 prefetched but not started go back to the queue when the channel closes. Each handler thread
 notes the message it holds in its slot, which the heartbeat (if any) reports from a thread of
 its own.
+
+A stop waits for the messages in hand for the stop grace at most. A handler still busy then
+(a back-end that never answers, a deadlock) is left behind: the worker logs which messages it
+holds, closes the connection without acking them, so that the broker redelivers them (the
+idempotent consumer finds what already reached the back-end), and returns False; the handler
+threads are daemon threads and end with the process.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
@@ -36,6 +43,15 @@ T = TypeVar("T")
 
 #: Pause before a message whose handling crashed (e.g. the store is down) is requeued.
 _REQUEUE_PAUSE = 1.0
+
+#: Seconds a stopping consumer waits for the messages in hand before it leaves them to the
+#: broker. Below `civicbus run`'s wait before SIGKILL (bus.supervisor.GRACE_SECONDS, 15 s) and
+#: systemd's TimeoutStopSec (60 s), with room left to close and remove the liveness reports.
+STOP_GRACE = 8.0
+
+#: After a lost connection, seconds the handler threads are waited for (their messages are
+#: back in the queue already) before consuming again on a new connection.
+_LOST_WAIT = 30.0
 
 
 class Broker(Protocol):
@@ -91,7 +107,8 @@ class ConnectionLost(Exception):
 
 
 class Consumer:
-    """Consume one or more queues with manual acks until `stop()` is called."""
+    """Consume one or more queues with manual acks until `stop()` is called; a stop waits
+    `stop_grace` seconds at most for the messages in hand."""
 
     def __init__(
         self,
@@ -102,6 +119,7 @@ class Consumer:
         declare: Declare | None = None,
         reconnect_delay: float = 2.0,
         heartbeat: Heartbeat | None = None,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self._params = connection_parameters(amqp_url)
         self._prefetch = prefetch
@@ -109,8 +127,11 @@ class Consumer:
         self._declare = declare
         self._reconnect_delay = reconnect_delay
         self._heartbeat = heartbeat
+        self._stop_grace = stop_grace
         self._subscriptions: list[_Subscription] = []
         self._stopping = threading.Event()
+        # Set when a stop left a handler busy with messages the broker is to redeliver.
+        self._abandoned = False
         self._connection: Any = None
         self._pending: set[Future[Any]] = set()
         self._lock = threading.Lock()
@@ -146,7 +167,8 @@ class Consumer:
         return [s.queue for s in self._subscriptions]
 
     def stop(self) -> None:
-        """Ask the consumer to finish the messages in hand and return (thread- and signal-safe)."""
+        """Ask the consumer to finish the messages in hand, within the stop grace, and return
+        (thread- and signal-safe)."""
         self._stopping.set()
 
     @property
@@ -154,8 +176,10 @@ class Consumer:
         """Set once the consumer is stopping; handlers that wait should wait on it."""
         return self._stopping
 
-    def run(self, *, install_signal_handlers: bool = False) -> None:
-        """Consume until stopped; reconnect after a lost connection."""
+    def run(self, *, install_signal_handlers: bool = False) -> bool:
+        """Consume until stopped; reconnect after a lost connection. Returns False when the
+        stop grace ran out with a handler still busy (its messages left unacked, for the broker
+        to redeliver), True when every handler was done."""
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
@@ -163,17 +187,20 @@ class Consumer:
             # Connecting would consume nothing and return at once, over and over.
             log.warning("worker.nothing_to_consume", worker=self._name)
             self._stopping.wait()
-            return
+            return True
         if self._heartbeat is not None:
             self._heartbeat.start()
-        clean = False
+        crashed = True
         try:
             self._run_until_stopped()
-            clean = True
+            crashed = False
         finally:
             if self._heartbeat is not None:
-                # After a crash the reports are left to go stale, for `civicbus status`.
-                self._heartbeat.stop(clean=clean)
+                # After a crash the reports are left to go stale, for `civicbus status`. A stop
+                # that left a message behind removes them as a clean one does: the message is
+                # back in the queue, not held by a worker that went silent.
+                self._heartbeat.stop(clean=not crashed)
+        return not self._abandoned
 
     def _run_until_stopped(self) -> None:
         while not self._stopping.is_set():
@@ -190,7 +217,7 @@ class Consumer:
         connection = pika.BlockingConnection(self._params)
         self._connection = connection
         lost = threading.Event()
-        threads: list[threading.Thread] = []
+        workers: list[tuple[_Subscription, threading.Thread]] = []
         try:
             channel = connection.channel()
             channel.confirm_delivery()
@@ -212,26 +239,69 @@ class Consumer:
                     daemon=True,
                 )
                 thread.start()
-                threads.append(thread)
+                workers.append((sub, thread))
             log.info("worker.consuming", worker=self._name, queues=self.queues)
-            cancelled = False
-            while any(t.is_alive() for t in threads):
+            stop_by: float | None = None
+            while _busy(workers):
                 connection.process_data_events(time_limit=0.1)
-                if self._stopping.is_set() and not cancelled:
+                if not self._stopping.is_set():
+                    continue
+                if stop_by is None:
                     for tag in tags:
                         channel.basic_cancel(tag)
-                    cancelled = True
+                    stop_by = time.monotonic() + self._stop_grace
+                elif time.monotonic() >= stop_by:
+                    # Not acked: closing the connection below gives them back to the broker.
+                    self._abandon(workers)
+                    break
         except AMQPError:
             lost.set()
-            self._fail_pending()
-            for thread in threads:
-                thread.join(timeout=30)
+            self._disconnect()
+            self._wait_after_loss(workers)
             raise
         finally:
-            self._connection = None
+            self._disconnect()
         if connection.is_open:
             connection.close()
         log.info("worker.stopped", worker=self._name)
+
+    def _wait_after_loss(self, workers: list[tuple[_Subscription, threading.Thread]]) -> None:
+        """Wait for the handler threads to give up the lost connection's messages, so that a
+        new connection does not start a second thread on a queue; a stop waits no longer
+        than its grace."""
+        give_up = time.monotonic() + _LOST_WAIT
+        stop_by: float | None = None
+        while (busy := [t for _, t in workers if t.is_alive()]) and time.monotonic() < give_up:
+            if self._stopping.is_set():
+                stop_by = stop_by or time.monotonic() + self._stop_grace
+                if time.monotonic() >= stop_by:
+                    self._abandon(workers)
+                    return
+            busy[0].join(timeout=0.1)
+
+    def _abandon(self, workers: list[tuple[_Subscription, threading.Thread]]) -> None:
+        """Say which messages the handler threads still busy hold, and leave them behind."""
+        now = time.time()
+        held = []
+        for sub, thread in workers:
+            work = sub.slot.work  # read once: the thread may end it meanwhile
+            if thread.is_alive() and work is not None:
+                held.append(
+                    {
+                        "queue": sub.queue,
+                        "message_id": work.message_id,
+                        "request_id": work.request_id,
+                        "held_s": round(now - work.since, 1),
+                    }
+                )
+        log.warning(
+            "worker.stop_grace_expired",
+            worker=self._name,
+            grace_s=self._stop_grace,
+            queues=[sub.queue for sub, thread in workers if thread.is_alive()],
+            held=held,
+        )
+        self._abandoned = True
 
     def _on_connection(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the connection thread and wait for its result."""
@@ -245,10 +315,11 @@ class Consumer:
             except BaseException as exc:
                 future.set_exception(exc)
 
-        connection = self._connection
-        if connection is None:
-            raise ConnectionLost("no broker connection")
         with self._lock:
+            # Checked under the lock: once `_disconnect` ran, no call waits on this connection.
+            connection = self._connection
+            if connection is None:
+                raise ConnectionLost("no broker connection")
             self._pending.add(future)
         try:
             connection.add_callback_threadsafe(call)
@@ -259,8 +330,11 @@ class Consumer:
             with self._lock:
                 self._pending.discard(future)
 
-    def _fail_pending(self) -> None:
+    def _disconnect(self) -> None:
+        """No more calls to the connection thread: those waiting, and any to come, raise
+        ConnectionLost (a call not run yet is skipped, not run late)."""
         with self._lock:
+            self._connection = None
             for future in self._pending:
                 if not future.done():
                     future.set_exception(ConnectionLost("broker connection lost"))
@@ -370,6 +444,10 @@ class _ChannelBroker:
         )
 
 
+def _busy(workers: list[tuple[_Subscription, threading.Thread]]) -> bool:
+    return any(thread.is_alive() for _, thread in workers)
+
+
 def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> Callable[..., None]:
     def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
         delivery = Delivery(
@@ -390,4 +468,4 @@ def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> C
     return on_message
 
 
-__all__ = ["BatchHandler", "Broker", "ConnectionLost", "Consumer", "Handler"]
+__all__ = ["STOP_GRACE", "BatchHandler", "Broker", "ConnectionLost", "Consumer", "Handler"]

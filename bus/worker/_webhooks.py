@@ -22,7 +22,7 @@ from bus.subscriptions import (
     route_name,
     webhook_for,
 )
-from bus.worker._consumer import Consumer
+from bus.worker._consumer import STOP_GRACE, Consumer
 from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
 from bus.worker._heartbeat import Heartbeat
@@ -38,9 +38,11 @@ def subscription_consumer(
     *,
     policy: RetryPolicy = SUBSCRIPTION_RETRY,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    stop_grace: float = STOP_GRACE,
 ) -> Consumer:
     """A consumer of these subscriptions' queues, one event at a time per subscription,
-    reporting its liveness to the store every `heartbeat_interval` seconds."""
+    reporting its liveness to the store every `heartbeat_interval` seconds; a stop waits
+    `stop_grace` seconds at most for the events in hand."""
 
     def declare_all(channel: Any) -> None:
         for subscription in subscriptions:
@@ -48,7 +50,12 @@ def subscription_consumer(
 
     heartbeat = Heartbeat(store, interval=heartbeat_interval)
     consumer = Consumer(
-        amqp_url, prefetch=1, name="subscriptions", declare=declare_all, heartbeat=heartbeat
+        amqp_url,
+        prefetch=1,
+        name="subscriptions",
+        declare=declare_all,
+        heartbeat=heartbeat,
+        stop_grace=stop_grace,
     )
     for subscription in subscriptions:
         try:
@@ -73,9 +80,16 @@ def run_subscriptions(
     refresh: float = 5.0,
     policy: RetryPolicy = SUBSCRIPTION_RETRY,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
-) -> None:
-    """Deliver subscriptions' events until `stop` is set; restart when the set changes."""
+    stop_grace: float = STOP_GRACE,
+) -> bool:
+    """Deliver subscriptions' events until `stop` is set; restart when the set changes.
+
+    Returns False when the last stop's grace (`stop_grace` seconds) ran out with a delivery
+    still under way: its event was left to the broker, to be delivered again.
+    """
+    clean = True
     while not stop.is_set():
+        clean = True  # a consumer stopped by a change of the list says nothing of the last stop
         subscriptions = _look(store)
         if subscriptions is None:
             stop.wait(refresh)
@@ -88,6 +102,7 @@ def run_subscriptions(
             env,
             policy=policy,
             heartbeat_interval=heartbeat_interval,
+            stop_grace=stop_grace,
         )
         if not consumer.queues:
             # None to deliver (or none with its secret set): wait for the list to change,
@@ -95,7 +110,8 @@ def run_subscriptions(
             while not stop.wait(refresh) and not _changed(store, current):
                 pass
             continue
-        _consume_until_changed(consumer, store, current, stop=stop, refresh=refresh)
+        clean = _consume_until_changed(consumer, store, current, stop=stop, refresh=refresh)
+    return clean
 
 
 def _consume_until_changed(
@@ -105,17 +121,19 @@ def _consume_until_changed(
     *,
     stop: threading.Event,
     refresh: float,
-) -> None:
-    """Run the consumer in a thread of its own until `stop` is set or the list changes.
+) -> bool:
+    """Run the consumer in a thread of its own until `stop` is set or the list changes; what
+    `Consumer.run` returned.
 
     This thread watches both and stops the consumer itself: a watcher thread that died would
     leave nothing to pass `stop` (SIGTERM) on.
     """
     crashed: list[BaseException] = []
+    clean: list[bool] = []
 
     def consume() -> None:
         try:
-            consumer.run()
+            clean.append(consumer.run())
         except BaseException as exc:  # raised again in the caller's thread, below
             crashed.append(exc)
 
@@ -133,6 +151,7 @@ def _consume_until_changed(
         thread.join()
     if crashed:
         raise crashed[0]
+    return clean == [True]
 
 
 def _look(store: Store) -> list[Subscription] | None:
