@@ -33,7 +33,7 @@ import pika
 import structlog
 from pika.exceptions import AMQPError
 
-from bus.broker.connection import BROKER_ERRORS, connection_parameters
+from bus.broker.connection import BROKER_ERRORS, close_quietly, connection_parameters
 from bus.worker._delivery import KEPT_PROPERTIES, Delivery
 from bus.worker._heartbeat import Heartbeat, Slot
 
@@ -258,6 +258,9 @@ class Consumer:
             lost.set()
             self._disconnect()
             self._wait_after_loss(workers)
+            # A channel-level error leaves the connection open: the next attempt makes a new
+            # one, and this one would stay on the broker until its heartbeats ran out.
+            close_quietly(connection)
             raise
         finally:
             self._disconnect()
