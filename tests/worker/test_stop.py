@@ -156,7 +156,8 @@ def test_a_stop_leaves_a_message_hung_past_the_grace_to_the_broker_and_says_whic
             backend.release.set()
         handler_threads_end(f"{INSTANCE}:")
 
-    assert returned == [False] and 1 <= took < 5
+    # Bounded well below the 60 s the back-end would hold it (room for a loaded CI machine).
+    assert returned == [False] and 1 <= took < 10
     assert (properties.message_id, method.redelivered) == (envelope.id, True)
     assert ("submitted", "ok") not in trail
     # Released at last, the thread left behind cannot ack it any more.
@@ -250,7 +251,7 @@ def test_a_webhook_delivery_hung_past_the_grace_goes_back_to_its_queue(
         thread.join(timeout=10)  # the subscriber's timeout (10 s) is not waited out
         took = time.monotonic() - stopping
 
-    assert not thread.is_alive() and returned == [False] and took < 5
+    assert not thread.is_alive() and returned == [False] and took < 9
     method, properties = get_back(amqp_url, f"civicbus.sub.{sub_id}")
     assert (properties.message_id, method.redelivered) == (envelope.id, True)
     assert store.workers() == []
@@ -298,7 +299,7 @@ def sigterm(worker: subprocess.Popen[bytes]) -> tuple[float, str]:
     stopping = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     try:
-        _, stderr = worker.communicate(timeout=8)
+        _, stderr = worker.communicate(timeout=20)
     finally:
         worker.kill()
     return time.monotonic() - stopping, stderr.decode()
@@ -329,7 +330,7 @@ def test_civicbus_worker_stopped_with_a_back_end_that_never_answers_exits_1(
         took, stderr = sigterm(worker)
 
     assert worker.returncode == 1, stderr
-    assert took < 6  # not the back-end's 30 s timeout
+    assert took < 15  # not the back-end's 30 s timeout
     assert "worker.stop_grace_expired" in stderr and envelope.id in stderr
     method, properties = get_back(amqp_url, work_queue("parks"))
     assert (properties.message_id, method.redelivered) == (envelope.id, True)
@@ -355,7 +356,7 @@ def test_civicbus_worker_subscriptions_stopped_with_a_silent_subscriber_exits_1(
         took, stderr = sigterm(worker)
 
     assert worker.returncode == 1, stderr
-    assert took < 6  # not the webhook's 10 s timeout
+    assert took < 9  # not the webhook's 10 s timeout (1 s grace, the last liveness write)
     assert "worker.stop_grace_expired" in stderr and envelope.id in stderr
     method, properties = get_back(amqp_url, f"civicbus.sub.{sub_id}")
     assert (properties.message_id, method.redelivered) == (envelope.id, True)
