@@ -1,13 +1,16 @@
-"""`civicbus requests stuck`: the requests no back-end has taken yet, and where each one is."""
+"""`civicbus requests stuck`: the requests no back-end has taken yet, and where each one is;
+`civicbus requests show ID`: one request as an operator needs to see it."""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import typer
 
+from bus.bootstrap import Runtime
 from bus.broker.connection import (
     BrokerUnavailable,
     broker_errors,
@@ -20,6 +23,7 @@ from bus.cli.common import runtime
 from bus.liveness import is_silent
 from bus.store import Undelivered, WorkerLiveness
 from bus.whereabouts import Whereabouts, whereabouts
+from schemas.model import ServiceRequest
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -70,6 +74,125 @@ def register(app: typer.Typer) -> None:
             typer.echo(_as_json(item, where) if as_json else _as_lines(item, where, now))
         # Non-zero so that a cron job or a monitoring check can alert on it.
         raise typer.Exit(1)
+
+    @group.command("show")
+    def show(
+        request_id: str = typer.Argument(..., metavar="ID", help="A request id or batch token."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+    ) -> None:
+        """One request as an operator needs it: status, history and the back-end holding it,
+        or where it is stuck and what to try; its dead letters. No personal data."""
+        now = datetime.now(UTC)
+        with runtime() as rt:
+            shown = _show(rt, request_id, now)
+        typer.echo(_shown_json(shown) if as_json else _shown_lines(shown))
+
+
+def _show(rt: Runtime, given: str, now: datetime) -> _Shown:
+    """The request `given` names (an id or a batch token) with its path, and where it is when
+    no back-end holds it yet; typer.Exit(1) for an unknown one."""
+    request_id = rt.store.resolve_token(given) if given.startswith("T") else given
+    request = rt.store.get_request(request_id) if request_id else None
+    path = rt.store.path_of(request.id) if request else None
+    if request is None or path is None:
+        typer.echo(f"error: no request or batch token {given!r} in this store", err=True)
+        raise typer.Exit(1)
+    where = None
+    if not request.backend_refs and not request.status.is_closed:
+        held_by = _holders(rt.store.workers(), now).get(request.id)
+        where = whereabouts(
+            path,
+            now=now,
+            unconsumed=_unconsumed([path], rt.env.amqp_url),
+            held_by=held_by,
+            configured=set(rt.config.instances),
+        )
+    return _Shown(request, path, where)
+
+
+@dataclass(frozen=True)
+class _Shown:
+    request: ServiceRequest
+    path: Undelivered
+    #: Where it is stuck; None once a back-end holds it (or it was closed before one did).
+    where: Whereabouts | None
+
+
+def _shown_lines(shown: _Shown) -> str:
+    r, where = shown.request, shown.where
+    lines = [
+        f"request   {r.id}  {r.service_code} ({r.service_name}), {r.jurisdiction}, "
+        f"{r.channel.value}, accepted {_iso(r.requested_at)}",
+        f"status    {r.status.value}, updated {_iso(r.updated_at)}",
+    ]
+    for ref in r.backend_refs:
+        lines.append(
+            f"back-end  {ref.adapter}: {ref.reference} (submitted {_iso(ref.submitted_at)})"
+        )
+    if where is not None:
+        lines.append(
+            f"where     {where.stage} at {where.instance or '-'} since {_iso(where.since)}"
+        )
+        lines.append(f"          {where.detail}")
+        lines.append(f"          try: {where.hint}")
+    elif not r.backend_refs:
+        lines.append("where     closed before any back-end took it")
+    for note in r.history:
+        said = f": {note.note}" if note.note else ""
+        lines.append(f"history   {_iso(note.at)}  {note.status.value:<14} {note.source}{said}")
+    for letter in shown.path.dead_letters:
+        lines.append(
+            f"dead      #{letter.id} {letter.instance} {letter.state.value}, "
+            f"{letter.attempts} attempt(s), last {_iso(letter.last_failed_at)}: {letter.reason}"
+        )
+    lines.append(f"trail     {len(shown.path.trail)} audit entries: `civicbus audit trail {r.id}`")
+    return "\n".join(lines)
+
+
+def _shown_json(shown: _Shown) -> str:
+    r, where = shown.request, shown.where
+    return json.dumps(
+        {
+            "request_id": r.id,
+            "jurisdiction": r.jurisdiction,
+            "service_code": r.service_code,
+            "channel": r.channel.value,
+            "status": r.status.value,
+            "accepted_at": _iso(r.requested_at),
+            "updated_at": _iso(r.updated_at),
+            "backend_refs": [ref.model_dump(mode="json") for ref in r.backend_refs],
+            "where": None
+            if where is None
+            else {
+                "stage": where.stage,
+                "instance": where.instance,
+                "since": _iso(where.since),
+                "detail": where.detail,
+                "hint": where.hint,
+            },
+            "history": [
+                note.model_dump(mode="json", include={"status", "at", "note", "source"})
+                for note in r.history
+            ],
+            "dead_letters": [
+                {
+                    "id": letter.id,
+                    "instance": letter.instance,
+                    "state": letter.state.value,
+                    "attempts": letter.attempts,
+                    "reason": letter.reason,
+                    "last_failed_at": _iso(letter.last_failed_at),
+                }
+                for letter in shown.path.dead_letters
+            ],
+            "audit_entries": len(shown.path.trail),
+        },
+        sort_keys=True,
+    )
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _holders(workers: list[WorkerLiveness], now: datetime) -> dict[str, WorkerLiveness]:

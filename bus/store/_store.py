@@ -211,6 +211,11 @@ class Store:
         now or not."""
         return self._read(_declared.declared)
 
+    def path_of(self, request_id: str) -> Undelivered | None:
+        """One request's audit trail and dead letters (delivered or not), as `undelivered`
+        gives them; None for an unknown id."""
+        return self._read(lambda conn: _undelivered.path_of(conn, request_id))
+
     def workers(self) -> list[WorkerLiveness]:
         """The running workers' latest heartbeats (and those of workers that died without
         stopping cleanly, until pruned), by recipient then host."""

@@ -8,6 +8,7 @@ on a queue, in the retry tiers, or in the dead letter channel. Its audit trail s
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -20,25 +21,43 @@ from bus.store._tables import dead_letters as dead
 from schemas.model import Status
 
 _CLOSED = [status.value for status in Status if status.is_closed]
+_COLUMNS = (
+    requests.c.id,
+    requests.c.jurisdiction,
+    requests.c.service_code,
+    requests.c.requested_at,
+)
 
 
 def undelivered(conn: Connection, *, accepted_before: datetime, limit: int) -> list[Undelivered]:
     """Open requests accepted before the time and held by no back-end, oldest first."""
-    candidates = conn.execute(
-        sa.select(
-            requests.c.id,
-            requests.c.jurisdiction,
-            requests.c.service_code,
-            requests.c.requested_at,
-        )
+    return _with_paths(
+        conn,
+        sa.select(*_COLUMNS)
         .where(
             requests.c.requested_at < accepted_before,
             requests.c.status.not_in(_CLOSED),
             ~sa.exists().where(backend_refs.c.request_id == requests.c.id),
         )
         .order_by(requests.c.requested_at, requests.c.id)
-        .limit(limit)
-    ).all()
+        .limit(limit),
+    )
+
+
+def path_of(conn: Connection, request_id: str) -> Undelivered | None:
+    """One request's audit trail and dead letters, in the shape of an undelivered one, whether
+    a back-end holds it or not (`civicbus requests show`); None for an unknown id."""
+    found = _with_paths(
+        conn,
+        sa.select(*_COLUMNS).where(requests.c.id == request_id),
+    )
+    return found[0] if found else None
+
+
+def _with_paths(conn: Connection, query: sa.Select[Any]) -> list[Undelivered]:
+    """The requests `query` selects (`_COLUMNS`), each with its audit trail and its dead
+    letters."""
+    candidates = conn.execute(query).all()
     ids = [row.id for row in candidates]
     trail_of = trails(conn, ids)
     dead_of: dict[str, list[DeadLetter]] = {}

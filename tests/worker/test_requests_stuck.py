@@ -30,7 +30,7 @@ from bus.store import AuditEntry, DeadLetter, DeadLetterState, Store, Undelivere
 from bus.whereabouts import whereabouts
 from bus.worker import command_consumer
 from schemas.events import Envelope
-from schemas.model import Status, StatusUpdate
+from schemas.model import Location, ServiceRequest, Status, StatusUpdate
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(90)]
 
@@ -259,3 +259,75 @@ def test_an_instance_no_longer_in_the_config_is_named_instead_of_a_replay_or_a_w
     assert "`civicbus dead drop old-roads 5`" in given_up.hint
     assert "dead replay" not in given_up.hint
     assert "`civicbus dead replay old-roads 5`" in replayable.hint
+
+
+def show(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["requests", "show", *args])
+    return result.exit_code, result.output
+
+
+def test_requests_show_gives_the_back_end_of_a_delivered_request_and_the_place_of_a_stuck_one(
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    use_config(CONFIG)
+    delivered = new_request(store)
+    rejected = new_request(store, description="REJECT")
+    for envelope in (delivered, rejected):
+        publish(topology, envelope)
+    with running(command_consumer(topology, store, INSTANCE, SLOW_RETRY, MemoryBackend())):
+        wait_until(lambda: store.dead_letters(INSTANCE), what="a dead letter")
+        wait_until(lambda: store.get_request(delivered.subject).backend_refs, what="delivery")  # type: ignore[union-attr]
+    [letter] = store.dead_letters(INSTANCE)
+    [ref] = store.get_request(delivered.subject).backend_refs  # type: ignore[union-attr]
+
+    code, text = show(delivered.subject)
+    json_code, as_json = show(delivered.subject, "--json")
+    dead_code, dead_text = show(rejected.subject)
+    document = json.loads(as_json)
+    dead_document = json.loads(show(rejected.subject, "--json")[1])
+    unknown_code, unknown = show("01NOSUCHREQUEST")
+
+    assert (code, json_code, dead_code) == (0, 0, 0), text + as_json + dead_text
+    assert f"back-end  {INSTANCE}: {ref.reference}" in text
+    assert "where" not in text  # a back-end holds it: nothing to look for
+    assert f"`civicbus audit trail {delivered.subject}`" in text
+    assert document["backend_refs"][0]["reference"] == ref.reference
+    assert document["where"] is None and document["audit_entries"] > 0
+    assert document["service_code"] == "POTHOLE" and document["status"] == "open"
+    assert f"where     dead-lettered at {INSTANCE}" in dead_text
+    assert f"try: `civicbus dead show {letter.id}`" in dead_text
+    assert f"dead      #{letter.id} {INSTANCE} dead, 1 attempt(s)" in dead_text
+    assert dead_document["where"]["stage"] == "dead-lettered"
+    assert [d["id"] for d in dead_document["dead_letters"]] == [letter.id]
+    assert unknown_code == 1 and "no request or batch token '01NOSUCHREQUEST'" in unknown
+    # No personal data of the reporter (worker_support's request has some).
+    request = store.get_request(delivered.subject)
+    assert request is not None and request.reporter.email
+    assert request.reporter.email not in text + as_json
+
+
+def test_requests_show_takes_a_batch_token_for_its_request(
+    store: Store, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    use_config(CONFIG)
+    now = datetime.now(UTC)
+    batch = ServiceRequest(
+        id="req-batch-1",
+        jurisdiction="springfield.example",
+        service_code="POTHOLE",
+        service_name="Pothole",
+        location=Location(lat=52.1, long=4.3),
+        requested_at=now,
+        updated_at=now,
+    )
+    with store.transaction() as tx:
+        tx.add_request(batch, token="T01BATCHTOKEN")
+
+    code, output = show("T01BATCHTOKEN", "--json")
+    unknown_code, _ = show("T01UNKNOWN")
+
+    assert code == 0, output
+    document = json.loads(output)
+    # Not relayed yet: in the outbox, as `requests stuck` would say.
+    assert (document["request_id"], document["where"]["stage"]) == ("req-batch-1", "outbox")
+    assert unknown_code == 1
