@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from types import ModuleType
 
 import typer
@@ -16,6 +18,10 @@ from bus.logging import configure_logging
 from bus.store import StoreUnavailable
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Longer ago than any request: a bound that keeps `now - age` inside the calendar.
+_MAX_DAYS = 36_500
 
 
 def command_modules() -> Iterator[ModuleType]:
@@ -62,3 +68,21 @@ def runtime() -> Iterator[Runtime]:
         raise typer.Exit(2) from exc
     finally:
         rt.close()
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    """The text of a duration option (`option`, e.g. `--older-than`) as a timedelta:
+    a number and a unit, s, m, h or d; BadParameter (exit 2) naming the option otherwise."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration: a number and a unit, s, m, h or d (e.g. 10m)",
+            param_hint=option,
+        )
+    number, unit = match[1].lstrip("0") or "0", match[2]
+    # The length first: int() refuses numbers of thousands of digits (and 12 are ages).
+    if len(number) > 12 or int(number) * UNIT_SECONDS[unit] > _MAX_DAYS * UNIT_SECONDS["d"]:
+        raise typer.BadParameter(
+            f"{text!r} is too long ago: at most {_MAX_DAYS}d (100 years)", param_hint=option
+        )
+    return timedelta(seconds=int(number) * UNIT_SECONDS[unit])

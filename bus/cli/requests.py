@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import typer
 
@@ -19,16 +18,11 @@ from bus.broker.connection import (
 )
 from bus.broker.queues import queue_states
 from bus.broker.topology import work_queue
-from bus.cli.common import runtime
+from bus.cli.common import UNIT_SECONDS, parse_duration, runtime
 from bus.liveness import is_silent
 from bus.store import Undelivered, WorkerLiveness
 from bus.whereabouts import Whereabouts, whereabouts
 from schemas.model import ServiceRequest
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-#: Longer ago than any request: a bound that keeps `now - age` inside the calendar.
-_MAX_DAYS = 36_500
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +41,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Open requests no back-end has taken yet, oldest first, with where each is stuck
         (outbox, queue, retries, dead letters) and what to try. Exit code 1 when there are any."""
-        age = parse_duration(older_than)
+        age = parse_duration(older_than, "--older-than")
         now = datetime.now(UTC)
         with runtime() as rt:
             items = rt.store.undelivered(accepted_before=now - age, limit=limit)
@@ -225,29 +219,11 @@ def _unconsumed(items: list[Undelivered], amqp_url: str) -> set[str]:
     return {queues[q] for q, state in states.items() if state is not None and not state.consumers}
 
 
-def parse_duration(text: str) -> timedelta:
-    """`--older-than`'s text as a timedelta; BadParameter (exit 2) when it is not one."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise typer.BadParameter(
-            f"{text!r} is not a duration: a number and a unit, s, m, h or d (e.g. 10m)",
-            param_hint="--older-than",
-        )
-    number, unit = match[1].lstrip("0") or "0", match[2]
-    # The length first: int() refuses numbers of thousands of digits (and 12 are ages).
-    if len(number) > 12 or int(number) * _UNIT_SECONDS[unit] > _MAX_DAYS * _UNIT_SECONDS["d"]:
-        raise typer.BadParameter(
-            f"{text!r} is too long ago: at most {_MAX_DAYS}d (100 years)",
-            param_hint="--older-than",
-        )
-    return timedelta(seconds=int(number) * _UNIT_SECONDS[unit])
-
-
 def _age(since: datetime, now: datetime) -> str:
     seconds = max(0, int((now - since).total_seconds()))
     for unit in "dhm":
-        if seconds >= _UNIT_SECONDS[unit]:
-            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+        if seconds >= UNIT_SECONDS[unit]:
+            return f"{seconds // UNIT_SECONDS[unit]}{unit}"
     return f"{seconds}s"
 
 
