@@ -22,6 +22,7 @@ from bus.store import (
     _outbox,
     _overview,
     _requests,
+    _retention,
     _subscriptions,
     _undelivered,
     _watermarks,
@@ -173,6 +174,45 @@ class Store:
     def mark_sent(self, ids: Sequence[int]) -> None:
         """Mark rows published (after the broker confirmed them)."""
         self._write(lambda tx: tx.mark_sent(ids))
+
+    # --- retention (`civicbus store prune`, `civicbus privacy forget`) ------------------------
+    def sent_outbox(self, *, sent_before: datetime, after: int = 0, limit: int) -> list[int]:
+        """Ids above `after` of outbox rows published before `sent_before`, in id order; never
+        a row still waiting. Remove them with `Transaction.delete_sent_outbox`."""
+        return self._read(
+            lambda conn: _retention.sent_outbox(
+                conn, sent_before=sent_before, after=after, limit=limit
+            )
+        )
+
+    def idempotency_keys_before(
+        self,
+        *,
+        created_before: datetime,
+        prefix: str,
+        after: tuple[int, str] | None = None,
+        limit: int,
+    ) -> list[tuple[int, str]]:
+        """(client id, key) above `after` of the idempotency keys starting with `prefix`
+        stored before `created_before`, in key order. Remove them with
+        `Transaction.delete_idempotency_keys`."""
+        return self._read(
+            lambda conn: _retention.idempotency_keys_before(
+                conn, created_before=created_before, prefix=prefix, after=after, limit=limit
+            )
+        )
+
+    def closed_with_reporter(
+        self, *, closed_before: datetime, after: str = "", limit: int
+    ) -> list[str]:
+        """Ids above `after` of requests with a closing status, last updated before
+        `closed_before`, that still hold reporter contact data, in id order. Forget it with
+        `Transaction.forget_reporters`."""
+        return self._read(
+            lambda conn: _retention.closed_with_reporter(
+                conn, closed_before=closed_before, after=after, limit=limit
+            )
+        )
 
     # --- audit -----------------------------------------------------------------------------
     def audit_trail(self, request_id: str) -> list[AuditEntry]:

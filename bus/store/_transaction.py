@@ -17,6 +17,7 @@ from bus.store import (
     _liveness,
     _outbox,
     _requests,
+    _retention,
     _subscriptions,
     _watermarks,
 )
@@ -136,6 +137,29 @@ class Transaction:
     def mark_sent(self, ids: Sequence[int]) -> None:
         """Mark outbox rows published, together with whatever else this transaction does."""
         _outbox.mark_sent(self._session, ids)
+
+    # --- retention -------------------------------------------------------------------------
+    def delete_sent_outbox(self, ids: Sequence[int], *, sent_before: datetime) -> int:
+        """Delete those of the outbox rows published before `sent_before` (a row waiting to
+        be published never is); how many went."""
+        return _retention.delete_sent_outbox(self._session, ids, sent_before=sent_before)
+
+    def delete_idempotency_keys(
+        self, keys: Sequence[tuple[int, str]], *, created_before: datetime
+    ) -> int:
+        """Delete those of the (client id, key) pairs stored before `created_before`; how
+        many went. A repeat with a deleted key is then a new request."""
+        return _retention.delete_idempotency_keys(
+            self._session, keys, created_before=created_before
+        )
+
+    def forget_reporters(
+        self, request_ids: Sequence[str], *, closed_before: datetime | None = None
+    ) -> list[str]:
+        """Delete the reporter contact data of the requests (with `closed_before`, only of
+        those still closed and last updated before it); the ids whose data went, sorted. The
+        requests read as if reported without contact data afterwards."""
+        return _retention.forget_reporters(self._session, request_ids, closed_before=closed_before)
 
     # --- audit -----------------------------------------------------------------------------
     def audit(
