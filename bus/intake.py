@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 #: The attribute a service may define so that a partner's own id makes a create idempotent.
 EXTERNAL_ID_ATTRIBUTE = "external_id"
+#: How a stored idempotency key taken from the Idempotency-Key header begins (an external id's
+#: begins `external_id:`); `civicbus store prune` deletes these after their window.
+HEADER_KEY_PREFIX = "header:"
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -99,7 +102,7 @@ def fingerprint(request: ServiceRequest) -> str:
 def idempotency_key(draft: RequestDraft, header_key: str | None) -> str | None:
     """The key that makes a create idempotent: the header, else the service's external id."""
     if header_key:
-        return f"header:{header_key}"
+        return f"{HEADER_KEY_PREFIX}{header_key}"
     if draft.service.attribute(EXTERNAL_ID_ATTRIBUTE) is not None:
         external = draft.attributes.get(EXTERNAL_ID_ATTRIBUTE)
         if isinstance(external, str):
@@ -239,7 +242,7 @@ def _replayed(prepared: Prepared, earlier: dict[str, Any]) -> Accepted | Idempot
             client=prepared.client and prepared.client.name,
             service_code=prepared.request.service_code,
         )
-        return IdempotencyConflict(str(prepared.key).removeprefix("header:"))
+        return IdempotencyConflict(str(prepared.key).removeprefix(HEADER_KEY_PREFIX))
     log.info(
         "intake.replayed",
         client=prepared.client and prepared.client.name,

@@ -1,0 +1,63 @@
+"""`civicbus store prune`: delete what the store no longer needs, a batch at a time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+
+from bus import retention
+from bus.cli.common import parse_duration, runtime
+from bus.retention import RetentionError
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="The store's upkeep: what it keeps, and for how long.")
+    app.add_typer(group, name="store", no_args_is_help=True)
+
+    @group.command("prune")
+    def prune(
+        outbox_sent_before: str = typer.Option(
+            "7d",
+            "--outbox-sent-before",
+            help="Delete outbox events the relay published longer ago than this (never one "
+            "still waiting): 12h, 7d.",
+        ),
+        idempotency_before: str = typer.Option(
+            "30d",
+            "--idempotency-before",
+            help="Delete Idempotency-Key records older than this (at least 1d): a create "
+            "repeated with such a key after that is a new request.",
+        ),
+        batch_size: int = typer.Option(
+            retention.BATCH_SIZE, "--batch-size", min=1, max=10_000, help="Rows a transaction."
+        ),
+    ) -> None:
+        """Delete published outbox events and expired Idempotency-Key records, a batch per
+        transaction so the API keeps accepting meanwhile; audited. An `external_id`'s record
+        and batch tokens are kept: see the README's Retention."""
+        now = datetime.now(UTC)
+        sent_before = now - parse_duration(outbox_sent_before, "--outbox-sent-before")
+        keys_before = now - parse_duration(idempotency_before, "--idempotency-before")
+        with runtime() as rt:
+            try:
+                pruned = retention.prune(
+                    rt.store,
+                    outbox_sent_before=sent_before,
+                    idempotency_before=keys_before,
+                    now=now,
+                    batch_size=batch_size,
+                )
+            except RetentionError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--idempotency-before") from exc
+        typer.echo(
+            f"{pruned.outbox_events} outbox event(s) published before {_when(sent_before)} deleted"
+        )
+        typer.echo(
+            f"{pruned.idempotency_keys} Idempotency-Key record(s) stored before "
+            f"{_when(keys_before)} deleted"
+        )
+
+
+def _when(at: datetime) -> str:
+    return at.isoformat(timespec="seconds")

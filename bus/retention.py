@@ -1,0 +1,204 @@
+"""Retention: removing from the store what it no longer needs, each removal audited.
+
+`prune` deletes outbox events the relay published a while ago (nothing reads them again: the
+relay reads waiting rows only, a dead-letter replay its own stored copy) and Idempotency-Key
+records past their window. `forget_closed` deletes the reporter contact data of requests closed
+long ago (data-protection law's storage limitation), `forget_request` one request's on demand (a
+resident's erasure request); the request, its history, back-end references and audit trail
+stay, and it reads as if reported without contact data. Work goes a bounded batch per
+transaction, so the API keeps writing meanwhile (SQLite has one writer).
+
+Kept for good: Idempotency records of an `external_id` (a partner's own id names its report
+for as long as the request exists, so sending it again must never make a second request), and
+batch tokens (a resident of a batch service has nothing else to find the request by, C-16).
+Neither holds contact data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import structlog
+
+from bus.intake import HEADER_KEY_PREFIX
+from bus.store import Store, Transaction
+
+log = structlog.get_logger(__name__)
+
+K = TypeVar("K")
+
+#: How long published outbox events are kept by default: for an operator looking into the
+#: database after an incident; nothing in civicbus reads them again.
+OUTBOX_SENT_KEEP = timedelta(days=7)
+#: How long an Idempotency-Key is kept by default: a client repeating a create with it within
+#: this time gets the first answer (C-15), far longer than any client retries.
+IDEMPOTENCY_KEEP = timedelta(days=30)
+#: The shortest Idempotency-Key window a prune accepts: below a day, a client's retry of a
+#: create in flight could make a second request.
+IDEMPOTENCY_KEEP_AT_LEAST = timedelta(days=1)
+#: Rows removed per transaction: a short hold of SQLite's write lock (a few milliseconds).
+BATCH_SIZE = 1000
+
+PRUNE_ACTOR = "cli:store-prune"
+FORGET_ACTOR = "cli:privacy-forget"
+FORGOTTEN = "reporter_forgotten"
+
+
+class RetentionError(Exception):
+    """A retention action cannot be done; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a prune deleted."""
+
+    outbox_events: int
+    idempotency_keys: int
+
+
+def prune(
+    store: Store,
+    *,
+    outbox_sent_before: datetime,
+    idempotency_before: datetime,
+    now: datetime,
+    batch_size: int = BATCH_SIZE,
+    actor: str = PRUNE_ACTOR,
+) -> Pruned:
+    """Delete outbox events published before `outbox_sent_before` (never one still waiting)
+    and Idempotency-Key records stored before `idempotency_before`, then audit how many went.
+
+    RetentionError, before deleting anything, when `idempotency_before` is less than a day
+    before `now`. Batches deleted before a failure stay deleted, unaudited.
+    """
+    if now - idempotency_before < IDEMPOTENCY_KEEP_AT_LEAST:
+        raise RetentionError(
+            "Idempotency-Key records must be kept at least 1d: a client retrying a create "
+            "with a newer key would make a second request"
+        )
+    events = _in_batches(
+        store,
+        lambda after: store.sent_outbox(
+            sent_before=outbox_sent_before, after=after or 0, limit=batch_size
+        ),
+        lambda tx, ids: tx.delete_sent_outbox(ids, sent_before=outbox_sent_before),
+        batch_size,
+    )
+    keys = _in_batches(
+        store,
+        lambda after: store.idempotency_keys_before(
+            created_before=idempotency_before,
+            prefix=HEADER_KEY_PREFIX,
+            after=after,
+            limit=batch_size,
+        ),
+        lambda tx, pairs: tx.delete_idempotency_keys(pairs, created_before=idempotency_before),
+        batch_size,
+    )
+    with store.transaction() as tx:
+        tx.audit(
+            actor=actor,
+            action="pruned",
+            details={
+                "outbox_sent_before": outbox_sent_before,
+                "outbox_events": events,
+                "idempotency_before": idempotency_before,
+                "idempotency_keys": keys,
+            },
+        )
+    log.info("store.pruned", outbox_events=events, idempotency_keys=keys)
+    return Pruned(outbox_events=events, idempotency_keys=keys)
+
+
+def _in_batches(
+    store: Store,
+    find: Callable[[K | None], list[K]],
+    remove: Callable[[Transaction, Sequence[K]], int],
+    batch_size: int,
+) -> int:
+    """Find a batch (after the last one's last key), remove it in a transaction of its own,
+    until a batch comes back short; how many were removed."""
+    removed, after = 0, None
+    while True:
+        batch = find(after)
+        if batch:
+            with store.transaction() as tx:
+                removed += remove(tx, batch)
+            after = batch[-1]
+        if len(batch) < batch_size:
+            return removed
+
+
+def forget_closed(
+    store: Store,
+    *,
+    closed_before: datetime,
+    batch_size: int = BATCH_SIZE,
+    actor: str = FORGET_ACTOR,
+) -> int:
+    """Delete the reporter contact data of every request with a closing status last updated
+    before `closed_before`, each request audited with the deletion; how many requests."""
+
+    def forget(tx: Transaction, ids: Sequence[str]) -> int:
+        forgotten = tx.forget_reporters(ids, closed_before=closed_before)
+        for request_id in forgotten:
+            tx.audit(
+                actor=actor,
+                action=FORGOTTEN,
+                request_id=request_id,
+                details={"closed_before": closed_before},
+            )
+        return len(forgotten)
+
+    count = _in_batches(
+        store,
+        lambda after: store.closed_with_reporter(
+            closed_before=closed_before, after=after or "", limit=batch_size
+        ),
+        forget,
+        batch_size,
+    )
+    log.info("privacy.reporters_forgotten", requests=count, closed_before=closed_before)
+    return count
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """The outcome of forgetting one request's reporter."""
+
+    request_id: str
+    #: False when the request held no contact data (reported without, or forgotten before).
+    held_contact: bool
+    #: The adapter instances the request was delivered to (they keep what they were sent).
+    delivered_to: tuple[str, ...]
+
+
+def forget_request(store: Store, request_id: str, *, actor: str = FORGET_ACTOR) -> Forgotten:
+    """Delete the reporter contact data of one request, whatever its status (a resident's
+    erasure request), audited; `request_id` may be the batch token a resident was given.
+
+    A request not yet delivered to its back-end is delivered without the contact data.
+    RetentionError when there is no such request.
+    """
+    resolved = request_id
+    request = store.get_request(request_id)
+    if request is None:
+        resolved = store.resolve_token(request_id) or request_id
+        request = store.get_request(resolved)
+    if request is None:
+        raise RetentionError(f"there is no request (nor batch token) {request_id}")
+    delivered_to = tuple(ref.adapter for ref in request.backend_refs)
+    with store.transaction() as tx:
+        held = bool(tx.forget_reporters([resolved]))
+        if held:
+            tx.audit(
+                actor=actor,
+                action=FORGOTTEN,
+                request_id=resolved,
+                details={"on_request": True, "delivered": bool(delivered_to)},
+            )
+    log.info("privacy.reporter_forgotten", request_id=resolved, held_contact=held)
+    return Forgotten(request_id=resolved, held_contact=held, delivered_to=delivered_to)

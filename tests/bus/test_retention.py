@@ -1,0 +1,91 @@
+"""Retention works a bounded batch per transaction: SQLite's one write lock is held briefly, so
+the API keeps accepting while a big backlog goes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bus import retention
+from bus.store import Store
+from schemas.events import Envelope, EventType
+from schemas.model import Status
+from tests.store.store_factories import make_request
+
+NOW = datetime.now(UTC)
+LATER = NOW + timedelta(seconds=5)
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    opened = Store.open(sqlite_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def deletes(store: Store) -> Iterator[list[str]]:
+    """The DELETE statements the store runs, as they run."""
+    seen: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            seen.append(statement.split(" WHERE ")[0])
+
+    sa.event.listen(store._engine, "before_cursor_execute", note)
+    yield seen
+    sa.event.remove(store._engine, "before_cursor_execute", note)
+
+
+def test_a_prune_deletes_a_batch_a_transaction_and_counts_them_all(
+    store: Store, deletes: list[str]
+) -> None:
+    with store.transaction() as tx:
+        for i in range(5):
+            event = Envelope(type=EventType.CREATED, subject=f"r{i}", data={}, correlationid="c")
+            tx.add_outbox(event, exchange="civicbus.events", routing_key="request.created")
+    store.mark_sent([row.id for row in store.pending_outbox()])
+
+    pruned = retention.prune(
+        store,
+        outbox_sent_before=LATER,
+        idempotency_before=NOW,
+        now=LATER + timedelta(days=1),
+        batch_size=2,
+    )
+
+    assert pruned == retention.Pruned(outbox_events=5, idempotency_keys=0)
+    assert deletes == ["DELETE FROM outbox"] * 3
+    assert store.sent_outbox(sent_before=LATER, limit=9) == []
+
+
+def test_forgetting_closed_requests_goes_a_batch_a_transaction_each_request_audited(
+    store: Store, deletes: list[str]
+) -> None:
+    long_ago = NOW - timedelta(days=100)
+    with store.transaction() as tx:
+        tx.add_requests(
+            [
+                make_request(
+                    f"r{i}",
+                    status=Status.CLOSED,
+                    requested_at=long_ago,
+                    updated_at=long_ago,
+                    reporter={"email": f"resident{i}@example.org"},
+                )
+                for i in range(5)
+            ]
+        )
+
+    count = retention.forget_closed(store, closed_before=NOW - timedelta(days=90), batch_size=2)
+
+    assert count == 5
+    assert deletes == ["DELETE FROM reporters"] * 3
+    for i in range(5):
+        [entry] = store.audit_trail(f"r{i}")
+        assert entry.action == "reporter_forgotten"
+    assert store.verify_audit().entries == 5
