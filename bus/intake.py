@@ -248,14 +248,25 @@ def _replayed(prepared: Prepared, earlier: dict[str, Any]) -> Accepted | Idempot
         client=prepared.client and prepared.client.name,
         service_code=prepared.request.service_code,
     )
-    return Accepted(answer=earlier["answer"], request=None, token=None, replayed=True)
+    answer = _with_account_id(earlier["answer"], prepared.request.reporter.account_id)
+    return Accepted(answer=answer, request=None, token=None, replayed=True)
 
 
 def _remembered(prepared: Prepared) -> dict[str, Any]:
-    """What is stored with an idempotency key: the answer, and the fingerprint if any."""
+    """What is stored with an idempotency key: the answer, and the fingerprint if any.
+
+    The answer's `account_id` is the reporter's (personal data, kept in the reporter's row
+    only, so that forgetting the reporter forgets it); a replay echoes the repeat's instead.
+    """
+    answer = _with_account_id(prepared.answer, None)
     if prepared.fingerprint is None:
-        return {"answer": prepared.answer}
-    return {"answer": prepared.answer, "fingerprint": prepared.fingerprint}
+        return {"answer": answer}
+    return {"answer": answer, "fingerprint": prepared.fingerprint}
+
+
+def _with_account_id(answer: list[dict[str, Any]], account_id: str | None) -> list[dict[str, Any]]:
+    """The create answer (C-14) with this `account_id` where it has one."""
+    return [{**item, "account_id": account_id} if "account_id" in item else item for item in answer]
 
 
 def _settled(outcome: Prepared | Accepted | Exception) -> Accepted | Exception:
