@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from adapters import PermanentError, TransientError
 from adapters.email import EmailAdapter, compose, message_id_for
 from adapters.mapping import Mapping, load_mapping, parse_mapping
+from bus import retention
+from bus.store import Store
 from civicbus.sandbox.mailbox import MailboxServer
 from schemas.model import Location, Status
 
@@ -96,6 +98,34 @@ def test_the_reporter_contact_is_included_only_when_the_mapping_asks(
 
     [message] = stored_messages(tmp_path)
     assert "Reporter contact: resident@example.org" in message.get_content()
+
+
+def test_a_request_whose_reporter_was_forgotten_goes_out_without_the_contact(
+    mailbox: MailboxServer, tmp_path: Path, sqlite_url: str
+) -> None:
+    asking = parse_mapping(
+        "adapter: email\npersonal_data: [email, phone]\nfields:\n"
+        "  subject: {template: 'Request {id}'}\n"
+        "  reporter_contact: {template: '{reporter.email} {reporter.phone}'}\n"
+        "  description: {from: description}\n"
+    )
+    request = a_request("FLYTIPPING")
+    store = Store.open(sqlite_url)
+    try:
+        with store.transaction() as tx:
+            tx.add_request(request)
+        retention.forget_request(store, request.id)
+        # As the worker loads the requests of a batch.
+        forgotten = store.get_requests([request.id])[request.id]
+    finally:
+        store.close()
+
+    adapter_for(mailbox, asking, tmp_path / "state").submit(forgotten)
+
+    [message] = stored_messages(tmp_path)
+    assert "Scaffold blocks the pavement" in message.get_content()
+    assert "Reporter contact" not in message.get_content()
+    assert "resident@example.org" not in message.as_string()
 
 
 def test_submit_twice_sends_one_message_and_find_reads_the_sent_log(
