@@ -17,7 +17,7 @@ Neither holds contact data.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -53,64 +53,57 @@ class RetentionError(Exception):
 
 @dataclass(frozen=True)
 class Pruned:
-    """What a prune deleted."""
+    """What a prune deleted, and the cutoffs it deleted before."""
 
     outbox_events: int
+    outbox_sent_before: datetime
     idempotency_keys: int
+    idempotency_before: datetime
 
 
 def prune(
     store: Store,
     *,
-    outbox_sent_before: datetime,
-    idempotency_before: datetime,
     now: datetime,
+    keep_sent: timedelta = OUTBOX_SENT_KEEP,
+    keep_idempotency: timedelta = IDEMPOTENCY_KEEP,
     batch_size: int = BATCH_SIZE,
     actor: str = PRUNE_ACTOR,
 ) -> Pruned:
-    """Delete outbox events published before `outbox_sent_before` (never one still waiting)
-    and Idempotency-Key records stored before `idempotency_before`, then audit how many went.
+    """Delete outbox events published longer than `keep_sent` before `now` (never one still
+    waiting) and Idempotency-Key records older than `keep_idempotency`, then audit how many
+    went.
 
-    RetentionError, before deleting anything, when `idempotency_before` is less than a day
-    before `now`. Batches deleted before a failure stay deleted, unaudited.
+    RetentionError, before deleting anything, when `keep_idempotency` is under a day. Batches
+    deleted before a failure stay deleted, unaudited.
     """
-    if now - idempotency_before < IDEMPOTENCY_KEEP_AT_LEAST:
+    if keep_idempotency < IDEMPOTENCY_KEEP_AT_LEAST:
         raise RetentionError(
             "Idempotency-Key records must be kept at least 1d: a client retrying a create "
             "with a newer key would make a second request"
         )
+    sent_before, keys_before = now - keep_sent, now - keep_idempotency
     events = _in_batches(
         store,
         lambda after: store.sent_outbox(
-            sent_before=outbox_sent_before, after=after or 0, limit=batch_size
+            sent_before=sent_before, after=after or 0, limit=batch_size
         ),
-        lambda tx, ids: tx.delete_sent_outbox(ids, sent_before=outbox_sent_before),
+        lambda tx, ids: tx.delete_sent_outbox(ids, sent_before=sent_before),
         batch_size,
     )
     keys = _in_batches(
         store,
         lambda after: store.idempotency_keys_before(
-            created_before=idempotency_before,
-            prefix=HEADER_KEY_PREFIX,
-            after=after,
-            limit=batch_size,
+            created_before=keys_before, prefix=HEADER_KEY_PREFIX, after=after, limit=batch_size
         ),
-        lambda tx, pairs: tx.delete_idempotency_keys(pairs, created_before=idempotency_before),
+        lambda tx, pairs: tx.delete_idempotency_keys(pairs, created_before=keys_before),
         batch_size,
     )
+    pruned = Pruned(events, sent_before, keys, keys_before)
     with store.transaction() as tx:
-        tx.audit(
-            actor=actor,
-            action="pruned",
-            details={
-                "outbox_sent_before": outbox_sent_before,
-                "outbox_events": events,
-                "idempotency_before": idempotency_before,
-                "idempotency_keys": keys,
-            },
-        )
+        tx.audit(actor=actor, action="pruned", details=asdict(pruned))
     log.info("store.pruned", outbox_events=events, idempotency_keys=keys)
-    return Pruned(outbox_events=events, idempotency_keys=keys)
+    return pruned
 
 
 def _in_batches(

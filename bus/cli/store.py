@@ -18,13 +18,13 @@ def register(app: typer.Typer) -> None:
     @group.command("prune")
     def prune(
         outbox_sent_before: str = typer.Option(
-            "7d",
+            f"{retention.OUTBOX_SENT_KEEP.days}d",
             "--outbox-sent-before",
             help="Delete outbox events the relay published longer ago than this (never one "
             "still waiting): 12h, 7d.",
         ),
         idempotency_before: str = typer.Option(
-            "30d",
+            f"{retention.IDEMPOTENCY_KEEP.days}d",
             "--idempotency-before",
             help="Delete Idempotency-Key records older than this (at least 1d): a create "
             "repeated with such a key after that is a new request.",
@@ -36,26 +36,26 @@ def register(app: typer.Typer) -> None:
         """Delete published outbox events and expired Idempotency-Key records, a batch per
         transaction so the API keeps accepting meanwhile; audited. An `external_id`'s record
         and batch tokens are kept: see the README's Retention."""
-        now = datetime.now(UTC)
-        sent_before = now - parse_duration(outbox_sent_before, "--outbox-sent-before")
-        keys_before = now - parse_duration(idempotency_before, "--idempotency-before")
+        keep_sent = parse_duration(outbox_sent_before, "--outbox-sent-before")
+        keep_idempotency = parse_duration(idempotency_before, "--idempotency-before")
         with runtime() as rt:
             try:
                 pruned = retention.prune(
                     rt.store,
-                    outbox_sent_before=sent_before,
-                    idempotency_before=keys_before,
-                    now=now,
+                    now=datetime.now(UTC),
+                    keep_sent=keep_sent,
+                    keep_idempotency=keep_idempotency,
                     batch_size=batch_size,
                 )
             except RetentionError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--idempotency-before") from exc
         typer.echo(
-            f"{pruned.outbox_events} outbox event(s) published before {_when(sent_before)} deleted"
+            f"{pruned.outbox_events} outbox event(s) published before "
+            f"{_when(pruned.outbox_sent_before)} deleted"
         )
         typer.echo(
             f"{pruned.idempotency_keys} Idempotency-Key record(s) stored before "
-            f"{_when(keys_before)} deleted"
+            f"{_when(pruned.idempotency_before)} deleted"
         )
 
 
