@@ -16,9 +16,6 @@ from schemas.events import Envelope, EventType
 from schemas.model import Status
 from tests.store.store_factories import make_request
 
-NOW = datetime.now(UTC)
-LATER = NOW + timedelta(seconds=5)
-
 
 @pytest.fixture
 def store(sqlite_url: str) -> Iterator[Store]:
@@ -50,17 +47,18 @@ def test_a_prune_deletes_a_batch_a_transaction_and_counts_them_all(
             tx.add_outbox(event, exchange="civicbus.events", routing_key="request.created")
     store.mark_sent([row.id for row in store.pending_outbox()])
 
-    pruned = retention.prune(store, now=LATER, keep_sent=timedelta(0), batch_size=2)
+    later = datetime.now(UTC)
+    pruned = retention.prune(store, now=later, keep_sent=timedelta(0), batch_size=2)
 
     assert (pruned.outbox_events, pruned.idempotency_keys) == (5, 0)
     assert deletes == ["DELETE FROM outbox"] * 3
-    assert store.sent_outbox(sent_before=LATER, limit=9) == []
+    assert store.sent_outbox(sent_before=later, limit=9) == []
 
 
 def test_forgetting_closed_requests_goes_a_batch_a_transaction_each_request_audited(
     store: Store, deletes: list[str]
 ) -> None:
-    long_ago = NOW - timedelta(days=100)
+    long_ago = datetime.now(UTC) - timedelta(days=100)
     with store.transaction() as tx:
         tx.add_requests(
             [
@@ -75,7 +73,9 @@ def test_forgetting_closed_requests_goes_a_batch_a_transaction_each_request_audi
             ]
         )
 
-    count = retention.forget_closed(store, closed_before=NOW - timedelta(days=90), batch_size=2)
+    count = retention.forget_closed(
+        store, closed_before=long_ago + timedelta(days=10), batch_size=2
+    )
 
     assert count == 5
     assert deletes == ["DELETE FROM reporters"] * 3

@@ -13,9 +13,11 @@ from bus.store._tables import idempotency_keys, outbox
 from schemas.events import Envelope, EventType
 from schemas.model import BackendRef, Reporter, ServiceRequest, Status, StatusNote, StatusUpdate
 
-NOW = datetime.now(UTC)
-WEEK_AGO = NOW - timedelta(days=7)
 CONTACT = {"email": "ann@example.org", "phone": "555 123 4567", "account_id": "acct-9"}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 def queue_events(store: Store, count: int) -> list[int]:
@@ -32,7 +34,7 @@ def backdate(
     """Set `column` to `days` ago on the rows `where` selects (the store stamps them now)."""
     with store._engine.begin() as conn:
         conn.execute(
-            column.table.update().where(where).values({column.name: NOW - timedelta(days=days)})
+            column.table.update().where(where).values({column.name: now() - timedelta(days=days)})
         )
 
 
@@ -45,21 +47,22 @@ def test_sent_outbox_rows_published_before_the_cutoff_go_and_waiting_ones_never(
     # A row stuck for ten days, never published: the relay still owes it to the broker.
     backdate(store, outbox.c.created_at, 10, outbox.c.id == ids[4])
 
-    found = store.sent_outbox(sent_before=WEEK_AGO, limit=100)
+    week_ago = now() - timedelta(days=7)
+    found = store.sent_outbox(sent_before=week_ago, limit=100)
     with store.transaction() as tx:
-        deleted = tx.delete_sent_outbox(found, sent_before=WEEK_AGO)
+        deleted = tx.delete_sent_outbox(found, sent_before=week_ago)
         # Named by id, a row published since the cutoff or not at all stays.
-        kept = tx.delete_sent_outbox(ids[2:], sent_before=WEEK_AGO)
+        kept = tx.delete_sent_outbox(ids[2:], sent_before=week_ago)
 
     assert found == ids[:2] and deleted == 2 and kept == 0
     assert [row.id for row in store.pending_outbox()] == ids[3:]
-    assert store.sent_outbox(sent_before=NOW + timedelta(seconds=5), limit=100) == [ids[2]]
+    assert store.sent_outbox(sent_before=now(), limit=100) == [ids[2]]
 
 
 def test_sent_outbox_rows_are_found_a_page_at_a_time_in_id_order(store: Store) -> None:
     ids = queue_events(store, 5)
     store.mark_sent(ids)
-    later = NOW + timedelta(seconds=5)
+    later = now()
 
     first = store.sent_outbox(sent_before=later, limit=2)
     second = store.sent_outbox(sent_before=later, after=first[-1], limit=2)
@@ -76,7 +79,7 @@ def test_idempotency_keys_of_a_prefix_stored_before_the_cutoff_go(store: Store) 
             for key in ("header:a", "header:b", "header:new", "external_id:x", "headerless"):
                 tx.save_idempotent_response(client.id, key, {"answer": [{"key": key}]})
     backdate(store, idempotency_keys.c.created_at, 31, idempotency_keys.c.key != "header:new")
-    cutoff = NOW - timedelta(days=30)
+    cutoff = now() - timedelta(days=30)
 
     first = store.idempotency_keys_before(created_before=cutoff, prefix="header:", limit=3)
     rest = store.idempotency_keys_before(
@@ -100,7 +103,7 @@ def test_a_prefix_with_like_wildcards_matches_only_itself(store: Store) -> None:
     with store.transaction() as tx:
         tx.save_idempotent_response(client.id, "a_b:1", {})
         tx.save_idempotent_response(client.id, "axb:1", {})
-    later = NOW + timedelta(seconds=5)
+    later = now()
 
     assert store.idempotency_keys_before(created_before=later, prefix="a_b:", limit=9) == [
         (client.id, "a_b:1")
