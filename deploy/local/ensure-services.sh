@@ -67,8 +67,14 @@ ensure_rabbitmq() {
   fi
 }
 
+# The server's programs, not only the cluster tools: the fault tests start a private cluster
+# with initdb and pg_ctl from /usr/lib/postgresql/<version>/bin (tests/faults/pg_cluster.py).
+postgresql_installed() {
+  command -v pg_ctlcluster >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
 ensure_postgresql() {
-  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  postgresql_installed || apt_install postgresql
   local version
   version=$(ls /etc/postgresql | sort -V | tail -n 1)
   if ! port_open 5432; then
