@@ -1,9 +1,13 @@
-"""A second, private RabbitMQ node that fault tests may stop and start at will.
+"""Private services that fault tests may stop and start at will: a second RabbitMQ node and a
+PostgreSQL cluster of their own. The machine's broker and database are never touched.
 
-The machine's broker (127.0.0.1:5672) is never touched: the private node has its own node name,
-free AMQP and distribution ports, its own config, data, logs, plugins file (none enabled) and
-Erlang cookie, all in a temporary directory. It is started once per test session (about 10 s)
-and each test gets a fresh vhost on it, with the node's app running.
+The private RabbitMQ node has its own node name, free AMQP and distribution ports, its own
+config, data, logs, plugins file (none enabled) and Erlang cookie, all in a temporary directory.
+It is started once per test session (about 10 s) and each test gets a fresh vhost on it, with
+the node's app running.
+
+The private PostgreSQL cluster (tests/faults/pg_cluster.py) is made with `initdb` once per test
+session (a few seconds) and each test gets a fresh database on it, with the server running.
 
 Usage in a fault test:
 
@@ -11,6 +15,11 @@ Usage in a fault test:
         ...  # connect to rabbit_node_url
         rabbit_node.stop_app()   # the broker goes away: connections are closed, port refuses
         rabbit_node.start_app()  # back, with durable queues and persistent messages intact
+
+    def test_other(pg_cluster: PostgresCluster, pg_cluster_url: str) -> None:
+        ...  # CIVICBUS_DATABASE_URL=pg_cluster_url
+        pg_cluster.stop("fast")  # the store goes away: sessions ended, port refuses
+        pg_cluster.start()       # back on the same port, committed data intact
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+
+from tests.faults.pg_cluster import PostgresCluster, make_cluster
 
 _RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -188,3 +199,22 @@ def rabbit_node_url(rabbit_node: RabbitNode) -> str:
     except RuntimeError:
         rabbit_node.start_app()
     return rabbit_node.add_vhost()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster for this test session; stopped and removed at the end."""
+    cluster = make_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_cluster_url(pg_cluster: PostgresCluster) -> str:
+    """A fresh database on the private cluster, the server running (an earlier test may have
+    stopped it)."""
+    if not pg_cluster.is_running():
+        pg_cluster.start()
+    return pg_cluster.create_database(f"civicbus_{uuid.uuid4().hex[:12]}")
