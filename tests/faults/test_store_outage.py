@@ -1,0 +1,443 @@
+"""The store goes away under a running bus (issue 2: "A store that cannot be reached gives 503
+with Retry-After, and nothing half-written"): its PostgreSQL server is stopped, cleanly
+(`pg_ctl stop -m fast`) and as a crash (`-m immediate`), while requests are on their way to the
+back-end and residents keep posting.
+
+Real processes (`civicbus api`, `relay`, `worker parks`, `poller parks`, and the parks simulator
+of `civicbus sandbox`) on the private PostgreSQL cluster of tests/faults/conftest.py, so that
+stopping it leaves the machine's database alone, and a fresh vhost of the machine's RabbitMQ.
+What must hold: while the store is down the API answers 503 with Retry-After at once, reads
+included; the relay, the worker and the poller wait it out and go on by themselves once it is
+back; each request that got a 201 reaches the back-end exactly once; each that got a 503 left
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from tests.e2e.city import (
+    SANDBOX_CONFIG,
+    Process,
+    base_env,
+    city_config,
+    free_port,
+    free_port_pair,
+    queue_consumers,
+    run_cli,
+    wait_until,
+)
+from tests.faults.pg_cluster import PostgresCluster
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.timeout(180)]
+
+#: Routed to the `parks` instance by the sandbox config; it has no attributes to answer.
+SERVICE = ("PLAYGROUND", "shelbyville.example")
+INSTANCE = "parks"
+#: Requests posted before each outage, while the back-end is slow: some are in the worker's
+#: hands (submitted, receipts not recorded yet) when the store goes.
+BEFORE_OUTAGE = 10
+#: Creates tried while the store is down, each with an Idempotency-Key to send again later.
+DURING_OUTAGE = 3
+AFTER_OUTAGES = 5
+#: Seconds each outage lasts: the relay's and the worker's tries fail several times over.
+OUTAGE = 4.0
+#: An answer the API gives while the store is down may take this long at most: no hang.
+PROMPT = 5.0
+STARTUP_TIMEOUT = 60.0
+DELIVERY_TIMEOUT = 60.0
+
+
+@dataclass
+class Bus:
+    """The parts of civicbus on the private cluster, and where they listen."""
+
+    workdir: Path
+    env: dict[str, str]
+    api_url: str
+    parks_url: str
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def open311(self) -> str:
+        return f"{self.api_url}/open311/v2"
+
+    def diagnose(self) -> str:
+        return "\n".join(p.tail(30) for p in self.processes.values())
+
+    def wait_until(self, check: Callable[[], object], *, timeout: float, what: str) -> object:
+        return wait_until(check, timeout=timeout, what=what, explain=self.diagnose)
+
+    def count(self, part: str, event: str) -> int:
+        """How many times a part has logged `event`."""
+        return sum(e.get("event") == event for e in self.processes[part].events())
+
+
+@pytest.fixture
+def bus(
+    tmp_path: Path,
+    amqp_vhost_factory: Callable[[], str],
+    pg_cluster_url: str,
+) -> Iterator[Bus]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    state_dir = tmp_path / "sandbox-state"
+    ports = {
+        "sap": free_port(),
+        "permits": free_port(),
+        "parks": free_port(),
+        "mailbox": free_port_pair(),
+    }
+    api_port = free_port()
+    config = city_config(
+        SANDBOX_CONFIG,
+        api_port=api_port,
+        ports=ports,
+        state_dir=state_dir,
+        workorders_url=f"sqlite:///{state_dir}/workorders.db",
+        sent_dir=tmp_path / "email-sent",
+    )
+    config_path = tmp_path / "civicbus.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    env = {
+        **base_env(),
+        "CIVICBUS_CONFIG": str(config_path),
+        "CIVICBUS_DATABASE_URL": pg_cluster_url,
+        "CIVICBUS_AMQP_URL": amqp_vhost_factory(),
+        "CIVICBUS_MEDIA_DIR": str(tmp_path / "media"),
+        "CIVICBUS_LOG_FORMAT": "json",
+    }
+    bus = Bus(
+        workdir=tmp_path,
+        env=env,
+        api_url=f"http://127.0.0.1:{api_port}",
+        parks_url=f"http://127.0.0.1:{ports['parks']}",
+    )
+    commands = {
+        "sandbox": [
+            *("sandbox", "--only", "parks", "--state-dir", str(state_dir)),
+            *("--port", f"parks={ports['parks']}"),
+            # Work moves on by itself: the poller has status changes to record.
+            *("--auto-progress", "1"),
+        ],
+        "api": ["api", "--port", str(api_port)],
+        "relay": ["relay", "--poll-interval", "0.05"],
+        "worker": ["worker", INSTANCE],
+        "poller": ["poller", INSTANCE],
+    }
+    try:
+        # The API creates the schema; the others start on it.
+        for name in ("sandbox", "api"):
+            bus.processes[name] = Process.start(
+                name, commands[name], env=env, cwd=tmp_path, logs=logs
+            )
+        for probe in (f"{bus.api_url}/healthz", f"{bus.parks_url}/_sandbox/"):
+            bus.wait_until(functools.partial(_answers, probe), timeout=STARTUP_TIMEOUT, what=probe)
+        for name in ("relay", "worker", "poller"):
+            bus.processes[name] = Process.start(
+                name, commands[name], env=env, cwd=tmp_path, logs=logs
+            )
+        work_queue = f"civicbus.work.{INSTANCE}"
+        bus.wait_until(
+            lambda: queue_consumers(env["CIVICBUS_AMQP_URL"], [work_queue])[work_queue] == 1,
+            timeout=STARTUP_TIMEOUT,
+            what=f"the worker consuming {work_queue}",
+        )
+    except BaseException:
+        _stop(bus)
+        raise
+    yield bus
+    problems = _stop(bus)
+    assert not problems, "; ".join(problems) + "\n" + bus.diagnose()
+
+
+@dataclass
+class Residents:
+    """Residents posting one report after another, each with an Idempotency-Key, across the
+    outages: some of their creates are in flight as the store stops or starts."""
+
+    bus: Bus
+    api_key: str
+    #: (Idempotency-Key, HTTP status, request id or None, seconds the answer took)
+    answers: list[tuple[str, int, str | None, float]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            key = f"resident-{n}"
+            try:
+                response, took = _timed(functools.partial(_post, self.bus, self.api_key, n, key))
+            except httpx.HTTPError as exc:  # a hang or a dropped connection: recorded as 0
+                self.answers.append((key, 0, repr(exc), 0.0))
+            else:
+                created = response.status_code == 201
+                request_id = response.json()[0]["service_request_id"] if created else None
+                self.answers.append((key, response.status_code, request_id, took))
+            n += 1
+            self.stop.wait(0.1)
+
+
+def _answers(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def _stop(bus: Bus) -> list[str]:
+    problems = []
+    for name, process in reversed(bus.processes.items()):
+        problem = process.stop()
+        # uvicorn re-raises the SIGTERM once it has shut down gracefully.
+        graceful_api = name == "api" and process.popen.returncode == -signal.SIGTERM
+        if problem and not graceful_api:
+            problems.append(problem)
+    return problems
+
+
+def _fault(bus: Bus, mode: dict[str, object]) -> None:
+    response = httpx.put(f"{bus.parks_url}/_sandbox/fault", json=mode, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def _held(bus: Bus) -> list[str]:
+    """The external references of the work requests the parks back-end holds."""
+    response = httpx.get(f"{bus.parks_url}/_sandbox/items", timeout=10)
+    assert response.status_code == 200, response.text
+    return [str(item["external_reference"]) for item in response.json()]
+
+
+def _post(bus: Bus, key: str, n: int, idempotency_key: str | None = None) -> httpx.Response:
+    code, jurisdiction = SERVICE
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    return httpx.post(
+        f"{bus.open311}/requests.json",
+        data={
+            "api_key": key,
+            "jurisdiction_id": jurisdiction,
+            "service_code": code,
+            "lat": "39.80",
+            "long": "-89.64",
+            "description": f"Broken swing number {n}",
+        },
+        headers=headers,
+        timeout=30,
+    )
+
+
+def _created(response: httpx.Response) -> str:
+    assert response.status_code == 201, response.text
+    return str(response.json()[0]["service_request_id"])
+
+
+def _assert_unavailable(response: httpx.Response, what: str) -> None:
+    """503, a Retry-After to honour, and the Open311 error list."""
+    assert response.status_code == 503, f"{what}: {response.status_code} {response.text}"
+    assert int(response.headers["retry-after"]) > 0, what
+    errors = response.json()
+    assert isinstance(errors, list) and errors, what
+    assert errors[0]["code"] == 503 and errors[0]["description"], what
+
+
+def _timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def test_a_store_stopped_under_the_running_bus_answers_503_and_loses_nothing(
+    bus: Bus, pg_cluster: PostgresCluster
+) -> None:
+    done = run_cli(["clients", "add", "outage-app"], env=bus.env, cwd=bus.workdir)
+    api_key = done.stdout.strip().splitlines()[-1]
+    pids = {name: p.popen.pid for name, p in bus.processes.items()}
+    accepted: list[str] = []
+    refused: list[str] = []  # the Idempotency-Keys of creates answered 503, sent again later
+    timings: dict[str, float] = {}
+    residents = Residents(bus, api_key)
+    posting = threading.Thread(target=residents.run, daemon=True)
+    posting.start()
+    try:
+        for mode in ("fast", "immediate"):
+            _outage(bus, pg_cluster, mode, api_key, accepted, refused, timings)
+    finally:
+        residents.stop.set()
+        posting.join(timeout=60)
+    # Each resident's create was taken or refused at once; one refused leaves nothing behind.
+    for key, status, request_id, took in residents.answers:
+        assert status in (201, 503), (key, status, request_id)
+        if status == 201:
+            assert request_id is not None
+            accepted.append(request_id)
+            continue
+        _slowest(timings, "POST 503 (residents)", took)
+        refused.append(key)
+        n = int(key.rsplit("-", 1)[1])
+        accepted.append(_created(_post(bus, api_key, n, key)))
+
+    accepted += [_created(_post(bus, api_key, 200 + n)) for n in range(AFTER_OUTAGES)]
+    print(
+        f"{len(residents.answers)} residents' creates, {len(refused)} refused;",
+        ", ".join(f"{k}: {v:.2f}s" for k, v in timings.items()),
+    )
+    slowest = max(v for k, v in timings.items() if "503" in k)
+    assert slowest < PROMPT, f"an answer during the outage took {slowest:.1f}s"
+
+    engine = sa.create_engine(bus.env["CIVICBUS_DATABASE_URL"])
+    try:
+
+        def submitted() -> dict[str, int]:
+            """How many `submitted` entries each request's audit trail has."""
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT request_id, count(*) FROM audit_log "
+                        "WHERE action = 'submitted' GROUP BY request_id"
+                    )
+                )
+                return {str(request_id): int(n) for request_id, n in rows}
+
+        bus.wait_until(
+            lambda: set(submitted()) >= set(accepted),
+            timeout=DELIVERY_TIMEOUT,
+            what="every request submitted",
+        )
+        assert len(set(accepted)) == len(accepted)
+        assert sorted(_held(bus)) == sorted(accepted), "the back-end holds each request once"
+        assert submitted() == dict.fromkeys(accepted, 1)
+        # Nothing half-written by a refused create: the accepted requests are all there is.
+        with engine.connect() as conn:
+            stored = set(conn.execute(sa.text("SELECT id FROM requests")).scalars())
+            keyed = conn.execute(sa.text("SELECT count(*) FROM idempotency_keys")).scalar()
+        assert stored == set(accepted)
+        # One key per report sent with one, however often it was sent.
+        assert keyed == len(residents.answers) + DURING_OUTAGE * 2
+
+        def outbox_empty() -> bool:
+            with engine.connect() as conn:
+                query = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+                return conn.execute(sa.text(query)).scalar() == 0
+
+        bus.wait_until(outbox_empty, timeout=DELIVERY_TIMEOUT, what="the outbox relayed")
+    finally:
+        engine.dispose()
+    run_cli(["audit", "verify"], env=bus.env, cwd=bus.workdir)
+    # Nobody restarted anything: the same processes carried on.
+    for name, process in bus.processes.items():
+        assert process.popen.poll() is None, f"{name} exited\n{bus.diagnose()}"
+        assert process.popen.pid == pids[name]
+
+
+def _outage(
+    bus: Bus,
+    pg_cluster: PostgresCluster,
+    mode: str,
+    api_key: str,
+    accepted: list[str],
+    refused: list[str],
+    timings: dict[str, float],
+) -> None:
+    """Requests on their way, then the store stopped (`pg_ctl stop -m MODE`) for OUTAGE
+    seconds and started again: what the API answers meanwhile, and that the bus carries on."""
+    _, jurisdiction = SERVICE
+    # A slow back-end: the worker is inside a batch (found or submitted, receipts not yet
+    # recorded) when the store goes away, and goes on submitting while it is away.
+    _fault(bus, {"mode": "slow", "delay": 0.2})
+    first = len(accepted)
+    accepted += [_created(_post(bus, api_key, n)) for n in range(first, first + BEFORE_OUTAGE)]
+    bus.wait_until(
+        lambda first=first: set(accepted[first:]) & set(_held(bus)),
+        timeout=DELIVERY_TIMEOUT,
+        what="work under way",
+    )
+    relay_failures = bus.count("relay", "relay.store_failed")
+    worker_waits = bus.count("worker", "worker.store_unavailable")
+    poller_failures = bus.count("poller", "poller.round_failed")
+    stopped_at = time.monotonic()
+    pg_cluster.stop(mode)
+
+    keys = [f"outage-{mode}-{uuid.uuid4().hex[:8]}" for _ in range(DURING_OUTAGE)]
+    for n, key in enumerate(keys):
+        response, took = _timed(functools.partial(_post, bus, api_key, 100 + n, key))
+        _assert_unavailable(response, f"POST during the {mode} outage")
+        _slowest(timings, f"POST 503 ({mode})", took)
+    refused += keys
+    reads = {
+        "GET /requests.json": f"{bus.open311}/requests.json?jurisdiction_id={jurisdiction}",
+        "GET /requests/{id}.json": (
+            f"{bus.open311}/requests/{accepted[0]}.json?jurisdiction_id={jurisdiction}"
+        ),
+    }
+    for what, url in reads.items():
+        response, took = _timed(functools.partial(httpx.get, url, timeout=30))
+        _assert_unavailable(response, f"{what} during the {mode} outage")
+        _slowest(timings, f"GET 503 ({mode})", took)
+    assert httpx.get(f"{bus.api_url}/healthz", timeout=30).status_code == 503
+
+    # The relay and the worker meet the outage, and wait it out.
+    bus.wait_until(
+        lambda n=relay_failures: bus.count("relay", "relay.store_failed") > n,
+        timeout=10,
+        what="the relay to meet the outage",
+    )
+    bus.wait_until(
+        lambda n=worker_waits: bus.count("worker", "worker.store_unavailable") > n,
+        timeout=10,
+        what="the worker to meet the outage (with receipts to record)",
+    )
+    bus.wait_until(
+        lambda n=poller_failures: bus.count("poller", "poller.round_failed") > n,
+        timeout=10,
+        what="the poller to meet the outage",
+    )
+    # The store stays away a while: several of the relay's and the worker's tries fail.
+    bus.wait_until(
+        lambda: time.monotonic() - stopped_at >= OUTAGE,
+        timeout=OUTAGE + 1,
+        what="the outage to last",
+    )
+    for name, process in bus.processes.items():
+        assert process.popen.poll() is None, f"{name} exited\n{bus.diagnose()}"
+
+    pg_cluster.start()
+    restarted_at = time.monotonic()
+    recorded = bus.count("poller", "poller.recorded")
+    _fault(bus, {"mode": "none"})
+    bus.wait_until(
+        functools.partial(_answers, f"{bus.api_url}/healthz"),
+        timeout=10,
+        what="the API to answer again",
+    )
+    timings[f"API back after restart ({mode})"] = time.monotonic() - restarted_at
+    # A resident whose report got a 503 sends it again, with its key: created once.
+    for n, key in enumerate(keys):
+        request_id = _created(_post(bus, api_key, 100 + n, key))
+        again = _post(bus, api_key, 100 + n, key)
+        assert again.status_code == 200, again.text
+        assert again.json()[0]["service_request_id"] == request_id
+        accepted.append(request_id)
+    bus.wait_until(
+        lambda: set(accepted) <= set(_held(bus)),
+        timeout=DELIVERY_TIMEOUT,
+        what="every request so far in the back-end",
+    )
+    timings[f"all delivered after restart ({mode})"] = time.monotonic() - restarted_at
+    bus.wait_until(
+        lambda: bus.count("poller", "poller.recorded") > recorded,
+        timeout=DELIVERY_TIMEOUT,
+        what="the poller to record status changes again",
+    )
+
+
+def _slowest(timings: dict[str, float], what: str, took: float) -> None:
+    timings[what] = max(timings.get(what, 0.0), took)
