@@ -77,6 +77,9 @@ class RelaySettings:
     lease_ttl: float = 15.0
     #: Upper bound, in seconds, of the wait between reconnect attempts and after a failed batch.
     max_backoff: float = 15.0
+    #: Upper bound, in seconds, of the wait after the store failed: asking it again costs one
+    #: query, and the relay should resume within seconds of the store coming back.
+    store_max_backoff: float = 2.0
     #: Who holds the lease: unique per process.
     holder: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -145,9 +148,9 @@ class Relay:
         except (BrokerUnavailable, Unroutable) as exc:
             # Nothing of the batch was marked: it goes out again, whole and in order.
             self._disconnect()
-            self._back_off("relay.broker_failed", exc)
+            self._back_off("relay.broker_failed", exc, self.settings.max_backoff)
         except StoreUnavailable as exc:
-            self._back_off("relay.store_failed", exc)
+            self._back_off("relay.store_failed", exc, self.settings.store_max_backoff)
 
     def _idle(self) -> None:
         wait = min(self.settings.poll_interval, self.settings.quick_poll * 2**self._empty_looks)
@@ -156,9 +159,9 @@ class Relay:
         with broker_errors("waiting for outbox rows"):
             self._connection.process_data_events(time_limit=wait)
 
-    def _back_off(self, event: str, exc: Exception) -> None:
+    def _back_off(self, event: str, exc: Exception, cap: float) -> None:
         self._failures += 1
-        wait = min(self.settings.max_backoff, 0.1 * 2 ** min(self._failures, 8))
+        wait = min(cap, 0.1 * 2 ** min(self._failures, 8))
         log.warning(event, error=str(exc), attempt=self._failures, wait_s=wait)
         self.stop.wait(wait)
 

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from bus.broker import topology as t
 from bus.config import Config
@@ -77,3 +78,29 @@ def test_a_batch_that_cannot_be_marked_goes_out_again_in_order(
     finally:
         release.set()
         store.close()
+
+
+class _StoreDown:
+    """A store that cannot be reached (every call raises StoreUnavailable)."""
+
+    def __getattr__(self, name: str) -> Any:
+        def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise StoreUnavailable("the store cannot be reached")
+
+        return unavailable
+
+
+def test_the_relay_asks_a_failing_store_again_every_2_s_at_most_however_long_it_failed(
+    config: Config,
+) -> None:
+    # The broker's 15 s backoff cap would leave a long store outage followed by up to 15 s of
+    # idling once the store is back; asking the store again costs one query.
+    relay = Relay(_StoreDown(), config, "amqp://unused")  # type: ignore[arg-type]
+    relay.stop.set()  # the waits return at once; the waits asked for are logged
+    with capture_logs() as logs:
+        for _ in range(12):
+            relay._cycle()
+
+    waits = [entry["wait_s"] for entry in logs if entry["event"] == "relay.store_failed"]
+    assert len(waits) == 12
+    assert waits[:3] == [0.2, 0.4, 0.8] and max(waits) == RelaySettings().store_max_backoff == 2.0
