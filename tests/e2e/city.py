@@ -320,3 +320,65 @@ def queue_consumers(amqp_url: str, queues: Sequence[str]) -> dict[str, int]:
     finally:
         connection.close()
     return counts
+
+
+@dataclass(frozen=True)
+class CityFiles:
+    """A sandbox city's config and environment in `workdir`, on free loopback ports: what the
+    tests that run civicbus as processes start it with."""
+
+    config: dict[str, Any]
+    env: dict[str, str]
+    #: The simulators' ports, by name (the mailbox's control endpoint is the next port).
+    ports: dict[str, int]
+    api_port: int
+    state_dir: Path
+    workorders_url: str
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def sandbox_args(self, *only: str) -> list[str]:
+        """`civicbus sandbox` on this city's ports and state (every simulator, or `only`)."""
+        args = ["sandbox", "--state-dir", str(self.state_dir)]
+        for name in only:
+            args += ["--only", name]
+        for name, port in self.ports.items():
+            if not only or name in only:
+                args += ["--port", f"{name}={port}"]
+        return args
+
+
+def city_files(workdir: Path, *, database_url: str, amqp_url: str) -> CityFiles:
+    """Write the sandbox config for a city in `workdir` (see `city_config`) and give the
+    environment its civicbus processes run with: that config, this store and broker vhost,
+    JSON logs."""
+    state_dir = workdir / "sandbox-state"
+    ports = {
+        "sap": free_port(),
+        "permits": free_port(),
+        "parks": free_port(),
+        "mailbox": free_port_pair(),
+    }
+    api_port = free_port()
+    workorders_url = f"sqlite:///{state_dir}/workorders.db"
+    config = city_config(
+        SANDBOX_CONFIG,
+        api_port=api_port,
+        ports=ports,
+        state_dir=state_dir,
+        workorders_url=workorders_url,
+        sent_dir=workdir / "email-sent",
+    )
+    config_path = workdir / "civicbus.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    env = {
+        **base_env(),
+        "CIVICBUS_CONFIG": str(config_path),
+        "CIVICBUS_DATABASE_URL": database_url,
+        "CIVICBUS_AMQP_URL": amqp_url,
+        "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
+        "CIVICBUS_LOG_FORMAT": "json",
+    }
+    return CityFiles(config, env, ports, api_port, state_dir, workorders_url)

@@ -10,18 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.e2e.city import (
-    SANDBOX_CONFIG,
-    Process,
-    SandboxCity,
-    base_env,
-    city_config,
-    free_port,
-    free_port_pair,
-    queue_consumers,
-)
+from tests.e2e.city import Process, SandboxCity, city_files, queue_consumers
 from tests.e2e.webhook_receiver import WebhookReceiver
 
 #: The environment variable the webhook subscription names for its signing secret.
@@ -68,56 +58,30 @@ def city(
     workdir = tmp_path_factory.mktemp("sandbox-city")
     logs = workdir / "logs"
     logs.mkdir()
-    state_dir = workdir / "sandbox-state"
-    ports = {
-        "sap": free_port(),
-        "permits": free_port(),
-        "parks": free_port(),
-        "mailbox": free_port_pair(),
-    }
-    api_port = free_port()
-    workorders_url = f"sqlite:///{state_dir}/workorders.db"
-    config = city_config(
-        SANDBOX_CONFIG,
-        api_port=api_port,
-        ports=ports,
-        state_dir=state_dir,
-        workorders_url=workorders_url,
-        sent_dir=workdir / "email-sent",
+    database_url = (
+        postgres_database_factory()
+        if request.param == "postgresql"
+        else f"sqlite:///{workdir}/civicbus.db"
     )
-    config_path = workdir / "civicbus.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     amqp_url = amqp_vhost_factory()
-    env = {
-        **base_env(),
-        "CIVICBUS_CONFIG": str(config_path),
-        "CIVICBUS_DATABASE_URL": (
-            postgres_database_factory()
-            if request.param == "postgresql"
-            else f"sqlite:///{workdir}/civicbus.db"
-        ),
-        "CIVICBUS_AMQP_URL": amqp_url,
-        "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
-        "CIVICBUS_LOG_FORMAT": "json",
-        WEBHOOK_SECRET_ENV: webhook_secret,
-    }
+    files = city_files(workdir, database_url=database_url, amqp_url=amqp_url)
+    env = {**files.env, WEBHOOK_SECRET_ENV: webhook_secret}
+    ports = files.ports
     city = SandboxCity(
         workdir=workdir,
         env=env,
-        config=config,
-        api_url=f"http://127.0.0.1:{api_port}",
+        config=files.config,
+        api_url=files.api_url,
         control_urls={
             "sap": f"http://127.0.0.1:{ports['sap']}",
             "permits": f"http://127.0.0.1:{ports['permits']}",
             "parks": f"http://127.0.0.1:{ports['parks']}",
             "mailbox": f"http://127.0.0.1:{ports['mailbox'] + 1}",
         },
-        state_dir=state_dir,
-        workorders_url=workorders_url,
+        state_dir=files.state_dir,
+        workorders_url=files.workorders_url,
     )
-    sandbox_args = ["sandbox", "--state-dir", str(state_dir)]
-    for name, port in ports.items():
-        sandbox_args += ["--port", f"{name}={port}"]
+    sandbox_args = files.sandbox_args()
     try:
         city.processes.append(
             Process.start("sandbox", sandbox_args, env=env, cwd=workdir, logs=logs)
@@ -125,7 +89,7 @@ def city(
         city.processes.append(
             Process.start(
                 "run",
-                ["run", "--no-sandbox", "--port", str(api_port)],
+                ["run", "--no-sandbox", "--port", str(files.api_port)],
                 env=env,
                 cwd=workdir,
                 logs=logs,

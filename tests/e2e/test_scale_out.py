@@ -21,16 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from bus.store import Store
 from tests.e2e.city import (
-    SANDBOX_CONFIG,
     Process,
-    base_env,
-    city_config,
+    city_files,
     free_port,
-    free_port_pair,
     queue_consumers,
     run_cli,
     wait_until,
@@ -72,35 +68,11 @@ def scaled(
     workdir = tmp_path_factory.mktemp("scaled-city")
     logs = workdir / "logs"
     logs.mkdir()
-    state_dir = workdir / "sandbox-state"
-    ports = {
-        "sap": free_port(),
-        "permits": free_port(),
-        "parks": free_port(),
-        "mailbox": free_port_pair(),
-    }
-    api_ports = [free_port(), free_port()]
-    config = city_config(
-        SANDBOX_CONFIG,
-        api_port=api_ports[0],
-        ports=ports,
-        state_dir=state_dir,
-        workorders_url=f"sqlite:///{state_dir}/workorders.db",
-        sent_dir=workdir / "email-sent",
+    files = city_files(
+        workdir, database_url=postgres_database_factory(), amqp_url=amqp_vhost_factory()
     )
-    config_path = workdir / "civicbus.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    env = {
-        **base_env(),
-        "CIVICBUS_CONFIG": str(config_path),
-        "CIVICBUS_DATABASE_URL": postgres_database_factory(),
-        "CIVICBUS_AMQP_URL": amqp_vhost_factory(),
-        "CIVICBUS_MEDIA_DIR": str(workdir / "media"),
-        "CIVICBUS_LOG_FORMAT": "json",
-    }
-    sandbox_args = ["sandbox", "--state-dir", str(state_dir)]
-    for name, port in ports.items():
-        sandbox_args += ["--port", f"{name}={port}"]
+    env, api_ports = files.env, [files.api_port, free_port()]
+    sandbox_args = files.sandbox_args()
     # Every part at once on an empty database: they race to create the schema, as the copies
     # of a deployment started together do.
     commands = {
@@ -116,7 +88,7 @@ def scaled(
         workdir=workdir,
         env=env,
         api_urls=[f"http://127.0.0.1:{port}" for port in api_ports],
-        parks_url=f"http://127.0.0.1:{ports['parks']}",
+        parks_url=f"http://127.0.0.1:{files.ports['parks']}",
         processes={},
     )
     try:

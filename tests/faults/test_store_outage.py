@@ -26,15 +26,10 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from tests.e2e.city import (
-    SANDBOX_CONFIG,
     Process,
-    base_env,
-    city_config,
-    free_port,
-    free_port_pair,
+    city_files,
     queue_consumers,
     run_cli,
     wait_until,
@@ -93,32 +88,8 @@ def bus(
 ) -> Iterator[Bus]:
     logs = tmp_path / "logs"
     logs.mkdir()
-    state_dir = tmp_path / "sandbox-state"
-    ports = {
-        "sap": free_port(),
-        "permits": free_port(),
-        "parks": free_port(),
-        "mailbox": free_port_pair(),
-    }
-    api_port = free_port()
-    config = city_config(
-        SANDBOX_CONFIG,
-        api_port=api_port,
-        ports=ports,
-        state_dir=state_dir,
-        workorders_url=f"sqlite:///{state_dir}/workorders.db",
-        sent_dir=tmp_path / "email-sent",
-    )
-    config_path = tmp_path / "civicbus.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    env = {
-        **base_env(),
-        "CIVICBUS_CONFIG": str(config_path),
-        "CIVICBUS_DATABASE_URL": pg_cluster_url,
-        "CIVICBUS_AMQP_URL": amqp_vhost_factory(),
-        "CIVICBUS_MEDIA_DIR": str(tmp_path / "media"),
-        "CIVICBUS_LOG_FORMAT": "json",
-    }
+    files = city_files(tmp_path, database_url=pg_cluster_url, amqp_url=amqp_vhost_factory())
+    env, ports, api_port, state_dir = files.env, files.ports, files.api_port, files.state_dir
     bus = Bus(
         workdir=tmp_path,
         env=env,
