@@ -176,6 +176,13 @@ class Process:
                     continue
         return found
 
+    def ended_gracefully(self) -> bool:
+        """Whether an API process ended by the SIGTERM uvicorn re-raises once it has shut down
+        gracefully (its exit code is then -SIGTERM, not 0)."""
+        return self.popen.returncode == -signal.SIGTERM and any(
+            e.get("event", "").startswith("Finished server process") for e in self.events()
+        )
+
     def supervisor_problems(self) -> list[str]:
         """What `civicbus run`'s supervisor saw go wrong: parts that died while running, were
         killed after the grace period, or exited non-zero on SIGTERM."""
@@ -382,3 +389,66 @@ def city_files(workdir: Path, *, database_url: str, amqp_url: str) -> CityFiles:
         "CIVICBUS_LOG_FORMAT": "json",
     }
     return CityFiles(config, env, ports, api_port, state_dir, workorders_url)
+
+
+# --- what the process tests ask of a running city ----------------------------------------------
+
+#: A parks service of the sandbox city with no attributes to answer (routed to `parks`).
+PARKS_SERVICE = ("PLAYGROUND", "shelbyville.example")
+
+
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 now (a simulator's control endpoint, the API's /healthz)."""
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def post_report(
+    open311: str, api_key: str, n: int, idempotency_key: str | None = None
+) -> httpx.Response:
+    """POST report number `n` for PARKS_SERVICE to the Open311 API at `open311`."""
+    code, jurisdiction = PARKS_SERVICE
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    return httpx.post(
+        f"{open311}/requests.json",
+        data={
+            "api_key": api_key,
+            "jurisdiction_id": jurisdiction,
+            "service_code": code,
+            "lat": "39.80",
+            "long": "-89.64",
+            "description": f"Broken swing number {n}",
+        },
+        headers=headers,
+        timeout=30,
+    )
+
+
+def created_id(response: httpx.Response) -> str:
+    """The request id a 201 answer to a create gives (and fail on any other answer)."""
+    assert response.status_code == 201, response.text
+    return str(response.json()[0]["service_request_id"])
+
+
+def set_fault(control_url: str, mode: Mapping[str, object]) -> None:
+    """Put a simulator in a fault mode (`{"mode": "slow", "delay": 0.5}`, `{"mode": "none"}`)."""
+    response = httpx.put(f"{control_url}/_sandbox/fault", json=dict(mode), timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def held_references(control_url: str) -> list[str]:
+    """The external references (civicbus request ids) of the work a simulator holds."""
+    response = httpx.get(f"{control_url}/_sandbox/items", timeout=10)
+    assert response.status_code == 200, response.text
+    return [str(item["external_reference"]) for item in response.json()]
+
+
+def stop_all(processes: Mapping[str, Process]) -> list[str]:
+    """Stop every process still running, last started first; what went wrong with those the
+    test did not kill itself (an API's graceful end by SIGTERM is no problem)."""
+    problems = []
+    for name, process in reversed(processes.items()):
+        killed = process.popen.returncode == -signal.SIGKILL
+        problem = process.stop()
+        if problem and not killed and not (name.startswith("api") and process.ended_gracefully()):
+            problems.append(problem)
+    return problems

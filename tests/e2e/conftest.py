@@ -8,10 +8,9 @@ import secrets
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.e2e.city import Process, SandboxCity, city_files, queue_consumers
+from tests.e2e.city import Process, SandboxCity, answers, city_files, queue_consumers
 from tests.e2e.webhook_receiver import WebhookReceiver
 
 #: The environment variable the webhook subscription names for its signing secret.
@@ -107,12 +106,12 @@ def _wait_until_up(city: SandboxCity, amqp_url: str) -> None:
     """Every simulator answers, /healthz says ok, and every instance's queue has a consumer."""
     for name, url in city.control_urls.items():
         city.wait_until(
-            functools.partial(_answers, f"{url}/_sandbox/"),
+            functools.partial(answers, f"{url}/_sandbox/"),
             timeout=STARTUP_TIMEOUT,
             what=f"the {name} simulator's control endpoint",
         )
     city.wait_until(
-        functools.partial(_answers, f"{city.api_url}/healthz"),
+        functools.partial(answers, f"{city.api_url}/healthz"),
         timeout=STARTUP_TIMEOUT,
         what="the API's /healthz",
     )
@@ -122,10 +121,6 @@ def _wait_until_up(city: SandboxCity, amqp_url: str) -> None:
         timeout=STARTUP_TIMEOUT,
         what=f"a consumer on each of {', '.join(queues)}",
     )
-
-
-def _answers(url: str) -> bool:
-    return httpx.get(url, timeout=2).status_code == 200
 
 
 def _stop(city: SandboxCity, *, raising: bool) -> None:

@@ -18,24 +18,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
 from bus.store import Store
 from tests.e2e.city import (
     Process,
+    answers,
     city_files,
+    created_id,
     free_port,
+    held_references,
+    post_report,
     queue_consumers,
     run_cli,
+    set_fault,
+    stop_all,
     wait_until,
 )
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.timeout(240)]
 
-#: Routed to the `parks` instance by the sandbox config; it has no attributes to answer.
-SERVICE = ("PLAYGROUND", "shelbyville.example")
+#: The instance PARKS_SERVICE is routed to.
 INSTANCE = "parks"
 REQUESTS = 40
 #: Short, so that the standby relay takes over within the test's waits.
@@ -96,7 +100,7 @@ def scaled(
             city.processes[name] = Process.start(name, args, env=env, cwd=workdir, logs=logs)
         for url in [*city.api_urls, city.parks_url]:
             probe = f"{url}/healthz" if url in city.api_urls else f"{url}/_sandbox/"
-            city.wait_until(functools.partial(_answers, probe), timeout=STARTUP_TIMEOUT, what=probe)
+            city.wait_until(functools.partial(answers, probe), timeout=STARTUP_TIMEOUT, what=probe)
         work_queue = f"civicbus.work.{INSTANCE}"
         city.wait_until(
             lambda: queue_consumers(env["CIVICBUS_AMQP_URL"], [work_queue])[work_queue] == 2,
@@ -104,35 +108,11 @@ def scaled(
             what=f"both workers consuming {work_queue}",
         )
     except BaseException:
-        _stop(city)
+        stop_all(city.processes)
         raise
     yield city
-    problems = _stop(city)
+    problems = stop_all(city.processes)
     assert not problems, "; ".join(problems) + "\n" + city.diagnose()
-
-
-def _answers(url: str) -> bool:
-    return httpx.get(url, timeout=2).status_code == 200
-
-
-def _stop(city: ScaledCity) -> list[str]:
-    """Stop every part still running; what went wrong with the ones the test did not kill."""
-    problems = []
-    for name, process in reversed(city.processes.items()):
-        killed = process.popen.returncode == -signal.SIGKILL
-        problem = process.stop()
-        if problem and not killed and not _graceful_api(name, process):
-            problems.append(problem)
-    return problems
-
-
-def _graceful_api(name: str, process: Process) -> bool:
-    """uvicorn re-raises the SIGTERM once it has shut down gracefully."""
-    return (
-        name.startswith("api")
-        and process.popen.returncode == -signal.SIGTERM
-        and any(e.get("event", "").startswith("Finished server process") for e in process.events())
-    )
 
 
 def _relay_lease_holder(engine: sa.Engine) -> str | None:
@@ -146,35 +126,9 @@ def _kill(process: Process) -> None:
     process.popen.wait(timeout=10)
 
 
-def _fault(city: ScaledCity, mode: dict[str, object]) -> None:
-    response = httpx.put(f"{city.parks_url}/_sandbox/fault", json=mode, timeout=10)
-    assert response.status_code == 200, response.text
-
-
-def _held(city: ScaledCity) -> list[dict[str, object]]:
-    """The work requests the parks back-end holds."""
-    response = httpx.get(f"{city.parks_url}/_sandbox/items", timeout=10)
-    assert response.status_code == 200, response.text
-    items: list[dict[str, object]] = response.json()
-    return items
-
-
 def _post(city: ScaledCity, key: str, n: int) -> str:
-    code, jurisdiction = SERVICE
-    response = httpx.post(
-        f"{city.api_urls[n % 2]}/open311/v2/requests.json",
-        data={
-            "api_key": key,
-            "jurisdiction_id": jurisdiction,
-            "service_code": code,
-            "lat": "39.80",
-            "long": "-89.64",
-            "description": f"Broken swing number {n}",
-        },
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()[0]["service_request_id"])
+    """Report `n`, to the two APIs in turn."""
+    return created_id(post_report(f"{city.api_urls[n % 2]}/open311/v2", key, n))
 
 
 def test_copies_of_every_part_deliver_each_request_once_while_a_relay_and_a_worker_die(
@@ -193,16 +147,18 @@ def test_copies_of_every_part_deliver_each_request_once_while_a_relay_and_a_work
         standby = next(name for name in relays.values() if name != active)
 
         # A slow back-end, so that the workers are inside a call when one of them dies.
-        _fault(scaled, {"mode": "slow", "delay": 0.5})
+        set_fault(scaled.parks_url, {"mode": "slow", "delay": 0.5})
         with ThreadPoolExecutor(max_workers=4) as pool:
             first = list(pool.map(functools.partial(_post, scaled, api_key), range(REQUESTS // 2)))
             scaled.wait_until(
-                lambda: len(_held(scaled)) >= 2, timeout=DELIVERY_TIMEOUT, what="work under way"
+                lambda: len(held_references(scaled.parks_url)) >= 2,
+                timeout=DELIVERY_TIMEOUT,
+                what="work under way",
             )
             # Mid-stream: the active relay and one worker die without a chance to clean up.
             _kill(scaled.processes[active])
             _kill(scaled.processes["worker-a"])
-            _fault(scaled, {"mode": "none"})
+            set_fault(scaled.parks_url, {"mode": "none"})
             rest = range(REQUESTS // 2, REQUESTS)
             second = list(pool.map(functools.partial(_post, scaled, api_key), rest))
         posted = first + second
@@ -217,7 +173,7 @@ def test_copies_of_every_part_deliver_each_request_once_while_a_relay_and_a_work
         scaled.wait_until(
             delivered, timeout=DELIVERY_TIMEOUT, what=f"all {REQUESTS} requests submitted"
         )
-        references = [str(item["external_reference"]) for item in _held(scaled)]
+        references = held_references(scaled.parks_url)
         assert sorted(references) == sorted(posted), "the parks back-end holds each request once"
         for request_id in posted:
             submitted = [

@@ -18,7 +18,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.e2e.city import free_port
 
 #: Where Debian installs each PostgreSQL server version's programs.
 _PG_LIB = Path("/usr/lib/postgresql")
@@ -48,20 +49,13 @@ def server_bin() -> Path:
     return found[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class PostgresCluster:
     """A PostgreSQL cluster of our own, controlled with pg_ctl."""
 
     base: Path
     bin: Path = field(default_factory=server_bin)
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
 
     @property
     def data(self) -> Path:

@@ -15,7 +15,6 @@ nothing behind.
 from __future__ import annotations
 
 import functools
-import signal
 import threading
 import time
 import uuid
@@ -28,18 +27,24 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.city import (
+    PARKS_SERVICE,
     Process,
+    answers,
     city_files,
+    created_id,
+    held_references,
+    post_report,
     queue_consumers,
     run_cli,
+    set_fault,
+    stop_all,
     wait_until,
 )
 from tests.faults.pg_cluster import PostgresCluster
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.timeout(180)]
 
-#: Routed to the `parks` instance by the sandbox config; it has no attributes to answer.
-SERVICE = ("PLAYGROUND", "shelbyville.example")
+#: The instance PARKS_SERVICE is routed to.
 INSTANCE = "parks"
 #: Requests posted before each outage, while the back-end is slow: some are in the worker's
 #: hands (submitted, receipts not recorded yet) when the store goes.
@@ -115,7 +120,7 @@ def bus(
                 name, commands[name], env=env, cwd=tmp_path, logs=logs
             )
         for probe in (f"{bus.api_url}/healthz", f"{bus.parks_url}/_sandbox/"):
-            bus.wait_until(functools.partial(_answers, probe), timeout=STARTUP_TIMEOUT, what=probe)
+            bus.wait_until(functools.partial(answers, probe), timeout=STARTUP_TIMEOUT, what=probe)
         for name in ("relay", "worker", "poller"):
             bus.processes[name] = Process.start(
                 name, commands[name], env=env, cwd=tmp_path, logs=logs
@@ -127,10 +132,10 @@ def bus(
             what=f"the worker consuming {work_queue}",
         )
     except BaseException:
-        _stop(bus)
+        stop_all(bus.processes)
         raise
     yield bus
-    problems = _stop(bus)
+    problems = stop_all(bus.processes)
     assert not problems, "; ".join(problems) + "\n" + bus.diagnose()
 
 
@@ -161,54 +166,8 @@ class Residents:
             self.stop.wait(0.1)
 
 
-def _answers(url: str) -> bool:
-    return httpx.get(url, timeout=2).status_code == 200
-
-
-def _stop(bus: Bus) -> list[str]:
-    problems = []
-    for name, process in reversed(bus.processes.items()):
-        problem = process.stop()
-        # uvicorn re-raises the SIGTERM once it has shut down gracefully.
-        graceful_api = name == "api" and process.popen.returncode == -signal.SIGTERM
-        if problem and not graceful_api:
-            problems.append(problem)
-    return problems
-
-
-def _fault(bus: Bus, mode: dict[str, object]) -> None:
-    response = httpx.put(f"{bus.parks_url}/_sandbox/fault", json=mode, timeout=10)
-    assert response.status_code == 200, response.text
-
-
-def _held(bus: Bus) -> list[str]:
-    """The external references of the work requests the parks back-end holds."""
-    response = httpx.get(f"{bus.parks_url}/_sandbox/items", timeout=10)
-    assert response.status_code == 200, response.text
-    return [str(item["external_reference"]) for item in response.json()]
-
-
 def _post(bus: Bus, key: str, n: int, idempotency_key: str | None = None) -> httpx.Response:
-    code, jurisdiction = SERVICE
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    return httpx.post(
-        f"{bus.open311}/requests.json",
-        data={
-            "api_key": key,
-            "jurisdiction_id": jurisdiction,
-            "service_code": code,
-            "lat": "39.80",
-            "long": "-89.64",
-            "description": f"Broken swing number {n}",
-        },
-        headers=headers,
-        timeout=30,
-    )
-
-
-def _created(response: httpx.Response) -> str:
-    assert response.status_code == 201, response.text
-    return str(response.json()[0]["service_request_id"])
+    return post_report(bus.open311, key, n, idempotency_key)
 
 
 def _assert_unavailable(response: httpx.Response, what: str) -> None:
@@ -254,9 +213,9 @@ def test_a_store_stopped_under_the_running_bus_answers_503_and_loses_nothing(
         _slowest(timings, "POST 503 (residents)", took)
         refused.append(key)
         n = int(key.rsplit("-", 1)[1])
-        accepted.append(_created(_post(bus, api_key, n, key)))
+        accepted.append(created_id(_post(bus, api_key, n, key)))
 
-    accepted += [_created(_post(bus, api_key, 200 + n)) for n in range(AFTER_OUTAGES)]
+    accepted += [created_id(_post(bus, api_key, 200 + n)) for n in range(AFTER_OUTAGES)]
     print(
         f"{len(residents.answers)} residents' creates, {len(refused)} refused;",
         ", ".join(f"{k}: {v:.2f}s" for k, v in timings.items()),
@@ -284,7 +243,9 @@ def test_a_store_stopped_under_the_running_bus_answers_503_and_loses_nothing(
             what="every request submitted",
         )
         assert len(set(accepted)) == len(accepted)
-        assert sorted(_held(bus)) == sorted(accepted), "the back-end holds each request once"
+        assert sorted(held_references(bus.parks_url)) == sorted(accepted), (
+            "the back-end holds each request once"
+        )
         assert submitted() == dict.fromkeys(accepted, 1)
         # Nothing half-written by a refused create: the accepted requests are all there is.
         with engine.connect() as conn:
@@ -320,14 +281,14 @@ def _outage(
 ) -> None:
     """Requests on their way, then the store stopped (`pg_ctl stop -m MODE`) for OUTAGE
     seconds and started again: what the API answers meanwhile, and that the bus carries on."""
-    _, jurisdiction = SERVICE
+    _, jurisdiction = PARKS_SERVICE
     # A slow back-end: the worker is inside a batch (found or submitted, receipts not yet
     # recorded) when the store goes away, and goes on submitting while it is away.
-    _fault(bus, {"mode": "slow", "delay": 0.2})
+    set_fault(bus.parks_url, {"mode": "slow", "delay": 0.2})
     first = len(accepted)
-    accepted += [_created(_post(bus, api_key, n)) for n in range(first, first + BEFORE_OUTAGE)]
+    accepted += [created_id(_post(bus, api_key, n)) for n in range(first, first + BEFORE_OUTAGE)]
     bus.wait_until(
-        lambda first=first: set(accepted[first:]) & set(_held(bus)),
+        lambda first=first: set(accepted[first:]) & set(held_references(bus.parks_url)),
         timeout=DELIVERY_TIMEOUT,
         what="work under way",
     )
@@ -383,22 +344,22 @@ def _outage(
     pg_cluster.start()
     restarted_at = time.monotonic()
     recorded = bus.count("poller", "poller.recorded")
-    _fault(bus, {"mode": "none"})
+    set_fault(bus.parks_url, {"mode": "none"})
     bus.wait_until(
-        functools.partial(_answers, f"{bus.api_url}/healthz"),
+        functools.partial(answers, f"{bus.api_url}/healthz"),
         timeout=10,
         what="the API to answer again",
     )
     timings[f"API back after restart ({mode})"] = time.monotonic() - restarted_at
     # A resident whose report got a 503 sends it again, with its key: created once.
     for n, key in enumerate(keys):
-        request_id = _created(_post(bus, api_key, 100 + n, key))
+        request_id = created_id(_post(bus, api_key, 100 + n, key))
         again = _post(bus, api_key, 100 + n, key)
         assert again.status_code == 200, again.text
         assert again.json()[0]["service_request_id"] == request_id
         accepted.append(request_id)
     bus.wait_until(
-        lambda: set(accepted) <= set(_held(bus)),
+        lambda: set(accepted) <= set(held_references(bus.parks_url)),
         timeout=DELIVERY_TIMEOUT,
         what="every request so far in the back-end",
     )
