@@ -219,15 +219,20 @@ def test_the_command_names_dead_letters_under_a_name_not_in_the_config_until_dro
     assert json.loads(json_after.output)["unconfigured_routes"] == []
 
 
-def test_messages_left_in_the_queues_of_an_instance_taken_out_of_the_config_are_a_problem(
-    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
-) -> None:
-    # The relay declared INSTANCE's queues once (the topology fixture did here), and routed
-    # two commands there; then the instance left the config.
+def routed_then_removed(store: Store, topology: str) -> None:
+    """INSTANCE as the relay leaves it: its queues declared once (the topology fixture did it
+    here) and remembered, two commands routed there; the tests then look with a config
+    without it."""
     with store.transaction() as tx:
         tx.remember_declared_instances([INSTANCE])
     for _ in range(2):
         publish(topology, new_request(store))
+
+
+def test_messages_left_in_the_queues_of_an_instance_taken_out_of_the_config_are_a_problem(
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    routed_then_removed(store, topology)
     with channel_on(topology) as channel:
         channel.basic_publish("", dead_queue(INSTANCE), b"given up by a worker")
     use_config(
@@ -267,10 +272,7 @@ def test_messages_left_in_the_queues_of_an_instance_taken_out_of_the_config_are_
 def test_a_worker_still_draining_an_instance_taken_out_of_the_config_is_a_note(
     store: Store, topology: str
 ) -> None:
-    with store.transaction() as tx:
-        tx.remember_declared_instances([INSTANCE])
-    for _ in range(2):
-        publish(topology, new_request(store))
+    routed_then_removed(store, topology)
     # A worker started with the old config: it holds one message, one waits.
     with channel_on(topology) as channel:
         held: list[int] = []
