@@ -15,6 +15,12 @@ A stop waits for the messages in hand for the stop grace at most. A handler stil
 holds, closes the connection without acking them, so that the broker redelivers them (the
 idempotent consumer finds what already reached the back-end), and returns False; the handler
 threads are daemon threads and end with the process.
+
+A queue never has two handler threads at once. After a lost connection, the broker gives the
+messages in hand to the next consumer, possibly this one; a handler still busy with one of them
+(a slow back-end call) would otherwise run beside a new thread handling its redelivery, and
+both could create the work. So a new connection consumes each queue only once that queue's
+previous thread has ended; the other queues resume at once.
 """
 
 from __future__ import annotations
@@ -49,9 +55,8 @@ _REQUEUE_PAUSE = 1.0
 #: systemd's TimeoutStopSec (60 s), with room left to close and remove the liveness reports.
 STOP_GRACE = 8.0
 
-#: After a lost connection, seconds the handler threads are waited for (their messages are
-#: back in the queue already) before consuming again on a new connection.
-_LOST_WAIT = 30.0
+#: Seconds between reminders that a queue waits for a handler thread of a lost connection.
+_HELD_BACK_LOG_EVERY = 30.0
 
 
 class Broker(Protocol):
@@ -135,6 +140,10 @@ class Consumer:
         self._connection: Any = None
         self._pending: set[Future[Any]] = set()
         self._lock = threading.Lock()
+        # Each queue's latest handler thread, kept across connections (see the module's text).
+        self._threads: dict[str, threading.Thread] = {}
+        # When a stop gives up on the messages in hand; set at the stop's first check.
+        self._stop_by: float | None = None
 
     def consume(self, queue_name: str, handler: Handler, *, slot: Slot | None = None) -> None:
         """Register a queue and its handler of one message at a time (before `run`); `slot`
@@ -211,13 +220,18 @@ class Consumer:
                     break
                 log.warning("worker.connection_lost", worker=self._name, error=repr(exc))
                 self._stopping.wait(self._reconnect_delay)
+        # Stopped while disconnected: handlers of the lost connection may still be busy.
+        while self._busy() and not self._abandoned:
+            if self._grace_over():
+                self._abandon()
+                break
+            time.sleep(0.05)
 
     # --- the connection thread ----------------------------------------------------------
     def _run_connection(self) -> None:
         connection = pika.BlockingConnection(self._params)
         self._connection = connection
         lost = threading.Event()
-        workers: list[tuple[_Subscription, threading.Thread]] = []
         try:
             channel = connection.channel()
             channel.confirm_delivery()
@@ -228,8 +242,10 @@ class Consumer:
             # Delivery tags handed to a handler and not yet acked or nacked (touched on this
             # thread only): a batch is acked with one `multiple` ack when none is left below it.
             unsettled: set[int] = set()
-            tags = []
-            for sub in self._subscriptions:
+            tags: list[str] = []
+            started: list[threading.Thread] = []
+
+            def start(sub: _Subscription) -> None:
                 inbox: queue.Queue[tuple[int, Delivery]] = queue.Queue()
                 tags.append(channel.basic_consume(sub.queue, _enqueue(inbox, unsettled)))
                 thread = threading.Thread(
@@ -238,26 +254,42 @@ class Consumer:
                     name=f"{self._name}:{sub.queue}",
                     daemon=True,
                 )
+                self._threads[sub.queue] = thread
+                started.append(thread)
                 thread.start()
-                workers.append((sub, thread))
+
+            held_back = [sub for sub in self._subscriptions if self._held(sub)]
+            for sub in self._subscriptions:
+                if sub not in held_back:
+                    start(sub)
             log.info("worker.consuming", worker=self._name, queues=self.queues)
-            stop_by: float | None = None
-            while _busy(workers):
+            remind_at = time.monotonic()
+            while True:
                 connection.process_data_events(time_limit=0.1)
-                if not self._stopping.is_set():
+                if self._stopping.is_set():
+                    if tags:
+                        for tag in tags:
+                            channel.basic_cancel(tag)
+                        tags.clear()
+                    if not self._busy():
+                        break
+                    if self._grace_over():
+                        # Not acked: closing the connection below gives them back to the broker.
+                        self._abandon()
+                        break
                     continue
-                if stop_by is None:
-                    for tag in tags:
-                        channel.basic_cancel(tag)
-                    stop_by = time.monotonic() + self._stop_grace
-                elif time.monotonic() >= stop_by:
-                    # Not acked: closing the connection below gives them back to the broker.
-                    self._abandon(workers)
-                    break
+                for sub in [sub for sub in held_back if not self._held(sub)]:
+                    held_back.remove(sub)
+                    start(sub)
+                    log.info("worker.queue_resumed", worker=self._name, queue=sub.queue)
+                if held_back and time.monotonic() >= remind_at:
+                    self._log_held_back(held_back)
+                    remind_at = time.monotonic() + _HELD_BACK_LOG_EVERY
+                if not held_back and not any(thread.is_alive() for thread in started):
+                    break  # every handler gave up on this connection: open a new one
         except AMQPError:
             lost.set()
             self._disconnect()
-            self._wait_after_loss(workers)
             # A channel-level error leaves the connection open: the next attempt makes a new
             # one, and this one would stay on the broker until its heartbeats ran out.
             close_quietly(connection)
@@ -268,27 +300,41 @@ class Consumer:
             connection.close()
         log.info("worker.stopped", worker=self._name)
 
-    def _wait_after_loss(self, workers: list[tuple[_Subscription, threading.Thread]]) -> None:
-        """Wait for the handler threads to give up the lost connection's messages, so that a
-        new connection does not start a second thread on a queue; a stop waits no longer
-        than its grace."""
-        give_up = time.monotonic() + _LOST_WAIT
-        stop_by: float | None = None
-        while (busy := [t for _, t in workers if t.is_alive()]) and time.monotonic() < give_up:
-            if self._stopping.is_set():
-                stop_by = stop_by or time.monotonic() + self._stop_grace
-                if time.monotonic() >= stop_by:
-                    self._abandon(workers)
-                    return
-            busy[0].join(timeout=0.1)
+    def _held(self, sub: _Subscription) -> bool:
+        """Whether `sub`'s queue still has a handler thread at work (of a lost connection)."""
+        thread = self._threads.get(sub.queue)
+        return thread is not None and thread.is_alive()
 
-    def _abandon(self, workers: list[tuple[_Subscription, threading.Thread]]) -> None:
+    def _busy(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads.values())
+
+    def _grace_over(self) -> bool:
+        """Once stopping: whether the stop grace, counted from the first call, has run out."""
+        if self._stop_by is None:
+            self._stop_by = time.monotonic() + self._stop_grace
+        return time.monotonic() >= self._stop_by
+
+    def _log_held_back(self, held_back: list[_Subscription]) -> None:
+        now = time.time()
+        for sub in held_back:
+            work = sub.slot.work  # read once: the thread may end it meanwhile
+            log.warning(
+                "worker.queue_waits_for_handler",
+                worker=self._name,
+                queue=sub.queue,
+                message_id=work.message_id if work else None,
+                request_id=work.request_id if work else None,
+                held_s=round(now - work.since, 1) if work else None,
+            )
+
+    def _abandon(self) -> None:
         """Say which messages the handler threads still busy hold, and leave them behind."""
         now = time.time()
         held = []
-        for sub, thread in workers:
+        busy = [sub for sub in self._subscriptions if self._held(sub)]
+        for sub in busy:
             work = sub.slot.work  # read once: the thread may end it meanwhile
-            if thread.is_alive() and work is not None:
+            if work is not None:
                 held.append(
                     {
                         "queue": sub.queue,
@@ -301,7 +347,7 @@ class Consumer:
             "worker.stop_grace_expired",
             worker=self._name,
             grace_s=self._stop_grace,
-            queues=[sub.queue for sub, thread in workers if thread.is_alive()],
+            queues=[sub.queue for sub in busy],
             held=held,
         )
         self._abandoned = True
@@ -445,10 +491,6 @@ class _ChannelBroker:
                 exchange, routing_key, body, properties=amqp_properties, mandatory=True
             )
         )
-
-
-def _busy(workers: list[tuple[_Subscription, threading.Thread]]) -> bool:
-    return any(thread.is_alive() for _, thread in workers)
 
 
 def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> Callable[..., None]:
