@@ -162,6 +162,7 @@ def _problems(overview: Overview) -> list[str]:
     found.extend(_relay_problems(overview))
     found.extend(_lapsed_leases(overview))
     found.extend(_worker_problems(overview))
+    found.extend(_unknown_consumers(overview))
     for c in overview.recipients:
         found.extend(_poller_problems(c, overview.at))
         for queue in c.missing:
@@ -310,6 +311,31 @@ def _worker_problems(overview: Overview) -> list[str]:
             "stop grace, 8 s by default, for the message in hand, then leaves it to the broker): "
             "its messages go back to the queue, and a command that reached the back-end is found "
             "there, not made twice"
+        )
+    return found
+
+
+def _unknown_consumers(overview: Overview) -> list[str]:
+    """More consumers on a recipient's queue than workers reporting to this store for it.
+
+    Every worker reports to its store while it runs, and a report stays (stale) for an hour
+    after it stops, so the extra consumers are most likely workers of another civicbus
+    installation using the same broker vhost: they take this store's messages and dead-letter
+    them as requests they do not know."""
+    reporting: dict[str, int] = {}
+    for worker in overview.store.workers:
+        reporting[worker.recipient] = reporting.get(worker.recipient, 0) + 1
+    found = []
+    for c in overview.recipients:
+        known = reporting.get(c.name, 0)
+        if c.consumers is None or c.consumers <= known:
+            continue
+        found.append(
+            f"{c.name}: {c.consumers} consumer(s) on {c.queue}, but {known} worker(s) report to "
+            "this store for it: the others are not this installation's workers (another "
+            "civicbus installation on the same broker vhost takes this one's messages and "
+            "dead-letters them as unknown requests), or workers that cannot reach this store; "
+            "give each installation a vhost of its own (in CIVICBUS_AMQP_URL)"
         )
     return found
 

@@ -176,7 +176,10 @@ class CommandWorker:
             raise MalformedMessage(f"message {envelope.id}: a command must be {EventType.CREATED}")
         request = requests.get(envelope.subject)
         if request is None:
-            raise MalformedMessage(f"message {envelope.id}: unknown request {envelope.subject}")
+            raise MalformedMessage(
+                f"message {envelope.id}: unknown request {envelope.subject} (not in this "
+                "worker's store: does another civicbus installation use the same broker vhost?)"
+            )
         return request
 
     def already_recorded(self, request: ServiceRequest) -> bool:

@@ -78,11 +78,14 @@ class Heartbeat:
         return slot
 
     def start(self) -> None:
-        """Report now and every interval until `stop`."""
+        """Report now (on the calling thread) and every interval until `stop`."""
         if self._thread is not None or not self._slots:
             return
         self._started_at = datetime.now(UTC)
         self._stopping.clear()
+        # The first report before the worker consumes: `status` counts a queue's consumers
+        # against the workers reporting for it, and must never see one not yet reported.
+        self._write(self._report)
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
 
@@ -97,10 +100,8 @@ class Heartbeat:
         thread.join(timeout=_LAST_WRITE_WAIT)
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping.wait(self._interval):
             self._write(self._report)
-            if self._stopping.wait(self._interval):
-                break
         if self._clean:
             self._write(self._forget)
 

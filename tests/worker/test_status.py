@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -76,6 +77,33 @@ def test_commands_waiting_without_a_consumer_are_a_problem(store: Store, topolog
         f"{INSTANCE}: no consumer on {work_queue(INSTANCE)}, 2 waiting: "
         f"is `civicbus worker {INSTANCE}` running?"
     ]
+
+
+def test_consumers_of_another_installation_on_the_same_vhost_are_a_problem(
+    store: Store, topology: str, tmp_path: Path
+) -> None:
+    # A second civicbus installation (its own store) pointed at the same vhost: its worker
+    # takes this installation's commands off the shared queue.
+    other = Store.open(f"sqlite:///{tmp_path / 'other.db'}")
+    ours = command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())
+    theirs = command_consumer(topology, other, INSTANCE, FAST, MemoryBackend())
+    try:
+        with running(ours), running(theirs):
+            seen = wait_until(
+                lambda: (s := look(store, topology)).recipients[0].consumers == 2 and s,
+                what="both consumers",
+            )
+            seen_by_other = look(other, topology)
+    finally:
+        other.close()
+
+    [problem] = seen.problems
+    assert problem.startswith(
+        f"{INSTANCE}: 2 consumer(s) on {work_queue(INSTANCE)}, but 1 worker(s) report to this "
+        "store for it: the others are not this installation's workers"
+    )
+    assert "a vhost of its own (in CIVICBUS_AMQP_URL)" in problem
+    assert seen_by_other.problems == [problem]  # each store sees one worker it does not know
 
 
 def test_the_outbox_without_an_active_relay_or_lagging_behind_is_a_problem(
