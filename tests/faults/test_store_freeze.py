@@ -56,8 +56,8 @@ def bus(
 def test_a_store_frozen_under_the_running_bus_answers_503_and_the_bus_carries_on(
     bus: Bus, pg_cluster: PostgresCluster
 ) -> None:
-    api_key = run_cli(["clients", "add", "freeze-app"], env=bus.env, cwd=bus.workdir)
-    api_key = api_key.stdout.strip().splitlines()[-1]
+    done = run_cli(["clients", "add", "freeze-app"], env=bus.env, cwd=bus.workdir)
+    api_key = done.stdout.strip().splitlines()[-1]
     pids = {name: p.popen.pid for name, p in bus.processes.items()}
     _, jurisdiction = PARKS_SERVICE
     # A slow back-end: the worker has receipts to record when the store freezes.
