@@ -93,7 +93,7 @@ def _query_timeout(url: URL) -> float | None:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not seconds >= 0:  # NaN too
+    if not 0 <= seconds < math.inf:  # NaN too
         raise ValueError(
             f"query_timeout={text!r} in the database URL: give seconds (0: no limit)"
         ) from None

@@ -110,7 +110,7 @@ def test_postgres_query_timeout_does_not_bound_migrations(postgres_url: str) -> 
     store.close()
 
 
-@pytest.mark.parametrize("value", ["-1", "soon", "nan"])
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf"])
 def test_a_bad_query_timeout_is_refused_without_quoting_the_url(value: str) -> None:
     with pytest.raises(ValueError, match="query_timeout") as refused:
         Store(f"postgresql+psycopg://civicbus:s3cret@db.example/civicbus?query_timeout={value}")
