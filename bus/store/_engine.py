@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +20,24 @@ from bus.store._sql import driver_execute, serialize_json
 SQLITE_BUSY_TIMEOUT_S = 5.0
 #: SQLite connections kept open for reuse (more are opened when needed, closed after use).
 SQLITE_POOL_SIZE = 10
-#: Seconds to wait for a PostgreSQL connection before the store reports itself unavailable.
+#: Seconds to wait for a PostgreSQL connection before the store reports itself unavailable
+#: (less when the round-trip timeout is shorter).
 PG_CONNECT_TIMEOUT_S = 5
+#: Seconds PostgreSQL may take to answer one round trip (a statement and its rows, a commit)
+#: before the connection is closed and the store reports itself unavailable: a server that
+#: stops answering without closing the connection must not hang the API or the bus. Long
+#: enough for the longest legitimate statement (a `store prune` batch, a page of `audit
+#: verify`; migrations are not bounded). A `?query_timeout=SECONDS` on the URL overrides it,
+#: 0 turns it off.
+PG_QUERY_TIMEOUT_S = 15.0
+#: TCP keepalives on PostgreSQL connections, to notice a server that went away behind a
+#: network partition even while idle (libpq parameters; the URL's own values win).
+PG_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 #: Execution option marking a connection that will write (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "civicbus_write"
@@ -55,16 +72,54 @@ def create_engine(url: str) -> Engine:
         _configure_sqlite(engine, busy_timeout_ms=int(timeout * 1000))
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return sa.create_engine(
-            parsed,
+        query_timeout = _query_timeout(parsed)
+        engine = sa.create_engine(
+            parsed.difference_update_query(["query_timeout"]),
             hide_parameters=True,
             json_serializer=serialize_json,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
+            connect_args=_pg_connect_args(parsed, query_timeout),
         )
+        _bound_round_trips(engine, query_timeout)
+        return engine
     raise ValueError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
+
+
+def _query_timeout(url: URL) -> float | None:
+    text = str(url.query.get("query_timeout", PG_QUERY_TIMEOUT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < math.inf:  # NaN too
+        raise ValueError(
+            f"query_timeout={text!r} in the database URL: give seconds (0: no limit)"
+        ) from None
+    return seconds or None
+
+
+def _pg_connect_args(url: URL, query_timeout: float | None) -> dict[str, Any]:
+    """libpq parameters the URL does not set itself."""
+    connect_timeout = PG_CONNECT_TIMEOUT_S
+    defaults: dict[str, Any] = dict(PG_KEEPALIVES)
+    if query_timeout is not None:
+        connect_timeout = min(connect_timeout, math.ceil(query_timeout))
+        # Data sent but not acknowledged for that long (a partition mid-statement): give up.
+        defaults["tcp_user_timeout"] = math.ceil(query_timeout * 1000)
+    defaults["connect_timeout"] = connect_timeout
+    return {name: value for name, value in defaults.items() if name not in url.query}
+
+
+def _bound_round_trips(engine: Engine, query_timeout: float | None) -> None:
+    from bus.store._pg_deadline import DeadlineConnection  # psycopg: only for PostgreSQL
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> DeadlineConnection:
+        connection = DeadlineConnection.connect(*cargs, **cparams)
+        connection.round_trip_timeout = query_timeout
+        return connection
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
@@ -127,6 +182,21 @@ def lock_timeout(conn: Connection, seconds: float | None) -> Iterator[None]:
         yield
     finally:
         raw.execute(f"PRAGMA busy_timeout = {usual}")
+
+
+@contextmanager
+def without_query_timeout(conn: Connection) -> Iterator[None]:
+    """Let PostgreSQL take as long as it needs inside the block (migrations: an index built on
+    a large table); the connection's usual limit is restored afterwards. Nothing on SQLite."""
+    raw = conn.connection.driver_connection
+    if raw is None or getattr(raw, "round_trip_timeout", None) is None:
+        yield
+        return
+    usual, raw.round_trip_timeout = raw.round_trip_timeout, None
+    try:
+        yield
+    finally:
+        raw.round_trip_timeout = usual
 
 
 def writer(engine: Engine) -> Engine:

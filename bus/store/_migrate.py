@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
+from bus.store._engine import without_query_timeout
 from bus.store._errors import SchemaTooNew
 
 log = structlog.get_logger(__name__)
@@ -49,9 +50,10 @@ def upgrade(write_engine: Engine) -> None:
     """Migrate to head; several processes starting at once migrate exactly once.
 
     PostgreSQL: an advisory lock held for the transaction; SQLite: the write transaction
-    (BEGIN IMMEDIATE) itself. The second process then finds the schema at head.
+    (BEGIN IMMEDIATE) itself. The second process then finds the schema at head. No limit on
+    how long PostgreSQL may take: a migration may rebuild a large table.
     """
-    with write_engine.begin() as conn:
+    with write_engine.connect() as conn, without_query_timeout(conn), conn.begin():
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
         before = current_revision(conn)

@@ -214,7 +214,8 @@ def pg_cluster() -> Iterator[PostgresCluster]:
 @pytest.fixture
 def pg_cluster_url(pg_cluster: PostgresCluster) -> str:
     """A fresh database on the private cluster, the server running (an earlier test may have
-    stopped it)."""
+    stopped or frozen it)."""
+    pg_cluster.thaw()
     if not pg_cluster.is_running():
         pg_cluster.start()
     return pg_cluster.create_database(f"civicbus_{uuid.uuid4().hex[:12]}")

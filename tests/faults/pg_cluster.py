@@ -10,6 +10,8 @@ directory.
     cluster.stop("fast")       # sessions are ended, the port refuses connections
     cluster.stop("immediate")  # as if the server crashed: crash recovery on the next start
     cluster.start()            # back on the same port, committed data intact
+    cluster.freeze()           # every process of it stopped (SIGSTOP): nothing answers
+    cluster.thaw()             # SIGCONT: it goes on where it was
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +59,8 @@ class PostgresCluster:
     base: Path
     bin: Path = field(default_factory=server_bin)
     port: int = field(default_factory=free_port)
+    #: The processes `freeze` stopped, postmaster first.
+    frozen: list[int] = field(default_factory=list)
 
     @property
     def data(self) -> Path:
@@ -135,6 +140,26 @@ class PostgresCluster:
         kills it as a crash would."""
         self._run("pg_ctl", "stop", "--pgdata", str(self.data), "--mode", mode, "--wait")
 
+    def freeze(self) -> None:
+        """Stop every process of the cluster with SIGSTOP, as a paused VM: connections stay
+        open and the kernel still acknowledges what clients send, but nothing answers, and new
+        connections wait in the listen backlog."""
+        postmaster = self._postmaster_pid()
+        if postmaster is None:
+            raise RuntimeError("the cluster is not running: nothing to freeze")
+        os.kill(postmaster, signal.SIGSTOP)  # first: it starts no new backend meanwhile
+        self.frozen = [postmaster]
+        for child in _children(postmaster):
+            os.kill(child, signal.SIGSTOP)
+            self.frozen.append(child)
+
+    def thaw(self) -> None:
+        """Let the processes `freeze` stopped go on (SIGCONT); nothing if none are."""
+        for pid in reversed(self.frozen):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.frozen = []
+
     def is_running(self) -> bool:
         return self._postmaster_pid() is not None
 
@@ -156,6 +181,7 @@ class PostgresCluster:
 
     def destroy(self) -> None:
         """Stop the server however it can be stopped, and remove its directory."""
+        self.thaw()
         if self.is_running():
             try:
                 self.stop("immediate")
@@ -172,6 +198,20 @@ class PostgresCluster:
         except OSError:
             return ""
         return "\n".join(["--- PostgreSQL log:", *text.splitlines()[-lines:]])
+
+
+def _children(parent: int) -> list[int]:
+    """The pids of `parent`'s child processes (a postmaster's: its backends and helpers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (command) state ppid ...": the command may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def make_cluster() -> PostgresCluster:

@@ -4,8 +4,9 @@ with Retry-After, and nothing half-written"): its PostgreSQL server is stopped, 
 back-end and residents keep posting.
 
 Real processes (`civicbus api`, `relay`, `worker parks`, `poller parks`, and the parks simulator
-of `civicbus sandbox`) on the private PostgreSQL cluster of tests/faults/conftest.py, so that
-stopping it leaves the machine's database alone, and a fresh vhost of the machine's RabbitMQ.
+of `civicbus sandbox`: tests/faults/store_bus.py) on the private PostgreSQL cluster of
+tests/faults/conftest.py, so that stopping it leaves the machine's database alone, and a fresh
+vhost of the machine's RabbitMQ.
 What must hold: while the store is down the API answers 503 with Retry-After at once, reads
 included; the relay, the worker and the poller wait it out and go on by themselves once it is
 back; each request that got a 201 reaches the back-end exactly once; each that got a 503 left
@@ -15,11 +16,9 @@ nothing behind.
 from __future__ import annotations
 
 import functools
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -28,24 +27,24 @@ import sqlalchemy as sa
 
 from tests.e2e.city import (
     PARKS_SERVICE,
-    Process,
     answers,
-    city_files,
     created_id,
     held_references,
-    post_report,
-    queue_consumers,
     run_cli,
     set_fault,
-    stop_all,
-    wait_until,
 )
 from tests.faults.pg_cluster import PostgresCluster
+from tests.faults.store_bus import (
+    Bus,
+    Residents,
+    assert_unavailable,
+    post,
+    running_bus,
+    timed,
+)
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.timeout(180)]
 
-#: The instance PARKS_SERVICE is routed to.
-INSTANCE = "parks"
 #: Requests posted before each outage, while the back-end is slow: some are in the worker's
 #: hands (submitted, receipts not recorded yet) when the store goes.
 BEFORE_OUTAGE = 10
@@ -56,133 +55,15 @@ AFTER_OUTAGES = 5
 OUTAGE = 4.0
 #: An answer the API gives while the store is down may take this long at most: no hang.
 PROMPT = 5.0
-STARTUP_TIMEOUT = 60.0
 DELIVERY_TIMEOUT = 60.0
-
-
-@dataclass
-class Bus:
-    """The parts of civicbus on the private cluster, and where they listen."""
-
-    workdir: Path
-    env: dict[str, str]
-    api_url: str
-    parks_url: str
-    processes: dict[str, Process] = field(default_factory=dict)
-
-    @property
-    def open311(self) -> str:
-        return f"{self.api_url}/open311/v2"
-
-    def diagnose(self) -> str:
-        return "\n".join(p.tail(30) for p in self.processes.values())
-
-    def wait_until(self, check: Callable[[], object], *, timeout: float, what: str) -> object:
-        return wait_until(check, timeout=timeout, what=what, explain=self.diagnose)
-
-    def count(self, part: str, event: str) -> int:
-        """How many times a part has logged `event`."""
-        return sum(e.get("event") == event for e in self.processes[part].events())
 
 
 @pytest.fixture
 def bus(
-    tmp_path: Path,
-    amqp_vhost_factory: Callable[[], str],
-    pg_cluster_url: str,
+    tmp_path: Path, amqp_vhost_factory: Callable[[], str], pg_cluster_url: str
 ) -> Iterator[Bus]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    files = city_files(tmp_path, database_url=pg_cluster_url, amqp_url=amqp_vhost_factory())
-    env, ports, api_port, state_dir = files.env, files.ports, files.api_port, files.state_dir
-    bus = Bus(
-        workdir=tmp_path,
-        env=env,
-        api_url=f"http://127.0.0.1:{api_port}",
-        parks_url=f"http://127.0.0.1:{ports['parks']}",
-    )
-    commands = {
-        "sandbox": [
-            *("sandbox", "--only", "parks", "--state-dir", str(state_dir)),
-            *("--port", f"parks={ports['parks']}"),
-            # Work moves on by itself: the poller has status changes to record.
-            *("--auto-progress", "1"),
-        ],
-        "api": ["api", "--port", str(api_port)],
-        "relay": ["relay", "--poll-interval", "0.05"],
-        "worker": ["worker", INSTANCE],
-        "poller": ["poller", INSTANCE],
-    }
-    try:
-        # The API creates the schema; the others start on it.
-        for name in ("sandbox", "api"):
-            bus.processes[name] = Process.start(
-                name, commands[name], env=env, cwd=tmp_path, logs=logs
-            )
-        for probe in (f"{bus.api_url}/healthz", f"{bus.parks_url}/_sandbox/"):
-            bus.wait_until(functools.partial(answers, probe), timeout=STARTUP_TIMEOUT, what=probe)
-        for name in ("relay", "worker", "poller"):
-            bus.processes[name] = Process.start(
-                name, commands[name], env=env, cwd=tmp_path, logs=logs
-            )
-        work_queue = f"civicbus.work.{INSTANCE}"
-        bus.wait_until(
-            lambda: queue_consumers(env["CIVICBUS_AMQP_URL"], [work_queue])[work_queue] == 1,
-            timeout=STARTUP_TIMEOUT,
-            what=f"the worker consuming {work_queue}",
-        )
-    except BaseException:
-        stop_all(bus.processes)
-        raise
-    yield bus
-    problems = stop_all(bus.processes)
-    assert not problems, "; ".join(problems) + "\n" + bus.diagnose()
-
-
-@dataclass
-class Residents:
-    """Residents posting one report after another, each with an Idempotency-Key, across the
-    outages: some of their creates are in flight as the store stops or starts."""
-
-    bus: Bus
-    api_key: str
-    #: (Idempotency-Key, HTTP status, request id or None, seconds the answer took)
-    answers: list[tuple[str, int, str | None, float]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            key = f"resident-{n}"
-            try:
-                response, took = _timed(functools.partial(_post, self.bus, self.api_key, n, key))
-            except httpx.HTTPError as exc:  # a hang or a dropped connection: recorded as 0
-                self.answers.append((key, 0, repr(exc), 0.0))
-            else:
-                created = response.status_code == 201
-                request_id = response.json()[0]["service_request_id"] if created else None
-                self.answers.append((key, response.status_code, request_id, took))
-            n += 1
-            self.stop.wait(0.1)
-
-
-def _post(bus: Bus, key: str, n: int, idempotency_key: str | None = None) -> httpx.Response:
-    return post_report(bus.open311, key, n, idempotency_key)
-
-
-def _assert_unavailable(response: httpx.Response, what: str) -> None:
-    """503, a Retry-After to honour, and the Open311 error list."""
-    assert response.status_code == 503, f"{what}: {response.status_code} {response.text}"
-    assert int(response.headers["retry-after"]) > 0, what
-    errors = response.json()
-    assert isinstance(errors, list) and errors, what
-    assert errors[0]["code"] == 503 and errors[0]["description"], what
-
-
-def _timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
-    started = time.monotonic()
-    response = call()
-    return response, time.monotonic() - started
+    with running_bus(tmp_path, amqp_url=amqp_vhost_factory(), database_url=pg_cluster_url) as bus:
+        yield bus
 
 
 def test_a_store_stopped_under_the_running_bus_answers_503_and_loses_nothing(
@@ -195,14 +76,9 @@ def test_a_store_stopped_under_the_running_bus_answers_503_and_loses_nothing(
     refused: list[str] = []  # the Idempotency-Keys of creates answered 503, sent again later
     timings: dict[str, float] = {}
     residents = Residents(bus, api_key)
-    posting = threading.Thread(target=residents.run, daemon=True)
-    posting.start()
-    try:
+    with residents.posting():
         for mode in ("fast", "immediate"):
             _outage(bus, pg_cluster, mode, api_key, accepted, refused, timings)
-    finally:
-        residents.stop.set()
-        posting.join(timeout=60)
     # Each resident's create was taken or refused at once; one refused leaves nothing behind.
     for key, status, request_id, took in residents.answers:
         assert status in (201, 503), (key, status, request_id)
@@ -213,9 +89,9 @@ def test_a_store_stopped_under_the_running_bus_answers_503_and_loses_nothing(
         _slowest(timings, "POST 503 (residents)", took)
         refused.append(key)
         n = int(key.rsplit("-", 1)[1])
-        accepted.append(created_id(_post(bus, api_key, n, key)))
+        accepted.append(created_id(post(bus, api_key, n, key)))
 
-    accepted += [created_id(_post(bus, api_key, 200 + n)) for n in range(AFTER_OUTAGES)]
+    accepted += [created_id(post(bus, api_key, 200 + n)) for n in range(AFTER_OUTAGES)]
     print(
         f"{len(residents.answers)} residents' creates, {len(refused)} refused;",
         ", ".join(f"{k}: {v:.2f}s" for k, v in timings.items()),
@@ -286,7 +162,7 @@ def _outage(
     # recorded) when the store goes away, and goes on submitting while it is away.
     set_fault(bus.parks_url, {"mode": "slow", "delay": 0.2})
     first = len(accepted)
-    accepted += [created_id(_post(bus, api_key, n)) for n in range(first, first + BEFORE_OUTAGE)]
+    accepted += [created_id(post(bus, api_key, n)) for n in range(first, first + BEFORE_OUTAGE)]
     bus.wait_until(
         lambda first=first: set(accepted[first:]) & set(held_references(bus.parks_url)),
         timeout=DELIVERY_TIMEOUT,
@@ -300,8 +176,8 @@ def _outage(
 
     keys = [f"outage-{mode}-{uuid.uuid4().hex[:8]}" for _ in range(DURING_OUTAGE)]
     for n, key in enumerate(keys):
-        response, took = _timed(functools.partial(_post, bus, api_key, 100 + n, key))
-        _assert_unavailable(response, f"POST during the {mode} outage")
+        response, took = timed(functools.partial(post, bus, api_key, 100 + n, key))
+        assert_unavailable(response, f"POST during the {mode} outage")
         _slowest(timings, f"POST 503 ({mode})", took)
     refused += keys
     reads = {
@@ -311,8 +187,8 @@ def _outage(
         ),
     }
     for what, url in reads.items():
-        response, took = _timed(functools.partial(httpx.get, url, timeout=30))
-        _assert_unavailable(response, f"{what} during the {mode} outage")
+        response, took = timed(functools.partial(httpx.get, url, timeout=30))
+        assert_unavailable(response, f"{what} during the {mode} outage")
         _slowest(timings, f"GET 503 ({mode})", took)
     assert httpx.get(f"{bus.api_url}/healthz", timeout=30).status_code == 503
 
@@ -353,8 +229,8 @@ def _outage(
     timings[f"API back after restart ({mode})"] = time.monotonic() - restarted_at
     # A resident whose report got a 503 sends it again, with its key: created once.
     for n, key in enumerate(keys):
-        request_id = created_id(_post(bus, api_key, 100 + n, key))
-        again = _post(bus, api_key, 100 + n, key)
+        request_id = created_id(post(bus, api_key, 100 + n, key))
+        again = post(bus, api_key, 100 + n, key)
         assert again.status_code == 200, again.text
         assert again.json()[0]["service_request_id"] == request_id
         accepted.append(request_id)

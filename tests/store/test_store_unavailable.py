@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import time
 
 import psycopg
 import pytest
+from sqlalchemy import exc as sa_exc
 from store_factories import make_request
 
 from bus.store import Store, StoreUnavailable
+from bus.store._engine import without_query_timeout
 from schemas.events import Envelope, EventType
 
 
@@ -76,3 +79,39 @@ def test_postgres_connection_lost_mid_transaction_leaves_nothing_behind(postgres
     assert store.pending_outbox() == []
     assert store.verify_audit().entries == 0
     store.close()
+
+
+def test_postgres_slower_than_its_query_timeout_raises_store_unavailable_and_writes_nothing(
+    postgres_url: str,
+) -> None:
+    store = Store.open(postgres_url + "?query_timeout=1")
+    started = time.monotonic()
+    # pg_sleep stands for a server that does not answer: the wait is bounded on our side.
+    with pytest.raises(StoreUnavailable, match="no answer"), store.transaction() as tx:
+        tx.add_request(make_request("r"))
+        tx._session.exec_driver_sql("SELECT pg_sleep(5)")
+    assert time.monotonic() - started < 3
+
+    # The pool dropped the connection it gave up on; the next one works.
+    assert store.get_request("r") is None
+    with store.transaction() as tx:
+        tx.add_request(make_request("after"))
+    assert store.get_request("after") is not None
+    store.close()
+
+
+def test_postgres_query_timeout_does_not_bound_migrations(postgres_url: str) -> None:
+    store = Store.open(postgres_url + "?query_timeout=1")
+    with store._engine.connect() as conn:
+        with without_query_timeout(conn):
+            conn.exec_driver_sql("SELECT pg_sleep(1.5)")  # what a migration may take
+        with pytest.raises(sa_exc.OperationalError, match="no answer"):
+            conn.exec_driver_sql("SELECT pg_sleep(5)")  # the usual limit is back
+    store.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf"])
+def test_a_bad_query_timeout_is_refused_without_quoting_the_url(value: str) -> None:
+    with pytest.raises(ValueError, match="query_timeout") as refused:
+        Store(f"postgresql+psycopg://civicbus:s3cret@db.example/civicbus?query_timeout={value}")
+    assert "s3cret" not in str(refused.value)

@@ -1,0 +1,55 @@
+"""PostgreSQL connections on which no round trip waits longer than a deadline.
+
+A server that stops answering but keeps its connections open (its processes stopped, its VM
+paused, a network partition) leaves a query waiting for ever: libpq's `connect_timeout` only
+covers connecting, a server-side `statement_timeout` cannot fire on a server that does not run,
+and TCP keepalives or `tcp_user_timeout` never fire while the server's kernel still acknowledges
+every packet (a stopped server on a live machine). So the client bounds each wait itself.
+
+psycopg runs every exchange with the server (a statement and its rows, a commit or rollback,
+SQLAlchemy's pre-ping) through `Connection.wait`, whose `timeout` (psycopg 3.3.6) it uses itself
+to give up on a server that ignores a cancel. Here that timeout applies to every wait; when it
+expires the connection is closed, as psycopg does in that case: what the server has half-done
+cannot be known, so the connection is never used again. SQLAlchemy sees a closed connection and
+invalidates it, the pool opens a new one next time. A cancel request would be no use: the
+server that ignores the query ignores the cancel too.
+
+Chosen over a watchdog thread that shuts the socket down from outside: the deadline is checked
+by the thread that waits, on its own connection, with nothing to race against.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors
+from psycopg.abc import PQGen
+
+RV = TypeVar("RV")
+
+#: psycopg's own interval between checks for Ctrl-C while it waits.
+_WAIT_INTERVAL = 0.1
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection that closes itself when the server takes longer than
+    `round_trip_timeout` seconds to answer, raising OperationalError."""
+
+    #: Seconds one wait for the server may last; None: no limit.
+    round_trip_timeout: float | None = None
+
+    def wait(
+        self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: float | None = None
+    ) -> RV:
+        bound = self.round_trip_timeout
+        if bound is None or (timeout is not None and timeout <= bound):
+            return super().wait(gen, interval, timeout)  # a caller's own, shorter timeout
+        try:
+            return super().wait(gen, interval, bound)
+        except errors._WaitTimeout:
+            # Mid-protocol: the server may still run the statement, or commit, when it wakes.
+            self.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"no answer from the server within {bound:g} s: connection closed"
+            ) from None
