@@ -15,12 +15,14 @@ A stop waits for the messages in hand for the stop grace at most. A handler stil
 holds, closes the connection without acking them, so that the broker redelivers them (the
 idempotent consumer finds what already reached the back-end), and returns False; the handler
 threads are daemon threads and end with the process.
+
+A second stop request (`stop_now`: a second SIGTERM, or Ctrl-C twice) does the same without
+waiting out the grace: what a handler holds then is left to the broker at once.
 """
 
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -36,6 +38,7 @@ from pika.exceptions import AMQPError
 from bus.broker.connection import BROKER_ERRORS, close_quietly, connection_parameters
 from bus.worker._delivery import KEPT_PROPERTIES, Delivery
 from bus.worker._heartbeat import Heartbeat, Slot
+from bus.worker._signals import StopSignals
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +111,7 @@ class ConnectionLost(Exception):
 
 class Consumer:
     """Consume one or more queues with manual acks until `stop()` is called; a stop waits
-    `stop_grace` seconds at most for the messages in hand."""
+    `stop_grace` seconds at most for the messages in hand, `stop_now()` not at all."""
 
     def __init__(
         self,
@@ -130,6 +133,7 @@ class Consumer:
         self._stop_grace = stop_grace
         self._subscriptions: list[_Subscription] = []
         self._stopping = threading.Event()
+        self._stopping_now = threading.Event()
         # Set when a stop left a handler busy with messages the broker is to redeliver.
         self._abandoned = False
         self._connection: Any = None
@@ -171,6 +175,12 @@ class Consumer:
         (thread- and signal-safe)."""
         self._stopping.set()
 
+    def stop_now(self) -> None:
+        """Stop without waiting for the messages in hand: they are left unacknowledged, for
+        the broker to redeliver, and `run` returns False (thread- and signal-safe)."""
+        self._stopping_now.set()
+        self._stopping.set()
+
     @property
     def stop_event(self) -> threading.Event:
         """Set once the consumer is stopping; handlers that wait should wait on it."""
@@ -178,11 +188,13 @@ class Consumer:
 
     def run(self, *, install_signal_handlers: bool = False) -> bool:
         """Consume until stopped; reconnect after a lost connection. Returns False when the
-        stop grace ran out with a handler still busy (its messages left unacked, for the broker
-        to redeliver), True when every handler was done."""
+        stop grace ran out, or `stop_now` cut it short, with a handler still busy (its messages
+        left unacked, for the broker to redeliver), True when every handler was done.
+
+        `install_signal_handlers`: SIGTERM or SIGINT stops, a second one of the same kind stops
+        now (see StopSignals)."""
         if install_signal_handlers:
-            signal.signal(signal.SIGTERM, lambda *_: self.stop())
-            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            StopSignals(self.stop, self.stop_now).install()
         if not self._subscriptions:
             # Connecting would consume nothing and return at once, over and over.
             log.warning("worker.nothing_to_consume", worker=self._name)
@@ -242,6 +254,7 @@ class Consumer:
                 workers.append((sub, thread))
             log.info("worker.consuming", worker=self._name, queues=self.queues)
             stop_by: float | None = None
+            stop_began = 0.0
             while _busy(workers):
                 connection.process_data_events(time_limit=0.1)
                 if not self._stopping.is_set():
@@ -250,9 +263,14 @@ class Consumer:
                     for tag in tags:
                         channel.basic_cancel(tag)
                     stop_by = time.monotonic() + self._stop_grace
-                elif time.monotonic() >= stop_by:
+                    stop_began = time.monotonic()
+                if self._stopping_now.is_set() and _holding(workers):
+                    # Handler threads holding nothing end within their 0.1 s inbox wait.
+                    self._abandon(workers, waited=time.monotonic() - stop_began, cut_short=True)
+                    break
+                if time.monotonic() >= stop_by:
                     # Not acked: closing the connection below gives them back to the broker.
-                    self._abandon(workers)
+                    self._abandon(workers, waited=time.monotonic() - stop_began)
                     break
         except AMQPError:
             lost.set()
@@ -277,13 +295,24 @@ class Consumer:
         while (busy := [t for _, t in workers if t.is_alive()]) and time.monotonic() < give_up:
             if self._stopping.is_set():
                 stop_by = stop_by or time.monotonic() + self._stop_grace
+                waited = self._stop_grace - (stop_by - time.monotonic())
+                if self._stopping_now.is_set() and _holding(workers):
+                    self._abandon(workers, waited=waited, cut_short=True)
+                    return
                 if time.monotonic() >= stop_by:
-                    self._abandon(workers)
+                    self._abandon(workers, waited=waited)
                     return
             busy[0].join(timeout=0.1)
 
-    def _abandon(self, workers: list[tuple[_Subscription, threading.Thread]]) -> None:
-        """Say which messages the handler threads still busy hold, and leave them behind."""
+    def _abandon(
+        self,
+        workers: list[tuple[_Subscription, threading.Thread]],
+        *,
+        waited: float,
+        cut_short: bool = False,
+    ) -> None:
+        """Say which messages the handler threads still busy hold, and leave them behind;
+        `cut_short`: a second stop request (`stop_now`) ended the grace."""
         now = time.time()
         held = []
         for sub, thread in workers:
@@ -298,9 +327,10 @@ class Consumer:
                     }
                 )
         log.warning(
-            "worker.stop_grace_expired",
+            "worker.stop_cut_short" if cut_short else "worker.stop_grace_expired",
             worker=self._name,
             grace_s=self._stop_grace,
+            waited_s=round(waited, 1),
             queues=[sub.queue for sub, thread in workers if thread.is_alive()],
             held=held,
         )
@@ -449,6 +479,11 @@ class _ChannelBroker:
 
 def _busy(workers: list[tuple[_Subscription, threading.Thread]]) -> bool:
     return any(thread.is_alive() for _, thread in workers)
+
+
+def _holding(workers: list[tuple[_Subscription, threading.Thread]]) -> bool:
+    """Whether a handler thread still running holds a message."""
+    return any(thread.is_alive() and sub.slot.work is not None for sub, thread in workers)
 
 
 def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> Callable[..., None]:
