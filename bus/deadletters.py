@@ -83,10 +83,16 @@ def list_dead_letters(store: Store, instance: str) -> list[DeadLetter]:
 
 
 def get_dead_letter(store: Store, dead_letter_id: int) -> DeadLetter:
-    """One dead letter, in any state; DeadLetterError when there is none with that id."""
+    """One dead letter, in any state; DeadLetterError when there is none with that id (never
+    was, or replayed or dropped long ago and deleted by `civicbus store prune`)."""
     letter = store.get_dead_letter(dead_letter_id)
     if letter is None:
-        raise DeadLetterError(f"there is no dead letter {dead_letter_id}")
+        raise DeadLetterError(
+            f"there is no dead letter {dead_letter_id}: no such id, or it was replayed or "
+            "dropped long ago and `civicbus store prune` deleted it (see its "
+            "--dead-letters-resolved-before); its request's audit trail keeps what happened "
+            "to it (`civicbus audit trail REQUEST_ID`)"
+        )
     return letter
 
 
@@ -150,7 +156,8 @@ def drop(
     instance: str | None = None,
     actor: str = "cli:dead-drop",
 ) -> list[DeadLetter]:
-    """Give up on dead letters for good (they stay in the store, marked `dropped`); with
+    """Give up on dead letters for good (they stay in the store, marked `dropped`, until
+    `civicbus store prune` deletes them a retention period later); with
     `instance`, each must belong to it. Raises DeadLetterError before dropping anything if one
     of `ids` cannot be dropped."""
     letters = [get_dead_letter(store, i) for i in ids]

@@ -1,11 +1,13 @@
 """Retention: removing from the store what it no longer needs, each removal audited.
 
 `prune` deletes outbox events the relay published a while ago (nothing reads them again: the
-relay reads waiting rows only, a dead-letter replay its own stored copy) and Idempotency-Key
-records past their window. `forget_closed` deletes the reporter contact data of requests closed
-long ago (data-protection law's storage limitation), `forget_request` one request's on demand (a
-resident's erasure request); the request, its history, back-end references and audit trail
-stay, and it reads as if reported without contact data. Work goes a bounded batch per
+relay reads waiting rows only, a dead-letter replay its own stored copy), Idempotency-Key
+records past their window, and dead letters an operator replayed or dropped a while ago (their
+audit entries stay; a dead letter still waiting for a decision is never deleted).
+`forget_closed` deletes the reporter contact data of requests closed long ago (data-protection
+law's storage limitation), `forget_request` one request's on demand (a resident's erasure
+request); the request, its history, back-end references and audit trail stay, and it reads
+as if reported without contact data. Work goes a bounded batch per
 transaction, so the API keeps writing meanwhile (SQLite has one writer).
 
 Kept for good: Idempotency records of an `external_id` (a partner's own id names its report
@@ -39,6 +41,14 @@ IDEMPOTENCY_KEEP = timedelta(days=30)
 #: The shortest Idempotency-Key window a prune accepts: below a day, a client's retry of a
 #: create in flight could make a second request.
 IDEMPOTENCY_KEEP_AT_LEAST = timedelta(days=1)
+#: How long a dead letter is kept by default once replayed or dropped: for `civicbus dead show`
+#: and `civicbus requests show` after an incident, and so that a replay that dies again counts
+#: its attempts with the earlier ones.
+DEAD_LETTERS_KEEP = timedelta(days=30)
+#: The shortest such time a prune accepts: an operator looks again at what was just replayed
+#: or dropped (did the replay go through?), and a replay dead again within the day should be
+#: recognised as the same dead letter.
+DEAD_LETTERS_KEEP_AT_LEAST = timedelta(days=1)
 #: Rows removed per transaction: a short hold of SQLite's write lock (about 20 ms for 1,000
 #: published events of 2 kB each on a 2-core machine, while the API waits up to 5 s for it).
 BATCH_SIZE = 1000
@@ -49,7 +59,12 @@ FORGOTTEN = "reporter_forgotten"
 
 
 class RetentionError(Exception):
-    """A retention action cannot be done; the message says why and what to do."""
+    """A retention action cannot be done; the message says why and what to do, `setting` which
+    of the function's arguments was wrong (if one was)."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,8 @@ class Pruned:
     outbox_sent_before: datetime
     idempotency_keys: int
     idempotency_before: datetime
+    dead_letters: int
+    dead_letters_resolved_before: datetime
 
 
 def prune(
@@ -68,22 +85,32 @@ def prune(
     now: datetime,
     keep_sent: timedelta = OUTBOX_SENT_KEEP,
     keep_idempotency: timedelta = IDEMPOTENCY_KEEP,
+    keep_dead_letters: timedelta = DEAD_LETTERS_KEEP,
     batch_size: int = BATCH_SIZE,
     actor: str = PRUNE_ACTOR,
 ) -> Pruned:
     """Delete outbox events published longer than `keep_sent` before `now` (never one still
-    waiting) and Idempotency-Key records older than `keep_idempotency`, then audit how many
-    went.
+    waiting), Idempotency-Key records older than `keep_idempotency` and dead letters replayed or
+    dropped longer than `keep_dead_letters` ago (never one still dead), then audit how many
+    went, in one entry.
 
-    RetentionError, before deleting anything, when `keep_idempotency` is under a day. Batches
-    deleted before a failure stay deleted, unaudited.
+    RetentionError, before deleting anything, when `keep_idempotency` or `keep_dead_letters` is
+    under a day. Batches deleted before a failure stay deleted, unaudited.
     """
     if keep_idempotency < IDEMPOTENCY_KEEP_AT_LEAST:
         raise RetentionError(
             "Idempotency-Key records must be kept at least 1d: a client retrying a create "
-            "with a newer key would make a second request"
+            "with a newer key would make a second request",
+            setting="keep_idempotency",
+        )
+    if keep_dead_letters < DEAD_LETTERS_KEEP_AT_LEAST:
+        raise RetentionError(
+            "replayed and dropped dead letters must be kept at least 1d: an operator checks "
+            "what was just replayed or dropped, and a replay that dies again is the same letter",
+            setting="keep_dead_letters",
         )
     sent_before, keys_before = now - keep_sent, now - keep_idempotency
+    letters_before = now - keep_dead_letters
     events = _in_batches(
         store,
         lambda after: store.sent_outbox(
@@ -100,10 +127,18 @@ def prune(
         lambda tx, pairs: tx.delete_idempotency_keys(pairs, created_before=keys_before),
         batch_size,
     )
-    pruned = Pruned(events, sent_before, keys, keys_before)
+    letters = _in_batches(
+        store,
+        lambda after: store.resolved_dead_letters(
+            resolved_before=letters_before, after=after or 0, limit=batch_size
+        ),
+        lambda tx, ids: tx.delete_resolved_dead_letters(ids, resolved_before=letters_before),
+        batch_size,
+    )
+    pruned = Pruned(events, sent_before, keys, keys_before, letters, letters_before)
     with store.transaction() as tx:
         tx.audit(actor=actor, action="pruned", details=asdict(pruned))
-    log.info("store.pruned", outbox_events=events, idempotency_keys=keys)
+    log.info("store.pruned", outbox_events=events, idempotency_keys=keys, dead_letters=letters)
     return pruned
 
 

@@ -5,7 +5,13 @@ Each part is the same command an operator would run alone (`civicbus api`, `civi
 that dies is restarted with a growing delay; Ctrl-C or SIGTERM stops every child cleanly
 (SIGTERM first, so workers finish and ack their in-flight message, then SIGKILL after a grace
 period; a worker gives up on a message sooner, leaving it to the broker, and exits 1, which is
-logged as an unclean stop). A part others depend on (the sandbox's simulated back-ends) names
+logged as an unclean stop). Asked again while the parts stop (Ctrl-C twice), it sends the parts
+still running SIGTERM again, and a worker then leaves its messages to the broker at once.
+
+A Ctrl-C in the terminal also reaches every part directly, as SIGINT to the whole process group,
+before the supervisor's SIGTERM: a part sees one Ctrl-C as two signals of different kinds, and
+must take them as one stop (a worker cuts its stop short only on a second signal of the same
+kind, bus.worker.StopSignals). A part others depend on (the sandbox's simulated back-ends) names
 the loopback ports it listens on; the parts after it start once those accept connections, so
 that the first poll of a back-end does not fail on a simulator still starting.
 
@@ -96,6 +102,8 @@ class Supervisor:
         #: What a part's args are appended to: the civicbus command of this interpreter.
         self._command = tuple(command)
         self._stopping = False
+        #: SIGINTs and SIGTERMs received; one received while the parts stop is passed on.
+        self._stop_requests = 0
         self._exit_code = 0
 
     def run(self) -> int:
@@ -124,6 +132,7 @@ class Supervisor:
 
     def _request_stop(self, signum: int, _frame: object) -> None:
         log.info("supervisor.stopping", signal=signal.Signals(signum).name)
+        self._stop_requests += 1
         self._stopping = True
 
     def _start_in_order(self) -> None:
@@ -212,20 +221,32 @@ class Supervisor:
         log.info("supervisor.part_started", part=child.part.name, pid=child.process.pid)
 
     def _stop_all(self) -> None:
-        running = [c for c in self._children if c.process and c.process.poll() is None]
-        for child in running:
-            assert child.process is not None
-            child.process.send_signal(signal.SIGTERM)
+        running = [c.process for c in self._children if c.process and c.process.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        # The request that began the stop, if a signal did (not a part's giving up): any
+        # further one is passed on. Two already (Ctrl-C twice within a tick) pass on at once.
+        passed_on = min(self._stop_requests, 1)
         deadline = time.monotonic() + GRACE_SECONDS
-        for child in running:
+        waiting = list(running)
+        while waiting and time.monotonic() < deadline:
+            # Also lets a part take in one SIGTERM before a second: two sent together can
+            # reach it as one.
+            time.sleep(0.05)
+            waiting = [proc for proc in waiting if proc.poll() is None]
+            if self._stop_requests > passed_on and waiting:
+                passed_on = self._stop_requests
+                log.info("supervisor.stopping_now", parts=len(waiting))
+                for proc in waiting:
+                    proc.send_signal(signal.SIGTERM)
+        for child in self._children:
+            if child.process is None or child.process not in running:
+                continue
             proc = child.process
-            assert proc is not None
-            try:
-                code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if proc.poll() is None:
                 log.warning("supervisor.kill", part=child.part.name, pid=proc.pid)
                 proc.kill()
-                code = proc.wait()
+            code = proc.wait()
             # Exit 0, or death by the SIGTERM re-raised after a graceful stop (uvicorn does
             # that), is a clean stop; anything else is worth an operator's look.
             clean = code in (0, -signal.SIGTERM)

@@ -153,6 +153,73 @@ raise SystemExit(Supervisor(parts, command=(sys.executable, "-c", program)).run(
 """
 
 
+# A part that winds down for 3 s after a SIGTERM, and stops at once on a second one; it writes
+# the signals it got.
+WINDING_DOWN_SCRIPT = """
+import sys
+from bus.logging import configure_logging
+from bus.supervisor import Part, Supervisor
+configure_logging("json")
+program = (
+    "import pathlib, signal, sys, time\\n"
+    "got = pathlib.Path(sys.argv[1] + '.signals')\\n"
+    "stop_by = []\\n"
+    "def on_term(signum, frame):\\n"
+    "    with got.open('a') as f: f.write('TERM\\\\n')\\n"
+    "    if stop_by: sys.exit(1)\\n"
+    "    stop_by.append(time.monotonic() + 3)\\n"
+    "signal.signal(signal.SIGTERM, on_term)\\n"
+    "pathlib.Path(sys.argv[1] + '.ready').touch()\\n"
+    "while not stop_by or time.monotonic() < stop_by[0]:\\n"
+    "    time.sleep(0.05)\\n"
+)
+parts = [Part("winding", (f"{sys.argv[1]}/winding",))]
+raise SystemExit(Supervisor(parts, command=(sys.executable, "-c", program)).run())
+"""
+
+
+def _stop_supervisor(tmp_path: Path, gaps: list[float]) -> tuple[float, str, list[str]]:
+    """Start WINDING_DOWN_SCRIPT's supervisor, send it SIGTERM once and once more after each of
+    `gaps`; how long it took to exit, what it logged, and the signals its part got."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WINDING_DOWN_SCRIPT, str(tmp_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "winding.ready").exists():
+            assert time.monotonic() < deadline, "the part never became ready"
+            time.sleep(0.05)
+        stopping = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for gap in gaps:
+            time.sleep(gap)
+            proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    took = time.monotonic() - stopping
+    return took, stderr, (tmp_path / "winding.signals").read_text().split()
+
+
+def test_one_stop_request_reaches_each_part_as_one_sigterm(tmp_path: Path) -> None:
+    took, stderr, signals = _stop_supervisor(tmp_path, [])
+    assert signals == ["TERM"]
+    assert took >= 3  # the part wound down in its own time
+    assert "supervisor.stopping_now" not in stderr
+
+
+def test_a_second_stop_request_is_passed_on_to_the_parts_still_stopping(tmp_path: Path) -> None:
+    took, stderr, signals = _stop_supervisor(tmp_path, [0.5])
+    assert signals == ["TERM", "TERM"]
+    assert took < 2.5, stderr  # not the part's 3 s wind-down
+    events = _events(stderr)
+    assert [e["parts"] for e in events if e.get("event") == "supervisor.stopping_now"] == [1]
+    [stopped] = [e for e in events if e.get("event") == "supervisor.part_stopped"]
+    assert stopped["code"] == 1
+
+
 @linux_only
 def test_when_the_supervisor_is_killed_its_parts_get_sigterm_and_stop(tmp_path: Path) -> None:
     stderr = tmp_path / "stderr"

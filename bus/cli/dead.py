@@ -219,6 +219,8 @@ def _document(letter: DeadLetter, history: list[AuditEntry]) -> dict[str, object
         "attempts": letter.attempts,
         "first_failed_at": letter.first_failed_at.isoformat(),
         "last_failed_at": letter.last_failed_at.isoformat(),
+        # Replayed or dropped: when (`civicbus store prune` deletes it some time after).
+        "resolved_at": letter.resolved_at.isoformat() if letter.resolved_at else None,
         "history": [
             {
                 "at": entry.at.isoformat(),

@@ -29,15 +29,25 @@ def register(app: typer.Typer) -> None:
             help="Delete Idempotency-Key records older than this (at least 1d): a create "
             "repeated with such a key after that is a new request.",
         ),
+        dead_letters_resolved_before: str = typer.Option(
+            f"{retention.DEAD_LETTERS_KEEP.days}d",
+            "--dead-letters-resolved-before",
+            help="Delete dead letters replayed or dropped longer ago than this (at least 1d; "
+            "never one still waiting for a decision): 30d.",
+        ),
         batch_size: int = typer.Option(
             retention.BATCH_SIZE, "--batch-size", min=1, max=10_000, help="Rows a transaction."
         ),
     ) -> None:
-        """Delete published outbox events and expired Idempotency-Key records, a batch per
-        transaction so the API keeps accepting meanwhile; audited. An `external_id`'s record
-        and batch tokens are kept: see the README's Retention."""
+        """Delete published outbox events, expired Idempotency-Key records and dead letters
+        replayed or dropped long ago, a batch per transaction so the API keeps accepting
+        meanwhile; audited. An `external_id`'s record and batch tokens are kept: see the
+        README's Retention."""
         keep_sent = parse_duration(outbox_sent_before, "--outbox-sent-before")
         keep_idempotency = parse_duration(idempotency_before, "--idempotency-before")
+        keep_dead_letters = parse_duration(
+            dead_letters_resolved_before, "--dead-letters-resolved-before"
+        )
         with runtime() as rt:
             try:
                 pruned = retention.prune(
@@ -45,10 +55,12 @@ def register(app: typer.Typer) -> None:
                     now=datetime.now(UTC),
                     keep_sent=keep_sent,
                     keep_idempotency=keep_idempotency,
+                    keep_dead_letters=keep_dead_letters,
                     batch_size=batch_size,
                 )
             except RetentionError as exc:
-                raise typer.BadParameter(str(exc), param_hint="--idempotency-before") from exc
+                option = _OPTIONS.get(exc.setting or "")
+                raise typer.BadParameter(str(exc), param_hint=option) from exc
         typer.echo(
             f"{pruned.outbox_events} outbox event(s) published before "
             f"{_when(pruned.outbox_sent_before)} deleted"
@@ -57,6 +69,17 @@ def register(app: typer.Typer) -> None:
             f"{pruned.idempotency_keys} Idempotency-Key record(s) stored before "
             f"{_when(pruned.idempotency_before)} deleted"
         )
+        typer.echo(
+            f"{pruned.dead_letters} dead letter(s) replayed or dropped before "
+            f"{_when(pruned.dead_letters_resolved_before)} deleted"
+        )
+
+
+#: The option of each of `retention.prune`'s settings a RetentionError can name.
+_OPTIONS = {
+    "keep_idempotency": "--idempotency-before",
+    "keep_dead_letters": "--dead-letters-resolved-before",
+}
 
 
 def _when(at: datetime) -> str:

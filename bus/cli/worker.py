@@ -1,11 +1,9 @@
-"""`civicbus worker INSTANCE` and `civicbus worker --subscriptions`: run until SIGTERM/Ctrl-C;
-exit 1 when the stop had to leave a message in hand to the broker."""
+"""`civicbus worker INSTANCE` and `civicbus worker --subscriptions`: run until SIGTERM/Ctrl-C (a
+second one stops at once); exit 1 when the stop had to leave a message in hand to the broker."""
 
 from __future__ import annotations
 
-import signal
 import threading
-from types import FrameType
 
 import typer
 
@@ -13,10 +11,11 @@ from adapters.mapping import MappingFileError
 from adapters.registry import RegistryError
 from bus.adapters_glue import build_adapter
 from bus.cli.common import runtime, service_logging
-from bus.worker import STOP_GRACE, command_consumer, run_subscriptions
+from bus.worker import STOP_GRACE, StopSignals, command_consumer, run_subscriptions
 
 #: The exit status of a worker whose stop left messages in hand to the broker (a handler was
-#: still busy when the stop grace ran out): a supervisor or systemd shows an unclean stop.
+#: still busy when the stop grace ran out, or a second signal cut it short): a supervisor or
+#: systemd shows an unclean stop.
 LEFT_MESSAGES = 1
 
 
@@ -34,14 +33,16 @@ def register(app: typer.Typer) -> None:
             "--stop-grace",
             min=0,
             help="Seconds SIGTERM waits for the messages in hand before leaving them to the "
-            "broker (which redelivers them) and exiting 1.",
+            "broker (which redelivers them) and exiting 1. A second SIGTERM (or Ctrl-C "
+            "twice) does so at once.",
         ),
     ) -> None:
         """Consume an adapter instance's commands (or the webhook subscriptions' events).
 
-        SIGTERM finishes the messages in hand, acknowledges them and exits; a message still
-        in hand after the stop grace is left unacknowledged, for the broker to redeliver, and
-        the worker exits 1.
+        SIGTERM (or Ctrl-C) finishes the messages in hand, acknowledges them and exits; a
+        message still in hand after the stop grace is left unacknowledged, for the broker to
+        redeliver, and the worker exits 1. A second SIGTERM (or a second Ctrl-C) does that at
+        once, without waiting out the grace.
         """
         service_logging()
         if (instance is None) == (not subscriptions):
@@ -49,15 +50,15 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         with runtime() as rt:
             if subscriptions:
-                stop = threading.Event()
+                stop, stop_now = threading.Event(), threading.Event()
 
-                def _stop(_signum: int, _frame: FrameType | None) -> None:
+                def _stop_now() -> None:
+                    stop_now.set()
                     stop.set()
 
-                signal.signal(signal.SIGTERM, _stop)
-                signal.signal(signal.SIGINT, _stop)
+                StopSignals(stop.set, _stop_now).install()
                 if not run_subscriptions(
-                    rt.env.amqp_url, rt.store, stop=stop, stop_grace=stop_grace
+                    rt.env.amqp_url, rt.store, stop=stop, stop_now=stop_now, stop_grace=stop_grace
                 ):
                     raise typer.Exit(LEFT_MESSAGES)
                 return

@@ -26,6 +26,7 @@ def from_row(row: Row[Any]) -> DeadLetter:
         last_failed_at=row.last_failed_at,
         envelope=row.envelope,
         state=DeadLetterState(row.state),
+        resolved_at=row.resolved_at,
     )
 
 
@@ -80,6 +81,7 @@ def record(
                 reason=reason,
                 envelope=envelope,
                 state=DeadLetterState.DEAD.value,
+                resolved_at=None,
             )
             .returning(*dead.c)
         ).one()
@@ -106,8 +108,12 @@ def get(conn: Connection, dead_letter_id: int) -> DeadLetter | None:
 
 
 def set_state(conn: Connection, dead_letter_id: int, state: DeadLetterState) -> bool:
+    """Replayed or dropped: resolved now; dead (a replay given back): unresolved again."""
+    resolved_at = None if state is DeadLetterState.DEAD else utcnow()
     result = conn.execute(
-        dead.update().where(dead.c.id == dead_letter_id).values(state=state.value)
+        dead.update()
+        .where(dead.c.id == dead_letter_id)
+        .values(state=state.value, resolved_at=resolved_at)
     )
     return bool(result.rowcount)
 
@@ -118,7 +124,7 @@ def drop_waiting(conn: Connection, instance: str) -> list[DeadLetter]:
     rows = conn.execute(
         dead.update()
         .where(dead.c.instance == instance, dead.c.state == DeadLetterState.DEAD.value)
-        .values(state=DeadLetterState.DROPPED.value)
+        .values(state=DeadLetterState.DROPPED.value, resolved_at=utcnow())
         .returning(*dead.c)
     )
     return sorted((from_row(row) for row in rows), key=lambda letter: letter.id)

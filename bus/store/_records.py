@@ -155,6 +155,9 @@ class DeadLetter:
     #: The envelope as JSON data, or the raw body as text when it was not valid JSON.
     envelope: dict[str, Any] | str | None
     state: DeadLetterState
+    #: When it was last replayed or dropped; None while it waits as a dead letter. A resolved
+    #: letter is deleted by `civicbus store prune` some time after (bus.retention).
+    resolved_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Retention: removing what the store no longer needs, a bounded batch at a time.
 
 Sent outbox rows (the relay published them and nothing reads them again), idempotency keys past
-their window, and the reporter contact data of requests closed long ago. Each batch is found by
+their window, dead letters replayed or dropped long ago, and the reporter contact data of
+requests closed long ago. Each batch is found by
 a read, which holds no lock, walking the table in key order from where the last batch ended
 (one pass, however many batches), and removed by key in a short write transaction that checks
 the condition again: a big backlog never holds SQLite's one write lock for long, and a row that
@@ -16,10 +17,12 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bus.store._tables import idempotency_keys, outbox, reporters, requests
+from bus.store._records import DeadLetterState
+from bus.store._tables import dead_letters, idempotency_keys, outbox, reporters, requests
 from schemas.model import Status
 
 _CLOSED = [status.value for status in Status if status.is_closed]
+_RESOLVED = [DeadLetterState.REPLAYED.value, DeadLetterState.DROPPED.value]
 
 
 def sent_outbox(conn: Connection, *, sent_before: datetime, after: int, limit: int) -> list[int]:
@@ -78,6 +81,61 @@ def delete_idempotency_keys(
     result = conn.execute(
         idempotency_keys.delete().where(
             sa.tuple_(c.client_id, c.key).in_(list(keys)), c.created_at < created_before
+        )
+    )
+    return int(result.rowcount)
+
+
+def _resolved_before(resolved_before: datetime) -> sa.ColumnElement[bool]:
+    """Dead letters replayed or dropped before `resolved_before`, but not:
+
+    - one whose replay still waits in the outbox: if no queue takes it, the relay gives it back
+      to its dead letter (bus.relay), which must still be there;
+    - the newest one: SQLite gives a new row the highest id plus one, so deleting the highest
+      would give its id to the next dead letter, while audit entries and operators' notes still
+      name the old one by it.
+    """
+    d = dead_letters.c
+    replay_waiting = (
+        sa.select(outbox.c.id)
+        .where(outbox.c.sent_at.is_(None), outbox.c.message_id == d.message_id)
+        .exists()
+    )
+    every = dead_letters.alias("every_dead_letter")
+    newest = sa.select(sa.func.max(every.c.id)).scalar_subquery()
+    return sa.and_(
+        d.state.in_(_RESOLVED),
+        d.resolved_at < resolved_before,
+        d.id < newest,
+        sa.not_(sa.and_(d.state == DeadLetterState.REPLAYED.value, replay_waiting)),
+    )
+
+
+def resolved_dead_letters(
+    conn: Connection, *, resolved_before: datetime, after: int, limit: int
+) -> list[int]:
+    """Ids above `after` of the dead letters replayed or dropped before `resolved_before`, in id
+    order (never one still dead; see `_resolved_before` for the few others kept)."""
+    return list(
+        conn.execute(
+            sa.select(dead_letters.c.id)
+            .where(dead_letters.c.id > after, _resolved_before(resolved_before))
+            .order_by(dead_letters.c.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def delete_resolved_dead_letters(
+    conn: Connection, ids: Sequence[int], *, resolved_before: datetime
+) -> int:
+    """Delete those of the dead letters that are still resolved before `resolved_before` (one
+    that died again, or whose replay was given back, meanwhile stays); how many went."""
+    if not ids:
+        return 0
+    result = conn.execute(
+        dead_letters.delete().where(
+            dead_letters.c.id.in_(list(ids)), _resolved_before(resolved_before)
         )
     )
     return int(result.rowcount)

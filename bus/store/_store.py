@@ -202,6 +202,18 @@ class Store:
             )
         )
 
+    def resolved_dead_letters(
+        self, *, resolved_before: datetime, after: int = 0, limit: int
+    ) -> list[int]:
+        """Ids above `after` of dead letters replayed or dropped before `resolved_before`, in id
+        order; never one still dead. Remove them with
+        `Transaction.delete_resolved_dead_letters`."""
+        return self._read(
+            lambda conn: _retention.resolved_dead_letters(
+                conn, resolved_before=resolved_before, after=after, limit=limit
+            )
+        )
+
     def closed_with_reporter(
         self, *, closed_before: datetime, after: str = "", limit: int
     ) -> list[str]:

@@ -241,6 +241,9 @@ dead_letters = sa.Table(
     sa.Column("last_failed_at", UTCDateTime(), nullable=False),
     sa.Column("envelope", _json(), nullable=True),
     sa.Column("state", sa.Text(), nullable=False),
+    # When it was last replayed or dropped (NULL while dead), for `civicbus store prune`
+    # (migration 0005: letters resolved before it carry the time of the upgrade).
+    sa.Column("resolved_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("instance", "message_id"),
     sa.Index(None, "instance", "state", "id"),
 )

@@ -3,7 +3,8 @@ with an idempotent consumer, quick retries, retry tiers and a dead letter channe
 
 `command_consumer` and `subscription_consumer` build a ready `Consumer`; `run()` it, `stop()`
 it (SIGTERM does, when `run(install_signal_handlers=True)`): it finishes the messages in hand, or
-after `STOP_GRACE` seconds leaves them to the broker, and `run()` returns False.
+after `STOP_GRACE` seconds leaves them to the broker, and `run()` returns False. `stop_now()` (a
+second SIGTERM, or Ctrl-C twice) leaves them to the broker at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bus.worker._events import SubscriptionWorker
 from bus.worker._failures import Route
 from bus.worker._heartbeat import Heartbeat, Slot
 from bus.worker._retry import SMALL_RETRY_AFTER
+from bus.worker._signals import StopSignals
 from bus.worker._webhooks import run_subscriptions, subscription_consumer
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Heartbeat",
     "Route",
     "Slot",
+    "StopSignals",
     "SubscriptionWorker",
     "command_consumer",
     "run_subscriptions",

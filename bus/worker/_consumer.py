@@ -16,6 +16,9 @@ holds, closes the connection without acking them, so that the broker redelivers 
 idempotent consumer finds what already reached the back-end), and returns False; the handler
 threads are daemon threads and end with the process.
 
+A second stop request (`stop_now`: a second SIGTERM, or Ctrl-C twice) does the same without
+waiting out the grace: what a handler holds then is left to the broker at once.
+
 A queue never has two handler threads at once. After a lost connection, the broker gives the
 messages in hand to the next consumer, possibly this one; a handler still busy with one of them
 (a slow back-end call) would otherwise run beside a new thread handling its redelivery, and
@@ -26,7 +29,6 @@ previous thread has ended; the other queues resume at once.
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -42,6 +44,7 @@ from pika.exceptions import AMQPError
 from bus.broker.connection import BROKER_ERRORS, close_quietly, connection_parameters
 from bus.worker._delivery import KEPT_PROPERTIES, Delivery
 from bus.worker._heartbeat import Heartbeat, Slot
+from bus.worker._signals import StopSignals
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +116,7 @@ class ConnectionLost(Exception):
 
 class Consumer:
     """Consume one or more queues with manual acks until `stop()` is called; a stop waits
-    `stop_grace` seconds at most for the messages in hand."""
+    `stop_grace` seconds at most for the messages in hand, `stop_now()` not at all."""
 
     def __init__(
         self,
@@ -135,6 +138,7 @@ class Consumer:
         self._stop_grace = stop_grace
         self._subscriptions: list[_Subscription] = []
         self._stopping = threading.Event()
+        self._stopping_now = threading.Event()
         # Set when a stop left a handler busy with messages the broker is to redeliver.
         self._abandoned = False
         self._connection: Any = None
@@ -142,8 +146,8 @@ class Consumer:
         self._lock = threading.Lock()
         # Each queue's latest handler thread, kept across connections (see the module's text).
         self._threads: dict[str, threading.Thread] = {}
-        # When a stop gives up on the messages in hand; set at the stop's first check.
-        self._stop_by: float | None = None
+        # When the stop began, as its first check saw it (the grace counts from there).
+        self._stop_began: float | None = None
 
     def consume(self, queue_name: str, handler: Handler, *, slot: Slot | None = None) -> None:
         """Register a queue and its handler of one message at a time (before `run`); `slot`
@@ -180,6 +184,12 @@ class Consumer:
         (thread- and signal-safe)."""
         self._stopping.set()
 
+    def stop_now(self) -> None:
+        """Stop without waiting for the messages in hand: they are left unacknowledged, for
+        the broker to redeliver, and `run` returns False (thread- and signal-safe)."""
+        self._stopping_now.set()
+        self._stopping.set()
+
     @property
     def stop_event(self) -> threading.Event:
         """Set once the consumer is stopping; handlers that wait should wait on it."""
@@ -187,11 +197,13 @@ class Consumer:
 
     def run(self, *, install_signal_handlers: bool = False) -> bool:
         """Consume until stopped; reconnect after a lost connection. Returns False when the
-        stop grace ran out with a handler still busy (its messages left unacked, for the broker
-        to redeliver), True when every handler was done."""
+        stop grace ran out, or `stop_now` cut it short, with a handler still busy (its messages
+        left unacked, for the broker to redeliver), True when every handler was done.
+
+        `install_signal_handlers`: SIGTERM or SIGINT stops, a second one of the same kind stops
+        now (see StopSignals)."""
         if install_signal_handlers:
-            signal.signal(signal.SIGTERM, lambda *_: self.stop())
-            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            StopSignals(self.stop, self.stop_now).install()
         if not self._subscriptions:
             # Connecting would consume nothing and return at once, over and over.
             log.warning("worker.nothing_to_consume", worker=self._name)
@@ -222,8 +234,8 @@ class Consumer:
                 self._stopping.wait(self._reconnect_delay)
         # Stopped while disconnected: handlers of the lost connection may still be busy.
         while self._busy() and not self._abandoned:
-            if self._grace_over():
-                self._abandon()
+            if leaving := self._leave_now():
+                self._abandon(leaving)
                 break
             time.sleep(0.05)
 
@@ -273,9 +285,9 @@ class Consumer:
                         tags.clear()
                     if not self._busy():
                         break
-                    if self._grace_over():
+                    if leaving := self._leave_now():
                         # Not acked: closing the connection below gives them back to the broker.
-                        self._abandon()
+                        self._abandon(leaving)
                         break
                     continue
                 for sub in [sub for sub in held_back if not self._held(sub)]:
@@ -308,11 +320,23 @@ class Consumer:
     def _busy(self) -> bool:
         return any(thread.is_alive() for thread in self._threads.values())
 
-    def _grace_over(self) -> bool:
-        """Once stopping: whether the stop grace, counted from the first call, has run out."""
-        if self._stop_by is None:
-            self._stop_by = time.monotonic() + self._stop_grace
-        return time.monotonic() >= self._stop_by
+    def _leave_now(self) -> str | None:
+        """Once stopping: the log event under which to leave the messages in hand to the
+        broker now (the grace, counted from the first call, ran out; or `stop_now` cut it
+        short while a handler holds a message), None to wait on."""
+        now = time.monotonic()
+        if self._stop_began is None:
+            self._stop_began = now
+        if self._stopping_now.is_set() and self._holding():
+            return "worker.stop_cut_short"
+        if now - self._stop_began >= self._stop_grace:
+            return "worker.stop_grace_expired"
+        return None
+
+    def _holding(self) -> bool:
+        """Whether a handler thread still at work holds a message (one holding nothing ends
+        within its 0.1 s inbox wait)."""
+        return any(self._held(sub) and sub.slot.work is not None for sub in self._subscriptions)
 
     def _log_held_back(self, held_back: list[_Subscription]) -> None:
         now = time.time()
@@ -327,8 +351,9 @@ class Consumer:
                 held_s=round(now - work.since, 1) if work else None,
             )
 
-    def _abandon(self) -> None:
-        """Say which messages the handler threads still busy hold, and leave them behind."""
+    def _abandon(self, event: str) -> None:
+        """Say which messages the handler threads still busy hold, and leave them behind;
+        `event`: why (see `_leave_now`)."""
         now = time.time()
         held = []
         busy = [sub for sub in self._subscriptions if self._held(sub)]
@@ -343,10 +368,12 @@ class Consumer:
                         "held_s": round(now - work.since, 1),
                     }
                 )
+        waited = time.monotonic() - (self._stop_began or time.monotonic())
         log.warning(
-            "worker.stop_grace_expired",
+            event,
             worker=self._name,
             grace_s=self._stop_grace,
+            waited_s=round(waited, 1),
             queues=[sub.queue for sub in busy],
             held=held,
         )

@@ -76,6 +76,7 @@ def run_subscriptions(
     store: Store,
     *,
     stop: threading.Event,
+    stop_now: threading.Event | None = None,
     env: Mapping[str, str] | None = None,
     refresh: float = 5.0,
     policy: RetryPolicy = SUBSCRIPTION_RETRY,
@@ -84,8 +85,9 @@ def run_subscriptions(
 ) -> bool:
     """Deliver subscriptions' events until `stop` is set; restart when the set changes.
 
-    Returns False when the last stop's grace (`stop_grace` seconds) ran out with a delivery
-    still under way: its event was left to the broker, to be delivered again.
+    Returns False when the last stop's grace (`stop_grace` seconds) ran out, or `stop_now` was
+    set meanwhile, with a delivery still under way: its event was left to the broker, to be
+    delivered again.
     """
     clean = True
     while not stop.is_set():
@@ -110,7 +112,9 @@ def run_subscriptions(
             while not stop.wait(refresh) and not _changed(store, current):
                 pass
             continue
-        clean = _consume_until_changed(consumer, store, current, stop=stop, refresh=refresh)
+        clean = _consume_until_changed(
+            consumer, store, current, stop=stop, stop_now=stop_now, refresh=refresh
+        )
     return clean
 
 
@@ -120,13 +124,14 @@ def _consume_until_changed(
     current: list[tuple[int, str, tuple[str, ...]]],
     *,
     stop: threading.Event,
+    stop_now: threading.Event | None,
     refresh: float,
 ) -> bool:
     """Run the consumer in a thread of its own until `stop` is set or the list changes; what
     `Consumer.run` returned.
 
     This thread watches both and stops the consumer itself: a watcher thread that died would
-    leave nothing to pass `stop` (SIGTERM) on.
+    leave nothing to pass `stop` (SIGTERM) on. It watches `stop_now` while the consumer stops.
     """
     crashed: list[BaseException] = []
     clean: list[bool] = []
@@ -148,7 +153,10 @@ def _consume_until_changed(
                 next_look = time.monotonic() + refresh
     finally:
         consumer.stop()
-        thread.join()
+        while thread.is_alive():
+            if stop_now is not None and stop_now.is_set():
+                consumer.stop_now()
+            thread.join(timeout=0.1)
     if crashed:
         raise crashed[0]
     return clean == [True]

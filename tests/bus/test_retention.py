@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bus import retention
-from bus.store import Store
+from bus.store import DeadLetterState, Store
 from schemas.events import Envelope, EventType
 from schemas.model import Status
 from tests.store.store_factories import make_request
@@ -53,6 +53,30 @@ def test_a_prune_deletes_a_batch_a_transaction_and_counts_them_all(
     assert (pruned.outbox_events, pruned.idempotency_keys) == (5, 0)
     assert deletes == ["DELETE FROM outbox"] * 3
     assert store.sent_outbox(sent_before=later, limit=9) == []
+
+
+def test_a_prune_deletes_resolved_dead_letters_a_batch_a_transaction(
+    store: Store, deletes: list[str]
+) -> None:
+    with store.transaction() as tx:
+        for i in range(6):
+            tx.record_dead_letter(
+                instance="roads", message_id=f"m{i}", reason="rejected", envelope=None
+            )
+        tx.drop_waiting_dead_letters("roads")
+
+    pruned = retention.prune(
+        store,
+        now=datetime.now(UTC) + timedelta(days=2),
+        keep_dead_letters=timedelta(days=1),
+        batch_size=2,
+    )
+
+    assert pruned.dead_letters == 5  # the newest stays: SQLite would reuse its id
+    assert deletes == ["DELETE FROM dead_letters"] * 3
+    assert [
+        letter.message_id for letter in store.dead_letters("roads", DeadLetterState.DROPPED)
+    ] == ["m5"]
 
 
 def test_forgetting_closed_requests_goes_a_batch_a_transaction_each_request_audited(

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from bus.cli import app
-from bus.store import Store
-from bus.store._tables import idempotency_keys, outbox
+from bus.store import DeadLetterState, Store
+from bus.store._tables import dead_letters, idempotency_keys, outbox
 from schemas.events import Envelope, EventType
 from schemas.model import BackendRef, Reporter, Status
 from tests.store.store_factories import make_request
@@ -109,6 +109,66 @@ def test_store_prune_names_the_option_whose_duration_is_wrong(store: Store) -> N
 
     assert code == 2
     assert "--outbox-sent-before" in err and "is not a duration" in err
+
+
+def test_store_prune_deletes_dead_letters_resolved_long_ago_never_a_waiting_one(
+    store: Store,
+) -> None:
+    ids = {}
+    with store.transaction() as tx:
+        for name in ("replayed", "dropped", "waiting", "lately"):
+            letter = tx.record_dead_letter(
+                instance="roads",
+                message_id=name,
+                request_id=f"r-{name}",
+                reason="PermanentError: rejected",
+                envelope=None,
+            )
+            assert letter is not None
+            ids[name] = letter.id
+        tx.set_dead_letter_state(ids["replayed"], DeadLetterState.REPLAYED)
+        tx.set_dead_letter_state(ids["dropped"], DeadLetterState.DROPPED)
+        tx.set_dead_letter_state(ids["lately"], DeadLetterState.DROPPED)
+    old = dead_letters.c.id.in_([ids["replayed"], ids["dropped"]])
+    days_ago(store, dead_letters.c.resolved_at, 31, old)
+    days_ago(store, dead_letters.c.last_failed_at, 60, dead_letters.c.id == ids["waiting"])
+
+    code, out, err = invoke("store", "prune")
+
+    assert code == 0, err
+    assert "2 dead letter(s) replayed or dropped before" in out
+    assert store.get_dead_letter(ids["replayed"]) is None
+    assert store.get_dead_letter(ids["dropped"]) is None
+    assert [letter.id for letter in store.dead_letters("roads", DeadLetterState.DEAD)] == [
+        ids["waiting"]
+    ]
+    assert store.get_dead_letter(ids["lately"]) is not None
+    details = audited(store, "cli:store-prune", "pruned")
+    assert details["dead_letters"] == 2
+    cutoff = datetime.fromisoformat(str(details["dead_letters_resolved_before"]))
+    assert abs(cutoff - (now() - timedelta(days=30))) < timedelta(minutes=1)
+
+    code, _, err = invoke("dead", "show", str(ids["replayed"]))
+    assert code != 0
+    assert f"there is no dead letter {ids['replayed']}" in err
+    assert "`civicbus store prune` deleted it" in err and "civicbus audit trail" in err
+
+
+def test_store_prune_refuses_to_keep_resolved_dead_letters_under_a_day_and_deletes_nothing(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        event = Envelope(type=EventType.CREATED, subject="r", data={}, correlationid="c")
+        tx.add_outbox(event, exchange="civicbus.events", routing_key="request.created")
+    store.mark_sent([row.id for row in store.pending_outbox()])
+
+    code, _, err = invoke(
+        "store", "prune", "--outbox-sent-before", "0s", "--dead-letters-resolved-before", "12h"
+    )
+
+    assert code == 2
+    assert "--dead-letters-resolved-before" in err and "at least 1d" in err
+    assert store.sent_outbox(sent_before=now(), limit=9) != []
 
 
 def seed_requests(store: Store) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from bus.store import SchemaTooNew, Store
+from bus.store import DeadLetterState, SchemaTooNew, Store
 from bus.store._migrate import alembic_config, current_revision, head_revision
 from bus.store._tables import metadata
 
@@ -86,4 +87,31 @@ def test_0002_keeps_the_watermarks_and_starts_with_no_failed_rounds(store_url: s
     with store.transaction() as tx:
         tx.poll_round_failed("parks", "ConnectError: refused")
     assert store.overview().pollers["parks"].failed_rounds == 1
+    store.close()
+
+
+def test_0005_stamps_dead_letters_resolved_before_it_with_the_upgrade_time(store_url: str) -> None:
+    store = Store.open(store_url)
+    with store._writer.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+        for number, state in enumerate(["dead", "replayed", "dropped"]):
+            conn.exec_driver_sql(
+                "INSERT INTO dead_letters (instance, message_id, reason, attempts, "
+                "first_failed_at, last_failed_at, state) VALUES ('roads', "
+                f"'m{number}', 'rejected', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{state}')"
+            )
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    store.upgrade()
+
+    letters = {
+        state: store.dead_letters("roads", state)
+        for state in (DeadLetterState.DEAD, DeadLetterState.REPLAYED, DeadLetterState.DROPPED)
+    }
+    [dead] = letters[DeadLetterState.DEAD]
+    assert dead.resolved_at is None
+    for state in (DeadLetterState.REPLAYED, DeadLetterState.DROPPED):
+        [resolved] = letters[state]
+        # Never deleted sooner than a retention period after the upgrade.
+        assert resolved.resolved_at is not None
+        assert before <= resolved.resolved_at <= datetime.now(UTC)
     store.close()

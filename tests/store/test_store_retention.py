@@ -1,5 +1,6 @@
-"""Retention in the store: sent outbox rows, idempotency keys and reporter contact data go,
-found a batch at a time and removed only while they still qualify."""
+"""Retention in the store: sent outbox rows, idempotency keys, dead letters replayed or dropped
+long ago and reporter contact data go, found a batch at a time and removed only while they still
+qualify."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from store_factories import T0, make_request, minutes
 
-from bus.store import Store
-from bus.store._tables import idempotency_keys, outbox
+from bus.store import DeadLetterState, Store
+from bus.store._tables import dead_letters, idempotency_keys, outbox
 from schemas.events import Envelope, EventType
 from schemas.model import BackendRef, Reporter, ServiceRequest, Status, StatusNote, StatusUpdate
 
@@ -196,3 +197,145 @@ def test_a_reporter_is_forgotten_on_request_whatever_the_status(store: Store) ->
     request = store.get_request("old-open")
     assert request is not None and request.reporter == Reporter()
     assert request.status is Status.IN_PROGRESS
+
+
+def dead_letters_of(store: Store, names: list[str]) -> dict[str, int]:
+    """Record a dead letter of instance `roads` for each name (its message id); their ids."""
+    ids = {}
+    with store.transaction() as tx:
+        for name in names:
+            envelope = Envelope(
+                type=EventType.CREATED, subject=f"r-{name}", data={}, correlationid="c"
+            )
+            letter = tx.record_dead_letter(
+                instance="roads",
+                message_id=name,
+                request_id=f"r-{name}",
+                reason="PermanentError: rejected",
+                envelope={**envelope.model_dump(mode="json"), "id": name},
+            )
+            assert letter is not None
+            ids[name] = letter.id
+    return ids
+
+
+def resolve(store: Store, ids: dict[str, int], name: str, state: DeadLetterState) -> None:
+    with store.transaction() as tx:
+        assert tx.set_dead_letter_state(ids[name], state)
+
+
+def resolved_days_ago(store: Store, ids: list[int], days: int) -> None:
+    backdate(store, dead_letters.c.resolved_at, days, dead_letters.c.id.in_(ids))
+
+
+def test_dead_letters_resolved_before_the_cutoff_go_and_one_still_dead_never(
+    store: Store,
+) -> None:
+    ids = dead_letters_of(store, ["replayed", "dropped", "dead", "lately", "newest"])
+    resolve(store, ids, "replayed", DeadLetterState.REPLAYED)
+    resolve(store, ids, "dropped", DeadLetterState.DROPPED)
+    resolve(store, ids, "lately", DeadLetterState.DROPPED)
+    resolve(store, ids, "newest", DeadLetterState.DROPPED)
+    old = [ids["replayed"], ids["dropped"], ids["newest"]]
+    resolved_days_ago(store, old, 31)
+    # Dead for long, never decided on: it waits for an operator however old it is.
+    backdate(store, dead_letters.c.first_failed_at, 90, dead_letters.c.id == ids["dead"])
+    backdate(store, dead_letters.c.last_failed_at, 90, dead_letters.c.id == ids["dead"])
+
+    month_ago = now() - timedelta(days=30)
+    found = store.resolved_dead_letters(resolved_before=month_ago, limit=100)
+    with store.transaction() as tx:
+        deleted = tx.delete_resolved_dead_letters(found, resolved_before=month_ago)
+        kept = tx.delete_resolved_dead_letters(list(ids.values()), resolved_before=month_ago)
+
+    # The newest letter is kept: on SQLite the next one would get its id back.
+    assert found == [ids["replayed"], ids["dropped"]] and deleted == 2 and kept == 0
+    assert store.get_dead_letter(ids["replayed"]) is None
+    assert store.get_dead_letter(ids["dropped"]) is None
+    dead = store.get_dead_letter(ids["dead"])
+    assert dead is not None and dead.state is DeadLetterState.DEAD and dead.resolved_at is None
+    assert [letter.id for letter in store.dead_letters("roads", DeadLetterState.DEAD)] == [
+        ids["dead"]
+    ]
+    assert store.get_dead_letter(ids["lately"]) is not None
+    assert store.get_dead_letter(ids["newest"]) is not None
+    # The next dead letter gets a new id, never a deleted one's.
+    again = dead_letters_of(store, ["next"])
+    assert again["next"] > ids["newest"]
+
+
+def test_resolving_a_dead_letter_stamps_when_and_its_dying_again_clears_it(store: Store) -> None:
+    ids = dead_letters_of(store, ["one", "two", "three", "four"])
+    before = now()
+    resolve(store, ids, "one", DeadLetterState.REPLAYED)
+    with store.transaction() as tx:
+        dropped = tx.drop_waiting_dead_letters("roads")
+    assert [letter.id for letter in dropped] == [ids["two"], ids["three"], ids["four"]]
+    for name in ids:
+        letter = store.get_dead_letter(ids[name])
+        assert letter is not None and letter.resolved_at is not None
+        assert before - timedelta(seconds=1) <= letter.resolved_at <= now()
+
+    resolve(store, ids, "two", DeadLetterState.DEAD)  # a replay given back by the relay
+    with store.transaction() as tx:  # the replayed message dead-lettered again
+        tx.record_dead_letter(
+            instance="roads", message_id="one", reason="PermanentError: again", envelope=None
+        )
+    for name in ("one", "two"):
+        letter = store.get_dead_letter(ids[name])
+        assert letter is not None and letter.state is DeadLetterState.DEAD
+        assert letter.resolved_at is None
+
+
+def test_a_dead_letter_dead_again_after_it_was_found_is_kept(store: Store) -> None:
+    ids = dead_letters_of(store, ["again", "newest"])
+    resolve(store, ids, "again", DeadLetterState.REPLAYED)
+    resolved_days_ago(store, [ids["again"]], 40)
+    month_ago = now() - timedelta(days=30)
+    found = store.resolved_dead_letters(resolved_before=month_ago, limit=100)
+    with store.transaction() as tx:  # its replay failed for good meanwhile
+        tx.record_dead_letter(
+            instance="roads", message_id="again", reason="PermanentError: again", envelope=None
+        )
+    with store.transaction() as tx:
+        deleted = tx.delete_resolved_dead_letters(found, resolved_before=month_ago)
+
+    assert found == [ids["again"]] and deleted == 0
+    assert store.get_dead_letter(ids["again"]) is not None
+
+
+def test_a_replayed_dead_letter_whose_replay_still_waits_in_the_outbox_is_kept(
+    store: Store,
+) -> None:
+    ids = dead_letters_of(store, ["waiting", "sent", "newest"])
+    for name in ("waiting", "sent"):
+        letter = store.get_dead_letter(ids[name])
+        assert letter is not None and isinstance(letter.envelope, dict)
+        with store.transaction() as tx:
+            tx.add_outbox(
+                Envelope.model_validate(letter.envelope),
+                exchange="civicbus.commands",
+                routing_key="roads",
+            )
+            tx.set_dead_letter_state(letter.id, DeadLetterState.REPLAYED)
+    [waiting_row, sent_row] = [row.id for row in store.pending_outbox()]
+    store.mark_sent([sent_row])
+    resolved_days_ago(store, [ids["waiting"], ids["sent"]], 40)
+
+    # If no queue takes it, the relay gives the replay back to its dead letter.
+    found = store.resolved_dead_letters(resolved_before=now() - timedelta(days=30), limit=100)
+    assert found == [ids["sent"]]
+    assert [row.id for row in store.pending_outbox()] == [waiting_row]
+
+
+def test_resolved_dead_letters_are_found_a_page_at_a_time_in_id_order(store: Store) -> None:
+    ids = list(dead_letters_of(store, [f"m{i}" for i in range(6)]).values())
+    with store.transaction() as tx:
+        tx.drop_waiting_dead_letters("roads")
+    later = now() + timedelta(seconds=1)
+
+    first = store.resolved_dead_letters(resolved_before=later, limit=2)
+    second = store.resolved_dead_letters(resolved_before=later, after=first[-1], limit=2)
+    last = store.resolved_dead_letters(resolved_before=later, after=second[-1], limit=2)
+
+    assert (first, second, last) == (ids[:2], ids[2:4], ids[4:5])  # not the newest

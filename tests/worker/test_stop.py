@@ -1,6 +1,8 @@
 """A stopping worker waits for the messages in hand for its stop grace at most: a handler
 still busy then (a back-end that never answers) is left behind, its message goes back to the
-queue unacknowledged, the worker says which message it left and `civicbus worker` exits 1."""
+queue unacknowledged, the worker says which message it left and `civicbus worker` exits 1. A
+second signal of the same kind (SIGTERM again, Ctrl-C twice) does that at once; one Ctrl-C under
+`civicbus run` (the terminal's SIGINT, then the supervisor's SIGTERM) is an ordinary stop."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from adapters import Receipt
 from bus import supervisor
 from bus.broker.topology import work_queue
 from bus.store import Store
-from bus.worker import STOP_GRACE, Consumer, command_consumer, run_subscriptions
+from bus.worker import STOP_GRACE, Consumer, StopSignals, command_consumer, run_subscriptions
 from bus.worker._heartbeat import _LAST_WRITE_WAIT
 from schemas.events import Envelope
 from schemas.model import ServiceRequest, Status
@@ -180,6 +182,83 @@ def test_a_stop_leaves_a_message_hung_past_the_grace_to_the_broker_and_says_whic
     assert "Ada" not in repr(left) and "resident@" not in repr(left)
 
 
+def test_stop_now_leaves_a_hung_message_to_the_broker_without_waiting_out_the_grace(
+    store: Store, topology: str
+) -> None:
+    backend = StuckBackend()
+    envelope = new_request(store)
+    publish(topology, envelope)
+    consumer = command_consumer(
+        topology, store, INSTANCE, FAST, backend, heartbeat_interval=BEAT, stop_grace=30
+    )
+    with capture_logs() as logs:
+        thread, returned = run_in_thread(consumer.run)
+        try:
+            assert backend.entered.wait(timeout=15), "the back-end was never called"
+            wait_until(lambda: store.workers(), what="a liveness report")
+            consumer.stop()
+            time.sleep(0.5)
+            assert thread.is_alive(), "the first stop did not wait for the message in hand"
+            stopping = time.monotonic()
+            consumer.stop_now()
+            thread.join(timeout=10)
+            took = time.monotonic() - stopping
+            assert not thread.is_alive(), "stop_now waited for the hung handler"
+            method, properties = get_back(topology, work_queue(INSTANCE))
+            workers_after = store.workers()
+        finally:
+            backend.release.set()
+        handler_threads_end(f"{INSTANCE}:")
+
+    assert returned == [False] and took < 5  # not the 30 s grace
+    assert (properties.message_id, method.redelivered) == (envelope.id, True)
+    assert queue_depth(topology, work_queue(INSTANCE)) == 1
+    assert workers_after == []
+    [left] = [entry for entry in logs if entry["event"] == "worker.stop_cut_short"]
+    assert not [entry for entry in logs if entry["event"] == "worker.stop_grace_expired"]
+    assert left["log_level"] == "warning"
+    assert (left["worker"], left["grace_s"]) == (INSTANCE, 30)
+    assert 0.4 <= left["waited_s"] < 5
+    assert [h["message_id"] for h in left["held"]] == [envelope.id]
+
+
+def test_stop_now_with_nothing_in_hand_is_a_clean_stop(topology: str) -> None:
+    with channel_on(topology) as ch:
+        ch.queue_declare("stop.idle", durable=True)
+    consumer = Consumer(topology, prefetch=1, name="idle", stop_grace=30)
+    consumer.consume("stop.idle", lambda delivery, broker: None)
+    with capture_logs() as logs:
+        thread, returned = run_in_thread(consumer.run)
+        wait_until(lambda: any(e["event"] == "worker.consuming" for e in logs), what="consuming")
+        consumer.stop()
+        consumer.stop_now()
+        thread.join(timeout=10)
+
+    assert not thread.is_alive() and returned == [True]
+    assert not [
+        e for e in logs if e["event"] in ("worker.stop_cut_short", "worker.stop_grace_expired")
+    ]
+
+
+def test_only_a_second_signal_of_the_same_kind_asks_for_a_stop_now() -> None:
+    calls: list[str] = []
+    signals = StopSignals(lambda: calls.append("stop"), lambda: calls.append("now"))
+    # One Ctrl-C under `civicbus run`: the terminal's SIGINT, then the supervisor's SIGTERM.
+    signals.received(signal.SIGINT)
+    signals.received(signal.SIGTERM)
+    assert calls == ["stop", "stop"]
+    # Ctrl-C again: the terminal's SIGINT (the supervisor's SIGTERM follows).
+    signals.received(signal.SIGINT)
+    signals.received(signal.SIGTERM)
+    assert calls == ["stop", "stop", "now", "now"]
+
+    calls.clear()
+    twice = StopSignals(lambda: calls.append("stop"), lambda: calls.append("now"))
+    twice.received(signal.SIGTERM)  # systemd, a supervisor, `kill`
+    twice.received(signal.SIGTERM)
+    assert calls == ["stop", "now"]
+
+
 def test_a_message_finished_within_the_grace_is_acked_and_the_stop_is_clean(
     store: Store, topology: str
 ) -> None:
@@ -305,6 +384,23 @@ def sigterm(worker: subprocess.Popen[bytes]) -> tuple[float, str]:
     return time.monotonic() - stopping, stderr.decode()
 
 
+def signal_twice(
+    worker: subprocess.Popen[bytes], first: signal.Signals, second: signal.Signals, gap: float
+) -> tuple[float, str]:
+    """Send `first`, then `second` `gap` seconds later, and wait for the worker (briefly); how
+    long it took from the second signal and what it logged."""
+    worker.send_signal(first)
+    time.sleep(gap)
+    assert worker.poll() is None, "the worker did not wait for the message in hand"
+    stopping = time.monotonic()
+    worker.send_signal(second)
+    try:
+        _, stderr = worker.communicate(timeout=20)
+    finally:
+        worker.kill()
+    return time.monotonic() - stopping, stderr.decode()
+
+
 def routed(amqp_url: str, envelope: Envelope, routing_key: str) -> bool:
     try:
         publish(amqp_url, envelope, routing_key=routing_key)
@@ -360,3 +456,108 @@ def test_civicbus_worker_subscriptions_stopped_with_a_silent_subscriber_exits_1(
     assert "worker.stop_grace_expired" in stderr and envelope.id in stderr
     method, properties = get_back(amqp_url, f"civicbus.sub.{sub_id}")
     assert (properties.message_id, method.redelivered) == (envelope.id, True)
+
+
+def start_parks_worker(
+    use_config: Callable[[str], dict[str, str]],
+    store: Store,
+    amqp_url: str,
+    silent: SilentServer,
+    grace: str,
+) -> tuple[subprocess.Popen[bytes], Envelope]:
+    """`civicbus worker parks` in hand with a request its back-end never answers."""
+    mapping = REPO / "mappings" / "parks.yaml"
+    env = use_config(PARKS_CONFIG.format(mapping=mapping, port=silent.port))
+    envelope = new_request(store)
+    worker = start_cli_worker(env, "parks", "--stop-grace", grace)
+    try:
+        wait_until(lambda: routed(amqp_url, envelope, "parks"), timeout=20, what="the queue")
+        assert silent.connected.wait(timeout=15), "the back-end was never called"
+    except BaseException:
+        worker.kill()
+        raise
+    return worker, envelope
+
+
+def test_civicbus_worker_given_a_second_sigterm_leaves_its_message_at_once_and_exits_1(
+    use_config: Callable[[str], dict[str, str]],
+    store: Store,
+    amqp_url: str,
+    silent: SilentServer,
+) -> None:
+    worker, envelope = start_parks_worker(use_config, store, amqp_url, silent, "30")
+    took, stderr = signal_twice(worker, signal.SIGTERM, signal.SIGTERM, gap=1)
+
+    assert worker.returncode == 1, stderr
+    assert took < 5  # not the 30 s grace, nor the back-end's 30 s timeout
+    assert "worker.stop_cut_short" in stderr and envelope.id in stderr
+    assert "worker.stop_grace_expired" not in stderr
+    method, properties = get_back(amqp_url, work_queue("parks"))
+    assert (properties.message_id, method.redelivered) == (envelope.id, True)
+    assert store.workers() == []
+
+
+def test_civicbus_worker_given_ctrl_c_twice_leaves_its_message_at_once_and_exits_1(
+    use_config: Callable[[str], dict[str, str]],
+    store: Store,
+    amqp_url: str,
+    silent: SilentServer,
+) -> None:
+    worker, envelope = start_parks_worker(use_config, store, amqp_url, silent, "30")
+    took, stderr = signal_twice(worker, signal.SIGINT, signal.SIGINT, gap=0.5)
+
+    assert worker.returncode == 1, stderr
+    assert took < 5
+    assert "worker.stop_cut_short" in stderr and envelope.id in stderr
+    method, properties = get_back(amqp_url, work_queue("parks"))
+    assert (properties.message_id, method.redelivered) == (envelope.id, True)
+    assert store.workers() == []
+
+
+def test_one_ctrl_c_under_civicbus_run_is_an_ordinary_stop_of_a_worker(
+    use_config: Callable[[str], dict[str, str]],
+    store: Store,
+    amqp_url: str,
+    silent: SilentServer,
+) -> None:
+    # The terminal's SIGINT reaches the whole process group, the supervisor's SIGTERM follows
+    # within its 0.2 s tick: the worker waits out its grace as for one signal.
+    worker, envelope = start_parks_worker(use_config, store, amqp_url, silent, "3")
+    stopping = time.monotonic()
+    took, stderr = signal_twice(worker, signal.SIGINT, signal.SIGTERM, gap=0.2)
+    took_all = time.monotonic() - stopping
+
+    assert worker.returncode == 1, stderr
+    assert took_all >= 3, "the supervisor's SIGTERM cut the grace short"
+    assert took < 15
+    assert "worker.stop_grace_expired" in stderr and "worker.stop_cut_short" not in stderr
+    method, properties = get_back(amqp_url, work_queue("parks"))
+    assert (properties.message_id, method.redelivered) == (envelope.id, True)
+
+
+def test_civicbus_worker_subscriptions_given_a_second_sigterm_exits_1_at_once(
+    use_config: Callable[[str], dict[str, str]],
+    store: Store,
+    amqp_url: str,
+    silent: SilentServer,
+) -> None:
+    env = use_config("jurisdictions: [{id: springfield.example, name: Springfield}]\n")
+    sub_id = subscribe(store, amqp_url, f"http://127.0.0.1:{silent.port}/hook", ["request.*"])
+    envelope = status_event(new_request(store).subject, Status.FIXED)
+    publish_event(amqp_url, envelope, Status.FIXED.value)
+    worker = start_cli_worker(
+        {**env, "TEST_WEBHOOK_SECRET": SECRET}, "--subscriptions", "--stop-grace", "30"
+    )
+    try:
+        assert silent.connected.wait(timeout=20), "the subscriber was never called"
+    except BaseException:
+        worker.kill()
+        raise
+    took, stderr = signal_twice(worker, signal.SIGTERM, signal.SIGTERM, gap=1)
+
+    assert worker.returncode == 1, stderr
+    assert took < 5  # not the 30 s grace, nor the webhook's 10 s timeout
+    assert "worker.stop_cut_short" in stderr and envelope.id in stderr
+    method, properties = get_back(amqp_url, f"civicbus.sub.{sub_id}")
+    assert (properties.message_id, method.redelivered) == (envelope.id, True)
+    assert store.workers() == []
