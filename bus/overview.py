@@ -171,11 +171,7 @@ def _problems(overview: Overview) -> list[str]:
                 "`civicbus relay` declare it when they start"
             )
         if c.consumers == 0:
-            waiting = f", {c.queued} waiting" if c.queued else ""
-            found.append(
-                f"{c.name}: no consumer on {c.queue}{waiting}: is `{c.start_with}` running"
-                f"{c.needs}?"
-            )
+            found.append(_no_consumer(overview, c))
         if c.failing_since is not None:
             behind = f"; {c.queued} event(s) wait behind it" if c.queued else ""
             since = c.failing_since.isoformat(timespec="seconds")
@@ -206,6 +202,30 @@ def _problems(overview: Overview) -> list[str]:
     found.extend(_unconfigured_problem(r) for r in overview.unconfigured)
     found.extend(p for r in overview.removed for p in _removed_instance_problems(r))
     return found
+
+
+def _no_consumer(overview: Overview, c: Recipient) -> str:
+    """No consumer on the queue: no worker runs, or one that runs does not consume it now (it
+    is connecting again to the broker, or its queue waits for a handler still busy with a
+    message of the connection it lost)."""
+    waiting = f", {c.queued} waiting" if c.queued else ""
+    alive = [
+        w for w in overview.store.workers if w.recipient == c.name and not is_silent(w, overview.at)
+    ]
+    if not alive:
+        return f"{c.name}: no consumer on {c.queue}{waiting}: is `{c.start_with}` running{c.needs}?"
+    said = [
+        f"{w.name} (on {_on(w)} since {w.working_since.isoformat(timespec='seconds')})"
+        if w.working_since
+        else w.name
+        for w in alive
+    ]
+    return (
+        f"{c.name}: no consumer on {c.queue}{waiting}, though its worker(s) {', '.join(said)} "
+        "report: connecting to the broker again, or waiting for a handler still busy from a lost "
+        "connection before consuming again (its log: worker.connection_lost, "
+        "worker.queue_waits_for_handler); if that lasts, restart it"
+    )
 
 
 def _removed_instance_problems(r: RemovedInstance) -> list[str]:

@@ -28,7 +28,9 @@ from worker_support import (
 )
 
 from adapters import Receipt
+from bus.broker.connection import connect
 from bus.broker.topology import work_queue
+from bus.overview import take_overview
 from bus.store import Store
 from bus.worker import Consumer, command_consumer
 from schemas.model import ServiceRequest
@@ -134,7 +136,9 @@ def test_the_redelivery_of_a_message_in_hand_waits_for_its_handler(
     backend = HeldBackend()
     envelope = new_request(store)
     publish(topology, envelope)
-    consumer = command_consumer(link.url(topology), store, INSTANCE, FAST, backend)
+    consumer = command_consumer(
+        link.url(topology), store, INSTANCE, FAST, backend, heartbeat_interval=0.1
+    )
 
     with capture_logs() as logs, running(consumer):
         assert backend.entered.wait(timeout=15), "the back-end was never called"
@@ -145,6 +149,8 @@ def test_the_redelivery_of_a_message_in_hand_waits_for_its_handler(
             what="the queue to wait for the busy handler",
         )
         consumers_meanwhile = _consumers(topology, work_queue(INSTANCE))
+        wait_until(lambda: store.workers()[0].working_since, what="the held message reported")
+        problems = take_overview(store, {INSTANCE: FAST}, lambda: connect(topology)).problems
         backend.release.set()
         wait_until(
             lambda: events(logs, "worker.queue_resumed"), what="the queue to resume after it"
@@ -162,6 +168,13 @@ def test_the_redelivery_of_a_message_in_hand_waits_for_its_handler(
     )
     # Held back means not consumed: the redelivery waited in the queue for whoever was free.
     assert consumers_meanwhile == 0
+    # `status` says why no one consumes the queue, and which message the worker still holds.
+    [problem] = problems
+    assert problem.startswith(
+        f"{INSTANCE}: no consumer on {work_queue(INSTANCE)}, 1 waiting, though its worker(s) "
+    )
+    assert f"on request {envelope.subject} (message {envelope.id})" in problem
+    assert "worker.queue_waits_for_handler" in problem
     assert queue_depth(topology, work_queue(INSTANCE)) == 0  # the redelivery was acked
     assert backend.begun == 1 and backend.most_at_once == 1
     assert list(backend.created) == [envelope.subject]
