@@ -1,5 +1,6 @@
 """`civicbus requests stuck`: the requests no back-end has taken yet, and where each one is;
-`civicbus requests show ID`: one request as an operator needs to see it."""
+`civicbus requests show ID`: one request as an operator needs to see it, found by its id, its
+batch token or a back-end's reference for it."""
 
 from __future__ import annotations
 
@@ -71,7 +72,12 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show")
     def show(
-        request_id: str = typer.Argument(..., metavar="ID", help="A request id or batch token."),
+        request_id: str = typer.Argument(
+            ...,
+            metavar="ID",
+            help="A request id, a batch token, or a back-end's reference for it (e.g. a work "
+            "order number).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="One JSON object."),
     ) -> None:
         """One request as an operator needs it: status, history and the back-end holding it,
@@ -83,13 +89,18 @@ def register(app: typer.Typer) -> None:
 
 
 def _show(rt: Runtime, given: str, now: datetime) -> _Shown:
-    """The request `given` names (an id or a batch token) with its path, and where it is when
-    no back-end holds it yet; typer.Exit(1) for an unknown one."""
+    """The request `given` names (an id, a batch token or a back-end's reference) with its
+    path, and where it is when no back-end holds it yet; typer.Exit(1) for an unknown one."""
     request_id = rt.store.resolve_token(given) if given.startswith("T") else given
     request = rt.store.get_request(request_id) if request_id else None
+    if request is None:
+        request = _by_reference(rt, given)
     path = rt.store.path_of(request.id) if request else None
     if request is None or path is None:
-        typer.echo(f"error: no request or batch token {given!r} in this store", err=True)
+        typer.echo(
+            f"error: no request, batch token or back-end reference {given!r} in this store",
+            err=True,
+        )
         raise typer.Exit(1)
     where = None
     if not request.backend_refs and not request.status.is_closed:
@@ -102,6 +113,23 @@ def _show(rt: Runtime, given: str, now: datetime) -> _Shown:
             configured=set(rt.config.instances),
         )
     return _Shown(request, path, where)
+
+
+def _by_reference(rt: Runtime, reference: str) -> ServiceRequest | None:
+    """The request a back-end (of the config, or one since removed) holds as `reference`;
+    typer.Exit(1) when back-ends hold several under it (their numbers are their own)."""
+    adapters = {*rt.config.instances, *rt.store.declared_instances()}
+    holding = rt.store.holding_reference(reference, adapters)
+    if len(holding) > 1:
+        typer.echo(
+            f"error: {len(holding)} requests have the back-end reference {reference!r}; "
+            "show one by its id:",
+            err=True,
+        )
+        for request_id, adapter in holding:
+            typer.echo(f"  {request_id}  ({adapter})", err=True)
+        raise typer.Exit(1)
+    return rt.store.get_request(holding[0][0]) if holding else None
 
 
 @dataclass(frozen=True)

@@ -553,3 +553,20 @@ def resolve_token(conn: Connection, token: str, jurisdiction: str | None = None)
         )
     found: str | None = conn.execute(query).scalar()
     return found
+
+
+def holding_reference(
+    conn: Connection, reference: str, adapters: Collection[str]
+) -> list[tuple[str, str]]:
+    """(request id, adapter) of each request a back-end of `adapters` knows as `reference`:
+    a back-end's own number for the work, as its staff quote it. Looked up per adapter, the
+    leading column of the (adapter, reference) index."""
+    if not adapters:
+        return []
+    rows = conn.execute(
+        sa.select(backend_refs.c.request_id, backend_refs.c.adapter)
+        .where(backend_refs.c.adapter.in_(sorted(adapters)))
+        .where(backend_refs.c.reference == reference)
+        .order_by(backend_refs.c.adapter, backend_refs.c.request_id)
+    ).all()
+    return [(row.request_id, row.adapter) for row in rows]

@@ -137,6 +137,10 @@ class Store:
         request is not of `jurisdiction` when given (C-16)."""
         return self._read(lambda conn: _requests.resolve_token(conn, token, jurisdiction))
 
+    def holding_reference(self, reference: str, adapters: Collection[str]) -> list[tuple[str, str]]:
+        """(request id, adapter) of the requests a back-end of `adapters` holds as `reference`."""
+        return self._read(lambda conn: _requests.holding_reference(conn, reference, adapters))
+
     def idempotent_response(self, client_id: int, key: str) -> dict[str, Any] | None:
         """The answer first given to (client, Idempotency-Key), if any (C-15)."""
 

@@ -355,6 +355,25 @@ def test_backend_ref_is_idempotent_per_adapter(store: Store) -> None:
     ]
 
 
+def test_requests_are_found_by_a_back_ends_reference_among_the_adapters_asked(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        for request_id in ("a", "b", "c"):
+            tx.add_request(make_request(request_id))
+        tx.add_backend_ref("a", "sap-roads", "1000123", T0)
+        tx.add_backend_ref("b", "parks", "1000123", T0)
+        tx.add_backend_ref("c", "parks", "P-7", T0)
+
+    assert store.holding_reference("1000123", ["sap-roads", "parks", "email"]) == [
+        ("b", "parks"),
+        ("a", "sap-roads"),
+    ]
+    assert store.holding_reference("1000123", ["sap-roads"]) == [("a", "sap-roads")]
+    assert store.holding_reference("P-7", []) == []
+    assert store.holding_reference("nothing", ["parks"]) == []
+
+
 def test_batch_token_resolves_to_its_request(store: Store) -> None:
     with store.transaction() as tx:
         tx.add_request(make_request("r"), token="tok-1")

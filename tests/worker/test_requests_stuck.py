@@ -299,7 +299,8 @@ def test_requests_show_gives_the_back_end_of_a_delivered_request_and_the_place_o
     assert f"dead      #{letter.id} {INSTANCE} dead, 1 attempt(s)" in dead_text
     assert dead_document["where"]["stage"] == "dead-lettered"
     assert [d["id"] for d in dead_document["dead_letters"]] == [letter.id]
-    assert unknown_code == 1 and "no request or batch token '01NOSUCHREQUEST'" in unknown
+    assert unknown_code == 1
+    assert "no request, batch token or back-end reference '01NOSUCHREQUEST'" in unknown
     # No personal data of the reporter (worker_support's request has some).
     request = store.get_request(delivered.subject)
     assert request is not None and request.reporter.email
@@ -331,3 +332,32 @@ def test_requests_show_takes_a_batch_token_for_its_request(
     # Not relayed yet: in the outbox, as `requests stuck` would say.
     assert (document["request_id"], document["where"]["stage"]) == ("req-batch-1", "outbox")
     assert unknown_code == 1
+
+
+def test_requests_show_finds_a_request_by_a_back_ends_reference(
+    store: Store, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    # The back office quotes its own number for the work: the operator finds the request by it,
+    # also at an instance since taken out of the config (the relay declared it once).
+    use_config(CONFIG)
+    at = datetime.now(UTC)
+    roads, retired, twice_a, twice_b = (new_request(store).subject for _ in range(4))
+    with store.transaction() as tx:
+        tx.remember_declared_instances(["old-roads"])
+        tx.add_backend_refs(INSTANCE, [(roads, "WO-00017", at), (twice_a, "4711", at)])
+        tx.add_backend_refs("old-roads", [(retired, "OLD-3", at)])
+        tx.add_backend_refs("sap-roads", [(twice_b, "4711", at)])
+
+    code, output = show("WO-00017", "--json")
+    retired_code, retired_output = show("OLD-3", "--json")
+    twice_code, twice_output = show("4711")
+
+    assert code == 0, output
+    assert json.loads(output)["request_id"] == roads
+    assert retired_code == 0, retired_output
+    assert json.loads(retired_output)["request_id"] == retired
+    # Two back-ends number their work alike: the operator is shown both, and picks.
+    assert twice_code == 1
+    assert "2 requests have the back-end reference '4711'" in twice_output
+    assert f"{twice_a}  ({INSTANCE})" in twice_output
+    assert f"{twice_b}  (sap-roads)" in twice_output
