@@ -307,6 +307,9 @@ class Consumer:
             close_quietly(connection)
             raise
         finally:
+            # However this connection ended (an OSError too): its handler threads stop taking
+            # its messages, or they would hold their queues back from the next connection.
+            lost.set()
             self._disconnect()
         if connection.is_open:
             connection.close()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pika
@@ -126,7 +127,7 @@ class HeldBackend(MemoryBackend):
                 self.under_way -= 1
 
 
-def events(logs: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == name]
 
 
@@ -221,3 +222,37 @@ def test_the_other_queues_resume_at_once_and_the_held_one_after_its_handler(
 def _consumers(amqp_url: str, queue: str) -> int:
     with channel_on(amqp_url) as ch:
         return int(ch.queue_declare(queue=queue, passive=True).method.consumer_count)
+
+
+def test_a_connection_ended_by_an_os_error_holds_no_queue_back(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not every way a connection ends is an AMQPError: a socket error may come through as it
+    # is. Its idle handler threads must end too, or the next connection would wait for them.
+    with channel_on(amqp_url) as ch:
+        ch.queue_declare("loss.os-error", durable=True)
+    fail_next = threading.Event()
+    real = pika.BlockingConnection
+
+    class Breaking(real):  # type: ignore[misc,valid-type]
+        def process_data_events(self, time_limit: float | None = 0) -> None:
+            if fail_next.is_set():
+                fail_next.clear()
+                raise OSError("connection reset by peer")
+            super().process_data_events(time_limit=time_limit)
+
+    monkeypatch.setattr(pika, "BlockingConnection", Breaking)
+    handled: list[str] = []
+    consumer = Consumer(amqp_url, prefetch=1, name="os-error", reconnect_delay=0.1)
+    consumer.consume("loss.os-error", lambda delivery, broker: handled.append(delivery.key))
+    with capture_logs() as logs, running(consumer):
+        wait_until(lambda: events(logs, "worker.consuming"), what="the first connection")
+        fail_next.set()
+        wait_until(lambda: len(events(logs, "worker.consuming")) == 2, what="a new connection")
+        with channel_on(amqp_url) as ch:
+            ch.basic_publish("", "loss.os-error", b"x", pika.BasicProperties(message_id="after"))
+        wait_until(lambda: handled == ["after"], timeout=10, what="the queue consumed again")
+
+    assert [e["error"] for e in events(logs, "worker.connection_lost")] == [
+        "OSError('connection reset by peer')"
+    ]
