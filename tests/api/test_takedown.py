@@ -63,7 +63,10 @@ def test_a_request_taken_down_reads_with_the_marker_and_without_its_photo(
         f"{server.url}/media/{hashlib.sha256(OTHER).hexdigest()}.jpg",
     )
     assert all(WRITTEN.encode() in body and b"/media/" in body for body in reads(http, request_id))
-    assert httpx.get(photo_url).content == PHOTO
+    served = httpx.get(photo_url)
+    assert served.content == PHOTO
+    # Caches keep it an hour at most once taken down (not the year a content address allows).
+    assert served.headers["cache-control"] == "public, max-age=3600"
 
     done = takedown.take_down(runtime.store, files(runtime), request_id)
 
