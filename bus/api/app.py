@@ -112,8 +112,10 @@ def _add_service_routes(app: FastAPI) -> None:
         if found is None:
             raise Open311Problem(404, f"media {name[:80]!r} not found")
         path, content_type = found
+        # Content-addressed, so it never changes, but it can be taken down (bus.takedown): an
+        # hour in a browser or a proxy, not a year, keeps serving a photo taken down.
         return FileResponse(
-            path, media_type=content_type, headers={"Cache-Control": "public, max-age=31536000"}
+            path, media_type=content_type, headers={"Cache-Control": "public, max-age=3600"}
         )
 
 

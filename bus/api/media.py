@@ -1,7 +1,8 @@
 """Media uploads: type checked by content, stored content-addressed, served back by URL (C-13).
 
 A file is named by the SHA-256 of its bytes, so the same photo posted twice is stored once and
-a stored file never changes under its URL.
+a stored file never changes under its URL. It goes only when taken down (bus.takedown) from
+the last request showing it.
 """
 
 from __future__ import annotations
@@ -92,6 +93,22 @@ class MediaStore:
             return None
         path = self._path(match.group(1), name)
         return (path, CONTENT_TYPES[match.group(2)]) if path.is_file() else None
+
+    def remove(self, sha256: str) -> bool:
+        """Delete the stored file of that content (whatever its extension); False when there is
+        none here. Its URL then answers 404. The caller checks first that no other request
+        shows the same content (it is stored once for all of them)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("not a SHA-256 hex digest")
+        removed = False
+        for ext in CONTENT_TYPES:
+            name = f"{sha256}.{ext}"
+            try:
+                self._path(sha256, name).unlink()
+            except FileNotFoundError:
+                continue
+            removed = True
+        return removed
 
     def _path(self, digest: str, name: str) -> Path:
         return self.directory / digest[:2] / name

@@ -1,15 +1,18 @@
 """`civicbus requests stuck`: the requests no back-end has taken yet, and where each one is;
 `civicbus requests show ID`: one request as an operator needs to see it, found by its id, its
-batch token or a back-end's reference for it."""
+batch token or a back-end's reference for it;
+`civicbus requests take-down ID`: a report's description and photos no longer public."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 
+from bus import takedown
 from bus.bootstrap import Runtime
 from bus.broker.connection import (
     BrokerUnavailable,
@@ -86,6 +89,93 @@ def register(app: typer.Typer) -> None:
         with runtime() as rt:
             shown = _show(rt, request_id, now)
         typer.echo(_shown_json(shown) if as_json else _shown_lines(shown))
+
+    @group.command("take-down")
+    def take_down(
+        request_id: str = typer.Argument(..., metavar="ID", help="A request id or batch token."),
+        description: bool = typer.Option(
+            False,
+            "--description",
+            help="Take down the description (alone, unless --media is named too).",
+        ),
+        media: bool = typer.Option(
+            False,
+            "--media",
+            help="Take down the photos and documents (alone, unless --description is named too).",
+        ),
+    ) -> None:
+        """Take down what a resident wrote or photographed, when it must not stay public
+        (an erasure request covering a photo, moderation).
+
+        The description then reads "\\[description removed]" and the media are gone, from the
+        Open311 reads and from every copy the store keeps (outbox events, dead letters); a
+        photo's file is deleted unless another request shows the same file. Naming neither
+        --description nor --media takes down both. The request, its status, history and
+        back-end references stay; audited. Running it again is harmless. What a back-end or a
+        subscriber was sent stays there: the answer names the back-ends."""
+        # Here, not at the top: importing bus.api loads FastAPI, which no other command needs.
+        from bus.api.media import MediaStore
+
+        both = not (description or media)
+        with runtime() as rt:
+            files = MediaStore(Path(rt.env.media_dir), rt.config.api.base_url)
+            try:
+                done = takedown.take_down(
+                    rt.store,
+                    files,
+                    request_id,
+                    description=description or both,
+                    media=media or both,
+                )
+            except takedown.TakeDownError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from exc
+        out, notes = _taken_down_lines(done)
+        for line in out:
+            typer.echo(line)
+        for line in notes:
+            typer.echo(f"note: {line}", err=True)
+
+
+def _taken_down_lines(done: takedown.TakenDown) -> tuple[list[str], list[str]]:
+    """What `requests take-down` says: its answer, and the notes on copies it cannot reach."""
+    if not done.changed:
+        out = [
+            f"request {done.request_id}: nothing left to take down (taken down before, or "
+            "reported without it): nothing changed"
+        ]
+    else:
+        out = [f"request {done.request_id} taken down"]
+        if done.description:
+            out.append(f"  description  now reads {takedown.TAKEN_DOWN!r}")
+        if done.media:
+            files = [f"{done.files_deleted} file(s) deleted"]
+            if done.files_shared:
+                files.append(f"{done.files_shared} kept: another request shows the same file")
+            if done.files_missing:
+                files.append(f"{done.files_missing} already gone")
+            out.append(f"  media        {done.media} removed ({'; '.join(files)})")
+        elif done.files_deleted:
+            out.append(f"  media        {done.files_deleted} file(s) deleted")
+        copies = done.events_waiting + done.events_published + done.dead_letters
+        if copies:
+            out.append(
+                f"  copies       {done.events_waiting} outbox event(s) waiting, "
+                f"{done.events_published} published, {done.dead_letters} dead letter(s) "
+                "rewritten"
+            )
+    notes = []
+    if done.delivered_to:
+        notes.append(
+            f"delivered to {', '.join(done.delivered_to)}: the description and media that "
+            "system was sent stay there; take them down there too"
+        )
+    if done.events_published:
+        notes.append(
+            f"{done.events_published} event(s) with the old content had been published: "
+            "subscribers (queues, webhooks) received it"
+        )
+    return out, notes
 
 
 def _show(rt: Runtime, given: str, now: datetime) -> _Shown:

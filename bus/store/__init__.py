@@ -42,6 +42,7 @@ from bus.store._records import (
     RequestQuery,
     StoreOverview,
     Subscription,
+    TakenDownRecord,
     Undelivered,
     WorkerLiveness,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "StoreOverview",
     "StoreUnavailable",
     "Subscription",
+    "TakenDownRecord",
     "Transaction",
     "Undelivered",
     "UpdateConflict",

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from schemas.events import Envelope
-from schemas.model import ServiceRequest, Status
+from schemas.model import Media, ServiceRequest, Status
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,30 @@ class RecordedUpdate:
     def status_changed(self) -> bool:
         """Whether the request's canonical status is another one than before the update."""
         return self.request.status is not self.previous_status
+
+
+@dataclass(frozen=True)
+class TakenDownRecord:
+    """What a take-down changed in the store: whether it replaced the description, the media it
+    removed from the request, and how many stored copies it rewrote (outbox events waiting for
+    the relay, outbox events already published, dead letters)."""
+
+    description: bool
+    media: tuple[Media, ...]
+    events_waiting: int
+    events_published: int
+    dead_letters: int
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was rewritten."""
+        return bool(
+            self.description
+            or self.media
+            or self.events_waiting
+            or self.events_published
+            or self.dead_letters
+        )
 
 
 @dataclass(frozen=True)

@@ -241,12 +241,15 @@ def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, Se
 
 
 # What tells whether a request changed since it was read: any status update moves its status,
-# its updated_at or its count of history notes; a new reference moves its count of references.
+# its updated_at or its count of history notes; a new reference moves its count of references;
+# a take-down (bus.takedown) changes its description or empties its media.
 _LOCK_REQUESTS = (
     sa.select(
         requests.c.id,
         requests.c.status,
         requests.c.updated_at,
+        requests.c.document["description"].as_string().label("description"),
+        requests.c.document["media"].as_string().label("media"),
         sa.select(sa.func.count())
         .where(status_history.c.request_id == requests.c.id)
         .scalar_subquery()
@@ -277,6 +280,8 @@ def changed_requests(
             or row.updated_at != known[row.id].updated_at
             or row.notes != len(known[row.id].history)
             or row.refs != len(known[row.id].backend_refs)
+            or row.description != known[row.id].description
+            or (bool(known[row.id].media) and row.media in (None, "[]"))
         )
     ]
     return get_requests(conn, changed) if changed else {}

@@ -24,6 +24,7 @@ from bus.store import (
     _requests,
     _retention,
     _subscriptions,
+    _takedown,
     _undelivered,
     _watermarks,
 )
@@ -229,6 +230,12 @@ class Store:
                 conn, closed_before=closed_before, after=after, limit=limit
             )
         )
+
+    def media_in_use(self, digests: Collection[str], *, besides: str) -> set[str]:
+        """Those of the stored media files (by SHA-256) a request other than `besides` still
+        shows (its media, or a status update's media_url): files that must stay. Scans every
+        request: for an operator's command, not a hot path."""
+        return self._read(lambda conn: _takedown.media_in_use(conn, digests, besides=besides))
 
     # --- audit -----------------------------------------------------------------------------
     def audit_trail(self, request_id: str) -> list[AuditEntry]:

@@ -19,6 +19,7 @@ from bus.store import (
     _requests,
     _retention,
     _subscriptions,
+    _takedown,
     _watermarks,
 )
 from bus.store._records import (
@@ -27,6 +28,7 @@ from bus.store._records import (
     OutboxEvent,
     RecordedUpdate,
     Subscription,
+    TakenDownRecord,
     WorkerLiveness,
 )
 from bus.store._sql import utcnow
@@ -167,6 +169,15 @@ class Transaction:
         those still closed and last updated before it); the ids whose data went, sorted. The
         requests read as if reported without contact data afterwards."""
         return _retention.forget_reporters(self._session, request_ids, closed_before=closed_before)
+
+    def take_down(
+        self, request_id: str, *, marker: str | None, media: bool
+    ) -> TakenDownRecord | None:
+        """Replace the request's description by `marker` (None: keep it) and, with `media`,
+        remove its media, in the request and in every outbox event and dead letter about it
+        (published or not); None for an unknown request. Idempotent: a second call rewrites
+        nothing. The files behind the media are not touched (see `Store.media_in_use`)."""
+        return _takedown.take_down(self._session, request_id, marker=marker, media=media)
 
     # --- audit -----------------------------------------------------------------------------
     def audit(

@@ -1,0 +1,121 @@
+"""Taking down what a resident wrote or photographed: from the request and every stored copy.
+
+A request's description and media live in its document, and in copies of it the store keeps:
+outbox events (waiting for the relay, or published and kept for a while) and dead letters (the
+message each held, for replay). A take-down rewrites all of them, so that neither a read, nor
+an event the relay still publishes, nor a replay carries the old content again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bus.store._records import TakenDownRecord
+from bus.store._tables import dead_letters, outbox, requests, status_history
+from schemas.model import Media
+
+
+def scrubbed(data: dict[str, Any], *, marker: str | None, media: bool) -> dict[str, Any]:
+    """A request document (or event data holding one) with its description replaced by
+    `marker` (None: left alone; an absent description stays absent) and, with `media`, no
+    media; `data` itself when nothing changes."""
+    changes: dict[str, Any] = {}
+    description = data.get("description")
+    if marker is not None and isinstance(description, str) and description != marker:
+        changes["description"] = marker
+    if media and data.get("media"):
+        changes["media"] = []
+    return {**data, **changes} if changes else data
+
+
+def _scrubbed_envelope(envelope: Any, *, marker: str | None, media: bool) -> dict[str, Any] | None:
+    """The envelope with its data scrubbed, or None when it needs no change (or is no
+    envelope: a dead letter can hold a body that was not one)."""
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
+        return None
+    data = scrubbed(envelope["data"], marker=marker, media=media)
+    return None if data is envelope["data"] else {**envelope, "data": data}
+
+
+def take_down(
+    conn: Connection, request_id: str, *, marker: str | None, media: bool
+) -> TakenDownRecord | None:
+    """Replace the request's description by `marker` and/or remove its media, in its document
+    and in every outbox event and dead letter about it; None for an unknown request.
+
+    The request row is locked first, as status updates and a worker's receipts lock it, so a
+    worker recording a receipt meanwhile sees the change (bus.store._requests.changed_requests)
+    and announces the request as it is now.
+    """
+    row = conn.execute(
+        sa.select(requests.c.document).where(requests.c.id == request_id).with_for_update()
+    ).first()
+    if row is None:
+        return None
+    document = dict(row.document)
+    removed = tuple(Media.model_validate(m) for m in document.get("media") or ()) if media else ()
+    new = scrubbed(document, marker=marker, media=media)
+    if new is not document:
+        conn.execute(requests.update().where(requests.c.id == request_id).values(document=new))
+    waiting = published = 0
+    about = outbox.c.envelope["subject"].as_string() == request_id
+    events = sa.select(outbox.c.id, outbox.c.envelope, outbox.c.sent_at).where(about)
+    for event in conn.execute(events):
+        envelope = _scrubbed_envelope(event.envelope, marker=marker, media=media)
+        if envelope is None:
+            continue
+        conn.execute(outbox.update().where(outbox.c.id == event.id).values(envelope=envelope))
+        if event.sent_at is None:
+            waiting += 1
+        else:
+            published += 1
+    letters = 0
+    d = dead_letters.c
+    of_request = sa.or_(d.request_id == request_id, d.envelope["subject"].as_string() == request_id)
+    for letter in conn.execute(sa.select(d.id, d.envelope).where(of_request)):
+        envelope = _scrubbed_envelope(letter.envelope, marker=marker, media=media)
+        if envelope is not None:
+            conn.execute(dead_letters.update().where(d.id == letter.id).values(envelope=envelope))
+            letters += 1
+    return TakenDownRecord(
+        description=new.get("description") != document.get("description"),
+        media=removed,
+        events_waiting=waiting,
+        events_published=published,
+        dead_letters=letters,
+    )
+
+
+def media_in_use(conn: Connection, digests: Collection[str], *, besides: str) -> set[str]:
+    """Those of the media files (by SHA-256) another request than `besides` still shows, in its
+    media or a status update's media_url.
+
+    A plain text search of the stored documents: it scans them all (fine for an operator's
+    command), and a digest found anywhere else in a document (written into a description) keeps
+    the file too, which errs on the safe side.
+    """
+    used: set[str] = set()
+    for digest in digests:
+        in_request = (
+            sa.select(requests.c.id)
+            .where(
+                requests.c.id != besides,
+                sa.cast(requests.c.document, sa.Text()).contains(digest, autoescape=True),
+            )
+            .exists()
+        )
+        in_update = (
+            sa.select(status_history.c.id)
+            .where(
+                status_history.c.request_id != besides,
+                status_history.c.media_url.contains(digest, autoescape=True),
+            )
+            .exists()
+        )
+        if conn.execute(sa.select(sa.or_(in_request, in_update))).scalar():
+            used.add(digest)
+    return used

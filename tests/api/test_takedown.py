@@ -1,0 +1,138 @@
+"""A request taken down (`civicbus requests take-down`) over real HTTP: its description reads as
+the marker and its photo is gone from every read, in JSON and XML; the photo's URL no longer
+serves it, unless another request shows the same photo (files are stored once per content)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+
+from bus import takedown
+from bus.api.media import MediaStore
+from bus.bootstrap import Runtime
+from tests.api.conftest import SPRINGFIELD, LiveServer, pothole_form
+
+WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
+PHOTO = b"\x89PNG\r\n\x1a\n" + b"take-down" * 8
+OTHER = b"\xff\xd8\xff\xe0" + b"take-down" * 8
+
+
+def files(runtime: Runtime) -> MediaStore:
+    return MediaStore(Path(runtime.env.media_dir), runtime.config.api.base_url)
+
+
+def post(http: httpx.Client, api_key: str, *photos: bytes) -> str:
+    response = http.post(
+        "/requests.json",
+        data=pothole_form(api_key, description=WRITTEN),
+        files=[
+            ("media", (f"p{i}", photo, "application/octet-stream"))
+            for i, photo in enumerate(photos)
+        ],
+    )
+    assert response.status_code == 201, response.text
+    request_id: str = response.json()[0]["service_request_id"]
+    return request_id
+
+
+def reads(http: httpx.Client, request_id: str) -> list[bytes]:
+    """Every read that shows the request, in both formats, with and without extensions."""
+    bodies = []
+    for fmt in ("json", "xml"):
+        for params in (
+            {"jurisdiction_id": SPRINGFIELD},
+            {"jurisdiction_id": SPRINGFIELD, "extensions": "true"},
+        ):
+            one = http.get(f"/requests/{request_id}.{fmt}", params=params)
+            listed = http.get(
+                f"/requests.{fmt}", params={**params, "service_request_id": request_id}
+            )
+            assert one.status_code == listed.status_code == 200, one.text + listed.text
+            bodies += [one.content, listed.content]
+    return bodies
+
+
+def test_a_request_taken_down_reads_with_the_marker_and_without_its_photo(
+    http: httpx.Client, server: LiveServer, api_key: str, runtime: Runtime
+) -> None:
+    request_id = post(http, api_key, PHOTO, OTHER)
+    photo_url, other_url = (
+        f"{server.url}/media/{hashlib.sha256(PHOTO).hexdigest()}.png",
+        f"{server.url}/media/{hashlib.sha256(OTHER).hexdigest()}.jpg",
+    )
+    assert all(WRITTEN.encode() in body and b"/media/" in body for body in reads(http, request_id))
+    served = httpx.get(photo_url)
+    assert served.content == PHOTO
+    # Caches keep it an hour at most once taken down (not the year a content address allows).
+    assert served.headers["cache-control"] == "public, max-age=3600"
+
+    done = takedown.take_down(runtime.store, files(runtime), request_id)
+
+    assert done.description and done.media == 2 and done.files_deleted == 2
+    after = reads(http, request_id)
+    for body in after:
+        assert WRITTEN.encode() not in body and b"/media/" not in body
+        assert takedown.TAKEN_DOWN.encode() in body
+    (doc,) = http.get(
+        f"/requests/{request_id}.json", params={"jurisdiction_id": SPRINGFIELD}
+    ).json()
+    assert doc["description"] == "[description removed]" and doc["media_url"] is None
+    xml = http.get(f"/requests/{request_id}.xml", params={"jurisdiction_id": SPRINGFIELD}).text
+    assert "<description>[description removed]</description>" in xml and "media_url" not in xml
+    assert doc["status"] == "open" and doc["service_code"] == "POTHOLE"
+    for url in (photo_url, other_url):
+        gone = httpx.get(url)
+        assert gone.status_code == 404 and gone.content != PHOTO
+
+
+def test_a_photo_another_request_shows_too_stays_served_for_it(
+    http: httpx.Client, server: LiveServer, api_key: str, runtime: Runtime
+) -> None:
+    shared = b"GIF89a" + b"shared photo" * 8
+    url = f"{server.url}/media/{hashlib.sha256(shared).hexdigest()}.gif"
+    first, second = post(http, api_key, shared), post(http, api_key, shared)
+
+    done = takedown.take_down(runtime.store, files(runtime), first)
+
+    assert (done.media, done.files_deleted, done.files_shared) == (1, 0, 1)
+    assert all(b"/media/" not in body for body in reads(http, first))
+    (doc,) = http.get(f"/requests/{second}.json", params={"jurisdiction_id": SPRINGFIELD}).json()
+    assert doc["media_url"].endswith(url.rpartition("/")[2])
+    assert httpx.get(url).content == shared
+
+    # The last request showing it taken down too, the file goes.
+    last = takedown.take_down(runtime.store, files(runtime), second)
+
+    assert (last.media, last.files_deleted, last.files_shared) == (1, 1, 0)
+    assert httpx.get(url).status_code == 404
+
+
+def test_a_request_taken_down_is_audited_without_the_content_and_the_chain_holds(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    request_id = post(http, api_key, PHOTO + b"audit")
+
+    takedown.take_down(runtime.store, files(runtime), request_id)
+    again = takedown.take_down(runtime.store, files(runtime), request_id)
+
+    assert not again.changed
+    [entry] = [e for e in runtime.store.audit_trail(request_id) if e.action == "report_taken_down"]
+    assert entry.actor == "cli:requests-take-down"
+    assert entry.details == {
+        "description": True,
+        "media": 1,
+        "files_deleted": 1,
+        "events_waiting": 1,  # the `created` event: no relay runs in these tests
+        "events_published": 0,
+        "dead_letters": 0,
+        "delivered": False,
+    }
+    assert WRITTEN not in str(entry.details)
+    assert runtime.store.verify_audit().ok
+    [created] = [
+        row for row in runtime.store.pending_outbox() if row.envelope.subject == request_id
+    ]
+    assert created.envelope.data["description"] == takedown.TAKEN_DOWN
+    assert created.envelope.data["media"] == []

@@ -1,0 +1,123 @@
+"""`civicbus requests take-down` on a real store and media directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bus.api.media import MediaStore
+from bus.cli import app
+from bus.store import Store
+from schemas.model import BackendRef, Media
+from tests.store.store_factories import make_request
+
+WRITTEN = "Jo Smith's car HH-AB 123 blocks the drain again"
+TOKEN = "T01M92GEHJHKC12PZZEKSM78Q7R"
+PNG = b"\x89PNG\r\n\x1a\n" + b"cli take-down" * 8
+
+
+@pytest.fixture
+def store(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """The store the command uses (CIVICBUS_DATABASE_URL), open for setting up and looking."""
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    opened = Store.open(sqlite_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MediaStore:
+    """The media directory the command uses (CIVICBUS_MEDIA_DIR)."""
+    monkeypatch.setenv("CIVICBUS_MEDIA_DIR", str(tmp_path / "media"))
+    return MediaStore(tmp_path / "media", "https://311.example")
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, " ".join(result.stderr.split())
+
+
+def seed(store: Store, photo: Media, **changes: object) -> None:
+    with store.transaction() as tx:
+        tx.add_request(
+            make_request("r-1", description=WRITTEN, media=(photo,), **changes), token=TOKEN
+        )
+
+
+def test_take_down_by_batch_token_removes_description_and_photo_and_a_second_run_says_so(
+    store: Store, files: MediaStore
+) -> None:
+    photo = files.save(PNG)
+    seed(store, photo)
+
+    code, out, err = invoke("requests", "take-down", TOKEN)
+    again = invoke("requests", "take-down", "r-1")
+
+    assert code == 0, err
+    assert out.splitlines() == [
+        "request r-1 taken down",
+        "  description  now reads '[description removed]'",
+        "  media        1 removed (1 file(s) deleted)",
+    ]
+    assert err == ""  # neither delivered nor published yet: nobody else has a copy
+    request = store.get_request("r-1")
+    assert request is not None
+    assert (request.description, request.media) == ("[description removed]", ())
+    assert photo.sha256 is not None and files.find(photo.url.rpartition("/")[2]) is None
+    [entry] = store.audit_trail("r-1")
+    assert entry.action == "report_taken_down" and WRITTEN not in str(entry.details)
+    assert again[0] == 0 and "nothing left to take down" in again[1]
+    assert len(store.audit_trail("r-1")) == 1
+    verified = invoke("audit", "verify")
+    assert verified[0] == 0 and "audit log intact: 1 entries" in verified[1]
+
+
+def test_take_down_of_a_delivered_request_names_the_back_ends_that_keep_their_copy(
+    store: Store, files: MediaStore
+) -> None:
+    ref = BackendRef(adapter="sap-roads", reference="N-7", submitted_at=datetime.now(UTC))
+    seed(store, Media(url="https://elsewhere.example/p.jpg"), backend_refs=(ref,))
+
+    code, out, err = invoke("requests", "take-down", "r-1")
+
+    assert code == 0, err
+    # An outside URL is only no longer shown: there is no file of it here.
+    assert "  media        1 removed (0 file(s) deleted)" in out.splitlines()
+    assert "delivered to sap-roads" in err and "take them down there too" in err
+
+
+def test_take_down_of_the_media_only_keeps_the_description(store: Store, files: MediaStore) -> None:
+    seed(store, files.save(PNG))
+
+    code, out, err = invoke("requests", "take-down", "r-1", "--media")
+
+    assert code == 0, err
+    assert "description" not in out
+    request = store.get_request("r-1")
+    assert request is not None and (request.description, request.media) == (WRITTEN, ())
+
+
+def test_take_down_without_the_media_directory_changes_nothing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = "ab" * 32
+    seed(store, Media(url=f"https://311.example/media/{digest}.png", sha256=digest))
+    monkeypatch.setenv("CIVICBUS_MEDIA_DIR", str(tmp_path / "elsewhere"))
+
+    code, _, err = invoke("requests", "take-down", "r-1")
+
+    assert code == 1
+    assert "the media directory" in err and "CIVICBUS_MEDIA_DIR" in err
+    request = store.get_request("r-1")
+    assert request is not None and request.description == WRITTEN and store.audit_trail("r-1") == []
+
+
+def test_take_down_of_an_unknown_request_fails(store: Store, files: MediaStore) -> None:
+    code, _, err = invoke("requests", "take-down", "nope")
+
+    assert code == 1
+    assert "there is no request (nor batch token) nope" in err
