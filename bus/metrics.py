@@ -3,9 +3,10 @@
 Two kinds. What the store knows of the whole bus (the outbox backlog, dead letters waiting, the
 leases of the relay and the pollers, the pollers' failed rounds, the workers' liveness reports)
 is read when Prometheus scrapes, so any API copy reports the same figures and no other part
-needs an endpoint of its own. What happens inside this process (requests accepted) is counted
-as it happens. Queue depths and consumers are the broker's to report: RabbitMQ's own Prometheus
-plugin has them; `civicbus status` shows both.
+needs an endpoint of its own. What happens inside this process (requests accepted, store
+operations refused at once by its circuit breaker) is counted as it happens. Queue depths and
+consumers are the broker's to report: RabbitMQ's own Prometheus plugin has them; `civicbus
+status` shows both.
 No label ever holds personal data: only jurisdictions, service codes, channels and the names of
 instances and leases from the config.
 """
@@ -20,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bus.liveness import is_silent
-from bus.store import Store, StoreUnavailable, WorkerLiveness
+from bus.store import BreakerState, Store, StoreUnavailable, WorkerLiveness
 
 #: Counted when the transaction holding the request committed (any channel, any API copy).
 REQUESTS_ACCEPTED = Counter(
@@ -42,14 +43,22 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("civicbus_store_up", "1 when the store answered this scrape.")
         try:
-            seen = self._store().overview()
+            store = self._store()
+        except StoreUnavailable:  # could not be opened: no breaker to report either
+            up.add_metric([], 0)
+            yield up
+            return
+        try:
+            seen = store.overview()
             recipients = {*self._recipients(), *seen.dead_letters}
         except StoreUnavailable:
             up.add_metric([], 0)
             yield up
+            yield from _breaker(store.breaker_state())
             return
         up.add_metric([], 1)
         yield up
+        yield from _breaker(store.breaker_state())
         now = datetime.now(UTC)
         yield GaugeMetricFamily(
             "civicbus_outbox_waiting_events",
@@ -97,6 +106,20 @@ class StoreCollector(Collector):
         yield failed
         yield failing
         yield from _workers(seen.workers, recipients, now)
+
+
+def _breaker(state: BreakerState) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "civicbus_store_failing_fast",
+        "1 while this process refuses store operations without trying them: the database "
+        "stopped answering, and one operation a second tries it again.",
+        value=int(state.open),
+    )
+    yield CounterMetricFamily(
+        "civicbus_store_refused_operations",
+        "Store operations this process refused without trying them (each a 503 in the API).",
+        value=state.refused,
+    )
 
 
 def _workers(

@@ -10,7 +10,8 @@ GIL switches than it saves (measured: about a third more throughput this way, se
 tests/bench/bench_intake.py). The loop never waits long for SQLite's write lock: if another
 writer (the relay, a CLI command) holds it past INLINE_LOCK_WAIT_S, the batch moves to the
 writer thread, which waits the store's usual timeout. On PostgreSQL (network round trips)
-every batch goes through the writer thread.
+every batch goes through the writer thread, unless the store is refusing at once (its circuit
+breaker is open): then the create is refused before it queues.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ class GroupCommitter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def submit(self, prepared: Prepared) -> Accepted:
-        """Write `prepared` with whatever else is waiting; raises what its write raised."""
+        """Write `prepared` with whatever else is waiting; raises what its write raised, or
+        StoreUnavailable before queueing while the store refuses at once."""
+        if self.store.dialect != "sqlite":
+            # While the database does not answer, refused now rather than queued behind a
+            # batch that waits out its timeout on the writer thread (a probe, see bus.store).
+            self.store.check_answering()
         loop = asyncio.get_running_loop()
         item = _Item(prepared, loop, loop.create_future())
         if self.store.dialect != "sqlite":

@@ -11,16 +11,21 @@ audit entry) happens inside one `store.transaction()` unit of work:
         tx.audit(actor="api:fixmyapp", action="accepted", request_id=request.id)
 
 SQLite (WAL) is the embedded default, PostgreSQL (psycopg 3) the shared one. Connection
-failures, lock timeouts and a read-only database raise `StoreUnavailable` (deadlocks and
-serialization failures its `WriteConflict`), unique-key conflicts `AlreadyExists` (and
+failures, lock timeouts and a read-only database raise `StoreUnavailable` (a server that did
+not answer in time its `NotAnswering`, deadlocks and serialization failures its
+`WriteConflict`), unique-key conflicts `AlreadyExists` (and
 its `UpdateConflict`, for a status update reusing a recorded update_id with other content, when
 the caller asks), values the database refuses `InvalidData`; in every case nothing of the unit
-of work is written.
+of work is written. After a `NotAnswering`, the store's circuit breaker refuses operations at
+once with `StoreUnavailable` and lets one through every second or so to try the database again,
+until one gets an answer.
 """
 
+from bus.store._breaker import BreakerState
 from bus.store._errors import (
     AlreadyExists,
     InvalidData,
+    NotAnswering,
     SchemaTooNew,
     StoreUnavailable,
     UpdateConflict,
@@ -54,11 +59,13 @@ __all__ = [
     "AuditEntry",
     "AuditStreak",
     "AuditVerification",
+    "BreakerState",
     "Client",
     "DeadLetter",
     "DeadLetterState",
     "InvalidData",
     "Lease",
+    "NotAnswering",
     "OutboxEvent",
     "OutboxMessage",
     "OutboxRow",

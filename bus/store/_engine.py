@@ -113,11 +113,17 @@ def _pg_connect_args(url: URL, query_timeout: float | None) -> dict[str, Any]:
 
 
 def _bound_round_trips(engine: Engine, query_timeout: float | None) -> None:
-    from bus.store._pg_deadline import DeadlineConnection  # psycopg: only for PostgreSQL
+    # psycopg: only for PostgreSQL
+    from psycopg.errors import ConnectionTimeout
+
+    from bus.store._pg_deadline import DeadlineConnection, NoAnswer
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> DeadlineConnection:
-        connection = DeadlineConnection.connect(*cargs, **cparams)
+        try:
+            connection = DeadlineConnection.connect(*cargs, **cparams)
+        except ConnectionTimeout as error:  # a server that takes connections but says nothing
+            raise NoAnswer(f"no answer from the server while connecting: {error}") from None
         connection.round_trip_timeout = query_timeout
         return connection
 

@@ -12,6 +12,11 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or is locked; the caller answers 503 / retries later."""
 
 
+class NotAnswering(StoreUnavailable):
+    """The database server did not answer in time (a round trip, or connecting): frozen, paused
+    or cut off by a partition. Until it answers again, the store refuses at once (_breaker)."""
+
+
 class WriteConflict(StoreUnavailable):
     """PostgreSQL ended the transaction to settle a deadlock or serialization failure with a
     concurrent one; running it again may well succeed at once."""
@@ -40,6 +45,11 @@ class InvalidData(ValueError):
     """The database refused a value (e.g. a NUL character on PostgreSQL); a client error."""
 
 
+class DriverSilence(Exception):
+    """Mixed into the driver errors that mean: the server did not answer in time (see
+    _pg_deadline); they become NotAnswering."""
+
+
 def _reason(error: Exception) -> str:
     # Only the driver's first line: the rest may quote row values (personal data).
     original = getattr(error, "orig", None) or error
@@ -62,7 +72,8 @@ def _sqlstate(error: sa_exc.DBAPIError) -> str | None:
 @contextmanager
 def translate_errors(database: str) -> Iterator[None]:
     """Turn connection failures, lock timeouts and a read-only database into StoreUnavailable
-    (deadlocks and serialization failures into its WriteConflict), unique-key violations into
+    (a server that did not answer in time into its NotAnswering, deadlocks and serialization
+    failures into its WriteConflict), unique-key violations into
     AlreadyExists and refused or out-of-range values into InvalidData; the enclosing
     transaction has been rolled back by then."""
     try:
@@ -79,6 +90,8 @@ def translate_errors(database: str) -> Iterator[None]:
     ) as error:
         if isinstance(error, sa_exc.DBAPIError) and _sqlstate(error) in _CONFLICTS:
             raise WriteConflict(f"{database}: {_reason(error)}") from None
+        if isinstance(getattr(error, "orig", None), DriverSilence):
+            raise NotAnswering(f"{database}: {_reason(error)}") from None
         raise StoreUnavailable(f"{database}: {_reason(error)}") from None
     except sa_exc.InternalError as error:
         if _sqlstate(error) in _UNAVAILABLE_INTERNAL:

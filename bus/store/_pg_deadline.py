@@ -14,6 +14,9 @@ cannot be known, so the connection is never used again. SQLAlchemy sees a closed
 invalidates it, the pool opens a new one next time. A cancel request would be no use: the
 server that ignores the query ignores the cancel too.
 
+Both this deadline and libpq's `connect_timeout` raise `NoAnswer`, which the store reports as
+NotAnswering: the one failure that opens its circuit breaker (_breaker).
+
 Chosen over a watchdog thread that shuts the socket down from outside: the deadline is checked
 by the thread that waits, on its own connection, with nothing to race against.
 """
@@ -26,15 +29,22 @@ import psycopg
 from psycopg import errors
 from psycopg.abc import PQGen
 
+from bus.store._errors import DriverSilence
+
 RV = TypeVar("RV")
 
 #: psycopg's own interval between checks for Ctrl-C while it waits.
 _WAIT_INTERVAL = 0.1
 
 
+class NoAnswer(psycopg.OperationalError, DriverSilence):
+    """The server did not answer within the deadline, or connecting took longer than
+    `connect_timeout`; the connection is closed."""
+
+
 class DeadlineConnection(psycopg.Connection[Any]):
     """A psycopg connection that closes itself when the server takes longer than
-    `round_trip_timeout` seconds to answer, raising OperationalError."""
+    `round_trip_timeout` seconds to answer, raising NoAnswer."""
 
     #: Seconds one wait for the server may last; None: no limit.
     round_trip_timeout: float | None = None
@@ -50,6 +60,6 @@ class DeadlineConnection(psycopg.Connection[Any]):
         except errors._WaitTimeout:
             # Mid-protocol: the server may still run the statement, or commit, when it wakes.
             self.pgconn.finish()
-            raise psycopg.OperationalError(
+            raise NoAnswer(
                 f"no answer from the server within {bound:g} s: connection closed"
             ) from None

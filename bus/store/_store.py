@@ -28,6 +28,7 @@ from bus.store import (
     _undelivered,
     _watermarks,
 )
+from bus.store._breaker import Breaker, BreakerState
 from bus.store._errors import translate_errors
 from bus.store._records import (
     AuditEntry,
@@ -59,6 +60,9 @@ class Store:
         self._writer = _engine.writer(self._engine)
         self._reader = _engine.reader(self._engine)
         self._database = self._engine.url.render_as_string(hide_password=True)
+        #: Every read and unit of work goes through it: refused at once while the database
+        #: does not answer (SQLite never trips it, see _breaker).
+        self._breaker = Breaker(self._database)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -87,15 +91,27 @@ class Store:
         """ "sqlite" or "postgresql"."""
         return self._engine.dialect.name
 
+    def check_answering(self) -> None:
+        """Raise StoreUnavailable at once if an operation started now would be refused without
+        being tried: the database stopped answering, and it is not yet time to try it again.
+        Touches nothing; for a caller about to queue work behind others."""
+        self._breaker.check()
+
+    def breaker_state(self) -> BreakerState:
+        """Whether operations are refused without being tried now, and how many were."""
+        return self._breaker.state()
+
     @contextmanager
     def transaction(self, *, lock_timeout: float | None = None) -> Iterator[Transaction]:
-        """A unit of work; raises StoreUnavailable when the database cannot be reached.
+        """A unit of work; raises StoreUnavailable when the database cannot be reached (at once,
+        without trying, while it is known not to answer).
 
         Any exception inside the block rolls everything back (request, outbox, audit).
         `lock_timeout` (SQLite only): seconds to wait for the write lock instead of the usual
         ones, for a caller that would rather do something else than wait long.
         """
         with (
+            self._breaker.guard(),
             translate_errors(self._database),
             self._writer.connect() as conn,
             _engine.lock_timeout(conn, lock_timeout),
@@ -106,7 +122,11 @@ class Store:
             tx._before_commit()
 
     def _read(self, work: Callable[[Connection], T]) -> T:
-        with translate_errors(self._database), self._reader.connect() as conn:
+        with (
+            self._breaker.guard(),
+            translate_errors(self._database),
+            self._reader.connect() as conn,
+        ):
             return work(conn)
 
     def _write(self, work: Callable[[Transaction], T]) -> T:

@@ -48,6 +48,8 @@ def test_metrics_show_accepted_requests_and_the_outbox_backlog(
     after = scrape(server.url)
 
     assert after[("civicbus_store_up", ())] == 1
+    assert after[("civicbus_store_failing_fast", ())] == 0
+    assert after[("civicbus_store_refused_operations_total", ())] == 0
     assert accepted(after) == accepted(before) + 2
     assert after[("civicbus_outbox_waiting_events", ())] == waiting + 2
     assert after[("civicbus_outbox_oldest_waiting_seconds", ())] >= 0

@@ -5,9 +5,10 @@ residents keep posting, then goes on (SIGCONT).
 Unlike a stopped server, a frozen one keeps its connections open and its kernel acknowledges
 what is sent to it: only the store's own bound on each round trip (`?query_timeout=`, short
 here) notices. What must hold: meanwhile the API answers 503 with Retry-After, never a 500 and
-never after a hang; the relay, the worker and the poller meet the freeze and go on by
-themselves after it, without a restart; each accepted request reaches the back-end exactly
-once; the audit chain is whole.
+never after a hang, and once one answer has waited out that bound the others come at once (the
+store's circuit breaker) while the API tries the store again one request at a time; the relay,
+the worker and the poller meet the freeze and go on by themselves after it, without a restart;
+each accepted request reaches the back-end exactly once; the audit chain is whole.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.city import PARKS_SERVICE, answers, created_id, held_references, run_cli, set_fault
 from tests.faults.pg_cluster import PostgresCluster
@@ -39,8 +41,15 @@ QUERY_TIMEOUT = 2
 #: The longest an answer during the freeze may take: a pooled connection's ping and a new
 #: connection's attempt both time out, perhaps behind another create's; well above that.
 PROMPT = 12.0
+#: An answer refused at once takes milliseconds; one that tried the frozen store waits at least
+#: the query timeout (a ping) or libpq's shortest connect timeout (2 s). Generous between them.
+AT_ONCE = 0.75 * QUERY_TIMEOUT
 BEFORE_FREEZE = 10
-DURING_FREEZE = 2
+#: Requests (creates and reads in turn) after the first answer of the freeze.
+DURING_FREEZE = 8
+#: Of those, how many may have tried the store: the one probe at a time (a request that finds it
+#: due tries the store, whose answer takes as long as the first), and one for a loaded machine.
+PROBES = 2
 DELIVERY_TIMEOUT = 60.0
 
 
@@ -75,19 +84,27 @@ def test_a_store_frozen_under_the_running_bus_answers_503_and_the_bus_carries_on
     }
     before = {part: bus.count(part, event) for part, event in met.items()}
     residents = Residents(bus, api_key)
-    keys = [f"frozen-{n}" for n in range(DURING_FREEZE)]
-    slowest = 0.0
+    keys: list[str] = []
+    read = f"{bus.open311}/requests/{accepted[0]}.json?jurisdiction_id={jurisdiction}"
+    took_after_first: list[float] = []
     with residents.posting():
         pg_cluster.freeze()
         try:
-            for n, key in enumerate(keys):
-                response, took = timed(functools.partial(post, bus, api_key, 100 + n, key))
-                assert_unavailable(response, "POST during the freeze")
+            keys.append("frozen-0")
+            response, first = timed(functools.partial(post, bus, api_key, 100, keys[0]))
+            assert_unavailable(response, "the first POST during the freeze")
+            slowest = first
+            for n in range(1, DURING_FREEZE + 1):
+                if n % 2:
+                    keys.append(f"frozen-{n}")
+                    call = functools.partial(post, bus, api_key, 100 + n, keys[-1])
+                else:
+                    call = functools.partial(httpx.get, read, timeout=30)
+                response, took = timed(call)
+                assert_unavailable(response, f"request {n} during the freeze")
+                took_after_first.append(took)
                 slowest = max(slowest, took)
-            url = f"{bus.open311}/requests/{accepted[0]}.json?jurisdiction_id={jurisdiction}"
-            response, took = timed(functools.partial(httpx.get, url, timeout=30))
-            assert_unavailable(response, "GET during the freeze")
-            slowest = max(slowest, took)
+            frozen_metrics = scrape(bus)
             for part, event in met.items():
                 bus.wait_until(
                     lambda part=part, event=event: bus.count(part, event) > before[part],
@@ -104,8 +121,10 @@ def test_a_store_frozen_under_the_running_bus_answers_503_and_the_bus_carries_on
             what="the API to answer again",
         )
     back_after = time.monotonic() - thawed_at
+    thawed_metrics = scrape(bus)
 
     # Each resident's create was taken or refused in time, never failed otherwise.
+    frozen = list(keys)
     for key, status, request_id, took in residents.answers:
         assert status in (201, 503), (key, status, request_id)
         if status == 201:
@@ -114,11 +133,27 @@ def test_a_store_frozen_under_the_running_bus_answers_503_and_the_bus_carries_on
         else:
             slowest = max(slowest, took)
             keys.append(key)
+    tried = [took for took in took_after_first if took >= AT_ONCE]
     print(
-        f"{len(residents.answers)} residents' creates, {len(keys) - DURING_FREEZE} refused; "
-        f"slowest 503: {slowest:.1f}s; API back {back_after:.1f}s after the thaw"
+        f"{len(residents.answers)} residents' creates, {len(keys) - len(frozen)} refused; "
+        f"first 503 of the freeze: {first:.2f}s, the {len(took_after_first)} after it: "
+        f"{', '.join(f'{took:.2f}' for took in took_after_first)}s; slowest 503: {slowest:.1f}s; "
+        f"API back {back_after:.1f}s after the thaw"
     )
     assert slowest < PROMPT, f"an answer during the freeze took {slowest:.1f}s"
+    # Once the store did not answer, the API refuses at once instead of waiting each time.
+    assert len(tried) <= PROBES, (
+        f"{len(tried)} of {len(took_after_first)} answers after the first waited for the store"
+    )
+    assert frozen_metrics["civicbus_store_failing_fast"] == 1
+    assert thawed_metrics["civicbus_store_failing_fast"] == 0
+    assert thawed_metrics["civicbus_store_refused_operations_total"] > 0
+    # Logged once each: the API's breaker opened during the freeze and closed after it.
+    bus.wait_until(
+        lambda: bus.count("api", "store.breaker_closed"), timeout=10, what="the breaker closed"
+    )
+    assert bus.count("api", "store.breaker_opened") == 1
+    assert bus.count("api", "store.breaker_closed") == 1
     # A refused create sent again with its key is created once. A 200 is an honest answer too:
     # a create whose COMMIT reached the server just before it froze is committed as it thaws.
     for key in keys:
@@ -146,3 +181,15 @@ def test_a_store_frozen_under_the_running_bus_answers_503_and_the_bus_carries_on
     for name, process in bus.processes.items():
         assert process.popen.poll() is None, f"{name} exited\n{bus.diagnose()}"
         assert process.popen.pid == pids[name]
+
+
+def scrape(bus: Bus) -> dict[str, float]:
+    """The API's /metrics samples without labels, by name."""
+    response = httpx.get(f"{bus.api_url}/metrics", timeout=30)
+    assert response.status_code == 200, response.text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if not sample.labels
+    }

@@ -1,4 +1,5 @@
-"""A store that cannot be reached or is locked says so (StoreUnavailable) and writes nothing."""
+"""A store that cannot be reached or is locked says so (StoreUnavailable) and writes nothing;
+one that does not answer (NotAnswering) is then refused at once until it answers again."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from store_factories import make_request
 
-from bus.store import Store, StoreUnavailable
+from bus.store import NotAnswering, Store, StoreUnavailable
+from bus.store._breaker import PROBE_INTERVAL_S
 from bus.store._engine import without_query_timeout
 from schemas.events import Envelope, EventType
 
@@ -46,6 +48,9 @@ def test_locked_sqlite_raises_store_unavailable_and_writes_nothing(sqlite_url: s
         with pytest.raises(StoreUnavailable, match="locked"), store.transaction() as tx:
             tx.add_request(make_request("during"))
         assert store.get_request("before") is not None  # WAL: readers are never blocked
+        # One long writer is no database gone: nothing is refused at once.
+        assert store.breaker_state().openings == 0
+        store.check_answering()
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -55,6 +60,52 @@ def test_locked_sqlite_raises_store_unavailable_and_writes_nothing(sqlite_url: s
         tx.add_request(make_request("after"))
     assert store.get_request("after") is not None
     store.close()
+
+
+def test_a_postgres_server_that_does_not_answer_is_waited_for_once_then_refused_at_once() -> None:
+    # Takes connections (the kernel completes them) and never says a word: as a frozen server.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        store = Store(f"postgresql+psycopg://postgres@127.0.0.1:{port}/civicbus?query_timeout=1")
+        try:
+            started = time.monotonic()
+            with pytest.raises(NotAnswering, match="no answer"):
+                store.get_request("r")
+            first = time.monotonic() - started
+            assert 0.9 < first < 4  # connect_timeout: 1 s asked, libpq waits 2 s at least
+
+            started = time.monotonic()
+            for _ in range(20):
+                with pytest.raises(StoreUnavailable, match="not tried"):
+                    store.get_request("r")
+                with pytest.raises(StoreUnavailable, match="not tried"), store.transaction():
+                    pass
+            assert time.monotonic() - started < 0.5
+            assert store.breaker_state().open
+            assert store.breaker_state().refused == 40
+
+            time.sleep(PROBE_INTERVAL_S)
+            started = time.monotonic()
+            with pytest.raises(NotAnswering):  # one probe, waiting as the first did
+                store.get_request("r")
+            assert time.monotonic() - started > 0.9
+            assert store.breaker_state().openings == 1
+        finally:
+            store.close()
+
+
+def store_answers_within(store: Store, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            store.verify_audit()
+            return True
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
 
 def test_postgres_connection_lost_mid_transaction_leaves_nothing_behind(postgres_url: str) -> None:
@@ -76,6 +127,7 @@ def test_postgres_connection_lost_mid_transaction_leaves_nothing_behind(postgres
         )
 
     assert store.get_request("r") is None  # the pool replaced the dead connection
+    assert store.breaker_state().openings == 0  # one lost connection refuses no one else
     assert store.pending_outbox() == []
     assert store.verify_audit().entries == 0
     store.close()
@@ -92,7 +144,14 @@ def test_postgres_slower_than_its_query_timeout_raises_store_unavailable_and_wri
         tx._session.exec_driver_sql("SELECT pg_sleep(5)")
     assert time.monotonic() - started < 3
 
-    # The pool dropped the connection it gave up on; the next one works.
+    # Meanwhile others are refused at once; within the probe interval the pool's next
+    # connection works again (the one given up on is dropped).
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="not tried"):
+        store.get_request("r")
+    assert time.monotonic() - started < 0.5
+    assert store_answers_within(store, PROBE_INTERVAL_S + 1)
+    assert store.breaker_state().open is False
     assert store.get_request("r") is None
     with store.transaction() as tx:
         tx.add_request(make_request("after"))
