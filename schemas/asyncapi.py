@@ -25,6 +25,7 @@ from schemas.events import (
     EventType,
     RoutingDecision,
     SubmittedRequest,
+    TakenDownRequest,
 )
 from schemas.model import ServiceRequest
 
@@ -81,6 +82,16 @@ _EVENTS: dict[EventType, _Event] = {
         "The adapter instance that could not deliver the request.",
         "Delivery to the back-end failed for good and the command was dead-lettered.",
         DeliveryFailure,
+    ),
+    EventType.TAKEN_DOWN: _Event(
+        "service_code",
+        "The request's service code (a dot in it becomes `_`), as in its `created` event.",
+        "What the resident wrote or photographed was taken down (an erasure request, "
+        "moderation): the request's description now reads `[description removed]` and/or its "
+        "media are gone. `data` is the request as it now reads and `data.taken_down` says what "
+        "was removed: overwrite the description and media of every copy you keep. Its status "
+        "and `updated_at` do not change.",
+        TakenDownRequest,
     ),
 }
 
@@ -207,7 +218,8 @@ def asyncapi_document(version: str = "1.0.0") -> dict[str, Any]:
                 f"topic exchange `{EVENTS_EXCHANGE}`. Each message is a CloudEvents 1.0 "
                 "structured-mode JSON envelope (`id` is unique and the idempotency key; "
                 "`subject` is the request id) whose `data` is the canonical service request "
-                "(for `routed` and `delivery_failed`: where it went, and who gave up on it). "
+                "(for `routed` and `delivery_failed`: where it went, and who gave up on it; "
+                "for `taken_down`: also what was taken down from it). "
                 "Routing keys have three words, `request.<what>.<qualifier>`: bind your own "
                 "durable queue with e.g. `request.#` (everything), `request.created.*` or "
                 "`request.status_changed.fixed`. Delivery is at-least-once: deduplicate by "

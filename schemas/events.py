@@ -22,6 +22,7 @@ class EventType(StrEnum):
     STATUS_CHANGED = "civicbus.request.status_changed"
     CLOSED = "civicbus.request.closed"
     DELIVERY_FAILED = "civicbus.request.delivery_failed"
+    TAKEN_DOWN = "civicbus.request.taken_down"
 
     @property
     def short(self) -> str:
@@ -90,3 +91,26 @@ class DeliveryFailure(BaseModel):
     reason: str = Field(description="why, e.g. the back-end's refusal or the last error")
     attempts: int = Field(ge=1, description="deliveries tried before giving up")
     message_id: str = Field(description="the id of the dead-lettered command")
+
+
+class TakeDown(BaseModel):
+    """What a take-down removed from a request (`civicbus requests take-down`): never the
+    content itself, only which parts, so a consumer knows what to overwrite in its copy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: bool = Field(
+        description="the description was replaced now: it reads `[description removed]`"
+    )
+    media: int = Field(
+        ge=0,
+        description="how many media were removed now: the request shows none any more, and "
+        "the URLs of photos civicbus stored answer 404",
+    )
+
+
+class TakenDownRequest(ServiceRequest):
+    """The `data` of `civicbus.request.taken_down`: the request as it now reads, and what was
+    taken down from it; overwrite the description and media of every copy you keep."""
+
+    taken_down: TakeDown = Field(description="what was taken down by this take-down")

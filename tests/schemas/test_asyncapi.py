@@ -18,6 +18,8 @@ from schemas.events import (
     EventType,
     RoutingDecision,
     SubmittedRequest,
+    TakeDown,
+    TakenDownRequest,
 )
 from schemas.model import Location, Reporter, ServiceRequest
 from tests.asyncapi_support import message_validator
@@ -91,6 +93,12 @@ def _data(event_type: EventType) -> dict[str, Any]:
             instance="sap-roads", reason="PermanentError: LANE", attempts=1, message_id="m-1"
         )
         return failure.model_dump(mode="json")
+    if event_type is EventType.TAKEN_DOWN:
+        removed = request.model_copy(update={"description": "[description removed]"})
+        taken_down = TakenDownRequest(
+            **removed.model_dump(), taken_down=TakeDown(description=True, media=1)
+        )
+        return taken_down.model_dump(mode="json")
     return request.model_dump(mode="json")
 
 
