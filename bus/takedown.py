@@ -8,6 +8,13 @@ and dead letters). A stored photo's file is deleted unless another request shows
 content (files are stored once per content, bus.api.media). Audited in the request's trail
 without the content removed.
 
+What was published before stays with whoever received it: a back-office system that stored the
+`created` event keeps showing the old description and photo URL. So a take-down that changes the
+request queues `civicbus.request.taken_down` in the same transaction (the request as it now
+reads, and what was removed), which the relay publishes to `civicbus.events` like every other
+event: consumers and webhook subscriptions overwrite their copy. The request's `updated_at` does
+not move, so Open311 clients polling with `updated_after` are not told.
+
 Status notes are not taken down: they are what the back-end or a partner said about the work
 (C-21, C-22), not the resident's report.
 """
@@ -20,7 +27,9 @@ from typing import Protocol
 
 import structlog
 
-from bus.store import Store
+from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
+from bus.store import Store, Transaction
+from schemas.events import Envelope, EventType, TakeDown, TakenDownRequest
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +78,9 @@ class TakenDown:
     dead_letters: int
     #: The adapter instances the request was delivered to (they keep what they were sent).
     delivered_to: tuple[str, ...]
+    #: The id of the `civicbus.request.taken_down` event queued for subscribers; None when the
+    #: request itself did not change (nothing to tell them).
+    event_id: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -124,6 +136,11 @@ def take_down(
         record = tx.take_down(request.id, marker=TAKEN_DOWN if description else None, media=media)
         if record is None:  # requests are never deleted
             raise TakeDownError(f"request {request.id} disappeared meanwhile")
+        event_id = None
+        if record.description or record.media:
+            event_id = _announce(
+                tx, request.id, TakeDown(description=record.description, media=len(record.media))
+            )
         done = TakenDown(
             request_id=request.id,
             description=record.description,
@@ -135,6 +152,7 @@ def take_down(
             events_published=record.events_published,
             dead_letters=record.dead_letters,
             delivered_to=delivered_to,
+            event_id=event_id,
         )
         if done.changed:
             tx.audit(
@@ -158,5 +176,28 @@ def take_down(
         description=done.description,
         media=done.media,
         files_deleted=done.files_deleted,
+        message_id=event_id,
     )
     return done
+
+
+def _announce(tx: Transaction, request_id: str, removed: TakeDown) -> str:
+    """Queue `civicbus.request.taken_down`: the request as it now reads (after the take-down,
+    in this transaction), without personal data, and what was removed; its message id."""
+    request = tx.get_request(request_id)
+    if request is None:  # the caller holds the row locked: it cannot go meanwhile
+        raise TakeDownError(f"request {request_id} disappeared meanwhile")
+    public = request.without_personal_data()
+    data = TakenDownRequest(**public.model_dump(), taken_down=removed)
+    envelope = Envelope(
+        type=EventType.TAKEN_DOWN,
+        subject=request.id,
+        data=data.model_dump(mode="json"),
+        correlationid=request.id,
+    )
+    tx.add_outbox(
+        envelope,
+        exchange=EVENTS_EXCHANGE,
+        routing_key=event_routing_key(EventType.TAKEN_DOWN, request.service_code),
+    )
+    return envelope.id

@@ -111,8 +111,9 @@ def register(app: typer.Typer) -> None:
         Open311 reads and from every copy the store keeps (outbox events, dead letters); a
         photo's file is deleted unless another request shows the same file. Naming neither
         --description nor --media takes down both. The request, its status, history and
-        back-end references stay; audited. Running it again is harmless. What a back-end or a
-        subscriber was sent stays there: the answer names the back-ends."""
+        back-end references stay; audited. Running it again is harmless. Subscribers are told
+        by a civicbus.request.taken_down event; what a back-end was sent stays there: the
+        answer names the back-ends."""
         # Here, not at the top: importing bus.api loads FastAPI, which no other command needs.
         from bus.api.media import MediaStore
 
@@ -164,6 +165,11 @@ def _taken_down_lines(done: takedown.TakenDown) -> tuple[list[str], list[str]]:
                 f"{done.events_published} published, {done.dead_letters} dead letter(s) "
                 "rewritten"
             )
+        if done.event_id:
+            out.append(
+                f"  event        civicbus.request.taken_down {done.event_id} queued: "
+                "subscribers (queues, webhooks) are told to overwrite their copy"
+            )
     notes = []
     if done.delivered_to:
         notes.append(
@@ -174,6 +180,7 @@ def _taken_down_lines(done: takedown.TakenDown) -> tuple[list[str], list[str]]:
         notes.append(
             f"{done.events_published} event(s) with the old content had been published: "
             "subscribers (queues, webhooks) received it"
+            + (", and get the taken_down event next" if done.event_id else "")
         )
     return out, notes
 

@@ -12,6 +12,7 @@ import httpx
 from bus import takedown
 from bus.api.media import MediaStore
 from bus.bootstrap import Runtime
+from schemas.events import EventType
 from tests.api.conftest import SPRINGFIELD, LiveServer, pothole_form
 
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
@@ -132,7 +133,9 @@ def test_a_request_taken_down_is_audited_without_the_content_and_the_chain_holds
     assert WRITTEN not in str(entry.details)
     assert runtime.store.verify_audit().ok
     [created] = [
-        row for row in runtime.store.pending_outbox() if row.envelope.subject == request_id
+        row
+        for row in runtime.store.pending_outbox()
+        if row.envelope.subject == request_id and row.envelope.type is EventType.CREATED
     ]
     assert created.envelope.data["description"] == takedown.TAKEN_DOWN
     assert created.envelope.data["media"] == []

@@ -58,10 +58,13 @@ def test_take_down_by_batch_token_removes_description_and_photo_and_a_second_run
     again = invoke("requests", "take-down", "r-1")
 
     assert code == 0, err
+    [event] = [row.envelope for row in store.pending_outbox()]
     assert out.splitlines() == [
         "request r-1 taken down",
         "  description  now reads '[description removed]'",
         "  media        1 removed (1 file(s) deleted)",
+        f"  event        civicbus.request.taken_down {event.id} queued: subscribers (queues, "
+        "webhooks) are told to overwrite their copy",
     ]
     assert err == ""  # neither delivered nor published yet: nobody else has a copy
     request = store.get_request("r-1")
@@ -71,6 +74,7 @@ def test_take_down_by_batch_token_removes_description_and_photo_and_a_second_run
     [entry] = store.audit_trail("r-1")
     assert entry.action == "report_taken_down" and WRITTEN not in str(entry.details)
     assert again[0] == 0 and "nothing left to take down" in again[1]
+    assert "event" not in again[1] and len(store.pending_outbox()) == 1
     assert len(store.audit_trail("r-1")) == 1
     verified = invoke("audit", "verify")
     assert verified[0] == 0 and "audit log intact: 1 entries" in verified[1]

@@ -1,0 +1,175 @@
+"""A take-down tells the back-office systems: `civicbus.request.taken_down` is queued in the
+take-down's transaction (the request as it now reads, without personal data, and what was
+removed), and the relay publishes it to `civicbus.events` like every other event, to queues
+and webhook subscriptions bound to `request.*`; it never becomes a command."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus import takedown
+from bus.api.media import MediaStore
+from bus.broker import topology as t
+from bus.config import Config
+from bus.relay import Relay
+from bus.store import OutboxMessage, Store
+from bus.subscriptions import binding_key, declare, queue_name
+from schemas.events import Envelope, EventType
+from schemas.model import Reporter, ServiceRequest
+from tests.asyncapi_support import assert_documented
+from tests.store.store_factories import make_request
+
+WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
+EMAIL = "jo.smith@example.org"
+PNG = b"\x89PNG\r\n\x1a\n" + b"taken down event" * 8
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    store = Store.open(sqlite_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> MediaStore:
+    return MediaStore(tmp_path / "media", "https://311.example")
+
+
+def reported(store: Store, files: MediaStore) -> ServiceRequest:
+    """A request with a description, a stored photo and the reporter's e-mail, and its
+    `created` event queued as the API queues it."""
+    request = make_request(
+        "r-1",
+        service_code="POTHOLE",
+        jurisdiction="springfield.example",
+        description=WRITTEN,
+        media=(files.save(PNG),),
+        reporter=Reporter(email=EMAIL, first_name="Jo"),
+    )
+    created = Envelope(
+        type=EventType.CREATED,
+        subject=request.id,
+        data=request.without_personal_data().model_dump(mode="json"),
+        correlationid=request.id,
+    )
+    with store.transaction() as tx:
+        tx.add_request(request)
+        tx.add_outbox(
+            created,
+            exchange=t.EVENTS_EXCHANGE,
+            routing_key=t.event_routing_key(EventType.CREATED, request.service_code),
+        )
+    return request
+
+
+def taken_down_rows(store: Store) -> list[OutboxMessage]:
+    rows = store.pending_outbox_messages()
+    return [row for row in rows if row.envelope.type is EventType.TAKEN_DOWN]
+
+
+def test_a_take_down_queues_one_taken_down_event_without_the_content_or_personal_data(
+    store: Store, files: MediaStore
+) -> None:
+    request = reported(store, files)
+    digest = request.media[0].sha256
+    assert digest is not None
+
+    done = takedown.take_down(store, files, "r-1")
+
+    [row] = taken_down_rows(store)
+    event = row.envelope
+    assert (row.exchange, row.routing_key) == ("civicbus.events", "request.taken_down.POTHOLE")
+    assert event.id == done.event_id and event.subject == "r-1"
+    assert event.data["taken_down"] == {"description": True, "media": 1}
+    assert event.data["description"] == takedown.TAKEN_DOWN and event.data["media"] == []
+    assert set(event.data["reporter"].values()) == {None}
+    # The rest reads as the request does: a consumer overwrites its copy with it.
+    assert event.data["status"] == "open" and event.data["service_code"] == "POTHOLE"
+    assert event.data["updated_at"] == request.updated_at.isoformat().replace("+00:00", "Z")
+    for secret in (WRITTEN, EMAIL, "Jo", digest):
+        assert secret not in row.body.decode()
+    assert_documented(event)
+    # The take-down's audit entry is as before: the counts, not the event.
+    [entry] = [e for e in store.audit_trail("r-1") if e.action == takedown.TAKEN_DOWN_ACTION]
+    assert entry.message_id is None and entry.details["events_waiting"] == 1
+
+
+def test_a_repeated_take_down_that_changes_nothing_queues_nothing(
+    store: Store, files: MediaStore
+) -> None:
+    reported(store, files)
+    takedown.take_down(store, files, "r-1")
+
+    again = takedown.take_down(store, files, "r-1")
+
+    assert not again.changed and again.event_id is None
+    assert len(taken_down_rows(store)) == 1
+
+
+def test_each_part_taken_down_is_announced_and_the_earlier_announcement_loses_the_photo_too(
+    store: Store, files: MediaStore
+) -> None:
+    reported(store, files)
+
+    takedown.take_down(store, files, "r-1", media=False)
+    takedown.take_down(store, files, "r-1", description=False)
+
+    first, second = (row.envelope.data for row in taken_down_rows(store))
+    assert first["taken_down"] == {"description": True, "media": 0}
+    assert second["taken_down"] == {"description": False, "media": 1}
+    assert second["description"] == takedown.TAKEN_DOWN
+    # The first one carried the photo (the request then still showed it): rewritten since.
+    assert first["media"] == second["media"] == []
+
+
+def drain(channel: Any, queue: str, expected: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Up to `expected` events from `queue`, with their routing keys as `_key`."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < expected and time.monotonic() < deadline:
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.02)
+        else:
+            got.append({**json.loads(body), "_key": method.routing_key})
+    return got
+
+
+def test_the_relay_publishes_it_to_request_star_queues_and_subscriptions_never_as_a_command(
+    store: Store, files: MediaStore, config: Config, amqp_url: str, channel: Any
+) -> None:
+    reported(store, files)
+    takedown.take_down(store, files, "r-1")
+    channel.queue_declare("office.takedowns", exclusive=True)
+    channel.queue_bind("office.takedowns", t.EVENTS_EXCHANGE, binding_key("request.taken_down"))
+    subscription = store.add_subscription("https://office.example/hook", ["request.*"], None)
+    declare(channel, subscription)
+
+    assert Relay(store, config, amqp_url).relay_batch() == 2
+
+    # A queue bound to `request.*` (as `civicbus subscriptions add --events 'request.*'` binds
+    # one) gets it after the created event and its routed event, in that order.
+    for queue in ("test.events", queue_name(subscription.id)):
+        got = drain(channel, queue, 4, timeout=2.0)
+        assert [(e["type"], e["_key"]) for e in got] == [
+            ("civicbus.request.created", "request.created.POTHOLE"),
+            ("civicbus.request.routed", "request.routed.sap-roads"),
+            ("civicbus.request.taken_down", "request.taken_down.POTHOLE"),
+        ]
+        assert got[2]["data"]["taken_down"] == {"description": True, "media": 1}
+        assert WRITTEN not in json.dumps(got) and EMAIL not in json.dumps(got)
+    [only] = drain(channel, "office.takedowns", 2, timeout=1.0)
+    assert only["type"] == "civicbus.request.taken_down"
+    # Only the created event became a command (with the description already scrubbed).
+    [command] = drain(channel, t.work_queue("sap-roads"), 2, timeout=1.0)
+    assert command["type"] == "civicbus.request.created"
+    assert command["data"]["description"] == takedown.TAKEN_DOWN
+    actions = [e.action for e in store.audit_trail("r-1")]
+    assert actions.count("relayed") == 2 and actions.count("routed") == 1
