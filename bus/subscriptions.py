@@ -75,7 +75,7 @@ def binding_key(pattern: str) -> str:
 class Qualifiers:
     """The words the third segment of a routing key can hold, from the city's config: the
     adapter instances (routed, submitted, delivery_failed) and the catalogue's service codes
-    (created). Statuses come from the canonical model."""
+    (created, taken_down). Statuses come from the canonical model."""
 
     instances: frozenset[str]
     service_codes: frozenset[str]
@@ -95,6 +95,7 @@ _QUALIFIER_NAMES = {
     EventType.STATUS_CHANGED: ("a status", "statuses"),
     EventType.CLOSED: ("a closing status", "closing statuses"),
     EventType.DELIVERY_FAILED: ("an adapter instance", "adapter instances"),
+    EventType.TAKEN_DOWN: ("a service code", "service codes in the catalogue"),
 }
 
 
@@ -108,7 +109,7 @@ def _valid_qualifiers(
         return frozenset(s for s in Status if s.is_closed)
     if qualifiers is None:
         return None
-    if event_type is EventType.CREATED:
+    if event_type in (EventType.CREATED, EventType.TAKEN_DOWN):
         return qualifiers.service_codes
     return qualifiers.instances
 
@@ -156,7 +157,7 @@ def check_pattern(pattern: str, qualifiers: Qualifiers | None = None) -> str:
     )
     catalogue = (
         " (add a new service to the config's catalogue first, then subscribe to it)"
-        if EventType.CREATED in types
+        if EventType.CREATED in types or EventType.TAKEN_DOWN in types
         else ""
     )
     raise SubscriptionError(

@@ -79,8 +79,9 @@ def command_routing_key(instance: str) -> str:
 def event_routing_key(event_type: EventType, qualifier: str) -> str:
     """The key of an event on `civicbus.events`: e.g. `request.created.POTHOLE`.
 
-    The qualifier is the service code (created), the status (status_changed, closed) or the
-    adapter instance (routed, submitted, delivery_failed); consumers bind with patterns such as
+    The qualifier is the service code (created, taken_down), the status (status_changed,
+    closed) or the adapter instance (routed, submitted, delivery_failed); consumers bind with
+    patterns such as
     `request.created.*` or `request.#`. A dot in the qualifier (service codes may hold one)
     becomes `_`, so the key keeps exactly three words.
     """

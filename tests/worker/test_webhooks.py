@@ -200,6 +200,28 @@ def test_events_outside_the_patterns_are_not_delivered(
     assert [e["type"] for e in subscriber.events()] == ["civicbus.request.closed"]
 
 
+def test_a_request_star_subscriber_is_told_of_a_take_down(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    subscriber.start()
+    subscribe(store, amqp_url, subscriber.url, ["request.*"])
+    request_id = new_request(store).subject
+    taken_down = Envelope(
+        type=EventType.TAKEN_DOWN,
+        subject=request_id,
+        data={"id": request_id, "taken_down": {"description": True, "media": 0}},
+        correlationid=request_id,
+    )
+    publish_event(amqp_url, taken_down, "POTHOLE")
+
+    with webhook_worker(store, amqp_url):
+        wait_until(lambda: subscriber.received, what="the taken_down event")
+
+    [(headers, _)] = subscriber.received
+    assert headers["X-Civicbus-Event-Id"] == taken_down.id
+    assert [e["type"] for e in subscriber.events()] == ["civicbus.request.taken_down"]
+
+
 def test_a_subscriber_refusing_an_event_dead_letters_it_without_announcing_it(
     store: Store, amqp_url: str, subscriber: Subscriber
 ) -> None:
@@ -457,6 +479,7 @@ CITY = Qualifiers(instances=frozenset({"sap-roads", "parks"}), service_codes=fro
         "request.status_changed.fixed",
         "request.closed.duplicate",
         "request.created.POTHOLE",
+        "request.taken_down.POTHOLE",
         "request.routed.sap-roads",
         "request.delivery_failed.parks",
         "request.*.fixed",
@@ -478,6 +501,10 @@ def test_patterns_with_a_qualifier_the_city_has_are_accepted(pattern: str) -> No
         ("request.closed.in_progress", "'in_progress' is not a closing status"),
         (
             "request.created.NOSUCH",
+            "'NOSUCH' is not a service code (add a new service to the config's catalogue",
+        ),
+        (
+            "request.taken_down.NOSUCH",
             "'NOSUCH' is not a service code (add a new service to the config's catalogue",
         ),
         ("request.routed.parkz", "'parkz' is not an adapter instance"),
