@@ -30,9 +30,10 @@ EMAIL = "jo.smith@example.org"
 PNG = b"\x89PNG\r\n\x1a\n" + b"taken down event" * 8
 
 
-@pytest.fixture
-def store(sqlite_url: str) -> Iterator[Store]:
-    store = Store.open(sqlite_url)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    store = Store.open(url)
     yield store
     store.close()
 
