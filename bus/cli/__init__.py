@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import typer
+
+#: Help texts are docstrings, paragraphs of lines wrapped in the source: markdown joins each
+#: paragraph's lines before the terminal rewraps them (rich mode keeps every line break, and
+#: rewraps each line on its own).
+HELP_MARKUP: Literal["markdown"] = "markdown"
+
+
+def command_group(**options: Any) -> typer.Typer:
+    """A command group whose help reads as the top-level command's does."""
+    return typer.Typer(rich_markup_mode=HELP_MARKUP, **options)
+
 
 app = typer.Typer(
     name="civicbus",
+    rich_markup_mode=HELP_MARKUP,
     help="civicbus: Open311 intake, a message bus, and adapters to city back-office systems.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

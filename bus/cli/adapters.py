@@ -15,12 +15,13 @@ from adapters import Health, PermanentError, TransientError
 from adapters.mapping import MappingFileError
 from adapters.registry import KindNotInstalled, RegistryError, available_kinds
 from bus.adapters_glue import build_adapter, mapping_path
+from bus.cli import command_group
 from bus.cli.common import runtime
 from bus.config import ConfigError, InstanceConfig
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(
+    group = command_group(
         help="Adapter kinds installed, instances configured, and whether their back-ends answer.",
         no_args_is_help=True,
     )

@@ -7,6 +7,7 @@ import re
 
 import typer
 
+from bus.cli import command_group
 from bus.cli.common import runtime
 from bus.store import AuditEntry
 
@@ -14,7 +15,7 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+    group = command_group(help="The hash-chained audit log.", no_args_is_help=True)
     app.add_typer(group, name="audit")
 
     @group.command("verify")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from bus.cli import command_group
 from bus.cli.common import runtime
 from bus.store import AlreadyExists
 
 
 def register(app: typer.Typer) -> None:
-    clients = typer.Typer(help="API clients and their keys.", no_args_is_help=True)
+    clients = command_group(help="API clients and their keys.", no_args_is_help=True)
     app.add_typer(clients, name="clients")
 
     @clients.command("add")

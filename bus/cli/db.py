@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from bus.cli import command_group
 from bus.cli.common import runtime
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="The store (SQLite or PostgreSQL).", no_args_is_help=True)
+    group = command_group(help="The store (SQLite or PostgreSQL).", no_args_is_help=True)
     app.add_typer(group, name="db")
 
     @group.command("upgrade")

@@ -13,13 +13,14 @@ import typer
 
 from bus import deadletters
 from bus.bootstrap import Runtime
+from bus.cli import command_group
 from bus.cli.common import runtime, service_logging
 from bus.deadletters import DeadLetterError
 from bus.store import AuditEntry, DeadLetter
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(
+    group = command_group(
         help="Messages an adapter instance gave up on: inspect, replay, drop.",
         no_args_is_help=True,
     )

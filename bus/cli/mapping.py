@@ -14,11 +14,12 @@ from pydantic import ValidationError
 from adapters import PermanentError
 from adapters.mapping import Mapping, MappingFileError, load_mapping
 from adapters.registry import RegistryError, load_instance_mapping, load_kind
+from bus.cli import command_group
 from schemas.model import ServiceRequest
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(
+    group = command_group(
         help="Mapping files: canonical request -> back-end fields, back-end status -> canonical.",
         no_args_is_help=True,
     )

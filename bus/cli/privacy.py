@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 import typer
 
 from bus import retention
+from bus.cli import command_group
 from bus.cli.common import parse_duration, runtime
 from bus.retention import RetentionError
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(
+    group = command_group(
         help="Residents' personal data: forgetting it once no longer needed, or when asked."
     )
     app.add_typer(group, name="privacy", no_args_is_help=True)

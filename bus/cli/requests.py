@@ -22,6 +22,7 @@ from bus.broker.connection import (
 )
 from bus.broker.queues import queue_states
 from bus.broker.topology import work_queue
+from bus.cli import command_group
 from bus.cli.common import UNIT_SECONDS, parse_duration, runtime
 from bus.liveness import is_silent
 from bus.store import Undelivered, WorkerLiveness
@@ -30,7 +31,7 @@ from schemas.model import ServiceRequest
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Citizen-service requests, as an operator looks at them.")
+    group = command_group(help="Citizen-service requests, as an operator looks at them.")
     app.add_typer(group, name="requests", no_args_is_help=True)
 
     @group.command("stuck")

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 
+from bus.cli import command_group
 from schemas.export import SCHEMA_DIR, export_schemas
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(
+    group = command_group(
         help="Machine-readable schemas of the canonical model.", no_args_is_help=True
     )
     app.add_typer(group, name="schemas")

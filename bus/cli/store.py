@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 import typer
 
 from bus import retention
+from bus.cli import command_group
 from bus.cli.common import parse_duration, runtime
 from bus.retention import RetentionError
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="The store's upkeep: what it keeps, and for how long.")
+    group = command_group(help="The store's upkeep: what it keeps, and for how long.")
     app.add_typer(group, name="store", no_args_is_help=True)
 
     @group.command("prune")

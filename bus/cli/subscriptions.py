@@ -12,12 +12,13 @@ from bus.broker.connection import (
     connect,
     connection_parameters,
 )
+from bus.cli import command_group
 from bus.cli.common import runtime
 from bus.subscriptions import SubscriptionError
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Webhooks that receive civicbus events.", no_args_is_help=True)
+    group = command_group(help="Webhooks that receive civicbus events.", no_args_is_help=True)
     app.add_typer(group, name="subscriptions")
 
     @group.command("add")

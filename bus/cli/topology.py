@@ -13,13 +13,14 @@ from bus.broker.connection import (
     connection_parameters,
 )
 from bus.broker.topology import TopologyMismatch, declare_topology, definitions_json, topology
+from bus.cli import command_group
 from bus.cli.common import runtime
 
 DEFAULT_DEFINITIONS = Path("deploy/rabbitmq/definitions.json")
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(
+    group = command_group(
         help="The RabbitMQ topology: exchanges, queues and bindings of the adapter instances.",
         no_args_is_help=True,
     )
