@@ -1,13 +1,14 @@
 """The store's side of `civicbus status`: the outbox backlog, who holds the leases, the dead
-letters waiting for an operator, how the pollers' rounds go, the workers' heartbeats and the
-adapter instances ever declared. Each figure is one indexed query (or a read of a table of a
-few rows), cheap enough to ask often."""
+letters waiting for an operator, how the pollers' rounds go, the workers' heartbeats, the
+adapter instances ever declared and whether the broker blocks the relay's publishing. Each
+figure is one indexed query (or a read of a table of a few rows), cheap enough to ask often."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from bus.store._broker_blocks import blocks
 from bus.store._declared import declared
 from bus.store._liveness import workers
 from bus.store._records import DeadLetterState, Lease, StoreOverview
@@ -36,4 +37,5 @@ def overview(conn: Connection) -> StoreOverview:
         pollers=pollers(conn),  # one row per polled instance
         workers=workers(conn),  # one row per running worker and queue
         declared_instances=declared(conn),  # one row per adapter instance ever declared
+        broker_blocks=blocks(conn),  # one row per blocked publisher (the relay)
     )

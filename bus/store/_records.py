@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -241,6 +241,18 @@ class WorkerLiveness:
 
 
 @dataclass(frozen=True)
+class BrokerBlock:
+    """RabbitMQ blocks a publisher's connection for a resource alarm (memory or disk): since
+    when, the broker's reason, and when the publishing process last said it still does."""
+
+    publisher: str  # "relay"
+    holder: str
+    blocked_since: datetime
+    reason: str
+    seen_at: datetime
+
+
+@dataclass(frozen=True)
 class StoreOverview:
     """What the store says of the bus's health at one moment."""
 
@@ -255,3 +267,5 @@ class StoreOverview:
     workers: list[WorkerLiveness]
     #: Every adapter instance whose queues the relay has declared, in the config or not.
     declared_instances: list[str]
+    #: Publishers the broker blocks (or blocked, when their process stopped saying so), by name.
+    broker_blocks: dict[str, BrokerBlock] = field(default_factory=dict)

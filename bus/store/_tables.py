@@ -275,4 +275,17 @@ declared_instances = sa.Table(
     sa.Column("first_declared_at", UTCDateTime(), nullable=False),
 )
 
+# A publisher RabbitMQ blocks for a resource alarm (migration 0006): the relay writes its row
+# when the broker blocks its connection, refreshes it while the block lasts and deletes it when
+# the broker publishes again. One row at most per publisher, read whole by `civicbus status`.
+broker_blocks = sa.Table(
+    "broker_blocks",
+    metadata,
+    sa.Column("publisher", sa.Text(), primary_key=True),  # "relay"
+    sa.Column("holder", sa.Text(), nullable=False),  # the process (the relay's lease holder)
+    sa.Column("blocked_since", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),  # the broker's, e.g. "low on disk"
+    sa.Column("seen_at", UTCDateTime(), nullable=False),  # when the holder last said so
+)
+
 GENESIS_HASH = "0" * 64

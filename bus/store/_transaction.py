@@ -9,6 +9,7 @@ from typing import Any
 
 from bus.store import (
     _audit,
+    _broker_blocks,
     _clients,
     _dead_letters,
     _declared,
@@ -233,6 +234,15 @@ class Transaction:
     def release_lease(self, name: str, holder: str) -> bool:
         """Give the lease up; False if `holder` did not hold it."""
         return _leases.release(self._session, name, holder)
+
+    def broker_blocked(self, publisher: str, holder: str, since: datetime, reason: str) -> None:
+        """RabbitMQ blocks `publisher`'s connection (held by `holder`) since then, for the
+        broker's `reason`; written again while it lasts, to say it still does."""
+        _broker_blocks.blocked(self._session, publisher, holder, since, reason)
+
+    def broker_unblocked(self, publisher: str, holder: str) -> None:
+        """The broker takes `holder`'s publishes again (or `holder` stopped publishing)."""
+        _broker_blocks.unblocked(self._session, publisher, holder)
 
     def remember_declared_instances(self, names: Collection[str]) -> None:
         """Note that these adapter instances' queues exist on the broker (the first time only)."""

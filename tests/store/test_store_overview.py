@@ -59,3 +59,30 @@ def test_declared_instances_are_remembered_once_each_and_shown_in_the_overview(
 
     assert store.declared_instances() == ["parks", "permits", "sap-roads"]
     assert store.overview().declared_instances == ["parks", "permits", "sap-roads"]
+
+
+def test_a_blocked_publisher_is_in_the_overview_until_its_holder_says_it_publishes_again(
+    store: Store,
+) -> None:
+    assert store.overview().broker_blocks == {}
+    with store.transaction() as tx:
+        tx.broker_blocked("relay", "host-a:1", T0, "low on disk")
+    # Said again while it lasts: the same episode, seen later.
+    with store.transaction() as tx:
+        tx.broker_blocked("relay", "host-a:1", T0, "low on disk")
+
+    [block] = store.overview().broker_blocks.values()
+    assert (block.publisher, block.holder, block.blocked_since, block.reason) == (
+        "relay",
+        "host-a:1",
+        T0,
+        "low on disk",
+    )
+    assert block.seen_at > T0
+
+    with store.transaction() as tx:  # another process's word does not clear it
+        tx.broker_unblocked("relay", "host-b:2")
+    assert list(store.overview().broker_blocks) == ["relay"]
+    with store.transaction() as tx:
+        tx.broker_unblocked("relay", "host-a:1")
+    assert store.overview().broker_blocks == {}
