@@ -22,6 +22,10 @@ holds back the rows behind it.
 When the broker goes away mid-batch nothing is marked, and the same rows are published again,
 in the same order, after reconnecting: a consumer may see a message twice, never miss one or
 see them reordered. The same holds when the store fails to mark a batch.
+
+When RabbitMQ blocks the relay's connection for a resource alarm (memory or disk), the batch
+waits on it for the alarm to clear, the relay keeps its lease meanwhile, and it records the
+block in the store (`civicbus status` names it: the broker tells only publishing connections).
 """
 
 from __future__ import annotations
@@ -33,18 +37,26 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from bus import deadletters
 from bus.broker.connection import (
+    BlockedEpisodes,
     BrokerUnavailable,
     broker_errors,
     close_quietly,
     connect_with_retry,
 )
-from bus.broker.publisher import ConfirmingPublisher, Outgoing, Unroutable, envelope_message
+from bus.broker.publisher import (
+    CONFIRM_TIMEOUT,
+    ConfirmingPublisher,
+    Outgoing,
+    Unroutable,
+    envelope_message,
+)
 from bus.broker.topology import (
     COMMANDS_EXCHANGE,
     EVENTS_EXCHANGE,
@@ -77,6 +89,9 @@ class RelaySettings:
     lease_ttl: float = 15.0
     #: Upper bound, in seconds, of the wait between reconnect attempts and after a failed batch.
     max_backoff: float = 15.0
+    #: Seconds a batch may wait for its confirms before the connection is given up (the wait
+    #: while the broker blocks publishing for a resource alarm does not count).
+    confirm_timeout: float = CONFIRM_TIMEOUT
     #: Upper bound, in seconds, of the wait after the store failed: asking it again costs one
     #: query, and the relay should resume within seconds of the store coming back.
     store_max_backoff: float = 2.0
@@ -118,6 +133,10 @@ class Relay:
         self._warned_unknown: set[tuple[str, str]] = set()
         #: Whether the store knows this config's instances as declared (see _commit).
         self._declared_noted = False
+        self._blocks = BlockedEpisodes("relay", holder=self.settings.holder)
+        #: The block as the store has it from this relay (its start), and when it was written.
+        self._block_recorded: datetime | None = None
+        self._block_written_at = 0.0
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -128,6 +147,7 @@ class Relay:
                 self._cycle()
         finally:
             self._disconnect()
+            self._forget_block()
             self._release_lease()
             log.info("relay.stopped", holder=self.settings.holder)
 
@@ -136,6 +156,7 @@ class Relay:
             if not self._hold_lease():
                 self.stop.wait(self.settings.lease_ttl / 3)
                 return
+            self._record_block()
             self._ensure_connected()
             if self.stop.is_set():
                 return
@@ -181,6 +202,43 @@ class Relay:
         self._lease_renewed_at = None
         return False
 
+    def _while_publishing(self) -> None:
+        """About every second while a batch waits for its confirms (for as long as the broker
+        blocks publishing): keep the lease, and keep the store told of the block."""
+        try:
+            if self._hold_lease():
+                self._record_block()
+        except StoreUnavailable as exc:
+            # The batch goes on waiting; the next cycle meets the store's failure again.
+            log.warning("relay.store_failed", error=str(exc), during="a batch's confirms")
+
+    def _record_block(self) -> None:
+        """Write the broker's block to the store when it begins (and again every third of the
+        lease, to say it lasts), remove it when it ends."""
+        block = self._blocks.current
+        if block is None:
+            if self._block_recorded is not None:
+                self.store.note_broker_unblocked(LEASE, self.settings.holder)
+                self._block_recorded = None
+            return
+        now = time.monotonic()
+        fresh = now - self._block_written_at < self.settings.lease_ttl / 3
+        if self._block_recorded == block.since and fresh:
+            return
+        self.store.note_broker_blocked(LEASE, self.settings.holder, block.since, block.reason)
+        self._block_recorded = block.since
+        self._block_written_at = now
+
+    def _forget_block(self) -> None:
+        """On stopping: a relay that no longer runs is no relay the broker blocks."""
+        if self._block_recorded is None:
+            return
+        try:
+            self.store.note_broker_unblocked(LEASE, self.settings.holder)
+        except StoreUnavailable as exc:
+            log.warning("relay.block_forget_failed", error=str(exc))
+        self._block_recorded = None
+
     def _release_lease(self) -> None:
         if self._lease_renewed_at is None:
             return
@@ -202,8 +260,13 @@ class Relay:
             self.amqp_url, stop=self.stop, max_backoff=self.settings.max_backoff
         )
         try:
+            self._blocks.watch(connection)
             declare_topology(connection.channel(), self.config.instances)
-            self._publisher = ConfirmingPublisher(connection)
+            self._publisher = ConfirmingPublisher(
+                connection,
+                confirm_timeout=self.settings.confirm_timeout,
+                while_waiting=self._while_publishing,
+            )
         except BaseException:
             close_quietly(connection)
             raise
@@ -238,7 +301,9 @@ class Relay:
         try:
             self._publisher.publish_batch(list(self._messages(rows, routed)))
         except Unroutable as exc:
+            self._blocks.cleared()  # confirmed, though returned
             return routed, self._returned_replays(rows, exc)
+        self._blocks.cleared()
         return routed, {}
 
     def _returned_replays(self, rows: Sequence[OutboxMessage], exc: Unroutable) -> dict[int, str]:

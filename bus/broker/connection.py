@@ -1,5 +1,6 @@
-"""Connections to RabbitMQ: parameters from `CIVICBUS_AMQP_URL`, reconnect with backoff, and the one
-place where pika's many exception types become `BrokerUnavailable`.
+"""Connections to RabbitMQ: parameters from `CIVICBUS_AMQP_URL`, reconnect with backoff, the one
+place where pika's many exception types become `BrokerUnavailable`, and the broker's word that
+it blocks a publishing connection for a resource alarm (`BlockedEpisodes`).
 """
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +29,12 @@ HEARTBEAT = 20
 BLOCKED_CONNECTION_TIMEOUT = 60
 #: Upper bound of the reconnect backoff, in seconds.
 MAX_BACKOFF = 15.0
+#: What to do when the broker blocks publishing (logged with the block, shown by `status`).
+ALARM_ADVICE = (
+    "a RabbitMQ resource alarm (memory high watermark or disk free limit) holds every "
+    "publish until it clears: free memory or disk space on the broker host; "
+    "`rabbitmq-diagnostics alarms` names the alarm"
+)
 
 
 class BrokerUnavailable(Exception):
@@ -144,6 +153,65 @@ def _interruptible_sleep(stop: threading.Event) -> Callable[[float], None]:
         stop.wait(seconds)
 
     return sleep
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """The broker blocks this process's publishing: since when, and its reason."""
+
+    since: datetime
+    reason: str  # the broker's words, e.g. "low on memory", "low on disk": no personal data
+
+
+class BlockedEpisodes:
+    """Whether RabbitMQ blocks this process's publishing for a resource alarm, across its
+    reconnections: each episode is logged once as it begins (`<part>.broker_blocked`, a
+    warning) and once as it ends (`<part>.broker_unblocked`).
+
+    The broker says so only to a connection that publishes, and a new connection is told again
+    when it publishes during the same alarm: that is the same episode. An episode ends when the
+    broker says the connection is unblocked or confirms a publish (the alarm may clear while
+    the process is between connections). Use it from the thread that owns the connections.
+    """
+
+    def __init__(self, part: str, **context: Any) -> None:
+        self._part = part
+        self._context = context
+        #: The episode going on, None while the broker takes the publishes.
+        self.current: Blocked | None = None
+
+    def watch(self, connection: Any) -> None:
+        """Hear the broker's connection.blocked and connection.unblocked on a pika
+        BlockingConnection."""
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
+
+    def blocked(self, reason: str) -> None:
+        """The broker blocks publishing, for `reason`."""
+        if self.current is not None:
+            return  # the same alarm, told again on a new connection
+        self.current = Blocked(datetime.now(UTC), reason)
+        log.warning(
+            f"{self._part}.broker_blocked", reason=reason, todo=ALARM_ADVICE, **self._context
+        )
+
+    def cleared(self) -> None:
+        """The broker takes publishes again (unblocked, or a publish was confirmed)."""
+        episode, self.current = self.current, None
+        if episode is None:
+            return
+        log.info(
+            f"{self._part}.broker_unblocked",
+            reason=episode.reason,
+            blocked_s=round((datetime.now(UTC) - episode.since).total_seconds(), 1),
+            **self._context,
+        )
+
+    def _on_blocked(self, _connection: Any, frame: Any) -> None:
+        self.blocked(str(getattr(frame.method, "reason", "") or "no reason given"))
+
+    def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
+        self.cleared()
 
 
 def close_quietly(connection: Any) -> None:

@@ -4,12 +4,17 @@ pika's BlockingChannel waits for the confirm of each message before sending the 
 trip per message). Here the batch is written to the channel underneath it in one go and the
 connection's I/O loop runs until the broker has confirmed all of it, which is several times
 faster and still tells us exactly when a whole batch is safe on the broker.
+
+While the broker blocks the connection for a resource alarm, the confirm timeout does not run:
+the broker holds the batch until the alarm clears, which is no broker failing to answer, and
+giving the batch up would only publish it twice. pika gives such a connection up after
+BLOCKED_CONNECTION_TIMEOUT (its close frame would not be read before the alarm clears).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,11 +108,23 @@ class ConfirmingPublisher:
     Not thread-safe: use it from the thread that owns the connection.
     """
 
-    def __init__(self, connection: Any, *, confirm_timeout: float = CONFIRM_TIMEOUT) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
+        while_waiting: Callable[[], None] = _nothing,
+    ) -> None:
+        """`while_waiting` is called about once a second while a batch waits for its
+        confirms (e.g. to renew a lease); it must not raise."""
         self._connection = connection
         self._confirm_timeout = confirm_timeout
+        self._while_waiting = while_waiting
         self._window = _Window()
         self._next_tag = 1
+        self._blocked = False
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         with broker_errors("opening a publishing channel"):
             # The asynchronous channel beneath pika's blocking wrapper: it lets a whole batch
             # be in flight at once, while the blocking connection still drives all I/O.
@@ -149,7 +166,10 @@ class ConfirmingPublisher:
                 self._next_tag += 1
             deadline = time.monotonic() + self._confirm_timeout
             while self._window.unconfirmed:
+                if self._blocked:
+                    deadline = time.monotonic() + self._confirm_timeout
                 self._process_until(deadline, f"waiting for {len(messages)} confirms")
+                self._while_waiting()
         if self._window.nacked:
             raise BrokerUnavailable(
                 f"the broker refused {self._window.nacked} of {len(messages)} messages (nack)"
@@ -164,6 +184,12 @@ class ConfirmingPublisher:
         self._connection.process_data_events(time_limit=min(remaining, 1.0))
         if not self._channel.is_open:
             raise BrokerUnavailable(f"{doing}: the broker closed the channel")
+
+    def _on_blocked(self, _connection: Any, _frame: Any) -> None:
+        self._blocked = True
+
+    def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
+        self._blocked = False
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

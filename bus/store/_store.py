@@ -321,6 +321,17 @@ class Store:
         """Give the lease up (on clean shutdown); False if `holder` did not hold it."""
         return self._write(lambda tx: tx.release_lease(name, holder))
 
+    def note_broker_blocked(
+        self, publisher: str, holder: str, since: datetime, reason: str
+    ) -> None:
+        """RabbitMQ blocks `publisher`'s connection (held by `holder`) since then for the
+        broker's `reason` (say it again while it lasts: `civicbus status` trusts a recent word)."""
+        self._write(lambda tx: tx.broker_blocked(publisher, holder, since, reason))
+
+    def note_broker_unblocked(self, publisher: str, holder: str) -> None:
+        """The broker takes `holder`'s publishes again, or `holder` stopped publishing."""
+        self._write(lambda tx: tx.broker_unblocked(publisher, holder))
+
     # --- webhook subscriptions -------------------------------------------------------------
     def add_subscription(
         self, url: str, events: Sequence[str], secret_env: str | None = None

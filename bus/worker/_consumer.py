@@ -24,6 +24,10 @@ messages in hand to the next consumer, possibly this one; a handler still busy w
 (a slow back-end call) would otherwise run beside a new thread handling its redelivery, and
 both could create the work. So a new connection consumes each queue only once that queue's
 previous thread has ended; the other queues resume at once.
+
+A handler's publish (a retry tier, a dead letter, an event) waits while RabbitMQ blocks the
+connection for a resource alarm; the worker logs the block once per episode
+(`worker.broker_blocked`, `worker.broker_unblocked`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,12 @@ import pika
 import structlog
 from pika.exceptions import AMQPError
 
-from bus.broker.connection import BROKER_ERRORS, close_quietly, connection_parameters
+from bus.broker.connection import (
+    BROKER_ERRORS,
+    BlockedEpisodes,
+    close_quietly,
+    connection_parameters,
+)
 from bus.worker._delivery import KEPT_PROPERTIES, Delivery
 from bus.worker._heartbeat import Heartbeat, Slot
 from bus.worker._signals import StopSignals
@@ -148,6 +157,8 @@ class Consumer:
         self._threads: dict[str, threading.Thread] = {}
         # When the stop began, as its first check saw it (the grace counts from there).
         self._stop_began: float | None = None
+        # Touched on the connection thread only (pika's callbacks, the publishes).
+        self._blocks = BlockedEpisodes("worker", worker=name)
 
     def consume(self, queue_name: str, handler: Handler, *, slot: Slot | None = None) -> None:
         """Register a queue and its handler of one message at a time (before `run`); `slot`
@@ -244,6 +255,7 @@ class Consumer:
         connection = pika.BlockingConnection(self._params)
         self._connection = connection
         lost = threading.Event()
+        self._blocks.watch(connection)
         try:
             channel = connection.channel()
             channel.confirm_delivery()
@@ -516,11 +528,15 @@ class _ChannelBroker:
             headers=headers or {},
             message_id=message_id,
         )
-        self._consumer._on_connection(
-            lambda: self._channel.basic_publish(
+
+        def publish() -> None:
+            # On the connection thread: returns once the broker confirmed it.
+            self._channel.basic_publish(
                 exchange, routing_key, body, properties=amqp_properties, mandatory=True
             )
-        )
+            self._consumer._blocks.cleared()
+
+        self._consumer._on_connection(publish)
 
 
 def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> Callable[..., None]:
