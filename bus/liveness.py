@@ -1,5 +1,6 @@
 """Is a worker alive, and is it hung? Judged from the reports workers write to the store
-(`bus.worker.Heartbeat`), for `civicbus status`, `civicbus requests stuck` and /metrics.
+(`bus.worker.Heartbeat`), for `civicbus status`, `civicbus requests stuck` and /metrics; and is
+the relay's report that the broker blocks its publishing still its word.
 
 The API imports it for /metrics, so it does not import the worker package (and with it the
 broker client) at module level."""
@@ -12,7 +13,7 @@ from typing import Any
 
 from adapters.webhook import DEFAULT_TIMEOUT as WEBHOOK_TIMEOUT
 from bus.config import InstanceConfig, RetryPolicy
-from bus.store import WorkerLiveness
+from bus.store import BrokerBlock, WorkerLiveness
 from bus.subscription_names import ROUTE_PREFIX
 from bus.subscriptions import SUBSCRIPTION_RETRY
 
@@ -33,9 +34,20 @@ HUNG_FLOOR = timedelta(minutes=2)
 DEFAULT_CALL_TIMEOUT = 30.0
 
 
+#: A blocked relay says so again every third of its lease (5 s by default), and at most a
+#: reconnect backoff (15 s) later after pika gave a blocked connection up; a report older than
+#: this is from a relay that died or stopped saying it, and is not shown as the broker's state.
+BLOCK_REPORT_STALE = timedelta(minutes=2)
+
+
 def is_silent(worker: WorkerLiveness, now: datetime) -> bool:
     """Whether the worker stopped reporting without saying it stopped."""
     return now - worker.heartbeat_at > SILENT_AFTER
+
+
+def is_current(block: BrokerBlock, now: datetime) -> bool:
+    """Whether a publisher's report that the broker blocks it is recent enough to believe."""
+    return now - block.seen_at <= BLOCK_REPORT_STALE
 
 
 def hung_after(recipient: str, instances: Mapping[str, InstanceConfig]) -> timedelta:

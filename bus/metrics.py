@@ -1,7 +1,8 @@
 """Prometheus metrics, served by the API at `GET /metrics`.
 
 Two kinds. What the store knows of the whole bus (the outbox backlog, dead letters waiting, the
-leases of the relay and the pollers, the pollers' failed rounds, the workers' liveness reports)
+leases of the relay and the pollers, the pollers' failed rounds, the workers' liveness reports,
+a resource alarm of the broker blocking the relay)
 is read when Prometheus scrapes, so any API copy reports the same figures and no other part
 needs an endpoint of its own. What happens inside this process (requests accepted, store
 operations refused at once by its circuit breaker) is counted as it happens. Queue depths and
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bus.liveness import is_silent
+from bus.liveness import is_current, is_silent
 from bus.store import BreakerState, Store, StoreUnavailable, WorkerLiveness
 
 #: Counted when the transaction holding the request committed (any channel, any API copy).
@@ -105,6 +106,19 @@ class StoreCollector(Collector):
             failing.add_metric([instance], (now - since).total_seconds() if since else 0.0)
         yield failed
         yield failing
+        blocked = GaugeMetricFamily(
+            "civicbus_broker_blocked_seconds",
+            "How long RabbitMQ has blocked a publisher (the relay) for a resource alarm, memory "
+            "or disk (0 while it publishes): nothing it publishes gets through meanwhile.",
+            labels=["publisher"],
+        )
+        blocked_for = {"relay": 0.0}
+        for name, block in seen.broker_blocks.items():
+            if is_current(block, now):
+                blocked_for[name] = (now - block.blocked_since).total_seconds()
+        for name, seconds in sorted(blocked_for.items()):
+            blocked.add_metric([name], seconds)
+        yield blocked
         yield from _workers(seen.workers, recipients, now)
 
 

@@ -17,10 +17,18 @@ from bus.broker.connection import BrokerUnavailable, close_quietly
 from bus.broker.queues import QueueState, queue_states
 from bus.broker.topology import dead_queue, retry_delays, retry_queue, work_queue
 from bus.config import InstanceConfig
-from bus.liveness import FORGET_AFTER, hung_after, is_silent
+from bus.liveness import FORGET_AFTER, hung_after, is_current, is_silent
 from bus.poller import lease_name as poller_lease
 from bus.relay import LEASE as RELAY_LEASE
-from bus.store import AuditEntry, PollerRounds, Store, StoreOverview, Subscription, WorkerLiveness
+from bus.store import (
+    AuditEntry,
+    BrokerBlock,
+    PollerRounds,
+    Store,
+    StoreOverview,
+    Subscription,
+    WorkerLiveness,
+)
 from bus.subscription_names import queue_of_route
 from bus.subscriptions import queue_name, route_name
 
@@ -118,6 +126,13 @@ class Overview:
         ]
 
     @cached_property
+    def broker_blocked(self) -> BrokerBlock | None:
+        """The relay's report that RabbitMQ blocks its publishing for a resource alarm, while
+        it is current (the broker tells only a connection that publishes, not status's own)."""
+        block = self.store.broker_blocks.get(RELAY_LEASE)
+        return block if block is not None and is_current(block, self.at) else None
+
+    @cached_property
     def problems(self) -> list[str]:
         """What needs an operator, most basic first, each with what to try (against the
         thresholds in force when first asked)."""
@@ -159,6 +174,7 @@ def _problems(overview: Overview) -> list[str]:
         found.append(
             f"broker: {overview.broker_error}; nothing is published or delivered until it is back"
         )
+    found.extend(_blocked_problem(overview))
     found.extend(_relay_problems(overview))
     found.extend(_lapsed_leases(overview))
     found.extend(_worker_problems(overview))
@@ -267,6 +283,28 @@ def _unconfigured_problem(route: UnconfiguredRoute) -> str:
     )
 
 
+def _blocked_problem(overview: Overview) -> list[str]:
+    """A resource alarm on the broker: it holds every publish (the relay's, and the workers'
+    retries, dead letters and events) until the alarm clears."""
+    block = overview.broker_blocked
+    if block is None:
+        return []
+    if "disk" in block.reason:
+        todo = "free disk space on the broker host"
+    elif "memory" in block.reason:
+        todo = "free memory on the broker host (its largest queues hold most of it)"
+    else:
+        todo = "free disk space or memory on the broker host"
+    waiting = overview.store.outbox_waiting
+    return [
+        f"broker: RabbitMQ blocks publishing since "
+        f"{block.blocked_since.isoformat(timespec='seconds')} ({block.reason}): nothing is "
+        f"published until the alarm clears ({waiting} event(s) wait in the outbox; workers' "
+        f"retries and dead letters wait too); {todo}; `rabbitmq-diagnostics alarms` names "
+        "the alarm; the relay goes on by itself once it clears"
+    ]
+
+
 def _relay_problems(overview: Overview) -> list[str]:
     seen = overview.store
     if not seen.outbox_waiting:
@@ -277,6 +315,8 @@ def _relay_problems(overview: Overview) -> list[str]:
             f"relay: {seen.outbox_waiting} event(s) wait in the outbox and no relay is active: "
             "is `civicbus relay` running?"
         ]
+    if overview.broker_blocked is not None:
+        return []  # the relay cannot publish: the broker's problem says why
     if seen.oldest_waiting is not None and overview.at - seen.oldest_waiting > OUTBOX_LAG:
         age = int((overview.at - seen.oldest_waiting).total_seconds())
         return [

@@ -46,7 +46,10 @@ def _as_text(o: Overview, store_url: str) -> str:
         state = "active until" if lease.expires_at >= o.at else "expired at"
         lines.append(f"lease    {lease.name}: {lease.holder}, {state} {_time(lease.expires_at)}")
     lines.extend(f"worker   {_worker(w, o.at)}" for w in seen.workers)
-    lines.append(f"broker   {'UNREACHABLE' if o.broker_error else 'reachable'}")
+    broker = "UNREACHABLE" if o.broker_error else "reachable"
+    if block := o.broker_blocked:
+        broker += f", BLOCKS PUBLISHING since {_time(block.blocked_since)} ({block.reason})"
+    lines.append(f"broker   {broker}")
     lines.append("")
     lines.append(
         f"{'RECIPIENT':<24} {'QUEUED':>7} {'CONSUMERS':>9} {'RETRYING':>8} "
@@ -89,6 +92,8 @@ def _as_json(o: Overview) -> str:
             for name, lease in o.store.leases.items()
         },
         "broker_error": o.broker_error,
+        # The relay's report of a resource alarm holding its publishes (None: none current).
+        "broker_blocked": asdict(o.broker_blocked) if o.broker_blocked else None,
         "workers": [{**asdict(w), "silent": is_silent(w, o.at)} for w in o.store.workers],
         "recipients": [asdict(c) for c in o.recipients],
         "unconfigured_routes": [asdict(r) for r in o.unconfigured],

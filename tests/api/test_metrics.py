@@ -122,3 +122,17 @@ def test_reporting_workers_and_the_longest_message_held_are_reported(
     held = samples[("civicbus_worker_message_held_seconds", (("recipient", "permits"),))]
     assert held >= 300
     assert samples[("civicbus_worker_message_held_seconds", (("recipient", "parks"),))] == 0
+
+
+def test_a_broker_blocking_the_relay_is_reported_until_the_relay_stops_saying_so(
+    server: LiveServer, runtime: Runtime
+) -> None:
+    key = ("civicbus_broker_blocked_seconds", (("publisher", "relay"),))
+    assert scrape(server.url)[key] == 0
+    since = datetime.now(UTC) - timedelta(seconds=90)
+    runtime.store.note_broker_blocked("relay", "host-a:1", since, "low on disk")
+
+    assert 90 <= scrape(server.url)[key] < 120
+
+    runtime.store.note_broker_unblocked("relay", "host-a:1")
+    assert scrape(server.url)[key] == 0

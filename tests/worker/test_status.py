@@ -37,7 +37,7 @@ from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy
 from bus.overview import Overview, RemovedInstance, UnconfiguredRoute, take_overview
 from bus.relay import LEASE
-from bus.store import Store
+from bus.store import BrokerBlock, Store, StoreOverview
 from bus.subscriptions import declare, queue_name, route_name
 from bus.worker import command_consumer
 
@@ -561,3 +561,65 @@ def test_the_command_in_json_gives_a_failing_subscribers_times(
     assert result.exit_code == 1, result.output
     [sub] = [r for r in json.loads(result.output)["recipients"] if r["name"].startswith("sub.")]
     assert sub["failing_since"] == failing_since.isoformat()
+
+
+def test_a_broker_blocking_the_relay_is_a_problem_while_the_relay_says_so(
+    store: Store,
+    topology: str,
+    use_config: Callable[[str], dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory}}}}\n"
+    )
+    envelope = new_request(store)
+    with store.transaction() as tx:
+        tx.add_outbox(envelope, exchange=EVENTS_EXCHANGE, routing_key="request.created.POTHOLE")
+    assert store.try_lease(LEASE, "host-a:1", ttl_seconds=30)
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    store.note_broker_blocked(LEASE, "host-a:1", since, "low on disk")
+    monkeypatch.setattr(overview_module, "OUTBOX_LAG", timedelta(0))
+
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: look(store, topology).recipients[0].consumers == 1, what="a consumer")
+        blocked = look(store, topology)
+        assert blocked.problems  # judged now, before the threshold is lowered below
+        text = CliRunner().invoke(app, ["status"])
+        as_json = CliRunner().invoke(app, ["status", "--json"])
+        monkeypatch.setattr("bus.liveness.BLOCK_REPORT_STALE", timedelta(0))
+        stale = look(store, topology)
+
+    assert blocked.broker_blocked is not None and blocked.broker_blocked.reason == "low on disk"
+    # The lagging outbox is not a problem of its own: the block says why it lags.
+    assert blocked.problems == [
+        f"broker: RabbitMQ blocks publishing since {since.isoformat(timespec='seconds')} "
+        "(low on disk): nothing is published until the alarm clears (1 event(s) wait in the "
+        "outbox; workers' retries and dead letters wait too); free disk space on the broker "
+        "host; `rabbitmq-diagnostics alarms` names the alarm; the relay goes on by itself once "
+        "it clears"
+    ]
+    assert text.exit_code == 1, text.output
+    assert "BLOCKS PUBLISHING since" in text.output and "(low on disk)" in text.output
+    document = json.loads(as_json.output)
+    assert document["broker_blocked"]["reason"] == "low on disk"
+    assert document["broker_blocked"]["blocked_since"] == since.isoformat()
+    assert document["problems"][0].startswith("broker: RabbitMQ blocks publishing")
+    # A report the relay stopped renewing (it died) is not taken as the broker's state.
+    assert stale.broker_blocked is None
+    [problem] = stale.problems
+    assert problem.startswith("relay: the oldest of 1 waiting event(s)")
+
+
+def test_the_advice_for_a_blocked_broker_follows_its_reason() -> None:
+    at = datetime.now(UTC)
+    for reason, todo in [
+        ("low on memory", "free memory on the broker host"),
+        ("low on disk", "free disk space on the broker host"),
+        ("", "free disk space or memory on the broker host"),
+    ]:
+        block = BrokerBlock("relay", "host-a:1", at, reason, at)
+        seen = StoreOverview(0, None, {}, {}, {}, [], [], {"relay": block})
+        [problem] = Overview(at, seen, None, []).problems
+        assert f"; {todo}" in problem and "0 event(s) wait" in problem
