@@ -38,7 +38,11 @@ from urllib.parse import quote
 
 import pytest
 
+from bus.config import Config, load_config
+from bus.store import Store
 from tests.faults.pg_cluster import PostgresCluster, make_cluster
+
+REPO = Path(__file__).resolve().parents[2]
 
 _RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -199,6 +203,20 @@ def rabbit_node_url(rabbit_node: RabbitNode) -> str:
     except RuntimeError:
         rabbit_node.start_app()
     return rabbit_node.add_vhost()
+
+
+@pytest.fixture
+def config() -> Config:
+    """The sandbox city's config."""
+    return load_config(REPO / "deploy/sandbox/civicbus.yaml")
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    """A real SQLite store for one test."""
+    store = Store.open(sqlite_url)
+    yield store
+    store.close()
 
 
 @pytest.fixture(scope="session")

@@ -8,97 +8,37 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pika
 import pytest
 
 from bus.broker import topology as t
-from bus.config import Config, load_config
+from bus.config import Config
 from bus.relay import Relay, RelaySettings
 from bus.store import Store
 from schemas.events import Envelope, EventType
+from tests.faults.relay_support import (
+    TAP,
+    accept,
+    declare_with_tap,
+    read_all,
+    running_relay,
+    wait_until_relayed,
+)
 
 if TYPE_CHECKING:
     from tests.faults.conftest import RabbitNode
-
-REPO = Path(__file__).resolve().parents[2]
-TAP = "test.tap"  # a durable queue taking the outbox's events, read after the storm
-
-
-@pytest.fixture
-def config() -> Config:
-    return load_config(REPO / "deploy/sandbox/civicbus.yaml")
-
-
-@pytest.fixture
-def store(sqlite_url: str) -> Iterator[Store]:
-    store = Store.open(sqlite_url)
-    yield store
-    store.close()
 
 
 @pytest.fixture
 def relay(store: Store, config: Config, rabbit_node_url: str) -> Iterator[Relay]:
     """The relay running in a thread against the private node, the topology and a tap declared."""
-    connection = pika.BlockingConnection(pika.URLParameters(rabbit_node_url))
-    channel = connection.channel()
-    t.declare_topology(channel, config.instances)
-    channel.queue_declare(TAP, durable=True, arguments={"x-queue-type": "quorum"})
-    for pattern in ("request.created.*", "request.status_changed.*"):  # the outbox's events
-        channel.queue_bind(TAP, t.EVENTS_EXCHANGE, pattern)
-    connection.close()
-
+    declare_with_tap(rabbit_node_url, config)
     settings = RelaySettings(batch_size=20, poll_interval=0.02, max_backoff=0.5)
-    relay = Relay(store, config, rabbit_node_url, settings=settings)
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    yield relay
-    relay.stop.set()
-    thread.join(timeout=15)
-    assert not thread.is_alive(), "the relay did not stop"
-
-
-def accept(store: Store, event: EventType = EventType.CREATED, subject: str = "") -> Envelope:
-    """Write an event to the outbox, as the API does when it accepts a request."""
-    subject = subject or uuid.uuid4().hex
-    envelope = Envelope(
-        type=event,
-        subject=subject,
-        data={"id": subject, "service_code": "POTHOLE", "jurisdiction": "springfield.example"},
-        correlationid=f"corr-{subject}",
-    )
-    qualifier = "POTHOLE" if event is EventType.CREATED else "in_progress"
-    with store.transaction() as tx:
-        tx.add_outbox(
-            envelope, exchange=t.EVENTS_EXCHANGE, routing_key=t.event_routing_key(event, qualifier)
-        )
-    return envelope
-
-
-def wait_until_relayed(store: Store, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while store.pending_outbox(limit=1):
-        assert time.monotonic() < deadline, "the relay did not catch up"
-        time.sleep(0.05)
-
-
-def read_all(url: str, queue: str) -> list[str]:
-    """Every message id on the queue, in queue order (the messages are consumed)."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    ids: list[str] = []
-    while True:
-        method, properties, _ = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            break
-        ids.append(properties.message_id)
-    connection.close()
-    return ids
+    with running_relay(store, config, rabbit_node_url, settings) as relay:
+        yield relay
 
 
 def test_requests_accepted_while_the_broker_is_down_are_delivered_once_in_order(

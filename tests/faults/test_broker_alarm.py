@@ -1,0 +1,144 @@
+"""A RabbitMQ resource alarm blocks the relay's publishing: the relay says why, `civicbus status`
+names it with what to do, nothing accepted is lost, and the backlog drains once it clears.
+
+Uses the private RabbitMQ node of tests/faults/conftest.py: its memory watermark is set so low
+that the node raises its memory alarm at once, then put back. The machine's broker is never
+touched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import pika
+import pytest
+from structlog.testing import capture_logs
+
+from bus.broker.connection import connect
+from bus.config import Config
+from bus.overview import Overview, take_overview
+from bus.relay import RelaySettings
+from bus.store import Store
+from tests.faults.relay_support import (
+    TAP,
+    accept,
+    declare_with_tap,
+    read_all,
+    running_relay,
+    wait_until_relayed,
+)
+
+if TYPE_CHECKING:
+    from tests.faults.conftest import RabbitNode
+
+pytestmark = pytest.mark.timeout(90)
+
+#: Shorter than the block lasts below: the relay must wait for the alarm, not give its batch up.
+CONFIRM_TIMEOUT = 2.0
+
+
+@contextmanager
+def memory_alarm(node: RabbitNode) -> Iterator[Callable[[], None]]:
+    """Raise the node's memory alarm (a watermark of one byte); the callable, or the end of
+    the block, puts the node's watermark back."""
+    before = node.ctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    cleared = False
+
+    def clear() -> None:
+        nonlocal cleared
+        if not cleared:
+            node.ctl("set_vm_memory_high_watermark", *_watermark_args(before))
+            cleared = True
+
+    node.ctl("set_vm_memory_high_watermark", "absolute", "1")
+    try:
+        yield clear
+    finally:
+        clear()
+
+
+def _watermark_args(printed: str) -> list[str]:
+    # `0.4` (relative), or `{absolute,N}`; anything else: RabbitMQ's default.
+    if printed.startswith("{absolute,"):
+        return ["absolute", printed.removeprefix("{absolute,").rstrip("}")]
+    try:
+        float(printed)
+    except ValueError:
+        return ["0.4"]
+    return [printed]
+
+
+def queued(url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        count: int = connection.channel().queue_declare(queue, passive=True).method.message_count
+        return count
+    finally:
+        connection.close()
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+def test_a_memory_alarm_blocks_the_relay_status_says_why_and_the_backlog_drains_once_it_clears(
+    rabbit_node: RabbitNode, rabbit_node_url: str, store: Store, config: Config
+) -> None:
+    declare_with_tap(rabbit_node_url, config)
+    settings = RelaySettings(
+        batch_size=20, poll_interval=0.02, max_backoff=0.5, confirm_timeout=CONFIRM_TIMEOUT
+    )
+
+    def look() -> Overview:
+        return take_overview(store, config.instances, lambda: connect(rabbit_node_url))
+
+    with capture_logs() as logs, running_relay(store, config, rabbit_node_url, settings):
+        accepted = [accept(store) for _ in range(10)]
+        wait_until_relayed(store)
+
+        with memory_alarm(rabbit_node) as clear:
+            accepted += [accept(store) for _ in range(30)]  # the API keeps accepting
+            blocked = wait_for(
+                lambda: (seen := look()).broker_blocked and seen, "status to see the block"
+            )
+            time.sleep(2 * CONFIRM_TIMEOUT)  # longer than a batch may wait for its confirms
+            still = look()
+            tapped = queued(rabbit_node_url, TAP)
+            clear()
+            wait_until_relayed(store)
+
+        drained = wait_for(
+            lambda: not (seen := look()).broker_blocked and seen, "the block to clear"
+        )
+
+    # Blocked: named, with the broker's reason and what to do; nothing marked sent meanwhile.
+    [problem] = [p for p in blocked.problems if p.startswith("broker:")]
+    assert "RabbitMQ blocks publishing since" in problem and "(low on memory)" in problem
+    assert "free memory on the broker host" in problem
+    assert "`rabbitmq-diagnostics alarms`" in problem
+    assert still.broker_blocked is not None  # still so after the confirm timeout: one episode
+    assert still.broker_blocked.blocked_since == blocked.broker_blocked.blocked_since
+    assert still.store.outbox_waiting == 30
+    assert tapped == 10, "a message got past the alarm"
+
+    # Logged once for the episode, with the broker's reason; the relay waited, never gave up.
+    [block] = events(logs, "relay.broker_blocked")
+    assert block["log_level"] == "warning" and block["reason"] == "low on memory"
+    assert len(events(logs, "relay.broker_unblocked")) == 1
+    assert events(logs, "relay.broker_failed") == []
+
+    # Cleared: every event published once, in order; status no longer names the broker.
+    assert read_all(rabbit_node_url, TAP) == [e.id for e in accepted]
+    assert drained.broker_blocked is None
+    assert not [p for p in drained.problems if p.startswith("broker:")]
