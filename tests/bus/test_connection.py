@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import pika
 import pytest
+from structlog.testing import capture_logs
 
-from bus.broker.connection import BrokerUnavailable, connect, connection_parameters
+from bus.broker.connection import (
+    BlockedEpisodes,
+    BrokerUnavailable,
+    connect,
+    connection_parameters,
+)
 from bus.config import ConfigError
 
 
@@ -69,3 +76,52 @@ def test_a_malformed_url_is_a_config_error_that_never_shows_the_password(url: st
     assert "s3cret" not in str(refused.value)
     # Nor in a traceback, should one ever be logged.
     assert refused.value.__cause__ is None and refused.value.__context__ is None
+
+
+class _Connection:
+    """Takes the callbacks the way pika's BlockingConnection does."""
+
+    def __init__(self) -> None:
+        self.on_blocked: list[Callable[[object, object], None]] = []
+        self.on_unblocked: list[Callable[[object, object], None]] = []
+
+    def add_on_connection_blocked_callback(
+        self, callback: Callable[[object, object], None]
+    ) -> None:
+        self.on_blocked.append(callback)
+
+    def add_on_connection_unblocked_callback(
+        self, callback: Callable[[object, object], None]
+    ) -> None:
+        self.on_unblocked.append(callback)
+
+    def blocked(self, reason: str) -> None:
+        frame = pika.frame.Method(0, pika.spec.Connection.Blocked(reason=reason))
+        for callback in self.on_blocked:
+            callback(self, frame)
+
+    def unblocked(self) -> None:
+        frame = pika.frame.Method(0, pika.spec.Connection.Unblocked())
+        for callback in self.on_unblocked:
+            callback(self, frame)
+
+
+def test_a_block_is_logged_once_per_episode_across_reconnections() -> None:
+    episodes = BlockedEpisodes("relay", holder="host-a:1")
+    first, second = _Connection(), _Connection()
+    with capture_logs() as logs:
+        episodes.watch(first)
+        first.blocked("low on disk")
+        episodes.watch(second)  # pika gave the first up; the new one is told again
+        second.blocked("low on disk")
+        assert episodes.current is not None and episodes.current.reason == "low on disk"
+        episodes.cleared()  # a batch was confirmed
+        second.unblocked()  # and the broker says so too
+        second.blocked("low on memory")  # a new alarm: a new episode
+
+    assert [(e["event"], e["log_level"], e.get("reason")) for e in logs] == [
+        ("relay.broker_blocked", "warning", "low on disk"),
+        ("relay.broker_unblocked", "info", "low on disk"),
+        ("relay.broker_blocked", "warning", "low on memory"),
+    ]
+    assert logs[0]["holder"] == "host-a:1" and "rabbitmq-diagnostics alarms" in logs[0]["todo"]
