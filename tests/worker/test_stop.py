@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,31 +133,49 @@ def handler_threads_end(name_prefix: str) -> None:
     )
 
 
-def test_a_stop_leaves_a_message_hung_past_the_grace_to_the_broker_and_says_which(
-    store: Store, topology: str
-) -> None:
+@dataclass
+class Hung:
+    """A worker whose handler hangs in the back-end with the one command published to it."""
+
+    consumer: Consumer
+    thread: threading.Thread
+    returned: list[bool]
+    envelope: Envelope
+
+
+@contextlib.contextmanager
+def hung_in_the_back_end(store: Store, topology: str, *, stop_grace: float) -> Iterator[Hung]:
+    """Run the worker until its handler hangs in the back-end and it reported its liveness;
+    afterwards release the back-end and wait for the handler thread left behind to end."""
     backend = StuckBackend()
     envelope = new_request(store)
     publish(topology, envelope)
     consumer = command_consumer(
-        topology, store, INSTANCE, FAST, backend, heartbeat_interval=BEAT, stop_grace=1
+        topology, store, INSTANCE, FAST, backend, heartbeat_interval=BEAT, stop_grace=stop_grace
     )
-    with capture_logs() as logs:
-        thread, returned = run_in_thread(consumer.run)
-        try:
-            assert backend.entered.wait(timeout=15), "the back-end was never called"
-            wait_until(lambda: store.workers(), what="a liveness report")
-            stopping = time.monotonic()
-            consumer.stop()
-            thread.join(timeout=10)
-            took = time.monotonic() - stopping
-            assert not thread.is_alive(), "the stop waited for the hung handler"
-            method, properties = get_back(topology, work_queue(INSTANCE))
-            trail = actions(store, envelope.subject)
-            workers_after = store.workers()
-        finally:
-            backend.release.set()
-        handler_threads_end(f"{INSTANCE}:")
+    thread, returned = run_in_thread(consumer.run)
+    try:
+        assert backend.entered.wait(timeout=15), "the back-end was never called"
+        wait_until(lambda: store.workers(), what="a liveness report")
+        yield Hung(consumer, thread, returned, envelope)
+    finally:
+        backend.release.set()
+    handler_threads_end(f"{INSTANCE}:")
+
+
+def test_a_stop_leaves_a_message_hung_past_the_grace_to_the_broker_and_says_which(
+    store: Store, topology: str
+) -> None:
+    with capture_logs() as logs, hung_in_the_back_end(store, topology, stop_grace=1) as hung:
+        envelope, thread, returned = hung.envelope, hung.thread, hung.returned
+        stopping = time.monotonic()
+        hung.consumer.stop()
+        thread.join(timeout=10)
+        took = time.monotonic() - stopping
+        assert not thread.is_alive(), "the stop waited for the hung handler"
+        method, properties = get_back(topology, work_queue(INSTANCE))
+        trail = actions(store, envelope.subject)
+        workers_after = store.workers()
 
     # Bounded well below the 60 s the back-end would hold it (room for a loaded CI machine).
     assert returned == [False] and 1 <= took < 10
@@ -185,30 +204,18 @@ def test_a_stop_leaves_a_message_hung_past_the_grace_to_the_broker_and_says_whic
 def test_stop_now_leaves_a_hung_message_to_the_broker_without_waiting_out_the_grace(
     store: Store, topology: str
 ) -> None:
-    backend = StuckBackend()
-    envelope = new_request(store)
-    publish(topology, envelope)
-    consumer = command_consumer(
-        topology, store, INSTANCE, FAST, backend, heartbeat_interval=BEAT, stop_grace=30
-    )
-    with capture_logs() as logs:
-        thread, returned = run_in_thread(consumer.run)
-        try:
-            assert backend.entered.wait(timeout=15), "the back-end was never called"
-            wait_until(lambda: store.workers(), what="a liveness report")
-            consumer.stop()
-            time.sleep(0.5)
-            assert thread.is_alive(), "the first stop did not wait for the message in hand"
-            stopping = time.monotonic()
-            consumer.stop_now()
-            thread.join(timeout=10)
-            took = time.monotonic() - stopping
-            assert not thread.is_alive(), "stop_now waited for the hung handler"
-            method, properties = get_back(topology, work_queue(INSTANCE))
-            workers_after = store.workers()
-        finally:
-            backend.release.set()
-        handler_threads_end(f"{INSTANCE}:")
+    with capture_logs() as logs, hung_in_the_back_end(store, topology, stop_grace=30) as hung:
+        envelope, thread, returned = hung.envelope, hung.thread, hung.returned
+        hung.consumer.stop()
+        time.sleep(0.5)
+        assert thread.is_alive(), "the first stop did not wait for the message in hand"
+        stopping = time.monotonic()
+        hung.consumer.stop_now()
+        thread.join(timeout=10)
+        took = time.monotonic() - stopping
+        assert not thread.is_alive(), "stop_now waited for the hung handler"
+        method, properties = get_back(topology, work_queue(INSTANCE))
+        workers_after = store.workers()
 
     assert returned == [False] and took < 5  # not the 30 s grace
     assert (properties.message_id, method.redelivered) == (envelope.id, True)
