@@ -123,3 +123,22 @@ def create(http: httpx.Client, api_key: str) -> Callable[..., httpx.Response]:
         return http.post(f"/requests.{fmt}", data=pothole_form(api_key, **fields))
 
     return post
+
+
+def every_read(http: httpx.Client, request_id: str) -> list[bytes]:
+    """Every Open311 read that shows the request: one and listed, in both formats, plain, with
+    extensions and with an api_key (the bodies, each answered 200)."""
+    bodies = []
+    for fmt in ("json", "xml"):
+        for params in (
+            {"jurisdiction_id": SPRINGFIELD},
+            {"jurisdiction_id": SPRINGFIELD, "extensions": "true"},
+            {"jurisdiction_id": SPRINGFIELD, "api_key": "anything"},
+        ):
+            one = http.get(f"/requests/{request_id}.{fmt}", params=params)
+            listed = http.get(
+                f"/requests.{fmt}", params={**params, "service_request_id": request_id}
+            )
+            assert one.status_code == listed.status_code == 200, one.text + listed.text
+            bodies += [one.content, listed.content]
+    return bodies

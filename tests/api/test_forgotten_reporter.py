@@ -10,7 +10,7 @@ import httpx
 from bus import retention
 from bus.bootstrap import Runtime
 from schemas.model import Reporter
-from tests.api.conftest import SPRINGFIELD, pothole_form
+from tests.api.conftest import every_read, pothole_form
 
 CONTACT = {
     "email": "ann@example.org",
@@ -22,38 +22,20 @@ CONTACT = {
 }
 
 
-def reads(http: httpx.Client, request_id: str) -> list[bytes]:
-    """Every read that shows the request, in both formats, with and without an api_key."""
-    bodies = []
-    for fmt in ("json", "xml"):
-        for params in (
-            {"jurisdiction_id": SPRINGFIELD},
-            {"jurisdiction_id": SPRINGFIELD, "extensions": "true"},
-            {"jurisdiction_id": SPRINGFIELD, "api_key": "anything"},
-        ):
-            one = http.get(f"/requests/{request_id}.{fmt}", params=params)
-            listed = http.get(
-                f"/requests.{fmt}", params={**params, "service_request_id": request_id}
-            )
-            assert one.status_code == listed.status_code == 200, one.text + listed.text
-            bodies += [one.content, listed.content]
-    return bodies
-
-
 def test_a_request_whose_reporter_was_forgotten_reads_as_before(
     http: httpx.Client, create: Callable[..., httpx.Response], runtime: Runtime
 ) -> None:
     created = create(**CONTACT)
     assert created.status_code == 201, created.text
     request_id = created.json()[0]["service_request_id"]
-    before = reads(http, request_id)
+    before = every_read(http, request_id)
 
     done = retention.forget_request(runtime.store, request_id)
 
     assert done.held_contact
     stored = runtime.store.get_request(request_id)
     assert stored is not None and stored.reporter == Reporter()
-    assert reads(http, request_id) == before
+    assert every_read(http, request_id) == before
     assert all(b"ann@example.org" not in body for body in before)
 
 

@@ -13,7 +13,7 @@ from bus import takedown
 from bus.api.media import MediaStore
 from bus.bootstrap import Runtime
 from schemas.events import EventType
-from tests.api.conftest import SPRINGFIELD, LiveServer, pothole_form
+from tests.api.conftest import SPRINGFIELD, LiveServer, every_read, pothole_form
 
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
 PHOTO = b"\x89PNG\r\n\x1a\n" + b"take-down" * 8
@@ -38,23 +38,6 @@ def post(http: httpx.Client, api_key: str, *photos: bytes) -> str:
     return request_id
 
 
-def reads(http: httpx.Client, request_id: str) -> list[bytes]:
-    """Every read that shows the request, in both formats, with and without extensions."""
-    bodies = []
-    for fmt in ("json", "xml"):
-        for params in (
-            {"jurisdiction_id": SPRINGFIELD},
-            {"jurisdiction_id": SPRINGFIELD, "extensions": "true"},
-        ):
-            one = http.get(f"/requests/{request_id}.{fmt}", params=params)
-            listed = http.get(
-                f"/requests.{fmt}", params={**params, "service_request_id": request_id}
-            )
-            assert one.status_code == listed.status_code == 200, one.text + listed.text
-            bodies += [one.content, listed.content]
-    return bodies
-
-
 def test_a_request_taken_down_reads_with_the_marker_and_without_its_photo(
     http: httpx.Client, server: LiveServer, api_key: str, runtime: Runtime
 ) -> None:
@@ -63,7 +46,8 @@ def test_a_request_taken_down_reads_with_the_marker_and_without_its_photo(
         f"{server.url}/media/{hashlib.sha256(PHOTO).hexdigest()}.png",
         f"{server.url}/media/{hashlib.sha256(OTHER).hexdigest()}.jpg",
     )
-    assert all(WRITTEN.encode() in body and b"/media/" in body for body in reads(http, request_id))
+    before = every_read(http, request_id)
+    assert all(WRITTEN.encode() in body and b"/media/" in body for body in before)
     served = httpx.get(photo_url)
     assert served.content == PHOTO
     # Caches keep it an hour at most once taken down (not the year a content address allows).
@@ -72,7 +56,7 @@ def test_a_request_taken_down_reads_with_the_marker_and_without_its_photo(
     done = takedown.take_down(runtime.store, files(runtime), request_id)
 
     assert done.description and done.media == 2 and done.files_deleted == 2
-    after = reads(http, request_id)
+    after = every_read(http, request_id)
     for body in after:
         assert WRITTEN.encode() not in body and b"/media/" not in body
         assert takedown.TAKEN_DOWN.encode() in body
@@ -98,7 +82,7 @@ def test_a_photo_another_request_shows_too_stays_served_for_it(
     done = takedown.take_down(runtime.store, files(runtime), first)
 
     assert (done.media, done.files_deleted, done.files_shared) == (1, 0, 1)
-    assert all(b"/media/" not in body for body in reads(http, first))
+    assert all(b"/media/" not in body for body in every_read(http, first))
     (doc,) = http.get(f"/requests/{second}.json", params={"jurisdiction_id": SPRINGFIELD}).json()
     assert doc["media_url"].endswith(url.rpartition("/")[2])
     assert httpx.get(url).content == shared
