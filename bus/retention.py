@@ -212,10 +212,7 @@ def forget_request(store: Store, request_id: str, *, actor: str = FORGET_ACTOR) 
     A request not yet delivered to its back-end is delivered without the contact data.
     RetentionError when there is no such request.
     """
-    request = store.get_request(request_id)
-    if request is None:
-        resolved = store.resolve_token(request_id)
-        request = store.get_request(resolved) if resolved else None
+    request = store.request_by_id_or_token(request_id)
     if request is None:
         raise RetentionError(f"there is no request (nor batch token) {request_id}")
     delivered_to = tuple(ref.adapter for ref in request.backend_refs)

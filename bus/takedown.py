@@ -112,10 +112,7 @@ def take_down(
     """
     if not (description or media):
         raise ValueError("nothing to take down: name the description, the media or both")
-    request = store.get_request(request_id)
-    if request is None:
-        resolved = store.resolve_token(request_id)
-        request = store.get_request(resolved) if resolved else None
+    request = store.request_by_id_or_token(request_id)
     if request is None:
         raise TakeDownError(f"there is no request (nor batch token) {request_id}")
     delivered_to = tuple(ref.adapter for ref in request.backend_refs)

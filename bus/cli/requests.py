@@ -189,10 +189,7 @@ def _taken_down_lines(done: takedown.TakenDown) -> tuple[list[str], list[str]]:
 def _show(rt: Runtime, given: str, now: datetime) -> _Shown:
     """The request `given` names (an id, a batch token or a back-end's reference) with its
     path, and where it is when no back-end holds it yet; typer.Exit(1) for an unknown one."""
-    request_id = rt.store.resolve_token(given) if given.startswith("T") else given
-    request = rt.store.get_request(request_id) if request_id else None
-    if request is None:
-        request = _by_reference(rt, given)
+    request = rt.store.request_by_id_or_token(given) or _by_reference(rt, given)
     path = rt.store.path_of(request.id) if request else None
     if request is None or path is None:
         typer.echo(

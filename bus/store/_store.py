@@ -138,6 +138,14 @@ class Store:
         """The whole canonical request: reporter, back-end references and history included."""
         return self._read(lambda conn: _requests.get_request(conn, request_id))
 
+    def request_by_id_or_token(self, given: str) -> ServiceRequest | None:
+        """The whole request `given` names: its id, or the batch token a resident was given
+        for it (C-16); None when it names neither."""
+        request = self.get_request(given)
+        if request is None and (request_id := self.resolve_token(given)) is not None:
+            request = self.get_request(request_id)
+        return request
+
     def get_requests(self, request_ids: Collection[str]) -> dict[str, ServiceRequest]:
         """Whole requests by id, read together (one snapshot); unknown ids are absent."""
         return self._read(lambda conn: _requests.get_requests(conn, request_ids))
