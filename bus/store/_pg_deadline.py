@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, pq
 from psycopg.abc import PQGen
 
 from bus.store._errors import DriverSilence
@@ -53,13 +53,22 @@ class DeadlineConnection(psycopg.Connection[Any]):
         self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: float | None = None
     ) -> RV:
         bound = self.round_trip_timeout
-        if bound is None or (timeout is not None and timeout <= bound):
-            return super().wait(gen, interval, timeout)  # a caller's own, shorter timeout
+        ours = bound is not None and (timeout is None or timeout > bound)
         try:
-            return super().wait(gen, interval, bound)
+            return super().wait(gen, interval, bound if ours else timeout)
         except errors._WaitTimeout:
+            if not ours:
+                raise  # a caller's own, shorter timeout
             # Mid-protocol: the server may still run the statement, or commit, when it wakes.
             self.pgconn.finish()
             raise NoAnswer(
                 f"no answer from the server within {bound:g} s: connection closed"
             ) from None
+        except psycopg.OperationalError:
+            # The socket failed mid-exchange (the server was stopped or reset it). psycopg may
+            # then leave the connection looking busy (transaction status ACTIVE) instead of
+            # broken, and its next use fails with a ProgrammingError ("can't change
+            # 'autocommit' now"), which is no sign of an outage: close it, as it is.
+            if self.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                self.pgconn.finish()
+            raise

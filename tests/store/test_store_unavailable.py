@@ -6,9 +6,11 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
+from typing import Any
 
 import psycopg
 import pytest
+from psycopg import waiting as psycopg_waiting
 from sqlalchemy import exc as sa_exc
 from store_factories import make_request
 
@@ -130,6 +132,35 @@ def test_postgres_connection_lost_mid_transaction_leaves_nothing_behind(postgres
     assert store.breaker_state().openings == 0  # one lost connection refuses no one else
     assert store.pending_outbox() == []
     assert store.verify_audit().entries == 0
+    store.close()
+
+
+def test_a_socket_failing_mid_ping_is_a_lost_connection_not_a_crash(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When the server resets the connection, psycopg's wait may see the socket fail (an
+    # exceptional condition on it) with the query sent and no answer read: the connection is
+    # left looking busy, not broken. SQLAlchemy's pre-ping then failed to put its autocommit
+    # back with a ProgrammingError, which no caller takes for an outage (the relay crashed on
+    # it once, in the store-outage test). Here the socket fails as it did, once, in the ping.
+    store = Store.open(postgres_url)
+    store.get_request("warm-up")  # a pooled connection, pinged on its next checkout
+    real_wait = psycopg_waiting.wait
+    failures = [psycopg.OperationalError("connection socket closed")]
+
+    def failing_once(gen: Any, fileno: int, *args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            return real_wait(gen, fileno, *args, **kwargs)
+        try:
+            next(gen)  # the query goes out; its answer is never read
+        except StopIteration as done:
+            return done.value  # no exchange with the server (autocommit set locally)
+        raise failures.pop()
+
+    monkeypatch.setattr(psycopg_waiting, "wait", failing_once)
+
+    assert store.get_request("r") is None  # the pool pinged, dropped it and connected anew
+    assert failures == []
     store.close()
 
 
