@@ -203,8 +203,9 @@ class Relay:
         return False
 
     def _while_publishing(self) -> None:
-        """About every second while a batch waits for its confirms (for as long as the broker
-        blocks publishing): keep the lease, and keep the store told of the block."""
+        """On each pass of a batch's wait for its confirms (at least once a second, for as long
+        as the broker blocks publishing): keep the lease, and keep the store told of the block.
+        Cheap while neither is due."""
         try:
             if self._hold_lease():
                 self._record_block()

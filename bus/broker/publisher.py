@@ -115,8 +115,8 @@ class ConfirmingPublisher:
         confirm_timeout: float = CONFIRM_TIMEOUT,
         while_waiting: Callable[[], None] = _nothing,
     ) -> None:
-        """`while_waiting` is called about once a second while a batch waits for its
-        confirms (e.g. to renew a lease); it must not raise."""
+        """`while_waiting` is called on each pass of a batch's wait for its confirms, at least
+        once a second (e.g. to renew a lease): keep it cheap; it must not raise."""
         self._connection = connection
         self._confirm_timeout = confirm_timeout
         self._while_waiting = while_waiting
