@@ -108,8 +108,9 @@ class StoreCollector(Collector):
         yield failing
         blocked = GaugeMetricFamily(
             "civicbus_broker_blocked_seconds",
-            "How long RabbitMQ has blocked a publisher (the relay) for a resource alarm, memory "
-            "or disk (0 while it publishes): nothing it publishes gets through meanwhile.",
+            "How long RabbitMQ has blocked a publisher (the relay, or a worker: worker:HOST:PID) "
+            "for a resource alarm, memory or disk (0 while it publishes): nothing it publishes "
+            "gets through meanwhile.",
             labels=["publisher"],
         )
         blocked_for = {"relay": 0.0}

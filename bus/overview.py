@@ -127,10 +127,13 @@ class Overview:
 
     @cached_property
     def broker_blocked(self) -> BrokerBlock | None:
-        """The relay's report that RabbitMQ blocks its publishing for a resource alarm, while
-        it is current (the broker tells only a connection that publishes, not status's own)."""
-        block = self.store.broker_blocks.get(RELAY_LEASE)
-        return block if block is not None and is_current(block, self.at) else None
+        """A publisher's report that RabbitMQ blocks it for a resource alarm, while current
+        (the broker tells only a connection that publishes, not status's own): the relay's,
+        or else the longest-standing of the workers' (their retries, dead letters, events)."""
+        current = [b for b in self.store.broker_blocks.values() if is_current(b, self.at)]
+        relay = [b for b in current if b.publisher == RELAY_LEASE]
+        candidates = relay or sorted(current, key=lambda b: b.blocked_since)
+        return candidates[0] if candidates else None
 
     @cached_property
     def problems(self) -> list[str]:
@@ -301,7 +304,7 @@ def _blocked_problem(overview: Overview) -> list[str]:
         f"{block.blocked_since.isoformat(timespec='seconds')} ({block.reason}): nothing is "
         f"published until the alarm clears ({waiting} event(s) wait in the outbox; workers' "
         f"retries and dead letters wait too); {todo}; `rabbitmq-diagnostics alarms` names "
-        "the alarm; the relay goes on by itself once it clears"
+        "the alarm; publishing goes on by itself once it clears"
     ]
 
 

@@ -183,8 +183,12 @@ class BlockedEpisodes:
     def watch(self, connection: Any) -> None:
         """Hear the broker's connection.blocked and connection.unblocked on a pika
         BlockingConnection."""
-        connection.add_on_connection_blocked_callback(self._on_blocked)
-        connection.add_on_connection_unblocked_callback(self._on_unblocked)
+        # On the connection beneath pika's blocking wrapper, which hands such notices on only
+        # between its caller's own calls: never while a publish waits for its confirm (a
+        # worker's), which is just when the broker blocks it.
+        beneath = getattr(connection, "_impl", connection)
+        beneath.add_on_connection_blocked_callback(self._on_blocked)
+        beneath.add_on_connection_unblocked_callback(self._on_unblocked)
 
     def blocked(self, reason: str) -> None:
         """The broker blocks publishing, for `reason`."""

@@ -245,7 +245,7 @@ class BrokerBlock:
     """RabbitMQ blocks a publisher's connection for a resource alarm (memory or disk): since
     when, the broker's reason, and when the publishing process last said it still does."""
 
-    publisher: str  # "relay"
+    publisher: str  # "relay", or "worker:HOST:PID"
     holder: str
     blocked_since: datetime
     reason: str

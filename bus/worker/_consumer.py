@@ -157,8 +157,11 @@ class Consumer:
         self._threads: dict[str, threading.Thread] = {}
         # When the stop began, as its first check saw it (the grace counts from there).
         self._stop_began: float | None = None
-        # Touched on the connection thread only (pika's callbacks, the publishes).
+        # Touched on the connection thread only (pika's callbacks, the publishes); the
+        # heartbeat only reads the episode going on, to report it.
         self._blocks = BlockedEpisodes("worker", worker=name)
+        if heartbeat is not None:
+            heartbeat.watch_blocks(lambda: self._blocks.current)
 
     def consume(self, queue_name: str, handler: Handler, *, slot: Slot | None = None) -> None:
         """Register a queue and its handler of one message at a time (before `run`); `slot`

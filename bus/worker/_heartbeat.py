@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from bus.broker.connection import Blocked
 from bus.liveness import FORGET_AFTER, HEARTBEAT_INTERVAL
 from bus.store import Store, WorkerLiveness
 
@@ -70,6 +71,23 @@ class Heartbeat:
         self._clean = False
         self._thread: threading.Thread | None = None
         self._failing = False
+        #: The broker's block of this worker's publishing (see `watch_blocks`), and whether
+        #: the store has it from this worker.
+        self._blocked: Callable[[], Blocked | None] = lambda: None
+        self._block_reported = False
+
+    @property
+    def publisher(self) -> str:
+        """How the store names this worker as a publisher the broker may block: `host:pid`,
+        as `civicbus status` names workers."""
+        return f"worker:{self._host}:{self._pid}"
+
+    def watch_blocks(self, blocked: Callable[[], Blocked | None]) -> None:
+        """Report, with each heartbeat, the broker's block of this worker's publishing
+        (`blocked()`: the episode going on, None while the broker takes its publishes). Only
+        a connection that publishes is told of a resource alarm: with no relay publishing,
+        `civicbus status` would otherwise not know why this worker's retries stand still."""
+        self._blocked = blocked
 
     def slot(self, recipient: str) -> Slot:
         """A slot for the thread handling `recipient`'s queue (before `start`)."""
@@ -108,9 +126,15 @@ class Heartbeat:
     def _report(self) -> None:
         now = datetime.now(UTC)
         beats = [self._beat(slot, now) for slot in self._slots]
+        block = self._blocked()  # read once: the connection thread may end it meanwhile
         with self._store.transaction() as tx:
             tx.report_workers(beats)
             tx.prune_workers(now - FORGET_AFTER)
+            if block is not None:
+                tx.broker_blocked(self.publisher, self._worker_id, block.since, block.reason)
+            elif self._block_reported:
+                tx.broker_unblocked(self.publisher, self._worker_id)
+        self._block_reported = block is not None
 
     def _beat(self, slot: Slot, now: datetime) -> WorkerLiveness:
         work = slot.work  # read once: its thread may replace it meanwhile
@@ -129,6 +153,8 @@ class Heartbeat:
     def _forget(self) -> None:
         with self._store.transaction() as tx:
             tx.forget_worker(self._worker_id)
+            if self._block_reported:
+                tx.broker_unblocked(self.publisher, self._worker_id)
 
     def _write(self, step: Callable[[], None]) -> None:
         """Run a store step; a failure is logged once per outage, never raised: the worker

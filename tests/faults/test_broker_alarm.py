@@ -8,6 +8,8 @@ touched.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,10 +20,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from bus.broker.connection import connect
+from bus.broker.topology import declare_topology
 from bus.config import Config
 from bus.overview import Overview, take_overview
 from bus.relay import RelaySettings
 from bus.store import Store
+from bus.worker import command_consumer
 from tests.faults.relay_support import (
     TAP,
     accept,
@@ -29,6 +33,15 @@ from tests.faults.relay_support import (
     read_all,
     running_relay,
     wait_until_relayed,
+)
+from tests.worker.worker_support import (
+    FAST,
+    INSTANCE,
+    MemoryBackend,
+    channel_on,
+    new_request,
+    publish,
+    running,
 )
 
 if TYPE_CHECKING:
@@ -140,5 +153,46 @@ def test_a_memory_alarm_blocks_the_relay_status_says_why_and_the_backlog_drains_
 
     # Cleared: every event published once, in order; status no longer names the broker.
     assert read_all(rabbit_node_url, TAP) == [e.id for e in accepted]
+    assert drained.broker_blocked is None
+    assert not [p for p in drained.problems if p.startswith("broker:")]
+
+
+def test_a_worker_the_alarm_blocks_while_the_relay_is_idle_is_named_by_status(
+    rabbit_node: RabbitNode, rabbit_node_url: str, store: Store
+) -> None:
+    # No relay publishes, so none is told of the alarm: the worker whose retry (a publish to
+    # its retry tier) the broker holds is the one to say why its queue stands still.
+    instances = {INSTANCE: FAST}
+    with channel_on(rabbit_node_url) as channel:
+        declare_topology(channel, instances)
+    envelope = new_request(store)
+    publish(rabbit_node_url, envelope)  # before the alarm: it would hold this publish too
+    busy = MemoryBackend(transient_failures=1000)  # every attempt fails: off to a retry tier
+    consumer = command_consumer(
+        rabbit_node_url, store, INSTANCE, FAST, busy, heartbeat_interval=0.1
+    )
+
+    def look() -> Overview:
+        return take_overview(store, instances, lambda: connect(rabbit_node_url))
+
+    # The alarm goes up before the worker starts, so that its first retry meets it.
+    with capture_logs() as logs, memory_alarm(rabbit_node) as clear, running(consumer):
+        try:
+            blocked = wait_for(
+                lambda: (seen := look()).broker_blocked and seen, "status to see the block"
+            )
+        finally:
+            clear()  # before the worker stops: a publish the broker holds holds its connection
+        wait_for(lambda: events(logs, "worker.broker_unblocked"), "the retry to go out")
+        drained = wait_for(
+            lambda: not (seen := look()).broker_blocked and seen, "the block to clear"
+        )
+
+    assert blocked.broker_blocked is not None
+    assert blocked.broker_blocked.publisher == f"worker:{socket.gethostname()}:{os.getpid()}"
+    [problem] = [p for p in blocked.problems if p.startswith("broker:")]
+    assert "RabbitMQ blocks publishing since" in problem and "(low on memory)" in problem
+    [block] = events(logs, "worker.broker_blocked")
+    assert block["log_level"] == "warning" and block["reason"] == "low on memory"
     assert drained.broker_blocked is None
     assert not [p for p in drained.problems if p.startswith("broker:")]

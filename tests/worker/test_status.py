@@ -597,7 +597,7 @@ def test_a_broker_blocking_the_relay_is_a_problem_while_the_relay_says_so(
         f"broker: RabbitMQ blocks publishing since {since.isoformat(timespec='seconds')} "
         "(low on disk): nothing is published until the alarm clears (1 event(s) wait in the "
         "outbox; workers' retries and dead letters wait too); free disk space on the broker "
-        "host; `rabbitmq-diagnostics alarms` names the alarm; the relay goes on by itself once "
+        "host; `rabbitmq-diagnostics alarms` names the alarm; publishing goes on by itself once "
         "it clears"
     ]
     assert text.exit_code == 1, text.output
