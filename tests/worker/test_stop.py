@@ -422,15 +422,8 @@ def test_civicbus_worker_stopped_with_a_back_end_that_never_answers_exits_1(
     amqp_url: str,
     silent: SilentServer,
 ) -> None:
-    mapping = REPO / "mappings" / "parks.yaml"
-    env = use_config(PARKS_CONFIG.format(mapping=mapping, port=silent.port))
-    envelope = new_request(store)
-    worker = start_cli_worker(env, "parks", "--stop-grace", "1")
-    try:
-        wait_until(lambda: routed(amqp_url, envelope, "parks"), timeout=20, what="the queue")
-        assert silent.connected.wait(timeout=15), "the back-end was never called"
-    finally:
-        took, stderr = sigterm(worker)
+    worker, envelope = start_parks_worker(use_config, store, amqp_url, silent, "1")
+    took, stderr = sigterm(worker)
 
     assert worker.returncode == 1, stderr
     assert took < 15  # not the back-end's 30 s timeout
@@ -446,17 +439,8 @@ def test_civicbus_worker_subscriptions_stopped_with_a_silent_subscriber_exits_1(
     amqp_url: str,
     silent: SilentServer,
 ) -> None:
-    env = use_config("jurisdictions: [{id: springfield.example, name: Springfield}]\n")
-    sub_id = subscribe(store, amqp_url, f"http://127.0.0.1:{silent.port}/hook", ["request.*"])
-    envelope = status_event(new_request(store).subject, Status.FIXED)
-    publish_event(amqp_url, envelope, Status.FIXED.value)
-    worker = start_cli_worker(
-        {**env, "TEST_WEBHOOK_SECRET": SECRET}, "--subscriptions", "--stop-grace", "1"
-    )
-    try:
-        assert silent.connected.wait(timeout=20), "the subscriber was never called"
-    finally:
-        took, stderr = sigterm(worker)
+    worker, envelope, sub_id = start_subscriptions_worker(use_config, store, amqp_url, silent, "1")
+    took, stderr = sigterm(worker)
 
     assert worker.returncode == 1, stderr
     assert took < 9  # not the webhook's 10 s timeout (1 s grace, the last liveness write)
@@ -484,6 +468,30 @@ def start_parks_worker(
         worker.kill()
         raise
     return worker, envelope
+
+
+def start_subscriptions_worker(
+    use_config: Callable[[str], dict[str, str]],
+    store: Store,
+    amqp_url: str,
+    silent: SilentServer,
+    grace: str,
+) -> tuple[subprocess.Popen[bytes], Envelope, int]:
+    """`civicbus worker --subscriptions` in hand with an event its subscriber never answers;
+    the worker, the event and the subscription's id."""
+    env = use_config("jurisdictions: [{id: springfield.example, name: Springfield}]\n")
+    sub_id = subscribe(store, amqp_url, f"http://127.0.0.1:{silent.port}/hook", ["request.*"])
+    envelope = status_event(new_request(store).subject, Status.FIXED)
+    publish_event(amqp_url, envelope, Status.FIXED.value)
+    worker = start_cli_worker(
+        {**env, "TEST_WEBHOOK_SECRET": SECRET}, "--subscriptions", "--stop-grace", grace
+    )
+    try:
+        assert silent.connected.wait(timeout=20), "the subscriber was never called"
+    except BaseException:
+        worker.kill()
+        raise
+    return worker, envelope, sub_id
 
 
 def test_civicbus_worker_given_a_second_sigterm_leaves_its_message_at_once_and_exits_1(
@@ -548,18 +556,7 @@ def test_civicbus_worker_subscriptions_given_a_second_sigterm_exits_1_at_once(
     amqp_url: str,
     silent: SilentServer,
 ) -> None:
-    env = use_config("jurisdictions: [{id: springfield.example, name: Springfield}]\n")
-    sub_id = subscribe(store, amqp_url, f"http://127.0.0.1:{silent.port}/hook", ["request.*"])
-    envelope = status_event(new_request(store).subject, Status.FIXED)
-    publish_event(amqp_url, envelope, Status.FIXED.value)
-    worker = start_cli_worker(
-        {**env, "TEST_WEBHOOK_SECRET": SECRET}, "--subscriptions", "--stop-grace", "30"
-    )
-    try:
-        assert silent.connected.wait(timeout=20), "the subscriber was never called"
-    except BaseException:
-        worker.kill()
-        raise
+    worker, envelope, sub_id = start_subscriptions_worker(use_config, store, amqp_url, silent, "30")
     took, stderr = signal_twice(worker, signal.SIGTERM, signal.SIGTERM, gap=1)
 
     assert worker.returncode == 1, stderr
