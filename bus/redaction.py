@@ -47,8 +47,15 @@ _PERSONAL_SUFFIXES = (
     "_device_id",
 )
 
-# The local part takes every character RFC 5322 allows unquoted.
-_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# The local part takes every character RFC 5322 allows unquoted. The user of a URL
+# (`postgresql://civicbus@db.internal/civicbus`, as a store error names its database) is matched
+# first and kept: it names a service account, and masking it would hide the host an operator
+# looks for. A URL's `user:password@` is not kept (its password is masked as before), except
+# the `***` SQLAlchemy writes in place of one.
+_EMAIL_OR_URL_USER = re.compile(
+    r"(?P<url_user>\b[A-Za-z][\w+.\-]*://[^\s/@:]+(?::\*\*\*)?@)"
+    r"|[\w.!#$%&'*+/=?^`{|}~\-]+@[\w\-]+(?:\.[\w\-]+)+"
+)
 # A run of 7 to 15 digits, optionally led by "+", with single spaces, dots, dashes or
 # parentheses between groups; not glued to letters, digits or dashes (ids, UUIDs, hashes).
 _PHONE = re.compile(r"(?<![\w\-+])\+?\(?\d(?:[\s.\-()/]{0,2}\d){6,14}(?![\w\-])")
@@ -94,6 +101,10 @@ def _key_kind(key: str) -> str:
     return _OTHER
 
 
+def _mask_email(match: re.Match[str]) -> str:
+    return match.group("url_user") or EMAIL_MASK
+
+
 def _mask_phone(match: re.Match[str]) -> str:
     text = match.group(0)
     return text if _NOT_A_PHONE.match(text) else PHONE_MASK
@@ -102,7 +113,7 @@ def _mask_phone(match: re.Match[str]) -> str:
 def redact_text(text: str) -> str:
     """The text with e-mail addresses and phone-number-looking digit runs masked."""
     if "@" in text:
-        text = _EMAIL.sub(EMAIL_MASK, text)
+        text = _EMAIL_OR_URL_USER.sub(_mask_email, text)
     return _PHONE.sub(_mask_phone, text)
 
 

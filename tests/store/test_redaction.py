@@ -65,6 +65,35 @@ def test_dates_ids_hashes_and_coordinates_are_left_alone(text: str) -> None:
     assert redact(text) == text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql+psycopg://civicbus@db.internal:5432/civicbus: the database did not answer",
+        "postgresql+psycopg://civicbus:***@db.internal:5432/civicbus: not tried",
+        "amqp://guest@127.0.0.1:5672/%2F refused the connection",
+    ],
+)
+def test_the_user_of_a_service_url_is_kept_with_its_host(text: str) -> None:
+    # A store or broker error names its server: masked as an e-mail, the host was lost too.
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("amqp://guest:s3cret@broker.internal/", f"amqp://guest:{EMAIL_MASK}/"),
+        (
+            "db postgresql://civicbus@db.internal/civicbus, reply to ann@example.org",
+            f"db postgresql://civicbus@db.internal/civicbus, reply to {EMAIL_MASK}",
+        ),
+    ],
+)
+def test_a_url_password_and_addresses_beside_a_url_are_still_masked(
+    text: str, expected: str
+) -> None:
+    assert redact(text) == expected
+
+
 def test_pydantic_models_are_dumped_and_redacted() -> None:
     assert redact(Reporter(email="a@b.org"))["email"] == REDACTED
 
