@@ -31,6 +31,7 @@ from bus.worker._consumer import Broker
 from bus.worker._delivery import Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, describe, schedule_retry_or_dead_letter
 from bus.worker._heartbeat import Slot
+from bus.worker._publisher import PublishFailed
 from bus.worker._retry import call_with_retries, until_store_answers
 from schemas.events import Envelope, EventType
 from schemas.model import BackendRef, ServiceRequest, StatusUpdate
@@ -88,6 +89,19 @@ class CommandWorker:
             requeue = set(range(len(deliveries))) - handed_on
             log.warning(
                 "worker.stopped_during_store_outage",
+                route=self.route.name,
+                requeued=len(requeue),
+                error=describe(exc),
+            )
+            return requeue
+        except PublishFailed as exc:
+            # A retry or dead letter could not be handed on: that message and those not
+            # finished go back to the queue; those already in a tier or dead-lettered stay so
+            # (requeued, they would be handled twice). What reached the back-end meanwhile is
+            # found there when they come back.
+            requeue = set(range(len(deliveries))) - handed_on
+            log.warning(
+                "worker.publish_failed",
                 route=self.route.name,
                 requeued=len(requeue),
                 error=describe(exc),

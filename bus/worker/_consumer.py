@@ -2,7 +2,7 @@
 
 The main thread owns the pika connection and only pumps its events (so heartbeats keep
 flowing); each consumed queue has one handler thread, which processes its messages in order and
-asks the connection thread to publish and ack through `add_callback_threadsafe`. A batch handler
+asks the connection thread to ack through `add_callback_threadsafe`. A batch handler
 gets every message already delivered (up to its batch size) at once, and the whole batch is
 acked in one call to the connection thread after the handler returned. A stop request (SIGTERM)
 cancels the consumers, lets the messages in hand finish and be acked, and returns; messages
@@ -25,9 +25,11 @@ messages in hand to the next consumer, possibly this one; a handler still busy w
 both could create the work. So a new connection consumes each queue only once that queue's
 previous thread has ended; the other queues resume at once.
 
-A handler's publish (a retry tier, a dead letter, an event) waits while RabbitMQ blocks the
-connection for a resource alarm; the worker logs the block once per episode
-(`worker.broker_blocked`, `worker.broker_unblocked`).
+A handler's publishes (a retry tier, a dead letter) go out on a connection of their own
+(bus.worker._publisher), so that a RabbitMQ resource alarm, which blocks connections that
+publish, holds the handler that publishes and never the acks of the others or a stop; the
+worker logs the block once per episode (`worker.broker_blocked`, `worker.broker_unblocked`).
+A publish that fails sends the handler's messages back to the queue.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from bus.broker.connection import (
 )
 from bus.worker._delivery import KEPT_PROPERTIES, Delivery
 from bus.worker._heartbeat import Heartbeat, Slot
+from bus.worker._publisher import Publisher, PublishFailed
 from bus.worker._signals import StopSignals
 
 log = structlog.get_logger(__name__)
@@ -84,9 +87,9 @@ class Broker(Protocol):
         message_id: str | None = None,
         properties: Mapping[str, Any] | None = None,
     ) -> None:
-        """Publish persistently and wait for the broker's confirm. `properties`: the original
-        message's (Delivery.properties), for a copy of it (a retry tier, the dead-letter
-        queue)."""
+        """Publish persistently and wait for the broker's confirm; raises PublishFailed.
+        `properties`: the original message's (Delivery.properties), for a copy of it (a retry
+        tier, the dead-letter queue)."""
 
 
 #: Processes one message; returning means "done, ack it". Raising means "could not even
@@ -157,11 +160,12 @@ class Consumer:
         self._threads: dict[str, threading.Thread] = {}
         # When the stop began, as its first check saw it (the grace counts from there).
         self._stop_began: float | None = None
-        # Touched on the connection thread only (pika's callbacks, the publishes); the
-        # heartbeat only reads the episode going on, to report it.
-        self._blocks = BlockedEpisodes("worker", worker=name)
+        # Touched on the publishing thread only; the heartbeat only reads the episode going
+        # on, to report it.
+        blocks = BlockedEpisodes("worker", worker=name)
+        self._publisher = Publisher(self._params, blocks, name, declare)
         if heartbeat is not None:
-            heartbeat.watch_blocks(lambda: self._blocks.current)
+            heartbeat.watch_blocks(lambda: blocks.current)
 
     def consume(self, queue_name: str, handler: Handler, *, slot: Slot | None = None) -> None:
         """Register a queue and its handler of one message at a time (before `run`); `slot`
@@ -230,6 +234,7 @@ class Consumer:
             self._run_until_stopped()
             crashed = False
         finally:
+            self._publisher.close()
             if self._heartbeat is not None:
                 # After a crash the reports are left to go stale, for `civicbus status`. A stop
                 # that left a message behind removes them as a clean one does: the message is
@@ -258,14 +263,11 @@ class Consumer:
         connection = pika.BlockingConnection(self._params)
         self._connection = connection
         lost = threading.Event()
-        self._blocks.watch(connection)
         try:
             channel = connection.channel()
-            channel.confirm_delivery()
             channel.basic_qos(prefetch_count=self._prefetch)
             if self._declare is not None:
                 self._declare(channel)
-            broker = _ChannelBroker(self, channel)
             # Delivery tags handed to a handler and not yet acked or nacked (touched on this
             # thread only): a batch is acked with one `multiple` ack when none is left below it.
             unsettled: set[int] = set()
@@ -277,7 +279,7 @@ class Consumer:
                 tags.append(channel.basic_consume(sub.queue, _enqueue(inbox, unsettled)))
                 thread = threading.Thread(
                     target=self._work,
-                    args=(sub, inbox, _Settler(self, channel, unsettled), broker, lost),
+                    args=(sub, inbox, _Settler(self, channel, unsettled), lost),
                     name=f"{self._name}:{sub.queue}",
                     daemon=True,
                 )
@@ -439,7 +441,6 @@ class Consumer:
         sub: _Subscription,
         inbox: queue.Queue[tuple[int, Delivery]],
         settler: _Settler,
-        broker: Broker,
         lost: threading.Event,
     ) -> None:
         while not (self._stopping.is_set() or lost.is_set()):
@@ -455,10 +456,22 @@ class Consumer:
             tags = [tag for tag, _ in batch]
             sub.slot.begin(batch[0][1].key)  # the handler may say more: the request, per message
             try:
-                requeue = set(sub.handler([delivery for _, delivery in batch], broker))
+                requeue = set(sub.handler([delivery for _, delivery in batch], self._publisher))
             except ConnectionLost:
                 sub.slot.end()
                 return  # unacked: the broker redelivers them to whoever consumes next
+            except PublishFailed as exc:
+                # A retry or dead letter could not be handed on (a batch handler that knows
+                # which messages it handed on returns the others instead): all back to the
+                # queue, as after a lost connection; a repeat is found when it comes back.
+                log.warning(
+                    "worker.publish_failed",
+                    worker=self._name,
+                    message_id=batch[0][1].key,
+                    messages=len(batch),
+                    error=str(exc),
+                )
+                requeue = set(range(len(batch)))
             except Exception as exc:
                 log.exception(
                     "worker.handler_crashed",
@@ -506,40 +519,6 @@ class _Settler:
         else:
             # One frame for the whole batch instead of one per message.
             channel.basic_ack(last, multiple=True)
-
-
-class _ChannelBroker:
-    """Publishes with confirms on the consumer's channel, from any thread."""
-
-    def __init__(self, consumer: Consumer, channel: Any) -> None:
-        self._consumer = consumer
-        self._channel = channel
-
-    def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        *,
-        headers: dict[str, Any] | None = None,
-        message_id: str | None = None,
-        properties: Mapping[str, Any] | None = None,
-    ) -> None:
-        amqp_properties = pika.BasicProperties(
-            **(properties or {}),
-            delivery_mode=pika.DeliveryMode.Persistent,
-            headers=headers or {},
-            message_id=message_id,
-        )
-
-        def publish() -> None:
-            # On the connection thread: returns once the broker confirmed it.
-            self._channel.basic_publish(
-                exchange, routing_key, body, properties=amqp_properties, mandatory=True
-            )
-            self._consumer._blocks.cleared()
-
-        self._consumer._on_connection(publish)
 
 
 def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> Callable[..., None]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pika
 import pytest
@@ -25,7 +27,7 @@ from bus.config import Config
 from bus.overview import Overview, take_overview
 from bus.relay import RelaySettings
 from bus.store import Store
-from bus.worker import command_consumer
+from bus.worker import Broker, Consumer, Delivery, command_consumer
 from tests.faults.relay_support import (
     TAP,
     accept,
@@ -182,7 +184,7 @@ def test_a_worker_the_alarm_blocks_while_the_relay_is_idle_is_named_by_status(
                 lambda: (seen := look()).broker_blocked and seen, "status to see the block"
             )
         finally:
-            clear()  # before the worker stops: a publish the broker holds holds its connection
+            clear()  # before the worker stops, which would leave the held retry behind
         wait_for(lambda: events(logs, "worker.broker_unblocked"), "the retry to go out")
         drained = wait_for(
             lambda: not (seen := look()).broker_blocked and seen, "the block to clear"
@@ -196,3 +198,70 @@ def test_a_worker_the_alarm_blocks_while_the_relay_is_idle_is_named_by_status(
     assert block["log_level"] == "warning" and block["reason"] == "low on memory"
     assert drained.broker_blocked is None
     assert not [p for p in drained.problems if p.startswith("broker:")]
+
+
+def _depths(node: RabbitNode, url: str, queue: str) -> tuple[int, int]:
+    """(ready, unacknowledged) messages of `queue` on the node, as the broker counts them."""
+    vhost = unquote(url.rsplit("/", 1)[1])
+    for line in node.ctl(
+        "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged"
+    ).splitlines():
+        name, ready, unacked = line.split("\t")
+        if name == queue:
+            return int(ready), int(unacked)
+    raise AssertionError(f"no queue {queue} on the node")
+
+
+def test_a_publish_the_alarm_holds_holds_its_handler_only_not_the_other_acks_or_the_stop(
+    rabbit_node: RabbitNode, rabbit_node_url: str
+) -> None:
+    # One worker, two queues: the handler of "held" publishes (as a retry would), the handler
+    # of "free" only acks. A publish on the consuming connection used to block that connection
+    # for the whole alarm: the other queue's acks and the worker's stop waited for it to clear.
+    held, free, target = "alarm.held", "alarm.free", "alarm.target"
+    with channel_on(rabbit_node_url) as channel:
+        for name in (held, free, target):
+            channel.queue_declare(name, durable=True)
+        for name in (held, free, free, free):
+            channel.basic_publish("", name, b"{}")  # before the alarm: it would hold these too
+    publishing = threading.Event()
+    release_free = threading.Event()
+    freed: list[bytes] = []
+
+    def publish_on(delivery: Delivery, broker: Broker) -> None:
+        publishing.set()
+        broker.publish("", target, delivery.body)
+
+    def ack_when_released(delivery: Delivery, _broker: Broker) -> None:
+        release_free.wait(30)
+        freed.append(delivery.body)
+
+    consumer = Consumer(rabbit_node_url, prefetch=4, name="alarm-test", stop_grace=1.0)
+    consumer.consume(held, publish_on)
+    consumer.consume(free, ack_when_released)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    with capture_logs() as logs, memory_alarm(rabbit_node) as clear:
+        try:
+            thread.start()
+            wait_for(publishing.is_set, "the held queue's handler to publish")
+            wait_for(lambda: events(logs, "worker.broker_blocked"), "the publish to be held")
+            release_free.set()  # only now: its acks go out while the publish is held
+            wait_for(lambda: len(freed) == 3, "the free queue's handler")
+            acked = wait_for(
+                lambda: _depths(rabbit_node, rabbit_node_url, free) == (0, 0) or None,
+                "the free queue's acks",
+            )
+            consumer.stop()
+            thread.join(timeout=10)
+            stopped = not thread.is_alive()
+            left = _depths(rabbit_node, rabbit_node_url, held)
+        finally:
+            release_free.set()
+            clear()  # lets a thread the old code held end
+            thread.join(timeout=20)
+
+    assert acked
+    assert stopped, "the stop waited for the alarm"
+    assert left == (1, 0), "the held message was not left to the broker"
+    [cut] = events(logs, "worker.stop_grace_expired")
+    assert cut["queues"] == [held]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -22,10 +23,18 @@ from worker_support import (
 )
 
 from adapters import Receipt
-from bus.broker.topology import dead_queue, declare_topology, work_queue
+from bus.broker.topology import (
+    DEAD_EXCHANGE,
+    RETRY_EXCHANGE,
+    dead_queue,
+    declare_topology,
+    retry_routing_key,
+    work_queue,
+)
 from bus.config import InstanceConfig, RetryPolicy
 from bus.store import Store
-from bus.worker import command_consumer
+from bus.worker import CommandWorker, Delivery, Route, command_consumer
+from bus.worker._publisher import PublishFailed
 from schemas.events import Envelope, EventType
 from schemas.model import ServiceRequest
 from tests.sqlite_lock import hold_write_lock
@@ -202,3 +211,47 @@ def test_a_batchs_audit_entries_carry_when_each_backend_call_answered_not_the_co
 
     assert abs(submitted_at(second) - submitted_at(first)) >= timedelta(seconds=0.3)
     assert store.verify_audit().ok
+
+
+class _DeadLettersCut:
+    """A broker whose dead-letter publishes fail (as when the publishing connection drops)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, **_: Any) -> None:
+        if exchange == DEAD_EXCHANGE:
+            raise PublishFailed("ConnectionResetError(104, 'Connection reset by peer')")
+        self.published.append((exchange, routing_key))
+
+
+def test_a_batch_whose_dead_letter_cannot_be_published_requeues_only_what_it_did_not_hand_on(
+    store: Store,
+) -> None:
+    # Called directly with three deliveries, to have them in one batch for sure: the first
+    # goes to a retry tier, the second's dead letter cannot be published, the third is not
+    # reached. Requeued, the first would be handled twice (its tier copy comes back too).
+    retried, rejected, later = (
+        new_request(store),
+        new_request(store, description="REJECT me"),
+        new_request(store),
+    )
+    policy = RetryPolicy(immediate_attempts=1, tiers=[0.2], max_attempts=2)
+    backend = MemoryBackend(transient_failures=1)
+    worker = CommandWorker(Route(INSTANCE, store, policy), backend)
+    broker = _DeadLettersCut()
+    deliveries = [
+        Delivery(e.model_dump_json().encode(), message_id=e.id, routing_key=INSTANCE)
+        for e in (retried, rejected, later)
+    ]
+
+    with capture_logs() as logs:
+        requeue = worker.handle_batch(deliveries, broker)
+
+    assert set(requeue) == {1, 2}
+    assert broker.published == [(RETRY_EXCHANGE, retry_routing_key(INSTANCE, 0.2))]
+    assert backend.created == {}
+    [failed] = [entry for entry in logs if entry["event"] == "worker.publish_failed"]
+    assert failed["requeued"] == 2 and "Connection reset by peer" in failed["error"]
+    # The store recorded the dead letter before the publish: the requeued copy is its repeat.
+    assert [letter.request_id for letter in store.dead_letters(INSTANCE)] == [rejected.subject]

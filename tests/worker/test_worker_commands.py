@@ -33,7 +33,7 @@ from bus.broker.topology import COMMANDS_EXCHANGE, DEAD_EXCHANGE, dead_queue, wo
 from bus.config import InstanceConfig, RetryPolicy
 from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable, Transaction
-from bus.worker import _consumer, command_consumer
+from bus.worker import _consumer, _publisher, command_consumer
 from bus.worker._delivery import ATTEMPT_HEADER, KEPT_PROPERTIES
 from schemas.events import STRUCTURED_CONTENT_TYPE, EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
@@ -225,16 +225,16 @@ def test_a_dead_letter_whose_publish_is_cut_is_counted_and_announced_once(
     """The store records the dead letter before it goes to the dead-letter queue; the message,
     redelivered after a connection cut there, is a repeat: audited as a duplicate, its attempts
     not added again, no second `delivery_failed` event."""
-    real_publish = _consumer._ChannelBroker.publish
+    real_publish = _publisher.Publisher.publish
     cut: list[str] = []
 
     def publish_cut_once(self, exchange, routing_key, body, **kw):  # type: ignore[no-untyped-def]
         if exchange == DEAD_EXCHANGE and not cut:
             cut.append(routing_key)
-            raise _consumer.ConnectionLost("connection reset by peer")
+            raise _publisher.PublishFailed("connection reset by peer")
         return real_publish(self, exchange, routing_key, body, **kw)
 
-    monkeypatch.setattr(_consumer._ChannelBroker, "publish", publish_cut_once)
+    monkeypatch.setattr(_publisher.Publisher, "publish", publish_cut_once)
     envelope = new_request(store, description="REJECT me")
     publish(topology, envelope)
     with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
