@@ -83,25 +83,17 @@ class CommandWorker:
         handed_on: set[int] = set()  # positions now in a retry tier or the dead letter channel
         try:
             return self.process(deliveries, broker, handed_on)
-        except StoreUnavailable as exc:
-            # Raised only once the worker is stopping during a store outage: the rest goes
-            # back to the queue (what reached the back-end is found there next time).
+        except (StoreUnavailable, PublishFailed) as exc:
+            # StoreUnavailable: raised only once the worker is stopping during a store outage.
+            # PublishFailed: a retry or dead letter could not be handed on. Either way the rest
+            # goes back to the queue, and what reached the back-end is found there next time;
+            # what is already in a tier or dead-lettered stays so (requeued, it would be
+            # handled twice).
             requeue = set(range(len(deliveries))) - handed_on
             log.warning(
-                "worker.stopped_during_store_outage",
-                route=self.route.name,
-                requeued=len(requeue),
-                error=describe(exc),
-            )
-            return requeue
-        except PublishFailed as exc:
-            # A retry or dead letter could not be handed on: that message and those not
-            # finished go back to the queue; those already in a tier or dead-lettered stay so
-            # (requeued, they would be handled twice). What reached the back-end meanwhile is
-            # found there when they come back.
-            requeue = set(range(len(deliveries))) - handed_on
-            log.warning(
-                "worker.publish_failed",
+                "worker.stopped_during_store_outage"
+                if isinstance(exc, StoreUnavailable)
+                else "worker.publish_failed",
                 route=self.route.name,
                 requeued=len(requeue),
                 error=describe(exc),
