@@ -78,7 +78,8 @@ class CommandWorker:
 
         Failed commands go to a retry tier or the dead letter channel one by one; the receipts
         of the others are recorded together. While the store does not answer, this waits;
-        stopping meanwhile requeues every message not yet handed to a tier or dead-lettered.
+        stopping meanwhile, or a retry or dead letter that cannot be published, requeues every
+        message not yet handed to a tier or dead-lettered.
         """
         handed_on: set[int] = set()  # positions now in a retry tier or the dead letter channel
         try:
