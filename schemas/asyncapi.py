@@ -90,7 +90,8 @@ _EVENTS: dict[EventType, _Event] = {
         "moderation): the request's description now reads `[description removed]` and/or its "
         "media are gone. `data` is the request as it now reads and `data.taken_down` says what "
         "was removed: overwrite the description and media of every copy you keep. Its status "
-        "and `updated_at` do not change.",
+        "and `updated_at` (the time of its latest status) do not change; `taken_down_at` says "
+        "when.",
         TakenDownRequest,
     ),
 }

@@ -9,12 +9,14 @@ an event the relay still publishes, nor a replay carries the old content again.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bus.store._records import TakenDownRecord
+from bus.store._sql import utcnow
 from bus.store._tables import dead_letters, outbox, requests, status_history
 from schemas.model import Media
 
@@ -42,10 +44,16 @@ def _scrubbed_envelope(envelope: Any, *, marker: str | None, media: bool) -> dic
 
 
 def take_down(
-    conn: Connection, request_id: str, *, marker: str | None, media: bool
+    conn: Connection,
+    request_id: str,
+    *,
+    marker: str | None,
+    media: bool,
+    at: datetime | None = None,
 ) -> TakenDownRecord | None:
     """Replace the request's description by `marker` and/or remove its media, in its document
-    and in every outbox event and dead letter about it; None for an unknown request.
+    and in every outbox event and dead letter about it; None for an unknown request. A request
+    that changes gets `at` (default now) as its taken_down_at; its updated_at stays.
 
     The request row is locked first, as status updates and a worker's receipts lock it, so a
     worker recording a receipt meanwhile sees the change (bus.store._requests.changed_requests)
@@ -60,7 +68,13 @@ def take_down(
     removed = tuple(Media.model_validate(m) for m in document.get("media") or ()) if media else ()
     new = scrubbed(document, marker=marker, media=media)
     if new is not document:
-        conn.execute(requests.update().where(requests.c.id == request_id).values(document=new))
+        at = (at or utcnow()).astimezone(UTC)
+        stamped = {**new, "taken_down_at": at.isoformat().replace("+00:00", "Z")}
+        conn.execute(
+            requests.update()
+            .where(requests.c.id == request_id)
+            .values(document=stamped, taken_down_at=at)
+        )
     waiting = published = 0
     about = outbox.c.envelope["subject"].as_string() == request_id
     events = sa.select(outbox.c.id, outbox.c.envelope, outbox.c.sent_at).where(about)

@@ -5,9 +5,11 @@ serves it, unless another request shows the same photo (files are stored once pe
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from defusedxml import ElementTree as SafeET
 
 from bus import takedown
 from bus.api.media import MediaStore
@@ -123,3 +125,52 @@ def test_a_request_taken_down_is_audited_without_the_content_and_the_chain_holds
     ]
     assert created.envelope.data["description"] == takedown.TAKEN_DOWN
     assert created.envelope.data["media"] == []
+
+
+def polled(http: httpx.Client, after: datetime) -> dict[str, str]:
+    """The updated_datetime of each request a client polling with `updated_after` reads, by
+    id; the same in JSON and in XML."""
+    params = {"jurisdiction_id": SPRINGFIELD, "updated_after": after.isoformat()}
+    listed = http.get("/requests.json", params=params).json()
+    xml = SafeET.fromstring(http.get("/requests.xml", params=params).content)
+    in_json = {d["service_request_id"]: d["updated_datetime"] for d in listed}
+    in_xml = {r.findtext("service_request_id"): r.findtext("updated_datetime") for r in xml}
+    assert in_json == in_xml
+    return in_json
+
+
+def test_a_take_down_is_read_by_updated_after_polls_and_a_later_update_still_applies(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    request_id = post(http, api_key)
+
+    def status_update(update_id: str, status: str, at: datetime) -> None:
+        form = {
+            "api_key": api_key,
+            "service_request_id": request_id,
+            "update_id": update_id,
+            "status": status,
+            "updated_datetime": at.isoformat(),
+        }
+        response = http.post("/servicerequestupdates.json", data=form)
+        assert response.status_code == 200, response.text
+
+    in_progress = datetime.now(UTC)
+    status_update("u-1", "IN_PROGRESS", in_progress)
+    assert request_id not in polled(http, in_progress)
+    # The back-end's next update, dated by its clock before the take-down, arrives after it.
+    fixed = datetime.now(UTC)
+
+    takedown.take_down(runtime.store, files(runtime), request_id)
+
+    request = runtime.store.get_request(request_id)
+    assert request is not None and request.taken_down_at is not None
+    assert request.updated_at == in_progress
+    assert polled(http, in_progress)[request_id] == request.taken_down_at.isoformat()
+    status_update("u-2", "FIXED", fixed)
+    (doc,) = http.get(
+        f"/requests/{request_id}.json", params={"jurisdiction_id": SPRINGFIELD}
+    ).json()
+    assert doc["status"] == "closed"  # the update applied: not refused as late
+    assert doc["updated_datetime"] == request.taken_down_at.isoformat()
+    assert request_id not in polled(http, request.taken_down_at)

@@ -94,6 +94,9 @@ def test_a_take_down_queues_one_taken_down_event_without_the_content_or_personal
     # The rest reads as the request does: a consumer overwrites its copy with it.
     assert event.data["status"] == "open" and event.data["service_code"] == "POTHOLE"
     assert event.data["updated_at"] == request.updated_at.isoformat().replace("+00:00", "Z")
+    now = store.get_request("r-1")
+    assert now is not None and now.taken_down_at is not None
+    assert event.data["taken_down_at"] == now.taken_down_at.isoformat().replace("+00:00", "Z")
     for secret in (WRITTEN, EMAIL, "Jo", digest):
         assert secret not in row.body.decode()
     assert_documented(event)

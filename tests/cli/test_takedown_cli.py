@@ -13,7 +13,7 @@ from bus.api.media import MediaStore
 from bus.cli import app
 from bus.store import Store
 from schemas.model import BackendRef, Media
-from tests.store.store_factories import make_request
+from tests.store.store_factories import T0, make_request
 
 WRITTEN = "Jo Smith's car HH-AB 123 blocks the drain again"
 TOKEN = "T01M92GEHJHKC12PZZEKSM78Q7R"
@@ -70,6 +70,8 @@ def test_take_down_by_batch_token_removes_description_and_photo_and_a_second_run
     request = store.get_request("r-1")
     assert request is not None
     assert (request.description, request.media) == ("[description removed]", ())
+    # Open311 reads show the take-down's time; the time of its latest status stays.
+    assert request.taken_down_at is not None and request.updated_at == T0
     assert photo.sha256 is not None and files.find(photo.url.rpartition("/")[2]) is None
     [entry] = store.audit_trail("r-1")
     assert entry.action == "report_taken_down" and WRITTEN not in str(entry.details)

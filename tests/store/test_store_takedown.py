@@ -3,13 +3,15 @@ every outbox event and dead letter about it, published or not; other requests ke
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from store_factories import make_request
+from datetime import UTC, datetime, timedelta
 
-from bus.store import Store
+import sqlalchemy as sa
+from store_factories import T0, make_request, minutes
+
+from bus.store import RequestQuery, Store
 from bus.store._tables import dead_letters, outbox
 from schemas.events import Envelope, EventType
-from schemas.model import Media, ServiceRequest, StatusUpdate
+from schemas.model import Media, Reporter, ServiceRequest, Status, StatusUpdate
 
 MARKER = "[description removed]"
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
@@ -179,3 +181,86 @@ def test_a_worker_recording_a_receipt_sees_a_take_down_made_meanwhile(store: Sto
 
     assert set(changed) == {"r-1", "r-2"}
     assert changed["r-1"].description == MARKER and changed["r-2"].media == ()
+
+
+def update(request_id: str, status: Status, at: datetime, update_id: str) -> StatusUpdate:
+    return StatusUpdate(
+        request_id=request_id, status=status, at=at, update_id=update_id, source="sap-roads"
+    )
+
+
+def test_a_take_down_is_when_the_request_last_changed_for_updated_after_not_its_updated_at(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.add_requests([reported("r-1"), reported("r-2")])
+    started = datetime.now(UTC) - timedelta(seconds=1)
+
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True)
+    first = store.get_request("r-1")
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True)  # changes nothing: the time stays
+
+    request = store.get_request("r-1")
+    assert request is not None and request.taken_down_at is not None
+    taken_down_at = request.taken_down_at
+    assert started < taken_down_at <= datetime.now(UTC)
+    assert first is not None and first.taken_down_at == taken_down_at
+    # updated_at stays the time of its latest status; Open311's updated_datetime moves.
+    assert request.updated_at == T0 and request.modified_at == taken_down_at
+    assert store.get_requests(["r-1"])["r-1"].taken_down_at == taken_down_at
+
+    def found(after: datetime, before: datetime | None = None) -> list[str]:
+        query = RequestQuery(updated_after=after, updated_before=before)
+        return [r.id for r in store.find_requests(query)]
+
+    assert found(started) == ["r-1"]
+    assert found(T0 - minutes(1), started) == ["r-2"]
+    assert found(T0 - minutes(1), taken_down_at) == ["r-2"]
+    assert found(taken_down_at) == []
+
+
+def test_a_back_end_update_dated_before_the_take_down_still_moves_the_status(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.add_requests([reported("r-1"), reported("r-2")])
+        tx.apply_status_update(update("r-1", Status.IN_PROGRESS, T0 + minutes(5), "u-1"))
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True)
+        tx.take_down("r-2", marker=MARKER, media=True)
+
+    # Dated by the back-end's clock, after the status known but before the take-down: it is
+    # the newest status, not a late one. So is a first status dated before the request
+    # itself (a back-end clock running behind ours).
+    with store.transaction() as tx:
+        fixed = tx.apply_status_update(update("r-1", Status.FIXED, T0 + minutes(10), "u-2"))
+        first = tx.apply_status_update(update("r-2", Status.IN_PROGRESS, T0 - minutes(1), "u-1"))
+
+    assert fixed is not None and not fixed.history_only and fixed.status_changed
+    assert first is not None and not first.history_only and first.status_changed
+    request = store.get_request("r-1")
+    assert request is not None and request.taken_down_at is not None
+    assert (request.status, request.updated_at) == (Status.FIXED, T0 + minutes(10))
+    assert request.modified_at == request.taken_down_at  # the take-down is the later change
+
+
+def test_a_take_down_of_a_closed_request_does_not_postpone_forgetting_its_reporter(
+    store: Store,
+) -> None:
+    contact = Reporter(email="jo.smith@example.org")
+    with store.transaction() as tx:
+        tx.add_request(reported("r-1", status=Status.FIXED, reporter=contact))
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True)
+    cutoff = T0 + minutes(1)  # closed (last updated) before it; taken down after it
+
+    found = store.closed_with_reporter(closed_before=cutoff, limit=9)
+    with store.transaction() as tx:
+        forgotten = tx.forget_reporters(found, closed_before=cutoff)
+
+    assert found == forgotten == ["r-1"]
+    request = store.get_request("r-1")
+    assert request is not None and request.reporter == Reporter()
+    assert request.taken_down_at is not None and request.taken_down_at > cutoff
