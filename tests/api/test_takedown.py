@@ -26,6 +26,12 @@ def files(runtime: Runtime) -> MediaStore:
     return MediaStore(Path(runtime.env.media_dir), runtime.config.api.base_url)
 
 
+def take_down(runtime: Runtime, request_id: str) -> takedown.TakenDown:
+    """What `civicbus requests take-down ID` does, where the API runs."""
+    services = runtime.config.service_catalogue()
+    return takedown.take_down(runtime.store, files(runtime), request_id, services=services)
+
+
 def post(http: httpx.Client, api_key: str, *photos: bytes) -> str:
     response = http.post(
         "/requests.json",
@@ -55,7 +61,7 @@ def test_a_request_taken_down_reads_with_the_marker_and_without_its_photo(
     # Caches keep it an hour at most once taken down (not the year a content address allows).
     assert served.headers["cache-control"] == "public, max-age=3600"
 
-    done = takedown.take_down(runtime.store, files(runtime), request_id)
+    done = take_down(runtime, request_id)
 
     assert done.description and done.media == 2 and done.files_deleted == 2
     after = every_read(http, request_id)
@@ -81,7 +87,7 @@ def test_a_photo_another_request_shows_too_stays_served_for_it(
     url = f"{server.url}/media/{hashlib.sha256(shared).hexdigest()}.gif"
     first, second = post(http, api_key, shared), post(http, api_key, shared)
 
-    done = takedown.take_down(runtime.store, files(runtime), first)
+    done = take_down(runtime, first)
 
     assert (done.media, done.files_deleted, done.files_shared) == (1, 0, 1)
     assert all(b"/media/" not in body for body in every_read(http, first))
@@ -90,7 +96,7 @@ def test_a_photo_another_request_shows_too_stays_served_for_it(
     assert httpx.get(url).content == shared
 
     # The last request showing it taken down too, the file goes.
-    last = takedown.take_down(runtime.store, files(runtime), second)
+    last = take_down(runtime, second)
 
     assert (last.media, last.files_deleted, last.files_shared) == (1, 1, 0)
     assert httpx.get(url).status_code == 404
@@ -101,14 +107,15 @@ def test_a_request_taken_down_is_audited_without_the_content_and_the_chain_holds
 ) -> None:
     request_id = post(http, api_key, PHOTO + b"audit")
 
-    takedown.take_down(runtime.store, files(runtime), request_id)
-    again = takedown.take_down(runtime.store, files(runtime), request_id)
+    take_down(runtime, request_id)
+    again = take_down(runtime, request_id)
 
     assert not again.changed
     [entry] = [e for e in runtime.store.audit_trail(request_id) if e.action == "report_taken_down"]
     assert entry.actor == "cli:requests-take-down"
     assert entry.details == {
         "description": True,
+        "attributes": [],
         "media": 1,
         "files_deleted": 1,
         "events_waiting": 1,  # the `created` event: no relay runs in these tests
@@ -161,7 +168,7 @@ def test_a_take_down_is_read_by_updated_after_polls_and_a_later_update_still_app
     # The back-end's next update, dated by its clock before the take-down, arrives after it.
     fixed = datetime.now(UTC)
 
-    takedown.take_down(runtime.store, files(runtime), request_id)
+    take_down(runtime, request_id)
 
     request = runtime.store.get_request(request_id)
     assert request is not None and request.taken_down_at is not None
@@ -174,3 +181,45 @@ def test_a_take_down_is_read_by_updated_after_polls_and_a_later_update_still_app
     assert doc["status"] == "closed"  # the update applied: not refused as late
     assert doc["updated_datetime"] == request.taken_down_at.isoformat()
     assert request_id not in polled(http, request.taken_down_at)
+
+
+def test_a_request_taken_down_reads_without_its_written_answers_in_json_and_xml(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    pole = "SL-4411 outside Jo Smith's bedroom window"
+    noticed = "2026-03-01T21:00:00+00:00"
+    form = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "STREETLIGHT",
+        "lat": "37.76",
+        "long": "-122.41",
+        "description": WRITTEN,
+        "attribute[POLE_NUMBER]": pole,
+        "attribute[NOTICED_AT]": noticed,
+    }
+    response = http.post("/requests.json", data=form)
+    assert response.status_code == 201, response.text
+    request_id = response.json()[0]["service_request_id"]
+    params = {"jurisdiction_id": SPRINGFIELD, "extensions": "true"}
+    (before,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert {"code": "POLE_NUMBER", "values": [pole]} in before["extended_attributes"]["answers"]
+
+    done = take_down(runtime, request_id)
+
+    assert done.description and done.answers == ("POLE_NUMBER",)
+    for body in every_read(http, request_id):
+        assert pole.encode() not in body and WRITTEN.encode() not in body
+    (doc,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert doc["extended_attributes"]["answers"] == [
+        {"code": "POLE_NUMBER", "values": ["[answer removed]"]},
+        {"code": "NOTICED_AT", "values": [noticed]},
+    ]
+    xml = SafeET.fromstring(http.get(f"/requests/{request_id}.xml", params=params).content)
+    shown = {
+        answer.findtext("code"): [v.text for v in answer.iterfind("values/value")]
+        for answer in xml.iterfind("request/extended_attributes/answers/answer")
+    }
+    assert shown == {"POLE_NUMBER": ["[answer removed]"], "NOTICED_AT": [noticed]}
+    [entry] = [e for e in runtime.store.audit_trail(request_id) if e.action == "report_taken_down"]
+    assert entry.details["attributes"] == ["POLE_NUMBER"] and pole not in str(entry.details)

@@ -264,3 +264,82 @@ def test_a_take_down_of_a_closed_request_does_not_postpone_forgetting_its_report
     request = store.get_request("r-1")
     assert request is not None and request.reporter == Reporter()
     assert request.taken_down_at is not None and request.taken_down_at > cutoff
+
+
+ANSWER = "[answer removed]"
+PLATE = "HH-AB 123, Jo Smith's car"
+
+
+def test_a_take_down_replaces_the_named_answers_in_the_request_and_every_copy(
+    store: Store,
+) -> None:
+    answers = {"PLATE": PLATE, "LANE": "carriageway", "OLD": ("kerb", "Jo's drive")}
+    request = reported("r-1", attributes=answers)
+    other = reported("r-2", attributes=answers)
+    with store.transaction() as tx:
+        tx.add_requests([request, other])
+    published = queue_created(store, request)
+    store.mark_sent([row.id for row in store.pending_outbox()])
+    waiting, untouched = queue_created(store, request), queue_created(store, other)
+    letter = Envelope(
+        type=EventType.CREATED,
+        subject="r-1",
+        data=request.model_dump(mode="json"),
+        correlationid="c",
+    )
+    with store.transaction() as tx:
+        tx.record_dead_letter(
+            instance="sap-roads",
+            message_id="m-1",
+            request_id="r-1",
+            reason="x",
+            envelope=letter.model_dump(mode="json"),
+        )
+
+    with store.transaction() as tx:
+        done = tx.take_down(
+            "r-1", marker=None, media=False, answers={"PLATE", "OLD", "NONE"}, answer_marker=ANSWER
+        )
+    with store.transaction() as tx:
+        again = tx.take_down(
+            "r-1", marker=None, media=False, answers={"PLATE", "OLD"}, answer_marker=ANSWER
+        )
+
+    assert done is not None and done.answers == ("OLD", "PLATE")
+    assert not done.description and done.media == ()
+    assert (done.events_waiting, done.events_published, done.dead_letters) == (1, 1, 1)
+    assert again is not None and not again.changed
+    # A list answer stays a list; the others are left as they were.
+    expected = {"PLATE": ANSWER, "LANE": "carriageway", "OLD": (ANSWER,)}
+    taken = store.get_request("r-1")
+    assert taken is not None and taken.attributes == expected
+    assert taken.description == WRITTEN and taken.media == (PHOTO,)
+    stored = envelopes(store)
+    for message_id in (published, waiting):
+        data = stored[message_id]["data"]
+        assert isinstance(data, dict) and data["attributes"] == {**expected, "OLD": [ANSWER]}
+    assert PLATE in str(stored[untouched])
+    with store._engine.connect() as conn:
+        [kept] = conn.execute(sa.select(dead_letters.c.envelope)).scalars()
+    assert kept["data"]["attributes"] == {**expected, "OLD": [ANSWER]}
+    copies = str(stored[waiting]) + str(stored[published]) + str(kept)
+    assert PLATE not in copies and "Jo's drive" not in copies
+    kept_other = store.get_request("r-2")
+    assert kept_other is not None and kept_other.attributes["PLATE"] == PLATE
+
+
+def test_a_worker_recording_a_receipt_sees_answers_taken_down_meanwhile(store: Store) -> None:
+    # Neither a description nor media: only an answer changes.
+    with store.transaction() as tx:
+        tx.add_requests([make_request("r-1", attributes={"PLATE": PLATE}), make_request("r-2")])
+    read = store.get_requests(["r-1", "r-2"])
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True, answers={"PLATE"}, answer_marker=ANSWER)
+        tx.take_down("r-2", marker=MARKER, media=True, answers={"PLATE"}, answer_marker=ANSWER)
+
+    with store.transaction() as tx:
+        changed = tx.changed_requests(read)
+
+    assert set(changed) == {"r-1"}
+    assert changed["r-1"].attributes == {"PLATE": ANSWER}
+    assert changed["r-1"].taken_down_at is not None
