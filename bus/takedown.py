@@ -2,18 +2,21 @@
 
 A resident's erasure request covering their photo (a face, a number plate, their house), or
 moderation (an offensive or personal text). The request stays, with its status, history,
-back-end references and audit trail; its description reads as a fixed marker and its media are
-gone, from the request and from every copy the store keeps (outbox events, published or not,
-and dead letters). A stored photo's file is deleted unless another request shows the same
-content (files are stored once per content, bus.api.media). Audited in the request's trail
-without the content removed.
+back-end references and audit trail; its description and its written answers (see
+`written_answers`) read as fixed markers and its media are gone, from the request and from
+every copy the store keeps (outbox events, published or not, and dead letters). A stored
+photo's file is deleted unless another request shows the same content (files are stored once
+per content, bus.api.media). Audited in the request's trail without the content removed.
 
 What was published before stays with whoever received it: a back-office system that stored the
-`created` event keeps showing the old description and photo URL. So a take-down that changes the
-request queues `civicbus.request.taken_down` in the same transaction (the request as it now
-reads, and what was removed), which the relay publishes to `civicbus.events` like every other
-event: consumers and webhook subscriptions overwrite their copy. The request's `updated_at` does
-not move, so Open311 clients polling with `updated_after` are not told.
+`created` event keeps showing the old description, answers and photo URL. So a take-down that
+changes the request queues `civicbus.request.taken_down` in the same transaction (the request
+as it now reads, and what was removed), which the relay publishes to `civicbus.events` like
+every other event: consumers and webhook subscriptions overwrite their copy. Open311 clients
+polling with `updated_after` are told by the request's `taken_down_at`, which its
+`updated_datetime` then shows; its `updated_at` stays the time of its latest status, which the
+late-update rule (bus.store._requests._is_late) and the retention of a closed request's contact
+data go by.
 
 Status notes are not taken down: they are what the back-end or a partner said about the work
 (C-21, C-22), not the resident's report.
@@ -21,6 +24,8 @@ Status notes are not taken down: they are what the back-end or a partner said ab
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,14 +33,19 @@ from typing import Protocol
 import structlog
 
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
+from bus.intake import EXTERNAL_ID_ATTRIBUTE
 from bus.store import Store, Transaction
 from schemas.events import Envelope, EventType, TakeDown, TakenDownRequest
+from schemas.model import Attribute, AttributeAnswer, Datatype, Service, ServiceRequest
+from schemas.open311 import InvalidValue, parse_datetime, parse_float
 
 log = structlog.get_logger(__name__)
 
 #: What the Open311 reads show as the description of a request taken down (a request without
 #: a description keeps none: Open311's description is optional).
 TAKEN_DOWN = "[description removed]"
+#: What a written answer reads once taken down (a list answer: a list of this one value).
+ANSWER_TAKEN_DOWN = "[answer removed]"
 ACTOR = "cli:requests-take-down"
 TAKEN_DOWN_ACTION = "report_taken_down"
 
@@ -64,6 +74,8 @@ class TakenDown:
     request_id: str
     #: Whether the description was replaced now (False: none, or taken down before).
     description: bool
+    #: The codes of the attributes whose written answers were replaced now.
+    answers: tuple[str, ...]
     #: Media removed from the request now.
     media: int
     #: Their stored files: deleted, kept as another request shows the same content, or not
@@ -87,6 +99,7 @@ class TakenDown:
         """Whether anything was taken down by this call (False: nothing left to take down)."""
         return bool(
             self.description
+            or self.answers
             or self.media
             or self.files_deleted
             or self.events_waiting
@@ -100,12 +113,15 @@ def take_down(
     files: MediaFiles,
     request_id: str,
     *,
+    services: Iterable[Service],
     description: bool = True,
     media: bool = True,
     actor: str = ACTOR,
 ) -> TakenDown:
-    """Replace the description of one request (its id, or the batch token the resident was
-    given) by TAKEN_DOWN and remove its media, or only one of the two; audited.
+    """Replace what the resident wrote in one request (its id, or the batch token the resident
+    was given), its description by TAKEN_DOWN and its written answers by ANSWER_TAKEN_DOWN,
+    and remove its media, or only one of the two; audited. `services` is the catalogue the
+    attributes are defined in (the config's).
 
     The files go first, then the store in one transaction: if that fails, running it again
     finishes the work. TakeDownError for an unknown request.
@@ -115,6 +131,8 @@ def take_down(
     request = store.request_by_id_or_token(request_id)
     if request is None:
         raise TakeDownError(f"there is no request (nor batch token) {request_id}")
+    # Answers never change after the request was made: read here, they hold in the transaction.
+    answers = written_answers(request, _service_of(request, services)) if description else ()
     delivered_to = tuple(ref.adapter for ref in request.backend_refs)
     stored = {m.sha256 for m in request.media if m.sha256 is not None} if media else set()
     shared = store.media_in_use(stored, besides=request.id)
@@ -130,17 +148,27 @@ def take_down(
         else:
             missing += 1
     with store.transaction() as tx:
-        record = tx.take_down(request.id, marker=TAKEN_DOWN if description else None, media=media)
+        record = tx.take_down(
+            request.id,
+            marker=TAKEN_DOWN if description else None,
+            media=media,
+            answers=answers,
+            answer_marker=ANSWER_TAKEN_DOWN,
+        )
         if record is None:  # requests are never deleted
             raise TakeDownError(f"request {request.id} disappeared meanwhile")
         event_id = None
-        if record.description or record.media:
-            event_id = _announce(
-                tx, request.id, TakeDown(description=record.description, media=len(record.media))
+        if record.description or record.answers or record.media:
+            removed = TakeDown(
+                description=record.description,
+                attributes=record.answers,
+                media=len(record.media),
             )
+            event_id = _announce(tx, request.id, removed)
         done = TakenDown(
             request_id=request.id,
             description=record.description,
+            answers=record.answers,
             media=len(record.media),
             files_deleted=deleted,
             files_shared=len(shared),
@@ -158,6 +186,8 @@ def take_down(
                 request_id=request.id,
                 details={
                     "description": done.description,
+                    # The codes only: never what the answers said.
+                    "attributes": list(done.answers),
                     "media": done.media,
                     "files_deleted": done.files_deleted,
                     "events_waiting": done.events_waiting,
@@ -171,11 +201,71 @@ def take_down(
         request_id=request.id,
         changed=done.changed,
         description=done.description,
+        attributes=done.answers,
         media=done.media,
         files_deleted=done.files_deleted,
         message_id=event_id,
     )
     return done
+
+
+# Which answers are the resident's own words. A string or text answer is ("describe where the
+# dog bit you", a licence plate). A number, a datetime or keys of a list are not prose: a
+# quantity or a time the service asked for, or the city's own vocabulary; they stay, so the
+# report still reads as the back-office knows it. (A number field could hold a phone number's
+# digits: that is not told from a quantity, and a take-down is about words.) But an answer stays
+# only where the catalogue as configured now shows it to be one of those: an answer to an
+# attribute or a service no longer defined, to an attribute that takes none, or one that no
+# longer reads as its attribute's datatype (a text question turned into a list since) cannot be
+# shown not to be prose, so it goes: one answer too many hides a detail, one too few keeps
+# what had to go. A partner's `external_id` (C-15) stays: it is the partner's reference for its
+# report, not the resident's words.
+def written_answers(request: ServiceRequest, service: Service | None) -> tuple[str, ...]:
+    """The codes of the request's answers that are what the resident wrote, sorted: those a
+    take-down of the description takes down with it (`service`: its definition now, if any)."""
+    defined = {a.code: a for a in service.attributes} if service is not None else {}
+    return tuple(
+        sorted(
+            code
+            for code, answer in request.attributes.items()
+            if code != EXTERNAL_ID_ATTRIBUTE and not _kept(defined.get(code), answer)
+        )
+    )
+
+
+def _kept(attribute: Attribute | None, answer: AttributeAnswer) -> bool:
+    """Whether `answer` reads, by its attribute's definition (None: none), as a number, a
+    datetime or keys of the attribute's list."""
+    if attribute is None or not attribute.variable:
+        return False
+    values = (answer,) if isinstance(answer, str) else answer
+    if attribute.datatype.is_list:
+        keys = {v.key for v in attribute.values}
+        return bool(values) and all(value in keys for value in values)
+    if len(values) != 1:
+        return False
+    try:
+        if attribute.datatype is Datatype.NUMBER:
+            parse_float(attribute.code, values[0], low=-math.inf, high=math.inf)
+            return True
+        if attribute.datatype is Datatype.DATETIME:
+            parse_datetime(attribute.code, values[0])
+            return True
+    except InvalidValue:
+        return False
+    return False  # string, text: what the resident wrote
+
+
+def _service_of(request: ServiceRequest, services: Iterable[Service]) -> Service | None:
+    """The request's service in the catalogue; None when it is no longer defined."""
+    return next(
+        (
+            s
+            for s in services
+            if s.code == request.service_code and s.jurisdiction == request.jurisdiction
+        ),
+        None,
+    )
 
 
 def _announce(tx: Transaction, request_id: str, removed: TakeDown) -> str:

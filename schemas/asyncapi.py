@@ -87,10 +87,12 @@ _EVENTS: dict[EventType, _Event] = {
         "service_code",
         "The request's service code (a dot in it becomes `_`), as in its `created` event.",
         "What the resident wrote or photographed was taken down (an erasure request, "
-        "moderation): the request's description now reads `[description removed]` and/or its "
-        "media are gone. `data` is the request as it now reads and `data.taken_down` says what "
-        "was removed: overwrite the description and media of every copy you keep. Its status "
-        "and `updated_at` do not change.",
+        "moderation): the request's description now reads `[description removed]` and its "
+        "written answers `[answer removed]`, and/or its media are gone. `data` is the request "
+        "as it now reads and `data.taken_down` says what was removed: overwrite the "
+        "description, attributes and media of every copy you keep. Its status "
+        "and `updated_at` (the time of its latest status) do not change; `taken_down_at` says "
+        "when.",
         TakenDownRequest,
     ),
 }

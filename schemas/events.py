@@ -102,6 +102,12 @@ class TakeDown(BaseModel):
     description: bool = Field(
         description="the description was replaced now: it reads `[description removed]`"
     )
+    attributes: tuple[str, ...] = Field(
+        description="the codes of the attributes whose answers were replaced now: each reads "
+        "`[answer removed]` (a list answer: a list of that one value). Those are what the "
+        "resident wrote: answers to string and text attributes, and any answer the service's "
+        "definition no longer accounts for; numbers, datetimes and keys of a list stay"
+    )
     media: int = Field(
         ge=0,
         description="how many media were removed now: the request shows none any more, and "
@@ -111,6 +117,7 @@ class TakeDown(BaseModel):
 
 class TakenDownRequest(ServiceRequest):
     """The `data` of `civicbus.request.taken_down`: the request as it now reads, and what was
-    taken down from it; overwrite the description and media of every copy you keep."""
+    taken down from it; overwrite the description, attributes and media of every copy you
+    keep."""
 
     taken_down: TakeDown = Field(description="what was taken down by this take-down")

@@ -219,8 +219,26 @@ class ServiceRequest(_Model):
     requested_at: AwareDatetime
     updated_at: AwareDatetime
     expected_at: AwareDatetime | None = None
+    # Kept apart from updated_at, which is the time of the latest status applied: a status
+    # update dated before updated_at is recorded as late (history only), so a take-down moving
+    # updated_at would make the back-end's next update, dated by its own clock before the
+    # take-down, look late, and would postpone the retention of a closed request's contact data.
+    taken_down_at: AwareDatetime | None = Field(
+        default=None,
+        description="when what the resident wrote or photographed was last taken down "
+        "(`civicbus requests take-down`); null when never. Open311's `updated_datetime` is the "
+        "later of this and `updated_at`",
+    )
     backend_refs: tuple[BackendRef, ...] = ()
     history: tuple[StatusNote, ...] = ()
+
+    @property
+    def modified_at(self) -> datetime:
+        """When the request as it reads last changed: its latest status, or a later take-down
+        (Open311's `updated_datetime`, which `updated_after` polls by)."""
+        if self.taken_down_at is not None and self.taken_down_at > self.updated_at:
+            return self.taken_down_at
+        return self.updated_at
 
     def without_personal_data(self) -> ServiceRequest:
         """A copy safe for logs, audit details and public events."""

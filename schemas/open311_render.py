@@ -118,7 +118,7 @@ def request(req: ServiceRequest, *, extensions: bool = False) -> Document:
         "agency_responsible": req.agency,
         "service_notice": req.service_notice,
         "requested_datetime": iso(req.requested_at),
-        "updated_datetime": iso(req.updated_at),
+        "updated_datetime": iso(req.modified_at),
         "expected_datetime": iso(req.expected_at),
         "address": loc.address,
         "address_id": loc.address_id,

@@ -1,7 +1,8 @@
 """`civicbus requests stuck`: the requests no back-end has taken yet, and where each one is;
 `civicbus requests show ID`: one request as an operator needs to see it, found by its id, its
 batch token or a back-end's reference for it;
-`civicbus requests take-down ID`: a report's description and photos no longer public."""
+`civicbus requests take-down ID`: a report's description, written answers and photos no longer
+public."""
 
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def register(app: typer.Typer) -> None:
         description: bool = typer.Option(
             False,
             "--description",
-            help="Take down the description (alone, unless --media is named too).",
+            help="Take down what the resident wrote: the description and the answers to string "
+            "and text attributes (alone, unless --media is named too).",
         ),
         media: bool = typer.Option(
             False,
@@ -108,13 +110,15 @@ def register(app: typer.Typer) -> None:
         """Take down what a resident wrote or photographed, when it must not stay public
         (an erasure request covering a photo, moderation).
 
-        The description then reads "\\[description removed]" and the media are gone, from the
-        Open311 reads and from every copy the store keeps (outbox events, dead letters); a
-        photo's file is deleted unless another request shows the same file. Naming neither
-        --description nor --media takes down both. The request, its status, history and
-        back-end references stay; audited. Running it again is harmless. Subscribers are told
-        by a civicbus.request.taken_down event; what a back-end was sent stays there: the
-        answer names the back-ends."""
+        The description then reads "\\[description removed]", each answer the resident wrote
+        (string and text attributes, and any answer the service no longer defines) reads
+        "\\[answer removed]", and the media are gone, from the Open311 reads and from every
+        copy the store keeps (outbox events, dead letters); a photo's file is deleted unless
+        another request shows the same file. Naming neither --description nor --media takes
+        down both. The request, its status, history and back-end references stay; audited.
+        Running it again is harmless. Subscribers are told by a civicbus.request.taken_down
+        event, Open311 clients by its updated_datetime; what a back-end was sent stays there:
+        the answer names the back-ends."""
         # Here, not at the top: importing bus.api loads FastAPI, which no other command needs.
         from bus.api.media import MediaStore
 
@@ -126,6 +130,7 @@ def register(app: typer.Typer) -> None:
                     rt.store,
                     files,
                     request_id,
+                    services=rt.config.service_catalogue(),
                     description=description or both,
                     media=media or both,
                 )
@@ -150,6 +155,12 @@ def _taken_down_lines(done: takedown.TakenDown) -> tuple[list[str], list[str]]:
         out = [f"request {done.request_id} taken down"]
         if done.description:
             out.append(f"  description  now reads {takedown.TAKEN_DOWN!r}")
+        if done.answers:
+            reads = "reads" if len(done.answers) == 1 else "read"
+            out.append(
+                f"  attributes   {', '.join(done.answers)} now {reads} "
+                f"{takedown.ANSWER_TAKEN_DOWN!r}"
+            )
         if done.media:
             files = [f"{done.files_deleted} file(s) deleted"]
             if done.files_shared:
@@ -174,8 +185,8 @@ def _taken_down_lines(done: takedown.TakenDown) -> tuple[list[str], list[str]]:
     notes = []
     if done.delivered_to:
         notes.append(
-            f"delivered to {', '.join(done.delivered_to)}: the description and media that "
-            "system was sent stay there; take them down there too"
+            f"delivered to {', '.join(done.delivered_to)}: the description, answers and media "
+            "that system was sent stay there; take them down there too"
         )
     if done.events_published:
         notes.append(

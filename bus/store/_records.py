@@ -107,11 +107,13 @@ class RecordedUpdate:
 
 @dataclass(frozen=True)
 class TakenDownRecord:
-    """What a take-down changed in the store: whether it replaced the description, the media it
-    removed from the request, and how many stored copies it rewrote (outbox events waiting for
-    the relay, outbox events already published, dead letters)."""
+    """What a take-down changed in the store: whether it replaced the description, the codes of
+    the attributes whose answers it replaced, the media it removed from the request, and how
+    many stored copies it rewrote (outbox events waiting for the relay, outbox events already
+    published, dead letters)."""
 
     description: bool
+    answers: tuple[str, ...]
     media: tuple[Media, ...]
     events_waiting: int
     events_published: int
@@ -122,6 +124,7 @@ class TakenDownRecord:
         """Whether anything was rewritten."""
         return bool(
             self.description
+            or self.answers
             or self.media
             or self.events_waiting
             or self.events_published

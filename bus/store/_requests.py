@@ -97,6 +97,7 @@ def insert_requests(
                 "lat": request.location.lat,
                 "long": request.location.long,
                 "document": _document(request),
+                "taken_down_at": request.taken_down_at,
             }
         )
         contact = request.reporter.model_dump()
@@ -176,6 +177,7 @@ def _whole(
             "status": row.status,
             "requested_at": row.requested_at,
             "updated_at": row.updated_at,
+            "taken_down_at": row.taken_down_at,
             "reporter": reporter,
             "backend_refs": refs.get(row.id, []),
             "history": notes.get(row.id, []),
@@ -214,6 +216,7 @@ _SELECT_WHOLE_REQUESTS = (
         requests.c.status,
         requests.c.requested_at,
         requests.c.updated_at,
+        requests.c.taken_down_at,
         sa.cast(requests.c.document, sa.Text()).label("document"),
         reporters.c.request_id.label("reporter_of"),
         *(reporters.c[f] for f in _REPORTER_FIELDS),
@@ -242,14 +245,13 @@ def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, Se
 
 # What tells whether a request changed since it was read: any status update moves its status,
 # its updated_at or its count of history notes; a new reference moves its count of references;
-# a take-down (bus.takedown) changes its description or empties its media.
+# a take-down (bus.takedown) that changes the request moves its taken_down_at.
 _LOCK_REQUESTS = (
     sa.select(
         requests.c.id,
         requests.c.status,
         requests.c.updated_at,
-        requests.c.document["description"].as_string().label("description"),
-        requests.c.document["media"].as_string().label("media"),
+        requests.c.taken_down_at,
         sa.select(sa.func.count())
         .where(status_history.c.request_id == requests.c.id)
         .scalar_subquery()
@@ -280,8 +282,7 @@ def changed_requests(
             or row.updated_at != known[row.id].updated_at
             or row.notes != len(known[row.id].history)
             or row.refs != len(known[row.id].backend_refs)
-            or row.description != known[row.id].description
-            or (bool(known[row.id].media) and row.media in (None, "[]"))
+            or row.taken_down_at != known[row.id].taken_down_at
         )
     ]
     return get_requests(conn, changed) if changed else {}
@@ -301,10 +302,13 @@ def _filters(query: RequestQuery) -> Iterable[sa.ColumnElement[bool]]:
         yield c.requested_at >= query.requested_from
     if query.requested_to is not None:
         yield c.requested_at <= query.requested_to
+    # Open311's updated_datetime is the later of the two (ServiceRequest.modified_at); each
+    # column has its index, so an OR of the two is still served by them.
     if query.updated_after is not None:
-        yield c.updated_at > query.updated_after
+        yield sa.or_(c.updated_at > query.updated_after, c.taken_down_at > query.updated_after)
     if query.updated_before is not None:
         yield c.updated_at < query.updated_before
+        yield sa.or_(c.taken_down_at.is_(None), c.taken_down_at < query.updated_before)
     if query.bbox is not None:
         lat_ne, long_ne, lat_sw, long_sw = query.bbox
         yield c.lat.between(min(lat_sw, lat_ne), max(lat_sw, lat_ne))

@@ -69,8 +69,11 @@ requests = sa.Table(
     sa.Column("long", sa.Float(), nullable=True),
     # The canonical request without reporter, back-end references and history (own tables).
     sa.Column("document", _json(), nullable=False),
+    # When it was last taken down (bus.takedown); Open311's updated_after looks at it too.
+    sa.Column("taken_down_at", UTCDateTime(), nullable=True),
     sa.Index(None, "requested_at", "id"),
     sa.Index(None, "updated_at"),
+    sa.Index(None, "taken_down_at"),
     sa.Index(None, "service_code"),
     sa.Index(None, "status"),
     sa.Index(None, "lat", "long"),

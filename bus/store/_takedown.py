@@ -1,56 +1,96 @@
 """Taking down what a resident wrote or photographed: from the request and every stored copy.
 
-A request's description and media live in its document, and in copies of it the store keeps:
-outbox events (waiting for the relay, or published and kept for a while) and dead letters (the
-message each held, for replay). A take-down rewrites all of them, so that neither a read, nor
-an event the relay still publishes, nor a replay carries the old content again.
+A request's description, answers and media live in its document, and in copies of it the store
+keeps: outbox events (waiting for the relay, or published and kept for a while) and dead
+letters (the message each held, for replay). A take-down rewrites all of them, so that neither
+a read, nor an event the relay still publishes, nor a replay carries the old content again.
+Which answers are the resident's own words is the caller's to say (bus.takedown): the store
+does not know the service catalogue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bus.store._records import TakenDownRecord
+from bus.store._sql import utcnow
 from bus.store._tables import dead_letters, outbox, requests, status_history
 from schemas.model import Media
 
 
-def scrubbed(data: dict[str, Any], *, marker: str | None, media: bool) -> dict[str, Any]:
-    """A request document (or event data holding one) with its description replaced by
-    `marker` (None: left alone; an absent description stays absent) and, with `media`, no
-    media; `data` itself when nothing changes."""
+@dataclass(frozen=True)
+class _Removal:
+    """What one take-down replaces: the description by `marker` (None: left alone), the
+    answers of the attribute codes `answers` by `answer_marker`, and with `media` the media."""
+
+    marker: str | None
+    media: bool
+    answers: frozenset[str]
+    answer_marker: str
+
+
+def scrubbed(data: dict[str, Any], removal: _Removal) -> dict[str, Any]:
+    """A request document (or event data holding one) with what `removal` names replaced (an
+    absent description or answer stays absent); `data` itself when nothing changes."""
     changes: dict[str, Any] = {}
     description = data.get("description")
-    if marker is not None and isinstance(description, str) and description != marker:
-        changes["description"] = marker
-    if media and data.get("media"):
+    if isinstance(description, str) and removal.marker not in (None, description):
+        changes["description"] = removal.marker
+    attributes = data.get("attributes")
+    if removal.answers and isinstance(attributes, dict):
+        answers: dict[str, Any] = {}
+        for code in removal.answers & attributes.keys():
+            # A multivaluelist's answer is a list in JSON: it stays one.
+            value = attributes[code]
+            replacement = (
+                [removal.answer_marker] if isinstance(value, list) else removal.answer_marker
+            )
+            if value != replacement:
+                answers[code] = replacement
+        if answers:
+            changes["attributes"] = {**attributes, **answers}
+    if removal.media and data.get("media"):
         changes["media"] = []
     return {**data, **changes} if changes else data
 
 
-def _scrubbed_envelope(envelope: Any, *, marker: str | None, media: bool) -> dict[str, Any] | None:
+def _scrubbed_envelope(envelope: Any, removal: _Removal) -> dict[str, Any] | None:
     """The envelope with its data scrubbed, or None when it needs no change (or is no
     envelope: a dead letter can hold a body that was not one)."""
     if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
         return None
-    data = scrubbed(envelope["data"], marker=marker, media=media)
+    data = scrubbed(envelope["data"], removal)
     return None if data is envelope["data"] else {**envelope, "data": data}
 
 
 def take_down(
-    conn: Connection, request_id: str, *, marker: str | None, media: bool
+    conn: Connection,
+    request_id: str,
+    *,
+    marker: str | None,
+    media: bool,
+    answers: Collection[str] = (),
+    answer_marker: str | None = None,
+    at: datetime | None = None,
 ) -> TakenDownRecord | None:
-    """Replace the request's description by `marker` and/or remove its media, in its document
-    and in every outbox event and dead letter about it; None for an unknown request.
+    """Replace the request's description by `marker`, the answers of the attributes `answers`
+    by `answer_marker`, and/or remove its media, in its document and in every outbox event and
+    dead letter about it; None for an unknown request. A request that changes gets `at`
+    (default now) as its taken_down_at; its updated_at stays.
 
     The request row is locked first, as status updates and a worker's receipts lock it, so a
     worker recording a receipt meanwhile sees the change (bus.store._requests.changed_requests)
     and announces the request as it is now.
     """
+    if answers and answer_marker is None:
+        raise ValueError("answers to take down need the answer_marker they are to read")
+    removal = _Removal(marker, media, frozenset(answers), answer_marker or "")
     row = conn.execute(
         sa.select(requests.c.document).where(requests.c.id == request_id).with_for_update()
     ).first()
@@ -58,14 +98,20 @@ def take_down(
         return None
     document = dict(row.document)
     removed = tuple(Media.model_validate(m) for m in document.get("media") or ()) if media else ()
-    new = scrubbed(document, marker=marker, media=media)
+    new = scrubbed(document, removal)
     if new is not document:
-        conn.execute(requests.update().where(requests.c.id == request_id).values(document=new))
+        at = (at or utcnow()).astimezone(UTC)
+        stamped = {**new, "taken_down_at": at.isoformat().replace("+00:00", "Z")}
+        conn.execute(
+            requests.update()
+            .where(requests.c.id == request_id)
+            .values(document=stamped, taken_down_at=at)
+        )
     waiting = published = 0
     about = outbox.c.envelope["subject"].as_string() == request_id
     events = sa.select(outbox.c.id, outbox.c.envelope, outbox.c.sent_at).where(about)
     for event in conn.execute(events):
-        envelope = _scrubbed_envelope(event.envelope, marker=marker, media=media)
+        envelope = _scrubbed_envelope(event.envelope, removal)
         if envelope is None:
             continue
         conn.execute(outbox.update().where(outbox.c.id == event.id).values(envelope=envelope))
@@ -77,12 +123,14 @@ def take_down(
     d = dead_letters.c
     of_request = sa.or_(d.request_id == request_id, d.envelope["subject"].as_string() == request_id)
     for letter in conn.execute(sa.select(d.id, d.envelope).where(of_request)):
-        envelope = _scrubbed_envelope(letter.envelope, marker=marker, media=media)
+        envelope = _scrubbed_envelope(letter.envelope, removal)
         if envelope is not None:
             conn.execute(dead_letters.update().where(d.id == letter.id).values(envelope=envelope))
             letters += 1
+    before, after = document.get("attributes") or {}, new.get("attributes") or {}
     return TakenDownRecord(
         description=new.get("description") != document.get("description"),
+        answers=tuple(sorted(code for code in before if after.get(code) != before[code])),
         media=removed,
         events_waiting=waiting,
         events_published=published,

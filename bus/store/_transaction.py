@@ -172,13 +172,31 @@ class Transaction:
         return _retention.forget_reporters(self._session, request_ids, closed_before=closed_before)
 
     def take_down(
-        self, request_id: str, *, marker: str | None, media: bool
+        self,
+        request_id: str,
+        *,
+        marker: str | None,
+        media: bool,
+        answers: Collection[str] = (),
+        answer_marker: str | None = None,
+        at: datetime | None = None,
     ) -> TakenDownRecord | None:
-        """Replace the request's description by `marker` (None: keep it) and, with `media`,
-        remove its media, in the request and in every outbox event and dead letter about it
-        (published or not); None for an unknown request. Idempotent: a second call rewrites
-        nothing. The files behind the media are not touched (see `Store.media_in_use`)."""
-        return _takedown.take_down(self._session, request_id, marker=marker, media=media)
+        """Replace the request's description by `marker` (None: keep it), the answers of the
+        attribute codes `answers` by `answer_marker` and, with `media`, remove its media, in
+        the request and in every outbox event and dead letter about it (published or not);
+        None for an unknown request. Idempotent: a second call rewrites nothing. A request
+        that changes gets `at` (default now) as its taken_down_at, its updated_at (the time of
+        its latest status) stays. The files behind the media are not touched (see
+        `Store.media_in_use`)."""
+        return _takedown.take_down(
+            self._session,
+            request_id,
+            marker=marker,
+            media=media,
+            answers=answers,
+            answer_marker=answer_marker,
+            at=at,
+        )
 
     # --- audit -----------------------------------------------------------------------------
     def audit(

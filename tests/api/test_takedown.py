@@ -5,9 +5,11 @@ serves it, unless another request shows the same photo (files are stored once pe
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from defusedxml import ElementTree as SafeET
 
 from bus import takedown
 from bus.api.media import MediaStore
@@ -22,6 +24,12 @@ OTHER = b"\xff\xd8\xff\xe0" + b"take-down" * 8
 
 def files(runtime: Runtime) -> MediaStore:
     return MediaStore(Path(runtime.env.media_dir), runtime.config.api.base_url)
+
+
+def take_down(runtime: Runtime, request_id: str) -> takedown.TakenDown:
+    """What `civicbus requests take-down ID` does, where the API runs."""
+    services = runtime.config.service_catalogue()
+    return takedown.take_down(runtime.store, files(runtime), request_id, services=services)
 
 
 def post(http: httpx.Client, api_key: str, *photos: bytes) -> str:
@@ -53,7 +61,7 @@ def test_a_request_taken_down_reads_with_the_marker_and_without_its_photo(
     # Caches keep it an hour at most once taken down (not the year a content address allows).
     assert served.headers["cache-control"] == "public, max-age=3600"
 
-    done = takedown.take_down(runtime.store, files(runtime), request_id)
+    done = take_down(runtime, request_id)
 
     assert done.description and done.media == 2 and done.files_deleted == 2
     after = every_read(http, request_id)
@@ -79,7 +87,7 @@ def test_a_photo_another_request_shows_too_stays_served_for_it(
     url = f"{server.url}/media/{hashlib.sha256(shared).hexdigest()}.gif"
     first, second = post(http, api_key, shared), post(http, api_key, shared)
 
-    done = takedown.take_down(runtime.store, files(runtime), first)
+    done = take_down(runtime, first)
 
     assert (done.media, done.files_deleted, done.files_shared) == (1, 0, 1)
     assert all(b"/media/" not in body for body in every_read(http, first))
@@ -88,7 +96,7 @@ def test_a_photo_another_request_shows_too_stays_served_for_it(
     assert httpx.get(url).content == shared
 
     # The last request showing it taken down too, the file goes.
-    last = takedown.take_down(runtime.store, files(runtime), second)
+    last = take_down(runtime, second)
 
     assert (last.media, last.files_deleted, last.files_shared) == (1, 1, 0)
     assert httpx.get(url).status_code == 404
@@ -99,14 +107,15 @@ def test_a_request_taken_down_is_audited_without_the_content_and_the_chain_holds
 ) -> None:
     request_id = post(http, api_key, PHOTO + b"audit")
 
-    takedown.take_down(runtime.store, files(runtime), request_id)
-    again = takedown.take_down(runtime.store, files(runtime), request_id)
+    take_down(runtime, request_id)
+    again = take_down(runtime, request_id)
 
     assert not again.changed
     [entry] = [e for e in runtime.store.audit_trail(request_id) if e.action == "report_taken_down"]
     assert entry.actor == "cli:requests-take-down"
     assert entry.details == {
         "description": True,
+        "attributes": [],
         "media": 1,
         "files_deleted": 1,
         "events_waiting": 1,  # the `created` event: no relay runs in these tests
@@ -123,3 +132,94 @@ def test_a_request_taken_down_is_audited_without_the_content_and_the_chain_holds
     ]
     assert created.envelope.data["description"] == takedown.TAKEN_DOWN
     assert created.envelope.data["media"] == []
+
+
+def polled(http: httpx.Client, after: datetime) -> dict[str, str]:
+    """The updated_datetime of each request a client polling with `updated_after` reads, by
+    id; the same in JSON and in XML."""
+    params = {"jurisdiction_id": SPRINGFIELD, "updated_after": after.isoformat()}
+    listed = http.get("/requests.json", params=params).json()
+    xml = SafeET.fromstring(http.get("/requests.xml", params=params).content)
+    in_json = {d["service_request_id"]: d["updated_datetime"] for d in listed}
+    in_xml = {r.findtext("service_request_id"): r.findtext("updated_datetime") for r in xml}
+    assert in_json == in_xml
+    return in_json
+
+
+def test_a_take_down_is_read_by_updated_after_polls_and_a_later_update_still_applies(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    request_id = post(http, api_key)
+
+    def status_update(update_id: str, status: str, at: datetime) -> None:
+        form = {
+            "api_key": api_key,
+            "service_request_id": request_id,
+            "update_id": update_id,
+            "status": status,
+            "updated_datetime": at.isoformat(),
+        }
+        response = http.post("/servicerequestupdates.json", data=form)
+        assert response.status_code == 200, response.text
+
+    in_progress = datetime.now(UTC)
+    status_update("u-1", "IN_PROGRESS", in_progress)
+    assert request_id not in polled(http, in_progress)
+    # The back-end's next update, dated by its clock before the take-down, arrives after it.
+    fixed = datetime.now(UTC)
+
+    take_down(runtime, request_id)
+
+    request = runtime.store.get_request(request_id)
+    assert request is not None and request.taken_down_at is not None
+    assert request.updated_at == in_progress
+    assert polled(http, in_progress)[request_id] == request.taken_down_at.isoformat()
+    status_update("u-2", "FIXED", fixed)
+    (doc,) = http.get(
+        f"/requests/{request_id}.json", params={"jurisdiction_id": SPRINGFIELD}
+    ).json()
+    assert doc["status"] == "closed"  # the update applied: not refused as late
+    assert doc["updated_datetime"] == request.taken_down_at.isoformat()
+    assert request_id not in polled(http, request.taken_down_at)
+
+
+def test_a_request_taken_down_reads_without_its_written_answers_in_json_and_xml(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    pole = "SL-4411 outside Jo Smith's bedroom window"
+    noticed = "2026-03-01T21:00:00+00:00"
+    form = {
+        "api_key": api_key,
+        "jurisdiction_id": SPRINGFIELD,
+        "service_code": "STREETLIGHT",
+        "lat": "37.76",
+        "long": "-122.41",
+        "description": WRITTEN,
+        "attribute[POLE_NUMBER]": pole,
+        "attribute[NOTICED_AT]": noticed,
+    }
+    response = http.post("/requests.json", data=form)
+    assert response.status_code == 201, response.text
+    request_id = response.json()[0]["service_request_id"]
+    params = {"jurisdiction_id": SPRINGFIELD, "extensions": "true"}
+    (before,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert {"code": "POLE_NUMBER", "values": [pole]} in before["extended_attributes"]["answers"]
+
+    done = take_down(runtime, request_id)
+
+    assert done.description and done.answers == ("POLE_NUMBER",)
+    for body in every_read(http, request_id):
+        assert pole.encode() not in body and WRITTEN.encode() not in body
+    (doc,) = http.get(f"/requests/{request_id}.json", params=params).json()
+    assert doc["extended_attributes"]["answers"] == [
+        {"code": "POLE_NUMBER", "values": ["[answer removed]"]},
+        {"code": "NOTICED_AT", "values": [noticed]},
+    ]
+    xml = SafeET.fromstring(http.get(f"/requests/{request_id}.xml", params=params).content)
+    shown = {
+        answer.findtext("code"): [v.text for v in answer.iterfind("values/value")]
+        for answer in xml.iterfind("request/extended_attributes/answers/answer")
+    }
+    assert shown == {"POLE_NUMBER": ["[answer removed]"], "NOTICED_AT": [noticed]}
+    [entry] = [e for e in runtime.store.audit_trail(request_id) if e.action == "report_taken_down"]
+    assert entry.details["attributes"] == ["POLE_NUMBER"] and pole not in str(entry.details)

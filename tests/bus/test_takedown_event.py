@@ -16,7 +16,7 @@ import pytest
 from bus import takedown
 from bus.api.media import MediaStore
 from bus.broker import topology as t
-from bus.config import Config
+from bus.config import Config, load_config
 from bus.relay import Relay
 from bus.store import OutboxMessage, Store
 from bus.subscriptions import binding_key, declare, queue_name
@@ -25,6 +25,8 @@ from schemas.model import Reporter, ServiceRequest
 from tests.asyncapi_support import assert_documented
 from tests.store.store_factories import make_request
 
+SANDBOX = Path(__file__).parents[2] / "deploy/sandbox/civicbus.yaml"
+SERVICES = load_config(SANDBOX).service_catalogue()
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
 EMAIL = "jo.smith@example.org"
 PNG = b"\x89PNG\r\n\x1a\n" + b"taken down event" * 8
@@ -82,18 +84,21 @@ def test_a_take_down_queues_one_taken_down_event_without_the_content_or_personal
     digest = request.media[0].sha256
     assert digest is not None
 
-    done = takedown.take_down(store, files, "r-1")
+    done = takedown.take_down(store, files, "r-1", services=SERVICES)
 
     [row] = taken_down_rows(store)
     event = row.envelope
     assert (row.exchange, row.routing_key) == ("civicbus.events", "request.taken_down.POTHOLE")
     assert event.id == done.event_id and event.subject == "r-1"
-    assert event.data["taken_down"] == {"description": True, "media": 1}
+    assert event.data["taken_down"] == {"description": True, "attributes": [], "media": 1}
     assert event.data["description"] == takedown.TAKEN_DOWN and event.data["media"] == []
     assert set(event.data["reporter"].values()) == {None}
     # The rest reads as the request does: a consumer overwrites its copy with it.
     assert event.data["status"] == "open" and event.data["service_code"] == "POTHOLE"
     assert event.data["updated_at"] == request.updated_at.isoformat().replace("+00:00", "Z")
+    now = store.get_request("r-1")
+    assert now is not None and now.taken_down_at is not None
+    assert event.data["taken_down_at"] == now.taken_down_at.isoformat().replace("+00:00", "Z")
     for secret in (WRITTEN, EMAIL, "Jo", digest):
         assert secret not in row.body.decode()
     assert_documented(event)
@@ -106,9 +111,9 @@ def test_a_repeated_take_down_that_changes_nothing_queues_nothing(
     store: Store, files: MediaStore
 ) -> None:
     reported(store, files)
-    takedown.take_down(store, files, "r-1")
+    takedown.take_down(store, files, "r-1", services=SERVICES)
 
-    again = takedown.take_down(store, files, "r-1")
+    again = takedown.take_down(store, files, "r-1", services=SERVICES)
 
     assert not again.changed and again.event_id is None
     assert len(taken_down_rows(store)) == 1
@@ -119,12 +124,12 @@ def test_each_part_taken_down_is_announced_and_the_earlier_announcement_loses_th
 ) -> None:
     reported(store, files)
 
-    takedown.take_down(store, files, "r-1", media=False)
-    takedown.take_down(store, files, "r-1", description=False)
+    takedown.take_down(store, files, "r-1", services=SERVICES, media=False)
+    takedown.take_down(store, files, "r-1", services=SERVICES, description=False)
 
     first, second = (row.envelope.data for row in taken_down_rows(store))
-    assert first["taken_down"] == {"description": True, "media": 0}
-    assert second["taken_down"] == {"description": False, "media": 1}
+    assert first["taken_down"] == {"description": True, "attributes": [], "media": 0}
+    assert second["taken_down"] == {"description": False, "attributes": [], "media": 1}
     assert second["description"] == takedown.TAKEN_DOWN
     # The first one carried the photo (the request then still showed it): rewritten since.
     assert first["media"] == second["media"] == []
@@ -147,7 +152,7 @@ def test_the_relay_publishes_it_to_request_star_queues_and_subscriptions_never_a
     store: Store, files: MediaStore, config: Config, amqp_url: str, channel: Any
 ) -> None:
     reported(store, files)
-    takedown.take_down(store, files, "r-1")
+    takedown.take_down(store, files, "r-1", services=SERVICES)
     channel.queue_declare("office.takedowns", exclusive=True)
     channel.queue_bind("office.takedowns", t.EVENTS_EXCHANGE, binding_key("request.taken_down"))
     subscription = store.add_subscription("https://office.example/hook", ["request.*"], None)
@@ -164,7 +169,7 @@ def test_the_relay_publishes_it_to_request_star_queues_and_subscriptions_never_a
             ("civicbus.request.routed", "request.routed.sap-roads"),
             ("civicbus.request.taken_down", "request.taken_down.POTHOLE"),
         ]
-        assert got[2]["data"]["taken_down"] == {"description": True, "media": 1}
+        assert got[2]["data"]["taken_down"] == {"description": True, "attributes": [], "media": 1}
         assert WRITTEN not in json.dumps(got) and EMAIL not in json.dumps(got)
     [only] = drain(channel, "office.takedowns", 2, timeout=1.0)
     assert only["type"] == "civicbus.request.taken_down"
@@ -174,3 +179,52 @@ def test_the_relay_publishes_it_to_request_star_queues_and_subscriptions_never_a
     assert command["data"]["description"] == takedown.TAKEN_DOWN
     actions = [e.action for e in store.audit_trail("r-1")]
     assert actions.count("relayed") == 2 and actions.count("routed") == 1
+
+
+def test_written_answers_are_taken_down_with_the_description_and_named_without_their_content(
+    store: Store, files: MediaStore
+) -> None:
+    pole = "SL-4411, the one outside Jo Smith's window"
+    answers = {"POLE_NUMBER": pole, "NOTICED_AT": "2026-03-01T21:00:00+00:00", "GONE": "Jo's"}
+    request = make_request(
+        "r-1",
+        service_code="STREETLIGHT",
+        jurisdiction="springfield.example",
+        attributes=answers,
+    )
+    with store.transaction() as tx:
+        tx.add_request(request)
+
+    done = takedown.take_down(store, files, "r-1", services=SERVICES)
+    again = takedown.take_down(store, files, "r-1", services=SERVICES)
+
+    # No description, no media: the answers alone are what changed.
+    assert done.changed and not done.description and done.answers == ("GONE", "POLE_NUMBER")
+    assert not again.changed and again.answers == ()
+    [row] = taken_down_rows(store)
+    event = row.envelope
+    assert event.data["taken_down"] == {
+        "description": False,
+        "attributes": ["GONE", "POLE_NUMBER"],
+        "media": 0,
+    }
+    assert event.data["attributes"] == {
+        "POLE_NUMBER": takedown.ANSWER_TAKEN_DOWN,
+        "NOTICED_AT": answers["NOTICED_AT"],  # a time the city asked for: not prose
+        "GONE": takedown.ANSWER_TAKEN_DOWN,  # no longer defined: cannot be shown not to be
+    }
+    assert "Jo" not in row.body.decode()
+    assert_documented(event)
+    [entry] = store.audit_trail("r-1")
+    assert entry.action == takedown.TAKEN_DOWN_ACTION
+    assert entry.details["attributes"] == ["GONE", "POLE_NUMBER"]
+    assert "Jo" not in str(entry.details)
+    # Taking down only the media leaves what was written.
+    other = make_request(
+        "r-2", service_code="STREETLIGHT", jurisdiction="springfield.example", attributes=answers
+    )
+    with store.transaction() as tx:
+        tx.add_request(other)
+    media_only = takedown.take_down(store, files, "r-2", services=SERVICES, description=False)
+    kept = store.get_request("r-2")
+    assert not media_only.changed and kept is not None and kept.attributes == answers

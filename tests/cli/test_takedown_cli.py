@@ -13,7 +13,7 @@ from bus.api.media import MediaStore
 from bus.cli import app
 from bus.store import Store
 from schemas.model import BackendRef, Media
-from tests.store.store_factories import make_request
+from tests.store.store_factories import T0, make_request
 
 WRITTEN = "Jo Smith's car HH-AB 123 blocks the drain again"
 TOKEN = "T01M92GEHJHKC12PZZEKSM78Q7R"
@@ -70,6 +70,8 @@ def test_take_down_by_batch_token_removes_description_and_photo_and_a_second_run
     request = store.get_request("r-1")
     assert request is not None
     assert (request.description, request.media) == ("[description removed]", ())
+    # Open311 reads show the take-down's time; the time of its latest status stays.
+    assert request.taken_down_at is not None and request.updated_at == T0
     assert photo.sha256 is not None and files.find(photo.url.rpartition("/")[2]) is None
     [entry] = store.audit_trail("r-1")
     assert entry.action == "report_taken_down" and WRITTEN not in str(entry.details)
@@ -125,3 +127,39 @@ def test_take_down_of_an_unknown_request_fails(store: Store, files: MediaStore) 
 
     assert code == 1
     assert "there is no request (nor batch token) nope" in err
+
+
+def test_take_down_of_written_answers_names_them_and_keeps_the_city_s_choices(
+    store: Store, files: MediaStore
+) -> None:
+    notes = "Gate code 4711, ask for Jo Smith at number 12"
+    answers = {"BIN_TYPE": "recycling", "ACCESS_NOTES": notes}
+    with store.transaction() as tx:
+        tx.add_request(
+            make_request(
+                "r-1",
+                jurisdiction="shelbyville.example",
+                service_code="MISSED_BIN",
+                attributes=answers,
+            ),
+            token=TOKEN,
+        )
+
+    media_only = invoke("requests", "take-down", "r-1", "--media")
+    code, out, err = invoke("requests", "take-down", TOKEN, "--description")
+
+    assert media_only[0] == 0 and "nothing left to take down" in media_only[1]
+    assert code == 0, err
+    [event] = [row.envelope for row in store.pending_outbox()]
+    # No description was given: only the answer changes.
+    assert out.splitlines() == [
+        "request r-1 taken down",
+        "  attributes   ACCESS_NOTES now reads '[answer removed]'",
+        f"  event        civicbus.request.taken_down {event.id} queued: subscribers (queues, "
+        "webhooks) are told to overwrite their copy",
+    ]
+    request = store.get_request("r-1")
+    assert request is not None and request.description is None
+    assert request.attributes == {"BIN_TYPE": "recycling", "ACCESS_NOTES": "[answer removed]"}
+    [entry] = store.audit_trail("r-1")
+    assert entry.details["attributes"] == ["ACCESS_NOTES"] and notes not in str(entry.details)

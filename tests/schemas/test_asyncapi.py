@@ -94,10 +94,13 @@ def _data(event_type: EventType) -> dict[str, Any]:
         )
         return failure.model_dump(mode="json")
     if event_type is EventType.TAKEN_DOWN:
-        removed = request.model_copy(update={"description": "[description removed]"})
-        taken_down = TakenDownRequest(
-            **removed.model_dump(), taken_down=TakeDown(description=True, media=1)
+        # An answer to an attribute the service no longer defines is taken down as written.
+        answers = {**request.attributes, "OLD_NOTE": "[answer removed]"}
+        removed = request.model_copy(
+            update={"description": "[description removed]", "attributes": answers}
         )
+        what = TakeDown(description=True, attributes=("OLD_NOTE",), media=1)
+        taken_down = TakenDownRequest(**removed.model_dump(), taken_down=what)
         return taken_down.model_dump(mode="json")
     return request.model_dump(mode="json")
 

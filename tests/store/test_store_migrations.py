@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from bus.store import DeadLetterState, SchemaTooNew, Store
 from bus.store._migrate import alembic_config, current_revision, head_revision
 from bus.store._tables import metadata
+from tests.store.store_factories import T0, make_request
 
 
 def test_an_empty_database_migrates_to_head_and_matches_the_tables(store_url: str) -> None:
@@ -114,4 +115,25 @@ def test_0005_stamps_dead_letters_resolved_before_it_with_the_upgrade_time(store
         # Never deleted sooner than a retention period after the upgrade.
         assert resolved.resolved_at is not None
         assert before <= resolved.resolved_at <= datetime.now(UTC)
+    store.close()
+
+
+def test_0007_stamps_requests_taken_down_before_it_with_the_upgrade_time(store_url: str) -> None:
+    store = Store.open(store_url)
+    with store.transaction() as tx:
+        tx.add_requests([make_request("r-1"), make_request("r-2")])
+        tx.audit(actor="cli:requests-take-down", action="report_taken_down", request_id="r-1")
+        tx.audit(actor="api", action="request_created", request_id="r-2")
+    with store._writer.begin() as conn:
+        command.downgrade(alembic_config(conn), "0006")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    store.upgrade()
+
+    taken_down, other = (store.get_request(f"r-{i}") for i in (1, 2))
+    # Open311 clients polling with updated_after were never told: they read it next time.
+    assert taken_down is not None and taken_down.taken_down_at is not None
+    assert before <= taken_down.taken_down_at <= datetime.now(UTC)
+    assert taken_down.updated_at == T0
+    assert other is not None and other.taken_down_at is None
+    assert store.verify_audit().ok
     store.close()

@@ -3,13 +3,15 @@ every outbox event and dead letter about it, published or not; other requests ke
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from store_factories import make_request
+from datetime import UTC, datetime, timedelta
 
-from bus.store import Store
+import sqlalchemy as sa
+from store_factories import T0, make_request, minutes
+
+from bus.store import RequestQuery, Store
 from bus.store._tables import dead_letters, outbox
 from schemas.events import Envelope, EventType
-from schemas.model import Media, ServiceRequest, StatusUpdate
+from schemas.model import Media, Reporter, ServiceRequest, Status, StatusUpdate
 
 MARKER = "[description removed]"
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
@@ -179,3 +181,165 @@ def test_a_worker_recording_a_receipt_sees_a_take_down_made_meanwhile(store: Sto
 
     assert set(changed) == {"r-1", "r-2"}
     assert changed["r-1"].description == MARKER and changed["r-2"].media == ()
+
+
+def update(request_id: str, status: Status, at: datetime, update_id: str) -> StatusUpdate:
+    return StatusUpdate(
+        request_id=request_id, status=status, at=at, update_id=update_id, source="sap-roads"
+    )
+
+
+def test_a_take_down_is_when_the_request_last_changed_for_updated_after_not_its_updated_at(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.add_requests([reported("r-1"), reported("r-2")])
+    started = datetime.now(UTC) - timedelta(seconds=1)
+
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True)
+    first = store.get_request("r-1")
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True)  # changes nothing: the time stays
+
+    request = store.get_request("r-1")
+    assert request is not None and request.taken_down_at is not None
+    taken_down_at = request.taken_down_at
+    assert started < taken_down_at <= datetime.now(UTC)
+    assert first is not None and first.taken_down_at == taken_down_at
+    # updated_at stays the time of its latest status; Open311's updated_datetime moves.
+    assert request.updated_at == T0 and request.modified_at == taken_down_at
+    assert store.get_requests(["r-1"])["r-1"].taken_down_at == taken_down_at
+
+    def found(after: datetime, before: datetime | None = None) -> list[str]:
+        query = RequestQuery(updated_after=after, updated_before=before)
+        return [r.id for r in store.find_requests(query)]
+
+    assert found(started) == ["r-1"]
+    assert found(T0 - minutes(1), started) == ["r-2"]
+    assert found(T0 - minutes(1), taken_down_at) == ["r-2"]
+    assert found(taken_down_at) == []
+
+
+def test_a_back_end_update_dated_before_the_take_down_still_moves_the_status(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.add_requests([reported("r-1"), reported("r-2")])
+        tx.apply_status_update(update("r-1", Status.IN_PROGRESS, T0 + minutes(5), "u-1"))
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True)
+        tx.take_down("r-2", marker=MARKER, media=True)
+
+    # Dated by the back-end's clock, after the status known but before the take-down: it is
+    # the newest status, not a late one. So is a first status dated before the request
+    # itself (a back-end clock running behind ours).
+    with store.transaction() as tx:
+        fixed = tx.apply_status_update(update("r-1", Status.FIXED, T0 + minutes(10), "u-2"))
+        first = tx.apply_status_update(update("r-2", Status.IN_PROGRESS, T0 - minutes(1), "u-1"))
+
+    assert fixed is not None and not fixed.history_only and fixed.status_changed
+    assert first is not None and not first.history_only and first.status_changed
+    request = store.get_request("r-1")
+    assert request is not None and request.taken_down_at is not None
+    assert (request.status, request.updated_at) == (Status.FIXED, T0 + minutes(10))
+    assert request.modified_at == request.taken_down_at  # the take-down is the later change
+
+
+def test_a_take_down_of_a_closed_request_does_not_postpone_forgetting_its_reporter(
+    store: Store,
+) -> None:
+    contact = Reporter(email="jo.smith@example.org")
+    with store.transaction() as tx:
+        tx.add_request(reported("r-1", status=Status.FIXED, reporter=contact))
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True)
+    cutoff = T0 + minutes(1)  # closed (last updated) before it; taken down after it
+
+    found = store.closed_with_reporter(closed_before=cutoff, limit=9)
+    with store.transaction() as tx:
+        forgotten = tx.forget_reporters(found, closed_before=cutoff)
+
+    assert found == forgotten == ["r-1"]
+    request = store.get_request("r-1")
+    assert request is not None and request.reporter == Reporter()
+    assert request.taken_down_at is not None and request.taken_down_at > cutoff
+
+
+ANSWER = "[answer removed]"
+PLATE = "HH-AB 123, Jo Smith's car"
+
+
+def test_a_take_down_replaces_the_named_answers_in_the_request_and_every_copy(
+    store: Store,
+) -> None:
+    answers = {"PLATE": PLATE, "LANE": "carriageway", "OLD": ("kerb", "Jo's drive")}
+    request = reported("r-1", attributes=answers)
+    other = reported("r-2", attributes=answers)
+    with store.transaction() as tx:
+        tx.add_requests([request, other])
+    published = queue_created(store, request)
+    store.mark_sent([row.id for row in store.pending_outbox()])
+    waiting, untouched = queue_created(store, request), queue_created(store, other)
+    letter = Envelope(
+        type=EventType.CREATED,
+        subject="r-1",
+        data=request.model_dump(mode="json"),
+        correlationid="c",
+    )
+    with store.transaction() as tx:
+        tx.record_dead_letter(
+            instance="sap-roads",
+            message_id="m-1",
+            request_id="r-1",
+            reason="x",
+            envelope=letter.model_dump(mode="json"),
+        )
+
+    with store.transaction() as tx:
+        done = tx.take_down(
+            "r-1", marker=None, media=False, answers={"PLATE", "OLD", "NONE"}, answer_marker=ANSWER
+        )
+    with store.transaction() as tx:
+        again = tx.take_down(
+            "r-1", marker=None, media=False, answers={"PLATE", "OLD"}, answer_marker=ANSWER
+        )
+
+    assert done is not None and done.answers == ("OLD", "PLATE")
+    assert not done.description and done.media == ()
+    assert (done.events_waiting, done.events_published, done.dead_letters) == (1, 1, 1)
+    assert again is not None and not again.changed
+    # A list answer stays a list; the others are left as they were.
+    expected = {"PLATE": ANSWER, "LANE": "carriageway", "OLD": (ANSWER,)}
+    taken = store.get_request("r-1")
+    assert taken is not None and taken.attributes == expected
+    assert taken.description == WRITTEN and taken.media == (PHOTO,)
+    stored = envelopes(store)
+    for message_id in (published, waiting):
+        data = stored[message_id]["data"]
+        assert isinstance(data, dict) and data["attributes"] == {**expected, "OLD": [ANSWER]}
+    assert PLATE in str(stored[untouched])
+    with store._engine.connect() as conn:
+        [kept] = conn.execute(sa.select(dead_letters.c.envelope)).scalars()
+    assert kept["data"]["attributes"] == {**expected, "OLD": [ANSWER]}
+    copies = str(stored[waiting]) + str(stored[published]) + str(kept)
+    assert PLATE not in copies and "Jo's drive" not in copies
+    kept_other = store.get_request("r-2")
+    assert kept_other is not None and kept_other.attributes["PLATE"] == PLATE
+
+
+def test_a_worker_recording_a_receipt_sees_answers_taken_down_meanwhile(store: Store) -> None:
+    # Neither a description nor media: only an answer changes.
+    with store.transaction() as tx:
+        tx.add_requests([make_request("r-1", attributes={"PLATE": PLATE}), make_request("r-2")])
+    read = store.get_requests(["r-1", "r-2"])
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True, answers={"PLATE"}, answer_marker=ANSWER)
+        tx.take_down("r-2", marker=MARKER, media=True, answers={"PLATE"}, answer_marker=ANSWER)
+
+    with store.transaction() as tx:
+        changed = tx.changed_requests(read)
+
+    assert set(changed) == {"r-1"}
+    assert changed["r-1"].attributes == {"PLATE": ANSWER}
+    assert changed["r-1"].taken_down_at is not None
