@@ -5,7 +5,7 @@ not show to be a number, a datetime or keys of its list; never a partner's exter
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bus.takedown import written_answers
@@ -111,11 +111,15 @@ def test_a_request_without_answers_has_none_to_take_down() -> None:
 
 
 _codes = st.sampled_from(["PLATE", "WHERE", "DEPTH", "SEEN", "LANE", "LANES", "GONE"])
+_text = st.text(min_size=1, max_size=20)
 _answers: st.SearchStrategy[AttributeAnswer] = st.one_of(
-    st.text(min_size=1), st.tuples(st.text(min_size=1)), st.lists(st.text()).map(tuple)
+    _text, st.tuples(_text), st.lists(st.text(max_size=20), max_size=4).map(tuple)
 )
 
 
+# Generation is cheap, yet its first draws can take over a second on a loaded 2-core machine (CI
+# runs beside RabbitMQ and PostgreSQL): the too_slow health check failed this test there.
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_codes, _answers, max_size=7))
 def test_whatever_is_answered_only_numbers_datetimes_and_list_keys_stay(
     answers: dict[str, AttributeAnswer],
