@@ -1,11 +1,11 @@
 """The outbox relay: moves committed outbox rows to RabbitMQ, in order, confirmed, at least once.
 
 One relay is active at a time (a lease in the store); other copies stand by and take over when
-the lease expires. Each cycle reads pending rows in id order, publishes them as one batch with
-publisher confirms, and only after the broker confirmed the whole batch marks the rows sent and
-writes their audit entries, in one store transaction. (Marking a batch on a thread of its own
-while the next one was published gained nothing measurable, on SQLite or on PostgreSQL over
-loopback: the relay is CPU-bound in one interpreter. The loop is sequential again.)
+the lease expires. Each cycle reads pending rows in id order, batch after batch, publishes each
+batch with publisher confirms, and only after the broker confirmed the whole batch marks its rows
+sent and writes their audit entries, in one store transaction. While the broker routes, stores
+and confirms one batch, the relay reads and publishes the next: one batch ahead, no more, so the
+broker and the relay work side by side instead of in turn (measured in tests/bench/bench_bus.py).
 
 A `civicbus.request.created` event is also turned into a command for the adapter instance the
 routing rules choose, followed by a `civicbus.request.routed` event saying so (in the same
@@ -19,9 +19,10 @@ of the batch is marked sent as usual, while the replay is audited `replay_return
 dead letter waits again for the operator (`civicbus dead list`), so it neither is lost nor
 holds back the rows behind it.
 
-When the broker goes away mid-batch nothing is marked, and the same rows are published again,
-in the same order, after reconnecting: a consumer may see a message twice, never miss one or
-see them reordered. The same holds when the store fails to mark a batch.
+When the broker goes away mid-batch nothing of it is marked, and the same rows are published
+again, in the same order, after reconnecting: a consumer may see a message twice (those of the
+batch behind the one that failed too), never miss one, and sees each message for the first time
+in outbox order. The same holds when the store fails to mark a batch.
 
 When RabbitMQ blocks the relay's connection for a resource alarm (memory or disk), the batch
 waits on it for the alarm to clear, the relay keeps its lease meanwhile, and it records the
@@ -35,6 +36,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +56,7 @@ from bus.broker.publisher import (
     CONFIRM_TIMEOUT,
     ConfirmingPublisher,
     Outgoing,
+    Sent,
     Unroutable,
     envelope_message,
 )
@@ -73,6 +76,9 @@ log = structlog.get_logger(__name__)
 
 ACTOR = "relay"
 LEASE = "relay"
+#: Batches one cycle relays at most before it looks at its lease and the broker's blocks again
+#: (it keeps both up to date while it waits for confirms too).
+MAX_CYCLE_BATCHES = 20
 
 
 @dataclass(frozen=True)
@@ -107,8 +113,17 @@ class _Routed:
     rule: str
 
 
+@dataclass(frozen=True)
+class _InFlight:
+    """A batch published and not yet marked: its rows, the commands routed, its confirms."""
+
+    rows: Sequence[OutboxMessage]
+    routed: dict[int, _Routed]
+    sent: Sent
+
+
 class Relay:
-    """The relay loop: `run()` until `stop` is set; `relay_batch()` is one cycle of it."""
+    """The relay loop: `run()` until `stop` is set; `relay_pending()` is one cycle of it."""
 
     def __init__(
         self,
@@ -160,7 +175,7 @@ class Relay:
             self._ensure_connected()
             if self.stop.is_set():
                 return
-            sent = self.relay_batch()
+            sent = self.relay_pending()
             self._failures = 0
             if sent == 0:
                 self._idle()
@@ -279,33 +294,58 @@ class Relay:
         self._publisher = None
 
     # --- one cycle ---------------------------------------------------------------------------
-    def relay_batch(self) -> int:
-        """Publish the next pending rows, wait for all confirms, then mark them sent and audit.
+    def relay_pending(self) -> int:
+        """Publish the pending rows batch after batch, each marked sent (and audited) once the
+        broker confirmed all of it; returns the number of rows relayed (0: the outbox is empty).
 
-        Returns the number of rows relayed (0 when the outbox is empty). Raises
-        BrokerUnavailable or Unroutable with nothing marked, and StoreUnavailable when the
-        rows could not be read or marked (then they go out again on the next cycle).
+        While the broker confirms one batch, the next one is read and published (a pipeline
+        two batches deep): the broker works while the relay does, which keeps both busy.
+        The cycle ends when the outbox is empty, after MAX_CYCLE_BATCHES batches, or when the
+        relay is stopping (after its first batch). Raises BrokerUnavailable or Unroutable, and
+        StoreUnavailable when rows could not be read or marked: the batches not yet marked go
+        out again, in order, on the next cycle (the one behind the failed one, already
+        published, thus twice).
         """
-        rows = self.store.pending_outbox_messages(self.settings.batch_size)
-        if not rows:
-            return 0
-        routed, returned = self._publish(rows)
-        self._commit(rows, routed, returned)
-        return len(rows)
+        relayed = 0
+        in_flight: deque[_InFlight] = deque()
+        after, batches, more = 0, 0, True
+        try:
+            while True:
+                stopping = batches > 0 and self.stop.is_set()
+                if more and batches < MAX_CYCLE_BATCHES and not stopping:
+                    rows = self.store.pending_outbox_messages(self.settings.batch_size, after=after)
+                    more = len(rows) == self.settings.batch_size
+                    if rows:
+                        in_flight.append(self._send(rows))
+                        after, batches = rows[-1].id, batches + 1
+                        if more and len(in_flight) < 2:
+                            continue  # the next batch goes out while this one is confirmed
+                if not in_flight:
+                    return relayed
+                relayed += self._settle(in_flight.popleft())
+        finally:
+            if in_flight and self._publisher is not None:
+                self._publisher.abandon()  # given up: published again on the next cycle
 
-    def _publish(self, rows: Sequence[OutboxMessage]) -> tuple[dict[int, _Routed], dict[int, str]]:
-        """Publish the rows' messages as one confirmed batch; the commands routed and the
-        replays returned for want of a queue (their route), by row id."""
+    def _send(self, rows: Sequence[OutboxMessage]) -> _InFlight:
+        """Publish the rows' messages as one batch, without waiting for its confirms."""
         self._ensure_connected()
         assert self._publisher is not None
         routed: dict[int, _Routed] = {}
+        sent = self._publisher.send(list(self._messages(rows, routed)))
+        return _InFlight(rows, routed, sent)
+
+    def _settle(self, batch: _InFlight) -> int:
+        """Wait for the batch's confirms, then mark its rows sent and audit them."""
+        assert self._publisher is not None
+        returned: dict[int, str] = {}
         try:
-            self._publisher.publish_batch(list(self._messages(rows, routed)))
+            self._publisher.wait(batch.sent)
         except Unroutable as exc:
-            self._blocks.cleared()  # confirmed, though returned
-            return routed, self._returned_replays(rows, exc)
-        self._blocks.cleared()
-        return routed, {}
+            returned = self._returned_replays(batch.rows, exc)
+        self._blocks.cleared()  # confirmed, though perhaps returned
+        self._commit(batch.rows, batch.routed, returned)
+        return len(batch.rows)
 
     def _returned_replays(self, rows: Sequence[OutboxMessage], exc: Unroutable) -> dict[int, str]:
         """The replay rows returned because their route is gone, by row id, with the route.

@@ -1,9 +1,11 @@
-"""Persistent publishing with windowed publisher confirms: send a batch, wait for every confirm.
+"""Persistent publishing with windowed publisher confirms: send batches, wait for their confirms.
 
 pika's BlockingChannel waits for the confirm of each message before sending the next (one round
-trip per message). Here the batch is written to the channel underneath it in one go and the
+trip per message). Here a batch is written to the channel underneath it in one go and the
 connection's I/O loop runs until the broker has confirmed all of it, which is several times
-faster and still tells us exactly when a whole batch is safe on the broker.
+faster and still tells us exactly when a whole batch is safe on the broker. A caller may send
+the next batch before waiting for the last one (`send`, then `wait`): the broker routes and
+stores one batch while the caller prepares the next, instead of each side idling in turn.
 
 While the broker blocks the connection for a resource alarm, the confirm timeout does not run:
 the broker holds the batch until the alarm clears, which is no broker failing to answer, and
@@ -90,10 +92,13 @@ def envelope_message(
 
 
 @dataclass
-class _Window:
-    """What the broker has yet to confirm in the current batch."""
+class Sent:
+    """A batch on its way: what the broker has yet to confirm of it, and what went wrong."""
 
+    size: int
     unconfirmed: set[int] = field(default_factory=set)
+    #: The message ids of its mandatory messages: a message the broker returns is one of them.
+    mandatory: set[str] = field(default_factory=set)
     nacked: int = 0
     returned: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -120,7 +125,8 @@ class ConfirmingPublisher:
         self._connection = connection
         self._confirm_timeout = confirm_timeout
         self._while_waiting = while_waiting
-        self._window = _Window()
+        #: The batches sent and not yet waited for, oldest first.
+        self._in_flight: list[Sent] = []
         self._next_tag = 1
         self._blocked = False
         connection.add_on_connection_blocked_callback(self._on_blocked)
@@ -150,9 +156,13 @@ class ConfirmingPublisher:
         confirms do not arrive within the timeout; Unroutable if a mandatory message was
         returned. Either way, none of the batch may be taken as delivered.
         """
-        if not messages:
-            return
-        self._window = _Window()
+        if messages:
+            self.wait(self.send(messages))
+
+    def send(self, messages: Sequence[Outgoing]) -> Sent:
+        """Publish every message and hand them to the broker, without waiting for confirms:
+        `wait` for them. Raises BrokerUnavailable if the connection fails meanwhile."""
+        sent = Sent(len(messages))
         with broker_errors(f"publishing a batch of {len(messages)}"):
             for message in messages:
                 self._channel.basic_publish(
@@ -162,20 +172,43 @@ class ConfirmingPublisher:
                     message.properties,
                     mandatory=message.mandatory,
                 )
-                self._window.unconfirmed.add(self._next_tag)
+                sent.unconfirmed.add(self._next_tag)
                 self._next_tag += 1
+                if message.mandatory:
+                    sent.mandatory.add(str(message.properties.message_id))
+            self._in_flight.append(sent)
+            # Out to the broker now (this returns once the socket took it all), so that it
+            # routes and stores the batch while the caller goes on.
+            self._connection.process_data_events(time_limit=0)
+        return sent
+
+    def wait(self, sent: Sent) -> None:
+        """Wait until the broker confirmed every message of `sent`.
+
+        Raises BrokerUnavailable if the connection fails, the broker nacks a message, or the
+        confirms do not arrive within the timeout; Unroutable if a mandatory message was
+        returned. Either way, none of the batch may be taken as delivered.
+        """
+        with broker_errors(f"waiting for the confirms of a batch of {sent.size}"):
             deadline = time.monotonic() + self._confirm_timeout
-            while self._window.unconfirmed:
+            while sent.unconfirmed:
                 if self._blocked:
                     deadline = time.monotonic() + self._confirm_timeout
-                self._process_until(deadline, f"waiting for {len(messages)} confirms")
+                self._process_until(deadline, f"waiting for {sent.size} confirms")
                 self._while_waiting()
-        if self._window.nacked:
+        if sent in self._in_flight:
+            self._in_flight.remove(sent)
+        if sent.nacked:
             raise BrokerUnavailable(
-                f"the broker refused {self._window.nacked} of {len(messages)} messages (nack)"
+                f"the broker refused {sent.nacked} of {sent.size} messages (nack)"
             )
-        if self._window.returned:
-            raise Unroutable(self._window.returned)
+        if sent.returned:
+            raise Unroutable(sent.returned)
+
+    def abandon(self) -> None:
+        """Forget the batches sent and not waited for (their caller gave them up and will send
+        them again): confirms that still come for them change nothing."""
+        self._in_flight.clear()
 
     def _process_until(self, deadline: float, doing: str) -> None:
         remaining = deadline - time.monotonic()
@@ -194,11 +227,20 @@ class ConfirmingPublisher:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         tag: int = method.delivery_tag
-        done = {t for t in self._window.unconfirmed if t <= tag} if method.multiple else {tag}
-        self._window.unconfirmed -= done
-        if isinstance(method, pika.spec.Basic.Nack):
-            self._window.nacked += len(done)
-        if not self._window.unconfirmed:
+        nack = isinstance(method, pika.spec.Basic.Nack)
+        finished = False
+        for sent in self._in_flight:
+            if method.multiple:
+                done = {t for t in sent.unconfirmed if t <= tag}
+            else:
+                done = {tag} & sent.unconfirmed
+            if not done:
+                continue
+            sent.unconfirmed -= done
+            if nack:
+                sent.nacked += len(done)
+            finished = finished or not sent.unconfirmed
+        if finished:
             self._wake()
 
     def _wake(self) -> None:
@@ -209,9 +251,12 @@ class ConfirmingPublisher:
     def _on_return(
         self, _channel: Any, method: Any, properties: pika.BasicProperties, _body: bytes
     ) -> None:
-        self._window.returned.append(
-            (str(properties.message_id), method.exchange, method.routing_key)
-        )
+        message_id = str(properties.message_id)
+        # The oldest batch holding it: a batch sent again after a failure is newer.
+        for sent in self._in_flight:
+            if message_id in sent.mandatory:
+                sent.returned.append((message_id, method.exchange, method.routing_key))
+                break
         log.error(
             "broker.message_returned",
             message_id=properties.message_id,

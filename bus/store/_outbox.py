@@ -71,15 +71,15 @@ _PENDING_MESSAGES = (
         outbox.c.exchange,
         outbox.c.routing_key,
     )
-    .where(outbox.c.sent_at.is_(None))
+    .where(outbox.c.sent_at.is_(None), outbox.c.id > sa.bindparam("after"))
     .order_by(outbox.c.id)
     .limit(sa.bindparam("limit"))
 )
 
 
-def pending_messages(conn: Connection, limit: int) -> list[OutboxMessage]:
-    """Unsent rows in id order, each envelope parsed once from its stored JSON text (on the
-    driver's cursor: the relay's every batch starts here)."""
+def pending_messages(conn: Connection, limit: int, after: int = 0) -> list[OutboxMessage]:
+    """Unsent rows above id `after` in id order, each envelope parsed once from its stored
+    JSON text (on the driver's cursor: the relay's every batch starts here)."""
     return [
         OutboxMessage(
             id=row_id,
@@ -88,7 +88,9 @@ def pending_messages(conn: Connection, limit: int) -> list[OutboxMessage]:
             exchange=exchange,
             routing_key=routing_key,
         )
-        for row_id, body, exchange, routing_key in run(conn, _PENDING_MESSAGES, {"limit": limit})
+        for row_id, body, exchange, routing_key in run(
+            conn, _PENDING_MESSAGES, {"limit": limit, "after": after}
+        )
     ]
 
 

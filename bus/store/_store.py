@@ -200,9 +200,10 @@ class Store:
         """Unsent rows, oldest first."""
         return self._read(lambda conn: _outbox.pending(conn, limit))
 
-    def pending_outbox_messages(self, limit: int = 500) -> list[OutboxMessage]:
-        """Unsent rows, oldest first, with each envelope's stored JSON as the message body."""
-        return self._read(lambda conn: _outbox.pending_messages(conn, limit))
+    def pending_outbox_messages(self, limit: int = 500, *, after: int = 0) -> list[OutboxMessage]:
+        """Unsent rows, oldest first, with each envelope's stored JSON as the message body;
+        only those with an id above `after` (the rows already on their way to the broker)."""
+        return self._read(lambda conn: _outbox.pending_messages(conn, limit, after))
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         """Mark rows published (after the broker confirmed them)."""

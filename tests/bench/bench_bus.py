@@ -247,7 +247,7 @@ def relay_run(url: str, rows: int, batch: int) -> tuple[float, int]:
             start = time.perf_counter()
             sent = 0
             while sent < rows:
-                sent += relay.relay_batch()
+                sent += relay.relay_pending()
             elapsed = time.perf_counter() - start
             relay._disconnect()
         finally:

@@ -72,7 +72,7 @@ def test_rows_are_published_in_order_as_persistent_cloudevents(
     sent = [accept(store, "POTHOLE"), accept(store, "NOISE", EventType.STATUS_CHANGED)]
     sent += [accept(store, "GRAFFITI") for _ in range(3)]
 
-    assert Relay(store, config, amqp_url).relay_batch() == 5
+    assert Relay(store, config, amqp_url).relay_pending() == 5
 
     # Each created event is followed by the routed event of its command.
     got = drain(channel, "test.events", 9, routed=True)
@@ -95,13 +95,48 @@ def test_rows_are_published_in_order_as_persistent_cloudevents(
     assert store.pending_outbox() == []
 
 
+def test_a_cycle_relays_batch_after_batch_in_order_each_marked_after_its_confirms(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    sent = [accept(store, "NOISE", EventType.STATUS_CHANGED) for _ in range(7)]
+    relay = Relay(store, config, amqp_url, settings=RelaySettings(batch_size=2))
+
+    with capture_logs() as logs:
+        assert relay.relay_pending() == 7  # four batches, the last one short
+
+    assert [p.message_id for p, _ in drain(channel, "test.events", 8)] == [e.id for e in sent]
+    batches = [line["rows"] for line in logs if line["event"] == "relay.batch_sent"]
+    assert batches == [2, 2, 2, 1]
+    assert store.pending_outbox() == []
+    for envelope in sent:
+        assert [e.action for e in store.audit_trail(envelope.subject)] == ["relayed"]
+    assert relay.relay_pending() == 0
+    relay._disconnect()
+
+
+def test_a_cycle_ends_early_when_the_relay_is_stopping_and_leaves_the_rest_pending(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    sent = [accept(store, "NOISE", EventType.STATUS_CHANGED) for _ in range(6)]
+    stop = threading.Event()
+    relay = Relay(store, config, amqp_url, settings=RelaySettings(batch_size=2), stop=stop)
+    relay._ensure_connected()
+    stop.set()
+
+    # The first batch goes (a stopping relay still relays what it has read), then no more.
+    assert relay.relay_pending() == 2
+    assert [r.envelope.id for r in store.pending_outbox()] == [e.id for e in sent[2:]]
+    assert [p.message_id for p, _ in drain(channel, "test.events", 2)] == [e.id for e in sent[:2]]
+    relay._disconnect()
+
+
 def test_a_created_request_becomes_a_command_for_the_routed_instance_with_audit(
     store: Store, config: Config, amqp_url: str, channel: Any
 ) -> None:
     pothole = accept(store, "POTHOLE")
     graffiti = accept(store, "GRAFFITI")  # no rule: the default instance, never dropped
 
-    Relay(store, config, amqp_url).relay_batch()
+    Relay(store, config, amqp_url).relay_pending()
 
     [(command, body)] = drain(channel, t.work_queue("sap-roads"), 1)
     assert command.message_id == pothole.id
@@ -127,10 +162,10 @@ def test_the_store_remembers_the_instances_whose_queues_the_relay_declared(
     store: Store, config: Config, amqp_url: str
 ) -> None:
     relay = Relay(store, config, amqp_url)
-    assert relay.relay_batch() == 0 and store.declared_instances() == []
+    assert relay.relay_pending() == 0 and store.declared_instances() == []
     accept(store, "POTHOLE")
 
-    relay.relay_batch()
+    relay.relay_pending()
 
     # All of them, not only the one routed to: the relay declared every configured queue.
     assert store.declared_instances() == sorted(config.instances)
@@ -146,9 +181,9 @@ def test_a_service_missing_from_the_relays_catalogue_is_warned_about_once(
         accept(store, "DOG_FOULING")
         accept(store, "DOG_FOULING")
         accept(store, "POTHOLE")
-        relay.relay_batch()
+        relay.relay_pending()
         accept(store, "DOG_FOULING")
-        relay.relay_batch()
+        relay.relay_pending()
 
     warnings = [e for e in logs if e["event"] == "relay.service_not_in_catalogue"]
     assert len(warnings) == 1
@@ -164,7 +199,7 @@ def test_a_routed_event_announces_each_command_and_repeats_its_id_when_published
     store: Store, config: Config, amqp_url: str, channel: Any
 ) -> None:
     pothole = accept(store, "POTHOLE")
-    Relay(store, config, amqp_url).relay_batch()
+    Relay(store, config, amqp_url).relay_pending()
     [_, (properties, body)] = drain(channel, "test.events", 2, routed=True)
 
     routed = Envelope.model_validate(json.loads(body))
@@ -177,7 +212,7 @@ def test_a_routed_event_announces_each_command_and_repeats_its_id_when_published
     # The relay publishing the row again (e.g. after a crash before marking it) repeats the id.
     with store.transaction() as tx:
         tx.add_outbox(pothole, exchange=t.EVENTS_EXCHANGE, routing_key="request.created.POTHOLE")
-    Relay(store, config, amqp_url).relay_batch()
+    Relay(store, config, amqp_url).relay_pending()
     [_, (again, _)] = drain(channel, "test.events", 2, routed=True)
     assert again.message_id == routed.id
 
@@ -186,7 +221,7 @@ def test_only_created_events_become_commands(
     store: Store, config: Config, amqp_url: str, channel: Any
 ) -> None:
     update = accept(store, "POTHOLE", EventType.STATUS_CHANGED)
-    Relay(store, config, amqp_url).relay_batch()
+    Relay(store, config, amqp_url).relay_pending()
     assert [e.action for e in store.audit_trail(update.subject)] == ["relayed"]
     assert channel.queue_declare(t.work_queue("sap-roads"), passive=True).method.message_count == 0
 
@@ -195,14 +230,14 @@ def test_a_replayed_command_goes_to_its_instance_once_and_is_not_routed_again(
     store: Store, config: Config, amqp_url: str, channel: Any
 ) -> None:
     pothole = accept(store, "POTHOLE")
-    Relay(store, config, amqp_url).relay_batch()
+    Relay(store, config, amqp_url).relay_pending()
     drain(channel, t.work_queue("sap-roads"), 1)
     with store.transaction() as tx:  # as `civicbus dead replay` does
         tx.add_outbox(
             pothole, exchange=t.COMMANDS_EXCHANGE, routing_key=t.command_routing_key("sap-roads")
         )
 
-    Relay(store, config, amqp_url).relay_batch()
+    Relay(store, config, amqp_url).relay_pending()
 
     assert len(drain(channel, t.work_queue("sap-roads"), 2, timeout=1.0)) == 1
     assert [e.action for e in store.audit_trail(pothole.subject)] == [
@@ -217,12 +252,12 @@ def test_an_unroutable_command_leaves_the_whole_batch_unsent(
 ) -> None:
     relay = Relay(store, config, amqp_url)
     accept(store, "GRAFFITI")
-    relay.relay_batch()  # connected, topology declared
+    relay.relay_pending()  # connected, topology declared
     channel.queue_delete(t.work_queue("sap-roads"))  # an operator deleted a work queue
     pothole = accept(store, "POTHOLE")
 
     with pytest.raises(Unroutable, match=r"civicbus topology declare"):
-        relay.relay_batch()
+        relay.relay_pending()
 
     assert [row.envelope.id for row in store.pending_outbox()] == [pothole.id]
     assert store.audit_trail(pothole.subject) == []
@@ -255,8 +290,8 @@ def test_a_replay_no_queue_takes_waits_again_as_a_dead_letter_and_holds_up_nothi
     later = accept(store, "GRAFFITI", EventType.STATUS_CHANGED)
     relay = Relay(store, config, amqp_url)
     try:
-        assert relay.relay_batch() == 2
-        assert relay.relay_batch() == 0  # nothing left to retry in a loop
+        assert relay.relay_pending() == 2
+        assert relay.relay_pending() == 0  # nothing left to retry in a loop
     finally:
         relay._disconnect()
 
@@ -281,7 +316,7 @@ def test_a_replay_to_an_instance_whose_queue_was_deleted_goes_again_once_it_is_d
     nothing is marked, and the batch goes again after reconnecting (which declares it)."""
     relay = Relay(store, config, amqp_url)
     accept(store, "GRAFFITI")
-    relay.relay_batch()  # connected, topology declared
+    relay.relay_pending()  # connected, topology declared
     channel.queue_delete(t.work_queue("sap-roads"))  # an operator deleted a work queue
     pothole = accept(store, "POTHOLE", EventType.STATUS_CHANGED)
     store.mark_sent([r.id for r in store.pending_outbox()])
@@ -291,11 +326,11 @@ def test_a_replay_to_an_instance_whose_queue_was_deleted_goes_again_once_it_is_d
         )
 
     with pytest.raises(Unroutable, match=r"civicbus topology declare"):
-        relay.relay_batch()
+        relay.relay_pending()
     assert [row.envelope.id for row in store.pending_outbox()] == [pothole.id]
 
     relay._disconnect()  # as the relay loop does after Unroutable
-    assert relay.relay_batch() == 1
+    assert relay.relay_pending() == 1
     assert len(drain(channel, t.work_queue("sap-roads"), 1)) == 1
     assert [e.action for e in store.audit_trail(pothole.subject)] == ["relayed"]
 
@@ -307,7 +342,7 @@ def test_rows_stay_pending_when_the_broker_is_unreachable(store: Store, config: 
     relay = Relay(store, config, "amqp://guest:guest@127.0.0.1:1/%2F", stop=stopped)
 
     with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1"):
-        relay.relay_batch()
+        relay.relay_pending()
     assert len(store.pending_outbox()) == 1
 
 

@@ -158,7 +158,7 @@ def test_the_relay_publishes_it_to_request_star_queues_and_subscriptions_never_a
     subscription = store.add_subscription("https://office.example/hook", ["request.*"], None)
     declare(channel, subscription)
 
-    assert Relay(store, config, amqp_url).relay_batch() == 2
+    assert Relay(store, config, amqp_url).relay_pending() == 2
 
     # A queue bound to `request.*` (as `civicbus subscriptions add --events 'request.*'` binds
     # one) gets it after the created event and its routed event, in that order.

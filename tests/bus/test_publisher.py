@@ -1,0 +1,72 @@
+"""The confirming publisher against a real RabbitMQ vhost: batches sent one behind the other."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pika
+import pytest
+
+from bus.broker import topology as t
+from bus.broker.publisher import ConfirmingPublisher, Outgoing, Unroutable
+
+pytestmark = pytest.mark.rabbitmq
+
+
+def command(instance: str) -> Outgoing:
+    """A mandatory command for `instance` (its queue is declared unless the name is made up)."""
+    properties = pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2)
+    return Outgoing(
+        t.COMMANDS_EXCHANGE, t.command_routing_key(instance), b"{}", properties, mandatory=True
+    )
+
+
+@pytest.fixture
+def publisher(amqp_url: str, channel: Any) -> Any:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    yield ConfirmingPublisher(connection, confirm_timeout=10)
+    connection.close()
+
+
+def test_a_batch_sent_behind_another_is_confirmed_on_its_own(publisher: Any, channel: Any) -> None:
+    queue = t.work_queue("sap-roads")
+    channel.queue_purge(queue)
+    first = [command("sap-roads") for _ in range(3)]
+    second = [command("sap-roads") for _ in range(2)]
+
+    ahead = publisher.send(first)
+    behind = publisher.send(second)
+    publisher.wait(behind)  # the later one first: each batch is waited for by itself
+    publisher.wait(ahead)
+
+    assert not ahead.unconfirmed and not behind.unconfirmed
+    got = []
+    while (message := channel.basic_get(queue, auto_ack=True))[0] is not None:
+        got.append(message[1].message_id)
+    assert got == [m.properties.message_id for m in first + second]  # in the order sent
+
+
+def test_a_returned_message_fails_the_batch_it_was_sent_in_only(publisher: Any) -> None:
+    lost = command("no-such-instance")
+    ahead = publisher.send([command("sap-roads"), command("sap-roads")])
+    behind = publisher.send([command("sap-roads"), lost])
+
+    publisher.wait(ahead)
+    with pytest.raises(Unroutable) as raised:
+        publisher.wait(behind)
+
+    assert [m for m, _, _ in raised.value.returned] == [lost.properties.message_id]
+
+
+def test_an_abandoned_batch_changes_nothing_for_the_batches_sent_after_it(
+    publisher: Any,
+) -> None:
+    given_up = publisher.send([command("no-such-instance"), command("sap-roads")])
+    publisher.abandon()
+    again = publisher.send([command("sap-roads")])
+
+    publisher.wait(again)  # neither the given-up batch's return nor its confirms land here
+
+    assert not again.unconfirmed and not again.returned
+    assert given_up.returned == []
