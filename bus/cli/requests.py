@@ -253,6 +253,11 @@ def _shown_lines(shown: _Shown) -> str:
         f"{r.channel.value}, accepted {_iso(r.requested_at)}",
         f"status    {r.status.value}, updated {_iso(r.updated_at)}",
     ]
+    if r.taken_down_at is not None:
+        lines.append(
+            f"taken down {_iso(r.taken_down_at)}: parts of the report are no longer public "
+            "(which: the trail's report_taken_down entries)"
+        )
     for ref in r.backend_refs:
         lines.append(
             f"back-end  {ref.adapter}: {ref.reference} (submitted {_iso(ref.submitted_at)})"
@@ -288,6 +293,7 @@ def _shown_json(shown: _Shown) -> str:
             "status": r.status.value,
             "accepted_at": _iso(r.requested_at),
             "updated_at": _iso(r.updated_at),
+            "taken_down_at": None if r.taken_down_at is None else _iso(r.taken_down_at),
             "backend_refs": [ref.model_dump(mode="json") for ref in r.backend_refs],
             "where": None
             if where is None
