@@ -35,8 +35,9 @@ DEFAULT_CALL_TIMEOUT = 30.0
 
 
 #: A blocked relay says so again every third of its lease (5 s by default), and at most a
-#: reconnect backoff (15 s) later after pika gave a blocked connection up; a report older than
-#: this is from a relay that died or stopped saying it, and is not shown as the broker's state.
+#: reconnect backoff (15 s) later after pika gave a blocked connection up (a blocked worker with
+#: each heartbeat); a report older than this is from a publisher that died or stopped saying it:
+#: it is not shown as the broker's state, and the next worker heartbeat removes it.
 BLOCK_REPORT_STALE = timedelta(minutes=2)
 
 

@@ -127,7 +127,7 @@ def _breaker(state: BreakerState) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "civicbus_store_failing_fast",
         "1 while this process refuses store operations without trying them: the database "
-        "stopped answering, and one operation a second tries it again.",
+        "stopped answering, and is pinged every second until it answers.",
         value=int(state.open),
     )
     yield CounterMetricFamily(

@@ -56,7 +56,7 @@ class GroupCommitter:
         StoreUnavailable before queueing while the store refuses at once."""
         if self.store.dialect != "sqlite":
             # While the database does not answer, refused now rather than queued behind a
-            # batch that waits out its timeout on the writer thread (a probe, see bus.store).
+            # batch that waits out its timeout on the writer thread (see bus.store).
             self.store.check_answering()
         loop = asyncio.get_running_loop()
         item = _Item(prepared, loop, loop.create_future())

@@ -15,7 +15,7 @@ import typer
 from bus.bootstrap import Runtime
 from bus.config import ConfigError, Environment
 from bus.logging import configure_logging
-from bus.store import StoreUnavailable
+from bus.store import NotAnswering, StoreUnavailable, not_answering_advice
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -56,7 +56,9 @@ def service_logging() -> None:
 
 @contextmanager
 def runtime() -> Iterator[Runtime]:
-    """A Runtime for one command; config and store errors become a message and exit code 2."""
+    """A Runtime for one command; config and store errors become a message and exit code 2
+    (with a line of advice when the database did not answer: no error of a driver says where
+    to look for a server that is there but silent)."""
     rt = Runtime()
     try:
         yield rt
@@ -65,6 +67,8 @@ def runtime() -> Iterator[Runtime]:
         raise typer.Exit(2) from exc
     except StoreUnavailable as exc:
         typer.echo(f"error: the store is unavailable: {exc}", err=True)
+        if isinstance(exc, NotAnswering):
+            typer.echo(f"advice: {not_answering_advice(rt.env.database_url)}", err=True)
         raise typer.Exit(2) from exc
     finally:
         rt.close()

@@ -17,8 +17,8 @@ not answer in time its `NotAnswering`, deadlocks and serialization failures its
 its `UpdateConflict`, for a status update reusing a recorded update_id with other content, when
 the caller asks), values the database refuses `InvalidData`; in every case nothing of the unit
 of work is written. After a `NotAnswering`, the store's circuit breaker refuses operations at
-once with `StoreUnavailable` and lets one through every second or so to try the database again,
-until one gets an answer.
+once with `StoreUnavailable` and pings the database from a thread of its own every second or so,
+until a ping gets an answer; `not_answering_advice` tells an operator what to check then.
 """
 
 from bus.store._breaker import BreakerState
@@ -30,6 +30,7 @@ from bus.store._errors import (
     StoreUnavailable,
     UpdateConflict,
     WriteConflict,
+    not_answering_advice,
 )
 from bus.store._records import (
     AuditEntry,
@@ -85,4 +86,5 @@ __all__ = [
     "UpdateConflict",
     "WorkerLiveness",
     "WriteConflict",
+    "not_answering_advice",
 ]

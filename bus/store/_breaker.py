@@ -5,9 +5,13 @@ wait out the round-trip bound, and the reconnect after it the connect timeout (a
 the defaults, see _engine), before it raises StoreUnavailable. In the API every resident's
 request would wait that long, its threads and its one writer thread tied up meanwhile, creates
 queued behind earlier ones' timeouts. So once one operation has waited in vain, the others are
-refused at once (the breaker is *open*); one operation at a time, every PROBE_INTERVAL_S, is let
-through to try the database again (*half-open*), and when it gets an answer everything flows
-again (*closed*).
+refused at once (the breaker is *open*) until the database answers again (*closed*).
+
+No caller's operation is let through to find out whether it does: that one caller would wait
+out the whole timeout again, one resident a second. A thread of the breaker's own asks instead:
+every PROBE_INTERVAL_S it pings the database (`Store._ping`: `SELECT 1`, bounded as every
+operation is), and the first answer closes the breaker. The thread starts as the breaker opens
+and ends as it closes, or as the store is closed (`stop`).
 
 Only `NotAnswering` opens it: a failure that came after a wait. A failure that comes at once (a
 refused connection, a connection reset, a read-only server) costs nothing to repeat and may be
@@ -17,7 +21,6 @@ long, not a database gone, and never open it either.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,23 +33,15 @@ from bus.store._errors import NotAnswering, StoreUnavailable, WriteConflict
 
 log = structlog.get_logger(__name__)
 
-#: Seconds between two tries of a database that stopped answering. Short: the trip may have been
-#: one long statement on a healthy server, which must not refuse everyone for long; each try
-#: that finds it still silent costs one caller the usual wait, one at a time.
+#: Seconds between two pings of a database that stopped answering. Short: the trip may have
+#: been one long statement on a healthy server, which must not refuse everyone for long; a
+#: ping costs no caller anything, only the pinging thread waits.
 PROBE_INTERVAL_S = 1.0
-
-
-class _Outcome(enum.Enum):
-    ANSWERED = "answered"  # the database answered (a refusal of a key or a value included)
-    SILENT = "silent"  # it did not answer in time: NotAnswering
-    FAILED = "failed"  # unavailable at once (refused, reset, locked): says nothing of waits
-    UNKNOWN = "unknown"  # interrupted (BaseException) before it could tell
-
-
-@dataclass(frozen=True)
-class _Ticket:
-    generation: int
-    probe: bool
+#: Seconds `stop` waits for a ping under way. A ping of a frozen server may wait out the
+#: engine's timeouts; the store's owner closing it (a process on its way out) should not.
+STOP_WAIT_S = 2.0
+#: The pinging thread's name, as thread dumps (py-spy) show it.
+PINGER_NAME = "civicbus-store-ping"
 
 
 @dataclass(frozen=True)
@@ -61,29 +56,36 @@ class BreakerState:
     openings: int
 
 
+@dataclass(frozen=True)
+class _Pinger:
+    thread: threading.Thread
+    stop: threading.Event
+
+
 class Breaker:
     """Refuses store operations with StoreUnavailable while the database does not answer,
-    trying it again with one operation at a time every `probe_interval` seconds. Thread-safe."""
+    pinging it (`ping()`, which raises as a store operation does) from a thread of its own
+    every `probe_interval` seconds until it answers. Thread-safe."""
 
     def __init__(
         self,
         database: str,
+        ping: Callable[[], None],
         *,
         probe_interval: float = PROBE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._database = database
+        self._ping = ping
         self._probe_interval = probe_interval
         self._clock = clock
         self._lock = threading.Lock()
         self._open = False
-        #: Changes at each opening and closing: an operation admitted before one of them
-        #: reports old news, which changes nothing.
+        #: Changes at each opening and closing: an operation admitted before one of them, or
+        #: a ping started before it, reports old news, which changes nothing.
         self._generation = 0
         self._opened_at = 0.0
-        self._next_probe_at = 0.0
-        self._probing = False
-        self._prober: int | None = None  # the probing thread's id
+        self._pinger: _Pinger | None = None  # while open
         self._reason = ""
         self._refused = 0
         self._refused_open = 0
@@ -92,98 +94,104 @@ class Breaker:
     @contextmanager
     def guard(self) -> Iterator[None]:
         """Run one store operation inside the block, or raise StoreUnavailable at once."""
-        ticket = self._admit()
-        outcome, reason = _Outcome.UNKNOWN, ""
+        generation = self._admit()
         try:
             yield
         except NotAnswering as error:
-            # translate_errors kept the driver's first line only: no row values in it.
-            outcome, reason = _Outcome.SILENT, str(error).removeprefix(f"{self._database}: ")
+            self._silent(generation, self._reason_of(error))
             raise
-        except WriteConflict:
-            outcome = _Outcome.ANSWERED  # the server settled a conflict: it runs
-            raise
-        except StoreUnavailable:
-            outcome = _Outcome.FAILED
-            raise
-        except Exception:
-            # Raised inside the block, after a connection was checked out: that took an
-            # answer from the server (a pre-ping, or connecting), so the database is there.
-            outcome = _Outcome.ANSWERED
-            raise
-        else:
-            outcome = _Outcome.ANSWERED
-        finally:
-            self._settle(ticket, outcome, reason)
 
     def check(self) -> None:
-        """Raise StoreUnavailable if an operation started now would be refused (without
-        taking the probe's turn): for a caller about to queue work behind others."""
-        with self._lock:
-            if not self._refuses(self._clock()):
-                return
-            refusal = self._refusal()
-        raise refusal
+        """Raise StoreUnavailable if an operation started now would be refused: for a caller
+        about to queue work behind others."""
+        self._admit()
 
     def state(self) -> BreakerState:
         with self._lock:
             return BreakerState(self._open, self._refused, self._openings)
 
-    def _refuses(self, now: float) -> bool:
-        return self._open and (self._probing or now < self._next_probe_at)
-
-    def _admit(self) -> _Ticket:
+    def stop(self) -> None:
+        """End the pinging (waiting STOP_WAIT_S at most for a ping under way, which then pings
+        no more) and forget the outage: a store closed and used again tries the database
+        anew, as its engine opens new connections."""
         with self._lock:
-            if not self._open or self._prober == threading.get_ident():
-                # (The probe's thread: an operation nested in it is part of it.)
-                return _Ticket(self._generation, probe=False)
-            if not self._refuses(self._clock()):
-                self._probing, self._prober = True, threading.get_ident()
-                return _Ticket(self._generation, probe=True)
-            refusal = self._refusal()
-        raise refusal
-
-    def _refusal(self) -> StoreUnavailable:
-        self._refused += 1
-        self._refused_open += 1
-        silent_for = self._clock() - self._opened_at
-        return StoreUnavailable(
-            f"{self._database}: not tried: the database has not answered for {silent_for:.0f} s "
-            f"({self._reason}); tried again every {self._probe_interval:g} s"
-        )
-
-    def _settle(self, ticket: _Ticket, outcome: _Outcome, reason: str) -> None:
-        with self._lock:
-            change = self._transition(ticket, outcome, reason, self._clock())
-        # Logged once per opening and once per closing, outside the lock.
-        if change is not None:
-            event, fields = change
-            (log.warning if event == "store.breaker_opened" else log.info)(event, **fields)
-
-    def _transition(
-        self, ticket: _Ticket, outcome: _Outcome, reason: str, now: float
-    ) -> tuple[str, dict[str, object]] | None:
-        if ticket.probe:
-            self._probing, self._prober = False, None
-            if outcome is _Outcome.ANSWERED:
+            pinger, self._pinger = self._pinger, None
+            if self._open:
                 self._open = False
                 self._generation += 1
-                silent = round(now - self._opened_at, 1)
-                return "store.breaker_closed", {"silent_s": silent, "refused": self._refused_open}
-            if outcome is not _Outcome.UNKNOWN:  # still no good: the next try after a pause
-                self._next_probe_at = now + self._probe_interval
-                self._reason = reason or self._reason
-            return None  # interrupted: the next operation probes at once
-        if outcome is _Outcome.SILENT and not self._open and ticket.generation == self._generation:
+        if pinger is not None:
+            pinger.stop.set()
+            pinger.thread.join(timeout=STOP_WAIT_S)
+
+    def _admit(self) -> int:
+        with self._lock:
+            if not self._open:
+                return self._generation
+            self._refused += 1
+            self._refused_open += 1
+            silent_for = self._clock() - self._opened_at
+            refusal = StoreUnavailable(
+                f"{self._database}: not tried: the database has not answered for "
+                f"{silent_for:.0f} s ({self._reason}); pinged every {self._probe_interval:g} s"
+            )
+        raise refusal
+
+    def _reason_of(self, error: NotAnswering) -> str:
+        # translate_errors kept the driver's first line only: no row values in it.
+        return str(error).removeprefix(f"{self._database}: ")
+
+    def _silent(self, generation: int, reason: str) -> None:
+        """An operation admitted in `generation` waited in vain: open, unless it is old news."""
+        with self._lock:
+            if self._open or generation != self._generation:
+                return
             self._open = True
             self._generation += 1
             self._openings += 1
-            self._opened_at = now
-            self._next_probe_at = now + self._probe_interval
+            self._opened_at = self._clock()
             self._refused_open = 0
             self._reason = reason
-            return "store.breaker_opened", {
-                "reason": reason,
-                "probe_interval_s": self._probe_interval,
-            }
-        return None
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._ping_until_answered,
+                args=(self._generation, stop),
+                name=PINGER_NAME,
+                daemon=True,  # a ping of a frozen server must not hold the process's exit
+            )
+            self._pinger = _Pinger(thread, stop)
+            # Under the lock: `stop` never finds a thread it cannot join yet.
+            thread.start()
+        log.warning("store.breaker_opened", reason=reason, probe_interval_s=self._probe_interval)
+
+    def _ping_until_answered(self, generation: int, stop: threading.Event) -> None:
+        while not stop.wait(self._probe_interval):
+            answered, reason = self._ping_once()
+            with self._lock:
+                if stop.is_set() or generation != self._generation:
+                    return  # stopped meanwhile: what this ping found is old news
+                if not answered:
+                    self._reason = reason or self._reason
+                    continue
+                self._open, self._pinger = False, None
+                self._generation += 1
+                silent = round(self._clock() - self._opened_at, 1)
+                refused = self._refused_open
+            log.info("store.breaker_closed", silent_s=silent, refused=refused)
+            return
+
+    def _ping_once(self) -> tuple[bool, str]:
+        """Whether the database answered the ping; if not, why, when it waited in vain."""
+        try:
+            self._ping()
+        except NotAnswering as error:
+            return False, self._reason_of(error)
+        except WriteConflict:
+            return True, ""  # the server settled a conflict: it runs
+        except StoreUnavailable:
+            return False, ""  # refused at once (a server stopped or restarting): not back yet
+        except Exception as error:
+            # Not the store's outage: an answer of some kind. Callers try for themselves then,
+            # as they would without a breaker, and meet whatever it is.
+            log.warning("store.ping_unexpected", error=type(error).__name__)
+            return True, ""
+        return True, ""

@@ -1,6 +1,9 @@
 """Publishers RabbitMQ blocks for a resource alarm, as they report it: one row per publisher
 while its connection is blocked, for `civicbus status` and /metrics (the broker tells only the
-publishing connection, never the read-only one `status` opens)."""
+publishing connection, never the read-only one `status` opens).
+
+A publisher killed while blocked never deletes its row; the workers' heartbeats prune rows not
+said again for longer than a report is believed (`bus.liveness.BLOCK_REPORT_STALE`)."""
 
 from __future__ import annotations
 
@@ -31,6 +34,11 @@ def blocked(conn: Connection, publisher: str, holder: str, since: datetime, reas
 def unblocked(conn: Connection, publisher: str, holder: str) -> None:
     # Only the holder's own row: another process may have taken over and be blocked in turn.
     conn.execute(table.delete().where(table.c.publisher == publisher, table.c.holder == holder))
+
+
+def prune(conn: Connection, seen_before: datetime) -> int:
+    result = conn.execute(table.delete().where(table.c.seen_at < seen_before))
+    return int(result.rowcount)
 
 
 def blocks(conn: Connection) -> dict[str, BrokerBlock]:

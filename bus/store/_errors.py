@@ -1,4 +1,5 @@
-"""The store's errors, and the one place database-driver errors are translated into them."""
+"""The store's errors, the one place database-driver errors are translated into them, and what an
+operator is advised to check for one of them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 
 class StoreUnavailable(Exception):
@@ -105,3 +107,24 @@ def translate_errors(database: str) -> Iterator[None]:
     except OverflowError as error:
         # A last guard: a datetime whose UTC form leaves the calendar, converted before binding.
         raise InvalidData(f"{database}: {_reason(error)}") from None
+
+
+def not_answering_advice(url: str) -> str:
+    """What an operator should check when the database at `url` did not answer (NotAnswering):
+    one line, naming the database without its password or query string (which may hold one)."""
+    return (
+        f"{_shown(url) or 'the database'} did not answer in time: the server is reachable but "
+        "not answering (paused, frozen, or behind a firewall that drops packets); check that "
+        "server and the network to it, and that CIVICBUS_DATABASE_URL names the database meant"
+    )
+
+
+def _shown(url: str) -> str | None:
+    """The URL as it may be shown; None when it cannot be told apart from its password."""
+    if url.count("@") > 1:
+        return None  # an "@" of the password left unencoded: the rest of it would be shown
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):  # ValueError: several hosts, a bad port
+        return None
+    return parsed.set(query={}).render_as_string(hide_password=True)

@@ -61,8 +61,8 @@ class Store:
         self._reader = _engine.reader(self._engine)
         self._database = self._engine.url.render_as_string(hide_password=True)
         #: Every read and unit of work goes through it: refused at once while the database
-        #: does not answer (SQLite never trips it, see _breaker).
-        self._breaker = Breaker(self._database)
+        #: does not answer, which it pings meanwhile (SQLite never trips it, see _breaker).
+        self._breaker = Breaker(self._database, self._ping)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -83,7 +83,8 @@ class Store:
             _migrate.upgrade(self._writer)
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Stop the breaker's pings, if any, and close the pooled connections."""
+        self._breaker.stop()
         self._engine.dispose()
 
     @property
@@ -93,7 +94,7 @@ class Store:
 
     def check_answering(self) -> None:
         """Raise StoreUnavailable at once if an operation started now would be refused without
-        being tried: the database stopped answering, and it is not yet time to try it again.
+        being tried: the database stopped answering, and no ping has had an answer since.
         Touches nothing; for a caller about to queue work behind others."""
         self._breaker.check()
 
@@ -120,6 +121,12 @@ class Store:
             tx = Transaction(conn)
             yield tx
             tx._before_commit()
+
+    def _ping(self) -> None:
+        """Ask the database for one `SELECT 1`, past the breaker (whose own pings these are)
+        and bounded as every operation is; raises StoreUnavailable as they do."""
+        with translate_errors(self._database), self._engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
 
     def _read(self, work: Callable[[Connection], T]) -> T:
         with (

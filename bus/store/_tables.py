@@ -278,9 +278,10 @@ declared_instances = sa.Table(
     sa.Column("first_declared_at", UTCDateTime(), nullable=False),
 )
 
-# A publisher RabbitMQ blocks for a resource alarm (migration 0006): the relay writes its row
-# when the broker blocks its connection, refreshes it while the block lasts and deletes it when
-# the broker publishes again. One row at most per publisher, read whole by `civicbus status`.
+# A publisher RabbitMQ blocks for a resource alarm (migration 0006): the relay (or a worker)
+# writes its row when the broker blocks its connection, refreshes it while the block lasts and
+# deletes it when the broker publishes again; the workers' heartbeats prune a row left stale by
+# a publisher that died blocked. One row at most per publisher, read whole by `civicbus status`.
 broker_blocks = sa.Table(
     "broker_blocks",
     metadata,

@@ -262,6 +262,11 @@ class Transaction:
         """The broker takes `holder`'s publishes again (or `holder` stopped publishing)."""
         _broker_blocks.unblocked(self._session, publisher, holder)
 
+    def prune_broker_blocks(self, older_than: datetime) -> int:
+        """Remove the blocks last said before `older_than`: left by publishers that died
+        blocked (killed, crashed), which never say the block ended; how many went."""
+        return _broker_blocks.prune(self._session, older_than)
+
     def remember_declared_instances(self, names: Collection[str]) -> None:
         """Note that these adapter instances' queues exist on the broker (the first time only)."""
         _declared.remember(self._session, names)

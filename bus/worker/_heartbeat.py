@@ -6,6 +6,10 @@ Handler threads only note in memory which message they hold (`Slot.begin`, `Slot
 attribute set per message, nothing written). A thread of its own writes every slot to the
 store every few seconds: never the thread that owns the pika connection, so a slow or
 unreachable store delays neither the messages nor the broker's heartbeats.
+
+Each report also removes what dead processes left behind, which nobody else would: the reports
+of workers silent for FORGET_AFTER, and the broker blocks no publisher has said again for
+BLOCK_REPORT_STALE (a relay or worker killed while the broker blocked it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from datetime import UTC, datetime
 import structlog
 
 from bus.broker.connection import Blocked
-from bus.liveness import FORGET_AFTER, HEARTBEAT_INTERVAL
+from bus.liveness import BLOCK_REPORT_STALE, FORGET_AFTER, HEARTBEAT_INTERVAL
 from bus.store import Store, WorkerLiveness
 
 log = structlog.get_logger(__name__)
@@ -130,6 +134,7 @@ class Heartbeat:
         with self._store.transaction() as tx:
             tx.report_workers(beats)
             tx.prune_workers(now - FORGET_AFTER)
+            tx.prune_broker_blocks(now - BLOCK_REPORT_STALE)
             if block is not None:
                 tx.broker_blocked(self.publisher, self._worker_id, block.since, block.reason)
             elif self._block_reported:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from store_factories import T0, minutes
 
-from bus.store import DeadLetterState, Store
+from bus.store import DeadLetterState, Store, _broker_blocks
 from schemas.events import Envelope, EventType
 
 
@@ -86,3 +87,27 @@ def test_a_blocked_publisher_is_in_the_overview_until_its_holder_says_it_publish
     with store.transaction() as tx:
         tx.broker_unblocked("relay", "host-a:1")
     assert store.overview().broker_blocks == {}
+
+
+def test_blocks_not_said_again_since_before_the_time_are_pruned(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def said_at(moment: object) -> None:
+        monkeypatch.setattr(_broker_blocks, "utcnow", lambda: moment)
+
+    said_at(T0)  # a worker killed while the broker blocked it: never said again
+    with store.transaction() as tx:
+        tx.broker_blocked("worker:host-a:4242", "w-1", T0, "low on disk")
+    said_at(T0 + minutes(2))  # exactly at the bound: still believed
+    with store.transaction() as tx:
+        tx.broker_blocked("worker:host-b:4343", "w-2", T0, "low on disk")
+    said_at(T0 + minutes(5))  # the relay, blocked too, says so again
+    with store.transaction() as tx:
+        tx.broker_blocked("relay", "host-a:1", T0, "low on disk")
+
+    with store.transaction() as tx:
+        pruned = tx.prune_broker_blocks(T0 + minutes(2))
+    assert pruned == 1
+    assert list(store.overview().broker_blocks) == ["relay", "worker:host-b:4343"]
+    with store.transaction() as tx:
+        assert tx.prune_broker_blocks(T0 + minutes(2)) == 0

@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ from bus.broker.connection import connect
 from bus.cli import app
 from bus.config import InstanceConfig, RetryPolicy
 from bus.overview import Overview, take_overview
-from bus.store import Store, WorkerLiveness
+from bus.store import Store, WorkerLiveness, _broker_blocks
 from bus.subscriptions import route_name
 from bus.worker import command_consumer, run_subscriptions
 from schemas.model import ServiceRequest, Status
@@ -189,6 +189,26 @@ def test_a_worker_killed_with_sigkill_goes_silent_and_is_named(
         f"1 message(s) wait and no other worker of {INSTANCE} reports: start `civicbus worker "
         f"{INSTANCE}` (and end {name} on {reports(store)[0].host} if it is still there)"
     )
+
+
+def test_a_worker_s_heartbeat_removes_the_block_report_of_a_publisher_killed_while_blocked(
+    store: Store, topology: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    with monkeypatch.context() as patch:
+        # Said last long ago by a worker the broker blocked, then killed: never said again.
+        said_at = now - liveness.BLOCK_REPORT_STALE - timedelta(minutes=1)
+        patch.setattr(_broker_blocks, "utcnow", lambda: said_at)
+        store.note_broker_blocked("worker:gone:4242", "w-gone", said_at, "low on disk")
+    store.note_broker_blocked("relay", "host-a:1", now, "low on disk")  # blocked, and says so
+    assert list(store.overview().broker_blocks) == ["relay", "worker:gone:4242"]
+
+    with running(
+        command_consumer(topology, store, INSTANCE, TIMED, MemoryBackend(), heartbeat_interval=BEAT)
+    ):
+        wait_until(lambda: reports(store), what="a liveness report")
+        # Pruned by the worker's first report, which came before it consumed.
+        assert list(store.overview().broker_blocks) == ["relay"]
 
 
 def test_a_webhook_worker_reports_the_event_it_retries_with_its_request(
