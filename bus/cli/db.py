@@ -6,6 +6,7 @@ import typer
 
 from bus.cli import command_group
 from bus.cli.common import runtime
+from bus.store import shown_url
 
 
 def register(app: typer.Typer) -> None:
@@ -17,11 +18,4 @@ def register(app: typer.Typer) -> None:
         """Create the schema, or migrate it to the newest version (safe to repeat)."""
         with runtime() as rt:
             rt.store.upgrade()
-            typer.echo(f"store is up to date: {_safe_url(rt.env.database_url)}")
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for printing."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+            typer.echo(f"store is up to date: {shown_url(rt.env.database_url)}")

@@ -8,13 +8,12 @@ from dataclasses import asdict
 from datetime import datetime
 
 import typer
-from sqlalchemy.engine import make_url
 
 from bus.broker.connection import connect
 from bus.cli.common import runtime
 from bus.liveness import is_silent
 from bus.overview import Overview, take_overview
-from bus.store import WorkerLiveness
+from bus.store import WorkerLiveness, shown_url
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +27,7 @@ def register(app: typer.Typer) -> None:
             overview = take_overview(
                 rt.store, rt.config.instances, lambda: connect(rt.env.amqp_url)
             )
-            store_url = make_url(rt.env.database_url).render_as_string(hide_password=True)
+            store_url = shown_url(rt.env.database_url)
         typer.echo(_as_json(overview) if as_json else _as_text(overview, store_url))
         if overview.problems:
             raise typer.Exit(1)

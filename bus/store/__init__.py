@@ -19,6 +19,7 @@ the caller asks), values the database refuses `InvalidData`; in every case nothi
 of work is written. After a `NotAnswering`, the store's circuit breaker refuses operations at
 once with `StoreUnavailable` and pings the database from a thread of its own every second or so,
 until a ping gets an answer; `not_answering_advice` tells an operator what to check then.
+`shown_url` is the database URL as it may be printed: without its password.
 """
 
 from bus.store._breaker import BreakerState
@@ -55,6 +56,7 @@ from bus.store._records import (
 )
 from bus.store._store import Store
 from bus.store._transaction import Transaction
+from bus.store._url import shown_url
 
 __all__ = [
     "AlreadyExists",
@@ -87,4 +89,5 @@ __all__ = [
     "WorkerLiveness",
     "WriteConflict",
     "not_answering_advice",
+    "shown_url",
 ]

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
+
+from bus.store._url import shown_url
 
 
 class StoreUnavailable(Exception):
@@ -113,18 +114,7 @@ def not_answering_advice(url: str) -> str:
     """What an operator should check when the database at `url` did not answer (NotAnswering):
     one line, naming the database without its password or query string (which may hold one)."""
     return (
-        f"{_shown(url) or 'the database'} did not answer in time: the server is reachable but "
+        f"{shown_url(url)} did not answer in time: the server is reachable but "
         "not answering (paused, frozen, or behind a firewall that drops packets); check that "
         "server and the network to it, and that CIVICBUS_DATABASE_URL names the database meant"
     )
-
-
-def _shown(url: str) -> str | None:
-    """The URL as it may be shown; None when it cannot be told apart from its password."""
-    if url.count("@") > 1:
-        return None  # an "@" of the password left unencoded: the rest of it would be shown
-    try:
-        parsed = make_url(url)
-    except (sa_exc.ArgumentError, ValueError):  # ValueError: several hosts, a bad port
-        return None
-    return parsed.set(query={}).render_as_string(hide_password=True)

@@ -46,6 +46,7 @@ from bus.store._records import (
     WorkerLiveness,
 )
 from bus.store._transaction import Transaction
+from bus.store._url import shown_url
 from schemas.model import ServiceRequest, StatusUpdate
 
 T = TypeVar("T")
@@ -59,7 +60,7 @@ class Store:
         self._engine = _engine.create_engine(url)
         self._writer = _engine.writer(self._engine)
         self._reader = _engine.reader(self._engine)
-        self._database = self._engine.url.render_as_string(hide_password=True)
+        self._database = shown_url(url)
         #: Every read and unit of work goes through it: refused at once while the database
         #: does not answer, which it pings meanwhile (SQLite never trips it, see _breaker).
         self._breaker = Breaker(self._database, self._ping)

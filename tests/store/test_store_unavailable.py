@@ -14,7 +14,7 @@ from psycopg import waiting as psycopg_waiting
 from sqlalchemy import exc as sa_exc
 from store_factories import make_request
 
-from bus.store import NotAnswering, Store, StoreUnavailable, not_answering_advice
+from bus.store import NotAnswering, Store, StoreUnavailable, not_answering_advice, shown_url
 from bus.store._breaker import PROBE_INTERVAL_S
 from bus.store._engine import without_query_timeout
 from schemas.events import Envelope, EventType
@@ -259,3 +259,15 @@ def test_the_advice_never_shows_the_password(url: str) -> None:
     advice = not_answering_advice(url)
     assert [piece for piece in PIECES if piece in advice] == []
     assert "CIVICBUS_DATABASE_URL" in advice
+    shown = shown_url(url)  # as errors, logs, `status` and `db upgrade` show the database
+    assert [piece for piece in PIECES if piece in shown] == []
+
+
+def test_a_store_error_names_the_database_without_a_password_given_in_the_query() -> None:
+    # libpq takes password= in the query string; port 1 refuses at once.
+    store = Store("postgresql+psycopg://civicbus@127.0.0.1:1/test?password=Xq7Zk9Wm4")
+    with pytest.raises(StoreUnavailable) as refused:
+        store.get_request("r-1")
+    store.close()
+    assert str(refused.value).startswith("postgresql+psycopg://civicbus@127.0.0.1:1/test: ")
+    assert "Xq7Zk9Wm4" not in str(refused.value)

@@ -1,0 +1,26 @@
+"""How a database URL may be shown (errors, logs, `status`, `db upgrade`): never its password.
+
+SQLAlchemy's `render_as_string(hide_password=True)` masks the password of the user part only;
+libpq also takes `password=` (and `sslpassword=`) in the query string, and a password whose "@"
+was left unencoded is parsed as part of the host. So the query is dropped, and a URL that
+cannot be told apart from its password is not shown at all.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+#: Shown instead of a URL that would give its password away, or that cannot be parsed.
+UNSHOWN = "the database (its URL not shown)"
+
+
+def shown_url(url: str) -> str:
+    """`url` without its password or query string; UNSHOWN when that cannot be made sure of."""
+    if url.count("@") > 1:
+        return UNSHOWN  # an "@" of the password left unencoded: the rest of it would show
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):  # ValueError: several hosts, a bad port
+        return UNSHOWN
+    return parsed.set(query={}).render_as_string(hide_password=True)
