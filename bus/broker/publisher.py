@@ -189,6 +189,12 @@ class ConfirmingPublisher:
         confirms do not arrive within the timeout; Unroutable if a mandatory message was
         returned. Either way, none of the batch may be taken as delivered.
         """
+        if sent.unconfirmed and sent not in self._in_flight:
+            # Abandoned, or sent on a connection since replaced: no confirm of it can come here
+            # (this channel's tags are others), so it would only wait out the timeout.
+            raise BrokerUnavailable(
+                f"a batch of {sent.size} was given up or sent on another connection: not confirmed"
+            )
         with broker_errors(f"waiting for the confirms of a batch of {sent.size}"):
             deadline = time.monotonic() + self._confirm_timeout
             while sent.unconfirmed:

@@ -9,6 +9,7 @@ import pika
 import pytest
 
 from bus.broker import topology as t
+from bus.broker.connection import BrokerUnavailable
 from bus.broker.publisher import ConfirmingPublisher, Outgoing, Unroutable
 
 pytestmark = pytest.mark.rabbitmq
@@ -70,3 +71,17 @@ def test_an_abandoned_batch_changes_nothing_for_the_batches_sent_after_it(
 
     assert not again.unconfirmed and not again.returned
     assert given_up.returned == []
+
+
+def test_waiting_for_an_abandoned_batch_fails_at_once_rather_than_wait_out_the_timeout(
+    amqp_url: str, channel: Any
+) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    slow = ConfirmingPublisher(connection, confirm_timeout=5)
+    try:
+        given_up = slow.send([command("sap-roads")])
+        slow.abandon()
+        with pytest.raises(BrokerUnavailable, match="given up or sent on another connection"):
+            slow.wait(given_up)  # before: 5 s, then "no answer from the broker in time"
+    finally:
+        connection.close()
