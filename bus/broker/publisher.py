@@ -91,7 +91,9 @@ def envelope_message(
     return Outgoing(exchange, routing_key, body, properties, mandatory)
 
 
-@dataclass
+# Compared by identity: two batches of one size both confirmed would otherwise be equal, and
+# `wait` would forget the other one (and compare whole tag sets to find it).
+@dataclass(eq=False)
 class Sent:
     """A batch on its way: what the broker has yet to confirm of it, and what went wrong."""
 
@@ -148,16 +150,6 @@ class ConfirmingPublisher:
             deadline = time.monotonic() + confirm_timeout
             while not ready:
                 self._process_until(deadline, "turning on publisher confirms")
-
-    def publish_batch(self, messages: Sequence[Outgoing]) -> None:
-        """Publish every message, then wait until the broker confirmed all of them.
-
-        Raises BrokerUnavailable if the connection fails, the broker nacks a message, or the
-        confirms do not arrive within the timeout; Unroutable if a mandatory message was
-        returned. Either way, none of the batch may be taken as delivered.
-        """
-        if messages:
-            self.wait(self.send(messages))
 
     def send(self, messages: Sequence[Outgoing]) -> Sent:
         """Publish every message and hand them to the broker, without waiting for confirms:

@@ -74,14 +74,26 @@ def test_an_abandoned_batch_changes_nothing_for_the_batches_sent_after_it(
 
 
 def test_waiting_for_an_abandoned_batch_fails_at_once_rather_than_wait_out_the_timeout(
-    amqp_url: str, channel: Any
+    publisher: Any,
 ) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    slow = ConfirmingPublisher(connection, confirm_timeout=5)
-    try:
-        given_up = slow.send([command("sap-roads")])
-        slow.abandon()
-        with pytest.raises(BrokerUnavailable, match="given up or sent on another connection"):
-            slow.wait(given_up)  # before: 5 s, then "no answer from the broker in time"
-    finally:
-        connection.close()
+    given_up = publisher.send([command("sap-roads")])
+    publisher.abandon()
+    with pytest.raises(BrokerUnavailable, match="given up or sent on another connection"):
+        publisher.wait(given_up)  # before: the whole timeout, then "no answer ... in time"
+
+
+def test_waiting_for_one_of_two_alike_batches_forgets_that_one_only(publisher: Any) -> None:
+    # Two confirmed batches of one event each: alike in every field.
+    ahead = publisher.send([event()])
+    behind = publisher.send([event()])
+
+    publisher.wait(behind)
+
+    assert [sent is ahead for sent in publisher._in_flight] == [True]
+    publisher.wait(ahead)
+    assert publisher._in_flight == []
+
+
+def event() -> Outgoing:
+    properties = pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2)
+    return Outgoing(t.EVENTS_EXCHANGE, "request.status_changed.open", b"{}", properties)
