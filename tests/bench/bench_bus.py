@@ -298,10 +298,18 @@ class _Confirming:
         while not ready:
             self.connection.process_data_events(time_limit=1)
 
-    def expect(self, published: int) -> int:
-        """Count `published` more messages; returns the tag of the last one."""
-        self._unconfirmed.update(range(self._next_tag, self._next_tag + published))
-        self._next_tag += published
+    def publish_row(self, body: bytes, routed: bytes) -> int:
+        """A row's messages, as the relay sends them (event, command, routed event); returns
+        the tag of the last one."""
+        self.channel.basic_publish(
+            t.EVENTS_EXCHANGE, "request.created.POTHOLE", body, self.properties
+        )
+        self.channel.basic_publish(t.COMMANDS_EXCHANGE, "sap-roads", body, self.properties)
+        self.channel.basic_publish(
+            t.EVENTS_EXCHANGE, "request.routed.sap-roads", routed, self.properties
+        )
+        self._unconfirmed.update(range(self._next_tag, self._next_tag + MESSAGES_PER_ROW))
+        self._next_tag += MESSAGES_PER_ROW
         return self._next_tag - 1
 
     def wait(self, upto: int | None = None) -> None:
@@ -323,45 +331,22 @@ def _bodies(rows: int) -> tuple[list[bytes], list[bytes]]:
     )
 
 
-def bare_run(url: str, rows: int, batch: int) -> tuple[float, int]:
-    """Seconds for plain pika to publish the same messages with windowed confirms."""
+def bare_run(url: str, rows: int, batch: int, *, ahead: bool = False) -> tuple[float, int]:
+    """Seconds for plain pika to publish the same messages with windowed confirms, waiting for
+    each batch's confirms before the next; `ahead`: publishing one batch ahead, as the relay
+    does (each batch goes out before the confirms of the one before it are awaited, so the
+    broker is never left idle while the loop publishes). The faster of the two is the relay's
+    yardstick."""
     bodies, routed = _bodies(rows)
     out = _Confirming(url)
-    channel, properties = out.channel, out.properties
-    start = time.perf_counter()
-    for first in range(0, rows, batch):
-        for index in range(first, min(first + batch, rows)):
-            body = bodies[index]
-            channel.basic_publish(t.EVENTS_EXCHANGE, "request.created.POTHOLE", body, properties)
-            channel.basic_publish(t.COMMANDS_EXCHANGE, "sap-roads", body, properties)
-            channel.basic_publish(
-                t.EVENTS_EXCHANGE, "request.routed.sap-roads", routed[index], properties
-            )
-            out.expect(MESSAGES_PER_ROW)
-        out.wait()
-    elapsed = time.perf_counter() - start
-    out.close()
-    return elapsed, rows * MESSAGES_PER_ROW
-
-
-def bare_ahead_run(url: str, rows: int, batch: int) -> tuple[float, int]:
-    """The bare loop publishing one batch ahead, as the relay does: each batch is published
-    before the confirms of the one before it are awaited, so the broker is never left idle
-    while the loop publishes. The faster of the two bare loops is the relay's yardstick."""
-    bodies, routed = _bodies(rows)
-    out = _Confirming(url)
-    channel, properties = out.channel, out.properties
     behind: int | None = None  # the last tag of the batch before
     start = time.perf_counter()
     for first in range(0, rows, batch):
         for index in range(first, min(first + batch, rows)):
-            body = bodies[index]
-            channel.basic_publish(t.EVENTS_EXCHANGE, "request.created.POTHOLE", body, properties)
-            channel.basic_publish(t.COMMANDS_EXCHANGE, "sap-roads", body, properties)
-            channel.basic_publish(
-                t.EVENTS_EXCHANGE, "request.routed.sap-roads", routed[index], properties
-            )
-            last = out.expect(MESSAGES_PER_ROW)
+            last = out.publish_row(bodies[index], routed[index])
+        if not ahead:
+            out.wait()
+            continue
         out.connection.process_data_events(time_limit=0)  # out to the broker now
         if behind is not None:
             out.wait(upto=behind)
@@ -389,7 +374,6 @@ def floor_run(url: str, rows: int, batch: int, database: Path) -> tuple[float, i
     )
     db.execute("COMMIT")
     out = _Confirming(url)
-    channel, properties = out.channel, out.properties
     sent = 0
     start = time.perf_counter()
     while sent < rows:
@@ -398,12 +382,7 @@ def floor_run(url: str, rows: int, batch: int, database: Path) -> tuple[float, i
             (batch,),
         ).fetchall()
         for _, body, routed_body in pending:
-            channel.basic_publish(t.EVENTS_EXCHANGE, "request.created.POTHOLE", body, properties)
-            channel.basic_publish(t.COMMANDS_EXCHANGE, "sap-roads", body, properties)
-            channel.basic_publish(
-                t.EVENTS_EXCHANGE, "request.routed.sap-roads", routed_body, properties
-            )
-            out.expect(MESSAGES_PER_ROW)
+            out.publish_row(body, routed_body)
         out.wait()
         db.execute("BEGIN")
         db.execute(
@@ -440,7 +419,7 @@ def relay_section(rows: int, batch: int, rounds: int) -> None:
             rounds,
             {
                 "bare": lambda: bare_run(url, rows, batch),
-                "bare_ahead": lambda: bare_ahead_run(url, rows, batch),
+                "bare_ahead": lambda: bare_run(url, rows, batch, ahead=True),
                 "floor": lambda: floor_run(url, rows, batch, next(floors)),
                 "relay": lambda: relay_run(url, rows, batch),
             },
