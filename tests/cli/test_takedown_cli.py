@@ -170,18 +170,18 @@ def test_requests_show_tells_when_the_report_was_taken_down(
     store: Store, files: MediaStore
 ) -> None:
     seed(store, files.save(PNG))
-    before = CliRunner().invoke(app, ["requests", "show", "r-1", "--json"])
+    _, before, _ = invoke("requests", "show", "r-1", "--json")
 
     code, _, err = invoke("requests", "take-down", "r-1", "--media")
-    shown = CliRunner().invoke(app, ["requests", "show", "r-1"])
-    as_json = CliRunner().invoke(app, ["requests", "show", "r-1", "--json"])
+    _, shown, _ = invoke("requests", "show", "r-1")
+    _, as_json, _ = invoke("requests", "show", "r-1", "--json")
 
     assert code == 0, err
-    assert json.loads(before.stdout)["taken_down_at"] is None
+    assert json.loads(before)["taken_down_at"] is None
     request = store.get_request("r-1")
     assert request is not None and request.taken_down_at is not None
     at = request.taken_down_at.astimezone(UTC).isoformat(timespec="seconds")
-    assert json.loads(as_json.stdout)["taken_down_at"] == at
-    [line] = [line for line in shown.stdout.splitlines() if line.startswith("taken down")]
+    assert json.loads(as_json)["taken_down_at"] == at
+    [line] = [line for line in shown.splitlines() if line.startswith("taken down")]
     assert line.startswith(f"taken down {at}: ") and "report_taken_down" in line
-    assert WRITTEN not in shown.stdout  # the description stays, but show never prints it
+    assert WRITTEN not in shown  # the description stays, but show never prints it

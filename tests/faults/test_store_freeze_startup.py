@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from bus.store import shown_url
 from tests.e2e.city import Process, city_files, free_port
 from tests.faults.pg_cluster import PostgresCluster
 
@@ -43,7 +44,7 @@ def test_parts_started_while_the_store_is_frozen_exit_2_with_advice(
         make_url(pg_cluster_url).set(password=PASSWORD).render_as_string(hide_password=False)
         + "?application_name=civicbus-freeze-startup"
     )
-    shown = make_url(pg_cluster_url).set(password=PASSWORD).render_as_string(hide_password=True)
+    shown = shown_url(database_url)  # as every message names the database
     # Nothing listens there: a part that went for the broker first would not exit 2 with advice.
     files = city_files(
         tmp_path, database_url=database_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/"
