@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -42,6 +44,37 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    # On SQLite the text is written and read here in one step each: the generic path (the two
+    # methods above, then SQLAlchemy's own SQLite DATETIME formatting or parsing in Python)
+    # cost ~4 us a value; every request, outbox row and audit entry carries several.
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            return _sqlite_text
+        return super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            return _sqlite_datetime
+        return super().result_processor(dialect, coltype)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """An aware datetime as SQLite keeps it: naive UTC, in SQLAlchemy's storage format
+    ("YYYY-MM-DD HH:MM:SS.ffffff", always with microseconds, so that text order is time order)."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("the store takes timezone-aware datetimes only")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_datetime(value: str | None) -> datetime | None:
+    """The stored text back as an aware UTC datetime (also without microseconds, as SQL's
+    CURRENT_TIMESTAMP writes it)."""
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 #: An autoincrementing id: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
