@@ -55,6 +55,35 @@ def test_bound_request_and_correlation_ids_are_on_every_line(json_lines: Lines) 
     ]
 
 
+def test_nested_request_contexts_restore_the_outer_ids(json_lines: Lines) -> None:
+    log = structlog.get_logger("civicbus.test")
+    with request_context("outer", "corr-outer"):
+        with request_context("inner", None):
+            log.info("inner.line")
+        log.info("outer.line")
+        log.info("own.ids", request_id="explicit")
+    inner, outer, own = json_lines()
+    assert (inner["request_id"], "correlation_id" in inner) == ("inner", False)
+    assert (outer["request_id"], outer["correlation_id"]) == ("outer", "corr-outer")
+    assert (own["request_id"], own["correlation_id"]) == ("explicit", "corr-outer")
+
+
+def test_ids_bound_by_a_thread_stay_on_that_thread(json_lines: Lines) -> None:
+    seen = threading.Event()
+
+    def other() -> None:
+        structlog.get_logger("civicbus.test").info("other.thread")
+        seen.set()
+
+    with request_context("r-3", "corr-3"):
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert seen.is_set()
+    [line] = json_lines()
+    assert "request_id" not in line and "correlation_id" not in line
+
+
 def test_library_records_are_redacted_too(json_lines: Lines) -> None:
     logging.getLogger("some.library").warning("sending to %s", "ada@example.org")
     [line] = json_lines()
