@@ -62,8 +62,12 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# One encoder for every entry: json.dumps builds a new one on each call given these options.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return _CANONICAL.encode(value)
 
 
 def _text(value: str | None) -> str:
@@ -123,19 +127,31 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
     rows = []
     for entry in entries:
         last_id += 1
-        fields: dict[str, Any] = {
-            "id": last_id,
-            "at": entry.at,
-            "actor": entry.actor,
-            "action": entry.action,
-            "request_id": entry.request_id,
-            "message_id": entry.message_id,
-            "outcome": entry.outcome,
-            "details": entry.details,
-            "prev_hash": last_hash,
-        }
-        last_hash = entry_hash(**fields)
-        rows.append({**fields, "hash": last_hash})
+        prev_hash, last_hash = last_hash, entry_hash(
+            id=last_id,
+            at=entry.at,
+            actor=entry.actor,
+            action=entry.action,
+            request_id=entry.request_id,
+            message_id=entry.message_id,
+            outcome=entry.outcome,
+            details=entry.details,
+            prev_hash=last_hash,
+        )
+        rows.append(
+            {
+                "id": last_id,
+                "at": entry.at,
+                "actor": entry.actor,
+                "action": entry.action,
+                "request_id": entry.request_id,
+                "message_id": entry.message_id,
+                "outcome": entry.outcome,
+                "details": entry.details,
+                "prev_hash": prev_hash,
+                "hash": last_hash,
+            }
+        )
     insert_rows(conn, audit_log, rows)
     run(conn, _MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
 
