@@ -62,6 +62,9 @@ def configure_logging(
     shared: list[structlog.typing.Processor] = [
         add_request_ids,
         structlog.contextvars.merge_contextvars,  # what an adapter or library binds itself
+        # A traceback as text, before redaction: an exception's message may quote a resident's
+        # e-mail address or phone number (a back-end echoing the payload it refused).
+        structlog.processors.format_exc_info,
         # Before the fields added next: the level, the logger's name and the time are ours,
         # never a resident's, and need no search for e-mail addresses or phone numbers.
         redact_personal_data,
@@ -78,7 +81,7 @@ def configure_logging(
     # standard library's loggers, handlers and formatter cost several times as much per line
     # (one line per accepted request and per delivered message).
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, renderer],
         logger_factory=lambda *args: _NamedWriteLogger(stream, args[0] if args else None),
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         # Not cached: a logger bound once would ignore any later configuration (tests that

@@ -84,6 +84,21 @@ def test_ids_bound_by_a_thread_stay_on_that_thread(json_lines: Lines) -> None:
     assert "request_id" not in line and "correlation_id" not in line
 
 
+def test_tracebacks_are_redacted_too(json_lines: Lines) -> None:
+    try:
+        raise ValueError("refused: mail ada@example.org or call +44 20 7946 0958")
+    except ValueError:
+        structlog.get_logger("civicbus.test").exception("worker.failed")
+        logging.getLogger("some.library").exception("library failed")
+    lines = json_lines()
+    assert [line["event"] for line in lines] == ["worker.failed", "library failed"]
+    for line in lines:
+        assert "ValueError: refused" in str(line["exception"])
+        assert "Traceback" in str(line["exception"])
+        text = json.dumps(line)
+        assert "ada@example.org" not in text and "7946" not in text
+
+
 def test_library_records_are_redacted_too(json_lines: Lines) -> None:
     logging.getLogger("some.library").warning("sending to %s", "ada@example.org")
     [line] = json_lines()
