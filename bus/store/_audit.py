@@ -127,19 +127,17 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
     rows = []
     for entry in entries:
         last_id += 1
-        prev_hash, last_hash = (
-            last_hash,
-            entry_hash(
-                id=last_id,
-                at=entry.at,
-                actor=entry.actor,
-                action=entry.action,
-                request_id=entry.request_id,
-                message_id=entry.message_id,
-                outcome=entry.outcome,
-                details=entry.details,
-                prev_hash=last_hash,
-            ),
+        prev_hash = last_hash
+        last_hash = entry_hash(
+            id=last_id,
+            at=entry.at,
+            actor=entry.actor,
+            action=entry.action,
+            request_id=entry.request_id,
+            message_id=entry.message_id,
+            outcome=entry.outcome,
+            details=entry.details,
+            prev_hash=prev_hash,
         )
         rows.append(
             {
