@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 import structlog
@@ -19,7 +19,13 @@ from sqlalchemy.engine import Connection, Row
 
 from bus.store._errors import InvalidData, UpdateConflict
 from bus.store._records import RecordedUpdate, RequestQuery
-from bus.store._sql import JsonText, insert_ignoring_duplicates, insert_rows, utcnow
+from bus.store._sql import (
+    JsonText,
+    insert_ignoring_duplicates,
+    insert_rows,
+    select_for_ids,
+    utcnow,
+)
 from bus.store._tables import backend_refs, batch_tokens, reporters, requests, status_history
 from schemas.model import ServiceRequest, Status, StatusNote, StatusUpdate
 
@@ -62,10 +68,19 @@ _IDS: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
 _SELECT_REQUEST = sa.select(requests).where(requests.c.id == sa.bindparam("id"))
 _SELECT_REPORTERS = sa.select(reporters).where(reporters.c.request_id.in_(_IDS))
 _SELECT_REFS = (
-    sa.select(backend_refs).where(backend_refs.c.request_id.in_(_IDS)).order_by(backend_refs.c.id)
+    sa.select(
+        backend_refs.c.request_id,
+        backend_refs.c.adapter,
+        backend_refs.c.reference,
+        backend_refs.c.at,
+    )
+    .where(backend_refs.c.request_id.in_(_IDS))
+    .order_by(backend_refs.c.id)
 )
+#: A StatusNote's fields (after the request id), in the order of _NOTE_FIELDS.
+_NOTE_FIELDS = ("status", "at", "note", "source", "update_id", "external_status_code", "media_url")
 _SELECT_NOTES = (
-    sa.select(status_history)
+    sa.select(status_history.c.request_id, *(status_history.c[f] for f in _NOTE_FIELDS))
     .where(status_history.c.request_id.in_(_IDS))
     .order_by(status_history.c.id)
 )
@@ -132,55 +147,49 @@ def _children(
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
     """The back-end references and the status history of the requests, by request id."""
     refs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for ref in conn.execute(_SELECT_REFS, {"ids": ids}):
-        refs[ref.request_id].append(
-            {"adapter": ref.adapter, "reference": ref.reference, "submitted_at": ref.at}
-        )
+    for request_id, adapter, reference, at in select_for_ids(conn, _SELECT_REFS, ids):
+        refs[request_id].append({"adapter": adapter, "reference": reference, "submitted_at": at})
     notes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for note in conn.execute(_SELECT_NOTES, {"ids": ids}):
-        notes[note.request_id].append(_note_fields(note))
+    for request_id, *fields in select_for_ids(conn, _SELECT_NOTES, ids):
+        notes[request_id].append(dict(zip(_NOTE_FIELDS, fields, strict=True)))
     return refs, notes
 
 
-def _note_fields(row: Row[Any]) -> dict[str, Any]:
-    """The fields of a StatusNote from its `status_history` row."""
-    return {
-        "status": row.status,
-        "at": row.at,
-        "note": row.note,
-        "source": row.source,
-        "update_id": row.update_id,
-        "external_status_code": row.external_status_code,
-        "media_url": row.media_url,
-    }
-
-
 def _note(row: Row[Any]) -> StatusNote:
-    return StatusNote.model_validate(_note_fields(row))
+    """The StatusNote of a `status_history` row."""
+    return StatusNote.model_validate({name: getattr(row, name) for name in _NOTE_FIELDS})
+
+
+#: The `requests` columns that are the truth for what queries filter on, over the document's
+#: copy (each named as the ServiceRequest field it fills).
+_COLUMNS = (
+    "id",
+    "jurisdiction",
+    "service_code",
+    "status",
+    "requested_at",
+    "updated_at",
+    "taken_down_at",
+)
 
 
 def _whole(
-    row: Row[Any],
+    columns: dict[str, Any],
     document: dict[str, Any],
     reporter: dict[str, Any],
     refs: dict[str, list[dict[str, Any]]],
     notes: dict[str, list[dict[str, Any]]],
 ) -> ServiceRequest:
-    """The canonical request of a `requests` row, its parsed document and its other parts."""
+    """The canonical request of a `requests` row (its _COLUMNS), its parsed document and its
+    other parts."""
+    request_id = columns["id"]
     return ServiceRequest.model_validate(
         {
             **document,
-            # The columns are the truth for what queries filter on.
-            "id": row.id,
-            "jurisdiction": row.jurisdiction,
-            "service_code": row.service_code,
-            "status": row.status,
-            "requested_at": row.requested_at,
-            "updated_at": row.updated_at,
-            "taken_down_at": row.taken_down_at,
+            **columns,
             "reporter": reporter,
-            "backend_refs": refs.get(row.id, []),
-            "history": notes.get(row.id, []),
+            "backend_refs": refs.get(request_id, []),
+            "history": notes.get(request_id, []),
         }
     )
 
@@ -196,7 +205,8 @@ def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceReq
     for row in rows:
         contact = contacts.get(row.id)
         reporter = {f: getattr(contact, f) for f in _REPORTER_FIELDS} if contact else {}
-        loaded.append(_whole(row, row.document, reporter, refs, notes))
+        columns = {name: getattr(row, name) for name in _COLUMNS}
+        loaded.append(_whole(columns, row.document, reporter, refs, notes))
     return loaded
 
 
@@ -210,13 +220,7 @@ def get_request(conn: Connection, request_id: str) -> ServiceRequest | None:
 # document as its stored text, parsed by pydantic-core (twice as fast as the json module).
 _SELECT_WHOLE_REQUESTS = (
     sa.select(
-        requests.c.id,
-        requests.c.jurisdiction,
-        requests.c.service_code,
-        requests.c.status,
-        requests.c.requested_at,
-        requests.c.updated_at,
-        requests.c.taken_down_at,
+        *(requests.c[name] for name in _COLUMNS),
         sa.cast(requests.c.document, sa.Text()).label("document"),
         reporters.c.request_id.label("reporter_of"),
         *(reporters.c[f] for f in _REPORTER_FIELDS),
@@ -231,15 +235,17 @@ def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, Se
     ids = list(dict.fromkeys(request_ids))
     if not ids:
         return {}
-    rows = conn.execute(_SELECT_WHOLE_REQUESTS, {"ids": ids}).all()
+    rows = select_for_ids(conn, _SELECT_WHOLE_REQUESTS, ids)
     if not rows:
         return {}
-    refs, notes = _children(conn, [row.id for row in rows])
+    refs, notes = _children(conn, [row[0] for row in rows])
     found = {}
+    width = len(_COLUMNS)
     for row in rows:
-        known = row.reporter_of is not None
-        reporter = {f: getattr(row, f) for f in _REPORTER_FIELDS} if known else {}
-        found[row.id] = _whole(row, from_json(row.document), reporter, refs, notes)
+        columns = dict(zip(_COLUMNS, row[:width], strict=True))
+        document, reporter_of, *contact = row[width:]
+        reporter = dict(zip(_REPORTER_FIELDS, contact, strict=True)) if reporter_of else {}
+        found[columns["id"]] = _whole(columns, from_json(document), reporter, refs, notes)
     return found
 
 
@@ -267,6 +273,17 @@ _LOCK_REQUESTS = (
 )
 
 
+class _Lock(NamedTuple):
+    """A row of _LOCK_REQUESTS."""
+
+    id: str
+    status: str
+    updated_at: datetime
+    taken_down_at: datetime | None
+    notes: int
+    refs: int
+
+
 def changed_requests(
     conn: Connection, known: Mapping[str, ServiceRequest]
 ) -> dict[str, ServiceRequest]:
@@ -276,7 +293,7 @@ def changed_requests(
         return {}
     changed = [
         row.id
-        for row in conn.execute(_LOCK_REQUESTS, {"ids": list(known)})
+        for row in map(_Lock._make, select_for_ids(conn, _LOCK_REQUESTS, list(known)))
         if (
             row.status != known[row.id].status.value
             or row.updated_at != known[row.id].updated_at

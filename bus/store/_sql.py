@@ -137,6 +137,79 @@ def run(
 
 
 @dataclass(frozen=True)
+class _ListPlan:
+    sql: str
+    names: tuple[str, ...]  # the list's bind names (ids_1, ids_2, ...) in bind order
+    positional: bool
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column position, processing)
+    statement: sa.Select[Any]  # kept alive, so that its id is never reused for another
+
+
+_LIST_PLANS: dict[tuple[str, int, int], _ListPlan] = {}
+#: Plans are kept for lists up to this long (a worker's batch is at most half its prefetch);
+#: a longer list, rare, is compiled for the call, so the plans kept stay few.
+_MOST_KEPT = 256
+
+
+def select_for_ids(
+    conn: Connection, statement: sa.Select[Any], ids: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """Run a module-level SELECT whose one parameter is the expanding list `ids` (`IN :ids`)
+    on the driver's cursor: compiled once per dialect and length of the list, each column
+    through its type's result processing as `conn.execute` would do, rows as plain tuples.
+    The worker's batch reads run here: SQLAlchemy's execution and Row objects cost more than
+    SQLite takes to answer them."""
+    if not ids:
+        return []
+    key = (conn.dialect.name, id(statement), len(ids))
+    plan = _LIST_PLANS.get(key)
+    if plan is None:
+        plan = _list_plan(conn, statement, len(ids))
+        if len(ids) <= _MOST_KEPT:
+            _LIST_PLANS[key] = plan
+    by_name = {f"ids_{i + 1}": value for i, value in enumerate(ids)}
+    bound: Any = tuple(by_name[name] for name in plan.names) if plan.positional else by_name
+    rows = driver_execute(conn, plan.sql, bound)
+    converted = []
+    for row in rows:
+        values = list(row)
+        for position, process in plan.processors:
+            if values[position] is not None:
+                values[position] = process(values[position])
+        converted.append(tuple(values))
+    return converted
+
+
+def _list_plan(conn: Connection, statement: sa.Select[Any], count: int) -> _ListPlan:
+    compiled = statement.params(ids=[f"id{i}" for i in range(count)]).compile(
+        dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    expected = tuple(f"ids_{i + 1}" for i in range(count))
+    if compiled.positional:  # qmark (SQLite): the list's values in the order rendered
+        names = tuple(compiled.positiontup or ())
+        sole = names == expected
+    else:  # pyformat (psycopg): the list rendered as %(ids_1)s, %(ids_2)s, ...
+        names, sole = expected, set(compiled.binds) == {"ids"}
+    if not sole:  # another parameter would be left unbound: a misuse
+        raise ValueError("select_for_ids: `ids` must be the statement's only parameter")
+    return _ListPlan(
+        sql=compiled.string,
+        names=names,
+        positional=bool(compiled.positional),
+        processors=tuple(
+            (position, process)
+            for position, column in enumerate(statement.selected_columns)
+            if (
+                process := column.type.dialect_impl(conn.dialect).result_processor(
+                    conn.dialect, None
+                )
+            )
+        ),
+        statement=statement,
+    )
+
+
+@dataclass(frozen=True)
 class _InsertPlan:
     sql: str
     names: tuple[str, ...]  # bind order
