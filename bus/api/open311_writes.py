@@ -58,7 +58,8 @@ async def _read_submission(request: Request) -> _Submission:
     """The form's text fields (query string values after them) and uploaded files' bytes."""
     fields: dict[str, list[str]] = {}
     uploads: list[bytes] = []
-    content_type = request.headers.get("content-type", "")
+    headers = _wanted_headers(request)
+    content_type = headers.get(b"content-type", "")
     if content_type.startswith("application/x-www-form-urlencoded"):
         # What nearly every client sends, parsed in one pass: a fraction of the cost of the
         # streaming parser behind `request.form()`, with the same decoding (percent-escapes as
@@ -84,9 +85,22 @@ async def _read_submission(request: Request) -> _Submission:
     return _Submission(
         fields=fields,
         uploads=uploads,
-        idempotency_key=request.headers.get("idempotency-key", "").strip() or None,
-        correlation_id=request.headers.get("x-correlation-id", "").strip() or None,
+        idempotency_key=headers.get(b"idempotency-key", "").strip() or None,
+        correlation_id=headers.get(b"x-correlation-id", "").strip() or None,
     )
+
+
+_WANTED_HEADERS = frozenset({b"content-type", b"idempotency-key", b"x-correlation-id"})
+
+
+def _wanted_headers(request: Request) -> dict[bytes, str]:
+    """The headers a submission is read by, each the first of its name (as
+    `request.headers.get` gives it), found in one pass over the raw headers."""
+    found: dict[bytes, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _WANTED_HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
 
 
 def _decode_urlencoded(text: str, fields: dict[str, list[str]]) -> None:
