@@ -38,13 +38,19 @@ _APART = {"reporter", "backend_refs", "history"}
 
 def _document(request: ServiceRequest) -> JsonText:
     """The JSON document of a request, its times in UTC, without the parts kept apart."""
-    in_utc = request.model_copy(
-        update={
-            "requested_at": request.requested_at.astimezone(UTC),
-            "updated_at": request.updated_at.astimezone(UTC),
-            "expected_at": request.expected_at and request.expected_at.astimezone(UTC),
-        }
-    )
+    in_utc = request
+    # A new request's times are UTC already (intake stamps them so): no copy needed then.
+    if not all(
+        at is None or at.tzinfo is UTC
+        for at in (request.requested_at, request.updated_at, request.expected_at)
+    ):
+        in_utc = request.model_copy(
+            update={
+                "requested_at": request.requested_at.astimezone(UTC),
+                "updated_at": request.updated_at.astimezone(UTC),
+                "expected_at": request.expected_at and request.expected_at.astimezone(UTC),
+            }
+        )
     return JsonText(in_utc.model_dump_json(exclude=_APART))
 
 
