@@ -103,6 +103,33 @@ class Sent:
     mandatory: set[str] = field(default_factory=set)
     nacked: int = 0
     returned: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The delivery tag of its first message; the others follow it one by one.
+    first_tag: int = 1
+    #: Every tag of it below this one is settled (a `multiple` ack or nack covered it).
+    floor: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.floor = self.first_tag
+
+    def settle(self, tag: int, *, multiple: bool) -> int:
+        """Take the broker's ack or nack of `tag` (`multiple`: of every tag up to it too);
+        returns how many of this batch's messages it settled."""
+        if not multiple:
+            if tag not in self.unconfirmed:
+                return 0
+            self.unconfirmed.remove(tag)
+            return 1
+        # The broker acks a batch in many `multiple` frames: scanning the batch's every tag for
+        # each frame cost the relay a tenth of its time. From the floor up, each tag is looked
+        # at once.
+        top = min(tag, self.first_tag + self.size - 1)
+        if top < self.floor:
+            return 0
+        before = len(self.unconfirmed)
+        for settled in range(self.floor, top + 1):
+            self.unconfirmed.discard(settled)
+        self.floor = top + 1
+        return before - len(self.unconfirmed)
 
 
 def _nothing() -> None:
@@ -154,7 +181,7 @@ class ConfirmingPublisher:
     def send(self, messages: Sequence[Outgoing]) -> Sent:
         """Publish every message and hand them to the broker, without waiting for confirms:
         `wait` for them. Raises BrokerUnavailable if the connection fails meanwhile."""
-        sent = Sent(len(messages))
+        sent = Sent(len(messages), first_tag=self._next_tag)
         with broker_errors(f"publishing a batch of {len(messages)}"):
             for message in messages:
                 self._channel.basic_publish(
@@ -228,15 +255,11 @@ class ConfirmingPublisher:
         nack = isinstance(method, pika.spec.Basic.Nack)
         finished = False
         for sent in self._in_flight:
-            if method.multiple:
-                done = {t for t in sent.unconfirmed if t <= tag}
-            else:
-                done = {tag} & sent.unconfirmed
+            done = sent.settle(tag, multiple=method.multiple)
             if not done:
                 continue
-            sent.unconfirmed -= done
             if nack:
-                sent.nacked += len(done)
+                sent.nacked += done
             finished = finished or not sent.unconfirmed
         if finished:
             self._wake()

@@ -10,7 +10,7 @@ import pytest
 
 from bus.broker import topology as t
 from bus.broker.connection import BrokerUnavailable
-from bus.broker.publisher import ConfirmingPublisher, Outgoing, Unroutable
+from bus.broker.publisher import ConfirmingPublisher, Outgoing, Sent, Unroutable
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -97,3 +97,15 @@ def test_waiting_for_one_of_two_alike_batches_forgets_that_one_only(publisher: A
 def event() -> Outgoing:
     properties = pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2)
     return Outgoing(t.EVENTS_EXCHANGE, "request.status_changed.open", b"{}", properties)
+
+
+def test_a_batch_acked_in_pieces_and_beyond_settles_each_message_once() -> None:
+    sent = Sent(5, unconfirmed={10, 11, 12, 13, 14}, first_tag=10)
+
+    assert sent.settle(9, multiple=True) == 0  # an earlier batch's
+    assert sent.settle(12, multiple=False) == 1
+    assert sent.settle(11, multiple=True) == 2  # 10 and 11
+    assert sent.settle(12, multiple=True) == 0  # settled already
+    assert sent.settle(30, multiple=True) == 2  # 13, 14 and a later batch's tags
+    assert sent.settle(14, multiple=False) == 0
+    assert not sent.unconfirmed
