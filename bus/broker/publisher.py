@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pika
 import structlog
@@ -45,8 +45,7 @@ class Unroutable(Exception):
         )
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One message to publish: where to, what, and whether it must reach a queue."""
 
     exchange: str
@@ -55,6 +54,9 @@ class Outgoing:
     properties: pika.BasicProperties
     #: True for commands: a message no queue takes is returned and raises Unroutable.
     mandatory: bool = False
+
+
+_PERSISTENT = pika.DeliveryMode.Persistent.value
 
 
 def envelope_message(
@@ -71,20 +73,21 @@ def envelope_message(
 
     `body` is the envelope's JSON when the caller already has it (one envelope, two messages).
     """
+    # The relay makes three of these a request: each attribute is read once.
+    kind = envelope.type.value
+    correlation_id = envelope.correlationid
+    table = {"correlationid": correlation_id, "traceparent": envelope.traceparent, "type": kind}
+    if headers:
+        table.update(headers)
     properties = pika.BasicProperties(
         message_id=envelope.id,
         content_type=STRUCTURED_CONTENT_TYPE,
-        delivery_mode=pika.DeliveryMode.Persistent,
-        type=str(envelope.type),
+        delivery_mode=_PERSISTENT,
+        type=kind,
         timestamp=int(envelope.time.timestamp()),
         app_id="civicbus",
-        correlation_id=envelope.correlationid,
-        headers={
-            "correlationid": envelope.correlationid,
-            "traceparent": envelope.traceparent,
-            "type": str(envelope.type),
-            **(headers or {}),
-        },
+        correlation_id=correlation_id,
+        headers=table,
     )
     if body is None:
         body = envelope.model_dump_json().encode()
