@@ -16,9 +16,10 @@ BLOCKED_CONNECTION_TIMEOUT (its close frame would not be read before the alarm c
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pika
 import structlog
@@ -45,8 +46,7 @@ class Unroutable(Exception):
         )
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One message to publish: where to, what, and whether it must reach a queue."""
 
     exchange: str
@@ -55,6 +55,9 @@ class Outgoing:
     properties: pika.BasicProperties
     #: True for commands: a message no queue takes is returned and raises Unroutable.
     mandatory: bool = False
+
+
+_PERSISTENT = pika.DeliveryMode.Persistent.value
 
 
 def envelope_message(
@@ -71,20 +74,21 @@ def envelope_message(
 
     `body` is the envelope's JSON when the caller already has it (one envelope, two messages).
     """
+    # The relay makes three of these a request: each attribute is read once.
+    kind = envelope.type.value
+    correlation_id = envelope.correlationid
+    table = {"correlationid": correlation_id, "traceparent": envelope.traceparent, "type": kind}
+    if headers:
+        table.update(headers)
     properties = pika.BasicProperties(
         message_id=envelope.id,
         content_type=STRUCTURED_CONTENT_TYPE,
-        delivery_mode=pika.DeliveryMode.Persistent,
-        type=str(envelope.type),
+        delivery_mode=_PERSISTENT,
+        type=kind,
         timestamp=int(envelope.time.timestamp()),
         app_id="civicbus",
-        correlation_id=envelope.correlationid,
-        headers={
-            "correlationid": envelope.correlationid,
-            "traceparent": envelope.traceparent,
-            "type": str(envelope.type),
-            **(headers or {}),
-        },
+        correlation_id=correlation_id,
+        headers=table,
     )
     if body is None:
         body = envelope.model_dump_json().encode()
@@ -103,10 +107,67 @@ class Sent:
     mandatory: set[str] = field(default_factory=set)
     nacked: int = 0
     returned: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The delivery tag of its first message; the others follow it one by one.
+    first_tag: int = 1
+    #: Every tag of it below this one is settled (a `multiple` ack or nack covered it).
+    floor: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.floor = self.first_tag
+
+    def settle(self, tag: int, *, multiple: bool) -> int:
+        """Take the broker's ack or nack of `tag` (`multiple`: of every tag up to it too);
+        returns how many of this batch's messages it settled."""
+        if not multiple:
+            if tag not in self.unconfirmed:
+                return 0
+            self.unconfirmed.remove(tag)
+            return 1
+        # The broker acks a batch in many `multiple` frames: scanning the batch's every tag for
+        # each frame cost the relay a tenth of its time. From the floor up, each tag is looked
+        # at once.
+        top = min(tag, self.first_tag + self.size - 1)
+        if top < self.floor:
+            return 0
+        before = len(self.unconfirmed)
+        for settled in range(self.floor, top + 1):
+            self.unconfirmed.discard(settled)
+        self.floor = top + 1
+        return before - len(self.unconfirmed)
 
 
 def _nothing() -> None:
     pass
+
+
+#: Bytes per socket write when a batch goes out. pika buffers each frame on its own (three a
+#: message) and sends each with its own send(): joined into pieces this size, the relay's CPU
+#: a row fell by a sixth (mostly kernel time). Pieces, not one write of the whole batch: a
+#: partial send makes pika copy the rest of its piece.
+WRITE_PIECE = 64 * 1024
+
+
+def _join_frames(connection: Any) -> None:
+    """Join the frames pika holds for the connection's socket into pieces of about WRITE_PIECE
+    bytes, in order. A connection without pika's usual transport buffer is left as it is."""
+    transport = getattr(getattr(connection, "_impl", None), "_transport", None)
+    buffered = getattr(transport, "_tx_buffers", None)
+    if not isinstance(buffered, deque) or len(buffered) < 2:
+        return
+    pieces: list[bytes] = []
+    piece: list[bytes] = []
+    size = 0
+    for frame in buffered:
+        piece.append(frame)
+        size += len(frame)
+        if size >= WRITE_PIECE:
+            pieces.append(b"".join(piece))
+            piece, size = [], 0
+    if piece:
+        pieces.append(b"".join(piece))
+    # The same deque, the same bytes in the same order: pika's count of them still holds.
+    buffered.clear()
+    buffered.extend(pieces)
 
 
 class ConfirmingPublisher:
@@ -154,7 +215,7 @@ class ConfirmingPublisher:
     def send(self, messages: Sequence[Outgoing]) -> Sent:
         """Publish every message and hand them to the broker, without waiting for confirms:
         `wait` for them. Raises BrokerUnavailable if the connection fails meanwhile."""
-        sent = Sent(len(messages))
+        sent = Sent(len(messages), first_tag=self._next_tag)
         with broker_errors(f"publishing a batch of {len(messages)}"):
             for message in messages:
                 self._channel.basic_publish(
@@ -169,6 +230,7 @@ class ConfirmingPublisher:
                 if message.mandatory:
                     sent.mandatory.add(str(message.properties.message_id))
             self._in_flight.append(sent)
+            _join_frames(self._connection)
             # Out to the broker now (this returns once the socket took it all), so that it
             # routes and stores the batch while the caller goes on.
             self._connection.process_data_events(time_limit=0)
@@ -228,15 +290,11 @@ class ConfirmingPublisher:
         nack = isinstance(method, pika.spec.Basic.Nack)
         finished = False
         for sent in self._in_flight:
-            if method.multiple:
-                done = {t for t in sent.unconfirmed if t <= tag}
-            else:
-                done = {tag} & sent.unconfirmed
+            done = sent.settle(tag, multiple=method.multiple)
             if not done:
                 continue
-            sent.unconfirmed -= done
             if nack:
-                sent.nacked += len(done)
+                sent.nacked += done
             finished = finished or not sent.unconfirmed
         if finished:
             self._wake()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections import deque
+from types import SimpleNamespace
 from typing import Any
 
 import pika
@@ -10,7 +12,14 @@ import pytest
 
 from bus.broker import topology as t
 from bus.broker.connection import BrokerUnavailable
-from bus.broker.publisher import ConfirmingPublisher, Outgoing, Unroutable
+from bus.broker.publisher import (
+    WRITE_PIECE,
+    ConfirmingPublisher,
+    Outgoing,
+    Sent,
+    Unroutable,
+    _join_frames,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -97,3 +106,28 @@ def test_waiting_for_one_of_two_alike_batches_forgets_that_one_only(publisher: A
 def event() -> Outgoing:
     properties = pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2)
     return Outgoing(t.EVENTS_EXCHANGE, "request.status_changed.open", b"{}", properties)
+
+
+def test_a_batch_acked_in_pieces_and_beyond_settles_each_message_once() -> None:
+    sent = Sent(5, unconfirmed={10, 11, 12, 13, 14}, first_tag=10)
+
+    assert sent.settle(9, multiple=True) == 0  # an earlier batch's
+    assert sent.settle(12, multiple=False) == 1
+    assert sent.settle(11, multiple=True) == 2  # 10 and 11
+    assert sent.settle(12, multiple=True) == 0  # settled already
+    assert sent.settle(30, multiple=True) == 2  # 13, 14 and a later batch's tags
+    assert sent.settle(14, multiple=False) == 0
+    assert not sent.unconfirmed
+
+
+def test_a_batch_frames_go_to_the_socket_joined_in_pieces_in_their_order() -> None:
+    frames = deque(bytes([n % 256]) * 1000 for n in range(200))
+    expected = b"".join(frames)
+    connection = SimpleNamespace(
+        _impl=SimpleNamespace(_transport=SimpleNamespace(_tx_buffers=frames))
+    )
+
+    _join_frames(connection)
+
+    assert b"".join(frames) == expected
+    assert len(frames) == -(-len(expected) // WRITE_PIECE)
