@@ -66,6 +66,11 @@ bench, four runs of each version taking turns within the hour (load average 4-6)
 1,625-2,947 rows/s, 45-61 % of the faster bare loop (median 54 %); after 2,331-3,416 rows/s,
 50-68 % (median 56 %), faster in three pairs of four. On so loaded a machine the bare loops swing
 by half from run to run: the instruction counts are the figure to trust.
+Later, merged with the other evening changes (audit and logging among them), 1.06 M a row. On
+the same VM, quieter, three runs of 3 rounds: the relay 10,871-11,672 msgs/s, 52, 56 and 60 % of
+the faster bare loop (19,335-20,797 msgs/s). A run before them gave 73 %, but two benchmark
+vhosts left by killed runs still held full quorum queues, and the bare loops were slower (13,676
+msgs/s); deleting them is what made the three runs comparable.
 
 Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted afterwards.
 Worker section: consume -> find/submit through the in-memory adapter -> record receipt (cross-
@@ -95,6 +100,21 @@ message), worker 2,660 at 373 us: 17 % of bare, 11 % of the floor. A durable rec
 nothing next to the broker I/O; what the target asks to cut is the worker's own processing,
 spread thin (profiled: receipt transaction with its outbox event and audit entries ~43 % of
 the handler thread, reading the batch's requests ~17 %, log context ~9 %, the rest below 6 %).
+
+2026-12-06, late (AMD EPYC VM), counted with callgrind around `handle_batch` alone (no broker,
+batches of 32, the in-memory adapter, logs to /dev/null): 1.51 M instructions a message before
+this evening's changes, 1.26 M after. What went: the SQLite datetime text written and read in
+one call each (-35 k), a log line's context set with one token and its fixed fields no longer
+searched for phone numbers (-90 k), the audit's canonical JSON encoder built once (-23 k), the
+batch reads on the driver's cursor (-110 k). Taken out one at a time, what is left costs: the two
+audit entries ~300 k, the request reads ~150 k, the log line ~140 k, the `submitted` event's
+data and envelope ~140 k, its outbox row ~130 k, the cross-references ~80 k, the locking check
+~60 k. The bench, old and new code taking turns (two pairs, median of 3 each): old 1,635-1,910
+msgs/s at 528-593 us CPU/msg, new 2,191-2,222 at 437-440 (bare 9,000-12,200): 18-20 % of bare.
+The same code ran 2,100-2,900 msgs/s over the hour as the VM's speed swung (bare 7,800-14,800);
+prefetch 64, 128 or 256 made no difference the noise did not hide. The handler alone takes
+~260-330 us of CPU a message, civicbus's consumer thread alone (no-op handler) 47-56 us, as the
+bare loop: the rest of the 440 is the two threads taking turns on one interpreter lock.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
