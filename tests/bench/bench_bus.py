@@ -72,7 +72,8 @@ the faster bare loop (19,335-20,797 msgs/s). A run before them gave 73 %, but tw
 vhosts left by killed runs still held full quorum queues, and the bare loops were slower (13,676
 msgs/s); deleting them is what made the three runs comparable.
 
-Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted afterwards.
+Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted afterwards; one
+left by a benchmark killed before it could delete it is deleted by the next run.
 Worker section: consume -> find/submit through the in-memory adapter -> record receipt (cross-
 reference, `submitted` event in the outbox, audit entries) -> ack, for commands whose requests
 are in an embedded SQLite store, as `civicbus worker` runs them: the messages already delivered
@@ -139,6 +140,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import sqlite3
@@ -179,6 +181,28 @@ TAP = "bench.tap"
 _NODE: Any = None
 
 
+#: A benchmark's vhost is named after its process: `civicbus-bench-<pid>-<random>`.
+VHOST_PREFIX = "civicbus-bench-"
+_OWNED_VHOST = re.compile(rf"{VHOST_PREFIX}(\d+)-[0-9a-f]+")
+
+
+def delete_orphaned_vhosts() -> None:
+    """Delete the vhosts of benchmarks whose process is gone (killed before its `finally` ran):
+    their quorum queues, full of messages, kept the broker busy and slowed later runs' bare
+    loops by a third. A vhost whose process is alive, another benchmark's, is left alone."""
+    for name in rabbitmqctl("list_vhosts", "name").split():
+        owner = _OWNED_VHOST.fullmatch(name)
+        if owner is None:
+            continue
+        try:
+            os.kill(int(owner.group(1)), 0)
+        except ProcessLookupError:
+            rabbitmqctl("delete_vhost", name)
+            print(f"deleted {name}: left by a benchmark that is no longer running")
+        except PermissionError:
+            pass  # alive, another user's
+
+
 @contextmanager
 def fresh_vhost() -> Iterator[str]:
     if _NODE is not None:
@@ -188,7 +212,8 @@ def fresh_vhost() -> Iterator[str]:
         finally:
             _NODE.ctl("delete_vhost", url.rsplit("/", 1)[1])
         return
-    vhost = f"civicbus-bench-{uuid.uuid4().hex[:8]}"
+    delete_orphaned_vhosts()
+    vhost = f"{VHOST_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     try:
