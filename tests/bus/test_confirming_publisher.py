@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections import deque
-from types import SimpleNamespace
 from typing import Any
 
 import pika
 import pytest
 
+from bus.broker import publisher as publisher_module
 from bus.broker import topology as t
 from bus.broker.connection import BrokerUnavailable
 from bus.broker.publisher import (
@@ -24,11 +23,11 @@ from bus.broker.publisher import (
 pytestmark = pytest.mark.rabbitmq
 
 
-def command(instance: str) -> Outgoing:
+def command(instance: str, body: bytes = b"{}") -> Outgoing:
     """A mandatory command for `instance` (its queue is declared unless the name is made up)."""
     properties = pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2)
     return Outgoing(
-        t.COMMANDS_EXCHANGE, t.command_routing_key(instance), b"{}", properties, mandatory=True
+        t.COMMANDS_EXCHANGE, t.command_routing_key(instance), body, properties, mandatory=True
     )
 
 
@@ -120,21 +119,25 @@ def test_a_batch_acked_in_pieces_and_beyond_settles_each_message_once() -> None:
     assert not sent.unconfirmed
 
 
-def test_a_batch_frames_go_to_the_socket_joined_in_pieces_in_their_order() -> None:
-    frames = deque(bytes([n % 256]) * 1000 for n in range(200))
-    expected = b"".join(frames)
-    connection = SimpleNamespace(
-        _impl=SimpleNamespace(_transport=SimpleNamespace(_tx_buffers=frames))
-    )
+def test_a_batch_larger_than_a_write_piece_goes_out_joined_and_arrives_whole_in_order(
+    publisher: Any, channel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = t.work_queue("sap-roads")
+    channel.queue_purge(queue)
+    # 200 messages of ~1 KB: three frames each, about three write pieces in all.
+    batch = [command("sap-roads", body=f"{n:04d}".encode() * 250) for n in range(200)]
+    pieces: list[list[int]] = []
 
-    _join_frames(connection)
+    def joining(connection: Any) -> None:
+        _join_frames(connection)  # on pika's own buffer of the real connection
+        pieces.append([len(piece) for piece in connection._impl._transport._tx_buffers])
 
-    assert b"".join(frames) == expected
-    assert len(frames) == -(-len(expected) // WRITE_PIECE)
+    monkeypatch.setattr(publisher_module, "_join_frames", joining)
+    publisher.wait(publisher.send(batch))
 
-
-def test_pika_still_keeps_the_buffer_whose_frames_are_joined(publisher: Any) -> None:
-    # _join_frames leaves a connection without it alone: correct, but slower. A pika that
-    # renamed its transport's buffer would make the join a silent no-op; this says so instead.
-    transport = publisher._connection._impl._transport
-    assert isinstance(transport._tx_buffers, deque)
+    [sizes] = pieces
+    assert len(sizes) > 1 and all(size >= WRITE_PIECE for size in sizes[:-1])
+    got = []
+    while (message := channel.basic_get(queue, auto_ack=True))[0] is not None:
+        got.append(message[2])
+    assert got == [m.body for m in batch]  # every byte, in the order sent
