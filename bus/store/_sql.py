@@ -139,8 +139,7 @@ def run(
 @dataclass(frozen=True)
 class _ListPlan:
     sql: str
-    names: tuple[str, ...]  # the list's bind names (ids_1, ids_2, ...) in bind order
-    positional: bool
+    positional: bool  # qmark (SQLite): the ids in order; else pyformat: ids_1, ids_2, ...
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column position, processing)
     statement: sa.Select[Any]  # kept alive, so that its id is never reused for another
 
@@ -167,8 +166,9 @@ def select_for_ids(
         plan = _list_plan(conn, statement, len(ids))
         if len(ids) <= _MOST_KEPT:
             _LIST_PLANS[key] = plan
-    by_name = {f"ids_{i + 1}": value for i, value in enumerate(ids)}
-    bound: Any = tuple(by_name[name] for name in plan.names) if plan.positional else by_name
+    bound: Any = (
+        tuple(ids) if plan.positional else {f"ids_{i + 1}": value for i, value in enumerate(ids)}
+    )
     rows = driver_execute(conn, plan.sql, bound)
     converted = []
     for row in rows:
@@ -184,17 +184,16 @@ def _list_plan(conn: Connection, statement: sa.Select[Any], count: int) -> _List
     compiled = statement.params(ids=[f"id{i}" for i in range(count)]).compile(
         dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
     )
-    expected = tuple(f"ids_{i + 1}" for i in range(count))
-    if compiled.positional:  # qmark (SQLite): the list's values in the order rendered
-        names = tuple(compiled.positiontup or ())
-        sole = names == expected
-    else:  # pyformat (psycopg): the list rendered as %(ids_1)s, %(ids_2)s, ...
-        names, sole = expected, set(compiled.binds) == {"ids"}
-    if not sole:  # another parameter would be left unbound: a misuse
+    # The list rendered as ids_1, ids_2, ... (qmark: in that order); another parameter would
+    # be left unbound: a misuse.
+    if compiled.positional:
+        sole = tuple(compiled.positiontup or ()) == tuple(f"ids_{i + 1}" for i in range(count))
+    else:
+        sole = set(compiled.binds) == {"ids"}
+    if not sole:
         raise ValueError("select_for_ids: `ids` must be the statement's only parameter")
     return _ListPlan(
         sql=compiled.string,
-        names=names,
         positional=bool(compiled.positional),
         processors=tuple(
             (position, process)
