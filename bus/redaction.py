@@ -133,25 +133,19 @@ def redact(value: Any) -> Any:
     return value
 
 
-#: Values that hold no text, returned as they are. Exact types: a subclass (a str enum) takes
-#: the general path below, as any other value.
-_PLAIN = frozenset({bool, int, float})
+#: Values that hold no text (bool is an int), returned as they are. A tuple: isinstance with
+#: a union type (`int | float`) takes several times as long, on every field of every log line.
+_NUMBERS = (int, float)
 
 
 def _redact_item(key: object, item: Any) -> Any:
-    # Exact type tests first: every log line and audit entry passes here field by field.
     if item is None:
         return None
     kind = _key_kind(key) if isinstance(key, str) else _OTHER
     if kind is _PERSONAL:
         return REDACTED
-    kind_of_item = type(item)
-    if kind_of_item is str:
-        return item if kind is _IDENTIFIER else redact_text(item)
-    if kind_of_item in _PLAIN:
-        return item
     if isinstance(item, str):
         return item if kind is _IDENTIFIER else redact_text(item)
-    if isinstance(item, bool | int | float):
+    if isinstance(item, _NUMBERS):
         return item
     return redact(item)
