@@ -33,9 +33,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("the store takes timezone-aware datetimes only")
-        value = value.astimezone(UTC)
+        value = _in_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -59,14 +57,18 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return super().result_processor(dialect, coltype)
 
 
+def _in_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("the store takes timezone-aware datetimes only")
+    return value.astimezone(UTC)
+
+
 def _sqlite_text(value: datetime | None) -> str | None:
     """An aware datetime as SQLite keeps it: naive UTC, in SQLAlchemy's storage format
     ("YYYY-MM-DD HH:MM:SS.ffffff", always with microseconds, so that text order is time order)."""
     if value is None:
         return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("the store takes timezone-aware datetimes only")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return _in_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_datetime(value: str | None) -> datetime | None:
