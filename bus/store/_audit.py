@@ -127,32 +127,19 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
     rows = []
     for entry in entries:
         last_id += 1
-        prev_hash = last_hash
-        last_hash = entry_hash(
-            id=last_id,
-            at=entry.at,
-            actor=entry.actor,
-            action=entry.action,
-            request_id=entry.request_id,
-            message_id=entry.message_id,
-            outcome=entry.outcome,
-            details=entry.details,
-            prev_hash=prev_hash,
-        )
-        rows.append(
-            {
-                "id": last_id,
-                "at": entry.at,
-                "actor": entry.actor,
-                "action": entry.action,
-                "request_id": entry.request_id,
-                "message_id": entry.message_id,
-                "outcome": entry.outcome,
-                "details": entry.details,
-                "prev_hash": prev_hash,
-                "hash": last_hash,
-            }
-        )
+        row: dict[str, Any] = {
+            "id": last_id,
+            "at": entry.at,
+            "actor": entry.actor,
+            "action": entry.action,
+            "request_id": entry.request_id,
+            "message_id": entry.message_id,
+            "outcome": entry.outcome,
+            "details": entry.details,
+            "prev_hash": last_hash,
+        }
+        last_hash = row["hash"] = entry_hash(**row)
+        rows.append(row)
     insert_rows(conn, audit_log, rows)
     run(conn, _MOVE_HEAD, {"last_id": last_id, "last_hash": last_hash})
 
