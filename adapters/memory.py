@@ -163,9 +163,7 @@ class MemoryAdapter(Adapter):
     def _payload(self, request: ServiceRequest) -> dict[str, Any]:
         if isinstance(self.mapping, FieldMapping):
             return self.mapping.apply(request)
-        payload = request.model_dump(mode="json")
-        payload["reporter"] = dict.fromkeys(payload["reporter"])  # no personal data
-        return payload
+        return request.public_data()
 
     def _status(self, code: str) -> Status:
         if isinstance(self.mapping, FieldMapping):

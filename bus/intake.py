@@ -33,7 +33,7 @@ from bus.store import (
 )
 from schemas import open311_render as render
 from schemas.events import Envelope, EventType
-from schemas.model import Channel, Media, Reporter, ServiceRequest, ServiceType
+from schemas.model import Channel, Media, ServiceRequest, ServiceType
 from schemas.open311 import RequestDraft
 
 log = structlog.get_logger(__name__)
@@ -159,14 +159,11 @@ def prepare(
     answer = render.created(
         draft.service, request_id=request.id, token=token, account_id=request.reporter.account_id
     )
-    # Workers read the full request from the store: the event carries no personal data (the
-    # data of `request.without_personal_data()`, without copying the request first).
-    data = request.model_dump(mode="json")
-    data["reporter"] = dict.fromkeys(Reporter.model_fields)
+    # Workers read the full request from the store: the event carries no personal data.
     envelope = Envelope(
         type=EventType.CREATED,
         subject=request.id,
-        data=data,
+        data=request.public_data(),
         correlationid=correlation_id or request.id,
     )
     key = idempotency_key(draft, idempotency_header) if client is not None else None

@@ -121,7 +121,7 @@ def _queue_events(
     if not recorded.status_changed:
         return []
     request = recorded.request
-    data = request.without_personal_data().model_dump(mode="json")
+    data = request.public_data()
     kinds = [EventType.STATUS_CHANGED]
     if request.status.is_closed:
         kinds.append(EventType.CLOSED)

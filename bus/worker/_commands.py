@@ -375,11 +375,9 @@ class CommandWorker:
 
 
 def _public(request: ServiceRequest, ref: BackendRef) -> dict[str, object]:
-    """The request as events carry it: with the new cross-reference, without personal data
-    (the same document as `without_personal_data().model_dump(mode="json")` of the request
-    holding `ref`, dumped once instead of copying the model twice)."""
-    data = request.model_dump(mode="json")
-    data["reporter"] = dict.fromkeys(data["reporter"])
+    """The request as events carry it (`public_data`), holding the new cross-reference `ref`
+    (put in the dump rather than in a copy of the model)."""
+    data = request.public_data()
     data["backend_refs"] = [
         *(r for r in data["backend_refs"] if r["adapter"] != ref.adapter),
         ref.model_dump(mode="json"),

@@ -47,6 +47,14 @@ def test_without_personal_data_drops_every_reporter_field() -> None:
     assert "someone@example.org" not in clean.model_dump_json()
 
 
+def test_public_data_is_the_dump_of_the_request_without_personal_data() -> None:
+    request = _request(reporter=Reporter(email="someone@example.org", phone="+44 20 7946 0958"))
+    data = request.public_data()
+    assert data == request.without_personal_data().model_dump(mode="json")
+    assert set(data["reporter"]) == set(Reporter.model_fields)
+    assert "someone@example.org" not in str(data) and "7946" not in str(data)
+
+
 def test_envelope_has_cloudevents_attributes_and_a_trace_context() -> None:
     env = Envelope(type=EventType.CREATED, subject="r1", data={}, correlationid="c1")
     assert env.specversion == "1.0"
