@@ -83,7 +83,8 @@ _SELECT_REFS = (
     .where(backend_refs.c.request_id.in_(_IDS))
     .order_by(backend_refs.c.id)
 )
-#: A StatusNote's fields (after the request id), in the order of _NOTE_FIELDS.
+#: The StatusNote fields a `status_history` row holds, in the order _SELECT_NOTES reads them
+#: (after the request id).
 _NOTE_FIELDS = ("status", "at", "note", "source", "update_id", "external_status_code", "media_url")
 _SELECT_NOTES = (
     sa.select(status_history.c.request_id, *(status_history.c[f] for f in _NOTE_FIELDS))

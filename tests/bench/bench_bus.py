@@ -107,7 +107,7 @@ batches of 32, the in-memory adapter, logs to /dev/null): 1.51 M instructions a 
 this evening's changes, 1.26 M after. What went: the SQLite datetime text written and read in
 one call each (-35 k), a log line's context set with one token and its fixed fields no longer
 searched for phone numbers (-90 k), the audit's canonical JSON encoder built once (-23 k), the
-batch reads on the driver's cursor (-110 k). Taken out one at a time, what is left costs: the two
+batch reads on the driver's cursor (-110 k); redaction's type tests on a tuple, 1.24 M. Taken out one at a time, what is left costs: the two
 audit entries ~300 k, the request reads ~150 k, the log line ~140 k, the `submitted` event's
 data and envelope ~140 k, its outbox row ~130 k, the cross-references ~80 k, the locking check
 ~60 k. The bench, old and new code taking turns (two pairs, median of 3 each): old 1,635-1,910
