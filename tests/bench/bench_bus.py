@@ -107,15 +107,16 @@ batches of 32, the in-memory adapter, logs to /dev/null): 1.51 M instructions a 
 this evening's changes, 1.26 M after. What went: the SQLite datetime text written and read in
 one call each (-35 k), a log line's context set with one token and its fixed fields no longer
 searched for phone numbers (-90 k), the audit's canonical JSON encoder built once (-23 k), the
-batch reads on the driver's cursor (-110 k); redaction's type tests on a tuple, 1.24 M. Taken out one at a time, what is left costs: the two
-audit entries ~300 k, the request reads ~150 k, the log line ~140 k, the `submitted` event's
-data and envelope ~140 k, its outbox row ~130 k, the cross-references ~80 k, the locking check
-~60 k. The bench, old and new code taking turns (two pairs, median of 3 each): old 1,635-1,910
-msgs/s at 528-593 us CPU/msg, new 2,191-2,222 at 437-440 (bare 9,000-12,200): 18-20 % of bare.
-The same code ran 2,100-2,900 msgs/s over the hour as the VM's speed swung (bare 7,800-14,800);
-prefetch 64, 128 or 256 made no difference the noise did not hide. The handler alone takes
-~260-330 us of CPU a message, civicbus's consumer thread alone (no-op handler) 47-56 us, as the
-bare loop: the rest of the 440 is the two threads taking turns on one interpreter lock.
+batch reads on the driver's cursor (-110 k); redaction's type tests on a tuple, 1.24 M. Taken
+out one at a time, what is left costs: the two audit entries ~300 k, the request reads ~150 k,
+the log line ~140 k, the `submitted` event's data and envelope ~140 k, its outbox row ~130 k,
+the cross-references ~80 k, the locking check ~60 k. The bench, old and new code taking turns
+(two pairs, median of 3 each): old 1,635-1,910 msgs/s at 528-593 us CPU/msg, new 2,191-2,222 at
+437-440 (bare 9,000-12,200): 18-20 % of bare. The same code ran 2,100-2,900 msgs/s over the hour
+as the VM's speed swung (bare 7,800-14,800); prefetch 64, 128 or 256 made no difference the
+noise did not hide. The handler alone takes ~260-330 us of CPU a message, civicbus's consumer
+thread alone (no-op handler) 47-56 us, as the bare loop: the rest of the 440 is the two threads
+taking turns on one interpreter lock.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
