@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -26,6 +27,7 @@ from bus.metrics import REQUESTS_ACCEPTED
 from bus.store import (
     AlreadyExists,
     Client,
+    KeptWriter,
     OutboxEvent,
     Store,
     StoreUnavailable,
@@ -180,7 +182,7 @@ def prepare(
 
 
 def write_batch(
-    store: Store, batch: Sequence[Prepared], *, lock_timeout: float | None = None
+    store: Store, batch: Sequence[Prepared], *, writer: KeptWriter | None = None
 ) -> list[Accepted | Exception]:
     """Write several prepared requests in one transaction (group commit), each all or nothing.
 
@@ -190,10 +192,12 @@ def write_batch(
     revocation or a concurrent create. If the shared transaction fails, each member is
     written in a transaction of its own, so one request's problem (or a deadlock with another
     process, WriteConflict) never loses another's; a store that is unavailable fails every
-    member with StoreUnavailable (nothing written). `lock_timeout`: see `Store.transaction`.
+    member with StoreUnavailable (nothing written). `writer`: the transactions' kept connection
+    (the group commit's on SQLite), else each takes one of the store's.
     """
+    begin = store.transaction if writer is None else writer.transaction
     try:
-        with store.transaction(lock_timeout=lock_timeout) as tx:
+        with begin() as tx:
             outcomes = _write_group(tx, batch)
     except WriteConflict as exc:
         # PostgreSQL ended the batch to settle a deadlock with another process's transaction
@@ -201,17 +205,17 @@ def write_batch(
         # member alone takes fewer locks, so an unrelated create is not lost with the batch.
         if len(batch) == 1:
             return [exc]
-        return [_write_alone(store, prepared, lock_timeout) for prepared in batch]
+        return [_write_alone(store, prepared, begin) for prepared in batch]
     except StoreUnavailable as exc:
         return [exc] * len(batch)
     except AlreadyExists:
         if len(batch) == 1:
             return [_after_conflict(store, batch[0])]
-        return [_write_alone(store, prepared, lock_timeout) for prepared in batch]
+        return [_write_alone(store, prepared, begin) for prepared in batch]
     except Exception as exc:
         if len(batch) == 1:
             return [exc]
-        return [_write_alone(store, prepared, lock_timeout) for prepared in batch]
+        return [_write_alone(store, prepared, begin) for prepared in batch]
     # A logger bound once per batch: looking the configured one up again costs as much per line
     # as a third of the line.
     batch_log = log.bind()
@@ -219,10 +223,10 @@ def write_batch(
 
 
 def _write_alone(
-    store: Store, prepared: Prepared, lock_timeout: float | None
+    store: Store, prepared: Prepared, begin: Callable[[], AbstractContextManager[Transaction]]
 ) -> Accepted | Exception:
     try:
-        with store.transaction(lock_timeout=lock_timeout) as tx:
+        with begin() as tx:
             (outcome,) = _write_group(tx, [prepared])
     except AlreadyExists:
         return _after_conflict(store, prepared)

@@ -33,6 +33,7 @@ from bus.store._errors import (
     WriteConflict,
     not_answering_advice,
 )
+from bus.store._kept_writer import KeptWriter
 from bus.store._records import (
     AuditEntry,
     AuditStreak,
@@ -69,6 +70,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterState",
     "InvalidData",
+    "KeptWriter",
     "Lease",
     "NotAnswering",
     "OutboxEvent",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -30,6 +31,7 @@ from bus.store import (
 )
 from bus.store._breaker import Breaker, BreakerState
 from bus.store._errors import translate_errors
+from bus.store._kept_writer import KeptWriter
 from bus.store._records import (
     AuditEntry,
     AuditStreak,
@@ -64,6 +66,7 @@ class Store:
         #: Every read and unit of work goes through it: refused at once while the database
         #: does not answer, which it pings meanwhile (SQLite never trips it, see _breaker).
         self._breaker = Breaker(self._database, self._ping)
+        self._kept_writers: weakref.WeakSet[KeptWriter] = weakref.WeakSet()
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -84,8 +87,10 @@ class Store:
             _migrate.upgrade(self._writer)
 
     def close(self) -> None:
-        """Stop the breaker's pings, if any, and close the pooled connections."""
+        """Stop the breaker's pings, if any, and close the pooled and kept connections."""
         self._breaker.stop()
+        for writer in list(self._kept_writers):
+            writer.close()
         self._engine.dispose()
 
     @property
@@ -122,6 +127,14 @@ class Store:
             tx = Transaction(conn)
             yield tx
             tx._before_commit()
+
+    def kept_writer(self, *, lock_timeout: float | None = None) -> KeptWriter:
+        """Write transactions for one thread on a connection kept between them (for a caller
+        committing many small ones; see bus.store._kept_writer); `lock_timeout` as for
+        `transaction`. Closed with the store, or by its `close()`."""
+        writer = KeptWriter(self._writer, self._breaker, self._database, lock_timeout)
+        self._kept_writers.add(writer)
+        return writer
 
     def _ping(self) -> None:
         """Ask the database for one `SELECT 1`, past the breaker (whose own pings these are)
