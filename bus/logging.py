@@ -7,6 +7,7 @@ resident's name, e-mail address or phone number never reaches a log, whatever a 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator, MutableMapping
@@ -25,6 +26,16 @@ def redact_personal_data(
     """structlog processor: redact reporter e-mail, phone and names from every field."""
     redacted: MutableMapping[str, Any] = redact(dict(event_dict))
     return redacted
+
+
+#: One encoder for every JSON line. structlog's renderer passes `default=` to json.dumps, which
+#: then builds a new encoder for each call (~1.7 us of a line's ~20). Values JSON cannot hold
+#: are written as their repr, as structlog's renderer writes them.
+_LINE_ENCODER = json.JSONEncoder(default=repr)
+
+
+def _json_line(event_dict: Any, **_dumps_kw: Any) -> str:
+    return _LINE_ENCODER.encode(event_dict)
 
 
 #: The ids `request_context` binds, as one value: set and reset with a token, where structlog's
@@ -75,7 +86,7 @@ def configure_logging(
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=False)
         if use_console
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_json_line)
     )
     # civicbus's own lines are rendered and written by structlog directly: going through the
     # standard library's loggers, handlers and formatter cost several times as much per line

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -163,3 +164,16 @@ def test_ids_that_look_like_phone_numbers_are_logged_as_they_are(
     assert ids["lease"] == "poller:7946095812" and ids["work_order"] == "4420791234"
     assert ids["routing_key"] == "request.submitted.7946095812"
     assert "7946" not in str(ids["note"])  # free text is masked as before
+
+
+def test_values_json_cannot_hold_are_written_as_their_repr(json_lines: Lines) -> None:
+    at = datetime(2026, 12, 7, 1, 2, 3, tzinfo=UTC)
+    structlog.get_logger("t").info("odd.values", at=at, ids={"a", "b"} - {"b"}, ratio=0.5)
+
+    (line,) = json_lines()
+
+    assert line["event"] == "odd.values"
+    assert line["at"] == repr(at)
+    assert line["ids"] == ["a"]  # a set is walked by redaction into a list
+    assert line["ratio"] == 0.5
+    assert line["level"] == "info" and line["timestamp"].endswith("Z")
