@@ -19,7 +19,7 @@ import pytest
 import structlog
 
 from tests.rabbitmqctl import LOCK as CTL_LOCK
-from tests.rabbitmqctl import rabbitmqctl
+from tests.rabbitmqctl import orphaned_vhosts, rabbitmqctl
 
 PG_ADMIN_DSN = os.environ.get("CIVICBUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
@@ -71,15 +71,21 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> str:
 
 #: The vhosts this session created and has not deleted yet.
 _CREATED: list[str] = []
+#: A test vhost is named after the session's process: `civicbus-test-<pid>-<random>`.
+VHOST_PREFIX = "civicbus-test-"
 
 
 @pytest.fixture(scope="session")
 def amqp_vhost_factory() -> Iterator[Callable[[], str]]:
-    """Make fresh RabbitMQ vhosts (AMQP URLs) on the machine's broker; deleted at session end."""
+    """Make fresh RabbitMQ vhosts (AMQP URLs) on the machine's broker; deleted at session end.
+
+    The vhosts left by sessions that were killed (their process is gone) are deleted first, in
+    the background: their queues would keep the broker busy for every later run."""
     created = _CREATED
+    _delete_vhosts_in_background(orphaned_vhosts(VHOST_PREFIX))
 
     def make() -> str:
-        vhost = f"civicbus-test-{uuid.uuid4().hex[:12]}"
+        vhost = f"{VHOST_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         rabbitmqctl("add_vhost", vhost)
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         created.append(vhost)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -43,3 +44,23 @@ def rabbitmqctl(*args: str, attempts: int = 4) -> str:
                 raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()[-500:]}")
             time.sleep(attempt)
     raise AssertionError("unreachable")
+
+
+def orphaned_vhosts(prefix: str) -> list[str]:
+    """The vhosts named `<prefix><pid>-<hex>` whose process is gone: a test session or a
+    benchmark killed before it could delete them. Their quorum queues, often full, keep the
+    broker busy and slow every later run on the machine; a vhost whose process is alive (a run
+    going on beside this one) is not listed."""
+    owned = re.compile(rf"{re.escape(prefix)}(\d+)-[0-9a-f]+")
+    orphans = []
+    for name in rabbitmqctl("list_vhosts", "name").split():
+        owner = owned.fullmatch(name)
+        if owner is None:
+            continue
+        try:
+            os.kill(int(owner.group(1)), 0)
+        except ProcessLookupError:
+            orphans.append(name)
+        except PermissionError:
+            pass  # alive, another user's
+    return orphans

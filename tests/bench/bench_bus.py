@@ -141,7 +141,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import sqlite3
@@ -169,7 +168,7 @@ from bus.relay import Relay, RelaySettings  # noqa: E402
 from bus.routing import routed_event  # noqa: E402
 from bus.store import Store  # noqa: E402
 from schemas.events import Envelope, EventType  # noqa: E402
-from tests.rabbitmqctl import rabbitmqctl  # noqa: E402
+from tests.rabbitmqctl import orphaned_vhosts, rabbitmqctl  # noqa: E402
 
 AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
 #: A created row goes out as its event, the command for its back-end and the routed event.
@@ -184,24 +183,15 @@ _NODE: Any = None
 
 #: A benchmark's vhost is named after its process: `civicbus-bench-<pid>-<random>`.
 VHOST_PREFIX = "civicbus-bench-"
-_OWNED_VHOST = re.compile(rf"{VHOST_PREFIX}(\d+)-[0-9a-f]+")
 
 
 def delete_orphaned_vhosts() -> None:
     """Delete the vhosts of benchmarks whose process is gone (killed before its `finally` ran):
     their quorum queues, full of messages, kept the broker busy and slowed later runs' bare
     loops by a third. A vhost whose process is alive, another benchmark's, is left alone."""
-    for name in rabbitmqctl("list_vhosts", "name").split():
-        owner = _OWNED_VHOST.fullmatch(name)
-        if owner is None:
-            continue
-        try:
-            os.kill(int(owner.group(1)), 0)
-        except ProcessLookupError:
-            rabbitmqctl("delete_vhost", name)
-            print(f"deleted {name}: left by a benchmark that is no longer running")
-        except PermissionError:
-            pass  # alive, another user's
+    for name in orphaned_vhosts(VHOST_PREFIX):
+        rabbitmqctl("delete_vhost", name)
+        print(f"deleted {name}: left by a benchmark that is no longer running")
 
 
 @contextmanager
