@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
@@ -39,9 +38,9 @@ _MOVE_HEAD = (
 _VERIFY_PAGE = 1000
 
 
-@dataclass(frozen=True)
-class PendingEntry:
-    """An entry written when its transaction commits (so the head lock is held briefly)."""
+class PendingEntry(NamedTuple):
+    """An entry written when its transaction commits (so the head lock is held briefly); a
+    tuple, built for every hop of every request, at a third of a frozen dataclass's cost."""
 
     at: datetime
     actor: str
