@@ -24,7 +24,7 @@ def redact_personal_data(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: redact reporter e-mail, phone and names from every field."""
-    redacted: MutableMapping[str, Any] = redact(dict(event_dict))
+    redacted: MutableMapping[str, Any] = redact(event_dict)  # a new dict; the input is kept
     return redacted
 
 
