@@ -10,11 +10,12 @@ GIL switches than it saves (measured: about a third more throughput this way, se
 tests/bench/bench_intake.py). The loop never waits long for SQLite's write lock: if another
 writer (the relay, a CLI command) holds it past INLINE_LOCK_WAIT_S, the batch moves to the
 writer thread, which waits the store's usual timeout. The event loop's batches go through one
-connection kept open between them (Store.kept_writer), with that short wait set once: checking a
-pooled connection out and in for each batch cost about as much as a small batch's inserts. On
-PostgreSQL (network round trips)
-every batch goes through the writer thread, unless the store is refusing at once (its circuit
-breaker is open): then the create is refused before it queues.
+connection kept open between them (Store.kept_writer), with that short wait set once: checking
+a pooled connection out and in for each batch cost about as much as a small batch's inserts.
+
+On PostgreSQL (network round trips) every batch goes through the writer thread, unless the
+store is refusing at once (its circuit breaker is open): then the create is refused before it
+queues.
 """
 
 from __future__ import annotations

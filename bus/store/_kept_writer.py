@@ -58,8 +58,12 @@ class KeptWriter:
         self._release()
 
     def _connect(self) -> Connection:
-        conn = self._held.enter_context(self._writer.connect())
-        self._held.enter_context(_engine.lock_timeout(conn, self._lock_timeout))
+        try:
+            conn = self._held.enter_context(self._writer.connect())
+            self._held.enter_context(_engine.lock_timeout(conn, self._lock_timeout))
+        except BaseException:
+            self._release()  # a connection opened before the failure is not left behind
+            raise
         self._connection = conn
         return conn
 
