@@ -21,6 +21,7 @@ from bus.store._errors import InvalidData, UpdateConflict
 from bus.store._records import RecordedUpdate, RequestQuery
 from bus.store._sql import (
     JsonText,
+    driver_execute,
     insert_ignoring_duplicates,
     insert_rows,
     select_for_ids,
@@ -480,13 +481,16 @@ def add_backend_ref(
             )
 
 
-_INSERT_REFS: dict[tuple[str, int], tuple[str, tuple[str, ...] | None]] = {}
+#: The fields of a cross-reference row, each bound as `<letter><row number>` in _INSERT_REFS.
+_REF_BINDS = ("r", "a", "f", "t")
+_INSERT_REFS: dict[tuple[str, int], tuple[str, bool]] = {}
 
 
-def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, tuple[str, ...] | None]:
+def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, bool]:
     """INSERT of `rows` cross-references, skipping known ones, RETURNING the inserted request
-    ids: its SQL and, for positional drivers, the bind order. Compiled once per dialect and row
-    count (SQLAlchemy does not cache multi-row VALUES statements itself)."""
+    ids: its SQL, and whether its parameters are positional (qmark: the rows' fields in
+    order; else pyformat: r0, a0, f0, t0, r1, ...). Compiled once per dialect and row count
+    (SQLAlchemy does not cache multi-row VALUES statements itself)."""
     dialect = conn.dialect
     plan = _INSERT_REFS.get((dialect.name, rows))
     if plan is None:
@@ -495,10 +499,10 @@ def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, tuple[str, ...] 
             insert.values(
                 [
                     {
-                        "request_id": sa.bindparam(f"r{i}"),
-                        "adapter": sa.bindparam(f"a{i}"),
-                        "reference": sa.bindparam(f"f{i}"),
-                        "at": sa.bindparam(f"t{i}"),
+                        column: sa.bindparam(f"{letter}{i}")
+                        for column, letter in zip(
+                            ("request_id", "adapter", "reference", "at"), _REF_BINDS, strict=True
+                        )
                     }
                     for i in range(rows)
                 ]
@@ -507,8 +511,11 @@ def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, tuple[str, ...] 
             .returning(backend_refs.c.request_id)
         )
         compiled = statement.compile(dialect=dialect)
-        order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        plan = (compiled.string, order)
+        if compiled.positional and tuple(compiled.positiontup or ()) != tuple(
+            f"{letter}{i}" for i in range(rows) for letter in _REF_BINDS
+        ):
+            raise RuntimeError("backend_refs: the INSERT binds its rows in an unexpected order")
+        plan = (compiled.string, bool(compiled.positional))
         _INSERT_REFS[(dialect.name, rows)] = plan
     return plan
 
@@ -518,7 +525,8 @@ def add_backend_refs(
 ) -> set[str]:
     """Record (request id, reference, time) cross-references for `adapter` in one statement,
     the first reference per (request, adapter) kept as in add_backend_ref; returns the request
-    ids whose reference this call recorded (a repeated request id counts once, the first)."""
+    ids whose reference this call recorded (a repeated request id counts once, the first).
+    Run on the driver's cursor (see bus.store._sql), as the worker's other batch statements."""
     first: dict[str, tuple[str, datetime]] = {}
     for request_id, reference, at in refs:
         first.setdefault(request_id, (reference, at))
@@ -526,16 +534,19 @@ def add_backend_refs(
         return set()
     # The time goes through the column type's bind processing, as SQLAlchemy would do it.
     process_at = backend_refs.c.at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    values: dict[str, Any] = {}
-    for i, (request_id, (reference, at)) in enumerate(first.items()):
-        values[f"r{i}"], values[f"a{i}"], values[f"f{i}"] = request_id, adapter, reference
+    fields: list[Any] = []
+    for request_id, (reference, at) in first.items():
         try:
-            values[f"t{i}"] = process_at(at) if process_at else at
+            fields += (request_id, adapter, reference, process_at(at) if process_at else at)
         except ValueError:
             raise InvalidData(f"backend_refs: request {request_id}: a refused time") from None
-    sql, order = _insert_refs_sql(conn, len(first))
-    params: Any = values if order is None else tuple(values[name] for name in order)
-    inserted = set(conn.exec_driver_sql(sql, params).scalars())
+    sql, positional = _insert_refs_sql(conn, len(first))
+    params: Any = (
+        tuple(fields)
+        if positional
+        else {f"{_REF_BINDS[n % 4]}{n // 4}": value for n, value in enumerate(fields)}
+    )
+    inserted = {request_id for (request_id,) in driver_execute(conn, sql, params)}
     known = [rid for rid in first if rid not in inserted]
     if known:
         rows = conn.execute(
