@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -281,17 +281,6 @@ _LOCK_REQUESTS = (
 )
 
 
-class _Lock(NamedTuple):
-    """A row of _LOCK_REQUESTS."""
-
-    id: str
-    status: str
-    updated_at: datetime
-    taken_down_at: datetime | None
-    notes: int
-    refs: int
-
-
 def changed_requests(
     conn: Connection, known: Mapping[str, ServiceRequest]
 ) -> dict[str, ServiceRequest]:
@@ -299,17 +288,19 @@ def changed_requests(
     changed since `known` was read, whole as they are now (one statement when none did)."""
     if not known:
         return {}
-    changed = [
-        row.id
-        for row in map(_Lock._make, select_for_ids(conn, _LOCK_REQUESTS, list(known)))
+    changed = []
+    for request_id, status, updated_at, taken_down_at, notes, refs in select_for_ids(
+        conn, _LOCK_REQUESTS, list(known)
+    ):
+        request = known[request_id]
         if (
-            row.status != known[row.id].status.value
-            or row.updated_at != known[row.id].updated_at
-            or row.notes != len(known[row.id].history)
-            or row.refs != len(known[row.id].backend_refs)
-            or row.taken_down_at != known[row.id].taken_down_at
-        )
-    ]
+            status != request.status  # a StrEnum: equal to its value
+            or updated_at != request.updated_at
+            or notes != len(request.history)
+            or refs != len(request.backend_refs)
+            or taken_down_at != request.taken_down_at
+        ):
+            changed.append(request_id)
     return get_requests(conn, changed) if changed else {}
 
 
