@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from pydantic import TypeAdapter
@@ -42,8 +42,9 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class _Command:
+# NamedTuples rather than frozen dataclasses: one of each a message, built at about a quarter of
+# the cost (a frozen dataclass sets each field through object.__setattr__).
+class _Command(NamedTuple):
     """One decoded command of a batch and where it is in the batch."""
 
     position: int
@@ -51,8 +52,7 @@ class _Command:
     envelope: Envelope
 
 
-@dataclass(frozen=True)
-class _Taken:
+class _Taken(NamedTuple):
     """A command the back-end holds, waiting for the batch's group commit."""
 
     command: _Command
@@ -294,15 +294,9 @@ class CommandWorker:
                 self.audit_receipt(tx, item)
             for command in repeated:
                 self.audit_duplicate(tx, command)
+            routing_key = event_routing_key(EventType.SUBMITTED, self.route.name)
             tx.add_outbox_events(
-                [
-                    OutboxEvent(
-                        t.submitted,
-                        EVENTS_EXCHANGE,
-                        event_routing_key(EventType.SUBMITTED, self.route.name),
-                    )
-                    for t in recorded
-                ]
+                [OutboxEvent(t.submitted, EVENTS_EXCHANGE, routing_key) for t in recorded]
             )
             for item in recorded:
                 # In this transaction: committed with the reference, or retried with it.
