@@ -241,7 +241,8 @@ def _plan(conn: Connection, table: sa.Table, columns: tuple[str, ...]) -> _Inser
 
 
 def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert rows (all with the same keys) in one multi-row statement, compiled once.
+    """Insert rows (all with the same keys): one statement, compiled once, run for every row
+    at once (the driver's executemany).
 
     The hot path of intake: values go through each column type's bind processing, as with
     `conn.execute(table.insert(), rows)`, then run on the driver's cursor. A value refused
@@ -250,15 +251,23 @@ def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, A
     if not rows:
         return
     plan = _plan(conn, table, tuple(rows[0]))
-    pairs = tuple(zip(plan.names, plan.processors, strict=True))
+    # Column by column: a value every row holds (the same object, e.g. a batch's `now`) goes
+    # through its type's processing once, not once a row.
+    columns: list[list[Any]] = []
     try:
-        if plan.positional:
-            params: list[Any] = [
-                tuple(row[n] if p is None else p(row[n]) for n, p in pairs) for row in rows
-            ]
-        else:
-            params = [{n: row[n] if p is None else p(row[n]) for n, p in pairs} for row in rows]
+        for name, process in zip(plan.names, plan.processors, strict=True):
+            values = [row[name] for row in rows]
+            if process is not None:
+                first = values[0]
+                if all(value is first for value in values):
+                    values = [process(first)] * len(values)
+                else:
+                    values = [process(value) for value in values]
+            columns.append(values)
     except (ValueError, OverflowError) as error:  # e.g. a datetime whose UTC form is out of range
         # The message may quote the value (personal data): name the table and the error type only.
         raise InvalidData(f"{table.name}: a value was refused ({type(error).__name__})") from None
+    params: list[Any] = list(zip(*columns, strict=True))
+    if not plan.positional:
+        params = [dict(zip(plan.names, values, strict=True)) for values in params]
     driver_execute(conn, plan.sql, params if len(params) > 1 else params[0])
