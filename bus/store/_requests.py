@@ -250,10 +250,16 @@ def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, Se
     found = {}
     width = len(_COLUMNS)
     for row in rows:
-        columns = dict(zip(_COLUMNS, row[:width], strict=True))
-        document, reporter_of, *contact = row[width:]
-        reporter = dict(zip(_REPORTER_FIELDS, contact, strict=True)) if reporter_of else {}
-        found[columns["id"]] = _whole(columns, from_json(document), reporter, refs, notes)
+        # As _whole, filling the freshly parsed document in place rather than merging copies.
+        request_id, data = row[0], from_json(row[width])
+        data.update(zip(_COLUMNS, row[:width], strict=True))
+        contact = row[width + 2 :]
+        data["reporter"] = (
+            dict(zip(_REPORTER_FIELDS, contact, strict=True)) if row[width + 1] else {}
+        )
+        data["backend_refs"] = refs.get(request_id, [])
+        data["history"] = notes.get(request_id, [])
+        found[request_id] = ServiceRequest.model_validate(data)
     return found
 
 
