@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -74,30 +73,23 @@ def upsert(
 # store's error translation treats them as it treats any other.
 
 
-@contextmanager
-def _driver_errors(conn: Connection, sql: str) -> Iterator[None]:
-    dbapi_error = conn.dialect.loaded_dbapi.Error
-    try:
-        yield
-    except dbapi_error as error:
-        raise sa_exc.DBAPIError.instance(
-            sql, None, error, dbapi_error, hide_parameters=True, dialect=conn.dialect
-        ) from error
-
-
 def driver_execute(conn: Connection, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     """Run one SQL text (the dialect's paramstyle) on the connection's driver cursor; the rows
     it returns, if any. A list of parameter sets runs it once per set (executemany)."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        with _driver_errors(conn, sql):
-            if isinstance(params, list):
-                cursor.executemany(sql, params)
-            elif params is None:
-                cursor.execute(sql)
-            else:
-                cursor.execute(sql, params)
-            return list(cursor.fetchall()) if cursor.description else []
+        if isinstance(params, list):
+            cursor.executemany(sql, params)
+        elif params is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
+    except conn.dialect.loaded_dbapi.Error as error:  # looked up only when one is raised
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        raise sa_exc.DBAPIError.instance(
+            sql, None, error, dbapi_error, hide_parameters=True, dialect=conn.dialect
+        ) from error
     finally:
         cursor.close()
 
