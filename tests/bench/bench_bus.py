@@ -129,23 +129,26 @@ the cross-references' INSERT on the driver's cursor (-18 k); the locking check w
 row (-7 k); NamedTuples for a command and its receipt (-10 k); insert_rows binding column by
 column, a value every row shares (a batch's time) processed once, for the outbox and audit rows
 (-35 k); the requests' documents filled in place (-7 k); the adapters' map_exceptions a class
-instead of a generator (-12 k); the memory back-end's statuses from a dict (-3 k). The difference
-of two runs of N and 2N messages, used before, swung by 22 k between two runs of the same code
-(start-up is in both); the marks leave it out: two runs of the old code gave 1.298 and 1.299 M, two
-of the new 1.172 and 1.174 M. The bench, old and new code taking turns, nine pairs within the hour
-(load 1-4; the bare loop ran 2,530-8,891 msgs/s): old 841-2,325 msgs/s (median 1,863), new
-1,909-2,655 (median 2,135), faster in seven pairs, level in one; CPU a message 402-675 us old,
-366-562 new (medians 460 and 479): the CPU figure did not move beyond its noise, and the ratios to
-bare (old 21-36 %, new 25-79 %) say more about the bare loop's swings than about the worker. The
-consumer's inbox is now a SimpleQueue (put and get in C, ~2 us a message of the two threads' time),
-which the count above does not include. Tried and left out: the consumer thread leaving the socket
-alone while its handler is busy (woken at once for an ack), to read each batch in fewer wake-ups:
-the process made 0.3-0.4 voluntary context switches a message with or without it, and neither rate
-nor CPU moved beyond the noise, so the lock is not handed back and forth a message;
-`Envelope.model_construct` for the `submitted` event (slower than validating: 31 us against 13,
-default factories and all). Under callgrind the OpenBLAS threads of numpy (imported through shapely
-by the mapping engine) spin while the handler runs, ~12 k instructions a message of noise: the
-counts above are taken with OPENBLAS_NUM_THREADS=1; in a real process they sleep.
+instead of a generator (-12 k); the memory back-end's statuses from a dict (-3 k). Later,
+driver_execute without a generator-based context manager for each statement: 1.168 M (-4 k, near
+the count's noise). The difference of two runs of N and 2N messages, used before, swung by 22 k
+between two runs of the same code (start-up is in both); the marks leave it out: two runs of the
+old code gave 1.298 and 1.299 M, two of the new 1.172 and 1.174 M. The bench (before the
+driver_execute change), old and new code taking turns, nine pairs within the hour (load 1-4; the
+bare loop ran 2,530-8,891 msgs/s): old 841-2,325 msgs/s (median 1,863), new 1,909-2,655 (median
+2,135), faster in seven pairs, level in one; CPU a message 402-675 us old, 366-562 new (medians 460
+and 479): the CPU figure did not move beyond its noise, and the ratios to bare (old 21-36 %, new
+25-79 %) say more about the bare loop's swings than about the worker. The consumer's inbox is now a
+SimpleQueue (put and get in C, ~2 us a message of the two threads' time), which the count above
+does not include. Tried and left out: the consumer thread leaving the socket alone while its
+handler is busy (woken at once for an ack), to read each batch in fewer wake-ups: the process made
+0.3-0.4 voluntary context switches a message with or without it, and neither rate nor CPU moved
+beyond the noise, so the lock is not handed back and forth a message; `Envelope.model_construct`
+for the `submitted` event (slower than validating: 31 us against 13, default factories and all);
+select_for_ids converting its rows column by column (no change the count could see). Under
+callgrind the OpenBLAS threads of numpy (imported through shapely by the mapping engine) spin while
+the handler runs, ~12 k instructions a message of noise: the counts above are taken with
+OPENBLAS_NUM_THREADS=1; in a real process they sleep.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
