@@ -138,17 +138,19 @@ driver_execute change), old and new code taking turns, nine pairs within the hou
 bare loop ran 2,530-8,891 msgs/s): old 841-2,325 msgs/s (median 1,863), new 1,909-2,655 (median
 2,135), faster in seven pairs, level in one; CPU a message 402-675 us old, 366-562 new (medians 460
 and 479): the CPU figure did not move beyond its noise, and the ratios to bare (old 21-36 %, new
-25-79 %) say more about the bare loop's swings than about the worker. The consumer's inbox is now a
-SimpleQueue (put and get in C, ~2 us a message of the two threads' time), which the count above
-does not include. Tried and left out: the consumer thread leaving the socket alone while its
-handler is busy (woken at once for an ack), to read each batch in fewer wake-ups: the process made
-0.3-0.4 voluntary context switches a message with or without it, and neither rate nor CPU moved
-beyond the noise, so the lock is not handed back and forth a message; `Envelope.model_construct`
-for the `submitted` event (slower than validating: 31 us against 13, default factories and all);
-select_for_ids converting its rows column by column (no change the count could see). Under
-callgrind the OpenBLAS threads of numpy (imported through shapely by the mapping engine) spin while
-the handler runs, ~12 k instructions a message of noise: the counts above are taken with
-OPENBLAS_NUM_THREADS=1; in a real process they sleep.
+25-79 %) say more about the bare loop's swings than about the worker. Three more pairs with the
+final code, the machine quieter (load 0.6-1.7, the bare loop 7,430-10,728 msgs/s): old 1,933-2,373
+msgs/s at 419-518 us CPU/msg, new 2,564-2,813 at 356-475, faster and cheaper in each pair; 22-30 %
+of bare old, 25-26 % new. The consumer's inbox is now a SimpleQueue (put and get in C, ~2 us a
+message of the two threads' time), which the count above does not include. Tried and left out: the
+consumer thread leaving the socket alone while its handler is busy (woken at once for an ack), to
+read each batch in fewer wake-ups: the process made 0.3-0.4 voluntary context switches a message
+with or without it, and neither rate nor CPU moved beyond the noise, so the lock is not handed back
+and forth a message; `Envelope.model_construct` for the `submitted` event (slower than validating:
+31 us against 13, default factories and all); select_for_ids converting its rows column by column
+(no change the count could see). Under callgrind the OpenBLAS threads of numpy (imported through
+shapely by the mapping engine) spin while the handler runs, ~12 k instructions a message of noise:
+the counts above are taken with OPENBLAS_NUM_THREADS=1; in a real process they sleep.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
