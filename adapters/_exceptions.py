@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import ContextDecorator
+from types import TracebackType
 
 
 class AdapterError(Exception):
@@ -29,23 +30,38 @@ class PermanentError(AdapterError):
 ErrorTable = Mapping[type[BaseException], type[AdapterError]]
 
 
-@contextmanager
-def map_exceptions(table: ErrorTable, *, context: str = "") -> Iterator[None]:
+class map_exceptions(ContextDecorator):  # named as the function it was, which adapters call
     """Translate a lower library's exceptions into Transient/PermanentError by `table`.
 
     Our own errors pass through; an exception the table does not name passes through too and
     is treated by the worker as transient with a bounded number of attempts.
+
+    A class rather than a generator-based context manager: adapters enter one for every
+    back-end call (two a command for a find then a submit), and a generator costs several
+    times as much to set up and leave.
     """
-    try:
-        yield
-    except AdapterError:
-        raise
-    except Exception as exc:
-        for source, target in table.items():
+
+    __slots__ = ("_context", "_table")
+
+    def __init__(self, table: ErrorTable, *, context: str = "") -> None:
+        self._table = table
+        self._context = context
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:  # never swallows: what it does not translate goes on as it came
+        if not isinstance(exc, Exception) or isinstance(exc, AdapterError):
+            return  # none, an interrupt, or ours already
+        for source, target in self._table.items():
             if isinstance(exc, source):
-                prefix = f"{context}: " if context else ""
+                prefix = f"{self._context}: " if self._context else ""
                 raise target(f"{prefix}{type(exc).__name__}: {exc}") from exc
-        raise
 
 
 #: A quoted value in an error text: from an opening quote (" or a ' that is not inside a word)

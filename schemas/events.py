@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -32,7 +31,18 @@ class EventType(StrEnum):
 
 def new_traceparent() -> str:
     """A fresh W3C trace context header value (version 00, sampled)."""
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+    ids = os.urandom(24).hex()  # the trace id and the parent id: one call to the system
+    return f"00-{ids[:32]}-{ids[32:]}-01"
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID in its canonical text form, as `str(uuid.uuid4())` gives it,
+    without building the UUID object on the way (a third of the cost of an event's id)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # variant RFC 4122
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _TRACEPARENT = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
@@ -53,7 +63,7 @@ class Envelope(BaseModel):
     )
 
     specversion: str = "1.0"
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    id: str = Field(default_factory=new_event_id, min_length=1)
     type: EventType
     source: str = "/civicbus"
     subject: str = Field(min_length=1, description="the civicbus request id")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -21,6 +21,7 @@ from bus.store._errors import InvalidData, UpdateConflict
 from bus.store._records import RecordedUpdate, RequestQuery
 from bus.store._sql import (
     JsonText,
+    driver_execute,
     insert_ignoring_duplicates,
     insert_rows,
     select_for_ids,
@@ -249,10 +250,16 @@ def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, Se
     found = {}
     width = len(_COLUMNS)
     for row in rows:
-        columns = dict(zip(_COLUMNS, row[:width], strict=True))
-        document, reporter_of, *contact = row[width:]
-        reporter = dict(zip(_REPORTER_FIELDS, contact, strict=True)) if reporter_of else {}
-        found[columns["id"]] = _whole(columns, from_json(document), reporter, refs, notes)
+        # As _whole, filling the freshly parsed document in place rather than merging copies.
+        request_id, data = row[0], from_json(row[width])
+        data.update(zip(_COLUMNS, row[:width], strict=True))
+        contact = row[width + 2 :]
+        data["reporter"] = (
+            dict(zip(_REPORTER_FIELDS, contact, strict=True)) if row[width + 1] else {}
+        )
+        data["backend_refs"] = refs.get(request_id, [])
+        data["history"] = notes.get(request_id, [])
+        found[request_id] = ServiceRequest.model_validate(data)
     return found
 
 
@@ -280,17 +287,6 @@ _LOCK_REQUESTS = (
 )
 
 
-class _Lock(NamedTuple):
-    """A row of _LOCK_REQUESTS."""
-
-    id: str
-    status: str
-    updated_at: datetime
-    taken_down_at: datetime | None
-    notes: int
-    refs: int
-
-
 def changed_requests(
     conn: Connection, known: Mapping[str, ServiceRequest]
 ) -> dict[str, ServiceRequest]:
@@ -298,17 +294,19 @@ def changed_requests(
     changed since `known` was read, whole as they are now (one statement when none did)."""
     if not known:
         return {}
-    changed = [
-        row.id
-        for row in map(_Lock._make, select_for_ids(conn, _LOCK_REQUESTS, list(known)))
+    changed = []
+    for request_id, status, updated_at, taken_down_at, notes, refs in select_for_ids(
+        conn, _LOCK_REQUESTS, list(known)
+    ):
+        request = known[request_id]
         if (
-            row.status != known[row.id].status.value
-            or row.updated_at != known[row.id].updated_at
-            or row.notes != len(known[row.id].history)
-            or row.refs != len(known[row.id].backend_refs)
-            or row.taken_down_at != known[row.id].taken_down_at
-        )
-    ]
+            status != request.status  # a StrEnum: equal to its value
+            or updated_at != request.updated_at
+            or notes != len(request.history)
+            or refs != len(request.backend_refs)
+            or taken_down_at != request.taken_down_at
+        ):
+            changed.append(request_id)
     return get_requests(conn, changed) if changed else {}
 
 
@@ -480,13 +478,16 @@ def add_backend_ref(
             )
 
 
-_INSERT_REFS: dict[tuple[str, int], tuple[str, tuple[str, ...] | None]] = {}
+#: The fields of a cross-reference row, each bound as `<letter><row number>` in _INSERT_REFS.
+_REF_BINDS = ("r", "a", "f", "t")
+_INSERT_REFS: dict[tuple[str, int], tuple[str, bool]] = {}
 
 
-def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, tuple[str, ...] | None]:
+def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, bool]:
     """INSERT of `rows` cross-references, skipping known ones, RETURNING the inserted request
-    ids: its SQL and, for positional drivers, the bind order. Compiled once per dialect and row
-    count (SQLAlchemy does not cache multi-row VALUES statements itself)."""
+    ids: its SQL, and whether its parameters are positional (qmark: the rows' fields in
+    order; else pyformat: r0, a0, f0, t0, r1, ...). Compiled once per dialect and row count
+    (SQLAlchemy does not cache multi-row VALUES statements itself)."""
     dialect = conn.dialect
     plan = _INSERT_REFS.get((dialect.name, rows))
     if plan is None:
@@ -495,10 +496,10 @@ def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, tuple[str, ...] 
             insert.values(
                 [
                     {
-                        "request_id": sa.bindparam(f"r{i}"),
-                        "adapter": sa.bindparam(f"a{i}"),
-                        "reference": sa.bindparam(f"f{i}"),
-                        "at": sa.bindparam(f"t{i}"),
+                        column: sa.bindparam(f"{letter}{i}")
+                        for column, letter in zip(
+                            ("request_id", "adapter", "reference", "at"), _REF_BINDS, strict=True
+                        )
                     }
                     for i in range(rows)
                 ]
@@ -507,8 +508,11 @@ def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, tuple[str, ...] 
             .returning(backend_refs.c.request_id)
         )
         compiled = statement.compile(dialect=dialect)
-        order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        plan = (compiled.string, order)
+        if compiled.positional and tuple(compiled.positiontup or ()) != tuple(
+            f"{letter}{i}" for i in range(rows) for letter in _REF_BINDS
+        ):
+            raise RuntimeError("backend_refs: the INSERT binds its rows in an unexpected order")
+        plan = (compiled.string, bool(compiled.positional))
         _INSERT_REFS[(dialect.name, rows)] = plan
     return plan
 
@@ -518,7 +522,8 @@ def add_backend_refs(
 ) -> set[str]:
     """Record (request id, reference, time) cross-references for `adapter` in one statement,
     the first reference per (request, adapter) kept as in add_backend_ref; returns the request
-    ids whose reference this call recorded (a repeated request id counts once, the first)."""
+    ids whose reference this call recorded (a repeated request id counts once, the first).
+    Run on the driver's cursor (see bus.store._sql), as the worker's other batch statements."""
     first: dict[str, tuple[str, datetime]] = {}
     for request_id, reference, at in refs:
         first.setdefault(request_id, (reference, at))
@@ -526,16 +531,19 @@ def add_backend_refs(
         return set()
     # The time goes through the column type's bind processing, as SQLAlchemy would do it.
     process_at = backend_refs.c.at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    values: dict[str, Any] = {}
-    for i, (request_id, (reference, at)) in enumerate(first.items()):
-        values[f"r{i}"], values[f"a{i}"], values[f"f{i}"] = request_id, adapter, reference
+    fields: list[Any] = []
+    for request_id, (reference, at) in first.items():
         try:
-            values[f"t{i}"] = process_at(at) if process_at else at
+            fields += (request_id, adapter, reference, process_at(at) if process_at else at)
         except ValueError:
             raise InvalidData(f"backend_refs: request {request_id}: a refused time") from None
-    sql, order = _insert_refs_sql(conn, len(first))
-    params: Any = values if order is None else tuple(values[name] for name in order)
-    inserted = set(conn.exec_driver_sql(sql, params).scalars())
+    sql, positional = _insert_refs_sql(conn, len(first))
+    params: Any = (
+        tuple(fields)
+        if positional
+        else {f"{_REF_BINDS[n % 4]}{n // 4}": value for n, value in enumerate(fields)}
+    )
+    inserted = {request_id for (request_id,) in driver_execute(conn, sql, params)}
     known = [rid for rid in first if rid not in inserted]
     if known:
         rows = conn.execute(

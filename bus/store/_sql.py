@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -74,30 +73,23 @@ def upsert(
 # store's error translation treats them as it treats any other.
 
 
-@contextmanager
-def _driver_errors(conn: Connection, sql: str) -> Iterator[None]:
-    dbapi_error = conn.dialect.loaded_dbapi.Error
-    try:
-        yield
-    except dbapi_error as error:
-        raise sa_exc.DBAPIError.instance(
-            sql, None, error, dbapi_error, hide_parameters=True, dialect=conn.dialect
-        ) from error
-
-
 def driver_execute(conn: Connection, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     """Run one SQL text (the dialect's paramstyle) on the connection's driver cursor; the rows
     it returns, if any. A list of parameter sets runs it once per set (executemany)."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        with _driver_errors(conn, sql):
-            if isinstance(params, list):
-                cursor.executemany(sql, params)
-            elif params is None:
-                cursor.execute(sql)
-            else:
-                cursor.execute(sql, params)
-            return list(cursor.fetchall()) if cursor.description else []
+        if isinstance(params, list):
+            cursor.executemany(sql, params)
+        elif params is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
+    except conn.dialect.loaded_dbapi.Error as error:  # looked up only when one is raised
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        raise sa_exc.DBAPIError.instance(
+            sql, None, error, dbapi_error, hide_parameters=True, dialect=conn.dialect
+        ) from error
     finally:
         cursor.close()
 
@@ -241,7 +233,8 @@ def _plan(conn: Connection, table: sa.Table, columns: tuple[str, ...]) -> _Inser
 
 
 def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert rows (all with the same keys) in one multi-row statement, compiled once.
+    """Insert rows (all with the same keys): one statement, compiled once, run for every row
+    at once (the driver's executemany).
 
     The hot path of intake: values go through each column type's bind processing, as with
     `conn.execute(table.insert(), rows)`, then run on the driver's cursor. A value refused
@@ -250,15 +243,23 @@ def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, A
     if not rows:
         return
     plan = _plan(conn, table, tuple(rows[0]))
-    pairs = tuple(zip(plan.names, plan.processors, strict=True))
+    # Column by column: a value every row holds (the same object, e.g. a batch's `now`) goes
+    # through its type's processing once, not once a row.
+    columns: list[list[Any]] = []
     try:
-        if plan.positional:
-            params: list[Any] = [
-                tuple(row[n] if p is None else p(row[n]) for n, p in pairs) for row in rows
-            ]
-        else:
-            params = [{n: row[n] if p is None else p(row[n]) for n, p in pairs} for row in rows]
+        for name, process in zip(plan.names, plan.processors, strict=True):
+            values = [row[name] for row in rows]
+            if process is not None:
+                first = values[0]
+                if all(value is first for value in values):
+                    values = [process(first)] * len(values)
+                else:
+                    values = [process(value) for value in values]
+            columns.append(values)
     except (ValueError, OverflowError) as error:  # e.g. a datetime whose UTC form is out of range
         # The message may quote the value (personal data): name the table and the error type only.
         raise InvalidData(f"{table.name}: a value was refused ({type(error).__name__})") from None
+    params: list[Any] = list(zip(*columns, strict=True))
+    if not plan.positional:
+        params = [dict(zip(plan.names, values, strict=True)) for values in params]
     driver_execute(conn, plan.sql, params if len(params) > 1 else params[0])

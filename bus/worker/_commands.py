@@ -18,9 +18,10 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
+from pydantic import TypeAdapter
 
 from adapters import Adapter, Receipt
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
@@ -34,15 +35,16 @@ from bus.worker._heartbeat import Slot
 from bus.worker._publisher import PublishFailed
 from bus.worker._retry import call_with_retries, until_store_answers
 from schemas.events import Envelope, EventType
-from schemas.model import BackendRef, ServiceRequest, StatusUpdate
+from schemas.model import AwareDatetime, ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class _Command:
+# NamedTuples rather than frozen dataclasses: one of each a message, built at about a quarter of
+# the cost (a frozen dataclass sets each field through object.__setattr__).
+class _Command(NamedTuple):
     """One decoded command of a batch and where it is in the batch."""
 
     position: int
@@ -50,8 +52,7 @@ class _Command:
     envelope: Envelope
 
 
-@dataclass(frozen=True)
-class _Taken:
+class _Taken(NamedTuple):
     """A command the back-end holds, waiting for the batch's group commit."""
 
     command: _Command
@@ -249,15 +250,13 @@ class CommandWorker:
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
             receipt = replace(receipt, at=at)
-        ref = BackendRef(adapter=self.route.name, reference=receipt.reference, submitted_at=at)
+        data = _public(request, self.route.name, receipt.reference, at)
+        data["instance"] = self.route.name
+        data["reference"] = receipt.reference
         submitted = Envelope(
             type=EventType.SUBMITTED,
             subject=request.id,
-            data={
-                **_public(request, ref),
-                "instance": self.route.name,
-                "reference": receipt.reference,
-            },
+            data=data,
             correlationid=command.envelope.correlationid,
             traceparent=command.envelope.traceparent,
         )
@@ -295,15 +294,9 @@ class CommandWorker:
                 self.audit_receipt(tx, item)
             for command in repeated:
                 self.audit_duplicate(tx, command)
+            routing_key = event_routing_key(EventType.SUBMITTED, self.route.name)
             tx.add_outbox_events(
-                [
-                    OutboxEvent(
-                        t.submitted,
-                        EVENTS_EXCHANGE,
-                        event_routing_key(EventType.SUBMITTED, self.route.name),
-                    )
-                    for t in recorded
-                ]
+                [OutboxEvent(t.submitted, EVENTS_EXCHANGE, routing_key) for t in recorded]
             )
             for item in recorded:
                 # In this transaction: committed with the reference, or retried with it.
@@ -374,12 +367,21 @@ class CommandWorker:
         )
 
 
-def _public(request: ServiceRequest, ref: BackendRef) -> dict[str, object]:
-    """The request as events carry it (`public_data`), holding the new cross-reference `ref`
-    (put in the dump rather than in a copy of the model)."""
+#: A cross-reference's time in the JSON form BackendRef's dump gives it (`...Z` in UTC).
+_JSON_TIME: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def _public(request: ServiceRequest, adapter: str, reference: str, at: datetime) -> dict[str, Any]:
+    """The request as events carry it (`public_data`), holding the new cross-reference of
+    `adapter`, written into the dump as `BackendRef.model_dump(mode="json")` would give it
+    (neither a copy of the model nor a BackendRef built and dumped: ~5 us a message)."""
     data = request.public_data()
     data["backend_refs"] = [
-        *(r for r in data["backend_refs"] if r["adapter"] != ref.adapter),
-        ref.model_dump(mode="json"),
+        *(r for r in data["backend_refs"] if r["adapter"] != adapter),
+        {
+            "adapter": adapter,
+            "reference": reference,
+            "submitted_at": _JSON_TIME.dump_python(at, mode="json"),
+        },
     ]
     return data

@@ -275,7 +275,9 @@ class Consumer:
             started: list[threading.Thread] = []
 
             def start(sub: _Subscription) -> None:
-                inbox: queue.Queue[tuple[int, Delivery]] = queue.Queue()
+                # SimpleQueue: put and get in C, for a message each on both threads (a Queue
+                # takes a Python-level lock and condition for each, under the one GIL).
+                inbox: queue.SimpleQueue[tuple[int, Delivery]] = queue.SimpleQueue()
                 tags.append(channel.basic_consume(sub.queue, _enqueue(inbox, unsettled)))
                 thread = threading.Thread(
                     target=self._work,
@@ -439,7 +441,7 @@ class Consumer:
     def _work(
         self,
         sub: _Subscription,
-        inbox: queue.Queue[tuple[int, Delivery]],
+        inbox: queue.SimpleQueue[tuple[int, Delivery]],
         settler: _Settler,
         lost: threading.Event,
     ) -> None:
@@ -521,7 +523,9 @@ class _Settler:
             channel.basic_ack(last, multiple=True)
 
 
-def _enqueue(inbox: queue.Queue[tuple[int, Delivery]], unsettled: set[int]) -> Callable[..., None]:
+def _enqueue(
+    inbox: queue.SimpleQueue[tuple[int, Delivery]], unsettled: set[int]
+) -> Callable[..., None]:
     def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
         delivery = Delivery(
             body=body,

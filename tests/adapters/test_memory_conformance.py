@@ -110,6 +110,19 @@ def test_an_unknown_backend_status_code_is_a_permanent_error() -> None:
         target.adapter().updates(None)
 
 
+def test_without_a_mapping_canonical_codes_are_statuses_and_others_permanent_errors() -> None:
+    from adapters import PermanentError
+
+    target = MemoryTarget(mapping=None)
+    receipt = target.adapter().submit(target.request("req-plain"))
+    assert receipt.status is Status.OPEN
+    target.backend.set_status("req-plain", "for_triage")
+    assert [u.status for u in target.adapter().updates(None).updates] == [Status.FOR_TRIAGE]
+    target.backend.set_status("req-plain", "NOCO")
+    with pytest.raises(PermanentError, match="status code 'NOCO' is not a canonical status"):
+        target.adapter().updates("1")  # pages of one change: the second
+
+
 def test_backends_named_in_settings_are_shared_across_instances() -> None:
     one = MemoryAdapter("a", {"backend": "shared-test-backend"})
     two = MemoryAdapter("b", {"backend": "shared-test-backend"})

@@ -118,6 +118,40 @@ noise did not hide. The handler alone takes ~260-330 us of CPU a message, civicb
 thread alone (no-op handler) 47-56 us, as the bare loop: the rest of the 440 is the two threads
 taking turns on one interpreter lock.
 
+2026-12-07 (AMD EPYC VM, 2 vCPUs, shared with other benchmarks), counted with callgrind between two
+marks around `handle_batch` (a dump at each: 320 messages after 64 of warm-up, batches of 32, the
+in-memory adapter, logs to /dev/null), on requests written by intake as the API writes them (a
+reporter, two attributes), which cost more than the bench's plainer ones: 1.299 M instructions a
+message before this night's changes, 1.172-1.174 M after (-10 %). What went, change by change: an
+envelope's id made from 16 random bytes without a uuid.UUID object (-16 k); the `submitted` event's
+new cross-reference written into the request's dump without a BackendRef built and dumped (-19 k);
+the cross-references' INSERT on the driver's cursor (-18 k); the locking check with one lookup a
+row (-7 k); NamedTuples for a command and its receipt (-10 k); insert_rows binding column by
+column, a value every row shares (a batch's time) processed once, for the outbox and audit rows
+(-35 k); the requests' documents filled in place (-7 k); the adapters' map_exceptions a class
+instead of a generator (-12 k); the memory back-end's statuses from a dict (-3 k). Later,
+driver_execute without a generator-based context manager for each statement: 1.168 M (-4 k, near
+the count's noise). The difference of two runs of N and 2N messages, used before, swung by 22 k
+between two runs of the same code (start-up is in both); the marks leave it out: two runs of the
+old code gave 1.298 and 1.299 M, two of the new 1.172 and 1.174 M. The bench (before the
+driver_execute change), old and new code taking turns, nine pairs within the hour (load 1-4; the
+bare loop ran 2,530-8,891 msgs/s): old 841-2,325 msgs/s (median 1,863), new 1,909-2,655 (median
+2,135), faster in seven pairs, level in one; CPU a message 402-675 us old, 366-562 new (medians 460
+and 479): the CPU figure did not move beyond its noise, and the ratios to bare (old 21-36 %, new
+25-79 %) say more about the bare loop's swings than about the worker. Three more pairs with the
+final code, the machine quieter (load 0.6-1.7, the bare loop 7,430-10,728 msgs/s): old 1,933-2,373
+msgs/s at 419-518 us CPU/msg, new 2,564-2,813 at 356-475, faster and cheaper in each pair; 22-30 %
+of bare old, 25-26 % new. The consumer's inbox is now a SimpleQueue (put and get in C, ~2 us a
+message of the two threads' time), which the count above does not include. Tried and left out: the
+consumer thread leaving the socket alone while its handler is busy (woken at once for an ack), to
+read each batch in fewer wake-ups: the process made 0.3-0.4 voluntary context switches a message
+with or without it, and neither rate nor CPU moved beyond the noise, so the lock is not handed back
+and forth a message; `Envelope.model_construct` for the `submitted` event (slower than validating:
+31 us against 13, default factories and all); select_for_ids converting its rows column by column
+(no change the count could see). Under callgrind the OpenBLAS threads of numpy (imported through
+shapely by the mapping engine) spin while the handler runs, ~12 k instructions a message of noise:
+the counts above are taken with OPENBLAS_NUM_THREADS=1; in a real process they sleep.
+
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
 kind) take POST /requests.json at a steady rate (open loop: each POST starts on schedule,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
-from schemas.events import Envelope, EventType
+from schemas.events import Envelope, EventType, new_event_id, new_traceparent
 from schemas.model import Location, Reporter, ServiceRequest, Status
 
 
@@ -60,3 +62,25 @@ def test_envelope_has_cloudevents_attributes_and_a_trace_context() -> None:
     assert env.specversion == "1.0"
     assert env.traceparent.startswith("00-")
     assert EventType.STATUS_CHANGED.short == "request.status_changed"
+
+
+def test_an_envelope_id_is_a_random_uuid_in_canonical_form() -> None:
+    ids = {new_event_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value  # lower-case hex, hyphens where uuid puts them
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # Every random bit is used: no hex digit outside the version and variant is stuck.
+    for position in (0, 9, 15, 20, 35):
+        assert len({value[position] for value in ids}) > 8
+    assert Envelope(type=EventType.CREATED, subject="r1", data={}, correlationid="c1").id not in ids
+
+
+def test_a_new_traceparent_has_two_fresh_random_ids() -> None:
+    values = [new_traceparent() for _ in range(200)]
+    for value in values:
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", value)
+    assert len({v[3:35] for v in values}) == 200 and len({v[36:52] for v in values}) == 200
+    trace_id, parent_id = values[0][3:35], values[0][36:52]
+    assert parent_id not in trace_id  # two ids, not one repeated

@@ -184,3 +184,61 @@ def test_a_value_refused_while_binding_in_a_fast_insert_is_invalid_data(store: S
     with pytest.raises(InvalidData), store.transaction() as tx:
         tx.add_requests([naive])
     assert store.get_request("req-1") is None
+
+
+def test_rows_sharing_a_value_are_stored_as_sqlalchemy_stores_them_processed_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from bus.store import _sql
+    from bus.store._sql import insert_rows
+    from bus.store._tables import requests
+
+    shared = datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=1)))  # one object
+
+    def row(request_id: str, updated_at: datetime) -> dict[str, object]:
+        return {
+            "id": request_id,
+            "jurisdiction": "j",
+            "service_code": "s",
+            "status": "open",
+            "requested_at": shared,
+            "updated_at": updated_at,
+            "lat": None,
+            "long": 2.5,
+            "document": {"n": request_id},
+        }
+
+    times = [shared, datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=UTC), shared]
+    processed: list[object] = []
+    real_plan = _sql._plan
+
+    def counting_plan(conn: Any, table: sa.Table, columns: tuple[str, ...]) -> Any:
+        plan = real_plan(conn, table, columns)
+        at = plan.names.index("requested_at")
+
+        def process(value: object) -> object:
+            processed.append(value)
+            return plan.processors[at](value)  # type: ignore[misc]
+
+        processors = (*plan.processors[:at], process, *plan.processors[at + 1 :])
+        return _sql._InsertPlan(plan.sql, plan.names, processors, plan.positional)
+
+    with store.transaction() as tx:
+        tx._session.execute(
+            requests.insert(), [row(f"by-sqlalchemy-{i}", at) for i, at in enumerate(times)]
+        )
+        monkeypatch.setattr(_sql, "_plan", counting_plan)
+        insert_rows(tx._session, requests, [row(f"fast-{i}", at) for i, at in enumerate(times)])
+
+    assert processed == [shared]  # the requested_at of all three rows: one object, once
+    with store._engine.connect() as conn:
+        query = "SELECT id, requested_at, updated_at, lat, long FROM requests"
+        raw = {name: rest for name, *rest in conn.exec_driver_sql(query)}
+        documents = {
+            name: doc for name, doc in conn.execute(sa.select(requests.c.id, requests.c.document))
+        }
+    for i in range(3):
+        assert raw[f"fast-{i}"] == raw[f"by-sqlalchemy-{i}"]
+        assert documents[f"fast-{i}"] == {"n": f"fast-{i}"}
