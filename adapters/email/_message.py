@@ -45,6 +45,13 @@ def compose(
         # The standard library's address parser fails this way on some malformed addresses
         # (e.g. "<" or '"'), where it raises HeaderParseError on others: the same mistake.
         raise ValueError("the To address cannot be parsed") from None
+    # An address is sent as ASCII: a non-ASCII one would need SMTPUTF8, and the standard
+    # library writes it as an encoded word, which no reader (itself included) parses back.
+    if not all(address.addr_spec.isascii() for address in message["To"].addresses):
+        raise ValueError(
+            "the To address has non-ASCII characters: write its domain in its ASCII form "
+            "(xn--...) and its mailbox in ASCII"
+        )
     message["Subject"] = _header(fields.get("subject") or f"Service request {request_id}")
     message["Date"] = format_datetime(at)
     message["Message-ID"] = message_id_for(request_id, domain)

@@ -162,6 +162,8 @@ def test_a_line_break_in_the_address_is_flattened_in_the_subject_and_the_message
 @given(subject=st.text(), to=st.text(min_size=1))
 @example(subject="s", to="<")  # the stdlib's parser raised IndexError on these
 @example(subject="s", to="0@")
+# Sent as an encoded word, which the standard library could not parse back:
+@example(subject="", to="0000" + "\u00a1" * 6 + "\u0800" + "\U00010000" * 3 + "@\U00010000")
 def test_headers_from_request_data_are_single_lines(subject: str, to: str) -> None:
     """A header is one line, or the message is refused with an error the adapter makes permanent
     (ValueError, MessageError): never another exception, which would be retried for nothing."""
@@ -174,6 +176,20 @@ def test_headers_from_request_data_are_single_lines(subject: str, to: str) -> No
     parsed = message_from_bytes(message.as_bytes(), policy=policy.default)
     for name in ("Subject", "To"):
         assert not any(c in str(parsed[name]) for c in "\r\n\x00")
+
+
+def test_an_address_must_be_ascii_where_its_name_need_not_be() -> None:
+    at = datetime(2026, 11, 20, tzinfo=UTC)
+    for address in ("résident@example.org", "roads@exämple.org"):
+        with pytest.raises(ValueError, match="non-ASCII"):
+            compose("req-1", {"to": address}, sender="c@x.example", to="d@x", at=at)
+    message = compose(
+        "req-1", {"to": "Bürgeramt <roads@xn--exmple-cua.org>"}, sender="c@x.example", to="d@x",
+        at=at,
+    )  # fmt: skip
+    parsed = message_from_bytes(message.as_bytes(), policy=policy.default)
+    assert parsed["To"].addresses[0].display_name == "Bürgeramt"
+    assert parsed["To"].addresses[0].addr_spec == "roads@xn--exmple-cua.org"
 
 
 def test_data_no_message_can_carry_is_a_permanent_error(
