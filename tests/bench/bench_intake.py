@@ -72,6 +72,25 @@ fewer and its commit a third fewer WAL writes (batches of 4: 54 against 36 pwrit
 Later that evening, with the store's datetime, audit and logging changes merged: 1.63 M
 instructions per create in-process (bare 0.73 M), and on the quieter machine one run of 10 s at
 8 connections: bare 3,268, floor 4,097, civicbus 1,248 req/s (38 %, p99 17.1 ms).
+
+2026-12-07 (AMD EPYC VM, 2 cores, quiet after 01:20): in-process (8 concurrent clients) 1.66 M
+instructions a create -> 1.42 M (bare 0.73 M: 52 % by that count); at 4 clients, where batches
+are as small as the real server's, 1.75 M -> 1.57 M. What went: the ULID written as 13 pairs of
+digits from a table (7.7 -> 2.6 us an id); the accepted line's logger bound once per batch and
+the counter's child kept; every JSON log line through one kept encoder (structlog's renderer made
+json.dumps build one per line); the group commit's batches on one SQLite connection kept between
+them (checking a pooled one out and in, with the lock-wait PRAGMAs, cost ~70 us a batch);
+FastAPI's native OpenTelemetry off (it asked the unconfigured providers on every request, ~3 %);
+the worker session's `insert_rows` column by column and its envelope ids without uuid.UUID.
+The server, session start and now taking turns (two pairs, 8 connections): 1,004-1,054 req/s
+(34-37 %) before, 1,382-1,400 (45-48 %, p99 13.8-14.7 ms) after. Three full runs after that:
+8 connections 41, 47, 47 % of bare (p99 14.9-16.5 ms), 64 connections 44, 51, 56 %. The
+throughput target at 8 connections is still not met. Tried and not kept: a WAL autocheckpoint
+of 10,000 pages instead of 1,000 (strace: 21 fdatasync calls instead of 153 for 8,000 creates,
+but as much time in them, each checkpoint longer; pwrite calls 2 % fewer). Measured and left:
+~13 pwrite calls a create on SQLite at batches of 4 (two a WAL frame, ~27 frames a commit: the
+request's eight b-trees, reporter, outbox, audit), the log line (~7 % of a create's CPU, most of
+it structlog's processor chain), the form's percent-decoding (urllib's unquote, ~4 %).
 """
 
 from __future__ import annotations
