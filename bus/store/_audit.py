@@ -126,17 +126,7 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
     rows = []
     for entry in entries:
         last_id += 1
-        row: dict[str, Any] = {
-            "id": last_id,
-            "at": entry.at,
-            "actor": entry.actor,
-            "action": entry.action,
-            "request_id": entry.request_id,
-            "message_id": entry.message_id,
-            "outcome": entry.outcome,
-            "details": entry.details,
-            "prev_hash": last_hash,
-        }
+        row: dict[str, Any] = {"id": last_id, **entry._asdict(), "prev_hash": last_hash}
         last_hash = row["hash"] = entry_hash(**row)
         rows.append(row)
     insert_rows(conn, audit_log, rows)
