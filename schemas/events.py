@@ -35,14 +35,20 @@ def new_traceparent() -> str:
     return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
-def new_event_id() -> str:
-    """A random (version 4) UUID in its canonical text form, as `str(uuid.uuid4())` gives it,
-    without building the UUID object on the way (a third of the cost of an event's id)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # variant RFC 4122
-    h = raw.hex()
+def uuid_text(raw: bytes, version: int) -> str:
+    """The UUID of these 16 bytes, stamped with `version` and the RFC 4122 variant, in its
+    canonical text form: `str(uuid.UUID(bytes=raw, version=version))` without building the
+    UUID object on the way (a third of the cost; every event has an id)."""
+    stamped = bytearray(raw)
+    stamped[6] = stamped[6] & 0x0F | version << 4
+    stamped[8] = stamped[8] & 0x3F | 0x80
+    h = stamped.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID in its canonical text form, as `str(uuid.uuid4())` gives it."""
+    return uuid_text(os.urandom(16), 4)
 
 
 _TRACEPARENT = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
