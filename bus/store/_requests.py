@@ -182,24 +182,20 @@ _COLUMNS = (
 
 
 def _whole(
-    columns: dict[str, Any],
     document: dict[str, Any],
+    columns: Iterable[tuple[str, Any]],
     reporter: dict[str, Any],
     refs: dict[str, list[dict[str, Any]]],
     notes: dict[str, list[dict[str, Any]]],
 ) -> ServiceRequest:
-    """The canonical request of a `requests` row (its _COLUMNS), its parsed document and its
-    other parts."""
-    request_id = columns["id"]
-    return ServiceRequest.model_validate(
-        {
-            **document,
-            **columns,
-            "reporter": reporter,
-            "backend_refs": refs.get(request_id, []),
-            "history": notes.get(request_id, []),
-        }
-    )
+    """The canonical request of a `requests` row: its freshly parsed document, filled in place
+    (no copy) with the row's _COLUMNS (name, value) and the request's other parts."""
+    document.update(columns)
+    request_id = document["id"]
+    document["reporter"] = reporter
+    document["backend_refs"] = refs.get(request_id, [])
+    document["history"] = notes.get(request_id, [])
+    return ServiceRequest.model_validate(document)
 
 
 def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceRequest]:
@@ -213,8 +209,8 @@ def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceReq
     for row in rows:
         contact = contacts.get(row.id)
         reporter = {f: getattr(contact, f) for f in _REPORTER_FIELDS} if contact else {}
-        columns = {name: getattr(row, name) for name in _COLUMNS}
-        loaded.append(_whole(columns, row.document, reporter, refs, notes))
+        columns = ((name, getattr(row, name)) for name in _COLUMNS)
+        loaded.append(_whole(dict(row.document), columns, reporter, refs, notes))
     return loaded
 
 
@@ -250,16 +246,10 @@ def get_requests(conn: Connection, request_ids: Collection[str]) -> dict[str, Se
     found = {}
     width = len(_COLUMNS)
     for row in rows:
-        # As _whole, filling the freshly parsed document in place rather than merging copies.
-        request_id, data = row[0], from_json(row[width])
-        data.update(zip(_COLUMNS, row[:width], strict=True))
+        columns = zip(_COLUMNS, row[:width], strict=True)
         contact = row[width + 2 :]
-        data["reporter"] = (
-            dict(zip(_REPORTER_FIELDS, contact, strict=True)) if row[width + 1] else {}
-        )
-        data["backend_refs"] = refs.get(request_id, [])
-        data["history"] = notes.get(request_id, [])
-        found[request_id] = ServiceRequest.model_validate(data)
+        reporter = dict(zip(_REPORTER_FIELDS, contact, strict=True)) if row[width + 1] else {}
+        found[row[0]] = _whole(from_json(row[width]), columns, reporter, refs, notes)
     return found
 
 
