@@ -44,10 +44,8 @@ class KeptWriter:
         with self._breaker.guard(), translate_errors(self._database):
             conn = self._connect() if self._connection is None else self._connection
             try:
-                with conn.begin():
-                    tx = Transaction(conn)
+                with Transaction.begun(conn) as tx:
                     yield tx
-                    tx._before_commit()
             except BaseException:
                 self._release()
                 raise

@@ -122,11 +122,9 @@ class Store:
             translate_errors(self._database),
             self._writer.connect() as conn,
             _engine.lock_timeout(conn, lock_timeout),
-            conn.begin(),
+            Transaction.begun(conn) as tx,
         ):
-            tx = Transaction(conn)
             yield tx
-            tx._before_commit()
 
     def kept_writer(self, *, lock_timeout: float | None = None) -> KeptWriter:
         """Write transactions for one thread on a connection kept between them (for a caller

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from bus.store import (
     _audit,
@@ -44,6 +47,16 @@ class Transaction:
     #: The SQLAlchemy Connection of the open database transaction.
     _session: Any = field(repr=False)
     _audit_entries: list[_audit.PendingEntry] = field(default_factory=list, repr=False)
+
+    @classmethod
+    @contextmanager
+    def begun(cls, conn: Connection) -> Iterator[Transaction]:
+        """A unit of work on `conn`: begun here, committed when the block ends (its audit
+        entries chained onto the log first), rolled back when the block raises."""
+        with conn.begin():
+            tx = cls(conn)
+            yield tx
+            tx._before_commit()
 
     # --- requests --------------------------------------------------------------------------
     def add_request(self, request: ServiceRequest, *, token: str | None = None) -> None:
