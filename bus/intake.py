@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
 
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.metrics import REQUESTS_ACCEPTED
@@ -303,7 +304,7 @@ def _settled(
 
 
 @lru_cache(maxsize=1024)
-def _accepted_counter(jurisdiction: str, service_code: str, channel: str) -> Any:
+def _accepted_counter(jurisdiction: str, service_code: str, channel: str) -> Counter:
     """The accepted-requests counter of these labels (`labels` takes a lock and checks its
     arguments each time; the labels are a catalogue's few services, kept a thousand at most)."""
     return REQUESTS_ACCEPTED.labels(jurisdiction, service_code, channel)

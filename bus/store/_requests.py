@@ -528,10 +528,11 @@ def add_backend_refs(
         except ValueError:
             raise InvalidData(f"backend_refs: request {request_id}: a refused time") from None
     sql, positional = _insert_refs_sql(conn, len(first))
+    width = len(_REF_BINDS)
     params: Any = (
         tuple(fields)
         if positional
-        else {f"{_REF_BINDS[n % 4]}{n // 4}": value for n, value in enumerate(fields)}
+        else {f"{_REF_BINDS[n % width]}{n // width}": value for n, value in enumerate(fields)}
     )
     inserted = {request_id for (request_id,) in driver_execute(conn, sql, params)}
     known = [rid for rid in first if rid not in inserted]
