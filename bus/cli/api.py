@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bus.cli.common import runtime, service_logging
+from bus.heap import freeze_startup_objects
 
 
 def register(app: typer.Typer) -> None:
@@ -22,4 +23,5 @@ def register(app: typer.Typer) -> None:
         with runtime() as rt:
             application = create_app(rt)
             rt.store.upgrade()  # create or migrate the store now, not during the first request
+            freeze_startup_objects()
             uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)

@@ -9,6 +9,7 @@ from types import FrameType
 import typer
 
 from bus.cli.common import runtime, service_logging
+from bus.heap import freeze_startup_objects
 from bus.relay import Relay, RelaySettings
 
 
@@ -37,4 +38,6 @@ def register(app: typer.Typer) -> None:
             settings = RelaySettings(
                 batch_size=batch_size, poll_interval=poll_interval, lease_ttl=lease_ttl
             )
-            Relay(rt.store, rt.config, rt.env.amqp_url, settings=settings, stop=stop).run()
+            relay = Relay(rt.store, rt.config, rt.env.amqp_url, settings=settings, stop=stop)
+            freeze_startup_objects()
+            relay.run()

@@ -11,6 +11,7 @@ from adapters.mapping import MappingFileError
 from adapters.registry import RegistryError
 from bus.adapters_glue import build_adapter
 from bus.cli.common import runtime, service_logging
+from bus.heap import freeze_startup_objects
 from bus.worker import STOP_GRACE, StopSignals, command_consumer, run_subscriptions
 
 #: The exit status of a worker whose stop left messages in hand to the broker (a handler was
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
                 consumer = command_consumer(
                     rt.env.amqp_url, rt.store, instance, config, adapter, stop_grace=stop_grace
                 )
+                freeze_startup_objects()
                 left = not consumer.run(install_signal_handlers=True)
             finally:
                 # A thread left in a call to the back-end still uses the adapter, and closing
