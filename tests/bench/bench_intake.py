@@ -110,6 +110,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from queue import Empty
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, Response
@@ -225,14 +226,21 @@ async def _connection(
             started = time.perf_counter()
             if started >= stop_at:
                 return
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
+            try:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                # The server closed the connection (uvicorn does after an unhandled error):
+                # counted as a failure (status 0), and the load goes on on a new connection.
+                status = 0
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
             if started >= measure_from:
                 latencies.append(time.perf_counter() - started)
                 if status not in (200, 201):
@@ -293,7 +301,10 @@ def drive(port: int, connections: int, seconds: float, warmup: float = 1.0) -> d
     latencies: list[float] = []
     failures: list[int] = []
     for _ in workers:
-        lat, fail = queue.get()
+        try:
+            lat, fail = queue.get(timeout=seconds + warmup + 60)
+        except Empty:
+            raise SystemExit("a load generator process died without its figures") from None
         latencies += lat
         failures += fail
     for w in workers:
