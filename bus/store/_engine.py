@@ -13,6 +13,7 @@ import tenacity
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from bus.store._checkpointer import FALLBACK_PAGES
 from bus.store._sql import driver_execute, serialize_json
 
 #: Seconds a writer waits for SQLite's write lock before the store reports itself unavailable;
@@ -141,6 +142,9 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         # file is written before COMMIT returns and the OS keeps it. synchronous=NORMAL only
         # skips the fsync per commit, so a power cut may lose the last commits, never corrupt.
         cursor.execute("PRAGMA synchronous = NORMAL")
+        # The store's checkpointer thread copies the log back (bus.store._checkpointer); a
+        # commit does it itself only past this many pages.
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 

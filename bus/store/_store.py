@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 from bus.store import (
     _audit,
@@ -30,6 +31,7 @@ from bus.store import (
     _watermarks,
 )
 from bus.store._breaker import Breaker, BreakerState
+from bus.store._checkpointer import Checkpointer
 from bus.store._errors import translate_errors
 from bus.store._kept_writer import KeptWriter
 from bus.store._records import (
@@ -67,6 +69,7 @@ class Store:
         #: does not answer, which it pings meanwhile (SQLite never trips it, see _breaker).
         self._breaker = Breaker(self._database, self._ping)
         self._kept_writers: weakref.WeakSet[KeptWriter] = weakref.WeakSet()
+        self._checkpointer = _checkpointer(self._engine)
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -91,6 +94,8 @@ class Store:
         self._breaker.stop()
         for writer in list(self._kept_writers):
             writer.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._engine.dispose()
 
     @property
@@ -391,3 +396,14 @@ class Store:
 
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         return self._read(lambda conn: _dead_letters.get(conn, dead_letter_id))
+
+
+def _checkpointer(engine: Engine) -> Checkpointer | None:
+    """The checkpointer of a SQLite database file, counting the engine's commits; None for
+    PostgreSQL and an in-memory database (no write-ahead log)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    checkpointer = Checkpointer(database)
+    event.listen(engine, "commit", checkpointer.committed)
+    return checkpointer
