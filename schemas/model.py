@@ -257,7 +257,8 @@ class ServiceRequest(_Model):
         # The dump is kept with the id of the request it is of: model_copy (and copy, pickle)
         # carries __dict__ over to another request, which may differ, and must dump itself.
         if memo is None or memo[0] != id(self):
-            memo = (id(self), self.model_dump(mode="json"))
+            # model_dump(mode="json") without the method's keyword arguments (a tenth of the dump)
+            memo = (id(self), self.__pydantic_serializer__.to_python(self, mode="json"))
             self.__dict__[_JSON_FORM] = memo  # the model is frozen to fields, not to __dict__
         return dict(memo[1])
 
