@@ -195,6 +195,10 @@ class StatusNote(_Model):
     media_url: str | None = None
 
 
+#: Where a ServiceRequest keeps its JSON form once dumped (not a field: pydantic's dumps, equality
+#: and repr look at the fields only).
+_JSON_FORM = "_json_form"
+
 #: An attribute's answer: one value, or several for a multivaluelist.
 AttributeAnswer = str | tuple[str, ...]
 
@@ -244,10 +248,25 @@ class ServiceRequest(_Model):
         """A copy safe for logs, audit details and public events."""
         return self.model_copy(update={"reporter": Reporter()})
 
+    def json_form(self) -> dict[str, Any]:
+        """The request's JSON form, `model_dump(mode="json")`, dumped once per request object:
+        a worker's adapter (its payload or mapping) and the `submitted` event read the same
+        request. A new dict each call, but its nested values are shared by every call: change
+        its top level only."""
+        memo = self.__dict__.get(_JSON_FORM)
+        # The dump is kept with the id of the request it is of: model_copy (and copy, pickle)
+        # carries __dict__ over to another request, which may differ, and must dump itself.
+        if memo is None or memo[0] != id(self):
+            # model_dump(mode="json") without the method's keyword arguments (a tenth of the dump)
+            memo = (id(self), self.__pydantic_serializer__.to_python(self, mode="json"))
+            self.__dict__[_JSON_FORM] = memo  # the model is frozen to fields, not to __dict__
+        return dict(memo[1])
+
     def public_data(self) -> dict[str, Any]:
         """The request as events carry it: its JSON form with the reporter's contact emptied
-        (the dump of `without_personal_data()`, without copying the model first)."""
-        data = self.model_dump(mode="json")
+        (the dump of `without_personal_data()`, without copying the model first). As with
+        `json_form`, change its top level only."""
+        data = self.json_form()
         data["reporter"] = dict.fromkeys(data["reporter"])
         return data
 

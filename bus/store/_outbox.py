@@ -27,6 +27,11 @@ def without_reporter(data: dict[str, Any], request_id: str | None) -> dict[str, 
     return data
 
 
+#: What `Envelope.model_dump_json()` calls, called directly: the method's dozen keyword arguments
+#: cost a third of serialising an envelope (every event written goes through here).
+_ENVELOPE_JSON = Envelope.__pydantic_serializer__
+
+
 def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
     """Queue the events in their order (one multi-row insert), reporter contact emptied."""
     now = utcnow()
@@ -38,7 +43,7 @@ def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
         rows.append(
             {
                 "message_id": envelope.id,
-                "envelope": JsonText(envelope.model_dump_json()),
+                "envelope": JsonText(_ENVELOPE_JSON.to_json(envelope).decode()),
                 "exchange": exchange,
                 "routing_key": routing_key,
                 "created_at": now,

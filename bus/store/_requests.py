@@ -181,6 +181,11 @@ _COLUMNS = (
 )
 
 
+#: ServiceRequest.model_validate without the method's keyword arguments (each batch read of the
+#: worker builds a request a message).
+_VALIDATE_REQUEST = ServiceRequest.__pydantic_validator__.validate_python
+
+
 def _whole(
     document: dict[str, Any],
     columns: Iterable[tuple[str, Any]],
@@ -195,7 +200,8 @@ def _whole(
     document["reporter"] = reporter
     document["backend_refs"] = refs.get(request_id, [])
     document["history"] = notes.get(request_id, [])
-    return ServiceRequest.model_validate(document)
+    request: ServiceRequest = _VALIDATE_REQUEST(document)
+    return request
 
 
 def load_requests(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServiceRequest]:

@@ -63,12 +63,19 @@ def _in_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+# Neither function calls datetime.replace: it parses its keyword arguments, which costs more
+# than the parsing itself (~10 k instructions against ~2 k) and as much as the formatting.
+
+
 def _sqlite_text(value: datetime | None) -> str | None:
     """An aware datetime as SQLite keeps it: naive UTC, in SQLAlchemy's storage format
     ("YYYY-MM-DD HH:MM:SS.ffffff", always with microseconds, so that text order is time order)."""
     if value is None:
         return None
-    return _in_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return _in_utc(value).isoformat(" ", "microseconds")[:-6]  # without its "+00:00"
+
+
+_UTC_SUFFIX = "+00:00"
 
 
 def _sqlite_datetime(value: str | None) -> datetime | None:
@@ -76,7 +83,13 @@ def _sqlite_datetime(value: str | None) -> datetime | None:
     CURRENT_TIMESTAMP writes it)."""
     if value is None:
         return None
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    try:
+        parsed = datetime.fromisoformat(value + _UTC_SUFFIX)  # its tzinfo is UTC itself
+    except ValueError:  # a text with a zone of its own, overridden as it always was
+        parsed = None
+    if parsed is None or parsed.tzinfo is not UTC:  # (a date alone parses naive)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return parsed
 
 
 #: An autoincrementing id: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.

@@ -253,12 +253,14 @@ class CommandWorker:
         data = _public(request, self.route.name, receipt.reference, at)
         data["instance"] = self.route.name
         data["reference"] = receipt.reference
-        submitted = Envelope(
-            type=EventType.SUBMITTED,
-            subject=request.id,
-            data=data,
-            correlationid=command.envelope.correlationid,
-            traceparent=command.envelope.traceparent,
+        submitted: Envelope = _ENVELOPE.validate_python(
+            {
+                "type": EventType.SUBMITTED,
+                "subject": request.id,
+                "data": data,
+                "correlationid": command.envelope.correlationid,
+                "traceparent": command.envelope.traceparent,
+            }
         )
         return _Taken(command, request, receipt, submitted, answered_at or datetime.now(UTC))
 
@@ -367,6 +369,9 @@ class CommandWorker:
         )
 
 
+#: Envelope(...) as its __init__ runs it (validate_python of the attributes), one Python call less.
+_ENVELOPE = Envelope.__pydantic_validator__
+
 #: A cross-reference's time in the JSON form BackendRef's dump gives it (`...Z` in UTC).
 _JSON_TIME: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 
@@ -381,7 +386,7 @@ def _public(request: ServiceRequest, adapter: str, reference: str, at: datetime)
         {
             "adapter": adapter,
             "reference": reference,
-            "submitted_at": _JSON_TIME.dump_python(at, mode="json"),
+            "submitted_at": _JSON_TIME.serializer.to_python(at, mode="json"),
         },
     ]
     return data

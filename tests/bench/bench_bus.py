@@ -157,6 +157,27 @@ the counts above are taken with OPENBLAS_NUM_THREADS=1; in a real process they s
 The merged tree (with the night's intake, audit and logging changes), quiet machine, one run of 3
 rounds: bare 7,263 msgs/s at 105 us CPU/msg (slower than in the pairs above), worker 2,175 at 549:
 30 % of bare. The target (50 %) is not met; what is left per message is spread thin (see above).
+2026-12-07, later, counted as above (two runs of the same code within 0.05 %): 1.153 -> 1.042 M
+instructions a message (-10 %). What went: the request dumped once a message instead of twice
+(ServiceRequest.json_form, read by the memory adapter's payload and the `submitted` event: -38 k);
+the hot path's pydantic calls made on the model's validator or serializer instead of through
+model_validate(_json), model_dump(_json) and __init__, whose keyword arguments cost ~5 k a call
+(-34 k); SQLite's datetime text written and read without datetime.replace, ~10 k a call for its
+keyword parsing (-40 k; every store path gains). Where the 1.042 M go now, each function counted
+alone (collection toggled around it): the two audit entries 281 k (entry_hash ~45 k an entry, of
+it the SHA-256 14 k and the time's isoformat(timespec=...) 15 k; pending_entry 30 k, redaction and
+canonical JSON; the rows' insert and the chain head), the log line 126 k (JSON rendering 40 k,
+redaction 30 k, the time stamp 24 k), the batch read 147 k (its three statements on a pooled
+connection ~58 k, the documents' parse 25 k, the models' validation ~60 k), the memory adapter's
+find and submit 113 k (its one dump of the request 54 k), the outbox row 95 k (the envelope's JSON
+42 k), the decode 62 k (the command's `data`, the whole request, built as Python objects the
+worker never reads, ~30 k), the `submitted` event's data and envelope 70 k, the cross-references
+42 k, the locking check 27 k. Left out: the `submitted` event rendered from a plain tuple instead
+of a validated Envelope (~25 k at most: the envelope's own validation is ~20 k beyond its id and
+time); the request's JSON form built from the stored document instead of dumped (the fields'
+order and the columns' times in JSON form cost ~25 k of the ~45 k dump); a decode that skips
+`data` (no pydantic schema checks a JSON object without building it). The 50 % target needs the
+handler near 0.7 M: not without the audit entries and the log line, 39 % of it now.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter

@@ -84,3 +84,29 @@ def test_a_new_traceparent_has_two_fresh_random_ids() -> None:
     assert len({v[3:35] for v in values}) == 200 and len({v[36:52] for v in values}) == 200
     trace_id, parent_id = values[0][3:35], values[0][36:52]
     assert parent_id not in trace_id  # two ids, not one repeated
+
+
+def test_the_json_form_is_dumped_once_and_each_call_gets_its_own_top_level() -> None:
+    request = _request(attributes={"LANE": "carriageway"})
+    first = request.json_form()
+    assert first == request.model_dump(mode="json")
+    first["description"] = "changed by one caller"
+    second = request.json_form()
+    assert second == request.model_dump(mode="json")
+    assert second["location"] is first["location"]  # the one dump, shared below the top level
+    assert request.public_data() == request.without_personal_data().model_dump(mode="json")
+
+
+def test_a_copy_of_a_request_dumps_itself_not_the_json_form_of_the_original() -> None:
+    import copy
+    import pickle
+
+    request = _request(description="before")
+    assert request.json_form()["description"] == "before"
+    changed = request.model_copy(update={"description": "after"})
+    assert changed.json_form()["description"] == "after"
+    assert changed.public_data()["description"] == "after"
+    assert copy.deepcopy(changed).json_form()["description"] == "after"
+    assert pickle.loads(pickle.dumps(changed)).json_form() == changed.model_dump(mode="json")
+    assert changed != request and changed == _request(description="after")
+    assert "_json_form" not in repr(changed) and "_json_form" not in changed.model_dump_json()

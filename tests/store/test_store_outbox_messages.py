@@ -26,3 +26,18 @@ def test_pending_messages_come_in_order_with_the_stored_json_as_body(store: Stor
     assert [m.id for m in messages] == sorted(m.id for m in messages)
     store.mark_sent([messages[0].id])
     assert [m.envelope.subject for m in store.pending_outbox_messages(limit=1)] == ["r-1"]
+
+
+def test_an_event_is_stored_as_the_text_its_model_dumps(store: Store) -> None:
+    envelope = Envelope(
+        type=EventType.SUBMITTED,
+        subject="r-1",
+        data={"text": 'a "quoted" ü ✓\n', "refs": [{"at": "2026-12-07T01:02:03Z"}], "n": 1.5},
+        correlationid="c",
+    )
+    with store.transaction() as tx:
+        tx.add_outbox(envelope, exchange="civicbus.events", routing_key="key")
+
+    [message] = store.pending_outbox_messages(limit=10)
+
+    assert message.body.decode() == envelope.model_dump_json()

@@ -53,3 +53,29 @@ def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         BIND(datetime(2026, 12, 6, 21, 28))
     assert BIND(None) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-06 21:28:49.000001",
+        "2026-12-06T21:28:49",
+        "2026-12-06",
+        "20261206",
+        "2026-12-06T21",
+        "2026-12-06 21:28:49Z",
+        "2026-12-06 21:28:49.5+02:00",
+    ],
+)
+def test_reads_any_stored_text_as_the_zone_overriding_parse_did(text: str) -> None:
+    assert RESULT is not None
+    back = RESULT(text)
+    assert back == datetime.fromisoformat(text).replace(tzinfo=UTC) and back.tzinfo is UTC
+
+
+@given(aware)
+def test_reading_what_was_written_gives_the_utc_instant_with_utc_itself(value: datetime) -> None:
+    assert BIND is not None and RESULT is not None
+    back = RESULT(BIND(value))
+    assert back == datetime.fromisoformat(BIND(value)).replace(tzinfo=UTC)
+    assert back.tzinfo is UTC and back.utcoffset() == timedelta(0)
