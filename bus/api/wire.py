@@ -6,13 +6,13 @@ content type (C-02).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
 from fastapi import Response
 
+from bus.json_text import json_writer
 from schemas import open311_render as render
 from schemas.open311 import Open311Error
 from schemas.open311_xml import to_xml
@@ -47,11 +47,16 @@ class Open311Problem(Exception):
         return cls(status, *(e.description for e in errors))
 
 
+#: json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False), from an
+#: encoder built once (json.dumps builds one for each call with these options).
+_JSON = json_writer(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode(document: Any, fmt: Format, kind: str) -> tuple[bytes, str]:
     """The body and content type of `document` (kind: a key of schemas.open311_xml.ROOTS)."""
     if fmt is Format.XML:
         return to_xml(document, kind), XML_TYPE
-    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _JSON(document)
     # "replace" only matters for a lone surrogate, which inputs are checked against.
     return text.encode("utf-8", "replace"), JSON_TYPE
 

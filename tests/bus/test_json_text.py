@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -42,9 +43,24 @@ def test_canonical_text_is_the_sorted_compact_json_encoders(value: Any) -> None:
     assert write(value) == expected
 
 
+@given(_VALUES)
+@example({"é": "ü"})
+def test_an_api_body_is_what_json_dumps_wrote_or_the_same_error(value: Any) -> None:
+    write = json_writer(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or an infinity: not JSON
+        with pytest.raises(ValueError):
+            write(value)
+        return
+    assert write(value) == expected
+
+
 def test_values_json_cannot_hold_go_through_default() -> None:
     write = json_writer(default=repr, separators=(", ", ": "))
     assert write({"what": _Opaque()}) == '{"what": "<opaque>"}'
+    with pytest.raises(TypeError):  # no default given: refused, as json.dumps refuses it
+        json_writer(separators=(",", ":"))({"what": _Opaque()})
 
 
 @given(
