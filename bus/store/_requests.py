@@ -28,13 +28,19 @@ from bus.store._sql import (
     utcnow,
 )
 from bus.store._tables import backend_refs, batch_tokens, reporters, requests, status_history
-from schemas.model import ServiceRequest, Status, StatusNote, StatusUpdate
+from schemas.model import Reporter, ServiceRequest, Status, StatusNote, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
 _REPORTER_FIELDS = ("email", "first_name", "last_name", "phone", "device_id", "account_id")
 #: Parts of the request kept in tables of their own rather than in the JSON document.
 _APART = {"reporter", "backend_refs", "history"}
+
+
+#: model_dump_json and model_dump, called without the methods' dozen keyword arguments (a
+#: third of dumping a reporter; every create writes a document and a reporter row).
+_REQUEST_JSON = ServiceRequest.__pydantic_serializer__
+_REPORTER_DUMP = Reporter.__pydantic_serializer__
 
 
 def _document(request: ServiceRequest) -> JsonText:
@@ -52,7 +58,7 @@ def _document(request: ServiceRequest) -> JsonText:
                 "expected_at": request.expected_at and request.expected_at.astimezone(UTC),
             }
         )
-    return JsonText(in_utc.model_dump_json(exclude=_APART))
+    return JsonText(_REQUEST_JSON.to_json(in_utc, exclude=_APART).decode())
 
 
 def _note_row(request_id: str, note: StatusNote, recorded_at: datetime) -> dict[str, Any]:
@@ -123,7 +129,7 @@ def insert_requests(
                 "taken_down_at": request.taken_down_at,
             }
         )
-        contact = request.reporter.model_dump()
+        contact = _REPORTER_DUMP.to_python(request.reporter)
         if any(value is not None for value in contact.values()):
             reporter_rows.append({"request_id": request.id, **contact})
         note_rows.extend(_note_row(request.id, note, now) for note in request.history)

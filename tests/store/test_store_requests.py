@@ -443,3 +443,15 @@ def test_a_datetime_whose_utc_form_is_out_of_range_is_refused_and_nothing_is_wri
     with pytest.raises(InvalidData), store.transaction() as tx:
         tx.add_requests([make_request("r").model_copy(update={"requested_at": year_zero})])
     assert store.get_request("r") is None
+
+
+def test_a_requests_document_and_reporter_row_are_what_its_model_dumps() -> None:
+    from bus.store._requests import _APART, _REPORTER_DUMP, _document
+    from schemas.model import Reporter
+    from tests.store.store_factories import make_request
+
+    request = make_request(
+        "req-dump", reporter=Reporter(email="someone@example.org", first_name="Ana")
+    )
+    assert _document(request) == request.model_dump_json(exclude=_APART)
+    assert _REPORTER_DUMP.to_python(request.reporter) == request.reporter.model_dump()
