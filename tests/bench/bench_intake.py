@@ -91,6 +91,32 @@ but as much time in them, each checkpoint longer; pwrite calls 2 % fewer). Measu
 ~13 pwrite calls a create on SQLite at batches of 4 (two a WAL frame, ~27 frames a commit: the
 request's eight b-trees, reporter, outbox, audit), the log line (~7 % of a create's CPU, most of
 it structlog's processor chain), the form's percent-decoding (urllib's unquote, ~4 %).
+
+2026-12-07, morning (same VM, quiet; perf and py-spy on the server under this bench, callgrind
+and timeit in-process). What changed:
+- The API, relay and worker freeze their start-up objects out of the cycle collector before
+  serving (bus.heap): full collections walked the whole app again and again; perf put the
+  collector at 3.0 % of the server's CPU, 0.9 % after.
+- SQLite's WAL checkpoints run on a thread of the store every 32 commits
+  (bus.store._checkpointer) instead of in the commit that crossed 1,000 pages. Writing batches
+  of five creates on one kept writer, the checkpoints inline cost ~20 % of a batch (1,077
+  against 846 us with none at all); with the thread, the event loop's share fell 6-8 % while
+  another process held the second core. The log stays bounded: 16.7 MB (the 4,000-page
+  fallback) after 24 s of load at 8 and 64 connections.
+- JSON lines, audit details and response bodies from encoders built once (json.dumps and
+  JSONEncoder.encode build a C encoder on every call: 4.2 -> 1.6 us a log line); the document
+  and reporter row of a request, and the helper's worker changes (a request dumped once, the
+  models' serializers called directly, SQLite datetimes without datetime.replace).
+- Measured and left: the remaining b-trees (the reporters table WITHOUT ROWID and a partial
+  index on taken_down_at would save ~10 K instructions a create, 0.7 %, for a migration).
+Session start and now taking turns (4 rounds of 8 s, 8 connections): 1,773 -> 2,236 req/s
+(medians; faster in each pair), server CPU 576 -> 484 us a create; the bare endpoint ran
+5,171-5,661 req/s in the same rounds (3,873 at 8 connections two hours earlier on the same
+VM), so the ratio went from 33 to 41 %. Four runs of this bench afterwards: 8 connections
+46, 47, 52, 40 % of bare (civicbus 2,204-2,407 req/s, the bare endpoint 4,630-5,860), p99
+6.7-8.3 ms; 64 connections 58, 49, 55 % and one run of 30 % (civicbus 1,651 req/s after the
+8-connection round, not seen again in three runs of the same order). The throughput target at
+8 connections is met in one run of four: not met.
 """
 
 from __future__ import annotations
