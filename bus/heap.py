@@ -10,6 +10,6 @@ def freeze_startup_objects() -> None:
     the config) to the collector's permanent generation, after collecting what start-up threw
     away. Those objects live as long as the process; left in the oldest generation, every full
     collection walked them all again: ~2-3 % of the API's CPU under load (perf, 2026-12-07),
-    ~0.5 % once frozen. Called by a service command just before its serving loop."""
+    ~0.9 % once frozen. Called by a service command just before its serving loop."""
     gc.collect()
     gc.freeze()
