@@ -116,7 +116,10 @@ VM), so the ratio went from 33 to 41 %. Four runs of this bench afterwards: 8 co
 46, 47, 52, 40 % of bare (civicbus 2,204-2,407 req/s, the bare endpoint 4,630-5,860), p99
 6.7-8.3 ms; 64 connections 58, 49, 55 % and one run of 30 % (civicbus 1,651 req/s after the
 8-connection round, not seen again in three runs of the same order). The throughput target at
-8 connections is met in one run of four: not met.
+8 connections is met in one run of four: not met. Half an hour later the VM ran civicbus a third
+slower (CPU a create 740-870 us for either version) and the bare endpoint hardly so: two runs at
+8 connections gave 30 and 34 % of bare (civicbus 1,533-1,732 req/s), and session start against
+now, taking turns, 1,315 -> 1,536 req/s (medians of two rounds).
 """
 
 from __future__ import annotations
