@@ -29,7 +29,7 @@ from bus.logging import request_context
 from bus.status import log_status_update, record_status_update_in
 from bus.store import OutboxEvent, RecordedUpdate, StoreUnavailable, Transaction
 from bus.worker._consumer import Broker
-from bus.worker._delivery import Delivery, MalformedMessage, decode
+from bus.worker._delivery import ENVELOPE_VALIDATOR, Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, describe, schedule_retry_or_dead_letter
 from bus.worker._heartbeat import Slot
 from bus.worker._publisher import PublishFailed
@@ -253,7 +253,7 @@ class CommandWorker:
         data = _public(request, self.route.name, receipt.reference, at)
         data["instance"] = self.route.name
         data["reference"] = receipt.reference
-        submitted: Envelope = _ENVELOPE.validate_python(
+        submitted: Envelope = ENVELOPE_VALIDATOR.validate_python(
             {
                 "type": EventType.SUBMITTED,
                 "subject": request.id,
@@ -368,9 +368,6 @@ class CommandWorker:
             source=self.route.name,
         )
 
-
-#: Envelope(...) as its __init__ runs it (validate_python of the attributes), one Python call less.
-_ENVELOPE = Envelope.__pydantic_validator__
 
 #: A cross-reference's time in the JSON form BackendRef's dump gives it (`...Z` in UTC).
 _JSON_TIME: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
