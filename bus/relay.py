@@ -39,7 +39,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -120,6 +120,9 @@ class _InFlight:
     rows: Sequence[OutboxMessage]
     routed: dict[int, _Routed]
     sent: Sent
+    #: When the batch went to the broker: its audit entries' time. They are written after
+    #: its confirms, by which time a worker may already have audited the command's delivery.
+    sent_at: datetime
 
 
 class Relay:
@@ -332,8 +335,9 @@ class Relay:
         self._ensure_connected()
         assert self._publisher is not None
         routed: dict[int, _Routed] = {}
+        sent_at = datetime.now(UTC)
         sent = self._publisher.send(list(self._messages(rows, routed)))
-        return _InFlight(rows, routed, sent)
+        return _InFlight(rows, routed, sent, sent_at)
 
     def _settle(self, batch: _InFlight) -> int:
         """Wait for the batch's confirms, then mark its rows sent and audit them."""
@@ -344,7 +348,7 @@ class Relay:
         except Unroutable as exc:
             returned = self._returned_replays(batch.rows, exc)
         self._blocks.cleared()  # confirmed, though perhaps returned
-        self._commit(batch.rows, batch.routed, returned)
+        self._commit(batch.rows, batch.routed, returned, batch.sent_at)
         return len(batch.rows)
 
     def _returned_replays(self, rows: Sequence[OutboxMessage], exc: Unroutable) -> dict[int, str]:
@@ -368,9 +372,10 @@ class Relay:
         rows: Sequence[OutboxMessage],
         routed: dict[int, _Routed],
         returned: dict[int, str],
+        sent_at: datetime,
     ) -> None:
-        """Mark the confirmed rows sent and audit them (relayed, routed; a returned replay
-        gives its dead letters back), in one transaction."""
+        """Mark the confirmed rows sent and audit them as of `sent_at` (relayed, routed; a
+        returned replay gives its dead letters back), in one transaction."""
         letters = {
             row.id: deadletters.replayed_letters(self.store, returned[row.id], row.envelope.id)
             for row in rows
@@ -395,6 +400,7 @@ class Relay:
                     request_id=row.envelope.subject,
                     message_id=row.envelope.id,
                     details={"exchange": row.exchange, "routing_key": row.routing_key},
+                    at=sent_at,
                 )
                 if row.id in routed:
                     tx.audit(
@@ -403,6 +409,7 @@ class Relay:
                         request_id=row.envelope.subject,
                         message_id=row.envelope.id,
                         details={"instance": routed[row.id].instance, "rule": routed[row.id].rule},
+                        at=sent_at,
                     )
             tx.mark_sent([row.id for row in rows])
             if not self._declared_noted:

@@ -162,7 +162,12 @@ def trail(conn: Connection, request_id: str) -> list[AuditEntry]:
 
 
 def trails(conn: Connection, request_ids: Sequence[str]) -> dict[str, list[AuditEntry]]:
-    """The trails of several requests in one query, each oldest first."""
+    """The trails of several requests in one query, each in the order its hops happened.
+
+    That is the entries' time, then their place in the chain: processes write their entries
+    when their transactions commit, which is not always the order of the hops (the relay
+    audits a batch once the broker confirmed it, by when a worker may have audited the
+    command's delivery; the relay's entries carry the time it published)."""
     found: dict[str, list[AuditEntry]] = {}
     if not request_ids:
         return found
@@ -171,6 +176,8 @@ def trails(conn: Connection, request_ids: Sequence[str]) -> dict[str, list[Audit
     )
     for row in rows:
         found.setdefault(row.request_id, []).append(from_row(row))
+    for trail in found.values():
+        trail.sort(key=lambda entry: (entry.at, entry.id))
     return found
 
 

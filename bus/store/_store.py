@@ -292,7 +292,8 @@ class Store:
 
     # --- audit -----------------------------------------------------------------------------
     def audit_trail(self, request_id: str) -> list[AuditEntry]:
-        """The request's audit entries, oldest first."""
+        """The request's audit entries in the order its hops happened (their time, then their
+        place in the chain)."""
         return self._read(lambda conn: _audit.trail(conn, request_id))
 
     def latest_audit(

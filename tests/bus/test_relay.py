@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -112,6 +113,35 @@ def test_a_cycle_relays_batch_after_batch_in_order_each_marked_after_its_confirm
         assert [e.action for e in store.audit_trail(envelope.subject)] == ["relayed"]
     assert relay.relay_pending() == 0
     relay._disconnect()
+
+
+def test_the_relays_entries_carry_the_time_it_published_not_the_time_it_committed(
+    store: Store, config: Config, amqp_url: str, channel: Any
+) -> None:
+    envelope = accept(store, "POTHOLE")
+    relay = Relay(store, config, amqp_url, settings=RelaySettings(batch_size=10))
+    published: list[datetime] = []
+    send = relay._send
+
+    def send_and_note(rows: Any) -> Any:
+        published.append(datetime.now(UTC))
+        return send(rows)
+
+    relay._send = send_and_note  # type: ignore[method-assign]
+    settle = relay._settle
+
+    def settle_later(batch: Any) -> int:
+        time.sleep(0.2)  # the confirms take their time: the entries keep the publish time
+        return settle(batch)
+
+    relay._settle = settle_later  # type: ignore[method-assign]
+    assert relay.relay_pending() == 1
+    relay._disconnect()
+
+    hops = [e for e in store.audit_trail(envelope.subject) if e.action in ("relayed", "routed")]
+    assert [e.action for e in hops] == ["relayed", "routed"]
+    for entry in hops:
+        assert published[0] <= entry.at < published[0] + timedelta(seconds=0.2), entry.at
 
 
 def test_a_cycle_ends_early_when_the_relay_is_stopping_and_leaves_the_rest_pending(

@@ -478,9 +478,9 @@ def test_the_audit_trail_cli_shows_the_route_a_request_took(
     lines = city.cli("audit", "trail", item.request_id, "--json").stdout.splitlines()
     actions = [json.loads(line)["action"] for line in lines]
     assert actions[0] == "accepted"
-    # The relay audits its hops once the broker confirmed them, so its `relayed` and `routed`
-    # may be committed after the worker's `submitted`: the trail holds them all, in commit order.
-    assert {"relayed", "routed", "submitted"} <= set(actions)
+    # In the order the hops happened, though the relay commits its entries after the broker's
+    # confirms, perhaps after the worker committed its `submitted`.
+    assert actions.index("relayed") < actions.index("routed") < actions.index("submitted")
     routed = next(json.loads(ln) for ln in lines if json.loads(ln)["action"] == "routed")
     assert routed["details"]["instance"] == item.instance
     assert not [v for v in PERSONAL_DATA if v in "\n".join(lines)]

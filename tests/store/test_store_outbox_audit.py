@@ -105,6 +105,24 @@ def test_audit_trail_is_oldest_first_and_redacted(store: Store) -> None:
     assert trail[0].at <= trail[1].at
 
 
+def test_a_trail_is_in_the_order_the_hops_happened_not_the_order_they_were_committed(
+    store: Store,
+) -> None:
+    # A worker may commit its `submitted` entry before the relay commits the `routed` hop that
+    # preceded it (the relay waits for the broker's confirms first); each says when it happened.
+    published = datetime(2026, 12, 7, 6, 0, 0, 100, tzinfo=UTC)
+    answered = datetime(2026, 12, 7, 6, 0, 0, 900, tzinfo=UTC)
+    with store.transaction() as tx:
+        tx.audit(actor="worker:sap", action="submitted", request_id="r", at=answered)
+    with store.transaction() as tx:
+        tx.audit(actor="relay", action="routed", request_id="r", at=published)
+
+    trail = store.audit_trail("r")
+    assert [e.action for e in trail] == ["routed", "submitted"]
+    assert [e.id for e in trail] == [2, 1]  # the chain itself keeps the commit order
+    assert store.verify_audit().ok
+
+
 def _chain(store: Store, n: int = 5) -> None:
     for i in range(n):
         with store.transaction() as tx:
