@@ -42,6 +42,12 @@ PROBE_INTERVAL_S = 1.0
 STOP_WAIT_S = 2.0
 #: The pinging thread's name, as thread dumps (py-spy) show it.
 PINGER_NAME = "civicbus-store-ping"
+#: What an operator reading `store.breaker_opened` can do about it.
+OUTAGE_ADVICE = (
+    "the database stopped answering: is its server up, and reachable from this host? "
+    "Meanwhile the API answers 503 with Retry-After and workers hold their messages; nothing "
+    "accepted is lost, and store.breaker_closed follows once it answers"
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,12 @@ class Breaker:
             self._pinger = _Pinger(thread, stop)
             # Under the lock: `stop` never finds a thread it cannot join yet.
             thread.start()
-        log.warning("store.breaker_opened", reason=reason, probe_interval_s=self._probe_interval)
+        log.warning(
+            "store.breaker_opened",
+            reason=reason,
+            probe_interval_s=self._probe_interval,
+            todo=OUTAGE_ADVICE,
+        )
 
     def _ping_until_answered(self, generation: int, stop: threading.Event) -> None:
         while not stop.wait(self._probe_interval):

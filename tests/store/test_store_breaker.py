@@ -367,6 +367,7 @@ def test_opening_and_closing_are_logged_once_each_without_row_data(
     opened, closed = logs
     assert opened["reason"] == "NoAnswer: no answer from the server within 15 s"
     assert opened["probe_interval_s"] == INTERVAL
+    assert "503" in opened["todo"] and "reachable" in opened["todo"]
     assert closed["refused"] == 5
     assert closed["silent_s"] == pytest.approx(3.5)
     assert breaker.state().openings == 1
