@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -55,6 +56,29 @@ def add_request_ids(
     return event_dict
 
 
+class _UtcTimestamp:
+    """structlog processor: the line's time in UTC, `2026-12-07T06:09:52.396725Z`, as
+    structlog's TimeStamper(fmt="iso", utc=True) writes it but always with its microseconds.
+    The text of the second is kept until the next one: less than half the stamper's cost, on
+    one line per accepted request and per delivered message."""
+
+    def __init__(self) -> None:
+        # One tuple, replaced whole: threads logging at once never pair a second's text with
+        # another second.
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        known, text = self._second
+        if second != known:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        event_dict["timestamp"] = f"{text}.{nanoseconds // 1000:06d}Z"
+        return event_dict
+
+
 class _NamedWriteLogger(structlog.WriteLogger):
     """structlog's direct writer, with the name `add_logger_name` puts on each line."""
 
@@ -81,7 +105,7 @@ def configure_logging(
         redact_personal_data,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _UtcTimestamp(),
     ]
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=False)

@@ -177,3 +177,33 @@ def test_values_json_cannot_hold_are_written_as_their_repr(json_lines: Lines) ->
     assert line["ids"] == ["a"]  # a set is walked by redaction into a list
     assert line["ratio"] == 0.5
     assert line["level"] == "info" and line["timestamp"].endswith("Z")
+
+
+def test_each_line_is_stamped_with_the_time_in_utc_to_the_microsecond(
+    json_lines: Lines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three lines in two seconds: the second's text is kept, then replaced.
+    clock = iter([1_796_601_600_000_000_000, 1_796_601_600_999_999_999, 1_796_601_601_000_001_000])
+    monkeypatch.setattr("bus.logging.time.time_ns", lambda: next(clock))
+    for _ in range(3):
+        structlog.get_logger("t").info("tick")
+
+    stamps = [line["timestamp"] for line in json_lines()]
+
+    assert stamps == [
+        "2026-12-07T00:00:00.000000Z",
+        "2026-12-07T00:00:00.999999Z",
+        "2026-12-07T00:00:01.000001Z",
+    ]
+    parsed = datetime.fromisoformat(stamps[0])
+    assert parsed == datetime(2026, 12, 7, tzinfo=UTC)
+
+
+def test_a_line_is_stamped_with_the_time_it_was_written(json_lines: Lines) -> None:
+    before = datetime.now(UTC)
+    structlog.get_logger("t").info("now")
+    after = datetime.now(UTC)
+
+    (line,) = json_lines()
+
+    assert before <= datetime.fromisoformat(line["timestamp"]) <= after
