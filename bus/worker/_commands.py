@@ -325,23 +325,19 @@ class CommandWorker:
             log_status_update(update, done, correlation_id)
 
     def audit_receipt(self, tx: Transaction, item: _Taken) -> None:
-        outcome = "ok" if item.receipt.created else "found"
-        tx.audit(
-            actor=self.route.actor,
-            action="attempt",
-            request_id=item.request.id,
-            message_id=item.command.envelope.id,
-            outcome=outcome,
-            details={"attempt": item.command.delivery.attempt},
-            at=item.answered_at,
-        )
+        """One entry for the attempt that reached the back-end: `submitted`, with the attempt's
+        number beside the reference (the failed ones before it have an `attempt` entry each)."""
         tx.audit(
             actor=self.route.actor,
             action="submitted",
             request_id=item.request.id,
             message_id=item.command.envelope.id,
-            outcome=outcome,
-            details={"reference": item.receipt.reference, "created": item.receipt.created},
+            outcome="ok" if item.receipt.created else "found",
+            details={
+                "attempt": item.command.delivery.attempt,
+                "reference": item.receipt.reference,
+                "created": item.receipt.created,
+            },
             at=item.answered_at,
         )
 
