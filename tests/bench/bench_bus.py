@@ -187,6 +187,20 @@ commits among others. The bench, quiet machine, 2,000 commands, median of 3 roun
 msgs/s at 60 us CPU/msg (twice the rate of the night's runs on the same VM), floor 19,085, worker
 2,816 at 358 us CPU/msg (the night's final run: 2,175 at 549): 21 % of bare, 15 % of the floor.
 The target (50 %) is not met.
+2026-12-07, later (AMD EPYC VM, a slow hour: the bare loop at 5,900 msgs/s), counted as above:
+the success of a delivery audited once (`submitted`, with its attempt number) instead of an
+`attempt ok` entry and a `submitted` one, 960 k -> 818 k instructions a message; an audit
+entry's hash from its fields by position and a UTC time kept as it is, 110 k -> 100 k an entry.
+Where the 818 k go: recording the receipts 435 k (the cross-reference, the `submitted` event's
+outbox row, the audit entry, the log line), the batch's request reads 137 k, the memory
+back-end's find and submit 105 k, the `submitted` event built 71 k, the decode 39 k. The bench,
+old and new code taking turns (one round each, three pairs): old 1,199-1,379 msgs/s (20-27 % of
+bare), new 1,533-1,968 (27-34 %; the new bench also freezes the in-process worker's start-up
+objects, as `civicbus worker` does, which the old one did not). The afternoon, quiet, median of
+3: bare 7,642 msgs/s at 122 us CPU/msg, floor 12,061, worker 2,098 at 521 us CPU/msg: 27 % of
+bare. Reaching 50 % would take the worker's CPU a message to about half of today's, with the
+consumer thread's own ~50 us left as it is: the handler near 0.35 M instructions, about what the
+audit entry, the outbox row and the request read alone cost now. The target is not met.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter

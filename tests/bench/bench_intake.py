@@ -120,6 +120,27 @@ VM), so the ratio went from 33 to 41 %. Four runs of this bench afterwards: 8 co
 slower (CPU a create 740-870 us for either version) and the bare endpoint hardly so: two runs at
 8 connections gave 30 and 34 % of bare (civicbus 1,533-1,732 req/s), and session start against
 now, taking turns, 1,315 -> 1,536 req/s (medians of two rounds).
+
+2026-12-07, afternoon (AMD EPYC VM, quiet). Five runs at 8 connections: 37-54 % of bare (median
+42 %, civicbus 1,084-1,514 req/s, p99 12-18 ms); at 64 connections 51-62 %. The server process
+is CPU-bound in both (100 % of one core, /proc/PID/stat over the run): civicbus 700-860 us of
+CPU a create against 300-320 us for the bare endpoint. Where a create's CPU goes, in-process:
+libpython 62 % of its instructions, pydantic-core 8 %, SQLite 6.5 %, libc 7 % (callgrind, 1.37 M
+instructions a create); no Python function above ~6 % of the server's time (py-spy). The group
+commit's cost is mostly per batch: written directly, a batch of 1 costs 582 us of CPU a create,
+of 4 253, of 8 180, of 32 126, i.e. ~470 us a transaction and ~110 a create. The transaction's
+own part is its commit (~175 us: 19 WAL frames of 4 KiB at a batch of 1, 26 at 4, two pwrite
+calls a frame: one page for each b-tree a create touches, eight of them on `requests`) and
+eight statements at ~14 us each. At 8 connections the server's batches average 3.2-3.7
+creates (outbox rows counted by their batch time), so the transactions are ~140 us of a create.
+Tried and not kept: holding a batch while a create was being read on the event loop (the
+batches did not grow: the creates arrive between the loop's turns, not during them), and
+holding it turn by turn while new creates kept arriving (at most 2 ms): batches of 7.9, CPU a
+create 4-12 % lower in five of six pairs, but the throughput moved within the noise (8
+connections 46 and 39 % against 44 and 42 % for the code before, in alternating runs), the
+loop then idling while all eight clients wait for the commit. A smaller page or fewer b-trees
+a create (the requests' primary key and the reporters WITHOUT ROWID, the take-down index
+partial) would save ~3 of the ~19 frames: not tried, for a migration of the main table.
 """
 
 from __future__ import annotations
