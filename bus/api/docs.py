@@ -230,6 +230,35 @@ def form_body(fields: dict[str, Schema], *, files: bool = False) -> dict[str, An
     }
 
 
+#: What an X-Correlation-Id may hold (bus.api.open311_writes checks it): 1 to 128 printable
+#: ASCII characters without spaces, quotes or `@` (a UUID, a ULID, a trace or ticket id).
+CORRELATION_ID_PATTERN = r"^[!#$%&()*+,\-./0-9:;=?A-Z\[\]^_`a-z{|}~]{1,128}$"
+
+#: The headers a create reads besides the form (`openapi_extra` parameters, after the path's).
+CREATE_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "repeating a create with the same key answers the first answer again "
+        "(C-15), 200 with `Idempotent-Replayed: true`; the key reused for a different report "
+        "is 409",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    },
+    {
+        "name": "X-Correlation-Id",
+        "in": "header",
+        "required": False,
+        "description": "the caller's id for this report, carried by its log lines and events "
+        "(`correlationid`); the request's id when absent. It is logged and sent to back-office "
+        "systems, so it may not hold personal data: printable ASCII without spaces, quotes or @",
+        "schema": {
+            "type": "string",
+            "pattern": CORRELATION_ID_PATTERN,
+        },
+    },
+]
+
 _TEXT = {"type": "string"}
 
 CREATE_FIELDS: dict[str, Schema] = {

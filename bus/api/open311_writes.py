@@ -6,6 +6,7 @@ the api_key in the query string, which declared form parameters cannot express.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote
@@ -122,6 +123,22 @@ def _decode_urlencoded(text: str, fields: dict[str, list[str]]) -> None:
         fields.setdefault(name, []).append(value)
 
 
+#: An X-Correlation-Id is on every log line of its request, in its events (to back-office
+#: systems and webhooks) and its audit trail, all of which leave identifiers unredacted: no room
+#: for a resident's name or e-mail address, nor for a value long enough to bloat each of them.
+_CORRELATION_ID = re.compile(docs.CORRELATION_ID_PATTERN)
+
+
+def _correlation_id_problem(value: str) -> str | None:
+    """Why a client's X-Correlation-Id is refused, or None."""
+    if _CORRELATION_ID.fullmatch(value):
+        return None
+    return (
+        "X-Correlation-Id: must be 1 to 128 printable ASCII characters without spaces, quotes "
+        "or @ (a UUID, for example): it is logged and sent to back-office systems"
+    )
+
+
 async def _check_form_type(request: Request, content_type: str) -> None:
     """Refuse a body that is not a form with 415: read as one it would be empty, and the client
     would hear about missing fields it did send. An empty body needs no type (everything may be
@@ -143,7 +160,10 @@ async def _check_form_type(request: Request, content_type: str) -> None:
     ),
     response_class=Response,
     status_code=201,
-    openapi_extra=docs.form_body(docs.CREATE_FIELDS, files=True),
+    openapi_extra={
+        **docs.form_body(docs.CREATE_FIELDS, files=True),
+        "parameters": docs.CREATE_HEADERS,
+    },
 )
 async def create_request(request: Request, fmt: Format) -> Response:
     # Documents the route (OpenAPI); requests are served by `create_request_fast` below.
@@ -234,6 +254,10 @@ def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> Re
             check_text("Idempotency-Key", key, limit=200)
         except InvalidValue as exc:
             problems.append(str(exc))
+    if submission.correlation_id is not None:
+        problem = _correlation_id_problem(submission.correlation_id)
+        if problem:
+            problems.append(problem)
     code = first(form, "service_code")
     service = ctx.catalogue.service(jurisdiction, code) if code else None
     if code is None:

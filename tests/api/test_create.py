@@ -449,6 +449,47 @@ def test_c15_idempotency_key_replays_the_first_answer(
     assert other.json()[0]["service_request_id"] != first.json()[0]["service_request_id"]
 
 
+@pytest.mark.parametrize(
+    "given", ["0b6f7c7e-3a41-4d0e-9d55-2f3f1c0e8a11", "TICKET-2026/4711", "4155550123"]
+)
+def test_a_correlation_id_is_carried_by_the_created_event(
+    http: httpx.Client, api_key: str, runtime: Runtime, given: str
+) -> None:
+    response = http.post(
+        "/requests.json", data=pothole_form(api_key), headers={"X-Correlation-Id": given}
+    )
+    assert response.status_code == 201, response.text
+    request_id = response.json()[0]["service_request_id"]
+    (event,) = [
+        row.envelope
+        for row in runtime.store.pending_outbox(limit=10_000)
+        if row.envelope.subject == request_id
+    ]
+    assert event.correlationid == given
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["resident@example.org", "Jane Doe", "x" * 129, "caf\u00e9", '"quoted"'],
+    ids=["e-mail", "space", "too-long", "non-ascii", "quotes"],
+)
+def test_a_correlation_id_that_could_carry_personal_data_is_400_and_creates_nothing(
+    http: httpx.Client, api_key: str, runtime: Runtime, given: str
+) -> None:
+    # Logged on every line of the request and sent with its events, where identifiers are not
+    # redacted: an e-mail address or a name in it would reach every log and back-office system.
+    before = len(runtime.store.pending_outbox(limit=10_000))
+    response = http.post(
+        "/requests.json",
+        data=pothole_form(api_key),
+        headers={"X-Correlation-Id": given.encode()},  # UTF-8 on the wire
+    )
+    assert response.status_code == 400
+    (problem,) = descriptions(response)
+    assert problem.startswith("X-Correlation-Id: must be 1 to 128 printable ASCII characters")
+    assert len(runtime.store.pending_outbox(limit=10_000)) == before
+
+
 def test_c15_idempotency_key_reused_for_a_different_request_is_409_and_creates_nothing(
     http: httpx.Client, api_key: str, runtime: Runtime
 ) -> None:
