@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import pika
 import pytest
 from worker_support import (
     FAST,
@@ -35,7 +36,7 @@ from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable, Transaction
 from bus.worker import _consumer, _publisher, command_consumer
 from bus.worker._delivery import ATTEMPT_HEADER, KEPT_PROPERTIES
-from schemas.events import STRUCTURED_CONTENT_TYPE, EventType
+from schemas.events import STRUCTURED_CONTENT_TYPE, Envelope, EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
 from tests.asyncapi_support import assert_documented
 
@@ -298,15 +299,22 @@ def test_the_worker_declares_its_own_queues_on_an_empty_vhost(store: Store, amqp
     config = InstanceConfig(kind="memory", retry=RetryPolicy(tiers=[0.2], max_attempts=2))
     envelope = new_request(store)
     with running(command_consumer(amqp_url, store, INSTANCE, config, MemoryBackend())):
-        wait_until(lambda: _declared(amqp_url), what="the work queue")
-        publish(amqp_url, envelope)
+        # Published once the worker has declared its queue and bound it to the commands
+        # exchange (the queue alone, without the binding, would return the message).
+        wait_until(lambda: _routed(amqp_url, envelope), what="the work queue's binding")
         wait_until(lambda: submitted_events(store, envelope.subject), what="the receipt")
 
 
-def _declared(amqp_url: str) -> bool:
+def _routed(amqp_url: str, envelope: Envelope) -> bool:
+    """Publish the command; False when nothing was enqueued: no commands exchange yet (404), or
+    the broker returned the message unroutable."""
     try:
-        queue_depth(amqp_url, work_queue(INSTANCE))
-    except Exception:
+        publish(amqp_url, envelope)
+    except pika.exceptions.UnroutableError:
+        return False
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
         return False
     return True
 
