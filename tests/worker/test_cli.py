@@ -14,13 +14,19 @@ import pika
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
-from worker_support import actions, channel_on, new_request, publish, queue_depth, wait_until
+from worker_support import (
+    actions,
+    channel_on,
+    new_request,
+    published_if_routable,
+    queue_depth,
+    wait_until,
+)
 
 from bus.broker.topology import EVENTS_EXCHANGE, declare_topology
 from bus.cli import app
 from bus.store import DeadLetterState, Store, Subscription
 from bus.subscriptions import route_name
-from schemas.events import Envelope
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
 
@@ -61,7 +67,10 @@ def test_civicbus_worker_delivers_and_stops_on_sigterm(
     try:
         wait_until(lambda: queue_exists(amqp_url, "civicbus.work.desk"), what="the work queue")
         # The queue can exist a moment before its binding: publish until it is routable.
-        wait_until(lambda: _published(amqp_url, envelope), what="a routable work queue")
+        wait_until(
+            lambda: published_if_routable(amqp_url, envelope, routing_key="desk"),
+            what="a routable work queue",
+        )
         wait_until(lambda: ("submitted", "ok") in actions(store, envelope.subject), timeout=20)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -274,14 +283,6 @@ def test_a_malformed_amqp_url_is_one_clear_line_without_the_password(
     assert "CIVICBUS_AMQP_URL" in error and "amqp://user:pass@host:5672/vhost" in error
     assert "s3cret" not in result.output
     assert store.list_subscriptions() == []  # refused before anything was stored
-
-
-def _published(amqp_url: str, envelope: Envelope) -> bool:
-    try:
-        publish(amqp_url, envelope, routing_key="desk")
-    except pika.exceptions.UnroutableError:
-        return False
-    return True
 
 
 def test_subscriptions_list_marks_a_stored_pattern_that_matches_no_event(

@@ -13,7 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import pika
 import pytest
 from worker_support import (
     FAST,
@@ -23,6 +22,7 @@ from worker_support import (
     channel_on,
     new_request,
     publish,
+    published_if_routable,
     queue_depth,
     running,
     wait_until,
@@ -36,7 +36,7 @@ from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable, Transaction
 from bus.worker import _consumer, _publisher, command_consumer
 from bus.worker._delivery import ATTEMPT_HEADER, KEPT_PROPERTIES
-from schemas.events import STRUCTURED_CONTENT_TYPE, Envelope, EventType
+from schemas.events import STRUCTURED_CONTENT_TYPE, EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
 from tests.asyncapi_support import assert_documented
 
@@ -301,22 +301,10 @@ def test_the_worker_declares_its_own_queues_on_an_empty_vhost(store: Store, amqp
     with running(command_consumer(amqp_url, store, INSTANCE, config, MemoryBackend())):
         # Published once the worker has declared its queue and bound it to the commands
         # exchange (the queue alone, without the binding, would return the message).
-        wait_until(lambda: _routed(amqp_url, envelope), what="the work queue's binding")
+        wait_until(
+            lambda: published_if_routable(amqp_url, envelope), what="the work queue's binding"
+        )
         wait_until(lambda: submitted_events(store, envelope.subject), what="the receipt")
-
-
-def _routed(amqp_url: str, envelope: Envelope) -> bool:
-    """Publish the command; False when nothing was enqueued: no commands exchange yet (404), or
-    the broker returned the message unroutable."""
-    try:
-        publish(amqp_url, envelope)
-    except pika.exceptions.UnroutableError:
-        return False
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != 404:
-            raise
-        return False
-    return True
 
 
 def test_a_status_the_backend_gives_with_its_receipt_is_recorded(

@@ -160,6 +160,23 @@ def running(consumer: Consumer) -> Iterator[Consumer]:
         assert not thread.is_alive(), "the consumer did not stop"
 
 
+def published_if_routable(
+    amqp_url: str, envelope: Envelope, *, routing_key: str = INSTANCE
+) -> bool:
+    """Publish the command; False when nothing was enqueued: no commands exchange yet (404), or
+    no queue bound to it yet (returned unroutable). A worker declares its queue a moment before
+    binding it: wait on this rather than on the queue."""
+    try:
+        publish(amqp_url, envelope, routing_key=routing_key)
+    except pika.exceptions.UnroutableError:
+        return False
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+        return False
+    return True
+
+
 def wait_until(condition: Callable[[], Any], *, timeout: float = 15, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
