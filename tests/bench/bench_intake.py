@@ -121,8 +121,8 @@ slower (CPU a create 740-870 us for either version) and the bare endpoint hardly
 8 connections gave 30 and 34 % of bare (civicbus 1,533-1,732 req/s), and session start against
 now, taking turns, 1,315 -> 1,536 req/s (medians of two rounds).
 
-2026-12-07, afternoon (AMD EPYC VM, quiet). Five runs at 8 connections: 37-54 % of bare (median
-42 %, civicbus 1,084-1,514 req/s, p99 12-18 ms); at 64 connections 51-62 %. The server process
+2026-12-07, afternoon (AMD EPYC VM, quiet). Five runs at 8 connections: 38-44 % of bare (median
+41 %, civicbus 1,089-1,427 req/s, p99 14-18 ms); at 64 connections 51-62 %. The server process
 is CPU-bound in both (100 % of one core, /proc/PID/stat over the run): civicbus 700-860 us of
 CPU a create against 300-320 us for the bare endpoint. Where a create's CPU goes, in-process:
 libpython 62 % of its instructions, pydantic-core 8 %, SQLite 6.5 %, libc 7 % (callgrind, 1.37 M
