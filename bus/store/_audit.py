@@ -83,7 +83,6 @@ def _utc_text(at: datetime) -> str:
 
 
 def entry_hash(
-    *,
     id: int,
     at: datetime,
     actor: str,
@@ -98,23 +97,9 @@ def entry_hash(
 
     `details` is canonical JSON text already (as stored) and goes into the hashed document as it
     is: the same bytes as parsing and re-serialising it, without the cost, and a stored text
-    altered in any way (even re-formatted) no longer matches.
+    altered in any way (even re-formatted) no longer matches. `append` passes the fields by
+    position: nine keywords cost ~2 us an entry to pass.
     """
-    return _hash(id, at, actor, action, request_id, message_id, outcome, details, prev_hash)
-
-
-def _hash(
-    id: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    request_id: str | None,
-    message_id: str | None,
-    outcome: str,
-    details: str,
-    prev_hash: str,
-) -> str:
-    """entry_hash, its arguments by position (nine keywords cost ~2 us an entry to pass)."""
     # The fields in sorted key order, as canonical_json would write them.
     document = (
         f'{{"action":{_text(action)},"actor":{_text(actor)},'
@@ -150,7 +135,7 @@ def append(conn: Connection, entries: list[PendingEntry]) -> None:
     rows = []
     for at, actor, action, request_id, message_id, outcome, details in entries:
         last_id += 1
-        digest = _hash(
+        digest = entry_hash(
             last_id, at, actor, action, request_id, message_id, outcome, details, last_hash
         )
         rows.append(
