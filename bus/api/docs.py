@@ -230,6 +230,9 @@ def form_body(fields: dict[str, Schema], *, files: bool = False) -> dict[str, An
     }
 
 
+#: The longest Idempotency-Key accepted (bus.api.open311_writes checks it).
+MAX_IDEMPOTENCY_KEY = 200
+
 #: What an X-Correlation-Id may hold (bus.api.open311_writes checks it): 1 to 128 printable
 #: ASCII characters without spaces, quotes or `@` (a UUID, a ULID, a trace or ticket id).
 CORRELATION_ID_PATTERN = r"^[!#$%&()*+,\-./0-9:;=?A-Z\[\]^_`a-z{|}~]{1,128}$"
@@ -243,7 +246,7 @@ CREATE_HEADERS: list[dict[str, Any]] = [
         "description": "repeating a create with the same key answers the first answer again "
         "(C-15), 200 with `Idempotent-Replayed: true`; the key reused for a different report "
         "is 409",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
     },
     {
         "name": "X-Correlation-Id",

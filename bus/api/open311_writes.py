@@ -251,7 +251,7 @@ def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> Re
     key = submission.idempotency_key
     if key is not None:
         try:
-            check_text("Idempotency-Key", key, limit=200)
+            check_text("Idempotency-Key", key, limit=docs.MAX_IDEMPOTENCY_KEY)
         except InvalidValue as exc:
             problems.append(str(exc))
     if submission.correlation_id is not None:
