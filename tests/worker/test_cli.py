@@ -65,10 +65,10 @@ def test_civicbus_worker_delivers_and_stops_on_sigterm(
         stderr=subprocess.PIPE,
     )
     try:
-        wait_until(lambda: queue_exists(amqp_url, "civicbus.work.desk"), what="the work queue")
-        # The queue can exist a moment before its binding: publish until it is routable.
+        # Until the worker has declared and bound its queue, nothing is enqueued: try again.
         wait_until(
             lambda: published_if_routable(amqp_url, envelope, routing_key="desk"),
+            timeout=30,
             what="a routable work queue",
         )
         wait_until(lambda: ("submitted", "ok") in actions(store, envelope.subject), timeout=20)
