@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import structlog
@@ -122,17 +122,30 @@ def idempotency_key(draft: RequestDraft, header_key: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A new request ready to be written: the request, its event, its answer, its key and
-    (for an Idempotency-Key) the fingerprint of what was reported with it."""
+    """A new request ready to be written: the request, its answer, its key and (for an
+    Idempotency-Key) the fingerprint of what was reported with it; its event, once asked for."""
 
     request: ServiceRequest
     token: str | None
     answer: list[dict[str, Any]]
-    envelope: Envelope
     actor: str
     client: Client | None
     key: str | None
     fingerprint: str | None = None
+    #: The caller's X-Correlation-Id, else the request's id.
+    correlation_id: str | None = None
+
+    @cached_property
+    def envelope(self) -> Envelope:
+        """The `civicbus.request.created` event, made where the request is written (the
+        intake writer process, when the API has one: bus/api/intake_process.py), and kept."""
+        # Workers read the full request from the store: the event carries no personal data.
+        return Envelope(
+            type=EventType.CREATED,
+            subject=self.request.id,
+            data=self.request.public_data(),
+            correlationid=self.correlation_id or self.request.id,
+        )
 
 
 class ClientRevoked(Exception):
@@ -146,6 +159,10 @@ class IdempotencyConflict(Exception):
         super().__init__(f"Idempotency-Key {header_key!r} was already used for another report")
         self.header_key = header_key
 
+    def __reduce__(self) -> tuple[type[IdempotencyConflict], tuple[str]]:
+        # Made again from the key, not the message (it crosses from the intake writer process).
+        return (type(self), (self.header_key,))
+
 
 def prepare(
     draft: RequestDraft,
@@ -158,7 +175,7 @@ def prepare(
     correlation_id: str | None = None,
     now: datetime | None = None,
 ) -> Prepared:
-    """Give a valid draft its id, token, answer and `created` event; writes nothing."""
+    """Give a valid draft its id, token and answer; writes nothing."""
     request = draft.to_request(
         request_id=new_request_id(),
         at=now or datetime.now(UTC),
@@ -169,23 +186,25 @@ def prepare(
     answer = render.created(
         draft.service, request_id=request.id, token=token, account_id=request.reporter.account_id
     )
-    # Workers read the full request from the store: the event carries no personal data.
-    envelope = Envelope(
-        type=EventType.CREATED,
-        subject=request.id,
-        data=request.public_data(),
-        correlationid=correlation_id or request.id,
-    )
     key = idempotency_key(draft, idempotency_header) if client is not None else None
     # Only a header key: an external_id names the partner's report, whatever it now says.
     digest = fingerprint(request) if key is not None and idempotency_header else None
-    return Prepared(request, token, answer, envelope, actor, client, key, digest)
+    return Prepared(request, token, answer, actor, client, key, digest, correlation_id)
 
 
 def write_batch(
     store: Store, batch: Sequence[Prepared], *, writer: KeptWriter | None = None
 ) -> list[Accepted | Exception]:
-    """Write several prepared requests in one transaction (group commit), each all or nothing.
+    """Write several prepared requests in one transaction (group commit), each all or nothing,
+    and answer them (`store_batch`, then `settle`)."""
+    return settle(batch, store_batch(store, batch, writer=writer))
+
+
+def store_batch(
+    store: Store, batch: Sequence[Prepared], *, writer: KeptWriter | None = None
+) -> list[Accepted | Exception | None]:
+    """Write several prepared requests in one transaction (group commit), each all or nothing:
+    per member None (written), the first answer replayed, or the exception that refused it.
 
     In that transaction each member's client is checked to be still active (ClientRevoked if
     not; the client stays locked against revocation until the commit) and its idempotency key
@@ -195,11 +214,28 @@ def write_batch(
     process, WriteConflict) never loses another's; a store that is unavailable fails every
     member with StoreUnavailable (nothing written). `writer`: the transactions' kept connection
     (the group commit's on SQLite), else each takes one of the store's.
+
+    Each member written is logged here (`intake.accepted`), once committed; it is counted and
+    answered by `settle`, in the process that answers it (the API: this may run in the intake
+    writer process, bus/api/intake_process.py).
     """
+    outcomes = _store_batch(store, batch, writer)
+    # A logger bound once per batch: looking the configured one up again costs as much per line
+    # as a third of the line.
+    batch_log = log.bind()
+    for prepared, outcome in zip(batch, outcomes, strict=True):
+        if outcome is None:
+            _log_accepted(prepared, batch_log)
+    return outcomes
+
+
+def _store_batch(
+    store: Store, batch: Sequence[Prepared], writer: KeptWriter | None
+) -> list[Accepted | Exception | None]:
     begin = store.transaction if writer is None else writer.transaction
     try:
         with begin() as tx:
-            outcomes = _write_group(tx, batch)
+            return _write_group(tx, batch)
     except WriteConflict as exc:
         # PostgreSQL ended the batch to settle a deadlock with another process's transaction
         # (e.g. both inserting the same idempotency keys): the other one goes on, and each
@@ -217,15 +253,22 @@ def write_batch(
         if len(batch) == 1:
             return [exc]
         return [_write_alone(store, prepared, begin) for prepared in batch]
-    # A logger bound once per batch: looking the configured one up again costs as much per line
-    # as a third of the line.
-    batch_log = log.bind()
-    return [_settled(outcome, batch_log) for outcome in outcomes]
+
+
+def settle(
+    batch: Sequence[Prepared], outcomes: Sequence[Accepted | Exception | None]
+) -> list[Accepted | Exception]:
+    """The members' answers once `store_batch` wrote them: each written one (None) is counted
+    and answered with its prepared answer."""
+    return [
+        _accepted(prepared) if outcome is None else outcome
+        for prepared, outcome in zip(batch, outcomes, strict=True)
+    ]
 
 
 def _write_alone(
     store: Store, prepared: Prepared, begin: Callable[[], AbstractContextManager[Transaction]]
-) -> Accepted | Exception:
+) -> Accepted | Exception | None:
     try:
         with begin() as tx:
             (outcome,) = _write_group(tx, [prepared])
@@ -233,7 +276,7 @@ def _write_alone(
         return _after_conflict(store, prepared)
     except Exception as exc:
         return exc
-    return _settled(outcome, log.bind())
+    return outcome
 
 
 def _after_conflict(store: Store, prepared: Prepared) -> Accepted | Exception:
@@ -284,23 +327,23 @@ def _with_account_id(answer: list[dict[str, Any]], account_id: str | None) -> li
     return [{**item, "account_id": account_id} if "account_id" in item else item for item in answer]
 
 
-def _settled(
-    outcome: Prepared | Accepted | Exception, batch_log: structlog.typing.FilteringBoundLogger
-) -> Accepted | Exception:
-    """A member's outcome once its transaction committed: written members are logged now."""
-    if not isinstance(outcome, Prepared):
-        return outcome
-    request = outcome.request
+def _log_accepted(prepared: Prepared, batch_log: structlog.typing.FilteringBoundLogger) -> None:
+    request = prepared.request
     batch_log.info(
         "intake.accepted",
         request_id=request.id,
-        correlation_id=outcome.envelope.correlationid,
+        correlation_id=prepared.envelope.correlationid,
         service_code=request.service_code,
         jurisdiction=request.jurisdiction,
-        message_id=outcome.envelope.id,
+        message_id=prepared.envelope.id,
     )
+
+
+def _accepted(prepared: Prepared) -> Accepted:
+    """A written member's answer, counted."""
+    request = prepared.request
     _accepted_counter(request.jurisdiction, request.service_code, request.channel.value).inc()
-    return Accepted(answer=outcome.answer, request=request, token=outcome.token)
+    return Accepted(answer=prepared.answer, request=request, token=prepared.token)
 
 
 @lru_cache(maxsize=1024)
@@ -310,15 +353,13 @@ def _accepted_counter(jurisdiction: str, service_code: str, channel: str) -> Cou
     return REQUESTS_ACCEPTED.labels(jurisdiction, service_code, channel)
 
 
-def _write_group(
-    tx: Transaction, batch: Sequence[Prepared]
-) -> list[Prepared | Accepted | Exception]:
-    """Check and write the batch inside `tx`: per member, the Prepared that was written, the
-    first answer replayed (repeated key) or ClientRevoked. One statement per table."""
+def _write_group(tx: Transaction, batch: Sequence[Prepared]) -> list[Accepted | Exception | None]:
+    """Check and write the batch inside `tx`: per member, None (written), the first answer
+    replayed (repeated key) or ClientRevoked. One statement per table."""
     inactive = tx.inactive_clients({p.client.id for p in batch if p.client is not None})
     keyed = {(p.client.id, p.key) for p in batch if p.client is not None and p.key is not None}
     earlier = tx.idempotent_responses(keyed)
-    outcomes: list[Prepared | Accepted | Exception] = []
+    outcomes: list[Accepted | Exception | None] = []
     written: list[Prepared] = []
     for prepared in batch:
         client, key = prepared.client, prepared.key
@@ -332,7 +373,7 @@ def _write_group(
                 continue
             # A later member of this batch with the same key is judged against this member.
             earlier[(client.id, key)] = _remembered(prepared)
-        outcomes.append(prepared)
+        outcomes.append(None)
         written.append(prepared)
     if written:
         _write(tx, written)

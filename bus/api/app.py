@@ -7,6 +7,8 @@ as a stack trace (C-07).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 # FileResponse imports this on the first file it serves, from a worker thread. Importing it at
@@ -43,10 +45,24 @@ log = structlog.get_logger(__name__)
 RETRY_AFTER = 5
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    """Build the API on a runtime; the config is read and the catalogue rendered once, here."""
-    ctx = ApiContext.build(runtime)
+def create_app(runtime: Runtime, *, intake_process: bool = False) -> FastAPI:
+    """Build the API on a runtime; the config is read and the catalogue rendered once, here.
+
+    `intake_process`: creates are written by the intake writer process (SQLite, a second core:
+    see bus/api/intake_process.py), started with the app, else on the event loop.
+    """
+    ctx = ApiContext.build(runtime, intake_process=intake_process)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ctx.start()
+        try:
+            yield
+        finally:
+            ctx.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="civicbus Open311 GeoReport v2 API",
         version="2",
         description="Open311 GeoReport v2 with the mySociety servicerequestupdates extension.",

@@ -13,6 +13,10 @@ writer thread, which waits the store's usual timeout. The event loop's batches g
 connection kept open between them (Store.kept_writer), with that short wait set once: checking
 a pooled connection out and in for each batch cost about as much as a small batch's inserts.
 
+Given a `process_url` (what `civicbus api` does on SQLite when it has a second core), batches go
+to the intake writer process instead (bus/api/intake_process.py): one batch in flight, the
+creates parsed while it is written forming the next one.
+
 On PostgreSQL (network round trips) every batch goes through the writer thread, unless the
 store is refusing at once (its circuit breaker is open): then the create is refused before it
 queues.
@@ -23,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
-from bus.intake import Accepted, Prepared, write_batch
+from bus.api.intake_process import IntakeProcess, Outcome
+from bus.intake import Accepted, Prepared, settle, write_batch
 from bus.store import KeptWriter, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -47,15 +53,32 @@ class _Item:
 
 @dataclass
 class GroupCommitter:
-    """Commits prepared requests in batches: on the event loop (SQLite) or one writer thread."""
+    """Commits prepared requests in batches: on the event loop or in the intake writer process
+    (SQLite), or on one writer thread."""
 
     store: Store
+    #: SQLite: the store's URL, for the intake writer process to write the batches (None: they
+    #: are written on the event loop).
+    process_url: str | None = None
     _pending: list[_Item] = field(default_factory=list)
     _queue: queue.SimpleQueue[list[_Item]] = field(default_factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: The event loop's connection (SQLite), opened on the first batch written there.
     _inline: KeptWriter | None = None
+    _process: IntakeProcess | None = None
+    #: The batches sent to the intake writer process and not answered yet, oldest first.
+    _in_flight: deque[list[_Item]] = field(default_factory=deque)
+
+    def start(self) -> None:
+        """Start the intake writer process now, if batches go there (on the event loop)."""
+        if self.process_url is not None and self.store.dialect == "sqlite":
+            self._writer_process(self.process_url).start()
+
+    def close(self) -> None:
+        """Stop the intake writer process, if any, once it wrote the batch in hand."""
+        if self._process is not None:
+            self._process.close()
 
     async def submit(self, prepared: Prepared) -> Accepted:
         """Write `prepared` with whatever else is waiting; raises what its write raised, or
@@ -72,7 +95,7 @@ class GroupCommitter:
             self._pending.append(item)
             if len(self._pending) == 1:
                 # After the callbacks already ready: creates parsed meanwhile join the batch.
-                loop.call_soon(self._flush)
+                loop.call_soon(self._flush if self.process_url is None else self._send)
         return await item.future
 
     def _flush(self) -> None:
@@ -88,6 +111,42 @@ class GroupCommitter:
                 continue
             for item, outcome in zip(batch, outcomes, strict=True):
                 _settle(item.future, outcome)
+
+    def _writer_process(self, url: str) -> IntakeProcess:
+        if self._process is None:
+            self._process = IntakeProcess(url, self._written, self._lost)
+        return self._process
+
+    def _send(self) -> None:
+        """Hand the pending creates to the intake writer process (which writes the batches
+        waiting for it together)."""
+        assert self.process_url is not None
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                self._writer_process(self.process_url).send([item.prepared for item in batch])
+            except Exception as exc:  # StoreUnavailable; anything else is a bug, logged
+                if not isinstance(exc, StoreUnavailable):
+                    log.exception("intake.batch_not_sent", size=len(batch))
+                for item in batch:
+                    _settle(item.future, exc)
+                continue
+            self._in_flight.append(batch)
+
+    def _written(self, outcomes: list[Outcome]) -> None:
+        # The outcomes of the oldest batches in flight (the process wrote them together).
+        batch: list[_Item] = []
+        while len(batch) < len(outcomes):
+            batch += self._in_flight.popleft()
+        answers = settle([item.prepared for item in batch], outcomes)
+        for item, answer in zip(batch, answers, strict=True):
+            _settle(item.future, answer)
+
+    def _lost(self, exc: StoreUnavailable) -> None:
+        # Each batch committed whole or not at all; which, the process did not live to say.
+        while self._in_flight:
+            for item in self._in_flight.popleft():
+                _settle(item.future, exc)
 
     def _to_thread(self, batch: list[_Item]) -> None:
         if self._thread is None:

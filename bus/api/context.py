@@ -80,13 +80,16 @@ class ApiContext:
     #: SQLite takes one writer at a time and makes waiting writers sleep and poll; queueing
     #: them on one thread of our own instead keeps latency flat under concurrent posts.
     committer: GroupCommitter | None = None
+    #: Whether creates are written by the intake writer process (SQLite; see
+    #: bus/api/intake_process.py), else on the event loop.
+    intake_process: bool = False
     clients: ClientCache = field(default_factory=ClientCache)
     _sqlite_writer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="civicbus-writer")
     )
 
     @classmethod
-    def build(cls, runtime: Runtime) -> ApiContext:
+    def build(cls, runtime: Runtime, *, intake_process: bool = False) -> ApiContext:
         config = runtime.config
         base_url = config.api.base_url.rstrip("/")
         return cls(
@@ -96,6 +99,7 @@ class ApiContext:
             ),
             media=MediaStore(Path(runtime.env.media_dir), base_url),
             base_url=base_url,
+            intake_process=intake_process,
         )
 
     @property
@@ -104,9 +108,23 @@ class ApiContext:
 
     async def commit(self, prepared: Prepared) -> Accepted:
         """Write a prepared request through the group committer (started on first use)."""
+        return await self._committer().submit(prepared)
+
+    def start(self) -> None:
+        """At the API's start-up (on its event loop): the intake writer process, if used."""
+        if self.intake_process:
+            self._committer().start()
+
+    def close(self) -> None:
+        """At the API's shutdown, once no request is in flight."""
+        if self.committer is not None:
+            self.committer.close()
+
+    def _committer(self) -> GroupCommitter:
         if self.committer is None:
-            self.committer = GroupCommitter(self.store)
-        return await self.committer.submit(prepared)
+            url = self.runtime.env.database_url if self.intake_process else None
+            self.committer = GroupCommitter(self.store, process_url=url)
+        return self.committer
 
     async def write(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking store work that writes, off the event loop (serialized on SQLite)."""

@@ -49,12 +49,13 @@ def unreachable_store_runtime(media_dir: Path) -> Runtime:
 
 
 class LiveServer:
-    """uvicorn serving an app in a thread, on a port the OS picked."""
+    """uvicorn serving an app in a thread, on a port the OS picked; `lifespan`: with the app's
+    start-up and shutdown (the intake writer process's start and stop)."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, lifespan: bool = False) -> None:
         self.sock = free_socket()
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config = uvicorn.Config(app, log_level="warning", lifespan="on" if lifespan else "off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True

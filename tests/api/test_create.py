@@ -1,20 +1,53 @@
-"""POST /requests over real HTTP (C-05, C-07, C-11..C-15) with media and body limits."""
+"""POST /requests over real HTTP (C-05, C-07, C-11..C-15) with media and body limits.
+
+Every test runs twice, on two servers with stores of their own: one writing creates on its
+event loop, one through the intake writer process (as `civicbus api` does on a machine with
+more than one core).
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 from defusedxml import ElementTree as SafeET
 
+from bus.api import create_app
 from bus.bootstrap import Runtime
-from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer, pothole_form
+from tests.api.conftest import (
+    SHELBYVILLE,
+    SPRINGFIELD,
+    LiveServer,
+    make_runtime,
+    pothole_form,
+)
 
 Create = Callable[..., httpx.Response]
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+
+
+@pytest.fixture(scope="module", params=["event loop", "writer process"])
+def intake(request: pytest.FixtureRequest) -> str:
+    """Where the server writes its creates."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory, intake: str) -> Iterator[Runtime]:
+    base = tmp_path_factory.mktemp("create")
+    rt = make_runtime(f"sqlite:///{base}/civicbus.db", base / "media")
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def server(runtime: Runtime, intake: str) -> Iterator[LiveServer]:
+    app = create_app(runtime, intake_process=intake == "writer process")
+    with LiveServer(app, lifespan=True) as live:
+        yield live
 
 
 def descriptions(response: httpx.Response) -> list[str]:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,11 +21,14 @@ from tests.api.conftest import SANDBOX, SPRINGFIELD, free_socket
 
 
 @contextmanager
-def civicbus_api(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def civicbus_api(
+    env: dict[str, str], cwd: Path, options: Sequence[str] = ()
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()  # the subprocess binds it next; a tiny window another test could take it in
     command = [sys.executable, "-m", "bus", "api", "--host", "127.0.0.1", "--port", str(port)]
+    command += options
     process = subprocess.Popen(
         command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

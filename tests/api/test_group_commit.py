@@ -83,7 +83,7 @@ def test_a_failing_member_loses_no_other_and_the_chain_stays_verifiable(rt: Runt
     naive = broken.request.requested_at.replace(tzinfo=None)
     broken = Prepared(
         broken.request.model_copy(update={"requested_at": naive}),
-        *(getattr(broken, f) for f in ("token", "answer", "envelope", "actor", "client", "key")),
+        *(getattr(broken, f) for f in ("token", "answer", "actor", "client", "key")),
     )
     outcomes = write_batch(rt.store, [good[0], broken, good[1], good[2]])
     assert isinstance(outcomes[1], InvalidData)
