@@ -1,7 +1,7 @@
 """Intake: accept one new service request, durably, whatever channel it came in on.
 
-`prepare` turns a parsed report into a request with its event and answer; `write_batch` writes
-prepared requests (the API's group commit, bus/api/committer.py), each with its outbox event
+`prepare` turns a parsed report into a request with its answer; `write_batch` writes prepared
+requests (the API's group commit, bus/api/committer.py), each with its outbox event
 `civicbus.request.created` and its audit entry in one store transaction, so a request answered
 is a request that will be delivered (transactional outbox). A repeated Idempotency-Key, or a
 repeated `external_id` attribute where the service defines one, gets the first answer (C-15);

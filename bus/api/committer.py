@@ -14,8 +14,8 @@ connection kept open between them (Store.kept_writer), with that short wait set 
 a pooled connection out and in for each batch cost about as much as a small batch's inserts.
 
 Given a `process_url` (what `civicbus api` does on SQLite when it has a second core), batches go
-to the intake writer process instead (bus/api/intake_process.py): one batch in flight, the
-creates parsed while it is written forming the next one.
+to the intake writer process instead (bus/api/intake_process.py), each as soon as the loop has
+nothing else ready; the process writes those that came while it committed the last together.
 
 On PostgreSQL (network round trips) every batch goes through the writer thread, unless the
 store is refusing at once (its circuit breaker is open): then the create is refused before it

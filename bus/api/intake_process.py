@@ -4,10 +4,10 @@ On SQLite a create's own work splits in two: reading, checking and preparing it 
 loop's) and writing its batch — rows in five tables with their indexes, the audit chain, the
 commit — about a third of its CPU. Written on the event loop, that third runs on the API's one
 core while the machine's others idle, and the loop parses nothing while a batch commits. The
-writer process takes the batches instead: the API prepares creates while the previous batch
-commits, and sends the next as soon as it hears the last one committed (one batch in flight,
-so the creates parsed meanwhile form the next one). A writer thread would not do: both halves
-are Python code under one interpreter lock.
+writer process takes the batches instead: the API sends each turn of its event loop's creates
+as soon as they are parsed and goes on parsing; the process writes the batches that came while
+it committed the last transaction together, in one transaction. A writer thread would not do:
+both halves are Python code under one interpreter lock.
 
 Nothing changes for durability: a create is still answered only after the transaction holding
 it committed (the process says so after COMMIT returned). The process is the API's child and
