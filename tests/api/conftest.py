@@ -85,6 +85,15 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     rt.close()
 
 
+@pytest.fixture
+def rt(tmp_path: Path) -> Iterator[Runtime]:
+    """A runtime on the sandbox city with a fresh, migrated SQLite store, for one test."""
+    runtime = make_runtime(f"sqlite:///{tmp_path}/civicbus.db", tmp_path / "media")
+    runtime.store.upgrade()
+    yield runtime
+    runtime.close()
+
+
 @pytest.fixture(scope="module")
 def server(runtime: Runtime) -> Iterator[LiveServer]:
     with LiveServer(create_app(runtime)) as live:

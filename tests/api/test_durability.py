@@ -51,10 +51,12 @@ def civicbus_api(
         process.wait(timeout=10)
 
 
-def test_accepted_request_survives_kill_9_right_after_the_answer(tmp_path: Path) -> None:
+def api_environment(tmp_path: Path) -> tuple[dict[str, str], str]:
+    """The environment of a `civicbus api` on the sandbox city and a new SQLite store in
+    `tmp_path` (JSON log lines), and the key of a client of that store."""
     database_url = f"sqlite:///{tmp_path}/civicbus.db"
     store = Store.open(database_url)
-    _, key = store.add_client("durability")
+    _, key = store.add_client("app")
     store.close()
     env = {
         **os.environ,
@@ -64,6 +66,12 @@ def test_accepted_request_survives_kill_9_right_after_the_answer(tmp_path: Path)
         "CIVICBUS_LOG_FORMAT": "json",
         "PYTHONPATH": str(Path.cwd()),
     }
+    return env, key
+
+
+def test_accepted_request_survives_kill_9_right_after_the_answer(tmp_path: Path) -> None:
+    env, key = api_environment(tmp_path)
+    database_url = env["CIVICBUS_DATABASE_URL"]
     form = {
         "api_key": key,
         "jurisdiction_id": SPRINGFIELD,

@@ -40,14 +40,6 @@ FORM = {
 
 
 @pytest.fixture
-def rt(tmp_path: Path) -> Iterator[Runtime]:
-    runtime = make_runtime(f"sqlite:///{tmp_path}/civicbus.db", tmp_path / "media")
-    runtime.store.upgrade()
-    yield runtime
-    runtime.close()
-
-
-@pytest.fixture
 def pg_rt(postgres_url: str, tmp_path: Path) -> Iterator[Runtime]:
     runtime = make_runtime(postgres_url, tmp_path / "media")
     runtime.store.upgrade()

@@ -15,7 +15,7 @@ import pickle
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,8 +31,8 @@ from bus.cli import app as cli
 from bus.intake import Accepted, IdempotencyConflict, Prepared, prepare
 from bus.store import StoreUnavailable
 from schemas.open311 import RequestDraft, parse_create_form
-from tests.api.conftest import SANDBOX, SPRINGFIELD, LiveServer, make_runtime, pothole_form
-from tests.api.test_durability import civicbus_api
+from tests.api.conftest import SANDBOX, SPRINGFIELD, LiveServer, pothole_form
+from tests.api.test_durability import api_environment, civicbus_api
 
 
 def writer_children(parent: int) -> list[int]:
@@ -66,14 +66,6 @@ def wait_for(check: Callable[[], bool], seconds: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-@pytest.fixture
-def rt(tmp_path: Path) -> Iterator[Runtime]:
-    runtime = make_runtime(f"sqlite:///{tmp_path}/civicbus.db", tmp_path / "media")
-    runtime.store.upgrade()
-    yield runtime
-    runtime.close()
 
 
 def test_concurrent_creates_are_written_by_the_child_which_stops_with_the_server(
@@ -176,18 +168,7 @@ def test_creates_held_by_a_child_that_dies_fail_503_and_a_new_child_takes_the_ne
 def test_the_child_logs_what_it_wrote_ignores_sigterm_and_exits_when_the_api_is_killed(
     tmp_path: Path,
 ) -> None:
-    database_url = f"sqlite:///{tmp_path}/civicbus.db"
-    rt = make_runtime(database_url, tmp_path / "media")
-    _, key = rt.store.add_client("app")
-    rt.close()
-    env = {
-        **os.environ,
-        "CIVICBUS_CONFIG": str(Path(SANDBOX).resolve()),
-        "CIVICBUS_DATABASE_URL": database_url,
-        "CIVICBUS_MEDIA_DIR": str(tmp_path / "media"),
-        "CIVICBUS_LOG_FORMAT": "json",
-        "PYTHONPATH": str(Path.cwd()),
-    }
+    env, key = api_environment(tmp_path)
     form = pothole_form(key, email="resident@example.org")
     with civicbus_api(env, tmp_path, ["--intake-process"]) as (process, url):
         (child,) = writer_children(process.pid)
