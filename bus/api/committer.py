@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from bus.api.intake_process import IntakeProcess, Outcome
+from bus.api.intake_process import MAX_BYTES_IN_FLIGHT, IntakeProcess, Outcome
 from bus.intake import Accepted, Prepared, settle, write_batch
 from bus.store import KeptWriter, Store, StoreUnavailable
 
@@ -67,8 +67,10 @@ class GroupCommitter:
     #: The event loop's connection (SQLite), opened on the first batch written there.
     _inline: KeptWriter | None = None
     _process: IntakeProcess | None = None
-    #: The batches sent to the intake writer process and not answered yet, oldest first.
-    _in_flight: deque[list[_Item]] = field(default_factory=deque)
+    #: The batches sent to the intake writer process and not answered yet, oldest first, with
+    #: their size in bytes (and the sum of those).
+    _in_flight: deque[tuple[list[_Item], int]] = field(default_factory=deque)
+    _bytes_in_flight: int = 0
 
     def start(self) -> None:
         """Start the intake writer process now, if batches go there (on the event loop)."""
@@ -95,6 +97,7 @@ class GroupCommitter:
             self._pending.append(item)
             if len(self._pending) == 1:
                 # After the callbacks already ready: creates parsed meanwhile join the batch.
+                # (Held back by the intake writer process, they go when it answers.)
                 loop.call_soon(self._flush if self.process_url is None else self._send)
         return await item.future
 
@@ -119,34 +122,47 @@ class GroupCommitter:
 
     def _send(self) -> None:
         """Hand the pending creates to the intake writer process (which writes the batches
-        waiting for it together)."""
+        waiting for it together), unless it has MAX_BYTES_IN_FLIGHT to answer already: they
+        go when it answers (`_written`)."""
         assert self.process_url is not None
-        while self._pending:
+        while self._pending and (
+            not self._in_flight or self._bytes_in_flight < MAX_BYTES_IN_FLIGHT
+        ):
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
-                self._writer_process(self.process_url).send([item.prepared for item in batch])
+                size = self._writer_process(self.process_url).send(
+                    [item.prepared for item in batch]
+                )
             except Exception as exc:  # StoreUnavailable; anything else is a bug, logged
                 if not isinstance(exc, StoreUnavailable):
                     log.exception("intake.batch_not_sent", size=len(batch))
                 for item in batch:
                     _settle(item.future, exc)
                 continue
-            self._in_flight.append(batch)
+            self._in_flight.append((batch, size))
+            self._bytes_in_flight += size
 
     def _written(self, outcomes: list[Outcome]) -> None:
         # The outcomes of the oldest batches in flight (the process wrote them together).
         batch: list[_Item] = []
         while len(batch) < len(outcomes):
-            batch += self._in_flight.popleft()
+            sent, size = self._in_flight.popleft()
+            batch += sent
+            self._bytes_in_flight -= size
         answers = settle([item.prepared for item in batch], outcomes)
         for item, answer in zip(batch, answers, strict=True):
             _settle(item.future, answer)
+        self._send()  # those held back
 
     def _lost(self, exc: StoreUnavailable) -> None:
         # Each batch committed whole or not at all; which, the process did not live to say.
         while self._in_flight:
-            for item in self._in_flight.popleft():
+            sent, _ = self._in_flight.popleft()
+            for item in sent:
                 _settle(item.future, exc)
+        self._bytes_in_flight = 0
+        # Those held back go to a new process (not from here: this may run inside `_send`).
+        asyncio.get_running_loop().call_soon(self._send)
 
     def _to_thread(self, batch: list[_Item]) -> None:
         if self._thread is None:

@@ -56,6 +56,10 @@ CLOSE_WAIT_S = 10.0
 
 #: Most creates the process writes in one transaction (batches waiting are merged up to it).
 MAX_MERGED = 64
+#: Bytes of batches sent and not answered yet beyond which the API holds the next ones back:
+#: well below what the socket takes before a send blocks (~100 KB in frames of a create or two,
+#: with the kernel's default buffer).
+MAX_BYTES_IN_FLIGHT = 48 * 1024
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _DATABASE_URL_ENV = "CIVICBUS_INTAKE_DATABASE_URL"
@@ -117,9 +121,14 @@ class IntakeProcess:
         self._loop.add_reader(self._connection.fileno(), self._answered)
         log.info("intake.writer_process_started", pid=self._child.pid)
 
-    def send(self, batch: Sequence[Prepared]) -> None:
-        """Hand a batch over; its outcomes come to `on_outcomes` (or `on_lost`). Raises
-        StoreUnavailable when the process cannot take it (nothing was sent)."""
+    def send(self, batch: Sequence[Prepared]) -> int:
+        """Hand a batch over, and say how many bytes that took; its outcomes come to
+        `on_outcomes` (or `on_lost`). Raises StoreUnavailable when the process cannot take it
+        (nothing was sent).
+
+        The socket is blocking: a caller keeps what it sent and has not had answered below
+        MAX_BYTES_IN_FLIGHT, so that a send never waits for a child busy with a long write
+        (the event loop would stop with it)."""
         self.start()
         assert self._connection is not None
         data = pickle.dumps(list(batch), protocol=pickle.HIGHEST_PROTOCOL)
@@ -128,6 +137,7 @@ class IntakeProcess:
         except OSError as exc:
             self._lose()
             raise StoreUnavailable(f"the intake writer process is gone: {exc}") from exc
+        return len(data)
 
     def close(self) -> None:
         """Close the socket (the child finishes its batch and exits) and wait for the child."""

@@ -14,6 +14,7 @@ import os
 import pickle
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -122,13 +123,18 @@ def test_checks_made_in_the_writing_transaction_are_answered_through_the_child(
         assert revoked.status_code == 403, revoked.text
 
 
-def _prepared(rt: Runtime) -> Prepared:
+def _prepared(rt: Runtime, description: str = "") -> Prepared:
     (service,) = [
         s
         for s in rt.config.service_catalogue()
         if s.jurisdiction == SPRINGFIELD and s.code == "POTHOLE"
     ]
-    form = {"service_code": ["POTHOLE"], "lat": ["37.76"], "long": ["-122.41"]}
+    form = {
+        "service_code": ["POTHOLE"],
+        "lat": ["37.76"],
+        "long": ["-122.41"],
+        "description": [description],
+    }
     draft = parse_create_form({**form, "attribute[LANE]": ["carriageway"]}, service)
     assert isinstance(draft, RequestDraft), draft
     client, _ = rt.store.add_client(f"app-{time.monotonic_ns()}")
@@ -163,6 +169,50 @@ def test_creates_held_by_a_child_that_dies_fail_503_and_a_new_child_takes_the_ne
     with sqlite3.connect(rt.env.database_url.removeprefix("sqlite:///")) as db:
         (stored,) = db.execute("SELECT count(*) FROM requests").fetchone()
     assert stored == 1  # the three held creates were never written
+
+
+def test_a_child_busy_with_a_long_write_never_stops_the_event_loop(rt: Runtime) -> None:
+    """Creates piled up while the child cannot read are held back, not written to a full
+    socket (which would block the API's event loop until the child reads again)."""
+    committer = GroupCommitter(rt.store, process_url=rt.env.database_url)
+    many = 300  # ~600 KB of pickled creates: several times what the socket takes
+
+    async def scenario() -> float:
+        committer.start()
+        (child,) = writer_children(os.getpid())
+        os.kill(child, signal.SIGSTOP)  # as a child waiting out another writer's lock
+        resume = threading.Timer(2.0, os.kill, (child, signal.SIGCONT))
+        resume.start()
+        longest, ticking = 0.0, True
+
+        async def tick() -> None:
+            nonlocal longest
+            last = time.monotonic()
+            while ticking:
+                await asyncio.sleep(0.02)
+                now = time.monotonic()
+                longest, last = max(longest, now - last), now
+
+        ticker = asyncio.ensure_future(tick())
+        creates = [
+            asyncio.ensure_future(committer.submit(_prepared(rt, f"{i} " + "deep hole " * 200)))
+            for i in range(many)
+        ]
+        outcomes = await asyncio.wait_for(asyncio.gather(*creates), timeout=30)
+        ticking = False
+        await ticker
+        resume.join()
+        assert all(isinstance(o, Accepted) for o in outcomes), outcomes
+        return longest
+
+    try:
+        longest = asyncio.run(scenario())
+    finally:
+        committer.close()
+    assert longest < 1.0, f"the event loop stood still for {longest:.1f} s"
+    with sqlite3.connect(rt.env.database_url.removeprefix("sqlite:///")) as db:
+        (stored,) = db.execute("SELECT count(*) FROM requests").fetchone()
+    assert stored == many
 
 
 def test_the_child_logs_what_it_wrote_ignores_sigterm_and_exits_when_the_api_is_killed(
