@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ from bus.store import KeptWriter, Store, StoreUnavailable
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 64
+#: Seconds the intake writer process may take to answer a batch before it is taken for hung and
+#: killed (its creates answered 503, the next ones written by a new process): far above a write
+#: that waits out another writer's lock (the store's busy timeout, 5 s unless set longer).
+ANSWER_WAIT_S = 60.0
 #: Seconds the event loop may wait for SQLite's write lock before handing the batch over.
 INLINE_LOCK_WAIT_S = 0.02
 
@@ -68,9 +73,11 @@ class GroupCommitter:
     _inline: KeptWriter | None = None
     _process: IntakeProcess | None = None
     #: The batches sent to the intake writer process and not answered yet, oldest first, with
-    #: their size in bytes (and the sum of those).
-    _in_flight: deque[tuple[list[_Item], int]] = field(default_factory=deque)
+    #: their size in bytes (and the sum of those) and when they were sent.
+    _in_flight: deque[tuple[list[_Item], int, float]] = field(default_factory=deque)
     _bytes_in_flight: int = 0
+    #: The timer that checks the oldest batch in flight gets answered (one at a time).
+    _watch: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Start the intake writer process now, if batches go there (on the event loop)."""
@@ -79,6 +86,9 @@ class GroupCommitter:
 
     def close(self) -> None:
         """Stop the intake writer process, if any, once it wrote the batch in hand."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._process is not None:
             self._process.close()
 
@@ -139,14 +149,32 @@ class GroupCommitter:
                 for item in batch:
                     _settle(item.future, exc)
                 continue
-            self._in_flight.append((batch, size))
+            self._in_flight.append((batch, size, time.monotonic()))
             self._bytes_in_flight += size
+            if self._watch is None:
+                self._watch = asyncio.get_running_loop().call_later(
+                    ANSWER_WAIT_S, self._check_answered
+                )
+
+    def _check_answered(self) -> None:
+        """Kill an intake writer process that has not answered a batch for ANSWER_WAIT_S (a
+        hung process would hold every create from now on); else watch the oldest batch."""
+        self._watch = None
+        if not self._in_flight or self._process is None:
+            return
+        waited = time.monotonic() - self._in_flight[0][2]
+        if waited >= ANSWER_WAIT_S:
+            self._process.kill(f"no answer for {waited:.0f} s")
+            return  # its end fails what it held (`_lost`)
+        self._watch = asyncio.get_running_loop().call_later(
+            ANSWER_WAIT_S - waited, self._check_answered
+        )
 
     def _written(self, outcomes: list[Outcome]) -> None:
         # The outcomes of the oldest batches in flight (the process wrote them together).
         batch: list[_Item] = []
         while len(batch) < len(outcomes):
-            sent, size = self._in_flight.popleft()
+            sent, size, _ = self._in_flight.popleft()
             batch += sent
             self._bytes_in_flight -= size
         answers = settle([item.prepared for item in batch], outcomes)
@@ -157,7 +185,7 @@ class GroupCommitter:
     def _lost(self, exc: StoreUnavailable) -> None:
         # Each batch committed whole or not at all; which, the process did not live to say.
         while self._in_flight:
-            sent, _ = self._in_flight.popleft()
+            sent, _, _ = self._in_flight.popleft()
             for item in sent:
                 _settle(item.future, exc)
         self._bytes_in_flight = 0

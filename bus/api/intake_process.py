@@ -139,6 +139,12 @@ class IntakeProcess:
             raise StoreUnavailable(f"the intake writer process is gone: {exc}") from exc
         return len(data)
 
+    def kill(self, why: str) -> None:
+        """Kill a child that stopped answering; its end comes as any other (`on_lost`)."""
+        if self._child is not None:
+            log.error("intake.writer_process_unresponsive", pid=self._child.pid, why=why)
+            os.kill(self._child.pid, signal.SIGKILL)
+
     def close(self) -> None:
         """Close the socket (the child finishes its batch and exits) and wait for the child."""
         child = self._child

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from bus.api import committer as committer_module
 from bus.api import create_app
 from bus.api.committer import GroupCommitter
 from bus.api.intake_process import PROCESS_NAME, RESTART_DELAY_S, _portable
@@ -169,6 +170,34 @@ def test_creates_held_by_a_child_that_dies_fail_503_and_a_new_child_takes_the_ne
     with sqlite3.connect(rt.env.database_url.removeprefix("sqlite:///")) as db:
         (stored,) = db.execute("SELECT count(*) FROM requests").fetchone()
     assert stored == 1  # the three held creates were never written
+
+
+def test_a_child_that_stops_answering_is_killed_and_replaced(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(committer_module, "ANSWER_WAIT_S", 0.5)
+    committer = GroupCommitter(rt.store, process_url=rt.env.database_url)
+
+    async def scenario() -> None:
+        committer.start()
+        (child,) = writer_children(os.getpid())
+        os.kill(child, signal.SIGSTOP)  # hung: alive, answering nothing
+        held = [asyncio.ensure_future(committer.submit(_prepared(rt))) for _ in range(2)]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*held, return_exceptions=True), timeout=10
+        )
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        assert gone(child)
+        # The new child's first answer waits for its imports: longer than this test's wait.
+        monkeypatch.setattr(committer_module, "ANSWER_WAIT_S", 60.0)
+        await asyncio.sleep(RESTART_DELAY_S)
+        accepted = await asyncio.wait_for(committer.submit(_prepared(rt)), timeout=20)
+        assert isinstance(accepted, Accepted)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        committer.close()
 
 
 def test_a_child_busy_with_a_long_write_never_stops_the_event_loop(rt: Runtime) -> None:
