@@ -13,7 +13,8 @@ Nothing changes for durability: a create is still answered only after the transa
 it committed (the process says so after COMMIT returned). The process is the API's child and
 lives as long as the socket between them: it ignores SIGINT and SIGTERM (so that uvicorn,
 stopping, can still have its in-flight creates written), finishes the batch in hand and exits
-when the API closes the socket or dies. If the process dies, the creates it held fail with
+when the API closes the socket or dies. If the process dies (or answers no batch for a minute:
+the API then kills it, bus.api.committer.ANSWER_WAIT_S), the creates it held fail with
 StoreUnavailable (503 with Retry-After; their transaction either committed or rolled back
 whole, and a retry with the same Idempotency-Key is answered as the first), and the next batch
 starts a new process.
