@@ -179,6 +179,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from queue import Empty
 from urllib.parse import urlencode
@@ -506,59 +507,65 @@ def main() -> None:
         f"{platform.system()} {platform.release()}"
     )
     print(f"POST /open311/v2/requests.json, {args.seconds:g} s per run, keep-alive, loopback\n")
-    with tempfile.TemporaryDirectory(prefix="civicbus-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="civicbus-bench-") as tmp, ExitStack() as started:
+
+        def stopped_at_exit(process: subprocess.Popen[bytes]) -> int:
+            # Whatever ends this run (a closed stdout pipe, Ctrl-C) stops the servers started.
+            started.callback(process.wait, timeout=10)
+            started.callback(process.terminate)
+            return process.pid
+
         civicbus, civicbus_port, key = start_civicbus(Path(tmp) / "civicbus")
+        civicbus_pid = stopped_at_exit(civicbus)
         inline, inline_port, inline_key = start_civicbus(
             Path(tmp) / "inline", ("--no-intake-process",)
         )
+        inline_pid = stopped_at_exit(inline)
         bare, bare_port = start_reference("bare_app")
+        bare_pid = stopped_at_exit(bare)
         floor, floor_port = start_reference(
             "durable_floor_app", {"BENCH_FLOOR_DATABASE": f"{tmp}/floor.db"}
         )
+        floor_pid = stopped_at_exit(floor)
         servers = (
-            ("bare", bare_port, bare.pid, key),
-            ("floor", floor_port, floor.pid, key),
-            ("civicbus", civicbus_port, civicbus.pid, key),
-            ("inline", inline_port, inline.pid, inline_key),
+            ("bare", bare_port, bare_pid, key),
+            ("floor", floor_port, floor_pid, key),
+            ("civicbus", civicbus_port, civicbus_pid, key),
+            ("inline", inline_port, inline_pid, inline_key),
         )
-        try:
-            header = (
-                f"{'connections':>11} | {'server':<9} | {'req/s':>8} | {'p50 ms':>7} | "
-                f"{'p99 ms':>7} | {'failed':>6} | {'CPU us/req':>10} | {'cores':>5}"
-            )
-            print(header)
-            print("-" * len(header))
-            for connections in args.connections:
-                results = {}
-                for name, port, pid, api_key in servers:
-                    r = drive(port, connections, args.seconds, server_pid=pid, api_key=api_key)
-                    results[name] = r
-                    print(
-                        f"{connections:>11} | {name:<9} | {r['rps']:>8.0f} | {r['p50']:>7.1f} | "
-                        f"{r['p99']:>7.1f} | {r['failed']:>6.0f} | {r['cpu_us']:>10.0f} | "
-                        f"{r['cores']:>5.2f}"
-                    )
-                bare_rps = results["bare"]["rps"]
-                to_bare = results["civicbus"]["rps"] / bare_rps
-                to_floor = results["civicbus"]["rps"] / results["floor"]["rps"]
-                inline_to_bare = results["inline"]["rps"] / bare_rps
+        header = (
+            f"{'connections':>11} | {'server':<9} | {'req/s':>8} | {'p50 ms':>7} | "
+            f"{'p99 ms':>7} | {'failed':>6} | {'CPU us/req':>10} | {'cores':>5}"
+        )
+        print(header)
+        print("-" * len(header))
+        for connections in args.connections:
+            results = {}
+            for name, port, pid, api_key in servers:
+                r = drive(port, connections, args.seconds, server_pid=pid, api_key=api_key)
+                results[name] = r
                 print(
-                    f"{connections:>11} | {'ratio':<9} | civicbus / bare {to_bare:.0%} "
-                    f"(target >= 50 %), civicbus / floor {to_floor:.0%}, "
-                    f"inline / bare {inline_to_bare:.0%}"
+                    f"{connections:>11} | {name:<9} | {r['rps']:>8.0f} | {r['p50']:>7.1f} | "
+                    f"{r['p99']:>7.1f} | {r['failed']:>6.0f} | {r['cpu_us']:>10.0f} | "
+                    f"{r['cores']:>5.2f}"
                 )
+            bare_rps = results["bare"]["rps"]
+            to_bare = results["civicbus"]["rps"] / bare_rps
+            to_floor = results["civicbus"]["rps"] / results["floor"]["rps"]
+            inline_to_bare = results["inline"]["rps"] / bare_rps
             print(
-                "\nbare: FastAPI parses the form and answers. floor: the form read and "
-                "group-committed as civicbus\ndoes it, one SQLite insert each, then answered. "
-                "civicbus: the request, its outbox event\nand audit entry committed before "
-                "the answer (by its intake writer process, a second core). inline: the\nsame, "
-                "written on the API's event loop (--no-intake-process). CPU: the server's "
-                "processes,\nper request and in cores, over the measured window."
+                f"{connections:>11} | {'ratio':<9} | civicbus / bare {to_bare:.0%} "
+                f"(target >= 50 %), civicbus / floor {to_floor:.0%}, "
+                f"inline / bare {inline_to_bare:.0%}"
             )
-        finally:
-            for process in (civicbus, inline, bare, floor):
-                process.terminate()
-                process.wait(timeout=10)
+        print(
+            "\nbare: FastAPI parses the form and answers. floor: the form read and "
+            "group-committed as civicbus\ndoes it, one SQLite insert each, then answered. "
+            "civicbus: the request, its outbox event\nand audit entry committed before "
+            "the answer (by its intake writer process, a second core). inline: the\nsame, "
+            "written on the API's event loop (--no-intake-process). CPU: the server's "
+            "processes,\nper request and in cores, over the measured window."
+        )
 
 
 if __name__ == "__main__":
