@@ -201,6 +201,10 @@ objects, as `civicbus worker` does, which the old one did not). The afternoon, q
 bare. Reaching 50 % would take the worker's CPU a message to about half of today's, with the
 consumer thread's own ~50 us left as it is: the handler near 0.35 M instructions, about what the
 audit entry, the outbox row and the request read alone cost now. The target is not met.
+2026-12-07, evening (Intel Xeon VM, quiet), the same code: bare 17,184 msgs/s at 45 us CPU/msg,
+floor 24,396, worker 5,099 at 188 us CPU/msg: 30 % of bare. Not met. The API's way to its
+target (a writer process on the second core, see bench_intake.py) would do less here: the
+receipt transaction is under half of the handler, and the broker needs the second core too.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
@@ -219,6 +223,8 @@ ms, answered -> receipt p50/p99 11.0/70.8 ms (max 141 ms). The API exits with -1
 shut down gracefully on SIGTERM, raises the signal again so that its parent sees why it ended.
 2026-12-07, the morning's tree (checkpointer thread, kept JSON encoders): all 6,000 delivered,
 POST p50/p99 2.8/20.4 ms, answered -> receipt p50/p99 8.2/88.7 ms (max 186 ms).
+2026-12-07, evening (Intel Xeon VM, quiet), the API with its intake writer process: all 6,000
+delivered, POST p50/p99 1.9/6.3 ms, answered -> receipt p50/p99 4.5/11.4 ms (max 35 ms).
 
 The civicbus code logs as in production (JSON lines), here to /dev/null.
 """
