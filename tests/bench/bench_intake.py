@@ -150,7 +150,7 @@ partial) would save ~3 of the ~19 frames: not tried, for a migration of the main
 creates to a child process, which writes them (the batches that queued while it committed
 merged into one transaction), makes their `created` events and logs their accepted lines; the
 API parses, checks, prepares, counts and answers. Eleven runs at 8 connections over the evening
-(the last six with the final code: in-flight bytes bounded, the watchdog): civicbus 52-58 % of
+(the last three with the in-flight bytes bounded, 52, 53 and 56 %): civicbus 52-58 % of
 bare (2,934-3,666 req/s, p99 5.0-6.5 ms), `inline` 38-44 % (nine runs); at 64 connections
 civicbus 80-89 %, `inline` 62-71 %. The target is met by using the machine's second core:
 civicbus's two processes use ~1.45-1.5 cores (the API ~220 us of CPU a create, the writer
