@@ -221,6 +221,7 @@ def _portable(outcome: Outcome) -> Outcome:
 
 def serve(connection: Connection, database_url: str) -> None:
     """Write each batch that comes and answer its outcomes, until the API closes the socket."""
+    from bus.heap import freeze_startup_objects
     from bus.intake import store_batch
     from bus.store import Store
 
@@ -230,6 +231,7 @@ def serve(connection: Connection, database_url: str) -> None:
     # A kept connection, with the store's usual wait for the write lock: nothing waits on
     # this process but the creates of the batch in hand.
     writer = store.kept_writer()
+    freeze_startup_objects()  # as every civicbus service, before its loop (bus.heap)
     try:
         while True:
             try:
