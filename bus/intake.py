@@ -196,8 +196,10 @@ def write_batch(
     store: Store, batch: Sequence[Prepared], *, writer: KeptWriter | None = None
 ) -> list[Accepted | Exception]:
     """Write several prepared requests in one transaction (group commit), each all or nothing,
-    and answer them (`store_batch`, then `settle`)."""
-    return settle(batch, store_batch(store, batch, writer=writer))
+    and answer them (`store_batch`, `log_accepted`, then `settle`)."""
+    outcomes = store_batch(store, batch, writer=writer)
+    log_accepted(batch, outcomes)
+    return settle(batch, outcomes)
 
 
 def store_batch(
@@ -215,23 +217,10 @@ def store_batch(
     member with StoreUnavailable (nothing written). `writer`: the transactions' kept connection
     (the group commit's on SQLite), else each takes one of the store's.
 
-    Each member written is logged here (`intake.accepted`), once committed; it is counted and
-    answered by `settle`, in the process that answers it (the API: this may run in the intake
-    writer process, bus/api/intake_process.py).
+    The members written are then logged (`log_accepted`) where they were written, and counted
+    and answered (`settle`) by the API: this may run in the intake writer process
+    (bus/api/intake_process.py).
     """
-    outcomes = _store_batch(store, batch, writer)
-    # A logger bound once per batch: looking the configured one up again costs as much per line
-    # as a third of the line.
-    batch_log = log.bind()
-    for prepared, outcome in zip(batch, outcomes, strict=True):
-        if outcome is None:
-            _log_accepted(prepared, batch_log)
-    return outcomes
-
-
-def _store_batch(
-    store: Store, batch: Sequence[Prepared], writer: KeptWriter | None
-) -> list[Accepted | Exception | None]:
     begin = store.transaction if writer is None else writer.transaction
     try:
         with begin() as tx:
@@ -253,6 +242,18 @@ def _store_batch(
         if len(batch) == 1:
             return [exc]
         return [_write_alone(store, prepared, begin) for prepared in batch]
+
+
+def log_accepted(
+    batch: Sequence[Prepared], outcomes: Sequence[Accepted | Exception | None]
+) -> None:
+    """The `intake.accepted` line of each member `store_batch` wrote (None)."""
+    # A logger bound once per batch: looking the configured one up again costs as much per line
+    # as a third of the line.
+    batch_log = log.bind()
+    for prepared, outcome in zip(batch, outcomes, strict=True):
+        if outcome is None:
+            _log_accepted(prepared, batch_log)
 
 
 def settle(

@@ -21,9 +21,9 @@ starts a new process.
 
 The protocol: each batch a pickled list of `Prepared` one way; back, for each transaction, a
 pickled list of the outcomes of the batches it wrote, oldest first, one per member (None:
-written; the process logs it, the API counts and answers it: bus.intake.store_batch and
-settle). The `created` event is made in the process too (Prepared.envelope). Both ends are this
-project's code on the same interpreter.
+written; the process logs it once it has answered, the API counts and answers it:
+bus.intake.store_batch, log_accepted and settle). The `created` event is made in the process
+too (Prepared.envelope). Both ends are this project's code on the same interpreter.
 
 Run by the API (`IntakeProcess`); `main` is the child's side.
 """
@@ -222,7 +222,7 @@ def _portable(outcome: Outcome) -> Outcome:
 def serve(connection: Connection, database_url: str) -> None:
     """Write each batch that comes and answer its outcomes, until the API closes the socket."""
     from bus.heap import freeze_startup_objects
-    from bus.intake import store_batch
+    from bus.intake import log_accepted, store_batch
     from bus.store import Store
 
     # Not Store.open: the API migrated the store already, and a database that cannot be reached
@@ -253,6 +253,8 @@ def serve(connection: Connection, database_url: str) -> None:
                 outcomes = [exc] * len(merged)
             payload = [_portable(outcome) for outcome in outcomes]
             connection.send_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+            # After the answer: the clients need not wait for the log lines.
+            log_accepted(merged, outcomes)
     finally:
         writer.close()
         store.close()

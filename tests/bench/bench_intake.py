@@ -149,10 +149,11 @@ partial) would save ~3 of the ~19 frames: not tried, for a migration of the main
 (bus/api/intake_process.py). On SQLite `civicbus api` hands each turn of its event loop's
 creates to a child process, which writes them (the batches that queued while it committed
 merged into one transaction), makes their `created` events and logs their accepted lines; the
-API parses, checks, prepares, counts and answers. Eleven runs at 8 connections over the evening
-(the last three with the in-flight bytes bounded, 52, 53 and 56 %): civicbus 52-58 % of
-bare (2,934-3,666 req/s, p99 5.0-6.5 ms), `inline` 38-44 % (nine runs); at 64 connections
-civicbus 80-89 %, `inline` 62-71 %. The target is met by using the machine's second core:
+API parses, checks, prepares, counts and answers. Thirteen runs at 8 connections over the
+evening (the last five with the in-flight bytes bounded, 52, 53, 56, 53 and 54 %, the last two
+also with the accepted lines logged after the answer): civicbus 52-58 % of bare (2,934-3,666
+req/s, p99 5.0-6.5 ms), `inline` 37-44 % (eleven runs); at 64 connections civicbus 80-94 %,
+`inline` 62-71 %. The target is met by using the machine's second core:
 civicbus's two processes use ~1.45-1.5 cores (the API ~220 us of CPU a create, the writer
 ~230), the bare endpoint, one uvicorn process, 1.0, and civicbus in one process stays near
 40 %. At 8 connections neither process is saturated (API ~0.72 core, writer ~0.75): each client
