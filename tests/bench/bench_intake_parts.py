@@ -7,7 +7,8 @@ it), so that a plan to make intake faster can be weighed against figures:
 
 - the form read (`parse_qsl`, what the API's reader does for a urlencoded body);
 - validation (catalogue lookup and `parse_create_form`);
-- `prepare` (ids, the canonical request, the answer, the `created` event);
+- `prepare` (ids, the canonical request, the answer; since 2026-12-07 the `created` event is
+  made by `write_batch`, where the request is written);
 - `write_batch` per request, at several batch sizes: the group commit writes the creates parsed
   meanwhile together, and the batch size the API reaches depends on the load (at 8 keep-alive
   connections it averaged about 4 in one counted run). Includes the `intake.accepted` log line,
