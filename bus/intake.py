@@ -120,6 +120,11 @@ def idempotency_key(draft: RequestDraft, header_key: str | None) -> str | None:
     return None
 
 
+#: What became of one member of a batch `store_batch` wrote: None (written), the first answer
+#: replayed, or the exception that refused it.
+Outcome = Accepted | Exception | None
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A new request ready to be written: the request, its answer, its key and (for an
@@ -196,15 +201,15 @@ def write_batch(
     store: Store, batch: Sequence[Prepared], *, writer: KeptWriter | None = None
 ) -> list[Accepted | Exception]:
     """Write several prepared requests in one transaction (group commit), each all or nothing,
-    and answer them (`store_batch`, `log_accepted`, then `settle`)."""
+    and answer them (`store_batch`, `log_accepted`, then `answers`)."""
     outcomes = store_batch(store, batch, writer=writer)
     log_accepted(batch, outcomes)
-    return settle(batch, outcomes)
+    return answers(batch, outcomes)
 
 
 def store_batch(
     store: Store, batch: Sequence[Prepared], *, writer: KeptWriter | None = None
-) -> list[Accepted | Exception | None]:
+) -> list[Outcome]:
     """Write several prepared requests in one transaction (group commit), each all or nothing:
     per member None (written), the first answer replayed, or the exception that refused it.
 
@@ -218,7 +223,7 @@ def store_batch(
     (the group commit's on SQLite), else each takes one of the store's.
 
     The members written are then logged (`log_accepted`) where they were written, and counted
-    and answered (`settle`) by the API: this may run in the intake writer process
+    and answered (`answers`) by the API: this may run in the intake writer process
     (bus/api/intake_process.py).
     """
     begin = store.transaction if writer is None else writer.transaction
@@ -244,9 +249,7 @@ def store_batch(
         return [_write_alone(store, prepared, begin) for prepared in batch]
 
 
-def log_accepted(
-    batch: Sequence[Prepared], outcomes: Sequence[Accepted | Exception | None]
-) -> None:
+def log_accepted(batch: Sequence[Prepared], outcomes: Sequence[Outcome]) -> None:
     """The `intake.accepted` line of each member `store_batch` wrote (None)."""
     # A logger bound once per batch: looking the configured one up again costs as much per line
     # as a third of the line.
@@ -256,9 +259,7 @@ def log_accepted(
             _log_accepted(prepared, batch_log)
 
 
-def settle(
-    batch: Sequence[Prepared], outcomes: Sequence[Accepted | Exception | None]
-) -> list[Accepted | Exception]:
+def answers(batch: Sequence[Prepared], outcomes: Sequence[Outcome]) -> list[Accepted | Exception]:
     """The members' answers once `store_batch` wrote them: each written one (None) is counted
     and answered with its prepared answer."""
     return [
@@ -269,7 +270,7 @@ def settle(
 
 def _write_alone(
     store: Store, prepared: Prepared, begin: Callable[[], AbstractContextManager[Transaction]]
-) -> Accepted | Exception | None:
+) -> Outcome:
     try:
         with begin() as tx:
             (outcome,) = _write_group(tx, [prepared])
@@ -354,13 +355,13 @@ def _accepted_counter(jurisdiction: str, service_code: str, channel: str) -> Cou
     return REQUESTS_ACCEPTED.labels(jurisdiction, service_code, channel)
 
 
-def _write_group(tx: Transaction, batch: Sequence[Prepared]) -> list[Accepted | Exception | None]:
+def _write_group(tx: Transaction, batch: Sequence[Prepared]) -> list[Outcome]:
     """Check and write the batch inside `tx`: per member, None (written), the first answer
     replayed (repeated key) or ClientRevoked. One statement per table."""
     inactive = tx.inactive_clients({p.client.id for p in batch if p.client is not None})
     keyed = {(p.client.id, p.key) for p in batch if p.client is not None and p.key is not None}
     earlier = tx.idempotent_responses(keyed)
-    outcomes: list[Accepted | Exception | None] = []
+    outcomes: list[Outcome] = []
     written: list[Prepared] = []
     for prepared in batch:
         client, key = prepared.client, prepared.key

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from bus.api.intake_process import MAX_BYTES_IN_FLIGHT, IntakeProcess, Outcome
-from bus.intake import Accepted, Prepared, settle, write_batch
+from bus.api.intake_process import MAX_BYTES_IN_FLIGHT, IntakeProcess
+from bus.intake import Accepted, Outcome, Prepared, answers, write_batch
 from bus.store import KeptWriter, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -177,8 +177,8 @@ class GroupCommitter:
             sent, size, _ = self._in_flight.popleft()
             batch += sent
             self._bytes_in_flight -= size
-        answers = settle([item.prepared for item in batch], outcomes)
-        for item, answer in zip(batch, answers, strict=True):
+        answered = answers([item.prepared for item in batch], outcomes)
+        for item, answer in zip(batch, answered, strict=True):
             _settle(item.future, answer)
         self._send()  # those held back
 

@@ -22,7 +22,7 @@ starts a new process.
 The protocol: each batch a pickled list of `Prepared` one way; back, for each transaction, a
 pickled list of the outcomes of the batches it wrote, oldest first, one per member (None:
 written; the process logs it once it has answered, the API counts and answers it:
-bus.intake.store_batch, log_accepted and settle). The `created` event is made in the process
+bus.intake.store_batch, log_accepted and answers). The `created` event is made in the process
 too (Prepared.envelope). Both ends are this project's code on the same interpreter.
 
 Run by the API (`IntakeProcess`); `main` is the child's side.
@@ -37,17 +37,15 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import structlog
 
-from bus.intake import Accepted, Prepared
+from bus.intake import Outcome, Prepared
 from bus.store import StoreUnavailable
 
 log = structlog.get_logger(__name__)
-
-Outcome = Accepted | Exception | None
 
 #: Seconds after a start before a process that died is started again: a child that cannot
 #: even start (a broken install) is not re-spawned for every create.
@@ -122,7 +120,7 @@ class IntakeProcess:
         self._loop.add_reader(self._connection.fileno(), self._answered)
         log.info("intake.writer_process_started", pid=self._child.pid)
 
-    def send(self, batch: Sequence[Prepared]) -> int:
+    def send(self, batch: list[Prepared]) -> int:
         """Hand a batch over, and say how many bytes that took; its outcomes come to
         `on_outcomes` (or `on_lost`). Raises StoreUnavailable when the process cannot take it
         (nothing was sent).
@@ -132,7 +130,7 @@ class IntakeProcess:
         (the event loop would stop with it)."""
         self.start()
         assert self._connection is not None
-        data = pickle.dumps(list(batch), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             self._connection.send_bytes(data)
         except OSError as exc:
@@ -239,13 +237,12 @@ def serve(connection: Connection, database_url: str) -> None:
             except EOFError:
                 return
             # The batches sent meanwhile are written with it, in one transaction.
-            batches: list[list[Prepared]] = [pickle.loads(data)]
-            while connection.poll(0) and sum(map(len, batches)) < MAX_MERGED:
+            merged: list[Prepared] = pickle.loads(data)
+            while len(merged) < MAX_MERGED and connection.poll(0):
                 try:
-                    batches.append(pickle.loads(connection.recv_bytes()))
+                    merged += pickle.loads(connection.recv_bytes())
                 except EOFError:
                     break
-            merged = [prepared for batch in batches for prepared in batch]
             try:
                 outcomes = store_batch(store, merged, writer=writer)
             except Exception as exc:  # store_batch answers per member; this is a last guard
