@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import exited
+
 # The kernel's parent-death signal, which stops parts whose supervisor was killed, is Linux's.
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -105,15 +107,6 @@ def test_parts_after_one_with_ready_ports_start_once_its_ports_answer() -> None:
         ("supervisor.part_ready", "backend"),
         ("supervisor.part_started", "client"),
     ], stderr
-
-
-def _zombie_or_gone(pid: int) -> bool:
-    """Whether the process has exited (a zombie has: it waits only for PID 1 to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 def _wait_for(check: Callable[[], bool], what: str, explain: Callable[[], str]) -> None:
@@ -233,9 +226,7 @@ def test_when_the_supervisor_is_killed_its_parts_get_sigterm_and_stop(tmp_path: 
         proc.kill()
         proc.wait(timeout=10)
         for name, pid in pids.items():
-            _wait_for(
-                functools.partial(_zombie_or_gone, pid), f"part {name} to exit", stderr.read_text
-            )
+            _wait_for(functools.partial(exited, pid), f"part {name} to exit", stderr.read_text)
             assert (tmp_path / f"{name}.stopped").read_text() == "SIGTERM"
     finally:
         _kill_leftovers(proc, pids.values())
@@ -278,7 +269,7 @@ def test_a_civicbus_part_is_listed_by_pgrep_and_stops_cleanly_when_the_superviso
         assert "civicbus sandbox --only parks" in lines[pids["sandbox"]]
         proc.kill()
         proc.wait(timeout=10)
-        _wait_for(lambda: _zombie_or_gone(pids["sandbox"]), "the part to exit", explain)
+        _wait_for(lambda: exited(pids["sandbox"]), "the part to exit", explain)
         assert stdout.read_text().splitlines()[-1] == "sandbox: stopped", explain()
     finally:
         _kill_leftovers(proc, pids.values())

@@ -35,30 +35,20 @@ from bus.store import StoreUnavailable
 from schemas.open311 import RequestDraft, parse_create_form
 from tests.api.conftest import SANDBOX, SPRINGFIELD, LiveServer, pothole_form
 from tests.api.test_durability import api_environment, civicbus_api
+from tests.processes import children, exited
 
 
 def writer_children(parent: int) -> list[int]:
     """The pids of `parent`'s intake writer processes."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in children(parent):
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue  # ended meanwhile
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and PROCESS_NAME.encode() in command:
-            found.append(int(entry))
+        if PROCESS_NAME.encode() in command:
+            found.append(pid)
     return found
-
-
-def gone(pid: int) -> bool:
-    """Whether `pid` ended (a zombie counts as ended: only its exit status is left)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def wait_for(check: Callable[[], bool], seconds: float = 10.0) -> bool:
@@ -84,7 +74,7 @@ def test_concurrent_creates_are_written_by_the_child_which_stops_with_the_server
             answers = list(pool.map(lambda form: http.post("/requests.json", data=form), forms))
         assert [a.status_code for a in answers] == [201] * 40, [a.text for a in answers]
         assert writer_children(os.getpid()) == [child]
-    assert wait_for(lambda: gone(child)), "the writer process outlived the server"
+    assert wait_for(lambda: exited(child)), "the writer process outlived the server"
     ids = {a.json()[0]["service_request_id"] for a in answers}
     assert len(ids) == 40
     assert all(rt.store.get_request(i) is not None for i in ids)
@@ -183,11 +173,9 @@ def test_a_child_that_stops_answering_is_killed_and_replaced(
         (child,) = writer_children(os.getpid())
         os.kill(child, signal.SIGSTOP)  # hung: alive, answering nothing
         held = [asyncio.ensure_future(committer.submit(_prepared(rt))) for _ in range(2)]
-        outcomes = await asyncio.wait_for(
-            asyncio.gather(*held, return_exceptions=True), timeout=10
-        )
+        outcomes = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), timeout=10)
         assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
-        assert gone(child)
+        assert exited(child)
         # The new child's first answer waits for its imports: longer than this test's wait.
         monkeypatch.setattr(committer_module, "ANSWER_WAIT_S", 60.0)
         await asyncio.sleep(RESTART_DELAY_S)
@@ -259,7 +247,7 @@ def test_the_child_logs_what_it_wrote_ignores_sigterm_and_exits_when_the_api_is_
         assert writer_children(process.pid) == [child]
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-        assert wait_for(lambda: gone(child)), "the writer process outlived a killed API"
+        assert wait_for(lambda: exited(child)), "the writer process outlived a killed API"
         assert process.stderr is not None
         log = process.stderr.read().decode()  # the API's and the child's: one stream
     # The accepted line is the child's (it wrote the request), in the API's log stream.

@@ -192,6 +192,8 @@ from starlette.routing import Route
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.processes import children, cpu_seconds  # noqa: E402
+
 FORM = {
     "jurisdiction_id": "springfield.example",
     "service_code": "POTHOLE",
@@ -347,18 +349,7 @@ def _worker(
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of `pid` and its children (civicbus's intake writer process)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        if int(entry) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return sum(cpu_seconds(each) for each in (pid, *children(pid)))
 
 
 def drive(

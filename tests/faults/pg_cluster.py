@@ -31,6 +31,7 @@ import psycopg
 import pytest
 
 from tests.e2e.city import free_port
+from tests.processes import children
 
 #: Where Debian installs each PostgreSQL server version's programs.
 _PG_LIB = Path("/usr/lib/postgresql")
@@ -149,7 +150,7 @@ class PostgresCluster:
             raise RuntimeError("the cluster is not running: nothing to freeze")
         os.kill(postmaster, signal.SIGSTOP)  # first: it starts no new backend meanwhile
         self.frozen = [postmaster]
-        for child in _children(postmaster):
+        for child in children(postmaster):
             os.kill(child, signal.SIGSTOP)
             self.frozen.append(child)
 
@@ -198,20 +199,6 @@ class PostgresCluster:
         except OSError:
             return ""
         return "\n".join(["--- PostgreSQL log:", *text.splitlines()[-lines:]])
-
-
-def _children(parent: int) -> list[int]:
-    """The pids of `parent`'s child processes (a postmaster's: its backends and helpers)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # "pid (command) state ppid ...": the command may hold spaces and parentheses.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if int(fields[1]) == parent:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def make_cluster() -> PostgresCluster:
