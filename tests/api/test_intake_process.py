@@ -31,11 +31,12 @@ from bus.api.intake_process import PROCESS_NAME, RESTART_DELAY_S, _portable
 from bus.bootstrap import Runtime
 from bus.cli import app as cli
 from bus.intake import Accepted, IdempotencyConflict, Prepared, prepare
-from bus.store import StoreUnavailable
+from bus.store import Client, StoreUnavailable
 from schemas.open311 import RequestDraft, parse_create_form
 from tests.api.conftest import SANDBOX, SPRINGFIELD, LiveServer, pothole_form
 from tests.api.test_durability import api_environment, civicbus_api
 from tests.processes import children, exited
+from tests.sqlite_lock import hold_write_lock
 
 
 def writer_children(parent: int) -> list[int]:
@@ -114,7 +115,7 @@ def test_checks_made_in_the_writing_transaction_are_answered_through_the_child(
         assert revoked.status_code == 403, revoked.text
 
 
-def _prepared(rt: Runtime, description: str = "") -> Prepared:
+def _prepared(rt: Runtime, client: Client, description: str = "") -> Prepared:
     (service,) = [
         s
         for s in rt.config.service_catalogue()
@@ -128,27 +129,27 @@ def _prepared(rt: Runtime, description: str = "") -> Prepared:
     }
     draft = parse_create_form({**form, "attribute[LANE]": ["carriageway"]}, service)
     assert isinstance(draft, RequestDraft), draft
-    client, _ = rt.store.add_client(f"app-{time.monotonic_ns()}")
     return prepare(draft, client=client, actor=f"api:{client.name}")
 
 
 def test_creates_held_by_a_child_that_dies_fail_503_and_a_new_child_takes_the_next(
     rt: Runtime,
 ) -> None:
+    client, _ = rt.store.add_client("app")
     committer = GroupCommitter(rt.store, process_url=rt.env.database_url)
 
     async def scenario() -> None:
         committer.start()
         (child,) = writer_children(os.getpid())
         os.kill(child, signal.SIGSTOP)  # holds the batch it is sent, unwritten
-        held = [asyncio.ensure_future(committer.submit(_prepared(rt))) for _ in range(3)]
+        held = [asyncio.ensure_future(committer.submit(_prepared(rt, client))) for _ in range(3)]
         await asyncio.sleep(0.2)
         assert not any(task.done() for task in held)
         os.kill(child, signal.SIGKILL)
         outcomes = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), timeout=10)
         assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
         await asyncio.sleep(RESTART_DELAY_S)
-        accepted = await asyncio.wait_for(committer.submit(_prepared(rt)), timeout=20)
+        accepted = await asyncio.wait_for(committer.submit(_prepared(rt, client)), timeout=20)
         assert isinstance(accepted, Accepted) and accepted.request is not None
         assert rt.store.get_request(accepted.request.id) is not None
         assert writer_children(os.getpid()) not in ([], [child])
@@ -166,20 +167,21 @@ def test_a_child_that_stops_answering_is_killed_and_replaced(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(committer_module, "ANSWER_WAIT_S", 0.5)
+    client, _ = rt.store.add_client("app")
     committer = GroupCommitter(rt.store, process_url=rt.env.database_url)
 
     async def scenario() -> None:
         committer.start()
         (child,) = writer_children(os.getpid())
         os.kill(child, signal.SIGSTOP)  # hung: alive, answering nothing
-        held = [asyncio.ensure_future(committer.submit(_prepared(rt))) for _ in range(2)]
+        held = [asyncio.ensure_future(committer.submit(_prepared(rt, client))) for _ in range(2)]
         outcomes = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), timeout=10)
         assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
         assert exited(child)
         # The new child's first answer waits for its imports: longer than this test's wait.
         monkeypatch.setattr(committer_module, "ANSWER_WAIT_S", 60.0)
         await asyncio.sleep(RESTART_DELAY_S)
-        accepted = await asyncio.wait_for(committer.submit(_prepared(rt)), timeout=20)
+        accepted = await asyncio.wait_for(committer.submit(_prepared(rt, client)), timeout=20)
         assert isinstance(accepted, Accepted)
 
     try:
@@ -188,18 +190,25 @@ def test_a_child_that_stops_answering_is_killed_and_replaced(
         committer.close()
 
 
-def test_a_child_busy_with_a_long_write_never_stops_the_event_loop(rt: Runtime) -> None:
-    """Creates piled up while the child cannot read are held back, not written to a full
-    socket (which would block the API's event loop until the child reads again)."""
+def test_a_child_waiting_out_another_writers_lock_never_stops_the_event_loop(
+    rt: Runtime,
+) -> None:
+    """Creates piled up while the child cannot read (it waits for SQLite's write lock, held by
+    another process's writer) are held back, not written to a full socket, which would block
+    the API's event loop until the child reads again."""
+    client, _ = rt.store.add_client("app")
+    # ~600 KB of pickled creates: several times what the socket takes. Prepared before the
+    # lock is taken (adding the client writes).
+    many = [_prepared(rt, client, f"{i} " + "deep hole " * 200) for i in range(300)]
     committer = GroupCommitter(rt.store, process_url=rt.env.database_url)
-    many = 300  # ~600 KB of pickled creates: several times what the socket takes
+    released = threading.Event()
 
     async def scenario() -> float:
         committer.start()
-        (child,) = writer_children(os.getpid())
-        os.kill(child, signal.SIGSTOP)  # as a child waiting out another writer's lock
-        resume = threading.Timer(2.0, os.kill, (child, signal.SIGCONT))
-        resume.start()
+        # Held for 2 s, under the store's 5 s busy timeout: the child waits, then writes.
+        hold_write_lock(rt.env.database_url, released)
+        release = threading.Timer(2.0, released.set)
+        release.start()
         longest, ticking = 0.0, True
 
         async def tick() -> None:
@@ -211,25 +220,23 @@ def test_a_child_busy_with_a_long_write_never_stops_the_event_loop(rt: Runtime) 
                 longest, last = max(longest, now - last), now
 
         ticker = asyncio.ensure_future(tick())
-        creates = [
-            asyncio.ensure_future(committer.submit(_prepared(rt, f"{i} " + "deep hole " * 200)))
-            for i in range(many)
-        ]
+        creates = [asyncio.ensure_future(committer.submit(prepared)) for prepared in many]
         outcomes = await asyncio.wait_for(asyncio.gather(*creates), timeout=30)
         ticking = False
         await ticker
-        resume.join()
+        release.join()
         assert all(isinstance(o, Accepted) for o in outcomes), outcomes
         return longest
 
     try:
         longest = asyncio.run(scenario())
     finally:
+        released.set()
         committer.close()
     assert longest < 1.0, f"the event loop stood still for {longest:.1f} s"
     with sqlite3.connect(rt.env.database_url.removeprefix("sqlite:///")) as db:
         (stored,) = db.execute("SELECT count(*) FROM requests").fetchone()
-    assert stored == many
+    assert stored == len(many)
 
 
 def test_the_child_logs_what_it_wrote_ignores_sigterm_and_exits_when_the_api_is_killed(
