@@ -16,6 +16,9 @@ from fastapi import FastAPI
 from bus.api import create_app
 from bus.bootstrap import Runtime
 from bus.config import Environment
+from bus.intake import Prepared, prepare
+from bus.store import Client
+from schemas.open311 import RequestDraft, parse_create_form
 
 SANDBOX = "deploy/sandbox/civicbus.yaml"
 SPRINGFIELD = "springfield.example"
@@ -123,6 +126,30 @@ def pothole_form(api_key: str, /, **fields: str | list[str]) -> dict[str, str | 
         "attribute[LANE]": "carriageway",
         **fields,
     }
+
+
+def prepared_pothole(
+    runtime: Runtime, client: Client, key: str | None = None, **fields: str
+) -> Prepared:
+    """A valid pothole report in Springfield (with the reporter's e-mail), prepared for
+    `client` as the API prepares a create, with Idempotency-Key `key`; `fields` override or
+    add form fields."""
+    (service,) = [
+        s
+        for s in runtime.config.service_catalogue()
+        if s.jurisdiction == SPRINGFIELD and s.code == "POTHOLE"
+    ]
+    form = {
+        "service_code": ["POTHOLE"],
+        "lat": ["37.7612"],
+        "long": ["-122.4194"],
+        "attribute[LANE]": ["carriageway"],
+        "email": ["resident@example.org"],
+        **{name: [value] for name, value in fields.items()},
+    }
+    draft = parse_create_form(form, service)
+    assert isinstance(draft, RequestDraft), draft
+    return prepare(draft, client=client, actor=f"api:{client.name}", idempotency_header=key)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,10 @@ from bus.intake import (
     ClientRevoked,
     IdempotencyConflict,
     Prepared,
-    prepare,
     write_batch,
 )
-from bus.store import Client, InvalidData, Store
-from schemas.open311 import RequestDraft, parse_create_form
-from tests.api.conftest import SPRINGFIELD, make_runtime
-
-FORM = {
-    "service_code": ["POTHOLE"],
-    "lat": ["37.7612"],
-    "long": ["-122.4194"],
-    "attribute[LANE]": ["carriageway"],
-    "email": ["resident@example.org"],
-}
+from bus.store import InvalidData, Store
+from tests.api.conftest import SPRINGFIELD, make_runtime, prepared_pothole
 
 
 @pytest.fixture
@@ -47,21 +36,6 @@ def pg_rt(postgres_url: str, tmp_path: Path) -> Iterator[Runtime]:
     runtime.close()
 
 
-def _draft(rt: Runtime) -> RequestDraft:
-    (service,) = [
-        s
-        for s in rt.config.service_catalogue()
-        if s.jurisdiction == SPRINGFIELD and s.code == "POTHOLE"
-    ]
-    draft = parse_create_form(FORM, service)
-    assert isinstance(draft, RequestDraft)
-    return draft
-
-
-def _prepared(rt: Runtime, client: Client, key: str | None = None) -> Prepared:
-    return prepare(_draft(rt), client=client, actor=f"api:{client.name}", idempotency_header=key)
-
-
 def _accepted(outcome: Accepted | Exception) -> Accepted:
     assert isinstance(outcome, Accepted), outcome
     return outcome
@@ -69,9 +43,9 @@ def _accepted(outcome: Accepted | Exception) -> Accepted:
 
 def test_a_failing_member_loses_no_other_and_the_chain_stays_verifiable(rt: Runtime) -> None:
     client, _ = rt.store.add_client("app")
-    good = [_prepared(rt, client) for _ in range(3)]
+    good = [prepared_pothole(rt, client) for _ in range(3)]
     # A value the database refuses while binding (a zone-less time) fails that member only.
-    broken = _prepared(rt, client)
+    broken = prepared_pothole(rt, client)
     naive = broken.request.requested_at.replace(tzinfo=None)
     broken = Prepared(
         broken.request.model_copy(update={"requested_at": naive}),
@@ -93,7 +67,7 @@ def test_a_failing_member_loses_no_other_and_the_chain_stays_verifiable(rt: Runt
 def test_a_revoked_clients_member_is_refused_and_the_others_written(rt: Runtime) -> None:
     kept, _ = rt.store.add_client("kept")
     gone, _ = rt.store.add_client("gone")
-    batch = [_prepared(rt, kept), _prepared(rt, gone), _prepared(rt, kept)]
+    batch = [prepared_pothole(rt, kept), prepared_pothole(rt, gone), prepared_pothole(rt, kept)]
     rt.store.revoke_client("gone")  # after its request was prepared with the remembered client
     outcomes = write_batch(rt.store, batch)
     assert isinstance(outcomes[1], ClientRevoked)
@@ -104,12 +78,12 @@ def test_a_revoked_clients_member_is_refused_and_the_others_written(rt: Runtime)
 
 def test_one_idempotency_key_twice_in_a_batch_creates_once(rt: Runtime) -> None:
     client, _ = rt.store.add_client("app")
-    first, again = _prepared(rt, client, "order-1"), _prepared(rt, client, "order-1")
+    first, again = prepared_pothole(rt, client, "order-1"), prepared_pothole(rt, client, "order-1")
     one, two = write_batch(rt.store, [first, again])
     assert not _accepted(one).replayed and _accepted(two).replayed
     assert _accepted(two).answer == _accepted(one).answer
     assert rt.store.get_request(again.request.id) is None
-    (later,) = write_batch(rt.store, [_prepared(rt, client, "order-1")])
+    (later,) = write_batch(rt.store, [prepared_pothole(rt, client, "order-1")])
     assert _accepted(later).replayed and _accepted(later).answer == _accepted(one).answer
 
 
@@ -117,13 +91,8 @@ def test_one_idempotency_key_with_two_different_requests_in_a_batch_creates_the_
     rt: Runtime,
 ) -> None:
     client, _ = rt.store.add_client("app")
-    first = _prepared(rt, client, "order-1")
-    other = prepare(
-        replace(_draft(rt), description="another report"),
-        client=client,
-        actor=f"api:{client.name}",
-        idempotency_header="order-1",
-    )
+    first = prepared_pothole(rt, client, "order-1")
+    other = prepared_pothole(rt, client, "order-1", description="another report")
     one, two = write_batch(rt.store, [first, other])
     assert not _accepted(one).replayed
     assert isinstance(two, IdempotencyConflict)
@@ -137,14 +106,14 @@ def test_a_key_stored_without_a_fingerprint_still_replays_its_answer(rt: Runtime
     client, _ = rt.store.add_client("app")
     with rt.store.transaction() as tx:
         tx.save_idempotent_response(client.id, "header:old-1", {"answer": [{"id": "old"}]})
-    (outcome,) = write_batch(rt.store, [_prepared(rt, client, "old-1")])
+    (outcome,) = write_batch(rt.store, [prepared_pothole(rt, client, "old-1")])
     assert _accepted(outcome).replayed and _accepted(outcome).answer == [{"id": "old"}]
 
 
 def test_creates_submitted_together_are_answered_after_one_commit(rt: Runtime) -> None:
     client, _ = rt.store.add_client("app")
     committer = GroupCommitter(rt.store)
-    batch = [_prepared(rt, client) for _ in range(10)]
+    batch = [prepared_pothole(rt, client) for _ in range(10)]
 
     async def submit_all() -> list[Accepted]:
         return await asyncio.gather(*(committer.submit(p) for p in batch))
@@ -167,7 +136,9 @@ def test_while_another_writer_holds_the_lock_the_batch_waits_off_the_event_loop(
     holder.execute("BEGIN IMMEDIATE")
 
     async def scenario() -> list[Accepted]:
-        pending = [asyncio.create_task(committer.submit(_prepared(rt, client))) for _ in range(3)]
+        pending = [
+            asyncio.create_task(committer.submit(prepared_pothole(rt, client))) for _ in range(3)
+        ]
         # The event loop keeps turning while the lock is held elsewhere.
         await asyncio.sleep(0.3)
         assert not any(task.done() for task in pending)
@@ -225,8 +196,16 @@ def test_a_deadlock_between_two_processes_batches_loses_no_unrelated_create(
     rt = pg_rt
     client, _ = rt.store.add_client("retrier")
     other, _ = rt.store.add_client("bystander")
-    batch_a = [_prepared(rt, client, "k1"), _prepared(rt, client, "k2"), _prepared(rt, other)]
-    batch_b = [_prepared(rt, client, "k2"), _prepared(rt, client, "k1"), _prepared(rt, other)]
+    batch_a = [
+        prepared_pothole(rt, client, "k1"),
+        prepared_pothole(rt, client, "k2"),
+        prepared_pothole(rt, other),
+    ]
+    batch_b = [
+        prepared_pothole(rt, client, "k2"),
+        prepared_pothole(rt, client, "k1"),
+        prepared_pothole(rt, other),
+    ]
     store_b = Store.open(postgres_url)  # the second API process
     barrier = threading.Barrier(2, timeout=10)
     real_save = _idempotency.save
@@ -275,7 +254,7 @@ def test_a_revocation_cannot_commit_between_the_check_and_the_creates_commit(
 
     rt = pg_rt
     client, _ = rt.store.add_client("soon-revoked")
-    prepared = _prepared(rt, client)
+    prepared = prepared_pothole(rt, client)
     revoker = Store.open(postgres_url)  # the operator's CLI
     real_inactive = _clients.inactive
     revoked = threading.Event()
@@ -298,5 +277,5 @@ def test_a_revocation_cannot_commit_between_the_check_and_the_creates_commit(
     assert revoked.wait(10)  # once the create committed
     revoker.close()
     monkeypatch.undo()
-    (after,) = write_batch(rt.store, [_prepared(rt, client)])
+    (after,) = write_batch(rt.store, [prepared_pothole(rt, client)])
     assert isinstance(after, ClientRevoked)

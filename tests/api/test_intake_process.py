@@ -30,10 +30,9 @@ from bus.api.committer import GroupCommitter
 from bus.api.intake_process import PROCESS_NAME, RESTART_DELAY_S, _portable
 from bus.bootstrap import Runtime
 from bus.cli import app as cli
-from bus.intake import Accepted, IdempotencyConflict, Prepared, prepare
-from bus.store import Client, StoreUnavailable
-from schemas.open311 import RequestDraft, parse_create_form
-from tests.api.conftest import SANDBOX, SPRINGFIELD, LiveServer, pothole_form
+from bus.intake import Accepted, IdempotencyConflict
+from bus.store import StoreUnavailable
+from tests.api.conftest import SANDBOX, LiveServer, pothole_form, prepared_pothole
 from tests.api.test_durability import api_environment, civicbus_api
 from tests.processes import children, exited
 from tests.sqlite_lock import hold_write_lock
@@ -115,23 +114,6 @@ def test_checks_made_in_the_writing_transaction_are_answered_through_the_child(
         assert revoked.status_code == 403, revoked.text
 
 
-def _prepared(rt: Runtime, client: Client, description: str = "") -> Prepared:
-    (service,) = [
-        s
-        for s in rt.config.service_catalogue()
-        if s.jurisdiction == SPRINGFIELD and s.code == "POTHOLE"
-    ]
-    form = {
-        "service_code": ["POTHOLE"],
-        "lat": ["37.76"],
-        "long": ["-122.41"],
-        "description": [description],
-    }
-    draft = parse_create_form({**form, "attribute[LANE]": ["carriageway"]}, service)
-    assert isinstance(draft, RequestDraft), draft
-    return prepare(draft, client=client, actor=f"api:{client.name}")
-
-
 def test_creates_held_by_a_child_that_dies_fail_503_and_a_new_child_takes_the_next(
     rt: Runtime,
 ) -> None:
@@ -142,14 +124,18 @@ def test_creates_held_by_a_child_that_dies_fail_503_and_a_new_child_takes_the_ne
         committer.start()
         (child,) = writer_children(os.getpid())
         os.kill(child, signal.SIGSTOP)  # holds the batch it is sent, unwritten
-        held = [asyncio.ensure_future(committer.submit(_prepared(rt, client))) for _ in range(3)]
+        held = [
+            asyncio.ensure_future(committer.submit(prepared_pothole(rt, client))) for _ in range(3)
+        ]
         await asyncio.sleep(0.2)
         assert not any(task.done() for task in held)
         os.kill(child, signal.SIGKILL)
         outcomes = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), timeout=10)
         assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
         await asyncio.sleep(RESTART_DELAY_S)
-        accepted = await asyncio.wait_for(committer.submit(_prepared(rt, client)), timeout=20)
+        accepted = await asyncio.wait_for(
+            committer.submit(prepared_pothole(rt, client)), timeout=20
+        )
         assert isinstance(accepted, Accepted) and accepted.request is not None
         assert rt.store.get_request(accepted.request.id) is not None
         assert writer_children(os.getpid()) not in ([], [child])
@@ -174,14 +160,18 @@ def test_a_child_that_stops_answering_is_killed_and_replaced(
         committer.start()
         (child,) = writer_children(os.getpid())
         os.kill(child, signal.SIGSTOP)  # hung: alive, answering nothing
-        held = [asyncio.ensure_future(committer.submit(_prepared(rt, client))) for _ in range(2)]
+        held = [
+            asyncio.ensure_future(committer.submit(prepared_pothole(rt, client))) for _ in range(2)
+        ]
         outcomes = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), timeout=10)
         assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
         assert exited(child)
         # The new child's first answer waits for its imports: longer than this test's wait.
         monkeypatch.setattr(committer_module, "ANSWER_WAIT_S", 60.0)
         await asyncio.sleep(RESTART_DELAY_S)
-        accepted = await asyncio.wait_for(committer.submit(_prepared(rt, client)), timeout=20)
+        accepted = await asyncio.wait_for(
+            committer.submit(prepared_pothole(rt, client)), timeout=20
+        )
         assert isinstance(accepted, Accepted)
 
     try:
@@ -199,7 +189,9 @@ def test_a_child_waiting_out_another_writers_lock_never_stops_the_event_loop(
     client, _ = rt.store.add_client("app")
     # ~600 KB of pickled creates: several times what the socket takes. Prepared before the
     # lock is taken (adding the client writes).
-    many = [_prepared(rt, client, f"{i} " + "deep hole " * 200) for i in range(300)]
+    many = [
+        prepared_pothole(rt, client, description=f"{i} " + "deep hole " * 200) for i in range(300)
+    ]
     committer = GroupCommitter(rt.store, process_url=rt.env.database_url)
     released = threading.Event()
 
