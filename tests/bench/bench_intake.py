@@ -356,10 +356,13 @@ def drive(
     port: int,
     connections: int,
     seconds: float,
+    *,
+    server_pid: int,
+    api_key: str,
     warmup: float = 1.0,
-    server_pid: int = 0,
-    api_key: str = "",
 ) -> dict[str, float]:
+    """Load the server at `port` (process `server_pid`, whose CPU is measured with its
+    children's) with creates signed by `api_key`."""
     body = urlencode({**FORM, "api_key": api_key}).encode()
     request = (
         b"POST /open311/v2/requests.json HTTP/1.1\r\nHost: 127.0.0.1\r\n"
