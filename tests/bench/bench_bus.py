@@ -205,6 +205,22 @@ audit entry, the outbox row and the request read alone cost now. The target is n
 floor 24,396, worker 5,099 at 188 us CPU/msg: 30 % of bare. Not met. The API's way to its
 target (a writer process on the second core, see bench_intake.py) would do less here: the
 receipt transaction is under half of the handler, and the broker needs the second core too.
+2026-12-07, night (AMD EPYC VM, quiet), what the second core could give, measured with scripts
+kept out of the tree (6,000 commands a run, the broker's CPU read from /proc for beam.smp):
+- this bench as it is: bare 7,488 msgs/s at 122 us CPU/msg, worker 2,934 at 336: 39 % of bare.
+- the broker's CPU a message: 98-138 us for the bare loop (one ack a message), 35-52 us for the
+  worker (one `multiple` ack a batch). Two bare processes on the queue: 6,570-7,074 msgs/s, no
+  faster than one: the bare loop is bound by the broker, not by its own process.
+- the worker's handler in a process of its own (the consumer thread in the first, batches sent
+  over a pipe, as the API's intake writer): 2,206-2,384 msgs/s against 2,063-2,598 on threads.
+  The handler alone costs 349-381 us CPU a message there (busy 84 % of the time), which caps
+  that design at ~2,800 msgs/s, ~40 % of bare; the consumer's process took ~100 us a message.
+- two complete worker processes as competing consumers on one SQLite store: 2,344-2,908 msgs/s
+  against 1,543-2,792 for one (both in fresh processes, start-up excluded); their CPU a message
+  rose to 490-660 us (the two share the store's write lock and the cores with the broker).
+Neither reaches 50 %: what the worker does a message beyond the bare loop (its store read, the
+back-end call, the receipt with its outbox event, audit entry and log line) costs about three
+bare consumes in CPython, and a second process only spreads it. Not built.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
