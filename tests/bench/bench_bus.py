@@ -215,9 +215,9 @@ kept out of the tree (6,000 commands a run, the broker's CPU read from /proc for
   over a pipe, as the API's intake writer): 2,206-2,384 msgs/s against 2,063-2,598 on threads.
   The handler alone costs 349-381 us CPU a message there (busy 84 % of the time), which caps
   that design at ~2,800 msgs/s, ~40 % of bare; the consumer's process took ~100 us a message.
-- two complete worker processes as competing consumers on one SQLite store: 2,344-2,908 msgs/s
-  against 1,543-2,792 for one (both in fresh processes, start-up excluded); their CPU a message
-  rose to 490-660 us (the two share the store's write lock and the cores with the broker).
+- two complete worker processes as competing consumers on one SQLite store: 2,481-2,908 msgs/s
+  against 1,762-2,792 for one (each in a fresh process, its imports excluded); their CPU a
+  message rose to 489-570 us (the two share the store's write lock and the cores with the broker).
 Neither reaches 50 %: what the worker does a message beyond the bare loop (its store read, the
 back-end call, the receipt with its outbox event, audit entry and log line) costs about three
 bare consumes in CPython, and a second process only spreads it. Not built.
