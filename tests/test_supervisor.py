@@ -13,12 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 from tests.processes import exited
+from tests.waiting import wait_until
 
 # The kernel's parent-death signal, which stops parts whose supervisor was killed, is Linux's.
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -107,14 +108,6 @@ def test_parts_after_one_with_ready_ports_start_once_its_ports_answer() -> None:
         ("supervisor.part_ready", "backend"),
         ("supervisor.part_started", "client"),
     ], stderr
-
-
-def _wait_for(check: Callable[[], bool], what: str, explain: Callable[[], str]) -> None:
-    deadline = time.monotonic() + 30
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{explain()}")
-        time.sleep(0.05)
 
 
 def _started_pids(stderr: Path) -> dict[str, int]:
@@ -221,12 +214,22 @@ def test_when_the_supervisor_is_killed_its_parts_get_sigterm_and_stop(tmp_path: 
     pids: dict[str, int] = {}
     try:
         ready = [tmp_path / f"{name}.ready" for name in ("one", "two")]
-        _wait_for(lambda: all(p.exists() for p in ready), "both parts", stderr.read_text)
+        wait_until(
+            lambda: all(p.exists() for p in ready),
+            timeout=30,
+            what="both parts",
+            explain=stderr.read_text,
+        )
         pids = _started_pids(stderr)
         proc.kill()
         proc.wait(timeout=10)
         for name, pid in pids.items():
-            _wait_for(functools.partial(exited, pid), f"part {name} to exit", stderr.read_text)
+            wait_until(
+                functools.partial(exited, pid),
+                timeout=30,
+                what=f"part {name} to exit",
+                explain=stderr.read_text,
+            )
             assert (tmp_path / f"{name}.stopped").read_text() == "SIGTERM"
     finally:
         _kill_leftovers(proc, pids.values())
@@ -259,7 +262,12 @@ def test_a_civicbus_part_is_listed_by_pgrep_and_stops_cleanly_when_the_superviso
         return f"stdout:\n{stdout.read_text()}\nstderr:\n{stderr.read_text()}"
 
     try:
-        _wait_for(lambda: "Ctrl-C stops" in stdout.read_text(), "the sandbox part", explain)
+        wait_until(
+            lambda: "Ctrl-C stops" in stdout.read_text(),
+            timeout=30,
+            what="the sandbox part",
+            explain=explain,
+        )
         pids = _started_pids(stderr)
         listed = subprocess.run(
             ["pgrep", "-af", "civicbus"], capture_output=True, text=True, check=True
@@ -269,7 +277,9 @@ def test_a_civicbus_part_is_listed_by_pgrep_and_stops_cleanly_when_the_superviso
         assert "civicbus sandbox --only parks" in lines[pids["sandbox"]]
         proc.kill()
         proc.wait(timeout=10)
-        _wait_for(lambda: exited(pids["sandbox"]), "the part to exit", explain)
+        wait_until(
+            lambda: exited(pids["sandbox"]), timeout=30, what="the part to exit", explain=explain
+        )
         assert stdout.read_text().splitlines()[-1] == "sandbox: stopped", explain()
     finally:
         _kill_leftovers(proc, pids.values())

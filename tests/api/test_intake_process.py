@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from tests.api.conftest import SANDBOX, LiveServer, pothole_form, prepared_potho
 from tests.api.test_durability import api_environment, civicbus_api
 from tests.processes import children, exited
 from tests.sqlite_lock import hold_write_lock
+from tests.waiting import wait_until
 
 
 def writer_children(parent: int) -> list[int]:
@@ -49,15 +49,6 @@ def writer_children(parent: int) -> list[int]:
         if PROCESS_NAME.encode() in command:
             found.append(pid)
     return found
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_concurrent_creates_are_written_by_the_child_which_stops_with_the_server(
@@ -74,7 +65,7 @@ def test_concurrent_creates_are_written_by_the_child_which_stops_with_the_server
             answers = list(pool.map(lambda form: http.post("/requests.json", data=form), forms))
         assert [a.status_code for a in answers] == [201] * 40, [a.text for a in answers]
         assert writer_children(os.getpid()) == [child]
-    assert wait_for(lambda: exited(child)), "the writer process outlived the server"
+    wait_until(lambda: exited(child), timeout=10, what="the writer process to end with the server")
     ids = {a.json()[0]["service_request_id"] for a in answers}
     assert len(ids) == 40
     assert all(rt.store.get_request(i) is not None for i in ids)
@@ -246,7 +237,9 @@ def test_the_child_logs_what_it_wrote_ignores_sigterm_and_exits_when_the_api_is_
         assert writer_children(process.pid) == [child]
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-        assert wait_for(lambda: exited(child)), "the writer process outlived a killed API"
+        wait_until(
+            lambda: exited(child), timeout=10, what="the writer process to end after the API"
+        )
         assert process.stderr is not None
         log = process.stderr.read().decode()  # the API's and the child's: one stream
     # The accepted line is the child's (it wrote the request), in the API's log stream.

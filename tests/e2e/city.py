@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any, TypeVar
 import httpx
 import pika
 import yaml
+
+from tests import waiting
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_CONFIG = REPO / "deploy" / "sandbox" / "civicbus.yaml"
@@ -90,25 +91,18 @@ def free_port_pair() -> int:
     raise RuntimeError("no two adjacent free ports found on 127.0.0.1")
 
 
+#: What a check of a part still starting raises: "not yet" rather than a failure.
+NOT_UP_YET = (httpx.HTTPError, OSError, ValueError, KeyError)
+
+
 def wait_until(
     check: Callable[[], T | None], *, timeout: float, what: str, explain: Callable[[], str]
 ) -> T:
-    """Poll `check` until it returns something truthy; on timeout fail with `explain()`."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
-            last_error = exc
-        if time.monotonic() >= deadline:
-            cause = f" (last error: {last_error!r})" if last_error else ""
-            raise AssertionError(
-                f"timed out after {timeout:g}s waiting for {what}{cause}\n{explain()}"
-            )
-        time.sleep(0.2)
+    """Poll `check` every 0.2 s until it returns something truthy (errors of a part still
+    starting mean "not yet"); on timeout fail with `explain()`."""
+    return waiting.wait_until(
+        check, timeout=timeout, what=what, explain=explain, interval=0.2, tolerate=NOT_UP_YET
+    )
 
 
 @dataclass

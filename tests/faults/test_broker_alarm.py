@@ -36,6 +36,7 @@ from tests.faults.relay_support import (
     running_relay,
     wait_until_relayed,
 )
+from tests.waiting import wait_until
 from tests.worker.worker_support import (
     FAST,
     INSTANCE,
@@ -95,14 +96,6 @@ def queued(url: str, queue: str) -> int:
         connection.close()
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return result
-
-
 def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [entry for entry in logs if entry["event"] == name]
 
@@ -124,8 +117,8 @@ def test_a_memory_alarm_blocks_the_relay_status_says_why_and_the_backlog_drains_
 
         with memory_alarm(rabbit_node) as clear:
             accepted += [accept(store) for _ in range(30)]  # the API keeps accepting
-            blocked = wait_for(
-                lambda: (seen := look()).broker_blocked and seen, "status to see the block"
+            blocked = wait_until(
+                lambda: (seen := look()).broker_blocked and seen, what="status to see the block"
             )
             time.sleep(2 * CONFIRM_TIMEOUT)  # longer than a batch may wait for its confirms
             still = look()
@@ -133,8 +126,8 @@ def test_a_memory_alarm_blocks_the_relay_status_says_why_and_the_backlog_drains_
             clear()
             wait_until_relayed(store)
 
-        drained = wait_for(
-            lambda: not (seen := look()).broker_blocked and seen, "the block to clear"
+        drained = wait_until(
+            lambda: not (seen := look()).broker_blocked and seen, what="the block to clear"
         )
 
     # Blocked: named, with the broker's reason and what to do; nothing marked sent meanwhile.
@@ -180,14 +173,14 @@ def test_a_worker_the_alarm_blocks_while_the_relay_is_idle_is_named_by_status(
     # The alarm goes up before the worker starts, so that its first retry meets it.
     with capture_logs() as logs, memory_alarm(rabbit_node) as clear, running(consumer):
         try:
-            blocked = wait_for(
-                lambda: (seen := look()).broker_blocked and seen, "status to see the block"
+            blocked = wait_until(
+                lambda: (seen := look()).broker_blocked and seen, what="status to see the block"
             )
         finally:
             clear()  # before the worker stops, which would leave the held retry behind
-        wait_for(lambda: events(logs, "worker.broker_unblocked"), "the retry to go out")
-        drained = wait_for(
-            lambda: not (seen := look()).broker_blocked and seen, "the block to clear"
+        wait_until(lambda: events(logs, "worker.broker_unblocked"), what="the retry to go out")
+        drained = wait_until(
+            lambda: not (seen := look()).broker_blocked and seen, what="the block to clear"
         )
 
     assert blocked.broker_blocked is not None
@@ -243,13 +236,13 @@ def test_a_publish_the_alarm_holds_holds_its_handler_only_not_the_other_acks_or_
     with capture_logs() as logs, memory_alarm(rabbit_node) as clear:
         try:
             thread.start()
-            wait_for(publishing.is_set, "the held queue's handler to publish")
-            wait_for(lambda: events(logs, "worker.broker_blocked"), "the publish to be held")
+            wait_until(publishing.is_set, what="the held queue's handler to publish")
+            wait_until(lambda: events(logs, "worker.broker_blocked"), what="the publish to be held")
             release_free.set()  # only now: its acks go out while the publish is held
-            wait_for(lambda: len(freed) == 3, "the free queue's handler")
-            acked = wait_for(
+            wait_until(lambda: len(freed) == 3, what="the free queue's handler")
+            acked = wait_until(
                 lambda: _depths(rabbit_node, rabbit_node_url, free) == (0, 0) or None,
-                "the free queue's acks",
+                what="the free queue's acks",
             )
             consumer.stop()
             thread.join(timeout=10)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from bus.store import AlreadyExists, NotAnswering, StoreUnavailable, WriteConflict, _breaker
 from bus.store._breaker import PINGER_NAME, Breaker
+from tests.waiting import wait_until
 
 DATABASE = "postgresql+psycopg://civicbus:***@db/civicbus"
 #: Seconds between pings: real ones (the pinging thread waits them out), kept short.
@@ -132,16 +133,9 @@ def pinging(breaker: Breaker) -> threading.Thread:
     return pinger.thread
 
 
-def wait_until(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"still not {what}"
-        time.sleep(0.001)
-
-
 def closes(breaker: Breaker, thread: threading.Thread) -> None:
     """Wait for the breaker to close and its pinging thread to end."""
-    wait_until(lambda: not breaker.state().open, "closed")
+    wait_until(lambda: not breaker.state().open, timeout=WAIT, what="closed", interval=0.001)
     thread.join(WAIT)
     assert not thread.is_alive()
     assert breaker._pinger is None
@@ -313,7 +307,7 @@ def test_stop_ends_the_pinging_and_a_store_used_again_tries_the_database_anew(
     under_way = database.ping_arrives()
     stopping = threading.Thread(target=breaker.stop)
     stopping.start()
-    wait_until(lambda: breaker._pinger is None, "stopping")
+    wait_until(lambda: breaker._pinger is None, timeout=WAIT, what="stopping", interval=0.001)
     under_way.reply(silent())  # it ends, and no ping follows it
     stopping.join(WAIT)
     assert not thread.is_alive()

@@ -4,9 +4,8 @@ does, running a consumer on a thread, waiting for a condition."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ from bus.store import Store
 from bus.worker import Consumer
 from schemas.events import Envelope, EventType
 from schemas.model import Location, Reporter, ServiceRequest
+from tests.waiting import wait_until
 
 INSTANCE = "roads"
 
@@ -175,16 +175,6 @@ def published_if_routable(
             raise
         return False
     return True
-
-
-def wait_until(condition: Callable[[], Any], *, timeout: float = 15, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or condition}")
 
 
 def actions(store: Store, request_id: str) -> list[tuple[str, str]]:
