@@ -389,12 +389,17 @@ def apply_status_update(
                 update_id=update.update_id,
             )
             return None
+    late = _is_late(update.at, requested_at=row.requested_at, updated_at=row.updated_at)
     if (
         row.status == update.status.value
         and update.note is None
         and update.media_url is None
         and update.external_status_code is None
     ):
+        if not late and update.at > row.updated_at:
+            # Nothing new to say, but the status is confirmed as of a later time: an older
+            # update arriving after this one must find it late, not put its status over it.
+            _set_status(conn, update, dict(row.document))
         log.info(
             "store.status_update.unchanged",
             request_id=update.request_id,
@@ -423,21 +428,24 @@ def apply_status_update(
         )
         return None
     previous = Status(row.status)
-    late = _is_late(update.at, requested_at=row.requested_at, updated_at=row.updated_at)
     if not late:
-        document = dict(row.document)
-        document["status"] = update.status.value
-        document["updated_at"] = update.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        if update.note is not None:
-            document["status_notes"] = update.note
-        conn.execute(
-            requests.update()
-            .where(requests.c.id == update.request_id)
-            .values(status=update.status.value, updated_at=update.at, document=document)
-        )
+        _set_status(conn, update, dict(row.document))
     request = get_request(conn, update.request_id)
     assert request is not None  # locked above
     return RecordedUpdate(request=request, previous_status=previous, history_only=late)
+
+
+def _set_status(conn: Connection, update: StatusUpdate, document: dict[str, Any]) -> None:
+    """Make `update` the request's current status, as of its time (and its note, if any)."""
+    document["status"] = update.status.value
+    document["updated_at"] = update.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if update.note is not None:
+        document["status_notes"] = update.note
+    conn.execute(
+        requests.update()
+        .where(requests.c.id == update.request_id)
+        .values(status=update.status.value, updated_at=update.at, document=document)
+    )
 
 
 def _is_late(at: datetime, *, requested_at: datetime, updated_at: datetime) -> bool:

@@ -247,6 +247,33 @@ def test_an_update_dated_before_the_request_applies_while_no_update_has_been_app
     assert later.request.status is Status.IN_PROGRESS
 
 
+def test_the_current_status_again_at_a_later_time_makes_an_older_update_late(
+    store: Store,
+) -> None:
+    # Pushes out of order: in progress at 10, fixed at 20 (delivered last), in progress again at
+    # 30 (reopened). The repeat says nothing new, but it dates the current status.
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+    with store.transaction() as tx:
+        assert tx.apply_status_update(status_update("u1", Status.IN_PROGRESS, T0 + minutes(10)))
+        repeat = tx.apply_status_update(status_update("u3", Status.IN_PROGRESS, T0 + minutes(30)))
+        older = tx.apply_status_update(status_update("u2", Status.FIXED, T0 + minutes(20)))
+    assert repeat is None  # no history entry, no event
+    assert older is not None and older.history_only and not older.status_changed
+    stored = store.get_request("r")
+    assert stored is not None
+    assert (stored.status, stored.updated_at) == (Status.IN_PROGRESS, T0 + minutes(30))
+    assert [n.update_id for n in stored.history] == ["u1", "u2"]
+    # A repeat dated before the current status leaves its time alone.
+    with store.transaction() as tx:
+        assert (
+            tx.apply_status_update(status_update("u4", Status.IN_PROGRESS, T0 + minutes(25)))
+            is None
+        )
+    stored = store.get_request("r")
+    assert stored is not None and stored.updated_at == T0 + minutes(30)
+
+
 def test_the_current_status_again_with_a_note_media_or_code_is_recorded_as_no_change(
     store: Store,
 ) -> None:
