@@ -18,17 +18,18 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from pydantic import TypeAdapter
 
-from adapters import Adapter, Receipt
+from adapters import Adapter, PermanentError, Receipt
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.logging import request_context
 from bus.status import log_status_update, record_status_update_in
 from bus.store import OutboxEvent, RecordedUpdate, StoreUnavailable, Transaction
-from bus.worker._consumer import Broker
+from bus.worker._consumer import Broker, ConnectionLost
 from bus.worker._delivery import ENVELOPE_VALIDATOR, Delivery, MalformedMessage, decode
 from bus.worker._failures import Route, describe, schedule_retry_or_dead_letter
 from bus.worker._heartbeat import Slot
@@ -79,8 +80,8 @@ class CommandWorker:
 
         Failed commands go to a retry tier or the dead letter channel one by one; the receipts
         of the others are recorded together. While the store does not answer, this waits;
-        stopping meanwhile, or a retry or dead letter that cannot be published, requeues every
-        message not yet handed to a tier or dead-lettered.
+        stopping meanwhile, a retry or dead letter that cannot be published, or any other
+        failure requeues every message not yet handed to a tier or dead-lettered.
         """
         handed_on: set[int] = set()  # positions now in a retry tier or the dead letter channel
         try:
@@ -96,6 +97,19 @@ class CommandWorker:
                 "worker.stopped_during_store_outage"
                 if isinstance(exc, StoreUnavailable)
                 else "worker.publish_failed",
+                route=self.route.name,
+                requeued=len(requeue),
+                error=describe(exc),
+            )
+            return requeue
+        except ConnectionLost:
+            raise  # the consumer's: nothing acked, the broker redelivers
+        except Exception as exc:
+            # Anything else (a dead letter the store refuses, a bug): what is already in a
+            # tier or dead-lettered must not come back as well.
+            requeue = set(range(len(deliveries))) - handed_on
+            log.exception(
+                "worker.batch_failed",
                 route=self.route.name,
                 requeued=len(requeue),
                 error=describe(exc),
@@ -145,8 +159,34 @@ class CommandWorker:
                 messages=len(taken) + len(duplicates),
                 error=describe(exc),
             )
-            return {t.command.position for t in taken} | {c.position for c in duplicates}
+            self.record_one_by_one(taken, duplicates, broker, handed_on)
         return ()
+
+    def record_one_by_one(
+        self,
+        taken: list[_Taken],
+        duplicates: list[_Command],
+        broker: Broker,
+        handed_on: set[int],
+    ) -> None:
+        """After the batch's group commit was refused: each receipt in a transaction of its
+        own, so that one value the store refuses holds back only its own message, which is
+        dead-lettered with the store's reason (requeued, it would be refused again until the
+        broker's delivery limit took it, and the whole batch with it)."""
+        alone: list[tuple[_Command, list[_Taken], list[_Command]]] = [
+            *((t.command, [t], []) for t in taken),
+            *((c, [], [c]) for c in duplicates),
+        ]
+        for command, receipts, repeats in alone:
+            with request_context(command.envelope.subject, command.envelope.correlationid):
+                try:
+                    self.patiently(partial(self.record_receipts, receipts, repeats))
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:
+                    refused = PermanentError(f"the store refused the receipt: {describe(exc)}")
+                    self.hand_on(command.delivery, broker, refused, command.envelope)
+                    handed_on.add(command.position)
 
     def patiently(self, step: Callable[[], T]) -> T:
         """A store step, tried until the store answers or the worker stops."""

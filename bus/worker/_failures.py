@@ -52,7 +52,8 @@ class Route:
 def describe(exc: BaseException) -> str:
     """A one-line reason for operators: the error class and its message (never personal data:
     adapters and our own errors keep it out of messages)."""
-    text = str(exc).strip() or "(no message)"
+    # NUL spelled out: PostgreSQL stores no NUL in text, and a reason is stored with its letter.
+    text = str(exc).strip().replace("\x00", "\\x00") or "(no message)"
     return f"{type(exc).__name__}: {text}"[:1000]
 
 

@@ -255,3 +255,79 @@ def test_a_batch_whose_dead_letter_cannot_be_published_requeues_only_what_it_did
     assert failed["requeued"] == 2 and "Connection reset by peer" in failed["error"]
     # The store recorded the dead letter before the publish: the requeued copy is its repeat.
     assert [letter.request_id for letter in store.dead_letters(INSTANCE)] == [rejected.subject]
+
+
+class _Recording:
+    """A broker that takes every publish and notes where it went; with `failing_dead_letters`,
+    a dead letter's publish fails as a bug would (not with PublishFailed)."""
+
+    def __init__(self, *, failing_dead_letters: bool = False) -> None:
+        self.failing_dead_letters = failing_dead_letters
+        self.published: list[tuple[str, str]] = []
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, **_: Any) -> None:
+        if exchange == DEAD_EXCHANGE and self.failing_dead_letters:
+            raise RuntimeError("not a broker failure")
+        self.published.append((exchange, routing_key))
+
+
+def _deliveries(*envelopes: Envelope) -> list[Delivery]:
+    return [
+        Delivery(e.model_dump_json().encode(), message_id=e.id, routing_key=INSTANCE)
+        for e in envelopes
+    ]
+
+
+def test_a_batch_that_fails_otherwise_requeues_only_what_it_did_not_hand_on(store: Store) -> None:
+    # The first goes to a retry tier; the second's dead letter fails with an error that is no
+    # outage and no failed publish. Requeued too, the first would be in the queue twice.
+    retried, rejected = new_request(store), new_request(store, description="REJECT me")
+    policy = RetryPolicy(immediate_attempts=1, tiers=[0.2], max_attempts=2)
+    worker = CommandWorker(Route(INSTANCE, store, policy), MemoryBackend(transient_failures=1))
+    broker = _Recording(failing_dead_letters=True)
+
+    with capture_logs() as logs:
+        requeue = worker.handle_batch(_deliveries(retried, rejected), broker)
+
+    assert set(requeue) == {1}
+    assert broker.published == [(RETRY_EXCHANGE, retry_routing_key(INSTANCE, 0.2))]
+    [failed] = [entry for entry in logs if entry["event"] == "worker.batch_failed"]
+    assert failed["requeued"] == 1 and "not a broker failure" in failed["error"]
+
+
+class _NulReference(MemoryBackend):
+    """A back-end whose reference for requests described "NUL" holds a NUL character, which
+    PostgreSQL stores in no text column."""
+
+    def submit(self, request: ServiceRequest) -> Receipt:
+        receipt = super().submit(request)
+        if request.description == "NUL":
+            self.created[request.id] = "WO\x00-2"
+            return Receipt(request_id=request.id, reference="WO\x00-2")
+        return receipt
+
+
+def test_a_receipt_the_store_refuses_dead_letters_its_message_and_records_the_others(
+    postgres_url: str,
+) -> None:
+    store = Store.open(postgres_url)
+    try:
+        kept, refused = new_request(store), new_request(store, description="NUL")
+        worker = CommandWorker(Route(INSTANCE, store, RetryPolicy()), _NulReference())
+        broker = _Recording()
+
+        with capture_logs() as logs:
+            requeue = worker.handle_batch(_deliveries(kept, refused), broker)
+
+        assert list(requeue) == []  # both settled: one recorded, one dead-lettered
+        request = store.get_request(kept.subject)
+        assert request is not None and [r.reference for r in request.backend_refs] == ["WO-00001"]
+        assert submitted(store) == [kept.subject]
+        [letter] = store.dead_letters(INSTANCE)
+        assert letter.request_id == refused.subject
+        assert letter.reason.startswith("PermanentError: the store refused the receipt")
+        assert "\x00" not in letter.reason
+        assert broker.published == [(DEAD_EXCHANGE, INSTANCE)]
+        assert [e["event"] for e in logs].count("worker.receipts_not_recorded") == 1
+    finally:
+        store.close()
