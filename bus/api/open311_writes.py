@@ -63,9 +63,10 @@ async def _read_submission(request: Request) -> _Submission:
     content_type = headers.get(b"content-type", "")
     if content_type.startswith("application/x-www-form-urlencoded"):
         # What nearly every client sends, parsed in one pass: a fraction of the cost of the
-        # streaming parser behind `request.form()`, with the same decoding (percent-escapes as
-        # UTF-8, bad ones replaced) and the same field limit.
-        body = (await request.body()).decode("latin-1")
+        # streaming parser behind `request.form()`, with the same field limit. Percent-escapes
+        # and raw bytes alike are read as UTF-8 (as `curl -d` sends non-ASCII text), bad
+        # sequences replaced.
+        body = (await request.body()).decode("utf-8", "replace")
         if body and body.count("&") >= MAX_FORM_FIELDS:
             raise Open311Problem(400, f"the form has more than {MAX_FORM_FIELDS} fields")
         _decode_urlencoded(body, fields)

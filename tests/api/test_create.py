@@ -228,6 +228,21 @@ def test_urlencoded_and_multipart_forms_are_read_alike(
     ] * 2
 
 
+
+def test_a_urlencoded_body_with_raw_utf8_is_read_as_utf8(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    # What `curl -d 'description=Café ☃'` sends: the text's UTF-8 bytes, not percent-escaped.
+    body = "&".join(f"{k}={v}" for k, v in pothole_form(api_key).items() if k != "description")
+    response = http.post(
+        "/requests.json",
+        content=(body + "&description=Caf\u00e9 \u2603 100%25").encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 201, response.text
+    stored = runtime.store.get_request(response.json()[0]["service_request_id"])
+    assert stored is not None and stored.description == "Caf\u00e9 \u2603 100%"
+
 NOT_A_FORM = (
     "is not accepted: send the form as application/x-www-form-urlencoded or multipart/form-data"
 )
