@@ -3,6 +3,10 @@
 The store holds every dead letter (the worker records it there before it acks), so these work
 without the broker: a replay puts the stored envelope back through the outbox, which the relay
 publishes with confirms, so a replay is as durable as an accepted request.
+
+Two operators may act on one letter at once: a replay or drop changes the letter's state only
+while it is still `dead`, first in its transaction, so the first one resolves it and the other
+finds it resolved and leaves it alone.
 """
 
 from __future__ import annotations
@@ -124,20 +128,26 @@ def replay(
     *,
     actor: str = "cli:dead-replay",
 ) -> list[DeadLetter]:
-    """Send dead letters of `instance` (all waiting ones when `ids` is None) back to its queue.
+    """Send dead letters of `instance` (all waiting ones when `ids` is None; an id named twice
+    once) back to its queue; the letters replayed.
 
-    Each replay is one transaction: the outbox row, the state `replayed` and the audit entry.
+    Each replay is one transaction: the state `replayed`, the outbox row and the audit entry.
+    A letter someone else replayed or dropped since it was read is left out (and logged).
     Raises DeadLetterError before replaying anything if one of `ids` cannot be replayed.
     """
     letters = (
-        list_dead_letters(store, instance) if ids is None else _replayable(store, instance, ids)
+        list_dead_letters(store, instance)
+        if ids is None
+        else _replayable(store, instance, _distinct(ids))
     )
+    exchange, routing_key = _destination(instance)
+    replayed = []
     for letter in letters:
         envelope = _envelope(letter)
-        exchange, routing_key = _destination(instance)
         with store.transaction() as tx:
+            if not _resolve(tx, letter, DeadLetterState.REPLAYED):
+                continue
             tx.add_outbox(envelope, exchange=exchange, routing_key=routing_key)
-            tx.set_dead_letter_state(letter.id, DeadLetterState.REPLAYED)
             tx.audit(
                 actor=actor,
                 action="replayed",
@@ -146,7 +156,8 @@ def replay(
                 details={"dead_letter": letter.id, "instance": instance, "reason": letter.reason},
             )
         log.info("dead_letter.replayed", dead_letter=letter.id, instance=instance)
-    return letters
+        replayed.append(letter)
+    return replayed
 
 
 def drop(
@@ -158,9 +169,10 @@ def drop(
 ) -> list[DeadLetter]:
     """Give up on dead letters for good (they stay in the store, marked `dropped`, until
     `civicbus store prune` deletes them a retention period later); with
-    `instance`, each must belong to it. Raises DeadLetterError before dropping anything if one
-    of `ids` cannot be dropped."""
-    letters = [get_dead_letter(store, i) for i in ids]
+    `instance`, each must belong to it. The letters dropped: an id named twice once, none that
+    someone else replayed or dropped since it was read (logged). Raises DeadLetterError before
+    dropping anything if one of `ids` cannot be dropped."""
+    letters = [get_dead_letter(store, i) for i in _distinct(ids)]
     for letter in letters:
         if instance is not None and letter.instance != instance:
             raise DeadLetterError(
@@ -168,12 +180,15 @@ def drop(
             )
         if letter.state is not DeadLetterState.DEAD:
             raise DeadLetterError(f"dead letter {letter.id} is already {letter.state.value}")
+    dropped = []
     for letter in letters:
         with store.transaction() as tx:
-            tx.set_dead_letter_state(letter.id, DeadLetterState.DROPPED)
+            if not _resolve(tx, letter, DeadLetterState.DROPPED):
+                continue
             _audit_drop(tx, letter, actor)
         log.info("dead_letter.dropped", dead_letter=letter.id, instance=letter.instance)
-    return letters
+        dropped.append(letter)
+    return dropped
 
 
 def drop_all(store: Store, instance: str, *, actor: str = "cli:dead-drop") -> list[DeadLetter]:
@@ -191,6 +206,26 @@ def drop_waiting(tx: Transaction, instance: str, *, actor: str) -> list[DeadLett
     for letter in letters:
         _audit_drop(tx, letter, actor)
     return letters
+
+
+def _resolve(tx: Transaction, letter: DeadLetter, state: DeadLetterState) -> bool:
+    """Change a letter read as waiting to `state`, first in its transaction (nothing else of
+    it is written unless it still waited); False, logged, when someone else resolved it since."""
+    if tx.set_dead_letter_state(letter.id, state, expected=DeadLetterState.DEAD):
+        return True
+    log.warning(
+        "dead_letter.resolved_meanwhile",
+        dead_letter=letter.id,
+        instance=letter.instance,
+        not_done=state.value,
+        reason="someone else replayed or dropped it since it was read",
+    )
+    return False
+
+
+def _distinct(ids: Sequence[int]) -> list[int]:
+    """The ids in their order, each once: one letter named twice is acted on once."""
+    return list(dict.fromkeys(ids))
 
 
 def _audit_drop(tx: Transaction, letter: DeadLetter, actor: str) -> None:

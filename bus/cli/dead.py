@@ -16,7 +16,7 @@ from bus.bootstrap import Runtime
 from bus.cli import command_group
 from bus.cli.common import runtime, service_logging
 from bus.deadletters import DeadLetterError
-from bus.store import AuditEntry, DeadLetter
+from bus.store import AuditEntry, DeadLetter, DeadLetterState
 
 
 def register(app: typer.Typer) -> None:
@@ -79,9 +79,11 @@ def register(app: typer.Typer) -> None:
             _known_route(rt, instance)
             deadletters.check_replayable_route(rt.store, instance, rt.config.instances)
             letters = deadletters.replay(rt.store, instance, None if replay_all else numbers)
+            others = _resolved_by_others(rt, numbers, letters)
         for letter in letters:
             typer.echo(f"replayed {letter.id} (request {letter.request_id or '-'})")
         typer.echo(f"{len(letters)} dead letter(s) replayed to {instance}")
+        _report_others(others, "replayed")
 
     @group.command("drop")
     def drop(
@@ -109,10 +111,12 @@ def register(app: typer.Typer) -> None:
                 if drop_all and instance is not None
                 else deadletters.drop(rt.store, numbers, instance=instance)
             )
+            others = _resolved_by_others(rt, numbers, letters)
         for letter in letters:
             typer.echo(f"dropped {letter.id} (request {letter.request_id or '-'})")
         if drop_all:
             typer.echo(f"{len(letters)} dead letter(s) of {instance} dropped")
+        _report_others(others, "dropped")
 
     @group.command("keep")
     def keep() -> None:
@@ -162,6 +166,28 @@ def _operator_errors() -> Iterator[None]:
     except DeadLetterError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+def _resolved_by_others(
+    rt: Runtime, asked: list[int], done: list[DeadLetter]
+) -> list[tuple[int, DeadLetter | None]]:
+    """The letters asked for that were not acted on, as they are now: another operator
+    replayed or dropped each between this command's check and its change."""
+    acted = {letter.id for letter in done}
+    return [(i, rt.store.get_dead_letter(i)) for i in dict.fromkeys(asked) if i not in acted]
+
+
+def _report_others(others: list[tuple[int, DeadLetter | None]], verb: str) -> None:
+    """Name each letter left to another operator; exit 1 then: not all that was asked was
+    done by this command."""
+    for dead_letter_id, now in others:
+        if now is not None and now.state is not DeadLetterState.DEAD:
+            how = f"someone else {now.state.value} it first"
+        else:  # resolved and since dead-lettered again, or pruned
+            how = f"someone else acted on it first (`civicbus dead show {dead_letter_id}`)"
+        typer.echo(f"error: dead letter {dead_letter_id} was not {verb}: {how}", err=True)
+    if others:
+        raise typer.Exit(1)
 
 
 def _known_route(rt: Runtime, instance: str) -> None:

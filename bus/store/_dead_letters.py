@@ -107,13 +107,24 @@ def get(conn: Connection, dead_letter_id: int) -> DeadLetter | None:
     return from_row(row) if row else None
 
 
-def set_state(conn: Connection, dead_letter_id: int, state: DeadLetterState) -> bool:
-    """Replayed or dropped: resolved now; dead (a replay given back): unresolved again."""
+def set_state(
+    conn: Connection,
+    dead_letter_id: int,
+    state: DeadLetterState,
+    *,
+    expected: DeadLetterState | None = None,
+) -> bool:
+    """Replayed or dropped: resolved now; dead (a replay given back): unresolved again. With
+    `expected`, only a letter in that state changes; whether it changed."""
     resolved_at = None if state is DeadLetterState.DEAD else utcnow()
+    where = [dead.c.id == dead_letter_id]
+    if expected is not None:
+        # One statement, so two operators cannot both find a letter waiting: on PostgreSQL
+        # the second waits for the first's row and then reads its committed state; SQLite
+        # lets one writer at a time.
+        where.append(dead.c.state == expected.value)
     result = conn.execute(
-        dead.update()
-        .where(dead.c.id == dead_letter_id)
-        .values(state=state.value, resolved_at=resolved_at)
+        dead.update().where(*where).values(state=state.value, resolved_at=resolved_at)
     )
     return bool(result.rowcount)
 

@@ -332,9 +332,17 @@ class Transaction:
             at=at,
         )
 
-    def set_dead_letter_state(self, dead_letter_id: int, state: DeadLetterState) -> bool:
-        """Mark a dead letter replayed or dropped (or dead again); False for an unknown id."""
-        return _dead_letters.set_state(self._session, dead_letter_id, state)
+    def set_dead_letter_state(
+        self,
+        dead_letter_id: int,
+        state: DeadLetterState,
+        *,
+        expected: DeadLetterState | None = None,
+    ) -> bool:
+        """Mark a dead letter replayed or dropped (or dead again); with `expected`, only while
+        it is in that state (of two operators resolving one letter, only the first does).
+        False when nothing changed: an unknown id, or a letter no longer in `expected`."""
+        return _dead_letters.set_state(self._session, dead_letter_id, state, expected=expected)
 
     def drop_waiting_dead_letters(self, instance: str) -> list[DeadLetter]:
         """Mark every dead letter of the instance still waiting `dropped`; those, oldest first."""

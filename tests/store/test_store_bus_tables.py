@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from store_factories import T0, minutes
@@ -89,6 +90,62 @@ def test_dead_letters_are_recorded_bumped_listed_and_change_state(store: Store) 
     got = store.get_dead_letter(first.id)
     assert got is not None and got.state is DeadLetterState.REPLAYED
     assert store.get_dead_letter(9999) is None
+
+
+def test_a_dead_letter_changes_from_the_state_expected_only(store: Store) -> None:
+    with store.transaction() as tx:
+        letter = tx.record_dead_letter(
+            instance="sap-roads", message_id="m-1", reason="x", envelope=None
+        )
+    assert letter is not None
+    with store.transaction() as tx:
+        assert tx.set_dead_letter_state(
+            letter.id, DeadLetterState.DROPPED, expected=DeadLetterState.DEAD
+        )
+    dropped = store.get_dead_letter(letter.id)
+
+    with store.transaction() as tx:
+        assert not tx.set_dead_letter_state(
+            letter.id, DeadLetterState.REPLAYED, expected=DeadLetterState.DEAD
+        )
+
+    assert store.get_dead_letter(letter.id) == dropped
+    with store.transaction() as tx:  # without `expected`, as a replay given back: any state
+        assert tx.set_dead_letter_state(letter.id, DeadLetterState.DEAD)
+
+
+def test_of_two_transactions_resolving_one_dead_letter_at_once_only_the_first_does(
+    store: Store,
+) -> None:
+    """The second waits for the first (PostgreSQL: the row; SQLite: the write lock), then finds
+    the letter resolved."""
+    with store.transaction() as tx:
+        letter = tx.record_dead_letter(
+            instance="sap-roads", message_id="m-1", reason="x", envelope=None
+        )
+    assert letter is not None
+    second: list[bool] = []
+
+    def replay() -> None:
+        with store.transaction() as tx:
+            second.append(
+                tx.set_dead_letter_state(
+                    letter.id, DeadLetterState.REPLAYED, expected=DeadLetterState.DEAD
+                )
+            )
+
+    with store.transaction() as tx:
+        assert tx.set_dead_letter_state(
+            letter.id, DeadLetterState.DROPPED, expected=DeadLetterState.DEAD
+        )
+        racing = threading.Thread(target=replay)
+        racing.start()
+        time.sleep(0.3)  # the second is waiting now
+    racing.join(10)
+
+    assert second == [False]
+    got = store.get_dead_letter(letter.id)
+    assert got is not None and got.state is DeadLetterState.DROPPED
 
 
 def test_a_message_waiting_as_a_dead_letter_is_not_recorded_again(store: Store) -> None:

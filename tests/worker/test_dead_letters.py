@@ -4,10 +4,11 @@ delivers it exactly once; and the `civicbus dead` commands an operator uses."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 from worker_support import (
     FAST,
@@ -24,7 +25,7 @@ from worker_support import (
 from bus import deadletters
 from bus.cli import app
 from bus.deadletters import DeadLetterError
-from bus.store import DeadLetterState, Store
+from bus.store import DeadLetter, DeadLetterState, OutboxRow, Store
 from bus.worker import command_consumer
 from schemas.events import EventType
 
@@ -389,3 +390,163 @@ def test_dead_keep_drains_the_dead_letter_queues_of_instances_taken_out_of_the_c
     routes = deadletters.drained_routes(store, [INSTANCE, "desk"])
 
     assert routes == [INSTANCE, "desk", f"sub.{subscription.id}", "old-roads"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A store of each kind: what two operators do to one letter must hold on both."""
+    opened = Store.open(request.getfixturevalue(f"{request.param}_url"))
+    yield opened
+    opened.close()
+
+
+def waiting_letter(store: Store) -> DeadLetter:
+    """A dead letter of INSTANCE waiting for a decision, holding a request's envelope."""
+    envelope = new_request(store)
+    with store.transaction() as tx:
+        letter = tx.record_dead_letter(
+            instance=INSTANCE,
+            message_id=envelope.id,
+            request_id=envelope.subject,
+            reason="PermanentError: rejected",
+            envelope=envelope.model_dump(mode="json"),
+        )
+    assert letter is not None
+    return letter
+
+
+def replays_of(store: Store, letter: DeadLetter) -> list[OutboxRow]:
+    return [row for row in store.pending_outbox() if row.envelope.id == letter.message_id]
+
+
+def decisions(store: Store, letter: DeadLetter) -> list[tuple[str, str]]:
+    """(actor, action) of the letter's replays and drops, oldest first."""
+    assert letter.request_id is not None
+    return [
+        (entry.actor, entry.action)
+        for entry in store.audit_trail(letter.request_id)
+        if entry.action in ("replayed", "dropped")
+    ]
+
+
+def state_of(store: Store, letter: DeadLetter) -> DeadLetterState:
+    got = store.get_dead_letter(letter.id)
+    assert got is not None
+    return got.state
+
+
+def meanwhile(
+    monkeypatch: pytest.MonkeyPatch, owner: object, read: str, other: Callable[[], object]
+) -> None:
+    """Another operator acts (`other`) right after the first call of `owner.read` returned: the
+    interleaving of two operators where one reads a letter still waiting and the other resolves
+    it before the first writes."""
+    real = getattr(owner, read)
+
+    def read_then_other(*args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(owner, read, real)  # the other operator reads unhindered
+        result = real(*args, **kwargs)
+        other()
+        return result
+
+    monkeypatch.setattr(owner, read, read_then_other)
+
+
+ACTIONS: dict[str, Callable[[Store, DeadLetter, str], list[DeadLetter]]] = {
+    "replayed": lambda store, letter, actor: deadletters.replay(
+        store, INSTANCE, [letter.id], actor=actor
+    ),
+    "dropped": lambda store, letter, actor: deadletters.drop(
+        store, [letter.id], instance=INSTANCE, actor=actor
+    ),
+}
+
+
+def test_a_dead_letter_named_twice_is_replayed_once_and_dropped_once(any_store: Store) -> None:
+    store = any_store
+    first, second, third = (waiting_letter(store) for _ in range(3))
+
+    replayed = deadletters.replay(store, INSTANCE, [second.id, first.id, second.id])
+    dropped = deadletters.drop(store, [third.id, third.id], instance=INSTANCE)
+
+    assert [letter.id for letter in replayed] == [second.id, first.id]
+    assert [letter.id for letter in dropped] == [third.id]
+    assert [len(replays_of(store, letter)) for letter in (first, second, third)] == [1, 1, 0]
+    assert decisions(store, second) == [("cli:dead-replay", "replayed")]
+    assert decisions(store, third) == [("cli:dead-drop", "dropped")]
+
+
+@pytest.mark.parametrize("theirs", ["replayed", "dropped"])
+@pytest.mark.parametrize("ours", ["replayed", "dropped"])
+def test_a_dead_letter_someone_else_resolves_after_we_read_it_is_left_as_they_left_it(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch, ours: str, theirs: str
+) -> None:
+    store = any_store
+    letter = waiting_letter(store)
+    meanwhile(
+        monkeypatch, store, "get_dead_letter", lambda: ACTIONS[theirs](store, letter, "other")
+    )
+
+    with capture_logs() as logs:
+        done = ACTIONS[ours](store, letter, "us")
+
+    assert done == []
+    assert state_of(store, letter) is DeadLetterState(theirs)
+    assert decisions(store, letter) == [("other", theirs)]
+    assert len(replays_of(store, letter)) == (1 if theirs == "replayed" else 0)
+    (warning,) = [log for log in logs if log["log_level"] == "warning"]
+    assert warning["dead_letter"] == letter.id and warning["instance"] == INSTANCE
+
+
+def test_replay_all_leaves_a_letter_someone_else_dropped_after_the_list_was_read(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = any_store
+    first, second = waiting_letter(store), waiting_letter(store)
+    meanwhile(monkeypatch, store, "dead_letters", lambda: ACTIONS["dropped"](store, first, "other"))
+
+    replayed = deadletters.replay(store, INSTANCE)
+
+    assert [letter.id for letter in replayed] == [second.id]
+    assert (state_of(store, first), state_of(store, second)) == (
+        DeadLetterState.DROPPED,
+        DeadLetterState.REPLAYED,
+    )
+    assert replays_of(store, first) == [] and len(replays_of(store, second)) == 1
+
+
+def test_dead_replay_and_drop_of_an_id_named_twice_act_once(
+    roads_cli: CliRunner, store: Store
+) -> None:
+    replayed, dropped = waiting_letter(store), waiting_letter(store)
+
+    replay = roads_cli.invoke(app, ["dead", "replay", INSTANCE, str(replayed.id), str(replayed.id)])
+    drop = roads_cli.invoke(app, ["dead", "drop", INSTANCE, str(dropped.id), str(dropped.id)])
+
+    assert replay.exit_code == 0, replay.output
+    assert replay.output.count(f"replayed {replayed.id} ") == 1
+    assert f"1 dead letter(s) replayed to {INSTANCE}" in replay.output
+    assert drop.exit_code == 0, drop.output
+    assert drop.output.count(f"dropped {dropped.id} ") == 1
+    assert len(replays_of(store, replayed)) == 1
+    assert decisions(store, dropped) == [("cli:dead-drop", "dropped")]
+
+
+def test_dead_replay_says_which_letters_someone_else_resolved_first(
+    roads_cli: CliRunner, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken, ours = waiting_letter(store), waiting_letter(store)
+    # The command opens a store of its own: the other operator drops right after it read.
+    meanwhile(
+        monkeypatch, Store, "get_dead_letter", lambda: ACTIONS["dropped"](store, taken, "other")
+    )
+
+    result = roads_cli.invoke(app, ["dead", "replay", INSTANCE, str(taken.id), str(ours.id)])
+
+    assert result.exit_code == 1, result.output
+    assert f"replayed {ours.id} " in result.output and f"replayed {taken.id} " not in result.output
+    assert f"1 dead letter(s) replayed to {INSTANCE}" in result.output
+    assert f"dead letter {taken.id} was not replayed: someone else dropped it first" in (
+        result.output
+    )
+    assert replays_of(store, taken) == [] and len(replays_of(store, ours)) == 1
