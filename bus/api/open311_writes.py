@@ -79,6 +79,12 @@ async def _read_submission(request: Request) -> _Submission:
                     uploads.append(await item.read())
             else:
                 fields.setdefault(name, []).append(item)
+    if any(fields.get("media", ())):
+        # A part without a filename arrives as text: dropped, the client would think its
+        # photo attached.
+        raise Open311Problem(
+            400, "media must be sent as a file: a multipart/form-data part with a filename"
+        )
     # Old clients put the api_key (or more) in the query string of a POST (decoded as
     # Starlette's `request.query_params` decodes it).
     query = request.scope.get("query_string", b"")

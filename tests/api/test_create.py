@@ -228,7 +228,6 @@ def test_urlencoded_and_multipart_forms_are_read_alike(
     ] * 2
 
 
-
 def test_a_urlencoded_body_with_raw_utf8_is_read_as_utf8(
     http: httpx.Client, api_key: str, runtime: Runtime
 ) -> None:
@@ -242,6 +241,7 @@ def test_a_urlencoded_body_with_raw_utf8_is_read_as_utf8(
     assert response.status_code == 201, response.text
     stored = runtime.store.get_request(response.json()[0]["service_request_id"])
     assert stored is not None and stored.description == "Caf\u00e9 \u2603 100%"
+
 
 NOT_A_FORM = (
     "is not accepted: send the form as application/x-www-form-urlencoded or multipart/form-data"
@@ -397,6 +397,19 @@ def test_c13_reporter_data_is_stored_apart(create: Create, runtime: Runtime) -> 
     stored = runtime.store.get_request(answer["service_request_id"])
     assert stored is not None
     assert stored.reporter.email == "r@example.org" and stored.reporter.phone == "555-0101"
+
+
+@pytest.mark.parametrize("multipart", [True, False], ids=["part-without-filename", "urlencoded"])
+def test_media_sent_as_text_is_refused_not_dropped(
+    http: httpx.Client, api_key: str, multipart: bool
+) -> None:
+    form = pothole_form(api_key, description="Photo attached?")
+    if multipart:  # no filename: multipart parsers read such a part as a text field
+        response = http.post("/requests.json", data=form, files={"media": (None, PNG, "image/png")})
+    else:
+        response = http.post("/requests.json", data={**form, "media": "iVBORw0KGgo="})
+    assert response.status_code == 400, response.text
+    assert "media must be sent as a file" in response.json()[0]["description"]
 
 
 def test_c13_media_upload_is_stored_by_content_and_served_back(
