@@ -219,6 +219,13 @@ def test_c04_xml_leaves_out_nulls() -> None:
     assert root.find("request/address") is None
 
 
+def test_c04_xml_keeps_carriage_returns_as_json_does() -> None:
+    # An XML parser reads a raw CR (alone or before LF) as LF: it must travel as &#13;.
+    description = "line1\r\nline2\rline3\nline4"
+    root = xml([render.request(sample_request(description=description))], "requests")
+    assert root.findtext("request/description") == description
+
+
 @given(st.text(max_size=200))
 def test_c02_any_description_becomes_well_formed_utf8_xml(description: str) -> None:
     doc = render.request(sample_request(description=description or None))
