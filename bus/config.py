@@ -6,6 +6,7 @@ A bad file is reported with the file, line and field, in words an integrator can
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,12 @@ class ApiConfig(_Strict):
     max_body_bytes: int = 10 * 1024 * 1024
 
 
+#: An adapter instance's name: part of its queues' names and of routing keys, where a dot
+#: would make it look like another route (`sub.3` is webhook subscription 3's) and `*`/`#` are
+#: wildcards.
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 class Config(_Strict):
     """The whole city: who it is, what it accepts, where each request goes."""
 
@@ -170,6 +177,16 @@ class Config(_Strict):
                 at = ("routing", "rules", i, "name")
                 problems.append((at, f"routing rule {r.name} is defined twice"))
             rule_names.add(r.name)
+        for name in self.instances:
+            if not _INSTANCE_NAME.fullmatch(name):
+                problems.append(
+                    (
+                        ("instances", name),
+                        f"adapter instance name {name!r}: use letters, digits, '-' and '_' "
+                        "(at most 64; it names queues and routing keys, and `sub.` names "
+                        "webhook subscriptions)",
+                    )
+                )
         targets: list[tuple[Location, str, str]] = [
             (("routing", "rules", i, "instance"), r.name, r.instance)
             for i, r in enumerate(self.routing.rules)

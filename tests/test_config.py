@@ -104,6 +104,22 @@ instances:
     ]
 
 
+def test_an_instance_name_that_could_pass_for_another_route_is_refused() -> None:
+    text = """jurisdictions: [{id: springfield.example, name: Springfield}]
+routing: {default: desk}
+instances:
+  desk: {kind: memory}
+  sub.3: {kind: memory}
+  roads#: {kind: memory}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="city.yaml")
+
+    lines = [line.strip() for line in str(err.value).splitlines()[1:]]
+    assert [line.split(": ", 2)[1] for line in lines] == ["instances.sub.3", "instances.roads#"]
+    assert all("use letters, digits, '-' and '_'" in line for line in lines)
+
+
 def test_a_key_given_twice_is_refused_at_its_second_line() -> None:
     # YAML would keep the last one silently: one of two instances would vanish.
     text = """jurisdictions: [{id: springfield.example, name: Springfield}]
