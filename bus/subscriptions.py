@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ import structlog
 
 from adapters.webhook import WebhookAdapter
 from bus import deadletters
-from bus.broker.connection import BrokerUnavailable
+from bus.broker.connection import BROKER_ERRORS, BrokerUnavailable
 from bus.broker.topology import DEAD_EXCHANGE, EVENTS_EXCHANGE, dead_queue, declare_topology
 from bus.config import Config, RetryPolicy
 from bus.store import Store, Subscription
@@ -166,19 +167,16 @@ def check_pattern(pattern: str, qualifiers: Qualifiers | None = None) -> str:
     )
 
 
-def add_subscription(
-    store: Store,
+def check_subscription(
     url: str,
     events: Sequence[str],
     *,
     secret_env: str | None = None,
     qualifiers: Qualifiers | None = None,
-    actor: str = "cli:subscriptions",
-) -> Subscription:
-    """Validate and store a subscription, and audit it. Declare its queue next (`declare`).
-
-    With `qualifiers` (the city's config), patterns naming an adapter instance or service code
-    that does not exist are refused too."""
+) -> None:
+    """SubscriptionError for a subscription that cannot be made as asked; with `qualifiers`
+    (the city's config), for patterns naming an adapter instance or service code that does not
+    exist too."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SubscriptionError(f"{url!r} is not an http(s) URL")
@@ -188,13 +186,44 @@ def add_subscription(
         check_pattern(pattern, qualifiers)
     if secret_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", secret_env):
         raise SubscriptionError(f"{secret_env!r} is not an environment variable name")
-    subscription = store.add_subscription(url, list(events), secret_env)
-    with store.transaction() as tx:
-        tx.audit(
-            actor=actor,
-            action="subscription_added",
-            details={"subscription": subscription.id, "url": url, "events": list(events)},
-        )
+
+
+def add_subscription(
+    store: Store,
+    url: str,
+    events: Sequence[str],
+    *,
+    channel: Any = None,
+    secret_env: str | None = None,
+    qualifiers: Qualifiers | None = None,
+    actor: str = "cli:subscriptions",
+) -> Subscription:
+    """Validate (`check_subscription`), store and audit a subscription; with `channel`, its
+    queues are declared from scratch (`declare_new`) before it is active.
+
+    Declared inside the transaction that stores it: a webhook worker sees the subscription only
+    once its fresh queue is there, so no one deletes a queue a worker already consumes (whose
+    consumer the broker would cancel), and a broker that fails it leaves nothing stored.
+    Without `channel` the caller declares the queue next (`declare`)."""
+    check_subscription(url, events, secret_env=secret_env, qualifiers=qualifiers)
+    declared: Subscription | None = None
+    try:
+        with store.transaction() as tx:
+            subscription = tx.add_subscription(url, list(events), secret_env)
+            if channel is not None:
+                declare_new(channel, subscription)
+                declared = subscription
+            tx.audit(
+                actor=actor,
+                action="subscription_added",
+                details={"subscription": subscription.id, "url": url, "events": list(events)},
+            )
+    except BaseException:
+        if declared is not None:
+            # Not stored after all: its queue would collect events for no one.
+            with suppress(*BROKER_ERRORS):
+                delete_queue(channel, declared.id)
+        raise
     log.info("subscription.added", subscription=subscription.id, events=list(events))
     return subscription
 
@@ -292,10 +321,12 @@ def webhook_for(subscription: Subscription, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     settings: dict[str, Any] = {"url": subscription.url}
     if subscription.secret_env is not None:
-        if subscription.secret_env not in env:
+        # Set but empty is not set: the events would go out unsigned, with a secret asked for.
+        if not env.get(subscription.secret_env):
+            said = "is empty" if subscription.secret_env in env else "is not set"
             raise SubscriptionError(
-                f"subscription {subscription.id}: set the environment variable "
-                f"{subscription.secret_env} (its signing secret)"
+                f"subscription {subscription.id}: the environment variable "
+                f"{subscription.secret_env} {said}; set it to its signing secret"
             )
         settings["secret"] = env[subscription.secret_env]
     return WebhookAdapter(route_name(subscription.id), settings)

@@ -34,9 +34,10 @@ class WebhookAdapter(Adapter):
     """POSTs events to `settings["url"]`, signed with `settings["secret"]` when one is set.
 
     Settings: `url` (required), `secret` (the HMAC key; normally from an environment variable
-    named by `secrets`), `timeout` (seconds, default DEFAULT_TIMEOUT), `personal_data` (for a
-    routed instance: the reporter fields its requests carry, e.g. `[email, phone]`; as in a
-    mapping file, none unless listed, so a request is sent without the reporter like an event).
+    named by `secrets`; given, not empty), `timeout` (seconds, default DEFAULT_TIMEOUT),
+    `personal_data` (for a routed instance: the reporter fields its requests carry, e.g.
+    `[email, phone]`; as in a mapping file, none unless listed, so a request is sent without the
+    reporter like an event).
     """
 
     kind = "webhook"
@@ -46,7 +47,14 @@ class WebhookAdapter(Adapter):
         if not settings.get("url"):
             raise ValueError(f"webhook {instance}: the setting `url` is required")
         self.url = str(settings["url"])
-        self._secret: str | None = settings.get("secret") or None
+        if "secret" in settings and not settings["secret"]:
+            # Its environment variable set but empty: the events would go out unsigned, though
+            # a secret was asked for.
+            raise ValueError(
+                f"webhook {instance}: the setting `secret` is empty; set its environment "
+                f"variable to the signing secret (or name no secret, to send unsigned)"
+            )
+        self._secret = str(settings["secret"]) if "secret" in settings else None
         self.personal_data = _reporter_fields(instance, settings.get("personal_data") or ())
         self._client = httpx.Client(timeout=float(settings.get("timeout", DEFAULT_TIMEOUT)))
 

@@ -34,28 +34,30 @@ def register(app: typer.Typer) -> None:
         """Subscribe URL to events; its queue starts collecting them at once."""
         with runtime() as rt:
             connection_parameters(rt.env.amqp_url)  # a malformed URL stops us before storing
+            qualifiers = subs.Qualifiers.of(rt.config)
             try:
-                subscription = subs.add_subscription(
-                    rt.store,
-                    url,
-                    events,
-                    secret_env=secret_env,
-                    qualifiers=subs.Qualifiers.of(rt.config),
-                )
+                # Before connecting, so that a mistake is said even with the broker down.
+                subs.check_subscription(url, events, secret_env=secret_env, qualifiers=qualifiers)
             except SubscriptionError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc
             try:
                 connection = connect(rt.env.amqp_url)
                 try:
+                    # Stored with its own fresh queue or not at all: without one it would miss
+                    # events, or later adopt a leftover queue of the same name.
                     with broker_errors("declaring the subscription's queue"):
-                        subs.declare_new(connection.channel(), subscription)
+                        subscription = subs.add_subscription(
+                            rt.store,
+                            url,
+                            events,
+                            channel=connection.channel(),
+                            secret_env=secret_env,
+                            qualifiers=qualifiers,
+                        )
                 finally:
                     close_quietly(connection)
             except BrokerUnavailable as exc:
-                # Without its own fresh queue the subscription would miss events, or later
-                # adopt a leftover queue of the same name: it exists only with one.
-                subs.remove_subscription(rt.store, subscription.id)
                 typer.echo(
                     f"error: the broker cannot be reached ({exc}); nothing was subscribed, "
                     "try again once it is back",

@@ -39,6 +39,15 @@ class StopRequested(ConnectionLost):
     """The worker is stopping while a delivery waits: leave the event unacked for next time."""
 
 
+@dataclass
+class Rounds:
+    """The delivery rounds of one event so far: how many began, and when the first failed.
+    (Retried in place, an event carries no count in its headers as a retry tier's does.)"""
+
+    tried: int = 0
+    first_failed_at: datetime | None = None
+
+
 @dataclass(frozen=True)
 class SubscriptionWorker:
     """Delivers the events of one subscription's queue to its webhook."""
@@ -56,25 +65,31 @@ class SubscriptionWorker:
             self.give_up(delivery, broker, None, describe(exc))
             return
         # Every line logged for this event (the webhook client's included) carries its ids.
+        rounds = Rounds()
         with request_context(envelope.subject, envelope.correlationid):
             try:
-                rounds = self.deliver_in_order(delivery, envelope)
+                self.deliver_in_order(delivery, envelope, rounds)
             except (StopRequested, StoreUnavailable):
                 # Not a delivery failure: the consumer requeues the event, still first in line.
                 raise
             except Exception as exc:
                 reason = describe(exc)
                 if not isinstance(exc, PermanentError):
-                    attempts = self.route.policy.max_attempts
-                    reason = f"gave up after {attempts} attempts; last error {reason}"
-                self.give_up(delivery, broker, envelope, reason)
+                    reason = f"gave up after {rounds.tried} attempts; last error {reason}"
+                self.give_up(delivery, broker, envelope, reason, rounds)
                 return
-            self.audit(envelope, delivery, "delivered", "ok", {"attempts": rounds})
+            self.audit(envelope, delivery, "delivered", "ok", {"attempts": rounds.tried})
 
     def give_up(
-        self, delivery: Delivery, broker: Broker, envelope: Envelope | None, reason: str
+        self,
+        delivery: Delivery,
+        broker: Broker,
+        envelope: Envelope | None,
+        reason: str,
+        rounds: Rounds | None = None,
     ) -> None:
-        """The dead letter channel for an event this subscriber will not get."""
+        """The dead letter channel for an event this subscriber will not get, after `rounds`
+        (none for a message that is no event)."""
         dead_letter(
             self.route,
             delivery,
@@ -82,13 +97,16 @@ class SubscriptionWorker:
             reason=reason,
             envelope=envelope,
             failed_at=datetime.now(UTC),
+            attempts=rounds.tried if rounds else None,
+            first_failed_at=rounds.first_failed_at if rounds else None,
         )
 
-    def deliver_in_order(self, delivery: Delivery, envelope: Envelope) -> int:
-        """POST the event until it is accepted; returns the number of rounds it took."""
+    def deliver_in_order(self, delivery: Delivery, envelope: Envelope, rounds: Rounds) -> None:
+        """POST the event until it is accepted, counting the rounds in `rounds`."""
         policy = self.route.policy
         attempt = 1
         while True:
+            rounds.tried = attempt
             # Each round starts the clock anew: waiting between rounds is not hanging, and
             # the failing subscriber is reported as such.
             self.slot.begin(delivery.key, envelope.subject)
@@ -98,10 +116,12 @@ class SubscriptionWorker:
                     attempts=policy.immediate_attempts,
                     on_error=lambda _n, _exc: None,
                 )
-                return attempt
+                return
             except PermanentError:
                 raise
             except Exception as exc:
+                if rounds.first_failed_at is None:
+                    rounds.first_failed_at = datetime.now(UTC)
                 delay = next_tier(policy, attempt, retry_after(exc))
                 self.audit(
                     envelope,

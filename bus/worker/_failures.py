@@ -25,7 +25,13 @@ from bus.broker.topology import (
 from bus.config import RetryPolicy
 from bus.store import DeadLetter, Store
 from bus.worker._consumer import Broker
-from bus.worker._delivery import ATTEMPT_HEADER, REASON_HEADER, Delivery, MalformedMessage
+from bus.worker._delivery import (
+    ATTEMPT_HEADER,
+    FIRST_FAILURE_HEADER,
+    REASON_HEADER,
+    Delivery,
+    MalformedMessage,
+)
 from bus.worker._retry import next_tier, retry_after
 from schemas.events import DeliveryFailure, Envelope, EventType
 
@@ -112,28 +118,34 @@ def dead_letter(
     reason: str,
     envelope: Envelope | None,
     failed_at: datetime,
+    attempts: int | None = None,
+    first_failed_at: datetime | None = None,
 ) -> None:
     """Dead letter channel: keep the message in the store (for `civicbus dead`), put it on the
     dead-letter queue with its reason, audit it, and announce `delivery_failed`.
 
+    `attempts` and `first_failed_at`: the rounds tried and when the first failed, from a route
+    that retries in place (a webhook subscription); by default, the delivery's headers say.
     The store commits before the publish: a message redelivered because the publish or the ack
     was cut is already a waiting dead letter, and is audited as a duplicate, neither counted
     nor announced again."""
     request_id = envelope.subject if envelope else None
+    attempts = attempts or delivery.attempt
+    first_failure = first_failed_at or delivery.first_failure or failed_at
     with route.store.transaction() as tx:
         letter = tx.record_dead_letter(
             instance=route.name,
             message_id=delivery.key,
             request_id=request_id,
             reason=reason,
-            attempts=delivery.attempt,
+            attempts=attempts,
             at=failed_at,
             envelope=_stored_form(delivery, envelope),
         )
         details: dict[str, Any] = {
             "reason": reason,
-            "attempts": delivery.attempt,
-            "first_failure": (delivery.first_failure or failed_at).isoformat(),
+            "attempts": attempts,
+            "first_failure": first_failure.isoformat(),
         }
         if letter is None:
             details["note"] = "already a dead letter: not counted or announced again"
@@ -147,12 +159,16 @@ def dead_letter(
         )
         if letter is not None and envelope is not None and route.announce_failures:
             tx.add_outbox(
-                _delivery_failed(route.name, envelope, reason, delivery.attempt, letter),
+                _delivery_failed(route.name, envelope, reason, attempts, letter),
                 exchange=EVENTS_EXCHANGE,
                 routing_key=event_routing_key(EventType.DELIVERY_FAILED, route.name),
             )
-    headers = {**delivery.failure_headers(failed_at), REASON_HEADER: reason}
-    headers[ATTEMPT_HEADER] = delivery.attempt
+    headers = {
+        **delivery.failure_headers(failed_at),
+        REASON_HEADER: reason,
+        ATTEMPT_HEADER: attempts,
+        FIRST_FAILURE_HEADER: first_failure.astimezone(UTC).isoformat(),
+    }
     broker.publish(
         DEAD_EXCHANGE,
         route.name,
@@ -166,7 +182,7 @@ def dead_letter(
         route=route.name,
         message_id=delivery.key,
         request_id=request_id,
-        attempts=delivery.attempt,
+        attempts=attempts,
         reason=reason,
         duplicate=letter is None,
     )

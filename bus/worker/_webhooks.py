@@ -45,8 +45,18 @@ def subscription_consumer(
     `stop_grace` seconds at most for the events in hand."""
 
     def declare_all(channel: Any) -> None:
+        # On every connection, a new one after a lost connection too: a subscription removed
+        # meanwhile (its removal deleted its queue, so the broker cancelled our consumer of it)
+        # must not get its queue back, to collect events for no one. Start over with the new
+        # list instead.
+        latest = _look(store)
+        active = {s.id for s in latest} if latest is not None else None
         for subscription in subscriptions:
-            declare(channel, subscription)
+            if active is None or subscription.id in active:
+                declare(channel, subscription)
+        if active is not None and not active.issuperset(s.id for s in subscriptions):
+            log.info("webhook.subscriptions_changed", subscriptions=len(active))
+            consumer.stop()
 
     heartbeat = Heartbeat(store, interval=heartbeat_interval)
     consumer = Consumer(

@@ -72,6 +72,17 @@ def test_submit_sends_the_reporter_fields_the_settings_list(
     assert event["data"]["reporter"]["phone"] is None
 
 
+def test_an_empty_secret_is_refused_rather_than_sending_unsigned(
+    receiver: tuple[str, list[Any]],
+) -> None:
+    # What a configured `secrets: {secret: HOOK_SECRET}` gives with HOOK_SECRET set but empty.
+    url, bodies = receiver
+    with pytest.raises(ValueError, match=r"contractor: the setting `secret` is empty"):
+        WebhookAdapter("contractor", {"url": url, "secret": ""}).submit(a_request())
+
+    assert bodies == []
+
+
 @pytest.mark.parametrize("listed", [["mail"], True])
 def test_personal_data_must_list_reporter_fields(listed: Any) -> None:
     with pytest.raises(ValueError, match=r"personal_data.*email, first_name"):

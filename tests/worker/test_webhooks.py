@@ -8,19 +8,24 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 from structlog.testing import capture_logs
+from typer.testing import CliRunner
 from worker_support import channel_on, new_request, queue_depth, wait_until
 
 from adapters.webhook import DEFAULT_TIMEOUT, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
+from bus import subscriptions
 from bus.broker.connection import connect
-from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
+from bus.broker.topology import EVENTS_EXCHANGE, dead_queue, event_routing_key
+from bus.cli import app
 from bus.config import RetryPolicy
 from bus.overview import Overview, take_overview
 from bus.store import Store, StoreUnavailable, Subscription, Transaction
@@ -33,9 +38,14 @@ from bus.subscriptions import (
     binding_key,
     check_pattern,
     declare,
+    delete_queue,
+    queue_name,
+    remove_subscription,
     route_name,
+    webhook_for,
 )
 from bus.worker import _events, run_subscriptions
+from bus.worker._delivery import ATTEMPT_HEADER, FIRST_FAILURE_HEADER
 from bus.worker._retry import SMALL_RETRY_AFTER, next_tier
 from schemas.events import Envelope, EventType
 from schemas.model import Status
@@ -102,13 +112,20 @@ def subscriber() -> Iterator[Subscriber]:
 
 
 @contextmanager
-def webhook_worker(store: Store, amqp_url: str, policy: RetryPolicy = QUICK) -> Iterator[None]:
+def webhook_worker(
+    store: Store,
+    amqp_url: str,
+    policy: RetryPolicy = QUICK,
+    *,
+    refresh: float = 0.3,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[None]:
     stop = threading.Event()
-    env = {"TEST_WEBHOOK_SECRET": SECRET}
+    env = {"TEST_WEBHOOK_SECRET": SECRET} if env is None else env
     thread = threading.Thread(
         target=run_subscriptions,
         args=(amqp_url, store),
-        kwargs={"stop": stop, "env": env, "refresh": 0.3, "policy": policy},
+        kwargs={"stop": stop, "env": env, "refresh": refresh, "policy": policy},
         daemon=True,
     )
     thread.start()
@@ -289,6 +306,32 @@ def test_a_subscriber_down_past_the_whole_schedule_gets_the_event_dead_lettered(
     assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
 
 
+def test_a_dead_letter_counts_every_round_and_dates_the_first_failed_one(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    # Rounds are retried in place, not through the retry tiers: no header counts them.
+    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])  # never started
+    request_id = new_request(store).subject
+    publish_event(amqp_url, status_event(request_id, Status.FIXED), "fixed")
+    brief = RetryPolicy(immediate_attempts=1, tiers=[0.5], max_attempts=3)
+
+    with webhook_worker(store, amqp_url, brief):
+        (letter,) = wait_until(lambda: store.dead_letters(route_name(sub_id)), what="dead letter")
+
+    rounds = [e for e in store.audit_trail(request_id) if e.action == "attempt"]
+    [audited] = [e for e in store.audit_trail(request_id) if e.action == "dead_lettered"]
+    first_failure = datetime.fromisoformat(str(audited.details["first_failure"]))
+    with channel_on(amqp_url) as ch:
+        _, properties, _ = ch.basic_get(dead_queue(route_name(sub_id)), auto_ack=True)
+    assert letter.attempts == 3 and audited.details["attempts"] == 3
+    assert letter.reason.startswith("gave up after 3 attempts; last error")
+    # When round 1 failed (audited just after), not when the event was given up on.
+    assert abs((first_failure - rounds[0].at).total_seconds()) < 0.3
+    assert (letter.last_failed_at - first_failure).total_seconds() >= 0.9  # two 0.5 s waits
+    assert properties.headers[ATTEMPT_HEADER] == 3
+    assert datetime.fromisoformat(properties.headers[FIRST_FAILURE_HEADER]) == first_failure
+
+
 def failing_attempt_audits(monkeypatch: pytest.MonkeyPatch, times: int) -> dict[str, int]:
     """Make the store refuse the audit entry of a failed try `times` times (a database
     restart); returns the count of refusals so far."""
@@ -363,6 +406,109 @@ def test_a_subscription_whose_secret_is_not_set_waits_without_spinning(
     assert idle.count("webhook.not_configured") == 1
     assert "worker.consuming" not in idle and "worker.stopped" not in idle
     assert queue_depth(amqp_url, f"civicbus.sub.{unset.id}") == 2  # kept for later
+
+
+def test_a_secret_variable_set_but_empty_sends_nothing_unsigned(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    subscriber.start()
+    empty = add_subscription(store, subscriber.url, ["request.*"], secret_env="EMPTY_SECRET")
+    with channel_on(amqp_url) as ch:
+        declare(ch, empty)
+    publish_event(amqp_url, status_event(new_request(store).subject, Status.FIXED), "fixed")
+
+    with capture_logs() as logs, webhook_worker(store, amqp_url, env={"EMPTY_SECRET": ""}):
+        [refused] = wait_until(
+            lambda: [e for e in logs if e["event"] == "webhook.not_configured"],
+            what="the subscription refused",
+        )
+        time.sleep(1.0)  # three refresh periods: time enough for a POST, were one made
+
+    assert subscriber.received == []
+    assert "EMPTY_SECRET" in refused["error"] and "empty" in refused["error"]
+    assert queue_depth(amqp_url, queue_name(empty.id)) == 1  # kept for when it is set
+    with pytest.raises(SubscriptionError, match="EMPTY_SECRET"):
+        webhook_for(empty, {"EMPTY_SECRET": ""})
+
+
+CITY_CONFIG = """
+jurisdictions: [{id: springfield.example, name: Springfield}]
+routing: {default: desk}
+instances:
+  desk: {kind: memory}
+"""
+
+
+def consumers_of(amqp_url: str, queue: str) -> int:
+    """The queue's consumers; 0 for a queue that does not exist (yet)."""
+    try:
+        with channel_on(amqp_url) as ch:
+            return int(ch.queue_declare(queue=queue, passive=True).method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+
+
+def test_a_subscription_added_while_the_worker_looks_gets_its_events(
+    store: Store,
+    amqp_url: str,
+    subscriber: Subscriber,
+    use_config: Callable[[str], dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_config(CITY_CONFIG)
+    subscriber.start()
+    real_declare_new = subscriptions.declare_new
+    listed_while_declaring: list[int] = []
+
+    def slow_declare_new(channel: Any, subscription: Subscription) -> None:
+        # As slow as a busy broker: the worker looks at the list of subscriptions meanwhile,
+        # and would consume the queue (a leftover's, then) if the subscription were on it.
+        listed_while_declaring.extend(s.id for s in store.list_subscriptions())
+        queue = queue_name(subscription.id)
+        deadline = time.monotonic() + 1.5
+        while consumers_of(amqp_url, queue) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        real_declare_new(channel, subscription)
+
+    monkeypatch.setattr(subscriptions, "declare_new", slow_declare_new)
+    with webhook_worker(store, amqp_url):
+        added = CliRunner().invoke(
+            app, ["subscriptions", "add", subscriber.url, "--events", "request.*"]
+        )
+        assert added.exit_code == 0, added.output
+        publish_event(amqp_url, status_event(new_request(store).subject, Status.FIXED), "fixed")
+        wait_until(lambda: subscriber.received, what="the new subscription's first event")
+
+    assert listed_while_declaring == []  # not active before its queue is ready
+
+
+def events_named(logs: list[MutableMapping[str, Any]], name: str) -> list[Any]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+def test_a_subscription_removed_while_the_worker_consumes_it_does_not_get_its_queue_back(
+    store: Store, amqp_url: str, subscriber: Subscriber
+) -> None:
+    subscriber.start()
+    kept = subscribe(store, amqp_url, subscriber.url, ["request.*"])
+    removed = subscribe(store, amqp_url, subscriber.url, ["request.*"])
+
+    # A long look period: the broker's cancel of the deleted queue's consumer comes first.
+    with capture_logs() as logs, webhook_worker(store, amqp_url, refresh=10.0):
+        wait_until(lambda: consumers_of(amqp_url, queue_name(removed)), what="its consumer")
+        with channel_on(amqp_url) as ch:
+            remove_subscription(store, removed, discard=lambda sid: delete_queue(ch, sid))
+        wait_until(
+            lambda: [e for e in events_named(logs, "worker.consuming") if len(e["queues"]) == 1],
+            timeout=20,
+            what="the worker to go on with the subscription kept",
+        )
+        publish_event(amqp_url, status_event(new_request(store).subject, Status.FIXED), "fixed")
+        wait_until(lambda: subscriber.received, what="the kept subscription's event")
+
+    assert consumers_of(amqp_url, queue_name(kept)) == 0  # stopped, not gone
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker), channel_on(amqp_url) as ch:
+        ch.queue_declare(queue=queue_name(removed), passive=True)
 
 
 def test_the_webhook_worker_stops_on_request_after_a_store_blip_in_its_watcher(
