@@ -19,6 +19,11 @@ threads are daemon threads and end with the process.
 A second stop request (`stop_now`: a second SIGTERM, or Ctrl-C twice) does the same without
 waiting out the grace: what a handler holds then is left to the broker at once.
 
+The broker cancelling a consumer itself (Basic.Cancel: its queue was deleted, or its node
+went away) counts as a lost connection too: the connection is closed, and a new one declares and
+consumes every queue again, each once its previous handler thread has ended. The consumer's own
+cancels, of a stop, are not the broker's.
+
 A queue never has two handler threads at once. After a lost connection, the broker gives the
 messages in hand to the next consumer, possibly this one; a handler still busy with one of them
 (a slow back-end call) would otherwise run beside a new thread handling its redelivery, and
@@ -45,7 +50,7 @@ from typing import Any, Protocol, TypeVar
 
 import pika
 import structlog
-from pika.exceptions import AMQPError
+from pika.exceptions import AMQPError, ChannelWrongStateError, ConsumerCancelled
 
 from bus.broker.connection import (
     BROKER_ERRORS,
@@ -273,12 +278,21 @@ class Consumer:
             unsettled: set[int] = set()
             tags: list[str] = []
             started: list[threading.Thread] = []
+            # The queue of each consumer tag, and those of the consumers the broker cancelled
+            # (pika calls back on this thread, within process_data_events).
+            queues: dict[str, str] = {}
+            cancelled: list[str] = []
+            channel.add_on_cancel_callback(
+                lambda frame: cancelled.append(queues.get(frame.method.consumer_tag, "?"))
+            )
 
             def start(sub: _Subscription) -> None:
                 # SimpleQueue: put and get in C, for a message each on both threads (a Queue
                 # takes a Python-level lock and condition for each, under the one GIL).
                 inbox: queue.SimpleQueue[tuple[int, Delivery]] = queue.SimpleQueue()
-                tags.append(channel.basic_consume(sub.queue, _enqueue(inbox, unsettled)))
+                tag = channel.basic_consume(sub.queue, _enqueue(inbox, unsettled))
+                tags.append(tag)
+                queues[tag] = sub.queue
                 thread = threading.Thread(
                     target=self._work,
                     args=(sub, inbox, _Settler(self, channel, unsettled), lost),
@@ -290,13 +304,27 @@ class Consumer:
                 thread.start()
 
             held_back = [sub for sub in self._subscriptions if self._held(sub)]
-            for sub in self._subscriptions:
-                if sub not in held_back:
-                    start(sub)
-            log.info("worker.consuming", worker=self._name, queues=self.queues)
+            # Not once stopping (`declare` may stop the consumer: the webhook worker's does when
+            # its list of subscriptions changed): the loop below then ends at once.
+            if not self._stopping.is_set():
+                for sub in self._subscriptions:
+                    if sub not in held_back:
+                        start(sub)
+                log.info("worker.consuming", worker=self._name, queues=self.queues)
             remind_at = time.monotonic()
             while True:
                 connection.process_data_events(time_limit=0.1)
+                if channel.is_closed:
+                    # The broker closed the channel and left the connection open (a message
+                    # held past its consumer_timeout, 30 min by default, say): no delivery or
+                    # ack passes any more, and pika raises nothing here. A lost connection too.
+                    raise ChannelWrongStateError("the broker closed the consumer's channel")
+                if cancelled and not self._stopping.is_set():
+                    for name in cancelled:
+                        log.warning("worker.consumer_cancelled", worker=self._name, queue=name)
+                    # Handled below as any lost connection: the handler threads stop taking
+                    # its messages, and the next connection declares and consumes again.
+                    raise ConsumerCancelled(", ".join(cancelled))
                 if self._stopping.is_set():
                     if tags:
                         for tag in tags:
@@ -318,16 +346,17 @@ class Consumer:
                     remind_at = time.monotonic() + _HELD_BACK_LOG_EVERY
                 if not held_back and not any(thread.is_alive() for thread in started):
                     break  # every handler gave up on this connection: open a new one
-        except AMQPError:
+        except (AMQPError, OSError):
             lost.set()
             self._disconnect()
-            # A channel-level error leaves the connection open: the next attempt makes a new
-            # one, and this one would stay on the broker until its heartbeats ran out.
+            # A channel-level error (or a socket error pika did not wrap) may leave the
+            # connection open: the next attempt makes a new one, and this one would stay on the
+            # broker, its consumers taking messages no one reads, until its heartbeats ran out.
             close_quietly(connection)
             raise
         finally:
-            # However this connection ended (an OSError too): its handler threads stop taking
-            # its messages, or they would hold their queues back from the next connection.
+            # However this connection ended: its handler threads stop taking its messages, or
+            # they would hold their queues back from the next connection.
             lost.set()
             self._disconnect()
         if connection.is_open:

@@ -33,7 +33,7 @@ from bus.broker.connection import connect
 from bus.broker.topology import work_queue
 from bus.overview import take_overview
 from bus.store import Store
-from bus.worker import Consumer, command_consumer
+from bus.worker import Consumer, Delivery, command_consumer
 from schemas.model import ServiceRequest
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
@@ -250,9 +250,71 @@ def test_a_connection_ended_by_an_os_error_holds_no_queue_back(
         fail_next.set()
         wait_until(lambda: len(events(logs, "worker.consuming")) == 2, what="a new connection")
         with channel_on(amqp_url) as ch:
-            ch.basic_publish("", "loss.os-error", b"x", pika.BasicProperties(message_id="after"))
-        wait_until(lambda: handled == ["after"], timeout=10, what="the queue consumed again")
+            for n in range(4):  # the old connection, left open, would take some of them
+                ch.basic_publish("", "loss.os-error", b"x", pika.BasicProperties(message_id=f"{n}"))
+            consumers = ch.queue_declare("loss.os-error", passive=True).method.consumer_count
+        wait_until(lambda: len(handled) == 4, timeout=10, what="the queue consumed again")
 
+    assert handled == ["0", "1", "2", "3"] and consumers == 1
     assert [e["error"] for e in events(logs, "worker.connection_lost")] == [
         "OSError('connection reset by peer')"
     ]
+
+
+def test_a_channel_the_broker_closes_is_taken_as_a_lost_connection(amqp_url: str) -> None:
+    # RabbitMQ closes a consumer's channel, not its connection, when a message is held past its
+    # consumer_timeout (30 min by default): here, as quickly, by acking a tag it never gave.
+    channels: list[Any] = []
+
+    def declare(channel: Any) -> None:
+        channel.queue_declare("loss.channel", durable=True)
+        channels.append(channel)
+
+    handled: list[str] = []
+    consumer = Consumer(amqp_url, prefetch=1, name="closed", declare=declare, reconnect_delay=0.1)
+
+    def handle(delivery: Delivery, broker: Any) -> None:
+        handled.append(delivery.key)
+        if handled == ["first"]:  # once: it comes back, unacked, on the next connection
+            channel = channels[-1]
+            consumer._on_connection(lambda: channel.basic_ack(999_999))  # 406 from the broker
+
+    consumer.consume("loss.channel", handle)
+    with capture_logs() as logs, running(consumer):
+        wait_until(lambda: events(logs, "worker.consuming"), what="the first connection")
+        with channel_on(amqp_url) as ch:
+            ch.basic_publish("", "loss.channel", b"x", pika.BasicProperties(message_id="first"))
+        wait_until(lambda: len(events(logs, "worker.consuming")) == 2, what="a new connection")
+        with channel_on(amqp_url) as ch:
+            ch.basic_publish("", "loss.channel", b"x", pika.BasicProperties(message_id="after"))
+        wait_until(lambda: "after" in handled, timeout=10, what="the queue consumed again")
+
+    assert handled == ["first", "first", "after"]
+    [lost] = events(logs, "worker.connection_lost")
+    assert "the broker closed the consumer's channel" in lost["error"]
+
+
+def test_a_queue_deleted_under_the_consumer_is_declared_and_consumed_again(
+    amqp_url: str,
+) -> None:
+    # Deleting a queue makes the broker cancel its consumers (Basic.Cancel), the connection
+    # staying open: taken as a lost connection, or the queue would never be consumed again.
+    def declare(channel: Any) -> None:
+        channel.queue_declare("loss.deleted", durable=True)
+
+    handled: list[str] = []
+    consumer = Consumer(
+        amqp_url, prefetch=1, name="cancelled", declare=declare, reconnect_delay=0.1
+    )
+    consumer.consume("loss.deleted", lambda delivery, broker: handled.append(delivery.key))
+    with capture_logs() as logs, running(consumer):
+        wait_until(lambda: events(logs, "worker.consuming"), what="the first connection")
+        with channel_on(amqp_url) as ch:
+            ch.queue_delete("loss.deleted")
+        wait_until(lambda: len(events(logs, "worker.consuming")) == 2, what="a new connection")
+        with channel_on(amqp_url) as ch:
+            ch.basic_publish("", "loss.deleted", b"x", pika.BasicProperties(message_id="after"))
+        wait_until(lambda: handled == ["after"], timeout=10, what="the queue consumed again")
+
+    [cancelled] = events(logs, "worker.consumer_cancelled")
+    assert (cancelled["worker"], cancelled["queue"]) == ("cancelled", "loss.deleted")
