@@ -1,11 +1,19 @@
 """The outbox relay: moves committed outbox rows to RabbitMQ, in order, confirmed, at least once.
 
 One relay is active at a time (a lease in the store); other copies stand by and take over when
-the lease expires. Each cycle reads pending rows in id order, batch after batch, publishes each
-batch with publisher confirms, and only after the broker confirmed the whole batch marks its rows
-sent and writes their audit entries, in one store transaction. While the broker routes, stores
-and confirms one batch, the relay reads and publishes the next: one batch ahead, no more, so the
-broker and the relay work side by side instead of in turn (measured in tests/bench/bench_bus.py).
+the lease expires. A relay publishes only while it holds the lease: it renews it every third of
+its length and checks it before each batch goes out. One that finds the lease gone (another
+relay holds it, or it ran out before it was renewed) sends nothing more: the cycle ends, and the
+batch it has not seen confirmed is left to the new holder, who publishes it again. A relay that
+cannot reach the broker keeps its lease for one lease length (a broker restart does not move
+it), then gives it up and competes for it again only once it reaches the broker: meanwhile a
+standby that reaches the broker takes over, and while none does, no relay holds the lease.
+
+Each cycle reads pending rows in id order, batch after batch, publishes each batch with publisher
+confirms, and only after the broker confirmed the whole batch marks its rows sent and writes their
+audit entries, in one store transaction. While the broker routes, stores and confirms one batch,
+the relay reads and publishes the next: one batch ahead, no more, so the broker and the relay
+work side by side instead of in turn (measured in tests/bench/bench_bus.py).
 
 A `civicbus.request.created` event is also turned into a command for the adapter instance the
 routing rules choose, followed by a `civicbus.request.routed` event saying so (in the same
@@ -50,7 +58,7 @@ from bus.broker.connection import (
     BrokerUnavailable,
     broker_errors,
     close_quietly,
-    connect_with_retry,
+    connect,
 )
 from bus.broker.publisher import (
     CONFIRM_TIMEOUT,
@@ -81,6 +89,11 @@ LEASE = "relay"
 MAX_CYCLE_BATCHES = 20
 
 
+class LeaseLost(Exception):
+    """The relay lease is no longer this relay's (another relay holds it, or it ran out before
+    it was renewed): the cycle ends, and what it has not seen confirmed is the holder's to send."""
+
+
 @dataclass(frozen=True)
 class RelaySettings:
     #: Rows per batch: one round of publishes, then one wait for all their confirms.
@@ -91,7 +104,8 @@ class RelaySettings:
     poll_interval: float = 0.2
     #: The first wait after a batch, in seconds (an indexed look at the outbox costs little).
     quick_poll: float = 0.005
-    #: Seconds the relay lease lasts; renewed every third of it. A standby takes over after it.
+    #: Seconds the relay lease lasts; renewed every third of it. A standby takes over after it,
+    #: and a relay that could not reach the broker for this long gives the lease up.
     lease_ttl: float = 15.0
     #: Upper bound, in seconds, of the wait between reconnect attempts and after a failed batch.
     max_backoff: float = 15.0
@@ -144,7 +158,13 @@ class Relay:
         self.stop = stop or threading.Event()
         self._connection: Any = None
         self._publisher: ConfirmingPublisher | None = None
+        #: When this relay last took or renewed the lease (time.monotonic(), taken before asking
+        #: the store: the lease lasts at least lease_ttl from then); None while it holds none.
         self._lease_renewed_at: float | None = None
+        #: Since when the broker could not be reached (None while it can).
+        self._broker_lost_at: float | None = None
+        #: It gave the lease up for want of a broker: it competes again once it reaches one.
+        self._awaiting_broker = False
         self._failures = 0
         self._empty_looks = 0
         self._catalogue = {(s.jurisdiction, s.code) for s in config.services}
@@ -171,22 +191,27 @@ class Relay:
 
     def _cycle(self) -> None:
         try:
+            if self._awaiting_broker:
+                self._ensure_connected()
             if not self._hold_lease():
+                self._disconnect()  # a standby keeps no connection
                 self.stop.wait(self.settings.lease_ttl / 3)
                 return
             self._record_block()
-            self._ensure_connected()
-            if self.stop.is_set():
-                return
             sent = self.relay_pending()
             self._failures = 0
             if sent == 0:
                 self._idle()
             else:
                 self._empty_looks = 0
+        except LeaseLost:
+            # Logged when seen. The next cycle stands by, or takes the lease again if it is free.
+            self._disconnect()
         except (BrokerUnavailable, Unroutable) as exc:
             # Nothing of the batch was marked: it goes out again, whole and in order.
             self._disconnect()
+            if isinstance(exc, BrokerUnavailable):
+                self._give_up_lease_if_broker_stays_away()
             self._back_off("relay.broker_failed", exc, self.settings.max_backoff)
         except StoreUnavailable as exc:
             self._back_off("relay.store_failed", exc, self.settings.store_max_backoff)
@@ -205,27 +230,71 @@ class Relay:
         self.stop.wait(wait)
 
     def _hold_lease(self) -> bool:
+        """At a cycle's start: keep the lease, or take it if it is free; False while another
+        relay holds it."""
+        if self._still_holding():
+            return True
         now = time.monotonic()
+        if not self.store.try_lease(LEASE, self.settings.holder, self.settings.lease_ttl):
+            return False
+        log.info("relay.active", holder=self.settings.holder)
+        self._lease_renewed_at = now
+        return True
+
+    def _keep_lease(self) -> None:
+        """Before a batch goes out: raise LeaseLost unless this relay has held the lease without
+        a break since its cycle began (renewing it if a third of it has passed)."""
+        if not self._still_holding():
+            raise LeaseLost(f"relay {self.settings.holder} no longer holds the relay lease")
+
+    def _still_holding(self) -> bool:
+        """Whether this relay holds the lease and has since it took it, renewed in the store
+        when a third of it has passed (cheap until then). A lease that ran out before it was
+        renewed is lost even if no one took it: a standby may have held it meanwhile."""
         renewed = self._lease_renewed_at
-        if renewed is not None and now - renewed < self.settings.lease_ttl / 3:
+        if renewed is None:
+            return False
+        now = time.monotonic()
+        held_for = now - renewed
+        if held_for < self.settings.lease_ttl / 3:
             return True
-        if self.store.try_lease(LEASE, self.settings.holder, self.settings.lease_ttl):
-            if renewed is None:
-                log.info("relay.active", holder=self.settings.holder)
-            self._lease_renewed_at = now
-            return True
-        if renewed is not None:
-            log.warning("relay.lease_lost", holder=self.settings.holder)
-            self._disconnect()
+        if held_for < self.settings.lease_ttl:
+            if self.store.try_lease(LEASE, self.settings.holder, self.settings.lease_ttl):
+                self._lease_renewed_at = now
+                return True
+            reason = "another relay holds it"
+        else:
+            reason = f"not renewed for {held_for:.1f} s, longer than it lasts"
+        log.warning("relay.lease_lost", holder=self.settings.holder, reason=reason)
         self._lease_renewed_at = None
         return False
+
+    def _give_up_lease_if_broker_stays_away(self) -> None:
+        """After a broker failure: once the broker has been out of reach for a lease length,
+        let the lease go, so that a standby that reaches the broker takes over (rather than
+        none working while this relay waits), and compete again only once it is reachable."""
+        now = time.monotonic()
+        if self._broker_lost_at is None:
+            self._broker_lost_at = now
+        away = now - self._broker_lost_at
+        if self._lease_renewed_at is None or away < self.settings.lease_ttl:
+            return
+        log.warning(
+            "relay.lease_given_up",
+            holder=self.settings.holder,
+            broker_unreachable_s=round(away, 1),
+            why="a standby relay that reaches the broker takes over",
+        )
+        self._release_lease()
+        self._awaiting_broker = True
 
     def _while_publishing(self) -> None:
         """On each pass of a batch's wait for its confirms (at least once a second, for as long
         as the broker blocks publishing): keep the lease, and keep the store told of the block.
-        Cheap while neither is due."""
+        Cheap while neither is due. A lease lost meanwhile lets the batch be confirmed (it went
+        out while the lease was held) and stops the next one (`_keep_lease`)."""
         try:
-            if self._hold_lease():
+            if self._still_holding():
                 self._record_block()
         except StoreUnavailable as exc:
             # The batch goes on waiting; the next cycle meets the store's failure again.
@@ -268,6 +337,8 @@ class Relay:
         self._lease_renewed_at = None
 
     def _ensure_connected(self) -> None:
+        """Connect (one attempt: the relay loop backs off and tries again, keeping or giving up
+        its lease meanwhile) unless connected; raises BrokerUnavailable."""
         if (
             self._publisher is not None
             and self._connection is not None
@@ -275,9 +346,7 @@ class Relay:
         ):
             return
         self._disconnect()
-        connection = connect_with_retry(
-            self.amqp_url, stop=self.stop, max_backoff=self.settings.max_backoff
-        )
+        connection = connect(self.amqp_url)
         try:
             self._blocks.watch(connection)
             declare_topology(connection.channel(), self.config.instances)
@@ -290,6 +359,9 @@ class Relay:
             close_quietly(connection)
             raise
         self._connection = connection
+        self._broker_lost_at = None
+        self._awaiting_broker = False
+        log.info("relay.connected", holder=self.settings.holder)
 
     def _disconnect(self) -> None:
         close_quietly(self._connection)
@@ -307,8 +379,13 @@ class Relay:
         relay is stopping (after its first batch). Raises BrokerUnavailable or Unroutable, and
         StoreUnavailable when rows could not be read or marked: the batches not yet marked go
         out again, in order, on the next cycle (the one behind the failed one, already
-        published, thus twice).
+        published, thus twice). Raises LeaseLost when the lease is not, or no longer, this
+        relay's: no batch goes out after that.
         """
+        if not self._hold_lease():
+            raise LeaseLost(f"another relay holds the relay lease, not {self.settings.holder}")
+        self._ensure_connected()
+        self._keep_lease()  # connecting may have taken a while
         relayed = 0
         in_flight: deque[_InFlight] = deque()
         after, batches, more = 0, 0, True
@@ -331,25 +408,33 @@ class Relay:
                 self._publisher.abandon()  # given up: published again on the next cycle
 
     def _send(self, rows: Sequence[OutboxMessage]) -> _InFlight:
-        """Publish the rows' messages as one batch, without waiting for its confirms."""
-        self._ensure_connected()
-        assert self._publisher is not None
+        """Publish the rows' messages as one batch, without waiting for its confirms, if this
+        relay still holds the lease (else LeaseLost)."""
+        self._keep_lease()
+        publisher = self._connected_publisher()
         routed: dict[int, _Routed] = {}
         sent_at = datetime.now(UTC)
-        sent = self._publisher.send(list(self._messages(rows, routed)))
+        sent = publisher.send(list(self._messages(rows, routed)))
         return _InFlight(rows, routed, sent, sent_at)
 
     def _settle(self, batch: _InFlight) -> int:
         """Wait for the batch's confirms, then mark its rows sent and audit them."""
-        assert self._publisher is not None
+        publisher = self._connected_publisher()
         returned: dict[int, str] = {}
         try:
-            self._publisher.wait(batch.sent)
+            publisher.wait(batch.sent)
         except Unroutable as exc:
             returned = self._returned_replays(batch.rows, exc)
         self._blocks.cleared()  # confirmed, though perhaps returned
         self._commit(batch.rows, batch.routed, returned, batch.sent_at)
         return len(batch.rows)
+
+    def _connected_publisher(self) -> ConfirmingPublisher:
+        """The publisher of the cycle's connection. Within a cycle the relay never connects
+        again: a new connection starts a new cycle, which first makes sure of the lease."""
+        if self._publisher is None:
+            raise BrokerUnavailable("the connection to the broker was closed during the cycle")
+        return self._publisher
 
     def _returned_replays(self, rows: Sequence[OutboxMessage], exc: Unroutable) -> dict[int, str]:
         """The replay rows returned because their route is gone, by row id, with the route.

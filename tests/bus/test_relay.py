@@ -229,7 +229,8 @@ def test_a_routed_event_announces_each_command_and_repeats_its_id_when_published
     store: Store, config: Config, amqp_url: str, channel: Any
 ) -> None:
     pothole = accept(store, "POTHOLE")
-    Relay(store, config, amqp_url).relay_pending()
+    relay = Relay(store, config, amqp_url)
+    relay.relay_pending()
     [_, (properties, body)] = drain(channel, "test.events", 2, routed=True)
 
     routed = Envelope.model_validate(json.loads(body))
@@ -242,7 +243,7 @@ def test_a_routed_event_announces_each_command_and_repeats_its_id_when_published
     # The relay publishing the row again (e.g. after a crash before marking it) repeats the id.
     with store.transaction() as tx:
         tx.add_outbox(pothole, exchange=t.EVENTS_EXCHANGE, routing_key="request.created.POTHOLE")
-    Relay(store, config, amqp_url).relay_pending()
+    relay.relay_pending()
     [_, (again, _)] = drain(channel, "test.events", 2, routed=True)
     assert again.message_id == routed.id
 
@@ -260,14 +261,15 @@ def test_a_replayed_command_goes_to_its_instance_once_and_is_not_routed_again(
     store: Store, config: Config, amqp_url: str, channel: Any
 ) -> None:
     pothole = accept(store, "POTHOLE")
-    Relay(store, config, amqp_url).relay_pending()
+    relay = Relay(store, config, amqp_url)
+    relay.relay_pending()
     drain(channel, t.work_queue("sap-roads"), 1)
     with store.transaction() as tx:  # as `civicbus dead replay` does
         tx.add_outbox(
             pothole, exchange=t.COMMANDS_EXCHANGE, routing_key=t.command_routing_key("sap-roads")
         )
 
-    Relay(store, config, amqp_url).relay_pending()
+    relay.relay_pending()
 
     assert len(drain(channel, t.work_queue("sap-roads"), 2, timeout=1.0)) == 1
     assert [e.action for e in store.audit_trail(pothole.subject)] == [

@@ -56,9 +56,10 @@ def test_a_batch_that_cannot_be_marked_goes_out_again_in_order(
     store = Store.open(sqlite_url + "?timeout=3")  # the marking gives up after 3 s
     release = threading.Event()
     try:
+        relay = Relay(store, config, amqp_url, settings=RelaySettings(batch_size=2))
+        assert relay.relay_pending() == 0  # the relay holds the lease before the store locks up
         envelopes = accept(store, 4)
         ids = [e.id for e in envelopes]
-        relay = Relay(store, config, amqp_url, settings=RelaySettings(batch_size=2))
         holder = hold_write_lock(sqlite_url, until=release)
         with pytest.raises(StoreUnavailable):
             # Rows 1-2 published, then 3-4 while 1-2 are confirmed; marking 1-2 waits, then fails.
