@@ -40,9 +40,11 @@ def record(
     envelope: dict[str, Any] | str | None,
     attempts: int,
     at: datetime | None,
+    first_failed_at: datetime | None = None,
 ) -> DeadLetter | None:
     """Insert the dead letter, or bump the attempts and last failure of a known one that was
-    replayed or dropped; None, changing nothing, when it is still waiting as a dead letter."""
+    replayed or dropped; None, changing nothing, when it is still waiting as a dead letter.
+    `first_failed_at`: when its first failed round was (default `at`), for a new one."""
     at = at or utcnow()
     if isinstance(envelope, dict) and isinstance(envelope.get("data"), dict):
         envelope = {**envelope, "data": without_reporter(envelope["data"], request_id)}
@@ -64,7 +66,7 @@ def record(
                 request_id=request_id,
                 reason=reason,
                 attempts=attempts,
-                first_failed_at=at,
+                first_failed_at=min(first_failed_at or at, at),
                 last_failed_at=at,
                 envelope=envelope,
                 state=DeadLetterState.DEAD.value,

@@ -316,11 +316,13 @@ class Transaction:
         request_id: str | None = None,
         attempts: int = 1,
         at: datetime | None = None,
+        first_failed_at: datetime | None = None,
     ) -> DeadLetter | None:
-        """Keep a message the instance gave up on; a known (instance, message_id) that was
-        replayed or dropped gets its attempts increased by `attempts`, its last failure and
-        reason updated, state `dead`. None when that message is a dead letter waiting already:
-        a repeat, which changes nothing (idempotent consumer)."""
+        """Keep a message the instance gave up on (its first failed round at
+        `first_failed_at`, its last at `at`); a known (instance, message_id) that was replayed
+        or dropped gets its attempts increased by `attempts`, its last failure and reason
+        updated, state `dead`. None when that message is a dead letter waiting already: a
+        repeat, which changes nothing (idempotent consumer)."""
         return _dead_letters.record(
             self._session,
             instance=instance,
@@ -330,6 +332,7 @@ class Transaction:
             envelope=envelope,
             attempts=attempts,
             at=at,
+            first_failed_at=first_failed_at,
         )
 
     def set_dead_letter_state(

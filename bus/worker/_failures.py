@@ -140,6 +140,7 @@ def dead_letter(
             reason=reason,
             attempts=attempts,
             at=failed_at,
+            first_failed_at=first_failure,
             envelope=_stored_form(delivery, envelope),
         )
         details: dict[str, Any] = {

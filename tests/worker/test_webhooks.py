@@ -328,6 +328,7 @@ def test_a_dead_letter_counts_every_round_and_dates_the_first_failed_one(
     # When round 1 failed (audited just after), not when the event was given up on.
     assert abs((first_failure - rounds[0].at).total_seconds()) < 0.3
     assert (letter.last_failed_at - first_failure).total_seconds() >= 0.9  # two 0.5 s waits
+    assert letter.first_failed_at == first_failure  # what `dead list` shows
     assert properties.headers[ATTEMPT_HEADER] == 3
     assert datetime.fromisoformat(properties.headers[FIRST_FAILURE_HEADER]) == first_failure
 

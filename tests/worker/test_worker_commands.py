@@ -177,6 +177,12 @@ def test_a_backend_down_for_longer_than_all_attempts_dead_letters_the_command(
     assert letter.reason.startswith("gave up after 4 attempts; last error TransientError")
     assert backend.calls == FAST.retry.max_attempts * FAST.retry.immediate_attempts
     assert queue_depth(topology, dead_queue(INSTANCE)) == 1
+    # When the first round failed (tiers of 0.2, 0.4 and 0.4 s waited since), not the last.
+    [first_round] = [
+        e for e in store.audit_trail(envelope.subject) if e.action == "retry_scheduled"
+    ][:1]
+    assert abs((letter.first_failed_at - first_round.at).total_seconds()) < 0.2
+    assert (letter.last_failed_at - letter.first_failed_at).total_seconds() >= 0.9
 
 
 def test_copies_in_the_retry_tiers_and_the_dead_letter_queue_keep_the_original_properties(
