@@ -104,12 +104,18 @@ def parse_datetime(name: str, value: str) -> datetime:
     return parsed
 
 
+#: Numbers as a back-end reads them: ASCII digits, no `_` grouping (Python's int() and float()
+#: also take `1_000` and other scripts' digits, and the text is passed on as it came).
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def parse_int(name: str, value: str, *, low: int, high: int) -> int:
     """Read a whole number within [low, high]."""
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise InvalidValue(f"{name}: {_show(value)} is not a whole number") from None
+    text = value.strip()
+    if not _WHOLE_NUMBER.fullmatch(text):
+        raise InvalidValue(f"{name}: {_show(value)} is not a whole number")
+    number = int(text)
     if not low <= number <= high:
         raise InvalidValue(f"{name}: {_show(value)} is not between {low} and {high}")
     return number
@@ -117,11 +123,13 @@ def parse_int(name: str, value: str, *, low: int, high: int) -> int:
 
 def parse_float(name: str, value: str, *, low: float, high: float) -> float:
     """Read a finite decimal number within [low, high]; an infinite bound is no bound."""
-    try:
-        number = float(value.strip())
-    except ValueError:
-        raise InvalidValue(f"{name}: {_show(value)} is not a number") from None
-    # float() reads 'inf', 'nan' and overflows like 1e309 to infinity: none is a quantity.
+    text = value.strip()
+    if text.lower().lstrip("+-") in ("inf", "infinity", "nan"):
+        raise InvalidValue(f"{name}: {_show(value)} is not a finite number")
+    if not _DECIMAL_NUMBER.fullmatch(text):
+        raise InvalidValue(f"{name}: {_show(value)} is not a number")
+    number = float(text)
+    # Overflows like 1e309 are read as infinity: not a quantity.
     if not math.isfinite(number):
         raise InvalidValue(f"{name}: {_show(value)} is not a finite number")
     if not low <= number <= high:

@@ -21,6 +21,7 @@ from schemas.open311 import (
     parse_create_form,
     parse_datetime,
     parse_float,
+    parse_int,
     parse_update_form,
 )
 
@@ -154,6 +155,20 @@ def test_c12_number_must_parse() -> None:
 def test_c12_number_must_be_finite(value: str) -> None:
     result = parse_create_form(pothole(**{"attribute[DEPTH_CM]": value}), POTHOLE)
     assert descriptions(result) == [f"DEPTH_CM: {value!r} is not a finite number"]
+
+
+@pytest.mark.parametrize("value", ["1_000", "\u0663", "\uff11\uff12", "0x10", "1,5", "12cm"])
+def test_c12_a_number_is_ascii_digits_as_a_back_end_reads_it(value: str) -> None:
+    # int() and float() take `1_000` and other scripts' digits; the text is passed on as given.
+    result = parse_create_form(pothole(**{"attribute[DEPTH_CM]": value}), POTHOLE)
+    assert descriptions(result) == [f"DEPTH_CM: {value!r} is not a number"]
+    with pytest.raises(InvalidValue, match="is not a whole number"):
+        parse_int("page_size", value, low=1, high=1000)
+
+
+@pytest.mark.parametrize("value", ["12", "-3.5", "+.5", "7.", "1e3", " 42 "])
+def test_c12_a_plain_decimal_number_is_read(value: str) -> None:
+    assert parse_float("n", value, low=-10.0, high=10_000.0) == float(value)
 
 
 @pytest.mark.parametrize(
