@@ -23,6 +23,7 @@ from bus.broker.topology import (
     retry_routing_key,
 )
 from bus.config import RetryPolicy
+from bus.redaction import redact_text
 from bus.store import DeadLetter, Store
 from bus.worker._consumer import Broker
 from bus.worker._delivery import (
@@ -56,10 +57,12 @@ class Route:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line reason for operators: the error class and its message (never personal data:
-    adapters and our own errors keep it out of messages)."""
+    """A one-line reason for operators: the error class and its message. Adapters keep
+    personal data out of their messages, but a back-end's own error text may quote the
+    request's contact details: e-mail addresses and phone numbers in it are masked, as in the
+    logs and the audit, for the reason is stored with dead letters and sent in events."""
     # NUL spelled out: PostgreSQL stores no NUL in text, and a reason is stored with its letter.
-    text = str(exc).strip().replace("\x00", "\\x00") or "(no message)"
+    text = redact_text(str(exc).strip().replace("\x00", "\\x00")) or "(no message)"
     return f"{type(exc).__name__}: {text}"[:1000]
 
 

@@ -22,7 +22,7 @@ from worker_support import (
     wait_until,
 )
 
-from adapters import Receipt
+from adapters import PermanentError, Receipt
 from bus.broker.topology import (
     DEAD_EXCHANGE,
     RETRY_EXCHANGE,
@@ -331,3 +331,25 @@ def test_a_receipt_the_store_refuses_dead_letters_its_message_and_records_the_ot
         assert [e["event"] for e in logs].count("worker.receipts_not_recorded") == 1
     finally:
         store.close()
+
+
+class _Echoing(MemoryBackend):
+    """A back-end whose refusal quotes the reporter's contact details, as some do."""
+
+    def submit(self, request: ServiceRequest) -> Receipt:
+        raise PermanentError("contact zed.privacy@example.org tel 555-0199 rejected")
+
+
+def test_a_backends_error_text_is_kept_and_sent_without_contact_details(store: Store) -> None:
+    refused = new_request(store)
+    worker = CommandWorker(Route(INSTANCE, store, RetryPolicy()), _Echoing())
+
+    assert list(worker.handle_batch(_deliveries(refused), _Recording())) == []
+
+    [letter] = store.dead_letters(INSTANCE)
+    [failed] = [
+        r.envelope for r in store.pending_outbox() if r.envelope.type is EventType.DELIVERY_FAILED
+    ]
+    for reason in (letter.reason, failed.data["reason"]):
+        assert "zed.privacy" not in reason and "555-0199" not in reason
+        assert reason == "PermanentError: contact [redacted-email] tel [redacted-phone] rejected"
