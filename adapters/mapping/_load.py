@@ -23,7 +23,7 @@ from jsonschema.exceptions import ValidationError
 from adapters.mapping import _geo, _transforms
 from adapters.mapping._engine import Document, FieldRule, Mapping, Step
 from adapters.mapping._errors import MappingFileError, Problem
-from schemas.model import Status
+from schemas.model import Location, Reporter, ServiceRequest, Status
 
 Path_ = tuple[str | int, ...]
 
@@ -169,6 +169,66 @@ _TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _REPORTER_READ = re.compile(r"(?<![\w.\"])reporter\b(?:\s*\.\s*(\w+))?")
 
 
+#: The fields a path can read: the request's JSON form (mapping._engine.Mapping.document), by
+#: name, with the objects whose fields are known too. `attributes` holds whatever the service
+#: defines, and list items are not followed: neither is checked below its name.
+_DOCUMENT_FIELDS: dict[str, frozenset[str] | None] = {
+    **dict.fromkeys(ServiceRequest.model_fields),
+    "location": frozenset(Location.model_fields),
+    "reporter": frozenset(Reporter.model_fields),
+    "links": frozenset({"open311"}),
+}
+
+#: JMESPath nodes whose children are all read from the same place as the node itself.
+_SAME_PLACE = frozenset(
+    {
+        "function_expression",
+        "multi_select_list",
+        "or_expression",
+        "and_expression",
+        "not_expression",
+        "comparator",
+        "key_val_pair",
+        "multi_select_dict",
+    }
+)
+#: Nodes whose first child is read from the same place and the rest from its result.
+_LEFT_ONLY = frozenset(
+    {"pipe", "index_expression", "projection", "value_projection", "filter_projection", "flatten"}
+)
+
+
+def _unknown_fields(node: dict[str, Any]) -> list[str]:
+    """The paths from the request's root in a parsed JMESPath expression that name a field no
+    request has (`location.lon` for `location.long`): a typo would map to nothing, silently."""
+    kind = node.get("type")
+    children: list[dict[str, Any]] = node.get("children", [])
+    if kind == "field":
+        name = str(node["value"])
+        return [] if name in _DOCUMENT_FIELDS else [name]
+    if kind == "subexpression":
+        first, second = children[0], children[1]
+        if first.get("type") == "field" and second.get("type") == "field":
+            name, inner = str(first["value"]), str(second["value"])
+            if name not in _DOCUMENT_FIELDS:
+                return [name]
+            known = _DOCUMENT_FIELDS[name]
+            return [] if known is None or inner in known else [f"{name}.{inner}"]
+        return _unknown_fields(first)
+    if kind in _SAME_PLACE:
+        return [unknown for child in children for unknown in _unknown_fields(child)]
+    if kind in _LEFT_ONLY and children:
+        return _unknown_fields(children[0])
+    return []
+
+
+def _known_at(unknown: str) -> str:
+    """The fields known where `unknown` was looked for, to say what was meant."""
+    parent, _, _ = unknown.rpartition(".")
+    known = _DOCUMENT_FIELDS.get(parent) if parent else frozenset(_DOCUMENT_FIELDS)
+    return f"(fields there: {', '.join(sorted(known or ()))})"
+
+
 class _Compiler:
     """Turns validated mapping data into a Mapping, collecting problems instead of stopping."""
 
@@ -214,6 +274,8 @@ class _Compiler:
                 path, f"not a valid JMESPath expression ({exc.msg} at column {exc.lex_position})"
             )
             return lambda doc: None
+        for unknown in _unknown_fields(compiled.parsed):
+            self.problem(path, f"reads {unknown}, which no request has {_known_at(unknown)}")
         return compiled.search
 
     def _check_personal_data(self, expression: str, path: Path_) -> None:

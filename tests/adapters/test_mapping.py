@@ -212,6 +212,37 @@ def test_reading_reporter_data_without_listing_it_is_a_file_error() -> None:
         )
 
 
+def test_a_path_to_a_field_no_request_has_is_a_file_error() -> None:
+    # `location.lon` for `location.long` would map to nothing, and a back-end that needs the
+    # longitude would refuse every request; the template's `zipcod` likewise.
+    with pytest.raises(MappingFileError) as caught:
+        mapping(
+            "  Lon: {from: location.lon}\n"
+            "  Where: {template: '{location.address} {zipcod}'}\n"
+            "  Lane: {from: attributes.LANE}\n"
+            "  Ref: {from: \"backend_refs[?adapter=='sap'].reference | [0]\"}\n"
+            "  Link: {from: links.open311}\n"
+        )
+    problems = {(p.line, p.where, p.message) for p in caught.value.problems}
+    assert problems == {
+        (
+            3,
+            "fields.Lon.from",
+            "reads location.lon, which no request has "
+            "(fields there: address, address_id, lat, long, zipcode)",
+        ),
+        (4, "fields.Where.template", problems_message("zipcod")),
+    }
+
+
+def problems_message(field: str) -> str:
+    return (
+        f"reads {field}, which no request has (fields there: "
+        + ", ".join(sorted([*ServiceRequest.model_fields, "links"]))
+        + ")"
+    )
+
+
 def test_status_table_and_default() -> None:
     m = mapping(
         "  T: {const: x}\n", extra="statuses: {OSNO: open, NOPR: in_progress, 70: closed}\n"
