@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import abc
 from collections.abc import Callable
 from functools import lru_cache
 from importlib.resources import files
@@ -198,11 +199,11 @@ _LEFT_ONLY = frozenset(
 )
 
 
-def _unknown_fields(node: dict[str, Any]) -> list[str]:
+def _unknown_fields(node: abc.Mapping[str, Any]) -> list[str]:
     """The paths from the request's root in a parsed JMESPath expression that name a field no
     request has (`location.lon` for `location.long`): a typo would map to nothing, silently."""
     kind = node.get("type")
-    children: list[dict[str, Any]] = node.get("children", [])
+    children: list[abc.Mapping[str, Any]] = node.get("children", [])
     if kind == "field":
         name = str(node["value"])
         return [] if name in _DOCUMENT_FIELDS else [name]
