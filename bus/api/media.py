@@ -1,4 +1,5 @@
-"""Media uploads: type checked by content, stored content-addressed, served back by URL (C-13).
+"""Media uploads: type checked by content, stored content-addressed without their embedded
+metadata (bus.api.media_metadata), served back by URL (C-13).
 
 A file is named by the SHA-256 of its bytes, so the same photo posted twice is stored once and
 a stored file never changes under its URL. It goes only when taken down (bus.takedown) from
@@ -14,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bus.api.media_metadata import without_metadata
 from schemas.model import Media
 
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
@@ -67,6 +69,7 @@ class MediaStore:
         ext = sniff(data)
         if ext is None:
             raise ValueError("unchecked upload: not an accepted media type")
+        data = without_metadata(data, ext)  # served publicly: no GPS, device or owner's name
         digest = hashlib.sha256(data).hexdigest()
         name = f"{digest}.{ext}"
         target = self._path(digest, name)

@@ -1,0 +1,96 @@
+"""Uploaded photos lose their embedded metadata before they are stored and served publicly.
+
+A phone's photo carries EXIF (GPS position, time, the device's make and serial number, the
+owner's name), XMP and IPTC blocks, or PNG text chunks: personal data of the resident who took
+it, which the public `/media/...` URL would hand to anyone. Only those blocks are removed; the
+picture's bytes are copied as they are (no decoding: a JPEG's orientation tag goes with its
+EXIF, so a photo taken sideways may show sideways). A file whose structure cannot be followed
+is kept as it came (it passed the type check; refusing it would lose the report's photo). PDF
+and GIF files are stored as they come.
+"""
+
+from __future__ import annotations
+
+import struct
+
+#: JPEG segments kept: APP0 (JFIF), APP2 (ICC colour profile), APP14 (Adobe colour transform).
+#: Every other APPn (APP1 EXIF and XMP, APP13 IPTC, ...) and COM (comments) is dropped.
+_JPEG_KEPT_APPS = frozenset({0xE0, 0xE2, 0xEE})
+#: PNG chunks that hold text, EXIF or the time the picture was made.
+_PNG_DROPPED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"})
+#: WebP chunks of metadata, and the VP8X flags that announce them.
+_WEBP_DROPPED = frozenset({b"EXIF", b"XMP "})
+_VP8X_EXIF_AND_XMP = 0x08 | 0x04
+
+
+def without_metadata(data: bytes, ext: str) -> bytes:
+    """`data` (of type `ext`, as media.sniff names it) without its metadata blocks."""
+    strip = {"jpg": _jpeg, "png": _png, "webp": _webp}.get(ext)
+    if strip is None:
+        return data
+    try:
+        return strip(data)
+    except (IndexError, ValueError, struct.error):
+        return data  # not followable: kept as it came (see the module's text)
+
+
+def _jpeg(data: bytes) -> bytes:
+    out = bytearray(data[:2])  # SOI
+    pos = 2
+    while pos < len(data):
+        if data[pos] != 0xFF:
+            raise ValueError("not at a JPEG marker")
+        while data[pos + 1] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        marker = data[pos + 1]
+        if marker == 0xDA or marker == 0xD9:  # start of scan, end of image: the rest as it is
+            out += data[pos:]
+            return bytes(out)
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            out += data[pos : pos + 2]
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        end = pos + 2 + length
+        if length < 2 or end > len(data):
+            raise ValueError("a JPEG segment runs past the file")
+        dropped = marker == 0xFE or (0xE0 <= marker <= 0xEF and marker not in _JPEG_KEPT_APPS)
+        if not dropped:
+            out += data[pos:end]
+        pos = end
+    raise ValueError("a JPEG without image data")
+
+
+def _png(data: bytes) -> bytes:
+    out = bytearray(data[:8])  # the signature
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length  # length, type, data, CRC
+        if end > len(data):
+            raise ValueError("a PNG chunk runs past the file")
+        if kind not in _PNG_DROPPED:
+            out += data[pos:end]
+        pos = end
+        if kind == b"IEND":
+            break
+    return bytes(out)
+
+
+def _webp(data: bytes) -> bytes:
+    chunks = bytearray()
+    pos = 12  # "RIFF", the size, "WEBP"
+    while pos + 8 <= len(data):
+        kind = data[pos : pos + 4]
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        end = pos + 8 + size + (size & 1)  # chunks are padded to an even length
+        if end > len(data):
+            raise ValueError("a WebP chunk runs past the file")
+        chunk = bytearray(data[pos:end])
+        if kind == b"VP8X":
+            chunk[8] &= ~_VP8X_EXIF_AND_XMP & 0xFF
+        if kind not in _WEBP_DROPPED:
+            chunks += chunk
+        pos = end
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + bytes(chunks)
