@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
@@ -160,6 +166,101 @@ def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
     assert adapter.updates(page.watermark).updates == ()
     [skipped] = [e for e in logs if e["event"] == "parks.status_unmapped"]
     assert skipped["code"] == "DUPLICATE" and skipped["mapping"].endswith("parks.yaml")
+
+
+#: A clerk's note quoting a resident, longer than a StatusUpdate holds (4,000 characters).
+LONG_NOTE = "Resident Marge Simpson called: " + "the bench is still broken. " * 200
+
+
+def test_a_note_longer_than_an_update_holds_is_cut_and_later_changes_still_arrive(
+    parks: Running, mapping: Mapping
+) -> None:
+    adapter = adapter_for(parks, mapping)
+    first, second = a_request("PARK_BENCH"), a_request("PARK_BENCH")
+    adapter.submit(first)
+    adapter.submit(second)
+    start = adapter.updates(None).watermark
+
+    control(parks, "POST", f"/items/{first.id}/status", status="COMPLETED", note=LONG_NOTE)
+    control(parks, "POST", f"/items/{second.id}/advance")
+    page = adapter.updates(start)
+
+    # Refusing it failed every poll at this change: the cursor never moved again.
+    assert [(u.request_id, u.status) for u in page.updates] == [
+        (first.id, Status.FIXED),
+        (second.id, Status.INVESTIGATING),
+    ]
+    note = page.updates[0].note
+    assert note is not None and len(note) == 4000
+    assert note.endswith("…") and note[:-1] == LONG_NOTE[:3999]
+    assert adapter.updates(page.watermark).updates == ()
+
+
+class _ChangesFeed(BaseHTTPRequestHandler):
+    """A parks API serving tokens and a changes feed of chosen changes (`server.changes`)."""
+
+    def do_POST(self) -> None:  # the token endpoint
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})
+
+    def do_GET(self) -> None:
+        after = int(parse_qs(urlparse(self.path).query).get("since", ["0"])[0])
+        changes: list[dict[str, Any]] = self.server.changes  # type: ignore[attr-defined]
+        page = [c for c in changes if c.get("change_id", 0) > after]
+        last = max((c.get("change_id", 0) for c in page), default=after)
+        self._answer({"changes": page, "next": str(last), "more": False})
+
+    def _answer(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def changes_feed(changes: list[dict[str, Any]]) -> Iterator[str]:
+    """A parks API on a loopback port whose changes feed holds `changes`; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChangesFeed)
+    server.changes = changes  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_change_that_cannot_be_read_is_skipped_and_later_changes_still_arrive(
+    mapping: Mapping,
+) -> None:
+    at = "2026-11-20T10:00:00+00:00"
+    changes: list[dict[str, Any]] = [
+        {"change_id": 1, "external_reference": "req-1", "changed_at": at, "note": "Marge"},
+        {"change_id": 2, "external_reference": "req-1", "status": "NEW", "changed_at": at,
+         "note": {"text": "Marge"}},  # fmt: skip
+        {"change_id": 3, "external_reference": "req-2", "status": "COMPLETED", "changed_at": at},
+    ]
+    with changes_feed(changes) as url, capture_logs() as logs:
+        adapter = ParksAdapter(
+            "parks", {"base_url": url, "client_id": "c", "client_secret": "s"}, mapping
+        )
+        page = adapter.updates(None)
+
+    # Raising here failed every poll at this change: the cursor never moved again.
+    assert [(u.request_id, u.update_id) for u in page.updates] == [("req-2", "parks:3")]
+    assert page.watermark == "3"
+    skipped = [e for e in logs if e["event"] == "parks.change_unreadable"]
+    assert [(e["change_id"], e["problem"]) for e in skipped] == [
+        (1, "missing status"),
+        (2, "note: string_type"),
+    ]
+    assert "Marge" not in str(skipped)  # a note may quote a resident
 
 
 def test_throttling_is_transient_with_the_servers_retry_after(

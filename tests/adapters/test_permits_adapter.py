@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from adapters import PermanentError, TransientError
 from adapters.mapping import Mapping, load_mapping, parse_mapping
 from adapters.permits import PermitsAdapter
 from adapters.permits._errors import fault_kind, safe_fault_text
+from civicbus.sandbox.permits import committed_wsdl
 from civicbus.sandbox.runner import Running
 from schemas.model import Status
 
@@ -138,6 +141,34 @@ def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
     assert adapter.updates(page.watermark).updates == ()
     [skipped] = [e for e in logs if e["event"] == "permits.status_unmapped"]
     assert skipped["code"] == "WITHDRAWN" and skipped["mapping"].endswith("permits.yaml")
+
+
+#: A clerk's note quoting a resident, longer than a StatusUpdate holds (4,000 characters).
+LONG_NOTE = "Applicant Marge Simpson wrote: " + "the scaffold is still up. " * 200
+
+
+def test_a_note_longer_than_an_update_holds_is_cut_and_later_changes_still_arrive(
+    permits: Running, mapping: Mapping
+) -> None:
+    adapter = adapter_for(permits, mapping)
+    first, second = a_request(), a_request()
+    adapter.submit(first)
+    adapter.submit(second)
+    start = adapter.updates(None).watermark
+
+    control(permits, "POST", f"/items/{first.id}/status", status="APPROVED", note=LONG_NOTE)
+    control(permits, "POST", f"/items/{second.id}/advance")
+    page = adapter.updates(start)
+
+    # Refusing it failed every poll at this change: the watermark never moved again.
+    assert [(u.request_id, u.status) for u in page.updates] == [
+        (first.id, Status.FIXED),
+        (second.id, Status.INVESTIGATING),
+    ]
+    note = page.updates[0].note
+    assert note is not None and len(note) == 4000
+    assert note.endswith("…") and note[:-1] == LONG_NOTE[:3999]
+    assert adapter.updates(page.watermark).updates == ()
 
 
 def test_a_rejected_case_is_a_permanent_error(permits: Running, mapping: Mapping) -> None:
@@ -298,3 +329,125 @@ def test_documents_with_entities_are_refused(mapping: Mapping) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Canned(BaseHTTPRequestHandler):
+    """The permit system's WSDL on GET; to every SOAP call, the answer in `server.answer`
+    (HTTP status, content type, body)."""
+
+    def do_GET(self) -> None:
+        body = committed_wsdl(f"http://127.0.0.1:{self.server.server_address[1]}/permits")
+        self._send(200, "text/xml; charset=utf-8", body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, content_type, body = self.server.answer  # type: ignore[attr-defined]
+        self._send(status, content_type, body.encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def canned_permit_system(status: int, content_type: str, body: str) -> Iterator[str]:
+    """A permit system on a loopback port answering every call so; yields its WSDL URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
+    server.answer = (status, content_type, body)  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/permits?wsdl"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_XHTML_PAGE = (
+    '<?xml version="1.0" encoding="utf-8"?>\n<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 '
+    'Strict//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n<html '
+    'xmlns="http://www.w3.org/1999/xhtml"><head><title>Service Unavailable</title></head>'
+    "<body><h1>Down for maintenance</h1></body></html>"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "page"),
+    [
+        (503, _XHTML_PAGE),
+        (503, "<!DOCTYPE html><html><body><h1>503 Service Unavailable</h1></body></html>"),
+        (200, "<!doctype HTML><html><body>Back soon</body></html>"),  # a proxy's page
+    ],
+)
+def test_an_html_page_instead_of_soap_is_transient(
+    status: int, page: str, mapping: Mapping
+) -> None:
+    """A maintenance page is a back-end not working right now: dead-lettering the message at
+    once lost it for good. (Its DOCTYPE is still never processed.)"""
+    with canned_permit_system(status, "text/html", page) as wsdl:
+        adapter = PermitsAdapter("permits", {"wsdl": wsdl, "timeout": 5}, mapping)
+        for call in (lambda: adapter.find("req-1"), lambda: adapter.updates("1")):
+            with pytest.raises(TransientError, match="an HTML page, not SOAP"):
+                call()
+
+
+def _changes_answer(*changes: str, last: int) -> str:
+    ns = "http://permits.sandbox.example/soap/v1"
+    return (
+        '<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/'
+        f'envelope/" xmlns:tns="{ns}"><soap:Body><tns:ListCaseChangesSinceResponse>'
+        "<tns:ListCaseChangesSinceResult><tns:changes>"
+        + "".join(changes)
+        + f"</tns:changes><tns:lastSequence>{last}</tns:lastSequence><tns:more>false</tns:more>"
+        "</tns:ListCaseChangesSinceResult></tns:ListCaseChangesSinceResponse></soap:Body>"
+        "</soap:Envelope>"
+    )
+
+
+def _change(sequence: int, reference: str, status: str, changed_at: str, note: str) -> str:
+    return (
+        f"<tns:CaseChange><tns:sequence>{sequence}</tns:sequence><tns:caseId>PRM-{sequence}"
+        f"</tns:caseId><tns:externalReference>{reference}</tns:externalReference><tns:status>"
+        f"{status}</tns:status><tns:changedAt>{changed_at}</tns:changedAt><tns:note>{note}"
+        "</tns:note></tns:CaseChange>"
+    )
+
+
+def test_a_change_that_cannot_be_read_is_skipped_and_later_changes_still_arrive(
+    mapping: Mapping,
+) -> None:
+    answer = _changes_answer(
+        _change(5, "req-1", "APPROVED", "20/11/2026 10:00", "Marge called"),  # zeep reads None
+        _change(6, "req-2", "APPROVED", "2026-11-20T10:00:00+00:00", "granted"),
+        last=6,
+    )
+    with canned_permit_system(200, "text/xml", answer) as wsdl, capture_logs() as logs:
+        page = PermitsAdapter("permits", {"wsdl": wsdl, "timeout": 5}, mapping).updates("4")
+
+    # Raising here failed every poll at this change: the watermark never moved again.
+    assert [(u.request_id, u.update_id) for u in page.updates] == [("req-2", "permits:6")]
+    assert page.watermark == "6"
+    [skipped] = [e for e in logs if e["event"] == "permits.change_unreadable"]
+    assert (skipped["sequence"], skipped["problem"]) == (5, "missing changedAt")
+    assert "Marge" not in str(skipped)
+
+
+def test_real_soap_faults_keep_their_class(mapping: Mapping) -> None:
+    def fault(code: str) -> str:
+        return (
+            '<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/'
+            f'envelope/"><soap:Body><soap:Fault><faultcode>soap:{code}</faultcode><faultstring>'
+            "no</faultstring></soap:Fault></soap:Body></soap:Envelope>"
+        )
+
+    for code, kind in (("Client", PermanentError), ("Server", TransientError)):
+        with canned_permit_system(500, "text/xml", fault(code)) as wsdl:
+            adapter = PermitsAdapter("permits", {"wsdl": wsdl, "timeout": 5}, mapping)
+            with pytest.raises(kind, match=f"SOAP fault soap:{code}"):
+                adapter.find("req-1")
