@@ -389,15 +389,14 @@ def apply_status_update(
                 update_id=update.update_id,
             )
             return None
-    late = _is_late(update.at, requested_at=row.requested_at, updated_at=row.updated_at)
     if (
         row.status == update.status.value
         and update.note is None
         and update.media_url is None
         and update.external_status_code is None
     ):
-        if not late and update.at > row.updated_at:
-            # Nothing new to say, but the status is confirmed as of a later time: an older
+        if _confirms_later(update.at, requested_at=row.requested_at, updated_at=row.updated_at):
+            # Nothing new to say, but the reported status holds as of a later time: an older
             # update arriving after this one must find it late, not put its status over it.
             _set_status(conn, update, dict(row.document))
         log.info(
@@ -428,6 +427,7 @@ def apply_status_update(
         )
         return None
     previous = Status(row.status)
+    late = _is_late(update.at, requested_at=row.requested_at, updated_at=row.updated_at)
     if not late:
         _set_status(conn, update, dict(row.document))
     request = get_request(conn, update.request_id)
@@ -460,6 +460,14 @@ def _is_late(at: datetime, *, requested_at: datetime, updated_at: datetime) -> b
     the request (its receipt status, its first change), so any time applies.
     """
     return at < updated_at and updated_at != requested_at
+
+
+def _confirms_later(at: datetime, *, requested_at: datetime, updated_at: datetime) -> bool:
+    """Whether a repeat of the current status, dated `at`, dates it later than the update that
+    set it. Only a reported status is dated so: while none was applied, updated_at is the
+    creation's time on civicbus's clock, and a repeat of the first status moves nothing. A time
+    without a zone (from an adapter that did not validate its update) compares with nothing."""
+    return updated_at != requested_at and at.tzinfo is not None and at > updated_at
 
 
 def add_backend_ref(
