@@ -13,7 +13,9 @@ outage is different: the round stops, and the page is read again next round.
 
 Each round's outcome is kept with the watermark (the last completed round; since when rounds
 fail, how many and why), so `civicbus status` and the API's /metrics show a poller that keeps
-failing: this process has no endpoint of its own.
+failing: this process has no endpoint of its own. Why, there and in the log, is what
+`_safe_reason` says: an exception's text may quote back-end data (a clerk's note quoting a
+resident), so it is kept only for errors written to carry none.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ import os
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
+from pydantic import ValidationError
 
-from adapters import Adapter
+from adapters import Adapter, AdapterError
+from adapters._changes import refused_fields
 from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable
 from schemas.model import StatusUpdate
@@ -98,7 +104,7 @@ class Poller:
                 )
                 return False
             except ValueError as exc:  # InvalidData, or a value the model refuses
-                refused = f"{type(exc).__name__}: {exc}"
+                refused = _safe_reason(exc)
         self._refuse(instance, update, refused)
         return False
 
@@ -124,7 +130,7 @@ class Poller:
                     details={**context, "instance": instance},
                 )
         except ValueError as exc:
-            log.error("poller.refusal_not_audited", instance=instance, error=str(exc))
+            log.error("poller.refusal_not_audited", instance=instance, error=_safe_reason(exc))
 
     def run(self) -> None:
         """Poll every instance when it is due until `stop` is set; then release the leases."""
@@ -150,7 +156,7 @@ class Poller:
             recorded = self.poll_once(instance)
         except Exception as exc:
             # A back-end or store outage: try again next round; the watermark has not moved.
-            error = f"{type(exc).__name__}: {exc}"
+            error = _safe_reason(exc)
             log.warning("poller.round_failed", instance=instance, error=error)
             # A store outage cannot be kept in the store; /metrics shows the store down then.
             with suppress(StoreUnavailable, ValueError), self.store.transaction() as tx:
@@ -169,3 +175,24 @@ def _refused_text(update: StatusUpdate) -> str | None:
         if value is not None and has_control_characters(value):
             return f"{name}: contains control characters"
     return None
+
+
+def _safe_reason(exc: BaseException) -> str:
+    """Why a round failed or an update was refused, for the log and the store, quoting no data.
+
+    Adapter errors are written to carry none, store outages and OS errors name a connection;
+    their text is kept. A validation error names its fields and what was wrong with them; any
+    other exception (a KeyError of a change without a field, an error of a library) only its
+    type and where it was raised: its text may quote what the back-end sent.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, AdapterError | StoreUnavailable | OSError):
+        return f"{name}: {exc}"
+    if isinstance(exc, ValidationError):
+        return f"{name}: {exc.title} {refused_fields(exc)}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return name
+    where = frames[-1]
+    path = Path(where.filename)
+    return f"{name} (raised in {path.parent.name}/{path.name}:{where.lineno}, {where.name})"

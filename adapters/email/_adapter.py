@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import smtplib
 from collections.abc import Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
 from email.errors import MessageError
 from pathlib import Path
@@ -87,10 +88,18 @@ class EmailAdapter(Adapter):
             raise PermanentError(
                 f"{context}: the message cannot be composed ({type(exc).__name__})"
             ) from exc
-        with smtp_errors(context), self._connection() as smtp:
-            smtp.send_message(message)
-        sent = Sent(request.id, str(message["Message-ID"]), now)
-        self.sent_log.record(sent)
+        with smtp_errors(context):
+            smtp = self._connection()
+        try:
+            with smtp_errors(context):
+                smtp.send_message(message)
+            # Delivered once DATA is answered 250: recorded before QUIT, whose answer (a 421
+            # when the server times the session out, say) cannot undo it; had it failed the
+            # submit, a redelivery would send the mail again.
+            sent = Sent(request.id, str(message["Message-ID"]), now)
+            self.sent_log.record(sent)
+        finally:
+            _hang_up(smtp)
         log.info(
             "email.sent", adapter=self.instance, request_id=request.id, message_id=sent.message_id
         )
@@ -110,8 +119,12 @@ class EmailAdapter(Adapter):
         where = f"mail server {self.host}:{self.port}"
         try:
             context = f"email adapter {self.instance}: health check"
-            with smtp_errors(context), self._connection() as smtp:
-                smtp.noop()
+            with smtp_errors(context):
+                smtp = self._connection()
+                try:
+                    smtp.noop()
+                finally:
+                    _hang_up(smtp)
         except AdapterError as exc:
             return Health(False, f"{where}: {exc}")
         return Health(True, f"{where} answers; sent-log at {self.sent_log.path}")
@@ -129,3 +142,11 @@ class EmailAdapter(Adapter):
             smtp.close()
             raise
         return smtp
+
+
+def _hang_up(smtp: smtplib.SMTP) -> None:
+    """Say QUIT and close, whatever the answer: the session's work is done or failed by then.
+    (`with smtplib.SMTP(...)` raises when QUIT is answered with anything but 221.)"""
+    with suppress(smtplib.SMTPException, OSError):
+        smtp.quit()
+    smtp.close()  # when QUIT failed; closing twice is harmless

@@ -3,7 +3,8 @@
 The civicbus request id is the work request's `external_reference`: `submit` looks it up first
 and creates only when it is missing (a 409 from a racing create counts as found), so a
 redelivered message creates nothing. Changes are read from `/work-requests/changes`, paged on
-the server's opaque cursor, which is the watermark.
+the server's opaque cursor, which is the watermark; a change that cannot be read is logged and
+skipped (adapters/_changes.py), so that it cannot hold back the changes after it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import structlog
 
+from adapters._changes import UnreadableChange, require, status_update
 from adapters._contract import Adapter, Health, Receipt, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError, TransientError, map_exceptions
 from adapters.mapping import Mapping as FieldMapping
@@ -196,7 +198,22 @@ class ParksAdapter(Adapter):
         except UnknownStatus:
             return None
 
-    def _update(self, change: dict[str, Any]) -> StatusUpdate | None:
+    def _update(self, change: Any) -> StatusUpdate | None:
+        """The change as an update; None when it is skipped, so the cursor moves past it."""
+        try:
+            return self._read_change(change)
+        except UnreadableChange as exc:
+            # Skipped, not raised, as an unmapped status is (below); the problem names the
+            # fields at fault, never their values (a clerk's note may quote a resident).
+            log.warning("parks.change_unreadable", adapter=self.instance,
+                        change_id=change.get("change_id") if isinstance(change, dict) else None,
+                        problem=str(exc))  # fmt: skip
+            return None
+
+    def _read_change(self, change: Any) -> StatusUpdate | None:
+        if not isinstance(change, dict):
+            raise UnreadableChange("not a JSON object")
+        require(**{k: change.get(k) for k in ("change_id", "external_reference", "status")})
         code = str(change["status"])
         try:
             status = self.field_mapping.status(code)
@@ -208,13 +225,13 @@ class ParksAdapter(Adapter):
                         mapping=self.field_mapping.source,
                         fix=f"add `{code}: <canonical status>` under `statuses`")  # fmt: skip
             return None
-        return StatusUpdate(
+        return status_update(
             request_id=str(change["external_reference"]),
             status=status,
             at=_timestamp(change.get("changed_at")),
             update_id=f"{self.instance}:{change['change_id']}",
             source=self.instance,
-            note=change.get("note"),
+            note=change.get("note"),  # cut to fit if longer than an update holds
             external_status_code=code,
         )
 

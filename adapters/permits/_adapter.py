@@ -3,7 +3,9 @@
 The contract is `schemas/wsdl/permits.wsdl`. The civicbus request id is the case's
 `externalReference`: `submit` looks it up first and creates only when it is missing, so a
 redelivered message creates nothing. Status changes are read with `ListCaseChangesSince`, paged
-on the permit system's change sequence (the watermark), so none is missed or repeated.
+on the permit system's change sequence (the watermark), so none is missed or repeated; a change
+that cannot be read is logged and skipped (adapters/_changes.py), so that it cannot hold back
+the changes after it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import zeep
 import zeep.exceptions
 from zeep.transports import Transport
 
+from adapters._changes import UnreadableChange, require, status_update
 from adapters._contract import Adapter, Health, Receipt, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError
 from adapters.mapping import Mapping as FieldMapping
@@ -207,6 +210,23 @@ class PermitsAdapter(Adapter):
             return None
 
     def _update(self, change: Any) -> StatusUpdate | None:
+        """The change as an update; None when it is skipped, so the watermark moves past it."""
+        try:
+            return self._read_change(change)
+        except UnreadableChange as exc:
+            # Skipped, not raised, as an unmapped status is (below); the problem names the
+            # fields at fault, never their values (a clerk's note may quote a resident).
+            log.warning("permits.change_unreadable", adapter=self.instance,
+                        case_id=getattr(change, "caseId", None),
+                        sequence=getattr(change, "sequence", None), problem=str(exc))  # fmt: skip
+            return None
+
+    def _read_change(self, change: Any) -> StatusUpdate | None:
+        if change is None:
+            raise UnreadableChange("an empty CaseChange")
+        # zeep reads a value it cannot parse (a changedAt that is no xs:dateTime) as None.
+        require(sequence=change.sequence, externalReference=change.externalReference,
+                status=change.status, changedAt=change.changedAt)  # fmt: skip
         code = str(change.status)
         try:
             status = self.field_mapping.status(code)
@@ -218,13 +238,13 @@ class PermitsAdapter(Adapter):
                         mapping=self.field_mapping.source,
                         fix=f"add `{code}: <canonical status>` under `statuses`")  # fmt: skip
             return None
-        return StatusUpdate(
+        return status_update(
             request_id=str(change.externalReference),
             status=status,
             at=_aware(change.changedAt),
             update_id=f"{self.instance}:{change.sequence}",
             source=self.instance,
-            note=change.note,
+            note=change.note,  # cut to fit if longer than an update holds
             external_status_code=code,
         )
 

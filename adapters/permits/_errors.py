@@ -1,8 +1,10 @@
 """How zeep's and requests' failures become TransientError or PermanentError, in one place.
 
-Most errors are classified by type through `ERRORS`. Two carry their class in their data instead:
-a SOAP fault by its fault code (Client/Sender: our request was refused; Server/Receiver: the
-permit system failed) and an HTTP error by its status (4xx refused, except 408/429; 5xx failed).
+Most errors are classified by type through `ERRORS`. Three carry their class in their data
+instead: a SOAP fault by its fault code (Client/Sender: our request was refused; Server/Receiver:
+the permit system failed), an HTTP error by its status (4xx refused, except 408/429; 5xx failed),
+and a refused DTD by its document: an HTML page (a maintenance or proxy error page, whatever its
+HTTP status) is a permit system not working right now, any other DTD a hostile or broken one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from adapters._exceptions import (
 )
 
 ERRORS: ErrorTable = {
-    # A hostile or broken back-end: retrying gets the same document back.
+    # A hostile or broken back-end: retrying gets the same document back. (An HTML page's
+    # DOCTYPE is a back-end down for now: `soap_errors` makes it transient first.)
     zeep.exceptions.DTDForbidden: PermanentError,
     zeep.exceptions.EntitiesForbidden: PermanentError,
     # Our values do not fit the WSDL's types: the mapping or the data must change.
@@ -37,6 +40,9 @@ ERRORS: ErrorTable = {
 }
 
 _RETRYABLE_HTTP = frozenset({408, 425, 429})
+# zeep names a refused DTD by its DOCTYPE declaration (lxml's, without an internal subset). The
+# document is refused either way; the class only says whether retrying may meet SOAP again.
+_HTML_DOCTYPE = re.compile(r"\s*<!DOCTYPE\s+html\b", re.IGNORECASE)
 _CLIENT_FAULTS = ("client", "sender")
 # Quoted values in a fault string may be a resident's data; element names ('{ns}name') are kept.
 _ELEMENT_NAME = re.compile(r"'\{[^}\s]*\}[\w.\-]+'")
@@ -72,6 +78,13 @@ def soap_errors(context: str) -> Iterator[None]:
             yield
         except zeep.exceptions.Fault as fault:
             raise fault_kind(fault)(f"{context}: {safe_fault_text(fault)}") from fault
+        except zeep.exceptions.DTDForbidden as exc:
+            if not _HTML_DOCTYPE.match(str(exc.name or "")):
+                raise  # to ERRORS: permanent
+            raise TransientError(
+                f"{context}: the permit system answered an HTML page, not SOAP (down for "
+                "maintenance, or a proxy's error page)"
+            ) from exc
         except zeep.exceptions.TransportError as exc:
             status = exc.status_code
             kind = (

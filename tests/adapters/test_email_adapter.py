@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from backends_support import MAPPINGS, a_request, control, free_port, simulator
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -20,7 +21,7 @@ from adapters.email import EmailAdapter, compose, message_id_for
 from adapters.mapping import Mapping, load_mapping, parse_mapping
 from bus import retention
 from bus.store import Store
-from civicbus.sandbox.mailbox import MailboxServer
+from civicbus.sandbox.mailbox import FreePortController, MailboxServer
 from schemas.model import Location, Status
 
 pytestmark = pytest.mark.timeout(60)
@@ -274,3 +275,52 @@ def test_the_mailbox_keeps_messages_across_a_restart(mapping: Mapping, tmp_path:
         listed = control(second, "GET", "/messages")
 
     assert len(listed) == 1 and listed[0]["message_id"].endswith("@civicbus.local>")
+
+
+class _AnswersQuitWith:
+    """aiosmtpd hooks: accept every message, then answer QUIT with `reply` instead of 221."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.delivered: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.delivered.append(envelope.original_content or b"")
+        return "250 2.0.0 Message accepted for delivery"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return self.reply
+
+
+@pytest.mark.parametrize("reply", ["421 4.4.2 Closing, idle timeout", "554 5.0.0 Bye"])
+def test_a_message_accepted_is_sent_once_whatever_the_answer_to_quit(
+    reply: str, mapping: Mapping, tmp_path: Path
+) -> None:
+    """Once DATA is answered 250 the mail is delivered: the answer to QUIT failed the submit
+    (before the sent-log was written), so a redelivery sent it again or dead-lettered it."""
+    server = _AnswersQuitWith(reply)
+    controller = FreePortController(server, hostname="127.0.0.1", port=0, ready_timeout=10)
+    controller.start()
+    try:
+        adapter = EmailAdapter(
+            "email-311",
+            {
+                "smtp_host": "127.0.0.1",
+                "smtp_port": controller.port,
+                "to": "311-desk@sandbox.example",
+                "state_dir": str(tmp_path),
+                "timeout": 5,
+            },
+            mapping,
+        )
+        request = a_request("GRAFFITI")
+
+        first = adapter.submit(request)
+        again = adapter.submit(request)  # a redelivery of the same command
+    finally:
+        controller.stop()
+
+    assert first.created and not again.created and again.reference == first.reference
+    found = adapter.find(request.id)
+    assert found is not None and found.reference == first.reference
+    assert len(server.delivered) == 1

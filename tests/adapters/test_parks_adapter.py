@@ -242,8 +242,13 @@ def test_a_change_that_cannot_be_read_is_skipped_and_later_changes_still_arrive(
     at = "2026-11-20T10:00:00+00:00"
     changes: list[dict[str, Any]] = [
         {"change_id": 1, "external_reference": "req-1", "changed_at": at, "note": "Marge"},
-        {"change_id": 2, "external_reference": "req-1", "status": "NEW", "changed_at": at,
-         "note": {"text": "Marge"}},  # fmt: skip
+        {
+            "change_id": 2,
+            "external_reference": "req-1",
+            "status": "NEW",
+            "changed_at": at,
+            "note": {"text": "Marge"},
+        },
         {"change_id": 3, "external_reference": "req-2", "status": "COMPLETED", "changed_at": at},
     ]
     with changes_feed(changes) as url, capture_logs() as logs:

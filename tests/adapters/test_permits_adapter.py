@@ -382,8 +382,9 @@ _XHTML_PAGE = (
     [
         (503, _XHTML_PAGE),
         (503, "<!DOCTYPE html><html><body><h1>503 Service Unavailable</h1></body></html>"),
-        (200, "<!doctype HTML><html><body>Back soon</body></html>"),  # a proxy's page
+        (200, "<!DOCTYPE html><html><body>Back soon</body></html>"),  # a proxy's page
     ],
+    ids=["503-xhtml", "503-html5", "200-html5"],
 )
 def test_an_html_page_instead_of_soap_is_transient(
     status: int, page: str, mapping: Mapping

@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
+from structlog.testing import capture_logs
 from worker_support import new_request, wait_until
 
 from adapters import Adapter, Health, Receipt, UpdatePage
+from adapters.mapping import load_mapping
+from adapters.parks import ParksAdapter
 from bus.poller import Poller, lease_name
 from bus.store import Store, StoreUnavailable
+from civicbus.sandbox.parks import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+from civicbus.sandbox.runner import SIMULATORS, ServeOptions
 from schemas.events import EventType
 from schemas.model import ServiceRequest, Status, StatusUpdate
 from tests.asyncapi_support import assert_documented
@@ -365,3 +372,96 @@ def test_failing_rounds_are_kept_in_the_store_until_a_round_completes(store: Sto
     assert recovered.failed_rounds >= failing.failed_rounds  # a count, never reset
     assert recovered.polled_at is not None and recovered.polled_at > failing.failing_since
     assert store.watermark("parks") == "1"
+
+
+#: What a back-end's clerk may write: a resident's words, quoted in an exception's text.
+CLERK_NOTE = "Resident Marge Simpson (555-0100) says the bench is still broken. " * 70
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        # An adapter that validates a too-long note inside `updates` (pydantic quotes it).
+        (
+            lambda: StatusUpdate.model_validate(
+                {
+                    "request_id": "r",
+                    "status": "open",
+                    "at": datetime.now(UTC),
+                    "update_id": "u",
+                    "source": "parks",
+                    "note": CLERK_NOTE,
+                }
+            ),
+            "ValidationError: StatusUpdate note: string_too_long",
+        ),
+        (lambda: {}[CLERK_NOTE], "KeyError (raised in worker/test_poller.py"),
+    ],
+    ids=["validation-error", "key-error"],
+)
+def test_a_failing_round_logs_and_keeps_no_back_end_text(
+    store: Store, failure: Callable[[], object], reason: str
+) -> None:
+    """The round's failure goes to the log and into the store (`civicbus status`, /metrics):
+    an exception's text may quote back-end data, so only its type and fields are kept."""
+
+    class Failing(PollingBackend):
+        def updates(self, since: str | None) -> UpdatePage:
+            failure()
+            raise AssertionError("unreachable")
+
+    poller = Poller(store, {"parks": Failing()}, {"parks": 1.0})
+    with capture_logs() as logs:
+        poller._round("parks")
+
+    [failed] = [e for e in logs if e["event"] == "poller.round_failed"]
+    stored = store.overview().pollers["parks"].last_error
+    assert stored is not None and stored.startswith(reason) and failed["error"] == stored
+    assert "Marge" not in str(logs) and "Marge" not in stored
+    assert store.watermark("parks") is None
+
+
+def test_a_clerks_note_too_long_for_an_update_is_recorded_cut_and_later_changes_too(
+    store: Store, tmp_path: Path
+) -> None:
+    """Against the parks simulator: the note was refused inside the adapter's `updates`, the
+    whole page failed, and no later change of the parks system was ever recorded."""
+    parks = SIMULATORS["parks"].serve(ServeOptions(state_dir=tmp_path, port=0))
+    mapping = load_mapping(Path(__file__).resolve().parents[2] / "mappings" / "parks.yaml")
+    adapter = ParksAdapter(
+        "parks",
+        {
+            "base_url": parks.url,
+            "client_id": SANDBOX_CLIENT_ID,
+            "client_secret": SANDBOX_CLIENT_SECRET,
+            "timeout": 5,
+        },
+        mapping,
+    )
+    try:
+        ids = [new_request(store).subject for _ in range(2)]
+        for request in store.get_requests(set(ids)).values():
+            adapter.submit(request.model_copy(update={"service_code": "PARK_BENCH"}))
+        poller = Poller(store, {"parks": adapter}, {"parks": 1.0})
+        poller._round("parks")
+        start = store.watermark("parks")
+
+        def move(path: str, **body: str) -> None:
+            url = f"{parks.control_url}/_sandbox{path}"
+            httpx.post(url, json=body or None, timeout=5).raise_for_status()
+
+        move(f"/items/{ids[0]}/status", status="COMPLETED", note=CLERK_NOTE)
+        move(f"/items/{ids[1]}/advance")
+        with capture_logs() as logs:
+            poller._round("parks")
+    finally:
+        adapter.close()
+        parks.stop()
+
+    assert store.watermark("parks") != start
+    first, second = (store.get_request(i) for i in ids)
+    assert first is not None and first.status is Status.FIXED
+    assert second is not None and second.status is Status.INVESTIGATING
+    note = first.history[-1].note
+    assert note is not None and len(note) == 4000 and note == CLERK_NOTE[:3999] + "…"
+    assert not [e for e in logs if e["event"] == "poller.round_failed"]
