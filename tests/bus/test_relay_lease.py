@@ -5,18 +5,16 @@ relay that holds it now (which publishes it again: at least once)."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from bus.broker import topology as t
 from bus.config import Config
 from bus.relay import LeaseLost, Relay, RelaySettings
 from bus.store import Store
-from schemas.events import Envelope, EventType
+from tests.bus.test_relay_store_failure import accept as accept_envelopes
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(60)]
 
@@ -33,19 +31,7 @@ def store(sqlite_url: str) -> Iterator[Store]:
 
 def accept(store: Store, count: int) -> list[str]:
     """`count` status events in the outbox (one message a row); their ids."""
-    envelopes = [
-        Envelope(
-            type=EventType.STATUS_CHANGED,
-            subject=uuid.uuid4().hex,
-            data={"status": "closed"},
-            correlationid=f"corr-{i}",
-        )
-        for i in range(count)
-    ]
-    with store.transaction() as tx:
-        for envelope in envelopes:
-            tx.add_outbox(envelope, exchange=t.EVENTS_EXCHANGE, routing_key="request.fixed")
-    return [e.id for e in envelopes]
+    return [envelope.id for envelope in accept_envelopes(store, count)]
 
 
 def received(channel: Any) -> list[str]:
