@@ -28,6 +28,12 @@ def json_lines() -> Iterator[Lines]:
     yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
+def _text(line: dict[str, object]) -> str:
+    """A log line's text without its time stamp, whose digits may spell a phone number's
+    (a CI run failed on `...T19:30:53.794691Z` holding 7946)."""
+    return json.dumps({key: value for key, value in line.items() if key != "timestamp"})
+
+
 def test_personal_data_is_redacted_from_every_field(json_lines: Lines) -> None:
     structlog.get_logger("civicbus.test").info(
         "request.accepted",
@@ -37,7 +43,7 @@ def test_personal_data_is_redacted_from_every_field(json_lines: Lines) -> None:
         note="call me on +44 20 7946 0958 or mail ada@example.org",
     )
     [line] = json_lines()
-    text = json.dumps(line)
+    text = _text(line)
     assert "ada@example.org" not in text and "7946" not in text and "Ada" not in text
     assert line["request_id"] == "r-1" and line["event"] == "request.accepted"
     assert line["level"] == "info" and "timestamp" in line
@@ -96,7 +102,7 @@ def test_tracebacks_are_redacted_too(json_lines: Lines) -> None:
     for line in lines:
         assert "ValueError: refused" in str(line["exception"])
         assert "Traceback" in str(line["exception"])
-        text = json.dumps(line)
+        text = _text(line)
         assert "ada@example.org" not in text and "7946" not in text
 
 
