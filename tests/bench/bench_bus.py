@@ -74,6 +74,8 @@ msgs/s); deleting them is what made the three runs comparable.
 2026-12-07, the night's merged tree (insert_rows column by column, the audit's pending entries
 as tuples, one JSON encoder for log lines), quiet machine, one run of 3 rounds: bare one batch
 ahead 20,455 msgs/s, floor 15,446, relay 11,075 (3,692 rows/s): 54 % of the faster bare loop.
+2026-12-07, night (AMD EPYC VM), with the relay checking its lease before each batch (9843147):
+bare one batch ahead 16,591 msgs/s, floor 12,246, relay 9,319 (3,106 rows/s): 56 %, as before.
 
 Each run uses a fresh vhost on the machine's broker (127.0.0.1:5672), deleted afterwards; one
 left by a benchmark killed before it could delete it is deleted by the next run.
