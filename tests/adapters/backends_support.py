@@ -111,3 +111,28 @@ class WorkItemsTarget(ConformanceTarget):
     def change_status(self, receipt: Receipt) -> Status:
         change = control(self.running, "POST", f"/items/{receipt.reference}/advance")
         return self.mapping.status(change["status"])
+
+
+def long_note_is_cut_and_later_changes_arrive(
+    adapter: Any, running: Running, first: ServiceRequest, second: ServiceRequest, closing: str
+) -> None:
+    """A clerk closes `first` (status code `closing`, a fix) with a note longer than an update
+    holds, then `second` advances: both changes arrive, the note cut to fit, and the cursor
+    moves past them. Refusing the note had failed every poll at that change."""
+    long_note = "Resident Marge Simpson wrote: " + "it is still not done. " * 200
+    adapter.submit(first)
+    adapter.submit(second)
+    start = adapter.updates(None).watermark
+
+    control(running, "POST", f"/items/{first.id}/status", status=closing, note=long_note)
+    control(running, "POST", f"/items/{second.id}/advance")
+    page = adapter.updates(start)
+
+    assert [(u.request_id, u.status) for u in page.updates] == [
+        (first.id, Status.FIXED),
+        (second.id, Status.INVESTIGATING),
+    ]
+    note = page.updates[0].note
+    assert note is not None and len(note) == 4000
+    assert note.endswith("…") and note[:-1] == long_note[:3999]
+    assert adapter.updates(page.watermark).updates == ()

@@ -18,6 +18,7 @@ from backends_support import (
     a_request,
     control,
     free_port,
+    long_note_is_cut_and_later_changes_arrive,
     mapping_without_status,
     simulator,
 )
@@ -169,31 +170,16 @@ def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
 
 
 #: A clerk's note quoting a resident, longer than a StatusUpdate holds (4,000 characters).
-LONG_NOTE = "Resident Marge Simpson called: " + "the bench is still broken. " * 200
-
-
 def test_a_note_longer_than_an_update_holds_is_cut_and_later_changes_still_arrive(
     parks: Running, mapping: Mapping
 ) -> None:
-    adapter = adapter_for(parks, mapping)
-    first, second = a_request("PARK_BENCH"), a_request("PARK_BENCH")
-    adapter.submit(first)
-    adapter.submit(second)
-    start = adapter.updates(None).watermark
-
-    control(parks, "POST", f"/items/{first.id}/status", status="COMPLETED", note=LONG_NOTE)
-    control(parks, "POST", f"/items/{second.id}/advance")
-    page = adapter.updates(start)
-
-    # Refusing it failed every poll at this change: the cursor never moved again.
-    assert [(u.request_id, u.status) for u in page.updates] == [
-        (first.id, Status.FIXED),
-        (second.id, Status.INVESTIGATING),
-    ]
-    note = page.updates[0].note
-    assert note is not None and len(note) == 4000
-    assert note.endswith("…") and note[:-1] == LONG_NOTE[:3999]
-    assert adapter.updates(page.watermark).updates == ()
+    long_note_is_cut_and_later_changes_arrive(
+        adapter_for(parks, mapping),
+        parks,
+        a_request("PARK_BENCH"),
+        a_request("PARK_BENCH"),
+        closing="COMPLETED",
+    )
 
 
 class _ChangesFeed(BaseHTTPRequestHandler):
