@@ -291,25 +291,8 @@ def test_a_refused_event_is_dead_lettered_with_what_the_subscriber_said(
 def test_a_subscriber_down_past_the_whole_schedule_gets_the_event_dead_lettered(
     store: Store, amqp_url: str, subscriber: Subscriber
 ) -> None:
-    sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])  # never started
-    request_id = new_request(store).subject
-    publish_event(amqp_url, status_event(request_id, Status.FIXED), "fixed")
-    brief = RetryPolicy(immediate_attempts=1, tiers=[0.1], max_attempts=3)
-
-    with webhook_worker(store, amqp_url, brief):
-        (letter,) = wait_until(lambda: store.dead_letters(route_name(sub_id)), what="dead letter")
-
-    assert letter.reason.startswith("gave up after 3 attempts; last error")
-    attempts = [e for e in store.audit_trail(request_id) if e.action == "attempt"]
-    assert [e.details["attempt"] for e in attempts] == [1, 2, 3]
-    assert attempts[-1].details["next_delay_seconds"] is None
-    assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
-
-
-def test_a_dead_letter_counts_every_round_and_dates_the_first_failed_one(
-    store: Store, amqp_url: str, subscriber: Subscriber
-) -> None:
-    # Rounds are retried in place, not through the retry tiers: no header counts them.
+    # Rounds are retried in place, not through the retry tiers: no header counts them, the
+    # dead letter must count them and date the first failed one itself.
     sub_id = subscribe(store, amqp_url, subscriber.url, ["request.*"])  # never started
     request_id = new_request(store).subject
     publish_event(amqp_url, status_event(request_id, Status.FIXED), "fixed")
@@ -319,6 +302,9 @@ def test_a_dead_letter_counts_every_round_and_dates_the_first_failed_one(
         (letter,) = wait_until(lambda: store.dead_letters(route_name(sub_id)), what="dead letter")
 
     rounds = [e for e in store.audit_trail(request_id) if e.action == "attempt"]
+    assert [e.details["attempt"] for e in rounds] == [1, 2, 3]
+    assert rounds[-1].details["next_delay_seconds"] is None
+    assert queue_depth(amqp_url, f"civicbus.sub.{sub_id}") == 0
     [audited] = [e for e in store.audit_trail(request_id) if e.action == "dead_lettered"]
     first_failure = datetime.fromisoformat(str(audited.details["first_failure"]))
     with channel_on(amqp_url) as ch:
