@@ -13,10 +13,10 @@ What was published before stays with whoever received it: a back-office system t
 changes the request queues `civicbus.request.taken_down` in the same transaction (the request
 as it now reads, and what was removed), which the relay publishes to `civicbus.events` like
 every other event: consumers and webhook subscriptions overwrite their copy. Open311 clients
-polling with `updated_after` are told by the request's `taken_down_at`, which its
-`updated_datetime` then shows; its `updated_at` stays the time of its latest status, which the
-late-update rule (bus.store._requests._is_late) and the retention of a closed request's contact
-data go by.
+polling with `updated_after` are told: the take-down's time is the request's `taken_down_at`
+and its `changed_at` (its `updated_datetime`); its `updated_at` stays the time of its latest
+status, which the late-update rule (bus.store._requests._is_late) and the retention of a closed
+request's contact data go by.
 
 Status notes are not taken down: they are what the back-end or a partner said about the work
 (C-21, C-22), not the resident's report.

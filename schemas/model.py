@@ -233,13 +233,26 @@ class ServiceRequest(_Model):
         "(`civicbus requests take-down`); null when never. Open311's `updated_datetime` is the "
         "later of this and `updated_at`",
     )
+    # Apart from updated_at too, which is the sender's time of the latest status: a back-end
+    # whose clock runs behind ours, or a change its feed gives late, dates a status before
+    # changes an Open311 client has already seen, and a client polling `updated_after` by the
+    # latest `updated_datetime` it saw would never be told of it.
+    changed_at: AwareDatetime | None = Field(
+        default=None,
+        description="when civicbus last recorded a change to the request (created, a status "
+        "update or note, a take-down), on civicbus's clock: Open311's `updated_datetime`, which "
+        "`updated_after` and `updated_before` filter by",
+    )
     backend_refs: tuple[BackendRef, ...] = ()
     history: tuple[StatusNote, ...] = ()
 
     @property
     def modified_at(self) -> datetime:
-        """When the request as it reads last changed: its latest status, or a later take-down
-        (Open311's `updated_datetime`, which `updated_after` polls by)."""
+        """When the request as it reads last changed (Open311's `updated_datetime`, which
+        `updated_after` polls by): when civicbus recorded it; for a request not from the store,
+        its latest status or a later take-down."""
+        if self.changed_at is not None:
+            return self.changed_at
         if self.taken_down_at is not None and self.taken_down_at > self.updated_at:
             return self.taken_down_at
         return self.updated_at

@@ -217,6 +217,7 @@ class RequestDraft:
             service_notice=self.service.service_notice,
             requested_at=at,
             updated_at=at,
+            changed_at=at,
         )
 
 

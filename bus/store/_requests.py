@@ -127,6 +127,7 @@ def insert_requests(
                 "long": request.location.long,
                 "document": _document(request),
                 "taken_down_at": request.taken_down_at,
+                "changed_at": request.changed_at or request.modified_at,
             }
         )
         contact = _REPORTER_DUMP.to_python(request.reporter)
@@ -184,6 +185,7 @@ _COLUMNS = (
     "requested_at",
     "updated_at",
     "taken_down_at",
+    "changed_at",
 )
 
 
@@ -326,13 +328,11 @@ def _filters(query: RequestQuery) -> Iterable[sa.ColumnElement[bool]]:
         yield c.requested_at >= query.requested_from
     if query.requested_to is not None:
         yield c.requested_at <= query.requested_to
-    # Open311's updated_datetime is the later of the two (ServiceRequest.modified_at); each
-    # column has its index, so an OR of the two is still served by them.
+    # Open311's updated_datetime: when civicbus recorded the latest change, on its own clock.
     if query.updated_after is not None:
-        yield sa.or_(c.updated_at > query.updated_after, c.taken_down_at > query.updated_after)
+        yield c.changed_at > query.updated_after
     if query.updated_before is not None:
-        yield c.updated_at < query.updated_before
-        yield sa.or_(c.taken_down_at.is_(None), c.taken_down_at < query.updated_before)
+        yield c.changed_at < query.updated_before
     if query.bbox is not None:
         lat_ne, long_ne, lat_sw, long_sw = query.bbox
         yield c.lat.between(min(lat_sw, lat_ne), max(lat_sw, lat_ne))
@@ -398,7 +398,7 @@ def apply_status_update(
         if _confirms_later(update.at, requested_at=row.requested_at, updated_at=row.updated_at):
             # Nothing new to say, but the reported status holds as of a later time: an older
             # update arriving after this one must find it late, not put its status over it.
-            _set_status(conn, update, dict(row.document))
+            _set_status(conn, update, dict(row.document), reads_the_same=True)
         log.info(
             "store.status_update.unchanged",
             request_id=update.request_id,
@@ -428,24 +428,41 @@ def apply_status_update(
         return None
     previous = Status(row.status)
     late = _is_late(update.at, requested_at=row.requested_at, updated_at=row.updated_at)
-    if not late:
+    if late:
+        # History only, but a change all the same (the request's notes show it): Open311
+        # clients polling updated_after are told.
+        conn.execute(
+            requests.update().where(requests.c.id == update.request_id).values(changed_at=utcnow())
+        )
+    else:
         _set_status(conn, update, dict(row.document))
     request = get_request(conn, update.request_id)
     assert request is not None  # locked above
     return RecordedUpdate(request=request, previous_status=previous, history_only=late)
 
 
-def _set_status(conn: Connection, update: StatusUpdate, document: dict[str, Any]) -> None:
-    """Make `update` the request's current status, as of its time (and its note, if any)."""
+def _set_status(
+    conn: Connection,
+    update: StatusUpdate,
+    document: dict[str, Any],
+    *,
+    reads_the_same: bool = False,
+) -> None:
+    """Make `update` the request's current status, as of its time (and its note, if any).
+    `reads_the_same`: a repeat of the status that only dates it later, which Open311 reads do
+    not show (changed_at stays)."""
     document["status"] = update.status.value
     document["updated_at"] = update.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if update.note is not None:
         document["status_notes"] = update.note
-    conn.execute(
-        requests.update()
-        .where(requests.c.id == update.request_id)
-        .values(status=update.status.value, updated_at=update.at, document=document)
-    )
+    values: dict[str, Any] = {
+        "status": update.status.value,
+        "updated_at": update.at,
+        "document": document,
+    }
+    if not reads_the_same:
+        values["changed_at"] = utcnow()
+    conn.execute(requests.update().where(requests.c.id == update.request_id).values(**values))
 
 
 def _is_late(at: datetime, *, requested_at: datetime, updated_at: datetime) -> bool:

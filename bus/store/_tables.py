@@ -117,11 +117,15 @@ requests = sa.Table(
     sa.Column("long", sa.Float(), nullable=True),
     # The canonical request without reporter, back-end references and history (own tables).
     sa.Column("document", _json(), nullable=False),
-    # When it was last taken down (bus.takedown); Open311's updated_after looks at it too.
+    # When it was last taken down (bus.takedown).
     sa.Column("taken_down_at", UTCDateTime(), nullable=True),
+    # When civicbus last recorded a change to it, on its own clock: Open311's updated_datetime
+    # and what updated_after filters by (ServiceRequest.changed_at).
+    sa.Column("changed_at", UTCDateTime(), nullable=False),
     sa.Index(None, "requested_at", "id"),
     sa.Index(None, "updated_at"),
     sa.Index(None, "taken_down_at"),
+    sa.Index(None, "changed_at"),
     sa.Index(None, "service_code"),
     sa.Index(None, "status"),
     sa.Index(None, "lat", "long"),

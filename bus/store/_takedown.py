@@ -82,7 +82,7 @@ def take_down(
     """Replace the request's description by `marker`, the answers of the attributes `answers`
     by `answer_marker`, and/or remove its media, in its document and in every outbox event and
     dead letter about it; None for an unknown request. A request that changes gets `at`
-    (default now) as its taken_down_at; its updated_at stays.
+    (default now) as its taken_down_at and changed_at; its updated_at stays.
 
     The request row is locked first, as status updates and a worker's receipts lock it, so a
     worker recording a receipt meanwhile sees the change (bus.store._requests.changed_requests)
@@ -105,7 +105,7 @@ def take_down(
         conn.execute(
             requests.update()
             .where(requests.c.id == request_id)
-            .values(document=stamped, taken_down_at=at)
+            .values(document=stamped, taken_down_at=at, changed_at=at)
         )
     waiting = published = 0
     about = outbox.c.envelope["subject"].as_string() == request_id

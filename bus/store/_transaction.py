@@ -198,9 +198,9 @@ class Transaction:
         attribute codes `answers` by `answer_marker` and, with `media`, remove its media, in
         the request and in every outbox event and dead letter about it (published or not);
         None for an unknown request. Idempotent: a second call rewrites nothing. A request
-        that changes gets `at` (default now) as its taken_down_at, its updated_at (the time of
-        its latest status) stays. The files behind the media are not touched (see
-        `Store.media_in_use`)."""
+        that changes gets `at` (default now) as its taken_down_at and changed_at, its
+        updated_at (the time of its latest status) stays. The files behind the media are not
+        touched (see `Store.media_in_use`)."""
         return _takedown.take_down(
             self._session,
             request_id,

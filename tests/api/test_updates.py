@@ -186,8 +186,10 @@ def test_c22_an_update_older_than_the_current_status_is_history_only(
     (read,) = http.get(f"/requests/{request_id}.json", params=params).json()
     assert (read["status"], read["extended_attributes"]["status"]) == ("open", "in_progress")
     assert read["status_notes"] == "crew dispatched"
+    # updated_datetime: when civicbus recorded the latest change (the late note), not the
+    # sender's time of the current status.
     updated = datetime.fromisoformat(read["updated_datetime"])
-    assert updated == now >= datetime.fromisoformat(read["requested_datetime"])
+    assert updated > now > datetime.fromisoformat(read["requested_datetime"])
     window = {
         "start_date": (now - timedelta(hours=1)).isoformat(),
         "end_date": (now + timedelta(minutes=5)).isoformat(),
@@ -461,3 +463,35 @@ def test_record_status_update_is_the_pollers_entry_point_too(
             update.model_copy(update={"request_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
             actor="worker:sap-roads",
         )
+
+
+def test_polling_updated_after_finds_an_update_its_sender_dated_before_the_last_poll(
+    http: httpx.Client, api_key: str, create: Create
+) -> None:
+    # A partner whose clock runs an hour behind civicbus's: its update is dated before a time
+    # an Open311 client has already polled past, and the client must still be told.
+    request_id = new_id(create)
+    (read,) = http.get(
+        f"/requests/{request_id}.json", params={"jurisdiction_id": SPRINGFIELD}
+    ).json()
+    seen = read["updated_datetime"]  # the latest updated_datetime this client saw
+    polled = {"jurisdiction_id": SPRINGFIELD, "updated_after": seen}
+    assert request_id not in {
+        r["service_request_id"] for r in http.get("/requests.json", params=polled).json()
+    }
+
+    an_hour_behind = datetime.now(UTC) - timedelta(hours=1)
+    sent = post_update(
+        http, api_key, service_request_id=request_id, updated_datetime=an_hour_behind.isoformat()
+    )
+    assert sent.status_code == 200, sent.text
+
+    found = {r["service_request_id"]: r for r in http.get("/requests.json", params=polled).json()}
+    assert found[request_id]["status"] == "open"  # IN_PROGRESS reads as open in Open311
+    assert datetime.fromisoformat(found[request_id]["updated_datetime"]) > datetime.fromisoformat(
+        seen
+    )
+    before = {"jurisdiction_id": SPRINGFIELD, "updated_before": seen}
+    assert request_id not in {
+        r["service_request_id"] for r in http.get("/requests.json", params=before).json()
+    }

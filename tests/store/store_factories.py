@@ -21,7 +21,12 @@ def make_request(request_id: str = "req-1", **changes: object) -> ServiceRequest
         "updated_at": T0,
     }
     fields.update(changes)
-    return ServiceRequest.model_validate(fields)
+    request = ServiceRequest.model_validate(fields)
+    if request.changed_at is not None:
+        return request
+    # As the store records it: the time of its latest change (the later of its status's time and
+    # a take-down), so that the request reads back equal.
+    return request.model_copy(update={"changed_at": request.modified_at})
 
 
 def minutes(n: float) -> timedelta:

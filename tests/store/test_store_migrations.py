@@ -137,3 +137,27 @@ def test_0007_stamps_requests_taken_down_before_it_with_the_upgrade_time(store_u
     assert other is not None and other.taken_down_at is None
     assert store.verify_audit().ok
     store.close()
+
+
+def test_0008_dates_each_request_changed_as_it_read_before_the_upgrade(store_url: str) -> None:
+    store = Store.open(store_url)
+    with store.transaction() as tx:
+        tx.add_requests(
+            [
+                make_request("r-1", description="Deep hole"),
+                make_request("r-2", updated_at=T0 + timedelta(days=1)),
+            ]
+        )
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker="(taken down)", media=False, at=T0 + timedelta(hours=2))
+    with store._writer.begin() as conn:
+        command.downgrade(alembic_config(conn), "0007")
+    store.upgrade()
+
+    taken_down, updated = (store.get_request(f"r-{i}") for i in (1, 2))
+    # Open311's updated_datetime before the upgrade: the later of status time and take-down.
+    assert taken_down is not None and taken_down.changed_at == T0 + timedelta(hours=2)
+    assert updated is not None and updated.changed_at == T0 + timedelta(days=1)
+    with store._engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    store.close()

@@ -482,3 +482,48 @@ def test_a_requests_document_and_reporter_row_are_what_its_model_dumps() -> None
     )
     assert _document(request) == request.model_dump_json(exclude=_APART)
     assert _REPORTER_DUMP.to_python(request.reporter) == request.reporter.model_dump()
+
+
+def test_updated_after_finds_a_status_its_back_end_dated_before_the_clients_last_poll(
+    store: Store,
+) -> None:
+    # A back-end whose clock runs an hour behind civicbus's (or whose feed gives the change an
+    # hour late): its status is dated before a time an Open311 client has already polled past.
+    created = datetime.now(UTC)
+    with store.transaction() as tx:
+        tx.add_request(make_request("r", requested_at=created, updated_at=created))
+    polled_at = datetime.now(UTC)
+    assert [r.id for r in store.find_requests(RequestQuery(updated_after=polled_at))] == []
+
+    with store.transaction() as tx:
+        tx.apply_status_update(status_update("u1", Status.IN_PROGRESS, created - minutes(60)))
+
+    (found,) = store.find_requests(RequestQuery(updated_after=polled_at))
+    assert found.updated_at == created - minutes(60)  # the status keeps the sender's time
+    assert found.changed_at is not None and found.modified_at == found.changed_at > polled_at
+    assert store.find_requests(RequestQuery(updated_before=polled_at)) == []
+
+
+def test_a_late_update_moves_changed_at_and_a_repeat_that_only_dates_the_status_does_not(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))  # requested and changed at T0
+    with store.transaction() as tx:
+        tx.apply_status_update(status_update("u1", Status.IN_PROGRESS, T0 + minutes(30)))
+    applied = store.get_request("r")
+    assert applied is not None and applied.changed_at is not None
+    assert applied.changed_at > T0 + minutes(30)  # recorded now, on civicbus's clock
+
+    with store.transaction() as tx:
+        late = tx.apply_status_update(status_update("u2", Status.CLOSED, T0 + minutes(10)))
+    assert late is not None and late.history_only
+    assert late.request.changed_at is not None and late.request.changed_at > applied.changed_at
+    assert late.request.updated_at == T0 + minutes(30)
+
+    with store.transaction() as tx:
+        repeat = tx.apply_status_update(status_update("u3", Status.IN_PROGRESS, T0 + minutes(40)))
+    assert repeat is None
+    stored = store.get_request("r")
+    assert stored is not None and stored.updated_at == T0 + minutes(40)
+    assert stored.changed_at == late.request.changed_at  # nothing an Open311 read shows moved

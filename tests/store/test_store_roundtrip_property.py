@@ -74,6 +74,7 @@ requests = st.builds(
     service_notice=optional,
     requested_at=times,
     updated_at=times,
+    changed_at=times,  # the store records one for every request: None would not read back
     expected_at=st.none() | times,
     backend_refs=st.lists(
         st.builds(BackendRef, adapter=names, reference=names, submitted_at=times),
