@@ -54,7 +54,9 @@ class Adapter(ABC):
 
     Constructor arguments: the instance name from config, the instance's settings (secrets
     already resolved from the environment), and its mapping (a parsed mapping file, or None
-    for adapters that need none, such as webhooks).
+    for adapters that need none, such as webhooks). A constructor refuses settings it cannot
+    work with by raising ValueError with a message naming the instance and the setting; it
+    connects to nothing (the back-end may be down when the worker starts).
     """
 
     #: The kind name this class registers as (the entry-point name).

@@ -3,7 +3,9 @@
 `submit` inserts the work order and its first history row in one transaction, with the civicbus
 request id as the unique EXTERNAL_REF: a unique-constraint violation means a redelivery found the
 order already there, and `find` answers instead. Status changes are polled by UPDATED_AT with a
-safety overlap (see `watermark`). Oracle URLs (`oracle+oracledb://`) use python-oracledb in thin
+safety overlap (see `watermark`). The tables' times are the database's local time without a zone,
+in the instance's `timezone` (default UTC; see adapters.local_time for the hour repeated when
+the clocks go back). Oracle URLs (`oracle+oracledb://`) use python-oracledb in thin
 mode (the `oracle` extra); `postgresql+psycopg://` and `sqlite:///` URLs run the same code.
 """
 
@@ -20,6 +22,7 @@ import structlog
 
 from adapters._contract import Adapter, Health, Receipt, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError
+from adapters.local_time import LocalClock, reading, zone_named
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.oracle import _statements as sql
@@ -32,11 +35,6 @@ from schemas.model import ServiceRequest, StatusUpdate
 log = structlog.get_logger(__name__)
 
 
-def utcnow() -> datetime:
-    """Now, as the naive UTC the work-order tables store."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 class OracleAdapter(Adapter):
     """A work-order database reached through SQLAlchemy (Oracle, PostgreSQL or SQLite).
 
@@ -44,8 +42,9 @@ class OracleAdapter(Adapter):
     `pool_size` (default 5), `pool_timeout` (seconds to wait for a free pooled connection, default
     10), `connect_timeout` (seconds to open a connection, default 10), `call_timeout` (seconds
     for each database call, default 30; a timed-out call is retried), `initial_status` (default
-    NEW), `poll_overlap_seconds` (default 60), `create_schema` (sandbox and tests only: create the
-    tables on first use; never on Oracle, where the DBA runs the DDL).
+    NEW), `poll_overlap_seconds` (default 60), `timezone` (the IANA zone the tables' times are
+    in, default UTC), `create_schema` (sandbox and tests only: create the tables on first use;
+    never on Oracle, where the DBA runs the DDL).
     """
 
     kind = "oracle"
@@ -63,6 +62,8 @@ class OracleAdapter(Adapter):
         self.url = sa.make_url(str(settings["url"]))
         self.initial_status = str(settings.get("initial_status", sql.NEW))
         self.overlap = timedelta(seconds=float(settings.get("poll_overlap_seconds", 60)))
+        zone = str(settings.get("timezone", "UTC"))
+        self.clock = LocalClock(zone_named(zone, f"oracle adapter {instance}: timezone"))
         self._pool = {
             "pool_size": int(settings.get("pool_size", 5)),
             "pool_timeout": float(settings.get("pool_timeout", 10)),
@@ -92,7 +93,7 @@ class OracleAdapter(Adapter):
         if existing is not None:
             return existing
         context = f"oracle adapter {self.instance}: create for request {request.id}"
-        now = utcnow()
+        now = self.clock.local(datetime.now(UTC))
         try:
             with db_errors(context), self.engine.begin() as conn:
                 inserted = conn.execute(
@@ -128,11 +129,17 @@ class OracleAdapter(Adapter):
         """Changes after the watermark, re-reading an overlap window so late commits are seen."""
         mark = OverlapWatermark.parse(since)
         start = mark.window_start(self.overlap)
-        naive_start = None if start is None else start.astimezone(UTC).replace(tzinfo=None)
+        local_start = None if start is None else self.clock.window_start(start)
         with db_errors(f"oracle adapter {self.instance}: poll changes"), self.engine.connect() as c:
-            rows = c.execute(sql.select_changed_since(naive_start)).all()
-        polled = (Changed(key=str(r.id), at=r.updated_at.replace(tzinfo=UTC), row=r) for r in rows)
-        fresh, after = mark.advance(polled, self.overlap)
+            rows = c.execute(sql.select_changed_since(local_start)).all()
+        polled = []
+        for row in rows:
+            earlier, later = self.clock.readings(row.updated_at)
+            at = reading(str(row.id), earlier, later, mark.seen, start)
+            polled.append(Changed(key=str(row.id), at=at, row=row))
+        # Remembered `clock_back` longer: a change in the repeated hour stays in the window by
+        # its later reading that long, and must be known under its earlier one.
+        fresh, after = mark.advance(polled, self.overlap + self.clock.clock_back)
         updates = [u for u in (self._update(c.row, c.at) for c in fresh) if u is not None]
         return UpdatePage(updates=tuple(updates), watermark=after.dump())
 

@@ -1,7 +1,8 @@
 """SQLAlchemy Core definitions of the work-order tables, mirroring deploy/sandbox/oracle/schema.sql.
 
 Lower-case names are case-insensitive to SQLAlchemy, so on Oracle they are rendered unquoted and
-match the upper-case objects the DDL creates. Times are naive UTC (Oracle TIMESTAMP).
+match the upper-case objects the DDL creates. Times are TIMESTAMP without a zone, in the
+database's local time (the adapter's `timezone` setting, UTC by default).
 """
 
 from __future__ import annotations

@@ -9,13 +9,14 @@ second notification. Status changes are polled by last-change time with a safety
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from adapters._contract import Adapter, Health, Receipt, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError, TransientError
+from adapters.local_time import reading
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.oracle.watermark import Changed, OverlapWatermark
@@ -105,7 +106,8 @@ class SapAdapter(Adapter):
             # The key holds the statuses: RFC change times have whole seconds, and two changes
             # of one notification within a second must not look like the same change.
             key = f"{n.number}/{n.system_status}/{n.user_status}"
-            polled.append(Changed(key=key, at=_when(n, key, mark, start), row=n))
+            at = reading(key, n.changed_at, n.changed_at_later, mark.seen, start)
+            polled.append(Changed(key=key, at=at, row=n))
         # Remember what was reported `clock_back` longer: a change in the repeated hour stays in
         # the window by its later reading that long, and must be known under its earlier one.
         fresh, after = mark.advance(polled, self.overlap + self.transport.clock_back)
@@ -177,20 +179,6 @@ class SapAdapter(Adapter):
             source=self.instance,
             external_status_code=code,
         )
-
-
-def _when(n: SapNotification, key: str, mark: OverlapWatermark, start: datetime | None) -> datetime:
-    """When `n` changed. A local time in the hour repeated when the clocks went back reads two
-    ways: the earlier reading while it is in the window or was reported under it; else it is a
-    change we have not seen that reads as older than the window, which the overlap rules out
-    for the first pass of that hour, so it is the repeat: the later reading. (The earlier one
-    would drop it, or date it before changes it followed.)"""
-    later = n.changed_at_later
-    if later is None or start is None or n.changed_at >= start:
-        return n.changed_at
-    if (key, n.changed_at.astimezone(UTC).isoformat()) in mark.seen:
-        return n.changed_at
-    return later
 
 
 def _transport(instance: str, name: str, settings: Mapping[str, Any]) -> Transport:

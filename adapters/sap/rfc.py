@@ -14,14 +14,14 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 
 from adapters._contract import Health
 from adapters._exceptions import ErrorTable, PermanentError, TransientError, map_exceptions
+from adapters.local_time import LocalClock, zone_named
 from adapters.sap import rfc_http
 from adapters.sap._model import SapNotification, passthrough
 
@@ -117,8 +117,9 @@ class RfcTransport:
             )
         self._params = {k: settings[k] for k in names if settings.get(k) is not None}
         self._reference_field = str(settings.get("external_reference_field", "REFNUM"))
-        self._zone = ZoneInfo(str(settings.get("system_timezone", "UTC")))
-        self.clock_back = _clock_back(self._zone)
+        zone = str(settings.get("system_timezone", "UTC"))
+        self._clock = LocalClock(zone_named(zone, f"SAP instance {instance}: system_timezone"))
+        self.clock_back = self._clock.clock_back
         self._errors = _error_table()
         self._connection: Any = None
         self._lock = threading.Lock()
@@ -178,7 +179,7 @@ class RfcTransport:
         where = [f"{self._reference_field} <> ''"]
         if moment is not None:
             # From the day before if the clocks went back over midnight (local dates repeat too).
-            local = (moment - self.clock_back).astimezone(self._zone)
+            local = self._clock.window_start(moment)
             where.append(f"AEDAT >= '{local.strftime('%Y%m%d')}'")
         rows = self._read_qmel(
             ["QMNUM", self._reference_field, "AEDAT", "AEZEIT"], where, what="changes"
@@ -187,7 +188,7 @@ class RfcTransport:
         floor = None if moment is None else moment.replace(microsecond=0)
         found = []
         for number, reference, day, time in rows:
-            earlier, later = self._moment(day, time), self._later_moment(day, time)
+            earlier, later = self._clock.readings(_local(day, time))
             # A time in the repeated hour is kept if either reading reaches the floor; the
             # adapter decides which one it was (see SapAdapter.updates).
             if floor is None or max(earlier, later or earlier) >= floor:
@@ -290,24 +291,9 @@ class RfcTransport:
 
     def _moment(self, day: str, time: str) -> datetime:
         """QMEL's local date and time as UTC; in a repeated hour, the earlier reading."""
-        local = datetime.strptime(f"{day}{time or '000000'}", "%Y%m%d%H%M%S")
-        return local.replace(tzinfo=self._zone).astimezone(UTC)
-
-    def _later_moment(self, day: str, time: str) -> datetime | None:
-        """The later reading of a local time in the hour repeated when clocks went back; None
-        for any other time."""
-        local = datetime.strptime(f"{day}{time or '000000'}", "%Y%m%d%H%M%S")
-        later = local.replace(tzinfo=self._zone, fold=1).astimezone(UTC)
-        return later if later > self._moment(day, time) else None
+        return self._clock.readings(_local(day, time))[0]
 
 
-def _clock_back(zone: ZoneInfo) -> timedelta:
-    """How far the zone's clocks go back at most (an hour where DST ends, zero without DST):
-    by how much a local time in the repeated hour can read too early. Its offsets over two
-    years, a day apart, span every change of the clocks."""
-    start = datetime.now(UTC) - timedelta(days=366)
-    offsets = {
-        (start + timedelta(days=d)).astimezone(zone).utcoffset() or timedelta(0)
-        for d in range(2 * 366)
-    }
-    return max(offsets) - min(offsets)
+def _local(day: str, time: str) -> datetime:
+    """QMEL's date and time fields (the SAP system's local time)."""
+    return datetime.strptime(f"{day}{time or '000000'}", "%Y%m%d%H%M%S")

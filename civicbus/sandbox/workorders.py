@@ -6,7 +6,7 @@ tests move a work order through its statuses with `set_status`, as the back offi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 import sqlalchemy as sa
 
@@ -26,13 +26,20 @@ def prepare(url: str = DEFAULT_URL) -> None:
 
 
 def set_status(
-    url: str, external_ref: str, status: str, *, note: str | None = None, at: datetime | None = None
+    url: str,
+    external_ref: str,
+    status: str,
+    *,
+    note: str | None = None,
+    at: datetime | None = None,
+    zone: tzinfo = UTC,
 ) -> int:
     """Move the work order for `external_ref` to `status` (with a history row); its id.
 
-    `at` sets the change time (naive UTC stored), e.g. to play a transaction that commits late.
+    `at` sets the change time, e.g. to play a transaction that commits late; it is stored as
+    the local time in `zone` without the zone, as the adapter's `timezone` setting reads it.
     """
-    moment = (at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    moment = (at or datetime.now(UTC)).astimezone(zone).replace(tzinfo=None)
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -263,3 +264,64 @@ def test_oracle_error_codes_are_classified_by_one_table(code: str, kind: type) -
         raise wrapped
     assert code.split(":")[0] in str(caught.value)
     assert "resident" not in str(caught.value)  # bound values never reach the message
+
+
+CHICAGO = ZoneInfo("America/Chicago")
+
+
+def test_times_are_written_and_read_in_the_databases_time_zone(db_url: str) -> None:
+    adapter = adapter_for(db_url, timezone="America/Chicago")
+    request = streetlight()
+    adapter.submit(request)
+    (row,) = rows(db_url, request.id)
+    # The back office's clerks and reports read the local time: so does the new work order.
+    local_now = datetime.now(CHICAGO).replace(tzinfo=None)
+    assert abs(row.created_at - local_now) < timedelta(minutes=1)
+    _, watermark = _drain(adapter, None)
+
+    changed = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=20)
+    set_status(db_url, request.id, "ASSIGNED", at=changed, zone=CHICAGO)
+    (update,), _ = _drain(adapter, watermark)
+    assert (update.status, update.at) == (Status.ACTION_SCHEDULED, changed)
+
+
+def test_changes_in_the_hour_repeated_when_clocks_go_back_are_each_reported_once(
+    db_url: str,
+) -> None:
+    """On 2026-11-01 Chicago lives 01:00-02:00 twice, first as CDT (UTC-5), then as CST (UTC-6),
+    and the table holds local times: a change at 01:10 CST (07:10Z) read as 01:10 CDT (06:10Z)
+    would lie before the watermark (01:50 CDT, 06:50Z) minus the overlap, and be dropped."""
+    adapter = adapter_for(db_url, timezone="America/Chicago", poll_overlap_seconds=60)
+    assert adapter.clock.clock_back == timedelta(hours=1)
+    a, b = streetlight(), streetlight()
+    adapter.submit(a)
+    adapter.submit(b)
+
+    def at(utc: str) -> datetime:
+        return datetime.fromisoformat(f"2026-11-01T{utc}:00+00:00")
+
+    def poll(since: str | None) -> tuple[list[tuple[str, Status, datetime]], str | None]:
+        page = adapter.updates(since)
+        return [(u.request_id, u.status, u.at) for u in page.updates], page.watermark
+
+    for request in (a, b):  # back before the night of the change
+        set_status(db_url, request.id, "NEW", at=at("04:00"), zone=CHICAGO)
+    _, mark = poll(None)
+
+    set_status(db_url, a.id, "ASSIGNED", at=at("06:50"), zone=CHICAGO)  # 01:50 CDT
+    assert poll(mark)[0] == [(a.id, Status.ACTION_SCHEDULED, at("06:50"))]
+    _, mark = poll(mark)
+
+    set_status(db_url, b.id, "IN_PROGRESS", at=at("07:10"), zone=CHICAGO)  # 01:10 CST
+    reported, mark = poll(mark)
+    assert reported == [(b.id, Status.IN_PROGRESS, at("07:10"))]
+
+    set_status(db_url, a.id, "DONE", at=at("07:20"), zone=CHICAGO)  # 01:20 CST
+    reported, mark = poll(mark)
+    assert reported == [(a.id, Status.FIXED, at("07:20"))]  # after its 06:50Z change: applies
+    assert poll(mark)[0] == []
+
+
+def test_an_unknown_time_zone_is_refused_when_the_adapter_is_built(db_url: str) -> None:
+    with pytest.raises(ValueError, match="timezone: unknown time zone 'Mars/Olympus'"):
+        adapter_for(db_url, timezone="Mars/Olympus")
