@@ -22,6 +22,10 @@ def mapping_path(cfg: InstanceConfig, base_dir: Path) -> Path | None:
     return path if path.is_absolute() else base_dir / path
 
 
+class BadSettings(ConfigError):
+    """An adapter's constructor refused its instance's settings (a ValueError of its own)."""
+
+
 def build_adapter(
     instance_name: str,
     cfg: InstanceConfig,
@@ -32,17 +36,21 @@ def build_adapter(
     """Build one configured instance: secrets from `env` (default: os.environ), mapping validated;
     `public_base_url` (config `api.base_url`) gives mapping paths the request's public URL.
 
-    Raises ConfigError for a missing secret, and RegistryError or MappingFileError (from
+    Raises ConfigError for a missing secret, BadSettings (a ConfigError: the commands say it
+    and exit 2) for settings the adapter refuses, and RegistryError or MappingFileError (from
     `adapters`) for a kind that is not installed or a mapping that does not validate.
     """
     try:
         settings = cfg.resolved_settings(env)
     except ConfigError as exc:
         raise ConfigError(f"adapter instance {instance_name!r}: {exc}") from exc
-    return _build(
-        instance_name,
-        kind=cfg.kind,
-        settings=settings,
-        mapping_path=mapping_path(cfg, base_dir),
-        public_base_url=public_base_url,
-    )
+    try:
+        return _build(
+            instance_name,
+            kind=cfg.kind,
+            settings=settings,
+            mapping_path=mapping_path(cfg, base_dir),
+            public_base_url=public_base_url,
+        )
+    except ValueError as exc:  # adapters refuse their settings so (see adapters._contract)
+        raise BadSettings(f"adapter instance {instance_name!r}: {exc}") from exc

@@ -14,7 +14,7 @@ import typer
 from adapters import Health, PermanentError, TransientError
 from adapters.mapping import MappingFileError
 from adapters.registry import KindNotInstalled, RegistryError, available_kinds
-from bus.adapters_glue import build_adapter, mapping_path
+from bus.adapters_glue import BadSettings, build_adapter, mapping_path
 from bus.cli import command_group
 from bus.cli.common import runtime
 from bus.config import ConfigError, InstanceConfig
@@ -117,6 +117,8 @@ def check_instance(name: str, cfg: InstanceConfig, base_dir: Path) -> tuple[bool
         adapter = build_adapter(name, cfg, base_dir)
     except KindNotInstalled as exc:
         return False, f"kind not installed: {exc}"
+    except BadSettings as exc:
+        return False, f"bad settings for kind {cfg.kind}: {exc.__cause__}"
     except ConfigError as exc:
         return False, f"missing secret: {exc}"
     except MappingFileError as exc:

@@ -30,7 +30,12 @@ instances:
     mapping: mappings/broken.yaml
   ghost:
     kind: nosuchkind
+  oracle-bad-zone:
+    kind: oracle
+    mapping: ORACLE_MAPPING
+    settings: {url: "sqlite:///unused.db", timezone: Mars/Olympus}
 """
+ORACLE_MAPPING = Path(__file__).resolve().parents[2] / "mappings" / "oracle-facilities.yaml"
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def city(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "mappings" / "broken.yaml").write_text(
         "adapter: memory\nfields:\n  Text: {from: description, truncate: -1}\n"
     )
-    (tmp_path / "civicbus.yaml").write_text(CONFIG)
+    (tmp_path / "civicbus.yaml").write_text(CONFIG.replace("ORACLE_MAPPING", str(ORACLE_MAPPING)))
     # Started from another folder: mapping paths start at the config file's folder.
     monkeypatch.chdir(tmp_path / "mappings")
     monkeypatch.delenv("CIVICBUS_CLI_TEST_SECRET", raising=False)
@@ -82,6 +87,10 @@ def test_check_says_what_is_wrong_with_each_instance(city: Path) -> None:
     assert "CIVICBUS_CLI_TEST_SECRET" in lines["mem-secret"]
     assert "FAIL: mapping problem" in lines["mem-bad-mapping"]
     assert "FAIL: kind not installed" in lines["ghost"]
+    assert lines["oracle-bad-zone"].startswith(
+        "oracle-bad-zone: FAIL: bad settings for kind oracle: oracle adapter oracle-bad-zone: "
+        "timezone: unknown time zone 'Mars/Olympus'"
+    )
     assert "broken.yaml:3: fields.Text.truncate" in out
 
 
@@ -122,3 +131,12 @@ def test_a_one_shot_command_logs_no_info_lines_unless_asked(city: Path) -> None:
     assert '"adapter.built"' in verbose.stderr and '"adapter.built"' in by_env.stderr
     assert bad.exit_code == 2
     assert "CIVICBUS_LOG_LEVEL='loud' is not a log level" in bad.stderr
+
+
+def test_a_worker_for_an_instance_whose_settings_its_adapter_refuses_says_why(city: Path) -> None:
+    code, out = invoke(city, "worker", "oracle-bad-zone")
+    assert code == 2  # a configuration error, as a missing secret: no traceback
+    assert out.startswith(
+        "error: adapter instance 'oracle-bad-zone': oracle adapter oracle-bad-zone: timezone: "
+        "unknown time zone 'Mars/Olympus' (an IANA name, e.g. America/Chicago or UTC)"
+    ), out
