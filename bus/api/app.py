@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bus.api import docs
 from bus.api.context import ApiContext
+from bus.api.head import HeadAsGet, allowed_methods
 from bus.api.limits import BodyLimit
 from bus.api.open311_reads import discovery_router
 from bus.api.open311_reads import router as reads
@@ -80,6 +81,7 @@ def create_app(runtime: Runtime, *, intake_process: bool = False) -> FastAPI:
     app.router.routes[:0] = FAST_ROUTES
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=runtime.config.api.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     app.openapi = lambda: _openapi(app, ctx.catalogue.jurisdictions)  # type: ignore[method-assign]
     return app
 
@@ -164,7 +166,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         status = exc.status_code if 400 <= exc.status_code < 600 else 400
         text = {404: "not found", 405: "method not allowed"}.get(status, str(exc.detail))
-        return error_response(status, [Open311Error(status, text)], request.url.path, exc.headers)
+        headers = exc.headers
+        if status == 405:
+            headers = {
+                **(headers or {}),
+                "Allow": allowed_methods(app.router.routes, request.scope),
+            }
+        return error_response(status, [Open311Error(status, text)], request.url.path, headers)
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(request: Request, exc: StoreUnavailable) -> Response:

@@ -397,3 +397,29 @@ def test_unknown_parameters_are_ignored(http: httpx.Client) -> None:
 def test_healthz(server: LiveServer) -> None:
     response = httpx.get(f"{server.url}/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_a_method_a_path_does_not_take_is_405_with_every_method_it_does_take(
+    http: httpx.Client,
+) -> None:
+    # RFC 9110 15.5.6: the Allow header lists the methods the resource supports.
+    for method, path, allowed in [
+        ("DELETE", "/requests.json", "GET, HEAD, POST"),
+        ("PUT", "/requests.xml", "GET, HEAD, POST"),
+        ("POST", "/services.json", "GET, HEAD"),
+        ("DELETE", "/requests/01ARZ3NDEKTSV4RRFFQ69G5FAV.json", "GET, HEAD"),
+    ]:
+        response = http.request(method, path, params={"jurisdiction_id": SPRINGFIELD})
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allowed, (method, path)
+
+
+def test_head_on_a_read_answers_its_get_headers_without_a_body(http: httpx.Client) -> None:
+    params = {"jurisdiction_id": SPRINGFIELD}
+    for path in ("/services.json", "/services.xml", "/../discovery.json"):
+        get = http.get(path, params=params)
+        head = http.head(path, params=params)
+        assert (head.status_code, get.status_code) == (200, 200), path
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["content-length"] == str(len(get.content))
