@@ -3,7 +3,7 @@
 Read `adapters/_contract.py` to learn the whole contract.
 """
 
-from adapters._contract import Adapter, Health, Receipt, UpdatePage
+from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import (
     AdapterError,
     ErrorTable,
@@ -20,6 +20,7 @@ __all__ = [
     "Health",
     "PermanentError",
     "Receipt",
+    "SkippedChange",
     "StatusUpdate",
     "TransientError",
     "UpdatePage",

@@ -4,16 +4,20 @@ A change feed is data civicbus does not control. A change that cannot become a S
 not fail the whole page: the poller would never move its watermark past it, and every later
 change of that back-end would be held back. So a clerk's note longer than an update holds is cut
 to fit, and a change that still does not fit (a field missing or unreadable) raises
-`UnreadableChange`, which the adapter logs before it skips that change alone. Its text names the
-fields at fault and what is wrong with them, never their values: a note may quote a resident.
+`UnreadableChange`, and the adapter skips that change alone: it goes in the page's `skipped`,
+which the poller logs and audits. Its text names the fields at fault and what is wrong with
+them, never their values: a note may quote a resident. So does a status code the mapping lacks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
 
+from adapters._contract import SkippedChange
+from adapters.mapping import Mapping
 from schemas.model import StatusUpdate
 
 #: The longest note a StatusUpdate holds (the model's own limit).
@@ -57,4 +61,27 @@ def refused_fields(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(map(str, error['loc'])) or 'value'}: {error['type']}"
         for error in exc.errors(include_url=False, include_context=False, include_input=False)
+    )
+
+
+def unmapped_status(
+    change: str, code: str, mapping: Mapping, request_id: str | None
+) -> SkippedChange:
+    """A change whose status code the instance's mapping does not know, and the line to add."""
+    return SkippedChange(
+        change=change,
+        problem=f"status code {code!r} is not in the mapping {mapping.source}",
+        request_id=request_id,
+        fix=f"add `{code}: <canonical status>` under `statuses`",
+    )
+
+
+def page_parts(
+    read: Iterable[StatusUpdate | SkippedChange],
+) -> tuple[tuple[StatusUpdate, ...], tuple[SkippedChange, ...]]:
+    """A page's changes as read, in order: the updates, and the changes skipped."""
+    items = list(read)
+    return (
+        tuple(item for item in items if isinstance(item, StatusUpdate)),
+        tuple(item for item in items if isinstance(item, SkippedChange)),
     )

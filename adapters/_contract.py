@@ -39,6 +39,24 @@ class UpdatePage:
 
     updates: tuple[StatusUpdate, ...]
     watermark: str | None
+    #: Changes of the page that cannot become updates, skipped so that later ones are read: the
+    #: poller logs them and audits them in their request's trail.
+    skipped: tuple[SkippedChange, ...] = ()
+
+
+@dataclass(frozen=True)
+class SkippedChange:
+    """A back-end change that cannot become a StatusUpdate: a status code the mapping lacks, a
+    field missing or unreadable. Its texts name fields and codes, never values a clerk wrote
+    (a note may quote a resident)."""
+
+    #: The back-end's name of the change, e.g. `work order 12`, `change 7`.
+    change: str
+    problem: str
+    #: The civicbus request the change is about, when the back-end's data says.
+    request_id: str | None = None
+    #: What the operator can do, when there is something (e.g. a line to add to the mapping).
+    fix: str | None = None
 
 
 @dataclass(frozen=True)

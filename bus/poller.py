@@ -8,7 +8,9 @@ the page, and the repeated `update_id`s are harmless no-ops.
 
 An update that cannot be recorded as it is (a control character the API would refuse, a value
 the database refuses) is skipped, logged and audited `status_refused`, and the watermark moves
-on: one bad update must not hold back every later status change of its back-end. A store
+on: one bad update must not hold back every later status change of its back-end. A change the
+adapter could not read as an update at all (a status code its mapping lacks, a field missing:
+the page's `skipped`) is logged and audited `status_skipped`, with what to fix. A store
 outage is different: the round stops, and the page is read again next round.
 
 Each round's outcome is kept with the watermark (the last completed round; since when rounds
@@ -34,7 +36,7 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
-from adapters import Adapter, AdapterError
+from adapters import Adapter, AdapterError, SkippedChange
 from adapters._changes import refused_fields
 from bus.status import record_status_update
 from bus.store import Store, StoreUnavailable
@@ -79,6 +81,8 @@ class Poller:
             for update in page.updates:
                 if self._record(instance, update):
                     recorded += 1
+            for skipped in page.skipped:
+                self._skip(instance, skipped)
             if page.watermark == since:
                 break
             with self.store.transaction() as tx:
@@ -107,6 +111,27 @@ class Poller:
                 refused = _safe_reason(exc)
         self._refuse(instance, update, refused)
         return False
+
+    def _skip(self, instance: str, skipped: SkippedChange) -> None:
+        """A change the adapter could not read as an update (a status code its mapping lacks,
+        a field missing): logged, and audited in its request's trail when the change names one,
+        where an operator asking why a status never arrived looks."""
+        request_id = skipped.request_id
+        if request_id is not None and has_control_characters(request_id):
+            request_id = None
+        context = {"change": skipped.change, "problem": skipped.problem, "fix": skipped.fix}
+        log.warning("poller.change_skipped", instance=instance, request_id=request_id, **context)
+        try:
+            with self.store.transaction() as tx:
+                tx.audit(
+                    actor=f"poller:{instance}",
+                    action="status_skipped",
+                    request_id=request_id,
+                    outcome="skipped",
+                    details={**context, "instance": instance},
+                )
+        except ValueError as exc:
+            log.error("poller.skip_not_audited", instance=instance, error=_safe_reason(exc))
 
     def _refuse(self, instance: str, update: StatusUpdate, reason: str) -> None:
         """Skip an update that cannot be recorded: log and audit why (never its note, which

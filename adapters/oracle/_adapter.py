@@ -20,7 +20,8 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import structlog
 
-from adapters._contract import Adapter, Health, Receipt, UpdatePage
+from adapters._changes import page_parts, unmapped_status
+from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError
 from adapters.local_time import LocalClock, reading, zone_named
 from adapters.mapping import Mapping as FieldMapping
@@ -140,8 +141,8 @@ class OracleAdapter(Adapter):
         # Remembered `clock_back` longer: a change in the repeated hour stays in the window by
         # its later reading that long, and must be known under its earlier one.
         fresh, after = mark.advance(polled, self.overlap + self.clock.clock_back)
-        updates = [u for u in (self._update(c.row, c.at) for c in fresh) if u is not None]
-        return UpdatePage(updates=tuple(updates), watermark=after.dump())
+        updates, skipped = page_parts(self._update(c.row, c.at) for c in fresh)
+        return UpdatePage(updates=updates, watermark=after.dump(), skipped=skipped)
 
     def check(self) -> Health:
         try:
@@ -193,13 +194,12 @@ class OracleAdapter(Adapter):
         except UnknownStatus:
             return None
 
-    def _update(self, row: Any, at: datetime) -> StatusUpdate | None:
+    def _update(self, row: Any, at: datetime) -> StatusUpdate | SkippedChange:
         try:
             status = self.field_mapping.status(row.status)
         except UnknownStatus:
-            log.warning("oracle.status_unmapped", adapter=self.instance, work_order=row.id,
-                        code=row.status)  # fmt: skip
-            return None
+            return unmapped_status(f"work order {row.id}", row.status, self.field_mapping,
+                                   row.external_ref)  # fmt: skip
         return StatusUpdate(
             request_id=row.external_ref,
             status=status,

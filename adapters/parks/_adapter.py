@@ -16,8 +16,14 @@ from typing import Any
 import httpx
 import structlog
 
-from adapters._changes import UnreadableChange, require, status_update
-from adapters._contract import Adapter, Health, Receipt, UpdatePage
+from adapters._changes import (
+    UnreadableChange,
+    page_parts,
+    require,
+    status_update,
+    unmapped_status,
+)
+from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError, TransientError, map_exceptions
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
@@ -113,7 +119,7 @@ class ParksAdapter(Adapter):
     def updates(self, since: str | None) -> UpdatePage:
         """Changes after cursor `since`, oldest first, up to `max_pages` pages."""
         cursor = since or "0"
-        found: list[StatusUpdate] = []
+        found: list[StatusUpdate | SkippedChange] = []
         read = 0
         for _ in range(self.max_pages):
             context = f"parks adapter {self.instance}: changes since {cursor}"
@@ -126,11 +132,13 @@ class ParksAdapter(Adapter):
             page = self._json(response, context)
             changes = page.get("changes") or []
             read += len(changes)
-            found += [u for u in map(self._update, changes) if u is not None]
+            found += map(self._update, changes)
             cursor = str(page.get("next") or cursor)
             if not page.get("more"):
                 break
-        return UpdatePage(updates=tuple(found), watermark=cursor if (read or since) else since)
+        updates, skipped = page_parts(found)
+        watermark = cursor if (read or since) else since
+        return UpdatePage(updates=updates, watermark=watermark, skipped=skipped)
 
     def check(self) -> Health:
         """Get a token (credentials), then make one read call."""
@@ -198,19 +206,21 @@ class ParksAdapter(Adapter):
         except UnknownStatus:
             return None
 
-    def _update(self, change: Any) -> StatusUpdate | None:
-        """The change as an update; None when it is skipped, so the cursor moves past it."""
+    def _update(self, change: Any) -> StatusUpdate | SkippedChange:
+        """The change as an update, or skipped (so that the cursor moves past it): raising
+        would fail every poll at this change, and no later change would ever be read."""
         try:
             return self._read_change(change)
         except UnreadableChange as exc:
-            # Skipped, not raised, as an unmapped status is (below); the problem names the
-            # fields at fault, never their values (a clerk's note may quote a resident).
-            log.warning("parks.change_unreadable", adapter=self.instance,
-                        change_id=change.get("change_id") if isinstance(change, dict) else None,
-                        problem=str(exc))  # fmt: skip
-            return None
+            fields = change if isinstance(change, dict) else {}
+            reference = fields.get("external_reference")
+            return SkippedChange(
+                change=f"change {fields.get('change_id')}",
+                problem=str(exc),
+                request_id=reference if isinstance(reference, str) else None,
+            )
 
-    def _read_change(self, change: Any) -> StatusUpdate | None:
+    def _read_change(self, change: Any) -> StatusUpdate | SkippedChange:
         if not isinstance(change, dict):
             raise UnreadableChange("not a JSON object")
         require(**{k: change.get(k) for k in ("change_id", "external_reference", "status")})
@@ -218,13 +228,9 @@ class ParksAdapter(Adapter):
         try:
             status = self.field_mapping.status(code)
         except UnknownStatus:
-            # Skipped, not raised: the cursor must move past it, or no later change of any
-            # work request is ever read. The operator adds the code to the mapping for the next.
-            log.warning("parks.status_unmapped", adapter=self.instance,
-                        change_id=change.get("change_id"), code=code,
-                        mapping=self.field_mapping.source,
-                        fix=f"add `{code}: <canonical status>` under `statuses`")  # fmt: skip
-            return None
+            # The operator adds the code to the mapping for the next ones.
+            return unmapped_status(f"change {change['change_id']}", code, self.field_mapping,
+                                   str(change["external_reference"]))  # fmt: skip
         return status_update(
             request_id=str(change["external_reference"]),
             status=status,

@@ -19,8 +19,14 @@ import zeep
 import zeep.exceptions
 from zeep.transports import Transport
 
-from adapters._changes import UnreadableChange, require, status_update
-from adapters._contract import Adapter, Health, Receipt, UpdatePage
+from adapters._changes import (
+    UnreadableChange,
+    page_parts,
+    require,
+    status_update,
+    unmapped_status,
+)
+from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
@@ -125,20 +131,19 @@ class PermitsAdapter(Adapter):
     def updates(self, since: str | None) -> UpdatePage:
         """Case changes after the change sequence `since`, oldest first, up to `max_pages` pages."""
         after = _sequence(since, self.instance)
-        found: list[StatusUpdate] = []
+        found: list[StatusUpdate | SkippedChange] = []
         for _ in range(self.max_pages):
             with soap_errors(f"permits adapter {self.instance}: ListCaseChangesSince {after}"):
                 page = self._soap().ListCaseChangesSince(
                     afterSequence=after, maxResults=self.page_size
                 )
-            for change in _changes_of(page):
-                update = self._update(change)
-                if update is not None:
-                    found.append(update)
+            found += map(self._update, _changes_of(page))
             after = max(after, int(page.lastSequence))
             if not page.more:
                 break
-        return UpdatePage(updates=tuple(found), watermark=str(after) if after else since)
+        updates, skipped = page_parts(found)
+        watermark = str(after) if after else since
+        return UpdatePage(updates=updates, watermark=watermark, skipped=skipped)
 
     def check(self) -> Health:
         """Load the WSDL, check the mapping's fields against CreateCase, make one read call."""
@@ -209,19 +214,21 @@ class PermitsAdapter(Adapter):
         except UnknownStatus:
             return None
 
-    def _update(self, change: Any) -> StatusUpdate | None:
-        """The change as an update; None when it is skipped, so the watermark moves past it."""
+    def _update(self, change: Any) -> StatusUpdate | SkippedChange:
+        """The change as an update, or skipped (so that the watermark moves past it): raising
+        would fail every poll at this change, and no later change would ever be read."""
         try:
             return self._read_change(change)
         except UnreadableChange as exc:
-            # Skipped, not raised, as an unmapped status is (below); the problem names the
-            # fields at fault, never their values (a clerk's note may quote a resident).
-            log.warning("permits.change_unreadable", adapter=self.instance,
-                        case_id=getattr(change, "caseId", None),
-                        sequence=getattr(change, "sequence", None), problem=str(exc))  # fmt: skip
-            return None
+            reference = getattr(change, "externalReference", None)
+            return SkippedChange(
+                change=f"change {getattr(change, 'sequence', None)} of case "
+                f"{getattr(change, 'caseId', None)}",
+                problem=str(exc),
+                request_id=str(reference) if reference is not None else None,
+            )
 
-    def _read_change(self, change: Any) -> StatusUpdate | None:
+    def _read_change(self, change: Any) -> StatusUpdate | SkippedChange:
         if change is None:
             raise UnreadableChange("an empty CaseChange")
         # zeep reads a value it cannot parse (a changedAt that is no xs:dateTime) as None.
@@ -231,13 +238,9 @@ class PermitsAdapter(Adapter):
         try:
             status = self.field_mapping.status(code)
         except UnknownStatus:
-            # Skipped, not raised: the watermark must move past it, or no later change of any
-            # case is ever read. The operator adds the code to the mapping for the next ones.
-            log.warning("permits.status_unmapped", adapter=self.instance, case_id=change.caseId,
-                        sequence=change.sequence, code=code,
-                        mapping=self.field_mapping.source,
-                        fix=f"add `{code}: <canonical status>` under `statuses`")  # fmt: skip
-            return None
+            # The operator adds the code to the mapping for the next ones.
+            return unmapped_status(f"change {change.sequence} of case {change.caseId}", code,
+                                   self.field_mapping, str(change.externalReference))  # fmt: skip
         return status_update(
             request_id=str(change.externalReference),
             status=status,

@@ -14,7 +14,8 @@ from typing import Any
 
 import structlog
 
-from adapters._contract import Adapter, Health, Receipt, UpdatePage
+from adapters._changes import page_parts, unmapped_status
+from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError, TransientError
 from adapters.local_time import reading
 from adapters.mapping import Mapping as FieldMapping
@@ -111,8 +112,8 @@ class SapAdapter(Adapter):
         # Remember what was reported `clock_back` longer: a change in the repeated hour stays in
         # the window by its later reading that long, and must be known under its earlier one.
         fresh, after = mark.advance(polled, self.overlap + self.transport.clock_back)
-        updates = [u for u in (self._update(c.row, c.at) for c in fresh) if u is not None]
-        return UpdatePage(updates=tuple(updates), watermark=after.dump())
+        updates, skipped = page_parts(self._update(c.row, c.at) for c in fresh)
+        return UpdatePage(updates=updates, watermark=after.dump(), skipped=skipped)
 
     def check(self) -> Health:
         return self.transport.check()
@@ -164,13 +165,14 @@ class SapAdapter(Adapter):
         except UnknownStatus:
             return None
 
-    def _update(self, n: SapNotification, at: datetime) -> StatusUpdate | None:
+    def _update(self, n: SapNotification, at: datetime) -> StatusUpdate | SkippedChange:
         code = self._status_code(n)
         try:
             status = self.field_mapping.status(code)
         except UnknownStatus:
-            log.warning("sap.status_unmapped", adapter=self.instance, reference=n.number, code=code)
-            return None
+            return unmapped_status(
+                f"notification {n.number}", code, self.field_mapping, n.external_reference
+            )
         return StatusUpdate(
             request_id=n.external_reference,
             status=status,

@@ -12,11 +12,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
-from backends_support import a_request, free_port
+from backends_support import a_request, free_port, mapping_without_status
 from oracle_support import adapter_for, prepared, rows, silent_server
 from pyproj import Transformer
 
 from adapters import PermanentError, TransientError
+from adapters.oracle import OracleAdapter
 from adapters.oracle import _statements as sql
 from adapters.oracle._errors import db_errors
 from civicbus.sandbox.workorders import set_status
@@ -325,3 +326,25 @@ def test_changes_in_the_hour_repeated_when_clocks_go_back_are_each_reported_once
 def test_an_unknown_time_zone_is_refused_when_the_adapter_is_built(db_url: str) -> None:
     with pytest.raises(ValueError, match="timezone: unknown time zone 'Mars/Olympus'"):
         adapter_for(db_url, timezone="Mars/Olympus")
+
+
+def test_a_status_the_mapping_lacks_is_skipped_for_the_poller_with_the_fix(db_url: str) -> None:
+    adapter = OracleAdapter(
+        "oracle-facilities",
+        {"url": db_url},
+        mapping_without_status("oracle-facilities.yaml", "DONE"),
+    )
+    done, assigned = streetlight(), streetlight()
+    adapter.submit(done)
+    adapter.submit(assigned)
+    _, watermark = _drain(adapter, None)
+    order = set_status(db_url, done.id, "DONE")
+    set_status(db_url, assigned.id, "ASSIGNED")
+
+    page = adapter.updates(watermark)
+    assert [(u.request_id, u.status) for u in page.updates] == [
+        (assigned.id, Status.ACTION_SCHEDULED)
+    ]
+    [skipped] = page.skipped
+    assert (skipped.change, skipped.request_id) == (f"work order {order}", done.id)
+    assert skipped.fix == "add `DONE: <canonical status>` under `statuses`"

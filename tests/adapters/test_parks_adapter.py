@@ -24,7 +24,6 @@ from backends_support import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 from adapters import PermanentError, TransientError
 from adapters._exceptions import answer_excerpt
@@ -159,14 +158,16 @@ def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
 
     control(parks, "POST", f"/items/{first.id}/status", status="DUPLICATE")
     control(parks, "POST", f"/items/{second.id}/advance")
-    with capture_logs() as logs:
-        page = adapter.updates(start)
+    page = adapter.updates(start)
 
     # Raising here would fail every poll at this change: the cursor would never move again.
     assert [(u.request_id, u.status) for u in page.updates] == [(second.id, Status.INVESTIGATING)]
     assert adapter.updates(page.watermark).updates == ()
-    [skipped] = [e for e in logs if e["event"] == "parks.status_unmapped"]
-    assert skipped["code"] == "DUPLICATE" and skipped["mapping"].endswith("parks.yaml")
+    [skipped] = page.skipped  # for the poller to log and audit
+    assert skipped.request_id == first.id and skipped.change.startswith("change ")
+    assert skipped.problem.startswith("status code 'DUPLICATE' is not in the mapping ")
+    assert skipped.problem.endswith("parks.yaml")
+    assert skipped.fix == "add `DUPLICATE: <canonical status>` under `statuses`"
 
 
 #: A clerk's note quoting a resident, longer than a StatusUpdate holds (4,000 characters).
@@ -237,7 +238,7 @@ def test_a_change_that_cannot_be_read_is_skipped_and_later_changes_still_arrive(
         },
         {"change_id": 3, "external_reference": "req-2", "status": "COMPLETED", "changed_at": at},
     ]
-    with changes_feed(changes) as url, capture_logs() as logs:
+    with changes_feed(changes) as url:
         adapter = ParksAdapter(
             "parks", {"base_url": url, "client_id": "c", "client_secret": "s"}, mapping
         )
@@ -246,12 +247,11 @@ def test_a_change_that_cannot_be_read_is_skipped_and_later_changes_still_arrive(
     # Raising here failed every poll at this change: the cursor never moved again.
     assert [(u.request_id, u.update_id) for u in page.updates] == [("req-2", "parks:3")]
     assert page.watermark == "3"
-    skipped = [e for e in logs if e["event"] == "parks.change_unreadable"]
-    assert [(e["change_id"], e["problem"]) for e in skipped] == [
-        (1, "missing status"),
-        (2, "note: string_type"),
+    assert [(s.change, s.request_id, s.problem) for s in page.skipped] == [
+        ("change 1", "req-1", "missing status"),
+        ("change 2", "req-1", "note: string_type"),
     ]
-    assert "Marge" not in str(skipped)  # a note may quote a resident
+    assert "Marge" not in str(page.skipped)  # a note may quote a resident
 
 
 def test_throttling_is_transient_with_the_servers_retry_after(

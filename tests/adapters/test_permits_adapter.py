@@ -20,7 +20,6 @@ from backends_support import (
     mapping_without_status,
     simulator,
 )
-from structlog.testing import capture_logs
 
 from adapters import PermanentError, TransientError
 from adapters.mapping import Mapping, load_mapping, parse_mapping
@@ -134,14 +133,16 @@ def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
 
     control(permits, "POST", f"/items/{first.id}/status", status="WITHDRAWN")
     control(permits, "POST", f"/items/{second.id}/advance")
-    with capture_logs() as logs:
-        page = adapter.updates(start)
+    page = adapter.updates(start)
 
     # Raising here would fail every poll at this change: the watermark would never move again.
     assert [(u.request_id, u.status) for u in page.updates] == [(second.id, Status.INVESTIGATING)]
     assert adapter.updates(page.watermark).updates == ()
-    [skipped] = [e for e in logs if e["event"] == "permits.status_unmapped"]
-    assert skipped["code"] == "WITHDRAWN" and skipped["mapping"].endswith("permits.yaml")
+    [skipped] = page.skipped  # for the poller to log and audit
+    assert skipped.request_id == first.id and skipped.change.startswith("change ")
+    assert skipped.problem.startswith("status code 'WITHDRAWN' is not in the mapping ")
+    assert skipped.problem.endswith("permits.yaml")
+    assert skipped.fix == "add `WITHDRAWN: <canonical status>` under `statuses`"
 
 
 #: A clerk's note quoting a resident, longer than a StatusUpdate holds (4,000 characters).
@@ -410,14 +411,18 @@ def test_a_change_that_cannot_be_read_is_skipped_and_later_changes_still_arrive(
         _change(6, "req-2", "APPROVED", "2026-11-20T10:00:00+00:00", "granted"),
         last=6,
     )
-    with canned_permit_system(200, "text/xml", answer) as wsdl, capture_logs() as logs:
+    with canned_permit_system(200, "text/xml", answer) as wsdl:
         page = PermitsAdapter("permits", {"wsdl": wsdl, "timeout": 5}, mapping).updates("4")
 
     # Raising here failed every poll at this change: the watermark never moved again.
     assert [(u.request_id, u.update_id) for u in page.updates] == [("req-2", "permits:6")]
     assert page.watermark == "6"
-    [skipped] = [e for e in logs if e["event"] == "permits.change_unreadable"]
-    assert (skipped["sequence"], skipped["problem"]) == (5, "missing changedAt")
+    [skipped] = page.skipped
+    assert (skipped.change, skipped.request_id, skipped.problem) == (
+        "change 5 of case PRM-5",
+        "req-1",
+        "missing changedAt",
+    )
     assert "Marge" not in str(skipped)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 from worker_support import new_request, wait_until
 
 from adapters import Adapter, Health, Receipt, UpdatePage
-from adapters.mapping import load_mapping
+from adapters.mapping import Mapping, load_mapping, parse_mapping
 from adapters.parks import ParksAdapter
 from bus.poller import Poller, lease_name
 from bus.store import Store, StoreUnavailable
@@ -421,13 +422,16 @@ def test_a_failing_round_logs_and_keeps_no_back_end_text(
     assert store.watermark("parks") is None
 
 
-def test_a_clerks_note_too_long_for_an_update_is_recorded_cut_and_later_changes_too(
-    store: Store, tmp_path: Path
-) -> None:
-    """Against the parks simulator: the note was refused inside the adapter's `updates`, the
-    whole page failed, and no later change of the parks system was ever recorded."""
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+
+
+@contextmanager
+def parks_system(
+    tmp_path: Path, mapping: Mapping
+) -> Iterator[tuple[ParksAdapter, Callable[..., None]]]:
+    """The parks simulator on a free port, an adapter for it, and how its clerks change a
+    work request (`move(path, **body)` on its control API)."""
     parks = SIMULATORS["parks"].serve(ServeOptions(state_dir=tmp_path, port=0))
-    mapping = load_mapping(Path(__file__).resolve().parents[2] / "mappings" / "parks.yaml")
     adapter = ParksAdapter(
         "parks",
         {
@@ -438,25 +442,40 @@ def test_a_clerks_note_too_long_for_an_update_is_recorded_cut_and_later_changes_
         },
         mapping,
     )
+
+    def move(path: str, **body: str) -> None:
+        url = f"{parks.control_url}/_sandbox{path}"
+        httpx.post(url, json=body or None, timeout=5).raise_for_status()
+
     try:
-        ids = [new_request(store).subject for _ in range(2)]
-        for request in store.get_requests(set(ids)).values():
-            adapter.submit(request.model_copy(update={"service_code": "PARK_BENCH"}))
+        yield adapter, move
+    finally:
+        adapter.close()
+        parks.stop()
+
+
+def submitted_to_parks(store: Store, adapter: ParksAdapter, count: int) -> list[str]:
+    """`count` new requests, submitted to the parks system."""
+    ids = [new_request(store).subject for _ in range(count)]
+    for request in store.get_requests(set(ids)).values():
+        adapter.submit(request.model_copy(update={"service_code": "PARK_BENCH"}))
+    return ids
+
+
+def test_a_clerks_note_too_long_for_an_update_is_recorded_cut_and_later_changes_too(
+    store: Store, tmp_path: Path
+) -> None:
+    """Against the parks simulator: the note was refused inside the adapter's `updates`, the
+    whole page failed, and no later change of the parks system was ever recorded."""
+    with parks_system(tmp_path, load_mapping(MAPPINGS / "parks.yaml")) as (adapter, move):
+        ids = submitted_to_parks(store, adapter, 2)
         poller = Poller(store, {"parks": adapter}, {"parks": 1.0})
         poller._round("parks")
         start = store.watermark("parks")
-
-        def move(path: str, **body: str) -> None:
-            url = f"{parks.control_url}/_sandbox{path}"
-            httpx.post(url, json=body or None, timeout=5).raise_for_status()
-
         move(f"/items/{ids[0]}/status", status="COMPLETED", note=CLERK_NOTE)
         move(f"/items/{ids[1]}/advance")
         with capture_logs() as logs:
             poller._round("parks")
-    finally:
-        adapter.close()
-        parks.stop()
 
     assert store.watermark("parks") != start
     first, second = (store.get_request(i) for i in ids)
@@ -465,3 +484,33 @@ def test_a_clerks_note_too_long_for_an_update_is_recorded_cut_and_later_changes_
     note = first.history[-1].note
     assert note is not None and len(note) == 4000 and note == CLERK_NOTE[:3999] + "…"
     assert not [e for e in logs if e["event"] == "poller.round_failed"]
+
+
+def test_a_status_code_the_mapping_lacks_is_audited_in_its_requests_trail_with_the_fix(
+    store: Store, tmp_path: Path
+) -> None:
+    """The parks system marks a work request DUPLICATE, a code the city's mapping lacks: the
+    change is skipped (later ones still arrive), and an operator asking why the request never
+    moved finds it in its trail, with the line to add; it was in the log only."""
+    text = (MAPPINGS / "parks.yaml").read_text()
+    lacking = "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("DUPLICATE:"))
+    mapping = parse_mapping(lacking, source=str(MAPPINGS / "parks.yaml"), base_dir=MAPPINGS)
+    with parks_system(tmp_path, mapping) as (adapter, move):
+        duplicate, other = submitted_to_parks(store, adapter, 2)
+        poller = Poller(store, {"parks": adapter}, {"parks": 1.0})
+        poller._round("parks")
+        move(f"/items/{duplicate}/status", status="DUPLICATE", note="same as Marge's report")
+        move(f"/items/{other}/advance")
+        poller._round("parks")
+        poller._round("parks")  # read past: audited once
+
+    moved = store.get_request(other)
+    assert moved is not None and moved.status is Status.INVESTIGATING
+    [skipped] = [a for a in store.audit_trail(duplicate) if a.action == "status_skipped"]
+    assert skipped.actor == "poller:parks" and skipped.outcome == "skipped"
+    assert skipped.details["problem"] == (
+        f"status code 'DUPLICATE' is not in the mapping {MAPPINGS / 'parks.yaml'}"
+    )
+    assert skipped.details["fix"] == "add `DUPLICATE: <canonical status>` under `statuses`"
+    assert skipped.details["change"].startswith("change ")
+    assert "Marge" not in str(skipped.details)  # the clerk's note is not repeated
