@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from bus.config import Config, Environment, load_config
-from bus.store import Store
+from sqlalchemy.engine import make_url
+
+from bus.config import Config, ConfigError, Environment, load_config
+from bus.store import BadDatabaseUrl, NoSuchStore, Store
 
 
 @dataclass
@@ -19,6 +21,10 @@ class Runtime:
     """What a civicbus process runs on; parts are built on first use."""
 
     env: Environment = field(default_factory=Environment.from_env)
+    #: For commands that only look into a store: an SQLite file that is not there is an error
+    #: (run from another folder, `sqlite:///civicbus.db` is a new, empty store, where they
+    #: would find nothing wrong), not a store to create.
+    existing_store: bool = False
 
     @cached_property
     def config(self) -> Config:
@@ -31,7 +37,21 @@ class Runtime:
 
     @cached_property
     def store(self) -> Store:
-        return Store.open(self.env.database_url)
+        try:
+            return Store.open(self.env.database_url, existing=self.existing_store)
+        except BadDatabaseUrl as exc:
+            raise ConfigError(f"CIVICBUS_DATABASE_URL: {exc}") from exc
+        except NoSuchStore as exc:
+            database = Path(make_url(self.env.database_url).database or "")
+            where = (
+                ""
+                if database.is_absolute()
+                else f" (sqlite:///{database} is a path from the current folder: run this "
+                "command in the folder civicbus runs in)"
+            )
+            raise ConfigError(
+                f"{exc}{where}; CIVICBUS_DATABASE_URL names the store civicbus runs on"
+            ) from exc
 
     def close(self) -> None:
         if "store" in self.__dict__:

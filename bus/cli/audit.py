@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
                 "`civicbus audit verify` prints it",
                 param_hint="--expect-head",
             )
-        with runtime() as rt:
+        with runtime(existing_store=True) as rt:
             result = rt.store.verify_audit(expect_head and expect_head.lower())
         if result.ok:
             typer.echo(f"audit log intact: {result.entries} entries, chain verified")
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     ) -> None:
         """Show every hop of one request, oldest first."""
-        with runtime() as rt:
+        with runtime(existing_store=True) as rt:
             entries = rt.store.audit_trail(request_id)
             # A resident of a batch service only has a token: it names its request.
             resolved = None if entries else rt.store.resolve_token(request_id)

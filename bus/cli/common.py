@@ -55,11 +55,12 @@ def service_logging() -> None:
 
 
 @contextmanager
-def runtime() -> Iterator[Runtime]:
+def runtime(*, existing_store: bool = False) -> Iterator[Runtime]:
     """A Runtime for one command; config and store errors become a message and exit code 2
     (with a line of advice when the database did not answer: no error of a driver says where
-    to look for a server that is there but silent)."""
-    rt = Runtime()
+    to look for a server that is there but silent). `existing_store`: for commands that look
+    into the store, whose SQLite file must be there (see Runtime)."""
+    rt = Runtime(existing_store=existing_store)
     try:
         yield rt
     except ConfigError as exc:

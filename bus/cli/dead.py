@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     @group.command("list")
     def list_(instance: str) -> None:
         """The instance's dead letters waiting for a decision, oldest first."""
-        with runtime() as rt:
+        with runtime(existing_store=True) as rt:
             _known_route(rt, instance)
             letters = deadletters.list_dead_letters(rt.store, instance)
             removed = deadletters.is_removed_subscription(rt.store, instance)
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
     def show(dead_letter_id: int = typer.Argument(..., metavar="ID")) -> None:
         """One dead letter in full: its reason, the stored message, and its history (when it
         was dead-lettered, replayed or dropped, from its request's audit trail)."""
-        with runtime() as rt, _operator_errors():
+        with runtime(existing_store=True) as rt, _operator_errors():
             letter = deadletters.get_dead_letter(rt.store, dead_letter_id)
             history = deadletters.history(rt.store, letter)
         typer.echo(json.dumps(_document(letter, history), indent=2, ensure_ascii=False))
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         if ids and replay_all:
             _usage("name dead letter IDs or --all, not both")
         numbers = _ids(ids or [], "dead replay INSTANCE ID...")
-        with runtime() as rt, _operator_errors():
+        with runtime(existing_store=True) as rt, _operator_errors():
             _known_route(rt, instance)
             deadletters.check_replayable_route(rt.store, instance, rt.config.instances)
             letters = deadletters.replay(rt.store, instance, None if replay_all else numbers)
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
             _usage("with --all, name the instance only: dead drop INSTANCE --all")
         if not numbers and not drop_all:
             _usage(f"name the dead letter IDs of {instance} to drop, or --all")
-        with runtime() as rt, _operator_errors():
+        with runtime(existing_store=True) as rt, _operator_errors():
             if instance is not None:
                 _known_route(rt, instance)
             letters = (
@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        with runtime() as rt:
+        with runtime(existing_store=True) as rt:
             instances = list(rt.config.instances)
             store = rt.store
 

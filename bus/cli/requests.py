@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         (outbox, queue, retries, dead letters) and what to try. Exit code 1 when there are any."""
         age = parse_duration(older_than, "--older-than")
         now = datetime.now(UTC)
-        with runtime() as rt:
+        with runtime(existing_store=True) as rt:
             items = rt.store.undelivered(accepted_before=now - age, limit=limit)
             holders = _holders(rt.store.workers(), now) if items else {}
             unconsumed = _unconsumed(items, rt.env.amqp_url)
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         """One request as an operator needs it: status, history and the back-end holding it,
         or where it is stuck and what to try; its dead letters. No personal data."""
         now = datetime.now(UTC)
-        with runtime() as rt:
+        with runtime(existing_store=True) as rt:
             shown = _show(rt, request_id, now)
         typer.echo(_shown_json(shown) if as_json else _shown_lines(shown))
 
@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
         from bus.api.media import MediaStore
 
         both = not (description or media)
-        with runtime() as rt:
+        with runtime(existing_store=True) as rt:
             files = MediaStore(Path(rt.env.media_dir), rt.config.api.base_url)
             try:
                 done = takedown.take_down(

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The bus at a glance: outbox, relay, workers, queues, consumers, dead letters; then
         the problems, each with what to try (exit code 1 when there is any), and notes."""
-        with runtime() as rt:
+        with runtime(existing_store=True) as rt:
             overview = take_overview(
                 rt.store, rt.config.instances, lambda: connect(rt.env.amqp_url)
             )

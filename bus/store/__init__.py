@@ -25,7 +25,9 @@ until a ping gets an answer; `not_answering_advice` tells an operator what to ch
 from bus.store._breaker import BreakerState
 from bus.store._errors import (
     AlreadyExists,
+    BadDatabaseUrl,
     InvalidData,
+    NoSuchStore,
     NotAnswering,
     SchemaTooNew,
     StoreUnavailable,
@@ -64,6 +66,7 @@ __all__ = [
     "AuditEntry",
     "AuditStreak",
     "AuditVerification",
+    "BadDatabaseUrl",
     "BreakerState",
     "BrokerBlock",
     "Client",
@@ -72,6 +75,7 @@ __all__ = [
     "InvalidData",
     "KeptWriter",
     "Lease",
+    "NoSuchStore",
     "NotAnswering",
     "OutboxEvent",
     "OutboxMessage",

@@ -6,14 +6,17 @@ import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
 import tenacity
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from bus.store._checkpointer import FALLBACK_PAGES
+from bus.store._errors import BadDatabaseUrl, NoSuchStore
 from bus.store._sql import driver_execute, serialize_json
 
 #: Seconds a writer waits for SQLite's write lock before the store reports itself unavailable;
@@ -45,11 +48,26 @@ WRITE_OPTION = "civicbus_write"
 
 
 def normalise_url(url: str) -> URL:
-    """The URL with the psycopg 3 driver for plain `postgresql://` URLs."""
-    parsed = make_url(url)
+    """The URL with the psycopg 3 driver for plain `postgresql://` URLs; BadDatabaseUrl for
+    text that is no URL."""
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):  # ValueError: a bad port, several hosts
+        raise BadDatabaseUrl(
+            "not a database URL: give sqlite:///PATH or postgresql://USER@HOST/DATABASE"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def require_sqlite_file(engine: Engine) -> None:
+    """NoSuchStore when the engine's database is an SQLite file that is not there."""
+    database = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:"):
+        path = Path(database)
+        if not path.exists():
+            raise NoSuchStore(path.resolve())
 
 
 def create_engine(url: str) -> Engine:
@@ -57,7 +75,7 @@ def create_engine(url: str) -> Engine:
     parsed = normalise_url(url)
     # hide_parameters: SQLAlchemy's error texts must never quote row values (personal data).
     if parsed.get_backend_name() == "sqlite":
-        timeout = float(str(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_S)))
+        timeout = _seconds(parsed, "timeout", SQLITE_BUSY_TIMEOUT_S)
         pool: dict[str, Any] = {}
         if parsed.database not in (None, "", ":memory:"):
             # Never wait for a pooled connection: a SQLite connection is a file handle, and
@@ -83,22 +101,25 @@ def create_engine(url: str) -> Engine:
         )
         _bound_round_trips(engine, query_timeout)
         return engine
-    raise ValueError(
+    raise BadDatabaseUrl(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
 
 
 def _query_timeout(url: URL) -> float | None:
-    text = str(url.query.get("query_timeout", PG_QUERY_TIMEOUT_S))
+    return _seconds(url, "query_timeout", PG_QUERY_TIMEOUT_S) or None
+
+
+def _seconds(url: URL, name: str, default: float) -> float:
+    """The URL's query parameter `name`, in seconds (0 or more)."""
+    text = str(url.query.get(name, default))
     try:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < math.inf:  # NaN too
-        raise ValueError(
-            f"query_timeout={text!r} in the database URL: give seconds (0: no limit)"
-        ) from None
-    return seconds or None
+        raise BadDatabaseUrl(f"{name}={text!r} in the database URL: give seconds, 0 or more")
+    return seconds
 
 
 def _pg_connect_args(url: URL, query_timeout: float | None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 
@@ -42,6 +43,20 @@ class UpdateConflict(AlreadyExists):
         )
         self.request_id = request_id
         self.update_id = update_id
+
+
+class BadDatabaseUrl(ValueError):
+    """The database URL is not one the store can use; the text never quotes the URL (it may
+    hold a password)."""
+
+
+class NoSuchStore(Exception):
+    """Opened as existing, the store's SQLite file is not there; `path` is where it was looked
+    for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no civicbus store at {path}")
+        self.path = path
 
 
 class InvalidData(ValueError):

@@ -72,10 +72,13 @@ class Store:
         self._checkpointer = _checkpointer(self._engine)
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Connect, creating or upgrading the schema (Alembic) on first use."""
+    def open(cls, url: str, *, existing: bool = False) -> Store:
+        """Connect, creating or upgrading the schema (Alembic) on first use. `existing`: an
+        SQLite file that is not there raises NoSuchStore instead of becoming a new store."""
         store = cls(url)
         try:
+            if existing:
+                _engine.require_sqlite_file(store._engine)
             with translate_errors(store._database):
                 if not _migrate.is_current(store._engine):
                     _migrate.upgrade(store._writer)
