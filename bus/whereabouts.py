@@ -125,7 +125,8 @@ def whereabouts(
             instance,
             hop.at,
             f"an operator dropped dead letter {letter}",
-            "nothing will deliver it; re-submit the report if it still matters",
+            "nothing will deliver it: re-submit the report if it still matters; to tell the "
+            "resident, close it with a status update (POST /servicerequestupdates, see README)",
         )
     dead_id = _open_dead_letter(item, instance)
     if dead_id is None:

@@ -144,6 +144,33 @@ def test_each_undelivered_request_is_found_where_it_is_stuck(
     assert f"try: `civicbus dead show {dead}`" in output
 
 
+def test_requests_an_operator_dropped_are_listed_but_are_no_fault_for_a_monitoring_check(
+    store: Store, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", sqlite_url)
+    dropped = new_request(store)
+    with store.transaction() as tx:
+        tx.audit(actor="relay", action="routed", request_id=dropped.subject,
+                 details={"instance": INSTANCE, "rule": "default"})  # fmt: skip
+        tx.audit(actor=f"worker:{INSTANCE}", action="dead_lettered", request_id=dropped.subject,
+                 outcome="error", details={"reason": "PermanentError: no LANE"})  # fmt: skip
+        tx.audit(actor="cli:dead-drop", action="dropped", request_id=dropped.subject,
+                 details={"dead_letter": 7, "instance": INSTANCE})  # fmt: skip
+
+    code, output = stuck("--older-than", "0s", "--json")
+
+    # Listed, so that it is not forgotten; exit 0: a decision, not a fault, that a check
+    # alerting on the exit code would report for ever.
+    assert code == 0, output
+    [item] = map(json.loads, output.splitlines())
+    assert (item["request_id"], item["stage"]) == (dropped.subject, "dropped")
+    assert "close it with a status update (POST /servicerequestupdates" in item["hint"]
+
+    # Another request stuck beside it: a fault again.
+    accepted(store)
+    assert stuck("--older-than", "0s")[0] == 1
+
+
 def test_nothing_old_enough_is_said_plainly(
     store: Store, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
