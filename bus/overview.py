@@ -175,7 +175,7 @@ def _problems(overview: Overview) -> list[str]:
     found: list[str] = []
     if overview.broker_error:
         found.append(
-            f"broker: {overview.broker_error}; nothing is published or delivered until it is back"
+            f"broker: {overview.broker_error}; nothing is published or delivered meanwhile"
         )
     found.extend(_blocked_problem(overview))
     found.extend(_relay_problems(overview))

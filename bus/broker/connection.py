@@ -60,10 +60,22 @@ def broker_errors(doing: str) -> Iterator[None]:
         raise BrokerUnavailable(f"{doing}: {_describe(exc)}") from exc
 
 
+#: What RabbitMQ answers a login it refuses (a wrong user or password; AMQP 403) or a vhost that
+#: is not there or not the user's (530), in the texts of pika's exceptions.
+_REFUSED = ("ACCESS_REFUSED", "NOT_ALLOWED")
+
+
 def _describe(exc: BaseException) -> str:
     # pika's connection errors often have an empty str(); their args hold the cause.
     text = str(exc) or ", ".join(repr(arg) for arg in exc.args) or "no details"
-    return f"{type(exc).__name__}: {text}"
+    described = f"{type(exc).__name__}: {text}"
+    if isinstance(
+        exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError
+    ) or any(code in text for code in _REFUSED):
+        # Not an outage to wait out: a setting to fix.
+        described += " (the broker refused the login or the vhost: check the user, password "
+        described += "and vhost in CIVICBUS_AMQP_URL)"
+    return described
 
 
 def connection_parameters(url: str | None = None) -> pika.URLParameters:

@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         if not entries:
             known = f"request {resolved}" if resolved else f"request {request_id}"
             token = "" if resolved else " (nor is it a batch token)"
-            typer.echo(f"no audit entries for {known}{token}", err=True)
+            typer.echo(f"error: no audit entries for {known}{token}", err=True)
             raise typer.Exit(1)
         for entry in entries:
             typer.echo(_as_json(entry) if as_json else _as_line(entry))

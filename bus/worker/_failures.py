@@ -104,12 +104,15 @@ def schedule_retry_or_dead_letter(
         message_id=delivery.message_id,
         properties=delivery.properties,
     )
-    log.info(
+    # A warning, with the error: a back-end failing for half an hour must show in a log kept at
+    # warning level, where each quick try's `worker.attempt_failed` (info) does not.
+    log.warning(
         "worker.retry_scheduled",
         route=route.name,
         message_id=delivery.key,
         attempt=delivery.attempt,
         delay=delay,
+        error=describe(exc),
     )
 
 

@@ -58,6 +58,29 @@ def test_a_closed_port_is_unavailable() -> None:
         connect(f"amqp://guest:guest@127.0.0.1:{port}/%2F?socket_timeout=1")
 
 
+@pytest.mark.parametrize("refused", ["password", "vhost"])
+def test_a_login_or_vhost_the_broker_refuses_says_to_fix_the_url_not_to_wait(
+    amqp_url: str, refused: str
+) -> None:
+    if refused == "password":  # RabbitMQ: 403 ACCESS_REFUSED
+        url = amqp_url.replace("guest:guest@", "guest:not-the-password@")
+    else:  # RabbitMQ: 530 NOT_ALLOWED
+        url = amqp_url.rsplit("/", 1)[0] + "/no-such-vhost"
+    with pytest.raises(BrokerUnavailable) as caught:
+        connect(url + "?socket_timeout=2")
+    assert str(caught.value).endswith(
+        "(the broker refused the login or the vhost: check the user, password and vhost in "
+        "CIVICBUS_AMQP_URL)"
+    )
+    assert "not-the-password" not in str(caught.value)
+
+
+def test_a_broker_away_is_not_said_to_refuse(silent_port: int) -> None:
+    with pytest.raises(BrokerUnavailable) as away:
+        connect(f"amqp://guest:guest@127.0.0.1:{silent_port}/%2F?socket_timeout=1&stack_timeout=2")
+    assert "refused the login" not in str(away.value)
+
+
 @pytest.mark.parametrize(
     "url",
     [

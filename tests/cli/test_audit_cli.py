@@ -49,7 +49,7 @@ def test_audit_trail_of_an_unknown_request_says_so(store_env: str) -> None:
     Store.open(store_env).close()
     result = CliRunner().invoke(app, ["audit", "trail", "nope"])
     assert result.exit_code == 1
-    assert "no audit entries for request nope" in result.output
+    assert "error: no audit entries for request nope" in result.output
 
 
 def test_audit_trail_of_a_batch_token_shows_its_request_and_says_which(store_env: str) -> None:

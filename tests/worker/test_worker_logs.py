@@ -70,5 +70,9 @@ def test_retry_dead_letter_and_submitted_lines_carry_the_correlation_id(
         "backend.called",
     }
     assert {line["correlation_id"] for line in about_retried} == {"corr-retried"}
+    # Seen in a log kept at warning level, with why.
+    [retry] = [line for line in about_retried if line["event"] == "worker.retry_scheduled"]
+    assert retry["level"] == "warning"
+    assert str(retry["error"]).startswith("TransientError: ")
     [dead] = [line for line in lines_about(log_stream, "req-nowhere")]
     assert (dead["event"], dead["correlation_id"]) == ("worker.dead_lettered", "corr-unknown")
