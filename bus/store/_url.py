@@ -8,6 +8,8 @@ cannot be told apart from its password is not shown at all.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -16,11 +18,17 @@ UNSHOWN = "the database (its URL not shown)"
 
 
 def shown_url(url: str) -> str:
-    """`url` without its password or query string; UNSHOWN when that cannot be made sure of."""
+    """`url` without its password or query string, an SQLite file's path absolute; UNSHOWN
+    when that cannot be made sure of."""
     if url.count("@") > 1:
         return UNSHOWN  # an "@" of the password left unencoded: the rest of it would show
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError):  # ValueError: several hosts, a bad port
         return UNSHOWN
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
+        # Which file, wherever the command was run from: a path from the current folder
+        # names another store in another folder.
+        parsed = parsed.set(database=str(Path(database).resolve()))
     return parsed.set(query={}).render_as_string(hide_password=True)

@@ -61,10 +61,12 @@ def test_an_absolute_path_to_no_store_says_so_too(tmp_path: Path) -> None:
     )
 
 
-def test_the_store_where_it_is_is_read(elsewhere: Path) -> None:
+def test_the_store_where_it_is_is_read_and_named_by_its_whole_path(elsewhere: Path) -> None:
     Store.open("sqlite:///civicbus.db").close()  # as `civicbus run` leaves it
     code, out = invoke("audit", "verify")
     assert code == 0, out
+    _, out = invoke("status")  # exit 1 or 0, as the machine's broker has the sandbox's queues
+    assert f"store    sqlite:///{elsewhere / 'civicbus.db'}\n" in out
 
 
 def test_db_upgrade_still_creates_the_store(elsewhere: Path) -> None:
