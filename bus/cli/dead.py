@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        with runtime(existing_store=True) as rt:
+        with runtime() as rt:  # a service: it may be the first part to open a new store
             instances = list(rt.config.instances)
             store = rt.store
 
