@@ -4,12 +4,19 @@ Audit details and log lines pass through `redact`: values under personal-data ke
 phone, names, device id, the whole reporter) become "[redacted]", and e-mail addresses or
 phone numbers written inside free text are masked. Identifiers (`*_id`, `reference`, a
 Message-ID) are left alone: a 12-digit SAP notification number is not a phone number.
+
+A name has no pattern. While a worker handles a request it names that request's reporter
+values (`masking`), and free text then has them masked too, as whole words in any case: a
+back-end's refusal quoting "Reporter Jane Doe" reaches the log, the dead letter and the
+`delivery_failed` event as "Reporter [redacted] [redacted]".
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -110,11 +117,41 @@ def _mask_phone(match: re.Match[str]) -> str:
     return text if _NOT_A_PHONE.match(text) else PHONE_MASK
 
 
+#: The contact values (lower case) of the reporter whose request is being handled, if any.
+_KNOWN: ContextVar[tuple[str, ...]] = ContextVar("civicbus_known_personal_data", default=())
+
+
+@contextmanager
+def masking(values: Iterable[str | None]) -> Iterator[None]:
+    """Inside the block (on this thread or task), free text has these values masked as well
+    (a request's reporter's names, e-mail, phone, ids; those of one letter are left out)."""
+    known = tuple({value.strip().lower() for value in values if value and len(value.strip()) > 1})
+    token = _KNOWN.set(known)
+    try:
+        yield
+    finally:
+        _KNOWN.reset(token)
+
+
 def redact_text(text: str) -> str:
-    """The text with e-mail addresses and phone-number-looking digit runs masked."""
+    """The text with e-mail addresses and phone-number-looking digit runs masked, and the
+    values named by `masking` (if any)."""
     if "@" in text:
         text = _EMAIL_OR_URL_USER.sub(_mask_email, text)
-    return _PHONE.sub(_mask_phone, text)
+    text = _PHONE.sub(_mask_phone, text)
+    if known := _KNOWN.get():
+        text = _mask_known(text, known)
+    return text
+
+
+def _mask_known(text: str, known: tuple[str, ...]) -> str:
+    lowered = text.lower()
+    found = [value for value in known if value in lowered]
+    if not found:  # the usual case: a look for each value, no pattern built
+        return text
+    # The longest first, so that "Jane Doe" goes whole before "Jane" is looked for.
+    words = "|".join(re.escape(v) for v in sorted(found, key=len, reverse=True))
+    return re.sub(rf"(?<!\w)(?:{words})(?!\w)", REDACTED, text, flags=re.IGNORECASE)
 
 
 def redact(value: Any) -> Any:

@@ -27,6 +27,7 @@ from pydantic import TypeAdapter
 from adapters import Adapter, PermanentError, Receipt
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
 from bus.logging import request_context
+from bus.redaction import masking
 from bus.status import log_status_update, record_status_update_in
 from bus.store import OutboxEvent, RecordedUpdate, StoreUnavailable, Transaction
 from bus.worker._consumer import Broker, ConnectionLost
@@ -133,8 +134,10 @@ class CommandWorker:
             envelope = command.envelope
             self.slot.begin(command.delivery.key, envelope.subject)
             # Every line logged for this command (the adapter's and its HTTP or SOAP client's
-            # included) carries the request's ids.
-            with request_context(envelope.subject, envelope.correlationid):
+            # included) carries the request's ids; it, and the reason of a failure, has the
+            # reporter's own values masked (a back-end's error may quote their name).
+            reporter = _contact(requests.get(envelope.subject))
+            with request_context(envelope.subject, envelope.correlationid), masking(reporter):
                 try:
                     request = self.load_request(envelope, requests)
                     if self.already_recorded(request):
@@ -403,6 +406,14 @@ class CommandWorker:
             update_id=f"{self.route.name}:receipt",
             source=self.route.name,
         )
+
+
+def _contact(request: ServiceRequest | None) -> tuple[str | None, ...]:
+    """The reporter's values of `request` (none for an unknown request)."""
+    if request is None:
+        return ()
+    r = request.reporter
+    return (r.first_name, r.last_name, r.email, r.phone, r.device_id, r.account_id)
 
 
 #: A cross-reference's time in the JSON form BackendRef's dump gives it (`...Z` in UTC).

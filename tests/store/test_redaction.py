@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus.redaction import EMAIL_MASK, PHONE_MASK, REDACTED, redact
+from bus.redaction import EMAIL_MASK, PHONE_MASK, REDACTED, masking, redact, redact_text
 from schemas.model import Reporter
 
 
@@ -129,3 +129,16 @@ def test_identifier_keys_are_recognised_however_they_are_written(key: str) -> No
         key: "vm:12374:73662891",
         "note": "vm:12374:" + PHONE_MASK,
     }
+
+
+def test_masking_masks_the_named_values_as_whole_words_in_any_case_within_its_block() -> None:
+    text = "Reporter Jane Doe (jane@x.example) asked; JANE DOE again; Janet, Doerr, J are others"
+    with masking(["Jane", "Doe", None, "J", "jane@x.example"]):
+        masked = redact_text(text)
+    assert masked == (
+        "Reporter [redacted] [redacted] ([redacted-email]) asked; [redacted] [redacted] again; "
+        "Janet, Doerr, J are others"  # one letter alone is never masked: too many false hits
+    )
+    assert redact_text(text) == text.replace("jane@x.example", "[redacted-email]")  # outside
+    with masking(["O'Brien (Jr.)"]):  # a value with pattern characters is matched as written
+        assert redact_text("see O'Brien (Jr.) now") == "see [redacted] now"
