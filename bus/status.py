@@ -6,8 +6,8 @@ API refuses an update_id repeated with other content: its client hears the refus
 poller re-reading a page must not stall on a back-end that rewrote an old update.
 
 Updates may arrive out of order (a page polled late, pushes racing): one dated before the
-request's current status is kept in the history, where Open311 reads show it in time order,
-and changes nothing else. Subscribers hear of a status only when it changes.
+request's current status is kept in the history (GET /servicerequestupdates lists updates in
+time order, C-21) and changes nothing else. Subscribers hear of a status only when it changes.
 """
 
 from __future__ import annotations

@@ -546,6 +546,8 @@ def test_the_readme_signature_check_accepts_real_deliveries_only(
     assert not signature_ok(SECRET, stale, body)
     unsigned = {k: v for k, v in headers.items() if k != SIGNATURE_HEADER}
     assert not signature_ok(SECRET, unsigned, body)
+    # A forged timestamp of non-ASCII digits is refused, not a crash of the receiver (int()).
+    assert not signature_ok(SECRET, {**headers, TIMESTAMP_HEADER: "\u00b2"}, body)
 
 
 def test_signatures_cover_timestamp_and_body() -> None:
