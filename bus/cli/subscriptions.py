@@ -65,6 +65,12 @@ def register(app: typer.Typer) -> None:
                 )
                 raise typer.Exit(1) from exc
         typer.echo(f"subscription {subscription.id}: {url} <- {', '.join(events)}")
+        if secret_env is None:
+            typer.echo(
+                "warning: no --secret-env: its events go out unsigned, and the receiver cannot "
+                "tell them from anyone else's POSTs (remove it and add it again with a secret)",
+                err=True,
+            )
 
     @group.command("list")
     def list_() -> None:

@@ -102,6 +102,7 @@ def test_subscriptions_add_list_remove(env: dict[str, str], store: Store, amqp_u
         ],
     )  # fmt: skip
     assert added.exit_code == 0, added.output
+    assert "unsigned" not in added.output
     (subscription,) = store.list_subscriptions()
     assert subscription.events == ("request.*", "request.closed")
     assert queue_exists(amqp_url, f"civicbus.sub.{subscription.id}")
@@ -127,6 +128,7 @@ def subscribe_by_cli(runner: CliRunner, store: Store) -> Subscription:
         app, ["subscriptions", "add", "http://127.0.0.1:9/hook", "--events", "request.*"]
     )
     assert added.exit_code == 0, added.output
+    assert "warning: no --secret-env: its events go out unsigned" in added.output
     (subscription,) = store.list_subscriptions()
     return subscription
 
