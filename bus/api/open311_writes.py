@@ -295,12 +295,18 @@ def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> Re
 async def post_update(request: Request, fmt: Format) -> Response:
     ctx = context(request)
     submission = await _read_submission(request)
-    document = await ctx.write(_record_update, ctx, submission.fields)
+    document = await ctx.write(_record_update, ctx, submission.fields, submission.correlation_id)
     return respond(document, fmt, "updates")
 
 
-def _record_update(ctx: ApiContext, form: FormData) -> list[dict[str, object]]:
+def _record_update(
+    ctx: ApiContext, form: FormData, correlation_id: str | None
+) -> list[dict[str, object]]:
+    """Record a pushed update; `correlation_id` (X-Correlation-Id) goes with its events, as a
+    create's does (the request's id when absent)."""
     client = ctx.authenticate(first(form, "api_key"), None)
+    if correlation_id is not None and (problem := _correlation_id_problem(correlation_id)):
+        raise Open311Problem(400, problem)
     # Optional, the request id naming the request anyway (as on GET); unknown is a 404 (C-06).
     jurisdiction = first(form, "jurisdiction_id")
     if jurisdiction is not None:
@@ -315,7 +321,13 @@ def _record_update(ctx: ApiContext, form: FormData) -> list[dict[str, object]]:
     if client.jurisdiction not in (None, existing.jurisdiction):
         raise Open311Problem(403, f"api_key is not valid for jurisdiction {existing.jurisdiction}")
     try:
-        record_status_update(ctx.store, update, actor=f"api:{client.name}", refuse_conflicts=True)
+        record_status_update(
+            ctx.store,
+            update,
+            actor=f"api:{client.name}",
+            correlation_id=correlation_id,
+            refuse_conflicts=True,
+        )
     except KeyError:
         raise Open311Problem(
             404, f"service_request_id {update.request_id[:80]!r} not found"

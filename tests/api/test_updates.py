@@ -495,3 +495,33 @@ def test_polling_updated_after_finds_an_update_its_sender_dated_before_the_last_
     assert request_id not in {
         r["service_request_id"] for r in http.get("/requests.json", params=before).json()
     }
+
+
+def test_a_pushed_updates_x_correlation_id_goes_with_its_events_as_a_creates_does(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    form = {
+        "api_key": api_key,
+        "service_request_id": request_id,
+        "update_id": "desk-7",
+        "status": "closed",
+        "updated_datetime": datetime.now(UTC).isoformat(),
+    }
+    refused = http.post(
+        "/servicerequestupdates.json", data=form, headers={"X-Correlation-Id": "Zed Quorn"}
+    )
+    assert refused.status_code == 400
+    assert refused.json()[0]["description"].startswith("X-Correlation-Id: must be 1 to 128")
+
+    sent = http.post(
+        "/servicerequestupdates.json", data=form, headers={"X-Correlation-Id": "desk-ticket-7"}
+    )
+    assert sent.status_code == 200, sent.text
+    events = [r.envelope for r in runtime.store.pending_outbox(10_000)]
+    mine = [
+        e
+        for e in events
+        if e.subject == request_id and e.type.value.endswith(("status_changed", "closed"))
+    ]
+    assert len(mine) == 2 and {e.correlationid for e in mine} == {"desk-ticket-7"}
