@@ -60,13 +60,19 @@ def scrubbed(data: dict[str, Any], removal: _Removal) -> dict[str, Any]:
     return {**data, **changes} if changes else data
 
 
-def _scrubbed_envelope(envelope: Any, removal: _Removal) -> dict[str, Any] | None:
-    """The envelope with its data scrubbed, or None when it needs no change (or is no
-    envelope: a dead letter can hold a body that was not one)."""
+def _scrubbed_envelope(
+    envelope: Any, removal: _Removal, taken_down_at: str | None
+) -> dict[str, Any] | None:
+    """The envelope with its data scrubbed and dated taken down at `taken_down_at` (the
+    request's), or None when it needs no change (or is no envelope: a dead letter can hold a
+    body that was not one). Its `changed_at` stays: the copy is of the request as it was then,
+    older than the `taken_down` event, which a consumer keeping the latest copy keeps."""
     if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
         return None
     data = scrubbed(envelope["data"], removal)
-    return None if data is envelope["data"] else {**envelope, "data": data}
+    if data is envelope["data"]:
+        return None
+    return {**envelope, "data": {**data, "taken_down_at": taken_down_at}}
 
 
 def take_down(
@@ -99,19 +105,22 @@ def take_down(
     document = dict(row.document)
     removed = tuple(Media.model_validate(m) for m in document.get("media") or ()) if media else ()
     new = scrubbed(document, removal)
+    # The time of this take-down, or of the one before when the request has nothing left to
+    # take down (a copy recorded since then still may).
+    stamp = document.get("taken_down_at")
     if new is not document:
         at = (at or utcnow()).astimezone(UTC)
-        stamped = {**new, "taken_down_at": at.isoformat().replace("+00:00", "Z")}
+        stamp = at.isoformat().replace("+00:00", "Z")
         conn.execute(
             requests.update()
             .where(requests.c.id == request_id)
-            .values(document=stamped, taken_down_at=at, changed_at=at)
+            .values(document={**new, "taken_down_at": stamp}, taken_down_at=at, changed_at=at)
         )
     waiting = published = 0
     about = outbox.c.envelope["subject"].as_string() == request_id
     events = sa.select(outbox.c.id, outbox.c.envelope, outbox.c.sent_at).where(about)
     for event in conn.execute(events):
-        envelope = _scrubbed_envelope(event.envelope, removal)
+        envelope = _scrubbed_envelope(event.envelope, removal, stamp)
         if envelope is None:
             continue
         conn.execute(outbox.update().where(outbox.c.id == event.id).values(envelope=envelope))
@@ -123,7 +132,7 @@ def take_down(
     d = dead_letters.c
     of_request = sa.or_(d.request_id == request_id, d.envelope["subject"].as_string() == request_id)
     for letter in conn.execute(sa.select(d.id, d.envelope).where(of_request)):
-        envelope = _scrubbed_envelope(letter.envelope, removal)
+        envelope = _scrubbed_envelope(letter.envelope, removal, stamp)
         if envelope is not None:
             conn.execute(dead_letters.update().where(d.id == letter.id).values(envelope=envelope))
             letters += 1

@@ -65,11 +65,15 @@ def test_a_take_down_rewrites_the_request_and_its_waiting_and_published_events(
     request = store.get_request("r-1")
     assert request is not None and request.description == MARKER and request.media == ()
     stored = envelopes(store)
+    assert request.taken_down_at is not None
     for message_id in (published, waiting):
         data = stored[message_id]["data"]
         assert isinstance(data, dict)
         assert data["description"] == MARKER and data["media"] == []
+        # Dated as the request: its copy says it was taken down, and when.
+        assert data["taken_down_at"] == request.taken_down_at.isoformat().replace("+00:00", "Z")
         assert data["service_code"] == "pothole"  # the rest of the event is as it was
+        assert data["changed_at"] == mine.model_dump(mode="json")["changed_at"]
     assert WRITTEN in str(stored[untouched]) and DIGEST in str(stored[untouched])
     # What the relay publishes next is the rewritten event.
     [pending_waiting, pending_other] = store.pending_outbox()
