@@ -116,28 +116,15 @@ class Poller:
         """A change the adapter could not read as an update (a status code its mapping lacks,
         a field missing): logged, and audited in its request's trail when the change names one,
         where an operator asking why a status never arrived looks."""
-        request_id = skipped.request_id
-        if request_id is not None and has_control_characters(request_id):
-            request_id = None
+        request_id = _nameable(skipped.request_id)
         context = {"change": skipped.change, "problem": skipped.problem, "fix": skipped.fix}
         log.warning("poller.change_skipped", instance=instance, request_id=request_id, **context)
-        try:
-            with self.store.transaction() as tx:
-                tx.audit(
-                    actor=f"poller:{instance}",
-                    action="status_skipped",
-                    request_id=request_id,
-                    outcome="skipped",
-                    details={**context, "instance": instance},
-                )
-        except ValueError as exc:
-            log.error("poller.skip_not_audited", instance=instance, error=_safe_reason(exc))
+        self._audit(instance, "status_skipped", "skipped", request_id, context)
 
     def _refuse(self, instance: str, update: StatusUpdate, reason: str) -> None:
         """Skip an update that cannot be recorded: log and audit why (never its note, which
         may quote a resident), so an operator finds it in the request's audit trail."""
-        # An id the store cannot hold cannot name a request either: audited without one.
-        request_id = None if has_control_characters(update.request_id) else update.request_id
+        request_id = _nameable(update.request_id)
         context = {
             "update_id": update.update_id,
             "source": update.source,
@@ -145,17 +132,30 @@ class Poller:
             "reason": reason,
         }
         log.error("poller.update_refused", instance=instance, request_id=request_id, **context)
+        self._audit(instance, "status_refused", "error", request_id, context)
+
+    def _audit(
+        self,
+        instance: str,
+        action: str,
+        outcome: str,
+        request_id: str | None,
+        context: Mapping[str, str | None],
+    ) -> None:
+        """An audit entry of this poller about `request_id`; a value the store cannot hold is
+        logged instead of stopping the round."""
         try:
             with self.store.transaction() as tx:
                 tx.audit(
                     actor=f"poller:{instance}",
-                    action="status_refused",
+                    action=action,
                     request_id=request_id,
-                    outcome="error",
+                    outcome=outcome,
                     details={**context, "instance": instance},
                 )
         except ValueError as exc:
-            log.error("poller.refusal_not_audited", instance=instance, error=_safe_reason(exc))
+            log.error("poller.not_audited", instance=instance, action=action,
+                      error=_safe_reason(exc))  # fmt: skip
 
     def run(self) -> None:
         """Poll every instance when it is due until `stop` is set; then release the leases."""
@@ -200,6 +200,14 @@ def _refused_text(update: StatusUpdate) -> str | None:
         if value is not None and has_control_characters(value):
             return f"{name}: contains control characters"
     return None
+
+
+def _nameable(request_id: str | None) -> str | None:
+    """The request id a back-end gave, or None when the store could not hold it (control
+    characters): then it cannot name a request either, and is neither logged nor audited."""
+    if request_id is not None and has_control_characters(request_id):
+        return None
+    return request_id
 
 
 def _safe_reason(exc: BaseException) -> str:
