@@ -7,7 +7,8 @@ poller re-reading a page must not stall on a back-end that rewrote an old update
 
 Updates may arrive out of order (a page polled late, pushes racing): one dated before the
 request's current status is kept in the history (GET /servicerequestupdates lists updates in
-time order, C-21) and changes nothing else. Subscribers hear of a status only when it changes.
+time order, C-21) and changes nothing else. Subscribers hear `status_changed` (and `closed`)
+only when the status changes, `noted` for an update recorded without changing it.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ def record_status_update(
     already seen or the update repeats the current status without a note, media or back-end
     status code (nothing is recorded).
 
-    Only a change of the canonical status emits `civicbus.request.status_changed` and, for a
-    closed status, `civicbus.request.closed` (both carrying the request without personal
-    data): the same status with a note is recorded for Open311 reads, and an update older than
-    the request's current status goes into the history only. Raises KeyError for an unknown
-    request, StoreUnavailable when the store cannot be reached and, with `refuse_conflicts`,
-    UpdateConflict when the update_id was recorded with other content.
+    A change of the canonical status emits `civicbus.request.status_changed` and, for a
+    closed status, `civicbus.request.closed`; the same status with a note (media, back-end
+    code), or an update older than the request's current status (history only), emits
+    `civicbus.request.noted` (each carrying the request without personal data). Raises
+    KeyError for an unknown request, StoreUnavailable when the store cannot be reached and,
+    with `refuse_conflicts`, UpdateConflict when the update_id was recorded with other content.
     """
     with store.transaction() as tx:
         recorded = record_status_update_in(
@@ -117,13 +118,13 @@ def _queue_events(
     tx: Transaction, recorded: RecordedUpdate, correlation_id: str | None
 ) -> list[str]:
     """Queue status_changed, and closed for a closed status, when the update changed the
-    request's canonical status; the ids of the queued events (none when it did not)."""
-    if not recorded.status_changed:
-        return []
+    request's canonical status; else noted (a note, media or back-end code with the status the
+    request has, or a late update kept in its history): subscribers' copies of its notes and
+    history follow. The ids of the queued events."""
     request = recorded.request
     data = request.public_data()
-    kinds = [EventType.STATUS_CHANGED]
-    if request.status.is_closed:
+    kinds = [EventType.STATUS_CHANGED] if recorded.status_changed else [EventType.NOTED]
+    if recorded.status_changed and request.status.is_closed:
         kinds.append(EventType.CLOSED)
     message_ids = []
     for kind in kinds:

@@ -95,6 +95,7 @@ _QUALIFIER_NAMES = {
     EventType.SUBMITTED: ("an adapter instance", "adapter instances"),
     EventType.STATUS_CHANGED: ("a status", "statuses"),
     EventType.CLOSED: ("a closing status", "closing statuses"),
+    EventType.NOTED: ("a status", "statuses"),
     EventType.DELIVERY_FAILED: ("an adapter instance", "adapter instances"),
     EventType.TAKEN_DOWN: ("a service code", "service codes in the catalogue"),
 }
@@ -104,7 +105,7 @@ def _valid_qualifiers(
     event_type: EventType, qualifiers: Qualifiers | None
 ) -> frozenset[str] | None:
     """The words that can follow `request.<type>.` in a routing key; None when not known."""
-    if event_type is EventType.STATUS_CHANGED:
+    if event_type in (EventType.STATUS_CHANGED, EventType.NOTED):
         return frozenset(Status)
     if event_type is EventType.CLOSED:
         return frozenset(s for s in Status if s.is_closed)

@@ -77,6 +77,15 @@ _EVENTS: dict[EventType, _Event] = {
         "The request reached a closed status.",
         ServiceRequest,
     ),
+    EventType.NOTED: _Event(
+        "status",
+        "The request's canonical status, which did not change.",
+        "An update was recorded without changing the request's status: a note, a photo or a "
+        "back-end status code with the status it has, or an update dated before its current "
+        "status, kept in its history. `data` is the request with its `status_notes` and "
+        "`history` as they now are.",
+        ServiceRequest,
+    ),
     EventType.DELIVERY_FAILED: _Event(
         "instance",
         "The adapter instance that could not deliver the request.",

@@ -20,6 +20,7 @@ class EventType(StrEnum):
     SUBMITTED = "civicbus.request.submitted"
     STATUS_CHANGED = "civicbus.request.status_changed"
     CLOSED = "civicbus.request.closed"
+    NOTED = "civicbus.request.noted"
     DELIVERY_FAILED = "civicbus.request.delivery_failed"
     TAKEN_DOWN = "civicbus.request.taken_down"
 

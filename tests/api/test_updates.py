@@ -203,15 +203,19 @@ def test_c22_an_update_older_than_the_current_status_is_history_only(
     assert [e.routing_key for e in events] == [
         "request.created.POTHOLE",
         "request.status_changed.in_progress",
+        "request.noted.in_progress",  # the history changed: subscribers' copies follow
     ]
+    noted = events[-1].envelope
+    assert noted.data["status"] == "in_progress"
+    assert [n["update_id"] for n in noted.data["history"]] == ["u1", "u6"]
     audit = runtime.store.audit_trail(request_id)
     assert [a.action for a in audit] == ["accepted", "status_changed", "status_history"]
-    assert audit[-1].message_id is None
+    assert audit[-1].message_id == noted.id
     assert audit[-1].details["recorded_as"] == "history only: older than the current status"
     assert (audit[-1].details["update_id"], audit[-1].details["status"]) == ("u6", "closed")
 
 
-def test_c22_the_current_status_with_a_new_description_publishes_no_status_event(
+def test_c22_the_current_status_with_a_new_description_publishes_noted_not_status_changed(
     http: httpx.Client, api_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
@@ -225,12 +229,13 @@ def test_c22_the_current_status_with_a_new_description_publishes_no_status_event
     (read,) = http.get(f"/requests/{request_id}.json", params=params).json()
     assert read["status_notes"] == "crew on site"
     assert [n["description"] for n in read["notes"]] == ["crew dispatched", "crew on site"]
-    keys = [
-        r.routing_key
-        for r in runtime.store.pending_outbox(10_000)
-        if r.envelope.subject == request_id
+    events = [r for r in runtime.store.pending_outbox(10_000) if r.envelope.subject == request_id]
+    assert [r.routing_key for r in events] == [
+        "request.created.POTHOLE",
+        "request.status_changed.in_progress",
+        "request.noted.in_progress",
     ]
-    assert keys == ["request.created.POTHOLE", "request.status_changed.in_progress"]
+    assert events[-1].envelope.data["status_notes"] == "crew on site"
     assert [a.action for a in runtime.store.audit_trail(request_id)] == [
         "accepted",
         "status_changed",

@@ -613,6 +613,7 @@ CITY = Qualifiers(instances=frozenset({"sap-roads", "parks"}), service_codes=fro
     [
         "request.status_changed.fixed",
         "request.closed.duplicate",
+        "request.noted.in_progress",
         "request.created.POTHOLE",
         "request.taken_down.POTHOLE",
         "request.routed.sap-roads",
@@ -633,6 +634,7 @@ def test_patterns_with_a_qualifier_the_city_has_are_accepted(pattern: str) -> No
     ("pattern", "said"),
     [
         ("request.status_changed.bogus", "'bogus' is not a status"),
+        ("request.noted.bogus", "'bogus' is not a status"),
         ("request.closed.in_progress", "'in_progress' is not a closing status"),
         (
             "request.created.NOSUCH",
