@@ -136,3 +136,32 @@ def long_note_is_cut_and_later_changes_arrive(
     assert note is not None and len(note) == 4000
     assert note.endswith("…") and note[:-1] == long_note[:3999]
     assert adapter.updates(page.watermark).updates == ()
+
+
+def unmapped_status_is_skipped_and_later_changes_arrive(
+    adapter: Any,
+    running: Running,
+    first: ServiceRequest,
+    second: ServiceRequest,
+    code: str,
+    mapping_file: str,
+) -> None:
+    """A clerk moves `first` to status `code`, which the adapter's mapping (`mapping_file`
+    without it) lacks, then `second` advances: the first change is skipped, named for the
+    poller to log and audit with the fix, and the second arrives. Raising had failed every poll
+    at that change: the cursor would never have moved again."""
+    adapter.submit(first)
+    adapter.submit(second)
+    start = adapter.updates(None).watermark
+
+    control(running, "POST", f"/items/{first.id}/status", status=code)
+    control(running, "POST", f"/items/{second.id}/advance")
+    page = adapter.updates(start)
+
+    assert [(u.request_id, u.status) for u in page.updates] == [(second.id, Status.INVESTIGATING)]
+    assert adapter.updates(page.watermark).updates == ()
+    [skipped] = page.skipped
+    assert skipped.request_id == first.id and skipped.change.startswith("change ")
+    assert skipped.problem.startswith(f"status code {code!r} is not in the mapping ")
+    assert skipped.problem.endswith(mapping_file)
+    assert skipped.fix == f"add `{code}: <canonical status>` under `statuses`"

@@ -21,6 +21,7 @@ from backends_support import (
     long_note_is_cut_and_later_changes_arrive,
     mapping_without_status,
     simulator,
+    unmapped_status_is_skipped_and_later_changes_arrive,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -150,24 +151,14 @@ def test_status_changes_are_reported_once(parks: Running, mapping: Mapping) -> N
 def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
     parks: Running,
 ) -> None:
-    adapter = adapter_for(parks, mapping_without_status("parks.yaml", "DUPLICATE"))
-    first, second = a_request("PARK_BENCH"), a_request("PARK_BENCH")
-    adapter.submit(first)
-    adapter.submit(second)
-    start = adapter.updates(None).watermark
-
-    control(parks, "POST", f"/items/{first.id}/status", status="DUPLICATE")
-    control(parks, "POST", f"/items/{second.id}/advance")
-    page = adapter.updates(start)
-
-    # Raising here would fail every poll at this change: the cursor would never move again.
-    assert [(u.request_id, u.status) for u in page.updates] == [(second.id, Status.INVESTIGATING)]
-    assert adapter.updates(page.watermark).updates == ()
-    [skipped] = page.skipped  # for the poller to log and audit
-    assert skipped.request_id == first.id and skipped.change.startswith("change ")
-    assert skipped.problem.startswith("status code 'DUPLICATE' is not in the mapping ")
-    assert skipped.problem.endswith("parks.yaml")
-    assert skipped.fix == "add `DUPLICATE: <canonical status>` under `statuses`"
+    unmapped_status_is_skipped_and_later_changes_arrive(
+        adapter_for(parks, mapping_without_status("parks.yaml", "DUPLICATE")),
+        parks,
+        a_request("PARK_BENCH"),
+        a_request("PARK_BENCH"),
+        code="DUPLICATE",
+        mapping_file="parks.yaml",
+    )
 
 
 #: A clerk's note quoting a resident, longer than a StatusUpdate holds (4,000 characters).

@@ -19,6 +19,7 @@ from backends_support import (
     long_note_is_cut_and_later_changes_arrive,
     mapping_without_status,
     simulator,
+    unmapped_status_is_skipped_and_later_changes_arrive,
 )
 
 from adapters import PermanentError, TransientError
@@ -124,25 +125,14 @@ def test_updates_page_through_a_backlog_without_loss(permits: Running, mapping: 
 def test_a_status_the_mapping_lacks_is_skipped_and_later_changes_still_arrive(
     permits: Running,
 ) -> None:
-    mapping = mapping_without_status("permits.yaml", "WITHDRAWN")
-    adapter = adapter_for(permits, mapping)
-    first, second = a_request(), a_request()
-    adapter.submit(first)
-    adapter.submit(second)
-    start = adapter.updates(None).watermark
-
-    control(permits, "POST", f"/items/{first.id}/status", status="WITHDRAWN")
-    control(permits, "POST", f"/items/{second.id}/advance")
-    page = adapter.updates(start)
-
-    # Raising here would fail every poll at this change: the watermark would never move again.
-    assert [(u.request_id, u.status) for u in page.updates] == [(second.id, Status.INVESTIGATING)]
-    assert adapter.updates(page.watermark).updates == ()
-    [skipped] = page.skipped  # for the poller to log and audit
-    assert skipped.request_id == first.id and skipped.change.startswith("change ")
-    assert skipped.problem.startswith("status code 'WITHDRAWN' is not in the mapping ")
-    assert skipped.problem.endswith("permits.yaml")
-    assert skipped.fix == "add `WITHDRAWN: <canonical status>` under `statuses`"
+    unmapped_status_is_skipped_and_later_changes_arrive(
+        adapter_for(permits, mapping_without_status("permits.yaml", "WITHDRAWN")),
+        permits,
+        a_request(),
+        a_request(),
+        code="WITHDRAWN",
+        mapping_file="permits.yaml",
+    )
 
 
 #: A clerk's note quoting a resident, longer than a StatusUpdate holds (4,000 characters).
