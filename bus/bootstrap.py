@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from bus.config import Config, ConfigError, Environment, load_config
 from bus.store import BadDatabaseUrl, NoSuchStore, Store
 
@@ -42,15 +40,8 @@ class Runtime:
         except BadDatabaseUrl as exc:
             raise ConfigError(f"CIVICBUS_DATABASE_URL: {exc}") from exc
         except NoSuchStore as exc:
-            database = Path(make_url(self.env.database_url).database or "")
-            where = (
-                ""
-                if database.is_absolute()
-                else f" (sqlite:///{database} is a path from the current folder: run this "
-                "command in the folder civicbus runs in)"
-            )
             raise ConfigError(
-                f"{exc}{where}; CIVICBUS_DATABASE_URL names the store civicbus runs on"
+                f"{exc}; CIVICBUS_DATABASE_URL names the store civicbus runs on"
             ) from exc
 
     def close(self) -> None:

@@ -67,7 +67,7 @@ def require_sqlite_file(engine: Engine) -> None:
     if engine.url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:"):
         path = Path(database)
         if not path.exists():
-            raise NoSuchStore(path.resolve())
+            raise NoSuchStore(path.resolve(), database)
 
 
 def create_engine(url: str) -> Engine:

@@ -52,10 +52,16 @@ class BadDatabaseUrl(ValueError):
 
 class NoSuchStore(Exception):
     """Opened as existing, the store's SQLite file is not there; `path` is where it was looked
-    for."""
+    for (`database`, the URL's path, relative to the current folder when not absolute)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"no civicbus store at {path}")
+    def __init__(self, path: Path, database: str) -> None:
+        where = (
+            ""
+            if Path(database).is_absolute()
+            else f" (sqlite:///{database} is a path from the current folder: run this command "
+            "in the folder civicbus runs in)"
+        )
+        super().__init__(f"no civicbus store at {path}{where}")
         self.path = path
 
 

@@ -127,7 +127,7 @@ def insert_requests(
                 "long": request.location.long,
                 "document": _document(request),
                 "taken_down_at": request.taken_down_at,
-                "changed_at": request.changed_at or request.modified_at,
+                "changed_at": request.modified_at,  # its changed_at, or the latest it knows
             }
         )
         contact = _REPORTER_DUMP.to_python(request.reporter)
