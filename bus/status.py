@@ -87,7 +87,7 @@ def record_status_update_in(
         actor=actor,
         action=action,
         request_id=request.id,
-        message_id=message_ids[0] if message_ids else None,
+        message_id=message_ids[0],  # status_changed or noted: there is always one
         details=details,
     )
     return recorded

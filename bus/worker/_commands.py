@@ -37,7 +37,7 @@ from bus.worker._heartbeat import Slot
 from bus.worker._publisher import PublishFailed
 from bus.worker._retry import call_with_retries, until_store_answers
 from schemas.events import Envelope, EventType
-from schemas.model import AwareDatetime, ServiceRequest, StatusUpdate
+from schemas.model import AwareDatetime, Reporter, ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -408,12 +408,15 @@ class CommandWorker:
         )
 
 
+#: Every field of a reporter is contact data (a field added later too).
+_REPORTER_FIELDS = tuple(Reporter.model_fields)
+
+
 def _contact(request: ServiceRequest | None) -> tuple[str | None, ...]:
     """The reporter's values of `request` (none for an unknown request)."""
     if request is None:
         return ()
-    r = request.reporter
-    return (r.first_name, r.last_name, r.email, r.phone, r.device_id, r.account_id)
+    return tuple(getattr(request.reporter, name) for name in _REPORTER_FIELDS)
 
 
 #: A cross-reference's time in the JSON form BackendRef's dump gives it (`...Z` in UTC).

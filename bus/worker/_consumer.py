@@ -346,9 +346,7 @@ class Consumer:
                     remind_at = time.monotonic() + _HELD_BACK_LOG_EVERY
                 if not held_back and not any(thread.is_alive() for thread in started):
                     break  # every handler gave up on this connection: open a new one
-        except (AMQPError, OSError):
-            lost.set()
-            self._disconnect()
+        except BROKER_ERRORS:
             # A channel-level error (or a socket error pika did not wrap) may leave the
             # connection open: the next attempt makes a new one, and this one would stay on the
             # broker, its consumers taking messages no one reads, until its heartbeats ran out.

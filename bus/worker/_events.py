@@ -104,9 +104,9 @@ class SubscriptionWorker:
     def deliver_in_order(self, delivery: Delivery, envelope: Envelope, rounds: Rounds) -> None:
         """POST the event until it is accepted, counting the rounds in `rounds`."""
         policy = self.route.policy
-        attempt = 1
+        rounds.tried = 1
         while True:
-            rounds.tried = attempt
+            attempt = rounds.tried
             # Each round starts the clock anew: waiting between rounds is not hanging, and
             # the failing subscriber is reported as such.
             self.slot.begin(delivery.key, envelope.subject)
@@ -141,7 +141,7 @@ class SubscriptionWorker:
                 )
                 if self.stopping.wait(delay):
                     raise StopRequested(f"stopping while event {envelope.id} waits") from exc
-                attempt += 1
+                rounds.tried += 1
 
     def audit(
         self,

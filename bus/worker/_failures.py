@@ -171,7 +171,7 @@ def dead_letter(
                 routing_key=event_routing_key(EventType.DELIVERY_FAILED, route.name),
             )
     headers = {
-        **delivery.failure_headers(failed_at),
+        **delivery.headers,
         REASON_HEADER: reason,
         ATTEMPT_HEADER: attempts,
         FIRST_FAILURE_HEADER: first_failure.astimezone(UTC).isoformat(),
