@@ -18,12 +18,8 @@ from pydantic import ValidationError
 
 from adapters._contract import SkippedChange
 from adapters.mapping import Mapping
-from schemas.model import StatusUpdate
+from schemas.model import NOTE_MAX_LENGTH, StatusUpdate
 
-#: The longest note a StatusUpdate holds (the model's own limit).
-NOTE_LIMIT: int = next(
-    m.max_length for m in StatusUpdate.model_fields["note"].metadata if hasattr(m, "max_length")
-)
 #: Ends a note that was cut, so a reader knows there was more.
 CUT_MARK = "…"
 
@@ -41,8 +37,8 @@ def require(**fields: Any) -> None:
 
 def fit_note(note: Any) -> Any:
     """A note longer than an update holds, cut to fit and ending with '…'; else as it is."""
-    if isinstance(note, str) and len(note) > NOTE_LIMIT:
-        return note[: NOTE_LIMIT - len(CUT_MARK)] + CUT_MARK
+    if isinstance(note, str) and len(note) > NOTE_MAX_LENGTH:
+        return note[: NOTE_MAX_LENGTH - len(CUT_MARK)] + CUT_MARK
     return note
 
 

@@ -156,6 +156,10 @@ class Location(_Model):
     zipcode: str | None = None
 
 
+#: The longest note a status update holds (adapters cut a back-end's longer ones to it).
+NOTE_MAX_LENGTH = 4000
+
+
 class Reporter(_Model):
     """The resident's contact data. Personal data: never logged, audited or returned by reads."""
 
@@ -292,7 +296,7 @@ class StatusUpdate(_Model):
     at: AwareDatetime
     update_id: str
     source: str
-    note: str | None = Field(default=None, max_length=4000)
+    note: str | None = Field(default=None, max_length=NOTE_MAX_LENGTH)
     external_status_code: str | None = None
     media_url: str | None = None
 
