@@ -129,3 +129,11 @@ class Mapping:
             f"(known: {known}); add it under statuses, or set status_default",
             code=str(code),
         )
+
+    def status_or_none(self, code: str) -> Status | None:
+        """The canonical status of `code`, or None where `status` would raise UnknownStatus:
+        for a receipt, whose status is a courtesy that an unlisted code must not fail."""
+        try:
+            return self.status(code)
+        except UnknownStatus:
+            return None

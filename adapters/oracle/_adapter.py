@@ -115,7 +115,7 @@ class OracleAdapter(Adapter):
         log.info("oracle.work_order.created", adapter=self.instance, request_id=request.id,
                  work_order=order_id)  # fmt: skip
         return Receipt(request_id=request.id, reference=str(order_id), created=True,
-                       status=self._status_or_none(self.initial_status))  # fmt: skip
+                       status=self.field_mapping.status_or_none(self.initial_status))  # fmt: skip
 
     def find(self, request_id: str) -> Receipt | None:
         context = f"oracle adapter {self.instance}: find request {request_id}"
@@ -124,7 +124,7 @@ class OracleAdapter(Adapter):
         if row is None:
             return None
         return Receipt(request_id=request_id, reference=str(row.id), created=False,
-                       status=self._status_or_none(row.status))  # fmt: skip
+                       status=self.field_mapping.status_or_none(row.status))  # fmt: skip
 
     def updates(self, since: str | None) -> UpdatePage:
         """Changes after the watermark, re-reading an overlap window so late commits are seen."""
@@ -187,12 +187,6 @@ class OracleAdapter(Adapter):
         if not fields.get("work_type"):
             raise PermanentError(f"{where}: the mapping gives no work_type")
         return fields
-
-    def _status_or_none(self, code: str) -> Any:
-        try:
-            return self.field_mapping.status(code)
-        except UnknownStatus:
-            return None
 
     def _update(self, row: Any, at: datetime) -> StatusUpdate | SkippedChange:
         try:

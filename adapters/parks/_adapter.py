@@ -29,7 +29,7 @@ from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.parks._auth import ClientCredentials
 from adapters.parks._errors import ERRORS, raise_for_status
-from schemas.model import ServiceRequest, Status, StatusUpdate
+from schemas.model import ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -191,7 +191,7 @@ class ParksAdapter(Adapter):
                 request_id=request_id,
                 reference=str(item["id"]),
                 created=created,
-                status=self._status_or_none(str(item["status"])),
+                status=self.field_mapping.status_or_none(str(item["status"])),
                 at=_timestamp(item.get("created_at")),
             )
         except KeyError as exc:
@@ -199,12 +199,6 @@ class ParksAdapter(Adapter):
                 f"parks adapter {self.instance}: request {request_id}: the work request "
                 f"lacks {exc.args[0]!r}"
             ) from exc
-
-    def _status_or_none(self, code: str) -> Status | None:
-        try:
-            return self.field_mapping.status(code)
-        except UnknownStatus:
-            return None
 
     def _update(self, change: Any) -> StatusUpdate | SkippedChange:
         """The change as an update, or skipped (so that the cursor moves past it): raising

@@ -31,7 +31,7 @@ from adapters._exceptions import AdapterError, PermanentError
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.permits._errors import DuplicateCase, soap_errors
-from schemas.model import ServiceRequest, Status, StatusUpdate
+from schemas.model import ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +109,7 @@ class PermitsAdapter(Adapter):
             request_id=request.id,
             reference=str(answer.caseId),
             created=True,
-            status=self._status_or_none(str(answer.status)),
+            status=self.field_mapping.status_or_none(str(answer.status)),
             at=answer.createdAt,
         )
 
@@ -124,7 +124,7 @@ class PermitsAdapter(Adapter):
             request_id=request_id,
             reference=str(case.caseId),
             created=False,
-            status=self._status_or_none(str(case.status)),
+            status=self.field_mapping.status_or_none(str(case.status)),
             at=case.createdAt,
         )
 
@@ -207,12 +207,6 @@ class PermitsAdapter(Adapter):
     @staticmethod
     def _unknown_fields(names: Any) -> list[str]:
         return sorted(set(names) - CREATE_CASE_FIELDS)
-
-    def _status_or_none(self, code: str) -> Status | None:
-        try:
-            return self.field_mapping.status(code)
-        except UnknownStatus:
-            return None
 
     def _update(self, change: Any) -> StatusUpdate | SkippedChange:
         """The change as an update, or skipped (so that the watermark moves past it): raising

@@ -22,7 +22,7 @@ from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.oracle.watermark import Changed, OverlapWatermark
 from adapters.sap._model import FIELDS, SHORT_TEXT_LENGTH, SapNotification, Transport
-from schemas.model import ServiceRequest, Status, StatusUpdate
+from schemas.model import ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +95,7 @@ class SapAdapter(Adapter):
             request_id=request_id,
             reference=found.number,
             created=False,
-            status=self._status_or_none(found),
+            status=self.field_mapping.status_or_none(self._status_code(found)),
         )
 
     def updates(self, since: str | None) -> UpdatePage:
@@ -158,12 +158,6 @@ class SapAdapter(Adapter):
         if n.user_status and n.user_status in self.field_mapping.statuses:
             return n.user_status
         return n.system_status
-
-    def _status_or_none(self, n: SapNotification) -> Status | None:
-        try:
-            return self.field_mapping.status(self._status_code(n))
-        except UnknownStatus:
-            return None
 
     def _update(self, n: SapNotification, at: datetime) -> StatusUpdate | SkippedChange:
         code = self._status_code(n)

@@ -253,6 +253,10 @@ def test_status_table_and_default() -> None:
         m.status("ZZZZ")
     with_default = mapping("  T: {const: x}\n", extra="statuses: {A: open}\nstatus_default: open\n")
     assert with_default.status("ZZZZ") is Status.OPEN
+    # A receipt's status is a courtesy: an unlisted code is None there, not an error.
+    assert m.status_or_none("NOPR") is Status.IN_PROGRESS
+    assert m.status_or_none("ZZZZ") is None
+    assert with_default.status_or_none("ZZZZ") is Status.OPEN
 
 
 def test_file_errors_name_the_line_and_the_field() -> None:
