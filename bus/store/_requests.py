@@ -96,7 +96,10 @@ _NOTE_FIELDS = ("status", "at", "note", "source", "update_id", "external_status_
 _SELECT_NOTES = (
     sa.select(status_history.c.request_id, *(status_history.c[f] for f in _NOTE_FIELDS))
     .where(status_history.c.request_id.in_(_IDS))
-    .order_by(status_history.c.id)
+    # By the updates' own times, as a reader of the history expects (an update recorded late,
+    # e.g. from a back-end page delivered late, among the ones it came before); equal times
+    # in the order they were recorded.
+    .order_by(status_history.c.at, status_history.c.id)
 )
 _SELECT_NOTE_BY_UPDATE_ID = sa.select(status_history).where(
     status_history.c.request_id == sa.bindparam("request_id"),

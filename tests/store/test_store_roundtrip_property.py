@@ -81,10 +81,16 @@ requests = st.builds(
         max_size=3,
         unique_by=lambda ref: ref.adapter,
     ).map(tuple),
+    # In time order, as the store keeps a history (equal times in the order given).
     history=st.lists(notes, max_size=4).map(
         lambda items: tuple(
-            n.model_copy(update={"update_id": f"u-{i}" if n.update_id else None})
-            for i, n in enumerate(items)
+            sorted(
+                (
+                    n.model_copy(update={"update_id": f"u-{i}" if n.update_id else None})
+                    for i, n in enumerate(items)
+                ),
+                key=lambda n: n.at,
+            )
         )
     ),
 )
