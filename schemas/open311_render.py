@@ -1,7 +1,7 @@
 """Canonical model → Open311 GeoReport v2 JSON documents (the XML is built from these, C-04).
 
-Strict in what it sends: datetimes ISO 8601 with a zone, identifiers as strings, real booleans,
-and never the reporter's contact data in a read (C-20). Pure functions, no I/O.
+Strict in what it sends: datetimes ISO 8601 with a zone, to the second, identifiers as strings,
+real booleans, and never the reporter's contact data in a read (C-20). Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ Document = dict[str, Any]
 
 
 def iso(value: datetime | None) -> str | None:
-    """ISO 8601 with a zone; a naive value (never expected) is taken as UTC, never sent bare."""
+    """ISO 8601 with a zone, to the second; a naive value (never expected) is taken as UTC,
+    never sent bare.
+
+    Whole seconds as the specification's examples: strict clients' parsers refuse a fraction
+    (Joda's dateTimeNoMillis, Swift's default ISO8601DateFormatter). Cut down, never rounded up:
+    a client polling `updated_after` the time it saw is shown that change again, never misses
+    one made in the same second.
+    """
     if value is None:
         return None
     if value.tzinfo is None or value.utcoffset() is None:
         value = value.replace(tzinfo=UTC)
-    return value.isoformat()
+    return value.isoformat(timespec="seconds")
 
 
 def discovery(

@@ -1,7 +1,8 @@
 """Open311 JSON documents → XML (C-04): JSON is the XML without its root.
 
-Lists become plural/singular pairs (`services/service`, `errors/error`, ...), a null field is left
-out rather than sent empty, booleans are `true`/`false`. Builds XML with the standard library;
+Lists become plural/singular pairs (`services/service`, `errors/error`, ...), a null field is an
+empty element (`<account_id/>`, as in the specification's examples: clients read the element
+the JSON form has as null), booleans are `true`/`false`. Builds XML with the standard library;
 never parses it (untrusted XML is read only through defusedxml).
 """
 
@@ -64,14 +65,13 @@ def to_xml(document: dict[str, Any] | list[dict[str, Any]], kind: str) -> bytes:
 def _fill(element: etree.Element, value: Any) -> None:
     if isinstance(value, dict):
         for key, child in value.items():
-            if child is not None:
-                _fill(etree.SubElement(element, key), child)
+            _fill(etree.SubElement(element, key), child)
     elif isinstance(value, list):
         item_name = _singular(element.tag)
         for child in value:
             if child is not None:
                 _fill(etree.SubElement(element, item_name), child)
-    else:
+    elif value is not None:
         element.text = _text(value)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -11,6 +12,7 @@ from defusedxml import ElementTree as SafeET
 
 from bus.bootstrap import Runtime
 from bus.status import record_status_update
+from schemas import open311_render as render
 from schemas.events import EventType
 from schemas.model import Status, StatusUpdate
 from tests.api.conftest import SHELBYVILLE, SPRINGFIELD
@@ -193,8 +195,10 @@ def test_c22_an_update_older_than_the_current_status_is_history_only(
     assert read["status_notes"] == "crew dispatched"
     # updated_datetime: when civicbus recorded the latest change (the late note), not the
     # sender's time of the current status.
-    updated = datetime.fromisoformat(read["updated_datetime"])
-    assert updated > now > datetime.fromisoformat(read["requested_datetime"])
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.changed_at is not None
+    assert stored.changed_at > now > stored.requested_at
+    assert read["updated_datetime"] == render.iso(stored.changed_at)
     window = {
         "start_date": (now - timedelta(hours=1)).isoformat(),
         "end_date": (now + timedelta(minutes=5)).isoformat(),
@@ -485,7 +489,10 @@ def test_polling_updated_after_finds_an_update_its_sender_dated_before_the_last_
     (read,) = http.get(
         f"/requests/{request_id}.json", params={"jurisdiction_id": SPRINGFIELD}
     ).json()
-    seen = read["updated_datetime"]  # the latest updated_datetime this client saw
+    # The latest updated_datetime this client saw. Open311 times are whole seconds, and a poll
+    # from that second would show the request again: the client polls from the next one.
+    seen = (datetime.fromisoformat(read["updated_datetime"]) + timedelta(seconds=1)).isoformat()
+    time.sleep(max(0.0, (datetime.fromisoformat(seen) - datetime.now(UTC)).total_seconds()) + 0.01)
     polled = {"jurisdiction_id": SPRINGFIELD, "updated_after": seen}
     assert request_id not in {
         r["service_request_id"] for r in http.get("/requests.json", params=polled).json()
@@ -499,7 +506,7 @@ def test_polling_updated_after_finds_an_update_its_sender_dated_before_the_last_
 
     found = {r["service_request_id"]: r for r in http.get("/requests.json", params=polled).json()}
     assert found[request_id]["status"] == "open"  # IN_PROGRESS reads as open in Open311
-    assert datetime.fromisoformat(found[request_id]["updated_datetime"]) > datetime.fromisoformat(
+    assert datetime.fromisoformat(found[request_id]["updated_datetime"]) >= datetime.fromisoformat(
         seen
     )
     before = {"jurisdiction_id": SPRINGFIELD, "updated_before": seen}

@@ -118,8 +118,9 @@ def test_c10_definition_lists_attributes_in_order_with_values_for_lists() -> Non
     assert lane["required"] is True and lane["variable"] is True
     root = xml(doc, "service_definition")
     assert root.findtext("attributes/attribute[2]/values/value[3]/key") == "shoulder"
-    # a null datatype_description is left out, not sent empty (C-04)
-    assert root.find("attributes/attribute[2]/datatype_description") is None
+    # a null datatype_description is sent empty, as in the specification's example
+    empty = root.find("attributes/attribute[2]/datatype_description")
+    assert empty is not None and empty.text is None
 
 
 def test_c14_create_answer_by_service_type() -> None:
@@ -213,10 +214,25 @@ def test_c03_naive_datetimes_are_never_sent_without_zone() -> None:
     assert render.iso(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00+00:00"
 
 
-def test_c04_xml_leaves_out_nulls() -> None:
-    root = xml([render.request(sample_request())], "requests")
-    assert root.find("request/expected_datetime") is None
-    assert root.find("request/address") is None
+def test_c04_xml_sends_nulls_as_empty_elements_as_the_specifications_examples() -> None:
+    # A client reads the elements a request has in the specification (e.g. ElementTree's
+    # find(...).text): an empty one reads as no value, a missing one fails it.
+    doc = render.request(sample_request())
+    root = xml([doc], "requests")
+    assert doc["expected_datetime"] is None and doc["address"] is None
+    for name in ("expected_datetime", "address"):
+        element = root.find(f"request/{name}")
+        assert element is not None and element.text is None and len(element) == 0
+    # The fields JSON leaves out, XML leaves out too (its extensions, here).
+    assert root.find("request/extended_attributes") is None
+
+
+def test_c03_datetimes_go_out_to_the_second_however_precise_the_time() -> None:
+    # Strict clients' parsers (Joda's dateTimeNoMillis, Swift's ISO8601DateFormatter) refuse a
+    # fraction of a second; a time is cut down, never rounded up.
+    at = datetime(2026, 5, 1, 9, 30, 0, 999_999, tzinfo=timezone(timedelta(hours=2)))
+    doc = render.request(sample_request(requested_at=at))
+    assert doc["requested_datetime"] == "2026-05-01T09:30:00+02:00"
 
 
 def test_c04_xml_keeps_carriage_returns_as_json_does() -> None:
