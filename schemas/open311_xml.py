@@ -9,6 +9,7 @@ never parses it (untrusted XML is read only through defusedxml).
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 from xml.etree import ElementTree as etree
 
@@ -78,6 +79,10 @@ def _fill(element: etree.Element, value: Any) -> None:
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        # Positional, as a decimal: str() writes a longitude near 0 as `-5e-05`, which a
+        # reader of decimal degrees (xs:decimal) refuses. The shortest digits that read back.
+        return format(Decimal(repr(value)), "f")
     return _NOT_XML.sub("", str(value))
 
 

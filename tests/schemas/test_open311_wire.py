@@ -227,6 +227,12 @@ def test_c04_xml_sends_nulls_as_empty_elements_as_the_specifications_examples() 
     assert root.find("request/extended_attributes") is None
 
 
+def test_xml_writes_coordinates_near_zero_as_decimals_not_exponents() -> None:
+    near_greenwich = Location(lat=51.4779, long=-0.00005)
+    root = xml([render.request(sample_request(location=near_greenwich))], "requests")
+    assert (root.findtext("request/lat"), root.findtext("request/long")) == ("51.4779", "-0.00005")
+
+
 def test_c03_datetimes_go_out_to_the_second_however_precise_the_time() -> None:
     # Strict clients' parsers (Joda's dateTimeNoMillis, Swift's ISO8601DateFormatter) refuse a
     # fraction of a second; a time is cut down, never rounded up.
