@@ -1,8 +1,9 @@
 """Open311 GeoReport v2 input: forms and query values in, canonical drafts or Open311 errors out.
 
 Tolerant in what it accepts (OPEN311.md): empty values are absent, unknown fields are ignored,
-`attribute[X]=v` and `attribute[X][]=v` both work, booleans are true/false/1/0. Every problem is
-reported at once, each naming the field or attribute. Pure functions, no I/O.
+`attribute[X]=v`, `attribute[X][]=v` and `attribute[X][0]=v` all work, booleans are
+true/false/1/0. Every problem is reported at once, each naming the field or attribute. Pure
+functions, no I/O.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ MAX_UPDATE_CLOCK_SKEW = timedelta(hours=1)
 #: Python's range (years 1 to 9999) that a zone offset or a 90-day window cannot overflow it.
 DATETIME_YEARS = range(1900, 9001)
 
-_ATTRIBUTE_FIELD = re.compile(r"^attribute\[([^\[\]]+)\](\[\])?$")
+#: `attribute[CODE]`, `attribute[CODE][]` (the spec's list) or `attribute[CODE][N]` (the list as
+#: PHP's http_build_query and the `qs` library write it); group 2 is None, "" or the index.
+_ATTRIBUTE_FIELD = re.compile(r"attribute\[([^\[\]]+)\](?:\[([0-9]*)\])?")
 # Characters XML 1.0 cannot carry (and PostgreSQL text cannot hold NUL): rejected on input.
 _FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 _TRUE = frozenset({"true", "1", "yes"})
@@ -241,6 +244,7 @@ def parse_create_form(form: FormData, service: Service | None) -> RequestDraft |
     media_url = _text_field(form, "media_url", problems)
     if media_url is not None and not re.match(r"^https?://[^\s/]+", media_url, re.IGNORECASE):
         problems.append(f"media_url: {_show(media_url)} is not an http or https URL")
+    problems.extend(attribute_field_problems(form))
     attributes = _read_attributes(form, service, problems) if service is not None else {}
     errors = [Open311Error(400, p) for p in problems]
     if errors or service is None or location is None:
@@ -297,15 +301,41 @@ def _read_location(form: FormData, problems: list[str]) -> Location | None:
 
 
 def attribute_values(form: FormData) -> dict[str, list[str]]:
-    """Every `attribute[CODE]` and `attribute[CODE][]` value by code, empty values dropped."""
+    """Every `attribute[CODE]`, `attribute[CODE][]` and `attribute[CODE][N]` value by code, empty
+    values dropped: the first two spellings' in the order of the fields, then the indexed items
+    in the order of their indexes (`[2]` before `[10]`), as the array they were written from."""
     found: dict[str, list[str]] = {}
+    indexed: dict[str, list[tuple[tuple[int, str], list[str]]]] = {}
     for field, values in form.items():
-        match = _ATTRIBUTE_FIELD.match(field)
-        if match:
-            kept = [v.strip() for v in values if v.strip()]
-            if kept:
-                found.setdefault(match.group(1), []).extend(kept)
+        match = _ATTRIBUTE_FIELD.fullmatch(field)
+        if not match:
+            continue
+        code, index = match.groups()
+        kept = [v.strip() for v in values if v.strip()]
+        if not kept:
+            continue
+        if index:
+            # Compared as digits, not int(): a 5,000-digit index is past int()'s limit.
+            digits = index.lstrip("0")
+            indexed.setdefault(code, []).append(((len(digits), digits), kept))
+        else:
+            found.setdefault(code, []).extend(kept)
+    for code, items in indexed.items():
+        for _, kept in sorted(items, key=lambda item: item[0]):
+            found.setdefault(code, []).extend(kept)
     return found
+
+
+def attribute_field_problems(form: FormData) -> list[str]:
+    """A problem for each field shaped like an attribute that is none of the three spellings
+    (`attribute[X][a]`, `attribute[X`, `attribute[]`): ignoring it would drop an answer the
+    client thinks it gave."""
+    return [
+        f"{_show(field)} is not an attribute field: send attribute[CODE]=value, and for several "
+        "values attribute[CODE][]=value or attribute[CODE][0]=value"
+        for field in form
+        if field.startswith("attribute[") and not _ATTRIBUTE_FIELD.fullmatch(field)
+    ]
 
 
 def _read_attributes(

@@ -203,6 +203,37 @@ def test_c12_multivaluelist_both_spellings_over_http(create: Create, runtime: Ru
     assert second is not None and second.attributes["HAZARDS"] == ("water", "damage")
 
 
+def test_c12_multivaluelist_with_indexes_as_php_and_qs_send_it(
+    http: httpx.Client, api_key: str, runtime: Runtime
+) -> None:
+    # `http_build_query(['attribute' => ['HAZARDS' => ['water', 'damage']]])`, items reordered.
+    body = "&".join(f"{k}={v}" for k, v in pothole_form(api_key).items())
+    response = http.post(
+        "/requests.json",
+        content=body + "&attribute%5BHAZARDS%5D%5B1%5D=damage&attribute%5BHAZARDS%5D%5B0%5D=water",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 201, response.text
+    stored = runtime.store.get_request(response.json()[0]["service_request_id"])
+    assert stored is not None and stored.attributes["HAZARDS"] == ("water", "damage")
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_c12_an_attribute_field_of_another_shape_is_400_not_dropped(
+    create: Create, fmt: str
+) -> None:
+    response = create(fmt, **{"attribute[HAZARDS][first]": "water"})
+    assert response.status_code == 400
+    expected = (
+        "'attribute[HAZARDS][first]' is not an attribute field: send attribute[CODE]=value, and "
+        "for several values attribute[CODE][]=value or attribute[CODE][0]=value"
+    )
+    if fmt == "json":
+        assert descriptions(response) == [expected]
+    else:
+        assert SafeET.fromstring(response.content).findtext("error/description") == expected
+
+
 def test_urlencoded_and_multipart_forms_are_read_alike(
     http: httpx.Client, api_key: str, runtime: Runtime
 ) -> None:

@@ -324,6 +324,48 @@ def test_attribute_values_collects_both_spellings() -> None:
     assert values == {"A": ["1", "2"]}
 
 
+def test_c12_indexed_attribute_items_are_a_list_in_the_order_of_their_indexes() -> None:
+    # What PHP's http_build_query and the `qs` library send for an array.
+    values = attribute_values(
+        {
+            "attribute[A][10]": ["k"],
+            "attribute[A][2]": ["c"],
+            "attribute[A][0]": ["a"],
+            "attribute[A][1]": [""],
+            "attribute[B][0]": ["x"],
+        }
+    )
+    assert values == {"A": ["a", "c", "k"], "B": ["x"]}
+
+
+def test_c12_a_required_multivaluelist_sent_with_indexes_is_answered() -> None:
+    hazards = next(a for a in POTHOLE.attributes if a.code == "HAZARDS")
+    required = hazards.model_copy(update={"required": True})
+    service = POTHOLE.model_copy(
+        update={"attributes": tuple(required if a is hazards else a for a in POTHOLE.attributes)}
+    )
+    draft = parse_create_form(
+        pothole(**{"attribute[HAZARDS][0]": "water", "attribute[HAZARDS][1]": "damage"}), service
+    )
+    assert isinstance(draft, RequestDraft), draft
+    assert draft.attributes["HAZARDS"] == ("water", "damage")
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["attribute[HAZARDS][foo]", "attribute[HAZARDS", "attribute[]", "attribute[A][0][1]"],
+)
+def test_c12_an_attribute_field_of_another_shape_is_refused_naming_it(field: str) -> None:
+    result = parse_create_form(pothole(**{field: "water"}), POTHOLE)
+    assert result == [
+        Open311Error(
+            400,
+            f"{field!r} is not an attribute field: send attribute[CODE]=value, and for several "
+            "values attribute[CODE][]=value or attribute[CODE][0]=value",
+        )
+    ]
+
+
 #: The server's clock in the update form tests: the form's update is an hour before it.
 NOW = datetime(2026, 5, 2, 8, 0, tzinfo=UTC)
 
