@@ -170,6 +170,7 @@ FORM_ERRORS = {
 
 #: The errors only the create method answers with, beyond every method's.
 CREATE_ERRORS = {
+    404: "jurisdiction_id or service_code not found, or unknown format",
     409: "the Idempotency-Key was already used for a different request",
 }
 

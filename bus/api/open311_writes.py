@@ -252,8 +252,15 @@ async def _check_create(ctx: ApiContext, submission: _Submission) -> Prepared:
 
 
 def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> RequestDraft:
-    """The draft request, or every problem with the submission at once as a 400."""
+    """The draft request; a 404 for an unknown service_code, else every problem with the
+    submission at once as a 400."""
     form = submission.fields
+    code = first(form, "service_code")
+    service = ctx.catalogue.service(jurisdiction, code) if code else None
+    if code is not None and service is None:
+        # GeoReport v2: "404 - service_code or jurisdiction_id was not found", as for an unknown
+        # jurisdiction_id; the rest of the form means nothing without its service's definition.
+        raise Open311Problem(404, f"service_code {code[:80]!r} is not a service of {jurisdiction}")
     problems: list[str] = []
     key = submission.idempotency_key
     if key is not None:
@@ -265,12 +272,8 @@ def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> Re
         problem = _correlation_id_problem(submission.correlation_id)
         if problem:
             problems.append(problem)
-    code = first(form, "service_code")
-    service = ctx.catalogue.service(jurisdiction, code) if code else None
     if code is None:
         problems.append("service_code required")
-    elif service is None:
-        problems.append(f"service_code {code[:80]!r} is not a service of {jurisdiction}")
     if len(submission.uploads) > MAX_MEDIA_FILES:
         problems.append(f"media: at most {MAX_MEDIA_FILES} files")
     for index, data in enumerate(submission.uploads, start=1):

@@ -173,12 +173,35 @@ def test_c07_several_errors_at_once_each_naming_its_field(create: Create) -> Non
     assert all(e["code"] == 400 for e in response.json())
 
 
-def test_c07_unknown_service_code_is_400_alongside_other_errors(create: Create) -> None:
-    response = create(service_code="UFO", lat="100")
-    assert response.status_code == 400
-    texts = descriptions(response)
-    assert texts[0] == "service_code 'UFO' is not a service of springfield.example"
-    assert "lat: '100' is not between -90 and 90" in texts
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_c11_unknown_service_code_or_jurisdiction_is_404_in_the_format_asked(
+    create: Create, fmt: str
+) -> None:
+    # GeoReport v2, POST Service Request: "404 - service_code or jurisdiction_id was not found".
+    for fields, expected in (
+        (
+            {"service_code": "UFO", "lat": "100"},
+            "service_code 'UFO' is not a service of springfield.example",
+        ),
+        (
+            {"jurisdiction_id": "atlantis.example"},
+            "jurisdiction_id 'atlantis.example' is not served here",
+        ),
+    ):
+        response = create(fmt, **fields)
+        assert response.status_code == 404, response.text
+        if fmt == "json":
+            assert response.json() == [{"code": 404, "description": expected}]
+        else:
+            root = SafeET.fromstring(response.content)
+            assert [(e.findtext("code"), e.findtext("description")) for e in root] == [
+                ("404", expected)
+            ]
+
+
+def test_c11_an_unknown_service_code_is_404_only_for_a_valid_api_key(create: Create) -> None:
+    response = create(service_code="UFO", api_key="not-a-key")
+    assert response.status_code == 403
 
 
 def test_c07_missing_service_code(create: Create) -> None:
