@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import unquote
 
 import structlog
 from fastapi import APIRouter, Request, Response
@@ -21,6 +20,13 @@ from bus.api import docs
 from bus.api.context import INVALID_KEY, ApiContext
 from bus.api.media import MAX_MEDIA_FILES, check_upload
 from bus.api.params import context
+from bus.api.urlencoded import (
+    content_charset,
+    decode_urlencoded,
+    form_encoding,
+    not_in_charset,
+    undecodable_fields,
+)
 from bus.api.wire import Format, Open311Problem, respond
 from bus.intake import ClientRevoked, IdempotencyConflict, Prepared, prepare
 from bus.status import record_status_update
@@ -61,17 +67,28 @@ async def _read_submission(request: Request) -> _Submission:
     uploads: list[bytes] = []
     headers = _wanted_headers(request)
     content_type = headers.get(b"content-type", "")
-    if content_type.startswith("application/x-www-form-urlencoded"):
+    if content_type.partition(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         # What nearly every client sends, parsed in one pass: a fraction of the cost of the
         # streaming parser behind `request.form()`, with the same field limit. Percent-escapes
-        # and raw bytes alike are read as UTF-8 (as `curl -d` sends non-ASCII text), bad
-        # sequences replaced.
-        body = (await request.body()).decode("utf-8", "replace")
-        if body and body.count("&") >= MAX_FORM_FIELDS:
+        # and raw bytes alike are read in the charset the Content-Type names, else as UTF-8
+        # (as `curl -d` sends non-ASCII text); text not valid in it is refused, not replaced.
+        charset = content_charset(content_type)
+        encoding = form_encoding(charset)
+        body = await request.body()
+        if body and body.count(b"&") >= MAX_FORM_FIELDS:
             raise Open311Problem(400, f"the form has more than {MAX_FORM_FIELDS} fields")
-        _decode_urlencoded(body, fields)
+        try:
+            text = body.decode(encoding)
+        except UnicodeDecodeError:
+            bad = undecodable_fields(body, encoding)
+            raise Open311Problem(400, *(not_in_charset(name, charset) for name in bad)) from None
+        bad = decode_urlencoded(text, fields, encoding)
+        if bad:
+            raise Open311Problem(400, *(not_in_charset(name, charset) for name in bad))
     else:
         await _check_form_type(request, content_type)
+        # Starlette reads an unknown charset as Latin-1 without a word; refused as above.
+        form_encoding(content_charset(content_type))
         form = await request.form()
         for name, item in form.multi_items():
             if isinstance(item, UploadFile):
@@ -85,11 +102,14 @@ async def _read_submission(request: Request) -> _Submission:
         raise Open311Problem(
             400, "media must be sent as a file: a multipart/form-data part with a filename"
         )
-    # Old clients put the api_key (or more) in the query string of a POST (decoded as
-    # Starlette's `request.query_params` decodes it).
+    # Old clients put the api_key (or more) in the query string of a POST: its escapes are
+    # UTF-8, whatever the body's charset (raw bytes read as Starlette's `request.query_params`
+    # reads them).
     query = request.scope.get("query_string", b"")
     if query:
-        _decode_urlencoded(query.decode("latin-1"), fields)
+        bad = decode_urlencoded(query.decode("latin-1"), fields)
+        if bad:
+            raise Open311Problem(400, *(not_in_charset(n, None, in_query=True) for n in bad))
     return _Submission(
         fields=fields,
         uploads=uploads,
@@ -109,25 +129,6 @@ def _wanted_headers(request: Request) -> dict[bytes, str]:
         if name in _WANTED_HEADERS and name not in found:
             found[name] = value.decode("latin-1")
     return found
-
-
-def _decode_urlencoded(text: str, fields: dict[str, list[str]]) -> None:
-    """Add the fields of a urlencoded `text` to `fields`, in order: the same pairs as
-    `parse_qsl(text, keep_blank_values=True)` gives (percent-escapes as UTF-8, bad ones
-    replaced), without its per-field calls for the plain names and values most fields are."""
-    for pair in text.split("&"):
-        if not pair:
-            continue
-        name, _, value = pair.partition("=")
-        if "+" in name:
-            name = name.replace("+", " ")
-        if "%" in name:
-            name = unquote(name, errors="replace")
-        if "+" in value:
-            value = value.replace("+", " ")
-        if "%" in value:
-            value = unquote(value, errors="replace")
-        fields.setdefault(name, []).append(value)
 
 
 #: An X-Correlation-Id is on every log line of its request, in its events (to back-office

@@ -297,6 +297,64 @@ def test_a_urlencoded_body_with_raw_utf8_is_read_as_utf8(
     assert stored is not None and stored.description == "Caf\u00e9 \u2603 100%"
 
 
+def _form_body(api_key: str) -> str:
+    return "&".join(f"{k}={v}" for k, v in pothole_form(api_key).items())
+
+
+@pytest.mark.parametrize("description", [b"Stra%DFe", b"Stra\xdfe"], ids=["percent-escaped", "raw"])
+def test_a_form_in_a_declared_charset_is_read_in_it(
+    http: httpx.Client, api_key: str, runtime: Runtime, description: bytes
+) -> None:
+    response = http.post(
+        "/requests.json",
+        content=_form_body(api_key).encode() + b"&description=" + description,
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=ISO-8859-1"},
+    )
+    assert response.status_code == 201, response.text
+    stored = runtime.store.get_request(response.json()[0]["service_request_id"])
+    assert stored is not None and stored.description == "Stra\u00dfe"
+
+
+@pytest.mark.parametrize("description", [b"Stra%DFe", b"Stra\xdfe"], ids=["percent-escaped", "raw"])
+def test_text_not_valid_in_the_forms_charset_is_400_naming_the_field(
+    http: httpx.Client, api_key: str, description: bytes
+) -> None:
+    # ISO-8859-1 text sent without its charset: read as UTF-8, it is not valid UTF-8.
+    response = http.post(
+        "/requests.json",
+        content=_form_body(api_key).encode() + b"&description=" + description,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert (response.status_code, descriptions(response)) == (
+        400,
+        [
+            "description: not valid UTF-8 (a form is read as UTF-8 unless its Content-Type "
+            "names a charset)"
+        ],
+    )
+
+
+def test_a_form_in_an_unknown_charset_is_415(http: httpx.Client, api_key: str) -> None:
+    response = http.post(
+        "/requests.json",
+        content=_form_body(api_key) + "&description=Stra%DFe",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=x-klingon"},
+    )
+    assert (response.status_code, descriptions(response)) == (
+        415,
+        ["Content-Type charset 'x-klingon' is not known: send the form in UTF-8"],
+    )
+    multipart = http.post(
+        "/requests.json",
+        content=b'--b\r\nContent-Disposition: form-data; name="api_key"\r\n\r\nx\r\n--b--\r\n',
+        headers={"Content-Type": "multipart/form-data; boundary=b; charset=x-klingon"},
+    )
+    assert (multipart.status_code, descriptions(multipart)) == (
+        415,
+        ["Content-Type charset 'x-klingon' is not known: send the form in UTF-8"],
+    )
+
+
 NOT_A_FORM = (
     "is not accepted: send the form as application/x-www-form-urlencoded or multipart/form-data"
 )
