@@ -34,6 +34,8 @@ FormData = Mapping[str, Sequence[str]]
 MAX_DESCRIPTION = 4000
 #: Longest value accepted in any other single field; longer is a client bug, not a report.
 MAX_FIELD = 1000
+#: Longest media_url: a pre-signed S3 URL with a session token runs past 1,000 characters.
+MAX_MEDIA_URL = 4096
 #: How far ahead of our clock a status update may be dated: a sender's clock may run a little
 #: fast, but an update from further ahead has not happened yet.
 MAX_UPDATE_CLOCK_SKEW = timedelta(hours=1)
@@ -241,7 +243,7 @@ def parse_create_form(form: FormData, service: Service | None) -> RequestDraft |
         if value is not None:
             reporter_fields[name] = value
     description = _text_field(form, "description", problems, limit=MAX_DESCRIPTION)
-    media_url = _text_field(form, "media_url", problems)
+    media_url = _text_field(form, "media_url", problems, limit=MAX_MEDIA_URL)
     if media_url is not None and not re.match(r"^https?://[^\s/]+", media_url, re.IGNORECASE):
         problems.append(f"media_url: {_show(media_url)} is not an http or https URL")
     problems.extend(attribute_field_problems(form))
@@ -444,7 +446,7 @@ def parse_update_form(
             values["at"] = at
     values["note"] = _text_field(form, "description", problems, limit=MAX_DESCRIPTION)
     values["external_status_code"] = _text_field(form, "external_status_code", problems)
-    media_url = _text_field(form, "media_url", problems)
+    media_url = _text_field(form, "media_url", problems, limit=MAX_MEDIA_URL)
     if media_url is not None and not re.match(r"^https?://[^\s/]+", media_url, re.IGNORECASE):
         problems.append(f"media_url: {_show(media_url)} is not an http or https URL")
     values["media_url"] = media_url

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.open311 import MAX_MEDIA_URL
+
 Schema = dict[str, Any]
 
 _STR = {"type": "string"}
@@ -282,7 +284,7 @@ CREATE_FIELDS: dict[str, Schema] = {
     "last_name": _TEXT,
     "phone": _TEXT,
     "description": {**_TEXT, "maxLength": 4000},
-    "media_url": _TEXT,
+    "media_url": {**_TEXT, "maxLength": MAX_MEDIA_URL},
 }
 
 UPDATE_FIELDS: dict[str, Schema] = {
@@ -294,5 +296,5 @@ UPDATE_FIELDS: dict[str, Schema] = {
     "updated_datetime": {**_TEXT, "description": "ISO 8601 with a zone"},
     "description": _TEXT,
     "external_status_code": _TEXT,
-    "media_url": _TEXT,
+    "media_url": {**_TEXT, "maxLength": MAX_MEDIA_URL},
 }

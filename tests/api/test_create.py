@@ -575,6 +575,43 @@ def test_c13_media_url_is_kept_when_nothing_is_uploaded(create: Create, http: ht
     assert doc["media_url"] == "https://img.example/pothole.jpg"
 
 
+def _presigned_url(length: int) -> str:
+    """A URL of `length` characters shaped like a pre-signed S3 URL with a session token."""
+    head = "https://bucket.s3.eu-west-1.amazonaws.com/pothole.jpg?X-Amz-Security-Token="
+    return head + "A" * (length - len(head))
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_c13_a_media_url_of_up_to_4096_characters_is_kept(
+    create: Create, http: httpx.Client, fmt: str
+) -> None:
+    url = _presigned_url(4096)
+    response = create(fmt, media_url=url)
+    assert response.status_code == 201, response.text
+    request_id = (
+        response.json()[0]["service_request_id"]
+        if fmt == "json"
+        else SafeET.fromstring(response.content).findtext("request/service_request_id")
+    )
+    (doc,) = http.get(
+        f"/requests/{request_id}.json", params={"jurisdiction_id": SPRINGFIELD}
+    ).json()
+    assert doc["media_url"] == url
+
+
+def test_c13_a_longer_media_url_is_400_naming_the_limit(create: Create) -> None:
+    response = create(media_url=_presigned_url(4097))
+    assert descriptions(response) == ["media_url: longer than 4,096 characters"]
+
+
+def test_c13_media_url_is_documented_up_to_4096_characters(server: LiveServer) -> None:
+    paths = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    for path in ("/open311/v2/requests.{fmt}", "/open311/v2/servicerequestupdates.{fmt}"):
+        body = paths[path]["post"]["requestBody"]["content"]
+        for media_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            assert body[media_type]["schema"]["properties"]["media_url"]["maxLength"] == 4096
+
+
 def test_body_over_the_limit_is_413(http: httpx.Client, runtime: Runtime, api_key: str) -> None:
     limit = runtime.config.api.max_body_bytes
     response = http.post(

@@ -418,6 +418,23 @@ def test_c22_a_nul_character_in_an_update_is_refused(
     assert stored is not None and stored.history == ()
 
 
+def test_c22_an_updates_media_url_of_up_to_4096_characters_is_kept(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    # A pre-signed S3 URL with a session token runs past 1,000 characters.
+    head = "https://bucket.s3.eu-west-1.amazonaws.com/fixed.jpg?X-Amz-Security-Token="
+    url = head + "A" * (4096 - len(head))
+    request_id = new_id(create)
+    response = post_update(http, api_key, service_request_id=request_id, media_url=url)
+    assert response.status_code == 200, response.text
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.history[-1].media_url == url
+    longer = post_update(
+        http, api_key, service_request_id=request_id, update_id="U-2", media_url=url + "A"
+    )
+    assert [e["description"] for e in longer.json()] == ["media_url: longer than 4,096 characters"]
+
+
 def test_c22_partner_bound_to_another_jurisdiction_cannot_update(
     http: httpx.Client, create: Create, runtime: Runtime
 ) -> None:
