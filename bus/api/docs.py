@@ -248,7 +248,7 @@ CREATE_HEADERS: list[dict[str, Any]] = [
         "in": "header",
         "required": False,
         "description": "repeating a create with the same key answers the first answer again "
-        "(C-15), 200 with `Idempotent-Replayed: true`; the key reused for a different report "
+        "(C-15), with `Idempotent-Replayed: true`; the key reused for a different report "
         "is 409",
         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
     },

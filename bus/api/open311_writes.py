@@ -163,11 +163,8 @@ async def _check_form_type(request: Request, content_type: str) -> None:
 @router.post(
     "/requests.{fmt}",
     summary="Create a request (C-11..C-15)",
-    responses=docs.responses(
-        docs.CREATED, ok_status=201, also=(200,), errors={**docs.FORM_ERRORS, **docs.CREATE_ERRORS}
-    ),
+    responses=docs.responses(docs.CREATED, errors={**docs.FORM_ERRORS, **docs.CREATE_ERRORS}),
     response_class=Response,
-    status_code=201,
     openapi_extra={
         **docs.form_body(docs.CREATE_FIELDS, files=True),
         "parameters": docs.CREATE_HEADERS,
@@ -213,10 +210,13 @@ async def _create(request: Request, fmt: Format) -> Response:
             f"Idempotency-Key {exc.header_key[:80]!r} was already used for a different request; "
             "send this request with a new Idempotency-Key",
         ) from None
+    # 200, not 201, for a report created too: GeoReport v2 names no success code, and deployed
+    # clients (the GeoReporter Android app, the CUTR open311-client library) take anything but
+    # 200 for a failure, so that a resident sends the report again.
     if accepted.replayed:
-        # The first answer again (C-15); 200, since nothing was created this time.
+        # The first answer again (C-15): nothing was created this time.
         return respond(accepted.answer, fmt, "requests", headers={"Idempotent-Replayed": "true"})
-    return respond(accepted.answer, fmt, "requests", status=201)
+    return respond(accepted.answer, fmt, "requests")
 
 
 async def _check_create(ctx: ApiContext, submission: _Submission) -> Prepared:

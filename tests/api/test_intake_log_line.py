@@ -14,7 +14,7 @@ def test_each_accepted_request_is_logged_once_with_its_ids(
     with capture_logs() as logs:
         first = create(email="resident@example.org", first_name="Ada")
         second = create(email="resident@example.org")
-    assert first.status_code == second.status_code == 201
+    assert first.status_code == second.status_code == 200
     ids = [first.json()[0]["service_request_id"], second.json()[0]["service_request_id"]]
 
     accepted = [entry for entry in logs if entry["event"] == "intake.accepted"]

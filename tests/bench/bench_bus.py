@@ -896,7 +896,7 @@ class _Client:
             took = time.perf_counter() - started
         finally:
             self.pool.put_nowait((reader, writer))
-        if head[9:12] != b"201":
+        if head[9:12] != b"200":
             raise RuntimeError(f"POST answered {head[9:12].decode()}: {body[:200]!r}")
         return json.loads(body)[0]["service_request_id"], took, answered
 

@@ -418,8 +418,8 @@ def post_report(
 
 
 def created_id(response: httpx.Response) -> str:
-    """The request id a 201 answer to a create gives (and fail on any other answer)."""
-    assert response.status_code == 201, response.text
+    """The request id a 200 answer to a create gives (and fail on any other answer)."""
+    assert response.status_code == 200, response.text
     return str(response.json()[0]["service_request_id"])
 
 

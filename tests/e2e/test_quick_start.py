@@ -135,7 +135,7 @@ def _readme_example(env: dict[str, str], cwd: Path, explain: Callable[[], str]) 
             "description": "Deep hole by the bus stop",
         },
     )
-    assert created.status_code == 201, created.text
+    assert created.status_code == 200, created.text
     request_id = created.json()[0]["service_request_id"]
     params = {"jurisdiction_id": "springfield.example"}
     read = httpx.get(f"{base}/requests/{request_id}.json", params=params, timeout=10)

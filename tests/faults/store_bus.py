@@ -156,7 +156,7 @@ class Residents:
             except httpx.HTTPError as exc:  # a hang or a dropped connection: recorded as 0
                 self.answers.append((key, 0, repr(exc), 0.0))
             else:
-                created = response.status_code == 201
+                created = response.status_code == 200
                 request_id = response.json()[0]["service_request_id"] if created else None
                 self.answers.append((key, response.status_code, request_id, took))
             n += 1
