@@ -349,7 +349,9 @@ def find_requests(conn: Connection, query: RequestQuery) -> list[ServiceRequest]
     statement = (
         sa.select(requests)
         .where(*_filters(query))
-        .order_by(requests.c.requested_at, requests.c.id)
+        # Newest first: a client showing recent reports must see the new ones however many
+        # older ones match; the id (a ULID, time-ordered) keeps ties in one order across pages.
+        .order_by(requests.c.requested_at.desc(), requests.c.id.desc())
         .offset(max(query.offset, 0))
         .limit(max(query.limit, 0))
     )

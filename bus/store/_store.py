@@ -178,7 +178,7 @@ class Store:
         return self._read(lambda conn: _requests.get_requests(conn, request_ids))
 
     def find_requests(self, query: RequestQuery) -> list[ServiceRequest]:
-        """Requests matching every filter, ordered by requested time then id."""
+        """Requests matching every filter, newest first: by requested time, then id, descending."""
         return self._read(lambda conn: _requests.find_requests(conn, query))
 
     def status_updates(self, start: datetime, end: datetime) -> list[StatusUpdate]:

@@ -276,6 +276,28 @@ def test_c19_paging_and_page_size_limits(http: httpx.Client, create: Create) -> 
     assert too_big.status_code == 400
 
 
+def test_c17_c19_requests_are_listed_newest_first_unfiltered_and_by_page(
+    http: httpx.Client, create: Create
+) -> None:
+    # A client showing recent reports reads the first page: the new ones must be on it, however
+    # many older ones the window holds.
+    first, second, third = (new_id(create) for _ in range(3))
+    base = {"jurisdiction_id": SPRINGFIELD}
+
+    def listed(**params: str) -> list[str]:
+        response = http.get("/requests.json", params={**base, **params})
+        assert response.status_code == 200, response.text
+        return [d["service_request_id"] for d in response.json()]
+
+    assert listed()[:3] == [third, second, first]
+    assert listed(page_size="2") == [third, second]
+    assert listed(page_size="2", page="2")[0] == first
+    times = [d["requested_datetime"] for d in http.get("/requests.json", params=base).json()]
+    assert [datetime.fromisoformat(t) for t in times] == sorted(
+        (datetime.fromisoformat(t) for t in times), reverse=True
+    )
+
+
 def test_c19_bounding_box(http: httpx.Client, create: Create) -> None:
     inside = new_id(create, service_code="FLYTIPPING", lat="10.5", long="20.5")
     outside = new_id(create, service_code="FLYTIPPING", lat="-10", long="-20")

@@ -124,21 +124,21 @@ def _seed(store: Store) -> None:
 
 
 FILTER_CASES = [
-    (RequestQuery(), ["a", "b", "c", "d"]),
-    (RequestQuery(ids=["d", "a"]), ["a", "d"]),
+    (RequestQuery(), ["d", "c", "b", "a"]),  # c and d requested at once: by id
+    (RequestQuery(ids=["a", "d"]), ["d", "a"]),
     (RequestQuery(service_codes=["graffiti"]), ["b"]),
     (RequestQuery(jurisdiction="shelbyville"), ["c"]),
-    (RequestQuery(statuses=[Status.CLOSED, Status.FIXED]), ["b", "d"]),
+    (RequestQuery(statuses=[Status.CLOSED, Status.FIXED]), ["d", "b"]),
     (RequestQuery(statuses=[]), []),
-    (RequestQuery(requested_from=T0 + minutes(1), requested_to=T0 + minutes(2)), ["b", "c", "d"]),
+    (RequestQuery(requested_from=T0 + minutes(1), requested_to=T0 + minutes(2)), ["d", "c", "b"]),
     (RequestQuery(updated_after=T0 + minutes(2), updated_before=T0 + minutes(50)), ["d"]),
     (RequestQuery(bbox=(15, 15, 5, 5)), ["a"]),
     (RequestQuery(bbox=(25, -170, 5, 170)), ["c"]),  # crosses the antimeridian
-    (RequestQuery(offset=1, limit=2), ["b", "c"]),
+    (RequestQuery(offset=1, limit=2), ["c", "b"]),
 ]
 
 
-def test_find_requests_filters_in_order_of_requested_time_then_id(store: Store) -> None:
+def test_find_requests_filters_newest_first_by_requested_time_then_id(store: Store) -> None:
     _seed(store)  # one database for all cases: creating one per case costs more than the test
     for query, expected in FILTER_CASES:
         assert [r.id for r in store.find_requests(query)] == expected, query
@@ -148,7 +148,7 @@ def test_find_requests_compares_times_across_zones(store: Store) -> None:
     _seed(store)
     tokyo = timezone(timedelta(hours=9))
     found = store.find_requests(RequestQuery(requested_to=(T0 + minutes(1)).astimezone(tokyo)))
-    assert [r.id for r in found] == ["a", "b"]
+    assert [r.id for r in found] == ["b", "a"]
 
 
 def test_status_update_sets_status_time_and_history_and_a_repeat_is_harmless(store: Store) -> None:
