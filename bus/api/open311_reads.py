@@ -93,11 +93,15 @@ async def find_requests(
     request: Request,
     fmt: Format,
     jurisdiction_id: str | None = JURISDICTION,
-    service_request_id: str | None = Query(None, description="comma list; overrides the rest"),
-    service_code: str | None = Query(None, description="comma list"),
+    service_request_id: list[str] | None = Query(
+        None, description="comma list, may be repeated; overrides the rest"
+    ),
+    service_code: list[str] | None = Query(None, description="comma list, may be repeated"),
     start_date: str | None = Query(None, description="ISO 8601 with zone"),
     end_date: str | None = Query(None, description="ISO 8601 with zone; range ≤ 90 days"),
-    status: str | None = Query(None, description="comma list of open, closed (or extended)"),
+    status: list[str] | None = Query(
+        None, description="comma list of open, closed (or extended), may be repeated"
+    ),
     updated_after: str | None = Query(None),
     updated_before: str | None = Query(None),
     page: str | None = Query(None, description="1-based page number"),
@@ -114,7 +118,7 @@ async def find_requests(
     problems: list[str] = []
     with_extensions = collect(problems, lambda: parse_bool("extensions", extensions))
     offset, limit = _paging(problems, given(page), given(page_size))
-    ids = comma_list(given(service_request_id))
+    ids = _items(service_request_id)
     if ids:
         if len(ids) > MAX_IDS:
             problems.append(f"service_request_id: at most {MAX_IDS} ids")
@@ -123,8 +127,8 @@ async def find_requests(
         query = RequestQuery(ids=known, jurisdiction=jurisdiction, offset=offset, limit=limit)
         found = await run_in_threadpool(ctx.store.find_requests, query) if known else []
         return respond(render.requests(found, extensions=bool(with_extensions)), fmt, "requests")
-    codes = comma_list(given(service_code))
-    statuses = _statuses(problems, comma_list(given(status)))
+    codes = _items(service_code)
+    statuses = _statuses(problems, _items(status))
     dates = {
         name: _when(problems, name, value)
         for name, value in (
@@ -242,6 +246,13 @@ def _in_jurisdiction(
             found = ctx.store.get_request(update.request_id)
             belongs[update.request_id] = found is not None and found.jurisdiction == jurisdiction
     return [u for u in updates if belongs[u.request_id]]
+
+
+def _items(values: list[str] | None) -> list[str]:
+    """The items of a list parameter, comma delimited, repeated, or both: the spec's "may be
+    declared multiple times, comma delimited", and clients that send a list as repeated keys
+    (e.g. Retrofit's @Query List)."""
+    return [item for value in values or () for item in comma_list(value)]
 
 
 def _when(problems: list[str], name: str, value: str | None) -> datetime | None:

@@ -218,6 +218,37 @@ def test_c17_filters_by_service_code_status_and_dates(http: httpx.Client, create
     )
 
 
+def test_c17_list_parameters_may_be_repeated_comma_delimited_or_both(
+    http: httpx.Client, create: Create
+) -> None:
+    # The spec's "may be declared multiple times, comma delimited"; Retrofit's @Query List and
+    # other clients send a list as repeated keys: no value may be dropped.
+    pothole, sign, light = (
+        new_id(create, service_code=code) for code in ("POTHOLE", "STREET_SIGN", "STREETLIGHT")
+    )
+    mine = {pothole, sign, light}
+
+    def ids(query: list[tuple[str, str]]) -> set[str]:
+        response = http.get("/requests.json", params=[("jurisdiction_id", SPRINGFIELD), *query])
+        assert response.status_code == 200, response.text
+        return {d["service_request_id"] for d in response.json()} & mine
+
+    codes = [("service_code", "POTHOLE"), ("service_code", "STREETLIGHT")]
+    assert ids(codes) == {pothole, light}
+    assert ids([("service_code", "POTHOLE,STREET_SIGN"), ("service_code", "STREETLIGHT")]) == mine
+    assert ids([("status", "closed"), ("status", "open")]) == mine
+    assert ids([("status", "open"), ("status", "closed")]) == mine
+    assert ids([("service_code", "POTHOLE"), ("service_code", "GRAFFITI")]) == {pothole}
+    looked_up = [("service_request_id", f"{pothole},{sign}"), ("service_request_id", light)]
+    assert ids(looked_up) == mine
+    bad = http.get(
+        "/requests.json",
+        params=[("jurisdiction_id", SPRINGFIELD), ("status", "open"), ("status", "sideways")],
+    )
+    assert bad.status_code == 400
+    assert bad.json()[0]["description"] == "status: 'sideways' is not open or closed"
+
+
 def test_c17_date_range_over_90_days_and_zone_less_dates_are_400(http: httpx.Client) -> None:
     base = {"jurisdiction_id": SPRINGFIELD}
     too_long = http.get(
