@@ -139,9 +139,18 @@ async def find_requests(
         )
     }
     box = _bbox(problems, [given(v) for v in (lat_ne, long_ne, lat_sw, long_sw)], given(bbox))
-    requested = None
+    # A client polling updated_after is told of a change to any request, however long ago it
+    # was made: the default window of requested_datetime would hide the older ones. A range
+    # given by start_date/end_date still applies, and so does the limit.
+    polled = dates["updated_after"] is not None or dates["updated_before"] is not None
+    ranged = dates["start_date"] is not None or dates["end_date"] is not None
+    requested: tuple[datetime | None, datetime | None] | None = None
     if not problems:
-        requested = window(problems, dates["start_date"], dates["end_date"], now=datetime.now(UTC))
+        requested = (
+            (None, None)
+            if polled and not ranged
+            else window(problems, dates["start_date"], dates["end_date"], now=datetime.now(UTC))
+        )
     _fail(problems)
     assert requested is not None
     if codes:

@@ -11,7 +11,11 @@ import pytest
 from defusedxml import ElementTree as SafeET
 
 from bus.api import create_app
+from bus.bootstrap import Runtime
+from bus.intake import new_request_id
+from schemas.model import Status, StatusUpdate
 from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, LiveServer, make_runtime
+from tests.store.store_factories import make_request
 
 XML_DECLARATION = b'<?xml version="1.0" encoding="utf-8"?>\n'
 Create = Callable[..., httpx.Response]
@@ -351,6 +355,52 @@ def test_c19_updated_after_filter(http: httpx.Client, create: Create) -> None:
     assert request_id not in {
         d["service_request_id"] for d in http.get("/requests.json", params=params).json()
     }
+
+
+def test_c19_updated_after_tells_of_a_change_to_a_request_made_over_90_days_ago(
+    http: httpx.Client, create: Create, runtime: Runtime
+) -> None:
+    now = datetime.now(UTC)
+    made_long_ago = make_request(
+        new_request_id(),
+        jurisdiction=SPRINGFIELD,
+        service_code="POTHOLE",
+        requested_at=now - timedelta(days=200),
+        updated_at=now - timedelta(days=200),
+    )
+    with runtime.store.transaction() as tx:
+        tx.add_request(made_long_ago)
+    polled_at = datetime.now(UTC)
+    with runtime.store.transaction() as tx:
+        tx.apply_status_update(
+            StatusUpdate(
+                request_id=made_long_ago.id,
+                status=Status.CLOSED,
+                at=datetime.now(UTC),
+                update_id="closed-at-last",
+                source="test",
+            )
+        )
+    made_now = new_id(create)
+    base = {"jurisdiction_id": SPRINGFIELD, "updated_after": polled_at.isoformat()}
+
+    def ids(**params: str) -> list[str]:
+        response = http.get("/requests.json", params={**base, **params})
+        assert response.status_code == 200, response.text
+        return [d["service_request_id"] for d in response.json()]
+
+    assert ids() == [made_now, made_long_ago.id]
+    until = datetime.now(UTC).isoformat()
+    assert ids(updated_before=until) == [made_now, made_long_ago.id]
+    assert ids(page_size="1") == [made_now]  # the limit still applies
+    assert ids(page_size="1", page="2") == [made_long_ago.id]
+    # A requested range given with it still applies.
+    assert ids(start_date=(now - timedelta(days=30)).isoformat()) == [made_now]
+    assert ids(end_date=datetime.now(UTC).isoformat()) == [made_now]
+    before = http.get(
+        "/requests.json", params={"jurisdiction_id": SPRINGFIELD, "updated_before": until}
+    )
+    assert made_long_ago.id in {d["service_request_id"] for d in before.json()}
 
 
 def test_c19_extensions_true_adds_extended_attributes_and_notes(
