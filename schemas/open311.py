@@ -91,6 +91,9 @@ def parse_bool(name: str, value: str | None, *, default: bool = False) -> bool:
     raise InvalidValue(f"{name}: {_show(value)} is not a boolean (use true or false)")
 
 
+_DATE_ALONE = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}", re.ASCII)
+
+
 def parse_datetime(name: str, value: str) -> datetime:
     """Read an ISO 8601 datetime that carries a zone (C-03), in the years DATETIME_YEARS."""
     try:
@@ -99,6 +102,13 @@ def parse_datetime(name: str, value: str) -> datetime:
         raise InvalidValue(
             f"{name}: {_show(value)} is not an ISO 8601 datetime (e.g. 2026-05-01T09:30:00+02:00)"
         ) from None
+    if _DATE_ALONE.fullmatch(value.strip()):
+        # Not read as midnight UTC: whose midnight is a guess, and as an end it would leave out
+        # the very day named.
+        raise InvalidValue(
+            f"{name}: {_show(value)} is a date alone: give a time and a zone too "
+            f"(e.g. {parsed.date().isoformat()}T00:00:00Z)"
+        )
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise InvalidValue(f"{name}: {_show(value)} has no time zone (add Z or +hh:mm)")
     if parsed.year not in DATETIME_YEARS:

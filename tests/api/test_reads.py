@@ -266,6 +266,19 @@ def test_c17_date_range_over_90_days_and_zone_less_dates_are_400(http: httpx.Cli
     assert "has no time zone" in no_zone.json()[0]["description"]
 
 
+def test_c17_a_date_alone_is_400_saying_a_time_and_zone_are_needed(http: httpx.Client) -> None:
+    # Valid W3C, but whose midnight is a guess, and as an end_date it would leave out the day.
+    for name in ("start_date", "end_date", "updated_after"):
+        response = http.get(
+            "/requests.json", params={"jurisdiction_id": SPRINGFIELD, name: "2026-12-01"}
+        )
+        assert response.status_code == 400
+        assert response.json()[0]["description"] == (
+            f"{name}: '2026-12-01' is a date alone: give a time and a zone too "
+            "(e.g. 2026-12-01T00:00:00Z)"
+        )
+
+
 @pytest.mark.parametrize(
     "dates",
     [

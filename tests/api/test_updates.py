@@ -289,7 +289,10 @@ def test_c22_update_errors(http: httpx.Client, api_key: str, create: Create) -> 
     assert bad.status_code == 400
     texts = [e["description"] for e in bad.json()]
     assert texts[0].startswith("status: 'MELTED' is not one of")
-    assert texts[1] == "updated_datetime: '2026-01-01' has no time zone (add Z or +hh:mm)"
+    assert texts[1] == (
+        "updated_datetime: '2026-01-01' is a date alone: give a time and a zone too "
+        "(e.g. 2026-01-01T00:00:00Z)"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])

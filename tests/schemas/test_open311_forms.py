@@ -298,6 +298,14 @@ def test_c03_datetime_input_without_zone_is_rejected() -> None:
     assert parse_datetime("start_date", "2026-05-01T10:00:00-08:00").utcoffset() is not None
 
 
+@pytest.mark.parametrize("text", ["2026-12-01", "20261201", " 2026-12-01 "])
+def test_c03_a_date_alone_is_rejected_saying_it_needs_a_time_and_a_zone(text: str) -> None:
+    expected = f"start_date: {text!r} is a date alone: give a time and a zone too "
+    with pytest.raises(InvalidValue) as refused:
+        parse_datetime("start_date", text)
+    assert str(refused.value) == expected + "(e.g. 2026-12-01T00:00:00Z)"
+
+
 @pytest.mark.parametrize(
     "text", ["0001-01-01T00:00:00+01:00", "1899-12-31T23:59:59Z", "9001-01-01T00:00:00Z"]
 )
