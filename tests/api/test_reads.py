@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -277,6 +277,27 @@ def test_c17_a_date_alone_is_400_saying_a_time_and_zone_are_needed(http: httpx.C
             f"{name}: '2026-12-01' is a date alone: give a time and a zone too "
             "(e.g. 2026-12-01T00:00:00Z)"
         )
+
+
+def test_c17_an_offset_whose_plus_was_left_unencoded_is_read_as_plus(
+    http: httpx.Client, create: Create
+) -> None:
+    request_id = new_id(create)
+    an_hour_ago = datetime.now(UTC).astimezone(timezone(timedelta(hours=5))) - timedelta(hours=1)
+    # The '+' as a client forgot to encode it: it arrives as a space; read as '-' or as no
+    # zone, the start would be ten hours later or refused.
+    as_sent = an_hour_ago.isoformat(timespec="seconds")
+    assert as_sent.endswith("+05:00")
+    for form in (as_sent, as_sent.replace("+05:00", "+0500"), as_sent.replace("T", " ")):
+        response = http.get(f"/requests.json?jurisdiction_id={SPRINGFIELD}&start_date={form}")
+        assert response.status_code == 200, (form, response.text)
+        assert request_id in {d["service_request_id"] for d in response.json()}, form
+    updates = http.get(f"/servicerequestupdates.json?start_date={as_sent}")
+    assert updates.status_code == 200, updates.text
+    # The space between a date and a time is no '+': without an offset, still no zone.
+    no_zone = http.get(f"/requests.json?jurisdiction_id={SPRINGFIELD}&start_date=2026-12-01+10:00")
+    assert no_zone.status_code == 400
+    assert "'2026-12-01 10:00' has no time zone" in no_zone.json()[0]["description"]
 
 
 @pytest.mark.parametrize(
