@@ -16,11 +16,23 @@ def register(app: typer.Typer) -> None:
     @clients.command("add")
     def add(
         name: str = typer.Argument(..., help="A name for the app or partner."),
-        jurisdiction: str | None = typer.Option(
-            None, help="Only allow posting to this jurisdiction."
+        jurisdictions: list[str] = typer.Option(
+            [],
+            "--jurisdiction",
+            help="Only allow posting to this jurisdiction (one; leave it out to allow all).",
         ),
     ) -> None:
         """Create a client and print its key once."""
+        if len(jurisdictions) > 1:
+            # Read as a list so that a second one is refused: a plain option keeps the last
+            # given without a word, and the key would answer 403 for the first.
+            typer.echo(
+                "error: a client may post to one jurisdiction, or to all when --jurisdiction "
+                "is left out; add a client per jurisdiction instead",
+                err=True,
+            )
+            raise typer.Exit(2)
+        jurisdiction = jurisdictions[0] if jurisdictions else None
         with runtime() as rt:
             known = [j.id for j in rt.config.jurisdictions]
             if jurisdiction is not None and jurisdiction not in known:

@@ -53,3 +53,15 @@ def test_clients_add_rejects_unknown_jurisdiction_and_duplicates(cli_env: str) -
     assert runner.invoke(app, ["clients", "add", "twice"]).exit_code == 0
     again = runner.invoke(app, ["clients", "add", "twice"])
     assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_clients_add_refuses_two_jurisdictions_rather_than_keep_the_last(cli_env: str) -> None:
+    two = ["--jurisdiction", "springfield.example", "--jurisdiction", "shelbyville.example"]
+    refused = CliRunner().invoke(app, ["clients", "add", "both", *two])
+    assert refused.exit_code == 2
+    assert "one jurisdiction, or to all when --jurisdiction is left out" in refused.stderr
+    store = Store.open(cli_env)
+    try:
+        assert [c.name for c in store.list_clients()] == []  # no key made for half of it
+    finally:
+        store.close()
