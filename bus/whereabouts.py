@@ -94,7 +94,12 @@ def whereabouts(
             instance,
             hop.at,
             f"sent towards {instance} ({how}), no delivery attempt recorded since",
-            no_worker or f"is `civicbus worker {instance}` running (and `civicbus relay`)?",
+            no_worker
+            or (
+                f"is `civicbus worker {instance}` running (and `civicbus relay`)? If it is, the "
+                "command waits behind earlier ones, in the queue or held by a worker (its "
+                "`prefetch`): a slow back-end, see `civicbus status`"
+            ),
         )
     if hop.action in ("attempt", "retry_scheduled"):
         attempt = hop.details.get("attempt")

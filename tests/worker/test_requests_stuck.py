@@ -257,6 +257,8 @@ def test_a_webhook_dead_letter_dropped_says_nothing_of_the_way_to_the_back_end()
     where = whereabouts(item)
 
     assert (where.stage, where.instance) == ("queued", INSTANCE)
+    # Its worker may well be running, with the command in hand behind earlier ones.
+    assert "held by a worker (its `prefetch`)" in where.hint
 
 
 def test_an_instance_no_longer_in_the_config_is_named_instead_of_a_replay_or_a_worker() -> None:
