@@ -130,6 +130,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(_discarded_connection_in_words)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
@@ -144,6 +145,35 @@ def configure_logging(
     chatty_level = logging.WARNING if numeric_level > logging.DEBUG else logging.NOTSET
     for chatty in ("httpx", "httpcore", "mail.log"):
         logging.getLogger(chatty).setLevel(chatty_level)
+
+
+#: What SQLAlchemy's pool logs at ERROR, with a traceback, when a pooled connection it returns,
+#: closes or ends proves dead: the database was restarted or dropped its connections.
+_POOL_CLEAN_UP_FAILED = ("Exception during reset or similar", "Exception closing connection",
+                         "Exception terminating connection")  # fmt: skip
+
+
+def _discarded_connection_in_words(record: logging.LogRecord) -> bool:
+    """Turn the pool's traceback for a connection found dead while being put away into one
+    warning: it reads as a crash in the journal, yet the pool drops that connection and the
+    next operation connects anew; an operation that failed on it reports that itself."""
+    if (
+        record.name.startswith("sqlalchemy.pool")
+        and record.levelno >= logging.ERROR
+        and isinstance(record.msg, str)
+        and record.msg.startswith(_POOL_CLEAN_UP_FAILED)
+        and record.exc_info
+    ):
+        error = record.exc_info[1]
+        said = str(error).splitlines()[0] if str(error) else ""
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "a pooled database connection was found closed and dropped (%s): %s"
+        record.args = (
+            f"{type(error).__name__}: {said}",
+            "the database closed it (a restart?); the next operation connects anew",
+        )
+        record.exc_info = record.exc_text = None
+    return True
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import structlog
 
 from bus.logging import configure_logging, request_context
@@ -213,3 +214,29 @@ def test_a_line_is_stamped_with_the_time_it_was_written(json_lines: Lines) -> No
     (line,) = json_lines()
 
     assert before <= datetime.fromisoformat(line["timestamp"]) <= after
+
+
+def test_a_pooled_connection_the_database_dropped_is_one_warning_not_a_traceback(
+    json_lines: Lines, postgres_url: str
+) -> None:
+    # As after a PostgreSQL restart or pg_terminate_backend: the pool finds the connection it
+    # puts away dead, and SQLAlchemy logged that at ERROR with a traceback, read as a crash.
+    engine = sa.create_engine(postgres_url)
+    killer = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        raw = engine.raw_connection()  # as the store's driver-level statements use it
+        cursor = raw.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+        with killer.connect() as connection:
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        raw.close()  # the pool's reset (a ROLLBACK) meets the closed connection
+        with engine.connect() as again:  # and the next use connects anew
+            assert again.execute(sa.text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
+        killer.dispose()
+    [line] = [line for line in json_lines() if str(line["logger"]).startswith("sqlalchemy")]
+    assert line["level"] == "warning" and "exception" not in line
+    assert str(line["event"]).startswith("a pooled database connection was found closed")
+    assert "terminating connection due to administrator command" in str(line["event"])
