@@ -362,7 +362,9 @@ def check_permits(city: SandboxCity, item: Posted, request: dict[str, Any]) -> t
     assert case["caseType"] == _lookup(mapping, "caseType", item.code)
     assert case["district"] == _lookup(mapping, "district", item.jurisdiction)
     assert (case["lat"], case["lon"], case["address"]) == (*item.point, ADDRESS)
-    assert datetime.fromisoformat(case["reportedAt"]) == datetime.fromisoformat(
+    # The back-end has the time to the microsecond; Open311 shows it to the second.
+    reported_at = datetime.fromisoformat(case["reportedAt"])
+    assert reported_at.replace(microsecond=0) == datetime.fromisoformat(
         request["requested_datetime"]
     )
     return record["id"], record
