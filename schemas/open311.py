@@ -92,17 +92,25 @@ def parse_bool(name: str, value: str | None, *, default: bool = False) -> bool:
 
 
 _DATE_ALONE = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}", re.ASCII)
+# A time, a space, and an offset: 2026-12-01T09:30:00 02:00.
+_SPACE_FOR_PLUS = re.compile(
+    r"([T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?) ([0-9]{2}(?::?[0-9]{2})?)$", re.ASCII
+)
 
 
 def parse_datetime(name: str, value: str) -> datetime:
     """Read an ISO 8601 datetime that carries a zone (C-03), in the years DATETIME_YEARS."""
+    # A '+' left unencoded in a query string or a form arrives as a space (a common client bug,
+    # e.g. `curl -d updated_datetime=...+02:00`): a space between a time and an offset can only
+    # have been one.
+    text = _SPACE_FOR_PLUS.sub(r"\1+\2", value.strip())
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidValue(
             f"{name}: {_show(value)} is not an ISO 8601 datetime (e.g. 2026-05-01T09:30:00+02:00)"
         ) from None
-    if _DATE_ALONE.fullmatch(value.strip()):
+    if _DATE_ALONE.fullmatch(text):
         # Not read as midnight UTC: whose midnight is a guess, and as an end it would leave out
         # the very day named.
         raise InvalidValue(

@@ -29,10 +29,6 @@ MAX_PAGE_SIZE = 500
 MAX_IDS = 1000
 # Request ids and tokens are ULIDs (tokens with a T prefix); anything else cannot exist.
 _ID = re.compile(r"^T?[0-9A-HJKMNP-TV-Z]{26}$")
-# A time, a space, and an offset: 2026-12-01T09:30:00 02:00.
-_SPACE_FOR_PLUS = re.compile(
-    r"([T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?) ([0-9]{2}(?::?[0-9]{2})?)$"
-)
 
 JURISDICTION = Query(None, description="required when several jurisdictions are served (C-06)")
 EXTENSIONS = Query(None, description="true adds extended_attributes and notes (C-19)")
@@ -272,9 +268,6 @@ def _when(problems: list[str], name: str, value: str | None) -> datetime | None:
     value = given(value)
     if value is None:
         return None
-    # A '+' left unencoded in a query string arrives as a space (a common client bug): a space
-    # between a time and an offset can only have been one.
-    value = _SPACE_FOR_PLUS.sub(r"\1+\2", value)
     return collect(problems, lambda: parse_datetime(name, value))
 
 

@@ -550,3 +550,23 @@ def test_a_pushed_updates_x_correlation_id_goes_with_its_events_as_a_creates_doe
     mine = [e for e in events if e.subject == request_id and e.type is not EventType.CREATED]
     assert [e.type for e in mine] == [EventType.STATUS_CHANGED, EventType.CLOSED]
     assert {e.correlationid for e in mine} == {"desk-ticket-7"}
+
+
+def test_an_updated_datetime_whose_plus_was_left_unencoded_in_the_form_is_read_as_plus(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+) -> None:
+    # `curl -d updated_datetime=...+05:00` sends the '+' as it is, which a form decodes as a
+    # space; read as no zone it was refused, read as '-' it would be ten hours off.
+    request_id = new_id(create)
+    at = (datetime.now(UTC) - timedelta(minutes=5)).astimezone(timezone(timedelta(hours=5)))
+    as_sent = at.isoformat(timespec="seconds")
+    assert as_sent.endswith("+05:00")
+    body = (
+        f"api_key={api_key}&service_request_id={request_id}&update_id=plus-1"
+        f"&status=IN_PROGRESS&updated_datetime={as_sent}"
+    )
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = http.post("/servicerequestupdates.json", content=body, headers=form)
+    assert response.status_code == 200, response.text
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.updated_at == at.replace(microsecond=0)
