@@ -114,6 +114,7 @@ async def find_requests(
     extensions: str | None = EXTENSIONS,
 ) -> Response:
     ctx = context(request)
+    _fail(_repeated(request, _ONE_VALUE_FILTERS))
     jurisdiction = ctx.catalogue.jurisdiction(given(jurisdiction_id))
     problems: list[str] = []
     with_extensions = collect(problems, lambda: parse_bool("extensions", extensions))
@@ -142,7 +143,10 @@ async def find_requests(
     # A client polling updated_after is told of a change to any request, however long ago it
     # was made: the default window of requested_datetime would hide the older ones. A range
     # given by start_date/end_date still applies, and so does the limit.
-    polled = dates["updated_after"] is not None or dates["updated_before"] is not None
+    after, before = dates["updated_after"], dates["updated_before"]
+    if after is not None and before is not None and after >= before:
+        problems.append("updated_after: must be before updated_before (nothing can match)")
+    polled = after is not None or before is not None
     ranged = dates["start_date"] is not None or dates["end_date"] is not None
     requested: tuple[datetime | None, datetime | None] | None = None
     if not problems:
@@ -231,6 +235,7 @@ async def status_updates(
     end_date: str | None = Query(None, description="ISO 8601 with zone; range ≤ 90 days"),
 ) -> Response:
     ctx = context(request)
+    _fail(_repeated(request, ("jurisdiction_id", "start_date", "end_date")))
     jurisdiction = given(jurisdiction_id)
     if jurisdiction is not None:
         ctx.catalogue.jurisdiction(jurisdiction)
@@ -255,6 +260,24 @@ def _in_jurisdiction(
             found = ctx.store.get_request(update.request_id)
             belongs[update.request_id] = found is not None and found.jurisdiction == jurisdiction
     return [u for u in updates if belongs[u.request_id]]
+
+
+#: The filters of GET /requests that take one value each (the lists are service_request_id,
+#: service_code and status).
+_ONE_VALUE_FILTERS = (
+    "jurisdiction_id", "start_date", "end_date", "updated_after", "updated_before", "page",
+    "page_size", "lat_ne", "long_ne", "lat_sw", "long_sw", "bbox", "extensions",
+)  # fmt: skip
+
+
+def _repeated(request: Request, names: tuple[str, ...]) -> list[str]:
+    """A problem for each of `names` given more than once: which one was meant is a guess (the
+    framework keeps the last without a word)."""
+    return [
+        f"{name}: given {count} times; it takes one value"
+        for name in names
+        if (count := len(request.query_params.getlist(name))) > 1
+    ]
 
 
 def _items(values: list[str] | None) -> list[str]:

@@ -560,3 +560,35 @@ def test_head_on_a_read_answers_its_get_headers_without_a_body(http: httpx.Clien
         assert head.content == b""
         assert head.headers["content-type"] == get.headers["content-type"]
         assert head.headers["content-length"] == str(len(get.content))
+
+
+def test_a_filter_that_takes_one_value_given_twice_is_refused_not_guessed(
+    http: httpx.Client,
+) -> None:
+    twice = (
+        f"/requests.json?jurisdiction_id={SPRINGFIELD}"
+        "&start_date=2026-11-01T00:00:00Z&start_date=2026-12-01T00:00:00Z"
+    )
+    response = http.get(twice)
+    assert response.status_code == 400
+    assert [e["description"] for e in response.json()] == [
+        "start_date: given 2 times; it takes one value"
+    ]
+    pages = http.get(f"/requests.json?jurisdiction_id={SPRINGFIELD}&page=1&page=2")
+    assert pages.status_code == 400 and "page: given 2 times" in pages.text
+    updates = http.get("/servicerequestupdates.json?end_date=2026-12-01T00:00:00Z&end_date=x")
+    assert updates.status_code == 400 and "end_date: given 2 times" in updates.text
+    # The list filters take several, as the spec says.
+    listed = http.get(f"/requests.json?jurisdiction_id={SPRINGFIELD}&status=open&status=closed")
+    assert listed.status_code == 200, listed.text
+
+
+def test_updated_after_not_before_updated_before_is_refused(http: httpx.Client) -> None:
+    params = {
+        "jurisdiction_id": SPRINGFIELD,
+        "updated_after": "2026-12-02T00:00:00Z",
+        "updated_before": "2026-12-01T00:00:00Z",
+    }
+    response = http.get("/requests.json", params=params)
+    assert response.status_code == 400
+    assert "updated_after: must be before updated_before" in response.text
