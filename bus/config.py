@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.model import Attribute, Service
+from schemas.yaml_keys import repeated_keys
 
 DEFAULT_CONFIG = "deploy/sandbox/civicbus.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///civicbus.db"
@@ -273,9 +274,9 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    duplicates = list(_duplicate_keys(node, ()))
+    duplicates = list(repeated_keys(node))
     if duplicates:
-        lines = [f"{source}:{line}: {where}" for line, where in duplicates]
+        lines = [f"{source}:{repeated.line}: {repeated}" for repeated in duplicates]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping at the top level")
@@ -302,29 +303,6 @@ def _problems(exc: ValidationError) -> list[tuple[Location, str]]:
         else:
             found.append((tuple(err["loc"]), err["msg"]))
     return found
-
-
-def _duplicate_keys(node: yaml.Node | None, loc: Location) -> Iterator[tuple[int, str]]:
-    """Each key given twice in one mapping, at its second line: YAML keeps the last silently."""
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key, value in node.value:
-            # Merge keys (`<<: *base`) may repeat, and their anchor was checked where it stands.
-            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                continue
-            line = key.start_mark.line + 1
-            path = (*loc, key.value)
-            if key.value in first:
-                where = ".".join(str(p) for p in path)
-                yield (
-                    line,
-                    f"{where}: {key.value!r} is given twice (first on line {first[key.value]})",
-                )
-            first.setdefault(key.value, line)
-            yield from _duplicate_keys(value, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, (*loc, i))
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

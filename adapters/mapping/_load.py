@@ -25,6 +25,7 @@ from adapters.mapping import _geo, _transforms
 from adapters.mapping._engine import Document, FieldRule, Mapping, Step
 from adapters.mapping._errors import MappingFileError, Problem
 from schemas.model import Location, Reporter, ServiceRequest, Status
+from schemas.yaml_keys import repeated_keys
 
 Path_ = tuple[str | int, ...]
 
@@ -50,6 +51,13 @@ def parse_mapping(text: str, *, source: str = "<mapping>", base_dir: Path | None
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
         raise MappingFileError([Problem(source, line, "", f"not valid YAML: {reason}")]) from exc
+    repeated = [
+        Problem(source, r.line, ".".join(map(str, r.path)), f"given twice (first on line "
+                f"{r.first_line}); YAML would keep the second without a word")
+        for r in repeated_keys(node)
+    ]  # fmt: skip
+    if repeated:
+        raise MappingFileError(repeated)
     if not isinstance(data, dict):
         raise MappingFileError([Problem(source, 1, "", "a mapping file is a YAML mapping")])
     problems = [_problem(err, node, source) for err in _validator().iter_errors(data)]

@@ -259,6 +259,28 @@ def test_status_table_and_default() -> None:
     assert with_default.status_or_none("ZZZZ") is Status.OPEN
 
 
+def test_a_key_given_twice_is_an_error_naming_both_lines() -> None:
+    # YAML keeps the second without a word: every new work item would close its request.
+    text = (
+        "adapter: sap\n"  # 1
+        "statuses:\n"  # 2
+        "  NEW: open\n"  # 3
+        "  DONE: closed\n"  # 4
+        "  NEW: closed\n"  # 5
+        "fields:\n"  # 6
+        "  T: {from: description}\n"  # 7
+        "  T: {const: x}\n"  # 8
+    )
+    with pytest.raises(MappingFileError) as caught:
+        parse_mapping(text, source="m.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "m.yaml:5: statuses.NEW: given twice (first on line 3); YAML would keep the second "
+        "without a word",
+        "m.yaml:8: fields.T: given twice (first on line 7); YAML would keep the second "
+        "without a word",
+    ]
+
+
 def test_file_errors_name_the_line_and_the_field() -> None:
     text = (
         "adapter: sap\n"  # 1
