@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +78,18 @@ class Poller:
         for _ in range(MAX_PAGES_PER_ROUND):
             since = self.store.watermark(instance)
             page = adapter.updates(since)
+            elsewhere = self._held_elsewhere(instance, page.updates)
             for update in page.updates:
-                if self._record(instance, update):
+                if update.request_id in elsewhere:
+                    # A back-end two instances share (two departments' accounts on one parks
+                    # system): the other instance's poller records this change, by its mapping.
+                    log.info(
+                        "poller.held_elsewhere",
+                        instance=instance,
+                        request_id=update.request_id,
+                        held_by=elsewhere[update.request_id],
+                    )
+                elif self._record(instance, update):
                     recorded += 1
             for skipped in page.skipped:
                 self._skip(instance, skipped)
@@ -92,6 +102,20 @@ class Poller:
         if recorded:
             log.info("poller.recorded", instance=instance, updates=recorded)
         return recorded
+
+    def _held_elsewhere(self, instance: str, updates: Sequence[StatusUpdate]) -> dict[str, str]:
+        """The requests of `updates` that civicbus sent to other instances and never to this
+        one, with those instances: their changes are not this instance's to record. A request
+        without any back-end reference yet may be this instance's (its worker stores the
+        reference after the back-end answered), so it is not among them."""
+        if not updates:
+            return {}
+        found = self.store.get_requests({u.request_id for u in updates})
+        return {
+            request_id: ", ".join(sorted(held))
+            for request_id, request in found.items()
+            if (held := {ref.adapter for ref in request.backend_refs}) and instance not in held
+        }
 
     def _record(self, instance: str, update: StatusUpdate) -> bool:
         """Record one update; False when it changed nothing or was skipped. Raises only what

@@ -127,6 +127,29 @@ def test_status_changes_are_recorded_once_with_a_moving_watermark(
     assert [a.action for a in store.audit_trail(second)].count("status_changed") == 2
 
 
+def test_a_shared_back_ends_changes_are_recorded_by_the_instance_holding_the_request(
+    store: Store, backend: PollingBackend
+) -> None:
+    # Two instances on one back-end (two departments' accounts on one parks system): each
+    # poller reads the other's changes too, and must leave them to it.
+    ours, theirs, unsent = (new_request(store).subject for _ in range(3))
+    at = datetime.now(UTC)
+    with store.transaction() as tx:
+        tx.add_backend_ref(ours, "parks", "WR-1", at)
+        tx.add_backend_ref(theirs, "sanitation", "WR-2", at)
+    backend.change(ours, Status.IN_PROGRESS)
+    backend.change(theirs, Status.CLOSED)
+    backend.change(unsent, Status.IN_PROGRESS)  # its receipt may not be stored yet: ours
+    poller = Poller(store, {"parks": backend}, {"parks": 1.0})
+
+    assert poller.poll_once("parks") == 2
+    statuses = {
+        r: request.status for r, request in store.get_requests([ours, theirs, unsent]).items()
+    }
+    assert statuses == {ours: Status.IN_PROGRESS, theirs: Status.OPEN, unsent: Status.IN_PROGRESS}
+    assert store.watermark("parks") == "3"  # read past it all the same
+
+
 def test_a_back_end_repeating_the_status_without_note_media_or_code_records_nothing(
     store: Store, backend: PollingBackend
 ) -> None:
