@@ -172,6 +172,7 @@ class Config(_Strict):
                         message = f"routing {r.name}: unknown {what} {name!r}"
                         at: Location = ("routing", "rules", i, field, j)
                         problems.append((at, f"{message} {_among(configured)}"))
+        problems += _shadowed_services(self.routing.rules, known)
         rule_names: set[str] = set()
         for i, r in enumerate(self.routing.rules):
             if r.name in rule_names:
@@ -210,6 +211,33 @@ class Config(_Strict):
             if rule.matches(service_code, jurisdiction):
                 return rule.instance, rule.name
         return self.routing.default, "default"
+
+
+def _shadowed_services(
+    rules: list[RoutingRule], jurisdictions: set[str]
+) -> list[tuple[Location, str]]:
+    """A problem for each service a rule names that earlier rules always take first (the first
+    rule that matches wins): that part of the rule never applies, though it reads as if it did."""
+    problems: list[tuple[Location, str]] = []
+    for i, rule in enumerate(rules):
+        places = jurisdictions if "*" in rule.jurisdictions else set(rule.jurisdictions)
+        for j, code in enumerate(rule.services):
+            if code == "*" or not places:
+                continue
+            takers = [
+                next((e for e in rules[:i] if e.matches(code, place)), None) for place in places
+            ]
+            if all(takers):
+                names = ", ".join(sorted({t.name for t in takers if t is not None}))
+                problems.append(
+                    (
+                        ("routing", "rules", i, "services", j),
+                        f"routing {rule.name}: service {code!r} never reaches this rule: the "
+                        f"rule {names} before it takes it first (the first rule that matches "
+                        "wins); remove it from one of them",
+                    )
+                )
+    return problems
 
 
 def _attribute_problems(i: int, service: ServiceConfig) -> list[tuple[Location, str]]:

@@ -104,6 +104,47 @@ instances:
     ]
 
 
+def test_a_service_an_earlier_rule_always_takes_is_refused_in_the_later_rule() -> None:
+    # The first rule that matches wins: PARK_BENCH added to the new rule would never reach it.
+    text = """jurisdictions:
+  - {id: springfield.example, name: Springfield}
+  - {id: shelbyville.example, name: Shelbyville}
+services:
+  - {code: PARK_BENCH, jurisdiction: springfield.example, name: Park bench}
+  - {code: DUMPING, jurisdiction: springfield.example, name: Dumping}
+routing:
+  rules:
+    - {name: parks, services: [PARK_BENCH], instance: desk}
+    - {name: sanitation, services: [DUMPING, PARK_BENCH], instance: desk}
+    - {name: springfield-only, services: [DUMPING], jurisdictions: [springfield.example],
+       instance: desk}
+    - {name: layered, services: [DUMPING], instance: desk}
+  default: desk
+instances:
+  desk: {kind: memory}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="city.yaml")
+
+    lines = str(err.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "city.yaml:10: routing.rules.1.services.1: routing sanitation: service 'PARK_BENCH' "
+        "never reaches this rule: the rule parks before it takes it first (the first rule "
+        "that matches wins); remove it from one of them",
+        "city.yaml:11: routing.rules.2.services.0: routing springfield-only: service 'DUMPING' "
+        "never reaches this rule: the rule sanitation before it takes it first (the first rule "
+        "that matches wins); remove it from one of them",
+        "city.yaml:13: routing.rules.3.services.0: routing layered: service 'DUMPING' never "
+        "reaches this rule: the rule sanitation before it takes it first (the first rule that "
+        "matches wins); remove it from one of them",
+    ]
+    # A rule for one jurisdiction before a rule for the rest is layering, not a mistake.
+    layered = text.replace("[DUMPING, PARK_BENCH]", "[PARK_BENCH]").replace(
+        "    - {name: parks, services: [PARK_BENCH], instance: desk}\n", ""
+    )
+    parse_config(layered)
+
+
 def test_an_instance_name_that_could_pass_for_another_route_is_refused() -> None:
     text = """jurisdictions: [{id: springfield.example, name: Springfield}]
 routing: {default: desk}
