@@ -469,6 +469,24 @@ def test_a_form_with_too_many_fields_is_400(http: httpx.Client, api_key: str) ->
     assert descriptions(response) == ["the form has more than 1000 fields"]
 
 
+def test_a_urlencoded_form_of_megabytes_is_413_before_it_is_decoded(
+    http: httpx.Client, api_key: str
+) -> None:
+    # Decoding runs on the event loop: megabytes of percent-escapes held every request up.
+    escaped = "%C3%A9" * (300 * 1024 // 6)
+    body = f"api_key={api_key}&service_code=POTHOLE&description={escaped}"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = http.post("/requests.json", content=body, headers=form)
+    assert response.status_code == 413
+    assert descriptions(response) == [
+        "a urlencoded form is at most 262,144 bytes; send photos as multipart/form-data"
+    ]
+    # The longest report a form may carry still fits: a 4,000-character description, each
+    # character three bytes of UTF-8, percent-encoded.
+    longest = {**pothole_form(api_key), "description": "é" * 4000}
+    assert http.post("/requests.json", data=longest).status_code == 200
+
+
 def test_c03_datetime_attribute_without_zone_is_400(http: httpx.Client, api_key: str) -> None:
     response = http.post(
         "/requests.json",
