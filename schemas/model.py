@@ -159,6 +159,12 @@ class Location(_Model):
 #: The longest note a status update holds (adapters cut a back-end's longer ones to it).
 NOTE_MAX_LENGTH = 4000
 
+#: The latest status updates an event's `data.history` carries (Open311's notes list them all).
+#: Every event copies them: with the whole history, a request updated in a loop made each event
+#: larger than the last, and the outbox grow with the square of the updates.
+EVENT_HISTORY = 20
+
+
 
 class Reporter(_Model):
     """The resident's contact data. Personal data: never logged, audited or returned by reads."""
@@ -281,10 +287,12 @@ class ServiceRequest(_Model):
 
     def public_data(self) -> dict[str, Any]:
         """The request as events carry it: its JSON form with the reporter's contact emptied
-        (the dump of `without_personal_data()`, without copying the model first). As with
-        `json_form`, change its top level only."""
+        (the dump of `without_personal_data()`, without copying the model first) and its
+        latest EVENT_HISTORY status updates. As with `json_form`, change its top level only."""
         data = self.json_form()
         data["reporter"] = dict.fromkeys(data["reporter"])
+        if len(data["history"]) > EVENT_HISTORY:
+            data["history"] = data["history"][-EVENT_HISTORY:]
         return data
 
 

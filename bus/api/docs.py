@@ -179,7 +179,8 @@ CREATE_ERRORS = {
 
 #: The errors only the status update method answers with, beyond every method's.
 UPDATE_ERRORS = {
-    409: "the update_id was already recorded for the request with other content",
+    409: "the update_id was already recorded for the request with other content, or the request "
+    "holds the most status updates civicbus keeps (1,000)",
 }
 
 

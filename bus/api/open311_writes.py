@@ -30,7 +30,7 @@ from bus.api.urlencoded import (
 from bus.api.wire import Format, Open311Problem, respond
 from bus.intake import ClientRevoked, IdempotencyConflict, Prepared, prepare
 from bus.status import record_status_update
-from bus.store import UpdateConflict
+from bus.store import HistoryFull, UpdateConflict
 from schemas import open311_render as render
 from schemas.model import Media
 from schemas.open311 import (
@@ -346,6 +346,8 @@ def _record_update(
         raise Open311Problem(
             404, f"service_request_id {update.request_id[:80]!r} not found"
         ) from None
+    except HistoryFull as exc:
+        raise Open311Problem(409, str(exc)) from None
     except UpdateConflict:
         # Answering 200 would tell the client its new content was recorded; it was not.
         raise Open311Problem(

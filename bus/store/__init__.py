@@ -26,6 +26,7 @@ from bus.store._breaker import BreakerState
 from bus.store._errors import (
     AlreadyExists,
     BadDatabaseUrl,
+    HistoryFull,
     InvalidData,
     NoSuchStore,
     NotAnswering,
@@ -72,6 +73,7 @@ __all__ = [
     "Client",
     "DeadLetter",
     "DeadLetterState",
+    "HistoryFull",
     "InvalidData",
     "KeptWriter",
     "Lease",

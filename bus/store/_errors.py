@@ -65,6 +65,17 @@ class NoSuchStore(Exception):
         self.path = path
 
 
+class HistoryFull(ValueError):
+    """A request already holds MAX_HISTORY status updates; civicbus records no more of them."""
+
+    def __init__(self, request_id: str, held: int) -> None:
+        super().__init__(
+            f"request {request_id} has {held:,} status updates, the most civicbus keeps for "
+            "one request: no more are recorded (a sender repeating itself in a loop?)"
+        )
+        self.request_id = request_id
+
+
 class InvalidData(ValueError):
     """The database refused a value (e.g. a NUL character on PostgreSQL); a client error."""
 

@@ -17,7 +17,7 @@ from pydantic_core import from_json
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from bus.store._errors import InvalidData, UpdateConflict
+from bus.store._errors import HistoryFull, InvalidData, UpdateConflict
 from bus.store._records import RecordedUpdate, RequestQuery
 from bus.store._sql import (
     JsonText,
@@ -33,6 +33,10 @@ from schemas.model import Reporter, ServiceRequest, Status, StatusNote, StatusUp
 log = structlog.get_logger(__name__)
 
 _REPORTER_FIELDS = ("email", "first_name", "last_name", "phone", "device_id", "account_id")
+#: Most status updates one request keeps: far more than any real request gets, and a bound on
+#: what a sender repeating itself in a loop can make a request (and every read of it) weigh.
+MAX_HISTORY = 1000
+
 #: Parts of the request kept in tables of their own rather than in the JSON document.
 _APART = {"reporter", "backend_refs", "history"}
 
@@ -411,6 +415,13 @@ def apply_status_update(
             status=update.status.value,
         )
         return None
+    held = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(status_history)
+        .where(status_history.c.request_id == update.request_id)
+    ).scalar_one()
+    if held >= MAX_HISTORY:
+        raise HistoryFull(update.request_id, held)
     note = StatusNote(
         status=update.status,
         at=update.at,

@@ -7,8 +7,17 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from store_factories import T0, make_request, minutes
 
-from bus.store import AlreadyExists, InvalidData, RequestQuery, Store, UpdateConflict
+from bus.store import (
+    AlreadyExists,
+    HistoryFull,
+    InvalidData,
+    RequestQuery,
+    Store,
+    UpdateConflict,
+    _requests,
+)
 from schemas.model import (
+    EVENT_HISTORY,
     BackendRef,
     Channel,
     Location,
@@ -528,3 +537,26 @@ def test_a_late_update_moves_changed_at_and_a_repeat_that_only_dates_the_status_
     stored = store.get_request("r")
     assert stored is not None and stored.updated_at == T0 + minutes(40)
     assert stored.changed_at == late.request.changed_at  # nothing an Open311 read shows moved
+
+
+def test_a_request_holding_the_most_updates_refuses_more_and_events_carry_the_latest(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sender repeating itself in a loop: the history stops growing at the cap, and each
+    # event copies only its latest updates (with the whole of it, each event outgrew the last).
+    monkeypatch.setattr(_requests, "MAX_HISTORY", 30)
+    with store.transaction() as tx:
+        tx.add_request(make_request("r"))
+    statuses = (Status.IN_PROGRESS, Status.INVESTIGATING)
+    for n in range(30):
+        with store.transaction() as tx:
+            update = status_update(f"u{n}", statuses[n % 2], T0 + minutes(n), note=f"note {n}")
+            assert tx.apply_status_update(update) is not None
+    full = pytest.raises(HistoryFull, match="request r has 30 status updates")
+    with full, store.transaction() as tx:
+        tx.apply_status_update(status_update("u30", Status.CLOSED, T0 + minutes(30)))
+    stored = store.get_request("r")
+    assert stored is not None and len(stored.history) == 30 and stored.status is not Status.CLOSED
+    carried = stored.public_data()["history"]
+    assert len(carried) == EVENT_HISTORY == 20
+    assert [n["update_id"] for n in carried] == [f"u{n}" for n in range(10, 30)]
