@@ -27,7 +27,7 @@ from schemas.events import (
     SubmittedRequest,
     TakenDownRequest,
 )
-from schemas.model import ServiceRequest
+from schemas.model import EVENT_HISTORY, ServiceRequest
 
 ASYNCAPI_FILE = Path(__file__).parent / "asyncapi.yaml"
 EVENTS_EXCHANGE = "civicbus.events"
@@ -108,6 +108,7 @@ _EVENTS: dict[EventType, _Event] = {
 
 _NO_PERSONAL_DATA = (
     " Reporter contact data is never sent on the bus: every `reporter` field is null."
+    f" `history` holds the latest {EVENT_HISTORY} status updates (Open311's `notes` all)."
 )
 
 

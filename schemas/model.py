@@ -165,7 +165,6 @@ NOTE_MAX_LENGTH = 4000
 EVENT_HISTORY = 20
 
 
-
 class Reporter(_Model):
     """The resident's contact data. Personal data: never logged, audited or returned by reads."""
 
