@@ -546,8 +546,20 @@ def test_the_readme_signature_check_accepts_real_deliveries_only(
     assert not signature_ok(SECRET, stale, body)
     unsigned = {k: v for k, v in headers.items() if k != SIGNATURE_HEADER}
     assert not signature_ok(SECRET, unsigned, body)
-    # A forged timestamp of non-ASCII digits is refused, not a crash of the receiver (int()).
-    assert not signature_ok(SECRET, {**headers, TIMESTAMP_HEADER: "\u00b2"}, body)
+    # Forged headers are refused, not a crash of the receiver: a timestamp of non-ASCII digits
+    # or of 5,000 (int() refuses both), a signature of non-ASCII text (compare_digest on str).
+    for forged in (
+        {TIMESTAMP_HEADER: "\u00b2"},
+        {TIMESTAMP_HEADER: "1" * 5000},
+        {SIGNATURE_HEADER: "sha256=\u00e9"},
+    ):
+        assert not signature_ok(SECRET, {**headers, **forged}, body), forged
+        assert not verify(
+            SECRET,
+            {**headers, **forged}[TIMESTAMP_HEADER],
+            body,
+            {**headers, **forged}[SIGNATURE_HEADER],
+        )
 
 
 def test_signatures_cover_timestamp_and_body() -> None:
