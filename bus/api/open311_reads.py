@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import partial
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from bus.api import docs
-from bus.api.context import ApiContext
 from bus.api.params import collect, context, given, read, window
 from bus.api.wire import Format, Open311Problem, respond
 from bus.store import RequestQuery
 from schemas import open311_render as render
-from schemas.model import Status, StatusUpdate
+from schemas.model import Status
 from schemas.open311 import comma_list, parse_bool, parse_datetime, parse_float, parse_int
 
 router = APIRouter()
@@ -27,6 +27,9 @@ DEFAULT_LIMIT = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_IDS = 1000
+#: Most updates one GET /servicerequestupdates answers, the oldest of its window: a client reads
+#: on with start_date at the last one's updated_datetime (repeating those of that instant).
+MAX_UPDATES = 1000
 # Request ids and tokens are ULIDs (tokens with a T prefix); anything else cannot exist.
 _ID = re.compile(r"^T?[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -245,21 +248,16 @@ async def status_updates(
     span = None if problems else window(problems, start_at, end_at, now=datetime.now(UTC))
     _fail(problems)
     assert span is not None
-    found = await run_in_threadpool(ctx.store.status_updates, span[0], span[1])
-    if jurisdiction is not None:
-        found = await run_in_threadpool(_in_jurisdiction, ctx, found, jurisdiction)
+    found = await run_in_threadpool(
+        partial(
+            ctx.store.status_updates,
+            span[0],
+            span[1],
+            jurisdiction=jurisdiction,
+            limit=MAX_UPDATES,
+        )
+    )
     return respond(render.updates(found), fmt, "updates")
-
-
-def _in_jurisdiction(
-    ctx: ApiContext, updates: list[StatusUpdate], jurisdiction: str
-) -> list[StatusUpdate]:
-    belongs: dict[str, bool] = {}
-    for update in updates:
-        if update.request_id not in belongs:
-            found = ctx.store.get_request(update.request_id)
-            belongs[update.request_id] = found is not None and found.jurisdiction == jurisdiction
-    return [u for u in updates if belongs[u.request_id]]
 
 
 #: The filters of GET /requests that take one value each (the lists are service_request_id,

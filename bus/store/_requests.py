@@ -615,14 +615,25 @@ def add_backend_refs(
     return inserted
 
 
-def status_updates(conn: Connection, start: datetime, end: datetime) -> list[StatusUpdate]:
-    """Recorded updates (history entries with an update_id) whose time is in [start, end]."""
+def status_updates(
+    conn: Connection,
+    start: datetime,
+    end: datetime,
+    *,
+    jurisdiction: str | None = None,
+    limit: int | None = None,
+) -> list[StatusUpdate]:
+    """Recorded updates (history entries with an update_id) whose time is in [start, end], of
+    requests of `jurisdiction` if given, the oldest `limit` if given."""
     h = status_history.c
-    rows = conn.execute(
-        sa.select(status_history)
-        .where(h.update_id.is_not(None), h.at >= start, h.at <= end)
-        .order_by(h.at, h.id)
+    statement = sa.select(status_history).where(
+        h.update_id.is_not(None), h.at >= start, h.at <= end
     )
+    if jurisdiction is not None:
+        statement = statement.join(requests, requests.c.id == h.request_id).where(
+            requests.c.jurisdiction == jurisdiction
+        )
+    rows = conn.execute(statement.order_by(h.at, h.id).limit(limit))
     return [
         StatusUpdate(
             request_id=row.request_id,

@@ -181,12 +181,24 @@ class Store:
         """Requests matching every filter, newest first: by requested time, then id, descending."""
         return self._read(lambda conn: _requests.find_requests(conn, query))
 
-    def status_updates(self, start: datetime, end: datetime) -> list[StatusUpdate]:
-        """Updates recorded in [start, end] across all requests, oldest first (C-21).
+    def status_updates(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        jurisdiction: str | None = None,
+        limit: int | None = None,
+    ) -> list[StatusUpdate]:
+        """Updates recorded in [start, end], of all requests or those of `jurisdiction`, oldest
+        first (C-21), at most `limit` of them.
 
         Filters on the update's own time (its `updated_datetime`).
         """
-        return self._read(lambda conn: _requests.status_updates(conn, start, end))
+        return self._read(
+            lambda conn: _requests.status_updates(
+                conn, start, end, jurisdiction=jurisdiction, limit=limit
+            )
+        )
 
     def resolve_token(self, token: str, jurisdiction: str | None = None) -> str | None:
         """The request id behind a batch token; None for an unknown token, or one whose

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from defusedxml import ElementTree as SafeET
 
+from bus.api import open311_reads
 from bus.bootstrap import Runtime
 from bus.status import record_status_update
 from schemas import open311_render as render
@@ -476,6 +477,31 @@ def test_c21_updates_in_a_time_range_in_json_and_xml(
     assert "U-range" not in [u["update_id"] for u in other]
     past = {"start_date": "2020-01-01T00:00:00Z", "end_date": "2020-01-02T00:00:00Z"}
     assert http.get("/servicerequestupdates.json", params=past).json() == []
+
+
+def test_c21_an_answer_holds_the_oldest_updates_of_its_window_up_to_its_limit(
+    http: httpx.Client, api_key: str, create: Create, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(open311_reads, "MAX_UPDATES", 2)
+    request_id = new_id(create)
+    start = datetime.now(UTC) - timedelta(hours=2)
+    for n in range(3):
+        at = (start + timedelta(minutes=n)).isoformat()
+        sent = post_update(
+            http, api_key, service_request_id=request_id, update_id=f"U-{n}", updated_datetime=at
+        )
+        assert sent.status_code == 200, sent.text
+    window = {"start_date": start.isoformat(), "end_date": datetime.now(UTC).isoformat()}
+    first = http.get("/servicerequestupdates.json", params=window).json()
+    assert [u["update_id"] for u in first] == ["U-0", "U-1"]
+    # Read on from the last one's time (it comes again: the start is inclusive).
+    on = {**window, "start_date": first[-1]["updated_datetime"]}
+    assert [u["update_id"] for u in http.get("/servicerequestupdates.json", params=on).json()] == [
+        "U-1",
+        "U-2",
+    ]
+    mine = {**window, "jurisdiction_id": SPRINGFIELD}
+    assert len(http.get("/servicerequestupdates.json", params=mine).json()) == 2
 
 
 def test_record_status_update_is_the_pollers_entry_point_too(
