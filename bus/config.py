@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas.model import Attribute, Service
 from schemas.yaml_keys import repeated_keys
@@ -128,6 +135,25 @@ class ApiConfig(_Strict):
     changeset: str = "2026-01-01T00:00:00Z"
     environment: str = Field(default="test", pattern="^(production|test)$")
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Web origins whose pages may call the API from a browser (CORS), e.g. a city's own "report
+    #: a problem" page: `https://www.springfield.example`, or `*` for any. None by default.
+    cors_origins: list[str] = []
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is no web origin: give scheme, host and port only, as a "
+                    "browser sends it (https://www.springfield.example, no path, no slash), "
+                    "or * for any"
+                )
+        return origins
+
+
+#: A browser's Origin header: scheme, host and an optional port, nothing after.
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 #: An adapter instance's name: part of its queues' names and of routing keys, where a dot

@@ -18,6 +18,7 @@ import anyio._core._fileio  # noqa: F401
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -82,6 +83,17 @@ def create_app(runtime: Runtime, *, intake_process: bool = False) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=runtime.config.api.max_body_bytes)
     app.add_middleware(HeadAsGet)
+    if runtime.config.api.cors_origins:
+        # Outermost, so that a browser's preflight is answered before anything else looks at
+        # it. No credentials: the API key travels in the form or query, never in a cookie.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=runtime.config.api.cors_origins,
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Content-Type", "Idempotency-Key", "X-Correlation-Id"],
+            expose_headers=["Idempotent-Replayed", "Retry-After"],
+            max_age=600,
+        )
     app.openapi = lambda: _openapi(app, ctx.catalogue.jurisdictions)  # type: ignore[method-assign]
     return app
 
