@@ -59,9 +59,11 @@ _PERSONAL_SUFFIXES = (
 # first and kept: it names a service account, and masking it would hide the host an operator
 # looks for. A URL's `user:password@` is not kept (its password is masked as before), except
 # the `***` SQLAlchemy writes in place of one.
+# Both bounded (a scheme of 32 characters, a local part of 64 as RFC 5321 allows): unbounded,
+# every start in a long run without an `@` scanned the rest of it, seconds for a crafted note.
 _EMAIL_OR_URL_USER = re.compile(
-    r"(?P<url_user>\b[A-Za-z][\w+.\-]*://[^\s/@:]+(?::\*\*\*)?@)"
-    r"|[\w.!#$%&'*+/=?^`{|}~\-]+@[\w\-]+(?:\.[\w\-]+)+"
+    r"(?P<url_user>\b[A-Za-z][\w+.\-]{0,31}://[^\s/@:]+(?::\*\*\*)?@)"
+    r"|[\w.!#$%&'*+/=?^`{|}~\-]{1,64}@[\w\-]+(?:\.[\w\-]+)+"
 )
 # A run of 7 to 15 digits, optionally led by "+", with single spaces, dots, dashes or
 # parentheses between groups; not glued to letters, digits or dashes (ids, UUIDs, hashes).
