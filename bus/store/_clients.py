@@ -26,14 +26,23 @@ def _client(row: Row[Any]) -> Client:
         jurisdiction=row.jurisdiction,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        may_post_updates=row.may_post_updates,
     )
 
 
-def add(conn: Connection, name: str, jurisdiction: str | None) -> tuple[Client, str]:
+def add(
+    conn: Connection, name: str, jurisdiction: str | None, *, may_post_updates: bool = False
+) -> tuple[Client, str]:
     key = secrets.token_urlsafe(32)
     row = conn.execute(
         api_clients.insert()
-        .values(name=name, key_hash=key_hash(key), jurisdiction=jurisdiction, created_at=utcnow())
+        .values(
+            name=name,
+            key_hash=key_hash(key),
+            jurisdiction=jurisdiction,
+            created_at=utcnow(),
+            may_post_updates=may_post_updates,
+        )
         .returning(*api_clients.c)
     ).one()
     return _client(row), key
@@ -78,5 +87,15 @@ def revoke(conn: Connection, name: str) -> bool:
         api_clients.update()
         .where(api_clients.c.name == name, api_clients.c.revoked_at.is_(None))
         .values(revoked_at=utcnow())
+    )
+    return bool(result.rowcount)
+
+
+def allow_updates(conn: Connection, name: str, allowed: bool) -> bool:
+    """Let the named active client post status updates, or stop it; False if there is none."""
+    result = conn.execute(
+        api_clients.update()
+        .where(api_clients.c.name == name, api_clients.c.revoked_at.is_(None))
+        .values(may_post_updates=allowed)
     )
     return bool(result.rowcount)

@@ -14,13 +14,15 @@ from schemas.model import Media, ServiceRequest, Status
 
 @dataclass(frozen=True)
 class Client:
-    """An API client (an app or partner) identified by a hashed key."""
+    """An API client (an app or partner) identified by a hashed key; `may_post_updates`: whether
+    it may post status updates (a back-office desk or partner system), not only create and read."""
 
     id: int
     name: str
     jurisdiction: str | None
     created_at: datetime
     revoked_at: datetime | None = None
+    may_post_updates: bool = False
 
 
 class OutboxEvent(NamedTuple):

@@ -219,9 +219,16 @@ class Store:
         return self._read(lambda conn: _watermarks.watermark(conn, instance))
 
     # --- API clients -----------------------------------------------------------------------
-    def add_client(self, name: str, jurisdiction: str | None = None) -> tuple[Client, str]:
-        """Create a client; returns it with its key, which is stored only hashed."""
-        return self._write(lambda tx: _clients.add(tx._session, name, jurisdiction))
+    def add_client(
+        self, name: str, jurisdiction: str | None = None, *, may_post_updates: bool = False
+    ) -> tuple[Client, str]:
+        """Create a client (allowed to post status updates only if `may_post_updates`); returns
+        it with its key, which is stored only hashed."""
+        return self._write(
+            lambda tx: _clients.add(
+                tx._session, name, jurisdiction, may_post_updates=may_post_updates
+            )
+        )
 
     def authenticate(self, key: str) -> Client | None:
         """The active client holding this key, or None."""
@@ -233,6 +240,11 @@ class Store:
     def revoke_client(self, name: str) -> bool:
         """Revoke the named client's key; False if no active client has that name."""
         return self._write(lambda tx: _clients.revoke(tx._session, name))
+
+    def allow_client_updates(self, name: str, allowed: bool) -> bool:
+        """Let the named client post status updates (or stop it), from its next update on;
+        False if no active client has that name."""
+        return self._write(lambda tx: _clients.allow_updates(tx._session, name, allowed))
 
     # --- outbox (the relay's side) ---------------------------------------------------------
     def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:

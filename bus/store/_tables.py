@@ -192,6 +192,9 @@ api_clients = sa.Table(
     sa.Column("jurisdiction", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    # Whether the key may post status updates (POST /servicerequestupdates), not only create
+    # and read. Not by default: a resident app's key must not close other residents' requests.
+    sa.Column("may_post_updates", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 
 idempotency_keys = sa.Table(

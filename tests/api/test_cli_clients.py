@@ -1,4 +1,5 @@
-"""`civicbus clients add|list|revoke`: a key is printed once and works on the API until revoked."""
+"""`civicbus clients add|list|revoke|allow-updates|deny-updates`: a key is printed once and works
+on the API until revoked; only a client allowed to may post status updates."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def test_clients_add_prints_the_key_once_and_list_and_revoke(cli_env: str) -> No
         client = store.authenticate(key)
         assert client is not None and client.jurisdiction == "springfield.example"
         listed = runner.invoke(app, ["clients", "list"])
-        assert listed.stdout.splitlines()[0] == "NAME\tJURISDICTION\tCREATED\tSTATE"
+        assert listed.stdout.splitlines()[0] == "NAME\tJURISDICTION\tCREATED\tSTATE\tUPDATES"
         assert "fixmyapp\tspringfield.example" in listed.stdout
+        assert listed.stdout.splitlines()[1].endswith("\tactive\tno")
         assert key not in listed.stdout
         assert runner.invoke(app, ["clients", "revoke", "fixmyapp"]).exit_code == 0
         assert store.authenticate(key) is None
@@ -63,5 +65,58 @@ def test_clients_add_refuses_two_jurisdictions_rather_than_keep_the_last(cli_env
     store = Store.open(cli_env)
     try:
         assert [c.name for c in store.list_clients()] == []  # no key made for half of it
+    finally:
+        store.close()
+
+
+def _updates_column(runner: CliRunner) -> dict[str, str]:
+    listed = runner.invoke(app, ["clients", "list"])
+    assert listed.exit_code == 0, listed.output
+    return {line.split("\t")[0]: line.split("\t")[-1] for line in listed.stdout.splitlines()[1:]}
+
+
+def test_only_a_client_added_with_updates_may_post_status_updates(cli_env: str) -> None:
+    runner = CliRunner()
+    resident = runner.invoke(app, ["clients", "add", "resident-app"])
+    desk = runner.invoke(app, ["clients", "add", "roads-desk", "--updates"])
+    assert resident.exit_code == desk.exit_code == 0, resident.output + desk.output
+    assert "not post status updates (--updates)" in resident.stderr
+    assert "and post status updates" in desk.stderr
+
+    assert _updates_column(runner) == {"resident-app": "no", "roads-desk": "yes"}
+    store = Store.open(cli_env)
+    try:
+        for added, may in ((resident, False), (desk, True)):
+            client = store.authenticate(added.stdout.strip().splitlines()[0])
+            assert client is not None and client.may_post_updates is may
+    finally:
+        store.close()
+
+
+def test_allow_and_deny_updates_change_an_existing_client(cli_env: str) -> None:
+    runner = CliRunner()
+    key = runner.invoke(app, ["clients", "add", "partner"]).stdout.strip().splitlines()[0]
+
+    allowed = runner.invoke(app, ["clients", "allow-updates", "partner"])
+    assert allowed.exit_code == 0, allowed.output
+    assert allowed.stdout == "client 'partner' may post status updates\n"
+    assert _updates_column(runner) == {"partner": "yes"}
+    store = Store.open(cli_env)
+    try:
+        client = store.authenticate(key)
+        assert client is not None and client.may_post_updates
+        denied = runner.invoke(app, ["clients", "deny-updates", "partner"])
+        assert denied.exit_code == 0, denied.output
+        assert denied.stdout == "client 'partner' may no longer post status updates\n"
+        client = store.authenticate(key)
+        assert client is not None and not client.may_post_updates
+        assert _updates_column(runner) == {"partner": "no"}
+
+        for command in ("allow-updates", "deny-updates"):
+            unknown = runner.invoke(app, ["clients", command, "nobody"])
+            assert unknown.exit_code == 1 and "no active client named 'nobody'" in unknown.stderr
+        assert runner.invoke(app, ["clients", "revoke", "partner"]).exit_code == 0
+        revoked = runner.invoke(app, ["clients", "allow-updates", "partner"])
+        assert revoked.exit_code == 1 and "no active client named 'partner'" in revoked.stderr
     finally:
         store.close()

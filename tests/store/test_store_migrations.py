@@ -161,3 +161,41 @@ def test_0008_dates_each_request_changed_as_it_read_before_the_upgrade(store_url
     with store._engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     store.close()
+
+
+def test_0009_clients_made_before_it_may_still_post_updates_and_new_ones_may_not(
+    store_url: str,
+) -> None:
+    store = Store.open(store_url)
+    before, before_key = store.add_client("running-partner")
+    store.add_client("old-resident-app")
+    store.revoke_client("old-resident-app")
+    with store._writer.begin() as conn:
+        conn.exec_driver_sql(
+            f"INSERT INTO idempotency_keys (client_id, key, response, created_at) "
+            f"VALUES ({before.id}, 'k-1', '{{}}', CURRENT_TIMESTAMP)"
+        )
+        command.downgrade(alembic_config(conn), "0008")
+    store.upgrade()
+
+    # A back office posting updates before the upgrade keeps working after it.
+    kept = store.authenticate(before_key)
+    assert kept is not None and kept.may_post_updates
+    assert {c.name: c.may_post_updates for c in store.list_clients()} == {
+        "running-partner": True,
+        "old-resident-app": True,
+    }
+    new, _ = store.add_client("new-app")
+    assert not new.may_post_updates
+    with store._engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+    # Down again: the column goes, the clients and their Idempotency-Keys stay.
+    with store._writer.begin() as conn:
+        command.downgrade(alembic_config(conn), "0008")
+    with store._engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT name FROM api_clients ORDER BY id").all()
+        assert [r.name for r in rows] == ["running-partner", "old-resident-app", "new-app"]
+        assert conn.exec_driver_sql("SELECT count(*) FROM idempotency_keys").scalar() == 1
+    store.upgrade()
+    store.close()
