@@ -5,6 +5,9 @@ process). That is caught where it matters: the group commit checks every member'
 inside the transaction that writes its request (`bus.intake.write_batch`), so a revoked key
 never creates anything, with no delay, and its entry is dropped then. Only keys that
 authenticated are kept; an unknown key is looked up every time, so a new client works at once.
+Status updates do not use the cache: they read their client from the store each time, so a
+revocation, or a permission to post updates taken away (`civicbus clients deny-updates`), holds
+from the next update on.
 """
 
 from __future__ import annotations

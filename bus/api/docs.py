@@ -179,6 +179,9 @@ CREATE_ERRORS = {
 
 #: The errors only the status update method answers with, beyond every method's.
 UPDATE_ERRORS = {
+    403: "api_key missing, invalid or revoked, not valid for the request's jurisdiction, or not "
+    "allowed to post status updates (`civicbus clients add --updates` or "
+    "`civicbus clients allow-updates NAME` grants it)",
     409: "the update_id was already recorded for the request with other content, or the request "
     "holds the most status updates civicbus keeps (1,000)",
 }

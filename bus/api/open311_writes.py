@@ -318,7 +318,12 @@ def _record_update(
 ) -> list[dict[str, object]]:
     """Record a pushed update; `correlation_id` (X-Correlation-Id) goes with its events, as a
     create's does (the request's id when absent)."""
+    # Read from the store on every update, never from the cache creates use: a revocation or
+    # a permission taken away holds from the next update on, in every API process.
     client = ctx.authenticate(first(form, "api_key"), None)
+    if not client.may_post_updates:
+        # Before the form is read: such a key does not learn which request ids exist either.
+        raise Open311Problem(403, _updates_not_allowed(client.name))
     if correlation_id is not None and (problem := _correlation_id_problem(correlation_id)):
         raise Open311Problem(400, problem)
     # Optional, the request id naming the request anyway (as on GET); unknown is a 404 (C-06).
@@ -359,3 +364,11 @@ def _record_update(
         ) from None
     # A repeated update_id is harmless (C-22): the same answer, nothing recorded twice.
     return render.updates([update])
+
+
+def _updates_not_allowed(name: str) -> str:
+    return (
+        f"api_key may not post status updates: client {name!r} may create and read requests "
+        f"only; an operator of this civicbus grants it with `civicbus clients allow-updates "
+        f"{name}`"
+    )

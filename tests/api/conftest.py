@@ -111,8 +111,15 @@ def http(server: LiveServer) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def api_key(runtime: Runtime) -> str:
-    """A key of a client allowed in every jurisdiction."""
+    """A key of a client allowed in every jurisdiction, as a resident app's: it may create and
+    read requests, not post status updates."""
     return runtime.store.add_client("test-app")[1]
+
+
+@pytest.fixture(scope="module")
+def desk_key(runtime: Runtime) -> str:
+    """A key of a back-office desk allowed in every jurisdiction: it may post status updates."""
+    return runtime.store.add_client("test-desk", may_post_updates=True)[1]
 
 
 def pothole_form(api_key: str, /, **fields: str | list[str]) -> dict[str, str | list[str]]:

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def pg_api(postgres_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, str, Runtime]]:
     runtime = make_runtime(postgres_url, tmp_path / "media")
-    _, key = runtime.store.add_client("pg-app")
+    # Creates and posts updates, as a back-office desk's key may.
+    _, key = runtime.store.add_client("pg-app", may_post_updates=True)
     with (
         LiveServer(create_app(runtime)) as live,
         httpx.Client(base_url=f"{live.url}/open311/v2", timeout=10) as client,
@@ -91,6 +92,28 @@ def test_api_round_trip_on_postgresql(pg_api: tuple[httpx.Client, str, Runtime])
     token = batch.json()[0]["token"]
     (resolved,) = http.get(f"/tokens/{token}.json", params={"jurisdiction_id": SHELBYVILLE}).json()
     assert resolved["service_request_id"]
+
+
+def test_c22_only_a_key_allowed_to_post_updates_may_on_postgresql(
+    pg_api: tuple[httpx.Client, str, Runtime],
+) -> None:
+    http, _, runtime = pg_api
+    _, resident = runtime.store.add_client("pg-resident-app")
+    created = http.post("/requests.json", data=pothole_form(resident))
+    assert created.status_code == 200, created.text
+    update = {
+        "api_key": resident,
+        "service_request_id": created.json()[0]["service_request_id"],
+        "update_id": "pg-resident-1",
+        "status": "CLOSED",
+        "updated_datetime": datetime.now(UTC).isoformat(),
+    }
+    refused = http.post("/servicerequestupdates.json", data=update)
+    assert refused.status_code == 403
+    assert "may not post status updates" in refused.json()[0]["description"]
+
+    assert runtime.store.allow_client_updates("pg-resident-app", True) is True
+    assert http.post("/servicerequestupdates.json", data=update).status_code == 200
 
 
 def test_c22_an_update_id_repeated_with_other_content_is_409_on_postgresql(

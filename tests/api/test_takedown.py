@@ -149,13 +149,13 @@ def polled(http: httpx.Client, after: datetime) -> dict[str, str]:
 
 
 def test_a_take_down_is_read_by_updated_after_polls_and_a_later_update_still_applies(
-    http: httpx.Client, api_key: str, runtime: Runtime
+    http: httpx.Client, api_key: str, desk_key: str, runtime: Runtime
 ) -> None:
     request_id = post(http, api_key)
 
     def status_update(update_id: str, status: str, at: datetime) -> None:
         form = {
-            "api_key": api_key,
+            "api_key": desk_key,
             "service_request_id": request_id,
             "update_id": update_id,
             "status": status,

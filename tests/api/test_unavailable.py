@@ -87,7 +87,7 @@ def test_c07_a_read_only_postgresql_gives_503_with_retry_after(
     default_transaction_read_only): writes fail with SQLSTATE 25006, which psycopg raises as
     an InternalError, not as the OperationalError of a lost connection."""
     runtime = make_runtime(postgres_url, tmp_path / "media")
-    _, key = runtime.store.add_client("ro-app")
+    _, key = runtime.store.add_client("ro-app", may_post_updates=True)
     try:
         with LiveServer(create_app(runtime)) as live:
             url = f"{live.url}/open311/v2"

@@ -16,7 +16,7 @@ from bus.status import record_status_update
 from schemas import open311_render as render
 from schemas.events import EventType
 from schemas.model import Status, StatusUpdate
-from tests.api.conftest import SHELBYVILLE, SPRINGFIELD
+from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, pothole_form
 
 Create = Callable[..., httpx.Response]
 
@@ -45,10 +45,12 @@ def post_update(
 
 
 def test_c22_posted_update_changes_status_history_and_emits_events(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
-    response = post_update(http, api_key, service_request_id=request_id, external_status_code="WIP")
+    response = post_update(
+        http, desk_key, service_request_id=request_id, external_status_code="WIP"
+    )
     assert response.status_code == 200, response.text
     (doc,) = response.json()
     assert doc["update_id"] == "U-1" and doc["status"] == "IN_PROGRESS"
@@ -70,13 +72,13 @@ def test_c22_posted_update_changes_status_history_and_emits_events(
 
 
 def test_c22_repeating_an_update_id_is_harmless(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
     # The same update sent twice, its time included (a different time is other content).
     fields = {"update_id": "same", "updated_datetime": datetime.now(UTC).isoformat()}
-    first = post_update(http, api_key, service_request_id=request_id, **fields)
-    again = post_update(http, api_key, service_request_id=request_id, **fields)
+    first = post_update(http, desk_key, service_request_id=request_id, **fields)
+    again = post_update(http, desk_key, service_request_id=request_id, **fields)
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json()
     stored = runtime.store.get_request(request_id)
@@ -88,23 +90,23 @@ def test_c22_repeating_an_update_id_is_harmless(
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
 def test_c22_repeating_an_update_id_with_other_content_is_409_and_records_nothing(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime, fmt: str
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime, fmt: str
 ) -> None:
     request_id = new_id(create)
     at = datetime.now(UTC).replace(microsecond=0)
     fields = {"service_request_id": request_id, "update_id": "U-409", "status": "CLOSED"}
-    closed = post_update(http, api_key, fmt, **fields, updated_datetime=at.isoformat())
+    closed = post_update(http, desk_key, fmt, **fields, updated_datetime=at.isoformat())
     assert closed.status_code == 200, closed.text
 
     # An exact repeat still answers as before, whatever zone its time is written in.
     paris = timezone(timedelta(hours=1))
     again = post_update(
-        http, api_key, fmt, **fields, updated_datetime=at.astimezone(paris).isoformat()
+        http, desk_key, fmt, **fields, updated_datetime=at.astimezone(paris).isoformat()
     )
     assert again.status_code == 200, again.text
 
     reopen = post_update(
-        http, api_key, fmt, **{**fields, "status": "REOPEN"}, updated_datetime=at.isoformat()
+        http, desk_key, fmt, **{**fields, "status": "REOPEN"}, updated_datetime=at.isoformat()
     )
     assert reopen.status_code == 409
     expected = (
@@ -126,7 +128,7 @@ def test_c22_repeating_an_update_id_with_other_content_is_409_and_records_nothin
         {"updated_datetime": at.isoformat(), "description": "other words"},
         {"updated_datetime": at.isoformat(), "media_url": "https://example.org/x.jpg"},
     ):
-        assert post_update(http, api_key, fmt, **{**fields, **change}).status_code == 409
+        assert post_update(http, desk_key, fmt, **{**fields, **change}).status_code == 409
 
     stored = runtime.store.get_request(request_id)
     assert stored is not None and stored.status is Status.CLOSED
@@ -136,25 +138,84 @@ def test_c22_repeating_an_update_id_with_other_content_is_409_and_records_nothin
 
 
 def test_c22_an_update_id_repeated_as_the_current_status_without_notes_is_still_409(
-    http: httpx.Client, api_key: str, create: Create
+    http: httpx.Client, desk_key: str, create: Create
 ) -> None:
     request_id = new_id(create)
-    first = post_update(http, api_key, service_request_id=request_id, update_id="U-a")
+    first = post_update(http, desk_key, service_request_id=request_id, update_id="U-a")
     later = post_update(
-        http, api_key, service_request_id=request_id, update_id="U-b", status="CLOSED"
+        http, desk_key, service_request_id=request_id, update_id="U-b", status="CLOSED"
     )
     assert first.status_code == later.status_code == 200
     # U-a again, as the CLOSED the request now has, with no description: says nothing new,
     # yet U-a was recorded as IN_PROGRESS with a description.
     again = post_update(
         http,
-        api_key,
+        desk_key,
         service_request_id=request_id,
         update_id="U-a",
         status="CLOSED",
         description="",
     )
     assert again.status_code == 409, again.text
+
+
+NOT_ALLOWED = (
+    "api_key may not post status updates: client 'test-app' may create and read requests "
+    "only; an operator of this civicbus grants it with `civicbus clients allow-updates test-app`"
+)
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_c22_a_key_not_allowed_to_post_updates_is_403_saying_how_to_grant_it(
+    http: httpx.Client, api_key: str, create: Create, runtime: Runtime, fmt: str
+) -> None:
+    request_id = new_id(create)
+    before = runtime.store.get_request(request_id)
+
+    refused = post_update(http, api_key, fmt, service_request_id=request_id, status="CLOSED")
+
+    assert refused.status_code == 403
+    if fmt == "json":
+        assert refused.json() == [{"code": 403, "description": NOT_ALLOWED}]
+    else:
+        root = SafeET.fromstring(refused.content)
+        assert [(e.findtext("code"), e.findtext("description")) for e in root] == [
+            ("403", NOT_ALLOWED)
+        ]
+    assert runtime.store.get_request(request_id) == before  # not closed, no note
+    # Refused before the request is looked up: such a key does not learn which ids exist.
+    unknown = post_update(http, api_key, fmt, service_request_id="01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert unknown.status_code == 403
+    # Creating and reading are unchanged for it.
+    assert create().status_code == 200
+    read = http.get(f"/requests/{request_id}.{fmt}", params={"jurisdiction_id": SPRINGFIELD})
+    assert read.status_code == 200
+
+
+def test_c22_a_change_of_update_permission_holds_from_the_next_update(
+    http: httpx.Client, create: Create, runtime: Runtime
+) -> None:
+    _, key = runtime.store.add_client("changing-desk", may_post_updates=True)
+    request_id = new_id(create)
+    # A create remembers the client in the API's cache: updates must not go by that copy.
+    created = http.post(
+        "/requests.json", data={**pothole_form(key), "description": "via the desk's key"}
+    )
+    assert created.status_code == 200, created.text
+
+    def update(n: int) -> httpx.Response:
+        return post_update(http, key, service_request_id=request_id, update_id=f"U-perm-{n}")
+
+    assert update(1).status_code == 200
+    assert runtime.store.allow_client_updates("changing-desk", False) is True
+    denied = update(2)
+    assert denied.status_code == 403 and "may not post status updates" in denied.text
+    assert http.post("/requests.json", data=pothole_form(key)).status_code == 200
+    assert runtime.store.allow_client_updates("changing-desk", True) is True
+    assert update(3).status_code == 200
+    request = runtime.store.get_request(request_id)
+    assert request is not None
+    assert [n.update_id for n in request.history if n.update_id] == ["U-perm-1", "U-perm-3"]
 
 
 def test_c22_the_409_of_a_conflicting_update_is_in_the_openapi_document(
@@ -164,16 +225,20 @@ def test_c22_the_409_of_a_conflicting_update_is_in_the_openapi_document(
     operation = document["paths"]["/open311/v2/servicerequestupdates.{fmt}"]["post"]
     assert "409" in operation["responses"]
     assert "application/json" in operation["responses"]["409"]["content"]
+    # As is a 403 for a key not allowed to post updates, and how it is granted.
+    forbidden = operation["responses"]["403"]["description"]
+    assert "not allowed to post status updates" in forbidden
+    assert "civicbus clients allow-updates NAME" in forbidden
 
 
 def test_c22_an_update_older_than_the_current_status_is_history_only(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
     now = datetime.now(UTC)
     current = post_update(
         http,
-        api_key,
+        desk_key,
         service_request_id=request_id,
         update_id="u1",
         updated_datetime=now.isoformat(),
@@ -181,7 +246,7 @@ def test_c22_an_update_older_than_the_current_status_is_history_only(
     late_at = now - timedelta(minutes=30)
     late = post_update(
         http,
-        api_key,
+        desk_key,
         service_request_id=request_id,
         update_id="u6",
         status="CLOSED",
@@ -227,12 +292,12 @@ def test_c22_an_update_older_than_the_current_status_is_history_only(
 
 
 def test_c22_the_current_status_with_a_new_description_publishes_noted_not_status_changed(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
-    first = post_update(http, api_key, service_request_id=request_id, update_id="U-a")
+    first = post_update(http, desk_key, service_request_id=request_id, update_id="U-a")
     again = post_update(
-        http, api_key, service_request_id=request_id, update_id="U-b", description="crew on site"
+        http, desk_key, service_request_id=request_id, update_id="U-b", description="crew on site"
     )
     assert first.status_code == again.status_code == 200, again.text
 
@@ -255,11 +320,11 @@ def test_c22_the_current_status_with_a_new_description_publishes_noted_not_statu
 
 
 def test_c23_closing_status_is_closed_in_core_and_emits_closed_event(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
     response = post_update(
-        http, api_key, service_request_id=request_id, status="FIXED", update_id="U-fix"
+        http, desk_key, service_request_id=request_id, status="FIXED", update_id="U-fix"
     )
     assert response.status_code == 200, response.text
     (read,) = http.get(
@@ -278,14 +343,18 @@ def test_c23_closing_status_is_closed_in_core_and_emits_closed_event(
     ]
 
 
-def test_c22_update_errors(http: httpx.Client, api_key: str, create: Create) -> None:
+def test_c22_update_errors(http: httpx.Client, desk_key: str, create: Create) -> None:
     request_id = new_id(create)
     no_key = post_update(http, "", service_request_id=request_id)
     assert no_key.status_code == 403
-    unknown = post_update(http, api_key, service_request_id="01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    unknown = post_update(http, desk_key, service_request_id="01ARZ3NDEKTSV4RRFFQ69G5FAV")
     assert unknown.status_code == 404
     bad = post_update(
-        http, api_key, service_request_id=request_id, status="MELTED", updated_datetime="2026-01-01"
+        http,
+        desk_key,
+        service_request_id=request_id,
+        status="MELTED",
+        updated_datetime="2026-01-01",
     )
     assert bad.status_code == 400
     texts = [e["description"] for e in bad.json()]
@@ -298,10 +367,10 @@ def test_c22_update_errors(http: httpx.Client, api_key: str, create: Create) -> 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
 def test_c22_an_update_sent_as_json_is_415_naming_the_form_types(
-    http: httpx.Client, api_key: str, create: Create, fmt: str
+    http: httpx.Client, desk_key: str, create: Create, fmt: str
 ) -> None:
     update = {
-        "api_key": api_key,
+        "api_key": desk_key,
         "service_request_id": new_id(create),
         "update_id": "U-json",
         "status": "CLOSED",
@@ -321,12 +390,12 @@ def test_c22_an_update_sent_as_json_is_415_naming_the_form_types(
 
 
 def test_c22_an_update_dated_in_the_future_is_400_and_a_little_clock_drift_is_not(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
     future = post_update(
         http,
-        api_key,
+        desk_key,
         service_request_id=request_id,
         update_id="U-2099",
         updated_datetime="2099-01-01T00:00:00Z",
@@ -343,7 +412,7 @@ def test_c22_an_update_dated_in_the_future_is_400_and_a_little_clock_drift_is_no
     drifted = datetime.now(UTC) + timedelta(minutes=5)
     ahead = post_update(
         http,
-        api_key,
+        desk_key,
         service_request_id=request_id,
         update_id="U-drift",
         updated_datetime=drifted.isoformat(),
@@ -352,13 +421,13 @@ def test_c22_an_update_dated_in_the_future_is_400_and_a_little_clock_drift_is_no
 
 
 def test_c07_an_update_dated_year_one_is_400_not_500(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     # Not in the future, so it passed the form's checks; in UTC it is year 0, which no
     # datetime can hold, and storing it crashed.
     request_id = new_id(create)
     response = post_update(
-        http, api_key, service_request_id=request_id, updated_datetime="0001-01-01T00:00:00+01:00"
+        http, desk_key, service_request_id=request_id, updated_datetime="0001-01-01T00:00:00+01:00"
     )
     assert response.status_code == 400, response.text
     (error,) = response.json()
@@ -378,11 +447,11 @@ def test_c07_update_queries_near_the_ends_of_the_calendar_are_400_not_500(
 
 
 def test_c06_an_update_naming_an_unknown_jurisdiction_is_404_and_records_nothing(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
     response = post_update(
-        http, api_key, service_request_id=request_id, jurisdiction_id="nowhere.example"
+        http, desk_key, service_request_id=request_id, jurisdiction_id="nowhere.example"
     )
     assert response.status_code == 404, response.text
     assert "jurisdiction_id 'nowhere.example' is not served here" in response.text
@@ -391,11 +460,11 @@ def test_c06_an_update_naming_an_unknown_jurisdiction_is_404_and_records_nothing
 
 
 def test_c06_an_update_naming_another_jurisdiction_than_the_requests_is_not_found(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)  # a Springfield request
     elsewhere = post_update(
-        http, api_key, service_request_id=request_id, jurisdiction_id=SHELBYVILLE
+        http, desk_key, service_request_id=request_id, jurisdiction_id=SHELBYVILLE
     )
     assert elsewhere.status_code == 404, elsewhere.text
     assert elsewhere.json() == [
@@ -403,7 +472,7 @@ def test_c06_an_update_naming_another_jurisdiction_than_the_requests_is_not_foun
     ]
     stored = runtime.store.get_request(request_id)
     assert stored is not None and stored.history == ()
-    here = post_update(http, api_key, service_request_id=request_id, jurisdiction_id=SPRINGFIELD)
+    here = post_update(http, desk_key, service_request_id=request_id, jurisdiction_id=SPRINGFIELD)
     assert here.status_code == 200, here.text
 
 
@@ -411,11 +480,11 @@ def test_c06_an_update_naming_another_jurisdiction_than_the_requests_is_not_foun
     "field", ["description", "update_id", "service_request_id", "external_status_code", "media_url"]
 )
 def test_c22_a_nul_character_in_an_update_is_refused(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime, field: str
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime, field: str
 ) -> None:
     request_id = new_id(create)
     value = "https://example.org/a\x00b" if field == "media_url" else "a\x00b"
-    response = post_update(http, api_key, **{"service_request_id": request_id, field: value})
+    response = post_update(http, desk_key, **{"service_request_id": request_id, field: value})
     assert response.status_code == 400
     assert [e["description"] for e in response.json()] == [f"{field}: contains control characters"]
     stored = runtime.store.get_request(request_id)
@@ -423,18 +492,18 @@ def test_c22_a_nul_character_in_an_update_is_refused(
 
 
 def test_c22_an_updates_media_url_of_up_to_4096_characters_is_kept(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     # A pre-signed S3 URL with a session token runs past 1,000 characters.
     head = "https://bucket.s3.eu-west-1.amazonaws.com/fixed.jpg?X-Amz-Security-Token="
     url = head + "A" * (4096 - len(head))
     request_id = new_id(create)
-    response = post_update(http, api_key, service_request_id=request_id, media_url=url)
+    response = post_update(http, desk_key, service_request_id=request_id, media_url=url)
     assert response.status_code == 200, response.text
     stored = runtime.store.get_request(request_id)
     assert stored is not None and stored.history[-1].media_url == url
     longer = post_update(
-        http, api_key, service_request_id=request_id, update_id="U-2", media_url=url + "A"
+        http, desk_key, service_request_id=request_id, update_id="U-2", media_url=url + "A"
     )
     assert [e["description"] for e in longer.json()] == ["media_url: longer than 4,096 characters"]
 
@@ -442,16 +511,17 @@ def test_c22_an_updates_media_url_of_up_to_4096_characters_is_kept(
 def test_c22_partner_bound_to_another_jurisdiction_cannot_update(
     http: httpx.Client, create: Create, runtime: Runtime
 ) -> None:
-    _, key = runtime.store.add_client("shelby-partner", SHELBYVILLE)
+    _, key = runtime.store.add_client("shelby-partner", SHELBYVILLE, may_post_updates=True)
     response = post_update(http, key, service_request_id=new_id(create))
     assert response.status_code == 403
+    assert "not valid for jurisdiction springfield.example" in response.text
 
 
 def test_c21_updates_in_a_time_range_in_json_and_xml(
-    http: httpx.Client, api_key: str, create: Create
+    http: httpx.Client, desk_key: str, create: Create
 ) -> None:
     request_id = new_id(create)
-    post_update(http, api_key, service_request_id=request_id, update_id="U-range")
+    post_update(http, desk_key, service_request_id=request_id, update_id="U-range")
     now = datetime.now(UTC)
     params = {
         "start_date": (now - timedelta(minutes=5)).isoformat(),
@@ -527,7 +597,7 @@ def test_record_status_update_is_the_pollers_entry_point_too(
 
 
 def test_polling_updated_after_finds_an_update_its_sender_dated_before_the_last_poll(
-    http: httpx.Client, api_key: str, create: Create
+    http: httpx.Client, desk_key: str, create: Create
 ) -> None:
     # A partner whose clock runs an hour behind civicbus's: its update is dated before a time
     # an Open311 client has already polled past, and the client must still be told.
@@ -546,7 +616,7 @@ def test_polling_updated_after_finds_an_update_its_sender_dated_before_the_last_
 
     an_hour_behind = datetime.now(UTC) - timedelta(hours=1)
     sent = post_update(
-        http, api_key, service_request_id=request_id, updated_datetime=an_hour_behind.isoformat()
+        http, desk_key, service_request_id=request_id, updated_datetime=an_hour_behind.isoformat()
     )
     assert sent.status_code == 200, sent.text
 
@@ -562,15 +632,15 @@ def test_polling_updated_after_finds_an_update_its_sender_dated_before_the_last_
 
 
 def test_a_pushed_updates_x_correlation_id_goes_with_its_events_as_a_creates_does(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     request_id = new_id(create)
     fields = {"service_request_id": request_id, "update_id": "desk-7", "status": "closed"}
-    refused = post_update(http, api_key, headers={"X-Correlation-Id": "Zed Quorn"}, **fields)
+    refused = post_update(http, desk_key, headers={"X-Correlation-Id": "Zed Quorn"}, **fields)
     assert refused.status_code == 400
     assert refused.json()[0]["description"].startswith("X-Correlation-Id: must be 1 to 128")
 
-    sent = post_update(http, api_key, headers={"X-Correlation-Id": "desk-ticket-7"}, **fields)
+    sent = post_update(http, desk_key, headers={"X-Correlation-Id": "desk-ticket-7"}, **fields)
     assert sent.status_code == 200, sent.text
     events = [r.envelope for r in runtime.store.pending_outbox(10_000)]
     mine = [e for e in events if e.subject == request_id and e.type is not EventType.CREATED]
@@ -579,7 +649,7 @@ def test_a_pushed_updates_x_correlation_id_goes_with_its_events_as_a_creates_doe
 
 
 def test_an_updated_datetime_whose_plus_was_left_unencoded_in_the_form_is_read_as_plus(
-    http: httpx.Client, api_key: str, create: Create, runtime: Runtime
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
 ) -> None:
     # `curl -d updated_datetime=...+05:00` sends the '+' as it is, which a form decodes as a
     # space; read as no zone it was refused, read as '-' it would be ten hours off.
@@ -588,7 +658,7 @@ def test_an_updated_datetime_whose_plus_was_left_unencoded_in_the_form_is_read_a
     as_sent = at.isoformat(timespec="seconds")
     assert as_sent.endswith("+05:00")
     body = (
-        f"api_key={api_key}&service_request_id={request_id}&update_id=plus-1"
+        f"api_key={desk_key}&service_request_id={request_id}&update_id=plus-1"
         f"&status=IN_PROGRESS&updated_datetime={as_sent}"
     )
     form = {"Content-Type": "application/x-www-form-urlencoded"}

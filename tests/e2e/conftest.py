@@ -145,6 +145,13 @@ def api_key(city: SandboxCity) -> str:
 
 
 @pytest.fixture(scope="module")
+def desk_key(city: SandboxCity) -> str:
+    """The key of a back-office desk bound to no jurisdiction, allowed to post status updates."""
+    done = city.cli("clients", "add", "e2e-desk", "--updates")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
 def subscription(city: SandboxCity, webhook: WebhookReceiver) -> str:
     """A back-office system subscribed to every request event, before anything is posted."""
     done = city.cli(

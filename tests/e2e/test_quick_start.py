@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import smtplib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -150,3 +151,29 @@ def _readme_example(env: dict[str, str], cwd: Path, explain: Callable[[], str]) 
     wait_until(
         submitted, timeout=STARTUP_TIMEOUT, what=f"{request_id} to reach sap-roads", explain=explain
     )
+
+    # "reports a status with POST /servicerequestupdates": with the desk's key, not the app's.
+    update = {
+        "service_request_id": request_id,
+        "update_id": "desk-42",
+        "status": "closed",
+        "updated_datetime": datetime.now(UTC).isoformat(),
+        "description": "Filled this morning",
+    }
+    refused = httpx.post(
+        f"{base}/servicerequestupdates.json", data={**update, "api_key": key}, timeout=10
+    )
+    assert refused.status_code == 403, refused.text
+    assert "civicbus clients allow-updates my-app" in refused.text
+    done = run_cli(
+        ["clients", "add", "roads-desk", "--jurisdiction", "springfield.example", "--updates"],
+        env=env,
+        cwd=cwd,
+    )
+    desk_key = done.stdout.strip().splitlines()[-1]
+    closed = httpx.post(
+        f"{base}/servicerequestupdates.json", data={**update, "api_key": desk_key}, timeout=10
+    )
+    assert closed.status_code == 200, closed.text
+    read = httpx.get(f"{base}/requests/{request_id}.json", params=params, timeout=10)
+    assert read.json()[0]["status"] == "closed", read.text

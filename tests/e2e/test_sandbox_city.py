@@ -584,12 +584,12 @@ def test_a_status_change_in_the_back_end_shows_up_in_open311(
 
 
 def test_the_email_department_reports_progress_through_servicerequestupdates(
-    city: SandboxCity, posted: dict[str, Posted], api: httpx.Client, api_key: str
+    city: SandboxCity, posted: dict[str, Posted], api: httpx.Client, api_key: str, desk_key: str
 ) -> None:
     email_instances = [n for n, i in city.config["instances"].items() if i["kind"] == "email"]
     item = _first_routed_to(posted, email_instances[0])
     form = {
-        "api_key": api_key,
+        "api_key": desk_key,
         "jurisdiction_id": item.jurisdiction,
         "service_request_id": item.request_id,
         "update_id": f"desk-{item.request_id}-1",
@@ -597,6 +597,9 @@ def test_the_email_department_reports_progress_through_servicerequestupdates(
         "updated_datetime": datetime.now(UTC).isoformat(),
         "description": "Cleaned by the sanitation crew.",
     }
+    # The residents' app may not close the department's request; the department's desk may.
+    refused = api.post("/servicerequestupdates.json", data={**form, "api_key": api_key})
+    assert refused.status_code == 403, refused.text
     first = api.post("/servicerequestupdates.json", data=form)
     assert first.status_code == 200, first.text
     again = api.post("/servicerequestupdates.json", data=form)
