@@ -550,7 +550,7 @@ def test_c21_updates_in_a_time_range_in_json_and_xml(
 
 
 def test_c21_an_answer_holds_the_oldest_updates_of_its_window_up_to_its_limit(
-    http: httpx.Client, api_key: str, create: Create, monkeypatch: pytest.MonkeyPatch
+    http: httpx.Client, desk_key: str, create: Create, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(open311_reads, "MAX_UPDATES", 2)
     request_id = new_id(create)
@@ -558,7 +558,7 @@ def test_c21_an_answer_holds_the_oldest_updates_of_its_window_up_to_its_limit(
     for n in range(3):
         at = (start + timedelta(minutes=n)).isoformat()
         sent = post_update(
-            http, api_key, service_request_id=request_id, update_id=f"U-{n}", updated_datetime=at
+            http, desk_key, service_request_id=request_id, update_id=f"U-{n}", updated_datetime=at
         )
         assert sent.status_code == 200, sent.text
     window = {"start_date": start.isoformat(), "end_date": datetime.now(UTC).isoformat()}
