@@ -23,10 +23,11 @@ from tests.api.conftest import (
     make_runtime,
     pothole_form,
 )
+from tests.media_files import jpeg, png
 
 Create = Callable[..., httpx.Response]
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+PNG = png(b"create")
+JPEG = jpeg(b"create")
 
 
 @pytest.fixture(scope="module", params=["event loop", "writer process"])

@@ -3,70 +3,55 @@ picture's own bytes unchanged; files whose structure cannot be followed are kept
 
 from __future__ import annotations
 
-import struct
 import zlib
 from pathlib import Path
 
 from bus.api.media import MediaStore
 from bus.api.media_metadata import without_metadata
+from tests.media_files import (
+    EOI,
+    IEND,
+    IHDR,
+    JFIF,
+    PNG_SIGNATURE,
+    QUANT,
+    jpeg_scan,
+    jpeg_segment,
+    png_chunk,
+    webp,
+    webp_chunk,
+)
 
 OWNER = b"Zedekiah Quornwhistle, GPS 52.1 N 0.1 E, serial 4C0FFEE"
 
 
-def _jpeg_segment(marker: int, payload: bytes) -> bytes:
-    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-
-JFIF = _jpeg_segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
-ICC = _jpeg_segment(0xE2, b"ICC_PROFILE\x00colour")
-QUANT = _jpeg_segment(0xDB, bytes(65))
-SCAN = _jpeg_segment(0xDA, b"\x01\x01\x00\x00?\x00") + b"\x12\x34\xff\x00\x56" + b"\xff\xd9"
+ICC = jpeg_segment(0xE2, b"ICC_PROFILE\x00colour")
+SCAN = jpeg_scan() + EOI
 JPEG = (
     b"\xff\xd8"
     + JFIF
-    + _jpeg_segment(0xE1, b"Exif\x00\x00" + OWNER)  # EXIF
-    + _jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x>" + OWNER + b"</x>")  # XMP
+    + jpeg_segment(0xE1, b"Exif\x00\x00" + OWNER)  # EXIF
+    + jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x>" + OWNER + b"</x>")  # XMP
     + ICC
-    + _jpeg_segment(0xED, b"Photoshop 3.0\x00" + OWNER)  # IPTC
-    + _jpeg_segment(0xFE, OWNER)  # comment
+    + jpeg_segment(0xED, b"Photoshop 3.0\x00" + OWNER)  # IPTC
+    + jpeg_segment(0xFE, OWNER)  # comment
     + QUANT
     + SCAN
 )
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = struct.pack(">I", zlib.crc32(kind + payload))
-    return struct.pack(">I", len(payload)) + kind + payload + crc
-
-
-IHDR = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-IDAT = _png_chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
-IEND = _png_chunk(b"IEND", b"")
+IDAT = png_chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
 PNG = (
-    b"\x89PNG\r\n\x1a\n"
+    PNG_SIGNATURE
     + IHDR
-    + _png_chunk(b"tEXt", b"Author\x00" + OWNER)
-    + _png_chunk(b"eXIf", b"MM\x00*" + OWNER)
+    + png_chunk(b"tEXt", b"Author\x00" + OWNER)
+    + png_chunk(b"eXIf", b"MM\x00*" + OWNER)
     + IDAT
-    + _png_chunk(b"tIME", b"\x07\xea\x0c\x07\x0c\x00\x00")
+    + png_chunk(b"tIME", b"\x07\xea\x0c\x07\x0c\x00\x00")
     + IEND
 )
-
-
-def _webp_chunk(kind: bytes, payload: bytes) -> bytes:
-    padding = b"\x00" if len(payload) % 2 else b""
-    return kind + struct.pack("<I", len(payload)) + payload + padding
-
-
-def _webp(*chunks: bytes) -> bytes:
-    body = b"".join(chunks)
-    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
-
-
-VP8X_WITH_EXIF_AND_XMP = _webp_chunk(b"VP8X", bytes([0x0C, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
-VP8X_PLAIN = _webp_chunk(b"VP8X", bytes(10))
-VP8 = _webp_chunk(b"VP8 ", b"\x10\x02\x00\x9d\x01\x2a\x01\x00\x01")
-WEBP = _webp(VP8X_WITH_EXIF_AND_XMP, VP8, _webp_chunk(b"EXIF", OWNER), _webp_chunk(b"XMP ", OWNER))
+VP8X_WITH_EXIF_AND_XMP = webp_chunk(b"VP8X", bytes([0x0C, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+VP8X_PLAIN = webp_chunk(b"VP8X", bytes(10))
+VP8 = webp_chunk(b"VP8 ", b"\x10\x02\x00\x9d\x01\x2a\x01\x00\x01")
+WEBP = webp(VP8X_WITH_EXIF_AND_XMP, VP8, webp_chunk(b"EXIF", OWNER), webp_chunk(b"XMP ", OWNER))
 
 
 def test_a_jpeg_loses_exif_xmp_iptc_and_comments_and_keeps_its_picture() -> None:
@@ -78,13 +63,13 @@ def test_a_jpeg_loses_exif_xmp_iptc_and_comments_and_keeps_its_picture() -> None
 def test_a_png_loses_its_text_exif_and_time_chunks() -> None:
     stripped = without_metadata(PNG, "png")
     assert OWNER not in stripped
-    assert stripped == b"\x89PNG\r\n\x1a\n" + IHDR + IDAT + IEND
+    assert stripped == PNG_SIGNATURE + IHDR + IDAT + IEND
 
 
 def test_a_webp_loses_its_exif_and_xmp_chunks_and_their_flags() -> None:
     stripped = without_metadata(WEBP, "webp")
     assert OWNER not in stripped
-    assert stripped == _webp(VP8X_PLAIN, VP8)
+    assert stripped == webp(VP8X_PLAIN, VP8)
 
 
 def test_files_that_cannot_be_followed_or_have_no_such_blocks_are_kept_as_they_came() -> None:

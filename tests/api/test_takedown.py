@@ -18,10 +18,11 @@ from bus.bootstrap import Runtime
 from schemas import open311_render as render
 from schemas.events import EventType
 from tests.api.conftest import SPRINGFIELD, LiveServer, every_read, pothole_form
+from tests.media_files import jpeg, png
 
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
-PHOTO = b"\x89PNG\r\n\x1a\n" + b"take-down" * 8
-OTHER = b"\xff\xd8\xff\xe0" + b"take-down" * 8
+PHOTO = png(b"take-down")
+OTHER = jpeg(b"take-down")
 
 
 def files(runtime: Runtime) -> MediaStore:
@@ -107,7 +108,7 @@ def test_a_photo_another_request_shows_too_stays_served_for_it(
 def test_a_request_taken_down_is_audited_without_the_content_and_the_chain_holds(
     http: httpx.Client, api_key: str, runtime: Runtime
 ) -> None:
-    request_id = post(http, api_key, PHOTO + b"audit")
+    request_id = post(http, api_key, png(b"audit"))
 
     take_down(runtime, request_id)
     again = take_down(runtime, request_id)

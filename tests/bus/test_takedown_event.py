@@ -23,13 +23,14 @@ from bus.subscriptions import binding_key, declare, queue_name
 from schemas.events import Envelope, EventType
 from schemas.model import Reporter, ServiceRequest
 from tests.asyncapi_support import assert_documented
+from tests.media_files import png
 from tests.store.store_factories import make_request
 
 SANDBOX = Path(__file__).parents[2] / "deploy/sandbox/civicbus.yaml"
 SERVICES = load_config(SANDBOX).service_catalogue()
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
 EMAIL = "jo.smith@example.org"
-PNG = b"\x89PNG\r\n\x1a\n" + b"taken down event" * 8
+PNG = png(b"taken down event")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -14,11 +14,12 @@ from bus.api.media import MediaStore
 from bus.cli import app
 from bus.store import Store
 from schemas.model import BackendRef, Media
+from tests.media_files import png
 from tests.store.store_factories import T0, make_request
 
 WRITTEN = "Jo Smith's car HH-AB 123 blocks the drain again"
 TOKEN = "T01M92GEHJHKC12PZZEKSM78Q7R"
-PNG = b"\x89PNG\r\n\x1a\n" + b"cli take-down" * 8
+PNG = png(b"cli take-down")
 
 
 @pytest.fixture
