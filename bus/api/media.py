@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.api.media_metadata import without_metadata
+from bus.api.media_metadata import Unreadable, without_metadata
 from schemas.model import Media
 
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
@@ -29,6 +29,15 @@ CONTENT_TYPES = {
     "webp": "image/webp",
     "pdf": "application/pdf",
 }
+_KINDS = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WebP", "pdf": "PDF"}
+
+
+class UnreadableUploads(ValueError):
+    """Uploads whose metadata could not be removed: `problems` describe each by its number."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def sniff(data: bytes) -> str | None:
@@ -65,11 +74,31 @@ class MediaStore:
     base_url: str
 
     def save(self, data: bytes) -> Media:
-        """Store checked content (see check_upload) durably and return its canonical Media."""
-        ext = sniff(data)
-        if ext is None:
-            raise ValueError("unchecked upload: not an accepted media type")
-        data = without_metadata(data, ext)  # served publicly: no GPS, device or owner's name
+        """Store checked content (see check_upload) durably and return its canonical Media;
+        media_metadata.Unreadable when its metadata cannot be removed (nothing stored)."""
+        ext = _checked_type(data)
+        return self._write(without_metadata(data, ext), ext)
+
+    def save_all(self, uploads: list[bytes]) -> tuple[Media, ...]:
+        """Store a submission's checked uploads, or none of them: UnreadableUploads names each
+        whose metadata cannot be removed (a request shows all its photos or fails)."""
+        cleaned: list[tuple[bytes, str]] = []
+        problems: list[str] = []
+        for index, data in enumerate(uploads, start=1):
+            ext = _checked_type(data)
+            try:
+                # Served publicly: no GPS, device or owner's name.
+                cleaned.append((without_metadata(data, ext), ext))
+            except Unreadable:
+                problems.append(
+                    f"media {index}: the {_KINDS[ext]} could not be read to remove its metadata;"
+                    " send it again as a plain JPEG or PNG"
+                )
+        if problems:
+            raise UnreadableUploads(problems)
+        return tuple(self._write(data, ext) for data, ext in cleaned)
+
+    def _write(self, data: bytes, ext: str) -> Media:
         digest = hashlib.sha256(data).hexdigest()
         name = f"{digest}.{ext}"
         target = self._path(digest, name)
@@ -115,3 +144,10 @@ class MediaStore:
 
     def _path(self, digest: str, name: str) -> Path:
         return self.directory / digest[:2] / name
+
+
+def _checked_type(data: bytes) -> str:
+    ext = sniff(data)
+    if ext is None:
+        raise ValueError("unchecked upload: not an accepted media type")
+    return ext

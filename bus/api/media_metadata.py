@@ -5,8 +5,8 @@ owner's name), XMP and IPTC blocks, or PNG text chunks: personal data of the res
 it, which the public `/media/...` URL would hand to anyone. Only those blocks are removed; the
 picture's bytes are copied as they are (no decoding: a JPEG's orientation tag goes with its
 EXIF, so a photo taken sideways may show sideways). A file whose structure cannot be followed
-is kept as it came (it passed the type check; refusing it would lose the report's photo). PDF
-and GIF files are stored as they come.
+is refused (Unreadable), never kept as it came: its metadata would be served with it, and a
+stray byte or a cut segment is all it takes. PDF and GIF files are stored as they come.
 """
 
 from __future__ import annotations
@@ -23,15 +23,20 @@ _WEBP_DROPPED = frozenset({b"EXIF", b"XMP "})
 _VP8X_EXIF_AND_XMP = 0x08 | 0x04
 
 
+class Unreadable(ValueError):
+    """A file whose structure could not be followed, so its metadata could not be removed."""
+
+
 def without_metadata(data: bytes, ext: str) -> bytes:
-    """`data` (of type `ext`, as media.sniff names it) without its metadata blocks."""
+    """`data` (of type `ext`, as media.sniff names it) without its metadata blocks; Unreadable
+    when its structure cannot be followed (the caller refuses it: see the module's text)."""
     strip = {"jpg": _jpeg, "png": _png, "webp": _webp}.get(ext)
     if strip is None:
         return data
     try:
         return strip(data)
-    except (IndexError, ValueError, struct.error):
-        return data  # not followable: kept as it came (see the module's text)
+    except (IndexError, ValueError, struct.error) as exc:
+        raise Unreadable(f"{ext}: {exc}") from exc
 
 
 def _jpeg(data: bytes) -> bytes:

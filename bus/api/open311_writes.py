@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from bus.api import docs
 from bus.api.context import INVALID_KEY, ApiContext
-from bus.api.media import MAX_MEDIA_FILES, check_upload
+from bus.api.media import MAX_MEDIA_FILES, UnreadableUploads, check_upload
 from bus.api.params import context
 from bus.api.urlencoded import (
     content_charset,
@@ -241,17 +241,13 @@ async def _check_create(ctx: ApiContext, submission: _Submission) -> Prepared:
     client, remembered = await ctx.authenticate_remembered(api_key, jurisdiction)
     try:
         draft = _validate(ctx, jurisdiction, submission)
+        media = await _save_uploads(ctx, submission.uploads)
     except Open311Problem:
         if remembered:
             # A revoked key must hear 403 before it hears about its form.
             ctx.clients.forget(client.id)
             await run_in_threadpool(ctx.authenticate, api_key, jurisdiction)
         raise
-    media: tuple[Media, ...] = ()
-    if submission.uploads:
-        media = await run_in_threadpool(
-            lambda: tuple(ctx.media.save(data) for data in submission.uploads)
-        )
     return prepare(
         draft,
         client=client,
@@ -260,6 +256,17 @@ async def _check_create(ctx: ApiContext, submission: _Submission) -> Prepared:
         media=media,
         correlation_id=submission.correlation_id,
     )
+
+
+async def _save_uploads(ctx: ApiContext, uploads: list[bytes]) -> tuple[Media, ...]:
+    """Store the checked uploads without their metadata (in a thread: it copies and writes
+    files); a 400 naming each whose metadata cannot be removed, none stored then."""
+    if not uploads:
+        return ()
+    try:
+        return await run_in_threadpool(ctx.media.save_all, uploads)
+    except UnreadableUploads as exc:
+        raise Open311Problem(400, *exc.problems) from None
 
 
 def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> RequestDraft:

@@ -1,13 +1,19 @@
 """Uploaded photos are stored and served without their EXIF, XMP, IPTC or text blocks, the
-picture's own bytes unchanged; files whose structure cannot be followed are kept as they came."""
+picture's own bytes unchanged; files whose structure cannot be followed are refused, never
+stored as they came (with their metadata)."""
 
 from __future__ import annotations
 
 import zlib
 from pathlib import Path
 
-from bus.api.media import MediaStore
-from bus.api.media_metadata import without_metadata
+import httpx
+import pytest
+
+from bus.api.media import MediaStore, sniff
+from bus.api.media_metadata import Unreadable, without_metadata
+from bus.bootstrap import Runtime
+from tests.api.conftest import pothole_form
 from tests.media_files import (
     EOI,
     IEND,
@@ -17,6 +23,7 @@ from tests.media_files import (
     QUANT,
     jpeg_scan,
     jpeg_segment,
+    png,
     png_chunk,
     webp,
     webp_chunk,
@@ -72,12 +79,57 @@ def test_a_webp_loses_its_exif_and_xmp_chunks_and_their_flags() -> None:
     assert stripped == webp(VP8X_PLAIN, VP8)
 
 
-def test_files_that_cannot_be_followed_or_have_no_such_blocks_are_kept_as_they_came() -> None:
-    truncated = JPEG[:40]  # its EXIF segment runs past the end
-    assert without_metadata(truncated, "jpg") == truncated
-    assert without_metadata(PNG[:30], "png") == PNG[:30]
+#: Files whose structure breaks off after a metadata block: each must be refused, not kept.
+UNREADABLE = {
+    "jpeg-stray-byte": (
+        "JPEG",
+        b"\xff\xd8" + JFIF + b"\x00" + jpeg_segment(0xE1, b"Exif\x00\x00" + OWNER) + QUANT + SCAN,
+    ),
+    "jpeg-truncated-segment": (
+        "JPEG",
+        b"\xff\xd8" + JFIF + jpeg_segment(0xE1, b"Exif\x00\x00" + OWNER) + QUANT[:20],
+    ),
+    "png-truncated-chunk": ("PNG", PNG_SIGNATURE + IHDR + png_chunk(b"tEXt", OWNER) + IDAT[:10]),
+    "webp-chunk-past-the-end": (
+        "WebP",
+        webp(VP8X_WITH_EXIF_AND_XMP, webp_chunk(b"EXIF", OWNER))[:-9],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_a_file_whose_structure_cannot_be_followed_is_unreadable(name: str) -> None:
+    _, data = UNREADABLE[name]
+    with pytest.raises(Unreadable):
+        without_metadata(data, sniff(data) or "")
+
+
+def test_gif_and_pdf_files_are_stored_as_they_come() -> None:
     pdf = b"%PDF-1.7\n/Author (" + OWNER + b")"
-    assert without_metadata(pdf, "pdf") == pdf  # PDFs are stored as they come
+    assert without_metadata(pdf, "pdf") == pdf
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_an_upload_whose_metadata_cannot_be_removed_is_400_naming_it_and_not_stored(
+    http: httpx.Client, api_key: str, runtime: Runtime, name: str
+) -> None:
+    kind, data = UNREADABLE[name]
+    response = http.post(
+        "/requests.json",
+        data=pothole_form(api_key),
+        files=[
+            ("media", ("fine.png", png(name.encode()), "image/png")),
+            ("media", ("photo", data, "application/octet-stream")),
+        ],
+    )
+    assert response.status_code == 400, response.text
+    assert [e["description"] for e in response.json()] == [
+        f"media 2: the {kind} could not be read to remove its metadata; send it again as a"
+        " plain JPEG or PNG"
+    ]
+    stored = [p.read_bytes() for p in Path(runtime.env.media_dir).rglob("*") if p.is_file()]
+    assert not any(OWNER in content for content in stored)
+    assert png(name.encode()) not in stored  # none of the request's files is kept
 
 
 def test_the_store_keeps_and_names_the_photo_without_its_metadata(tmp_path: Path) -> None:
