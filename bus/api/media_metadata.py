@@ -4,18 +4,26 @@ A phone's photo carries EXIF (GPS position, time, the device's make and serial n
 owner's name), XMP and IPTC blocks, or PNG text chunks: personal data of the resident who took
 it, which the public `/media/...` URL would hand to anyone. Only those blocks are removed; the
 picture's bytes are copied as they are (no decoding: a JPEG's orientation tag goes with its
-EXIF, so a photo taken sideways may show sideways). A file whose structure cannot be followed
+EXIF, so a photo taken sideways may show sideways). A JPEG ends at the end of its first
+picture, a PNG at IEND, a WebP with its RIFF container: what follows (a phone's second picture
+with its own EXIF, a trailer) is not kept. A file whose structure cannot be followed
 is refused (Unreadable), never kept as it came: its metadata would be served with it, and a
 stray byte or a cut segment is all it takes. PDF and GIF files are stored as they come.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 
-#: JPEG segments kept: APP0 (JFIF), APP2 (ICC colour profile), APP14 (Adobe colour transform).
-#: Every other APPn (APP1 EXIF and XMP, APP13 IPTC, ...) and COM (comments) is dropped.
+#: JPEG segments kept: APP0 (JFIF), APP2 (an ICC colour profile; not the MPF index of further
+#: pictures, see _jpeg_metadata), APP14 (Adobe colour transform). Every other APPn (APP1 EXIF
+#: and XMP, APP13 IPTC, ...) and COM (comments) is dropped.
 _JPEG_KEPT_APPS = frozenset({0xE0, 0xE2, 0xEE})
+_SOS, _EOI = 0xDA, 0xD9
+#: In a scan's coded data a 0xFF byte is followed by 0x00 (a stuffed 0xFF) or by a restart
+#: marker; anything else is the marker after the scan (0xFF fill bytes may come first).
+_JPEG_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
 #: PNG chunks that hold text, EXIF or the time the picture was made.
 _PNG_DROPPED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"})
 #: WebP chunks of metadata, and the VP8X flags that announce them.
@@ -48,22 +56,36 @@ def _jpeg(data: bytes) -> bytes:
         while data[pos + 1] == 0xFF:  # fill bytes before a marker
             pos += 1
         marker = data[pos + 1]
-        if marker == 0xDA or marker == 0xD9:  # start of scan, end of image: the rest as it is
-            out += data[pos:]
+        if marker == _EOI:
+            # The end of the first picture, which is what viewers show: what follows (the
+            # further pictures of a multi-picture file from a phone or camera, each with its own
+            # EXIF and GPS, or a trailer some tool appended) is not kept.
+            out += data[pos : pos + 2]
             return bytes(out)
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
             out += data[pos : pos + 2]
             pos += 2
             continue
+        if marker < 0xC0 or marker == 0xD8:
+            raise ValueError("not a marker of a JPEG's structure")
         (length,) = struct.unpack_from(">H", data, pos + 2)
         end = pos + 2 + length
         if length < 2 or end > len(data):
             raise ValueError("a JPEG segment runs past the file")
-        dropped = marker == 0xFE or (0xE0 <= marker <= 0xEF and marker not in _JPEG_KEPT_APPS)
-        if not dropped:
+        if not _jpeg_metadata(marker, data[pos + 4 : end]):
             out += data[pos:end]
         pos = end
-    raise ValueError("a JPEG without image data")
+        if marker == _SOS:  # the scan's coded data follows, up to the next marker
+            found = _JPEG_MARKER_IN_SCAN.search(data, pos)
+            pos = found.start() if found else len(data)
+            out += data[end:pos]
+    raise ValueError("a JPEG without its end of image")
+
+
+def _jpeg_metadata(marker: int, payload: bytes) -> bool:
+    if marker == 0xE2:  # APP2: a colour profile is kept; MPF and FlashPix data are not
+        return not payload.startswith(b"ICC_PROFILE\x00")
+    return marker == 0xFE or (0xE0 <= marker <= 0xEF and marker not in _JPEG_KEPT_APPS)
 
 
 def _png(data: bytes) -> bytes:
@@ -85,12 +107,15 @@ def _png(data: bytes) -> bytes:
 
 def _webp(data: bytes) -> bytes:
     chunks = bytearray()
+    # Only the RIFF container is the picture: what a tool appended after it is not kept.
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    limit = min(len(data), 8 + riff_size)
     pos = 12  # "RIFF", the size, "WEBP"
-    while pos + 8 <= len(data):
+    while pos + 8 <= limit:
         kind = data[pos : pos + 4]
         (size,) = struct.unpack_from("<I", data, pos + 4)
         end = pos + 8 + size + (size & 1)  # chunks are padded to an even length
-        if end > len(data):
+        if end > limit:
             raise ValueError("a WebP chunk runs past the file")
         chunk = bytearray(data[pos:end])
         if kind == b"VP8X":
