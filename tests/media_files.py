@@ -51,3 +51,28 @@ def webp_chunk(kind: bytes, payload: bytes) -> bytes:
 def webp(*chunks: bytes) -> bytes:
     body = b"".join(chunks)
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def gif_sub_blocks(data: bytes) -> bytes:
+    """`data` as GIF data sub-blocks (each at most 255 bytes) and their terminator."""
+    return (
+        b"".join(bytes([len(c)]) + c for c in (data[i : i + 255] for i in range(0, len(data), 255)))
+        + b"\x00"
+    )
+
+
+def gif_extension(label: int, data: bytes) -> bytes:
+    return bytes([0x21, label]) + gif_sub_blocks(data)
+
+
+#: The application extension that loops an animation (forever).
+GIF_LOOP = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+
+
+def gif(label: bytes = b"", *, extensions: bytes = b"") -> bytes:
+    """A one-pixel GIF with a two-colour table; `extensions` go before its image."""
+    screen = b"GIF89a" + b"\x01\x00\x01\x00\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
+    image = (
+        b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00" + b"\x02" + gif_sub_blocks(b"\x4c\x01" + label)
+    )
+    return screen + extensions + image + b"\x3b"

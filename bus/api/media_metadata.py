@@ -4,11 +4,14 @@ A phone's photo carries EXIF (GPS position, time, the device's make and serial n
 owner's name), XMP and IPTC blocks, or PNG text chunks: personal data of the resident who took
 it, which the public `/media/...` URL would hand to anyone. Only those blocks are removed; the
 picture's bytes are copied as they are (no decoding: a JPEG's orientation tag goes with its
-EXIF, so a photo taken sideways may show sideways). A JPEG ends at the end of its first
-picture, a PNG at IEND, a WebP with its RIFF container: what follows (a phone's second picture
-with its own EXIF, a trailer) is not kept. A file whose structure cannot be followed
-is refused (Unreadable), never kept as it came: its metadata would be served with it, and a
-stray byte or a cut segment is all it takes. PDF and GIF files are stored as they come.
+EXIF, so a photo taken sideways may show sideways). A GIF loses its comments and application
+extensions (XMP), but not the ones that loop an animation.
+
+A file ends with its first picture: a JPEG at the end of image, a PNG at IEND, a WebP with its
+RIFF container, a GIF at its trailer. What follows (a phone's second picture with its own
+EXIF, a trailer) is not kept. A file whose structure cannot be followed is refused
+(Unreadable), never kept as it came: its metadata would be served with it, and a stray byte or
+a cut segment is all it takes. PDF files are stored as they come.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ _PNG_DROPPED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"})
 #: WebP chunks of metadata, and the VP8X flags that announce them.
 _WEBP_DROPPED = frozenset({b"EXIF", b"XMP "})
 _VP8X_EXIF_AND_XMP = 0x08 | 0x04
+#: GIF extensions kept: graphic control (0xF9: delays, transparency) and plain text (0x01, drawn
+#: as part of the picture). Comments (0xFE) and other application extensions (XMP, ...) are not.
+_GIF_KEPT_EXTENSIONS = frozenset({0xF9, 0x01})
+#: GIF application extensions kept, by their identifier: animation looping, a colour profile.
+_GIF_KEPT_APPLICATIONS = frozenset({b"NETSCAPE2.0", b"ANIMEXTS1.0", b"ICCRGBG1012"})
 
 
 class Unreadable(ValueError):
@@ -38,7 +46,7 @@ class Unreadable(ValueError):
 def without_metadata(data: bytes, ext: str) -> bytes:
     """`data` (of type `ext`, as media.sniff names it) without its metadata blocks; Unreadable
     when its structure cannot be followed (the caller refuses it: see the module's text)."""
-    strip = {"jpg": _jpeg, "png": _png, "webp": _webp}.get(ext)
+    strip = {"jpg": _jpeg, "png": _png, "webp": _webp, "gif": _gif}.get(ext)
     if strip is None:
         return data
     try:
@@ -124,3 +132,36 @@ def _webp(data: bytes) -> bytes:
             chunks += chunk
         pos = end
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + bytes(chunks)
+
+
+def _gif(data: bytes) -> bytes:
+    pos = 13 + _gif_colour_table(data[10])  # the header, the screen descriptor, its colours
+    out = bytearray(data[:pos])
+    while True:
+        block = data[pos]
+        if block == 0x3B:  # the trailer: what a tool appended after it is not kept
+            out += data[pos : pos + 1]
+            return bytes(out)
+        if block == 0x2C:  # an image: its descriptor, colours, LZW code size, then its data
+            start = pos + 10 + _gif_colour_table(data[pos + 9]) + 1
+            end = _gif_sub_blocks_end(data, start)
+            out += data[pos:end]
+        elif block == 0x21:  # an extension: its label, then its data
+            label = data[pos + 1]
+            end = _gif_sub_blocks_end(data, pos + 2)
+            application = label == 0xFF and data[pos + 3 : pos + 14] in _GIF_KEPT_APPLICATIONS
+            if label in _GIF_KEPT_EXTENSIONS or application:
+                out += data[pos:end]
+        else:
+            raise ValueError("not a GIF block")
+        pos = end
+
+
+def _gif_colour_table(flags: int) -> int:
+    return 3 << ((flags & 0x07) + 1) if flags & 0x80 else 0
+
+
+def _gif_sub_blocks_end(data: bytes, pos: int) -> int:
+    while size := data[pos]:  # IndexError when they run past the file
+        pos += 1 + size
+    return pos + 1

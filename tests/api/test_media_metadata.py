@@ -17,11 +17,15 @@ from bus.bootstrap import Runtime
 from tests.api.conftest import LiveServer, pothole_form
 from tests.media_files import (
     EOI,
+    GIF_LOOP,
     IEND,
     IHDR,
     JFIF,
     PNG_SIGNATURE,
     QUANT,
+    gif,
+    gif_extension,
+    gif_sub_blocks,
     jpeg,
     jpeg_scan,
     jpeg_segment,
@@ -138,6 +142,7 @@ UNREADABLE = {
         b"\xff\xd8" + JFIF + EXIF + QUANT[:20],
     ),
     "png-truncated-chunk": ("PNG", PNG_SIGNATURE + IHDR + png_chunk(b"tEXt", OWNER) + IDAT[:10]),
+    "gif-truncated-image": ("GIF", gif(extensions=gif_extension(0xFE, OWNER))[:-5]),
     "webp-chunk-past-the-end": (
         "WebP",
         webp(VP8X_WITH_EXIF_AND_XMP, webp_chunk(b"EXIF", OWNER))[:-9],
@@ -152,7 +157,17 @@ def test_a_file_whose_structure_cannot_be_followed_is_unreadable(name: str) -> N
         without_metadata(data, sniff(data) or "")
 
 
-def test_gif_and_pdf_files_are_stored_as_they_come() -> None:
+def test_a_gif_loses_its_comments_and_xmp_and_keeps_its_loop() -> None:
+    xmp = b"\x21\xff\x0bXMP DataXMP" + gif_sub_blocks(b"<x>" + OWNER + b"</x>")
+    comment = gif_extension(0xFE, OWNER)
+    timing = gif_extension(0xF9, b"\x00\x0a\x00\x00")
+    sent = gif(extensions=comment + GIF_LOOP + xmp + timing) + b"trailer " + OWNER
+    stripped = without_metadata(sent, "gif")
+    assert OWNER not in stripped
+    assert stripped == gif(extensions=GIF_LOOP + timing)
+
+
+def test_pdf_files_are_stored_as_they_come() -> None:
     pdf = b"%PDF-1.7\n/Author (" + OWNER + b")"
     assert without_metadata(pdf, "pdf") == pdf
 

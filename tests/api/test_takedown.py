@@ -18,7 +18,7 @@ from bus.bootstrap import Runtime
 from schemas import open311_render as render
 from schemas.events import EventType
 from tests.api.conftest import SPRINGFIELD, LiveServer, every_read, pothole_form
-from tests.media_files import jpeg, png
+from tests.media_files import gif, jpeg, png
 
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
 PHOTO = png(b"take-down")
@@ -86,7 +86,7 @@ def test_a_request_taken_down_reads_with_the_marker_and_without_its_photo(
 def test_a_photo_another_request_shows_too_stays_served_for_it(
     http: httpx.Client, server: LiveServer, api_key: str, runtime: Runtime
 ) -> None:
-    shared = b"GIF89a" + b"shared photo" * 8
+    shared = gif(b"shared photo")
     url = f"{server.url}/media/{hashlib.sha256(shared).hexdigest()}.gif"
     first, second = post(http, api_key, shared), post(http, api_key, shared)
 
