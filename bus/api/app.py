@@ -45,6 +45,14 @@ log = structlog.get_logger(__name__)
 
 #: Seconds a client should wait before retrying when the store is unavailable.
 RETRY_AFTER = 5
+#: On every /media/ answer: what a resident uploaded never runs as a page of the API's origin
+#: (its cookies, its other answers). No guessing a type other than the one sent (a "JPEG" that
+#: reads as HTML), and a file opened on its own is sandboxed: no scripts, no origin, nothing
+#: loaded from elsewhere.
+MEDIA_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 
 def create_app(runtime: Runtime, *, intake_process: bool = False) -> FastAPI:
@@ -144,13 +152,16 @@ def _add_service_routes(app: FastAPI) -> None:
     async def media(request: Request, name: str) -> Response:
         found = context(request).media.find(name)
         if found is None:
-            raise Open311Problem(404, f"media {name[:80]!r} not found")
+            raise Open311Problem(404, f"media {name[:80]!r} not found", headers=MEDIA_HEADERS)
         path, content_type = found
         # Content-addressed, so it never changes, but it can be taken down (bus.takedown): an
         # hour in a browser or a proxy, not a year, keeps serving a photo taken down.
-        return FileResponse(
-            path, media_type=content_type, headers={"Cache-Control": "public, max-age=3600"}
-        )
+        headers = {**MEDIA_HEADERS, "Cache-Control": "public, max-age=3600"}
+        if content_type == "application/pdf":
+            # Downloaded, not shown: a browser's PDF viewer runs the document's scripts and
+            # forms, and a PDF keeps what it came with (see bus.api.media_metadata).
+            headers["Content-Disposition"] = "attachment"
+        return FileResponse(path, media_type=content_type, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

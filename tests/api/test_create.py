@@ -572,6 +572,37 @@ def test_c13_media_upload_is_stored_by_content_and_served_back(
     assert httpx.get(f"{server.url}/media/{'0' * 64}.png").status_code == 404
 
 
+def test_c13_media_is_served_so_that_it_never_runs_as_a_page_of_the_api(
+    http: httpx.Client, server: LiveServer, api_key: str
+) -> None:
+    pdf = b"%PDF-1.7\n1 0 obj << /OpenAction << /S /JavaScript /JS (app.alert(1)) >> >>"
+    response = http.post(
+        "/requests.json",
+        data=pothole_form(api_key),
+        files=[("media", ("a.png", PNG, "image/png")), ("media", ("b.pdf", pdf, "text/html"))],
+    )
+    assert response.status_code == 200, response.text
+    photo, document = (
+        f"{server.url}/media/{hashlib.sha256(PNG).hexdigest()}.png",
+        f"{server.url}/media/{hashlib.sha256(pdf).hexdigest()}.pdf",
+    )
+    for answer in (
+        *(httpx.get(url) for url in (photo, document)),
+        *(httpx.head(url) for url in (photo, document)),
+    ):
+        assert answer.status_code == 200
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["content-security-policy"] == "default-src 'none'; sandbox"
+        assert answer.headers["cache-control"] == "public, max-age=3600"
+    assert "content-disposition" not in httpx.get(photo).headers  # a photo shows in the browser
+    assert httpx.get(document).headers["content-disposition"] == "attachment"
+    assert httpx.get(document).headers["content-type"] == "application/pdf"
+    missing = httpx.get(f"{server.url}/media/{'0' * 64}.png")
+    assert missing.status_code == 404
+    assert missing.headers["x-content-type-options"] == "nosniff"
+    assert missing.headers["content-security-policy"] == "default-src 'none'; sandbox"
+
+
 def test_c13_media_type_is_checked_by_content(http: httpx.Client, api_key: str) -> None:
     response = http.post(
         "/requests.json",
