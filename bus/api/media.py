@@ -21,7 +21,7 @@ from schemas.model import Media
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
 MAX_MEDIA_FILES = 5
 
-_NAME = re.compile(r"^([0-9a-f]{64})\.(jpg|png|gif|webp|pdf)$")
+_NAME = re.compile(r"([0-9a-f]{64})\.(jpg|png|gif|webp|pdf)")
 CONTENT_TYPES = {
     "jpg": "image/jpeg",
     "png": "image/png",
@@ -120,7 +120,7 @@ class MediaStore:
 
     def find(self, name: str) -> tuple[Path, str] | None:
         """The stored file and its content type for a URL name, or None."""
-        match = _NAME.match(name)
+        match = _NAME.fullmatch(name)  # not match with `$`: it allows a trailing newline
         if match is None:
             return None
         path = self._path(match.group(1), name)

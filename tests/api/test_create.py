@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -601,6 +602,20 @@ def test_c13_media_is_served_so_that_it_never_runs_as_a_page_of_the_api(
     assert missing.status_code == 404
     assert missing.headers["x-content-type-options"] == "nosniff"
     assert missing.headers["content-security-policy"] == "default-src 'none'; sandbox"
+
+
+def test_c13_a_media_name_with_a_trailing_newline_is_not_a_media_name(
+    server: LiveServer, runtime: Runtime
+) -> None:
+    # No upload is stored under such a name; one put in the media directory by other means
+    # must not be served either, with the content type its name's "extension" claims.
+    digest = hashlib.sha256(b"planted").hexdigest()
+    planted = Path(runtime.env.media_dir) / digest[:2] / f"{digest}.png\n"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"<script>alert(1)</script>")
+    answer = httpx.get(f"{server.url}/media/{digest}.png%0A")
+    assert answer.status_code == 404
+    assert b"<script>" not in answer.content
 
 
 def test_c13_media_type_is_checked_by_content(http: httpx.Client, api_key: str) -> None:
