@@ -97,12 +97,21 @@ def _read_request(path: Path) -> ServiceRequest:
     try:
         return ServiceRequest.model_validate({**defaults, **data})
     except ValidationError as exc:
-        problems = "\n  ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "\n  ".join(dict.fromkeys(_request_problem(err) for err in exc.errors()))
         typer.echo(f"error: {path} is not a canonical request:\n  {problems}", err=True)
         raise typer.Exit(2) from exc
+
+
+def _request_problem(err: Any) -> str:
+    """One error of a request file, in its own words; an attribute's answer in a request's:
+    pydantic names each member of the union it tried (`attributes.X.str`, `...tuple[str, ...]`)."""
+    loc = [str(p) for p in err["loc"]]
+    if loc[:1] == ["attributes"] and len(loc) > 1:
+        return (
+            f'attributes.{loc[1]}: an answer is a text, as a form sends it ("3", not 3), or '
+            "a list of texts for a multivaluelist"
+        )
+    return f"{'.'.join(loc) or '(top level)'}: {err['msg']}"
 
 
 def _status_table(mapping: Mapping) -> str:

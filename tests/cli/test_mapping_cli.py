@@ -114,3 +114,10 @@ def test_try_with_a_request_that_is_not_canonical(tmp_path: Path) -> None:
     not_canonical = write(tmp_path, "odd.json", json.dumps({"service_code": "X", "colour": 1}))
     code, out = invoke("mapping", "try", mapping, not_canonical)
     assert code == 2 and "colour: Extra inputs are not permitted" in out
+    # An answer given as a JSON number: said in a request's words, once (pydantic named each
+    # member of the union it tried: `attributes.BAG_COUNT.str`, `...tuple[str, ...]`).
+    number = write(tmp_path, "n.json", json.dumps({**REQUEST, "attributes": {"BAG_COUNT": 3}}))
+    code, out = invoke("mapping", "try", mapping, number)
+    assert code == 2
+    assert out.count("attributes.BAG_COUNT: an answer is a text, as a form sends it") == 1
+    assert ".str" not in out and "tuple[str" not in out
