@@ -29,6 +29,7 @@ from bus.api import docs
 from bus.api.context import ApiContext
 from bus.api.head import HeadAsGet, allowed_methods
 from bus.api.limits import BodyLimit
+from bus.api.media import CONTENT_TYPES
 from bus.api.open311_reads import discovery_router
 from bus.api.open311_reads import router as reads
 from bus.api.open311_writes import FAST_ROUTES
@@ -144,7 +145,7 @@ def _add_service_routes(app: FastAPI) -> None:
         "/media/{name}",
         summary="A stored media file",
         responses={
-            200: {"content": {t: {} for t in ("image/jpeg", "image/png", "application/pdf")}},
+            200: {"content": {t: {} for t in CONTENT_TYPES.values()}},
             404: {"description": "no such file", "content": docs.content(docs.ERRORS)},
         },
         response_class=Response,
