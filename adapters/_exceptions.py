@@ -34,18 +34,27 @@ class map_exceptions(ContextDecorator):  # named as the function it was, which a
     """Translate a lower library's exceptions into Transient/PermanentError by `table`.
 
     Our own errors pass through; an exception the table does not name passes through too and
-    is treated by the worker as transient with a bounded number of attempts.
+    is treated by the worker as transient with a bounded number of attempts. `describe`, when
+    given, may word a translated error for an operator (adapters/_http.py words a refused
+    connection so); when it answers None, the message is the exception's type and text.
 
     A class rather than a generator-based context manager: adapters enter one for every
     back-end call (two a command for a find then a submit), and a generator costs several
     times as much to set up and leave.
     """
 
-    __slots__ = ("_context", "_table")
+    __slots__ = ("_context", "_describe", "_table")
 
-    def __init__(self, table: ErrorTable, *, context: str = "") -> None:
+    def __init__(
+        self,
+        table: ErrorTable,
+        *,
+        context: str = "",
+        describe: Callable[[BaseException], str | None] | None = None,
+    ) -> None:
         self._table = table
         self._context = context
+        self._describe = describe
 
     def __enter__(self) -> None:
         return None
@@ -61,7 +70,8 @@ class map_exceptions(ContextDecorator):  # named as the function it was, which a
         for source, target in self._table.items():
             if isinstance(exc, source):
                 prefix = f"{self._context}: " if self._context else ""
-                raise target(f"{prefix}{type(exc).__name__}: {exc}") from exc
+                said = self._describe(exc) if self._describe is not None else None
+                raise target(f"{prefix}{said or f'{type(exc).__name__}: {exc}'}") from exc
 
 
 #: A quoted value in an error text: from an opening quote (" or a ' that is not inside a word)

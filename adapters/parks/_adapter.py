@@ -25,6 +25,7 @@ from adapters._changes import (
 )
 from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError, TransientError, map_exceptions
+from adapters._http import Where, check_settings, require_http_url
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.parks._auth import ClientCredentials
@@ -59,7 +60,20 @@ class ParksAdapter(Adapter):
         if mapping is None:
             raise ValueError(f"parks adapter {instance}: a mapping file is required")
         self.field_mapping: FieldMapping = mapping
-        self.base_url = str(settings["base_url"]).rstrip("/")
+        context = f"parks adapter {instance}"
+        self.base_url = require_http_url(
+            settings["base_url"], context=context, setting="base_url"
+        ).rstrip("/")
+        token_url = settings.get("token_url")
+        if token_url:
+            token_url = require_http_url(token_url, context=context, setting="token_url")
+        self._where = Where("the parks system", check_settings(instance, "base_url"))
+        token_where = Where(
+            "the parks system",
+            check_settings(instance, "token_url")
+            if token_url
+            else f"{check_settings(instance, 'base_url')} (or set settings.token_url)",
+        )
         self.page_size = int(settings.get("page_size", 100))
         self.max_pages = int(settings.get("max_pages", 10))
         self._http = httpx.Client(
@@ -69,10 +83,12 @@ class ParksAdapter(Adapter):
         )
         self.credentials = ClientCredentials(
             self._http,
-            str(settings.get("token_url") or f"{self.base_url}/oauth/token"),
+            str(token_url or f"{self.base_url}/oauth/token"),
             str(settings["client_id"]),
             str(settings["client_secret"]),
-            context=f"parks adapter {instance}",
+            context=context,
+            where=token_where,
+            credentials_advice=check_settings(instance, "client_id", "client_secret"),
         )
 
     # -- the contract --------------------------------------------------------------------------
@@ -163,7 +179,7 @@ class ParksAdapter(Adapter):
         **kwargs: Any,
     ) -> httpx.Response:
         """One API call with the bearer token; a 401 renews the token and retries once."""
-        with map_exceptions(ERRORS, context=context):
+        with map_exceptions(ERRORS, context=context, describe=self._where.describe):
             for attempt in (1, 2):
                 token = self.credentials.token()
                 response = self._http.request(
@@ -174,13 +190,20 @@ class ParksAdapter(Adapter):
                 log.info("parks.token.refused", adapter=self.instance)
                 self.credentials.invalidate(token)
         if response.status_code not in accept:
-            raise_for_status(response, context)
+            # A 404 here is a wrong base_url, not a missing item: the endpoints are collections.
+            raise_for_status(response, context, self._where, endpoint="work-request endpoint")
         return response
 
-    @staticmethod
-    def _json(response: httpx.Response, context: str) -> dict[str, Any]:
-        with map_exceptions(ERRORS, context=context):
+    def _json(self, response: httpx.Response, context: str) -> dict[str, Any]:
+        try:
             body = response.json()
+        except ValueError as exc:  # a web page (a wrong base_url) or a proxy's error page
+            kind = response.headers.get("Content-Type") or "no content type"
+            address = str(response.request.url).split("?", 1)[0]
+            raise TransientError(
+                f"{context}: {address} answered HTTP {response.status_code} with {kind}, "
+                f"not JSON: is it the parks API? {self._where.advice}"
+            ) from exc
         if not isinstance(body, dict):
             raise TransientError(f"{context}: the answer is not a JSON object")
         return body

@@ -121,14 +121,155 @@ def test_the_token_is_cached_and_renewed_once_after_a_401(parks: Running, mappin
     assert adapter.credentials.fetched == 2
 
 
-def test_bad_credentials_are_permanent_and_named_by_check(parks: Running, mapping: Mapping) -> None:
+def test_bad_credentials_are_transient_and_named_by_check(parks: Running, mapping: Mapping) -> None:
+    # A token request carries no request's data: refused credentials are the set-up's fault,
+    # retried, so that a secret fixed in time loses no request to the dead-letter queue.
     adapter = adapter_for(parks, mapping, client_secret="wrong")
 
-    with pytest.raises(PermanentError, match="client credentials"):
+    with pytest.raises(TransientError, match="refused the client credentials"):
         adapter.submit(a_request("PLAYGROUND"))
     health = adapter.check()
-    assert not health.ok and "client secret" in health.detail
+    assert not health.ok
+    assert "check settings.client_id and settings.client_secret of instance parks" in health.detail
     assert "wrong" not in health.detail
+
+
+def test_a_base_url_with_a_wrong_path_is_transient_and_says_what_to_check(
+    parks: Running, mapping: Mapping
+) -> None:
+    adapter = adapter_for(parks, mapping, base_url=f"{parks.url}/api")
+
+    with pytest.raises(TransientError) as caught:
+        adapter.submit(a_request("PLAYGROUND"))
+
+    assert str(caught.value) == (
+        f"parks adapter parks: token request: HTTP 404 Not Found (no token endpoint at "
+        f"{parks.url}/api/oauth/token: check settings.base_url of instance parks "
+        "(or set settings.token_url))"
+    )
+    health = adapter.check()
+    assert not health.ok and "no token endpoint at" in health.detail
+
+
+def test_a_404_of_the_work_request_endpoint_is_transient_and_names_base_url(
+    parks: Running, mapping: Mapping
+) -> None:
+    # The token endpoint found (token_url), the API not: a wrong base path, not bad data.
+    adapter = adapter_for(
+        parks, mapping, base_url=f"{parks.url}/api", token_url=f"{parks.url}/oauth/token"
+    )
+
+    with pytest.raises(TransientError) as caught:
+        adapter.submit(a_request("PLAYGROUND"))
+
+    assert f"HTTP 404 Not Found (no work-request endpoint at {parks.url}/api/work-requests: " in (
+        str(caught.value)
+    )
+    assert str(caught.value).endswith("check settings.base_url of instance parks)")
+
+
+class _NoCreate(BaseHTTPRequestHandler):
+    """A parks API that finds nothing and answers each create with `server.create_status`;
+    `/welcome` is a web page, as at a base_url that names a web site."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.endswith("/oauth/token"):
+            self._answer(200, {"access_token": "t", "expires_in": 3600})
+        elif self.path == "/welcome":
+            self._answer(200, "<html><body>Welcome to our parks!</body></html>")
+        else:
+            status: int = self.server.create_status  # type: ignore[attr-defined]
+            self._answer(status, {"detail": "Not Found"} if status == 404 else {"error": "no"})
+
+    def do_GET(self) -> None:
+        self._answer(200, {"items": []})
+
+    def _answer(self, status: int, body: dict[str, Any] | str) -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        kind = "text/html" if isinstance(body, str) else "application/json"
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def no_create(status: int = 404) -> Iterator[str]:
+    """A `_NoCreate` parks API on a loopback port answering creates with `status`; its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoCreate)
+    server.create_status = status  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "said"),
+    [
+        (404, TransientError, "HTTP 404 Not Found (no work-request endpoint at"),
+        (405, TransientError, "HTTP 405 Method Not Allowed (no work-request endpoint at"),
+        (400, PermanentError, "HTTP 400 Bad Request from the parks system: no"),
+        (422, PermanentError, "HTTP 422 Unprocessable Entity from the parks system: no"),
+    ],
+)
+def test_a_create_answered_404_is_transient_but_one_refusing_the_data_is_permanent(
+    status: int, kind: type[Exception], said: str, mapping: Mapping
+) -> None:
+    with no_create(status) as url:
+        adapter = ParksAdapter(
+            "parks", {"base_url": url, "client_id": "c", "client_secret": "s"}, mapping
+        )
+        with pytest.raises(kind) as caught:
+            adapter.submit(a_request("PLAYGROUND"))
+
+    assert type(caught.value) is kind and said in str(caught.value)
+
+
+def test_a_token_url_that_serves_a_web_page_is_transient_and_named(mapping: Mapping) -> None:
+    with no_create() as url:
+        adapter = ParksAdapter(
+            "parks",
+            {
+                "base_url": url,
+                "token_url": f"{url}/welcome",
+                "client_id": "c",
+                "client_secret": "s",
+            },
+            mapping,
+        )
+        with pytest.raises(TransientError) as caught:
+            adapter.find("req-1")
+
+    assert str(caught.value) == (
+        f"parks adapter parks: token request: {url}/welcome answered HTTP 200 with text/html, "
+        "not a JSON token: is it the token endpoint? check settings.token_url of instance parks"
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"base_url": "127.0.0.1:8322"}, "`base_url` must be an http:// or https:// URL"),
+        ({"base_url": "parks.example.gov/api"}, "not 'parks.example.gov/api'"),
+        ({"base_url": "ftp://parks.example.gov"}, "`base_url` must be an http://"),
+        ({"token_url": "idp.example.gov/token"}, "`token_url` must be an http://"),
+    ],
+)
+def test_a_url_setting_without_an_http_scheme_is_refused_when_built(
+    settings: dict[str, str], refused: str, mapping: Mapping
+) -> None:
+    given = {"base_url": "http://127.0.0.1:8322", "client_id": "c", "client_secret": "s"}
+    with pytest.raises(ValueError, match=refused) as caught:
+        ParksAdapter("parks", {**given, **settings}, mapping)
+    assert str(caught.value).startswith("parks adapter parks: the setting `")
 
 
 def test_status_changes_are_reported_once(parks: Running, mapping: Mapping) -> None:
@@ -336,8 +477,10 @@ def test_a_refused_connection_is_transient(mapping: Mapping) -> None:
         {"base_url": f"http://127.0.0.1:{free_port()}", "client_id": "c", "client_secret": "s"},
         mapping,
     )
-    with pytest.raises(TransientError, match="ConnectError"):
+    with pytest.raises(TransientError) as caught:
         adapter.find("req-1")
+    assert "cannot connect to 127.0.0.1:" in str(caught.value)
+    assert "(connection refused): is the parks system running there" in str(caught.value)
 
 
 def test_work_requests_survive_a_simulator_restart(tmp_path: Path, mapping: Mapping) -> None:

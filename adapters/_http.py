@@ -1,0 +1,139 @@
+"""What a failed HTTP call means, in words an operator can act on: one place for the HTTP adapters.
+
+A refused connection, an unknown host, https spoken to a plain-http port, or an address that
+serves nothing (404, 405) is a fault of a setting or of the back-end, never of a request's data.
+`Where` names the system an address reaches and the settings that give it; `describe` turns a
+transport error (httpx's or requests') into a sentence saying what happened and what to check,
+for `map_exceptions(..., describe=where.describe)`; `not_served` words an answer that says
+nothing is there. `require_http_url` refuses, at construction, a URL no HTTP client can use.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import requests
+
+#: Answers that say the URL serves nothing (or not this method): for an API's fixed endpoints
+#: (a collection, a token endpoint, a SOAP address) that is a wrong base URL, not bad data.
+NOT_SERVED = frozenset({404, 405})
+
+_NO_SCHEME = (httpx.UnsupportedProtocol, requests.exceptions.MissingSchema,
+              requests.exceptions.InvalidSchema)  # fmt: skip
+_CONNECT_TIMEOUT = (httpx.ConnectTimeout, requests.exceptions.ConnectTimeout)
+
+
+def require_http_url(value: Any, *, context: str, setting: str) -> str:
+    """`value` if it is an http:// or https:// URL with a host; ValueError saying so if not."""
+    url = str(value).strip()
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{context}: the setting `{setting}` must be an http:// or https:// URL with a "
+            f"host (e.g. https://host.example.gov/api), not {url!r}"
+        )
+    return url
+
+
+def check_settings(instance: str, *settings: str) -> str:
+    """`check settings.base_url of instance parks`: the advice closing each sentence here."""
+    names = " and ".join(f"settings.{name}" for name in settings)
+    return f"check {names} of instance {instance}"
+
+
+@dataclass(frozen=True)
+class Where:
+    """The system an address reaches (`the parks system`) and what to check when it fails."""
+
+    system: str
+    advice: str
+
+    def describe(self, exc: BaseException) -> str | None:
+        """A sentence for a transport error, or None when it is none of the kinds known here
+        (the caller then says its type and text)."""
+        chain = list(_chain(exc))
+        host, port = _address(exc)
+        at = f" {host}:{port}" if port else f" {host}" if host else ""
+        if isinstance(exc, _NO_SCHEME):
+            return f"the URL has no http:// or https:// scheme: {self.advice}"
+        if isinstance(exc, _CONNECT_TIMEOUT):
+            return (
+                f"no answer from{at} within the timeout while connecting: is the host and "
+                f"port right, or does a firewall drop the connection? {self.advice}"
+            )
+        for cause in chain:
+            if isinstance(cause, ConnectionRefusedError):
+                return (
+                    f"cannot connect to{at} (connection refused): is {self.system} running "
+                    f"there, on that port? {self.advice}"
+                )
+            if isinstance(cause, socket.gaierror):
+                name = f" {host}" if host else ""
+                return (
+                    f"cannot find the host{name} ({cause.strerror or cause}): is the host "
+                    f"name right, and known to this machine's DNS? {self.advice}"
+                )
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return (
+                    f"the TLS certificate of{at} is not trusted "
+                    f"({cause.verify_message or cause.reason}): {self.advice}"
+                )
+            if isinstance(cause, ssl.SSLError):
+                if cause.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"):
+                    return (
+                        f"https to{at}, which answers plain http (TLS: "
+                        f"{cause.reason.lower().replace('_', ' ')}): use http://, or the "
+                        f"port that serves https; {self.advice}"
+                    )
+                return f"the TLS handshake with{at} failed ({cause.reason}): {self.advice}"
+        return None
+
+    def not_served(self, status: int, reason: str, url: object, endpoint: str) -> str:
+        """`HTTP 404 Not Found (no token endpoint at <url>: check ...)`."""
+        address = str(url).split("?", 1)[0]  # the query is a call's, not the address
+        answer = f"HTTP {status} {reason}".strip()
+        return f"{answer} (no {endpoint} at {address}: {self.advice})"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it (or what it was raised while handling), a few levels deep;
+    urllib3 keeps the socket's error in `reason` besides."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 12:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        reason = getattr(current, "reason", None)
+        todo += [current.__cause__, current.__context__]
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+
+
+def _address(exc: BaseException) -> tuple[str, int | None]:
+    """Host and port of the request that failed, when the error knows it (httpx, requests)."""
+    for cause in _chain(exc):
+        url = None
+        if isinstance(cause, httpx.RequestError):
+            try:
+                url = str(cause.request.url)
+            except RuntimeError:  # an error raised without its request
+                url = None
+        elif isinstance(cause, requests.RequestException) and cause.request is not None:
+            given = cause.request.url
+            url = given.decode() if isinstance(given, bytes) else given
+        if url:
+            parts = urlsplit(url)
+            if parts.hostname:
+                port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+                return parts.hostname, port
+    return "", None
