@@ -94,9 +94,12 @@ class Where:
                 return f"the TLS handshake with{at} failed ({cause.reason}): {self.advice}"
         return None
 
-    def not_served(self, status: int, reason: str, url: object, endpoint: str) -> str:
-        """`HTTP 404 Not Found (no token endpoint at <url>: check ...)`."""
-        address = str(url).split("?", 1)[0]  # the query is a call's, not the address
+    def not_served(
+        self, status: int, reason: str, url: object, endpoint: str, *, query: bool = False
+    ) -> str:
+        """`HTTP 404 Not Found (no token endpoint at <url>: check ...)`; the URL's query left
+        out unless it is part of the address (`?wsdl`), not of the one call."""
+        address = str(url) if query else str(url).split("?", 1)[0]
         answer = f"HTTP {status} {reason}".strip()
         return f"{answer} (no {endpoint} at {address}: {self.advice})"
 

@@ -11,6 +11,7 @@ the changes after it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from adapters._changes import (
 )
 from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError
+from adapters._http import Where, check_settings, require_http_url
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.permits._errors import DuplicateCase, soap_errors
@@ -67,6 +69,17 @@ class PermitsAdapter(Adapter):
         self.field_mapping: FieldMapping = mapping
         self.wsdl = str(settings["wsdl"])
         self.endpoint: str | None = settings.get("endpoint") or None
+        if self.endpoint:
+            context = f"permits adapter {instance}"
+            self.endpoint = require_http_url(self.endpoint, context=context, setting="endpoint")
+        self._wsdl_where = Where("the permit system", check_settings(instance, "wsdl"))
+        self._call_where = Where(
+            "the permit system",
+            check_settings(instance, "endpoint")
+            if self.endpoint
+            else f"check the service address in the WSDL, or set settings.endpoint of instance "
+            f"{instance}",
+        )
         self.timeout = float(settings.get("timeout", 10))
         self.page_size = int(settings.get("page_size", 100))
         self.max_pages = int(settings.get("max_pages", 10))
@@ -91,7 +104,7 @@ class PermitsAdapter(Adapter):
             return existing
         context = f"permits adapter {self.instance}: CreateCase for request {request.id}"
         try:
-            with soap_errors(context):
+            with self._errors(context):
                 answer = self._soap().CreateCase(externalReference=request.id, **fields)
         except DuplicateCase:
             # Another delivery created it between our lookup and our create: that is success.
@@ -116,7 +129,7 @@ class PermitsAdapter(Adapter):
     def find(self, request_id: str) -> Receipt | None:
         """The case whose external reference is `request_id`, if the permit system has one."""
         context = f"permits adapter {self.instance}: FindCaseByExternalReference {request_id}"
-        with soap_errors(context):
+        with self._errors(context):
             case = self._soap().FindCaseByExternalReference(externalReference=request_id)
         if case is None:
             return None
@@ -133,7 +146,7 @@ class PermitsAdapter(Adapter):
         after = _sequence(since, self.instance)
         found: list[StatusUpdate | SkippedChange] = []
         for _ in range(self.max_pages):
-            with soap_errors(f"permits adapter {self.instance}: ListCaseChangesSince {after}"):
+            with self._errors(f"permits adapter {self.instance}: ListCaseChangesSince {after}"):
                 page = self._soap().ListCaseChangesSince(
                     afterSequence=after, maxResults=self.page_size
                 )
@@ -160,7 +173,7 @@ class PermitsAdapter(Adapter):
                 False, f"the mapping must fill {', '.join(missing)}, which CreateCase requires"
             )
         try:
-            with soap_errors(f"permits adapter {self.instance}: health check"):
+            with self._errors(f"permits adapter {self.instance}: health check"):
                 self._soap().FindCaseByExternalReference(externalReference=_HEALTH_PROBE_REFERENCE)
         except AdapterError as exc:
             return Health(False, f"permit system at {self.endpoint or self.wsdl}: {exc}")
@@ -176,7 +189,8 @@ class PermitsAdapter(Adapter):
 
     def _soap(self) -> Any:
         if self._service is None:
-            with soap_errors(f"permits adapter {self.instance}: loading the WSDL {self.wsdl}"):
+            context = f"permits adapter {self.instance}: loading the WSDL {self.wsdl}"
+            with soap_errors(context, self._wsdl_where):
                 transport = Transport(  # type: ignore[no-untyped-call]
                     timeout=self.timeout, operation_timeout=self.timeout
                 )
@@ -193,6 +207,12 @@ class PermitsAdapter(Adapter):
                 )
                 self._transport = transport
         return self._service
+
+    def _errors(self, context: str) -> AbstractContextManager[None]:
+        """`soap_errors` for a call of the service (after loading the WSDL, which may fail)."""
+        service = self._soap()
+        address = self.endpoint or getattr(service, "_binding_options", {}).get("address")
+        return soap_errors(context, self._call_where, address)
 
     def _case_fields(self, request: ServiceRequest) -> dict[str, Any]:
         fields = self.field_mapping.apply(request)

@@ -5,6 +5,9 @@ instead: a SOAP fault by its fault code (Client/Sender: our request was refused;
 the permit system failed), an HTTP error by its status (4xx refused, except 408/429; 5xx failed),
 and a refused DTD by its document: an HTML page (a maintenance or proxy error page, whatever its
 HTTP status) is a permit system not working right now, any other DTD a hostile or broken one.
+A 404 or 405, at the SOAP address or for the WSDL, is a wrong URL (`wsdl`, `endpoint`): transient,
+so that a setting fixed in time loses no request to the dead-letter queue, and worded, as refused
+connections are, by adapters/_http.py.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 
 import requests
 import zeep.exceptions
@@ -24,6 +28,7 @@ from adapters._exceptions import (
     blank_quoted,
     map_exceptions,
 )
+from adapters._http import NOT_SERVED, Where
 
 ERRORS: ErrorTable = {
     # A hostile or broken back-end: retrying gets the same document back. (An HTML page's
@@ -71,9 +76,10 @@ def _is_element_name(quoted: str) -> bool:
 
 
 @contextmanager
-def soap_errors(context: str) -> Iterator[None]:
-    """Raise any failure of the block as TransientError or PermanentError, with `context`."""
-    with map_exceptions(ERRORS, context=context):
+def soap_errors(context: str, where: Where, address: str | None = None) -> Iterator[None]:
+    """Raise any failure of the block as TransientError or PermanentError, with `context`;
+    `where` says what to check when the URL fails, `address` is the SOAP address called."""
+    with map_exceptions(ERRORS, context=context, describe=where.describe):
         try:
             yield
         except zeep.exceptions.Fault as fault:
@@ -87,9 +93,21 @@ def soap_errors(context: str) -> Iterator[None]:
             ) from exc
         except zeep.exceptions.TransportError as exc:
             status = exc.status_code
+            if status in NOT_SERVED:
+                phrase = HTTPStatus(status).phrase
+                said = where.not_served(status, phrase, address or "its address", "SOAP service")
+                raise TransientError(f"{context}: {said}") from exc
             kind = (
                 PermanentError
                 if 400 <= status < 500 and status not in _RETRYABLE_HTTP
                 else TransientError
             )
             raise kind(f"{context}: HTTP {status} from the permit system") from exc
+        except requests.HTTPError as exc:  # loading the WSDL
+            answer = exc.response
+            if answer is None or answer.status_code not in NOT_SERVED:
+                raise  # to ERRORS: transient, as an OSError
+            said = where.not_served(
+                answer.status_code, answer.reason, answer.url, "WSDL", query=True
+            )
+            raise TransientError(f"{context}: {said}") from exc

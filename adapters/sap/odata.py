@@ -3,7 +3,9 @@
 Creates fetch a CSRF token (`x-csrf-token: fetch`) on the session cookie first and refetch it once
 when SAP answers 403 "CSRF token validation failed". SAP's error JSON (`error.message.value` and
 `innererror.errordetails`) becomes a PermanentError with SAP's text for a 4xx; 5xx, 429, timeouts
-and refused connections are transient, honouring Retry-After.
+and refused connections are transient, honouring Retry-After. So is a 404 or 405: every URL called
+is the service's root, `$metadata` or the entity set (never one notification by key), which
+answer 404 only when `base_url` or `service_path` is wrong, not for a request's data.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import structlog
 
 from adapters._contract import Health
 from adapters._exceptions import ErrorTable, PermanentError, TransientError, map_exceptions
+from adapters._http import NOT_SERVED, Where, check_settings, require_http_url
 from adapters.sap._model import SapNotification, passthrough
 
 log = structlog.get_logger(__name__)
@@ -56,7 +59,15 @@ class ODataTransport:
 
     def __init__(self, instance: str, settings: Mapping[str, Any]) -> None:
         self.instance = instance
-        base_url = str(settings["base_url"]).rstrip("/")
+        base_url = require_http_url(
+            settings["base_url"], context=f"sap adapter {instance}", setting="base_url"
+        ).rstrip("/")
+        #: Who is reached, and what to check: the host is base_url's, the service's path both's.
+        self._host = Where("the SAP system", check_settings(instance, "base_url"))
+        self._service = Where(
+            "the SAP system", check_settings(instance, "base_url", "service_path")
+        )
+        self._logon_advice = check_settings(instance, "username", "password")
         service = str(settings.get("service_path", DEFAULT_SERVICE_PATH)).rstrip("/")
         user, password = settings.get("username"), settings.get("password")
         params = {"sap-client": str(settings["sap_client"])} if settings.get("sap_client") else {}
@@ -136,9 +147,11 @@ class ODataTransport:
 
     def check(self) -> Health:
         try:
-            with map_exceptions(ERRORS, context=f"SAP OData ({self.instance})"):
+            with map_exceptions(
+                ERRORS, context=f"SAP OData ({self.instance})", describe=self._host.describe
+            ):
                 response = self._client.get("$metadata")
-            _raise_for_status(response, f"SAP OData $metadata ({self.instance})")
+            self._raise_for_status(response, f"SAP OData $metadata ({self.instance})")
         except (TransientError, PermanentError) as exc:
             where = f"cannot use the OData service at {self._client.base_url}"
             return Health(ok=False, detail=f"{where}: {exc}")
@@ -158,15 +171,15 @@ class ODataTransport:
     def _query(self, where: str, *, top: int, orderby: str, what: str) -> list[SapNotification]:
         params = {"$filter": where, "$top": str(top), "$orderby": orderby, "$format": "json"}
         context = f"SAP OData {what} ({self.instance})"
-        with map_exceptions(ERRORS, context=context):
+        with map_exceptions(ERRORS, context=context, describe=self._host.describe):
             response = self._client.get(ENTITY_SET, params=params)
-        _raise_for_status(response, context)
+        self._raise_for_status(response, context)
         return [self._notification(e) for e in response.json()["d"]["results"]]
 
     def _post(self, path: str, body: dict[str, Any], context: str) -> httpx.Response:
         for attempt in (1, 2):
             token = self._token or self._fetch_token(context)
-            with map_exceptions(ERRORS, context=context):
+            with map_exceptions(ERRORS, context=context, describe=self._host.describe):
                 response = self._client.post(
                     path, json=body, headers={"x-csrf-token": token}, params={"$format": "json"}
                 )
@@ -174,7 +187,7 @@ class ODataTransport:
                 log.info("sap.csrf_refetch", instance=self.instance)
                 self._token = None
                 continue
-            _raise_for_status(response, context)
+            self._raise_for_status(response, context)
             return response
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -187,11 +200,14 @@ class ODataTransport:
             raise
 
     def _fetch_token(self, context: str) -> str:
-        with map_exceptions(ERRORS, context=context), self._session_reset_on_error():
+        with (
+            map_exceptions(ERRORS, context=context, describe=self._host.describe),
+            self._session_reset_on_error(),
+        ):
             response = self._client.get(
                 "", headers={"x-csrf-token": "fetch"}, params={"$format": "json"}
             )
-        _raise_for_status(response, f"{context}: CSRF token fetch")
+        self._raise_for_status(response, f"{context}: CSRF token fetch")
         token: str | None = response.headers.get("x-csrf-token")
         if not token or token.lower() == "required":
             raise PermanentError(
@@ -200,6 +216,17 @@ class ODataTransport:
             )
         self._token = token
         return token
+
+    def _raise_for_status(self, response: httpx.Response, context: str) -> None:
+        """SAP's answer as our error: 4xx permanent with SAP's text; 404/405 (a wrong service
+        URL), 408, 429 and 5xx transient."""
+        status = response.status_code
+        if status in NOT_SERVED:
+            said = self._service.not_served(
+                status, response.reason_phrase, response.request.url, "OData service"
+            )
+            raise TransientError(f"{context}: {said}")
+        _raise_for_status(response, context, self._logon_advice)
 
     def _notification(self, entity: Mapping[str, Any]) -> SapNotification:
         return SapNotification(
@@ -218,7 +245,7 @@ def _csrf_failed(response: httpx.Response) -> bool:
     )
 
 
-def _raise_for_status(response: httpx.Response, context: str) -> None:
+def _raise_for_status(response: httpx.Response, context: str, logon_advice: str) -> None:
     """SAP's answer as our error: 4xx permanent with SAP's text; 408, 429 and 5xx transient."""
     status = response.status_code
     if status < 400:
@@ -229,7 +256,7 @@ def _raise_for_status(response: httpx.Response, context: str) -> None:
             f"{context}: HTTP {status}: {text}", retry_after=_retry_after(response)
         )
     if status == 401:
-        text = f"{text} (SAP refused the logon: check the username and password)"
+        text = f"{text} (SAP refused the logon: {logon_advice})"
     raise PermanentError(f"{context}: HTTP {status}: {text}")
 
 

@@ -210,10 +210,52 @@ def test_a_refused_connection_is_transient(mapping: Mapping) -> None:
         "permits", {"wsdl": f"http://127.0.0.1:{free_port()}/permits?wsdl", "timeout": 2}, mapping
     )
 
-    with pytest.raises(TransientError, match="ConnectionError"):
+    with pytest.raises(TransientError, match="connection refused"):
         adapter.submit(a_request())
     health = adapter.check()
-    assert not health.ok and "ConnectionError" in health.detail
+    assert not health.ok
+    assert health.detail.endswith(
+        "(connection refused): is the permit system running there, on that port? check "
+        "settings.wsdl of instance permits"
+    )
+
+
+def test_a_wrong_endpoint_path_is_transient_and_names_the_setting(
+    permits: Running, mapping: Mapping
+) -> None:
+    # A 404 at the SOAP address is a wrong URL, not the request's data: retried, so that a
+    # setting fixed in time loses no request to the dead-letter queue.
+    adapter = adapter_for(permits, mapping, endpoint=f"{permits.url}/v2")
+
+    with pytest.raises(TransientError) as caught:
+        adapter.submit(a_request())
+
+    assert str(caught.value).endswith(
+        f": HTTP 404 Not Found (no SOAP service at {permits.url}/v2: check settings.endpoint "
+        "of instance permits)"
+    )
+    assert "no SOAP service at" in adapter.check().detail
+
+
+def test_a_wrong_wsdl_url_is_transient_and_names_the_setting(
+    permits: Running, mapping: Mapping
+) -> None:
+    adapter = PermitsAdapter("permits", {"wsdl": f"{permits.url}/v2?wsdl"}, mapping)
+
+    with pytest.raises(TransientError) as caught:
+        adapter.find("req-1")
+
+    assert str(caught.value).endswith(
+        f": HTTP 404 Not Found (no WSDL at {permits.url}/v2?wsdl: check settings.wsdl of "
+        "instance permits)"
+    )
+
+
+def test_an_endpoint_without_an_http_scheme_is_refused_when_built(mapping: Mapping) -> None:
+    with pytest.raises(ValueError, match=r"^permits adapter permits: the setting `endpoint` must"):
+        PermitsAdapter(
+            "permits", {"wsdl": "x.wsdl", "endpoint": "permits.example.gov/soap"}, mapping
+        )
 
 
 def test_check_says_the_permit_system_answers(permits: Running, mapping: Mapping) -> None:

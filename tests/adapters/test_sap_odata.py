@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from backends_support import a_request, simulator
+from backends_support import a_request, free_port, simulator
 from sap_support import control, notifications, rejecting_mapping, sap_mapping, settings_for
 
 from adapters import PermanentError, TransientError
@@ -154,10 +154,60 @@ def test_wrong_credentials_are_permanent(tmp_path: Path) -> None:
             settings_for("odata", sim.url, username="CIVICBUS", password="right"),
             sap_mapping(),
         )
-        with pytest.raises(PermanentError, match="refused the logon"):
+        with pytest.raises(PermanentError, match="refused the logon") as caught:
             wrong.find("anything")
         assert right.find("anything") is None
         assert right.check().ok
+    # The settings named as the config names them (`adapters check` adds a secret's variable).
+    assert "check settings.username and settings.password of instance sap-roads" in (
+        str(caught.value)
+    )
+
+
+@pytest.mark.parametrize(
+    "wrong", [{"base_url_path": "/api"}, {"service_path": "/sap/opu/odata/sap/API_NOPE"}]
+)
+def test_a_wrong_service_url_is_transient_and_names_the_settings(
+    wrong: dict[str, str], sap_sim: Running
+) -> None:
+    # A 404 of the service's root, $metadata or entity set is a wrong URL, never bad data:
+    # retried, so that the setting fixed in time loses no request to the dead-letter queue.
+    settings = settings_for("odata", sap_sim.url + wrong.pop("base_url_path", ""), **wrong)
+    adapter = SapAdapter("sap-roads", settings, sap_mapping())
+    service = f"{settings['base_url']}{settings.get('service_path', SERVICE_PATH)}"
+
+    with pytest.raises(TransientError) as caught:
+        adapter.submit(pothole())
+
+    assert str(caught.value) == (
+        f"SAP OData find (sap-roads): HTTP 404 Not Found (no OData service at "
+        f"{service}/MaintenanceNotification: check settings.base_url and settings.service_path "
+        "of instance sap-roads)"
+    )
+    health = adapter.check()
+    assert not health.ok and f"no OData service at {service}/$metadata" in health.detail
+
+
+def test_a_refused_connection_names_the_address_and_base_url() -> None:
+    port = free_port()
+    adapter = SapAdapter(
+        "sap-roads", settings_for("odata", f"http://127.0.0.1:{port}"), sap_mapping()
+    )
+
+    with pytest.raises(TransientError) as caught:
+        adapter.find("anything")
+
+    assert str(caught.value) == (
+        f"SAP OData find (sap-roads): cannot connect to 127.0.0.1:{port} (connection refused): "
+        "is the SAP system running there, on that port? check settings.base_url of instance "
+        "sap-roads"
+    )
+
+
+@pytest.mark.parametrize("base_url", ["s4.example.gov:44300", "s4.example.gov/sap"])
+def test_a_base_url_without_an_http_scheme_is_refused_when_built(base_url: str) -> None:
+    with pytest.raises(ValueError, match=r"^sap adapter sap-roads: the setting `base_url` must"):
+        SapAdapter("sap-roads", settings_for("odata", base_url), sap_mapping())
 
 
 def test_status_changes_are_reported_with_the_sap_code(
