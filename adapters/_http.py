@@ -53,6 +53,9 @@ class Where:
 
     system: str
     advice: str
+    #: The advice for a URL that serves nothing, when it differs (another setting may say
+    #: where that endpoint is, as parks' `token_url`).
+    not_served_advice: str = ""
 
     def describe(self, exc: BaseException) -> str | None:
         """A sentence for a transport error, or None when it is none of the kinds known here
@@ -101,7 +104,7 @@ class Where:
         out unless it is part of the address (`?wsdl`), not of the one call."""
         address = str(url) if query else str(url).split("?", 1)[0]
         answer = f"HTTP {status} {reason}".strip()
-        return f"{answer} (no {endpoint} at {address}: {self.advice})"
+        return f"{answer} (no {endpoint} at {address}: {self.not_served_advice or self.advice})"
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -68,11 +68,14 @@ class ParksAdapter(Adapter):
         if token_url:
             token_url = require_http_url(token_url, context=context, setting="token_url")
         self._where = Where("the parks system", check_settings(instance, "base_url"))
-        token_where = Where(
-            "the parks system",
-            check_settings(instance, "token_url")
+        token_where = (
+            Where("the parks system", check_settings(instance, "token_url"))
             if token_url
-            else f"{check_settings(instance, 'base_url')} (or set settings.token_url)",
+            else Where(
+                "the parks system",
+                check_settings(instance, "base_url"),
+                f"{check_settings(instance, 'base_url')} (or set settings.token_url)",
+            )
         )
         self.page_size = int(settings.get("page_size", 100))
         self.max_pages = int(settings.get("max_pages", 10))

@@ -10,6 +10,7 @@ import httpx
 
 from adapters import Adapter, Health, PermanentError, Receipt, TransientError, map_exceptions
 from adapters._exceptions import answer_excerpt
+from adapters._http import Where, check_settings
 from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from schemas.events import STRUCTURED_CONTENT_TYPE, Envelope, EventType
 from schemas.model import Reporter, ServiceRequest
@@ -47,6 +48,7 @@ class WebhookAdapter(Adapter):
         if not settings.get("url"):
             raise ValueError(f"webhook {instance}: the setting `url` is required")
         self.url = str(settings["url"])
+        self._where = Where("the receiver", check_settings(instance, "url"))
         if "secret" in settings and not settings["secret"]:
             # Its environment variable set but empty: the events would go out unsigned, though
             # a secret was asked for.
@@ -104,7 +106,8 @@ class WebhookAdapter(Adapter):
         try:
             response = self._client.request("HEAD", self.url)
         except httpx.HTTPError as exc:
-            return Health(ok=False, detail=f"{self.url} cannot be reached: {type(exc).__name__}")
+            said = self._where.describe(exc) or type(exc).__name__
+            return Health(ok=False, detail=f"{self.url} cannot be reached: {said}")
         code = response.status_code
         return Health(ok=code < 500, detail=f"HEAD {self.url}: HTTP {code}")
 

@@ -7,6 +7,8 @@ started from; `list` shows them resolved, as the instances use them.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -137,4 +139,14 @@ def check_instance(name: str, cfg: InstanceConfig, base_dir: Path) -> tuple[bool
         health = Health(ok=False, detail=f"check() raised {type(exc).__name__}: {exc}")
     finally:
         adapter.close()
-    return health.ok, health.detail or ("reachable" if health.ok else "not reachable")
+    detail = health.detail or ("reachable" if health.ok else "not reachable")
+    return health.ok, naming_secret_variables(detail, cfg.secrets)
+
+
+def naming_secret_variables(detail: str, secrets: Mapping[str, str]) -> str:
+    """`detail` with each `settings.NAME` it advises checking followed by the environment
+    variable the instance reads NAME from (its `secrets:` map): that is where it is changed."""
+    for setting, variable in secrets.items():
+        named = f"settings.{setting} (environment variable {variable})"
+        detail = re.sub(rf"\bsettings\.{re.escape(setting)}\b", named.replace("\\", r"\\"), detail)
+    return detail
