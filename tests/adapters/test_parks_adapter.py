@@ -168,7 +168,23 @@ def test_a_404_of_the_work_request_endpoint_is_transient_and_names_base_url(
     assert str(caught.value).endswith("check settings.base_url of instance parks)")
 
 
-class _NoCreate(BaseHTTPRequestHandler):
+class _LoopbackParks(BaseHTTPRequestHandler):
+    """A stand-in parks API on a loopback port: JSON answers (or a web page), no access log."""
+
+    def _answer(self, status: int, body: dict[str, Any] | str) -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        kind = "text/html" if isinstance(body, str) else "application/json"
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _NoCreate(_LoopbackParks):
     """A parks API that finds nothing and answers each create with `server.create_status`;
     `/welcome` is a web page, as at a base_url that names a web site."""
 
@@ -184,18 +200,6 @@ class _NoCreate(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._answer(200, {"items": []})
-
-    def _answer(self, status: int, body: dict[str, Any] | str) -> None:
-        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        self.send_response(status)
-        kind = "text/html" if isinstance(body, str) else "application/json"
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @contextmanager
@@ -315,30 +319,19 @@ def test_a_note_longer_than_an_update_holds_is_cut_and_later_changes_still_arriv
     )
 
 
-class _ChangesFeed(BaseHTTPRequestHandler):
+class _ChangesFeed(_LoopbackParks):
     """A parks API serving tokens and a changes feed of chosen changes (`server.changes`)."""
 
     def do_POST(self) -> None:  # the token endpoint
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self._answer({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})
+        self._answer(200, {"access_token": "t", "token_type": "Bearer", "expires_in": 3600})
 
     def do_GET(self) -> None:
         after = int(parse_qs(urlparse(self.path).query).get("since", ["0"])[0])
         changes: list[dict[str, Any]] = self.server.changes  # type: ignore[attr-defined]
         page = [c for c in changes if c.get("change_id", 0) > after]
         last = max((c.get("change_id", 0) for c in page), default=after)
-        self._answer({"changes": page, "next": str(last), "more": False})
-
-    def _answer(self, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self._answer(200, {"changes": page, "next": str(last), "more": False})
 
 
 @contextmanager
