@@ -254,13 +254,18 @@ def _shadowed_services(
                 next((e for e in rules[:i] if e.matches(code, place)), None) for place in places
             ]
             if all(takers):
-                names = ", ".join(sorted({t.name for t in takers if t is not None}))
+                names = sorted({t.name for t in takers if t is not None})
+                earlier = (
+                    f"rule {names[0]} before it takes"
+                    if len(names) == 1
+                    else f"rules {', '.join(names)} before it take"
+                )
                 problems.append(
                     (
                         ("routing", "rules", i, "services", j),
                         f"routing {rule.name}: service {code!r} never reaches this rule: the "
-                        f"rule {names} before it takes it first (the first rule that matches "
-                        "wins); remove it from one of them",
+                        f"{earlier} it first (the first rule that matches wins); remove it "
+                        "from one of them",
                     )
                 )
     return problems
