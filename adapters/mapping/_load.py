@@ -175,7 +175,6 @@ def _problem(err: ValidationError, node: yaml.Node | None, source: str) -> Probl
 # --- compilation ------------------------------------------------------------------------------
 
 _TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_REPORTER_READ = re.compile(r"(?<![\w.\"])reporter\b(?:\s*\.\s*(\w+))?")
 
 
 #: The fields a path can read: the request's JSON form (mapping._engine.Mapping.document), by
@@ -207,28 +206,46 @@ _LEFT_ONLY = frozenset(
 )
 
 
-def _unknown_fields(node: abc.Mapping[str, Any]) -> list[str]:
-    """The paths from the request's root in a parsed JMESPath expression that name a field no
-    request has (`location.lon` for `location.long`): a typo would map to nothing, silently."""
+#: A field read from the request's root: its name and, for an object, the field read in it
+#: (None: the whole of it). `@` is the whole request.
+Read = tuple[str, str | None]
+
+
+def _reads(node: abc.Mapping[str, Any]) -> list[Read]:
+    """The fields a parsed JMESPath expression reads from the request's root, in order. Both
+    checks of an expression (a field no request has, a reporter field not declared personal
+    data) look at these, so `@.reporter.email` and `"reporter".email` are seen as written
+    plainly. List items and `attributes` are not followed below their name."""
     kind = node.get("type")
     children: list[abc.Mapping[str, Any]] = node.get("children", [])
+    if kind == "current":
+        return [("@", None)]
     if kind == "field":
-        name = str(node["value"])
-        return [] if name in _DOCUMENT_FIELDS else [name]
+        return [(str(node["value"]), None)]
     if kind == "subexpression":
-        first, second = children[0], children[1]
-        if first.get("type") == "field" and second.get("type") == "field":
-            name, inner = str(first["value"]), str(second["value"])
-            if name not in _DOCUMENT_FIELDS:
-                return [name]
-            known = _DOCUMENT_FIELDS[name]
-            return [] if known is None or inner in known else [f"{name}.{inner}"]
-        return _unknown_fields(first)
+        parts = [child for child in children if child.get("type") != "current"] or children
+        first = parts[0]
+        if first.get("type") != "field":
+            return _reads(first)
+        inner = parts[1] if len(parts) > 1 and parts[1].get("type") == "field" else None
+        return [(str(first["value"]), str(inner["value"]) if inner is not None else None)]
     if kind in _SAME_PLACE:
-        return [unknown for child in children for unknown in _unknown_fields(child)]
+        return [read for child in children for read in _reads(child)]
     if kind in _LEFT_ONLY and children:
-        return _unknown_fields(children[0])
+        return _reads(children[0])
     return []
+
+
+def _unknown(read: Read) -> str | None:
+    """The path of `read` if no request has it (`location.lon` for `location.long`): a typo
+    would map to nothing, silently."""
+    name, inner = read
+    if name == "@":
+        return None
+    if name not in _DOCUMENT_FIELDS:
+        return name
+    known = _DOCUMENT_FIELDS[name]
+    return None if inner is None or known is None or inner in known else f"{name}.{inner}"
 
 
 def _known_at(unknown: str) -> str:
@@ -275,7 +292,6 @@ class _Compiler:
             return ZoneInfo("UTC")
 
     def _search(self, expression: str, path: Path_) -> Callable[[Document], Any]:
-        self._check_personal_data(expression, path)
         try:
             compiled = jmespath.compile(expression)
         except jmespath.exceptions.ParseError as exc:
@@ -283,13 +299,17 @@ class _Compiler:
                 path, f"not a valid JMESPath expression ({exc.msg} at column {exc.lex_position})"
             )
             return lambda doc: None
-        for unknown in _unknown_fields(compiled.parsed):
-            self.problem(path, f"reads {unknown}, which no request has {_known_at(unknown)}")
+        reads = _reads(compiled.parsed)
+        self._check_personal_data(reads, path)
+        for read in reads:
+            if (unknown := _unknown(read)) is not None:
+                self.problem(path, f"reads {unknown}, which no request has {_known_at(unknown)}")
         return compiled.search
 
-    def _check_personal_data(self, expression: str, path: Path_) -> None:
-        for match in _REPORTER_READ.finditer(expression):
-            name = match.group(1)
+    def _check_personal_data(self, reads: list[Read], path: Path_) -> None:
+        for field, name in reads:
+            if field != "reporter":
+                continue
             if name is None and not self.personal_data:
                 self.problem(
                     path,

@@ -212,6 +212,18 @@ def test_reading_reporter_data_without_listing_it_is_a_file_error() -> None:
         )
 
 
+@pytest.mark.parametrize("written", ["@.reporter.email", '"reporter".email', "@.reporter"])
+def test_reporter_data_read_by_another_spelling_is_seen_as_reporter_data(written: str) -> None:
+    # The check read the expression's text (a regex), and these spellings passed it.
+    with pytest.raises(MappingFileError, match=r"fields.Mail.from: reads reporter"):
+        mapping(f"  Mail: {{from: '{written}'}}\n")
+
+
+def test_a_typo_after_the_current_node_is_a_file_error_too() -> None:
+    with pytest.raises(MappingFileError, match=r"reads location.lon, which no request has"):
+        mapping("  Lon: {from: '@.location.lon'}\n")
+
+
 def test_a_path_to_a_field_no_request_has_is_a_file_error() -> None:
     # `location.lon` for `location.long` would map to nothing, and a back-end that needs the
     # longitude would refuse every request; the template's `zipcod` likewise.
