@@ -27,10 +27,17 @@ _SOS, _EOI = 0xDA, 0xD9
 #: In a scan's coded data a 0xFF byte is followed by 0x00 (a stuffed 0xFF) or by a restart
 #: marker; anything else is the marker after the scan (0xFF fill bytes may come first).
 _JPEG_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-#: PNG chunks that hold text, EXIF or the time the picture was made.
-_PNG_DROPPED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"})
-#: WebP chunks of metadata, and the VP8X flags that announce them.
-_WEBP_DROPPED = frozenset({b"EXIF", b"XMP "})
+#: PNG chunks kept beside the critical ones (upper-case first letter: the picture itself): those
+#: that say how to show it, and an animation's. Every other ancillary chunk goes: text, EXIF,
+#: time, C2PA content credentials (`caBX`, which may name the person), private ones; a list of
+#: what to drop would let through whatever it does not know yet.
+_PNG_KEPT = frozenset(
+    {b"tRNS", b"cHRM", b"gAMA", b"iCCP", b"sBIT", b"sRGB", b"cICP", b"mDCv", b"cLLi", b"bKGD",
+     b"hIST", b"pHYs", b"sPLT", b"acTL", b"fcTL", b"fdAT"}
+)  # fmt: skip
+#: WebP chunks kept: the picture, its alpha, colour profile and animation. EXIF, XMP, C2PA and
+#: any other go; the VP8X flags that announce EXIF and XMP are cleared.
+_WEBP_KEPT = frozenset({b"VP8 ", b"VP8L", b"VP8X", b"ALPH", b"ICCP", b"ANIM", b"ANMF"})
 _VP8X_EXIF_AND_XMP = 0x08 | 0x04
 #: GIF extensions kept: graphic control (0xF9: delays, transparency) and plain text (0x01, drawn
 #: as part of the picture). Comments (0xFE) and other application extensions (XMP, ...) are not.
@@ -105,7 +112,7 @@ def _png(data: bytes) -> bytes:
         end = pos + 12 + length  # length, type, data, CRC
         if end > len(data):
             raise ValueError("a PNG chunk runs past the file")
-        if kind not in _PNG_DROPPED:
+        if kind[:1].isupper() or kind in _PNG_KEPT:
             out += data[pos:end]
         pos = end
         if kind == b"IEND":
@@ -128,7 +135,7 @@ def _webp(data: bytes) -> bytes:
         chunk = bytearray(data[pos:end])
         if kind == b"VP8X":
             chunk[8] &= ~_VP8X_EXIF_AND_XMP & 0xFF
-        if kind not in _WEBP_DROPPED:
+        if kind in _WEBP_KEPT:
             chunks += chunk
         pos = end
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + bytes(chunks)

@@ -5,6 +5,7 @@ stored as they came (with their metadata)."""
 from __future__ import annotations
 
 import hashlib
+import struct
 import zlib
 from pathlib import Path
 
@@ -83,6 +84,17 @@ def test_a_webp_loses_its_exif_and_xmp_chunks_and_their_flags() -> None:
     stripped = without_metadata(WEBP, "webp")
     assert OWNER not in stripped
     assert stripped == webp(VP8X_PLAIN, VP8)
+
+
+def test_png_and_webp_keep_only_the_chunks_that_show_the_picture() -> None:
+    # Content credentials (C2PA) may name the person; a private chunk may hold anything: kept
+    # by a list of what to drop, both went out with the photo.
+    credentials, private = png_chunk(b"caBX", OWNER), png_chunk(b"prVt", OWNER)
+    shown = png_chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1))
+    png_file = PNG_SIGNATURE + IHDR + shown + credentials + private + IDAT + IEND
+    assert without_metadata(png_file, "png") == PNG_SIGNATURE + IHDR + shown + IDAT + IEND
+    webp_file = webp(VP8X_PLAIN, VP8, webp_chunk(b"C2PA", OWNER), webp_chunk(b"XYZW", OWNER))
+    assert without_metadata(webp_file, "webp") == webp(VP8X_PLAIN, VP8)
 
 
 EXIF = jpeg_segment(0xE1, b"Exif\x00\x00" + OWNER)
