@@ -19,9 +19,10 @@ from __future__ import annotations
 import re
 import struct
 
-#: JPEG segments kept: APP0 (JFIF), APP2 (an ICC colour profile; not the MPF index of further
-#: pictures, see _jpeg_metadata), APP14 (Adobe colour transform). Every other APPn (APP1 EXIF
-#: and XMP, APP13 IPTC, ...) and COM (comments) is dropped.
+#: JPEG segments kept: APP0 (JFIF's header, without its thumbnail; not a JFXX thumbnail), APP2
+#: (an ICC colour profile; not the MPF index of further pictures, see _jpeg_metadata), APP14
+#: (Adobe colour transform). Every other APPn (APP1 EXIF and XMP, APP13 IPTC, ...) and COM
+#: (comments) is dropped.
 _JPEG_KEPT_APPS = frozenset({0xE0, 0xE2, 0xEE})
 _SOS, _EOI = 0xDA, 0xD9
 #: In a scan's coded data a 0xFF byte is followed by 0x00 (a stuffed 0xFF) or by a restart
@@ -87,7 +88,12 @@ def _jpeg(data: bytes) -> bytes:
         end = pos + 2 + length
         if length < 2 or end > len(data):
             raise ValueError("a JPEG segment runs past the file")
-        if not _jpeg_metadata(marker, data[pos + 4 : end]):
+        payload = data[pos + 4 : end]
+        if marker == 0xE0 and payload.startswith(b"JFIF\x00") and len(payload) > 14:
+            # JFIF's own thumbnail: a picture of its own, perhaps of the photo before it was
+            # cropped. The header is kept with no thumbnail (its width and height 0).
+            out += b"\xff\xe0" + struct.pack(">H", 16) + payload[:12] + b"\x00\x00"
+        elif not _jpeg_metadata(marker, payload):
             out += data[pos:end]
         pos = end
         if marker == _SOS:  # the scan's coded data follows, up to the next marker
@@ -100,6 +106,8 @@ def _jpeg(data: bytes) -> bytes:
 def _jpeg_metadata(marker: int, payload: bytes) -> bool:
     if marker == 0xE2:  # APP2: a colour profile is kept; MPF and FlashPix data are not
         return not payload.startswith(b"ICC_PROFILE\x00")
+    if marker == 0xE0:  # APP0: JFIF's header is kept; a JFXX extension is a thumbnail
+        return not payload.startswith(b"JFIF\x00")
     return marker == 0xFE or (0xE0 <= marker <= 0xEF and marker not in _JPEG_KEPT_APPS)
 
 

@@ -86,6 +86,14 @@ def test_a_webp_loses_its_exif_and_xmp_chunks_and_their_flags() -> None:
     assert stripped == webp(VP8X_PLAIN, VP8)
 
 
+def test_a_jpeg_loses_its_jfif_thumbnails_and_keeps_the_jfif_header() -> None:
+    # A thumbnail is a picture of its own, perhaps of the photo before it was cropped.
+    with_thumbnail = jpeg_segment(0xE0, JFIF[4:-2] + b"\x01\x01" + OWNER[:3])
+    extension = jpeg_segment(0xE0, b"JFXX\x00\x10" + OWNER)  # a JFXX thumbnail
+    photo = b"\xff\xd8" + with_thumbnail + extension + QUANT + SCAN
+    assert without_metadata(photo, "jpg") == b"\xff\xd8" + JFIF + QUANT + SCAN
+
+
 def test_png_and_webp_keep_only_the_chunks_that_show_the_picture() -> None:
     # Content credentials (C2PA) may name the person; a private chunk may hold anything: kept
     # by a list of what to drop, both went out with the photo.
