@@ -78,7 +78,9 @@ class Poller:
         for _ in range(MAX_PAGES_PER_ROUND):
             since = self.store.watermark(instance)
             page = adapter.updates(since)
-            elsewhere = self._held_elsewhere(instance, page.updates)
+            named = [u.request_id for u in page.updates]
+            named += [s.request_id for s in page.skipped if s.request_id is not None]
+            elsewhere = self._held_elsewhere(instance, named)
             for update in page.updates:
                 if update.request_id in elsewhere:
                     # A back-end two instances share (two departments' accounts on one parks
@@ -92,7 +94,8 @@ class Poller:
                 elif self._record(instance, update):
                     recorded += 1
             for skipped in page.skipped:
-                self._skip(instance, skipped)
+                if skipped.request_id not in elsewhere:  # the other instance's mapping says
+                    self._skip(instance, skipped)
             if page.watermark == since:
                 break
             with self.store.transaction() as tx:
@@ -103,14 +106,15 @@ class Poller:
             log.info("poller.recorded", instance=instance, updates=recorded)
         return recorded
 
-    def _held_elsewhere(self, instance: str, updates: Sequence[StatusUpdate]) -> dict[str, str]:
-        """The requests of `updates` that civicbus sent to other instances and never to this
-        one, with those instances: their changes are not this instance's to record. A request
-        without any back-end reference yet may be this instance's (its worker stores the
-        reference after the back-end answered), so it is not among them."""
-        if not updates:
+    def _held_elsewhere(self, instance: str, request_ids: Sequence[str]) -> dict[str, str]:
+        """The requests of `request_ids` that civicbus sent to other instances and never to
+        this one, with those instances: their changes are not this instance's to record (nor
+        to skip, by this instance's mapping). A request without any back-end reference yet may
+        be this instance's (its worker stores the reference after the back-end answered), so
+        it is not among them."""
+        if not request_ids:
             return {}
-        found = self.store.get_requests({u.request_id for u in updates})
+        found = self.store.get_requests(set(request_ids))
         return {
             request_id: ", ".join(sorted(held))
             for request_id, request in found.items()

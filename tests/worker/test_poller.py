@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 from worker_support import new_request, wait_until
 
-from adapters import Adapter, Health, Receipt, UpdatePage
+from adapters import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters.mapping import Mapping, load_mapping, parse_mapping
 from adapters.parks import ParksAdapter
 from bus.poller import Poller, lease_name
@@ -148,6 +148,13 @@ def test_a_shared_back_ends_changes_are_recorded_by_the_instance_holding_the_req
     }
     assert statuses == {ours: Status.IN_PROGRESS, theirs: Status.OPEN, unsent: Status.IN_PROGRESS}
     assert store.watermark("parks") == "3"  # read past it all the same
+
+    # A change of theirs this instance's mapping cannot read is theirs to skip, not ours: it
+    # was audited in the request's trail with the fix for the wrong mapping.
+    unreadable = SkippedChange(change="change 9", problem="status code 'X'", request_id=theirs)
+    backend.updates = lambda since: UpdatePage(updates=(), watermark="4", skipped=(unreadable,))  # type: ignore[method-assign]
+    assert poller.poll_once("parks") == 0
+    assert "status_skipped" not in [entry.action for entry in store.audit_trail(theirs)]
 
 
 def test_a_back_end_repeating_the_status_without_note_media_or_code_records_nothing(
