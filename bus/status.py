@@ -16,7 +16,7 @@ from __future__ import annotations
 import structlog
 
 from bus.broker.topology import EVENTS_EXCHANGE, event_routing_key
-from bus.store import RecordedUpdate, Store, Transaction
+from bus.store import RecordedUpdate, Store, Transaction, UpdatesNotAllowed
 from schemas.events import Envelope, EventType
 from schemas.model import ServiceRequest, StatusUpdate
 
@@ -30,6 +30,7 @@ def record_status_update(
     actor: str,
     correlation_id: str | None = None,
     refuse_conflicts: bool = False,
+    client_id: int | None = None,
 ) -> ServiceRequest | None:
     """Record `update`; return the request as it now is, or None when the update_id was
     already seen or the update repeats the current status without a note, media or back-end
@@ -40,9 +41,15 @@ def record_status_update(
     code), or an update older than the request's current status (history only), emits
     `civicbus.request.noted` (each carrying the request without personal data). Raises
     KeyError for an unknown request, StoreUnavailable when the store cannot be reached and,
-    with `refuse_conflicts`, UpdateConflict when the update_id was recorded with other content.
+    with `refuse_conflicts`, UpdateConflict when the update_id was recorded with other content;
+    with `client_id` (an API client's), UpdatesNotAllowed when that client may not post status
+    updates as the writing transaction sees it.
     """
     with store.transaction() as tx:
+        if client_id is not None and not tx.client_may_post_updates(client_id):
+            # Checked again where the update is written: a deny committed since the caller
+            # read the client would otherwise let this one through.
+            raise UpdatesNotAllowed(client_id)
         recorded = record_status_update_in(
             tx,
             update,

@@ -30,7 +30,7 @@ from bus.api.urlencoded import (
 from bus.api.wire import Format, Open311Problem, respond
 from bus.intake import ClientRevoked, IdempotencyConflict, Prepared, prepare
 from bus.status import record_status_update
-from bus.store import HistoryFull, UpdateConflict
+from bus.store import HistoryFull, UpdateConflict, UpdatesNotAllowed
 from schemas import open311_render as render
 from schemas.model import Media
 from schemas.open311 import (
@@ -353,7 +353,10 @@ def _record_update(
             actor=f"api:{client.name}",
             correlation_id=correlation_id,
             refuse_conflicts=True,
+            client_id=client.id,
         )
+    except UpdatesNotAllowed:
+        raise Open311Problem(403, _updates_not_allowed(client.name)) from None
     except KeyError:
         raise Open311Problem(
             404, f"service_request_id {update.request_id[:80]!r} not found"

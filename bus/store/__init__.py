@@ -33,6 +33,7 @@ from bus.store._errors import (
     SchemaTooNew,
     StoreUnavailable,
     UpdateConflict,
+    UpdatesNotAllowed,
     WriteConflict,
     not_answering_advice,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "Transaction",
     "Undelivered",
     "UpdateConflict",
+    "UpdatesNotAllowed",
     "WorkerLiveness",
     "WriteConflict",
     "not_answering_advice",

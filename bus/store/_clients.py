@@ -68,6 +68,23 @@ _IS_ACTIVE = (
 )
 
 
+_MAY_POST_UPDATES = (
+    sa.select(api_clients.c.id)
+    .where(
+        api_clients.c.id == sa.bindparam("id"),
+        api_clients.c.revoked_at.is_(None),
+        api_clients.c.may_post_updates.is_(True),
+    )
+    .with_for_update(read=True)
+)
+
+
+def may_post_updates(conn: Connection, client_id: int) -> bool:
+    """Whether the client is active and may post status updates; if so it stays locked against
+    a revocation or a deny-updates until the transaction ends (see _IS_ACTIVE)."""
+    return bool(run(conn, _MAY_POST_UPDATES, {"id": client_id}))
+
+
 def inactive(conn: Connection, client_ids: Collection[int]) -> set[int]:
     """The ids among `client_ids` whose client is revoked (or gone); the active ones stay
     locked against revocation until the transaction ends.

@@ -76,6 +76,15 @@ class HistoryFull(ValueError):
         self.request_id = request_id
 
 
+class UpdatesNotAllowed(Exception):
+    """The API client may not post status updates (denied, or revoked), as the writing
+    transaction sees it."""
+
+    def __init__(self, client_id: int) -> None:
+        super().__init__(f"client {client_id} may not post status updates")
+        self.client_id = client_id
+
+
 class InvalidData(ValueError):
     """The database refused a value (e.g. a NUL character on PostgreSQL); a client error."""
 

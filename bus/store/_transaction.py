@@ -102,6 +102,12 @@ class Transaction:
         checks here cannot race one."""
         return _clients.inactive(self._session, client_ids)
 
+    def client_may_post_updates(self, client_id: int) -> bool:
+        """Whether the client is active and may post status updates, as this transaction sees
+        it; locked as `inactive_clients` locks, so a revocation or deny-updates waits for this
+        writer's commit."""
+        return _clients.may_post_updates(self._session, client_id)
+
     def apply_status_update(
         self, update: StatusUpdate, *, refuse_conflicts: bool = False
     ) -> RecordedUpdate | None:

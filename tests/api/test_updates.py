@@ -11,6 +11,7 @@ import pytest
 from defusedxml import ElementTree as SafeET
 
 from bus.api import open311_reads
+from bus.api.context import ApiContext
 from bus.bootstrap import Runtime
 from bus.status import record_status_update
 from schemas import open311_render as render
@@ -666,3 +667,20 @@ def test_an_updated_datetime_whose_plus_was_left_unencoded_in_the_form_is_read_a
     assert response.status_code == 200, response.text
     stored = runtime.store.get_request(request_id)
     assert stored is not None and stored.updated_at == at.replace(microsecond=0)
+
+
+def test_a_permission_taken_away_after_the_key_was_read_still_refuses_the_update(
+    http: httpx.Client, create: Create, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # deny-updates committing between the API's read of the client and its write: the
+    # transaction that writes checks again.
+    request_id = new_id(create)
+    _, key = runtime.store.add_client("racy-desk", may_post_updates=True)
+    read_before = runtime.store.authenticate(key)
+    assert runtime.store.allow_client_updates("racy-desk", False)
+    monkeypatch.setattr(ApiContext, "authenticate", lambda self, api_key, where: read_before)
+    response = post_update(http, key, service_request_id=request_id, update_id="racy-1")
+    assert response.status_code == 403, response.text
+    assert "may not post status updates" in response.json()[0]["description"]
+    stored = runtime.store.get_request(request_id)
+    assert stored is not None and stored.history == ()
