@@ -20,7 +20,8 @@ install: $(STAMP)
 
 # Reinstalled whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { echo "make: $(PYTHON) has no venv module: installing Debian's python3-venv"; \
+		apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv --clear $(VENV); }
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

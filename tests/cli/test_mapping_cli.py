@@ -121,3 +121,11 @@ def test_try_with_a_request_that_is_not_canonical(tmp_path: Path) -> None:
     assert code == 2
     assert out.count("attributes.BAG_COUNT: an answer is a text, as a form sends it") == 1
     assert ".str" not in out and "tuple[str" not in out
+
+
+def test_the_readmes_example_request_maps_through_the_sandboxs_sap_mapping() -> None:
+    code, out = invoke(
+        "mapping", "try", "mappings/sap-roads.yaml", "mappings/examples/pothole-request.json"
+    )
+    assert code == 0, out
+    assert '"short_text": "POTHOLE: 742 Evergreen Terrace"' in out
