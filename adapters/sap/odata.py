@@ -5,7 +5,9 @@ when SAP answers 403 "CSRF token validation failed". SAP's error JSON (`error.me
 `innererror.errordetails`) becomes a PermanentError with SAP's text for a 4xx; 5xx, 429, timeouts
 and refused connections are transient, honouring Retry-After. So is a 404 or 405: every URL called
 is the service's root, `$metadata` or the entity set (never one notification by key), which
-answer 404 only when `base_url` or `service_path` is wrong, not for a request's data.
+answer 404 only when `base_url` or `service_path` is wrong, not for a request's data. And so is
+a refused logon (401): an expired password is the set-up's fault, and retried through the
+tiers the requests reach SAP once it is fixed, instead of every one being dead-lettered.
 """
 
 from __future__ import annotations
@@ -246,7 +248,8 @@ def _csrf_failed(response: httpx.Response) -> bool:
 
 
 def _raise_for_status(response: httpx.Response, context: str, logon_advice: str) -> None:
-    """SAP's answer as our error: 4xx permanent with SAP's text; 408, 429 and 5xx transient."""
+    """SAP's answer as our error: 4xx permanent with SAP's text; 401 (a refused logon), 408,
+    429 and 5xx transient."""
     status = response.status_code
     if status < 400:
         return
@@ -256,7 +259,7 @@ def _raise_for_status(response: httpx.Response, context: str, logon_advice: str)
             f"{context}: HTTP {status}: {text}", retry_after=_retry_after(response)
         )
     if status == 401:
-        text = f"{text} (SAP refused the logon: {logon_advice})"
+        raise TransientError(f"{context}: HTTP 401: {text} (SAP refused the logon: {logon_advice})")
     raise PermanentError(f"{context}: HTTP {status}: {text}")
 
 

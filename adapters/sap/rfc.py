@@ -67,7 +67,7 @@ def _error_table() -> ErrorTable:
 
         table.update(
             {
-                pyrfc.LogonError: PermanentError,
+                pyrfc.LogonError: TransientError,  # the set-up's fault: see below
                 pyrfc.CommunicationError: TransientError,
                 pyrfc.ABAPApplicationError: PermanentError,
                 pyrfc.ABAPRuntimeError: TransientError,
@@ -79,7 +79,9 @@ def _error_table() -> ErrorTable:
         pass
     table.update(
         {
-            rfc_http.LogonError: PermanentError,
+            # A refused logon (an expired password) is the set-up's, never a request's fault:
+            # retried through the tiers, the requests reach SAP once it is fixed.
+            rfc_http.LogonError: TransientError,
             rfc_http.CommunicationError: TransientError,
             rfc_http.ABAPApplicationError: PermanentError,
             rfc_http.ABAPRuntimeError: TransientError,

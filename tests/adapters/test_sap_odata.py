@@ -142,7 +142,7 @@ def test_a_rejection_by_sap_is_permanent(adapter: SapAdapter, sap_sim: Running) 
     assert adapter.submit(request).created  # the fault was for one request only
 
 
-def test_wrong_credentials_are_permanent(tmp_path: Path) -> None:
+def test_wrong_credentials_are_transient_as_the_set_ups_fault(tmp_path: Path) -> None:
     with simulator("sap", tmp_path, sap_user="CIVICBUS", sap_password="right") as sim:
         wrong = SapAdapter(
             "sap-roads",
@@ -154,7 +154,7 @@ def test_wrong_credentials_are_permanent(tmp_path: Path) -> None:
             settings_for("odata", sim.url, username="CIVICBUS", password="right"),
             sap_mapping(),
         )
-        with pytest.raises(PermanentError, match="refused the logon") as caught:
+        with pytest.raises(TransientError, match="refused the logon") as caught:
             wrong.find("anything")
         assert right.find("anything") is None
         assert right.check().ok

@@ -84,11 +84,13 @@ def test_an_unreachable_sap_is_transient(sap_sim: Running) -> None:
     assert not adapter.check().ok
 
 
-def test_a_refused_logon_is_permanent(tmp_path: Path) -> None:
+def test_a_refused_logon_is_transient_as_the_set_ups_fault(tmp_path: Path) -> None:
     with simulator("sap", tmp_path, sap_user="CIVICBUS", sap_password="right") as sim:
         settings = settings_for("rfc", sim.url, user="CIVICBUS", passwd="wrong")
         adapter = SapAdapter("sap-roads", settings, sap_mapping())
-        with pytest.raises(PermanentError, match="LogonError"):
+        # An expired password: retried through the tiers until it is fixed, never every
+        # request dead-lettered at its first attempt.
+        with pytest.raises(TransientError, match="LogonError"):
             adapter.find("anything")
         good = SapAdapter("sap-roads", {**settings, "passwd": "right"}, sap_mapping())
         assert good.check().ok
