@@ -10,7 +10,7 @@ import httpx
 
 from adapters import Adapter, Health, PermanentError, Receipt, TransientError, map_exceptions
 from adapters._exceptions import answer_excerpt
-from adapters._http import Where, check_settings
+from adapters._http import Where, check_settings, require_http_url
 from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from schemas.events import STRUCTURED_CONTENT_TYPE, Envelope, EventType
 from schemas.model import Reporter, ServiceRequest
@@ -47,7 +47,8 @@ class WebhookAdapter(Adapter):
         super().__init__(instance, settings, mapping)
         if not settings.get("url"):
             raise ValueError(f"webhook {instance}: the setting `url` is required")
-        self.url = str(settings["url"])
+        # Refused here (one line, exit 2 for `civicbus worker`), not at every delivery.
+        self.url = require_http_url(settings["url"], context=f"webhook {instance}", setting="url")
         self._where = Where("the receiver", check_settings(instance, "url"))
         if "secret" in settings and not settings["secret"]:
             # Its environment variable set but empty: the events would go out unsigned, though

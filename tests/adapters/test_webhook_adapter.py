@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from backends_support import a_request, free_port
 
-from adapters import PermanentError, TransientError
+from adapters import TransientError
 from adapters.webhook import WebhookAdapter
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,11 +90,10 @@ def test_personal_data_must_list_reporter_fields(listed: Any) -> None:
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/hook", "127.0.0.1/hook"])
-def test_a_url_httpx_cannot_use_is_a_permanent_error(url: str) -> None:
-    adapter = WebhookAdapter("contractor", {"url": url})
-    with pytest.raises(PermanentError, match="UnsupportedProtocol"):
-        adapter.submit(a_request())
-    adapter.close()
+def test_a_url_httpx_cannot_use_is_refused_when_the_adapter_is_built(url: str) -> None:
+    # At start-up, not as a dead letter for every event.
+    with pytest.raises(ValueError, match="the setting `url` must be an http:// or https:// URL"):
+        WebhookAdapter("contractor", {"url": url})
 
 
 def test_a_refused_connection_is_transient() -> None:
