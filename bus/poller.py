@@ -114,11 +114,12 @@ class Poller:
         it is not among them."""
         if not request_ids:
             return {}
-        found = self.store.get_requests(set(request_ids))
+        # The references alone: a whole request (its history with it) is not needed here.
+        held = self.store.request_holders(set(request_ids))
         return {
-            request_id: ", ".join(sorted(held))
-            for request_id, request in found.items()
-            if (held := {ref.adapter for ref in request.backend_refs}) and instance not in held
+            request_id: ", ".join(sorted(instances))
+            for request_id, instances in held.items()
+            if instance not in instances
         }
 
     def _record(self, instance: str, update: StatusUpdate) -> bool:

@@ -164,6 +164,15 @@ def insert_requests(
         insert_rows(conn, table, rows)
 
 
+def holders(conn: Connection, ids: list[str]) -> dict[str, set[str]]:
+    """The adapter instances holding each request (its back-end references), by request id;
+    a request none holds is absent."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for request_id, adapter, _, _ in select_for_ids(conn, _SELECT_REFS, ids):
+        found[request_id].add(adapter)
+    return found
+
+
 def _children(
     conn: Connection, ids: list[str]
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:

@@ -177,6 +177,11 @@ class Store:
         """Whole requests by id, read together (one snapshot); unknown ids are absent."""
         return self._read(lambda conn: _requests.get_requests(conn, request_ids))
 
+    def request_holders(self, request_ids: Collection[str]) -> dict[str, set[str]]:
+        """The adapter instances holding each request (its back-end references); a request
+        none holds, or unknown, is absent."""
+        return self._read(lambda conn: _requests.holders(conn, list(request_ids)))
+
     def find_requests(self, query: RequestQuery) -> list[ServiceRequest]:
         """Requests matching every filter, newest first: by requested time, then id, descending."""
         return self._read(lambda conn: _requests.find_requests(conn, query))
