@@ -87,22 +87,27 @@ def decode_urlencoded(
     for pair in text.split("&"):
         if not pair:
             continue
-        name, _, value = pair.partition("=")
-        if "+" in name:
-            name = name.replace("+", " ")
-        if "%" in name:
-            try:
-                name = unquote(name, encoding, "strict")
-            except UnicodeDecodeError:
-                undecodable.append(unquote(name, encoding, "replace"))
-                continue
-        if "+" in value:
-            value = value.replace("+", " ")
-        if "%" in value:
-            try:
-                value = unquote(value, encoding, "strict")
-            except UnicodeDecodeError:
-                undecodable.append(name)
-                continue
+        raw_name, _, raw_value = pair.partition("=")
+        name = _unescaped(raw_name, encoding)
+        if name is None:
+            undecodable.append(_unescaped(raw_name, encoding, "replace") or raw_name)
+            continue
+        value = _unescaped(raw_value, encoding)
+        if value is None:
+            undecodable.append(name)
+            continue
         fields.setdefault(name, []).append(value)
     return undecodable
+
+
+def _unescaped(text: str, encoding: str, errors: str = "strict") -> str | None:
+    """A name or value of a form as sent: `+` a space, percent-escapes in `encoding`; None when
+    they are not valid in it. Plain text (most of a form) is returned as it is, untouched."""
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" not in text:
+        return text
+    try:
+        return unquote(text, encoding, errors)
+    except UnicodeDecodeError:
+        return None
