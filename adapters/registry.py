@@ -114,6 +114,26 @@ def load_instance_mapping(
     return mapping
 
 
+def load_kind_and_mapping(
+    instance: str, kind: str, mapping_path: Path | None
+) -> tuple[type[Adapter], FieldMapping | None]:
+    """An instance's adapter class and its validated mapping (None when it has none), without
+    building the adapter: what `build_adapter` starts with, and all an offline check needs.
+    Raises RegistryError or MappingFileError as build_adapter does."""
+    cls = load_kind(kind)
+    if mapping_path is None and cls.mapping_fields:
+        raise MappingMismatch(
+            f"adapter instance {instance!r} of kind {kind!r} needs a mapping file "
+            f"(set `mapping:` in its config)"
+        )
+    mapping = (
+        load_instance_mapping(kind, mapping_path, cls.mapping_fields)
+        if mapping_path is not None
+        else None
+    )
+    return cls, mapping
+
+
 def build_adapter(
     instance: str,
     *,
@@ -128,17 +148,7 @@ def build_adapter(
     `public_base_url` (the deployment's Open311 API) gives mapping paths `links.open311`.
     Raises RegistryError or MappingFileError with a message an integrator can act on.
     """
-    cls = load_kind(kind)
-    if mapping_path is None and cls.mapping_fields:
-        raise MappingMismatch(
-            f"adapter instance {instance!r} of kind {kind!r} needs a mapping file "
-            f"(set `mapping:` in its config)"
-        )
-    mapping = (
-        load_instance_mapping(kind, mapping_path, cls.mapping_fields)
-        if mapping_path is not None
-        else None
-    )
+    cls, mapping = load_kind_and_mapping(instance, kind, mapping_path)
     if mapping is not None and public_base_url:
         mapping = replace(mapping, public_base_url=public_base_url)
     adapter = cls(instance, settings, mapping)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from adapters.mapping import MappingFileError
-from adapters.registry import RegistryError, load_instance_mapping, load_kind
+from adapters.registry import RegistryError, load_kind_and_mapping
 from bus.adapters_glue import mapping_path
 from bus.cli import command_group
 from bus.config import Config, ConfigError, Environment, InstanceConfig, load_config
@@ -72,16 +72,13 @@ def _summary(config: Config) -> str:
 
 def _instance(name: str, cfg: InstanceConfig, base_dir: Path) -> str:
     """`ok ...` with what the instance's mapping holds, or what is wrong with it."""
+    where = mapping_path(cfg, base_dir)
     try:
-        cls = load_kind(cfg.kind)
-        where = mapping_path(cfg, base_dir)
-        if where is None:
-            if cls.mapping_fields:
-                return f"kind {cfg.kind} needs a mapping file: set `mapping:` for {name}"
-            return f"ok: kind {cfg.kind}, no mapping"
-        mapping = load_instance_mapping(cfg.kind, where, cls.mapping_fields)
+        _, mapping = load_kind_and_mapping(name, cfg.kind, where)
     except (RegistryError, MappingFileError) as exc:
         return str(exc).replace("\n", "\n      ")
+    if where is None or mapping is None:
+        return f"ok: kind {cfg.kind}, no mapping"
     return (
         f"ok: kind {cfg.kind}, {where.resolve()} ({len(mapping.rules)} fields, "
         f"{len(mapping.statuses)} status codes)"
