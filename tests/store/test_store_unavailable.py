@@ -76,15 +76,17 @@ def test_a_postgres_server_that_does_not_answer_is_waited_for_once_then_refused_
             with pytest.raises(NotAnswering, match="no answer"):
                 store.get_request("r")
             first = time.monotonic() - started
-            assert 0.9 < first < 4  # connect_timeout: 1 s asked, libpq waits 2 s at least
+            # connect_timeout: 1 s asked, libpq waits 2 s at least; bounded, with room for a
+            # loaded machine (a wait without bound would hang here).
+            assert 0.9 < first < 10
 
-            started = time.monotonic()
+            # "not tried": the breaker refuses without a connection attempt, which the count of
+            # refusals shows too; their time is not asserted (it says more about a loaded machine).
             for _ in range(20):
                 with pytest.raises(StoreUnavailable, match="not tried"):
                     store.get_request("r")
                 with pytest.raises(StoreUnavailable, match="not tried"), store.transaction():
                     pass
-            assert time.monotonic() - started < 0.5
             assert store.breaker_state().open
             assert store.breaker_state().refused == 40
 
