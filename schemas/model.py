@@ -24,7 +24,7 @@ AwareDatetime = Annotated[datetime, AfterValidator(_require_zone)]
 
 
 class Status(StrEnum):
-    """The extended status set (OPEN311.md C-23); each maps to Open311's open/closed."""
+    """The extended status set; each maps to Open311's open/closed."""
 
     OPEN = "open"
     INVESTIGATING = "investigating"
@@ -65,7 +65,7 @@ _CLOSED_STATUSES = frozenset(
 
 
 class ServiceType(StrEnum):
-    """How a service answers a create: an id at once, a token, or nothing (C-14)."""
+    """How a service answers a create: an id at once, a token, or nothing."""
 
     REALTIME = "realtime"
     BATCH = "batch"
@@ -73,7 +73,7 @@ class ServiceType(StrEnum):
 
 
 class Datatype(StrEnum):
-    """The six Open311 attribute datatypes (C-10)."""
+    """The six Open311 attribute datatypes."""
 
     STRING = "string"
     NUMBER = "number"
@@ -110,7 +110,7 @@ class AttributeValue(_Model):
 
 
 class Attribute(_Model):
-    """A question a service asks beyond the standard fields (C-10)."""
+    """A question a service asks beyond the standard fields."""
 
     code: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     datatype: Datatype
@@ -124,7 +124,7 @@ class Attribute(_Model):
 
 
 class Service(_Model):
-    """A type of request the city accepts (C-09/C-10)."""
+    """A type of request the city accepts."""
 
     code: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     name: str
@@ -147,7 +147,7 @@ class Service(_Model):
 
 
 class Location(_Model):
-    """Where the problem is: a WGS84 point, an address, or an address id (C-11)."""
+    """Where the problem is: a WGS84 point, an address, or an address id."""
 
     lat: float | None = Field(default=None, ge=-90, le=90)
     long: float | None = Field(default=None, ge=-180, le=180)

@@ -252,7 +252,7 @@ CREATE_HEADERS: list[dict[str, Any]] = [
         "in": "header",
         "required": False,
         "description": "repeating a create with the same key answers the first answer again "
-        "(C-15), with `Idempotent-Replayed: true`; the key reused for a different report "
+        "with `Idempotent-Replayed: true`; the key reused for a different report "
         "is 409",
         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
     },
@@ -274,7 +274,7 @@ _TEXT = {"type": "string"}
 
 CREATE_FIELDS: dict[str, Schema] = {
     "api_key": {**_TEXT, "description": "the client's key (also accepted in the query string)"},
-    "jurisdiction_id": {**_TEXT, "description": "required when several are served (C-06)"},
+    "jurisdiction_id": {**_TEXT, "description": "required when several are served"},
     "service_code": _TEXT,
     "lat": {**_TEXT, "description": "WGS84 latitude, with long"},
     "long": {**_TEXT, "description": "WGS84 longitude, with lat"},
@@ -293,10 +293,10 @@ CREATE_FIELDS: dict[str, Schema] = {
 
 UPDATE_FIELDS: dict[str, Schema] = {
     "api_key": _TEXT,
-    "jurisdiction_id": {**_TEXT, "description": "optional: the request's jurisdiction (C-06)"},
+    "jurisdiction_id": {**_TEXT, "description": "optional: the request's jurisdiction"},
     "service_request_id": _TEXT,
     "update_id": _TEXT,
-    "status": {**_TEXT, "description": "extended status, upper case (C-22/C-23)"},
+    "status": {**_TEXT, "description": "extended status, upper case"},
     "updated_datetime": {**_TEXT, "description": "ISO 8601 with a zone"},
     "description": _TEXT,
     "external_status_code": _TEXT,

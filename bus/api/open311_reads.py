@@ -33,13 +33,13 @@ MAX_UPDATES = 1000
 # Request ids and tokens are ULIDs (tokens with a T prefix); anything else cannot exist.
 _ID = re.compile(r"^T?[0-9A-HJKMNP-TV-Z]{26}$")
 
-JURISDICTION = Query(None, description="required when several jurisdictions are served (C-06)")
-EXTENSIONS = Query(None, description="true adds extended_attributes and notes (C-19)")
+JURISDICTION = Query(None, description="required when several jurisdictions are served")
+EXTENSIONS = Query(None, description="true adds extended_attributes and notes")
 
 
 @discovery_router.get(
     "/discovery.{fmt}",
-    summary="Service discovery (C-08)",
+    summary="Service discovery",
     responses=docs.responses(docs.DISCOVERY),
     response_class=Response,
 )
@@ -58,7 +58,7 @@ async def discovery(request: Request, fmt: Format) -> Response:
 
 @router.get(
     "/services.{fmt}",
-    summary="The service list (C-09)",
+    summary="The service list",
     responses=docs.responses(docs.SERVICES),
     response_class=Response,
 )
@@ -72,7 +72,7 @@ async def service_list(
 
 @router.get(
     "/services/{service_code}.{fmt}",
-    summary="A service definition (C-10)",
+    summary="A service definition",
     responses=docs.responses(docs.SERVICE_DEFINITION),
     response_class=Response,
 )
@@ -88,7 +88,7 @@ async def service_definition(
 
 @router.get(
     "/requests.{fmt}",
-    summary="Find requests (C-17, C-19)",
+    summary="Find requests",
     responses=docs.responses(docs.REQUESTS),
     response_class=Response,
 )
@@ -182,7 +182,7 @@ async def find_requests(
 
 @router.get(
     "/requests/{service_request_id}.{fmt}",
-    summary="One request (C-18)",
+    summary="One request",
     responses=docs.responses(docs.REQUESTS),
     response_class=Response,
 )
@@ -206,7 +206,7 @@ async def get_request(
 
 @router.get(
     "/tokens/{token}.{fmt}",
-    summary="The request id behind a batch token (C-16)",
+    summary="The request id behind a batch token",
     responses=docs.responses(docs.TOKENS),
     response_class=Response,
 )
@@ -226,7 +226,7 @@ async def resolve_token(
 
 @router.get(
     "/servicerequestupdates.{fmt}",
-    summary="Status updates in a time range (C-21)",
+    summary="Status updates in a time range",
     responses=docs.responses(docs.UPDATES),
     response_class=Response,
 )

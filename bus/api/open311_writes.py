@@ -172,7 +172,7 @@ async def _check_form_type(request: Request, content_type: str) -> None:
 
 @router.post(
     "/requests.{fmt}",
-    summary="Create a request (C-11..C-15)",
+    summary="Create a request",
     responses=docs.responses(docs.CREATED, errors={**docs.FORM_ERRORS, **docs.CREATE_ERRORS}),
     response_class=Response,
     openapi_extra={
@@ -308,7 +308,7 @@ def _validate(ctx: ApiContext, jurisdiction: str, submission: _Submission) -> Re
 
 @router.post(
     "/servicerequestupdates.{fmt}",
-    summary="Record a status update pushed by a back-end or partner (C-22)",
+    summary="Record a status update pushed by a back-end or partner",
     responses=docs.responses(docs.UPDATES, errors={**docs.FORM_ERRORS, **docs.UPDATE_ERRORS}),
     response_class=Response,
     openapi_extra=docs.form_body(docs.UPDATE_FIELDS),

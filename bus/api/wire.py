@@ -22,7 +22,7 @@ XML_TYPE = "text/xml; charset=utf-8"
 
 
 class Format(StrEnum):
-    """The `.{fmt}` suffix of every Open311 resource (C-01)."""
+    """The `.{fmt}` suffix of every Open311 resource."""
 
     JSON = "json"
     XML = "xml"
