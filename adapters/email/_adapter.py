@@ -1,8 +1,9 @@
 """The email adapter: one SMTP message per request, to a department that has no system.
 
 Idempotency: an SMTP server cannot be asked what it has delivered, so `find` answers from a
-local sent-log (SQLite in the adapter's state dir), and `submit` sends only when the log has no
-entry for the request. A crash between sending and logging can make a redelivery send again;
+sent-log (adapters/email/_sentlog.py: a SQLite file in the adapter's state dir, or a database
+that every host's workers share), and `submit` claims the request there before it sends and
+marks it sent after. A crash between sending and marking can make a redelivery send again;
 the copy carries the same Message-ID, so mail programs show it as the same message in one thread.
 Replies from the department are out of scope: status comes back through the civicbus API.
 """
@@ -12,17 +13,18 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Mapping
 from contextlib import suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.errors import MessageError
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from adapters._contract import Adapter, Health, Receipt
-from adapters._exceptions import AdapterError, PermanentError
-from adapters.email._errors import smtp_errors
-from adapters.email._message import compose
+from adapters._exceptions import AdapterError, PermanentError, TransientError
+from adapters.email._errors import sent_log_errors, smtp_errors
+from adapters.email._message import compose, message_id_for
 from adapters.email._sentlog import Sent, SentLog
 from adapters.mapping import Mapping as FieldMapping
 from schemas.model import ServiceRequest, Status
@@ -37,10 +39,12 @@ class EmailAdapter(Adapter):
     a mapping field `to` overrides it per request), `from` (default
     `civicbus@<message_id_domain>`), `starttls` (default false), `username`/`password` (optional;
     the password from the environment), `timeout` (seconds, default 10), `state_dir` (where the
-    sent-log lives, default `var/adapters/<instance>`), `message_id_domain` (default
-    `civicbus.local`). The mapping's fields make the message: `subject`, then each other field
-    as a labelled line or block, in the mapping's order. Line breaks and other control
-    characters in `subject` and `to` become spaces (a header is one line).
+    sent-log lives, default `var/adapters/<instance>`), `sent_log_url` (a PostgreSQL or SQLite
+    URL for the sent-log instead, which workers on several hosts can share; from the environment
+    when it holds a password), `message_id_domain` (default `civicbus.local`). The mapping's
+    fields make the message: `subject`, then each other field as a labelled line or block, in
+    the mapping's order. Line breaks and other control characters in `subject` and `to` become
+    spaces (a header is one line).
     """
 
     kind = "email"
@@ -66,53 +70,53 @@ class EmailAdapter(Adapter):
         self.username: str | None = settings.get("username") or None
         self._password: str | None = settings.get("password") or None
         self.timeout = float(settings.get("timeout", 10))
-        state_dir = Path(settings.get("state_dir") or Path("var/adapters") / instance)
-        self.sent_log = SentLog(state_dir / "sent.db")
+        # A claim older than this is a worker that died mid-send (or could not mark the message
+        # sent): a live one has connected, greeted, logged in and sent within a few timeouts.
+        self.claim_expires = timedelta(seconds=_CLAIM_TIMEOUTS * self.timeout)
+        if settings.get("sent_log_url"):
+            try:
+                self.sent_log = SentLog(
+                    str(settings["sent_log_url"]), instance, connect_timeout=self.timeout
+                )
+            except ValueError as exc:
+                raise ValueError(f"email adapter {instance}: sent_log_url: {exc}") from None
+        else:
+            state_dir = Path(settings.get("state_dir") or Path("var/adapters") / instance)
+            self.sent_log = SentLog.in_file(state_dir / "sent.db", instance)
 
     def submit(self, request: ServiceRequest) -> Receipt:
-        """Send the request's message unless the sent-log says it went already."""
-        already = self.find(request.id)
-        if already is not None:
-            log.info("email.already_sent", adapter=self.instance, request_id=request.id)
-            return already
-        fields = self.field_mapping.apply(request)
+        """Send the request's message unless the sent-log says it went (or is going) already."""
         now = datetime.now(UTC)
         context = f"email adapter {self.instance}: request {request.id}"
+        message_id = message_id_for(request.id, self.domain)
+        # Claimed before it is sent: a sent-log that cannot be written to stops the mail here,
+        # rather than after it went, when every redelivery would send it again.
+        with sent_log_errors(context):
+            there = self.sent_log.claim(request.id, message_id, now)
+        if there is not None:
+            if there.sent:
+                log.info("email.already_sent", adapter=self.instance, request_id=request.id)
+                return _receipt(there)
+            self._take_over(there, now, context)
         try:
-            message = compose(
-                request.id, fields, sender=self.sender, to=self.to, at=now, domain=self.domain
-            )
-        except (ValueError, MessageError) as exc:
-            # Data no e-mail can carry (e.g. text that is not valid Unicode): a retry builds the
-            # same message. The library's text may quote the value, so only its type is named.
-            raise PermanentError(
-                f"{context}: the message cannot be composed ({type(exc).__name__})"
-            ) from exc
-        with smtp_errors(context):
-            smtp = self._connection()
-        try:
-            with smtp_errors(context):
-                smtp.send_message(message)
-            # Delivered once DATA is answered 250: recorded before QUIT, whose answer (a 421
-            # when the server times the session out, say) cannot undo it; had it failed the
-            # submit, a redelivery would send the mail again.
-            sent = Sent(request.id, str(message["Message-ID"]), now)
-            self.sent_log.record(sent)
-        finally:
-            _hang_up(smtp)
-        log.info(
-            "email.sent", adapter=self.instance, request_id=request.id, message_id=sent.message_id
-        )
-        return Receipt(request.id, sent.message_id, created=True, status=Status.OPEN, at=now)
+            self._send(self._compose(request, now, context), context)
+        except AdapterError:
+            # Not composed, refused, or not taken by the server: the retry may send at once.
+            with suppress(AdapterError), sent_log_errors(context):
+                self.sent_log.release(request.id, now)
+            raise
+        with sent_log_errors(context):
+            self.sent_log.mark_sent(request.id, now)
+        log.info("email.sent", adapter=self.instance, request_id=request.id, message_id=message_id)
+        return Receipt(request.id, message_id, created=True, status=Status.OPEN, at=now)
 
     def find(self, request_id: str) -> Receipt | None:
-        """The message sent for `request_id`, from the local sent-log (SMTP cannot be asked)."""
-        sent = self.sent_log.get(request_id)
-        if sent is None:
+        """The message sent for `request_id`, from the sent-log (SMTP cannot be asked)."""
+        with sent_log_errors(f"email adapter {self.instance}: find request {request_id}"):
+            entry = self.sent_log.get(request_id)
+        if entry is None or not entry.sent:
             return None
-        return Receipt(
-            request_id, sent.message_id, created=False, status=Status.OPEN, at=sent.sent_at
-        )
+        return _receipt(entry)
 
     def check(self) -> Health:
         """Connect, greet, log in if configured, NOOP: the server would take a message now."""
@@ -127,7 +131,58 @@ class EmailAdapter(Adapter):
                     _hang_up(smtp)
         except AdapterError as exc:
             return Health(False, f"{where}: {exc}")
-        return Health(True, f"{where} answers; sent-log at {self.sent_log.path}")
+        sent_log = f"sent-log at {self.sent_log.where}"
+        try:
+            with sent_log_errors(f"email adapter {self.instance}: health check"):
+                self.sent_log.probe()
+        except AdapterError as exc:
+            return Health(False, f"{where} answers; {sent_log}: {exc}")
+        return Health(True, f"{where} answers; {sent_log} answers")
+
+    def close(self) -> None:
+        self.sent_log.close()
+
+    def _take_over(self, claimed: Sent, now: datetime, context: str) -> None:
+        """Send in place of the worker that claimed the message, once it is plainly gone."""
+        if now - claimed.claimed_at < self.claim_expires:
+            raise TransientError(
+                f"{context}: another worker is sending its message (claimed "
+                f"{claimed.claimed_at.isoformat(timespec='seconds')})"
+            )
+        with sent_log_errors(context):
+            taken = self.sent_log.take_over(claimed, now)
+        if not taken:
+            raise TransientError(f"{context}: another worker took over sending its message")
+        log.warning(
+            "email.claim_taken_over",
+            adapter=self.instance,
+            request_id=claimed.request_id,
+            claimed_at=claimed.claimed_at.isoformat(),
+        )
+
+    def _compose(self, request: ServiceRequest, now: datetime, context: str) -> EmailMessage:
+        fields = self.field_mapping.apply(request)
+        try:
+            return compose(
+                request.id, fields, sender=self.sender, to=self.to, at=now, domain=self.domain
+            )
+        except (ValueError, MessageError) as exc:
+            # Data no e-mail can carry (e.g. text that is not valid Unicode): a retry builds the
+            # same message. The library's text may quote the value, so only its type is named.
+            raise PermanentError(
+                f"{context}: the message cannot be composed ({type(exc).__name__})"
+            ) from exc
+
+    def _send(self, message: EmailMessage, context: str) -> None:
+        with smtp_errors(context):
+            smtp = self._connection()
+        try:
+            with smtp_errors(context):
+                smtp.send_message(message)
+        finally:
+            # Delivered once DATA is answered 250: the answer to QUIT (a 421 when the server
+            # times the session out, say) cannot undo it, so it is not heard.
+            _hang_up(smtp)
 
     def _connection(self) -> smtplib.SMTP:
         smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
@@ -142,6 +197,20 @@ class EmailAdapter(Adapter):
             smtp.close()
             raise
         return smtp
+
+
+#: How many SMTP timeouts a claim holds before another worker may send in its place.
+_CLAIM_TIMEOUTS = 10
+
+
+def _receipt(entry: Sent) -> Receipt:
+    return Receipt(
+        entry.request_id,
+        entry.message_id,
+        created=False,
+        status=Status.OPEN,
+        at=entry.sent_at or entry.claimed_at,
+    )
 
 
 def _hang_up(smtp: smtplib.SMTP) -> None:

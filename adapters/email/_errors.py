@@ -1,4 +1,4 @@
-"""How smtplib's failures become TransientError or PermanentError, in one place.
+"""How smtplib's and the sent-log's failures become TransientError or PermanentError.
 
 An SMTP answer carries its own class: 4xx means "try later", 5xx "refused". Everything on the
 way there (refused connections, timeouts, dropped connections) is classified by type in `ERRORS`.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import sqlalchemy.exc as sa_exc
 
 from adapters._exceptions import (
     AdapterError,
@@ -48,3 +50,21 @@ def smtp_errors(context: str) -> Iterator[None]:
             raise _by_code(exc.smtp_code)(
                 f"{context}: the mail server answered SMTP {exc.smtp_code} ({type(exc).__name__})"
             ) from exc
+
+
+@contextmanager
+def sent_log_errors(context: str) -> Iterator[None]:
+    """Raise any failure of the sent-log's database as TransientError, with `context`.
+
+    Never permanent: a database that is down, full, read-only or refusing our user is the
+    set-up's fault, never the request's, and the retry tiers hold the request until it is fixed.
+    The message is the driver's first line: SQLAlchemy's own text would quote the statement.
+    """
+    try:
+        yield
+    except sa_exc.SQLAlchemyError as exc:
+        said = getattr(exc, "orig", None) or exc
+        first = next(iter(str(said).strip().splitlines()), "")
+        raise TransientError(
+            f"{context}: the sent-log cannot be used ({type(said).__name__}: {first})"
+        ) from exc

@@ -42,10 +42,17 @@ tables:
 class EmailTarget(ConformanceTarget):
     """The email adapter against the mailbox; records are the .eml files it stored."""
 
-    def __init__(self, mailbox: MailboxServer, sandbox_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self,
+        mailbox: MailboxServer,
+        sandbox_dir: Path,
+        state_dir: Path,
+        sent_log_url: str | None = None,
+    ) -> None:
         self.mailbox = mailbox
         self.sandbox_dir = sandbox_dir
         self.state_dir = state_dir
+        self.sent_log_url = sent_log_url
 
     def _settings(self, port: int) -> dict[str, object]:
         return {
@@ -53,6 +60,7 @@ class EmailTarget(ConformanceTarget):
             "smtp_port": port,
             "to": "311-desk@sandbox.example",
             "state_dir": str(self.state_dir),
+            "sent_log_url": self.sent_log_url,
             "timeout": 5,
         }
 
@@ -86,10 +94,20 @@ class TestEmailConformance(AdapterConformance):
         self, conformance_target: ConformanceTarget
     ) -> None:
         # The kit's version also expects `find` to fail while SMTP is unreachable; this adapter's
-        # `find` reads its local sent-log (SMTP cannot be asked), so it answers instead.
+        # `find` reads its sent-log (SMTP cannot be asked), so it answers instead.
         request = conformance_target.request(f"conformance-unreachable-{free_port()}")
         with conformance_target.unreachable_adapter() as adapter:
             with pytest.raises(TransientError) as caught:
                 adapter.submit(request)
             assert request.reporter.email not in str(caught.value)
             assert adapter.find(request.id) is None
+
+
+class TestEmailConformanceWithASharedSentLog(TestEmailConformance):
+    """The same, with the sent-log in PostgreSQL, as the worker copies on several hosts share it."""
+
+    @pytest.fixture
+    def conformance_target(self, tmp_path: Path, postgres_url: str) -> Iterator[ConformanceTarget]:
+        with simulator("mailbox", tmp_path / "sandbox") as running:
+            assert isinstance(running, MailboxServer)
+            yield EmailTarget(running, tmp_path / "sandbox", tmp_path / "state", postgres_url)
