@@ -193,8 +193,8 @@ class SentLog:
 
 
 def database_url(url: str | sa.URL) -> sa.URL:
-    """`url` parsed, plain `postgresql://` meaning psycopg 3 (as the store's URL does, so one
-    variable can name both); ValueError, without the URL's text, for any other database."""
+    """`url` parsed as the store parses its URL, so that one variable can name both (a plain
+    `postgresql://` means psycopg 3); ValueError, without the URL's text, for other databases."""
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):  # ValueError: a bad port
@@ -203,6 +203,9 @@ def database_url(url: str | sa.URL) -> sa.URL:
         ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql":
+        # The store's own limit (bus/store/_engine.py), which psycopg would refuse as unknown.
+        parsed = parsed.difference_update_query(["query_timeout"])
     if parsed.drivername not in DRIVERS:
         raise ValueError(
             f"{parsed.drivername}:// cannot hold the sent-log: give a postgresql:// "

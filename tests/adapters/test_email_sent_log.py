@@ -85,11 +85,12 @@ def test_a_message_sent_on_one_host_is_found_on_another_which_does_not_send_it(
     assert mailed(tmp_path) == [request.id]
 
 
-def test_a_plain_postgresql_url_as_the_store_takes_it_names_psycopg_3(
+def test_the_store_s_database_url_serves_as_the_sent_log_s(
     mailbox: MailboxServer, mapping: Mapping, tmp_path: Path, postgres_url: str
 ) -> None:
-    # One environment variable can name the store and the sent-log.
-    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    # One environment variable can name both: a plain postgresql:// URL means psycopg 3 to the
+    # store, and its query_timeout is the store's own (psycopg would refuse it).
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://") + "?query_timeout=15"
     request = a_request("GRAFFITI")
 
     on_host("a", mailbox, mapping, tmp_path, sent_log_url=plain).submit(request)
