@@ -160,9 +160,21 @@ class SentLog:
         return self._engine
 
     def _connect_args(self) -> dict[str, Any]:
-        # A database that does not answer must fail the attempt (a retry), not hold the worker.
+        # A database that does not answer must fail the attempt (a retry), not hold the worker:
+        # a statement waits `timeout` at most (a lock held by another session, a slow server),
+        # and a peer gone from the network is given up after as long (the URL's own win).
         if self.url.get_backend_name() == "postgresql":
-            return {"connect_timeout": max(2, round(self._connect_timeout))}  # libpq: >= 2 s
+            limit_ms = max(1, round(self._connect_timeout * 1000))
+            return {
+                "connect_timeout": max(2, round(self._connect_timeout)),  # libpq: >= 2 s
+                "options": f"-c statement_timeout={limit_ms}",
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+                "tcp_user_timeout": limit_ms,
+                **self.url.query,
+            }
         return {"timeout": self._connect_timeout}  # SQLite: waiting for another writer's lock
 
     def _inserted(self, db: sa.Connection, row: dict[str, str]) -> bool:

@@ -268,3 +268,21 @@ def test_of_workers_claiming_one_message_at_once_exactly_one_wins(
         log.close()
 
     assert won.count(True) == 1
+
+
+def test_a_sent_log_that_does_not_answer_in_time_holds_the_request_back_and_sends_nothing(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path, postgres_url: str
+) -> None:
+    adapter = on_host("a", mailbox, mapping, tmp_path, sent_log_url=postgres_url, timeout=1)
+    adapter.sent_log.probe()  # the table is made
+    # Another session (an operator's open transaction, a vacuum) holds the table: without a
+    # limit, the worker would wait for it for as long as it is held.
+    blocker = sa.create_engine(postgres_url)
+    with blocker.connect() as other, other.begin():
+        other.exec_driver_sql("LOCK TABLE email_sent IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(TransientError, match="sent-log cannot be used"):
+            adapter.submit(a_request("GRAFFITI"))
+    blocker.dispose()
+    adapter.close()
+
+    assert mailed(tmp_path) == []
