@@ -12,6 +12,7 @@ from bus.store._outbox import without_reporter
 from bus.store._records import DeadLetter, DeadLetterState
 from bus.store._sql import utcnow
 from bus.store._tables import dead_letters as dead
+from bus.store._takedown import as_it_reads
 
 
 def from_row(row: Row[Any]) -> DeadLetter:
@@ -44,10 +45,12 @@ def record(
 ) -> DeadLetter | None:
     """Insert the dead letter, or bump the attempts and last failure of a known one that was
     replayed or dropped; None, changing nothing, when it is still waiting as a dead letter.
-    `first_failed_at`: when its first failed round was (default `at`), for a new one."""
+    `first_failed_at`: when its first failed round was (default `at`), for a new one. Its
+    envelope is kept as its request reads after any take-down (`as_it_reads`)."""
     at = at or utcnow()
     if isinstance(envelope, dict) and isinstance(envelope.get("data"), dict):
         envelope = {**envelope, "data": without_reporter(envelope["data"], request_id)}
+    envelope = as_it_reads(conn, envelope, request_id)
     known = conn.execute(
         sa.select(dead.c.id, dead.c.state)
         .where(dead.c.instance == instance, dead.c.message_id == message_id)

@@ -147,6 +147,53 @@ def take_down(
     )
 
 
+def as_it_reads(conn: Connection, envelope: Any, request_id: str | None) -> Any:
+    """`envelope`, about to be kept as a dead letter, with its copy of the request as the
+    request's take-downs left it; `envelope` itself when there is nothing to change.
+
+    A message that was on the broker when its request was taken down (in a retry tier, in a
+    subscriber's queue) still holds what was removed, and dies afterwards: kept as it came, a
+    replay would publish that again. What a resident wrote changes only by a take-down, so the
+    copy's description, answers and media are put as the request reads them now. The request row
+    is read under a share lock: a take-down in progress (which holds it for update) is waited
+    for, and one that comes after waits for this dead letter and rewrites it.
+    """
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
+        return envelope
+    request_id = request_id or envelope.get("subject")
+    if not isinstance(request_id, str):
+        return envelope
+    row = conn.execute(
+        sa.select(requests.c.document, requests.c.taken_down_at)
+        .where(requests.c.id == request_id)
+        .with_for_update(read=True)
+    ).first()
+    if row is None or row.taken_down_at is None:
+        return envelope
+    data = _reads_as(envelope["data"], row.document)
+    if data is envelope["data"]:
+        return envelope
+    return {**envelope, "data": {**data, "taken_down_at": row.document.get("taken_down_at")}}
+
+
+def _reads_as(data: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a request (event data) with the description, answers and media its request's
+    `document` has instead of the copy's (only those the copy holds); `data` itself when they
+    agree."""
+    changes: dict[str, Any] = {}
+    description = data.get("description")
+    if isinstance(description, str) and description != document.get("description"):
+        changes["description"] = document.get("description")
+    attributes, now = data.get("attributes"), document.get("attributes") or {}
+    if isinstance(attributes, dict):
+        answers = {c: now[c] for c in attributes.keys() & now.keys() if attributes[c] != now[c]}
+        if answers:
+            changes["attributes"] = {**attributes, **answers}
+    if data.get("media") and not document.get("media"):  # media go by a take-down, all at once
+        changes["media"] = []
+    return {**data, **changes} if changes else data
+
+
 def media_in_use(conn: Connection, digests: Collection[str], *, besides: str) -> set[str]:
     """Those of the media files (by SHA-256) another request than `besides` still shows, in its
     media or a status update's media_url.

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from store_factories import T0, make_request, minutes
 
-from bus.store import RequestQuery, Store
+from bus.store import DeadLetterState, RequestQuery, Store
 from bus.store._tables import dead_letters, outbox
 from schemas.events import Envelope, EventType
 from schemas.model import Media, Reporter, ServiceRequest, Status, StatusUpdate
@@ -349,3 +349,68 @@ def test_a_worker_recording_a_receipt_sees_answers_taken_down_meanwhile(store: S
     assert set(changed) == {"r-1"}
     assert changed["r-1"].attributes == {"PLATE": ANSWER}
     assert changed["r-1"].taken_down_at is not None
+
+
+def test_a_message_dead_lettered_after_the_take_down_is_kept_as_the_request_now_reads(
+    store: Store,
+) -> None:
+    # The command or event was on the broker (a retry tier, a subscriber's queue) when the
+    # request was taken down: it dies afterwards, still holding what was removed.
+    request = reported("r-1", attributes={"PLATE": PLATE, "LANE": "carriageway"})
+    with store.transaction() as tx:
+        tx.add_request(request)
+    on_the_broker = Envelope(
+        type=EventType.CREATED,
+        subject="r-1",
+        data=request.model_dump(mode="json"),
+        correlationid="c",
+    ).model_dump(mode="json")
+    with store.transaction() as tx:
+        tx.take_down("r-1", marker=MARKER, media=True, answers={"PLATE"}, answer_marker=ANSWER)
+    taken = store.get_request("r-1")
+    assert taken is not None and taken.taken_down_at is not None
+
+    for message_id in ("m-new", "m-again"):
+        with store.transaction() as tx:
+            if message_id == "m-again":  # known, replayed, and dead again: its copy rewritten
+                letter = tx.record_dead_letter(
+                    instance="sap-roads",
+                    message_id=message_id,
+                    request_id="r-1",
+                    reason="x",
+                    envelope=None,
+                )
+                assert letter is not None
+                tx.set_dead_letter_state(letter.id, DeadLetterState.REPLAYED)
+        with store.transaction() as tx:
+            tx.record_dead_letter(
+                instance="sap-roads",
+                message_id=message_id,
+                request_id="r-1",
+                reason="x",
+                envelope=on_the_broker,
+            )
+
+    with store._engine.connect() as conn:
+        rows = conn.execute(sa.select(dead_letters.c.message_id, dead_letters.c.envelope))
+        kept = {message_id: envelope for message_id, envelope in rows}
+    for message_id in ("m-new", "m-again"):
+        data = kept[message_id]["data"]
+        assert data["description"] == MARKER and data["media"] == []
+        assert data["attributes"] == {"PLATE": ANSWER, "LANE": "carriageway"}
+        assert data["taken_down_at"] == taken.taken_down_at.isoformat().replace("+00:00", "Z")
+        assert WRITTEN not in str(data) and PLATE not in str(data) and DIGEST not in str(data)
+    # A letter of another request, or no envelope, is kept as given.
+    with store.transaction() as tx:
+        tx.record_dead_letter(
+            instance="sap-roads",
+            message_id="m-other",
+            request_id="r-2",
+            reason="x",
+            envelope=on_the_broker | {"subject": "r-2"},
+        )
+    with store._engine.connect() as conn:
+        other = conn.execute(
+            sa.select(dead_letters.c.envelope).where(dead_letters.c.message_id == "m-other")
+        ).scalar_one()
+    assert other["data"]["description"] == WRITTEN
