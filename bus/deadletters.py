@@ -145,6 +145,9 @@ def replay(
     for letter in letters:
         envelope = _envelope(letter)
         with store.transaction() as tx:
+            # Read before this transaction: a take-down may have rewritten the letter since.
+            # Its request is locked first, as a take-down locks it before the letter.
+            envelope = tx.as_it_reads(envelope)
             if not _resolve(tx, letter, DeadLetterState.REPLAYED):
                 continue
             tx.add_outbox(envelope, exchange=exchange, routing_key=routing_key)

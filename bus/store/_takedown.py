@@ -148,8 +148,9 @@ def take_down(
 
 
 def as_it_reads(conn: Connection, envelope: Any, request_id: str | None) -> Any:
-    """`envelope`, about to be kept as a dead letter, with its copy of the request as the
-    request's take-downs left it; `envelope` itself when there is nothing to change.
+    """`envelope`, about to be stored again (kept as a dead letter, queued by a replay), with
+    its copy of the request as the request's take-downs left it; `envelope` itself when there
+    is nothing to change.
 
     A message that was on the broker when its request was taken down (in a retry tier, in a
     subscriber's queue) still holds what was removed, and dies afterwards: kept as it came, a

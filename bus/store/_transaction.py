@@ -152,6 +152,14 @@ class Transaction:
         """
         _outbox.add(self._session, [OutboxEvent(envelope, exchange, routing_key)])
 
+    def as_it_reads(self, envelope: Envelope) -> Envelope:
+        """`envelope` with its copy of the request as the request's take-downs left it (the
+        request row share-locked until this transaction ends, so none is half-seen): for a
+        copy read before this transaction, such as a dead letter being replayed."""
+        body = {"subject": envelope.subject, "data": envelope.data}
+        now = _takedown.as_it_reads(self._session, body, envelope.subject)
+        return envelope if now is body else envelope.model_copy(update={"data": now["data"]})
+
     def add_outbox_events(self, events: Sequence[OutboxEvent]) -> None:
         """Queue several events at once, published in this order; as add_outbox."""
         _outbox.add(self._session, events)
