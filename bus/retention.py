@@ -18,7 +18,7 @@ Neither holds contact data.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -95,7 +95,8 @@ def prune(
     went, in one entry.
 
     RetentionError, before deleting anything, when `keep_idempotency` or `keep_dead_letters` is
-    under a day. Batches deleted before a failure stay deleted, unaudited.
+    under a day. Batches deleted before a failure (or Ctrl-C) stay deleted: audited then as an
+    `error` entry with their counts, if the store takes it.
     """
     if keep_idempotency < IDEMPOTENCY_KEEP_AT_LEAST:
         raise RetentionError(
@@ -111,35 +112,83 @@ def prune(
         )
     sent_before, keys_before = now - keep_sent, now - keep_idempotency
     letters_before = now - keep_dead_letters
-    events = _in_batches(
-        store,
-        lambda after: store.sent_outbox(
-            sent_before=sent_before, after=after or 0, limit=batch_size
+    kinds = {
+        "outbox_events": _in_batches(
+            store,
+            lambda after: store.sent_outbox(
+                sent_before=sent_before, after=after or 0, limit=batch_size
+            ),
+            lambda tx, ids: tx.delete_sent_outbox(ids, sent_before=sent_before),
+            batch_size,
         ),
-        lambda tx, ids: tx.delete_sent_outbox(ids, sent_before=sent_before),
-        batch_size,
-    )
-    keys = _in_batches(
-        store,
-        lambda after: store.idempotency_keys_before(
-            created_before=keys_before, prefix=HEADER_KEY_PREFIX, after=after, limit=batch_size
+        "idempotency_keys": _in_batches(
+            store,
+            lambda after: store.idempotency_keys_before(
+                created_before=keys_before, prefix=HEADER_KEY_PREFIX, after=after, limit=batch_size
+            ),
+            lambda tx, pairs: tx.delete_idempotency_keys(pairs, created_before=keys_before),
+            batch_size,
         ),
-        lambda tx, pairs: tx.delete_idempotency_keys(pairs, created_before=keys_before),
-        batch_size,
-    )
-    letters = _in_batches(
-        store,
-        lambda after: store.resolved_dead_letters(
-            resolved_before=letters_before, after=after or 0, limit=batch_size
+        "dead_letters": _in_batches(
+            store,
+            lambda after: store.resolved_dead_letters(
+                resolved_before=letters_before, after=after or 0, limit=batch_size
+            ),
+            lambda tx, ids: tx.delete_resolved_dead_letters(ids, resolved_before=letters_before),
+            batch_size,
         ),
-        lambda tx, ids: tx.delete_resolved_dead_letters(ids, resolved_before=letters_before),
-        batch_size,
+    }
+    deleted = dict.fromkeys(kinds, 0)
+    cutoffs = {
+        "outbox_sent_before": sent_before,
+        "idempotency_before": keys_before,
+        "dead_letters_resolved_before": letters_before,
+    }
+    try:
+        for kind, batches in kinds.items():
+            for removed in batches:
+                deleted[kind] += removed
+    except BaseException as exc:
+        _audit_stopped(store, actor, deleted, cutoffs, exc)
+        raise
+    pruned = Pruned(
+        outbox_events=deleted["outbox_events"],
+        outbox_sent_before=sent_before,
+        idempotency_keys=deleted["idempotency_keys"],
+        idempotency_before=keys_before,
+        dead_letters=deleted["dead_letters"],
+        dead_letters_resolved_before=letters_before,
     )
-    pruned = Pruned(events, sent_before, keys, keys_before, letters, letters_before)
     with store.transaction() as tx:
         tx.audit(actor=actor, action="pruned", details=asdict(pruned))
-    log.info("store.pruned", outbox_events=events, idempotency_keys=keys, dead_letters=letters)
+    log.info("store.pruned", **deleted)
     return pruned
+
+
+def _audit_stopped(
+    store: Store,
+    actor: str,
+    deleted: dict[str, int],
+    cutoffs: dict[str, datetime],
+    exc: BaseException,
+) -> None:
+    """Audit what a prune stopped by `exc` (an operator's Ctrl-C, a failed batch) had deleted
+    by then, if anything: those rows are gone. An audit the store refuses too is logged, and
+    the prune's own failure is what the caller sees."""
+    if not any(deleted.values()):
+        return
+    details = {**deleted, **cutoffs}
+    try:
+        with store.transaction() as tx:
+            tx.audit(
+                actor=actor,
+                action="pruned",
+                outcome="error",
+                details={**details, "stopped_by": type(exc).__name__},
+            )
+    except Exception as audit_exc:
+        log.error("store.prune_stopped_unaudited", error=str(audit_exc), **details)
+    log.warning("store.prune_stopped", stopped_by=type(exc).__name__, **details)
 
 
 def _in_batches(
@@ -147,18 +196,19 @@ def _in_batches(
     find: Callable[[K | None], list[K]],
     remove: Callable[[Transaction, Sequence[K]], int],
     batch_size: int,
-) -> int:
+) -> Iterator[int]:
     """Find a batch (after the last one's last key), remove it in a transaction of its own,
-    until a batch comes back short; how many were removed."""
-    removed, after = 0, None
+    until a batch comes back short; how many each batch removed, as it is committed."""
+    after = None
     while True:
         batch = find(after)
         if batch:
             with store.transaction() as tx:
-                removed += remove(tx, batch)
+                removed = remove(tx, batch)
+            yield removed
             after = batch[-1]
         if len(batch) < batch_size:
-            return removed
+            return
 
 
 def forget_closed(
@@ -182,13 +232,15 @@ def forget_closed(
             )
         return len(forgotten)
 
-    count = _in_batches(
-        store,
-        lambda after: store.closed_with_reporter(
-            closed_before=closed_before, after=after or "", limit=batch_size
-        ),
-        forget,
-        batch_size,
+    count = sum(
+        _in_batches(
+            store,
+            lambda after: store.closed_with_reporter(
+                closed_before=closed_before, after=after or "", limit=batch_size
+            ),
+            forget,
+            batch_size,
+        )
     )
     log.info("privacy.reporters_forgotten", requests=count, closed_before=closed_before)
     return count

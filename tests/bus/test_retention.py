@@ -107,3 +107,36 @@ def test_forgetting_closed_requests_goes_a_batch_a_transaction_each_request_audi
         [entry] = store.audit_trail(f"r{i}")
         assert entry.action == "reporter_forgotten"
     assert store.verify_audit().entries == 5
+
+
+def test_a_prune_stopped_midway_audits_what_it_deleted_before_it_stopped(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with store.transaction() as tx:
+        for i in range(5):
+            event = Envelope(type=EventType.CREATED, subject=f"r{i}", data={}, correlationid="c")
+            tx.add_outbox(event, exchange="civicbus.events", routing_key="request.created")
+    store.mark_sent([row.id for row in store.pending_outbox()])
+    started = datetime.now(UTC)
+    find = store.sent_outbox
+    calls = 0
+
+    def interrupted_at_the_third_batch(**kwargs: Any) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt  # the operator's Ctrl-C
+        return find(**kwargs)
+
+    monkeypatch.setattr(store, "sent_outbox", interrupted_at_the_third_batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        retention.prune(store, now=datetime.now(UTC), keep_sent=timedelta(0), batch_size=2)
+
+    assert len(find(sent_before=datetime.now(UTC), limit=9)) == 1  # four went
+    entry = store.latest_audit([retention.PRUNE_ACTOR], ["pruned"], since=started)
+    assert retention.PRUNE_ACTOR in entry, "rows were deleted without an audit entry"
+    pruned = entry[retention.PRUNE_ACTOR]
+    assert pruned.outcome == "error"
+    assert pruned.details["outbox_events"] == 4
+    assert pruned.details["stopped_by"] == "KeyboardInterrupt"
