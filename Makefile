@@ -7,13 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install services lint bench clean
+.PHONY: run test install services browser lint bench clean
 
 run: install
 	deploy/local/ensure-services.sh rabbitmq
 	$(BIN)/civicbus run
 
-test: install services
+test: install services browser
 	$(BIN)/pytest
 
 install: $(STAMP)
@@ -27,6 +27,12 @@ $(STAMP): pyproject.toml
 
 services:
 	deploy/local/ensure-services.sh rabbitmq postgresql
+
+# The browser tests (tests/browser/) drive Debian's Chromium: Playwright's own browser download
+# needs a host that an intranet or CI may not reach.
+browser:
+	@test -x /usr/bin/chromium || { echo "make: no /usr/bin/chromium: installing Debian's chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,25 +4,34 @@ Each is created for the test session (or test) and removed afterwards (vhosts in
 once the session is over), so tests never see each other's data and the machine's services are
 left as they were. `.ci/run` and `make test` make
 sure the services are running; a test that cannot reach them fails rather than skips.
+
+The browser tests (`-m browser`) drive a headless Debian Chromium, which `make test` installs
+(`make browser`); without it they are skipped on a developer's machine and fail under CI.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from urllib.parse import quote, unquote
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 import structlog
+from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from tests.rabbitmqctl import LOCK as CTL_LOCK
 from tests.rabbitmqctl import orphaned_vhosts, rabbitmqctl
 
 PG_ADMIN_DSN = os.environ.get("CIVICBUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_HOST = os.environ.get("CIVICBUS_TEST_AMQP_HOST", "127.0.0.1:5672")
+#: Debian's Chromium: Playwright's own browser builds are downloaded from a host that a city's
+#: intranet or CI may not reach, and never are here.
+CHROMIUM = os.environ.get("CIVICBUS_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(autouse=True)
@@ -133,3 +142,60 @@ def amqp_url(amqp_vhost_factory: Callable[[], str]) -> Iterator[str]:
     except RuntimeError:
         return  # left for the session's background clean-up
     _CREATED.remove(vhost)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Headless Chromium for one test module (started in well under a second).
+
+    Missing, its tests are skipped on a developer's machine, with the command that installs it,
+    and fail under CI (CI=true): a CI run must never pass for having skipped them."""
+    if not os.access(CHROMIUM, os.X_OK):
+        missing = f"no browser at {CHROMIUM}: `make browser` installs Debian's chromium"
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class BrowserPage:
+    page: Page
+    #: The URLs the page asked for beyond loopback, each refused: what a city's intranet, or
+    #: a machine without internet, would not have answered.
+    offsite: list[str] = field(default_factory=list)
+
+
+#: The hosts of this machine's own servers, as a URL's hostname names them.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@pytest.fixture
+def browser_page(chromium: Browser) -> Iterator[BrowserPage]:
+    """A fresh page (its own context: no cache or cookies from another test) that can load
+    nothing from beyond loopback, and lists what it tried to."""
+    # Everything beyond loopback goes to a proxy that refuses connections: a bound port that
+    # never listens. Not Playwright's `route`: while it intercepts, Playwright answers every
+    # CORS preflight itself, allowing any origin, method and header.
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    proxy = {
+        "server": f"http://127.0.0.1:{refusing.getsockname()[1]}",
+        "bypass": "127.0.0.1,localhost,[::1]",
+    }
+    context = chromium.new_context(proxy=proxy)
+    context.set_default_timeout(10_000)
+    opened = BrowserPage(context.new_page())
+
+    def note(request: Request) -> None:
+        url = urlsplit(request.url)
+        if url.scheme not in ("data", "blob") and url.hostname not in LOOPBACK:
+            opened.offsite.append(request.url)
+
+    context.on("request", note)
+    yield opened
+    context.close()
+    refusing.close()
