@@ -36,6 +36,17 @@ def make_runtime(database_url: str, media_dir: Path, config_path: str = SANDBOX)
     return Runtime(env=env)
 
 
+def cors_config(directory: Path, origins: str) -> str:
+    """The sandbox city with `api.cors_origins: {origins}` (a YAML list), written in
+    `directory`, its mapping paths kept pointing home."""
+    text = Path(SANDBOX).read_text()
+    text = text.replace("../../mappings/", f"{Path('mappings').resolve()}/")
+    text = text.replace("api:\n", f"api:\n  cors_origins: {origins}\n", 1)
+    path = directory / "civicbus.yaml"
+    path.write_text(text)
+    return str(path)
+
+
 def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -9,24 +9,21 @@ import pytest
 
 from bus.api import create_app
 from bus.config import ConfigError, parse_config
-from tests.api.conftest import SANDBOX, SPRINGFIELD, LiveServer, make_runtime, pothole_form
+from tests.api.conftest import (
+    SANDBOX,
+    SPRINGFIELD,
+    LiveServer,
+    cors_config,
+    make_runtime,
+    pothole_form,
+)
 
 PAGE = "https://www.springfield.example"
 
 
-def config_with(tmp_path: Path, origins: str) -> str:
-    """The sandbox city with `api.cors_origins`, its mapping paths kept pointing home."""
-    text = Path(SANDBOX).read_text()
-    text = text.replace("../../mappings/", f"{Path('mappings').resolve()}/")
-    text = text.replace("api:\n", f"api:\n  cors_origins: {origins}\n", 1)
-    path = tmp_path / "civicbus.yaml"
-    path.write_text(text)
-    return str(path)
-
-
 def test_a_named_origin_may_call_the_api_from_a_browser_and_no_other(tmp_path: Path) -> None:
     runtime = make_runtime(
-        f"sqlite:///{tmp_path}/civicbus.db", tmp_path / "media", config_with(tmp_path, f"[{PAGE}]")
+        f"sqlite:///{tmp_path}/civicbus.db", tmp_path / "media", cors_config(tmp_path, f"[{PAGE}]")
     )
     key = runtime.store.add_client("city-page")[1]
     try:
