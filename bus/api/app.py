@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,7 +73,12 @@ def create_app(runtime: Runtime, *, intake_process: bool = False) -> FastAPI:
         finally:
             ctx.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI) loads its script and styles from the API itself, not from a CDN: on a
+    # city's intranet, or an integrator's machine without internet, it was a blank page. No
+    # /redoc: it showed the same document, and its page loads Redocly's logo from their CDN.
+    app = FastAPIOffline(
+        static_url="/docs/assets",
+        redoc_url=None,
         lifespan=lifespan,
         title="civicbus Open311 GeoReport v2 API",
         version="2",
