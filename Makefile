@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Debian packages are installed as root: through sudo for a developer who is not.
+AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: run test install services browser lint bench clean
 
@@ -21,18 +23,19 @@ install: $(STAMP)
 # Reinstalled whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { echo "make: $(PYTHON) has no venv module: installing Debian's python3-venv"; \
-		apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv --clear $(VENV); }
+		$(AS_ROOT) apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv --clear $(VENV); }
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 services:
 	deploy/local/ensure-services.sh rabbitmq postgresql
 
-# The browser tests (tests/browser/) drive Debian's Chromium: Playwright's own browser download
+# The browser tests (-m browser) drive Debian's Chromium: Playwright's own browser download
 # needs a host that an intranet or CI may not reach.
 browser:
 	@test -x /usr/bin/chromium || { echo "make: no /usr/bin/chromium: installing Debian's chromium"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+		$(AS_ROOT) apt-get update -qq && \
+		$(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: install
 	$(BIN)/ruff check .
