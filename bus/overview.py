@@ -2,7 +2,9 @@
 an operator should act on, each with what to try.
 
 Read-only: the store is queried, the broker's queues are declared passively. A broker that cannot
-be reached is itself a problem, not an error: the store's half of the picture still shows.
+be reached is itself a problem, not an error: the store's half of the picture still shows. So is a
+store that cannot be read (`take_broker_overview`): the broker's half still shows, what waits in
+each queue and who consumes it, which is what an operator needs most while the store is down.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Recipient:
     retrying: int | None = None
     dead_queue: str | None = None
     dead_in_queue: int | None = None
-    dead_letters: int = 0
+    dead_letters: int | None = 0  # None: unknown (the store could not be read)
     missing: tuple[str, ...] = ()
     #: A subscriber failing its deliveries now: since when (or earlier, when not
     #: `failing_since_exact`: further back than status looks), and its last error.
@@ -113,6 +115,8 @@ class Overview:
     hung_after: Mapping[str, timedelta] = field(default_factory=dict)
     #: Instances removed from the config whose queues still hold messages (or have consumers).
     removed: list[RemovedInstance] = field(default_factory=list)
+    #: Why the store could not be read (None: it was): `store` is then empty, not the truth.
+    store_error: str | None = None
 
     @cached_property
     def unconfigured(self) -> list[UnconfiguredRoute]:
@@ -161,18 +165,60 @@ def take_overview(
         *subscriptions,
     ]
     removed_names = [name for name in seen.declared_instances if name not in instances]
-    broker_error = None
-    removed: list[RemovedInstance] = []
-    try:
-        recipients, removed = _with_queue_states(recipients, instances, removed_names, connect)
-    except BrokerUnavailable as exc:
-        broker_error = str(exc)
+    recipients, removed, broker_error = _ask_broker(recipients, instances, removed_names, connect)
     limits = {w.recipient: hung_after(w.recipient, instances) for w in seen.workers}
     return Overview(at, seen, broker_error, recipients, limits, removed)
 
 
+def take_broker_overview(
+    instances: Mapping[str, InstanceConfig],
+    connect: Callable[[], Any],
+    store_error: str,
+) -> Overview:
+    """The broker's half alone, for when the store cannot be read: each configured instance's
+    queues and consumers (webhook subscriptions and removed instances are known to the store
+    only), and the store's outage (`store_error`: what went wrong, and what to check) as the
+    first problem."""
+    at = datetime.now(UTC)
+    recipients = [
+        replace(_instance(name, config, _NOTHING_STORED), dead_letters=None)
+        for name, config in instances.items()
+    ]
+    recipients, removed, broker_error = _ask_broker(recipients, instances, [], connect)
+    return Overview(
+        at, _NOTHING_STORED, broker_error, recipients, removed=removed, store_error=store_error
+    )
+
+
+#: What status takes the store to say when it could not be read.
+_NOTHING_STORED = StoreOverview(0, None, {}, {}, {}, [], [])
+
+
+def _ask_broker(
+    recipients: list[Recipient],
+    instances: Mapping[str, InstanceConfig],
+    removed_names: list[str],
+    connect: Callable[[], Any],
+) -> tuple[list[Recipient], list[RemovedInstance], str | None]:
+    """The recipients with their queues' states, and the removed instances' leftovers; or the
+    recipients as they were and why the broker could not be asked."""
+    try:
+        filled, removed = _with_queue_states(recipients, instances, removed_names, connect)
+    except BrokerUnavailable as exc:
+        return recipients, [], str(exc)
+    return filled, removed, None
+
+
 def _problems(overview: Overview) -> list[str]:
     found: list[str] = []
+    if overview.store_error:
+        found.append(
+            f"store: unavailable: {overview.store_error}; the API answers 503 to every create "
+            "and read, and the relay, workers and pollers wait for it and go on by themselves "
+            "once it answers; check the database server and CIVICBUS_DATABASE_URL. Until then "
+            "status shows the broker's view alone: no outbox, leases, workers, dead letters or "
+            "subscriptions"
+        )
     if overview.broker_error:
         found.append(
             f"broker: {overview.broker_error}; nothing is published or delivered meanwhile"
@@ -181,7 +227,8 @@ def _problems(overview: Overview) -> list[str]:
     found.extend(_relay_problems(overview))
     found.extend(_lapsed_leases(overview))
     found.extend(_worker_problems(overview))
-    found.extend(_unknown_consumers(overview))
+    if not overview.store_error:  # with no worker's report to count against the consumers
+        found.extend(_unknown_consumers(overview))
     for c in overview.recipients:
         found.extend(_poller_problems(c, overview.at))
         for queue in c.missing:

@@ -3,6 +3,7 @@ the dead letters, and what to do about each problem."""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict
 from datetime import datetime
@@ -12,8 +13,14 @@ import typer
 from bus.broker.connection import connect
 from bus.cli.common import runtime
 from bus.liveness import is_silent
-from bus.overview import Overview, take_overview
-from bus.store import WorkerLiveness, shown_url
+from bus.overview import Overview, take_broker_overview, take_overview
+from bus.store import (
+    NotAnswering,
+    StoreUnavailable,
+    WorkerLiveness,
+    not_answering_advice,
+    shown_url,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,23 +31,36 @@ def register(app: typer.Typer) -> None:
         """The bus at a glance: outbox, relay, workers, queues, consumers, dead letters; then
         the problems, each with what to try (exit code 1 when there is any), and notes."""
         with runtime(existing_store=True) as rt:
-            overview = take_overview(
-                rt.store, rt.config.instances, lambda: connect(rt.env.amqp_url)
-            )
+            ask_broker = functools.partial(connect, rt.env.amqp_url)
+            try:
+                overview = take_overview(rt.store, rt.config.instances, ask_broker)
+            except StoreUnavailable as exc:
+                # The broker can still say what waits where: an operator needs that most now.
+                overview = take_broker_overview(
+                    rt.config.instances, ask_broker, _store_error(exc, rt.env.database_url)
+                )
             store_url = shown_url(rt.env.database_url)
         typer.echo(_as_json(overview) if as_json else _as_text(overview, store_url))
         if overview.problems:
             raise typer.Exit(1)
 
 
+def _store_error(exc: StoreUnavailable, database_url: str) -> str:
+    if isinstance(exc, NotAnswering):
+        return f"{exc} ({not_answering_advice(database_url)})"
+    return str(exc)
+
+
 def _as_text(o: Overview, store_url: str) -> str:
     seen = o.store
     oldest = f", oldest since {_time(seen.oldest_waiting)}" if seen.oldest_waiting else ""
-    lines = [
-        f"civicbus status at {_time(o.at)}",
-        f"store    {store_url}",
-        f"outbox   {seen.outbox_waiting} event(s) waiting{oldest}",
-    ]
+    lines = [f"civicbus status at {_time(o.at)}"]
+    if o.store_error:
+        lines.append(f"store    {store_url}, UNAVAILABLE")
+        lines.append("outbox   unknown")
+    else:
+        lines.append(f"store    {store_url}")
+        lines.append(f"outbox   {seen.outbox_waiting} event(s) waiting{oldest}")
     for lease in seen.leases.values():
         state = "active until" if lease.expires_at >= o.at else "expired at"
         lines.append(f"lease    {lease.name}: {lease.holder}, {state} {_time(lease.expires_at)}")
@@ -57,7 +77,7 @@ def _as_text(o: Overview, store_url: str) -> str:
     for c in o.recipients:
         lines.append(
             f"{c.name:<24} {_n(c.queued):>7} {_n(c.consumers):>9} {_n(c.retrying):>8} "
-            f"{_n(c.dead_in_queue):>10} {c.dead_letters:>12}"
+            f"{_n(c.dead_in_queue):>10} {_n(c.dead_letters):>12}"
         )
     lines.append("")
     if not o.problems:
@@ -82,8 +102,10 @@ def _as_json(o: Overview) -> str:
     oldest = o.store.oldest_waiting
     document = {
         "at": o.at.isoformat(),
+        # Why the store could not be read; the store's parts below are then empty or null.
+        "store_error": o.store_error,
         "outbox": {
-            "waiting": o.store.outbox_waiting,
+            "waiting": None if o.store_error else o.store.outbox_waiting,
             "oldest_waiting": oldest.isoformat() if oldest else None,
         },
         "leases": {

@@ -361,6 +361,43 @@ def test_the_command_prints_the_table_and_exits_1_on_problems(
     assert document["recipients"][0]["queued"] == 1 and document["problems"]
 
 
+def test_the_command_shows_the_broker_while_the_store_is_down_and_exits_1(
+    topology: str, use_config: Callable[[str], dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory, retry: {{tiers: [0.2, 0.4]}}}}}}\n"
+    )
+    with channel_on(topology) as ch:
+        ch.basic_publish("", work_queue(INSTANCE), b"{}")
+    with socket.socket() as sock:  # a loopback port no database listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("CIVICBUS_DATABASE_URL", f"postgresql+psycopg://civicbus@127.0.0.1:{port}/x")
+
+    text = CliRunner().invoke(app, ["status"])
+    as_json = CliRunner().invoke(app, ["status", "--json"])
+
+    assert text.exit_code == 1, text.output
+    lines = text.output.splitlines()
+    assert lines[1].endswith(", UNAVAILABLE") and lines[2] == "outbox   unknown"
+    header = next(i for i, line in enumerate(lines) if line.startswith("RECIPIENT"))
+    assert lines[header + 1].split() == [INSTANCE, "1", "0", "0", "0", "-"]
+    problems = [line for line in lines if line.startswith("  - ")]
+    assert problems[0].startswith(
+        f"  - store: unavailable: postgresql+psycopg://civicbus@127.0.0.1:{port}/x"
+    )
+    assert problems[1].startswith(
+        f"  - {INSTANCE}: no consumer on {work_queue(INSTANCE)}, 1 waiting"
+    )
+    document = json.loads(as_json.output)
+    assert as_json.exit_code == 1
+    assert document["store_error"] and document["outbox"]["waiting"] is None
+    assert document["recipients"][0]["queued"] == 1
+    assert document["recipients"][0]["dead_letters"] is None
+
+
 def test_messages_waiting_in_the_retry_tiers_are_a_problem(store: Store, topology: str) -> None:
     patient = FAST.model_copy(update={"retry": RetryPolicy(tiers=[60], max_attempts=3)})
     with channel_on(topology) as ch:
