@@ -66,6 +66,9 @@ class Recipient:
     #: What that worker needs besides running, e.g. a subscription's secret in its environment.
     needs: str = ""
     queued: int | None = None  # None: unknown (broker unreachable) or no such queue
+    #: Held unacknowledged by its workers that report (in hand and prefetched), which the
+    #: broker's `queued` leaves out; None: no worker of it says.
+    held: int | None = None
     consumers: int | None = None
     retrying: int | None = None
     dead_queue: str | None = None
@@ -165,9 +168,21 @@ def take_overview(
         *subscriptions,
     ]
     removed_names = [name for name in seen.declared_instances if name not in instances]
+    recipients = [replace(c, held=_held(seen.workers, c.name, at)) for c in recipients]
     recipients, removed, broker_error = _ask_broker(recipients, instances, removed_names, connect)
     limits = {w.recipient: hung_after(w.recipient, instances) for w in seen.workers}
     return Overview(at, seen, broker_error, recipients, limits, removed)
+
+
+def _held(workers: list[WorkerLiveness], recipient: str, at: datetime) -> int | None:
+    """What the recipient's reporting workers hold unacknowledged; a silent one's count is
+    left out: killed, its messages went back to the queue with its connection."""
+    counts = [
+        w.held
+        for w in workers
+        if w.recipient == recipient and w.held is not None and not is_silent(w, at)
+    ]
+    return sum(counts) if counts else None
 
 
 def take_broker_overview(
@@ -415,8 +430,8 @@ def _worker_problems(overview: Overview) -> list[str]:
             f"{worker.recipient}: worker {worker.name} has been on {on} since "
             f"{since.isoformat(timespec='seconds')} ({_minutes(overview.at - since)}; its "
             f"timeouts and retries allow {_minutes(limit)}): it looks hung (a call that never "
-            "returns, a deadlock) and keeps its messages unacknowledged until the broker's "
-            f"consumer timeout; its log has the last steps of {on}, `py-spy dump --pid "
+            f"returns, a deadlock) and keeps {_its_messages(worker)} unacknowledged until the "
+            f"broker's consumer timeout; its log has the last steps of {on}, `py-spy dump --pid "
             f"{worker.pid}` on {worker.host} shows where it waits; restart it (SIGTERM waits its "
             "stop grace, 8 s by default, for the message in hand, then leaves it to the broker): "
             "its messages go back to the queue, and a command that reached the back-end is found "
@@ -507,6 +522,12 @@ def _on(worker: WorkerLiveness) -> str:
     if worker.request_id:
         return f"request {worker.request_id} (message {worker.message_id})"
     return f"message {worker.message_id}"
+
+
+def _its_messages(worker: WorkerLiveness) -> str:
+    if worker.held and worker.held > 1:
+        return f"its {worker.held} messages (in hand and prefetched)"
+    return "its messages"
 
 
 def _minutes(duration: timedelta) -> str:

@@ -71,12 +71,13 @@ def _as_text(o: Overview, store_url: str) -> str:
     lines.append(f"broker   {broker}")
     lines.append("")
     lines.append(
-        f"{'RECIPIENT':<24} {'QUEUED':>7} {'CONSUMERS':>9} {'RETRYING':>8} "
+        f"{'RECIPIENT':<24} {'QUEUED':>7} {'HELD':>5} {'CONSUMERS':>9} {'RETRYING':>8} "
         f"{'DEAD QUEUE':>10} {'DEAD LETTERS':>12}"
     )
     for c in o.recipients:
         lines.append(
-            f"{c.name:<24} {_n(c.queued):>7} {_n(c.consumers):>9} {_n(c.retrying):>8} "
+            f"{c.name:<24} {_n(c.queued):>7} {_n(c.held):>5} {_n(c.consumers):>9} "
+            f"{_n(c.retrying):>8} "
             f"{_n(c.dead_in_queue):>10} {_n(c.dead_letters):>12}"
         )
     lines.append("")
@@ -92,10 +93,14 @@ def _as_text(o: Overview, store_url: str) -> str:
 
 
 def _worker(w: WorkerLiveness, at: datetime) -> str:
-    heard = f"silent since {_time(w.heartbeat_at)}" if is_silent(w, at) else "reporting"
+    silent = is_silent(w, at)
+    heard = f"silent since {_time(w.heartbeat_at)}" if silent else "reporting"
     since = w.working_since
     doing = f"on {w.request_id or w.message_id} since {_time(since)}" if since else "idle"
-    return f"{w.recipient}: {w.name}, {heard}, {doing}"
+    # A silent worker's messages went back to the queue once the broker gave up on it.
+    holds = "held {} unacknowledged when it last reported" if silent else "holds {} unacknowledged"
+    holding = ", " + holds.format(w.held) if w.held else ""
+    return f"{w.recipient}: {w.name}, {heard}, {doing}{holding}"
 
 
 def _as_json(o: Overview) -> str:

@@ -227,7 +227,7 @@ class PollerRounds:
 @dataclass(frozen=True)
 class WorkerLiveness:
     """A worker's latest report of itself on one queue: which process, since when it runs,
-    when it last reported, and the message in hand (None while idle)."""
+    when it last reported, the message in hand (None while idle), and how many it holds."""
 
     worker_id: str  # one run of a worker process (a pid is reused, a host may be a container)
     recipient: str  # the adapter instance or subscription route (`sub.<id>`) it consumes for
@@ -238,6 +238,9 @@ class WorkerLiveness:
     message_id: str | None = None
     request_id: str | None = None
     working_since: datetime | None = None
+    #: Messages the broker delivered to it and it has not acked: in hand and prefetched behind
+    #: (None: a worker from before the store's migration 0010 does not say).
+    held: int | None = None
 
     @property
     def name(self) -> str:

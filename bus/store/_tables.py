@@ -321,6 +321,8 @@ worker_liveness = sa.Table(
     sa.Column("message_id", sa.Text(), nullable=True),
     sa.Column("request_id", sa.Text(), nullable=True),
     sa.Column("working_since", UTCDateTime(), nullable=True),
+    # Messages delivered to it and not yet acked, in hand and prefetched (migration 0010).
+    sa.Column("held", sa.Integer(), nullable=True),
 )
 
 # Every adapter instance whose queues the relay declared, ever (migration 0004): removing an

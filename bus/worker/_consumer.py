@@ -290,12 +290,16 @@ class Consumer:
                 # SimpleQueue: put and get in C, for a message each on both threads (a Queue
                 # takes a Python-level lock and condition for each, under the one GIL).
                 inbox: queue.SimpleQueue[tuple[int, Delivery]] = queue.SimpleQueue()
-                tag = channel.basic_consume(sub.queue, _enqueue(inbox, unsettled))
+                # This queue's share of `unsettled`, reported by the heartbeat: the broker's
+                # passive declare counts ready messages only, not those a consumer holds.
+                unacked: set[int] = set()
+                sub.slot.unacked = unacked
+                tag = channel.basic_consume(sub.queue, _enqueue(inbox, unsettled, unacked))
                 tags.append(tag)
                 queues[tag] = sub.queue
                 thread = threading.Thread(
                     target=self._work,
-                    args=(sub, inbox, _Settler(self, channel, unsettled), lost),
+                    args=(sub, inbox, _Settler(self, channel, unsettled, unacked), lost),
                     name=f"{self._name}:{sub.queue}",
                     daemon=True,
                 )
@@ -354,8 +358,11 @@ class Consumer:
             raise
         finally:
             # However this connection ended: its handler threads stop taking its messages, or
-            # they would hold their queues back from the next connection.
+            # they would hold their queues back from the next connection; and the broker takes
+            # back what it had delivered on it.
             lost.set()
+            for sub in self._subscriptions:
+                sub.slot.unacked = ()
             self._disconnect()
         if connection.is_open:
             connection.close()
@@ -519,10 +526,14 @@ class Consumer:
 class _Settler:
     """Acks and nacks a handler's batches on the connection thread."""
 
-    def __init__(self, consumer: Consumer, channel: Any, unsettled: set[int]) -> None:
+    def __init__(
+        self, consumer: Consumer, channel: Any, unsettled: set[int], unacked: set[int]
+    ) -> None:
         self._consumer = consumer
         self._channel = channel
+        # The channel's unsettled tags, and those of the handler's own queue.
         self._unsettled = unsettled
+        self._unacked = unacked
 
     def settle(self, tags: Sequence[int], requeue: Collection[int]) -> None:
         """Ack the batch's messages, nack (requeue) those at the `requeue` positions, in one
@@ -537,6 +548,7 @@ class _Settler:
         for position in requeue:
             channel.basic_nack(tags[position], requeue=True)
         unsettled.difference_update(tags)
+        self._unacked.difference_update(tags)
         if not acks:
             return
         last = max(acks)
@@ -551,7 +563,7 @@ class _Settler:
 
 
 def _enqueue(
-    inbox: queue.SimpleQueue[tuple[int, Delivery]], unsettled: set[int]
+    inbox: queue.SimpleQueue[tuple[int, Delivery]], unsettled: set[int], unacked: set[int]
 ) -> Callable[..., None]:
     def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
         delivery = Delivery(
@@ -567,6 +579,7 @@ def _enqueue(
             redelivered=bool(method.redelivered),
         )
         unsettled.add(method.delivery_tag)
+        unacked.add(method.delivery_tag)
         inbox.put((method.delivery_tag, delivery))
 
     return on_message

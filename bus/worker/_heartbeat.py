@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,11 +45,15 @@ class _Work:
 class Slot:
     """What one handler thread holds now; a slot made outside a `Heartbeat` is never reported."""
 
-    __slots__ = ("recipient", "work")
+    __slots__ = ("recipient", "unacked", "work")
 
     def __init__(self, recipient: str = "") -> None:
         self.recipient = recipient
         self.work: _Work | None = None
+        #: The delivery tags the broker gave this queue's consumer and it has not settled yet:
+        #: the messages in hand and those prefetched behind them, which the broker counts as
+        #: neither ready nor gone (set by the connection thread, read by the heartbeat).
+        self.unacked: Collection[int] = ()
 
     def begin(self, message_id: str, request_id: str | None = None) -> None:
         """The thread takes up this message now (or a new round of it)."""
@@ -153,6 +157,7 @@ class Heartbeat:
             message_id=work.message_id if work else None,
             request_id=work.request_id if work else None,
             working_since=datetime.fromtimestamp(work.since, UTC) if work else None,
+            held=len(slot.unacked),
         )
 
     def _forget(self) -> None:

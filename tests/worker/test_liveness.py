@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -139,6 +140,61 @@ def test_a_worker_hung_on_a_back_end_call_is_named_with_its_request_until_releas
     assert f"worker {worker.name} has held it since 20" in line
     assert hung(released) == [] and released.notes == []
     assert "Ada" not in status.output + stuck.output  # the reporter's name: never shown
+
+
+def test_messages_a_worker_holds_unacknowledged_show_though_the_broker_counts_none_queued(
+    store: Store,
+    topology: str,
+    hanging: HangingBackend,
+    use_config: Callable[[str], dict[str, str]],
+) -> None:
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory}}}}\n"
+    )
+    consumer = command_consumer(topology, store, INSTANCE, TIMED, hanging, heartbeat_interval=BEAT)
+    with running(consumer):
+        for _ in range(3):
+            publish(topology, new_request(store))
+        wait_until(lambda: [w.held for w in reports(store)] == [3], what="3 messages held")
+        held = look(store, topology)
+        status = CliRunner().invoke(app, ["status"])
+
+        hanging.release.set()
+        wait_until(lambda: [w.held for w in reports(store)] == [0], what="none held")
+        settled = look(store, topology)
+
+    [roads] = held.recipients
+    assert (roads.queued, roads.held, roads.consumers) == (0, 3, 1)
+    table = status.output.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("RECIPIENT"))
+    assert table[header].split()[:4] == ["RECIPIENT", "QUEUED", "HELD", "CONSUMERS"]
+    assert table[header + 1].split()[:4] == [INSTANCE, "0", "3", "1"]
+    assert ", holds 3 unacknowledged" in status.output
+    assert (settled.recipients[0].queued, settled.recipients[0].held) == (0, 0)
+
+
+def test_a_silent_worker_s_line_says_what_it_held_when_it_last_reported(
+    store: Store, topology: str, use_config: Callable[[str], dict[str, str]]
+) -> None:
+    use_config(
+        "jurisdictions: [{id: springfield.example, name: Springfield}]\n"
+        f"routing: {{default: {INSTANCE}}}\n"
+        f"instances: {{{INSTANCE}: {{kind: memory}}}}\n"
+    )
+    long_ago = datetime.now(UTC) - 2 * liveness.SILENT_AFTER
+    frozen = WorkerLiveness("w-1", INSTANCE, "vm", 4242, long_ago, long_ago, "m-1", None, long_ago)
+    with store.transaction() as tx:
+        tx.report_workers([replace(frozen, held=3)])
+
+    status = CliRunner().invoke(app, ["status"])
+
+    # Its messages went back to the queue when the broker gave up on it: not counted as HELD.
+    assert ", held 3 unacknowledged when it last reported" in status.output
+    table = status.output.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("RECIPIENT"))
+    assert table[header + 1].split()[:3] == [INSTANCE, "0", "-"]
 
 
 def test_a_worker_stopped_cleanly_leaves_no_report_and_no_problem(

@@ -26,9 +26,11 @@ class OnThisThread:
         return fn()
 
 
-def settler(delivered: set[int]) -> tuple[_Settler, Channel]:
+def settler(delivered: set[int], unacked: set[int] | None = None) -> tuple[_Settler, Channel]:
+    """A settler of a channel with `delivered` unsettled, `unacked` of them its own queue's."""
     channel = Channel()
-    return _Settler(OnThisThread(), channel, delivered), channel  # type: ignore[arg-type]
+    mine = set(delivered) if unacked is None else unacked
+    return _Settler(OnThisThread(), channel, delivered, mine), channel  # type: ignore[arg-type]
 
 
 def test_a_batch_is_acked_with_one_multiple_ack() -> None:
@@ -58,3 +60,11 @@ def test_a_batch_wholly_requeued_sends_no_ack() -> None:
     s, channel = settler({7, 8})
     s.settle([7, 8], requeue={0, 1})
     assert channel.frames == [("nack", 7, True), ("nack", 8, True)]
+
+
+def test_settled_messages_leave_what_the_queue_s_worker_reports_it_holds() -> None:
+    # Tags 1, 3 and 4 went to this handler's queue, 2 to another queue's handler.
+    unacked = {1, 3, 4}
+    s, _channel = settler({1, 2, 3, 4}, unacked)
+    s.settle([1, 3], requeue={1})
+    assert unacked == {4}

@@ -354,7 +354,7 @@ def test_the_command_prints_the_table_and_exits_1_on_problems(
     assert text.exit_code == 1, text.output
     table = text.output.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("RECIPIENT"))
-    assert table[header + 1].split() == [INSTANCE, "1", "0", "0", "0", "0"]
+    assert table[header + 1].split() == [INSTANCE, "1", "-", "0", "0", "0", "0"]
     assert f"  - {INSTANCE}: no consumer on {work_queue(INSTANCE)}, 1 waiting" in text.output
     document = json.loads(as_json.output)
     assert as_json.exit_code == 1
@@ -383,7 +383,7 @@ def test_the_command_shows_the_broker_while_the_store_is_down_and_exits_1(
     lines = text.output.splitlines()
     assert lines[1].endswith(", UNAVAILABLE") and lines[2] == "outbox   unknown"
     header = next(i for i, line in enumerate(lines) if line.startswith("RECIPIENT"))
-    assert lines[header + 1].split() == [INSTANCE, "1", "0", "0", "0", "-"]
+    assert lines[header + 1].split() == [INSTANCE, "1", "-", "0", "0", "0", "-"]
     problems = [line for line in lines if line.startswith("  - ")]
     assert problems[0].startswith(
         f"  - store: unavailable: postgresql+psycopg://civicbus@127.0.0.1:{port}/x"
