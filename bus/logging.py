@@ -177,10 +177,13 @@ def _discarded_connection_in_words(record: logging.LogRecord) -> bool:
 
 
 @contextmanager
-def request_context(request_id: str | None, correlation_id: str | None) -> Iterator[None]:
+def request_context(
+    request_id: str | None, correlation_id: str | None, message_id: str | None = None
+) -> Iterator[None]:
     """Every log line written inside the block (on this thread or task) carries these ids,
-    the lines of adapters and libraries included."""
-    ids = {"request_id": request_id, "correlation_id": correlation_id}
+    the lines of adapters and libraries included; a worker's also the id of the message it
+    handles, as `civicbus status` and the dead letters name it."""
+    ids = {"request_id": request_id, "correlation_id": correlation_id, "message_id": message_id}
     token = _REQUEST_IDS.set({key: value for key, value in ids.items() if value})
     try:
         yield

@@ -100,6 +100,7 @@ class CommandWorker:
                 else "worker.publish_failed",
                 route=self.route.name,
                 requeued=len(requeue),
+                message_ids=[deliveries[position].key for position in sorted(requeue)],
                 error=describe(exc),
             )
             return requeue
@@ -113,6 +114,7 @@ class CommandWorker:
                 "worker.batch_failed",
                 route=self.route.name,
                 requeued=len(requeue),
+                message_ids=[deliveries[position].key for position in sorted(requeue)],
                 error=describe(exc),
             )
             return requeue
@@ -134,10 +136,12 @@ class CommandWorker:
             envelope = command.envelope
             self.slot.begin(command.delivery.key, envelope.subject)
             # Every line logged for this command (the adapter's and its HTTP or SOAP client's
-            # included) carries the request's ids; it, and the reason of a failure, has the
-            # reporter's own values masked (a back-end's error may quote their name).
+            # included) carries the request's and the message's ids; it, and the reason of a
+            # failure, has the reporter's own values masked (a back-end's error may quote their
+            # name).
             reporter = _contact(requests.get(envelope.subject))
-            with request_context(envelope.subject, envelope.correlationid), masking(reporter):
+            ids = (envelope.subject, envelope.correlationid, command.delivery.key)
+            with request_context(*ids), masking(reporter):
                 try:
                     request = self.load_request(envelope, requests)
                     if self.already_recorded(request):
@@ -181,7 +185,8 @@ class CommandWorker:
             *((c, [], [c]) for c in duplicates),
         ]
         for command, receipts, repeats in alone:
-            with request_context(command.envelope.subject, command.envelope.correlationid):
+            envelope = command.envelope
+            with request_context(envelope.subject, envelope.correlationid, command.delivery.key):
                 try:
                     self.patiently(partial(self.record_receipts, receipts, repeats))
                 except StoreUnavailable:
@@ -360,6 +365,7 @@ class CommandWorker:
                 "request.submitted",
                 request_id=item.request.id,
                 correlation_id=item.command.envelope.correlationid,
+                message_id=item.command.delivery.key,
                 reference=item.receipt.reference,
                 created=item.receipt.created,
                 attempt=item.command.delivery.attempt,

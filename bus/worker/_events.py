@@ -66,7 +66,7 @@ class SubscriptionWorker:
             return
         # Every line logged for this event (the webhook client's included) carries its ids.
         rounds = Rounds()
-        with request_context(envelope.subject, envelope.correlationid):
+        with request_context(envelope.subject, envelope.correlationid, delivery.key):
             try:
                 self.deliver_in_order(delivery, envelope, rounds)
             except (StopRequested, StoreUnavailable):

@@ -253,6 +253,7 @@ def test_a_batch_whose_dead_letter_cannot_be_published_requeues_only_what_it_did
     assert backend.created == {}
     [failed] = [entry for entry in logs if entry["event"] == "worker.publish_failed"]
     assert failed["requeued"] == 2 and "Connection reset by peer" in failed["error"]
+    assert failed["message_ids"] == [rejected.id, later.id]  # to find them in the log after
     # The store recorded the dead letter before the publish: the requeued copy is its repeat.
     assert [letter.request_id for letter in store.dead_letters(INSTANCE)] == [rejected.subject]
 
@@ -293,6 +294,7 @@ def test_a_batch_that_fails_otherwise_requeues_only_what_it_did_not_hand_on(stor
     assert broker.published == [(RETRY_EXCHANGE, retry_routing_key(INSTANCE, 0.2))]
     [failed] = [entry for entry in logs if entry["event"] == "worker.batch_failed"]
     assert failed["requeued"] == 1 and "not a broker failure" in failed["error"]
+    assert failed["message_ids"] == [rejected.id]
 
 
 class _NulReference(MemoryBackend):

@@ -43,7 +43,7 @@ def lines_about(stream: io.StringIO, request_id: str) -> list[dict[str, object]]
     return [line for line in lines if line.get("request_id") == request_id]
 
 
-def test_retry_dead_letter_and_submitted_lines_carry_the_correlation_id(
+def test_retry_dead_letter_and_submitted_lines_carry_the_correlation_and_message_ids(
     store: Store, topology: str, log_stream: io.StringIO
 ) -> None:
     # 2 quick tries per round: round 1 fails and is scheduled for retry, round 2 delivers.
@@ -70,6 +70,8 @@ def test_retry_dead_letter_and_submitted_lines_carry_the_correlation_id(
         "backend.called",
     }
     assert {line["correlation_id"] for line in about_retried} == {"corr-retried"}
+    # The message id too, as `civicbus status` names a worker's message in hand.
+    assert {line.get("message_id") for line in about_retried} == {retried.id}
     # Seen in a log kept at warning level, with why.
     [retry] = [line for line in about_retried if line["event"] == "worker.retry_scheduled"]
     assert retry["level"] == "warning"
