@@ -270,12 +270,12 @@ def _service_of(request: ServiceRequest, services: Iterable[Service]) -> Service
 
 def _announce(tx: Transaction, request_id: str, removed: TakeDown) -> str:
     """Queue `civicbus.request.taken_down`: the request as it now reads (after the take-down,
-    in this transaction), without personal data, and what was removed; its message id."""
+    in this transaction), as every event carries it (without personal data, its latest status
+    updates), and what was removed; its message id."""
     request = tx.get_request(request_id)
     if request is None:  # the caller holds the row locked: it cannot go meanwhile
         raise TakeDownError(f"request {request_id} disappeared meanwhile")
-    public = request.without_personal_data()
-    data = TakenDownRequest(**public.model_dump(), taken_down=removed)
+    data = TakenDownRequest.model_validate({**request.public_data(), "taken_down": removed})
     envelope = Envelope(
         type=EventType.TAKEN_DOWN,
         subject=request.id,

@@ -21,10 +21,10 @@ from bus.relay import Relay
 from bus.store import OutboxMessage, Store
 from bus.subscriptions import binding_key, declare, queue_name
 from schemas.events import Envelope, EventType
-from schemas.model import Reporter, ServiceRequest
+from schemas.model import EVENT_HISTORY, Reporter, ServiceRequest, Status, StatusNote
 from tests.asyncapi_support import assert_documented
 from tests.media_files import png
-from tests.store.store_factories import make_request
+from tests.store.store_factories import T0, make_request, minutes
 
 SANDBOX = Path(__file__).parents[2] / "deploy/sandbox/civicbus.yaml"
 SERVICES = load_config(SANDBOX).service_catalogue()
@@ -134,6 +134,35 @@ def test_each_part_taken_down_is_announced_and_the_earlier_announcement_loses_th
     assert second["description"] == takedown.TAKEN_DOWN
     # The first one carried the photo (the request then still showed it): rewritten since.
     assert first["media"] == second["media"] == []
+
+
+def test_the_taken_down_event_carries_the_latest_status_updates_as_every_event_does(
+    store: Store, files: MediaStore
+) -> None:
+    # A request a desk annotated often: its other events carry the latest EVENT_HISTORY updates
+    # (the AsyncAPI document says so of taken_down too), not all of the up to 1,000 it keeps.
+    notes = tuple(
+        StatusNote(status=Status.IN_PROGRESS, at=T0 + minutes(n), source="desk", update_id=f"u{n}")
+        for n in range(EVENT_HISTORY + 5)
+    )
+    request = make_request(
+        "r-2",
+        service_code="POTHOLE",
+        jurisdiction="springfield.example",
+        description=WRITTEN,
+        status=Status.IN_PROGRESS,
+        updated_at=notes[-1].at,
+        history=notes,
+    )
+    with store.transaction() as tx:
+        tx.add_request(request)
+
+    takedown.take_down(store, files, "r-2", services=SERVICES)
+
+    [row] = taken_down_rows(store)
+    carried = [note["update_id"] for note in row.envelope.data["history"]]
+    assert carried == [f"u{n}" for n in range(5, EVENT_HISTORY + 5)]
+    assert_documented(row.envelope)
 
 
 def drain(channel: Any, queue: str, expected: int, timeout: float = 5.0) -> list[dict[str, Any]]:
