@@ -91,12 +91,11 @@ class WebhookAdapter(Adapter):
         return Receipt(request_id=request.id, reference=reference)
 
     def _document(self, request: ServiceRequest) -> dict[str, Any]:
-        """The request as the event carries it: the reporter blanked, as in every other event,
-        but for the fields the settings list under `personal_data`."""
-        data = request.model_dump(mode="json")
-        data["reporter"] = {
-            k: v if k in self.personal_data else None for k, v in data["reporter"].items()
-        }
+        """The request as every other event carries it (the reporter blanked, its latest
+        status updates), but for the reporter fields the settings list under `personal_data`."""
+        data = request.public_data()
+        reporter = request.json_form()["reporter"]
+        data["reporter"] = {k: v if k in self.personal_data else None for k, v in reporter.items()}
         return data
 
     def find(self, request_id: str) -> Receipt | None:

@@ -13,6 +13,8 @@ from backends_support import a_request, free_port
 
 from adapters import TransientError
 from adapters.webhook import WebhookAdapter
+from schemas.model import EVENT_HISTORY, Status, StatusNote
+from tests.asyncapi_support import assert_documented
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,6 +72,34 @@ def test_submit_sends_the_reporter_fields_the_settings_list(
     assert event["data"]["reporter"]["email"] == "resident@example.org"
     assert event["data"]["reporter"]["first_name"] is None
     assert event["data"]["reporter"]["phone"] is None
+
+
+def test_submit_sends_a_created_event_as_the_asyncapi_document_describes_it(
+    receiver: tuple[str, list[Any]],
+) -> None:
+    # A request annotated while its back-end was down: like every event, the one a routed
+    # webhook sends carries its latest EVENT_HISTORY status updates, not all it keeps.
+    url, bodies = receiver
+    adapter = WebhookAdapter("contractor", {"url": url, "personal_data": ["email"]})
+    request = a_request()
+    notes = tuple(
+        StatusNote(
+            status=Status.OPEN,
+            at=request.updated_at,
+            source="desk",
+            update_id=f"u{n}",
+            note=f"note {n}",
+        )
+        for n in range(EVENT_HISTORY + 5)
+    )
+    adapter.submit(request.model_copy(update={"history": notes}))
+    adapter.close()
+
+    [event] = bodies
+    assert_documented(event)
+    carried = [note["update_id"] for note in event["data"]["history"]]
+    assert carried == [f"u{n}" for n in range(5, EVENT_HISTORY + 5)]
+    assert event["data"]["reporter"]["email"] == "resident@example.org"
 
 
 def test_an_empty_secret_is_refused_rather_than_sending_unsigned(
