@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -389,6 +391,26 @@ def test_c19_updated_after_filter(http: httpx.Client, create: Create) -> None:
     assert request_id not in {
         d["service_request_id"] for d in http.get("/requests.json", params=params).json()
     }
+
+
+def test_the_readmes_catch_up_read_for_back_office_systems_answers_as_written(
+    http: httpx.Client, create: Create
+) -> None:
+    """The events chapter's catch-up read, its `...` filled in, on a city of two jurisdictions
+    (the sandbox's): it answers, and tells of a request changed since then."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    chapter = readme.split("## For back-office systems: events", 1)[1].split("\n## ", 1)[0]
+    [query] = re.findall(r"`GET (/requests\.json\?[^`]*)`", chapter)
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    request_id = new_id(create)
+    filled = {"jurisdiction_id": SPRINGFIELD, "updated_after": since.isoformat()}
+    path, _, documented = query.partition("?")
+    params = {k: filled[k] if v == "..." else v for k, v in parse_qsl(documented)}
+
+    response = http.get(path, params=params)
+
+    assert response.status_code == 200, response.text
+    assert request_id in {d["service_request_id"] for d in response.json()}
 
 
 def test_c19_updated_after_tells_of_a_change_to_a_request_made_over_90_days_ago(
