@@ -81,8 +81,8 @@ class Envelope(BaseModel):
         min_length=1,
         description="the caller's X-Correlation-Id of the create, on the events of the "
         "request's way to its back-end (created, routed, submitted, delivery_failed, and a status "
-        "the back-end answered with), or of a pushed status update, on its status_changed and "
-        "closed; otherwise the request id",
+        "the back-end answered with), or of a pushed status update, on the events it publishes "
+        "(status_changed and closed, or noted); otherwise the request id",
     )
     traceparent: str = Field(default_factory=new_traceparent, pattern=_TRACEPARENT)
 

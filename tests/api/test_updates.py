@@ -15,7 +15,7 @@ from bus.api.context import ApiContext
 from bus.bootstrap import Runtime
 from bus.status import record_status_update
 from schemas import open311_render as render
-from schemas.events import EventType
+from schemas.events import Envelope, EventType
 from schemas.model import Status, StatusUpdate
 from tests.api.conftest import SHELBYVILLE, SPRINGFIELD, pothole_form
 
@@ -647,6 +647,29 @@ def test_a_pushed_updates_x_correlation_id_goes_with_its_events_as_a_creates_doe
     mine = [e for e in events if e.subject == request_id and e.type is not EventType.CREATED]
     assert [e.type for e in mine] == [EventType.STATUS_CHANGED, EventType.CLOSED]
     assert {e.correlationid for e in mine} == {"desk-ticket-7"}
+
+
+def test_a_pushed_notes_x_correlation_id_goes_with_its_noted_event_as_the_documents_say(
+    http: httpx.Client, desk_key: str, create: Create, runtime: Runtime
+) -> None:
+    request_id = new_id(create)
+    for n, status in enumerate(("in_progress", "in_progress")):  # a change, then a note
+        fields = {"service_request_id": request_id, "update_id": f"desk-8-{n}", "status": status}
+        sent = post_update(http, desk_key, headers={"X-Correlation-Id": f"desk-8-{n}"}, **fields)
+        assert sent.status_code == 200, sent.text
+
+    events = [r.envelope for r in runtime.store.pending_outbox(10_000)]
+    mine = [e for e in events if e.subject == request_id and e.type is not EventType.CREATED]
+    assert [(e.type, e.correlationid) for e in mine] == [
+        (EventType.STATUS_CHANGED, "desk-8-0"),
+        (EventType.NOTED, "desk-8-1"),
+    ]
+    # What consumers read of it (schemas/asyncapi.yaml) names each event a pushed update
+    # publishes with its sender's id.
+    described = Envelope.model_fields["correlationid"].description or ""
+    pushed = described.split("pushed status update", 1)[1].split(";", 1)[0]
+    for kind in (EventType.STATUS_CHANGED, EventType.CLOSED, EventType.NOTED):
+        assert kind.short.removeprefix("request.") in pushed, described
 
 
 def test_an_updated_datetime_whose_plus_was_left_unencoded_in_the_form_is_read_as_plus(
