@@ -248,9 +248,9 @@ class ServiceRequest(_Model):
     # latest `updated_datetime` it saw would never be told of it.
     changed_at: AwareDatetime | None = Field(
         default=None,
-        description="when civicbus last recorded a change to the request (created, a status "
-        "update or note, a take-down), on civicbus's clock: Open311's `updated_datetime`, which "
-        "`updated_after` and `updated_before` filter by",
+        description="when civicbus last recorded a change to the request (created, handed "
+        "over to a back-end, a status update or note, a take-down), on civicbus's clock: "
+        "Open311's `updated_datetime`, which `updated_after` and `updated_before` filter by",
     )
     backend_refs: tuple[BackendRef, ...] = ()
     history: tuple[StatusNote, ...] = ()

@@ -515,14 +515,17 @@ def _confirms_later(at: datetime, *, requested_at: datetime, updated_at: datetim
 def add_backend_ref(
     conn: Connection, request_id: str, adapter: str, reference: str, at: datetime
 ) -> None:
-    """Record the cross-reference; the first reference per (request, adapter) is kept."""
+    """Record the cross-reference; the first reference per (request, adapter) is kept. A new
+    one is a change to the request (see _handed_over)."""
     inserted = insert_ignoring_duplicates(
         conn,
         backend_refs,
         {"request_id": request_id, "adapter": adapter, "reference": reference, "at": at},
         keys=("request_id", "adapter"),
     )
-    if not inserted:
+    if inserted:
+        _handed_over(conn, [request_id], utcnow())
+    else:
         known = conn.execute(
             sa.select(backend_refs.c.reference).where(
                 backend_refs.c.request_id == request_id, backend_refs.c.adapter == adapter
@@ -577,13 +580,29 @@ def _insert_refs_sql(conn: Connection, rows: int) -> tuple[str, bool]:
     return plan
 
 
+def _handed_over(conn: Connection, request_ids: Collection[str], at: datetime) -> None:
+    """A back-end took the requests: a change their readers must be told of (Open311's
+    `updated_datetime`, which `updated_after` polls by, and events' `changed_at`). Open311
+    shows the reference with `extensions`; and a consumer keeping the copy with the latest
+    `changed_at` must not let a `created` event, replayed after `submitted`, win a tie and
+    take the reference away."""
+    conn.execute(
+        requests.update().where(requests.c.id.in_(list(request_ids))).values(changed_at=at)
+    )
+
+
 def add_backend_refs(
-    conn: Connection, adapter: str, refs: Sequence[tuple[str, str, datetime]]
+    conn: Connection,
+    adapter: str,
+    refs: Sequence[tuple[str, str, datetime]],
+    *,
+    changed_at: datetime | None = None,
 ) -> set[str]:
     """Record (request id, reference, time) cross-references for `adapter` in one statement,
     the first reference per (request, adapter) kept as in add_backend_ref; returns the request
-    ids whose reference this call recorded (a repeated request id counts once, the first).
-    Run on the driver's cursor (see bus.store._sql), as the worker's other batch statements."""
+    ids whose reference this call recorded (a repeated request id counts once, the first),
+    each changed at `changed_at` (default now; see _handed_over). Run on the driver's cursor
+    (see bus.store._sql), as the worker's other batch statements."""
     first: dict[str, tuple[str, datetime]] = {}
     for request_id, reference, at in refs:
         first.setdefault(request_id, (reference, at))
@@ -605,6 +624,8 @@ def add_backend_refs(
         else {f"{_REF_BINDS[n % width]}{n // width}": value for n, value in enumerate(fields)}
     )
     inserted = {request_id for (request_id,) in driver_execute(conn, sql, params)}
+    if inserted:
+        _handed_over(conn, inserted, changed_at or utcnow())
     known = [rid for rid in first if rid not in inserted]
     if known:
         rows = conn.execute(

@@ -126,13 +126,21 @@ class Transaction:
         )
 
     def add_backend_ref(self, request_id: str, adapter: str, reference: str, at: datetime) -> None:
-        """Record the back-end's reference for the request (idempotent per adapter)."""
+        """Record the back-end's reference for the request (idempotent per adapter); a new one
+        is a change to the request, now."""
         _requests.add_backend_ref(self._session, request_id, adapter, reference, at)
 
-    def add_backend_refs(self, adapter: str, refs: Sequence[tuple[str, str, datetime]]) -> set[str]:
+    def add_backend_refs(
+        self,
+        adapter: str,
+        refs: Sequence[tuple[str, str, datetime]],
+        *,
+        changed_at: datetime | None = None,
+    ) -> set[str]:
         """Record several (request id, reference, time) for one adapter at once, as
-        add_backend_ref does; returns the request ids whose reference was not known before."""
-        return _requests.add_backend_refs(self._session, adapter, refs)
+        add_backend_ref does; returns the request ids whose reference was not known before,
+        each changed at `changed_at` (default now: a hand-over is a change to the request)."""
+        return _requests.add_backend_refs(self._session, adapter, refs, changed_at=changed_at)
 
     def get_requests(self, request_ids: Collection[str]) -> dict[str, ServiceRequest]:
         """Whole requests by id as this transaction sees them; unknown ids are absent."""

@@ -327,10 +327,14 @@ class CommandWorker:
             # the batch was read is in the `submitted` event, one still to come waits for this
             # commit, so the outbox never announces an older status after a newer one.
             now = tx.changed_requests({t.request.id: t.request for t in taken})
+            # The hand-over is a change to each request, as its `submitted` event says.
+            handed_over = datetime.now(UTC)
             new = tx.add_backend_refs(
                 self.route.name,
                 [(t.request.id, t.receipt.reference, t.receipt.at) for t in taken],
+                changed_at=handed_over,
             )
+            changed_at = _JSON_TIME.serializer.to_python(handed_over, mode="json")
             for item in taken:
                 if item.request.id not in new:
                     repeated.append(item.command)
@@ -340,6 +344,7 @@ class CommandWorker:
                     item = self.taken(
                         item.command, now[item.request.id], item.receipt, item.answered_at
                     )
+                item.submitted.data["changed_at"] = changed_at  # its own dict (public_data)
                 recorded.append(item)
                 self.audit_receipt(tx, item)
             for command in repeated:

@@ -70,6 +70,11 @@ def test_the_submitted_event_is_the_public_request_with_the_new_reference_as_its
         BackendRef(adapter=INSTANCE, reference="WO-00001", submitted_at=at).model_dump(mode="json"),
     ]
     expected["instance"], expected["reference"] = INSTANCE, "WO-00001"
+    # The hand-over is a change: the request's changed_at as the store now has it.
+    after = store.get_request(envelope.subject)
+    assert after is not None and after.changed_at is not None
+    assert before.changed_at is not None and after.changed_at > before.changed_at
+    expected["changed_at"] = after.public_data()["changed_at"]
     assert event.data == expected
     assert event.data["backend_refs"][-1]["submitted_at"] == shown
     assert event.data["reporter"] == dict.fromkeys(event.data["reporter"])  # no contact data

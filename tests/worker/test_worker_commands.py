@@ -100,6 +100,27 @@ def test_the_submitted_event_carries_no_personal_data(store: Store, topology: st
     assert_documented(row.envelope)
 
 
+def test_the_hand_over_to_a_back_end_is_a_change_its_event_and_open311_readers_see(
+    store: Store, topology: str
+) -> None:
+    # A consumer keeps the copy with the latest changed_at: a `created` event replayed after
+    # the `submitted` one must not win a tie and take the back-end reference away; and an Open311
+    # client polling updated_after (extensions show the reference) must be told of it.
+    envelope = new_request(store)
+    created = store.get_request(envelope.subject)
+    assert created is not None and created.changed_at is not None
+    publish(topology, envelope)
+    with running(command_consumer(topology, store, INSTANCE, FAST, MemoryBackend())):
+        wait_until(lambda: submitted_events(store, envelope.subject), what="the event")
+
+    handed_over = store.get_request(envelope.subject)
+    assert handed_over is not None and handed_over.changed_at is not None
+    assert handed_over.changed_at > created.changed_at
+    row = next(r for r in store.pending_outbox() if r.envelope.type is EventType.SUBMITTED)
+    assert datetime.fromisoformat(row.envelope.data["changed_at"]) == handed_over.changed_at
+    assert_documented(row.envelope)
+
+
 def test_a_request_the_backend_already_holds_is_not_created_again(
     store: Store, topology: str
 ) -> None:
