@@ -6,14 +6,17 @@ serves nothing (404, 405) is a fault of a setting or of the back-end, never of a
 transport error (httpx's or requests') into a sentence saying what happened and what to check,
 for `map_exceptions(..., describe=where.describe)`; `not_served` words an answer that says
 nothing is there. `require_http_url` refuses, at construction, a URL no HTTP client can use.
+`retry_after` reads the pause a back-end asks for, in either of HTTP's forms.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +30,24 @@ NOT_SERVED = frozenset({404, 405})
 _NO_SCHEME = (httpx.UnsupportedProtocol, requests.exceptions.MissingSchema,
               requests.exceptions.InvalidSchema)  # fmt: skip
 _CONNECT_TIMEOUT = (httpx.ConnectTimeout, requests.exceptions.ConnectTimeout)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent/bad."""
+    value = headers.get("Retry-After")  # both clients' headers ignore the name's case
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def require_http_url(value: Any, *, context: str, setting: str) -> str:

@@ -12,13 +12,11 @@ error may echo the request's values, which can be a resident's personal data.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import httpx
 
 from adapters._exceptions import ErrorTable, PermanentError, TransientError, answer_excerpt
-from adapters._http import NOT_SERVED, Where
+from adapters._http import NOT_SERVED, Where, retry_after
 
 ERRORS: ErrorTable = {
     httpx.InvalidURL: PermanentError,
@@ -49,25 +47,7 @@ def raise_for_status(
     if said:
         what = f"{what}: {said}"
     if status == 429:
-        raise TransientError(what, retry_after=retry_after(response))
+        raise TransientError(what, retry_after=retry_after(response.headers))
     if status in _RETRYABLE_4XX or status >= 500:
-        raise TransientError(what, retry_after=retry_after(response))
+        raise TransientError(what, retry_after=retry_after(response.headers))
     raise PermanentError(what)
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent/bad."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -23,7 +23,7 @@ import structlog
 
 from adapters._contract import Health
 from adapters._exceptions import ErrorTable, PermanentError, TransientError, map_exceptions
-from adapters._http import NOT_SERVED, Where, check_settings, require_http_url
+from adapters._http import NOT_SERVED, Where, check_settings, require_http_url, retry_after
 from adapters.sap._model import SapNotification, passthrough
 
 log = structlog.get_logger(__name__)
@@ -256,7 +256,7 @@ def _raise_for_status(response: httpx.Response, context: str, logon_advice: str)
     text = sap_message(response)
     if status in (408, 429) or status >= 500:
         raise TransientError(
-            f"{context}: HTTP {status}: {text}", retry_after=_retry_after(response)
+            f"{context}: HTTP {status}: {text}", retry_after=retry_after(response.headers)
         )
     if status == 401:
         raise TransientError(f"{context}: HTTP 401: {text} (SAP refused the logon: {logon_advice})")
@@ -279,11 +279,6 @@ def sap_message(response: httpx.Response) -> str:
     ]
     out = f"{code}: {text}" if code else text
     return out + (f" (details: {'; '.join(details)})" if details else "")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.strip().isdigit() else None
 
 
 _EDM_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")

@@ -10,7 +10,7 @@ import httpx
 
 from adapters import Adapter, Health, PermanentError, Receipt, TransientError, map_exceptions
 from adapters._exceptions import answer_excerpt
-from adapters._http import Where, check_settings, require_http_url
+from adapters._http import Where, check_settings, require_http_url, retry_after
 from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from schemas.events import STRUCTURED_CONTENT_TYPE, Envelope, EventType
 from schemas.model import Reporter, ServiceRequest
@@ -138,16 +138,8 @@ def _raise_for_status(response: httpx.Response, context: str) -> None:
     elif said := answer_excerpt(response.text):
         message = f"{message}: {said}"
     if code >= 500 or code in _RETRYABLE_4XX:
-        raise TransientError(message, retry_after=_retry_after(response))
+        raise TransientError(message, retry_after=retry_after(response.headers))
     raise PermanentError(message)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
 
 
 def _reference_in(response: httpx.Response) -> str | None:

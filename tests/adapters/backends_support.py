@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,57 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+#: What a misbehaving back-end does with one call: given the handler (its `command`, `path`,
+#: `headers` and `body` read), it answers through `reply` or writes what it likes to `wfile`.
+Behaviour = Callable[["_Misbehaving"], None]
+
+
+class _Misbehaving(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    body = b""
+
+    def _any(self) -> None:
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.behave(self)  # type: ignore[attr-defined]
+
+    do_GET = do_POST = do_PUT = do_HEAD = _any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def reply(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: str | bytes = b"",
+    content_type: str = "application/json",
+    headers: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Answer one call of a `misbehaving_backend` whole, with a Content-Length."""
+    data = body.encode() if isinstance(body, str) else body
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+@contextmanager
+def misbehaving_backend(behave: Behaviour) -> Iterator[str]:
+    """A real HTTP server on a free loopback port that answers every call by `behave` (slowly,
+    endlessly, wrongly: what a city's legacy back-end may do); yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    server.behave = behave  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class WorkItemsTarget(ConformanceTarget):

@@ -14,7 +14,7 @@ import requests
 from backends_support import free_port
 
 from adapters import TransientError, map_exceptions
-from adapters._http import Where, check_settings, require_http_url
+from adapters._http import Where, check_settings, require_http_url, retry_after
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,3 +119,12 @@ def test_require_http_url_refuses_what_no_http_client_can_use(url: str) -> None:
     assert require_http_url(" https://h.example/api ", context="c", setting="s") == (
         "https://h.example/api"
     )
+
+
+def test_retry_after_reads_seconds_and_http_dates_from_either_client_s_headers() -> None:
+    assert retry_after(httpx.Headers({"retry-after": "12"})) == 12.0
+    assert retry_after(requests.structures.CaseInsensitiveDict({"Retry-After": "3"})) == 3.0
+    past = {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}
+    assert retry_after(httpx.Headers(past)) == 0.0
+    assert retry_after(httpx.Headers({"Retry-After": "soon"})) is None
+    assert retry_after(httpx.Headers()) is None

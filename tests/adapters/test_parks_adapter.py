@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import httpx
 import pytest
 from backends_support import (
     MAPPINGS,
@@ -30,7 +29,6 @@ from adapters import PermanentError, TransientError
 from adapters._exceptions import answer_excerpt
 from adapters.mapping import Mapping, load_mapping
 from adapters.parks import ParksAdapter
-from adapters.parks._errors import retry_after
 from civicbus.sandbox.parks import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from civicbus.sandbox.runner import Running
 from schemas.model import Location, Status
@@ -484,13 +482,3 @@ def test_work_requests_survive_a_simulator_restart(tmp_path: Path, mapping: Mapp
         again = adapter_for(second, mapping).submit(request)
 
     assert not again.created and again.reference == receipt.reference
-
-
-def test_retry_after_reads_seconds_and_http_dates() -> None:
-    def answer(value: str) -> httpx.Response:
-        return httpx.Response(429, headers={"Retry-After": value})
-
-    assert retry_after(answer("12")) == 12.0
-    assert retry_after(answer("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # in the past
-    assert retry_after(answer("soon")) is None
-    assert retry_after(httpx.Response(429)) is None

@@ -7,12 +7,13 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from backends_support import a_request, free_port, simulator
+from backends_support import a_request, free_port, misbehaving_backend, reply, simulator
 from sap_support import control, notifications, rejecting_mapping, sap_mapping, settings_for
 
 from adapters import PermanentError, TransientError
@@ -132,6 +133,19 @@ def test_503_with_retry_after_is_transient_and_says_how_long(
         adapter.submit(pothole())
     assert caught.value.retry_after == 7
     assert not adapter.check().ok
+
+
+def test_a_retry_after_given_as_an_http_date_is_honoured() -> None:
+    # RFC 9110 allows either form; the date form was read as "no pause asked".
+    in_two_minutes = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    answer = [("Retry-After", in_two_minutes)]
+    with misbehaving_backend(lambda h: reply(h, 503, "busy", "text/plain", answer)) as url:
+        adapter = SapAdapter("sap-roads", settings_for("odata", url), sap_mapping())
+        with pytest.raises(TransientError, match="HTTP 503") as caught:
+            adapter.find("req-1")
+        adapter.close()
+
+    assert caught.value.retry_after is not None and 100 < caught.value.retry_after <= 120
 
 
 def test_a_rejection_by_sap_is_permanent(adapter: SapAdapter, sap_sim: Running) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from backends_support import a_request, free_port
+from backends_support import a_request, free_port, misbehaving_backend, reply
 
 from adapters import TransientError
 from adapters.webhook import WebhookAdapter
@@ -131,3 +133,16 @@ def test_a_refused_connection_is_transient() -> None:
     with pytest.raises(TransientError, match="ConnectError"):
         adapter.submit(a_request())
     adapter.close()
+
+
+def test_a_busy_receiver_s_retry_after_as_an_http_date_is_honoured() -> None:
+    # RFC 9110 allows either form; the date form was read as "no pause asked".
+    in_two_minutes = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    answer = [("Retry-After", in_two_minutes)]
+    with misbehaving_backend(lambda h: reply(h, 503, "busy", "text/plain", answer)) as url:
+        adapter = WebhookAdapter("contractor", {"url": f"{url}/hook"})
+        with pytest.raises(TransientError, match="HTTP 503") as caught:
+            adapter.submit(a_request())
+        adapter.close()
+
+    assert caught.value.retry_after is not None and 100 < caught.value.retry_after <= 120
