@@ -6,14 +6,19 @@ serves nothing (404, 405) is a fault of a setting or of the back-end, never of a
 transport error (httpx's or requests') into a sentence saying what happened and what to check,
 for `map_exceptions(..., describe=where.describe)`; `not_served` words an answer that says
 nothing is there. `require_http_url` refuses, at construction, a URL no HTTP client can use.
-`retry_after` reads the pause a back-end asks for, in either of HTTP's forms.
+
+A per-read timeout does not bound a call: a back-end that sends a byte every few seconds, or an
+answer that never ends, held a worker (and its memory) for as long as it went on. `Bounds` caps
+the time and the size of one answer's body, read by `read_bounded`; `BoundedTransport` applies it
+to every call of an httpx client, and `retry_after` reads the pause a back-end asks for.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -30,6 +35,95 @@ NOT_SERVED = frozenset({404, 405})
 _NO_SCHEME = (httpx.UnsupportedProtocol, requests.exceptions.MissingSchema,
               requests.exceptions.InvalidSchema)  # fmt: skip
 _CONNECT_TIMEOUT = (httpx.ConnectTimeout, requests.exceptions.ConnectTimeout)
+
+
+#: Defaults of `Bounds`: a whole answer may take this many per-read timeouts, and this many bytes
+#: (a page of changes or a lookup is a few kilobytes; tens of megabytes is a back-end gone wrong).
+ANSWER_TIMEOUTS = 3
+MAX_ANSWER_MB = 32
+
+
+class AnswerTooSlow(Exception):
+    """The answer's body was still arriving when the call's whole time was up."""
+
+
+class AnswerTooLarge(Exception):
+    """The answer's body was larger than an adapter reads."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How long one call's answer may take as a whole (not per read), and how large it may be."""
+
+    seconds: float
+    max_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], timeout: float, *, context: str) -> Bounds:
+        """`answer_timeout` (seconds, default ANSWER_TIMEOUTS per-read timeouts) and
+        `max_answer_mb` (default MAX_ANSWER_MB) of an instance's settings; ValueError if not
+        positive numbers."""
+        try:
+            seconds = float(settings.get("answer_timeout", ANSWER_TIMEOUTS * timeout))
+            megabytes = float(settings.get("max_answer_mb", MAX_ANSWER_MB))
+        except (TypeError, ValueError):
+            seconds = megabytes = 0
+        if not (seconds > 0 and megabytes > 0):
+            raise ValueError(
+                f"{context}: the settings `answer_timeout` (seconds) and `max_answer_mb` must be "
+                "positive numbers"
+            )
+        return cls(seconds, int(megabytes * 1024 * 1024))
+
+
+def read_bounded(chunks: Iterable[bytes], bounds: Bounds, started: float, url: object) -> bytes:
+    """The body of an answer read from `chunks` in the call's time (`started` by
+    time.monotonic()) and size `bounds`; AnswerTooSlow or AnswerTooLarge when it goes past them."""
+    address = str(url).split("?", 1)[0]
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > bounds.max_bytes:
+            raise AnswerTooLarge(
+                f"the answer of {address} is larger than {bounds.max_bytes // (1024 * 1024)} MB "
+                "(settings.max_answer_mb), and was not read to its end"
+            )
+        if time.monotonic() - started > bounds.seconds:
+            raise AnswerTooSlow(
+                f"the answer of {address} was still arriving after {bounds.seconds:g} s "
+                "(settings.answer_timeout): the back-end is overloaded, or sends an endless answer"
+            )
+    return bytes(body)
+
+
+class BoundedTransport(httpx.BaseTransport):
+    """An httpx transport that reads each answer's body within `bounds` (httpx's own timeouts
+    are per read, and its client reads a body whatever its size). Redirects are not followed
+    here: httpx clients leave them to the caller unless told otherwise."""
+
+    def __init__(self, bounds: Bounds, **transport: Any) -> None:
+        self._bounds = bounds
+        self._inner = httpx.HTTPTransport(**transport)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        started = time.monotonic()
+        response = self._inner.handle_request(request)
+        assert isinstance(response.stream, httpx.SyncByteStream)  # a sync transport's
+        try:
+            body = read_bounded(response.stream, self._bounds, started, request.url)
+        finally:
+            response.close()
+        # Still encoded (e.g. gzip): the client decodes it as it would have.
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(body),
+            extensions=response.extensions,
+            request=request,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -84,6 +178,8 @@ class Where:
         chain = list(_chain(exc))
         host, port = _address(exc)
         at = f" {host}:{port}" if port else f" {host}" if host else ""
+        if isinstance(exc, AnswerTooSlow | AnswerTooLarge):
+            return str(exc)
         if isinstance(exc, _NO_SCHEME):
             return f"the URL has no http:// or https:// scheme: {self.advice}"
         if isinstance(exc, _CONNECT_TIMEOUT):

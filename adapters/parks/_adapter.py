@@ -25,7 +25,7 @@ from adapters._changes import (
 )
 from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError, TransientError, map_exceptions
-from adapters._http import Where, check_settings, require_http_url
+from adapters._http import BoundedTransport, Bounds, Where, check_settings, require_http_url
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.parks._auth import ClientCredentials
@@ -41,8 +41,10 @@ class ParksAdapter(Adapter):
     """A parks work-request system over REST/JSON, authenticated by OAuth2 client credentials.
 
     Settings: `base_url`, `client_id`, `client_secret` (from the environment), `token_url`
-    (default `<base_url>/oauth/token`), `timeout` (seconds, default 10), `page_size` (changes
-    per call, default 100), `max_pages` (calls per `updates`, default 10). A mapping field with
+    (default `<base_url>/oauth/token`), `timeout` (seconds per read, default 10),
+    `answer_timeout` and `max_answer_mb` (one whole answer's time and size, adapters/_http.py's
+    Bounds), `page_size` (changes per call, default 100), `max_pages` (calls per `updates`,
+    default 10). A mapping field with
     a dotted name (`location.lat`) becomes a nested JSON member.
     """
 
@@ -79,10 +81,12 @@ class ParksAdapter(Adapter):
         )
         self.page_size = int(settings.get("page_size", 100))
         self.max_pages = int(settings.get("max_pages", 10))
+        timeout = float(settings.get("timeout", 10))
         self._http = httpx.Client(
             base_url=self.base_url,
-            timeout=float(settings.get("timeout", 10)),
+            timeout=timeout,
             headers={"Accept": "application/json"},
+            transport=BoundedTransport(Bounds.from_settings(settings, timeout, context=context)),
         )
         self.credentials = ClientCredentials(
             self._http,

@@ -16,13 +16,16 @@ import json
 import httpx
 
 from adapters._exceptions import ErrorTable, PermanentError, TransientError, answer_excerpt
-from adapters._http import NOT_SERVED, Where, retry_after
+from adapters._http import NOT_SERVED, AnswerTooLarge, AnswerTooSlow, Where, retry_after
 
 ERRORS: ErrorTable = {
     httpx.InvalidURL: PermanentError,
     httpx.UnsupportedProtocol: PermanentError,
     httpx.TimeoutException: TransientError,
     httpx.TransportError: TransientError,
+    # An answer past settings.answer_timeout or max_answer_mb: a back-end in trouble.
+    AnswerTooSlow: TransientError,
+    AnswerTooLarge: TransientError,
     # A body that is not the JSON promised: a proxy's error page, a cut connection.
     json.JSONDecodeError: TransientError,
 }

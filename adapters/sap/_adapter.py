@@ -31,9 +31,10 @@ class SapAdapter(Adapter):
     """SAP plant maintenance (PM) notifications.
 
     Settings: `transport` (`odata`, default, or `rfc`); for OData `base_url`, `service_path`,
-    `username`, `password`, `sap_client`, `timeout`, `verify`; for RFC `rfc_client` (`pyrfc` or
-    `simulation`) and pyrfc's connection parameters (`ashost`, `sysnr`, `client`, `user`,
-    `passwd`, ...) or the simulation's `url`; `poll_overlap_seconds` (default 60).
+    `username`, `password`, `sap_client`, `timeout`, `answer_timeout`, `max_answer_mb`
+    (adapters/_http.py), `verify`; for RFC `rfc_client` (`pyrfc` or `simulation`) and pyrfc's
+    connection parameters (`ashost`, `sysnr`, `client`, `user`, `passwd`, ...) or the
+    simulation's `url`; `poll_overlap_seconds` (default 60).
     """
 
     kind = "sap"

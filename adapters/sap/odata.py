@@ -23,7 +23,17 @@ import structlog
 
 from adapters._contract import Health
 from adapters._exceptions import ErrorTable, PermanentError, TransientError, map_exceptions
-from adapters._http import NOT_SERVED, Where, check_settings, require_http_url, retry_after
+from adapters._http import (
+    NOT_SERVED,
+    AnswerTooLarge,
+    AnswerTooSlow,
+    BoundedTransport,
+    Bounds,
+    Where,
+    check_settings,
+    require_http_url,
+    retry_after,
+)
 from adapters.sap._model import SapNotification, passthrough
 
 log = structlog.get_logger(__name__)
@@ -41,6 +51,9 @@ ERRORS: ErrorTable = {
     httpx.TimeoutException: TransientError,
     httpx.TransportError: TransientError,
     httpx.DecodingError: TransientError,
+    # An answer past settings.answer_timeout or max_answer_mb: a service in trouble.
+    AnswerTooSlow: TransientError,
+    AnswerTooLarge: TransientError,
 }
 
 #: Neutral field -> OData property of MaintenanceNotification.
@@ -78,12 +91,14 @@ class ODataTransport:
         )
         self._system_status = str(settings.get("system_status_property", "SystemStatus"))
         self._user_status = str(settings.get("user_status_property", "UserStatus"))
+        timeout = float(settings.get("timeout", 10.0))
+        bounds = Bounds.from_settings(settings, timeout, context=f"sap adapter {instance}")
         self._client = httpx.Client(
             base_url=base_url + service + "/",
             auth=httpx.BasicAuth(str(user), str(password or "")) if user else None,
             params=params,
-            timeout=float(settings.get("timeout", 10.0)),
-            verify=settings.get("verify", True),
+            timeout=timeout,
+            transport=BoundedTransport(bounds, verify=settings.get("verify", True)),
             headers={"accept": "application/json"},
         )
         self._token: str | None = None

@@ -10,7 +10,16 @@ import httpx
 
 from adapters import Adapter, Health, PermanentError, Receipt, TransientError, map_exceptions
 from adapters._exceptions import answer_excerpt
-from adapters._http import Where, check_settings, require_http_url, retry_after
+from adapters._http import (
+    AnswerTooLarge,
+    AnswerTooSlow,
+    BoundedTransport,
+    Bounds,
+    Where,
+    check_settings,
+    require_http_url,
+    retry_after,
+)
 from adapters.webhook._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from schemas.events import STRUCTURED_CONTENT_TYPE, Envelope, EventType
 from schemas.model import Reporter, ServiceRequest
@@ -22,6 +31,9 @@ _ERRORS = {
     httpx.InvalidURL: PermanentError,
     httpx.TimeoutException: TransientError,
     httpx.TransportError: TransientError,
+    # A receiver whose answer is past settings.answer_timeout or max_answer_mb.
+    AnswerTooSlow: TransientError,
+    AnswerTooLarge: TransientError,
 }
 
 #: Seconds a POST may take before it counts as a failed try.
@@ -35,7 +47,8 @@ class WebhookAdapter(Adapter):
     """POSTs events to `settings["url"]`, signed with `settings["secret"]` when one is set.
 
     Settings: `url` (required), `secret` (the HMAC key; normally from an environment variable
-    named by `secrets`; given, not empty), `timeout` (seconds, default DEFAULT_TIMEOUT),
+    named by `secrets`; given, not empty), `timeout` (seconds per read, default DEFAULT_TIMEOUT),
+    `answer_timeout` and `max_answer_mb` (one whole answer's time and size, adapters/_http.py),
     `personal_data` (for a routed instance: the reporter fields its requests carry, e.g.
     `[email, phone]`; as in a mapping file, none unless listed, so a request is sent without the
     reporter like an event).
@@ -59,7 +72,9 @@ class WebhookAdapter(Adapter):
             )
         self._secret = str(settings["secret"]) if "secret" in settings else None
         self.personal_data = _reporter_fields(instance, settings.get("personal_data") or ())
-        self._client = httpx.Client(timeout=float(settings.get("timeout", DEFAULT_TIMEOUT)))
+        timeout = float(settings.get("timeout", DEFAULT_TIMEOUT))
+        bounds = Bounds.from_settings(settings, timeout, context=f"webhook {instance}")
+        self._client = httpx.Client(timeout=timeout, transport=BoundedTransport(bounds))
 
     def deliver(self, body: bytes, *, event_id: str) -> httpx.Response:
         """POST one event body; TransientError or PermanentError when it is not accepted."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,8 @@ from backends_support import (
     free_port,
     long_note_is_cut_and_later_changes_arrive,
     mapping_without_status,
+    misbehaving_backend,
+    reply,
     simulator,
     unmapped_status_is_skipped_and_later_changes_arrive,
 )
@@ -482,3 +485,71 @@ def test_work_requests_survive_a_simulator_restart(tmp_path: Path, mapping: Mapp
         again = adapter_for(second, mapping).submit(request)
 
     assert not again.created and again.reference == receipt.reference
+
+
+def _token_then(answer: Any) -> Any:
+    """A parks API that grants a token, then answers every other call by `answer`."""
+
+    def behave(handler: Any) -> None:
+        if handler.path.endswith("/oauth/token"):
+            reply(handler, 200, json.dumps({"access_token": "t", "expires_in": 3600}))
+        else:
+            answer(handler)
+
+    return behave
+
+
+def _dripping(handler: Any) -> None:
+    """A whole `{"items": []}` in the end, one byte every 0.2 s after the first (8 s)."""
+    body = b'{"items": []' + b" " * 40 + b"}"
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    for byte in body:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(0.2)
+
+
+def test_an_answer_dripping_byte_by_byte_is_cut_off_at_the_answer_timeout(
+    mapping: Mapping,
+) -> None:
+    # Each byte came well within the read timeout: the worker was held for the whole answer.
+    with misbehaving_backend(_token_then(_dripping)) as url:
+        settings = {"client_id": "c", "client_secret": "s", "timeout": 2, "answer_timeout": 1}
+        adapter = ParksAdapter("parks", {"base_url": url, **settings}, mapping)
+        started = time.monotonic()
+        with pytest.raises(TransientError) as caught:
+            adapter.find("req-1")
+        adapter.close()
+
+    assert time.monotonic() - started < 4
+    assert str(caught.value) == (
+        f"parks adapter parks: find req-1: the answer of {url}/work-requests was still arriving "
+        "after 1 s (settings.answer_timeout): the back-end is overloaded, or sends an endless "
+        "answer"
+    )
+
+
+def test_an_answer_larger_than_max_answer_mb_is_not_read_to_its_end(mapping: Mapping) -> None:
+    # 8 MB of one JSON string: held whole in the worker's memory, as 500 MB would have been.
+    huge = '{"items": [], "padding": "' + "x" * (8 * 1024 * 1024) + '"}'
+    with misbehaving_backend(_token_then(lambda h: reply(h, 200, huge))) as url:
+        settings = {"client_id": "c", "client_secret": "s", "max_answer_mb": 1}
+        adapter = ParksAdapter("parks", {"base_url": url, **settings}, mapping)
+        with pytest.raises(TransientError) as caught:
+            adapter.find("req-1")
+        adapter.close()
+
+    assert str(caught.value) == (
+        f"parks adapter parks: find req-1: the answer of {url}/work-requests is larger than "
+        "1 MB (settings.max_answer_mb), and was not read to its end"
+    )
+
+
+@pytest.mark.parametrize("given", [{"answer_timeout": 0}, {"max_answer_mb": "lots"}])
+def test_answer_bounds_must_be_positive_numbers(given: dict[str, Any], mapping: Mapping) -> None:
+    with pytest.raises(ValueError, match=r"^parks adapter p: the settings `answer_timeout`"):
+        ParksAdapter("p", {"base_url": "http://h", "client_id": "c", "client_secret": "s",
+                           **given}, mapping)  # fmt: skip

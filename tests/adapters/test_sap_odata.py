@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -146,6 +147,26 @@ def test_a_retry_after_given_as_an_http_date_is_honoured() -> None:
         adapter.close()
 
     assert caught.value.retry_after is not None and 100 < caught.value.retry_after <= 120
+
+
+def test_an_endless_answer_is_cut_off_at_the_answer_timeout() -> None:
+    def endless(handler: Any) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.end_headers()  # no length: the body ends when the connection does
+        handler.wfile.write(b'{"d": {"results": [')
+        for _ in range(40):
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            time.sleep(0.2)
+
+    with misbehaving_backend(endless) as url:
+        adapter = SapAdapter(
+            "sap-roads", settings_for("odata", url, answer_timeout=1), sap_mapping()
+        )
+        with pytest.raises(TransientError, match=r"was still arriving after 1 s \(settings"):
+            adapter.find("req-1")
+        adapter.close()
 
 
 def test_a_rejection_by_sap_is_permanent(adapter: SapAdapter, sap_sim: Running) -> None:

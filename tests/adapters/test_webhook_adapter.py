@@ -146,3 +146,12 @@ def test_a_busy_receiver_s_retry_after_as_an_http_date_is_honoured() -> None:
         adapter.close()
 
     assert caught.value.retry_after is not None and 100 < caught.value.retry_after <= 120
+
+
+def test_a_receiver_s_huge_answer_is_not_read_to_its_end() -> None:
+    huge = '{"reference": "' + "x" * (4 * 1024 * 1024) + '"}'
+    with misbehaving_backend(lambda h: reply(h, 200, huge)) as url:
+        adapter = WebhookAdapter("contractor", {"url": f"{url}/hook", "max_answer_mb": 1})
+        with pytest.raises(TransientError, match=r"is larger than 1 MB \(settings.max_answer_mb\)"):
+            adapter.submit(a_request())
+        adapter.close()
