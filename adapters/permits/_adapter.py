@@ -18,7 +18,6 @@ from typing import Any
 import structlog
 import zeep
 import zeep.exceptions
-from zeep.transports import Transport
 
 from adapters._changes import (
     UnreadableChange,
@@ -29,10 +28,11 @@ from adapters._changes import (
 )
 from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
 from adapters._exceptions import AdapterError, PermanentError
-from adapters._http import Where, check_settings, require_http_url
+from adapters._http import Bounds, Where, check_settings, require_http_url
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
 from adapters.permits._errors import DuplicateCase, soap_errors
+from adapters.permits._transport import BoundedTransport
 from schemas.model import ServiceRequest, StatusUpdate
 
 log = structlog.get_logger(__name__)
@@ -49,9 +49,11 @@ class PermitsAdapter(Adapter):
     """A permit system's case API over SOAP 1.1.
 
     Settings: `wsdl` (URL or file path of the WSDL, required), `endpoint` (service address,
-    overriding the WSDL's), `timeout` (seconds per call, default 10), `page_size` (changes per
-    call, default 100), `max_pages` (calls per `updates`, default 10).
-    Responses are parsed with entities, DTDs and external references forbidden.
+    overriding the WSDL's), `timeout` (seconds per read, default 10), `answer_timeout` and
+    `max_answer_mb` (one whole answer's time and size, adapters/_http.py's Bounds), `page_size`
+    (changes per call, default 100), `max_pages` (calls per `updates`, default 10).
+    Responses are parsed with entities, DTDs and external references forbidden; a SOAP call is
+    never redirected (adapters/permits/_transport.py).
     """
 
     kind = "permits"
@@ -81,9 +83,12 @@ class PermitsAdapter(Adapter):
             f"{instance}",
         )
         self.timeout = float(settings.get("timeout", 10))
+        self.bounds = Bounds.from_settings(
+            settings, self.timeout, context=f"permits adapter {instance}"
+        )
         self.page_size = int(settings.get("page_size", 100))
         self.max_pages = int(settings.get("max_pages", 10))
-        self._transport: Transport | None = None
+        self._transport: BoundedTransport | None = None
         # Built on first use: loading the WSDL is a network call, and a constructor must not fail
         # because the back-end is down at start-up.
         self._service: Any = None
@@ -191,9 +196,7 @@ class PermitsAdapter(Adapter):
         if self._service is None:
             context = f"permits adapter {self.instance}: loading the WSDL {self.wsdl}"
             with soap_errors(context, self._wsdl_where):
-                transport = Transport(  # type: ignore[no-untyped-call]
-                    timeout=self.timeout, operation_timeout=self.timeout
-                )
+                transport = BoundedTransport(self.bounds, self.timeout)
                 settings = zeep.Settings(
                     strict=True, forbid_entities=True, forbid_external=True, forbid_dtd=True
                 )

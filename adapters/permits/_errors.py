@@ -28,7 +28,8 @@ from adapters._exceptions import (
     blank_quoted,
     map_exceptions,
 )
-from adapters._http import NOT_SERVED, Where
+from adapters._http import NOT_SERVED, AnswerTooLarge, AnswerTooSlow, Where
+from adapters.permits._transport import Redirected, Throttled
 
 ERRORS: ErrorTable = {
     # A hostile or broken back-end: retrying gets the same document back. (An HTML page's
@@ -39,6 +40,9 @@ ERRORS: ErrorTable = {
     zeep.exceptions.ValidationError: PermanentError,
     # A garbled answer (a proxy's error page, a cut connection) may be fine next time.
     zeep.exceptions.XMLSyntaxError: TransientError,
+    # An answer past settings.answer_timeout or max_answer_mb: a permit system in trouble.
+    AnswerTooSlow: TransientError,
+    AnswerTooLarge: TransientError,
     requests.Timeout: TransientError,
     requests.ConnectionError: TransientError,
     OSError: TransientError,
@@ -91,8 +95,30 @@ def soap_errors(context: str, where: Where, address: str | None = None) -> Itera
                 f"{context}: the permit system answered an HTML page, not SOAP (down for "
                 "maintenance, or a proxy's error page)"
             ) from exc
+        except Throttled as exc:
+            raise TransientError(
+                f"{context}: the permit system is busy ({exc})", retry_after=exc.seconds
+            ) from exc
+        except Redirected as exc:
+            # Not followed: the call carries a case's data, for the address configured only.
+            raise TransientError(
+                f"{context}: {address or 'the SOAP address'} answered {exc}, not followed: if "
+                f"the permit system moved, {where.advice}"
+            ) from exc
+        except zeep.exceptions.XMLParseError as exc:
+            # An answer that does not fit the WSDL (a missing caseId, an unknown element): not
+            # the request's data; and a CreateCase may have created the case, which a retry finds.
+            raise TransientError(
+                f"{context}: the permit system's answer does not fit its WSDL ({exc}): is the "
+                "WSDL the one this permit system serves?"
+            ) from exc
         except zeep.exceptions.TransportError as exc:
             status = exc.status_code
+            if 200 <= status < 300:  # zeep's word for an answer that is not well-formed XML
+                raise TransientError(
+                    f"{context}: the permit system answered HTTP {status} with a document that "
+                    "is not well-formed XML (cut short?)"
+                ) from exc
             if status in NOT_SERVED:
                 phrase = HTTPStatus(status).phrase
                 said = where.not_served(status, phrase, address or "its address", "SOAP service")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,8 @@ from backends_support import (
     free_port,
     long_note_is_cut_and_later_changes_arrive,
     mapping_without_status,
+    misbehaving_backend,
+    reply,
     simulator,
     unmapped_status_is_skipped_and_later_changes_arrive,
 )
@@ -471,3 +474,148 @@ def test_real_soap_faults_keep_their_class(mapping: Mapping) -> None:
             adapter = PermitsAdapter("permits", {"wsdl": wsdl, "timeout": 5}, mapping)
             with pytest.raises(kind, match=f"SOAP fault soap:{code}"):
                 adapter.find("req-1")
+
+
+_NS = "http://permits.sandbox.example/soap/v1"
+
+
+def _envelope(body: str) -> str:
+    return (
+        '<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/'
+        f'envelope/" xmlns:tns="{_NS}"><soap:Body>{body}</soap:Body></soap:Envelope>'
+    )
+
+
+_NOT_FOUND = _envelope("<tns:FindCaseByExternalReferenceResponse/>")
+
+
+def _permit_system(*answers: Any) -> Any:
+    """A behaviour for `misbehaving_backend`: the WSDL on GET, then each SOAP call answered by
+    the next of `answers` (a document to send with 200, or a behaviour), the last one repeated."""
+    left = list(answers)
+
+    def behave(handler: Any) -> None:
+        if handler.command == "GET":
+            url = f"http://127.0.0.1:{handler.server.server_address[1]}/permits"
+            reply(handler, 200, committed_wsdl(url), "text/xml; charset=utf-8")
+            return
+        answer = left.pop(0) if len(left) > 1 else left[0]
+        if callable(answer):
+            answer(handler)
+        else:
+            reply(handler, 200, answer, "text/xml; charset=utf-8")
+
+    return behave
+
+
+def _adapter(url: str, mapping: Mapping, **settings: Any) -> PermitsAdapter:
+    return PermitsAdapter("permits", {"wsdl": f"{url}/permits?wsdl", "timeout": 5, **settings},
+                          mapping)  # fmt: skip
+
+
+def test_a_create_redirected_elsewhere_is_not_followed_and_says_where(mapping: Mapping) -> None:
+    # requests re-sent the POST, with the resident's address and e-mail, to the Location.
+    received: list[bytes] = []
+
+    def elsewhere(handler: Any) -> None:
+        received.append(handler.body)
+        reply(handler, 500)
+
+    with misbehaving_backend(elsewhere) as other:
+        moved = [("Location", f"{other}/new?token=secret")]
+        redirect = _permit_system(_NOT_FOUND, lambda h: reply(h, 307, "", "text/plain", moved))
+        with misbehaving_backend(redirect) as url, pytest.raises(TransientError) as caught:
+            _adapter(url, mapping).submit(a_request())
+
+    assert received == []
+    assert str(caught.value).endswith(
+        f": {url}/permits answered HTTP 307 redirect to {other}/new, not followed: if the "
+        "permit system moved, check the service address in the WSDL, or set settings.endpoint "
+        "of instance permits"
+    )
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_busy_permit_system_s_retry_after_is_kept(status: int, mapping: Mapping) -> None:
+    busy = _permit_system(lambda h: reply(h, status, "busy", "text/plain", [("Retry-After", "30")]))
+    with misbehaving_backend(busy) as url, pytest.raises(TransientError) as caught:
+        _adapter(url, mapping).find("req-1")
+
+    assert caught.value.retry_after == 30
+    assert str(caught.value).endswith(f"is busy (HTTP {status}, asking to wait 30 s)")
+
+
+def test_a_create_answer_without_a_case_id_is_transient_and_says_it_does_not_fit(
+    mapping: Mapping,
+) -> None:
+    # zeep's XMLParseError was no error of ours: retried as untyped, with zeep's words only.
+    no_case_id = _envelope(
+        "<tns:CreateCaseResponse><tns:CreateCaseResult><tns:status>OPEN</tns:status>"
+        "<tns:createdAt>2026-11-20T10:00:00Z</tns:createdAt></tns:CreateCaseResult>"
+        "</tns:CreateCaseResponse>"
+    )
+    with (
+        misbehaving_backend(_permit_system(_NOT_FOUND, no_case_id)) as url,
+        pytest.raises(TransientError) as caught,
+    ):
+        _adapter(url, mapping).submit(a_request())
+
+    assert "the permit system's answer does not fit its WSDL (Unexpected element" in str(
+        caught.value
+    )
+    assert str(caught.value).endswith("is the WSDL the one this permit system serves?")
+
+
+def test_a_cut_answer_is_transient_and_not_called_an_http_error(mapping: Mapping) -> None:
+    with (
+        misbehaving_backend(_permit_system(_NOT_FOUND[:120])) as url,
+        pytest.raises(TransientError) as caught,
+    ):
+        _adapter(url, mapping).find("req-1")
+
+    assert str(caught.value).endswith(
+        ": the permit system answered HTTP 200 with a document that is not well-formed XML "
+        "(cut short?)"
+    )
+
+
+def _dripping(handler: Any) -> None:
+    """A whole answer in the end, one byte every 0.2 s after the first (about 10 s)."""
+    body = (_NOT_FOUND[:-16] + " " * 40 + _NOT_FOUND[-16:]).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/xml")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body[: len(body) - 50])
+    for byte in body[len(body) - 50 :]:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(0.2)
+
+
+def test_an_answer_dripping_byte_by_byte_is_cut_off_at_the_answer_timeout(
+    mapping: Mapping,
+) -> None:
+    # Each byte came well within the read timeout: the worker was held for the whole answer.
+    with misbehaving_backend(_permit_system(_dripping)) as url:
+        adapter = _adapter(url, mapping, timeout=2, answer_timeout=1)
+        adapter.check()  # the WSDL loaded
+        started = time.monotonic()
+        with pytest.raises(TransientError, match=r"was still arriving after 1 s \(settings"):
+            adapter.find("req-1")
+
+    assert time.monotonic() - started < 4
+
+
+def test_an_answer_larger_than_max_answer_mb_is_not_read_to_its_end(mapping: Mapping) -> None:
+    huge = _NOT_FOUND.replace("<soap:Body>", "<soap:Body><!--" + "x" * (4 << 20) + "-->")
+    with (
+        misbehaving_backend(_permit_system(huge)) as url,
+        pytest.raises(TransientError) as caught,
+    ):
+        _adapter(url, mapping, max_answer_mb=1).find("req-1")
+
+    assert str(caught.value).endswith(
+        f": the answer of {url}/permits is larger than 1 MB (settings.max_answer_mb), and was "
+        "not read to its end"
+    )
