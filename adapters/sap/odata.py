@@ -22,7 +22,14 @@ import httpx
 import structlog
 
 from adapters._contract import Health
-from adapters._exceptions import ErrorTable, PermanentError, TransientError, map_exceptions
+from adapters._exceptions import (
+    ErrorTable,
+    PermanentError,
+    TransientError,
+    answer_excerpt,
+    blank_quoted,
+    map_exceptions,
+)
 from adapters._http import (
     NOT_SERVED,
     AnswerTooLarge,
@@ -125,7 +132,11 @@ class ODataTransport:
         body[self._reference_property] = external_reference
         context = f"SAP OData create for request {external_reference} ({self.instance})"
         response = self._post(ENTITY_SET, body, context)
-        return str(response.json()["d"]["MaintenanceNotification"])
+        number = self._answer(response, context).get("MaintenanceNotification")
+        if number is None:
+            # Created, maybe: transient, so that the adapter looks it up before any retry.
+            raise TransientError(f"{context}: SAP's answer names no MaintenanceNotification")
+        return str(number)
 
     def changed_since(self, moment: datetime | None) -> list[SapNotification]:
         """Notifications changed at or after `moment`, by keyset paging over (LastChangeDateTime,
@@ -191,7 +202,10 @@ class ODataTransport:
         with map_exceptions(ERRORS, context=context, describe=self._host.describe):
             response = self._client.get(ENTITY_SET, params=params)
         self._raise_for_status(response, context)
-        return [self._notification(e) for e in response.json()["d"]["results"]]
+        results = self._answer(response, context).get("results")
+        if not isinstance(results, list):
+            raise TransientError(f"{context}: SAP's answer has no list of results (d.results)")
+        return [self._notification(e) for e in results]
 
     def _post(self, path: str, body: dict[str, Any], context: str) -> httpx.Response:
         for attempt in (1, 2):
@@ -234,10 +248,33 @@ class ODataTransport:
         self._token = token
         return token
 
+    def _answer(self, response: httpx.Response, context: str) -> dict[str, Any]:
+        """The `d` object of an OData v2 JSON answer; TransientError when the answer is none (a
+        web page, a cut answer): not the request's fault, and maybe SAP's next time."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("d"), dict):
+            return dict(body["d"])
+        kind = response.headers.get("Content-Type") or "no content type"
+        raise TransientError(
+            f"{context}: {str(response.request.url).split('?', 1)[0]} answered HTTP "
+            f"{response.status_code} with {kind}, not OData JSON (a web page, or an answer cut "
+            f"short): is it the OData service? {self._service.advice}"
+        )
+
     def _raise_for_status(self, response: httpx.Response, context: str) -> None:
         """SAP's answer as our error: 4xx permanent with SAP's text; 404/405 (a wrong service
-        URL), 408, 429 and 5xx transient."""
+        URL), 408, 429 and 5xx transient; a redirect (a single sign-on's logon page, a moved
+        service) is not followed, and transient."""
         status = response.status_code
+        if response.is_redirect:
+            location = str(response.headers.get("Location", "")).split("?", 1)[0]
+            raise TransientError(
+                f"{context}: HTTP {status} redirect to {location or 'no Location'}, not followed "
+                f"(a logon page? the service moved?): {self._service.advice}"
+            )
         if status in NOT_SERVED:
             said = self._service.not_served(
                 status, response.reason_phrase, response.request.url, "OData service"
@@ -279,11 +316,12 @@ def _raise_for_status(response: httpx.Response, context: str, logon_advice: str)
 
 
 def sap_message(response: httpx.Response) -> str:
-    """SAP's error text: `error.message.value`, its code, and the errordetails' messages."""
+    """SAP's error text: `error.message.value`, its code, and the errordetails' messages, with
+    quoted values blanked (else a web page's text, as adapters/_exceptions.answer_excerpt)."""
     try:
         error = response.json()["error"]
     except (ValueError, KeyError, TypeError):
-        return response.text[:200].strip() or response.reason_phrase
+        return answer_excerpt(response.text) or response.reason_phrase
     message = error.get("message", {})
     text = message.get("value", "") if isinstance(message, dict) else str(message)
     code = error.get("code", "")
@@ -293,7 +331,8 @@ def sap_message(response: httpx.Response) -> str:
         if d.get("message") and d.get("message") != text
     ]
     out = f"{code}: {text}" if code else text
-    return out + (f" (details: {'; '.join(details)})" if details else "")
+    # Quoted values blanked: SAP's messages quote the values refused, maybe a resident's.
+    return blank_quoted(out + (f" (details: {'; '.join(details)})" if details else ""))
 
 
 _EDM_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")

@@ -169,6 +169,74 @@ def test_an_endless_answer_is_cut_off_at_the_answer_timeout() -> None:
         adapter.close()
 
 
+def _odata(*answers: Any) -> Any:
+    """A behaviour for `misbehaving_backend`: a CSRF token to a fetch, then each other call
+    answered by the next of `answers` (status, body, headers), the last one repeated."""
+    left = list(answers)
+
+    def behave(handler: Any) -> None:
+        if handler.headers.get("x-csrf-token") == "fetch":
+            reply(handler, 200, "{}", headers=[("x-csrf-token", "t0k3n")])
+            return
+        status, body, *headers = left.pop(0) if len(left) > 1 else left[0]
+        reply(handler, status, body, "application/json", *headers)
+
+    return behave
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [(200, "<html><body>Welcome to the portal</body></html>"), (200, '{"d": {"results": [')],
+    ids=["web-page", "cut-short"],
+)
+def test_an_answer_that_is_no_odata_json_is_transient_and_names_the_settings(
+    answer: tuple[int, str],
+) -> None:
+    # It was an untyped JSONDecodeError, saying neither the instance nor the request.
+    with misbehaving_backend(_odata(answer)) as url, pytest.raises(TransientError) as caught:
+        SapAdapter("sap-roads", settings_for("odata", url), sap_mapping()).find("req-1")
+
+    assert str(caught.value).startswith(f"SAP OData find (sap-roads): {url}{SERVICE_PATH}/")
+    assert "not OData JSON (a web page, or an answer cut short): is it the OData service? " in (
+        str(caught.value)
+    )
+
+
+def test_a_logon_redirect_is_not_followed_and_is_transient() -> None:
+    logon = (302, "", [("Location", "https://sso.example.gov/login?from=odata")])
+    with misbehaving_backend(_odata(logon)) as url, pytest.raises(TransientError) as caught:
+        SapAdapter("sap-roads", settings_for("odata", url), sap_mapping()).find("req-1")
+
+    assert str(caught.value) == (
+        "SAP OData find (sap-roads): HTTP 302 redirect to https://sso.example.gov/login, not "
+        "followed (a logon page? the service moved?): check settings.base_url and "
+        "settings.service_path of instance sap-roads"
+    )
+
+
+def test_a_create_answer_without_the_number_is_looked_up_instead_of_failing() -> None:
+    # A KeyError before: untyped, so the adapter did not look for the notification it made.
+    made = {"MaintenanceNotification": "10000042", "LastChangeDateTime": "/Date(1795000000000)/",
+            "MaintNotifExtReferenceNumber": "req-1", "SystemStatus": "OSNO"}  # fmt: skip
+    none, found = json.dumps({"d": {"results": []}}), json.dumps({"d": {"results": [made]}})
+    answers = _odata((200, none), (201, '{"d": {}}'), (200, found))
+    with misbehaving_backend(answers) as url:
+        adapter = SapAdapter("sap-roads", settings_for("odata", url), sap_mapping())
+        receipt = adapter.submit(pothole(id="req-1"))
+
+    assert receipt.reference == "10000042"
+
+
+def test_sap_s_error_text_has_its_quoted_values_blanked() -> None:
+    said = {"code": "IWBEP/1", "message": {"value": "Reporter 'Marge Simpson' is not a user"}}
+    refused = (400, json.dumps({"error": said}))
+    none = (200, json.dumps({"d": {"results": []}}))
+    with misbehaving_backend(_odata(none, refused)) as url, pytest.raises(PermanentError) as caught:
+        SapAdapter("sap-roads", settings_for("odata", url), sap_mapping()).submit(pothole())
+
+    assert str(caught.value).endswith("HTTP 400: IWBEP/1: Reporter '…' is not a user")
+
+
 def test_a_rejection_by_sap_is_permanent(adapter: SapAdapter, sap_sim: Running) -> None:
     control(sap_sim, "PUT", "/fault", mode="reject", count=1)
     request = pothole()
