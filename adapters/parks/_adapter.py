@@ -137,6 +137,15 @@ class ParksAdapter(Adapter):
             "GET", "/work-requests", context, params={"external_reference": request_id}
         )
         items = self._json(response, context).get("items") or []
+        if len(items) > 1:
+            # The parks system holds duplicates (made outside civicbus, or before a unique
+            # external reference): the first it lists wins, and an operator is told.
+            log.warning(
+                "parks.work_request.duplicates",
+                adapter=self.instance,
+                request_id=request_id,
+                references=[i.get("id") if isinstance(i, dict) else None for i in items],
+            )
         return self._receipt(request_id, items[0], created=False) if items else None
 
     def updates(self, since: str | None) -> UpdatePage:
@@ -156,8 +165,12 @@ class ParksAdapter(Adapter):
             changes = page.get("changes") or []
             read += len(changes)
             found += map(self._update, changes)
-            cursor = str(page.get("next") or cursor)
+            asked, cursor = cursor, str(page.get("next") or cursor)
             if not page.get("more"):
+                break
+            if cursor == asked:
+                # "More" without a cursor that moved: asking again would read the same page.
+                log.warning("parks.changes.cursor_stuck", adapter=self.instance, cursor=cursor)
                 break
         updates, skipped = page_parts(found)
         watermark = cursor if (read or since) else since

@@ -27,6 +27,7 @@ from backends_support import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from adapters import PermanentError, TransientError
 from adapters._exceptions import answer_excerpt
@@ -553,3 +554,43 @@ def test_answer_bounds_must_be_positive_numbers(given: dict[str, Any], mapping: 
     with pytest.raises(ValueError, match=r"^parks adapter p: the settings `answer_timeout`"):
         ParksAdapter("p", {"base_url": "http://h", "client_id": "c", "client_secret": "s",
                            **given}, mapping)  # fmt: skip
+
+
+def test_duplicates_in_the_parks_system_are_logged_and_the_first_listed_wins(
+    mapping: Mapping,
+) -> None:
+    # Two work requests carry the same external reference: the first was taken silently.
+    two = {"items": [{"id": "W7", "status": "NEW"}, {"id": "W9", "status": "NEW"}]}
+    with misbehaving_backend(_token_then(lambda h: reply(h, 200, json.dumps(two)))) as url:
+        adapter = ParksAdapter("parks", {"base_url": url, "client_id": "c", "client_secret": "s"},
+                               mapping)  # fmt: skip
+        with capture_logs() as logs:
+            found = adapter.find("req-1")
+        adapter.close()
+
+    assert found is not None and found.reference == "W7"
+    [warning] = [line for line in logs if line["event"] == "parks.work_request.duplicates"]
+    assert warning["log_level"] == "warning"
+    assert (warning["request_id"], warning["references"]) == ("req-1", ["W7", "W9"])
+
+
+def test_a_changes_cursor_that_does_not_move_is_read_once(mapping: Mapping) -> None:
+    # "more" with the same `next` was asked again up to max_pages times: ten copies of one change.
+    calls: list[str] = []
+    change = {"change_id": 1, "external_reference": "req-1", "status": "NEW"}
+    page = {"changes": [change], "next": "5", "more": True}
+
+    def stuck(handler: Any) -> None:
+        calls.append(handler.path)
+        reply(handler, 200, json.dumps(page))
+
+    with misbehaving_backend(_token_then(stuck)) as url:
+        adapter = ParksAdapter("parks", {"base_url": url, "client_id": "c", "client_secret": "s"},
+                               mapping)  # fmt: skip
+        with capture_logs() as logs:
+            read = adapter.updates("5")
+        adapter.close()
+
+    assert [u.update_id for u in read.updates] == ["parks:1"] and read.watermark == "5"
+    assert len(calls) == 1
+    assert [line["event"] for line in logs] == ["parks.changes.cursor_stuck"]
