@@ -24,7 +24,7 @@ from adapters._changes import (
     unmapped_status,
 )
 from adapters._contract import Adapter, Health, Receipt, SkippedChange, UpdatePage
-from adapters._exceptions import AdapterError, PermanentError, TransientError, map_exceptions
+from adapters._exceptions import AdapterError, TransientError, map_exceptions
 from adapters._http import BoundedTransport, Bounds, Where, check_settings, require_http_url
 from adapters.mapping import Mapping as FieldMapping
 from adapters.mapping import UnknownStatus
@@ -228,20 +228,24 @@ class ParksAdapter(Adapter):
             raise TransientError(f"{context}: the answer is not a JSON object")
         return body
 
-    def _receipt(self, request_id: str, item: dict[str, Any], *, created: bool) -> Receipt:
-        try:
-            return Receipt(
-                request_id=request_id,
-                reference=str(item["id"]),
-                created=created,
-                status=self.field_mapping.status_or_none(str(item["status"])),
-                at=_timestamp(item.get("created_at")),
+    def _receipt(self, request_id: str, item: Any, *, created: bool) -> Receipt:
+        """The receipt of a work request as the parks system answers it; TransientError when it
+        lacks its id or status: the parks system's fault, not the request's, and a create that
+        answered so may have made the work request, which the retry's lookup finds."""
+        fields = item if isinstance(item, dict) else {}
+        missing = [k for k in ("id", "status") if fields.get(k) is None]
+        if missing:
+            raise TransientError(
+                f"parks adapter {self.instance}: request {request_id}: the parks system's "
+                f"work request lacks {' and '.join(missing)}"
             )
-        except KeyError as exc:
-            raise PermanentError(
-                f"parks adapter {self.instance}: request {request_id}: the work request "
-                f"lacks {exc.args[0]!r}"
-            ) from exc
+        return Receipt(
+            request_id=request_id,
+            reference=str(fields["id"]),
+            created=created,
+            status=self.field_mapping.status_or_none(str(fields["status"])),
+            at=_timestamp(fields.get("created_at")),
+        )
 
     def _update(self, change: Any) -> StatusUpdate | SkippedChange:
         """The change as an update, or skipped (so that the cursor moves past it): raising

@@ -1,12 +1,12 @@
 """How httpx failures and HTTP answers become TransientError or PermanentError, in one place.
 
 Transport failures are classified by type through `ERRORS` (and worded by adapters/_http.py);
-an HTTP answer by its status: 429 and 408 are worth retrying (429 with the server's
-Retry-After), and so are 404 and 405, which on the API's fixed endpoints mean a wrong
-`base_url` (retried, so that a setting fixed in time loses no request to the dead-letter
-queue); other 4xx are refusals of our request; 5xx are failures of the parks system. The
-answer's own error text is quoted short, on one line, with quoted values blanked: a validation
-error may echo the request's values, which can be a resident's personal data.
+an HTTP answer by its status: a redirect is not followed, and retried; 429 and 408 are worth
+retrying (429 with the server's Retry-After), and so are 404 and 405, which on the API's fixed
+endpoints mean a wrong `base_url` (retried, so that a setting fixed in time loses no request to
+the dead-letter queue); other 4xx are refusals of our request; 5xx are failures of the parks
+system. The answer's own error text is quoted short, on one line, with quoted values blanked: a
+validation error may echo the request's values, which can be a resident's personal data.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ def raise_for_status(
     """Raise the typed error for a non-2xx answer; return quietly for 2xx. `endpoint` names
     what a 404 says is missing at the URL (`token endpoint`), `where` what to check then."""
     status = response.status_code
+    if response.is_redirect:
+        # Not followed (httpx's default): the call carries a resident's report and a token.
+        location = str(response.headers.get("Location", "")).split("?", 1)[0]
+        raise TransientError(
+            f"{context}: HTTP {status} redirect to {location or 'no Location'}, not followed: "
+            f"if the parks system moved, {where.advice}"
+        )
     if status < 400:
         return
     if status in NOT_SERVED:

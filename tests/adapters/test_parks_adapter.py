@@ -594,3 +594,45 @@ def test_a_changes_cursor_that_does_not_move_is_read_once(mapping: Mapping) -> N
     assert [u.update_id for u in read.updates] == ["parks:1"] and read.watermark == "5"
     assert len(calls) == 1
     assert [line["event"] for line in logs] == ["parks.changes.cursor_stuck"]
+
+
+def test_a_redirect_is_not_followed_and_says_where_it_pointed(mapping: Mapping) -> None:
+    moved = [("Location", "https://parks.example.gov/api/v2/work-requests?x=1")]
+    with misbehaving_backend(_token_then(lambda h: reply(h, 301, "", headers=moved))) as url:
+        adapter = ParksAdapter("parks", {"base_url": url, "client_id": "c", "client_secret": "s"},
+                               mapping)  # fmt: skip
+        with pytest.raises(TransientError) as caught:
+            adapter.find("req-1")
+        adapter.close()
+
+    # It said "answered HTTP 301 with application/json, not JSON: is it the parks API?".
+    assert str(caught.value) == (
+        "parks adapter parks: find req-1: HTTP 301 redirect to https://parks.example.gov/api/v2/"
+        "work-requests, not followed: if the parks system moved, check settings.base_url of "
+        "instance parks"
+    )
+
+
+def test_a_create_answer_without_an_id_is_retried_and_the_retry_finds_the_work_request(
+    mapping: Mapping,
+) -> None:
+    # A PermanentError before: dead-lettered, though the parks system had made the work request.
+    made: list[dict[str, Any]] = []
+
+    def api(handler: Any) -> None:
+        if handler.command == "POST":
+            made.append({"id": "W1", "status": "NEW"})
+            reply(handler, 201, json.dumps({"status": "NEW"}))
+        else:
+            reply(handler, 200, json.dumps({"items": made}))
+
+    with misbehaving_backend(_token_then(api)) as url:
+        adapter = ParksAdapter("parks", {"base_url": url, "client_id": "c", "client_secret": "s"},
+                               mapping)  # fmt: skip
+        request = a_request("PLAYGROUND")
+        with pytest.raises(TransientError, match=r"the parks system's work request lacks id$"):
+            adapter.submit(request)
+        receipt = adapter.submit(request)  # the worker's retry
+        adapter.close()
+
+    assert (receipt.reference, receipt.created, len(made)) == ("W1", False, 1)
