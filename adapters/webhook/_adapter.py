@@ -86,7 +86,8 @@ class WebhookAdapter(Adapter):
         }
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = sign(self._secret, timestamp, body)
-        with map_exceptions(_ERRORS, context=f"webhook {self.instance} event {event_id}"):
+        context = f"webhook {self.instance} event {event_id}"
+        with map_exceptions(_ERRORS, context=context, describe=self._where.describe):
             response = self._client.post(self.url, content=body, headers=headers)
         _raise_for_status(response, f"webhook {self.instance} event {event_id}")
         return response
