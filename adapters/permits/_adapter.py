@@ -156,8 +156,12 @@ class PermitsAdapter(Adapter):
                     afterSequence=after, maxResults=self.page_size
                 )
             found += map(self._update, _changes_of(page))
-            after = max(after, int(page.lastSequence))
+            asked, after = after, max(after, int(page.lastSequence))
             if not page.more:
+                break
+            if after == asked:
+                # "More" without a sequence that moved on: asking again would read the same page.
+                log.warning("permits.changes.sequence_stuck", adapter=self.instance, after=after)
                 break
         updates, skipped = page_parts(found)
         watermark = str(after) if after else since

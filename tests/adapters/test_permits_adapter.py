@@ -24,6 +24,7 @@ from backends_support import (
     simulator,
     unmapped_status_is_skipped_and_later_changes_arrive,
 )
+from structlog.testing import capture_logs
 
 from adapters import PermanentError, TransientError
 from adapters.mapping import Mapping, load_mapping, parse_mapping
@@ -619,3 +620,22 @@ def test_an_answer_larger_than_max_answer_mb_is_not_read_to_its_end(mapping: Map
         f": the answer of {url}/permits is larger than 1 MB (settings.max_answer_mb), and was "
         "not read to its end"
     )
+
+
+def test_a_changes_page_whose_sequence_does_not_move_is_read_once(mapping: Mapping) -> None:
+    # "more" with a lastSequence that stayed put was asked again up to max_pages times.
+    calls: list[bytes] = []
+    page = _changes_answer(
+        _change(3, "req-1", "APPROVED", "2026-11-20T10:00:00+00:00", "granted"), last=5
+    ).replace("<tns:more>false</tns:more>", "<tns:more>true</tns:more>")
+
+    def stuck(handler: Any) -> None:
+        calls.append(handler.body)
+        reply(handler, 200, page, "text/xml")
+
+    with misbehaving_backend(_permit_system(stuck)) as url, capture_logs() as logs:
+        read = _adapter(url, mapping).updates("5")
+
+    assert [u.update_id for u in read.updates] == ["permits:3"] and read.watermark == "5"
+    assert len(calls) == 1
+    assert [line["event"] for line in logs] == ["permits.changes.sequence_stuck"]
