@@ -76,14 +76,20 @@ class WebhookAdapter(Adapter):
         bounds = Bounds.from_settings(settings, timeout, context=f"webhook {instance}")
         self._client = httpx.Client(timeout=timeout, transport=BoundedTransport(bounds))
 
-    def deliver(self, body: bytes, *, event_id: str) -> httpx.Response:
-        """POST one event body; TransientError or PermanentError when it is not accepted."""
+    def deliver(
+        self, body: bytes, *, event_id: str, traceparent: str | None = None
+    ) -> httpx.Response:
+        """POST one event body; TransientError or PermanentError when it is not accepted.
+        `traceparent` (the event's) goes as the W3C Trace Context header too, which a receiver's
+        tracing (OpenTelemetry and the like) carries on by itself."""
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": STRUCTURED_CONTENT_TYPE,
             TIMESTAMP_HEADER: timestamp,
             EVENT_ID_HEADER: event_id,
         }
+        if traceparent:
+            headers["traceparent"] = traceparent
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = sign(self._secret, timestamp, body)
         context = f"webhook {self.instance} event {event_id}"
@@ -102,7 +108,11 @@ class WebhookAdapter(Adapter):
             data=self._document(request),
             correlationid=request.id,
         )
-        response = self.deliver(envelope.model_dump_json().encode(), event_id=envelope.id)
+        response = self.deliver(
+            envelope.model_dump_json().encode(),
+            event_id=envelope.id,
+            traceparent=envelope.traceparent,
+        )
         reference = _reference_in(response) or request.id
         return Receipt(request_id=request.id, reference=reference)
 

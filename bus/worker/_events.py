@@ -112,7 +112,9 @@ class SubscriptionWorker:
             self.slot.begin(delivery.key, envelope.subject)
             try:
                 call_with_retries(
-                    lambda: self.adapter.deliver(delivery.body, event_id=envelope.id),
+                    lambda: self.adapter.deliver(
+                        delivery.body, event_id=envelope.id, traceparent=envelope.traceparent
+                    ),
                     attempts=policy.immediate_attempts,
                     on_error=lambda _n, _exc: None,
                 )

@@ -192,6 +192,8 @@ def test_a_subscriber_down_for_a_while_gets_every_event_in_order_signed(
     assert got == [(r, s.value) for r, s in sequence]
     for headers, body in subscriber.received:
         assert headers["Content-Type"] == "application/cloudevents+json; charset=utf-8"
+        # W3C trace context: a receiver's tracing carries the request's trace on by itself.
+        assert headers["traceparent"] == json.loads(body)["traceparent"]
         assert verify(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
         assert not verify(
             "wrong-secret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER]
