@@ -4,7 +4,7 @@
 requests (the API's group commit, bus/api/committer.py), each with its outbox event
 `civicbus.request.created` and its audit entry in one store transaction, so a request answered
 is a request that will be delivered (transactional outbox). A repeated Idempotency-Key, or a
-repeated `external_id` attribute where the service defines one, gets the first answer (C-15);
+repeated `external_id` attribute where the service defines one, gets the first answer;
 an Idempotency-Key repeated with a different report is refused (IdempotencyConflict).
 """
 
@@ -76,7 +76,7 @@ def new_request_id() -> str:
 
 
 def new_token() -> str:
-    """A batch token (C-16): a ULID with a `T` prefix, so it can never be mistaken for an id."""
+    """A batch token: a ULID with a `T` prefix, so it can never be mistaken for an id."""
     return "T" + new_ulid()
 
 
@@ -292,7 +292,7 @@ def _after_conflict(store: Store, prepared: Prepared) -> Accepted | Exception:
 
 
 def _replayed(prepared: Prepared, earlier: dict[str, Any]) -> Accepted | IdempotencyConflict:
-    """The first answer given to the member's key again (C-15), unless the key first came
+    """The first answer given to the member's key again, unless the key first came
     with a different report: replaying then would drop this one without a word."""
     first = earlier.get("fingerprint")
     # Keys stored before fingerprints were kept, and external ids, have none: replayed.
@@ -325,7 +325,7 @@ def _remembered(prepared: Prepared) -> dict[str, Any]:
 
 
 def _with_account_id(answer: list[dict[str, Any]], account_id: str | None) -> list[dict[str, Any]]:
-    """The create answer (C-14) with this `account_id` where it has one."""
+    """The create answer with this `account_id` where it has one."""
     return [{**item, "account_id": account_id} if "account_id" in item else item for item in answer]
 
 

@@ -222,7 +222,7 @@ class Poller:
 
 
 def _refused_text(update: StatusUpdate) -> str | None:
-    """The API's rule for pushed updates (C-22), applied to polled ones: why `update` is
+    """The API's rule for pushed updates, applied to polled ones: why `update` is
     refused, or None. PostgreSQL would refuse a NUL, SQLite keep it; both refuse it here."""
     for name in ("request_id", "update_id", "source", "note", "external_status_code", "media_url"):
         value = getattr(update, name)

@@ -12,7 +12,7 @@ transaction, so the API keeps writing meanwhile (SQLite has one writer).
 
 Kept for good: Idempotency records of an `external_id` (a partner's own id names its report
 for as long as the request exists, so sending it again must never make a second request), and
-batch tokens (a resident of a batch service has nothing else to find the request by, C-16).
+batch tokens (a resident of a batch service has nothing else to find the request by).
 Neither holds contact data.
 """
 
@@ -36,7 +36,7 @@ K = TypeVar("K")
 #: database after an incident; nothing in civicbus reads them again.
 OUTBOX_SENT_KEEP = timedelta(days=7)
 #: How long an Idempotency-Key is kept by default: a client repeating a create with it within
-#: this time gets the first answer (C-15), far longer than any client retries.
+#: this time gets the first answer, far longer than any client retries.
 IDEMPOTENCY_KEEP = timedelta(days=30)
 #: The shortest Idempotency-Key window a prune accepts: below a day, a client's retry of a
 #: create in flight could make a second request.

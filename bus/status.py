@@ -1,13 +1,13 @@
 """Recording a status change: history, canonical status, events and audit in one transaction.
 
-The same function serves back-ends that push (POST /servicerequestupdates, C-22) and the worker's
+The same function serves back-ends that push (POST /servicerequestupdates) and the worker's
 status poller; a repeated `update_id` is a harmless no-op, so either may deliver twice. Only the
 API refuses an update_id repeated with other content: its client hears the refusal, while a
 poller re-reading a page must not stall on a back-end that rewrote an old update.
 
 Updates may arrive out of order (a page polled late, pushes racing): one dated before the
 request's current status is kept in the history (GET /servicerequestupdates lists updates in
-time order, C-21) and changes nothing else. Subscribers hear `status_changed` (and `closed`)
+their own time order) and changes nothing else. Subscribers hear `status_changed` (and `closed`)
 only when the status changes, `noted` for an update recorded without changing it.
 """
 

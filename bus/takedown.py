@@ -18,8 +18,8 @@ and its `changed_at` (its `updated_datetime`); its `updated_at` stays the time o
 status, which the late-update rule (bus.store._requests._is_late) and the retention of a closed
 request's contact data go by.
 
-Status notes are not taken down: they are what the back-end or a partner said about the work
-(C-21, C-22), not the resident's report.
+Status notes are not taken down: they are what the back-end or a partner said about the work,
+not the resident's report.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def take_down(
 # attribute or a service no longer defined, to an attribute that takes none, or one that no
 # longer reads as its attribute's datatype (a text question turned into a list since) cannot be
 # shown not to be prose, so it goes: one answer too many hides a detail, one too few keeps
-# what had to go. A partner's `external_id` (C-15) stays: it is the partner's reference for its
+# what had to go. A partner's `external_id` stays: it is the partner's reference for its
 # report, not the resident's words.
 def written_answers(request: ServiceRequest, service: Service | None) -> tuple[str, ...]:
     """The codes of the request's answers that are what the resident wrote, sorted: those a

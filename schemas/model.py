@@ -19,7 +19,7 @@ def _require_zone(value: datetime) -> datetime:
     return value
 
 
-#: A datetime that always carries a zone (OPEN311.md C-03).
+#: A datetime that always carries a zone: a naive one is ambiguous across the city's clocks.
 AwareDatetime = Annotated[datetime, AfterValidator(_require_zone)]
 
 

@@ -1,9 +1,9 @@
 """Open311 GeoReport v2 input: forms and query values in, canonical drafts or Open311 errors out.
 
-Tolerant in what it accepts (OPEN311.md): empty values are absent, unknown fields are ignored,
-`attribute[X]=v`, `attribute[X][]=v` and `attribute[X][0]=v` all work, booleans are
-true/false/1/0. Every problem is reported at once, each naming the field or attribute. Pure
-functions, no I/O.
+Tolerant in what it accepts, as real clients are old and quirky: empty values are absent,
+unknown fields are ignored, `attribute[X]=v`, `attribute[X][]=v` and `attribute[X][0]=v` all
+work, booleans are true/false/1/0. Every problem is reported at once, each naming the field or
+attribute. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def first(form: FormData, name: str) -> str | None:
 
 
 def parse_bool(name: str, value: str | None, *, default: bool = False) -> bool:
-    """Read an Open311 boolean: true/false/1/0 (C-05); absent gives `default`."""
+    """Read an Open311 boolean: true/false/1/0; absent gives `default`."""
     if value is None or not value.strip():
         return default
     lowered = value.strip().lower()
@@ -99,7 +99,8 @@ _SPACE_FOR_PLUS = re.compile(
 
 
 def parse_datetime(name: str, value: str) -> datetime:
-    """Read an ISO 8601 datetime that carries a zone (C-03), in the years DATETIME_YEARS."""
+    """Read an ISO 8601 datetime that carries a zone (a naive one is refused), in the years
+    DATETIME_YEARS."""
     # A '+' left unencoded in a query string or a form arrives as a space (a common client bug,
     # e.g. `curl -d updated_datetime=...+02:00`): a space between a time and an offset can only
     # have been one.
@@ -172,7 +173,7 @@ def comma_list(value: str | None) -> list[str]:
 
 
 def parse_status(name: str, value: str) -> Status:
-    """Read a status of the extended set in any case (C-22/C-23)."""
+    """Read a status of the extended set in any case (pushed updates send them upper case)."""
     try:
         return Status(value.strip().lower())
     except ValueError:
@@ -222,7 +223,7 @@ class RequestDraft:
         channel: Channel = Channel.WEB,
         media: tuple[Media, ...] = (),
     ) -> ServiceRequest:
-        """The canonical request; uploaded media win over a `media_url` (C-13)."""
+        """The canonical request; uploaded media win over a `media_url`."""
         if not media and self.media_url:
             media = (Media(url=self.media_url),)
         return ServiceRequest(
@@ -248,7 +249,7 @@ _REPORTER_FIELDS = ("email", "device_id", "account_id", "first_name", "last_name
 
 
 def parse_create_form(form: FormData, service: Service | None) -> RequestDraft | list[Open311Error]:
-    """Read a POST /requests form (C-11..C-13) against its service.
+    """Read a POST /requests form against its service.
 
     With `service` None (missing or unknown code, reported by the caller) the rest of the form
     is still checked, so the client learns everything that is wrong at once.
@@ -423,7 +424,7 @@ def _not_one_of(attribute: Attribute, value: str) -> str:
     return f"{attribute.code}: {_show(value)} is not one of {keys}"
 
 
-# --- status updates (mySociety servicerequestupdates, C-22) ---------------------------------
+# --- status updates (mySociety servicerequestupdates) ----------------------------------------
 
 
 def parse_update_form(

@@ -1,7 +1,7 @@
-"""Canonical model → Open311 GeoReport v2 JSON documents (the XML is built from these, C-04).
+"""Canonical model → Open311 GeoReport v2 JSON documents (open311_xml makes the XML of them).
 
 Strict in what it sends: datetimes ISO 8601 with a zone, to the second, identifiers as strings,
-real booleans, and never the reporter's contact data in a read (C-20). Pure functions, no I/O.
+real booleans, and never the reporter's contact data in a read. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def iso(value: datetime | None) -> str | None:
 def discovery(
     *, url: str, changeset: str, contact: str, key_service: str, environment: str
 ) -> Document:
-    """The service discovery document (C-08); `url` is the v2 base without a trailing slash."""
+    """The service discovery document; `url` is the v2 base without a trailing slash."""
     endpoint = {
         "specification": SPECIFICATION,
         "url": url.rstrip("/"),
@@ -55,7 +55,7 @@ def discovery(
 
 
 def service(svc: Service) -> Document:
-    """One entry of GET /services (C-09)."""
+    """One entry of GET /services."""
     return {
         "service_code": svc.code,
         "service_name": svc.name,
@@ -88,7 +88,7 @@ def attribute(attr: Attribute) -> Document:
 
 
 def service_definition(svc: Service) -> Document:
-    """GET /services/{code} (C-10): the attributes in their order."""
+    """GET /services/{code}: the attributes in their order."""
     ordered = sorted(svc.attributes, key=lambda a: a.order)
     return {"service_code": svc.code, "attributes": [attribute(a) for a in ordered]}
 
@@ -96,7 +96,7 @@ def service_definition(svc: Service) -> Document:
 def created(
     svc: Service, *, request_id: str | None, token: str | None, account_id: str | None
 ) -> list[Document]:
-    """The create answer (C-14): an id for realtime, a token for batch, neither for blackbox."""
+    """The create answer: an id for realtime, a token for batch, neither for blackbox."""
     doc: Document = {}
     if svc.type.value == "realtime":
         doc["service_request_id"] = request_id
@@ -108,12 +108,13 @@ def created(
 
 
 def token(token_value: str, request_id: str | None) -> list[Document]:
-    """GET /tokens/{token} (C-16)."""
+    """GET /tokens/{token}: the request id a batch token stands for."""
     return [{"token": token_value, "service_request_id": request_id}]
 
 
 def request(req: ServiceRequest, *, extensions: bool = False) -> Document:
-    """One request as read (C-18); with `extensions` also C-19's extras. No reporter data (C-20)."""
+    """One request as GET /requests reads it; `extensions` adds extended_attributes and the
+    status history as `notes`. Never the reporter's contact data."""
     loc = req.location
     doc: Document = {
         "service_request_id": req.id,
@@ -174,7 +175,7 @@ def _note(note: StatusNote) -> Document:
 
 
 def update(upd: StatusUpdate) -> Document:
-    """One `request_update` of GET/POST /servicerequestupdates (C-21), status upper case."""
+    """One `request_update` of GET/POST /servicerequestupdates, status upper case."""
     return {
         "update_id": upd.update_id,
         "service_request_id": upd.request_id,
@@ -191,5 +192,5 @@ def updates(found: Iterable[StatusUpdate]) -> list[Document]:
 
 
 def errors(problems: Iterable[Open311Error]) -> list[Document]:
-    """The Open311 error list (C-07)."""
+    """The Open311 error list."""
     return [p.as_dict() for p in problems]

@@ -1,4 +1,4 @@
-"""Open311 JSON documents → XML (C-04): JSON is the XML without its root.
+"""Open311 JSON documents → XML: JSON is the XML without its root.
 
 Lists become plural/singular pairs (`services/service`, `errors/error`, ...), a null field is an
 empty element (`<account_id/>`, as in the specification's examples: clients read the element

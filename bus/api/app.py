@@ -2,7 +2,7 @@
 
 `create_app(runtime)` is the only entry point; the CLI serves it with uvicorn, tests call it
 directly. Every error leaves as an Open311 error list in the format the path asked for, never
-as a stack trace (C-07).
+as a stack trace.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        # Only the `.{fmt}` suffix is typed: a bad one is an unknown resource (C-01).
+        # Only the `.{fmt}` suffix is typed: a bad one is an unknown resource, a 404.
         for error in exc.errors():
             if tuple(error.get("loc", ()))[-1:] == ("fmt",):
                 return error_response(

@@ -45,7 +45,7 @@ class Catalogue:
         return built
 
     def jurisdiction(self, given: str | None) -> str:
-        """The jurisdiction a call is about (C-06): required only when there are several."""
+        """The jurisdiction a call is about: required only when there are several; unknown, 404."""
         if given is None:
             if len(self.jurisdictions) == 1:
                 return self.jurisdictions[0]
@@ -135,7 +135,7 @@ class ApiContext:
         return await run_in_threadpool(work, *args, **kwargs)
 
     def authenticate(self, api_key: str | None, jurisdiction: str | None) -> Client:
-        """The client behind an api_key, allowed to write to `jurisdiction`; else 403 (C-07)."""
+        """The client behind an api_key, allowed to write to `jurisdiction`; else 403."""
         if api_key is None:
             raise Open311Problem(403, "api_key required")
         client = self.store.authenticate(api_key) if len(api_key) <= MAX_KEY else None

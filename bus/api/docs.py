@@ -165,7 +165,7 @@ def content(schema: Schema) -> Schema:
     }
 
 
-#: The errors of the methods that take a form (C-02), beyond every method's.
+#: The errors of the methods that take a form, beyond every method's.
 FORM_ERRORS = {
     415: "the body is neither application/x-www-form-urlencoded nor multipart/form-data, or "
     "its charset is unknown",

@@ -1,5 +1,5 @@
 """Media uploads: type checked by content, stored content-addressed without their embedded
-metadata (bus.api.media_metadata), served back by URL (C-13).
+metadata (bus.api.media_metadata), served back by URL (the request's `media_url`).
 
 A file is named by the SHA-256 of its bytes, so the same photo posted twice is stored once and
 a stored file never changes under its URL. It goes only when taken down (bus.takedown) from

@@ -1,6 +1,6 @@
 """The Open311 read methods: discovery, services, requests, tokens, status updates (GET).
 
-Reads need no api_key. None of them ever returns reporter contact data (C-20).
+Reads need no api_key. None of them ever returns reporter contact data.
 """
 
 from __future__ import annotations

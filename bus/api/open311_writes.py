@@ -1,4 +1,4 @@
-"""The Open311 write methods: create a request (C-11..C-15) and record a status update (C-22).
+"""The Open311 write methods: create a request and record a pushed status update.
 
 Handlers read the form themselves: Open311 clients send `attribute[CODE][]`, repeated keys and
 the api_key in the query string, which declared form parameters cannot express.
@@ -61,7 +61,7 @@ MAX_FORM_FIELDS = 1000
 #: field at its limit and each character percent-encoded as UTF-8, stays well under it. Checked
 #: before decoding, which runs on the event loop: megabytes of `%41` held up every request.
 MAX_URLENCODED_BYTES = 256 * 1024
-#: The bodies an Open311 POST comes in (C-02).
+#: The bodies an Open311 POST comes in: a plain form, or multipart when it carries media.
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -224,7 +224,7 @@ async def _create(request: Request, fmt: Format) -> Response:
     # clients (the GeoReporter Android app, the CUTR open311-client library) take anything but
     # 200 for a failure, so that a resident sends the report again.
     if accepted.replayed:
-        # The first answer again (C-15): nothing was created this time.
+        # The first answer again: nothing was created this time.
         return respond(accepted.answer, fmt, "requests", headers={"Idempotent-Replayed": "true"})
     return respond(accepted.answer, fmt, "requests")
 
@@ -333,7 +333,7 @@ def _record_update(
         raise Open311Problem(403, _updates_not_allowed(client.name))
     if correlation_id is not None and (problem := _correlation_id_problem(correlation_id)):
         raise Open311Problem(400, problem)
-    # Optional, the request id naming the request anyway (as on GET); unknown is a 404 (C-06).
+    # Optional, the request id naming the request anyway (as on GET); unknown is a 404.
     jurisdiction = first(form, "jurisdiction_id")
     if jurisdiction is not None:
         ctx.catalogue.jurisdiction(jurisdiction)
@@ -372,7 +372,7 @@ def _record_update(
             "description, media_url or external_status_code); send a new update with a new "
             "update_id",
         ) from None
-    # A repeated update_id is harmless (C-22): the same answer, nothing recorded twice.
+    # A repeated update_id is a pusher's retry: the same answer, nothing recorded twice.
     return render.updates([update])
 
 

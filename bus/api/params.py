@@ -21,7 +21,7 @@ def context(request: Request) -> ApiContext:
 
 
 def given(value: str | None) -> str | None:
-    """A query value stripped; an empty one is absent (OPEN311.md)."""
+    """A query value stripped; an empty one is absent (old clients send `jurisdiction_id=`)."""
     if value is None:
         return None
     value = value.strip()
@@ -61,7 +61,7 @@ def window(
     now: datetime,
     max_days: int = 90,
 ) -> tuple[datetime, datetime] | None:
-    """A [start, end] range of at most `max_days`, defaulting to the last `max_days` (C-17)."""
+    """A [start, end] range of at most `max_days`, defaulting to the last `max_days`."""
     span = timedelta(days=max_days)
     if start is None and end is None:
         return now - span, now

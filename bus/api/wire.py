@@ -1,7 +1,7 @@
 """How the API answers: an Open311 document in the format the path asked for, or an error list.
 
-JSON and XML are built from the same document (C-04); both are UTF-8 with the charset in the
-content type (C-02).
+JSON and XML are built from the same document; both are UTF-8 with the charset in the content
+type.
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ class TakenDownRecord:
 
 @dataclass(frozen=True)
 class RequestQuery:
-    """Filters of GET /requests (OPEN311.md C-17, C-19); None means 'not filtered'."""
+    """Filters of GET /requests, the standard ones and the paging, updated-time and bounding-box
+    extensions; None means 'not filtered'."""
 
     ids: Sequence[str] | None = None
     service_codes: Sequence[str] | None = None

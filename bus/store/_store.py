@@ -167,7 +167,7 @@ class Store:
 
     def request_by_id_or_token(self, given: str) -> ServiceRequest | None:
         """The whole request `given` names: its id, or the batch token a resident was given
-        for it (C-16); None when it names neither."""
+        for it; None when it names neither."""
         request = self.get_request(given)
         if request is None and (request_id := self.resolve_token(given)) is not None:
             request = self.get_request(request_id)
@@ -195,7 +195,7 @@ class Store:
         limit: int | None = None,
     ) -> list[StatusUpdate]:
         """Updates recorded in [start, end], of all requests or those of `jurisdiction`, oldest
-        first (C-21), at most `limit` of them.
+        first, at most `limit` of them.
 
         Filters on the update's own time (its `updated_datetime`).
         """
@@ -207,7 +207,7 @@ class Store:
 
     def resolve_token(self, token: str, jurisdiction: str | None = None) -> str | None:
         """The request id behind a batch token; None for an unknown token, or one whose
-        request is not of `jurisdiction` when given (C-16)."""
+        request is not of `jurisdiction` when given."""
         return self._read(lambda conn: _requests.resolve_token(conn, token, jurisdiction))
 
     def holding_reference(self, reference: str, adapters: Collection[str]) -> list[tuple[str, str]]:
@@ -215,7 +215,7 @@ class Store:
         return self._read(lambda conn: _requests.holding_reference(conn, reference, adapters))
 
     def idempotent_response(self, client_id: int, key: str) -> dict[str, Any] | None:
-        """The answer first given to (client, Idempotency-Key), if any (C-15)."""
+        """The answer first given to (client, Idempotency-Key), if any, for a repeated POST."""
 
         found = self._read(lambda conn: _idempotency.responses(conn, [(client_id, key)]))
         return found.get((client_id, key))

@@ -157,7 +157,7 @@ status_history = sa.Table(
     sa.Column("external_status_code", sa.Text(), nullable=True),
     sa.Column("media_url", sa.Text(), nullable=True),
     sa.Column("recorded_at", UTCDateTime(), nullable=False),
-    # A repeated update_id for the same request is a harmless repeat (C-22).
+    # A pusher may send an update_id again (a retry): it is recorded once.
     sa.UniqueConstraint("request_id", "update_id"),
     sa.Index(None, "at"),
 )

@@ -77,7 +77,7 @@ class Transaction:
         return _requests.get_request(self._session, request_id)
 
     def save_idempotent_response(self, client_id: int, key: str, response: dict[str, Any]) -> None:
-        """Remember the answer given to (client, Idempotency-Key) (OPEN311.md C-15).
+        """Remember the answer given to (client, Idempotency-Key), for a repeated POST.
 
         A concurrent request with the same key makes this raise AlreadyExists at once or at
         commit, so the loser's whole transaction (its request included) is rolled back.
@@ -115,7 +115,7 @@ class Transaction:
         current status (then it is history only), set its status and updated time.
 
         Returns what was recorded, or None when `update.update_id` was already recorded for
-        that request (a harmless repeat, C-22) or the update says nothing new (the status the
+        that request (a pusher's harmless repeat) or the update says nothing new (the status the
         request already has, without note, media or back-end status code). Raises KeyError for
         an unknown request, and with `refuse_conflicts` UpdateConflict when the update_id was
         recorded with other content (see StatusUpdate.says_the_same_as). A note on an applied

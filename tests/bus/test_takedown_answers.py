@@ -87,7 +87,7 @@ def answering(**answers: AttributeAnswer) -> ServiceRequest:
         ("GONE", "Jo Smith, 12 Elm Street", True),
         ("GONE", ("carriageway",), True),
         ("GONE", "8", True),
-        # A partner's reference for its report (C-15), not the resident's words.
+        # A partner's reference for its report, not the resident's words.
         ("external_id", "fms-4711", False),
     ],
 )

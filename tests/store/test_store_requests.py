@@ -223,7 +223,7 @@ def test_c22_an_update_older_than_the_current_status_is_kept_as_history_only(
     )
     # The history is in time order, the late update before the one it came after.
     assert [n.update_id for n in stored.history] == ["u6", "u1"]
-    # C-21 lists updates by their own time, the late one first.
+    # GET /servicerequestupdates lists updates by their own time, the late one first.
     assert [u.update_id for u in store.status_updates(T0, T0 + minutes(60))] == ["u6", "u1"]
 
     # An update at the very same instant as the current status applies (same-second updates).

@@ -190,8 +190,8 @@ def test_c21_the_first_page_reporting_the_status_a_request_has_publishes_no_stat
     assert poller.poll_once("parks") == 1
     after = store.get_request(request_id)
     assert after is not None and after.status is Status.OPEN
-    # Recorded for Open311 reads (C-21 carries external_status_code), but the status is the
-    # same: subscribers of request.status_changed.* hear nothing.
+    # Recorded for Open311 reads (GET /servicerequestupdates shows external_status_code), but
+    # the status is the same: subscribers of request.status_changed.* hear nothing.
     assert [(n.update_id, n.external_status_code) for n in after.history] == [("parks-1", "NEW")]
     assert status_events(store) == []
     assert [a.action for a in store.audit_trail(request_id)] == ["status_noted"]
@@ -269,7 +269,7 @@ def pg_store(postgres_url: str) -> Iterator[Store]:
 def test_an_update_with_a_nul_character_is_refused_audited_and_later_ones_recorded(
     pg_store: Store, field: str
 ) -> None:
-    """PostgreSQL cannot store NUL; the API refuses it in a pushed update (C-22), so a polled
+    """PostgreSQL cannot store NUL; the API refuses it in a pushed update, so a polled
     one is refused too, before the store is asked. The back-end's later changes still count."""
     store = pg_store
     backend = PollingBackend(page_size=5)
