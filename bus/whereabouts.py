@@ -16,7 +16,7 @@ from bus.broker.topology import work_queue
 from bus.store import AuditEntry, DeadLetterState, Undelivered, WorkerLiveness
 from bus.subscription_names import ROUTE_PREFIX
 
-#: The audit actions of a request's way to its back-end (DESIGN.md, audit contract).
+#: The audit actions that mark a hop of a request on its way to its back-end; others are skipped.
 _WAY_TO_BACKEND = frozenset(
     {
         "accepted",

@@ -61,7 +61,7 @@ STRUCTURED_CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 
 
 class Envelope(BaseModel):
-    """A CloudEvents 1.0 structured-mode JSON event (DESIGN.md, Messages)."""
+    """A CloudEvents 1.0 structured-mode JSON event, as every message on the bus is."""
 
     # Every attribute is on every published event (`id` is what consumers deduplicate by):
     # the schemas of what is published say so, defaults or not.
