@@ -239,8 +239,8 @@ class ServiceRequest(_Model):
     taken_down_at: AwareDatetime | None = Field(
         default=None,
         description="when what the resident wrote or photographed was last taken down "
-        "(`civicbus requests take-down`); null when never. Open311's `updated_datetime` is the "
-        "later of this and `updated_at`",
+        "(`civicbus requests take-down`); null when never. A take-down is a change: it moves "
+        "`changed_at` too",
     )
     # Apart from updated_at too, which is the sender's time of the latest status: a back-end
     # whose clock runs behind ours, or a change its feed gives late, dates a status before
