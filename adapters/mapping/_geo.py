@@ -39,6 +39,7 @@ class PolygonIndex:
         return self.values[int(min(hits))]
 
 
+# `mtime_ns` is read only as part of the cache key: a file changed since is a new key, read again.
 @lru_cache(maxsize=64)
 def _load_index(path: str, mtime_ns: int, prop: str) -> PolygonIndex:
     try:
