@@ -2,8 +2,8 @@
 
 Each is created for the test session (or test) and removed afterwards (vhosts in the background,
 once the session is over), so tests never see each other's data and the machine's services are
-left as they were. `.ci/run` and `make test` make
-sure the services are running; a test that cannot reach them fails rather than skips.
+left as they were. `.ci/run` and `make test` make sure the services are running; a test that
+cannot reach them fails rather than skips.
 
 The browser tests (`-m browser`) drive a headless Debian Chromium, which `make test` installs
 (`make browser`); without it they are skipped on a developer's machine and fail under CI.
@@ -24,6 +24,7 @@ import pytest
 import structlog
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
+from bus.store import Store
 from tests.rabbitmqctl import LOCK as CTL_LOCK
 from tests.rabbitmqctl import orphaned_vhosts, rabbitmqctl
 
@@ -76,6 +77,14 @@ def postgres_url(postgres_database_factory: Callable[[], str]) -> str:
 def sqlite_url(tmp_path: os.PathLike[str]) -> str:
     """A fresh embedded SQLite store file for one test."""
     return f"sqlite:///{os.fspath(tmp_path)}/civicbus.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """An opened store on a fresh database of each kind: for what must hold on both."""
+    opened = Store.open(request.getfixturevalue(f"{request.param}_url"))
+    yield opened
+    opened.close()
 
 
 #: The vhosts this session created and has not deleted yet.

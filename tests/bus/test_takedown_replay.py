@@ -3,7 +3,6 @@ reads after the take-down, whichever of the two an operator started first."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,9 @@ SERVICES = load_config(SANDBOX).service_catalogue()
 WRITTEN = "Car HH-AB 123 of my neighbour Jo Smith blocks the drain"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    store = Store.open(url)
-    yield store
-    store.close()
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ delivers it exactly once; and the `civicbus dead` commands an operator uses."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -390,14 +390,6 @@ def test_dead_keep_drains_the_dead_letter_queues_of_instances_taken_out_of_the_c
     routes = deadletters.drained_routes(store, [INSTANCE, "desk"])
 
     assert routes == [INSTANCE, "desk", f"sub.{subscription.id}", "old-roads"]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """A store of each kind: what two operators do to one letter must hold on both."""
-    opened = Store.open(request.getfixturevalue(f"{request.param}_url"))
-    yield opened
-    opened.close()
 
 
 def waiting_letter(store: Store) -> DeadLetter:
