@@ -1,4 +1,4 @@
-"""What a failed HTTP call means, in words an operator can act on: one place for the HTTP adapters.
+"""What the HTTP adapters share: a failed call worded for an operator, and bounds on one answer.
 
 A refused connection, an unknown host, https spoken to a plain-http port, or an address that
 serves nothing (404, 405) is a fault of a setting or of the back-end, never of a request's data.
@@ -8,9 +8,10 @@ for `map_exceptions(..., describe=where.describe)`; `not_served` words an answer
 nothing is there. `require_http_url` refuses, at construction, a URL no HTTP client can use.
 
 A per-read timeout does not bound a call: a back-end that sends a byte every few seconds, or an
-answer that never ends, held a worker (and its memory) for as long as it went on. `Bounds` caps
-the time and the size of one answer's body, read by `read_bounded`; `BoundedTransport` applies it
-to every call of an httpx client, and `retry_after` reads the pause a back-end asks for.
+answer that never ends, would hold a worker (and its memory) for as long as it went on.
+`Bounds` caps the time and the size of one answer's body, read by `read_bounded`;
+`BoundedTransport` applies it to every call of an httpx client, and `retry_after` reads the
+pause a back-end asks for.
 """
 
 from __future__ import annotations

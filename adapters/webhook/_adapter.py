@@ -95,7 +95,7 @@ class WebhookAdapter(Adapter):
         context = f"webhook {self.instance} event {event_id}"
         with map_exceptions(_ERRORS, context=context, describe=self._where.describe):
             response = self._client.post(self.url, content=body, headers=headers)
-        _raise_for_status(response, f"webhook {self.instance} event {event_id}")
+        _raise_for_status(response, context)
         return response
 
     def submit(self, request: ServiceRequest) -> Receipt:
