@@ -253,7 +253,8 @@ class Store:
 
     # --- outbox (the relay's side) ---------------------------------------------------------
     def pending_outbox(self, limit: int = 500) -> list[OutboxRow]:
-        """Unsent rows, oldest first."""
+        """Unsent rows, oldest first, each envelope parsed: what a test looks at (the relay
+        reads pending_outbox_messages)."""
         return self._read(lambda conn: _outbox.pending(conn, limit))
 
     def pending_outbox_messages(self, limit: int = 500, *, after: int = 0) -> list[OutboxMessage]:
