@@ -12,6 +12,13 @@ from schemas.model import Datatype, ServiceType
 SANDBOX = Path(__file__).parent.parent / "deploy" / "sandbox" / "civicbus.yaml"
 
 
+def problems(text: str, source: str = "city.yaml") -> list[str]:
+    """The problems parse_config refuses `text` for, one a line (the heading line left out)."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source=source)
+    return [line.strip() for line in str(err.value).splitlines()[1:]]
+
+
 def test_sandbox_city_has_two_jurisdictions_ten_services_and_every_datatype() -> None:
     config = load_config(SANDBOX)
     services = config.service_catalogue()
@@ -60,11 +67,7 @@ routing:
 instances:
   desk: {kind: memory}
 """
-    with pytest.raises(ConfigError) as err:
-        parse_config(text, source="bad2.yaml")
-
-    lines = str(err.value).splitlines()[1:]
-    assert [line.strip() for line in lines] == [
+    assert problems(text, source="bad2.yaml") == [
         "bad2.yaml:6: services.1.code: service POTHOLE is defined twice in springfield.example",
         "bad2.yaml:7: services.2.jurisdiction: service SIGN: unknown jurisdiction "
         "'shelbyville.example' (configured: springfield.example)",
@@ -92,11 +95,7 @@ routing:
 instances:
   desk: {kind: memory}
 """
-    with pytest.raises(ConfigError) as err:
-        parse_config(text, source="city.yaml")
-
-    lines = str(err.value).splitlines()[1:]
-    assert [line.strip() for line in lines] == [
+    assert problems(text) == [
         "city.yaml:7: routing.rules.0.services.1: routing dogs: unknown service 'DOG_FOLING' "
         "(configured: DOG_FOULING, POTHOLE)",
         "city.yaml:9: routing.rules.1.jurisdictions.0: routing springfield: unknown "
@@ -123,11 +122,7 @@ routing:
 instances:
   desk: {kind: memory}
 """
-    with pytest.raises(ConfigError) as err:
-        parse_config(text, source="city.yaml")
-
-    lines = str(err.value).splitlines()[1:]
-    assert [line.strip() for line in lines] == [
+    assert problems(text) == [
         "city.yaml:10: routing.rules.1.services.1: routing sanitation: service 'PARK_BENCH' "
         "never reaches this rule: the rule parks before it takes it first (the first rule "
         "that matches wins); remove it from one of them",
@@ -153,10 +148,7 @@ instances:
   sub.3: {kind: memory}
   roads#: {kind: memory}
 """
-    with pytest.raises(ConfigError) as err:
-        parse_config(text, source="city.yaml")
-
-    lines = [line.strip() for line in str(err.value).splitlines()[1:]]
+    lines = problems(text)
     assert [line.split(": ", 2)[1] for line in lines] == ["instances.sub.3", "instances.roads#"]
     assert all("use letters, digits, '-' and '_'" in line for line in lines)
 
@@ -171,11 +163,7 @@ instances:
     kind: email
     kind: memory
 """
-    with pytest.raises(ConfigError) as err:
-        parse_config(text, source="city.yaml")
-
-    lines = str(err.value).splitlines()[1:]
-    assert [line.strip() for line in lines] == [
+    assert problems(text) == [
         "city.yaml:5: instances.desk: 'desk' is given twice (first on line 4)",
         "city.yaml:7: instances.desk.kind: 'kind' is given twice (first on line 6)",
     ]
@@ -199,11 +187,7 @@ routing:
 instances:
   desk: {kind: memory}
 """
-    with pytest.raises(ConfigError) as err:
-        parse_config(text, source="city.yaml")
-
-    lines = str(err.value).splitlines()[1:]
-    assert [line.strip() for line in lines] == [
+    assert problems(text) == [
         "city.yaml:8: services.0.attributes.1.code: service POTHOLE: attribute DEPTH is "
         "defined twice",
         "city.yaml:9: services.0.attributes.2.values: service POTHOLE: attribute LANE is a "
