@@ -6,7 +6,7 @@ import threading
 import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -121,17 +121,24 @@ def reply(
 
 
 @contextmanager
-def misbehaving_backend(behave: Behaviour) -> Iterator[str]:
-    """A real HTTP server on a free loopback port that answers every call by `behave` (slowly,
-    endlessly, wrongly: what a city's legacy back-end may do); yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
-    server.behave = behave  # type: ignore[attr-defined]
+def loopback_server(handler: type[BaseHTTPRequestHandler], **state: Any) -> Iterator[str]:
+    """A real HTTP server on a free loopback port answering by `handler`, with `state` set on
+    the server for the handler to read (`self.server.NAME`); yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    for name, value in state.items():
+        setattr(server, name, value)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def misbehaving_backend(behave: Behaviour) -> AbstractContextManager[str]:
+    """A loopback server that answers every call by `behave` (slowly, endlessly, wrongly: what
+    a city's legacy back-end may do); yields its base URL."""
+    return loopback_server(_Misbehaving, behave=behave)
 
 
 class WorkItemsTarget(ConformanceTarget):

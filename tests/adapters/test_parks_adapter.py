@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import AbstractContextManager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -19,6 +17,7 @@ from backends_support import (
     control,
     free_port,
     long_note_is_cut_and_later_changes_arrive,
+    loopback_server,
     mapping_without_status,
     misbehaving_backend,
     reply,
@@ -204,17 +203,9 @@ class _NoCreate(_LoopbackParks):
         self._answer(200, {"items": []})
 
 
-@contextmanager
-def no_create(status: int = 404) -> Iterator[str]:
+def no_create(status: int = 404) -> AbstractContextManager[str]:
     """A `_NoCreate` parks API on a loopback port answering creates with `status`; its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoCreate)
-    server.create_status = status  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return loopback_server(_NoCreate, create_status=status)
 
 
 @pytest.mark.parametrize(
@@ -336,18 +327,9 @@ class _ChangesFeed(_LoopbackParks):
         self._answer(200, {"changes": page, "next": str(last), "more": False})
 
 
-@contextmanager
-def changes_feed(changes: list[dict[str, Any]]) -> Iterator[str]:
+def changes_feed(changes: list[dict[str, Any]]) -> AbstractContextManager[str]:
     """A parks API on a loopback port whose changes feed holds `changes`; yields its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChangesFeed)
-    server.changes = changes  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return loopback_server(_ChangesFeed, changes=changes)
 
 
 def test_a_change_that_cannot_be_read_is_skipped_and_later_changes_still_arrive(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from backends_support import (
     control,
     free_port,
     long_note_is_cut_and_later_changes_arrive,
+    loopback_server,
     mapping_without_status,
     misbehaving_backend,
     reply,
@@ -336,18 +336,10 @@ class _EntityBomb(BaseHTTPRequestHandler):
 
 
 def test_documents_with_entities_are_refused(mapping: Mapping) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EntityBomb)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        adapter = PermitsAdapter(
-            "permits", {"wsdl": f"http://127.0.0.1:{server.server_port}/permits?wsdl"}, mapping
-        )
+    with loopback_server(_EntityBomb) as url:
+        adapter = PermitsAdapter("permits", {"wsdl": f"{url}/permits?wsdl"}, mapping)
         with pytest.raises(PermanentError, match="Forbidden"):
             adapter.find("req-1")
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class _Canned(BaseHTTPRequestHandler):
@@ -377,15 +369,8 @@ class _Canned(BaseHTTPRequestHandler):
 @contextmanager
 def canned_permit_system(status: int, content_type: str, body: str) -> Iterator[str]:
     """A permit system on a loopback port answering every call so; yields its WSDL URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    server.answer = (status, content_type, body)  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/permits?wsdl"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(_Canned, answer=(status, content_type, body)) as url:
+        yield f"{url}/permits?wsdl"
 
 
 _XHTML_PAGE = (

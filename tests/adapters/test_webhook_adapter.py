@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from backends_support import a_request, free_port, misbehaving_backend, reply
+from backends_support import a_request, free_port, loopback_server, misbehaving_backend, reply
 
 from adapters import TransientError
 from adapters.webhook import WebhookAdapter
@@ -36,13 +35,8 @@ def receiver() -> Iterator[tuple[str, list[Any]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield f"{url}/hook", bodies
 
 
 def test_submit_sends_the_request_without_the_reporters_personal_data(
