@@ -11,15 +11,15 @@ audit entry) happens inside one `store.transaction()` unit of work:
         tx.audit(actor="api:fixmyapp", action="accepted", request_id=request.id)
 
 SQLite (WAL) is the embedded default, PostgreSQL (psycopg 3) the shared one. Connection
-failures, lock timeouts and a read-only database raise `StoreUnavailable` (a server that did
-not answer in time its `NotAnswering`, deadlocks and serialization failures its
-`WriteConflict`), unique-key conflicts `AlreadyExists` (and
-its `UpdateConflict`, for a status update reusing a recorded update_id with other content, when
-the caller asks), values the database refuses `InvalidData`; in every case nothing of the unit
-of work is written. After a `NotAnswering`, the store's circuit breaker refuses operations at
-once with `StoreUnavailable` and pings the database from a thread of its own every second or so,
-until a ping gets an answer; `not_answering_advice` tells an operator what to check then.
-`shown_url` is the database URL as it may be printed: without its password.
+failures, lock timeouts and a read-only database raise `StoreUnavailable` (a server that did not
+answer in time its `NotAnswering`, deadlocks and serialization failures its `WriteConflict`),
+unique-key conflicts `AlreadyExists` (and its `UpdateConflict`, for a status update reusing a
+recorded update_id with other content, when the caller asks), values the database refuses
+`InvalidData`; in every case nothing of the unit of work is written. After a `NotAnswering`, the
+store's circuit breaker refuses operations at once with `StoreUnavailable` and pings the
+database from a thread of its own every second or so, until a ping gets an answer;
+`not_answering_advice` tells an operator what to check then. `shown_url` is the database URL as
+it may be printed: without its password.
 """
 
 from bus.store._breaker import BreakerState
