@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tests.processes import exited
 from tests.waiting import wait_until
 
@@ -317,12 +318,6 @@ raise SystemExit(Supervisor(parts, command=listener).run())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_supervisor_refuses_to_start_when_a_parts_address_is_taken() -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -343,7 +338,7 @@ def test_the_supervisor_refuses_to_start_when_a_parts_address_is_taken() -> None
 def test_a_part_that_keeps_exiting_because_its_address_is_taken_makes_the_supervisor_give_up() -> (
     None
 ):
-    port = _free_port()
+    port = free_port()
     done = subprocess.run(
         [sys.executable, "-c", TAKEN_SCRIPT, str(port), LISTENER, "both"],
         capture_output=True, text=True, timeout=30,

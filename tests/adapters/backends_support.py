@@ -24,6 +24,7 @@ from adapters.mapping import Mapping, parse_mapping  # noqa: E402
 from civicbus.sandbox.runner import SIMULATORS, Running, ServeOptions  # noqa: E402
 from civicbus.testing import ConformanceTarget  # noqa: E402
 from schemas.model import Location, Reporter, ServiceRequest, Status  # noqa: E402
+from tests.ports import free_port as free_port  # noqa: E402  (the adapter tests take it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPINGS = REPO / "mappings"
@@ -71,16 +72,6 @@ def control(running: Running, method: str, path: str, **json: Any) -> Any:
     )
     response.raise_for_status()
     return response.json()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released at once)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 #: What a misbehaving back-end does with one call: given the handler (its `command`, `path`,

@@ -12,21 +12,13 @@ from typer.testing import CliRunner
 from bus.cli import app
 from civicbus.sandbox.parks import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from civicbus.sandbox.runner import SIMULATORS, Running, ServeOptions
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
 MAPPING = Path(__file__).resolve().parents[2] / "mappings" / "parks.yaml"
 SECRET = "CIVICBUS_TEST_PARKS_SECRET"
 WRONG_SECRET = "CIVICBUS_TEST_PARKS_WRONG_SECRET"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -48,7 +40,7 @@ def _instance(name: str, base_url: str, secret: str = SECRET) -> str:
 @pytest.fixture
 def city(tmp_path: Path, parks: Running) -> tuple[Path, int]:
     """A config of parks instances, each with one URL setting wrong; and the closed port."""
-    port = _free_port()
+    port = free_port()
     host_port = parks.url.split("://", 1)[1]
     instances = "".join(
         [

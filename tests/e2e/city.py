@@ -25,6 +25,7 @@ import pika
 import yaml
 
 from tests import waiting
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_CONFIG = REPO / "deploy" / "sandbox" / "civicbus.yaml"
@@ -63,13 +64,6 @@ def run_cli(
         f"stdout: {done.stdout}\nstderr: {done.stderr}"
     )
     return done
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -41,6 +40,7 @@ import pytest
 from bus.config import Config, load_config
 from bus.store import Store
 from tests.faults.pg_cluster import PostgresCluster, make_cluster
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,24 +59,17 @@ def _tool(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class RabbitNode:
     """A RabbitMQ node of our own, controlled with rabbitmqctl -n."""
 
     base: Path
     name: str = field(default_factory=lambda: f"civicbus-fault-{uuid.uuid4().hex[:8]}@localhost")
-    port: int = field(default_factory=_free_port)
-    dist_port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
     #: rabbitmqctl's own distribution ports: by default every rabbitmqctl on the machine shares
     #: 35672-35682, and concurrent test runs exhaust them.
-    ctl_dist_port: int = field(default_factory=_free_port)
+    ctl_dist_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
