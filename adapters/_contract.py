@@ -4,6 +4,10 @@ An adapter connects civicbus to one kind of back-end. It is registered under the
 `civicbus.adapters` entry-point group, is constructed once per configured instance with that
 instance's settings and mapping, and must make `submit` idempotent by the civicbus request id
 (stored as the back-end's external reference, and looked up by `find` before creating).
+
+Failures are raised typed (adapters/_exceptions.py): `TransientError` is retried (quick tries,
+then the retry tiers, up to the instance's `max_attempts`), `PermanentError` goes to the dead
+letter channel at once; any other exception counts as transient.
 """
 
 from __future__ import annotations
