@@ -231,6 +231,15 @@ the consumer and the broker on the other, would run at 1 / 214 us = 4,670 msgs/s
 bare loop. Without its log line the handler took 185 us, without its audit entries 155: the
 target asks for less than what the issue itself requires of each message (the audit entry of
 every hop). Not met, and not within reach of this design on two cores.
+2026-12-08 (AMD EPYC VM, load ~1.2-1.6): the hand-over to a back-end is now a change to the
+request (its changed_at, Open311's updated_datetime, moves in the receipt's transaction: one
+UPDATE of the batch's request rows). It costs the worker ~15 % (its rows carry the request's
+JSON document, rewritten whole): two pairs of runs, taking turns, with and without that UPDATE:
+6,185-6,277 msgs/s at 160-167 us CPU/msg against 7,122-7,344 at 135-141 (bare 19,800-25,900:
+27-31 % of bare either way). Kept: without it a consumer keeping the copy with the latest
+changed_at lost the back-end reference to a replayed `created` event, and an Open311 client
+polling updated_after never learnt it; a back-end call takes far longer than either figure.
+An earlier run that hour, the bare loop slower (13,544 msgs/s), printed worker 6,040: 45 %.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter
