@@ -205,7 +205,15 @@ class ODataTransport:
         results = self._answer(response, context).get("results")
         if not isinstance(results, list):
             raise TransientError(f"{context}: SAP's answer has no list of results (d.results)")
-        return [self._notification(e) for e in results]
+        try:
+            return [self._notification(e) for e in results]
+        except KeyError as missing:
+            # A service whose projection lacks what the adapter reads (a custom view, a
+            # $select): the set-up's fault, the same for every request.
+            raise TransientError(
+                f"{context}: a notification in SAP's answer has no {missing.args[0]}: is it "
+                f"API_MAINTNOTIFICATION? {self._service.advice}"
+            ) from None
 
     def _post(self, path: str, body: dict[str, Any], context: str) -> httpx.Response:
         for attempt in (1, 2):

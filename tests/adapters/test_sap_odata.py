@@ -227,6 +227,26 @@ def test_a_create_answer_without_the_number_is_looked_up_instead_of_failing() ->
     assert receipt.reference == "10000042"
 
 
+@pytest.mark.parametrize("missing", ["LastChangeDateTime", "MaintenanceNotification"])
+def test_a_notification_without_a_property_the_adapter_reads_is_transient_and_named(
+    missing: str,
+) -> None:
+    # A service without the property in its projection (a custom CDS view, a $select): it was
+    # an untyped KeyError, saying neither the instance nor what to check.
+    entity = {"MaintenanceNotification": "10000042", "LastChangeDateTime": "/Date(1795000000000)/",
+              "MaintNotifExtReferenceNumber": "req-1", "SystemStatus": "OSNO"}  # fmt: skip
+    del entity[missing]
+    answer = (200, json.dumps({"d": {"results": [entity]}}))
+    with misbehaving_backend(_odata(answer)) as url, pytest.raises(TransientError) as caught:
+        SapAdapter("sap-roads", settings_for("odata", url), sap_mapping()).find("req-1")
+
+    assert str(caught.value) == (
+        f"SAP OData find (sap-roads): a notification in SAP's answer has no {missing}: is it "
+        "API_MAINTNOTIFICATION? check settings.base_url and settings.service_path of instance "
+        "sap-roads"
+    )
+
+
 def test_sap_s_error_text_has_its_quoted_values_blanked() -> None:
     said = {"code": "IWBEP/1", "message": {"value": "Reporter 'Marge Simpson' is not a user"}}
     refused = (400, json.dumps({"error": said}))
