@@ -8,6 +8,7 @@ import jsonschema
 from typer.testing import CliRunner
 
 from bus.cli import app
+from schemas.asyncapi import render_asyncapi
 from schemas.export import SCHEMA_DIR, render_schemas
 
 
@@ -26,6 +27,12 @@ def test_each_exported_schema_is_a_valid_json_schema() -> None:
 
 
 def test_cli_export_writes_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    result = CliRunner().invoke(app, ["schemas", "export", "--dir", str(tmp_path)])
+    json_dir, asyncapi = tmp_path / "json", tmp_path / "asyncapi.yaml"
+    json_dir.mkdir()
+    result = CliRunner().invoke(
+        app, ["schemas", "export", "--dir", str(json_dir), "--asyncapi", str(asyncapi)]
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(render_schemas())
+    assert sorted(p.name for p in json_dir.iterdir()) == sorted(render_schemas())
+    # The event documentation too: one command after a change to the models.
+    assert asyncapi.read_text() == render_asyncapi()
