@@ -19,6 +19,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,15 +101,26 @@ def read_bounded(chunks: Iterable[bytes], bounds: Bounds, started: float, url: o
 class BoundedTransport(httpx.BaseTransport):
     """An httpx transport that reads each answer's body within `bounds` (httpx's own timeouts
     are per read, and its client reads a body whatever its size). Redirects are not followed
-    here: httpx clients leave them to the caller unless told otherwise."""
+    here: httpx clients leave them to the caller unless told otherwise.
+
+    A call goes through the proxy the environment names (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY;
+    not to the hosts NO_PROXY lists), as with httpx's own transport: a client given another
+    transport no longer looks, and a city whose back-ends are reached only through its egress
+    proxy found them unreachable."""
 
     def __init__(self, bounds: Bounds, **transport: Any) -> None:
         self._bounds = bounds
         self._inner = httpx.HTTPTransport(**transport)
+        proxies = urllib.request.getproxies() if transport.get("trust_env", True) else {}
+        self._proxied = {
+            scheme: httpx.HTTPTransport(proxy=_proxy_url(proxy), **transport)
+            for scheme in ("http", "https")
+            if (proxy := proxies.get(scheme) or proxies.get("all"))
+        }
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         started = time.monotonic()
-        response = self._inner.handle_request(request)
+        response = self._transport_for(request.url).handle_request(request)
         assert isinstance(response.stream, httpx.SyncByteStream)  # a sync transport's
         try:
             body = read_bounded(response.stream, self._bounds, started, request.url)
@@ -124,7 +136,20 @@ class BoundedTransport(httpx.BaseTransport):
         )
 
     def close(self) -> None:
-        self._inner.close()
+        for transport in (self._inner, *self._proxied.values()):
+            transport.close()
+
+    def _transport_for(self, url: httpx.URL) -> httpx.HTTPTransport:
+        proxied = self._proxied.get(url.scheme)
+        address = url.netloc.decode("ascii")  # with its port: NO_PROXY may name one
+        if proxied is None or urllib.request.proxy_bypass(address):  # by NO_PROXY
+            return self._inner
+        return proxied
+
+
+def _proxy_url(proxy: str) -> str:
+    # `proxy.example.gov:3128` is taken for an http:// proxy, as httpx and requests take it.
+    return proxy if "://" in proxy else f"http://{proxy}"
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
