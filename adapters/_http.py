@@ -20,6 +20,7 @@ import socket
 import ssl
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,14 +123,25 @@ class BoundedTransport(httpx.BaseTransport):
         started = time.monotonic()
         response = self._transport_for(request.url).handle_request(request)
         assert isinstance(response.stream, httpx.SyncByteStream)  # a sync transport's
+        headers = response.headers
+        wbits = _ZLIB_WBITS.get(headers.get("Content-Encoding", "").strip().lower())
+        chunks: Iterable[bytes] = response.stream
+        if wbits is not None:
+            # Decoded here, not by the client: the bound is the answer's, and a few kilobytes
+            # of gzip may be gigabytes of JSON.
+            chunks = _decoded(chunks, wbits, request)
+            headers = headers.copy()
+            del headers["Content-Encoding"]
         try:
-            body = read_bounded(response.stream, self._bounds, started, request.url)
+            body = read_bounded(chunks, self._bounds, started, request.url)
         finally:
             response.close()
-        # Still encoded (e.g. gzip): the client decodes it as it would have.
+        if wbits is not None and "Content-Length" in headers:
+            headers["Content-Length"] = str(len(body))
+        # In another encoding (none that httpx asks for), the client decodes it.
         return httpx.Response(
             response.status_code,
-            headers=response.headers,
+            headers=headers,
             stream=httpx.ByteStream(body),
             extensions=response.extensions,
             request=request,
@@ -145,6 +157,41 @@ class BoundedTransport(httpx.BaseTransport):
         if proxied is None or urllib.request.proxy_bypass(address):  # by NO_PROXY
             return self._inner
         return proxied
+
+
+#: The zlib formats of the content encodings httpx asks for (Accept-Encoding: gzip, deflate).
+_GZIP = zlib.MAX_WBITS | 16
+_ZLIB_WBITS = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": zlib.MAX_WBITS}
+#: The most one step of decoding makes of a chunk (compressed, a chunk may be a thousand times as
+#: much), so that an answer past its bound is noticed within this much more.
+_DECODED_PIECE = 256 * 1024
+
+
+def _decoded(chunks: Iterable[bytes], wbits: int, request: httpx.Request) -> Iterator[bytes]:
+    """The body in `chunks` decoded from zlib's format `wbits`, a piece at a time; a "deflate"
+    without zlib's header read as raw deflate, as httpx reads it. httpx.DecodingError, as the
+    client would raise, for a body that is not in the format."""
+    decoder = zlib.decompressobj(wbits)
+    started = False
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                try:
+                    piece = decoder.decompress(data, _DECODED_PIECE)
+                except zlib.error:
+                    if started or wbits != zlib.MAX_WBITS:
+                        raise
+                    decoder, wbits = zlib.decompressobj(-zlib.MAX_WBITS), -zlib.MAX_WBITS
+                    continue
+                started = True
+                yield piece
+                data = decoder.unconsumed_tail
+        yield decoder.flush()
+    except zlib.error as exc:
+        raise httpx.DecodingError(
+            f"the answer is not in the encoding it names: {exc}", request=request
+        ) from exc
 
 
 def _proxy_url(proxy: str) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
@@ -157,3 +159,52 @@ def test_a_receiver_s_huge_answer_is_not_read_to_its_end() -> None:
         with pytest.raises(TransientError, match=r"is larger than 1 MB \(settings.max_answer_mb\)"):
             adapter.submit(a_request())
         adapter.close()
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
+def _zlib(data: bytes) -> bytes:
+    return zlib.compress(data)
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    # What some servers send as "deflate": no zlib header (httpx reads it too).
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+ENCODINGS = pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [("gzip", _gzip), ("deflate", _zlib), ("deflate", _raw_deflate)],
+    ids=["gzip", "deflate", "raw deflate"],
+)
+
+
+@ENCODINGS
+def test_a_receiver_s_huge_answer_is_not_read_to_its_end_when_compressed(
+    encoding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    # 64 MB of JSON come as a few kilobytes of gzip: it is the answer's size that is bounded.
+    huge = encode(b'{"reference": "' + b"x" * (64 * 1024 * 1024) + b'"}')
+    answer = [("Content-Encoding", encoding)]
+    with misbehaving_backend(lambda h: reply(h, 200, huge, headers=answer)) as url:
+        adapter = WebhookAdapter("contractor", {"url": f"{url}/hook", "max_answer_mb": 1})
+        with pytest.raises(TransientError, match=r"is larger than 1 MB \(settings.max_answer_mb\)"):
+            adapter.submit(a_request())
+        adapter.close()
+
+
+@ENCODINGS
+def test_a_receiver_s_compressed_answer_is_read(
+    encoding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    answer = [("Content-Encoding", encoding)]
+    body = encode(b'{"reference": "R-9"}')
+    with misbehaving_backend(lambda h: reply(h, 202, body, headers=answer)) as url:
+        adapter = WebhookAdapter("contractor", {"url": f"{url}/hook"})
+        receipt = adapter.submit(a_request())
+        adapter.close()
+
+    assert receipt.reference == "R-9"
