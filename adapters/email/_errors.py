@@ -57,7 +57,8 @@ def sent_log_errors(context: str) -> Iterator[None]:
     """Raise any failure of the sent-log's database as TransientError, with `context`.
 
     Never permanent: a database that is down, full, read-only or refusing our user is the
-    set-up's fault, never the request's, and the retry tiers hold the request until it is fixed.
+    set-up's fault, never the request's, and the retry tiers hold the request until it is fixed
+    (or its attempts run out: then it waits as a dead letter, to replay).
     The message is the driver's first line: SQLAlchemy's own text would quote the statement.
     """
     try:
