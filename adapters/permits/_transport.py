@@ -11,11 +11,13 @@ answer keeps the pause it asks for (`Throttled`), which zeep's own TransportErro
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 from zeep.transports import Transport
 
 from adapters._http import Bounds, read_bounded, retry_after
@@ -77,11 +79,26 @@ class BoundedTransport(Transport):
         return self._read(response, started)
 
     def _read(self, response: requests.Response, started: float) -> bytes:
-        # What has arrived, as it arrives: iter_content waits for whole chunks, so a slow
-        # answer would never be looked at between them.
-        arrived = iter(lambda: response.raw.read1(_CHUNK, decode_content=True), b"")
         with closing(response):
-            body = read_bounded(arrived, self.bounds, started, response.url)
+            body = read_bounded(_arrived(response), self.bounds, started, response.url)
         # Where requests keeps a body it has read: zeep reads `response.content`.
         response._content = body
         return body
+
+
+def _arrived(response: requests.Response) -> Iterator[bytes]:
+    """What has arrived of the body, as it arrives (iter_content waits for whole chunks, so a
+    slow answer would never be looked at between them), with urllib3's failures raised as
+    requests' own, as requests raises them when it reads a body (zeep's callers, and the
+    error table, know those)."""
+    try:
+        while chunk := response.raw.read1(_CHUNK, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ReadTimeout(exc, request=response.request) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc, request=response.request) from exc
+    except urllib3.exceptions.ProtocolError as exc:  # cut short, reset
+        raise requests.exceptions.ChunkedEncodingError(exc, request=response.request) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc, request=response.request) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -591,6 +592,52 @@ def test_an_answer_dripping_byte_by_byte_is_cut_off_at_the_answer_timeout(
             adapter.find("req-1")
 
     assert time.monotonic() - started < 4
+
+
+def _stalling(handler: Any) -> None:
+    """The answer's head and its first bytes, then nothing for longer than the read timeout."""
+    _first_bytes(handler)
+    time.sleep(2.5)
+
+
+def _cut(handler: Any) -> None:
+    """The answer's head and its first bytes, then the connection closed."""
+    _first_bytes(handler)
+    handler.close_connection = True
+    handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _first_bytes(handler: Any) -> None:
+    body = _NOT_FOUND.encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/xml")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body[:100])
+    handler.wfile.flush()
+
+
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [(_stalling, "ReadTimeout: "), (_cut, "ChunkedEncodingError: ")],
+    ids=["stalled", "cut"],
+)
+def test_an_answer_that_stops_midway_is_transient_and_check_says_so(
+    stop: Any, said: str, mapping: Mapping
+) -> None:
+    # urllib3's ReadTimeoutError and ProtocolError, read by the bounded transport itself, went
+    # out untyped (requests had made them its own errors): check raised instead of answering.
+    with misbehaving_backend(_permit_system(stop)) as url:
+        adapter = _adapter(url, mapping, timeout=1)
+        health = adapter.check()
+        with pytest.raises(TransientError) as caught:
+            adapter.find("req-1")
+
+    assert not health.ok and said in health.detail
+    assert str(caught.value).startswith(
+        "permits adapter permits: FindCaseByExternalReference req-1: "
+    )
+    assert said in str(caught.value)
 
 
 def test_an_answer_larger_than_max_answer_mb_is_not_read_to_its_end(mapping: Mapping) -> None:
