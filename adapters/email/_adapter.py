@@ -102,8 +102,19 @@ class EmailAdapter(Adapter):
             self._send(self._compose(request, now, context), context)
         except AdapterError:
             # Not composed, refused, or not taken by the server: the retry may send at once.
-            with suppress(AdapterError), sent_log_errors(context):
-                self.sent_log.release(request.id, now)
+            try:
+                with sent_log_errors(context):
+                    self.sent_log.release(request.id, now)
+            except AdapterError as kept:
+                # The claim stays until it expires: until then a retry hears "another worker
+                # is sending", which this line explains to whoever reads the log.
+                log.warning(
+                    "email.claim_kept",
+                    adapter=self.instance,
+                    request_id=request.id,
+                    expires_in_s=self.claim_expires.total_seconds(),
+                    error=str(kept),
+                )
             raise
         with sent_log_errors(context):
             self.sent_log.mark_sent(request.id, now)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from backends_support import MAPPINGS, a_request, free_port, simulator
+from structlog.testing import capture_logs
 
 from adapters import TransientError
 from adapters.email import EmailAdapter, message_id_for
@@ -202,6 +203,33 @@ def test_a_message_the_server_refused_leaves_no_claim_so_the_retry_sends_at_once
 
     assert on_host("b", mailbox, mapping, tmp_path, sent_log_url=postgres_url).submit(request)
     assert mailed(tmp_path) == [request.id]
+
+
+def test_a_claim_that_cannot_be_released_is_logged_with_when_it_expires(
+    mailbox: MailboxServer, mapping: Mapping, tmp_path: Path, postgres_url: str
+) -> None:
+    request = a_request("GRAFFITI")
+    down = on_host("a", mailbox, mapping, tmp_path, sent_log_url=postgres_url,
+                   smtp_port=free_port())  # fmt: skip
+    down.sent_log.probe()  # the table is made
+    # The sent-log takes the claim, then refuses to give it up (as a database gone read-only
+    # between the two would): a real refusal, by a trigger.
+    with sa.create_engine(postgres_url).begin() as db:
+        db.exec_driver_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'no deletes today'; END $$ LANGUAGE plpgsql"
+        )
+        db.exec_driver_sql(
+            "CREATE TRIGGER no_release BEFORE DELETE ON email_sent "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    with capture_logs() as logs, pytest.raises(TransientError, match="ConnectionRefusedError"):
+        down.submit(request)
+
+    [kept] = [line for line in logs if line["event"] == "email.claim_kept"]
+    assert kept["request_id"] == request.id and kept["expires_in_s"] == 50.0
+    assert "no deletes today" in kept["error"]
+    down.close()
 
 
 def test_instances_sharing_a_sent_log_each_send_their_own_message(
