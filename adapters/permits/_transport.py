@@ -75,7 +75,9 @@ class BoundedTransport(Transport):
         """The WSDL or a schema it imports (redirects followed: a GET carries no case data)."""
         started = time.monotonic()
         response = self.session.get(url, timeout=self.load_timeout, stream=True)
-        response.raise_for_status()
+        if not response.ok:
+            response.close()  # unread, its connection would stay open until collected
+            response.raise_for_status()
         return self._read(response, started)
 
     def _read(self, response: requests.Response, started: float) -> bytes:
