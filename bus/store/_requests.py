@@ -586,9 +586,39 @@ def _handed_over(conn: Connection, request_ids: Collection[str], at: datetime) -
     shows the reference with `extensions`; and a consumer keeping the copy with the latest
     `changed_at` must not let a `created` event, replayed after `submitted`, win a tie and
     take the reference away."""
-    conn.execute(
-        requests.update().where(requests.c.id.in_(list(request_ids))).values(changed_at=at)
+    ids = list(request_ids)
+    sql, positional = _handed_over_sql(conn, len(ids))
+    stamp = requests.c.changed_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    value = stamp(at) if stamp else at
+    params: Any = (
+        (value, *ids) if positional else {"at": value, **{f"i{n}": i for n, i in enumerate(ids)}}
     )
+    driver_execute(conn, sql, params)
+
+
+#: The hand-over's UPDATE for a number of requests, by dialect: (SQL text, positional binds).
+_HANDED_OVER: dict[tuple[str, int], tuple[str, bool]] = {}
+
+
+def _handed_over_sql(conn: Connection, rows: int) -> tuple[str, bool]:
+    """The UPDATE of `rows` requests' changed_at, compiled once per dialect and count (the
+    worker's batches come in a few sizes), run on the driver's cursor as the batch's other
+    statements: built and compiled by SQLAlchemy for each batch, it cost more than the write."""
+    dialect = conn.dialect
+    plan = _HANDED_OVER.get((dialect.name, rows))
+    if plan is None:
+        names = [f"i{n}" for n in range(rows)]
+        statement = (
+            requests.update()
+            .where(requests.c.id.in_([sa.bindparam(name) for name in names]))
+            .values(changed_at=sa.bindparam("at"))
+        )
+        compiled = statement.compile(dialect=dialect)
+        if compiled.positional and tuple(compiled.positiontup or ()) != ("at", *names):
+            raise RuntimeError("requests: the hand-over's UPDATE binds in an unexpected order")
+        plan = (compiled.string, bool(compiled.positional))
+        _HANDED_OVER[(dialect.name, rows)] = plan
+    return plan
 
 
 def add_backend_refs(

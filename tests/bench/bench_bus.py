@@ -240,6 +240,10 @@ JSON document, rewritten whole): two pairs of runs, taking turns, with and witho
 changed_at lost the back-end reference to a replayed `created` event, and an Open311 client
 polling updated_after never learnt it; a back-end call takes far longer than either figure.
 An earlier run that hour, the bare loop slower (13,544 msgs/s), printed worker 6,040: 45 %.
+Later, the hand-over's UPDATE compiled once per batch size and run on the driver's cursor, as the
+batch's other statements (SQLAlchemy built and compiled it for every batch): two pairs taking
+turns, 6,486-6,494 msgs/s at 145-148 us CPU/msg against 5,411-6,168 at 153-181 before (bare
+20,500-23,400): about half of the hand-over's cost went.
 
 End-to-end section: real `civicbus api`, `civicbus relay` and `civicbus worker` processes on
 loopback (SQLite store in a temporary folder, a fresh vhost, an instance of the `memory` adapter

@@ -153,6 +153,26 @@ def test_backend_refs_of_another_adapter_are_independent(store: Store) -> None:
     ]
 
 
+def test_a_new_backend_ref_is_a_change_to_its_request_and_a_known_one_is_not(
+    store: Store,
+) -> None:
+    stored(store, "a", "b", "c")
+    with store.transaction() as tx:
+        tx.add_backend_refs("roads", [("b", "WO-OLD", T0)], changed_at=T0 + timedelta(hours=1))
+    before = store.get_requests(["a", "b", "c"])
+    handed_over = T0 + timedelta(hours=2)
+    with store.transaction() as tx:
+        new = tx.add_backend_refs(
+            "roads", [("a", "WO-1", T0), ("b", "WO-2", T0)], changed_at=handed_over
+        )
+
+    after = store.get_requests(["a", "b", "c"])
+    assert new == {"a"}
+    assert after["a"].changed_at == handed_over  # Open311's updated_datetime moves with it
+    assert after["b"].changed_at == before["b"].changed_at == T0 + timedelta(hours=1)
+    assert after["c"].changed_at == before["c"].changed_at
+
+
 def test_a_batch_of_refs_that_fails_writes_none(store: Store) -> None:
     stored(store, "a", "b")
     with pytest.raises(InvalidData), store.transaction() as tx:
