@@ -16,6 +16,7 @@ pause a back-end asks for.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -215,6 +216,13 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def redirect_said(status: int, location: str | None) -> str:
+    """A redirect an adapter does not follow, in words: `HTTP 302 redirect to <where>`, the
+    Location without its query or fragment (they may carry a token or a session)."""
+    where = re.split(r"[?#]", location or "", maxsplit=1)[0]
+    return f"HTTP {status} redirect to {where or 'no Location'}"
 
 
 def require_http_url(value: Any, *, context: str, setting: str) -> str:

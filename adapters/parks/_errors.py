@@ -16,7 +16,14 @@ import json
 import httpx
 
 from adapters._exceptions import ErrorTable, PermanentError, TransientError, answer_excerpt
-from adapters._http import NOT_SERVED, AnswerTooLarge, AnswerTooSlow, Where, retry_after
+from adapters._http import (
+    NOT_SERVED,
+    AnswerTooLarge,
+    AnswerTooSlow,
+    Where,
+    redirect_said,
+    retry_after,
+)
 
 ERRORS: ErrorTable = {
     httpx.InvalidURL: PermanentError,
@@ -41,10 +48,9 @@ def raise_for_status(
     status = response.status_code
     if response.is_redirect:
         # Not followed (httpx's default): the call carries a resident's report and a token.
-        location = str(response.headers.get("Location", "")).split("?", 1)[0]
         raise TransientError(
-            f"{context}: HTTP {status} redirect to {location or 'no Location'}, not followed: "
-            f"if the parks system moved, {where.advice}"
+            f"{context}: {redirect_said(status, response.headers.get('Location'))}, not "
+            f"followed: if the parks system moved, {where.advice}"
         )
     if status < 400:
         return

@@ -14,13 +14,12 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
 from zeep.transports import Transport
 
-from adapters._http import Bounds, read_bounded, retry_after
+from adapters._http import Bounds, read_bounded, redirect_said, retry_after
 
 _CHUNK = 64 * 1024
 _THROTTLING = frozenset({429, 503})
@@ -29,11 +28,8 @@ _THROTTLING = frozenset({429, 503})
 class Redirected(Exception):
     """The SOAP address answered with a redirect, which is not followed."""
 
-    def __init__(self, status: int, location: str) -> None:
-        parts = urlsplit(location)
-        # Scheme, host and path only: the query could carry anything.
-        self.location = f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else ""
-        super().__init__(f"HTTP {status} redirect to {self.location or 'no Location'}")
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(redirect_said(status, location))
         self.status = status
 
 
@@ -65,7 +61,7 @@ class BoundedTransport(Transport):
         )
         self._read(response, started)
         if response.is_redirect:
-            raise Redirected(response.status_code, response.headers.get("Location", ""))
+            raise Redirected(response.status_code, response.headers.get("Location"))
         pause = retry_after(response.headers)
         if response.status_code in _THROTTLING and pause is not None:
             raise Throttled(response.status_code, pause)

@@ -38,6 +38,7 @@ from adapters._http import (
     Bounds,
     Where,
     check_settings,
+    redirect_said,
     require_http_url,
     retry_after,
 )
@@ -278,10 +279,9 @@ class ODataTransport:
         service) is not followed, and transient."""
         status = response.status_code
         if response.is_redirect:
-            location = str(response.headers.get("Location", "")).split("?", 1)[0]
             raise TransientError(
-                f"{context}: HTTP {status} redirect to {location or 'no Location'}, not followed "
-                f"(a logon page? the service moved?): {self._service.advice}"
+                f"{context}: {redirect_said(status, response.headers.get('Location'))}, not "
+                f"followed (a logon page? the service moved?): {self._service.advice}"
             )
         if status in NOT_SERVED:
             said = self._service.not_served(
