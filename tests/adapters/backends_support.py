@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -109,6 +110,29 @@ def reply(
         handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def drip(
+    handler: BaseHTTPRequestHandler,
+    body: bytes,
+    content_type: str,
+    *,
+    dripped: int | None = None,
+    every: float = 0.2,
+) -> None:
+    """Answer 200 with `body` and its Content-Length, its last `dripped` bytes (all, by
+    default) one at a time `every` seconds: each read well within a read timeout, the whole
+    answer not."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    slow = len(body) if dripped is None else dripped
+    handler.wfile.write(body[: len(body) - slow])
+    for byte in body[len(body) - slow :]:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(every)
 
 
 @contextmanager

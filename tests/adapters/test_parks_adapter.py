@@ -15,6 +15,7 @@ from backends_support import (
     MAPPINGS,
     a_request,
     control,
+    drip,
     free_port,
     long_note_is_cut_and_later_changes_arrive,
     loopback_server,
@@ -484,15 +485,7 @@ def _token_then(answer: Any) -> Any:
 
 def _dripping(handler: Any) -> None:
     """A whole `{"items": []}` in the end, one byte every 0.2 s after the first (8 s)."""
-    body = b'{"items": []' + b" " * 40 + b"}"
-    handler.send_response(200)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    for byte in body:
-        handler.wfile.write(bytes([byte]))
-        handler.wfile.flush()
-        time.sleep(0.2)
+    drip(handler, b'{"items": []' + b" " * 40 + b"}", "application/json")
 
 
 def test_an_answer_dripping_byte_by_byte_is_cut_off_at_the_answer_timeout(

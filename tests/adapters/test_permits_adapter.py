@@ -16,6 +16,7 @@ from backends_support import (
     MAPPINGS,
     a_request,
     control,
+    drip,
     free_port,
     long_note_is_cut_and_later_changes_arrive,
     loopback_server,
@@ -569,15 +570,7 @@ def test_a_cut_answer_is_transient_and_not_called_an_http_error(mapping: Mapping
 def _dripping(handler: Any) -> None:
     """A whole answer in the end, one byte every 0.2 s after the first (about 10 s)."""
     body = (_NOT_FOUND[:-16] + " " * 40 + _NOT_FOUND[-16:]).encode()
-    handler.send_response(200)
-    handler.send_header("Content-Type", "text/xml")
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body[: len(body) - 50])
-    for byte in body[len(body) - 50 :]:
-        handler.wfile.write(bytes([byte]))
-        handler.wfile.flush()
-        time.sleep(0.2)
+    drip(handler, body, "text/xml", dripped=50)
 
 
 def test_an_answer_dripping_byte_by_byte_is_cut_off_at_the_answer_timeout(
