@@ -4,6 +4,7 @@ every outbox event and dead letter about it, published or not; other requests ke
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from store_factories import T0, make_request, minutes
@@ -23,6 +24,16 @@ PHOTO = Media(
 
 def reported(request_id: str, **changes: object) -> ServiceRequest:
     return make_request(request_id, description=WRITTEN, media=(PHOTO,), **changes)
+
+
+def created_body(request: ServiceRequest) -> dict[str, Any]:
+    """The `created` event of `request` as a queue holds it, and a dead letter keeps it."""
+    return Envelope(
+        type=EventType.CREATED,
+        subject=request.id,
+        data=request.model_dump(mode="json"),
+        correlationid="c",
+    ).model_dump(mode="json")
 
 
 def queue_created(store: Store, request: ServiceRequest) -> str:
@@ -87,12 +98,7 @@ def test_a_take_down_rewrites_the_dead_letters_of_the_request(store: Store) -> N
     request = reported("r-1")
     with store.transaction() as tx:
         tx.add_request(request)
-    body = Envelope(
-        type=EventType.CREATED,
-        subject="r-1",
-        data=request.model_dump(mode="json"),
-        correlationid="c",
-    ).model_dump(mode="json")
+    body = created_body(request)
     with store.transaction() as tx:
         tx.record_dead_letter(
             instance="sap-roads", message_id="m-1", request_id="r-1", reason="x", envelope=body
@@ -359,12 +365,7 @@ def test_a_message_dead_lettered_after_the_take_down_is_kept_as_the_request_now_
     request = reported("r-1", attributes={"PLATE": PLATE, "LANE": "carriageway"})
     with store.transaction() as tx:
         tx.add_request(request)
-    on_the_broker = Envelope(
-        type=EventType.CREATED,
-        subject="r-1",
-        data=request.model_dump(mode="json"),
-        correlationid="c",
-    ).model_dump(mode="json")
+    on_the_broker = created_body(request)
     with store.transaction() as tx:
         tx.take_down("r-1", marker=MARKER, media=True, answers={"PLATE"}, answer_marker=ANSWER)
     taken = store.get_request("r-1")
