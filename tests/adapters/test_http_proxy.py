@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from backends_support import a_request, free_port, loopback_server
+from backends_support import a_request, free_port, loopback_server, reply
 
 from adapters.webhook import WebhookAdapter
 
@@ -26,12 +26,7 @@ class _Accepting(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         self.server.targets.append(self.path)  # type: ignore[attr-defined]
-        body = json.dumps({"reference": "R-1"}).encode()
-        self.send_response(202)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, 202, json.dumps({"reference": "R-1"}))
 
     def log_message(self, *args: object) -> None:
         pass
